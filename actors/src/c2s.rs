@@ -1,0 +1,356 @@
+//! The C2S connection driver: sockets in, negotiation, then a session actor.
+//!
+//! Until a resource is bound, one task owns the whole connection (so STARTTLS
+//! can replace the transport) and runs the [`Negotiator`]. At bind it splits
+//! the connection: a writer task drains the session's [`OutQueue`], this task
+//! keeps reading and hands stanzas to the [`C2sSession`] actor.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use meerkat_cluster::SessionInfo;
+use meerkat_routing::KickReason;
+use meerkat_xmpp::error::{StanzaErrorCondition, StreamError, StreamErrorCondition};
+use meerkat_xmpp::jid::{parse_full, FullJid};
+use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::AccountError;
+use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, TlsMode};
+use crate::services::{now_micros, Services};
+use crate::session::{ActorSink, C2sSession, ClientClosed, FromClient, IoControl, OutQueue};
+use crate::transport::Transport;
+
+/// One `[[listen.c2s]]` listener's settings.
+pub struct C2sListener {
+    pub negotiation: NegotiationConfig,
+    pub limits: Limits,
+    pub tls: Option<TlsAcceptor>,
+    /// The listener's access rule lets users log in.
+    pub allow_login: bool,
+}
+
+/// Counters for the admin API.
+#[derive(Default)]
+pub struct C2sStats {
+    pub connections: AtomicUsize,
+    pub auth_failures: AtomicUsize,
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// Serves one accepted TCP connection to its end.
+pub async fn serve(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStream, peer: std::net::SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    match negotiate(svc, listener, tcp).await {
+        Ok(()) => tracing::debug!(%peer, "connection finished"),
+        Err(e) => tracing::debug!(%peer, error = %e, "connection ended"),
+    }
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, data: &str) -> Result<(), ConnError> {
+    w.write_all(data.as_bytes()).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+async fn close_with<W: AsyncWrite + Unpin>(w: &mut W, err: &StreamError) -> Result<(), ConnError> {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = write_all(w, &format!("{}</stream:stream>", err.to_xml())).await;
+        let _ = w.shutdown().await;
+    })
+    .await;
+    Ok(())
+}
+
+async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStream) -> Result<(), ConnError> {
+    let deadline = tokio::time::Instant::now() + svc.settings.negotiation_timeout;
+    let mut transport = match (&listener.tls, listener.negotiation.tls_mode) {
+        (Some(acceptor), TlsMode::Tls) => {
+            let tls = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await.map_err(|_| ConnError::Timeout)??;
+            Transport::Tls(Box::new(tls))
+        }
+        _ => Transport::Plain(tcp),
+    };
+    let stream_id = format!("{:016x}", rand::random::<u64>());
+    let mut neg = Negotiator::new(listener.negotiation.clone(), transport.is_tls(), transport.tls_exporter(), stream_id);
+    let mut parser = StreamParser::new(listener.limits);
+    let mut header_sent = false;
+    let mut buf = vec![0u8; 8192];
+    loop {
+        loop {
+            let ev = match parser.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) => {
+                    if !header_sent {
+                        write_all(&mut transport, &stream_header_xml(&default_host(&listener), neg.stream_id())).await?;
+                    }
+                    tracing::debug!(error = %e, "stream parse error during negotiation");
+                    return close_with(&mut transport, &StreamError::with_text(e.condition(), &e.to_string())).await;
+                }
+            };
+            let nev = match ev {
+                StreamEvent::Header(h) => {
+                    header_sent = true;
+                    NegEvent::Header(h)
+                }
+                StreamEvent::Stanza(el) => NegEvent::Element(el),
+                StreamEvent::End => {
+                    let _ = write_all(&mut transport, "</stream:stream>").await;
+                    let _ = transport.shutdown().await;
+                    return Ok(());
+                }
+            };
+            let mut actions: VecDeque<NegAction> = neg.step(nev).into();
+            while let Some(action) = actions.pop_front() {
+                match action {
+                    NegAction::Send(s) => write_all(&mut transport, &s).await?,
+                    NegAction::SendDelayed(s, d) => {
+                        tokio::time::sleep(d).await;
+                        write_all(&mut transport, &s).await?;
+                    }
+                    NegAction::StartTls => {
+                        if parser.buffered_len() > 0 {
+                            // Plaintext sent after <starttls/> would be injected into the
+                            // encrypted stream (the STARTTLS command-injection class).
+                            return close_with(&mut transport, &StreamError::with_text(StreamErrorCondition::PolicyViolation, "data after <starttls/>")).await;
+                        }
+                        let (Transport::Plain(tcp), Some(acceptor)) = (transport, listener.tls.as_ref()) else {
+                            return Ok(());
+                        };
+                        let tls = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await.map_err(|_| ConnError::Timeout)??;
+                        transport = Transport::Tls(Box::new(tls));
+                        parser.reset();
+                        header_sent = false;
+                        actions.extend(neg.step(NegEvent::TlsEstablished { exporter: transport.tls_exporter() }));
+                    }
+                    NegAction::ResetParser => {
+                        parser.reset();
+                        header_sent = false;
+                    }
+                    NegAction::LookupCredentials { username } => {
+                        let host = neg.host().unwrap_or_default().to_owned();
+                        let creds = match svc.accounts.credentials(&host, &username).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                tracing::error!(error = %e, "credential lookup failed");
+                                None
+                            }
+                        };
+                        actions.extend(neg.step(NegEvent::Credentials(creds)));
+                    }
+                    NegAction::Register { host, username, password, id } => {
+                        let result = svc.accounts.register(&host, &username, &password).await.map_err(|e| match e {
+                            AccountError::Exists => StanzaErrorCondition::Conflict,
+                            AccountError::InvalidUsername(_) | AccountError::EmptyPassword => StanzaErrorCondition::NotAcceptable,
+                            other => {
+                                tracing::error!(error = %other, "registration failed");
+                                StanzaErrorCondition::InternalServerError
+                            }
+                        });
+                        actions.extend(neg.step(NegEvent::Registered { id, result }));
+                    }
+                    NegAction::Bind { user, host, resource, id } => {
+                        if !listener.allow_login {
+                            return close_with(&mut transport, &StreamError::with_text(StreamErrorCondition::PolicyViolation, "logins are not allowed on this listener")).await;
+                        }
+                        if svc.is_shutting_down() {
+                            return close_with(&mut transport, &StreamError::new(StreamErrorCondition::SystemShutdown)).await;
+                        }
+                        let resource = resource.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+                        match parse_full(&format!("{user}@{host}/{resource}")) {
+                            Ok(jid) => {
+                                let _ = neg.step(NegEvent::Bound(Ok(jid.clone())));
+                                return run_session(svc, transport, parser, jid, id).await;
+                            }
+                            Err(_) => actions.extend(neg.step(NegEvent::Bound(Err(StanzaErrorCondition::BadRequest)))),
+                        }
+                    }
+                    NegAction::Established { .. } => {}
+                    NegAction::Close(err) => return close_with(&mut transport, &err).await,
+                }
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, transport.read(&mut buf)).await.map_err(|_| ConnError::Timeout)??;
+        if n == 0 {
+            return Ok(());
+        }
+        parser.feed(&buf[..n]);
+    }
+}
+
+fn default_host(listener: &C2sListener) -> String {
+    listener.negotiation.hosts.first().cloned().unwrap_or_default()
+}
+
+fn bind_result_xml(id: &str, jid: &FullJid) -> String {
+    use meerkat_xmpp::element::Element;
+    use meerkat_xmpp::ns;
+    Element::new("iq", ns::CLIENT)
+        .with_attr("type", "result")
+        .with_attr("id", id)
+        .with_child(Element::new("bind", ns::BIND).with_child(Element::new("jid", ns::BIND).with_text(jid.to_string())))
+        .to_xml(ns::CLIENT)
+}
+
+async fn run_session(
+    svc: Arc<Services>,
+    transport: Transport,
+    mut parser: StreamParser,
+    jid: FullJid,
+    bind_id: String,
+) -> Result<(), ConnError> {
+    let (reader, writer) = tokio::io::split(transport);
+    let (out, out_rx, queued) = OutQueue::new(4096, svc.settings.max_outgoing_bytes);
+    let (io_tx, io_rx) = watch::channel(IoControl::Run);
+    let writer_task = tokio::spawn(write_loop(writer, out_rx, queued, io_rx.clone(), svc.settings.keepalive_interval));
+    // The bind reply is queued before the session is routable, so it is the first thing the client reads.
+    let _ = out.push(bind_result_xml(&bind_id, &jid));
+
+    let sid = svc.next_session_id();
+    let capacity = svc.settings.mailbox_capacity;
+    let session = C2sSession::new(svc.clone(), jid.clone(), sid, out, io_tx);
+    let addr = C2sSession::create(move |ctx| {
+        ctx.set_mailbox_capacity(capacity);
+        session
+    });
+    let router = &svc.router;
+    router.register_sink(sid, Arc::new(ActorSink(addr.clone())));
+    let outcome = router.sessions().open(SessionInfo { jid: jid.clone(), node: router.node(), sid, priority: None, created_micros: now_micros() });
+    if let Some(old) = outcome.replaced {
+        // RFC 6120 §7.7.2.2: the older session loses.
+        if let Some(sink) = router.sink(old.sid) {
+            sink.kick(KickReason::Conflict);
+        }
+    }
+    tracing::info!(%jid, session = %sid, "session bound");
+    let result = read_loop(reader, &mut parser, &addr, io_rx, svc.settings.idle_timeout).await;
+    let _ = writer_task.await;
+    tracing::info!(%jid, session = %sid, "session closed");
+    result
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: R,
+    parser: &mut StreamParser,
+    addr: &Addr<C2sSession>,
+    mut io: watch::Receiver<IoControl>,
+    idle_timeout: Duration,
+) -> Result<(), ConnError> {
+    let mut buf = vec![0u8; 16384];
+    loop {
+        loop {
+            match parser.next_event() {
+                Ok(Some(StreamEvent::Stanza(el))) => {
+                    // Waits while the session's mailbox is full: back-pressure to the client's TCP window.
+                    if addr.send(FromClient(el)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(Some(StreamEvent::End)) => {
+                    addr.do_send(ClientClosed(None));
+                    return Ok(());
+                }
+                Ok(Some(StreamEvent::Header(_))) => {
+                    addr.do_send(ClientClosed(Some(StreamError::with_text(StreamErrorCondition::InvalidXml, "unexpected stream restart"))));
+                    return Ok(());
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    addr.do_send(ClientClosed(Some(StreamError::with_text(e.condition(), &e.to_string()))));
+                    return Ok(());
+                }
+            }
+        }
+        tokio::select! {
+            r = tokio::time::timeout(idle_timeout, reader.read(&mut buf)) => match r {
+                Err(_) => {
+                    addr.do_send(ClientClosed(Some(StreamError::new(StreamErrorCondition::ConnectionTimeout))));
+                    return Err(ConnError::Timeout);
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    addr.do_send(ClientClosed(None));
+                    return Ok(());
+                }
+                Ok(Ok(n)) => parser.feed(&buf[..n]),
+            },
+            _ = until(&mut io, IoControl::StopReading) => return Ok(()),
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::Receiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    mut io: watch::Receiver<IoControl>,
+    keepalive: Duration,
+) {
+    // A write that makes no progress for this long means the client is gone.
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+    let mut batch: Vec<u8> = Vec::with_capacity(16384);
+    let mut io_inner = io.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = until(&mut io, IoControl::Abort) => break,
+            msg = rx.recv() => {
+                let Some(first) = msg else {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
+                    break;
+                };
+                batch.clear();
+                batch.extend_from_slice(&first);
+                // Coalesce whatever else is already queued into one write.
+                while batch.len() < 65536 {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                let len = batch.len();
+                let res = tokio::select! {
+                    biased;
+                    _ = until(&mut io_inner, IoControl::Abort) => break,
+                    r = tokio::time::timeout(WRITE_TIMEOUT, async { writer.write_all(&batch).await?; writer.flush().await }) => r,
+                };
+                queued.fetch_sub(len.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+                if !matches!(res, Ok(Ok(()))) {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep(keepalive) => {
+                // RFC 6120 §4.6.1: whitespace keeps NATs and the client's idle timer happy.
+                if writer.write_all(b" ").await.is_err() || writer.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the control reaches `level` (Abort implies StopReading), or the session is gone.
+async fn until(rx: &mut watch::Receiver<IoControl>, level: IoControl) {
+    let _ = rx
+        .wait_for(|c| match level {
+            IoControl::Abort => *c == IoControl::Abort,
+            _ => *c != IoControl::Run,
+        })
+        .await
+        .map(|_| ());
+}

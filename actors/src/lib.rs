@@ -1,0 +1,26 @@
+//! Sessions, the server's own processing, and the XMPP modules.
+//!
+//! # Layout
+//! A client connection passes through these modules in order:
+//! - [`c2s`] accepts the socket, reads bytes into the `meerkat-xmpp` parser
+//!   and drives [`negotiation`] (a sans-IO state machine: STARTTLS, SASL,
+//!   in-band registration, bind), looking up [`auth`] credentials when asked.
+//! - At bind, [`session`] starts a `C2sSession` actor with a bounded mailbox;
+//!   it stamps and routes what the client sends and writes what it receives.
+//! - Stanzas for the server itself, for an account's bare JID, subscription
+//!   presence and undeliverable messages go to [`server`], sharded workers
+//!   that run the [`modules`] (roster, presence, offline, disco, vCard, …).
+//! - [`services`] is what they all share: router, storage, accounts, settings.
+//!
+//! **Architecture Invariant:** only [`c2s`] and [`transport`] touch sockets;
+//! only the session actor writes to its client.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod c2s;
+pub mod modules;
+pub mod negotiation;
+pub mod server;
+pub mod services;
+pub mod session;
+pub mod transport;

@@ -1,0 +1,50 @@
+//! XEP-0054: vcard-temp. Anyone may read an account's vCard; only the owner may set it.
+
+use std::sync::Arc;
+
+use meerkat_routing::Routed;
+use meerkat_storage::VcardRepo;
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::StanzaErrorCondition;
+use meerkat_xmpp::ns;
+
+use super::{account_of, parse_stored, IqAnswer, Module, Target};
+use crate::services::Services;
+
+pub struct Vcard;
+
+#[async_trait::async_trait]
+impl Module for Vcard {
+    fn name(&self) -> &'static str {
+        "vcard"
+    }
+    fn disco_features(&self, _t: Target) -> &'static [&'static str] {
+        &[ns::VCARD]
+    }
+    async fn iq(&self, svc: &Arc<Services>, t: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+        if !payload.is("vCard", ns::VCARD) {
+            return None;
+        }
+        if t == Target::Server {
+            // The server has no vCard of its own.
+            return Some(if iq.stanza.attr("type") == Some("get") {
+                Ok(Some(Element::new("vCard", ns::VCARD)))
+            } else {
+                Err(StanzaErrorCondition::NotAllowed)
+            });
+        }
+        let (user, host) = account_of(&iq.to);
+        Some(match iq.stanza.attr("type") {
+            Some("get") => match svc.storage.get_vcard(&host, &user).await {
+                Ok(Some(xml)) => Ok(Some(parse_stored(&xml).unwrap_or_else(|| Element::new("vCard", ns::VCARD)))),
+                Ok(None) => Err(StanzaErrorCondition::ItemNotFound),
+                Err(_) => Err(StanzaErrorCondition::InternalServerError),
+            },
+            _ if t != Target::OwnAccount => Err(StanzaErrorCondition::Forbidden),
+            _ => match svc.storage.set_vcard(&host, &user, &payload.to_xml(ns::CLIENT)).await {
+                Ok(()) => Ok(None),
+                Err(_) => Err(StanzaErrorCondition::InternalServerError),
+            },
+        })
+    }
+}

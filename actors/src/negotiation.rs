@@ -1,0 +1,529 @@
+//! C2S stream negotiation as a sans-IO state machine (RFC 6120 §4–§7).
+//!
+//! The connection driver feeds [`NegEvent`]s (a stream header, a top-level
+//! element, a finished TLS handshake, credentials it looked up, the outcome of
+//! a bind or a registration) into [`Negotiator::step`] and carries out the
+//! [`NegAction`]s it gets back. Nothing here touches a socket, a clock or a
+//! database, so every path is unit-tested below without any.
+//!
+//! Order of a negotiation: header → features (STARTTLS) → TLS → header →
+//! features (SASL, XEP-0440 channel bindings, XEP-0077) → SASL → header →
+//! features (bind, legacy session) → bind → established.
+
+use std::time::Duration;
+
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::{StanzaErrorCondition, StreamError, StreamErrorCondition};
+use meerkat_xmpp::jid::FullJid;
+use meerkat_xmpp::ns;
+use meerkat_xmpp::parser::StreamHeader;
+use meerkat_xmpp::sasl::{Credentials, Mechanism, SaslFailure, SaslInput, SaslOutput, SaslServer};
+
+use base64::Engine as _;
+
+/// How a listener uses TLS (MongooseIM's `tls.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// No TLS at all on this listener.
+    None,
+    /// STARTTLS is offered; SASL is also offered before it (PLAIN is not, unless allowed).
+    Starttls,
+    /// STARTTLS is offered and required before anything else.
+    StarttlsRequired,
+    /// Direct TLS (XEP-0368): the stream starts after the TLS handshake.
+    Tls,
+}
+
+/// The listener's negotiation settings.
+#[derive(Clone, Debug)]
+pub struct NegotiationConfig {
+    pub hosts: Vec<String>,
+    pub tls_mode: TlsMode,
+    /// Mechanisms enabled by configuration, in preference order.
+    pub mechanisms: Vec<Mechanism>,
+    /// Allow PLAIN (and registration) over an unencrypted stream.
+    pub allow_plain_without_tls: bool,
+    pub registration: bool,
+    /// Failed authentications allowed before the stream is closed.
+    pub max_auth_failures: u32,
+}
+
+/// Something that happened on the connection.
+#[derive(Debug)]
+pub enum NegEvent {
+    Header(StreamHeader),
+    Element(Element),
+    /// The TLS handshake finished; `exporter` is the RFC 9266 channel-binding value.
+    TlsEstablished { exporter: Option<Vec<u8>> },
+    /// Answer to [`NegAction::LookupCredentials`].
+    Credentials(Option<Credentials>),
+    /// Answer to [`NegAction::Bind`].
+    Bound(Result<FullJid, StanzaErrorCondition>),
+    /// Answer to [`NegAction::Register`].
+    Registered { id: Option<String>, result: Result<(), StanzaErrorCondition> },
+}
+
+/// Something the driver must do.
+#[derive(Debug, PartialEq)]
+pub enum NegAction {
+    /// Write these bytes.
+    Send(String),
+    /// Write these bytes after a pause (slows down password guessing).
+    SendDelayed(String, Duration),
+    /// Flush, then run the TLS handshake; any bytes the client sent after
+    /// `<starttls/>` are an error, and the parser starts afresh.
+    StartTls,
+    /// Discard the parser's state and expect a new stream header (after SASL success).
+    ResetParser,
+    LookupCredentials { username: String },
+    /// Bind `resource` (or a generated one) for `user`; answer with [`NegEvent::Bound`].
+    Bind { user: String, host: String, resource: Option<String>, id: String },
+    /// XEP-0077 registration before authentication.
+    Register { host: String, username: String, password: String, id: Option<String> },
+    /// Negotiation is over: hand the stream to a session.
+    Established { jid: FullJid, stream_id: String, bind_id: String },
+    /// Send this stream error and close.
+    Close(StreamError),
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitHeader,
+    /// Features sent before authentication.
+    PreAuth,
+    AwaitTls,
+    Sasl { server: SaslServer, mech: Mechanism },
+    /// Features sent after authentication.
+    PostAuth,
+    Binding { id: String },
+    Done,
+    Closed,
+}
+
+/// One C2S stream's negotiation.
+#[derive(Debug)]
+pub struct Negotiator {
+    cfg: NegotiationConfig,
+    state: State,
+    secure: bool,
+    exporter: Option<Vec<u8>>,
+    host: Option<String>,
+    user: Option<String>,
+    stream_id: String,
+    failures: u32,
+    plus_advertised: bool,
+}
+
+impl Negotiator {
+    /// A new negotiation. `secure` is true when the connection is already TLS (direct TLS).
+    pub fn new(cfg: NegotiationConfig, secure: bool, exporter: Option<Vec<u8>>, stream_id: String) -> Self {
+        Negotiator {
+            cfg,
+            state: State::AwaitHeader,
+            secure,
+            exporter,
+            host: None,
+            user: None,
+            stream_id,
+            failures: 0,
+            plus_advertised: false,
+        }
+    }
+
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    pub fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+
+    /// Authenticated user's localpart, once SASL succeeded.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    pub fn step(&mut self, ev: NegEvent) -> Vec<NegAction> {
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        let (next, actions) = self.transition(state, ev);
+        self.state = next;
+        actions
+    }
+
+    fn close(&self, cond: StreamErrorCondition, text: Option<&str>) -> (State, Vec<NegAction>) {
+        let err = match text {
+            Some(t) => StreamError::with_text(cond, t),
+            None => StreamError::new(cond),
+        };
+        (State::Closed, vec![NegAction::Close(err)])
+    }
+
+    fn transition(&mut self, state: State, ev: NegEvent) -> (State, Vec<NegAction>) {
+        match (state, ev) {
+            (State::AwaitHeader, NegEvent::Header(h)) => self.on_header(h),
+            (State::PreAuth, NegEvent::Element(el)) => self.on_preauth_element(el),
+            (State::AwaitTls, NegEvent::TlsEstablished { exporter }) => {
+                self.secure = true;
+                self.exporter = exporter;
+                (State::AwaitHeader, vec![])
+            }
+            (State::Sasl { server, mech }, NegEvent::Credentials(c)) => {
+                self.sasl_step(server, mech, SaslInput::Credentials(c))
+            }
+            (State::Sasl { server, mech }, NegEvent::Element(el)) => {
+                if el.is("abort", ns::SASL) {
+                    return self.sasl_failed(SaslFailure::Aborted);
+                }
+                if !el.is("response", ns::SASL) {
+                    return self.close(StreamErrorCondition::PolicyViolation, Some("expected a SASL response"));
+                }
+                match decode_b64(&el.text()) {
+                    Some(data) => self.sasl_step(server, mech, SaslInput::Response(&data)),
+                    None => self.sasl_failed(SaslFailure::IncorrectEncoding),
+                }
+            }
+            (State::PreAuth, NegEvent::Registered { id, result }) => {
+                let reply = match result {
+                    Ok(()) => iq_reply_xml(id.as_deref(), None),
+                    Err(cond) => iq_error_xml(id.as_deref(), cond),
+                };
+                (State::PreAuth, vec![NegAction::Send(reply)])
+            }
+            (State::PostAuth, NegEvent::Element(el)) => self.on_postauth_element(el),
+            (State::Binding { id }, NegEvent::Bound(Ok(jid))) => {
+                // The bind reply is written by the session once it is registered, so
+                // no stanza can reach the client before it learns its JID.
+                (
+                    State::Done,
+                    vec![NegAction::Established { jid, stream_id: self.stream_id.clone(), bind_id: id }],
+                )
+            }
+            (State::Binding { id }, NegEvent::Bound(Err(cond))) => {
+                (State::PostAuth, vec![NegAction::Send(iq_error_xml(Some(&id), cond))])
+            }
+            (State::Closed, _) => (State::Closed, vec![]),
+            (_, NegEvent::Header(_)) => self.close(StreamErrorCondition::InvalidXml, Some("unexpected stream header")),
+            (_, NegEvent::Element(_)) => self.close(StreamErrorCondition::NotAuthorized, Some("stanza before the stream is negotiated")),
+            (state, ev) => {
+                tracing::error!(?ev, ?state, "negotiation event out of order");
+                self.close(StreamErrorCondition::InternalServerError, None)
+            }
+        }
+    }
+
+    fn on_header(&mut self, h: StreamHeader) -> (State, Vec<NegAction>) {
+        let mut out = Vec::new();
+        let to = h.to.as_deref().and_then(|t| meerkat_xmpp::jid::canonical_domain(t).ok());
+        let host = match (&self.host, to) {
+            (Some(prev), Some(to)) if *prev != to => {
+                return self.header_then_error(prev.clone(), StreamErrorCondition::HostUnknown, "the stream host changed");
+            }
+            (_, Some(to)) if self.cfg.hosts.contains(&to) => to,
+            (_, Some(to)) => return self.header_then_error(self.default_host(), StreamErrorCondition::HostUnknown, &format!("this server does not serve {to}")),
+            (_, None) => return self.header_then_error(self.default_host(), StreamErrorCondition::HostUnknown, "the stream header has no 'to'"),
+        };
+        self.host = Some(host.clone());
+        if h.default_ns.as_deref() != Some(ns::CLIENT) {
+            return self.header_then_error(host, StreamErrorCondition::InvalidNamespace, "the content namespace must be jabber:client");
+        }
+        match h.version.as_deref() {
+            Some(v) if v.split('.').next().and_then(|m| m.parse::<u32>().ok()).is_some_and(|m| m >= 1) => {}
+            _ => return self.header_then_error(host, StreamErrorCondition::UnsupportedVersion, "version 1.0 is required"),
+        }
+        out.push(NegAction::Send(stream_header_xml(&host, &self.stream_id)));
+        let (next, features) = if self.user.is_some() {
+            (State::PostAuth, postauth_features())
+        } else {
+            (State::PreAuth, self.preauth_features())
+        };
+        out.push(NegAction::Send(features));
+        (next, out)
+    }
+
+    fn default_host(&self) -> String {
+        self.cfg.hosts.first().cloned().unwrap_or_default()
+    }
+
+    fn header_then_error(&self, host: String, cond: StreamErrorCondition, text: &str) -> (State, Vec<NegAction>) {
+        // RFC 6120 §4.9.1.2: an error before our header still opens the stream first.
+        (
+            State::Closed,
+            vec![
+                NegAction::Send(stream_header_xml(&host, &self.stream_id)),
+                NegAction::Close(StreamError::with_text(cond, text)),
+            ],
+        )
+    }
+
+    fn tls_offered(&self) -> bool {
+        !self.secure && matches!(self.cfg.tls_mode, TlsMode::Starttls | TlsMode::StarttlsRequired)
+    }
+
+    fn tls_required_first(&self) -> bool {
+        !self.secure && self.cfg.tls_mode == TlsMode::StarttlsRequired
+    }
+
+    fn plaintext_allowed(&self) -> bool {
+        self.secure || self.cfg.allow_plain_without_tls
+    }
+
+    /// The mechanisms this stream may use right now.
+    pub fn offered_mechanisms(&self) -> Vec<Mechanism> {
+        if self.tls_required_first() {
+            return vec![];
+        }
+        self.cfg
+            .mechanisms
+            .iter()
+            .copied()
+            .filter(|m| !m.is_plus() || self.exporter.is_some())
+            .filter(|m| *m != Mechanism::Plain || self.plaintext_allowed())
+            .collect()
+    }
+
+    fn preauth_features(&mut self) -> String {
+        let mut f = String::from("<stream:features>");
+        if self.tls_offered() {
+            f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
+            if self.cfg.tls_mode == TlsMode::StarttlsRequired {
+                f.push_str("<required/>");
+            }
+            f.push_str("</starttls>");
+        }
+        let mechs = self.offered_mechanisms();
+        self.plus_advertised = mechs.iter().any(|m| m.is_plus());
+        if !mechs.is_empty() {
+            f.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+            for m in &mechs {
+                f.push_str("<mechanism>");
+                f.push_str(m.name());
+                f.push_str("</mechanism>");
+            }
+            f.push_str("</mechanisms>");
+        }
+        if self.exporter.is_some() {
+            // XEP-0440: say which channel-binding types the -PLUS mechanisms accept.
+            f.push_str("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/></sasl-channel-binding>");
+        }
+        if self.cfg.registration && self.plaintext_allowed() {
+            f.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
+        }
+        f.push_str("</stream:features>");
+        f
+    }
+
+    fn on_preauth_element(&mut self, el: Element) -> (State, Vec<NegAction>) {
+        if el.is("starttls", ns::TLS) {
+            if !self.tls_offered() {
+                return self.close(StreamErrorCondition::PolicyViolation, Some("STARTTLS is not offered here"));
+            }
+            return (
+                State::AwaitTls,
+                vec![
+                    NegAction::Send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>".into()),
+                    NegAction::StartTls,
+                ],
+            );
+        }
+        if el.is("auth", ns::SASL) {
+            if self.tls_required_first() {
+                return (
+                    State::Closed,
+                    vec![
+                        NegAction::Send("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>".into()),
+                        NegAction::Close(StreamError::with_text(StreamErrorCondition::PolicyViolation, "STARTTLS is required")),
+                    ],
+                );
+            }
+            let mech = el.attr("mechanism").and_then(Mechanism::from_name);
+            let Some(mech) = mech.filter(|m| self.offered_mechanisms().contains(m)) else {
+                let reason = if el.attr("mechanism") == Some("PLAIN") && !self.plaintext_allowed() {
+                    SaslFailure::EncryptionRequired
+                } else {
+                    SaslFailure::InvalidMechanism
+                };
+                return (State::PreAuth, vec![NegAction::Send(sasl_failure_xml(reason))]);
+            };
+            let text = el.text();
+            let initial = if text.trim() == "=" {
+                Some(Vec::new())
+            } else if text.trim().is_empty() {
+                None
+            } else {
+                match decode_b64(&text) {
+                    Some(d) => Some(d),
+                    None => return self.sasl_failed(SaslFailure::IncorrectEncoding),
+                }
+            };
+            let server = SaslServer::new(mech, self.exporter.clone(), self.plus_advertised);
+            return match initial {
+                Some(data) => self.sasl_step(server, mech, SaslInput::Response(&data)),
+                // No initial response: an empty challenge asks for it (RFC 6120 §6.4.2).
+                None => (State::Sasl { server, mech }, vec![NegAction::Send("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into())]),
+            };
+        }
+        if el.is("iq", ns::CLIENT) {
+            if let Some(q) = el.get_child("query", ns::REGISTER) {
+                return self.on_register(&el, q);
+            }
+        }
+        self.close(StreamErrorCondition::NotAuthorized, Some("authenticate first"))
+    }
+
+    fn on_register(&mut self, iq: &Element, q: &Element) -> (State, Vec<NegAction>) {
+        let id = iq.attr("id").map(str::to_owned);
+        if !self.cfg.registration || !self.plaintext_allowed() {
+            return (State::PreAuth, vec![NegAction::Send(iq_error_xml(id.as_deref(), StanzaErrorCondition::ServiceUnavailable))]);
+        }
+        match iq.attr("type") {
+            Some("get") => {
+                let form = "<query xmlns='jabber:iq:register'><instructions>Choose a username and password.</instructions><username/><password/></query>";
+                (State::PreAuth, vec![NegAction::Send(iq_reply_xml(id.as_deref(), Some(form)))])
+            }
+            Some("set") => {
+                let username = q.get_child("username", ns::REGISTER).map(|e| e.text());
+                let password = q.get_child("password", ns::REGISTER).map(|e| e.text());
+                match (username, password) {
+                    (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => (
+                        State::PreAuth,
+                        vec![NegAction::Register { host: self.host.clone().unwrap_or_default(), username: u, password: p, id }],
+                    ),
+                    _ => (State::PreAuth, vec![NegAction::Send(iq_error_xml(id.as_deref(), StanzaErrorCondition::NotAcceptable))]),
+                }
+            }
+            _ => (State::PreAuth, vec![NegAction::Send(iq_error_xml(id.as_deref(), StanzaErrorCondition::BadRequest))]),
+        }
+    }
+
+    fn sasl_step(&mut self, mut server: SaslServer, mech: Mechanism, input: SaslInput<'_>) -> (State, Vec<NegAction>) {
+        match server.step(input) {
+            SaslOutput::Challenge(data) => (
+                State::Sasl { server, mech },
+                vec![NegAction::Send(format!(
+                    "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</challenge>",
+                    base64::engine::general_purpose::STANDARD.encode(data)
+                ))],
+            ),
+            SaslOutput::LookupCredentials { username } => {
+                (State::Sasl { server, mech }, vec![NegAction::LookupCredentials { username }])
+            }
+            SaslOutput::Success { username, additional_data } => {
+                self.user = Some(username);
+                let body = additional_data
+                    .map(|d| base64::engine::general_purpose::STANDARD.encode(d))
+                    .unwrap_or_default();
+                (
+                    State::AwaitHeader,
+                    vec![
+                        NegAction::Send(format!("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{body}</success>")),
+                        NegAction::ResetParser,
+                    ],
+                )
+            }
+            SaslOutput::Failure(f) => self.sasl_failed(f),
+        }
+    }
+
+    fn sasl_failed(&mut self, failure: SaslFailure) -> (State, Vec<NegAction>) {
+        self.failures += 1;
+        let xml = sasl_failure_xml(failure);
+        if self.failures >= self.cfg.max_auth_failures {
+            return (
+                State::Closed,
+                vec![
+                    NegAction::SendDelayed(xml, auth_delay(self.failures)),
+                    NegAction::Close(StreamError::with_text(StreamErrorCondition::PolicyViolation, "too many authentication failures")),
+                ],
+            );
+        }
+        (State::PreAuth, vec![NegAction::SendDelayed(xml, auth_delay(self.failures))])
+    }
+
+    fn on_postauth_element(&mut self, el: Element) -> (State, Vec<NegAction>) {
+        if el.is("iq", ns::CLIENT) && el.attr("type") == Some("set") {
+            if let Some(bind) = el.get_child("bind", ns::BIND) {
+                let resource = bind
+                    .get_child("resource", ns::BIND)
+                    .map(|r| r.text())
+                    .filter(|r| !r.trim().is_empty());
+                let id = el.attr("id").unwrap_or_default().to_owned();
+                return (
+                    State::Binding { id: id.clone() },
+                    vec![NegAction::Bind {
+                        user: self.user.clone().unwrap_or_default(),
+                        host: self.host.clone().unwrap_or_default(),
+                        resource,
+                        id,
+                    }],
+                );
+            }
+        }
+        self.close(StreamErrorCondition::NotAuthorized, Some("bind a resource first"))
+    }
+}
+
+/// Failed logins wait 0.5 s, 1 s, 2 s … up to 8 s before the answer.
+fn auth_delay(failures: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1u64 << failures.saturating_sub(1).min(4)))
+}
+
+fn decode_b64(text: &str) -> Option<Vec<u8>> {
+    let t = text.trim();
+    if t == "=" {
+        return Some(Vec::new());
+    }
+    base64::engine::general_purpose::STANDARD.decode(t).ok()
+}
+
+/// Our stream header (RFC 6120 §4.7).
+pub fn stream_header_xml(host: &str, id: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='{}' from='{}' version='1.0' xml:lang='en'>",
+        escape_attr(id),
+        escape_attr(host)
+    )
+}
+
+fn postauth_features() -> String {
+    "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session></stream:features>".into()
+}
+
+fn sasl_failure_xml(f: SaslFailure) -> String {
+    format!("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{}/></failure>", f.as_str())
+}
+
+fn iq_reply_xml(id: Option<&str>, payload: Option<&str>) -> String {
+    let mut iq = Element::new("iq", ns::CLIENT).with_attr("type", "result");
+    if let Some(id) = id {
+        iq.set_attr("id", id);
+    }
+    let mut s = iq.to_xml(ns::CLIENT);
+    if let Some(p) = payload {
+        // The payload is a constant of ours; splice it in before the closing tag.
+        if let Some(stripped) = s.strip_suffix("/>") {
+            s = format!("{stripped}>{p}</iq>");
+        }
+    }
+    s
+}
+
+fn iq_error_xml(id: Option<&str>, cond: StanzaErrorCondition) -> String {
+    let mut iq = Element::new("iq", ns::CLIENT).with_attr("type", "error");
+    if let Some(id) = id {
+        iq.set_attr("id", id);
+    }
+    iq.push_child(meerkat_xmpp::error::error_element(cond, None, ns::CLIENT));
+    iq.to_xml(ns::CLIENT)
+}
+
+fn escape_attr(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('\'', "&apos;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! The server's own stanza processing, on a fixed set of sharded workers.
+//!
+//! Jobs about one account always land on the same shard (hash of the bare
+//! JID), so they are processed in order; shards run in parallel. Every shard
+//! queue is bounded: when one is full, the router answers the sender with
+//! `resource-constraint` instead of letting memory grow.
+
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use meerkat_routing::{Routed, ServerHandler, ServerJob};
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::jid::{FullJid, Jid};
+use tokio::sync::mpsc;
+
+use crate::services::Services;
+
+/// Work for a server shard.
+#[derive(Debug)]
+pub enum WorkerJob {
+    /// A job from the router.
+    Routed(ServerJob),
+    /// Presence a session sent without `to` (RFC 6121 §4.2–§4.6): broadcast it.
+    Broadcast { from: FullJid, presence: Element, initial: bool, directed: Vec<Jid> },
+    /// A subscription request or answer a user sent (RFC 6121 §3, outbound side).
+    OutboundSubscription(Routed),
+}
+
+impl WorkerJob {
+    fn shard_key(&self) -> String {
+        match self {
+            WorkerJob::Routed(j) => routed_key(j),
+            WorkerJob::Broadcast { from, .. } => from.to_bare().to_string(),
+            WorkerJob::OutboundSubscription(r) => r.from.to_bare().to_string(),
+        }
+    }
+}
+
+/// Jobs about the server itself follow the sender; all others follow the recipient account.
+fn routed_key(job: &ServerJob) -> String {
+    match job {
+        ServerJob::ToServer(r) => r.from.to_bare().to_string(),
+        j => j.routed().to.to_bare().to_string(),
+    }
+}
+
+/// The shard queues.
+pub struct ServerWorkers {
+    senders: Mutex<Option<Vec<mpsc::Sender<WorkerJob>>>>,
+    receivers: Mutex<Vec<mpsc::Receiver<WorkerJob>>>,
+}
+
+impl ServerWorkers {
+    /// `shards` queues of `capacity` jobs each; nothing runs until [`ServerWorkers::start`].
+    pub fn new(shards: usize, capacity: usize) -> Arc<Self> {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards.max(1)).map(|_| mpsc::channel(capacity.max(1))).unzip();
+        Arc::new(ServerWorkers { senders: Mutex::new(Some(senders)), receivers: Mutex::new(receivers) })
+    }
+
+    /// Spawns one task per shard through `spawn` (the node spreads them over its arbiters).
+    /// Each task ends once [`ServerWorkers::close`] was called and its queue is drained.
+    pub fn start(
+        &self,
+        svc: &Arc<Services>,
+        mut spawn: impl FnMut(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+    ) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        let receivers = std::mem::take(&mut *self.receivers.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut done = Vec::new();
+        for mut rx in receivers {
+            let svc = svc.clone();
+            let (tx_done, rx_done) = tokio::sync::oneshot::channel();
+            done.push(rx_done);
+            spawn(Box::pin(async move {
+                while let Some(job) = rx.recv().await {
+                    crate::modules::handle_job(&svc, job).await;
+                }
+                let _ = tx_done.send(());
+            }));
+        }
+        done
+    }
+
+    fn sender_for(&self, key: &str) -> Option<mpsc::Sender<WorkerJob>> {
+        let guard = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let senders = guard.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        senders.get((h.finish() % senders.len() as u64) as usize).cloned()
+    }
+
+    /// Queues a job on its account's shard; gives it back when that queue is full or closed.
+    pub fn enqueue(&self, job: WorkerJob) -> Result<(), WorkerJob> {
+        let Some(tx) = self.sender_for(&job.shard_key()) else {
+            return Err(job);
+        };
+        let result = match tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(job);
+                Ok(())
+            }
+            Err(_) => Err(job),
+        };
+        result
+    }
+
+    /// Stops accepting jobs; the shard tasks finish what is queued and end.
+    pub fn close(&self) {
+        self.senders.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Jobs waiting, summed over shards.
+    pub fn queued(&self) -> usize {
+        let guard = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .map(|s| s.iter().map(|tx| tx.max_capacity() - tx.capacity()).sum())
+            .unwrap_or(0)
+    }
+}
+
+impl ServerHandler for ServerWorkers {
+    fn submit(&self, job: ServerJob) -> Result<(), ServerJob> {
+        // Reserve before wrapping, so a full queue hands the job back unchanged.
+        let Some(tx) = self.sender_for(&routed_key(&job)) else {
+            return Err(job);
+        };
+        let result = match tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(WorkerJob::Routed(job));
+                Ok(())
+            }
+            Err(_) => Err(job),
+        };
+        result
+    }
+}

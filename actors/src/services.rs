@@ -1,0 +1,112 @@
+//! What every session and server worker shares on one node.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meerkat_routing::Router;
+use meerkat_storage::Storage;
+
+use crate::auth::Accounts;
+use crate::modules::Module;
+use crate::server::ServerWorkers;
+
+/// Per-node settings of the session layer, filled from the config file by `node`.
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    /// Mailbox capacity of each session actor.
+    pub mailbox_capacity: usize,
+    /// Bytes a session may have queued for a client that is not reading before it is disconnected.
+    pub max_outgoing_bytes: usize,
+    /// A client that sends nothing for this long is disconnected (`connection-timeout`).
+    pub idle_timeout: Duration,
+    /// The server writes a whitespace keepalive after this much silence.
+    pub keepalive_interval: Duration,
+    /// Time allowed from TCP accept to a bound resource.
+    pub negotiation_timeout: Duration,
+    /// Most offline messages kept per user (XEP-0160).
+    pub max_offline_messages: u64,
+    /// Whether XEP-0077 in-band registration is enabled.
+    pub registration: bool,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            mailbox_capacity: 1024,
+            max_outgoing_bytes: 4 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(600),
+            keepalive_interval: Duration::from_secs(60),
+            negotiation_timeout: Duration::from_secs(60),
+            max_offline_messages: 1000,
+            registration: true,
+        }
+    }
+}
+
+/// The node's shared services.
+pub struct Services {
+    pub router: Arc<Router>,
+    pub storage: Arc<Storage>,
+    pub accounts: Accounts,
+    pub settings: SessionSettings,
+    pub workers: Arc<ServerWorkers>,
+    /// The XMPP modules, in hook order.
+    pub modules: Vec<Arc<dyn Module>>,
+    next_sid: AtomicU64,
+    shutting_down: AtomicBool,
+    started_micros: i64,
+}
+
+impl Services {
+    pub fn new(
+        router: Arc<Router>,
+        storage: Arc<Storage>,
+        accounts: Accounts,
+        settings: SessionSettings,
+        workers: Arc<ServerWorkers>,
+        modules: Vec<Arc<dyn Module>>,
+    ) -> Arc<Self> {
+        Arc::new(Services {
+            router,
+            storage,
+            accounts,
+            settings,
+            workers,
+            modules,
+            // Start from a random point so ids of a restarted node do not repeat.
+            next_sid: AtomicU64::new(rand::random::<u32>() as u64 * 1_000_000),
+            shutting_down: AtomicBool::new(false),
+            started_micros: now_micros(),
+        })
+    }
+
+    pub fn next_session_id(&self) -> meerkat_cluster::SessionId {
+        meerkat_cluster::SessionId(self.next_sid.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Stops new logins and asks every session on this node to end with `<system-shutdown/>`.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        for info in self.router.sessions().all() {
+            if info.node == self.router.node() {
+                if let Some(sink) = self.router.sink(info.sid) {
+                    sink.kick(meerkat_routing::KickReason::Shutdown);
+                }
+            }
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        Duration::from_micros((now_micros() - self.started_micros).max(0) as u64)
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}

@@ -1,0 +1,426 @@
+//! The session actor of a bound client resource.
+//!
+//! It owns the session's state (JID, presence, directed presence) and is the
+//! only writer to the client: stanzas from the client come in as
+//! [`FromClient`] (the reader waits while the mailbox is full, so a fast
+//! client is slowed down rather than buffered), stanzas for the client come in
+//! as [`Deliver`] through the router's non-blocking `try_send`.
+//!
+//! Output goes to a writer task through an [`OutQueue`] capped in bytes:
+//! actix's `FramedWrite` has no back-pressure, so instead a client that does
+//! not read its socket is disconnected once its queue exceeds the cap.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use meerkat_cluster::SessionId;
+use meerkat_routing::{KickReason, Routed, SessionSink};
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::{error_reply, StanzaErrorCondition, StreamError, StreamErrorCondition};
+use meerkat_xmpp::jid::{parse_jid, FullJid, Jid};
+use meerkat_xmpp::ns;
+use meerkat_xmpp::stanza::{self, IqType, PresenceType, StanzaKind};
+use tokio::sync::{mpsc, watch};
+
+use crate::server::WorkerJob;
+use crate::services::Services;
+
+/// Bytes queued for one client's writer, with a byte cap.
+#[derive(Clone)]
+pub struct OutQueue {
+    tx: mpsc::Sender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The client does not read fast enough.
+#[derive(Debug)]
+pub struct Overflow;
+
+impl OutQueue {
+    pub fn new(capacity: usize, max_bytes: usize) -> (OutQueue, mpsc::Receiver<Bytes>, Arc<AtomicUsize>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let queued = Arc::new(AtomicUsize::new(0));
+        (OutQueue { tx, queued: queued.clone(), max_bytes }, rx, queued)
+    }
+
+    pub fn push(&self, data: String) -> Result<(), Overflow> {
+        let len = data.len();
+        if self.queued.load(Ordering::Relaxed) + len > self.max_bytes {
+            return Err(Overflow);
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.tx.try_send(Bytes::from(data)).map_err(|_| Overflow)
+    }
+}
+
+/// What the reader and writer tasks watch: keep going, stop reading, or abort everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoControl {
+    Run,
+    StopReading,
+    Abort,
+}
+
+/// A top-level element the client sent.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FromClient(pub Element);
+
+/// A stanza routed to this resource.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Element);
+
+/// End the session on the server's initiative.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kick(pub KickReason);
+
+/// The client side ended: closing tag, EOF, a parse error or idle timeout.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClientClosed(pub Option<StreamError>);
+
+/// Sent to self after the last queued deliveries, to write the closing bytes.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Finish(Option<StreamError>);
+
+/// One bound client resource.
+pub struct C2sSession {
+    svc: Arc<Services>,
+    jid: FullJid,
+    sid: SessionId,
+    out: Option<OutQueue>,
+    io: watch::Sender<IoControl>,
+    available: bool,
+    last_presence: Option<Element>,
+    directed: HashSet<Jid>,
+    /// Routing no longer sends here; deliveries still in the mailbox are re-routed or flushed.
+    detached: bool,
+    client_gone: bool,
+}
+
+impl C2sSession {
+    pub fn new(svc: Arc<Services>, jid: FullJid, sid: SessionId, out: OutQueue, io: watch::Sender<IoControl>) -> Self {
+        C2sSession {
+            svc,
+            jid,
+            sid,
+            out: Some(out),
+            io,
+            available: false,
+            last_presence: None,
+            directed: HashSet::new(),
+            detached: false,
+            client_gone: false,
+        }
+    }
+
+    pub fn sid(&self) -> SessionId {
+        self.sid
+    }
+
+    fn write(&mut self, xml: String, ctx: &mut Context<Self>) {
+        let Some(out) = &self.out else { return };
+        if out.push(xml).is_err() {
+            tracing::warn!(jid = %self.jid, "client does not read its stream; disconnecting");
+            let _ = self.io.send(IoControl::Abort);
+            self.out = None;
+            self.detach();
+            ctx.stop();
+        }
+    }
+
+    fn write_stanza(&mut self, el: &Element, ctx: &mut Context<Self>) {
+        let xml = el.to_xml(ns::CLIENT);
+        self.write(xml, ctx);
+    }
+
+    /// Takes the session out of routing and tells contacts it is gone.
+    fn detach(&mut self) {
+        if self.detached {
+            return;
+        }
+        self.detached = true;
+        let router = &self.svc.router;
+        router.unregister_sink(self.sid);
+        router.sessions().close(&self.jid, router.node(), self.sid);
+        if self.available {
+            self.available = false;
+            let unavailable = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable");
+            let job = WorkerJob::Broadcast {
+                from: self.jid.clone(),
+                presence: unavailable,
+                initial: false,
+                directed: self.directed.drain().collect(),
+            };
+            if self.svc.workers.enqueue(job).is_err() {
+                tracing::warn!(jid = %self.jid, "server queue full; unavailable presence not broadcast");
+            }
+        }
+    }
+
+    fn stream_fail(&mut self, err: StreamError, ctx: &mut Context<Self>) {
+        self.detach();
+        ctx.address().do_send(Finish(Some(err)));
+    }
+
+    fn reply_error(&mut self, el: &Element, cond: StanzaErrorCondition, ctx: &mut Context<Self>) {
+        if let Some(mut e) = error_reply(el, cond, None) {
+            e.remove_attr("from");
+            e.set_attr("to", self.jid.to_string());
+            self.write_stanza(&e, ctx);
+        }
+    }
+
+    fn route(&self, to: Jid, stanza: Element) {
+        self.svc.router.route(Routed { from: Jid::from(self.jid.clone()), to, stanza });
+    }
+
+    fn on_client_stanza(&mut self, mut el: Element, ctx: &mut Context<Self>) {
+        let Some(kind) = StanzaKind::of(&el) else {
+            self.stream_fail(StreamError::with_text(StreamErrorCondition::UnsupportedStanzaType, &format!("<{}/> is not a stanza", el.name)), ctx);
+            return;
+        };
+        if let Some(from) = el.attr("from") {
+            // RFC 6120 §8.1.2.1: the server stamps `from`; a different one is an error.
+            let ok = match parse_jid(from) {
+                Ok(j) => match j.try_as_full() {
+                    Ok(f) => *f == self.jid,
+                    Err(b) => *b == self.jid.to_bare(),
+                },
+                Err(_) => false,
+            };
+            if !ok {
+                self.stream_fail(StreamError::with_text(StreamErrorCondition::InvalidFrom, "'from' does not match the bound JID"), ctx);
+                return;
+            }
+        }
+        el.set_attr("from", self.jid.to_string());
+        let to = match stanza::to_jid(&el) {
+            Ok(t) => t,
+            Err(_) => {
+                self.reply_error(&el, StanzaErrorCondition::JidMalformed, ctx);
+                return;
+            }
+        };
+        if let Some(t) = &to {
+            // Canonical form, so that every later comparison is a plain equality.
+            el.set_attr("to", t.to_string());
+        }
+        match kind {
+            StanzaKind::Message => {
+                let to = to.unwrap_or_else(|| Jid::from(self.jid.to_bare()));
+                self.route(to, el);
+            }
+            StanzaKind::Presence => self.on_client_presence(el, to, ctx),
+            StanzaKind::Iq => self.on_client_iq(el, to, ctx),
+        }
+    }
+
+    fn on_client_presence(&mut self, el: Element, to: Option<Jid>, ctx: &mut Context<Self>) {
+        let Some(ptype) = PresenceType::of(&el) else {
+            self.reply_error(&el, StanzaErrorCondition::BadRequest, ctx);
+            return;
+        };
+        let Some(to) = to else {
+            match ptype {
+                PresenceType::Available => {
+                    let priority = el
+                        .get_child("priority", ns::CLIENT)
+                        .and_then(|p| p.text().trim().parse::<i32>().ok())
+                        .map(|p| p.clamp(-128, 127) as i8)
+                        .unwrap_or(0);
+                    let initial = !self.available;
+                    self.available = true;
+                    let mut stored = el.clone();
+                    stored.remove_attr("to");
+                    self.last_presence = Some(stored);
+                    self.svc.router.sessions().set_priority(&self.jid, self.sid, Some(priority));
+                    self.broadcast(el, initial, Vec::new());
+                }
+                PresenceType::Unavailable => {
+                    if self.available {
+                        self.available = false;
+                        self.last_presence = None;
+                        self.svc.router.sessions().set_priority(&self.jid, self.sid, None);
+                        let directed = self.directed.drain().collect();
+                        self.broadcast(el, false, directed);
+                    }
+                }
+                // Subscription requests and probes need an addressee.
+                _ => self.reply_error(&el, StanzaErrorCondition::BadRequest, ctx),
+            }
+            return;
+        };
+        if ptype.is_subscription() {
+            let job = WorkerJob::OutboundSubscription(Routed { from: Jid::from(self.jid.clone()), to, stanza: el.clone() });
+            if self.svc.workers.enqueue(job).is_err() {
+                self.reply_error(&el, StanzaErrorCondition::ResourceConstraint, ctx);
+            }
+            return;
+        }
+        match ptype {
+            PresenceType::Available => {
+                self.directed.insert(to.clone());
+            }
+            PresenceType::Unavailable => {
+                self.directed.remove(&to);
+            }
+            _ => {}
+        }
+        self.route(to, el);
+    }
+
+    fn broadcast(&mut self, presence: Element, initial: bool, directed: Vec<Jid>) {
+        let job = WorkerJob::Broadcast { from: self.jid.clone(), presence, initial, directed };
+        if self.svc.workers.enqueue(job).is_err() {
+            tracing::warn!(jid = %self.jid, "server queue full; presence not broadcast");
+        }
+    }
+
+    fn on_client_iq(&mut self, el: Element, to: Option<Jid>, ctx: &mut Context<Self>) {
+        let Some(itype) = IqType::of(&el) else {
+            self.reply_error(&el, StanzaErrorCondition::BadRequest, ctx);
+            return;
+        };
+        if el.attr("id").is_none() {
+            self.reply_error(&el, StanzaErrorCondition::BadRequest, ctx);
+            return;
+        }
+        if itype.is_request() && to.is_none() {
+            if let Some(p) = stanza::iq_payload(&el) {
+                // RFC 3921 §3 legacy session establishment: a no-op kept for old clients.
+                if p.is("session", ns::SESSION) {
+                    let mut res = stanza::iq_result(&el, None);
+                    res.remove_attr("from");
+                    res.set_attr("to", self.jid.to_string());
+                    self.write_stanza(&res, ctx);
+                    return;
+                }
+            }
+        }
+        let to = to.unwrap_or_else(|| Jid::from(self.jid.to_bare()));
+        self.route(to, el);
+    }
+
+    fn on_delivered(&mut self, el: Element, ctx: &mut Context<Self>) {
+        if self.detached && self.client_gone {
+            // Nobody will read it here: give it back to the router so the account
+            // (other resources or offline storage) gets it.
+            if StanzaKind::of(&el) == Some(StanzaKind::Message) {
+                let from = el.attr("from").and_then(|f| parse_jid(f).ok());
+                if let Some(from) = from {
+                    self.svc.router.route(Routed { from, to: Jid::from(self.jid.to_bare()), stanza: el });
+                }
+            }
+            return;
+        }
+        if StanzaKind::of(&el) == Some(StanzaKind::Presence) && el.attr("type") == Some("probe") {
+            // Probes reach a session only after the server checked the subscription.
+            if let (Some(last), Some(from)) = (&self.last_presence, el.attr("from")) {
+                if let Ok(to) = parse_jid(from) {
+                    let mut p = last.clone();
+                    p.set_attr("from", self.jid.to_string());
+                    p.set_attr("to", to.to_string());
+                    self.route(to, p);
+                }
+            }
+            return;
+        }
+        self.write_stanza(&el, ctx);
+    }
+}
+
+impl Actor for C2sSession {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.detach();
+        // Stop the reader; the writer drains what is queued, then closes the socket.
+        if *self.io.borrow() == IoControl::Run {
+            let _ = self.io.send(IoControl::StopReading);
+        }
+        self.out = None;
+    }
+}
+
+impl Handler<FromClient> for C2sSession {
+    type Result = ();
+    fn handle(&mut self, msg: FromClient, ctx: &mut Context<Self>) {
+        if !self.detached {
+            self.on_client_stanza(msg.0, ctx);
+        }
+    }
+}
+
+impl Handler<Deliver> for C2sSession {
+    type Result = ();
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        self.on_delivered(msg.0, ctx);
+    }
+}
+
+impl Handler<Kick> for C2sSession {
+    type Result = ();
+    fn handle(&mut self, msg: Kick, ctx: &mut Context<Self>) {
+        let err = match msg.0 {
+            KickReason::Conflict => StreamError::with_text(StreamErrorCondition::Conflict, "another session bound this resource"),
+            KickReason::Shutdown => StreamError::new(StreamErrorCondition::SystemShutdown),
+            KickReason::Admin => StreamError::with_text(StreamErrorCondition::PolicyViolation, "closed by an administrator"),
+            KickReason::AccountRemoved => StreamError::with_text(StreamErrorCondition::NotAuthorized, "the account was removed"),
+        };
+        self.stream_fail(err, ctx);
+    }
+}
+
+impl Handler<ClientClosed> for C2sSession {
+    type Result = ();
+    fn handle(&mut self, msg: ClientClosed, ctx: &mut Context<Self>) {
+        self.client_gone = msg.0.is_none();
+        match msg.0 {
+            Some(err) => self.stream_fail(err, ctx),
+            None => {
+                self.detach();
+                ctx.address().do_send(Finish(None));
+            }
+        }
+    }
+}
+
+impl Handler<Finish> for C2sSession {
+    type Result = ();
+    fn handle(&mut self, msg: Finish, ctx: &mut Context<Self>) {
+        let mut tail = String::new();
+        if let Some(err) = msg.0 {
+            tail.push_str(&err.to_xml());
+        }
+        tail.push_str("</stream:stream>");
+        if let Some(out) = &self.out {
+            // The closing bytes are small and final; past the cap they are simply dropped.
+            let _ = out.push(tail);
+        }
+        ctx.stop();
+    }
+}
+
+/// The router's handle on a session: a non-blocking send into its bounded mailbox.
+pub struct ActorSink(pub Addr<C2sSession>);
+
+impl SessionSink for ActorSink {
+    fn deliver(&self, stanza: Element) -> Result<(), Element> {
+        self.0.try_send(Deliver(stanza)).map_err(|e| match e {
+            SendError::Full(Deliver(s)) | SendError::Closed(Deliver(s)) => s,
+        })
+    }
+
+    fn kick(&self, reason: KickReason) {
+        // A kick must get through even to a full mailbox.
+        self.0.do_send(Kick(reason));
+    }
+}

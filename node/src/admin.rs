@@ -1,0 +1,250 @@
+//! The admin HTTP API (JSON), described by `/api/openapi.json`.
+//!
+//! Every route but the OpenAPI document needs `Authorization: Bearer <token>`
+//! or Basic credentials from `[admin]`. Errors are JSON `{"error": "..."}`
+//! with the status chosen in one place, [`ApiError::status`].
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use base64::Engine as _;
+use meerkat_actors::auth::AccountError;
+use meerkat_actors::services::Services;
+use meerkat_routing::KickReason;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq as _;
+
+/// How the API checks callers.
+#[derive(Clone)]
+pub enum AdminAuth {
+    Token(String),
+    Basic { username: String, password: String },
+}
+
+impl AdminAuth {
+    fn check(&self, req: &HttpRequest) -> bool {
+        let Some(h) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        match self {
+            AdminAuth::Token(t) => h.strip_prefix("Bearer ").is_some_and(|given| bool::from(given.trim().as_bytes().ct_eq(t.as_bytes()))),
+            AdminAuth::Basic { username, password } => {
+                let Some(b64) = h.strip_prefix("Basic ") else { return false };
+                let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return false };
+                let expected = format!("{username}:{password}");
+                bool::from(raw.as_slice().ct_eq(expected.as_bytes()))
+            }
+        }
+    }
+}
+
+/// What the handlers share.
+pub struct AdminState {
+    pub svc: Arc<Services>,
+    pub auth: AdminAuth,
+}
+
+/// An API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or wrong credentials")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The one place API errors become status codes.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status()
+    }
+    fn error_response(&self) -> HttpResponse {
+        let mut r = HttpResponse::build(self.status());
+        if matches!(self, ApiError::Unauthorized) {
+            r.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        r.json(json!({ "error": self.to_string() }))
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::Exists => ApiError::Conflict(e.to_string()),
+            AccountError::NotFound => ApiError::NotFound(e.to_string()),
+            AccountError::InvalidUsername(_) | AccountError::EmptyPassword => ApiError::BadRequest(e.to_string()),
+            AccountError::UnknownHost(_) => ApiError::NotFound(e.to_string()),
+            AccountError::Storage(_) | AccountError::Hashing(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+fn authorize(state: &AdminState, req: &HttpRequest) -> Result<(), ApiError> {
+    if state.auth.check(req) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// The OpenAPI document, kept next to the code and checked by a test against the routes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/openapi.json", web::get().to(openapi))
+        .route("/api/status", web::get().to(status))
+        .route("/api/users/{host}", web::get().to(list_users))
+        .route("/api/users/{host}", web::post().to(add_user))
+        .route("/api/users/{host}/{user}", web::delete().to(remove_user))
+        .route("/api/users/{host}/{user}/password", web::put().to(set_password))
+        .route("/api/sessions", web::get().to(list_sessions))
+        .route("/api/sessions/{jid}", web::delete().to(kick_session));
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(OPENAPI)
+}
+
+async fn status(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let svc = &state.svc;
+    let db = match svc.storage.ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("error: {e}"),
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "status": if svc.is_shutting_down() { "stopping" } else { "running" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": svc.router.node().0,
+        "hosts": svc.router.hosts(),
+        "uptime_seconds": svc.uptime().as_secs(),
+        "sessions": svc.router.sessions().len(),
+        "database": { "backend": svc.storage.backend_name(), "status": db },
+        "server_queue": svc.workers.queued(),
+        "stanzas": {
+            "routed": svc.router.stats.routed.load(std::sync::atomic::Ordering::Relaxed),
+            "bounced": svc.router.stats.bounced.load(std::sync::atomic::Ordering::Relaxed),
+            "dropped": svc.router.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        },
+    })))
+}
+
+async fn list_users(state: web::Data<AdminState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let users = state.svc.accounts.list(&path.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "users": users })))
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    username: String,
+    password: String,
+}
+
+async fn add_user(state: web::Data<AdminState>, req: HttpRequest, path: web::Path<String>, body: web::Json<NewUser>) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let host = path.into_inner();
+    state.svc.accounts.register(&host, &body.username, &body.password).await?;
+    Ok(HttpResponse::Created().json(json!({ "jid": format!("{}@{}", body.username, host) })))
+}
+
+async fn remove_user(state: web::Data<AdminState>, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (host, user) = path.into_inner();
+    state.svc.accounts.remove(&host, &user).await?;
+    if let Ok(bare) = meerkat_xmpp::jid::parse_bare(&format!("{user}@{host}")) {
+        for info in state.svc.router.sessions().resources(&bare) {
+            if let Some(sink) = state.svc.router.sink(info.sid) {
+                sink.kick(KickReason::AccountRemoved);
+            }
+        }
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct NewPassword {
+    password: String,
+}
+
+async fn set_password(state: web::Data<AdminState>, req: HttpRequest, path: web::Path<(String, String)>, body: web::Json<NewPassword>) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (host, user) = path.into_inner();
+    state.svc.accounts.set_password(&host, &user, &body.password).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn list_sessions(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let mut sessions: Vec<_> = state
+        .svc
+        .router
+        .sessions()
+        .all()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "jid": s.jid.to_string(),
+                "node": s.node.0,
+                "session": s.sid.to_string(),
+                "priority": s.priority,
+                "available": s.priority.is_some(),
+                "created_micros": s.created_micros,
+            })
+        })
+        .collect();
+    sessions.sort_by(|a, b| a["jid"].as_str().cmp(&b["jid"].as_str()));
+    Ok(HttpResponse::Ok().json(json!({ "sessions": sessions })))
+}
+
+async fn kick_session(state: web::Data<AdminState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let jid = meerkat_xmpp::jid::parse_full(&path.into_inner()).map_err(|e| ApiError::BadRequest(format!("not a full JID: {e}")))?;
+    let info = state.svc.router.sessions().get(&jid).ok_or_else(|| ApiError::NotFound(format!("no session for {jid}")))?;
+    let sink = state.svc.router.sink(info.sid).ok_or_else(|| ApiError::NotFound(format!("{jid} is not on this node")))?;
+    sink.kick(KickReason::Admin);
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_documents_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let src = include_str!("admin.rs");
+        let mut count = 0;
+        for line in src.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix(".route(\"").or_else(|| line.strip_prefix("cfg.route(\"")) {
+                let path = rest.split('"').next().unwrap();
+                let method = rest.split("web::").nth(1).unwrap().split('(').next().unwrap();
+                let entry = paths.get(path).unwrap_or_else(|| panic!("{path} missing from openapi.json"));
+                assert!(entry.get(method).is_some(), "{method} {path} missing from openapi.json");
+                count += 1;
+            }
+        }
+        assert_eq!(count, 8);
+        assert_eq!(paths.len(), 6);
+    }
+}

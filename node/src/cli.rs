@@ -1,0 +1,209 @@
+//! The `meerkat` command line. Everything but `start` talks to a running
+//! node through its admin HTTP API.
+
+use std::io::BufRead as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug)]
+#[command(name = "meerkat", version, about = "Meerkat XMPP server")]
+pub struct Cli {
+    /// Config file (also tells the CLI where the admin API and its token are).
+    #[arg(long, short, global = true, env = "MEERKAT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Admin API base URL; defaults to the address in the config.
+    #[arg(long, global = true, env = "MEERKAT_API")]
+    pub api: Option<String>,
+    /// Admin API token; defaults to `[admin] token` or the generated `data_dir/admin.token`.
+    #[arg(long, global = true, env = "MEERKAT_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the node in the foreground until SIGTERM or Ctrl-C.
+    Start,
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Inspect and close sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Show the running node's status.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create an account. The password is read from --password, or else from the first line of stdin.
+    Add {
+        /// user@host
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Remove an account and all its data, closing its sessions.
+    Remove { jid: String },
+    /// List the accounts of a host (default: the first configured host).
+    List { host: Option<String> },
+    /// Change a password (from --password, or else the first line of stdin).
+    Passwd {
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// List bound sessions.
+    List,
+    /// Close a session (full JID) with a stream error.
+    Kick { jid: String },
+}
+
+/// Where and how to reach the admin API.
+pub struct ApiClient {
+    base: String,
+    auth: String,
+    default_host: String,
+}
+
+impl ApiClient {
+    pub fn new(cli: &Cli, cfg: &crate::config::Config) -> anyhow::Result<ApiClient> {
+        let base = cli.api.clone().unwrap_or_else(|| {
+            let ip = match cfg.admin.ip_address {
+                std::net::IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_string(),
+                std::net::IpAddr::V6(v6) if v6.is_unspecified() => "[::1]".to_string(),
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                ip => ip.to_string(),
+            };
+            format!("http://{ip}:{}", cfg.admin.port)
+        });
+        let auth = if let Some(t) = cli.token.clone().or_else(|| cfg.admin.token.clone()) {
+            format!("Bearer {t}")
+        } else if let (Some(u), Some(p)) = (&cfg.admin.username, &cfg.admin.password) {
+            use base64::Engine as _;
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
+        } else {
+            let path = cfg.general.data_dir.join("admin.token");
+            let t = std::fs::read_to_string(&path)
+                .with_context(|| format!("no admin token given and {} is unreadable (is the node started with this config?)", path.display()))?;
+            format!("Bearer {}", t.trim())
+        };
+        Ok(ApiClient { base: base.trim_end_matches('/').to_string(), auth, default_host: cfg.general.hosts.first().cloned().unwrap_or_default() })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.base, path);
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let resp = match (method, body) {
+            ("GET", _) => agent.get(&url).header("Authorization", &self.auth).call(),
+            ("DELETE", _) => agent.delete(&url).header("Authorization", &self.auth).call(),
+            ("POST", Some(b)) => agent.post(&url).header("Authorization", &self.auth).send_json(b),
+            ("PUT", Some(b)) => agent.put(&url).header("Authorization", &self.auth).send_json(b),
+            _ => bail!("unsupported request {method} {path}"),
+        };
+        let mut resp = resp.with_context(|| format!("cannot reach the admin API at {} (is the node running?)", self.base))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let value: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if status >= 400 {
+            let msg = value.get("error").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| value.to_string());
+            bail!("{method} {path}: HTTP {status}: {msg}");
+        }
+        Ok(value)
+    }
+}
+
+fn split_jid(jid: &str) -> anyhow::Result<(String, String)> {
+    let bare = meerkat_xmpp::jid::parse_bare(jid).with_context(|| format!("{jid:?} is not a JID"))?;
+    let user = bare.node().map(|n| n.as_str().to_owned()).with_context(|| format!("{jid:?} has no user part"))?;
+    Ok((user, bare.domain().as_str().to_owned()))
+}
+
+fn password(given: Option<String>) -> anyhow::Result<String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+    let p = line.trim_end_matches(['\r', '\n']).to_string();
+    if p.is_empty() {
+        bail!("no password: pass --password or write it on stdin");
+    }
+    Ok(p)
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Runs an admin subcommand and prints its result.
+pub fn run_admin(client: &ApiClient, cmd: &Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Start => unreachable_start(),
+        Command::Status => {
+            let v = client.call("GET", "/api/status", None)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::User(UserCommand::Add { jid, password: p }) => {
+            let (user, host) = split_jid(jid)?;
+            let p = password(p.clone())?;
+            client.call("POST", &format!("/api/users/{}", enc(&host)), Some(json!({ "username": user, "password": p })))?;
+            println!("created {user}@{host}");
+        }
+        Command::User(UserCommand::Remove { jid }) => {
+            let (user, host) = split_jid(jid)?;
+            client.call("DELETE", &format!("/api/users/{}/{}", enc(&host), enc(&user)), None)?;
+            println!("removed {user}@{host}");
+        }
+        Command::User(UserCommand::List { host }) => {
+            let host = host.clone().unwrap_or_else(|| client.default_host.clone());
+            let v = client.call("GET", &format!("/api/users/{}", enc(&host)), None)?;
+            for u in v["users"].as_array().into_iter().flatten() {
+                println!("{}@{host}", u.as_str().unwrap_or_default());
+            }
+        }
+        Command::User(UserCommand::Passwd { jid, password: p }) => {
+            let (user, host) = split_jid(jid)?;
+            let p = password(p.clone())?;
+            client.call("PUT", &format!("/api/users/{}/{}/password", enc(&host), enc(&user)), Some(json!({ "password": p })))?;
+            println!("password changed for {user}@{host}");
+        }
+        Command::Session(SessionCommand::List) => {
+            let v = client.call("GET", "/api/sessions", None)?;
+            for s in v["sessions"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\tnode {}\tsession {}\t{}",
+                    s["jid"].as_str().unwrap_or_default(),
+                    s["node"],
+                    s["session"].as_str().unwrap_or_default(),
+                    if s["available"].as_bool().unwrap_or(false) { format!("available (priority {})", s["priority"]) } else { "unavailable".into() }
+                );
+            }
+        }
+        Command::Session(SessionCommand::Kick { jid }) => {
+            client.call("DELETE", &format!("/api/sessions/{}", enc(jid)), None)?;
+            println!("closing {jid}");
+        }
+    }
+    Ok(())
+}
+
+fn unreachable_start() {
+    // `start` is dispatched by main before this function is reached.
+}

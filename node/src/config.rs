@@ -1,0 +1,513 @@
+//! The TOML configuration, in MongooseIM's shape.
+//!
+//! Every section is a struct with serde defaults and `deny_unknown_fields`,
+//! so a typo is an error at start, not a silently ignored option. Loading is
+//! two steps: [`Config::parse`] (syntax and types, with the key and line of a
+//! mistake) and [`Config::validate`] (meaning: hosts, ports, files).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem, naming the file, the key and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub general: General,
+    pub listen: Listen,
+    pub auth: Auth,
+    pub outgoing_pools: OutgoingPools,
+    pub admin: Admin,
+    pub log: Log,
+    pub session: Session,
+    pub modules: Modules,
+}
+
+/// `[general]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    /// XMPP domains this node serves.
+    pub hosts: Vec<String>,
+    /// Where the node keeps its SQLite database, generated certificates and admin token.
+    pub data_dir: PathBuf,
+    /// Seconds SIGTERM waits for sessions to close and queued work to finish.
+    pub shutdown_grace_period: u64,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        General { hosts: vec!["localhost".into()], data_dir: PathBuf::from("./meerkat-data"), shutdown_grace_period: 10 }
+    }
+}
+
+/// `[listen]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    pub c2s: Vec<C2sListen>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen { c2s: vec![C2sListen::default()] }
+    }
+}
+
+/// `[[listen.c2s]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct C2sListen {
+    pub port: u16,
+    pub ip_address: IpAddr,
+    /// Largest stanza in bytes; a bigger one closes the stream with `policy-violation`.
+    pub max_stanza_size: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_depth: usize,
+    /// Access rule deciding who may log in here: `all` or `none`.
+    pub access: String,
+    pub tls: ListenTls,
+}
+
+impl Default for C2sListen {
+    fn default() -> Self {
+        C2sListen {
+            port: 5222,
+            ip_address: IpAddr::from([0, 0, 0, 0]),
+            max_stanza_size: 65536,
+            max_depth: 64,
+            access: "all".into(),
+            tls: ListenTls::default(),
+        }
+    }
+}
+
+/// `tls.*` of a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenTls {
+    /// `none`, `starttls`, `starttls_required` or `tls` (direct TLS, XEP-0368).
+    pub mode: meerkat_actors::negotiation::TlsMode,
+    /// PEM certificate chain. Without one, a self-signed certificate is generated in the data directory.
+    pub certfile: Option<PathBuf>,
+    /// PEM private key for `certfile`.
+    pub keyfile: Option<PathBuf>,
+}
+
+impl Default for ListenTls {
+    fn default() -> Self {
+        ListenTls { mode: meerkat_actors::negotiation::TlsMode::Starttls, certfile: None, keyfile: None }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Where accounts live; only `rdbms` exists today.
+    pub methods: Vec<String>,
+    pub password: Password,
+    /// SASL mechanisms in preference order, MongooseIM names (`scram_sha256_plus`, `plain`, …).
+    pub sasl_mechanisms: Vec<String>,
+    /// Allow PLAIN and in-band registration on unencrypted streams.
+    pub allow_plain_without_tls: bool,
+    /// Failed logins on one stream before it is closed; each failure is answered later than the last.
+    pub max_failures: u32,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            methods: vec!["rdbms".into()],
+            password: Password::default(),
+            sasl_mechanisms: [
+                "scram_sha512_plus",
+                "scram_sha512",
+                "scram_sha256_plus",
+                "scram_sha256",
+                "scram_sha1_plus",
+                "scram_sha1",
+                "plain",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            allow_plain_without_tls: false,
+            max_failures: 5,
+        }
+    }
+}
+
+/// `[auth.password]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Password {
+    /// `scram` (salted keys, the default) or `plain`.
+    pub format: meerkat_actors::auth::PasswordFormat,
+    /// PBKDF2 iterations for new SCRAM keys.
+    pub scram_iterations: u32,
+}
+
+impl Default for Password {
+    fn default() -> Self {
+        Password { format: Default::default(), scram_iterations: 4096 }
+    }
+}
+
+/// `[outgoing_pools]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutgoingPools {
+    pub rdbms: RdbmsPools,
+}
+
+/// `[outgoing_pools.rdbms]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdbmsPools {
+    pub default: Option<RdbmsPool>,
+}
+
+/// `[outgoing_pools.rdbms.default]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdbmsPool {
+    /// Connections in the pool.
+    pub workers: u32,
+    pub connection: RdbmsConnection,
+}
+
+impl Default for RdbmsPool {
+    fn default() -> Self {
+        RdbmsPool { workers: 10, connection: RdbmsConnection::default() }
+    }
+}
+
+/// `[outgoing_pools.rdbms.default.connection]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdbmsConnection {
+    /// `sqlite://path`, `postgres://user@host/db` or `mysql://user@host/db`.
+    /// Empty means SQLite in the data directory.
+    pub url: String,
+    pub tls: DbTls,
+}
+
+/// `tls.*` towards the database.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbTls {
+    /// Use TLS to the database.
+    pub required: bool,
+    /// Also accept an unencrypted connection if the server offers no TLS.
+    pub preferred: bool,
+    /// CA certificate that signs the database's certificate.
+    pub cacertfile: Option<PathBuf>,
+}
+
+/// `[admin]`: the admin HTTP API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub ip_address: IpAddr,
+    pub port: u16,
+    /// Bearer token. Without token or username, one is generated into `data_dir/admin.token`.
+    pub token: Option<String>,
+    /// Basic-auth credentials, as an alternative to the token.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin { ip_address: IpAddr::from([127, 0, 0, 1]), port: 5288, token: None, username: None, password: None }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A tracing filter, such as `info` or `meerkat_actors=debug,info`. `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[session]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Session {
+    pub mailbox_capacity: usize,
+    /// Bytes queued for a client that does not read before it is disconnected.
+    pub max_outgoing_bytes: usize,
+    /// Seconds of client silence before `connection-timeout`.
+    pub idle_timeout: u64,
+    /// Seconds of server silence before a whitespace keepalive.
+    pub keepalive_interval: u64,
+    /// Seconds from connect to bound resource.
+    pub negotiation_timeout: u64,
+    /// Server worker shards and the queue length of each.
+    pub server_workers: usize,
+    pub server_queue: usize,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            mailbox_capacity: 1024,
+            max_outgoing_bytes: 4 * 1024 * 1024,
+            idle_timeout: 600,
+            keepalive_interval: 60,
+            negotiation_timeout: 60,
+            server_workers: 8,
+            server_queue: 4096,
+        }
+    }
+}
+
+/// `[modules]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Modules {
+    pub offline: OfflineModule,
+    pub register: RegisterModule,
+}
+
+impl Default for Modules {
+    fn default() -> Self {
+        Modules { offline: OfflineModule { max_messages: 1000 }, register: RegisterModule { enabled: true } }
+    }
+}
+
+/// `[modules.offline]` (XEP-0160)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflineModule {
+    pub max_messages: u64,
+}
+
+impl Default for OfflineModule {
+    fn default() -> Self {
+        OfflineModule { max_messages: 1000 }
+    }
+}
+
+/// `[modules.register]` (XEP-0077)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegisterModule {
+    pub enabled: bool,
+}
+
+impl Default for RegisterModule {
+    fn default() -> Self {
+        RegisterModule { enabled: true }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError { file: file.clone(), key: "-".into(), reason: e.to_string() })?;
+        let mut cfg = Config::parse(&text, &file)?;
+        cfg.validate(&file)?;
+        Ok(cfg)
+    }
+
+    /// The defaults, validated: host `localhost`, c2s on 5222, admin on 127.0.0.1:5288, SQLite in `./meerkat-data`.
+    pub fn defaults() -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        cfg.validate("(defaults)")?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let key = e.span().map(|s| {
+                let line = text[..s.start.min(text.len())].lines().count().max(1);
+                format!("line {line}")
+            });
+            ConfigError { file: file.into(), key: key.unwrap_or_else(|| "-".into()), reason: e.message().to_string() }
+        })
+    }
+
+    pub fn validate(&mut self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| ConfigError { file: file.into(), key: key.into(), reason };
+        if self.general.hosts.is_empty() {
+            return Err(err("general.hosts", "at least one host is required".into()));
+        }
+        let mut canon = Vec::new();
+        for h in &self.general.hosts {
+            let c = meerkat_xmpp::jid::canonical_domain(h).map_err(|e| err("general.hosts", format!("{h:?} is not a valid domain: {e}")))?;
+            if canon.contains(&c) {
+                return Err(err("general.hosts", format!("{h:?} is listed twice")));
+            }
+            canon.push(c);
+        }
+        self.general.hosts = canon;
+        if self.listen.c2s.is_empty() {
+            return Err(err("listen.c2s", "at least one c2s listener is required".into()));
+        }
+        let mut ports = Vec::new();
+        for (i, l) in self.listen.c2s.iter().enumerate() {
+            let key = |k: &str| format!("listen.c2s[{i}].{k}");
+            if ports.contains(&(l.ip_address, l.port)) {
+                return Err(err(&key("port"), format!("{}:{} is used by another listener", l.ip_address, l.port)));
+            }
+            ports.push((l.ip_address, l.port));
+            if l.max_stanza_size < 1024 {
+                return Err(err(&key("max_stanza_size"), "must be at least 1024 bytes".into()));
+            }
+            if l.max_depth < 4 {
+                return Err(err(&key("max_depth"), "must be at least 4".into()));
+            }
+            if l.access != "all" && l.access != "none" {
+                return Err(err(&key("access"), format!("unknown access rule {:?} (known: all, none)", l.access)));
+            }
+            match (&l.tls.certfile, &l.tls.keyfile) {
+                (Some(c), Some(k)) => {
+                    for (name, p) in [("tls.certfile", c), ("tls.keyfile", k)] {
+                        if !p.is_file() {
+                            return Err(err(&key(name), format!("{} does not exist", p.display())));
+                        }
+                    }
+                }
+                (None, None) => {}
+                _ => return Err(err(&key("tls"), "certfile and keyfile go together".into())),
+            }
+        }
+        if self.auth.methods.iter().any(|m| m != "rdbms") {
+            return Err(err("auth.methods", "only \"rdbms\" is supported".into()));
+        }
+        if self.auth.sasl_mechanisms.is_empty() {
+            return Err(err("auth.sasl_mechanisms", "at least one mechanism is required".into()));
+        }
+        for m in &self.auth.sasl_mechanisms {
+            if mechanism(m).is_none() {
+                return Err(err("auth.sasl_mechanisms", format!("unknown mechanism {m:?}")));
+            }
+        }
+        if self.auth.password.scram_iterations < 4096 {
+            return Err(err("auth.password.scram_iterations", "must be at least 4096 (RFC 7677)".into()));
+        }
+        if self.auth.max_failures == 0 {
+            return Err(err("auth.max_failures", "must be at least 1".into()));
+        }
+        if let Some(pool) = &self.outgoing_pools.rdbms.default {
+            let url = &pool.connection.url;
+            if !url.is_empty() && !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"].iter().any(|p| url.starts_with(p)) {
+                return Err(err("outgoing_pools.rdbms.default.connection.url", format!("unsupported database URL {url:?}")));
+            }
+            if pool.workers == 0 {
+                return Err(err("outgoing_pools.rdbms.default.workers", "must be at least 1".into()));
+            }
+        }
+        if self.admin.username.is_some() != self.admin.password.is_some() {
+            return Err(err("admin", "username and password go together".into()));
+        }
+        if self.session.mailbox_capacity == 0 || self.session.server_workers == 0 || self.session.server_queue == 0 {
+            return Err(err("session", "capacities must be positive".into()));
+        }
+        if self.session.max_outgoing_bytes < 65536 {
+            return Err(err("session.max_outgoing_bytes", "must be at least 65536".into()));
+        }
+        if self.session.idle_timeout == 0 || self.session.keepalive_interval == 0 || self.session.negotiation_timeout == 0 {
+            return Err(err("session", "timeouts must be positive".into()));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| err("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The database URL, SQLite in the data directory by default.
+    pub fn database_url(&self) -> String {
+        match &self.outgoing_pools.rdbms.default {
+            Some(p) if !p.connection.url.is_empty() => p.connection.url.clone(),
+            _ => format!("sqlite://{}", self.general.data_dir.join("meerkat.db").display()),
+        }
+    }
+}
+
+/// MongooseIM's mechanism names.
+pub fn mechanism(name: &str) -> Option<meerkat_xmpp::sasl::Mechanism> {
+    use meerkat_xmpp::sasl::Mechanism::*;
+    Some(match name {
+        "scram_sha512_plus" => ScramSha512Plus,
+        "scram_sha512" => ScramSha512,
+        "scram_sha256_plus" => ScramSha256Plus,
+        "scram_sha256" => ScramSha256,
+        "scram_sha1_plus" => ScramSha1Plus,
+        "scram_sha1" => ScramSha1,
+        "plain" => Plain,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = Config::defaults().unwrap();
+        assert_eq!(cfg.general.hosts, vec!["localhost".to_string()]);
+        assert_eq!(cfg.listen.c2s[0].port, 5222);
+        assert_eq!(cfg.admin.port, 5288);
+        assert!(cfg.database_url().starts_with("sqlite://./meerkat-data"));
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/meerkat.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut cfg = Config::parse(&text, "deploy/meerkat.toml").unwrap();
+        cfg.validate("deploy/meerkat.toml").unwrap();
+    }
+
+    fn check_err(toml: &str, expect: &[&str]) {
+        let e = Config::parse(toml, "t.toml").and_then(|mut c| c.validate("t.toml").map(|_| c));
+        let msg = match e {
+            Ok(_) => panic!("accepted: {toml}"),
+            Err(e) => e.to_string(),
+        };
+        for part in expect {
+            assert!(msg.contains(part), "{msg:?} lacks {part:?}");
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_key_and_reason() {
+        check_err("[general]\nhostz = []\n", &["t.toml", "line 2", "unknown field `hostz`"]);
+        check_err("[general]\nhosts = []\n", &["general.hosts", "at least one host"]);
+        check_err("[[listen.c2s]]\nport = \"x\"\n", &["line 2", "invalid type"]);
+        check_err("[[listen.c2s]]\ntls.mode = \"sometimes\"\n", &["unknown variant `sometimes`"]);
+        check_err("[auth]\nsasl_mechanisms = [\"digest_md5\"]\n", &["auth.sasl_mechanisms", "digest_md5"]);
+        check_err("[[listen.c2s]]\ntls.certfile = \"/nonexistent.pem\"\ntls.keyfile = \"/nonexistent.key\"\n", &["listen.c2s[0].tls.certfile", "does not exist"]);
+        check_err("[outgoing_pools.rdbms.default]\nconnection.url = \"oracle://x\"\n", &["outgoing_pools.rdbms.default.connection.url"]);
+        check_err("[log]\nlevel = \"info,[\"\n", &["log.level"]);
+    }
+}

@@ -1,0 +1,235 @@
+//! Start-up and shutdown of a node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Arbiter;
+use anyhow::Context as _;
+use meerkat_actors::auth::Accounts;
+use meerkat_actors::c2s::{self, C2sListener};
+use meerkat_actors::modules::{default_modules, ModulesConfig};
+use meerkat_actors::negotiation::{NegotiationConfig, TlsMode};
+use meerkat_actors::server::ServerWorkers;
+use meerkat_actors::services::{Services, SessionSettings};
+use meerkat_cluster::{NodeId, SessionTable};
+use meerkat_routing::Router;
+use meerkat_storage::{DbTls, Storage, StorageConfig};
+use meerkat_xmpp::parser::Limits;
+use tokio::sync::watch;
+
+use crate::config::{mechanism, Config, LogFormat};
+
+fn init_logging(cfg: &crate::config::Log) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs a node until SIGTERM or SIGINT.
+pub fn start(cfg: Config) -> anyhow::Result<()> {
+    init_logging(&cfg.log);
+    // One crypto provider for every TLS user in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::fs::create_dir_all(&cfg.general.data_dir).with_context(|| format!("creating {}", cfg.general.data_dir.display()))?;
+    let system = actix_rt::System::new();
+    let result = system.block_on(serve(cfg));
+    result
+}
+
+fn admin_auth(cfg: &Config) -> anyhow::Result<crate::admin::AdminAuth> {
+    use crate::admin::AdminAuth;
+    if let Some(t) = &cfg.admin.token {
+        return Ok(AdminAuth::Token(t.clone()));
+    }
+    if let (Some(u), Some(p)) = (&cfg.admin.username, &cfg.admin.password) {
+        return Ok(AdminAuth::Basic { username: u.clone(), password: p.clone() });
+    }
+    let path = cfg.general.data_dir.join("admin.token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(AdminAuth::Token(t.trim().to_string()));
+        }
+    }
+    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    crate::tls::write_private(&path, token.as_bytes())?;
+    tracing::info!(path = %path.display(), "generated an admin API token");
+    Ok(AdminAuth::Token(token))
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let pool = cfg.outgoing_pools.rdbms.default.as_ref();
+    let tls = match pool.map(|p| &p.connection.tls) {
+        Some(t) if t.required => DbTls::Required { ca_file: t.cacertfile.clone() },
+        Some(t) if t.preferred => DbTls::Preferred,
+        _ => DbTls::Disabled,
+    };
+    let storage_cfg = StorageConfig {
+        url: cfg.database_url(),
+        pool_size: pool.map(|p| p.workers).unwrap_or(10),
+        connect_timeout: Duration::from_secs(10),
+        tls,
+    };
+    let storage = Arc::new(Storage::connect(&storage_cfg).await.with_context(|| format!("connecting to the database ({})", redact(&storage_cfg.url)))?);
+    tracing::info!(backend = storage.backend_name(), "database ready");
+
+    let hosts = cfg.general.hosts.clone();
+    let sessions = Arc::new(SessionTable::new());
+    let router = Router::new(NodeId(1), hosts.clone(), sessions);
+    let workers = ServerWorkers::new(cfg.session.server_workers, cfg.session.server_queue);
+    let accounts = Accounts::new(storage.clone(), hosts.clone(), cfg.auth.password.format, cfg.auth.password.scram_iterations);
+    let settings = SessionSettings {
+        mailbox_capacity: cfg.session.mailbox_capacity,
+        max_outgoing_bytes: cfg.session.max_outgoing_bytes,
+        idle_timeout: Duration::from_secs(cfg.session.idle_timeout),
+        keepalive_interval: Duration::from_secs(cfg.session.keepalive_interval),
+        negotiation_timeout: Duration::from_secs(cfg.session.negotiation_timeout),
+        max_offline_messages: cfg.modules.offline.max_messages,
+        registration: cfg.modules.register.enabled,
+    };
+    let modules = default_modules(&ModulesConfig { registration: cfg.modules.register.enabled });
+    let svc = Services::new(router.clone(), storage.clone(), accounts, settings, workers.clone(), modules);
+    router.set_server_handler(workers.clone());
+
+    let n_arbiters = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let arbiters: Vec<Arbiter> = (0..n_arbiters).map(|_| Arbiter::new()).collect();
+    let mut next = 0usize;
+    let worker_done = workers.start(&svc, |fut| {
+        arbiters[next % arbiters.len()].spawn(fut);
+        next += 1;
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mechanisms: Vec<_> = cfg.auth.sasl_mechanisms.iter().filter_map(|m| mechanism(m)).collect();
+    let mut accept_tasks = Vec::new();
+    for l in &cfg.listen.c2s {
+        let acceptor = if l.tls.mode == TlsMode::None {
+            None
+        } else {
+            let (cert, key) = match (&l.tls.certfile, &l.tls.keyfile) {
+                (Some(c), Some(k)) => (c.clone(), k.clone()),
+                _ => crate::tls::self_signed(&cfg.general.data_dir, &hosts)?,
+            };
+            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?))
+        };
+        let listener = Arc::new(C2sListener {
+            negotiation: NegotiationConfig {
+                hosts: hosts.clone(),
+                tls_mode: l.tls.mode,
+                mechanisms: mechanisms.clone(),
+                allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
+                registration: cfg.modules.register.enabled,
+                max_auth_failures: cfg.auth.max_failures,
+            },
+            limits: Limits { max_stanza_size: l.max_stanza_size, max_depth: l.max_depth },
+            tls: acceptor,
+            allow_login: l.access == "all",
+        });
+        let addr = std::net::SocketAddr::new(l.ip_address, l.port);
+        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening for c2s on {addr}"))?;
+        tracing::info!(%addr, tls = ?l.tls.mode, "c2s listener ready");
+        let svc = svc.clone();
+        let handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
+        let mut stop = stop_rx.clone();
+        accept_tasks.push(actix_rt::spawn(async move {
+            let mut i = 0usize;
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    r = tcp.accept() => match r {
+                        Ok((sock, peer)) => {
+                            let fut = c2s::serve(svc.clone(), listener.clone(), sock, peer);
+                            handles[i % handles.len()].spawn(fut);
+                            i += 1;
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    let admin_state = actix_web::web::Data::new(crate::admin::AdminState { svc: svc.clone(), auth: admin_auth(&cfg)? });
+    let admin_addr = std::net::SocketAddr::new(cfg.admin.ip_address, cfg.admin.port);
+    let admin = actix_web::HttpServer::new(move || actix_web::App::new().app_data(admin_state.clone()).configure(crate::admin::routes))
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(2)
+        .bind(admin_addr)
+        .with_context(|| format!("listening for the admin API on {admin_addr}"))?
+        .run();
+    let admin_handle = admin.handle();
+    let admin_task = actix_rt::spawn(admin);
+    tracing::info!(%admin_addr, hosts = ?hosts, "meerkat is running");
+
+    wait_for_signal().await;
+    let grace = Duration::from_secs(cfg.general.shutdown_grace_period);
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(?grace, "shutting down");
+    let _ = stop_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    svc.begin_shutdown();
+    while !svc.router.sessions().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    workers.close();
+    for done in worker_done {
+        let _ = tokio::time::timeout_at(deadline, done).await;
+    }
+    admin_handle.stop(true).await;
+    let _ = admin_task.await;
+    storage.close().await;
+    for a in &arbiters {
+        a.stop();
+    }
+    for a in arbiters {
+        let _ = a.join();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

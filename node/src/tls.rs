@@ -1,0 +1,69 @@
+//! Server certificates and the rustls configuration of the listeners.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Loads a PEM certificate chain and key.
+pub fn load(cert: &Path, key: &Path) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading the key {}", key.display()))?;
+    Ok((certs, key))
+}
+
+/// The self-signed certificate for `hosts` in `data_dir/tls`, generated on first use.
+pub fn self_signed(data_dir: &Path, hosts: &[String]) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = data_dir.join("tls");
+    let cert = dir.join("selfsigned.pem");
+    let key = dir.join("selfsigned.key");
+    if cert.is_file() && key.is_file() {
+        return Ok((cert, key));
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut names: Vec<String> = hosts.to_vec();
+    for h in hosts {
+        // XEP-0368 and some clients connect to a subdomain-less host; wildcard covers services.
+        names.push(format!("*.{h}"));
+    }
+    let generated = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
+    std::fs::write(&cert, generated.cert.pem()).with_context(|| format!("writing {}", cert.display()))?;
+    write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
+    tracing::warn!(cert = %cert.display(), "no certificate configured: generated a self-signed one for {hosts:?}");
+    Ok((cert, key))
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
+}
+
+/// A rustls server configuration offering TLS 1.3 and 1.2.
+pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let (certs, key) = load(cert, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and key do not match")?;
+    Ok(Arc::new(cfg))
+}

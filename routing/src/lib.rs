@@ -1,0 +1,250 @@
+//! The router chain.
+//!
+//! # Layout
+//! Every stanza a session or a server module emits goes through
+//! [`Router::route`]. The router asks each [`Link`] in turn whether it can
+//! deliver; the first one that can, does:
+//! - [`local::LocalLink`]: recipients on one of this node's hosts, served by
+//!   sessions on this node or by the server itself (RFC 6121 §8.5 rules);
+//! - later links (cluster, global distribution, s2s and components) plug in
+//!   after it through [`Router::push_link`].
+//!
+//! A stanza no link takes is bounced with `remote-server-not-found` (domain
+//! unknown) or dropped if it is itself an error: an error stanza never
+//! triggers another error, so no routing loop can form.
+//!
+//! **Architecture Invariant:** routing never blocks and never awaits. Delivery
+//! into a session is a `try_send` into a bounded mailbox; work that needs
+//! storage is handed to the [`ServerHandler`], whose queues are bounded too.
+#![forbid(unsafe_code)]
+
+pub mod local;
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+use meerkat_cluster::{NodeId, SessionId, SessionInfo, SessionTable};
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::{error_reply, StanzaErrorCondition};
+use meerkat_xmpp::jid::Jid;
+
+pub use local::LocalLink;
+
+/// A stanza in flight, with its addresses already parsed and checked.
+#[derive(Clone, Debug)]
+pub struct Routed {
+    pub from: Jid,
+    pub to: Jid,
+    pub stanza: Element,
+}
+
+/// Why a session must end on the server's initiative.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KickReason {
+    /// Another session bound the same full JID (RFC 6120 §7.7.2.2).
+    Conflict,
+    /// The node is shutting down.
+    Shutdown,
+    /// An administrator closed the session.
+    Admin,
+    /// The account was removed.
+    AccountRemoved,
+}
+
+/// A local session's mailbox as the router sees it.
+pub trait SessionSink: Send + Sync {
+    /// Delivers without waiting. The stanza comes back when the mailbox is full or closed.
+    fn deliver(&self, stanza: Element) -> Result<(), Element>;
+    /// Asks the session to end.
+    fn kick(&self, reason: KickReason);
+}
+
+/// Work the server does itself: stanzas to a host or to an account, and
+/// stanzas no session could take.
+#[derive(Debug)]
+pub enum ServerJob {
+    /// A stanza addressed to the server (a host, or the sender's own account with no resource).
+    ToServer(Routed),
+    /// An IQ to a user's bare JID, answered by the server on the account's behalf (RFC 6120 §10.5.3.1).
+    ToAccount(Routed),
+    /// Presence of a subscription type or a probe, addressed to a local account (RFC 6121 §3, §4.3).
+    InboundPresence(Routed),
+    /// A message no available resource could take (RFC 6121 §8.5.2.2): offline storage or an error.
+    Undelivered(Routed),
+}
+
+impl ServerJob {
+    pub fn routed(&self) -> &Routed {
+        match self {
+            ServerJob::ToServer(r)
+            | ServerJob::ToAccount(r)
+            | ServerJob::InboundPresence(r)
+            | ServerJob::Undelivered(r) => r,
+        }
+    }
+    pub fn into_routed(self) -> Routed {
+        match self {
+            ServerJob::ToServer(r)
+            | ServerJob::ToAccount(r)
+            | ServerJob::InboundPresence(r)
+            | ServerJob::Undelivered(r) => r,
+        }
+    }
+}
+
+/// The server's own stanza processing (modules), reached without blocking.
+pub trait ServerHandler: Send + Sync {
+    /// Queues a job. It comes back when the queue is full.
+    fn submit(&self, job: ServerJob) -> Result<(), ServerJob>;
+}
+
+/// What a link did with a stanza.
+pub enum Step {
+    /// Delivered, queued, or handled with an error reply.
+    Done,
+    /// Not for this link: try the next one.
+    Next(Routed),
+}
+
+/// One link of the chain.
+pub trait Link: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn route(&self, router: &Router, routed: Routed) -> Step;
+}
+
+/// Counters the admin API and metrics read.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    pub routed: std::sync::atomic::AtomicU64,
+    pub bounced: std::sync::atomic::AtomicU64,
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+/// The router: the session table, the local delivery handles and the chain of links.
+pub struct Router {
+    node: NodeId,
+    hosts: Vec<String>,
+    sessions: Arc<SessionTable>,
+    sinks: RwLock<std::collections::HashMap<SessionId, Arc<dyn SessionSink>>>,
+    links: RwLock<Vec<Arc<dyn Link>>>,
+    server: OnceLock<Arc<dyn ServerHandler>>,
+    pub stats: RouterStats,
+}
+
+impl Router {
+    /// A router for `hosts` (canonical domains) with the local link installed.
+    pub fn new(node: NodeId, hosts: Vec<String>, sessions: Arc<SessionTable>) -> Arc<Router> {
+        let router = Router {
+            node,
+            hosts,
+            sessions,
+            sinks: RwLock::new(Default::default()),
+            links: RwLock::new(vec![Arc::new(LocalLink)]),
+            server: OnceLock::new(),
+            stats: RouterStats::default(),
+        };
+        Arc::new(router)
+    }
+
+    /// Appends a link after the existing ones (cluster, global, s2s, in that order).
+    pub fn push_link(&self, link: Arc<dyn Link>) {
+        self.links.write().unwrap_or_else(|e| e.into_inner()).push(link);
+    }
+
+    /// Installs the server's handler. The server needs the router to send
+    /// replies and the router needs the server, so they meet at run time.
+    pub fn set_server_handler(&self, handler: Arc<dyn ServerHandler>) {
+        let _ = self.server.set(handler);
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
+    pub fn is_local_host(&self, domain: &str) -> bool {
+        self.hosts.iter().any(|h| h == domain)
+    }
+
+    pub fn sessions(&self) -> &Arc<SessionTable> {
+        &self.sessions
+    }
+
+    /// Registers the delivery handle of a session bound on this node.
+    pub fn register_sink(&self, sid: SessionId, sink: Arc<dyn SessionSink>) {
+        self.sinks.write().unwrap_or_else(|e| e.into_inner()).insert(sid, sink);
+    }
+
+    pub fn unregister_sink(&self, sid: SessionId) {
+        self.sinks.write().unwrap_or_else(|e| e.into_inner()).remove(&sid);
+    }
+
+    pub fn sink(&self, sid: SessionId) -> Option<Arc<dyn SessionSink>> {
+        self.sinks.read().unwrap_or_else(|e| e.into_inner()).get(&sid).cloned()
+    }
+
+    /// Delivers straight into a session on this node, bypassing server processing.
+    /// Returns the stanza if the session is not here or cannot take it.
+    pub fn deliver_to_session(&self, info: &SessionInfo, stanza: Element) -> Result<(), Element> {
+        if info.node != self.node {
+            return Err(stanza);
+        }
+        match self.sink(info.sid) {
+            Some(sink) => sink.deliver(stanza),
+            None => Err(stanza),
+        }
+    }
+
+    /// Hands a job to the server.
+    pub fn submit(&self, job: ServerJob) {
+        let Some(server) = self.server.get() else {
+            self.bounce(job.into_routed(), StanzaErrorCondition::ServiceUnavailable);
+            return;
+        };
+        if let Err(job) = server.submit(job) {
+            tracing::warn!("server queue full; answering resource-constraint");
+            self.bounce(job.into_routed(), StanzaErrorCondition::ResourceConstraint);
+        }
+    }
+
+    /// Routes a stanza through the chain.
+    pub fn route(&self, routed: Routed) {
+        self.stats.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let links: Vec<Arc<dyn Link>> = self.links.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut routed = routed;
+        for link in links {
+            match link.route(self, routed) {
+                Step::Done => return,
+                Step::Next(r) => routed = r,
+            }
+        }
+        let cond = if self.is_local_host(routed.to.domain().as_str()) {
+            StanzaErrorCondition::ServiceUnavailable
+        } else {
+            StanzaErrorCondition::RemoteServerNotFound
+        };
+        self.bounce(routed, cond);
+    }
+
+    /// Answers a stanza with an error, unless it is an error itself (RFC 6120 §8.3.1).
+    pub fn bounce(&self, routed: Routed, cond: StanzaErrorCondition) {
+        match error_reply(&routed.stanza, cond, None) {
+            Some(mut reply) => {
+                self.stats.bounced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                reply.set_attr("from", routed.to.to_string());
+                reply.set_attr("to", routed.from.to_string());
+                self.route(Routed {
+                    from: routed.to,
+                    to: routed.from,
+                    stanza: reply,
+                });
+            }
+            None => {
+                self.stats.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(to = %routed.to, "dropping undeliverable error stanza");
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Persistent storage for Meerkat: repository traits and their sqlx implementations.
+//!
+//! # Layout
+//!
+//! The public surface is a set of object-safe repository traits — [`AccountRepo`],
+//! [`RosterRepo`], [`OfflineRepo`], [`VcardRepo`] and [`PrivateRepo`] — plus the
+//! [`Storage`] handle that implements all of them. `Storage::connect` picks the backend
+//! from the URL scheme (`sqlite:`, `postgres:`/`postgresql:`, `mysql:`/`mariadb:`), opens
+//! a pool and applies that backend's migrations (`migrations/sqlite`,
+//! `migrations/postgres`, `migrations/mysql`, embedded with `sqlx::migrate!`). Inside,
+//! `Storage` holds an enum of the three concrete sqlx pools; every query is written once
+//! with `?` placeholders and the `sql!` macro (module `sql`) derives the `$N` form for
+//! PostgreSQL and SQLite at compile time, while `on_backend!` expands each repository
+//! method body once per pool type. The repository implementations live in `accounts`,
+//! `roster`, `offline` and `xmldata`; errors are classified in `error`
+//! ([`StorageError`]). All rows are keyed by `(domain, username)` of the owning account;
+//! JID columns compare exactly (binary collations) and sort by code point on every
+//! backend; timestamps are `BIGINT` microseconds since the Unix epoch; text is UTF-8
+//! end to end (`utf8mb4` on MySQL).
+//!
+//! On MySQL/MariaDB the key columns (domain, username, roster contact, private-XML
+//! namespace) are limited to 255 characters each, so that composite keys fit InnoDB's
+//! 3072-byte index limit; SQLite and PostgreSQL have no such limit.
+
+mod accounts;
+mod connect;
+mod error;
+mod offline;
+mod roster;
+mod sql;
+mod xmldata;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::{MySqlPool, PgPool, SqlitePool};
+
+pub use error::StorageError;
+
+/// How to reach the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// `sqlite:/path/to/file.db` (or `sqlite://…`, `sqlite::memory:`),
+    /// `postgres://user:pass@host:5432/db` (or `postgresql://`),
+    /// `mysql://user:pass@host:3306/db` (or `mariadb://`).
+    pub url: String,
+    /// Maximum number of pooled connections (at least 1 is used).
+    pub pool_size: u32,
+    /// How long to wait for a connection (when connecting and when acquiring one from
+    /// the pool) before failing with a retryable error.
+    pub connect_timeout: Duration,
+    /// Transport security towards PostgreSQL / MySQL; ignored for SQLite.
+    pub tls: DbTls,
+}
+
+/// Transport security for network databases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DbTls {
+    /// Plain TCP (PostgreSQL `sslmode=disable`, MySQL `ssl-mode=DISABLED`).
+    Disabled,
+    /// TLS when the server offers it, without certificate verification
+    /// (`prefer` / `PREFERRED`).
+    Preferred,
+    /// TLS is mandatory and the server certificate is verified, including its host
+    /// name (`verify-full` / `VERIFY_IDENTITY`): against `ca_file` (PEM) when given,
+    /// otherwise against the bundled WebPKI roots.
+    Required {
+        /// PEM file with the CA certificate(s) that sign the server's certificate.
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// Opaque password data; the server decides the format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredPassword {
+    /// The password itself.
+    Plain(String),
+    /// Serialized SCRAM credentials (salt, iteration count, keys).
+    Scram(String),
+}
+
+/// Roster subscription state (RFC 6121 §2.1.2.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subscription {
+    None,
+    To,
+    From,
+    Both,
+    Remove,
+}
+
+impl Subscription {
+    /// The attribute value used in roster XML, also the stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subscription::None => "none",
+            Subscription::To => "to",
+            Subscription::From => "from",
+            Subscription::Both => "both",
+            Subscription::Remove => "remove",
+        }
+    }
+
+    /// Parses the roster XML attribute value.
+    pub fn parse(s: &str) -> Option<Subscription> {
+        Some(match s {
+            "none" => Subscription::None,
+            "to" => Subscription::To,
+            "from" => Subscription::From,
+            "both" => Subscription::Both,
+            "remove" => Subscription::Remove,
+            _ => return None,
+        })
+    }
+}
+
+/// One contact on a user's roster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RosterItem {
+    /// Bare JID of the contact.
+    pub contact: String,
+    pub name: Option<String>,
+    pub subscription: Subscription,
+    /// Pending outbound subscription request (`ask='subscribe'`).
+    pub ask_out: bool,
+    /// Inbound subscription request awaiting the user's approval.
+    pub pending_in: bool,
+    /// Subscription pre-approved by the user (RFC 6121 §3.4).
+    pub pre_approved: bool,
+    /// Group names. Stored deduplicated; returned sorted by code point.
+    pub groups: Vec<String>,
+}
+
+/// A stanza stored for a user who was offline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfflineMessage {
+    /// Increasing in store order.
+    pub id: i64,
+    /// The sender's full JID.
+    pub from: String,
+    /// The serialized stanza.
+    pub stanza: String,
+    /// When it was stored, microseconds since the Unix epoch.
+    pub stamp_micros: i64,
+}
+
+/// User accounts and their credentials.
+#[async_trait]
+pub trait AccountRepo: Send + Sync {
+    /// Creates the account; [`StorageError::Conflict`] if it already exists.
+    async fn create_account(
+        &self,
+        domain: &str,
+        user: &str,
+        password: &StoredPassword,
+    ) -> Result<(), StorageError>;
+    async fn get_password(
+        &self,
+        domain: &str,
+        user: &str,
+    ) -> Result<Option<StoredPassword>, StorageError>;
+    /// Replaces the password; `false` if there is no such account.
+    async fn set_password(
+        &self,
+        domain: &str,
+        user: &str,
+        password: &StoredPassword,
+    ) -> Result<bool, StorageError>;
+    /// Deletes the account together with its roster, offline messages, vCard and
+    /// private XML, in one transaction; `false` if there was no such account.
+    async fn remove_account(&self, domain: &str, user: &str) -> Result<bool, StorageError>;
+    /// Usernames of `domain`, sorted by code point.
+    async fn list_accounts(&self, domain: &str) -> Result<Vec<String>, StorageError>;
+    async fn count_accounts(&self, domain: &str) -> Result<u64, StorageError>;
+}
+
+/// Rosters (RFC 6121).
+#[async_trait]
+pub trait RosterRepo: Send + Sync {
+    /// All items, ordered by contact (code point order).
+    async fn get_roster(&self, domain: &str, user: &str) -> Result<Vec<RosterItem>, StorageError>;
+    async fn get_item(
+        &self,
+        domain: &str,
+        user: &str,
+        contact: &str,
+    ) -> Result<Option<RosterItem>, StorageError>;
+    /// Inserts or replaces the item for `item.contact`, including its groups.
+    async fn put_item(
+        &self,
+        domain: &str,
+        user: &str,
+        item: &RosterItem,
+    ) -> Result<(), StorageError>;
+    /// `false` if there was no such item.
+    async fn remove_item(
+        &self,
+        domain: &str,
+        user: &str,
+        contact: &str,
+    ) -> Result<bool, StorageError>;
+}
+
+/// Offline message storage (XEP-0160).
+#[async_trait]
+pub trait OfflineRepo: Send + Sync {
+    /// Stores a stanza unless the user already has `max_per_user` messages; returns
+    /// `false` (and stores nothing) when the quota is full. Under concurrent stores for
+    /// the same user on PostgreSQL/MySQL the quota may be overshot by the number of
+    /// concurrent writers.
+    async fn store_offline(
+        &self,
+        domain: &str,
+        user: &str,
+        from: &str,
+        stanza: &str,
+        stamp_micros: i64,
+        max_per_user: u64,
+    ) -> Result<bool, StorageError>;
+    /// Returns all stored messages in store order and deletes them, atomically.
+    async fn take_offline(
+        &self,
+        domain: &str,
+        user: &str,
+    ) -> Result<Vec<OfflineMessage>, StorageError>;
+    async fn count_offline(&self, domain: &str, user: &str) -> Result<u64, StorageError>;
+}
+
+/// vCards (XEP-0054), stored as serialized XML.
+#[async_trait]
+pub trait VcardRepo: Send + Sync {
+    async fn get_vcard(&self, domain: &str, user: &str) -> Result<Option<String>, StorageError>;
+    async fn set_vcard(&self, domain: &str, user: &str, xml: &str) -> Result<(), StorageError>;
+}
+
+/// Private XML storage (XEP-0049), one serialized element per namespace.
+#[async_trait]
+pub trait PrivateRepo: Send + Sync {
+    async fn get_private(
+        &self,
+        domain: &str,
+        user: &str,
+        namespace: &str,
+    ) -> Result<Option<String>, StorageError>;
+    async fn set_private(
+        &self,
+        domain: &str,
+        user: &str,
+        namespace: &str,
+        xml: &str,
+    ) -> Result<(), StorageError>;
+}
+
+/// A connection pool to one database; implements every repository trait. Cheap to
+/// clone (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct Storage {
+    backend: Backend,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+    MySql(MySqlPool),
+}
+
+impl Storage {
+    /// `"sqlite"`, `"postgres"` or `"mysql"` (also for MariaDB).
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+            Backend::MySql(_) => "mysql",
+        }
+    }
+
+    /// Round-trips a trivial query.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        sql::on_backend!(self, |pool, d| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for checked-out connections to be returned. Later
+    /// calls fail with a fatal error.
+    pub async fn close(&self) {
+        sql::on_backend!(self, |pool, d| { pool.close().await })
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A `COUNT(*)` (always `BIGINT`) as `u64`.
+pub(crate) fn count_to_u64(n: i64) -> Result<u64, StorageError> {
+    u64::try_from(n).map_err(|_| StorageError::Corrupt(format!("negative count {n}")))
+}

@@ -1,0 +1,761 @@
+//! One repository test suite, run against SQLite (a file in a temporary directory, and
+//! in-memory), PostgreSQL and MariaDB/MySQL.
+//!
+//! The network databases come from `MEERKAT_TEST_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) and `MEERKAT_TEST_MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306/test`). That database is only used to create a fresh
+//! `meerkat_t_<unique>` database per test, which the test then connects to (so the
+//! migrations always start from nothing) and drops at the end, even when the suite
+//! fails. An unreachable database fails the test: nothing is skipped.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use meerkat_storage::{
+    AccountRepo, DbTls, OfflineRepo, PrivateRepo, RosterItem, RosterRepo, Storage, StorageConfig,
+    StorageError, StoredPassword, Subscription, VcardRepo,
+};
+use sqlx::{AssertSqlSafe, Executor};
+
+const DOMAIN: &str = "example.org";
+const OTHER_DOMAIN: &str = "other.example";
+const UNICODE: &str = "😀🦀 ünïcödé";
+
+fn config(url: &str) -> StorageConfig {
+    StorageConfig {
+        url: url.to_owned(),
+        pool_size: 4,
+        connect_timeout: Duration::from_secs(10),
+        tls: DbTls::Disabled,
+    }
+}
+
+/// A database name no other test (or earlier run) uses.
+fn unique_db_name() -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "meerkat_t_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `url` with its database (path) replaced by `db`; the query string is kept.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[host_start..].find('/') {
+        Some(i) => &base[..host_start + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+fn item(contact: &str, subscription: Subscription, groups: &[&str]) -> RosterItem {
+    RosterItem {
+        contact: contact.to_owned(),
+        name: None,
+        subscription,
+        ask_out: false,
+        pending_in: false,
+        pre_approved: false,
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+    }
+}
+
+/// A string of exactly `bytes` bytes mixing 1-, 2-, 3- and 4-byte characters.
+fn long_text(bytes: usize) -> String {
+    let unit = "<body>a ü € 😀🦀</body>\n";
+    let mut s = String::with_capacity(bytes);
+    while s.len() + unit.len() <= bytes {
+        s.push_str(unit);
+    }
+    while s.len() < bytes {
+        s.push('x');
+    }
+    s
+}
+
+async fn accounts(s: &Storage) {
+    let plain = StoredPassword::Plain("secret".into());
+    let scram = StoredPassword::Scram("v=1,s=c2FsdA==,i=4096,k=a2V5".into());
+
+    s.create_account(DOMAIN, "alice", &plain)
+        .await
+        .expect("create alice");
+    match s.create_account(DOMAIN, "alice", &scram).await {
+        Err(StorageError::Conflict(_)) => {}
+        other => panic!("duplicate account: expected Conflict, got {other:?}"),
+    }
+    assert_eq!(
+        s.get_password(DOMAIN, "alice").await.expect("get"),
+        Some(plain.clone()),
+        "the conflicting create must not overwrite"
+    );
+    // Exact (binary) comparison: no case folding, no other domain.
+    assert_eq!(s.get_password(DOMAIN, "ALICE").await.expect("get"), None);
+    assert_eq!(
+        s.get_password(OTHER_DOMAIN, "alice").await.expect("get"),
+        None
+    );
+    assert_eq!(s.get_password(DOMAIN, "nobody").await.expect("get"), None);
+
+    assert!(s.set_password(DOMAIN, "alice", &scram).await.expect("set"));
+    assert_eq!(
+        s.get_password(DOMAIN, "alice").await.expect("get"),
+        Some(scram.clone())
+    );
+    // Setting the same value again still reports the user as found (MySQL counts
+    // changed rows unless CLIENT_FOUND_ROWS is set).
+    assert!(s.set_password(DOMAIN, "alice", &scram).await.expect("set"));
+    assert!(!s.set_password(DOMAIN, "nobody", &plain).await.expect("set"));
+    assert_eq!(s.get_password(DOMAIN, "nobody").await.expect("get"), None);
+
+    let emoji_user = format!("{UNICODE}-user");
+    for user in ["bob", "Zed", "ünï", emoji_user.as_str(), "ALICE"] {
+        s.create_account(DOMAIN, user, &StoredPassword::Plain(format!("pw-{user}")))
+            .await
+            .expect("create");
+    }
+    s.create_account(OTHER_DOMAIN, "alice", &plain)
+        .await
+        .expect("same user in another domain");
+    assert_eq!(
+        s.get_password(DOMAIN, &emoji_user).await.expect("get"),
+        Some(StoredPassword::Plain(format!("pw-{emoji_user}")))
+    );
+
+    let mut expected: Vec<String> = ["alice", "bob", "Zed", "ünï", emoji_user.as_str(), "ALICE"]
+        .iter()
+        .map(|u| (*u).to_owned())
+        .collect();
+    expected.sort(); // String order = code point order
+    assert_eq!(
+        expected,
+        vec!["ALICE", "Zed", "alice", "bob", "ünï", emoji_user.as_str()]
+    );
+    assert_eq!(s.list_accounts(DOMAIN).await.expect("list"), expected);
+    assert_eq!(s.count_accounts(DOMAIN).await.expect("count"), 6);
+    assert_eq!(
+        s.list_accounts(OTHER_DOMAIN).await.expect("list"),
+        vec!["alice".to_owned()]
+    );
+    assert_eq!(s.count_accounts(OTHER_DOMAIN).await.expect("count"), 1);
+    assert_eq!(s.count_accounts("empty.example").await.expect("count"), 0);
+    assert!(s
+        .list_accounts("empty.example")
+        .await
+        .expect("list")
+        .is_empty());
+}
+
+async fn roster(s: &Storage) {
+    assert!(s
+        .get_roster(DOMAIN, "alice")
+        .await
+        .expect("roster")
+        .is_empty());
+    assert_eq!(
+        s.get_item(DOMAIN, "alice", "bob@example.org")
+            .await
+            .expect("item"),
+        None
+    );
+
+    let mut bob = item(
+        "bob@example.org",
+        Subscription::To,
+        &["Work", "Friends", "Work"],
+    );
+    bob.name = Some("Bob".into());
+    bob.ask_out = true;
+    s.put_item(DOMAIN, "alice", &bob).await.expect("put bob");
+    let got = s
+        .get_item(DOMAIN, "alice", "bob@example.org")
+        .await
+        .expect("get")
+        .expect("bob exists");
+    assert_eq!(got.groups, vec!["Friends", "Work"], "deduplicated, sorted");
+    assert_eq!(got.name.as_deref(), Some("Bob"));
+    assert_eq!(got.subscription, Subscription::To);
+    assert!(got.ask_out && !got.pending_in && !got.pre_approved);
+
+    // Every subscription state and flag survives; contacts sort by code point.
+    let mut unicode = item(
+        &format!("{UNICODE}@example.org"),
+        Subscription::Both,
+        &[UNICODE, "Ünï"],
+    );
+    unicode.name = Some(UNICODE.into());
+    let mut carol = item("carol@example.org", Subscription::From, &[]);
+    carol.pending_in = true;
+    let mut dave = item("dave@example.org", Subscription::None, &["x"]);
+    dave.pre_approved = true;
+    dave.pending_in = true;
+    let eve = item("Eve@example.org", Subscription::Remove, &[]);
+    for it in [&unicode, &carol, &dave, &eve] {
+        s.put_item(DOMAIN, "alice", it).await.expect("put");
+    }
+    let mut bob_sorted = bob.clone();
+    bob_sorted.groups = vec!["Friends".into(), "Work".into()];
+    let mut unicode_sorted = unicode.clone();
+    unicode_sorted.groups.sort();
+    let mut expected = vec![
+        bob_sorted,
+        carol.clone(),
+        dave.clone(),
+        eve.clone(),
+        unicode_sorted.clone(),
+    ];
+    expected.sort_by(|a, b| a.contact.cmp(&b.contact));
+    assert_eq!(expected[0].contact, "Eve@example.org");
+    assert_eq!(
+        s.get_roster(DOMAIN, "alice").await.expect("roster"),
+        expected
+    );
+    assert_eq!(
+        s.get_item(DOMAIN, "alice", &unicode.contact)
+            .await
+            .expect("get"),
+        Some(unicode_sorted)
+    );
+    // Exact match on the contact.
+    assert_eq!(
+        s.get_item(DOMAIN, "alice", "BOB@example.org")
+            .await
+            .expect("get"),
+        None
+    );
+
+    // Upsert: every field and the whole group set are replaced.
+    let mut bob2 = item("bob@example.org", Subscription::Both, &["Family"]);
+    bob2.pre_approved = true;
+    s.put_item(DOMAIN, "alice", &bob2)
+        .await
+        .expect("replace bob");
+    assert_eq!(
+        s.get_item(DOMAIN, "alice", "bob@example.org")
+            .await
+            .expect("get"),
+        Some(bob2.clone())
+    );
+    assert_eq!(
+        s.get_roster(DOMAIN, "alice").await.expect("roster").len(),
+        5
+    );
+
+    // Rosters are per user.
+    s.put_item(
+        DOMAIN,
+        "bob",
+        &item("alice@example.org", Subscription::Both, &["A"]),
+    )
+    .await
+    .expect("put");
+    assert_eq!(s.get_roster(DOMAIN, "bob").await.expect("roster").len(), 1);
+    assert!(s
+        .get_roster(OTHER_DOMAIN, "alice")
+        .await
+        .expect("roster")
+        .is_empty());
+
+    // Removal takes the groups along: a re-added item starts without any.
+    assert!(s
+        .remove_item(DOMAIN, "alice", "bob@example.org")
+        .await
+        .expect("remove"));
+    assert!(!s
+        .remove_item(DOMAIN, "alice", "bob@example.org")
+        .await
+        .expect("remove again"));
+    assert_eq!(
+        s.get_item(DOMAIN, "alice", "bob@example.org")
+            .await
+            .expect("get"),
+        None
+    );
+    let bare = item("bob@example.org", Subscription::None, &[]);
+    s.put_item(DOMAIN, "alice", &bare).await.expect("re-add");
+    assert_eq!(
+        s.get_item(DOMAIN, "alice", "bob@example.org")
+            .await
+            .expect("get"),
+        Some(bare)
+    );
+    assert_eq!(s.get_roster(DOMAIN, "bob").await.expect("roster").len(), 1);
+}
+
+async fn offline(s: &Storage) {
+    assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 0);
+    assert!(s
+        .take_offline(DOMAIN, "alice")
+        .await
+        .expect("take")
+        .is_empty());
+
+    let long = long_text(64 * 1024);
+    let bodies = [
+        format!("<message><body>{UNICODE}</body></message>"),
+        "<message><body>second</body></message>".to_owned(),
+        long.clone(),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let stamp = 1_700_000_000_000_000 + i64::try_from(i).expect("small");
+        assert!(s
+            .store_offline(DOMAIN, "alice", "bob@example.org/phone", body, stamp, 3)
+            .await
+            .expect("store"));
+    }
+    assert!(
+        !s.store_offline(DOMAIN, "alice", "bob@example.org/phone", "<m/>", 0, 3)
+            .await
+            .expect("store over quota"),
+        "quota full"
+    );
+    assert!(!s
+        .store_offline(DOMAIN, "carol", "x@y", "<m/>", 0, 0)
+        .await
+        .expect("store with zero quota"));
+    assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 3);
+    assert_eq!(s.count_offline(DOMAIN, "carol").await.expect("count"), 0);
+
+    // Someone else's queue is untouched by alice's take.
+    assert!(s
+        .store_offline(DOMAIN, "bob", "alice@example.org", "<m>for bob</m>", 5, 10)
+        .await
+        .expect("store"));
+
+    let taken = s.take_offline(DOMAIN, "alice").await.expect("take");
+    assert_eq!(taken.len(), 3);
+    for (i, (m, body)) in taken.iter().zip(&bodies).enumerate() {
+        assert_eq!(&m.stanza, body, "stanza {i} round-trips");
+        assert_eq!(m.from, "bob@example.org/phone");
+        assert_eq!(
+            m.stamp_micros,
+            1_700_000_000_000_000 + i64::try_from(i).expect("small")
+        );
+    }
+    assert_eq!(taken[2].stanza.len(), 64 * 1024);
+    assert!(taken.windows(2).all(|w| w[0].id < w[1].id), "store order");
+    assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 0);
+    assert!(s
+        .take_offline(DOMAIN, "alice")
+        .await
+        .expect("take")
+        .is_empty());
+    // After a take the quota is free again.
+    assert!(s
+        .store_offline(DOMAIN, "alice", "c@d", "<m>again</m>", 9, 3)
+        .await
+        .expect("store"));
+    assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 1);
+    assert_eq!(s.count_offline(DOMAIN, "bob").await.expect("count"), 1);
+}
+
+async fn concurrent_offline(s: &Storage) {
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.store_offline(DOMAIN, "busy", "x@y", &format!("<m>{i}</m>"), i, 1000)
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.expect("join").expect("concurrent store"));
+    }
+    let taken = s.take_offline(DOMAIN, "busy").await.expect("take");
+    assert_eq!(taken.len(), 12);
+    assert!(taken.windows(2).all(|w| w[0].id < w[1].id));
+    let mut stamps: Vec<i64> = taken.iter().map(|m| m.stamp_micros).collect();
+    stamps.sort_unstable();
+    assert_eq!(stamps, (0..12).collect::<Vec<i64>>());
+}
+
+async fn xml_data(s: &Storage) {
+    assert_eq!(s.get_vcard(DOMAIN, "alice").await.expect("vcard"), None);
+    let vcard = format!("<vCard xmlns='vcard-temp'><FN>{UNICODE}</FN></vCard>");
+    s.set_vcard(DOMAIN, "alice", &vcard).await.expect("set");
+    assert_eq!(
+        s.get_vcard(DOMAIN, "alice").await.expect("vcard"),
+        Some(vcard)
+    );
+    let big = format!(
+        "<vCard xmlns='vcard-temp'><PHOTO><BINVAL>{}</BINVAL></PHOTO></vCard>",
+        long_text(64 * 1024)
+    );
+    s.set_vcard(DOMAIN, "alice", &big).await.expect("overwrite");
+    assert_eq!(
+        s.get_vcard(DOMAIN, "alice").await.expect("vcard"),
+        Some(big)
+    );
+    assert_eq!(s.get_vcard(DOMAIN, "bob").await.expect("vcard"), None);
+    s.set_vcard(DOMAIN, "bob", "<vCard xmlns='vcard-temp'/>")
+        .await
+        .expect("set");
+
+    let ns1 = "storage:bookmarks";
+    let ns2 = "storage:rosternotes";
+    assert_eq!(
+        s.get_private(DOMAIN, "alice", ns1).await.expect("get"),
+        None
+    );
+    let x1 = format!("<storage xmlns='{ns1}'><conference name='{UNICODE}'/></storage>");
+    let x2 = format!("<storage xmlns='{ns2}'/>");
+    s.set_private(DOMAIN, "alice", ns1, &x1).await.expect("set");
+    s.set_private(DOMAIN, "alice", ns2, &x2).await.expect("set");
+    assert_eq!(
+        s.get_private(DOMAIN, "alice", ns1).await.expect("get"),
+        Some(x1)
+    );
+    assert_eq!(
+        s.get_private(DOMAIN, "alice", ns2).await.expect("get"),
+        Some(x2.clone())
+    );
+    let x1b = format!("<storage xmlns='{ns1}'>{}</storage>", long_text(64 * 1024));
+    s.set_private(DOMAIN, "alice", ns1, &x1b)
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        s.get_private(DOMAIN, "alice", ns1).await.expect("get"),
+        Some(x1b)
+    );
+    assert_eq!(
+        s.get_private(DOMAIN, "alice", ns2).await.expect("get"),
+        Some(x2)
+    );
+    assert_eq!(
+        s.get_private(DOMAIN, "alice", "STORAGE:BOOKMARKS")
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(s.get_private(DOMAIN, "bob", ns1).await.expect("get"), None);
+    s.set_private(DOMAIN, "bob", ns1, "<storage xmlns='storage:bookmarks'/>")
+        .await
+        .expect("set");
+}
+
+/// Runs after the other parts: alice and bob own roster items, offline messages, a
+/// vCard and private XML by now.
+async fn remove_account_cascades(s: &Storage) {
+    assert!(!s
+        .get_roster(DOMAIN, "alice")
+        .await
+        .expect("roster")
+        .is_empty());
+    assert!(s.count_offline(DOMAIN, "alice").await.expect("count") > 0);
+
+    assert!(s.remove_account(DOMAIN, "alice").await.expect("remove"));
+    assert_eq!(s.get_password(DOMAIN, "alice").await.expect("get"), None);
+    assert!(s
+        .get_roster(DOMAIN, "alice")
+        .await
+        .expect("roster")
+        .is_empty());
+    assert_eq!(
+        s.get_item(DOMAIN, "alice", "carol@example.org")
+            .await
+            .expect("item"),
+        None
+    );
+    assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 0);
+    assert_eq!(s.get_vcard(DOMAIN, "alice").await.expect("vcard"), None);
+    assert_eq!(
+        s.get_private(DOMAIN, "alice", "storage:bookmarks")
+            .await
+            .expect("private"),
+        None
+    );
+    assert_eq!(
+        s.get_private(DOMAIN, "alice", "storage:rosternotes")
+            .await
+            .expect("private"),
+        None
+    );
+    assert!(!s
+        .remove_account(DOMAIN, "alice")
+        .await
+        .expect("remove again"));
+    // A re-created account starts empty…
+    s.create_account(DOMAIN, "alice", &StoredPassword::Plain("new".into()))
+        .await
+        .expect("re-create");
+    assert!(s
+        .get_roster(DOMAIN, "alice")
+        .await
+        .expect("roster")
+        .is_empty());
+
+    // …and nobody else lost anything.
+    assert!(s.get_password(DOMAIN, "bob").await.expect("get").is_some());
+    assert!(s
+        .get_password(OTHER_DOMAIN, "alice")
+        .await
+        .expect("get")
+        .is_some());
+    assert_eq!(s.get_roster(DOMAIN, "bob").await.expect("roster").len(), 1);
+    assert_eq!(s.count_offline(DOMAIN, "bob").await.expect("count"), 1);
+    assert!(s.get_vcard(DOMAIN, "bob").await.expect("vcard").is_some());
+    assert!(s
+        .get_private(DOMAIN, "bob", "storage:bookmarks")
+        .await
+        .expect("private")
+        .is_some());
+    assert_eq!(s.count_accounts(DOMAIN).await.expect("count"), 6);
+}
+
+/// The whole suite, on a freshly migrated, empty database.
+async fn test_suite(s: &Storage) {
+    s.ping().await.expect("ping");
+    accounts(s).await;
+    roster(s).await;
+    offline(s).await;
+    concurrent_offline(s).await;
+    xml_data(s).await;
+    remove_account_cascades(s).await;
+    s.ping().await.expect("ping");
+}
+
+/// Runs the suite in its own task so that a failure still lets the caller clean up.
+async fn run_suite_catching(s: &Storage) -> Result<(), tokio::task::JoinError> {
+    let s2 = s.clone();
+    tokio::spawn(async move { test_suite(&s2).await }).await
+}
+
+fn resume(result: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = result {
+        match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("test suite task failed: {e}"),
+        }
+    }
+}
+
+/// `Preferred` connects whether or not the server offers TLS (the local PostgreSQL
+/// does, MariaDB doesn't); `Required` insists on a certificate that verifies, which
+/// neither test server has, and must fail rather than fall back to plain text.
+async fn tls_modes(url: String) {
+    let mut cfg = config(&url);
+    cfg.tls = DbTls::Preferred;
+    let s = Storage::connect(&cfg)
+        .await
+        .expect("connect with TLS preferred");
+    s.ping().await.expect("ping");
+    assert_eq!(s.count_accounts(DOMAIN).await.expect("count"), 6);
+    s.close().await;
+
+    cfg.tls = DbTls::Required { ca_file: None };
+    cfg.connect_timeout = Duration::from_secs(3);
+    match Storage::connect(&cfg).await {
+        Err(e) => assert!(!e.is_retryable(), "a TLS failure is fatal: {e:?}"),
+        Ok(_) => panic!("connected without a verified TLS certificate"),
+    }
+}
+
+/// What MariaDB stores: utf8mb4_bin tables, and 4-byte characters as real UTF-8 (not
+/// mojibake that only this driver would read back).
+async fn mysql_stored_bytes(admin: &sqlx::MySqlPool, db: &str) {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT TABLE_NAME, TABLE_COLLATION FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME <> '_sqlx_migrations'",
+    )
+    .bind(db)
+    .fetch_all(admin)
+    .await
+    .expect("information_schema");
+    assert_eq!(rows.len(), 6);
+    for r in &rows {
+        let collation: String = r.try_get("TABLE_COLLATION").expect("collation");
+        assert_eq!(collation, "utf8mb4_bin");
+    }
+    let hex: String = sqlx::query(AssertSqlSafe(format!(
+        "SELECT HEX(username) AS h FROM `{db}`.accounts \
+         WHERE domain = 'example.org' AND username LIKE '%-user'"
+    )))
+    .fetch_one(admin)
+    .await
+    .expect("emoji user")
+    .try_get("h")
+    .expect("hex");
+    let expected: String = format!("{UNICODE}-user")
+        .bytes()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert_eq!(hex, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sub dir").join("meerkat.db");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let url = format!("sqlite://{}", path.display());
+    let s = Storage::connect(&config(&url))
+        .await
+        .expect("open sqlite file");
+    assert_eq!(s.backend_name(), "sqlite");
+    assert!(path.exists(), "database file created");
+    test_suite(&s).await;
+    s.close().await;
+
+    // Reopening runs the (already applied) migrations again and keeps the data.
+    let s = Storage::connect(&config(&format!("sqlite:{}", path.display())))
+        .await
+        .expect("reopen sqlite file");
+    assert_eq!(s.count_accounts(DOMAIN).await.expect("count"), 6);
+    assert_eq!(
+        s.get_private(DOMAIN, "bob", "storage:bookmarks")
+            .await
+            .expect("private"),
+        Some("<storage xmlns='storage:bookmarks'/>".to_owned())
+    );
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_in_memory() {
+    let s = Storage::connect(&config("sqlite::memory:"))
+        .await
+        .expect("open in-memory sqlite");
+    assert_eq!(s.backend_name(), "sqlite");
+    test_suite(&s).await;
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres() {
+    let admin_url = std::env::var("MEERKAT_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL unreachable at {admin_url} (set MEERKAT_TEST_PG_URL): {e}")
+        });
+    let db = unique_db_name();
+    admin
+        .execute(AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+        .await
+        .expect("create test database");
+
+    let result = match Storage::connect(&config(&with_database(&admin_url, &db))).await {
+        Ok(s) => {
+            assert_eq!(s.backend_name(), "postgres");
+            let mut r = run_suite_catching(&s).await;
+            s.close().await;
+            if r.is_ok() {
+                r = tokio::spawn(tls_modes(with_database(&admin_url, &db))).await;
+            }
+            Ok(r)
+        }
+        Err(e) => Err(e),
+    };
+    admin
+        .execute(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+        )))
+        .await
+        .expect("drop test database");
+    admin.close().await;
+    resume(result.expect("connect to the test database"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql() {
+    let admin_url = std::env::var("MEERKAT_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let admin = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("MySQL/MariaDB unreachable at {admin_url} (set MEERKAT_TEST_MYSQL_URL): {e}")
+        });
+    let db = unique_db_name();
+    admin
+        .execute(AssertSqlSafe(format!(
+            "CREATE DATABASE `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )))
+        .await
+        .expect("create test database");
+
+    // Also exercises the `mariadb:` scheme alias.
+    let url = with_database(&admin_url, &db).replacen("mysql:", "mariadb:", 1);
+    let result = match Storage::connect(&config(&url)).await {
+        Ok(s) => {
+            assert_eq!(s.backend_name(), "mysql");
+            let mut r = run_suite_catching(&s).await;
+            s.close().await;
+            if r.is_ok() {
+                let admin = admin.clone();
+                let db = db.clone();
+                r = tokio::spawn(async move { mysql_stored_bytes(&admin, &db).await }).await;
+            }
+            if r.is_ok() {
+                r = tokio::spawn(tls_modes(url.clone())).await;
+            }
+            Ok(r)
+        }
+        Err(e) => Err(e),
+    };
+    admin
+        .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{db}`")))
+        .await
+        .expect("drop test database");
+    admin.close().await;
+    resume(result.expect("connect to the test database"));
+}
+
+#[tokio::test]
+async fn unreachable_database_is_retryable() {
+    // Port 1 on loopback: nothing listens there, the connection is refused.
+    let mut cfg = config("postgres://postgres@127.0.0.1:1/nothing");
+    cfg.connect_timeout = Duration::from_secs(1);
+    match Storage::connect(&cfg).await {
+        Err(e) => assert!(
+            e.is_retryable(),
+            "connection refused should be retryable: {e:?}"
+        ),
+        Ok(_) => panic!("connected to a closed port"),
+    }
+}
+
+#[tokio::test]
+async fn bad_configuration_is_fatal() {
+    for url in ["ftp://example.org/db", "no scheme at all"] {
+        match Storage::connect(&config(url)).await {
+            Err(e @ StorageError::Config(_)) => assert!(!e.is_retryable()),
+            other => panic!("{url}: expected Config error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn with_database_rewrites_the_path() {
+    assert_eq!(
+        with_database("postgres://u@h:5432/test", "x"),
+        "postgres://u@h:5432/x"
+    );
+    assert_eq!(
+        with_database("mysql://root@127.0.0.1:3306/test?ssl-mode=DISABLED", "x"),
+        "mysql://root@127.0.0.1:3306/x?ssl-mode=DISABLED"
+    );
+    assert_eq!(with_database("mysql://root@h", "x"), "mysql://root@h/x");
+}
