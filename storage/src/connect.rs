@@ -5,7 +5,7 @@ use std::str::FromStr;
 use sqlx::migrate::Migrator;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 use crate::{Backend, DbTls, Storage, StorageConfig, StorageError};
 
@@ -52,11 +52,12 @@ impl Storage {
                     .map_err(config_err)?
                     .create_if_missing(true)
                     .foreign_keys(true)
+                    // How long a writer waits for another one (at least 5 s).
                     .busy_timeout(cfg.connect_timeout.max(std::time::Duration::from_secs(5)));
                 if !in_memory {
-                    opts = opts
-                        .journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Normal);
+                    // Readers no longer block the writer; `synchronous` stays FULL so a
+                    // committed write survives power loss.
+                    opts = opts.journal_mode(SqliteJournalMode::Wal);
                 }
                 let mut pool = SqlitePoolOptions::new().acquire_timeout(cfg.connect_timeout);
                 if in_memory {
@@ -75,7 +76,8 @@ impl Storage {
                 }
             }
             "postgres" | "postgresql" => {
-                let mut opts = PgConnectOptions::from_str(&cfg.url).map_err(config_err)?;
+                let url = with_scheme(&cfg.url, "postgres");
+                let mut opts = PgConnectOptions::from_str(&url).map_err(config_err)?;
                 opts = match &cfg.tls {
                     DbTls::Disabled => opts.ssl_mode(PgSslMode::Disable),
                     DbTls::Preferred => opts.ssl_mode(PgSslMode::Prefer),

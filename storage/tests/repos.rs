@@ -654,7 +654,9 @@ async fn postgres() {
         .await
         .expect("create test database");
 
-    let result = match Storage::connect(&config(&with_database(&admin_url, &db))).await {
+    // Also exercises the `postgresql:` scheme alias.
+    let url = with_database(&admin_url, &db).replacen("postgres:", "postgresql:", 1);
+    let result = match Storage::connect(&config(&url)).await {
         Ok(s) => {
             assert_eq!(s.backend_name(), "postgres");
             let mut r = run_suite_catching(&s).await;

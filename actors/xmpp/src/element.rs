@@ -313,7 +313,10 @@ mod tests {
             .with_attr("to", "juliet@example.com")
             .with_attr("type", "chat")
             .with_child(Element::new("body", "jabber:client").with_text("hi"))
-            .with_child(Element::new("active", "http://jabber.org/protocol/chatstates"))
+            .with_child(Element::new(
+                "active",
+                "http://jabber.org/protocol/chatstates",
+            ))
     }
 
     #[test]
@@ -336,7 +339,8 @@ mod tests {
             b.push_text(" there");
         }
         assert_eq!(
-            m.get_child("body", "jabber:client").map(|b| b.children.len()),
+            m.get_child("body", "jabber:client")
+                .map(|b| b.children.len()),
             Some(1),
             "push_text merges adjacent text"
         );
@@ -356,11 +360,7 @@ mod tests {
                 "<message to='juliet@example.com' type='chat'><body>hi</body>\
                  <active xmlns='http://jabber.org/protocol/chatstates'/></message>",
             ),
-            (
-                Element::new("a", "urn:a"),
-                "",
-                "<a xmlns='urn:a'/>",
-            ),
+            (Element::new("a", "urn:a"), "", "<a xmlns='urn:a'/>"),
             (
                 Element::new("a", "urn:a").with_child(Element::new("b", "")),
                 "",
@@ -374,7 +374,9 @@ mod tests {
                 "<a v='&lt;&amp;&gt;&apos;&quot;&#x9;&#xA;&#xD;'>&lt;&amp;&gt;'\"&#xD;\n</a>",
             ),
             (
-                Element::new("a", "").with_attr("xml:lang", "en").with_text("héllo 😀"),
+                Element::new("a", "")
+                    .with_attr("xml:lang", "en")
+                    .with_text("héllo 😀"),
                 "",
                 "<a xml:lang='en'>héllo 😀</a>",
             ),

@@ -334,7 +334,10 @@ mod tests {
         }
         assert_eq!(StreamErrorCondition::ALL.len(), 25);
         assert_eq!(StanzaErrorCondition::ALL.len(), 22);
-        assert_eq!(StreamErrorCondition::NotWellFormed.as_str(), "not-well-formed");
+        assert_eq!(
+            StreamErrorCondition::NotWellFormed.as_str(),
+            "not-well-formed"
+        );
         assert_eq!(StanzaErrorCondition::JidMalformed.as_str(), "jid-malformed");
         assert_eq!(StreamErrorCondition::from_name("nope"), None);
     }
@@ -369,7 +372,11 @@ mod tests {
 
     #[test]
     fn error_element_xml() {
-        let e = error_element(StanzaErrorCondition::ItemNotFound, Some("gone & lost"), ns::CLIENT);
+        let e = error_element(
+            StanzaErrorCondition::ItemNotFound,
+            Some("gone & lost"),
+            ns::CLIENT,
+        );
         assert_eq!(
             e.to_xml(ns::CLIENT),
             "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
@@ -398,7 +405,11 @@ mod tests {
         let msg = Element::new("message", ns::CLIENT)
             .with_attr("to", "b@x")
             .with_child(Element::new("body", ns::CLIENT).with_text("hi"));
-        let reply = error_reply(&msg, StanzaErrorCondition::RecipientUnavailable, Some("away"));
+        let reply = error_reply(
+            &msg,
+            StanzaErrorCondition::RecipientUnavailable,
+            Some("away"),
+        );
         let reply = reply.expect("reply");
         assert_eq!(reply.attr("to"), None);
         assert_eq!(reply.attr("from"), Some("b@x"));

@@ -116,7 +116,10 @@ mod tests {
             ("bücher.example", Some("bücher.example")),
             ("xn--bcher-kva.example", Some("bücher.example")),
             ("XN--BCHER-KVA.example", Some("bücher.example")),
-            ("juliet@xn--bcher-kva.example/balcony", Some("juliet@bücher.example/balcony")),
+            (
+                "juliet@xn--bcher-kva.example/balcony",
+                Some("juliet@bücher.example/balcony"),
+            ),
             ("BÜCHER.example", Some("bücher.example")),
             ("[::1]", Some("[::1]")),
             ("127.0.0.1", Some("127.0.0.1")),

@@ -406,10 +406,12 @@ impl StreamParser {
                 self.state = State::Open;
                 Ok(Progress::Event(StreamEvent::Header(header)))
             }
-            Tok::End => Err(ParseError::NotWellFormed("end tag before the stream header")),
-            Tok::Text | Tok::CData => {
-                Err(ParseError::NotWellFormed("character data before the stream header"))
-            }
+            Tok::End => Err(ParseError::NotWellFormed(
+                "end tag before the stream header",
+            )),
+            Tok::Text | Tok::CData => Err(ParseError::NotWellFormed(
+                "character data before the stream header",
+            )),
         }
     }
 
@@ -482,7 +484,9 @@ impl StreamParser {
     fn step_closed(&mut self) -> Result<Progress> {
         self.skip_ws();
         if self.pos < self.buf.len() {
-            return Err(ParseError::NotWellFormed("content after the end of the stream"));
+            return Err(ParseError::NotWellFormed(
+                "content after the end of the stream",
+            ));
         }
         Ok(Progress::NeedMore)
     }
@@ -789,17 +793,25 @@ fn declare(scope: &mut Vec<Binding>, tag_start: usize, prefix: &str, uri: String
         return if uri == ns::XML {
             Ok(())
         } else {
-            Err(ParseError::NotWellFormed("the xml prefix cannot be rebound"))
+            Err(ParseError::NotWellFormed(
+                "the xml prefix cannot be rebound",
+            ))
         };
     }
     if prefix == "xmlns" {
-        return Err(ParseError::NotWellFormed("the xmlns prefix cannot be declared"));
+        return Err(ParseError::NotWellFormed(
+            "the xmlns prefix cannot be declared",
+        ));
     }
     if uri == ns::XML || uri == ns::XMLNS {
-        return Err(ParseError::NotWellFormed("reserved namespace name bound to a prefix"));
+        return Err(ParseError::NotWellFormed(
+            "reserved namespace name bound to a prefix",
+        ));
     }
     if !prefix.is_empty() && uri.is_empty() {
-        return Err(ParseError::NotWellFormed("a prefix cannot be bound to the empty namespace"));
+        return Err(ParseError::NotWellFormed(
+            "a prefix cannot be bound to the empty namespace",
+        ));
     }
     if scope[tag_start..].iter().any(|b| b.prefix == prefix) {
         return Err(ParseError::NotWellFormed("duplicate namespace declaration"));
@@ -893,7 +905,9 @@ fn parse_start_tag<'t>(
             break;
         }
         if i == ws_start {
-            return Err(ParseError::NotWellFormed("missing whitespace before attribute"));
+            return Err(ParseError::NotWellFormed(
+                "missing whitespace before attribute",
+            ));
         }
         let name_start = i;
         while i < ib.len() && ib[i] != b'=' && !is_ws(ib[i]) {
@@ -907,7 +921,9 @@ fn parse_start_tag<'t>(
             i += 1;
         }
         if ib.get(i) != Some(&b'=') {
-            return Err(ParseError::NotWellFormed("expected '=' after attribute name"));
+            return Err(ParseError::NotWellFormed(
+                "expected '=' after attribute name",
+            ));
         }
         i += 1;
         while i < ib.len() && is_ws(ib[i]) {
@@ -1081,7 +1097,10 @@ fn char_reference(num: &str) -> Result<char> {
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
         return Err(bad);
     }
-    match u32::from_str_radix(digits, radix).ok().and_then(char::from_u32) {
+    match u32::from_str_radix(digits, radix)
+        .ok()
+        .and_then(char::from_u32)
+    {
         Some(c) if is_xml_char(c) => Ok(c),
         _ => Err(bad),
     }
@@ -1127,7 +1146,6 @@ fn is_name(s: &str) -> bool {
     matches!(chars.next(), Some(c) if c == ':' || is_name_start(c))
         && chars.all(|c| c == ':' || is_name_char(c))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1191,17 +1209,25 @@ mod tests {
     /// Serializing a stanza and parsing it again yields the same tree.
     fn assert_round_trip(el: &Element) {
         let xml = el.to_xml("");
-        let wrapped = format!(
-            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>{xml}"
-        );
+        let wrapped =
+            format!("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>{xml}");
         let (_, events) = run_with(&[wrapped.as_bytes()], Limits::default());
         assert_eq!(events.len(), 2, "re-parse of {xml}");
-        assert_eq!(events[1], StreamEvent::Stanza(el.clone()), "re-parse of {xml}");
+        assert_eq!(
+            events[1],
+            StreamEvent::Stanza(el.clone()),
+            "re-parse of {xml}"
+        );
     }
 
     fn check_bytes_with(input: &[u8], limits: Limits, expected: &[&str]) {
         let (whole, events) = run_with(&[input], limits);
-        assert_eq!(whole, expected, "input {:?}", String::from_utf8_lossy(input));
+        assert_eq!(
+            whole,
+            expected,
+            "input {:?}",
+            String::from_utf8_lossy(input)
+        );
         for ev in &events {
             if let StreamEvent::Stanza(el) = ev {
                 assert_round_trip(el);
@@ -1214,12 +1240,22 @@ mod tests {
         for i in 0..=input.len() {
             let (a, b) = input.split_at(i);
             let (split, _) = run_with(&[a, b], limits);
-            assert_eq!(split, expected, "split at {i} of {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                split,
+                expected,
+                "split at {i} of {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
         // So does one byte at a time.
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
         let (single, _) = run_with(&bytes, limits);
-        assert_eq!(single, expected, "byte by byte: {:?}", String::from_utf8_lossy(input));
+        assert_eq!(
+            single,
+            expected,
+            "byte by byte: {:?}",
+            String::from_utf8_lossy(input)
+        );
     }
 
     fn check_bytes(input: &[u8], expected: &[&str]) {
@@ -1358,9 +1394,18 @@ mod tests {
             ("<message><?pi x?></message>", &["error:restricted-xml"]),
             ("<?xml version='1.0'?>", &["error:restricted-xml"]),
             ("<message><!DOCTYPE x></message>", &["error:restricted-xml"]),
-            ("<message><!ENTITY x 'y'></message>", &["error:restricted-xml"]),
-            ("<message><body>&lol;</body></message>", &["error:restricted-xml"]),
-            ("<message><body>&nbsp;</body></message>", &["error:restricted-xml"]),
+            (
+                "<message><!ENTITY x 'y'></message>",
+                &["error:restricted-xml"],
+            ),
+            (
+                "<message><body>&lol;</body></message>",
+                &["error:restricted-xml"],
+            ),
+            (
+                "<message><body>&nbsp;</body></message>",
+                &["error:restricted-xml"],
+            ),
             ("<message id='&ent;'/>", &["error:restricted-xml"]),
             // Errors are reported even if an earlier part was fine.
             ("<a/><b>&x;</b>", &["<a/>", "error:restricted-xml"]),
@@ -1424,7 +1469,10 @@ mod tests {
                 &["<iq><query xmlns='jabber:iq:roster'><item jid='a@b'/></query></iq>"],
             ),
             // Undeclaring the default namespace.
-            ("<m><x xmlns=''><y/></x></m>", &["<m><x xmlns=''><y/></x></m>"]),
+            (
+                "<m><x xmlns=''><y/></x></m>",
+                &["<m><x xmlns=''><y/></x></m>"],
+            ),
             // Declarations go out of scope with their element.
             (
                 "<m><p:a xmlns:p='urn:p'/><p:b/></m>",
@@ -1461,11 +1509,20 @@ mod tests {
             ("<m xmlns:p=''/>", &["error:not-well-formed"]),
             ("<m xmlns:xml='urn:x'/>", &["error:not-well-formed"]),
             ("<m xmlns:xmlns='urn:x'/>", &["error:not-well-formed"]),
-            ("<m xmlns:p='http://www.w3.org/XML/1998/namespace'/>", &["error:not-well-formed"]),
-            ("<m xmlns='urn:a' xmlns='urn:b'/>", &["error:not-well-formed"]),
+            (
+                "<m xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
+                &["error:not-well-formed"],
+            ),
+            (
+                "<m xmlns='urn:a' xmlns='urn:b'/>",
+                &["error:not-well-formed"],
+            ),
             ("<xmlns:m/>", &["error:not-well-formed"]),
             // End tags must repeat the prefix literally.
-            ("<a:m xmlns:a='u' xmlns:b='u'></b:m>", &["error:not-well-formed"]),
+            (
+                "<a:m xmlns:a='u' xmlns:b='u'></b:m>",
+                &["error:not-well-formed"],
+            ),
             ("<a:m xmlns:a='u'></a:m>", &["<m xmlns='u'/>"]),
             ("<a:m xmlns:a='u'></m>", &["error:not-well-formed"]),
             ("<a:m xmlns:a='u'></xa:m>", &["error:not-well-formed"]),
@@ -1734,11 +1791,17 @@ mod tests {
         use StreamErrorCondition as C;
         let cases = [
             (ParseError::InvalidUtf8, C::UnsupportedEncoding),
-            (ParseError::UnsupportedEncoding("x".into()), C::UnsupportedEncoding),
+            (
+                ParseError::UnsupportedEncoding("x".into()),
+                C::UnsupportedEncoding,
+            ),
             (ParseError::NotWellFormed("x"), C::NotWellFormed),
             (ParseError::RestrictedXml("x"), C::RestrictedXml),
             (ParseError::UndefinedEntity("x".into()), C::RestrictedXml),
-            (ParseError::UndeclaredPrefix("x".into()), C::BadNamespacePrefix),
+            (
+                ParseError::UndeclaredPrefix("x".into()),
+                C::BadNamespacePrefix,
+            ),
             (ParseError::InvalidNamespace, C::InvalidNamespace),
             (ParseError::TextAtStreamLevel, C::BadFormat),
             (ParseError::StanzaTooLarge(1), C::PolicyViolation),
@@ -1758,7 +1821,8 @@ mod tests {
                 .with_attr("weird", "<&>'\"\t\n\r ü")
                 .with_child(Element::new("body", ns::CLIENT).with_text("a\r\nb <&> ]]> \t 😀"))
                 .with_child(Element::new("x", "")),
-            Element::new("a", "").with_child(Element::new("b", "urn:b").with_child(Element::new("c", ""))),
+            Element::new("a", "")
+                .with_child(Element::new("b", "urn:b").with_child(Element::new("c", ""))),
             Element::new("a", "urn:a")
                 .with_attr("xml:lang", "en")
                 .with_attr("p:x", "1")
