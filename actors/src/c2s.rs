@@ -56,7 +56,8 @@ enum ConnError {
 /// Serves one accepted TCP connection to its end.
 pub async fn serve(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStream, peer: std::net::SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    match negotiate(svc, listener, tcp).await {
+    let _guard = svc.connection_guard();
+    match negotiate(svc.clone(), listener, tcp).await {
         Ok(()) => tracing::debug!(%peer, "connection finished"),
         Err(e) => tracing::debug!(%peer, error = %e, "connection ended"),
     }
@@ -91,6 +92,7 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
     let mut parser = StreamParser::new(listener.limits);
     let mut header_sent = false;
     let mut buf = vec![0u8; 8192];
+    let mut shutdown = svc.shutdown_signal();
     loop {
         loop {
             let ev = match parser.next_event() {
@@ -186,7 +188,15 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
                 }
             }
         }
-        let n = tokio::time::timeout_at(deadline, transport.read(&mut buf)).await.map_err(|_| ConnError::Timeout)??;
+        let n = tokio::select! {
+            r = tokio::time::timeout_at(deadline, transport.read(&mut buf)) => r.map_err(|_| ConnError::Timeout)??,
+            _ = wait_true(&mut shutdown) => {
+                if !header_sent {
+                    write_all(&mut transport, &stream_header_xml(&default_host(&listener), neg.stream_id())).await?;
+                }
+                return close_with(&mut transport, &StreamError::new(StreamErrorCondition::SystemShutdown)).await;
+            }
+        };
         if n == 0 {
             return Ok(());
         }
@@ -353,4 +363,9 @@ async fn until(rx: &mut watch::Receiver<IoControl>, level: IoControl) {
         })
         .await
         .map(|_| ());
+}
+
+/// Resolves once the flag is set (or its sender is gone).
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }

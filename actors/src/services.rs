@@ -55,7 +55,18 @@ pub struct Services {
     pub modules: Vec<Arc<dyn Module>>,
     next_sid: AtomicU64,
     shutting_down: AtomicBool,
+    shutdown_signal: tokio::sync::watch::Sender<bool>,
+    connections: std::sync::atomic::AtomicUsize,
     started_micros: i64,
+}
+
+/// Counts a connection for as long as it lives.
+pub struct ConnectionGuard(Arc<Services>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Services {
@@ -77,6 +88,8 @@ impl Services {
             // Start from a random point so ids of a restarted node do not repeat.
             next_sid: AtomicU64::new(rand::random::<u32>() as u64 * 1_000_000),
             shutting_down: AtomicBool::new(false),
+            shutdown_signal: tokio::sync::watch::channel(false).0,
+            connections: std::sync::atomic::AtomicUsize::new(0),
             started_micros: now_micros(),
         })
     }
@@ -89,9 +102,26 @@ impl Services {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// Registers a live client connection; the count drops when the guard does.
+    pub fn connection_guard(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
+    }
+
+    /// Client connections still open (negotiating or bound).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Resolves when shutdown begins.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown_signal.subscribe()
+    }
+
     /// Stops new logins and asks every session on this node to end with `<system-shutdown/>`.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
+        self.shutdown_signal.send_replace(true);
         for info in self.router.sessions().all() {
             if info.node == self.router.node() {
                 if let Some(sink) = self.router.sink(info.sid) {

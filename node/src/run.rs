@@ -178,7 +178,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = t.await;
     }
     svc.begin_shutdown();
-    while !svc.router.sessions().is_empty() && tokio::time::Instant::now() < deadline {
+    // Sessions leave the table at once; their connections close once the
+    // stream error and everything queued before it are written.
+    while (svc.connections() > 0 || !svc.router.sessions().is_empty()) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     workers.close();
