@@ -103,7 +103,7 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
                         write_all(&mut transport, &stream_header_xml(&default_host(&listener), neg.stream_id())).await?;
                     }
                     tracing::debug!(error = %e, "stream parse error during negotiation");
-                    return close_with(&mut transport, &StreamError::with_text(e.condition(), &e.to_string())).await;
+                    return close_with(&mut transport, &StreamError::with_text(e.condition(), e.to_string())).await;
                 }
             };
             let nev = match ev {
@@ -282,7 +282,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    addr.do_send(ClientClosed(Some(StreamError::with_text(e.condition(), &e.to_string()))));
+                    addr.do_send(ClientClosed(Some(StreamError::with_text(e.condition(), e.to_string()))));
                     return Ok(());
                 }
             }
@@ -354,15 +354,22 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Resolves once the control reaches `level` (Abort implies StopReading), or the session is gone.
+/// Resolves once the control reaches `level` (Abort implies StopReading). When the session is
+/// gone, `StopReading` resolves but `Abort` never does: the queue closing ends the writer.
 async fn until(rx: &mut watch::Receiver<IoControl>, level: IoControl) {
-    let _ = rx
+    let reached = rx
         .wait_for(|c| match level {
             IoControl::Abort => *c == IoControl::Abort,
             _ => *c != IoControl::Run,
         })
         .await
-        .map(|_| ());
+        .is_ok();
+    if !reached && level == IoControl::Abort {
+        // The session ended without aborting: the writer must still flush what
+        // it queued (a stream error, the closing tag). It ends on its own once
+        // the queue is drained and closed.
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Resolves once the flag is set (or its sender is gone).

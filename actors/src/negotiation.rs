@@ -93,7 +93,8 @@ enum State {
     /// Features sent before authentication.
     PreAuth,
     AwaitTls,
-    Sasl { server: SaslServer, mech: Mechanism },
+    /// Boxed: the SCRAM state dwarfs every other variant.
+    Sasl { server: Box<SaslServer>, mech: Mechanism },
     /// Features sent after authentication.
     PostAuth,
     Binding { id: String },
@@ -268,8 +269,10 @@ impl Negotiator {
         !self.secure && self.cfg.tls_mode == TlsMode::StarttlsRequired
     }
 
+    /// Whether passwords may travel in the clear here (PLAIN, registration).
+    /// Never while a required STARTTLS is still pending.
     fn plaintext_allowed(&self) -> bool {
-        self.secure || self.cfg.allow_plain_without_tls
+        self.secure || (self.cfg.allow_plain_without_tls && !self.tls_required_first())
     }
 
     /// The mechanisms this stream may use right now.
@@ -360,7 +363,7 @@ impl Negotiator {
                     None => return self.sasl_failed(SaslFailure::IncorrectEncoding),
                 }
             };
-            let server = SaslServer::new(mech, self.exporter.clone(), self.plus_advertised);
+            let server = Box::new(SaslServer::new(mech, self.exporter.clone(), self.plus_advertised));
             return match initial {
                 Some(data) => self.sasl_step(server, mech, SaslInput::Response(&data)),
                 // No initial response: an empty challenge asks for it (RFC 6120 §6.4.2).
@@ -400,7 +403,7 @@ impl Negotiator {
         }
     }
 
-    fn sasl_step(&mut self, mut server: SaslServer, mech: Mechanism, input: SaslInput<'_>) -> (State, Vec<NegAction>) {
+    fn sasl_step(&mut self, mut server: Box<SaslServer>, mech: Mechanism, input: SaslInput<'_>) -> (State, Vec<NegAction>) {
         match server.step(input) {
             SaslOutput::Challenge(data) => (
                 State::Sasl { server, mech },

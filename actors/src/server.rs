@@ -89,6 +89,7 @@ impl ServerWorkers {
     }
 
     /// Queues a job on its account's shard; gives it back when that queue is full or closed.
+    #[allow(clippy::result_large_err)] // the job is handed back by value, by design
     pub fn enqueue(&self, job: WorkerJob) -> Result<(), WorkerJob> {
         let Some(tx) = self.sender_for(&job.shard_key()) else {
             return Err(job);
@@ -119,6 +120,7 @@ impl ServerWorkers {
 }
 
 impl ServerHandler for ServerWorkers {
+    #[allow(clippy::result_large_err)]
     fn submit(&self, job: ServerJob) -> Result<(), ServerJob> {
         // Reserve before wrapping, so a full queue hands the job back unchanged.
         let Some(tx) = self.sender_for(&routed_key(&job)) else {

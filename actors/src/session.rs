@@ -184,7 +184,7 @@ impl C2sSession {
 
     fn on_client_stanza(&mut self, mut el: Element, ctx: &mut Context<Self>) {
         let Some(kind) = StanzaKind::of(&el) else {
-            self.stream_fail(StreamError::with_text(StreamErrorCondition::UnsupportedStanzaType, &format!("<{}/> is not a stanza", el.name)), ctx);
+            self.stream_fail(StreamError::with_text(StreamErrorCondition::UnsupportedStanzaType, format!("<{}/> is not a stanza", el.name)), ctx);
             return;
         };
         if let Some(from) = el.attr("from") {

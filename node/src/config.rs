@@ -349,7 +349,8 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
             let key = e.span().map(|s| {
-                let line = text[..s.start.min(text.len())].lines().count().max(1);
+                // Newlines before the span, plus one: `lines()` would miss a span starting a line.
+                let line = text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1;
                 format!("line {line}")
             });
             ConfigError { file: file.into(), key: key.unwrap_or_else(|| "-".into()), reason: e.message().to_string() }

@@ -36,8 +36,7 @@ pub fn start(cfg: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&cfg.general.data_dir).with_context(|| format!("creating {}", cfg.general.data_dir.display()))?;
     let system = actix_rt::System::new();
-    let result = system.block_on(serve(cfg));
-    result
+    system.block_on(serve(cfg))
 }
 
 fn admin_auth(cfg: &Config) -> anyhow::Result<crate::admin::AdminAuth> {

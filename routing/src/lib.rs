@@ -19,6 +19,8 @@
 #![forbid(unsafe_code)]
 
 pub mod local;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -94,6 +96,8 @@ impl ServerJob {
 /// The server's own stanza processing (modules), reached without blocking.
 pub trait ServerHandler: Send + Sync {
     /// Queues a job. It comes back when the queue is full.
+    // The job comes back by value so the router can bounce it without an allocation.
+    #[allow(clippy::result_large_err)]
     fn submit(&self, job: ServerJob) -> Result<(), ServerJob>;
 }
 
@@ -228,9 +232,12 @@ impl Router {
         self.bounce(routed, cond);
     }
 
-    /// Answers a stanza with an error, unless it is an error itself (RFC 6120 §8.3.1).
+    /// Answers a stanza with an error, unless it is an error itself (RFC 6120 §8.3.1)
+    /// or an IQ result, which must not be answered either (RFC 6120 §8.2.3).
     pub fn bounce(&self, routed: Routed, cond: StanzaErrorCondition) {
-        match error_reply(&routed.stanza, cond, None) {
+        let is_iq_result = routed.stanza.name == "iq" && routed.stanza.attr("type") == Some("result");
+        let reply = if is_iq_result { None } else { error_reply(&routed.stanza, cond, None) };
+        match reply {
             Some(mut reply) => {
                 self.stats.bounced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 reply.set_attr("from", routed.to.to_string());
@@ -243,7 +250,7 @@ impl Router {
             }
             None => {
                 self.stats.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(to = %routed.to, "dropping undeliverable error stanza");
+                tracing::debug!(to = %routed.to, "dropping an undeliverable error or IQ result");
             }
         }
     }

@@ -6,7 +6,8 @@
 //! returns once the admin API answers `/api/status` with the generated token.
 //! Dropping the node stops the process (SIGTERM, then SIGKILL). The node's
 //! stdout and stderr go to `node.log` in the directory, which is printed when
-//! the node is dropped during a panic (a failing test).
+//! the node is dropped during a panic (a failing test). The node logs at
+//! `info,meerkat_actors=debug` unless `MEERKAT_TEST_LOG` gives another filter.
 //!
 //! The binary is `$MEERKAT_BIN`, or else `meerkat` next to the test
 //! executable's parent directory (`$CARGO_TARGET_DIR/debug/meerkat`), so
@@ -99,7 +100,12 @@ fn agent() -> ureq::Agent {
 
 /// Sends SIGTERM or SIGKILL to a process through kill(1) (the workspace forbids `unsafe`, so no libc).
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl TestNode {
@@ -111,7 +117,8 @@ impl TestNode {
     /// Starts a node with these options.
     pub fn start_with(options: NodeOptions) -> TestNode {
         let dir = tempfile::Builder::new().prefix("meerkat-test-").tempdir().expect("tempdir");
-        let mut node = TestNode { dir, options, child: None, c2s: loopback(0), c2s_tls: loopback(0), admin: loopback(0) };
+        let mut node =
+            TestNode { dir, options, child: None, c2s: loopback(0), c2s_tls: loopback(0), admin: loopback(0) };
         node.spawn_until_ready();
         node
     }
@@ -200,12 +207,19 @@ port = {admin}
             self.admin = loopback(free_port());
             self.write_config();
             let log = File::options().create(true).append(true).open(self.log_path()).expect("open node.log");
-            let _ = writeln!(&log, "=== meerkat start (attempt {attempt}) c2s={} tls={} admin={}", self.c2s, self.c2s_tls, self.admin);
+            let _ = writeln!(
+                &log,
+                "=== meerkat start (attempt {attempt}) c2s={} tls={} admin={}",
+                self.c2s, self.c2s_tls, self.admin
+            );
             let child = Command::new(meerkat_bin())
                 .arg("start")
                 .arg("--config")
                 .arg(self.config_path())
-                .env("RUST_LOG", std::env::var("MEERKAT_TEST_LOG").unwrap_or_else(|_| "info,meerkat_actors=debug".into()))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("MEERKAT_TEST_LOG").unwrap_or_else(|_| "info,meerkat_actors=debug".into()),
+                )
                 .env_remove("MEERKAT_CONFIG")
                 .env_remove("MEERKAT_API")
                 .env_remove("MEERKAT_ADMIN_TOKEN")
@@ -288,7 +302,8 @@ port = {admin}
         let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         (status, value)
     }
 
@@ -301,7 +316,8 @@ port = {admin}
 
     /// Creates `user@localhost` through the admin API.
     pub fn add_user(&self, user: &str, password: &str) {
-        let (code, v) = self.api("POST", "/api/users/localhost", Some(json!({ "username": user, "password": password })));
+        let (code, v) =
+            self.api("POST", "/api/users/localhost", Some(json!({ "username": user, "password": password })));
         assert_eq!(code, 201, "creating {user}: {v}");
     }
 
@@ -367,11 +383,11 @@ port = {admin}
 
     /// Stops the node: SIGTERM, then SIGKILL if it has not exited after a few seconds.
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        let pid = match self.child.as_mut() {
-            Some(c) if c.try_wait().ok().flatten().is_none() => c.id(),
-            Some(c) => return c.try_wait().ok().flatten(),
-            None => return None,
-        };
+        let child = self.child.as_mut()?;
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return Some(status);
+        }
+        let pid = child.id();
         signal(pid, "TERM");
         if let Some(s) = self.wait_exit(Duration::from_secs(self.options.shutdown_grace_period + 5)) {
             return Some(s);
@@ -386,7 +402,11 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         let status = self.stop();
         if std::thread::panicking() {
-            eprintln!("---- meerkat node log ({}; exit {status:?}) ----\n{}---- end of node log ----", self.log_path().display(), self.log());
+            eprintln!(
+                "---- meerkat node log ({}; exit {status:?}) ----\n{}---- end of node log ----",
+                self.log_path().display(),
+                self.log()
+            );
         }
     }
 }

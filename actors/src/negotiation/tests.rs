@@ -1,1 +1,1274 @@
+//! Unit tests of the negotiation state machine: no sockets, no clock, no store.
+//!
+//! Each test drives a [`Negotiator`] with [`NegEvent`]s (client elements are
+//! parsed from XML with the real [`StreamParser`]) and checks the
+//! [`NegAction`]s. SASL exchanges use the real SCRAM client, so a success
+//! here is a genuine mutual authentication.
+#![allow(clippy::unwrap_used)]
 
+use super::*;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use meerkat_xmpp::error::StanzaError;
+use meerkat_xmpp::jid::parse_full;
+use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
+use meerkat_xmpp::sasl::{plain_initial_response, ClientChannelBinding, HashAlg, ScramClient, ScramCredentials};
+
+const HOST: &str = "example.com";
+const OTHER_HOST: &str = "other.example";
+const SID: &str = "s1d";
+const USER: &str = "juliet";
+const PASSWORD: &str = "r0meo&r0meo";
+/// The RFC 9266 exporter of the (imaginary) TLS connection.
+const EXPORTER: [u8; 32] = [0x42; 32];
+/// Low, so the tests stay fast; the client accepts any count above zero.
+const ITERATIONS: u32 = 64;
+
+const ALL_MECHS: [Mechanism; 5] = [
+    Mechanism::ScramSha256Plus,
+    Mechanism::ScramSha256,
+    Mechanism::ScramSha1Plus,
+    Mechanism::ScramSha1,
+    Mechanism::Plain,
+];
+
+// ------------------------------------------------------------------ helpers
+
+fn cfg(tls_mode: TlsMode) -> NegotiationConfig {
+    NegotiationConfig {
+        hosts: vec![HOST.into(), OTHER_HOST.into()],
+        tls_mode,
+        mechanisms: ALL_MECHS.to_vec(),
+        allow_plain_without_tls: false,
+        registration: true,
+        max_auth_failures: 3,
+    }
+}
+
+/// How the connection starts.
+#[derive(Clone, Copy, Debug)]
+enum Conn {
+    /// Plain TCP.
+    Plain,
+    /// Direct TLS (XEP-0368), with or without an exporter.
+    Direct { exporter: bool },
+}
+
+fn negotiator(cfg: NegotiationConfig, conn: Conn) -> Negotiator {
+    match conn {
+        Conn::Plain => Negotiator::new(cfg, false, None, SID.into()),
+        Conn::Direct { exporter } => Negotiator::new(cfg, true, exporter.then(|| EXPORTER.to_vec()), SID.into()),
+    }
+}
+
+fn header_to(to: Option<&str>) -> StreamHeader {
+    StreamHeader {
+        to: to.map(str::to_owned),
+        from: None,
+        id: None,
+        version: Some("1.0".into()),
+        lang: Some("en".into()),
+        default_ns: Some(ns::CLIENT.into()),
+    }
+}
+
+fn header() -> StreamHeader {
+    header_to(Some(HOST))
+}
+
+/// Parses one top-level element inside a `jabber:client` stream, the way the
+/// connection driver gets it. Used for client input and for our own output.
+fn parse(xml: &str) -> Element {
+    let mut p = StreamParser::new(Limits::default());
+    p.feed(
+        format!("<stream:stream xmlns='jabber:client' xmlns:stream='{}' to='{HOST}' version='1.0'>", ns::STREAM)
+            .as_bytes(),
+    );
+    p.feed(xml.as_bytes());
+    assert!(matches!(p.next_event().unwrap(), Some(StreamEvent::Header(_))));
+    match p.next_event() {
+        Ok(Some(StreamEvent::Stanza(el))) => el,
+        other => panic!("{xml:?} is not one complete element: {other:?}"),
+    }
+}
+
+fn el(xml: &str) -> NegEvent {
+    NegEvent::Element(parse(xml))
+}
+
+/// What a `<stream:features/>` offers.
+#[derive(Debug, Default, PartialEq)]
+struct Features {
+    /// `Some(required)` when STARTTLS is offered.
+    starttls: Option<bool>,
+    mechanisms: Vec<String>,
+    /// XEP-0440 channel-binding types.
+    channel_bindings: Vec<String>,
+    register: bool,
+    bind: bool,
+    session: bool,
+}
+
+impl Features {
+    fn parse(xml: &str) -> Features {
+        let f = parse(xml);
+        assert!(f.is("features", ns::STREAM), "not stream features: {xml}");
+        let names = |parent: Option<&Element>, child: &str| -> Vec<String> {
+            parent
+                .map(|p| {
+                    p.elements()
+                        .filter(|e| e.name == child)
+                        .map(|e| e.attr("type").map_or_else(|| e.text(), str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Features {
+            starttls: f.get_child("starttls", ns::TLS).map(|s| s.has_child("required", ns::TLS)),
+            mechanisms: names(f.get_child("mechanisms", ns::SASL), "mechanism"),
+            channel_bindings: names(f.get_child("sasl-channel-binding", ns::SASL_CB), "channel-binding"),
+            register: f.has_child("register", ns::REGISTER_FEATURE),
+            bind: f.has_child("bind", ns::BIND),
+            session: f.has_child("session", ns::SESSION),
+        }
+    }
+
+    fn mechs(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+/// Sends the header; expects our header for `host` and the features.
+fn open_on(neg: &mut Negotiator, host: &str) -> Features {
+    let actions = neg.step(NegEvent::Header(header_to(Some(host))));
+    match actions.as_slice() {
+        [NegAction::Send(h), NegAction::Send(f)] => {
+            assert_eq!(*h, stream_header_xml(host, SID));
+            Features::parse(f)
+        }
+        other => panic!("expected header and features, got {other:?}"),
+    }
+}
+
+fn open(neg: &mut Negotiator) -> Features {
+    open_on(neg, HOST)
+}
+
+/// `<starttls/>`, the handshake, and the restarted stream's features.
+fn starttls(neg: &mut Negotiator, exporter: Option<Vec<u8>>) -> Features {
+    assert_eq!(
+        neg.step(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")),
+        vec![NegAction::Send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>".into()), NegAction::StartTls]
+    );
+    assert_eq!(neg.step(NegEvent::TlsEstablished { exporter }), vec![]);
+    assert!(neg.is_secure());
+    open(neg)
+}
+
+fn close(cond: StreamErrorCondition, text: &str) -> NegAction {
+    NegAction::Close(StreamError::with_text(cond, text))
+}
+
+/// The condition of a `Close` action, if the actions end the stream.
+fn close_condition(actions: &[NegAction]) -> Option<StreamErrorCondition> {
+    match actions.last() {
+        Some(NegAction::Close(e)) => Some(e.condition),
+        _ => None,
+    }
+}
+
+fn failure(cond: &str) -> String {
+    format!("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{cond}/></failure>")
+}
+
+fn delayed_failure(cond: &str, ms: u64) -> NegAction {
+    NegAction::SendDelayed(failure(cond), Duration::from_millis(ms))
+}
+
+fn auth(mech: &str, initial: Option<&[u8]>) -> NegEvent {
+    let body = match initial {
+        None => String::new(),
+        Some([]) => "=".into(),
+        Some(data) => B64.encode(data),
+    };
+    el(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{body}</auth>"))
+}
+
+fn response(data: &[u8]) -> NegEvent {
+    el(&format!("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>", B64.encode(data)))
+}
+
+/// SCRAM keys for `PASSWORD`, for SHA-1 and SHA-256.
+fn scram_credentials() -> Credentials {
+    Credentials::Scram(
+        [HashAlg::Sha1, HashAlg::Sha256]
+            .into_iter()
+            .map(|h| ScramCredentials::derive(h, PASSWORD, b"NaCl-NaCl-NaCl!", ITERATIONS).unwrap())
+            .collect(),
+    )
+}
+
+/// Runs a SCRAM exchange as far as it goes and returns the last actions
+/// (success, or a failure at whichever step it happened). `creds` answers
+/// the credentials lookup.
+fn scram_exchange(
+    neg: &mut Negotiator,
+    mech: Mechanism,
+    client: &mut ScramClient,
+    creds: Option<Credentials>,
+) -> Vec<NegAction> {
+    let actions = neg.step(auth(mech.name(), Some(&client.client_first())));
+    match actions.as_slice() {
+        [NegAction::LookupCredentials { username }] => assert_eq!(username, USER),
+        _ => return actions,
+    }
+    let actions = neg.step(NegEvent::Credentials(creds));
+    let challenge = match actions.as_slice() {
+        [NegAction::Send(xml)] => {
+            let c = parse(xml);
+            assert!(c.is("challenge", ns::SASL), "{xml}");
+            B64.decode(c.text()).unwrap()
+        }
+        _ => return actions,
+    };
+    let client_final = client.handle_server_first(&challenge).unwrap();
+    neg.step(response(&client_final))
+}
+
+/// Checks a SCRAM success: `<success/>` carrying a server signature the
+/// client accepts, then a parser reset.
+fn assert_scram_success(actions: &[NegAction], client: &ScramClient) {
+    match actions {
+        [NegAction::Send(xml), NegAction::ResetParser] => {
+            let s = parse(xml);
+            assert!(s.is("success", ns::SASL), "{xml}");
+            client.verify_server_final(&B64.decode(s.text()).unwrap()).unwrap();
+        }
+        other => panic!("expected SASL success, got {other:?}"),
+    }
+}
+
+/// A negotiator past SASL (PLAIN over direct TLS) and the restarted stream's features.
+fn authenticated() -> (Negotiator, Features) {
+    let mut neg = negotiator(cfg(TlsMode::Tls), Conn::Direct { exporter: true });
+    open(&mut neg);
+    assert_eq!(
+        neg.step(auth("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD)))),
+        vec![NegAction::LookupCredentials { username: USER.into() }]
+    );
+    assert_eq!(
+        neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into())))),
+        vec![
+            NegAction::Send("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'></success>".into()),
+            NegAction::ResetParser
+        ]
+    );
+    assert_eq!(neg.user(), Some(USER));
+    let features = open(&mut neg);
+    (neg, features)
+}
+
+/// Parses an `<iq/>` we sent and returns (type, id, error condition).
+fn iq_summary(xml: &str) -> (String, Option<String>, Option<StanzaErrorCondition>) {
+    let iq = parse(xml);
+    assert!(iq.is("iq", ns::CLIENT), "{xml}");
+    (
+        iq.attr("type").unwrap_or_default().to_owned(),
+        iq.attr("id").map(str::to_owned),
+        StanzaError::from_stanza(&iq).map(|e| e.condition),
+    )
+}
+
+// ------------------------------------------------------------------ stream header
+
+#[test]
+fn header_checks() {
+    use StreamErrorCondition as C;
+    let with = |f: &dyn Fn(&mut StreamHeader)| {
+        let mut h = header();
+        f(&mut h);
+        h
+    };
+    // (case, header, host our header is sent from, expected stream error)
+    let cases: Vec<(&str, StreamHeader, &str, Option<C>)> = vec![
+        ("served host", header(), HOST, None),
+        ("second served host", header_to(Some(OTHER_HOST)), OTHER_HOST, None),
+        ("host is case-insensitive", header_to(Some("EXAMPLE.com")), HOST, None),
+        ("version 1.1 is 1.x", with(&|h| h.version = Some("1.1".into())), HOST, None),
+        ("unknown host", header_to(Some("evil.example")), HOST, Some(C::HostUnknown)),
+        ("malformed host", header_to(Some("a@b@c")), HOST, Some(C::HostUnknown)),
+        ("missing to", header_to(None), HOST, Some(C::HostUnknown)),
+        ("server namespace", with(&|h| h.default_ns = Some("jabber:server".into())), HOST, Some(C::InvalidNamespace)),
+        ("no content namespace", with(&|h| h.default_ns = None), HOST, Some(C::InvalidNamespace)),
+        ("version 0.9", with(&|h| h.version = Some("0.9".into())), HOST, Some(C::UnsupportedVersion)),
+        ("no version", with(&|h| h.version = None), HOST, Some(C::UnsupportedVersion)),
+        ("garbage version", with(&|h| h.version = Some("x.y".into())), HOST, Some(C::UnsupportedVersion)),
+        (
+            "namespace checked on the served host",
+            with(&|h| {
+                h.to = Some(OTHER_HOST.into());
+                h.default_ns = Some("jabber:component:accept".into());
+            }),
+            OTHER_HOST,
+            Some(C::InvalidNamespace),
+        ),
+    ];
+    for (case, h, from, want) in cases {
+        let mut neg = negotiator(cfg(TlsMode::Starttls), Conn::Plain);
+        let actions = neg.step(NegEvent::Header(h));
+        // RFC 6120 §4.9.1.2: our header always goes out first, even before an error.
+        assert_eq!(actions.first(), Some(&NegAction::Send(stream_header_xml(from, SID))), "{case}");
+        assert_eq!(actions.len(), 2, "{case}: {actions:?}");
+        match want {
+            None => {
+                assert!(
+                    matches!(&actions[1], NegAction::Send(f) if f.starts_with("<stream:features>")),
+                    "{case}: {actions:?}"
+                );
+                assert_eq!(neg.host(), Some(from), "{case}");
+            }
+            Some(cond) => {
+                assert_eq!(close_condition(&actions), Some(cond), "{case}: {actions:?}");
+                // The stream is over: nothing more happens.
+                assert_eq!(neg.step(NegEvent::Header(header())), vec![], "{case}");
+            }
+        }
+    }
+}
+
+#[test]
+fn header_escapes_stream_id_and_host() {
+    assert_eq!(
+        stream_header_xml("a'b", "<&\">"),
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='&lt;&amp;&quot;>' from='a&apos;b' version='1.0' xml:lang='en'>"
+    );
+}
+
+// ------------------------------------------------------------------ features
+
+#[test]
+fn features_before_authentication() {
+    struct Case {
+        name: &'static str,
+        mode: TlsMode,
+        conn: Conn,
+        allow_plain: bool,
+        want: Features,
+    }
+    let m = Features::mechs;
+    let cases = [
+        Case {
+            name: "no TLS: SCRAM only, no PLAIN, no registration",
+            mode: TlsMode::None,
+            conn: Conn::Plain,
+            allow_plain: false,
+            want: Features { mechanisms: m(&["SCRAM-SHA-256", "SCRAM-SHA-1"]), ..Default::default() },
+        },
+        Case {
+            name: "no TLS, plaintext allowed: PLAIN and registration",
+            mode: TlsMode::None,
+            conn: Conn::Plain,
+            allow_plain: true,
+            want: Features {
+                mechanisms: m(&["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]),
+                register: true,
+                ..Default::default()
+            },
+        },
+        Case {
+            name: "STARTTLS offered: SASL without PLAIN or -PLUS alongside",
+            mode: TlsMode::Starttls,
+            conn: Conn::Plain,
+            allow_plain: false,
+            want: Features {
+                starttls: Some(false),
+                mechanisms: m(&["SCRAM-SHA-256", "SCRAM-SHA-1"]),
+                ..Default::default()
+            },
+        },
+        Case {
+            name: "STARTTLS offered, plaintext allowed",
+            mode: TlsMode::Starttls,
+            conn: Conn::Plain,
+            allow_plain: true,
+            want: Features {
+                starttls: Some(false),
+                mechanisms: m(&["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]),
+                register: true,
+                ..Default::default()
+            },
+        },
+        Case {
+            name: "STARTTLS required: nothing else",
+            mode: TlsMode::StarttlsRequired,
+            conn: Conn::Plain,
+            allow_plain: false,
+            want: Features { starttls: Some(true), ..Default::default() },
+        },
+        Case {
+            name: "STARTTLS required: nothing else, even with plaintext allowed",
+            mode: TlsMode::StarttlsRequired,
+            conn: Conn::Plain,
+            allow_plain: true,
+            want: Features { starttls: Some(true), ..Default::default() },
+        },
+        Case {
+            name: "direct TLS with exporter: everything, with channel binding",
+            mode: TlsMode::Tls,
+            conn: Conn::Direct { exporter: true },
+            allow_plain: false,
+            want: Features {
+                mechanisms: m(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-1", "PLAIN"]),
+                channel_bindings: m(&["tls-exporter"]),
+                register: true,
+                ..Default::default()
+            },
+        },
+        Case {
+            name: "direct TLS without exporter: no -PLUS, no channel binding",
+            mode: TlsMode::Tls,
+            conn: Conn::Direct { exporter: false },
+            allow_plain: false,
+            want: Features {
+                mechanisms: m(&["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]),
+                register: true,
+                ..Default::default()
+            },
+        },
+    ];
+    for c in cases {
+        let mut config = cfg(c.mode);
+        config.allow_plain_without_tls = c.allow_plain;
+        let mut neg = negotiator(config, c.conn);
+        assert_eq!(open(&mut neg), c.want, "{}", c.name);
+        let offered: Vec<String> = neg.offered_mechanisms().iter().map(|m| m.name().to_owned()).collect();
+        assert_eq!(offered, c.want.mechanisms, "{}: offered_mechanisms agrees with the features", c.name);
+    }
+}
+
+#[test]
+fn features_follow_configuration() {
+    // (mechanisms enabled, registration, advertised)
+    let cases: [(&[Mechanism], bool, &[&str], bool); 3] = [
+        (&[Mechanism::Plain, Mechanism::ScramSha1], true, &["PLAIN", "SCRAM-SHA-1"], true),
+        (&[Mechanism::ScramSha256Plus], false, &["SCRAM-SHA-256-PLUS"], false),
+        (&[], false, &[], false),
+    ];
+    for (mechs, registration, want, want_register) in cases {
+        let mut config = cfg(TlsMode::Tls);
+        config.mechanisms = mechs.to_vec();
+        config.registration = registration;
+        let mut neg = negotiator(config, Conn::Direct { exporter: true });
+        let f = open(&mut neg);
+        assert_eq!(f.mechanisms, Features::mechs(want), "{mechs:?}");
+        assert_eq!(f.register, want_register, "{mechs:?}");
+    }
+}
+
+// ------------------------------------------------------------------ STARTTLS
+
+#[test]
+fn starttls_then_restart_offers_channel_binding() {
+    for mode in [TlsMode::Starttls, TlsMode::StarttlsRequired] {
+        let mut neg = negotiator(cfg(mode), Conn::Plain);
+        open(&mut neg);
+        assert!(!neg.is_secure());
+        let after = starttls(&mut neg, Some(EXPORTER.to_vec()));
+        assert_eq!(
+            after,
+            Features {
+                mechanisms: Features::mechs(&[
+                    "SCRAM-SHA-256-PLUS",
+                    "SCRAM-SHA-256",
+                    "SCRAM-SHA-1-PLUS",
+                    "SCRAM-SHA-1",
+                    "PLAIN"
+                ]),
+                channel_bindings: Features::mechs(&["tls-exporter"]),
+                register: true,
+                ..Default::default()
+            },
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn starttls_without_exporter_offers_no_plus() {
+    let mut neg = negotiator(cfg(TlsMode::StarttlsRequired), Conn::Plain);
+    open(&mut neg);
+    let after = starttls(&mut neg, None);
+    assert_eq!(after.starttls, None);
+    assert_eq!(after.mechanisms, Features::mechs(&["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]));
+    assert!(after.channel_bindings.is_empty());
+}
+
+#[test]
+fn starttls_refused_where_not_offered() {
+    // (mode, connection, TLS negotiated first)
+    let cases = [
+        (TlsMode::None, Conn::Plain, false),
+        (TlsMode::Tls, Conn::Direct { exporter: true }, false),
+        (TlsMode::Starttls, Conn::Plain, true),
+    ];
+    for (mode, conn, twice) in cases {
+        let mut neg = negotiator(cfg(mode), conn);
+        open(&mut neg);
+        if twice {
+            starttls(&mut neg, None);
+        }
+        let actions = neg.step(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"));
+        assert_eq!(
+            actions,
+            vec![close(StreamErrorCondition::PolicyViolation, "STARTTLS is not offered here")],
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn restart_after_tls_must_keep_the_host() {
+    let mut neg = negotiator(cfg(TlsMode::Starttls), Conn::Plain);
+    open(&mut neg);
+    neg.step(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"));
+    neg.step(NegEvent::TlsEstablished { exporter: None });
+    let actions = neg.step(NegEvent::Header(header_to(Some(OTHER_HOST))));
+    assert_eq!(actions[0], NegAction::Send(stream_header_xml(HOST, SID)));
+    assert_eq!(close_condition(&actions), Some(StreamErrorCondition::HostUnknown));
+}
+
+#[test]
+fn auth_before_required_starttls_is_refused() {
+    let mut neg = negotiator(cfg(TlsMode::StarttlsRequired), Conn::Plain);
+    open(&mut neg);
+    let mut client = ScramClient::new(HashAlg::Sha256, USER, PASSWORD, ClientChannelBinding::None);
+    assert_eq!(
+        neg.step(auth("SCRAM-SHA-256", Some(&client.client_first()))),
+        vec![
+            NegAction::Send(failure("encryption-required")),
+            close(StreamErrorCondition::PolicyViolation, "STARTTLS is required")
+        ]
+    );
+}
+
+// ------------------------------------------------------------------ SASL
+
+#[test]
+fn scram_exchanges_succeed() {
+    // (case, mode, connection, STARTTLS with exporter, mechanism, client channel binding)
+    type Case = (&'static str, TlsMode, Conn, Option<Option<Vec<u8>>>, Mechanism, ClientChannelBinding);
+    let cb = || ClientChannelBinding::TlsExporter(EXPORTER.to_vec());
+    let cases: Vec<Case> = vec![
+        (
+            "SCRAM-SHA-256 before STARTTLS",
+            TlsMode::Starttls,
+            Conn::Plain,
+            None,
+            Mechanism::ScramSha256,
+            ClientChannelBinding::None,
+        ),
+        (
+            "SCRAM-SHA-256 without any TLS",
+            TlsMode::None,
+            Conn::Plain,
+            None,
+            Mechanism::ScramSha256,
+            ClientChannelBinding::None,
+        ),
+        (
+            "SCRAM-SHA-256 after STARTTLS, client without binding",
+            TlsMode::Starttls,
+            Conn::Plain,
+            Some(Some(EXPORTER.to_vec())),
+            Mechanism::ScramSha256,
+            ClientChannelBinding::None,
+        ),
+        (
+            "SCRAM-SHA-256-PLUS after STARTTLS",
+            TlsMode::StarttlsRequired,
+            Conn::Plain,
+            Some(Some(EXPORTER.to_vec())),
+            Mechanism::ScramSha256Plus,
+            cb(),
+        ),
+        (
+            "SCRAM-SHA-1-PLUS over direct TLS",
+            TlsMode::Tls,
+            Conn::Direct { exporter: true },
+            None,
+            Mechanism::ScramSha1Plus,
+            cb(),
+        ),
+        (
+            "SCRAM-SHA-1 over direct TLS",
+            TlsMode::Tls,
+            Conn::Direct { exporter: true },
+            None,
+            Mechanism::ScramSha1,
+            ClientChannelBinding::None,
+        ),
+        // "y" is honest here: no -PLUS was advertised, so it is no downgrade.
+        (
+            "SCRAM-SHA-256 'y' where no -PLUS was offered",
+            TlsMode::Tls,
+            Conn::Direct { exporter: false },
+            None,
+            Mechanism::ScramSha256,
+            ClientChannelBinding::ClientSupportsServerDoesNot,
+        ),
+    ];
+    for (case, mode, conn, tls, mech, binding) in cases {
+        let mut neg = negotiator(cfg(mode), conn);
+        let mut features = open(&mut neg);
+        if let Some(exporter) = tls {
+            features = starttls(&mut neg, exporter);
+        }
+        assert!(features.mechanisms.iter().any(|m| m == mech.name()), "{case}: {mech:?} not offered");
+        let mut client = ScramClient::new(mech.hash().unwrap(), USER, PASSWORD, binding);
+        let actions = scram_exchange(&mut neg, mech, &mut client, Some(scram_credentials()));
+        assert_scram_success(&actions, &client);
+        assert_eq!(neg.user(), Some(USER), "{case}");
+
+        // The restarted stream offers bind and the legacy session, nothing else.
+        let post = open(&mut neg);
+        assert_eq!(post, Features { bind: true, session: true, ..Default::default() }, "{case}");
+    }
+}
+
+#[test]
+fn scram_with_an_empty_initial_challenge() {
+    // No initial response: the server asks for it with an empty challenge (RFC 6120 §6.4.2).
+    let mut neg = negotiator(cfg(TlsMode::Tls), Conn::Direct { exporter: true });
+    open(&mut neg);
+    let empty_challenge = vec![NegAction::Send("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into())];
+    assert_eq!(neg.step(auth("SCRAM-SHA-256-PLUS", None)), empty_challenge);
+    let mut client =
+        ScramClient::new(HashAlg::Sha256, USER, PASSWORD, ClientChannelBinding::TlsExporter(EXPORTER.to_vec()));
+    assert_eq!(
+        neg.step(response(&client.client_first())),
+        vec![NegAction::LookupCredentials { username: USER.into() }]
+    );
+    let challenge = match neg.step(NegEvent::Credentials(Some(scram_credentials()))).as_slice() {
+        [NegAction::Send(xml)] => B64.decode(parse(xml).text()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let actions = neg.step(response(&client.handle_server_first(&challenge).unwrap()));
+    assert_scram_success(&actions, &client);
+}
+
+#[test]
+fn plain_exchanges() {
+    let ok = || {
+        vec![
+            NegAction::Send("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'></success>".into()),
+            NegAction::ResetParser,
+        ]
+    };
+    // (case, initial response, credentials in the store, expected final actions)
+    type Case = (&'static str, Vec<u8>, Option<Credentials>, Vec<NegAction>);
+    let cases: Vec<Case> = vec![
+        (
+            "plaintext store",
+            plain_initial_response(None, USER, PASSWORD),
+            Some(Credentials::Plain(PASSWORD.into())),
+            ok(),
+        ),
+        ("SCRAM store", plain_initial_response(None, USER, PASSWORD), Some(scram_credentials()), ok()),
+        (
+            "authzid of oneself",
+            plain_initial_response(Some("juliet@example.com"), USER, PASSWORD),
+            Some(Credentials::Plain(PASSWORD.into())),
+            ok(),
+        ),
+        (
+            "wrong password",
+            plain_initial_response(None, USER, "nope"),
+            Some(Credentials::Plain(PASSWORD.into())),
+            vec![delayed_failure("not-authorized", 500)],
+        ),
+        (
+            "unknown user",
+            plain_initial_response(None, USER, PASSWORD),
+            None,
+            vec![delayed_failure("not-authorized", 500)],
+        ),
+    ];
+    for (case, initial, creds, want) in cases {
+        let mut neg = negotiator(cfg(TlsMode::Tls), Conn::Direct { exporter: false });
+        open(&mut neg);
+        assert_eq!(
+            neg.step(auth("PLAIN", Some(&initial))),
+            vec![NegAction::LookupCredentials { username: USER.into() }],
+            "{case}"
+        );
+        assert_eq!(neg.step(NegEvent::Credentials(creds)), want, "{case}");
+    }
+}
+
+#[test]
+fn scram_failures_are_not_authorized() {
+    struct Case {
+        name: &'static str,
+        mech: Mechanism,
+        binding: ClientChannelBinding,
+        password: &'static str,
+        creds: Option<Credentials>,
+    }
+    let case = |name, mech, binding, password, creds| Case { name, mech, binding, password, creds };
+    let wrong_cb = ClientChannelBinding::TlsExporter(vec![0x13; 32]);
+    let right_cb = ClientChannelBinding::TlsExporter(EXPORTER.to_vec());
+    let cases = [
+        // A different exporter means a different TLS connection: a MITM.
+        case(
+            "wrong channel binding",
+            Mechanism::ScramSha256Plus,
+            wrong_cb.clone(),
+            PASSWORD,
+            Some(scram_credentials()),
+        ),
+        case(
+            "channel binding data with the non-PLUS mechanism",
+            Mechanism::ScramSha256,
+            right_cb,
+            PASSWORD,
+            Some(scram_credentials()),
+        ),
+        case(
+            "-PLUS without channel binding",
+            Mechanism::ScramSha256Plus,
+            ClientChannelBinding::None,
+            PASSWORD,
+            Some(scram_credentials()),
+        ),
+        // "y" although -PLUS was advertised: someone stripped it (RFC 5802 §6).
+        case(
+            "downgrade to 'y'",
+            Mechanism::ScramSha256,
+            ClientChannelBinding::ClientSupportsServerDoesNot,
+            PASSWORD,
+            Some(scram_credentials()),
+        ),
+        case("wrong password", Mechanism::ScramSha256, ClientChannelBinding::None, "juliet", Some(scram_credentials())),
+        case("unknown user", Mechanism::ScramSha256, ClientChannelBinding::None, PASSWORD, None),
+        case(
+            "no keys for this hash",
+            Mechanism::ScramSha256,
+            ClientChannelBinding::None,
+            PASSWORD,
+            Some(Credentials::Scram(vec![])),
+        ),
+    ];
+    for c in cases {
+        // STARTTLS with an exporter, so the -PLUS mechanisms were advertised.
+        let mut neg = negotiator(cfg(TlsMode::Starttls), Conn::Plain);
+        open(&mut neg);
+        starttls(&mut neg, Some(EXPORTER.to_vec()));
+        let mut client = ScramClient::new(c.mech.hash().unwrap(), USER, c.password, c.binding);
+        let actions = scram_exchange(&mut neg, c.mech, &mut client, c.creds);
+        assert_eq!(actions, vec![delayed_failure("not-authorized", 500)], "{}", c.name);
+        assert_eq!(neg.user(), None, "{}", c.name);
+    }
+}
+
+#[test]
+fn sasl_protocol_errors() {
+    use StreamErrorCondition as C;
+    let plain_b64 = B64.encode(plain_initial_response(None, USER, PASSWORD));
+    // (case, connection, plaintext allowed, element, expected actions)
+    let cases: Vec<(&str, Conn, bool, String, Vec<NegAction>)> = vec![
+        (
+            "PLAIN with bad base64",
+            Conn::Direct { exporter: false },
+            false,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>not*base64!</auth>".into(),
+            vec![delayed_failure("incorrect-encoding", 500)],
+        ),
+        (
+            "unknown mechanism",
+            Conn::Direct { exporter: false },
+            false,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='DIGEST-MD5'/>".into(),
+            vec![NegAction::Send(failure("invalid-mechanism"))],
+        ),
+        (
+            "mechanism names are case-sensitive",
+            Conn::Direct { exporter: false },
+            false,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='plain'/>".into(),
+            vec![NegAction::Send(failure("invalid-mechanism"))],
+        ),
+        (
+            "no mechanism attribute",
+            Conn::Direct { exporter: false },
+            false,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into(),
+            vec![NegAction::Send(failure("invalid-mechanism"))],
+        ),
+        (
+            "-PLUS without an exporter",
+            Conn::Direct { exporter: false },
+            false,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256-PLUS'/>".into(),
+            vec![NegAction::Send(failure("invalid-mechanism"))],
+        ),
+        (
+            "PLAIN without TLS",
+            Conn::Plain,
+            false,
+            format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain_b64}</auth>"),
+            vec![NegAction::Send(failure("encryption-required"))],
+        ),
+        (
+            "PLAIN without TLS when allowed",
+            Conn::Plain,
+            true,
+            format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain_b64}</auth>"),
+            vec![NegAction::LookupCredentials { username: USER.into() }],
+        ),
+        (
+            "malformed PLAIN message",
+            Conn::Direct { exporter: false },
+            false,
+            format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>", B64.encode("juliet")),
+            vec![delayed_failure("malformed-request", 500)],
+        ),
+        (
+            "empty initial response",
+            Conn::Direct { exporter: false },
+            false,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>=</auth>".into(),
+            vec![NegAction::Send("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'></challenge>".into())],
+        ),
+        (
+            "no initial response",
+            Conn::Direct { exporter: false },
+            false,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>".into(),
+            vec![NegAction::Send("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into())],
+        ),
+        (
+            "response outside an exchange",
+            Conn::Direct { exporter: false },
+            false,
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>=</response>".into(),
+            vec![close(C::NotAuthorized, "authenticate first")],
+        ),
+        (
+            "message before auth",
+            Conn::Direct { exporter: false },
+            false,
+            "<message to='romeo@example.com'><body>hi</body></message>".into(),
+            vec![close(C::NotAuthorized, "authenticate first")],
+        ),
+        (
+            "roster get before auth",
+            Conn::Plain,
+            false,
+            "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>".into(),
+            vec![close(C::NotAuthorized, "authenticate first")],
+        ),
+        (
+            "presence before auth",
+            Conn::Plain,
+            false,
+            "<presence/>".into(),
+            vec![close(C::NotAuthorized, "authenticate first")],
+        ),
+        (
+            "bind before auth",
+            Conn::Direct { exporter: false },
+            false,
+            "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>".into(),
+            vec![close(C::NotAuthorized, "authenticate first")],
+        ),
+    ];
+    for (case, conn, allow_plain, xml, want) in cases {
+        let mode = match conn {
+            Conn::Plain => TlsMode::Starttls,
+            Conn::Direct { .. } => TlsMode::Tls,
+        };
+        let mut config = cfg(mode);
+        config.allow_plain_without_tls = allow_plain;
+        let mut neg = negotiator(config, conn);
+        open(&mut neg);
+        assert_eq!(neg.step(el(&xml)), want, "{case}");
+    }
+}
+
+#[test]
+fn sasl_exchange_interruptions() {
+    use StreamErrorCondition as C;
+    // (case, element sent while the server waits for a response, expected actions)
+    let cases: Vec<(&str, &str, Vec<NegAction>)> = vec![
+        ("abort", "<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", vec![delayed_failure("aborted", 500)]),
+        (
+            "bad base64 response",
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>%%%</response>",
+            vec![delayed_failure("incorrect-encoding", 500)],
+        ),
+        (
+            "garbage response",
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>Z2FyYmFnZQ==</response>",
+            vec![delayed_failure("malformed-request", 500)],
+        ),
+        (
+            "a second auth",
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>",
+            vec![close(C::PolicyViolation, "expected a SASL response")],
+        ),
+        ("a stanza", "<message><body>x</body></message>", vec![close(C::PolicyViolation, "expected a SASL response")]),
+    ];
+    for (case, xml, want) in cases {
+        let mut neg = negotiator(cfg(TlsMode::Tls), Conn::Direct { exporter: true });
+        open(&mut neg);
+        let mut client =
+            ScramClient::new(HashAlg::Sha256, USER, PASSWORD, ClientChannelBinding::TlsExporter(EXPORTER.to_vec()));
+        neg.step(auth("SCRAM-SHA-256-PLUS", Some(&client.client_first())));
+        assert!(
+            matches!(neg.step(NegEvent::Credentials(Some(scram_credentials()))).as_slice(), [NegAction::Send(c)] if c.starts_with("<challenge"))
+        );
+        assert_eq!(neg.step(el(xml)), want, "{case}");
+        if close_condition(&want).is_none() {
+            // Back to the features: a fresh exchange succeeds.
+            let mut client =
+                ScramClient::new(HashAlg::Sha256, USER, PASSWORD, ClientChannelBinding::TlsExporter(EXPORTER.to_vec()));
+            let actions = scram_exchange(&mut neg, Mechanism::ScramSha256Plus, &mut client, Some(scram_credentials()));
+            assert_scram_success(&actions, &client);
+        }
+    }
+}
+
+#[test]
+fn abort_while_waiting_for_the_first_response() {
+    let mut neg = negotiator(cfg(TlsMode::Tls), Conn::Direct { exporter: false });
+    open(&mut neg);
+    assert_eq!(
+        neg.step(auth("SCRAM-SHA-1", None)),
+        vec![NegAction::Send("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into())]
+    );
+    assert_eq!(
+        neg.step(el("<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")),
+        vec![delayed_failure("aborted", 500)]
+    );
+}
+
+#[test]
+fn auth_delay_grows_and_is_capped() {
+    let cases = [(0, 500), (1, 500), (2, 1_000), (3, 2_000), (4, 4_000), (5, 8_000), (6, 8_000), (u32::MAX, 8_000)];
+    for (failures, ms) in cases {
+        assert_eq!(auth_delay(failures), Duration::from_millis(ms), "after {failures} failures");
+    }
+}
+
+#[test]
+fn repeated_failures_are_delayed_then_close_the_stream() {
+    // Every kind of failure counts, whatever step it happens at.
+    type Fail = fn(&mut Negotiator) -> Vec<NegAction>;
+    let wrong_password: Fail = |neg| {
+        let mut client = ScramClient::new(HashAlg::Sha256, USER, "wrong", ClientChannelBinding::None);
+        scram_exchange(neg, Mechanism::ScramSha256, &mut client, Some(scram_credentials()))
+    };
+    let abort: Fail = |neg| {
+        neg.step(auth("SCRAM-SHA-256", None));
+        neg.step(el("<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"))
+    };
+    let bad_base64: Fail =
+        |neg| neg.step(el("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>@@@</auth>"));
+    // (max failures, attempts with the expected answer to each; the last one closes)
+    type Attempts = Vec<(Fail, Vec<NegAction>)>;
+    let cases: Vec<(u32, Attempts)> = vec![
+        (1, vec![(wrong_password, vec![delayed_failure("not-authorized", 500)])]),
+        (
+            3,
+            vec![
+                (wrong_password, vec![delayed_failure("not-authorized", 500)]),
+                (abort, vec![delayed_failure("aborted", 1_000)]),
+                (bad_base64, vec![delayed_failure("incorrect-encoding", 2_000)]),
+            ],
+        ),
+        (
+            5,
+            vec![
+                (bad_base64, vec![delayed_failure("incorrect-encoding", 500)]),
+                (bad_base64, vec![delayed_failure("incorrect-encoding", 1_000)]),
+                (wrong_password, vec![delayed_failure("not-authorized", 2_000)]),
+                (abort, vec![delayed_failure("aborted", 4_000)]),
+                (wrong_password, vec![delayed_failure("not-authorized", 8_000)]),
+            ],
+        ),
+    ];
+    for (max, attempts) in cases {
+        let mut config = cfg(TlsMode::None);
+        config.max_auth_failures = max;
+        let mut neg = negotiator(config, Conn::Plain);
+        open(&mut neg);
+        let n = attempts.len();
+        for (i, (attempt, mut want)) in attempts.into_iter().enumerate() {
+            if i + 1 == n {
+                want.push(close(StreamErrorCondition::PolicyViolation, "too many authentication failures"));
+            }
+            assert_eq!(attempt(&mut neg), want, "max {max}, attempt {}", i + 1);
+        }
+        // Closed: even a correct login gets nothing.
+        let mut client = ScramClient::new(HashAlg::Sha256, USER, PASSWORD, ClientChannelBinding::None);
+        assert_eq!(neg.step(auth("SCRAM-SHA-256", Some(&client.client_first()))), vec![], "max {max}");
+    }
+}
+
+#[test]
+fn success_after_failures_below_the_limit() {
+    let mut neg = negotiator(cfg(TlsMode::None), Conn::Plain);
+    open(&mut neg);
+    for ms in [500, 1_000] {
+        let mut client = ScramClient::new(HashAlg::Sha1, USER, "wrong", ClientChannelBinding::None);
+        assert_eq!(
+            scram_exchange(&mut neg, Mechanism::ScramSha1, &mut client, Some(scram_credentials())),
+            vec![delayed_failure("not-authorized", ms)]
+        );
+    }
+    // Unknown mechanisms are answered at once and do not count.
+    assert_eq!(neg.step(auth("X-OAUTH2", None)), vec![NegAction::Send(failure("invalid-mechanism"))]);
+    let mut client = ScramClient::new(HashAlg::Sha1, USER, PASSWORD, ClientChannelBinding::None);
+    assert_scram_success(
+        &scram_exchange(&mut neg, Mechanism::ScramSha1, &mut client, Some(scram_credentials())),
+        &client,
+    );
+}
+
+// ------------------------------------------------------------------ registration
+
+#[test]
+fn in_band_registration() {
+    use StanzaErrorCondition as C;
+    let get = "<iq type='get' id='reg1'><query xmlns='jabber:iq:register'/></iq>";
+    let set = |u: &str, p: &str| {
+        format!("<iq type='set' id='reg2'><query xmlns='jabber:iq:register'><username>{u}</username><password>{p}</password></query></iq>")
+    };
+    /// What the negotiator answers.
+    #[derive(Debug)]
+    enum Want {
+        /// `<iq type='result'/>` with the registration form.
+        Form,
+        /// `<iq type='error'/>` with this condition.
+        Error(&'static str, C),
+        /// A [`NegAction::Register`].
+        Register(&'static str, &'static str),
+    }
+    struct Case {
+        name: &'static str,
+        mode: TlsMode,
+        conn: Conn,
+        allow_plain: bool,
+        registration: bool,
+        iq: String,
+        want: Want,
+    }
+    let tls = |name, iq: String, want| Case {
+        name,
+        mode: TlsMode::Tls,
+        conn: Conn::Direct { exporter: false },
+        allow_plain: false,
+        registration: true,
+        iq,
+        want,
+    };
+    let cases = [
+        tls("form", get.into(), Want::Form),
+        tls("register", set("romeo", "s3cret"), Want::Register("romeo", "s3cret")),
+        tls(
+            "no password",
+            "<iq type='set' id='reg2'><query xmlns='jabber:iq:register'><username>romeo</username></query></iq>".into(),
+            Want::Error("reg2", C::NotAcceptable),
+        ),
+        tls("empty username", set("", "s3cret"), Want::Error("reg2", C::NotAcceptable)),
+        tls(
+            "result is not a request",
+            "<iq type='result' id='reg3'><query xmlns='jabber:iq:register'/></iq>".into(),
+            Want::Error("reg3", C::BadRequest),
+        ),
+        Case { registration: false, ..tls("disabled", get.into(), Want::Error("reg1", C::ServiceUnavailable)) },
+        Case {
+            registration: false,
+            ..tls("disabled, set", set("romeo", "s3cret"), Want::Error("reg2", C::ServiceUnavailable))
+        },
+        Case {
+            mode: TlsMode::Starttls,
+            conn: Conn::Plain,
+            ..tls("no plaintext passwords", set("romeo", "s3cret"), Want::Error("reg2", C::ServiceUnavailable))
+        },
+        Case {
+            mode: TlsMode::None,
+            conn: Conn::Plain,
+            allow_plain: true,
+            ..tls("plaintext allowed", set("romeo", "s3cret"), Want::Register("romeo", "s3cret"))
+        },
+        // Required STARTTLS comes first, whatever else is allowed.
+        Case {
+            mode: TlsMode::StarttlsRequired,
+            conn: Conn::Plain,
+            allow_plain: true,
+            ..tls("STARTTLS required", set("romeo", "s3cret"), Want::Error("reg2", C::ServiceUnavailable))
+        },
+    ];
+    for c in cases {
+        let mut config = cfg(c.mode);
+        config.allow_plain_without_tls = c.allow_plain;
+        config.registration = c.registration;
+        let mut neg = negotiator(config, c.conn);
+        open(&mut neg);
+        let actions = neg.step(el(&c.iq));
+        match (&c.want, actions.as_slice()) {
+            (Want::Form, [NegAction::Send(xml)]) => {
+                let iq = parse(xml);
+                assert_eq!((iq.attr("type"), iq.attr("id")), (Some("result"), Some("reg1")), "{}", c.name);
+                let q = iq.get_child("query", ns::REGISTER).unwrap();
+                assert!(
+                    q.has_child("username", ns::REGISTER) && q.has_child("password", ns::REGISTER),
+                    "{}: {xml}",
+                    c.name
+                );
+            }
+            (Want::Error(id, cond), [NegAction::Send(xml)]) => {
+                assert_eq!(iq_summary(xml), ("error".into(), Some((*id).into()), Some(*cond)), "{}", c.name);
+            }
+            (Want::Register(u, p), [a]) => assert_eq!(
+                *a,
+                NegAction::Register {
+                    host: HOST.into(),
+                    username: (*u).into(),
+                    password: (*p).into(),
+                    id: Some("reg2".into())
+                },
+                "{}",
+                c.name
+            ),
+            (want, got) => panic!("{}: want {want:?}, got {got:?}", c.name),
+        }
+    }
+}
+
+#[test]
+fn registration_outcomes_are_answered() {
+    // (outcome, expected iq type and condition)
+    let cases = [
+        (Ok(()), "result", None),
+        (Err(StanzaErrorCondition::Conflict), "error", Some(StanzaErrorCondition::Conflict)),
+        (Err(StanzaErrorCondition::NotAcceptable), "error", Some(StanzaErrorCondition::NotAcceptable)),
+    ];
+    for (result, kind, cond) in cases {
+        let mut neg = negotiator(cfg(TlsMode::Tls), Conn::Direct { exporter: false });
+        open_on(&mut neg, OTHER_HOST);
+        let actions = neg.step(el("<iq type='set' id='r'><query xmlns='jabber:iq:register'><username>romeo</username><password>pw</password></query></iq>"));
+        assert!(matches!(&actions[..], [NegAction::Register { host, .. }] if host == OTHER_HOST), "{actions:?}");
+        match neg.step(NegEvent::Registered { id: Some("r".into()), result }).as_slice() {
+            [NegAction::Send(xml)] => assert_eq!(iq_summary(xml), (kind.into(), Some("r".into()), cond)),
+            other => panic!("{other:?}"),
+        }
+        // Still before authentication: the new account can log in now.
+        let mut client = ScramClient::new(HashAlg::Sha256, USER, PASSWORD, ClientChannelBinding::None);
+        assert_scram_success(
+            &scram_exchange(&mut neg, Mechanism::ScramSha256, &mut client, Some(scram_credentials())),
+            &client,
+        );
+    }
+}
+
+// ------------------------------------------------------------------ resource binding
+
+#[test]
+fn bind_then_established() {
+    // (bind request, resource asked for)
+    let cases: [(&str, Option<&str>); 4] = [
+        ("<iq type='set' id='bind_1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>balcony</resource></bind></iq>", Some("balcony")),
+        ("<iq type='set' id='bind_1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>", None),
+        ("<iq type='set' id='bind_1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>  </resource></bind></iq>", None),
+        ("<iq type='set' id='bind_1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource/></bind></iq>", None),
+    ];
+    for (xml, resource) in cases {
+        let (mut neg, features) = authenticated();
+        assert!(features.bind && features.session);
+        assert_eq!(
+            neg.step(el(xml)),
+            vec![NegAction::Bind {
+                user: USER.into(),
+                host: HOST.into(),
+                resource: resource.map(str::to_owned),
+                id: "bind_1".into()
+            }],
+            "{xml}"
+        );
+        let jid = parse_full(&format!("{USER}@{HOST}/{}", resource.unwrap_or("generated"))).unwrap();
+        assert_eq!(
+            neg.step(NegEvent::Bound(Ok(jid.clone()))),
+            vec![NegAction::Established { jid, stream_id: SID.into(), bind_id: "bind_1".into() }],
+            "{xml}"
+        );
+        // Negotiation is over; the session owns the stream now.
+        assert_eq!(
+            neg.step(el(xml)),
+            vec![NegAction::Close(StreamError::with_text(
+                StreamErrorCondition::NotAuthorized,
+                "stanza before the stream is negotiated"
+            ))]
+        );
+    }
+}
+
+#[test]
+fn bind_failure_is_an_iq_error_with_the_same_id() {
+    for cond in
+        [StanzaErrorCondition::Conflict, StanzaErrorCondition::BadRequest, StanzaErrorCondition::ResourceConstraint]
+    {
+        let (mut neg, _) = authenticated();
+        let req = "<iq type='set' id='b-42'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>";
+        assert!(matches!(neg.step(el(req)).as_slice(), [NegAction::Bind { .. }]));
+        match neg.step(NegEvent::Bound(Err(cond))).as_slice() {
+            [NegAction::Send(xml)] => assert_eq!(iq_summary(xml), ("error".into(), Some("b-42".into()), Some(cond))),
+            other => panic!("{other:?}"),
+        }
+        // The client may try again.
+        assert!(matches!(neg.step(el(req)).as_slice(), [NegAction::Bind { id, .. }] if id == "b-42"));
+    }
+}
+
+#[test]
+fn after_authentication_only_bind_is_accepted() {
+    use StreamErrorCondition as C;
+    let not_bound = || close(C::NotAuthorized, "bind a resource first");
+    // (element, expected actions)
+    let cases: Vec<(&str, Vec<NegAction>)> = vec![
+        ("<message to='romeo@example.com'><body>hi</body></message>", vec![not_bound()]),
+        ("<iq type='get' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>", vec![not_bound()]),
+        ("<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>", vec![not_bound()]),
+        ("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>", vec![not_bound()]),
+    ];
+    for (xml, want) in cases {
+        let (mut neg, _) = authenticated();
+        assert_eq!(neg.step(el(xml)), want, "{xml}");
+    }
+    // A stream header where none may come is invalid XML.
+    let (mut neg, _) = authenticated();
+    assert_eq!(close_condition(&neg.step(NegEvent::Header(header()))), Some(C::InvalidXml));
+}
+
+#[test]
+fn events_out_of_order_close_the_stream() {
+    use StreamErrorCondition as C;
+    let bound = || NegEvent::Bound(Ok(parse_full("juliet@example.com/r").unwrap()));
+    // (case, event after the first features, expected stream error)
+    let cases: Vec<(&str, NegEvent, C)> = vec![
+        ("second header", NegEvent::Header(header()), C::InvalidXml),
+        ("TLS nobody started", NegEvent::TlsEstablished { exporter: None }, C::InternalServerError),
+        ("credentials nobody asked for", NegEvent::Credentials(None), C::InternalServerError),
+        ("bind result before auth", bound(), C::InternalServerError),
+    ];
+    for (case, ev, want) in cases {
+        let mut neg = negotiator(cfg(TlsMode::Starttls), Conn::Plain);
+        open(&mut neg);
+        assert_eq!(close_condition(&neg.step(ev)), Some(want), "{case}");
+        assert_eq!(neg.step(NegEvent::Header(header())), vec![], "{case}: closed for good");
+    }
+    // Before the header, anything else is refused too.
+    let mut neg = negotiator(cfg(TlsMode::Starttls), Conn::Plain);
+    assert_eq!(close_condition(&neg.step(el("<presence/>"))), Some(C::NotAuthorized));
+}

@@ -49,11 +49,7 @@ fn parse_one(p: &mut StreamParser, xml: &[u8]) -> Element {
 }
 
 fn codec(c: &mut Criterion) {
-    let cases = [
-        ("chat_message", CHAT),
-        ("roster_push", ROSTER_PUSH),
-        ("mam_result", MAM_RESULT),
-    ];
+    let cases = [("chat_message", CHAT), ("roster_push", ROSTER_PUSH), ("mam_result", MAM_RESULT)];
     let mut group = c.benchmark_group("codec");
     group.throughput(Throughput::Elements(1));
     for (name, xml) in cases {

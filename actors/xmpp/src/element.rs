@@ -61,20 +61,12 @@ impl Node {
 impl Element {
     /// An element without attributes or children.
     pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
-        Element {
-            name: name.into(),
-            ns: ns.into(),
-            attrs: Vec::new(),
-            children: Vec::new(),
-        }
+        Element { name: name.into(), ns: ns.into(), attrs: Vec::new(), children: Vec::new() }
     }
 
     /// Value of the attribute with this qualified name.
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// Sets an attribute, replacing an existing one of the same name in place
@@ -163,10 +155,7 @@ impl Element {
     /// Removes and returns the first child element with this name and
     /// namespace.
     pub fn remove_child(&mut self, name: &str, ns: &str) -> Option<Element> {
-        let idx = self
-            .children
-            .iter()
-            .position(|n| matches!(n, Node::Element(e) if e.is(name, ns)))?;
+        let idx = self.children.iter().position(|n| matches!(n, Node::Element(e) if e.is(name, ns)))?;
         match self.children.remove(idx) {
             Node::Element(e) => Some(e),
             // Unreachable by the `position` predicate above; returning None
@@ -313,10 +302,7 @@ mod tests {
             .with_attr("to", "juliet@example.com")
             .with_attr("type", "chat")
             .with_child(Element::new("body", "jabber:client").with_text("hi"))
-            .with_child(Element::new(
-                "active",
-                "http://jabber.org/protocol/chatstates",
-            ))
+            .with_child(Element::new("active", "http://jabber.org/protocol/chatstates"))
     }
 
     #[test]
@@ -331,16 +317,12 @@ mod tests {
         assert_eq!(m.remove_attr("type"), None);
         assert!(m.has_child("body", "jabber:client"));
         assert!(!m.has_child("body", "jabber:server"));
-        assert_eq!(
-            m.get_child("body", "jabber:client").map(Element::text),
-            Some("hi".to_string())
-        );
+        assert_eq!(m.get_child("body", "jabber:client").map(Element::text), Some("hi".to_string()));
         if let Some(b) = m.get_child_mut("body", "jabber:client") {
             b.push_text(" there");
         }
         assert_eq!(
-            m.get_child("body", "jabber:client")
-                .map(|b| b.children.len()),
+            m.get_child("body", "jabber:client").map(|b| b.children.len()),
             Some(1),
             "push_text merges adjacent text"
         );
@@ -361,30 +343,18 @@ mod tests {
                  <active xmlns='http://jabber.org/protocol/chatstates'/></message>",
             ),
             (Element::new("a", "urn:a"), "", "<a xmlns='urn:a'/>"),
+            (Element::new("a", "urn:a").with_child(Element::new("b", "")), "", "<a xmlns='urn:a'><b xmlns=''/></a>"),
             (
-                Element::new("a", "urn:a").with_child(Element::new("b", "")),
-                "",
-                "<a xmlns='urn:a'><b xmlns=''/></a>",
-            ),
-            (
-                Element::new("a", "")
-                    .with_attr("v", "<&>'\"\t\n\r")
-                    .with_text("<&>'\"\r\n"),
+                Element::new("a", "").with_attr("v", "<&>'\"\t\n\r").with_text("<&>'\"\r\n"),
                 "",
                 "<a v='&lt;&amp;&gt;&apos;&quot;&#x9;&#xA;&#xD;'>&lt;&amp;&gt;'\"&#xD;\n</a>",
             ),
             (
-                Element::new("a", "")
-                    .with_attr("xml:lang", "en")
-                    .with_text("héllo 😀"),
+                Element::new("a", "").with_attr("xml:lang", "en").with_text("héllo 😀"),
                 "",
                 "<a xml:lang='en'>héllo 😀</a>",
             ),
-            (
-                Element::new("a", "u").with_attr("xmlns", "ignored"),
-                "u",
-                "<a/>",
-            ),
+            (Element::new("a", "u").with_attr("xmlns", "ignored"), "u", "<a/>"),
         ];
         for (el, parent, want) in cases {
             assert_eq!(el.to_xml(parent), want);

@@ -197,18 +197,12 @@ pub struct StreamError {
 impl StreamError {
     /// An error without text.
     pub fn new(condition: StreamErrorCondition) -> Self {
-        StreamError {
-            condition,
-            text: None,
-        }
+        StreamError { condition, text: None }
     }
 
     /// An error with descriptive text.
     pub fn with_text(condition: StreamErrorCondition, text: impl Into<String>) -> Self {
-        StreamError {
-            condition,
-            text: Some(text.into()),
-        }
+        StreamError { condition, text: Some(text.into()) }
     }
 
     /// The `<stream:error/>` element, written with the `stream:` prefix since
@@ -254,11 +248,7 @@ impl StanzaError {
             .filter(|e| e.ns == ns::STANZAS && e.name != "text")
             .find_map(|e| StanzaErrorCondition::from_name(&e.name))?;
         let text = err.get_child("text", ns::STANZAS).map(Element::text);
-        Some(StanzaError {
-            kind,
-            condition,
-            text,
-        })
+        Some(StanzaError { kind, condition, text })
     }
 
     /// The `<error/>` element in namespace `stanza_ns`.
@@ -275,12 +265,7 @@ impl StanzaError {
 /// `<error type='..'><cond xmlns=STANZAS/>[<text xmlns=STANZAS>..</text>]</error>`
 /// in namespace `stanza_ns`, with the condition's default type.
 pub fn error_element(cond: StanzaErrorCondition, text: Option<&str>, stanza_ns: &str) -> Element {
-    StanzaError {
-        kind: cond.default_type(),
-        condition: cond,
-        text: text.map(str::to_owned),
-    }
-    .to_element(stanza_ns)
+    StanzaError { kind: cond.default_type(), condition: cond, text: text.map(str::to_owned) }.to_element(stanza_ns)
 }
 
 /// The error reply to `stanza` (RFC 6120 §8.3.1).
@@ -293,11 +278,7 @@ pub fn error_element(cond: StanzaErrorCondition, text: Option<&str>, stanza_ns: 
 /// absent attribute stays absent), `type='error'`, keeps `xml:lang`, keeps the
 /// original children (§8.3.1 allows including the original payload, and it
 /// helps the sender correlate) and appends the `<error/>` element.
-pub fn error_reply(
-    stanza: &Element,
-    cond: StanzaErrorCondition,
-    text: Option<&str>,
-) -> Option<Element> {
+pub fn error_reply(stanza: &Element, cond: StanzaErrorCondition, text: Option<&str>) -> Option<Element> {
     if stanza.attr("type") == Some("error") {
         return None;
     }
@@ -334,10 +315,7 @@ mod tests {
         }
         assert_eq!(StreamErrorCondition::ALL.len(), 25);
         assert_eq!(StanzaErrorCondition::ALL.len(), 22);
-        assert_eq!(
-            StreamErrorCondition::NotWellFormed.as_str(),
-            "not-well-formed"
-        );
+        assert_eq!(StreamErrorCondition::NotWellFormed.as_str(), "not-well-formed");
         assert_eq!(StanzaErrorCondition::JidMalformed.as_str(), "jid-malformed");
         assert_eq!(StreamErrorCondition::from_name("nope"), None);
     }
@@ -372,11 +350,7 @@ mod tests {
 
     #[test]
     fn error_element_xml() {
-        let e = error_element(
-            StanzaErrorCondition::ItemNotFound,
-            Some("gone & lost"),
-            ns::CLIENT,
-        );
+        let e = error_element(StanzaErrorCondition::ItemNotFound, Some("gone & lost"), ns::CLIENT);
         assert_eq!(
             e.to_xml(ns::CLIENT),
             "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
@@ -405,11 +379,7 @@ mod tests {
         let msg = Element::new("message", ns::CLIENT)
             .with_attr("to", "b@x")
             .with_child(Element::new("body", ns::CLIENT).with_text("hi"));
-        let reply = error_reply(
-            &msg,
-            StanzaErrorCondition::RecipientUnavailable,
-            Some("away"),
-        );
+        let reply = error_reply(&msg, StanzaErrorCondition::RecipientUnavailable, Some("away"));
         let reply = reply.expect("reply");
         assert_eq!(reply.attr("to"), None);
         assert_eq!(reply.attr("from"), Some("b@x"));
@@ -421,9 +391,6 @@ mod tests {
         assert_eq!(parsed.text.as_deref(), Some("away"));
 
         // Errors never trigger errors.
-        assert_eq!(
-            error_reply(&reply, StanzaErrorCondition::BadRequest, None),
-            None
-        );
+        assert_eq!(error_reply(&reply, StanzaErrorCondition::BadRequest, None), None);
     }
 }

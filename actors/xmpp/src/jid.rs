@@ -33,9 +33,7 @@ pub enum JidError {
 /// Whether any label of `domain` is an IDNA A-label. Checked first so the
 /// common all-ASCII, no-punycode domain costs one scan and no allocation.
 fn has_a_label(domain: &str) -> bool {
-    domain
-        .split('.')
-        .any(|l| l.len() >= 4 && l.as_bytes()[..4].eq_ignore_ascii_case(b"xn--"))
+    domain.split('.').any(|l| l.len() >= 4 && l.as_bytes()[..4].eq_ignore_ascii_case(b"xn--"))
 }
 
 /// The U-label form of an already validated domain, if it differs.
@@ -116,10 +114,7 @@ mod tests {
             ("bücher.example", Some("bücher.example")),
             ("xn--bcher-kva.example", Some("bücher.example")),
             ("XN--BCHER-KVA.example", Some("bücher.example")),
-            (
-                "juliet@xn--bcher-kva.example/balcony",
-                Some("juliet@bücher.example/balcony"),
-            ),
+            ("juliet@xn--bcher-kva.example/balcony", Some("juliet@bücher.example/balcony")),
             ("BÜCHER.example", Some("bücher.example")),
             ("[::1]", Some("[::1]")),
             ("127.0.0.1", Some("127.0.0.1")),
@@ -143,10 +138,7 @@ mod tests {
         let u = parse_jid("romeo@bücher.example/x");
         assert!(a.is_ok());
         assert_eq!(a, u);
-        assert_eq!(
-            canonical_domain("xn--bcher-kva.example"),
-            canonical_domain("Bücher.Example")
-        );
+        assert_eq!(canonical_domain("xn--bcher-kva.example"), canonical_domain("Bücher.Example"));
     }
 
     #[test]
@@ -158,10 +150,7 @@ mod tests {
         let bare = parse_bare("a@xn--bcher-kva.example").expect("bare");
         let full = full_jid(&bare, "phone").expect("full");
         assert_eq!(full.to_string(), "a@bücher.example/phone");
-        assert_eq!(
-            domain_jid("XN--bcher-kva.example.").map(|j| j.to_string()),
-            Ok("bücher.example".to_string())
-        );
+        assert_eq!(domain_jid("XN--bcher-kva.example.").map(|j| j.to_string()), Ok("bücher.example".to_string()));
         assert_eq!(canonical_domain(""), Err(JidError::Empty));
     }
 }

@@ -8,6 +8,24 @@
 //! more"; input may be split at any byte, including inside a UTF-8 sequence,
 //! a tag, an attribute value or a reference.
 //!
+//! ```
+//! use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
+//!
+//! let mut p = StreamParser::new(Limits::default());
+//! p.feed(b"<stream:stream xmlns='jabber:client' \
+//!     xmlns:stream='http://etherx.jabber.org/streams'><message to='a@b'><bo");
+//! assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+//! assert_eq!(p.next_event(), Ok(None)); // the message is not complete yet
+//! p.feed(b"dy>hi</body></message>");
+//! match p.next_event() {
+//!     Ok(Some(StreamEvent::Stanza(m))) => assert_eq!(
+//!         m.to_xml("jabber:client"),
+//!         "<message to='a@b'><body>hi</body></message>"
+//!     ),
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! ```
+//!
 //! # Design
 //!
 //! The parser works token by token (a tag, a run of character data, a CDATA
@@ -37,10 +55,10 @@
 //! | comment, processing instruction (other than the XML declaration before the header), DOCTYPE/DTD, references to entities other than the five predefined ones | `restricted-xml` (§11.1) |
 //! | malformed syntax, mismatched end tag, `<` in an attribute value, references to characters XML forbids (`&#0;`), control characters, duplicate attributes, bad namespace declarations, content after `</stream:stream>` | `not-well-formed` |
 //! | invalid UTF-8, or a declared encoding other than UTF-8 | `unsupported-encoding` (§4.9.3.22 names "violating the rules of UTF-8" explicitly, and §11.6 requires UTF-8) |
-//! | undeclared prefix | `bad-namespace-prefix` |
+//! | undeclared prefix, element with the `xml:` prefix | `bad-namespace-prefix` |
 //! | root not `stream` in `http://etherx.jabber.org/streams` | `invalid-namespace` |
 //! | non-whitespace character data (or CDATA) between stanzas | `bad-format` |
-//! | stanza over [`Limits::max_stanza_size`] bytes, nesting over [`Limits::max_depth`], header over [`MAX_HEADER_SIZE`] | `policy-violation` |
+//! | stanza over [`Limits::max_stanza_size`] bytes, nesting over [`Limits::max_depth`], header over [`MAX_HEADER_SIZE`], over [`MAX_NAMESPACES_IN_SCOPE`] namespace declarations | `policy-violation` |
 //!
 //! CDATA sections are allowed inside stanzas (RFC 6120 does not forbid them)
 //! and become ordinary text. XML end-of-line handling and attribute-value
@@ -63,6 +81,13 @@ use crate::ns;
 /// few hundred bytes.
 pub const MAX_HEADER_SIZE: usize = 8 * 1024;
 
+/// Upper bound on namespace declarations in scope at once (the header's
+/// plus those of the open elements). Every element name is resolved by a
+/// scan over the declarations in scope, so without a bound a stanza could
+/// declare thousands of prefixes and make each of its thousands of children
+/// expensive; real stanzas use a handful.
+pub const MAX_NAMESPACES_IN_SCOPE: usize = 64;
+
 /// Resource limits applied while parsing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -75,10 +100,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_stanza_size: 65536,
-            max_depth: 64,
-        }
+        Limits { max_stanza_size: 65536, max_depth: 64 }
     }
 }
 
@@ -135,6 +157,9 @@ pub enum ParseError {
     /// A prefix with no namespace declaration in scope.
     #[error("undeclared namespace prefix {0:?}")]
     UndeclaredPrefix(String),
+    /// An element in the reserved `xml` namespace.
+    #[error("element in the reserved xml namespace")]
+    ReservedNamespace,
     /// The root element is not `<stream>` in the streams namespace.
     #[error("stream root must be <stream/> in namespace {}", ns::STREAM)]
     InvalidNamespace,
@@ -150,6 +175,9 @@ pub enum ParseError {
     /// Elements nested deeper than the limit.
     #[error("elements nested deeper than {0}")]
     TooDeep(usize),
+    /// More than [`MAX_NAMESPACES_IN_SCOPE`] declarations in scope.
+    #[error("more than {0} namespace declarations in scope")]
+    TooManyNamespaces(usize),
 }
 
 impl ParseError {
@@ -160,12 +188,13 @@ impl ParseError {
             ParseError::InvalidUtf8 | ParseError::UnsupportedEncoding(_) => C::UnsupportedEncoding,
             ParseError::NotWellFormed(_) => C::NotWellFormed,
             ParseError::RestrictedXml(_) | ParseError::UndefinedEntity(_) => C::RestrictedXml,
-            ParseError::UndeclaredPrefix(_) => C::BadNamespacePrefix,
+            ParseError::UndeclaredPrefix(_) | ParseError::ReservedNamespace => C::BadNamespacePrefix,
             ParseError::InvalidNamespace => C::InvalidNamespace,
             ParseError::TextAtStreamLevel => C::BadFormat,
             ParseError::StanzaTooLarge(_)
             | ParseError::HeaderTooLarge(_)
-            | ParseError::TooDeep(_) => C::PolicyViolation,
+            | ParseError::TooDeep(_)
+            | ParseError::TooManyNamespaces(_) => C::PolicyViolation,
         }
     }
 }
@@ -233,6 +262,8 @@ struct Tree {
     text: String,
     /// Bytes of the current top-level element consumed so far.
     stanza_used: usize,
+    /// Scratch space for attributes while a start tag is parsed.
+    attr_buf: Vec<(String, String)>,
 }
 
 /// Incremental XMPP stream parser; see the module documentation.
@@ -406,12 +437,8 @@ impl StreamParser {
                 self.state = State::Open;
                 Ok(Progress::Event(StreamEvent::Header(header)))
             }
-            Tok::End => Err(ParseError::NotWellFormed(
-                "end tag before the stream header",
-            )),
-            Tok::Text | Tok::CData => Err(ParseError::NotWellFormed(
-                "character data before the stream header",
-            )),
+            Tok::End => Err(ParseError::NotWellFormed("end tag before the stream header")),
+            Tok::Text | Tok::CData => Err(ParseError::NotWellFormed("character data before the stream header")),
         }
     }
 
@@ -484,9 +511,7 @@ impl StreamParser {
     fn step_closed(&mut self) -> Result<Progress> {
         self.skip_ws();
         if self.pos < self.buf.len() {
-            return Err(ParseError::NotWellFormed(
-                "content after the end of the stream",
-            ));
+            return Err(ParseError::NotWellFormed("content after the end of the stream"));
         }
         Ok(Progress::NeedMore)
     }
@@ -498,18 +523,17 @@ impl StreamParser {
         let mut scope = Vec::new();
         let mut attrs = Vec::new();
         let (qname, empty) = parse_start_tag(tok, &mut scope, &mut attrs)?;
+        if scope.len() > MAX_NAMESPACES_IN_SCOPE {
+            return Err(ParseError::TooManyNamespaces(MAX_NAMESPACES_IN_SCOPE));
+        }
         let (prefix, local) = split_qname(qname);
-        let ns = lookup(&scope, &[], prefix)
-            .ok_or_else(|| ParseError::UndeclaredPrefix(prefix.to_owned()))?;
+        let ns = lookup(&scope, &[], prefix).ok_or_else(|| ParseError::UndeclaredPrefix(prefix.to_owned()))?;
         if local != "stream" || ns != ns::STREAM {
             return Err(ParseError::InvalidNamespace);
         }
         resolve_attr_prefixes(&mut attrs, &scope, &[])?;
         let mut header = StreamHeader {
-            default_ns: scope
-                .iter()
-                .find(|b| b.prefix.is_empty())
-                .map(|b| b.uri.clone()),
+            default_ns: scope.iter().find(|b| b.prefix.is_empty()).map(|b| b.uri.clone()),
             ..StreamHeader::default()
         };
         for (k, v) in attrs {
@@ -524,10 +548,7 @@ impl StreamParser {
             *slot = Some(v);
         }
         self.header_qname = qname.to_owned();
-        self.tree = Tree {
-            base: scope,
-            ..Tree::default()
-        };
+        self.tree = Tree { base: scope, ..Tree::default() };
         self.pending_end = empty;
         Ok(header)
     }
@@ -541,10 +562,7 @@ impl StreamParser {
     /// Consumes XML whitespace at `pos`, returning how much. Only called
     /// where no token is partially scanned.
     fn skip_ws(&mut self) -> usize {
-        let n = self.buf[self.pos..]
-            .iter()
-            .take_while(|&&c| is_ws(c))
-            .count();
+        let n = self.buf[self.pos..].iter().take_while(|&&c| is_ws(c)).count();
         self.pos += n;
         n
     }
@@ -654,29 +672,26 @@ impl Tree {
         }
         let tok = utf8(bytes)?;
         let scope_len = self.scope.len();
-        let mut attrs = Vec::new();
-        let (qname, empty) = parse_start_tag(tok, &mut self.scope, &mut attrs)?;
+        // Parse into a reused buffer, then copy out with the exact capacity:
+        // one allocation instead of one per doubling.
+        self.attr_buf.clear();
+        let (qname, empty) = parse_start_tag(tok, &mut self.scope, &mut self.attr_buf)?;
+        if self.scope.len() + self.base.len() > MAX_NAMESPACES_IN_SCOPE {
+            return Err(ParseError::TooManyNamespaces(MAX_NAMESPACES_IN_SCOPE));
+        }
+        let mut attrs: Vec<(String, String)> = self.attr_buf.drain(..).collect();
         let (prefix, local) = split_qname(qname);
         let ns = lookup(&self.scope, &self.base, prefix)
             .ok_or_else(|| ParseError::UndeclaredPrefix(prefix.to_owned()))?
             .to_owned();
         resolve_attr_prefixes(&mut attrs, &self.scope, &self.base)?;
-        let el = Element {
-            name: local.to_owned(),
-            ns,
-            attrs,
-            children: Vec::new(),
-        };
+        let el = Element { name: local.to_owned(), ns, attrs, children: Vec::new() };
         self.flush_text();
         if empty {
             self.scope.truncate(scope_len);
             return Ok(self.attach(el));
         }
-        self.stack.push(Frame {
-            el,
-            prefix: prefix.to_owned(),
-            scope_len,
-        });
+        self.stack.push(Frame { el, prefix: prefix.to_owned(), scope_len });
         Ok(None)
     }
 
@@ -688,13 +703,9 @@ impl Tree {
         let Some(frame) = self.stack.pop() else {
             return Err(ParseError::NotWellFormed("unexpected end tag"));
         };
-        let matches = if frame.prefix.is_empty() {
-            name == frame.el.name
-        } else {
-            name.len() == frame.prefix.len() + 1 + frame.el.name.len()
-                && name.starts_with(frame.prefix.as_str())
-                && name[frame.prefix.len()..].starts_with(':')
-                && name.ends_with(frame.el.name.as_str())
+        let matches = match name.split_once(':') {
+            Some((prefix, local)) => same(prefix, &frame.prefix) && same(local, &frame.el.name),
+            None => frame.prefix.is_empty() && same(name, &frame.el.name),
         };
         if !matches {
             return Err(ParseError::NotWellFormed("mismatched end tag"));
@@ -733,20 +744,62 @@ fn is_ws(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Bit 7 of each byte of the result is set where `word` has a zero byte; the
+/// lowest set bit is always exact (higher ones may be false positives), which
+/// is all a forward search needs.
+#[inline]
+fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(LO) & !word & HI
+}
+
+/// First index `>= from` of a byte in `data` that `hit` flags, scanning eight
+/// bytes per step (SWAR): tokens are scanned on every read, so this loop is
+/// most of the tokenizer's cost.
+#[inline]
+fn find_swar(data: &[u8], from: usize, hit: impl Fn(u64) -> u64, slow: impl Fn(u8) -> bool) -> Option<usize> {
+    let hay = data.get(from..)?;
+    let mut i = 0;
+    while let Some(chunk) = hay.get(i..i + 8) {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let found = hit(u64::from_le_bytes(bytes));
+        if found != 0 {
+            return Some(from + i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay[i..].iter().position(|&c| slow(c)).map(|j| from + i + j)
+}
+
 /// First index `>= from` of `needle` in `data`.
 fn find_byte(needle: u8, data: &[u8], from: usize) -> Option<usize> {
-    data.get(from..)?
-        .iter()
-        .position(|&c| c == needle)
-        .map(|i| i + from)
+    let rep = LO * u64::from(needle);
+    find_swar(data, from, |w| zero_bytes(w ^ rep), |c| c == needle)
 }
 
 /// First index `>= from` of `>` or a quote in `data`.
 fn find_tag_delim(data: &[u8], from: usize) -> Option<usize> {
-    data.get(from..)?
-        .iter()
-        .position(|&c| matches!(c, b'>' | b'\'' | b'"'))
-        .map(|i| i + from)
+    const GT: u64 = LO * b'>' as u64;
+    const APOS: u64 = LO * b'\'' as u64;
+    const QUOT: u64 = LO * b'"' as u64;
+    find_swar(
+        data,
+        from,
+        |w| zero_bytes(w ^ GT) | zero_bytes(w ^ APOS) | zero_bytes(w ^ QUOT),
+        |c| matches!(c, b'>' | b'\'' | b'"'),
+    )
+}
+
+/// String equality without a `memcmp` call: names and prefixes are a few
+/// bytes long, and profiling showed the libc call (even for empty strings)
+/// dominating namespace lookups.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
 /// First index `>= from` where `seq` starts in `data`.
@@ -772,15 +825,10 @@ fn split_qname(qname: &str) -> (&str, &str) {
 /// `xml` prefix is bound by definition; an undeclared default namespace is
 /// "no namespace".
 fn lookup<'a>(scope: &'a [Binding], base: &'a [Binding], prefix: &str) -> Option<&'a str> {
-    if prefix == "xml" {
+    if same(prefix, "xml") {
         return Some(ns::XML);
     }
-    match scope
-        .iter()
-        .rev()
-        .chain(base.iter().rev())
-        .find(|b| b.prefix == prefix)
-    {
+    match scope.iter().rev().chain(base.iter().rev()).find(|b| same(&b.prefix, prefix)) {
         Some(b) => Some(&b.uri),
         None if prefix.is_empty() => Some(""),
         None => None,
@@ -793,33 +841,22 @@ fn declare(scope: &mut Vec<Binding>, tag_start: usize, prefix: &str, uri: String
         return if uri == ns::XML {
             Ok(())
         } else {
-            Err(ParseError::NotWellFormed(
-                "the xml prefix cannot be rebound",
-            ))
+            Err(ParseError::NotWellFormed("the xml prefix cannot be rebound"))
         };
     }
     if prefix == "xmlns" {
-        return Err(ParseError::NotWellFormed(
-            "the xmlns prefix cannot be declared",
-        ));
+        return Err(ParseError::NotWellFormed("the xmlns prefix cannot be declared"));
     }
     if uri == ns::XML || uri == ns::XMLNS {
-        return Err(ParseError::NotWellFormed(
-            "reserved namespace name bound to a prefix",
-        ));
+        return Err(ParseError::NotWellFormed("reserved namespace name bound to a prefix"));
     }
     if !prefix.is_empty() && uri.is_empty() {
-        return Err(ParseError::NotWellFormed(
-            "a prefix cannot be bound to the empty namespace",
-        ));
+        return Err(ParseError::NotWellFormed("a prefix cannot be bound to the empty namespace"));
     }
     if scope[tag_start..].iter().any(|b| b.prefix == prefix) {
         return Err(ParseError::NotWellFormed("duplicate namespace declaration"));
     }
-    scope.push(Binding {
-        prefix: prefix.to_owned(),
-        uri,
-    });
+    scope.push(Binding { prefix: prefix.to_owned(), uri });
     Ok(())
 }
 
@@ -827,11 +864,11 @@ fn declare(scope: &mut Vec<Binding>, tag_start: usize, prefix: &str, uri: String
 /// expanded names, and keeps the `xmlns:p` declaration next to each such
 /// attribute so the element can be serialized on its own (see
 /// [`crate::element`]).
-fn resolve_attr_prefixes(
-    attrs: &mut Vec<(String, String)>,
-    scope: &[Binding],
-    base: &[Binding],
-) -> Result<()> {
+fn resolve_attr_prefixes(attrs: &mut Vec<(String, String)>, scope: &[Binding], base: &[Binding]) -> Result<()> {
+    // Most elements have no prefixed attribute at all: skip the bookkeeping.
+    if !attrs.iter().any(|(k, _)| k.contains(':')) {
+        return Ok(());
+    }
     let mut keep: Vec<(String, String)> = Vec::new();
     let mut expanded: Vec<(&str, &str)> = Vec::new();
     for (name, _) in attrs.iter() {
@@ -843,10 +880,9 @@ fn resolve_attr_prefixes(
             // stores a declaration as an attribute.
             continue;
         }
-        let uri = lookup(scope, base, prefix)
-            .ok_or_else(|| ParseError::UndeclaredPrefix(prefix.to_owned()))?;
+        let uri = lookup(scope, base, prefix).ok_or_else(|| ParseError::UndeclaredPrefix(prefix.to_owned()))?;
         expanded.push((uri, local));
-        if prefix != "xml" && !keep.iter().any(|(k, _)| &k[6..] == prefix) {
+        if prefix != "xml" && !keep.iter().any(|(k, _)| same(&k[6..], prefix)) {
             keep.push((format!("xmlns:{prefix}"), uri.to_owned()));
         }
     }
@@ -861,13 +897,20 @@ fn resolve_attr_prefixes(
 /// attributes, and allocation-free for normal ones.
 fn all_distinct<T: Eq + std::hash::Hash>(items: &[T]) -> bool {
     if items.len() <= 8 {
-        items
-            .iter()
-            .enumerate()
-            .all(|(i, a)| items[..i].iter().all(|b| a != b))
+        items.iter().enumerate().all(|(i, a)| items[..i].iter().all(|b| a != b))
     } else {
         let mut seen = HashSet::with_capacity(items.len());
         items.iter().all(|a| seen.insert(a))
+    }
+}
+
+/// [`all_distinct`] for attribute names, without collecting them first.
+fn attr_names_distinct(attrs: &[(String, String)]) -> bool {
+    if attrs.len() <= 8 {
+        attrs.iter().enumerate().all(|(i, (a, _))| attrs[..i].iter().all(|(b, _)| !same(a, b)))
+    } else {
+        let mut seen = HashSet::with_capacity(attrs.len());
+        attrs.iter().all(|(a, _)| seen.insert(a.as_str()))
     }
 }
 
@@ -894,6 +937,11 @@ fn parse_start_tag<'t>(
     if !is_qname(qname) || qname.starts_with("xmlns:") {
         return Err(ParseError::NotWellFormed("invalid element name"));
     }
+    if qname.starts_with("xml:") {
+        // Allowed by Namespaces in XML but meaningless in XMPP, and such an
+        // element could not be written back out unprefixed.
+        return Err(ParseError::ReservedNamespace);
+    }
     let tag_scope = scope.len();
     let mut i = name_end;
     loop {
@@ -905,9 +953,7 @@ fn parse_start_tag<'t>(
             break;
         }
         if i == ws_start {
-            return Err(ParseError::NotWellFormed(
-                "missing whitespace before attribute",
-            ));
+            return Err(ParseError::NotWellFormed("missing whitespace before attribute"));
         }
         let name_start = i;
         while i < ib.len() && ib[i] != b'=' && !is_ws(ib[i]) {
@@ -921,9 +967,7 @@ fn parse_start_tag<'t>(
             i += 1;
         }
         if ib.get(i) != Some(&b'=') {
-            return Err(ParseError::NotWellFormed(
-                "expected '=' after attribute name",
-            ));
+            return Err(ParseError::NotWellFormed("expected '=' after attribute name"));
         }
         i += 1;
         while i < ib.len() && is_ws(ib[i]) {
@@ -933,8 +977,7 @@ fn parse_start_tag<'t>(
             Some(&q @ (b'\'' | b'"')) => q,
             _ => return Err(ParseError::NotWellFormed("attribute value must be quoted")),
         };
-        let value_end = find_byte(quote, ib, i + 1)
-            .ok_or(ParseError::NotWellFormed("unterminated attribute value"))?;
+        let value_end = find_byte(quote, ib, i + 1).ok_or(ParseError::NotWellFormed("unterminated attribute value"))?;
         let raw = &inner[i + 1..value_end];
         i = value_end + 1;
         let mut value = String::with_capacity(raw.len());
@@ -947,12 +990,7 @@ fn parse_start_tag<'t>(
             attrs.push((name.to_owned(), value));
         }
     }
-    let names: Vec<&str> = if attrs.len() > 1 {
-        attrs.iter().map(|(k, _)| k.as_str()).collect()
-    } else {
-        Vec::new()
-    };
-    if !all_distinct(&names) {
+    if !attr_names_distinct(attrs) {
         return Err(ParseError::NotWellFormed("duplicate attribute"));
     }
     Ok((qname, empty))
@@ -977,15 +1015,12 @@ fn parse_decl(bytes: &[u8]) -> Result<()> {
     let mut reader = quick_xml::Reader::from_str(tok);
     match reader.read_event() {
         Ok(Event::Decl(decl)) => {
-            let version = decl
-                .version()
-                .map_err(|_| ParseError::NotWellFormed("XML declaration without version"))?;
+            let version = decl.version().map_err(|_| ParseError::NotWellFormed("XML declaration without version"))?;
             if !version.starts_with("1.") {
                 return Err(ParseError::NotWellFormed("unsupported XML version"));
             }
             if let Some(enc) = decl.encoding() {
-                let enc =
-                    enc.map_err(|_| ParseError::NotWellFormed("malformed XML declaration"))?;
+                let enc = enc.map_err(|_| ParseError::NotWellFormed("malformed XML declaration"))?;
                 if !enc.eq_ignore_ascii_case("UTF-8") {
                     let mut enc = enc.into_owned();
                     enc.truncate(enc.floor_char_boundary(64));
@@ -1015,14 +1050,25 @@ enum Mode {
 fn decode(raw: &[u8], out: &mut String, mode: Mode) -> Result<()> {
     let s = utf8(raw)?;
     let b = raw;
+    let special = match mode {
+        Mode::Text => &TEXT_SPECIAL,
+        Mode::Attr => &ATTR_SPECIAL,
+        Mode::CData => &CDATA_SPECIAL,
+    };
     let mut i = 0;
     let mut last = 0;
-    while i < b.len() {
+    loop {
+        // Tight skip over ordinary bytes; only flagged ones reach the match.
+        while i < b.len() && !special[usize::from(b[i])] {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
         match b[i] {
             b'&' if mode != Mode::CData => {
                 out.push_str(&s[last..i]);
-                let semi = find_byte(b';', b, i + 1)
-                    .ok_or(ParseError::NotWellFormed("unterminated reference"))?;
+                let semi = find_byte(b';', b, i + 1).ok_or(ParseError::NotWellFormed("unterminated reference"))?;
                 resolve_reference(&s[i + 1..semi], out)?;
                 i = semi + 1;
                 last = i;
@@ -1059,6 +1105,39 @@ fn decode(raw: &[u8], out: &mut String, mode: Mode) -> Result<()> {
     out.push_str(&s[last..]);
     Ok(())
 }
+
+/// Bytes [`decode`] must look at, per mode: everything else is copied.
+const fn special_bytes(mode: Mode) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'\r' as usize] = true;
+    t[0xEF] = true;
+    match mode {
+        Mode::Text => {
+            t[b'\t' as usize] = false;
+            t[b'\n' as usize] = false;
+            t[b'&' as usize] = true;
+            t[b'>' as usize] = true;
+        }
+        Mode::Attr => {
+            t[b'&' as usize] = true;
+            t[b'<' as usize] = true;
+        }
+        Mode::CData => {
+            t[b'\t' as usize] = false;
+            t[b'\n' as usize] = false;
+        }
+    }
+    t
+}
+
+static TEXT_SPECIAL: [bool; 256] = special_bytes(Mode::Text);
+static ATTR_SPECIAL: [bool; 256] = special_bytes(Mode::Attr);
+static CDATA_SPECIAL: [bool; 256] = special_bytes(Mode::CData);
 
 /// Appends the replacement of `&name;`: one of the five predefined entities
 /// or a character reference. Anything else would need a DTD, which RFC 6120
@@ -1097,10 +1176,7 @@ fn char_reference(num: &str) -> Result<char> {
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
         return Err(bad);
     }
-    match u32::from_str_radix(digits, radix)
-        .ok()
-        .and_then(char::from_u32)
-    {
+    match u32::from_str_radix(digits, radix).ok().and_then(char::from_u32) {
         Some(c) if is_xml_char(c) => Ok(c),
         _ => Err(bad),
     }
@@ -1123,8 +1199,7 @@ fn is_name_start(c: char) -> bool {
 
 /// XML 1.0 `NameChar` without `:`.
 fn is_name_char(c: char) -> bool {
-    is_name_start(c)
-        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+    is_name_start(c) || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
 fn is_ncname(s: &str) -> bool {
@@ -1132,8 +1207,51 @@ fn is_ncname(s: &str) -> bool {
     matches!(chars.next(), Some(c) if is_name_start(c)) && chars.all(is_name_char)
 }
 
-/// Namespaces in XML `QName`: `NCName` or `NCName:NCName`.
+/// Class of each ASCII byte in names: 0 invalid, 1 name character that
+/// cannot start a name, 2 name start character, 3 colon.
+static ASCII_NAME: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut c = 0;
+    while c < 128 {
+        let b = c as u8;
+        t[c] = if b.is_ascii_alphabetic() || b == b'_' {
+            2
+        } else if b.is_ascii_digit() || b == b'-' || b == b'.' {
+            1
+        } else if b == b':' {
+            3
+        } else {
+            0
+        };
+        c += 1;
+    }
+    t
+};
+
+/// Namespaces in XML `QName`: `NCName` or `NCName:NCName`. One pass over
+/// the bytes for ASCII names (all XMPP names in practice); the general
+/// Unicode rules otherwise.
 fn is_qname(s: &str) -> bool {
+    let mut need_start = true;
+    let mut seen_colon = false;
+    for &c in s.as_bytes() {
+        let Some(&class) = ASCII_NAME.get(usize::from(c)) else {
+            return is_qname_unicode(s);
+        };
+        match class {
+            2 => need_start = false,
+            1 if !need_start => {}
+            3 if !need_start && !seen_colon => {
+                seen_colon = true;
+                need_start = true;
+            }
+            _ => return false,
+        }
+    }
+    !need_start
+}
+
+fn is_qname_unicode(s: &str) -> bool {
     match s.split_once(':') {
         Some((prefix, local)) => is_ncname(prefix) && is_ncname(local),
         None => is_ncname(s),
@@ -1143,8 +1261,7 @@ fn is_qname(s: &str) -> bool {
 /// XML 1.0 `Name` (colons allowed), for entity names.
 fn is_name(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c == ':' || is_name_start(c))
-        && chars.all(|c| c == ':' || is_name_char(c))
+    matches!(chars.next(), Some(c) if c == ':' || is_name_start(c)) && chars.all(|c| c == ':' || is_name_char(c))
 }
 
 #[cfg(test)]
@@ -1209,25 +1326,15 @@ mod tests {
     /// Serializing a stanza and parsing it again yields the same tree.
     fn assert_round_trip(el: &Element) {
         let xml = el.to_xml("");
-        let wrapped =
-            format!("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>{xml}");
+        let wrapped = format!("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>{xml}");
         let (_, events) = run_with(&[wrapped.as_bytes()], Limits::default());
         assert_eq!(events.len(), 2, "re-parse of {xml}");
-        assert_eq!(
-            events[1],
-            StreamEvent::Stanza(el.clone()),
-            "re-parse of {xml}"
-        );
+        assert_eq!(events[1], StreamEvent::Stanza(el.clone()), "re-parse of {xml}");
     }
 
     fn check_bytes_with(input: &[u8], limits: Limits, expected: &[&str]) {
         let (whole, events) = run_with(&[input], limits);
-        assert_eq!(
-            whole,
-            expected,
-            "input {:?}",
-            String::from_utf8_lossy(input)
-        );
+        assert_eq!(whole, expected, "input {:?}", String::from_utf8_lossy(input));
         for ev in &events {
             if let StreamEvent::Stanza(el) = ev {
                 assert_round_trip(el);
@@ -1240,22 +1347,12 @@ mod tests {
         for i in 0..=input.len() {
             let (a, b) = input.split_at(i);
             let (split, _) = run_with(&[a, b], limits);
-            assert_eq!(
-                split,
-                expected,
-                "split at {i} of {:?}",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(split, expected, "split at {i} of {:?}", String::from_utf8_lossy(input));
         }
         // So does one byte at a time.
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
         let (single, _) = run_with(&bytes, limits);
-        assert_eq!(
-            single,
-            expected,
-            "byte by byte: {:?}",
-            String::from_utf8_lossy(input)
-        );
+        assert_eq!(single, expected, "byte by byte: {:?}", String::from_utf8_lossy(input));
     }
 
     fn check_bytes(input: &[u8], expected: &[&str]) {
@@ -1380,10 +1477,7 @@ mod tests {
         // Refused as soon as `<!D` is seen, without waiting for the DTD.
         let mut p = StreamParser::new(Limits::default());
         p.feed(b"<!DOC");
-        assert_eq!(
-            p.next_event().map_err(|e| e.condition()),
-            Err(StreamErrorCondition::RestrictedXml)
-        );
+        assert_eq!(p.next_event().map_err(|e| e.condition()), Err(StreamErrorCondition::RestrictedXml));
     }
 
     #[test]
@@ -1394,18 +1488,9 @@ mod tests {
             ("<message><?pi x?></message>", &["error:restricted-xml"]),
             ("<?xml version='1.0'?>", &["error:restricted-xml"]),
             ("<message><!DOCTYPE x></message>", &["error:restricted-xml"]),
-            (
-                "<message><!ENTITY x 'y'></message>",
-                &["error:restricted-xml"],
-            ),
-            (
-                "<message><body>&lol;</body></message>",
-                &["error:restricted-xml"],
-            ),
-            (
-                "<message><body>&nbsp;</body></message>",
-                &["error:restricted-xml"],
-            ),
+            ("<message><!ENTITY x 'y'></message>", &["error:restricted-xml"]),
+            ("<message><body>&lol;</body></message>", &["error:restricted-xml"]),
+            ("<message><body>&nbsp;</body></message>", &["error:restricted-xml"]),
             ("<message id='&ent;'/>", &["error:restricted-xml"]),
             // Errors are reported even if an earlier part was fine.
             ("<a/><b>&x;</b>", &["<a/>", "error:restricted-xml"]),
@@ -1418,10 +1503,7 @@ mod tests {
     #[test]
     fn text_and_escaping() {
         let cases: &[(&str, &[&str])] = &[
-            (
-                "<message><body>héllo 😀</body></message>",
-                &["<message><body>héllo 😀</body></message>"],
-            ),
+            ("<message><body>héllo 😀</body></message>", &["<message><body>héllo 😀</body></message>"]),
             (
                 "<message><body>&lt;&gt;&amp;&quot;&apos;&#65;&#x42;&#x1F600;&#233;</body></message>",
                 &["<message><body>&lt;&gt;&amp;\"'AB😀é</body></message>"],
@@ -1433,10 +1515,7 @@ mod tests {
             // `>` is fine in text and attributes.
             ("<m a='>'>a>b</m>", &["<m a='&gt;'>a&gt;b</m>"]),
             // CDATA is text; adjacent text pieces merge.
-            (
-                "<m><body>a<![CDATA[<b> & ]]]]>c&amp;</body></m>",
-                &["<m><body>a&lt;b&gt; &amp; ]]c&amp;</body></m>"],
-            ),
+            ("<m><body>a<![CDATA[<b> & ]]]]>c&amp;</body></m>", &["<m><body>a&lt;b&gt; &amp; ]]c&amp;</body></m>"]),
             ("<m><![CDATA[]]></m>", &["<m/>"]),
             // End-of-line handling and attribute normalization.
             ("<m>a\r\nb\rc\n</m>", &["<m>a\nb\nc\n</m>"]),
@@ -1469,23 +1548,14 @@ mod tests {
                 &["<iq><query xmlns='jabber:iq:roster'><item jid='a@b'/></query></iq>"],
             ),
             // Undeclaring the default namespace.
-            (
-                "<m><x xmlns=''><y/></x></m>",
-                &["<m><x xmlns=''><y/></x></m>"],
-            ),
+            ("<m><x xmlns=''><y/></x></m>", &["<m><x xmlns=''><y/></x></m>"]),
             // Declarations go out of scope with their element.
-            (
-                "<m><p:a xmlns:p='urn:p'/><p:b/></m>",
-                &["error:bad-namespace-prefix"],
-            ),
+            ("<m><p:a xmlns:p='urn:p'/><p:b/></m>", &["error:bad-namespace-prefix"]),
             ("<foo:bar/>", &["error:bad-namespace-prefix"]),
             ("<m foo:a='1'/>", &["error:bad-namespace-prefix"]),
             // xml: is predefined and needs no declaration.
             ("<m xml:lang='en'/>", &["<m xml:lang='en'/>"]),
-            (
-                "<m xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='en'/>",
-                &["<m xml:lang='en'/>"],
-            ),
+            ("<m xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='en'/>", &["<m xml:lang='en'/>"]),
             // Prefixed attributes keep their declaration so they can be
             // written back out.
             (
@@ -1496,33 +1566,19 @@ mod tests {
                    ga:client-uses-full-bind-result='true' \
                    xmlns:ga='http://www.google.com/talk/protocol/auth'/>"],
             ),
-            (
-                "<m xmlns:a='urn:a'><n a:x='1' a:y='2'/></m>",
-                &["<m><n a:x='1' a:y='2' xmlns:a='urn:a'/></m>"],
-            ),
+            ("<m xmlns:a='urn:a'><n a:x='1' a:y='2'/></m>", &["<m><n a:x='1' a:y='2' xmlns:a='urn:a'/></m>"]),
             // Same expanded attribute name through two prefixes.
-            (
-                "<m xmlns:a='urn:a' xmlns:b='urn:a' a:x='1' b:x='2'/>",
-                &["error:not-well-formed"],
-            ),
+            ("<m xmlns:a='urn:a' xmlns:b='urn:a' a:x='1' b:x='2'/>", &["error:not-well-formed"]),
             // Bad declarations.
             ("<m xmlns:p=''/>", &["error:not-well-formed"]),
             ("<m xmlns:xml='urn:x'/>", &["error:not-well-formed"]),
             ("<m xmlns:xmlns='urn:x'/>", &["error:not-well-formed"]),
-            (
-                "<m xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
-                &["error:not-well-formed"],
-            ),
-            (
-                "<m xmlns='urn:a' xmlns='urn:b'/>",
-                &["error:not-well-formed"],
-            ),
+            ("<m xmlns:p='http://www.w3.org/XML/1998/namespace'/>", &["error:not-well-formed"]),
+            ("<m xmlns='urn:a' xmlns='urn:b'/>", &["error:not-well-formed"]),
             ("<xmlns:m/>", &["error:not-well-formed"]),
+            ("<xml:m/>", &["error:bad-namespace-prefix"]),
             // End tags must repeat the prefix literally.
-            (
-                "<a:m xmlns:a='u' xmlns:b='u'></b:m>",
-                &["error:not-well-formed"],
-            ),
+            ("<a:m xmlns:a='u' xmlns:b='u'></b:m>", &["error:not-well-formed"]),
             ("<a:m xmlns:a='u'></a:m>", &["<m xmlns='u'/>"]),
             ("<a:m xmlns:a='u'></m>", &["error:not-well-formed"]),
             ("<a:m xmlns:a='u'></xa:m>", &["error:not-well-formed"]),
@@ -1628,15 +1684,35 @@ mod tests {
         assert!(out[1].starts_with("<a><a>"));
         check_in_stream(&nest(65), &["error:policy-violation"]);
         // An empty element counts too.
-        let limits = Limits {
-            max_depth: 2,
-            ..Limits::default()
-        };
+        let limits = Limits { max_depth: 2, ..Limits::default() };
         check_bytes_with(
             format!("{HDR}<a><b/></a><a><b><c/></b></a>").as_bytes(),
             limits,
             &[HDR_EV, "<a><b/></a>", "error:policy-violation"],
         );
+    }
+
+    #[test]
+    fn namespace_declaration_limit() {
+        let decls = |n: usize| -> String { (0..n).map(|i| format!(" xmlns:p{i}='urn:{i}'")).collect() };
+        // The header declares two (default and stream:).
+        let ok = format!("<a{}/>", decls(MAX_NAMESPACES_IN_SCOPE - 2));
+        let (out, _) = run_with(&[HDR.as_bytes(), ok.as_bytes()], Limits::default());
+        assert_eq!(out.len(), 2);
+        check_in_stream(&format!("<a{}/>", decls(MAX_NAMESPACES_IN_SCOPE - 1)), &["error:policy-violation"]);
+        // Counted across nesting, and released when elements close.
+        let half = MAX_NAMESPACES_IN_SCOPE / 2;
+        check_in_stream(
+            &format!("<a{}><b{}/><c{}/></a>", decls(half - 2), decls(half), decls(half)),
+            // Unused declarations are not kept in the tree.
+            &["<a><b/><c/></a>"],
+        );
+        check_in_stream(&format!("<a{}><b{}/></a>", decls(half), decls(half)), &["error:policy-violation"]);
+        let header = format!(
+            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'{}>",
+            decls(MAX_NAMESPACES_IN_SCOPE)
+        );
+        check(&header, &["error:policy-violation"]);
     }
 
     #[test]
@@ -1653,10 +1729,7 @@ mod tests {
 
     #[test]
     fn size_limits() {
-        let limits = Limits {
-            max_stanza_size: 100,
-            ..Limits::default()
-        };
+        let limits = Limits { max_stanza_size: 100, ..Limits::default() };
         let fits = format!("<m>{}</m>", "x".repeat(93));
         assert_eq!(fits.len(), 100);
         let too_big = format!("<m>{}</m>", "x".repeat(94));
@@ -1672,11 +1745,7 @@ mod tests {
             format!("<m a='{}", "x".repeat(200)),
             format!("<m><![CDATA[{}", "x".repeat(200)),
         ] {
-            check_bytes_with(
-                format!("{HDR}{partial}").as_bytes(),
-                limits,
-                &[HDR_EV, "error:policy-violation"],
-            );
+            check_bytes_with(format!("{HDR}{partial}").as_bytes(), limits, &[HDR_EV, "error:policy-violation"]);
         }
         // Keepalive whitespace between stanzas does not count.
         let mut p = StreamParser::new(limits);
@@ -1695,10 +1764,7 @@ mod tests {
         check_bytes_with(long_header.as_bytes(), limits, &["error:policy-violation"]);
         let mut p = StreamParser::new(limits);
         p.feed(" ".repeat(MAX_HEADER_SIZE + 1).as_bytes());
-        assert_eq!(
-            p.next_event(),
-            Err(ParseError::HeaderTooLarge(MAX_HEADER_SIZE))
-        );
+        assert_eq!(p.next_event(), Err(ParseError::HeaderTooLarge(MAX_HEADER_SIZE)));
     }
 
     #[test]
@@ -1791,26 +1857,86 @@ mod tests {
         use StreamErrorCondition as C;
         let cases = [
             (ParseError::InvalidUtf8, C::UnsupportedEncoding),
-            (
-                ParseError::UnsupportedEncoding("x".into()),
-                C::UnsupportedEncoding,
-            ),
+            (ParseError::UnsupportedEncoding("x".into()), C::UnsupportedEncoding),
             (ParseError::NotWellFormed("x"), C::NotWellFormed),
             (ParseError::RestrictedXml("x"), C::RestrictedXml),
             (ParseError::UndefinedEntity("x".into()), C::RestrictedXml),
-            (
-                ParseError::UndeclaredPrefix("x".into()),
-                C::BadNamespacePrefix,
-            ),
+            (ParseError::UndeclaredPrefix("x".into()), C::BadNamespacePrefix),
             (ParseError::InvalidNamespace, C::InvalidNamespace),
+            (ParseError::ReservedNamespace, C::BadNamespacePrefix),
             (ParseError::TextAtStreamLevel, C::BadFormat),
             (ParseError::StanzaTooLarge(1), C::PolicyViolation),
             (ParseError::HeaderTooLarge(1), C::PolicyViolation),
             (ParseError::TooDeep(1), C::PolicyViolation),
+            (ParseError::TooManyNamespaces(1), C::PolicyViolation),
         ];
         for (e, c) in cases {
             assert_eq!(e.condition(), c, "{e}");
         }
+    }
+
+    #[test]
+    fn names() {
+        let cases = [
+            ("a", true),
+            ("message", true),
+            ("a:b", true),
+            ("_x.y-z9", true),
+            ("origin-id", true),
+            ("é", true),
+            ("a:é", true),
+            ("ü:ñ", true),
+            ("", false),
+            (":a", false),
+            ("a:", false),
+            ("a:b:c", false),
+            ("1a", false),
+            ("a:1", false),
+            ("-a", false),
+            (".a", false),
+            ("a b", false),
+            ("a/", false),
+            ("a\u{D7}", false),
+            ("\u{300}a", false),
+        ];
+        for (name, valid) in cases {
+            assert_eq!(is_qname(name), valid, "{name:?}");
+        }
+        assert!(is_name("a:b:c"));
+        assert!(!is_name("1"));
+    }
+
+    #[test]
+    fn swar_search_matches_naive() {
+        // Deterministic pseudo-random bytes biased towards the needles and
+        // towards bytes >= 0x80, where borrow tricks tend to go wrong.
+        let mut x: u32 = 12345;
+        let mut data = Vec::new();
+        for _ in 0..4096 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let r = (x >> 16) as u8;
+            data.push(match r % 8 {
+                0 => b'<',
+                1 => b'>',
+                2 => b'\'',
+                3 => 0x80 | r,
+                4 => r.wrapping_sub(1),
+                _ => b'a' + (r % 26),
+            });
+        }
+        for from in (0..200).chain([4090, 4095, 4096, 4097]) {
+            for needle in [b'<', b'>', b'"', 0x80, 0xFF, 0x00] {
+                let naive = data.get(from..).and_then(|d| d.iter().position(|&c| c == needle)).map(|i| i + from);
+                assert_eq!(find_byte(needle, &data, from), naive, "{needle} from {from}");
+            }
+            let naive = data
+                .get(from..)
+                .and_then(|d| d.iter().position(|&c| matches!(c, b'>' | b'\'' | b'"')))
+                .map(|i| i + from);
+            assert_eq!(find_tag_delim(&data, from), naive, "delim from {from}");
+        }
+        assert_eq!(find_seq(b"]]>", b"]]]]>", 0), Some(2));
+        assert_eq!(find_seq(b"?>", b"<?xml?", 0), None);
     }
 
     #[test]
@@ -1821,12 +1947,8 @@ mod tests {
                 .with_attr("weird", "<&>'\"\t\n\r ü")
                 .with_child(Element::new("body", ns::CLIENT).with_text("a\r\nb <&> ]]> \t 😀"))
                 .with_child(Element::new("x", "")),
-            Element::new("a", "")
-                .with_child(Element::new("b", "urn:b").with_child(Element::new("c", ""))),
-            Element::new("a", "urn:a")
-                .with_attr("xml:lang", "en")
-                .with_attr("p:x", "1")
-                .with_attr("xmlns:p", "urn:p"),
+            Element::new("a", "").with_child(Element::new("b", "urn:b").with_child(Element::new("c", ""))),
+            Element::new("a", "urn:a").with_attr("xml:lang", "en").with_attr("p:x", "1").with_attr("xmlns:p", "urn:p"),
         ];
         for t in &trees {
             assert_round_trip(t);

@@ -1,0 +1,701 @@
+//! Unit tests of the router chain with fake sessions, a fake server and a
+//! recording link: RFC 6121 §8.5 delivery rules, back-pressure, and the
+//! guarantee that errors never cause errors.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use meerkat_cluster::{NodeId, SessionId, SessionInfo, SessionTable};
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::{StanzaError, StanzaErrorCondition as C};
+use meerkat_xmpp::jid::{parse_full, parse_jid};
+use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
+
+use super::*;
+
+const HOST: &str = "example.com";
+const NODE: NodeId = NodeId(1);
+const OTHER_NODE: NodeId = NodeId(2);
+/// The sender of every test stanza unless a case says otherwise.
+const ROMEO: &str = "romeo@example.com/orchard";
+
+// ------------------------------------------------------------------ fakes
+
+/// A session mailbox that records what it gets, or one that is always full.
+#[derive(Default)]
+struct Sink {
+    full: bool,
+    got: Mutex<Vec<Element>>,
+    kicks: Mutex<Vec<KickReason>>,
+}
+
+impl SessionSink for Sink {
+    fn deliver(&self, stanza: Element) -> Result<(), Element> {
+        if self.full {
+            return Err(stanza);
+        }
+        self.got.lock().unwrap().push(stanza);
+        Ok(())
+    }
+    fn kick(&self, reason: KickReason) {
+        self.kicks.lock().unwrap().push(reason);
+    }
+}
+
+impl Sink {
+    fn take(&self) -> Vec<Element> {
+        std::mem::take(&mut *self.got.lock().unwrap())
+    }
+}
+
+/// The server's queue: records jobs, or is always full.
+#[derive(Default)]
+struct Server {
+    full: bool,
+    jobs: Mutex<Vec<ServerJob>>,
+}
+
+impl ServerHandler for Server {
+    fn submit(&self, job: ServerJob) -> Result<(), ServerJob> {
+        if self.full {
+            return Err(job);
+        }
+        self.jobs.lock().unwrap().push(job);
+        Ok(())
+    }
+}
+
+/// A later link (cluster, s2s) that takes everything it is offered.
+#[derive(Default)]
+struct Recorder {
+    got: Mutex<Vec<Routed>>,
+}
+
+impl Link for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    fn route(&self, _router: &Router, routed: Routed) -> Step {
+        self.got.lock().unwrap().push(routed);
+        Step::Done
+    }
+}
+
+// ------------------------------------------------------------------ harness
+
+/// A router on `NODE` serving `HOST`, with sessions keyed by full JID.
+struct World {
+    router: Arc<Router>,
+    server: Arc<Server>,
+    sinks: BTreeMap<String, Arc<Sink>>,
+    next_sid: u64,
+}
+
+impl World {
+    fn new() -> World {
+        World::with_server(Server::default())
+    }
+
+    fn with_server(server: Server) -> World {
+        let router =
+            Router::new(NODE, vec![HOST.into(), "conference.example.com".into()], Arc::new(SessionTable::new()));
+        let server = Arc::new(server);
+        router.set_server_handler(server.clone());
+        World { router, server, sinks: BTreeMap::new(), next_sid: 1 }
+    }
+
+    /// Binds `jid` on `node` with this presence priority (`None`: no available presence yet).
+    fn bind(&mut self, jid: &str, priority: Option<i8>, node: NodeId, full: bool) -> Arc<Sink> {
+        let sid = SessionId(self.next_sid);
+        self.next_sid += 1;
+        let info = SessionInfo { jid: parse_full(jid).unwrap(), node, sid, priority, created_micros: sid.0 as i64 };
+        assert_eq!(self.router.sessions().open(info).replaced, None);
+        let sink = Arc::new(Sink { full, ..Sink::default() });
+        if node == NODE {
+            self.router.register_sink(sid, sink.clone());
+        }
+        self.sinks.insert(jid.to_owned(), sink.clone());
+        sink
+    }
+
+    fn session(&mut self, jid: &str, priority: Option<i8>) -> Arc<Sink> {
+        self.bind(jid, priority, NODE, false)
+    }
+
+    /// The household used by the table tests.
+    fn verona() -> World {
+        let mut w = World::new();
+        w.session(ROMEO, Some(0));
+        w.session("juliet@example.com/balcony", Some(5));
+        w.session("juliet@example.com/chamber", Some(5));
+        w.session("juliet@example.com/garden", Some(1));
+        w.session("juliet@example.com/hidden", None);
+        w.session("juliet@example.com/sulking", Some(-1));
+        // Bound but never available, or only negative: no bare-JID messages.
+        w.session("tybalt@example.com/crypt", Some(-5));
+        w.session("tybalt@example.com/tomb", None);
+        w
+    }
+
+    fn route(&self, xml: &str) {
+        self.router.route(routed(xml));
+    }
+
+    /// Everything observable, drained: what each session got, the server's
+    /// jobs and the router's counters.
+    fn outcome(&self) -> Outcome {
+        let mut delivered = Vec::new();
+        let mut errors = Vec::new();
+        for (jid, sink) in &self.sinks {
+            for stanza in sink.take() {
+                match (stanza.attr("type"), StanzaError::from_stanza(&stanza)) {
+                    (Some("error"), Some(e)) => errors.push((jid.clone(), e.condition)),
+                    _ => delivered.push(jid.clone()),
+                }
+            }
+        }
+        let jobs = std::mem::take(&mut *self.server.jobs.lock().unwrap())
+            .into_iter()
+            .map(|j| {
+                let kind = match j {
+                    ServerJob::ToServer(_) => "to-server",
+                    ServerJob::ToAccount(_) => "to-account",
+                    ServerJob::InboundPresence(_) => "inbound-presence",
+                    ServerJob::Undelivered(_) => "undelivered",
+                };
+                (kind, j.routed().to.to_string())
+            })
+            .collect();
+        Outcome {
+            delivered,
+            errors,
+            jobs,
+            bounced: self.router.stats.bounced.swap(0, Ordering::Relaxed),
+            dropped: self.router.stats.dropped.swap(0, Ordering::Relaxed),
+        }
+    }
+}
+
+/// What routing one stanza did.
+#[derive(Debug, Default, PartialEq)]
+struct Outcome {
+    /// Full JIDs whose session received a (non-error) stanza, sorted.
+    delivered: Vec<String>,
+    /// Error stanzas received: (session, condition).
+    errors: Vec<(String, C)>,
+    /// Server jobs: (kind, addressee).
+    jobs: Vec<(&'static str, String)>,
+    bounced: u64,
+    dropped: u64,
+}
+
+fn delivered(jids: &[&str]) -> Outcome {
+    Outcome { delivered: jids.iter().map(|s| (*s).to_owned()).collect(), ..Outcome::default() }
+}
+
+fn job(kind: &'static str, to: &str) -> Outcome {
+    Outcome { jobs: vec![(kind, to.to_owned())], ..Outcome::default() }
+}
+
+/// An error with `cond` back to the sender (`ROMEO`).
+fn bounced(cond: C) -> Outcome {
+    Outcome { errors: vec![(ROMEO.to_owned(), cond)], bounced: 1, ..Outcome::default() }
+}
+
+fn dropped() -> Outcome {
+    Outcome { dropped: 1, ..Outcome::default() }
+}
+
+/// Parses a stanza (in `jabber:client`) and addresses it by its `from` and
+/// `to`; `from` defaults to `ROMEO`.
+fn routed(xml: &str) -> Routed {
+    let mut p = StreamParser::new(Limits::default());
+    p.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
+    p.feed(xml.as_bytes());
+    assert!(matches!(p.next_event().unwrap(), Some(StreamEvent::Header(_))));
+    let Some(StreamEvent::Stanza(mut stanza)) = p.next_event().unwrap() else { panic!("incomplete: {xml}") };
+    if stanza.attr("from").is_none() {
+        stanza.set_attr("from", ROMEO);
+    }
+    Routed {
+        from: parse_jid(stanza.attr("from").unwrap()).unwrap(),
+        to: parse_jid(stanza.attr("to").unwrap()).unwrap(),
+        stanza,
+    }
+}
+
+/// Routes each case's stanza in a fresh world and compares the outcome.
+fn run_cases<S: AsRef<str>>(mut world: impl FnMut() -> World, cases: &[(&str, S, Outcome)]) {
+    for (case, xml, want) in cases {
+        let (w, xml) = (world(), xml.as_ref());
+        w.route(xml);
+        assert_eq!(w.outcome(), *want, "{case}: {xml}");
+        assert_eq!(w.router.stats.routed.load(Ordering::Relaxed), 1 + want.bounced, "{case}: routed count");
+    }
+}
+
+// ------------------------------------------------------------------ RFC 6121 §8.5
+
+#[test]
+fn messages_to_a_bare_jid() {
+    let best = delivered(&["juliet@example.com/balcony", "juliet@example.com/chamber"]);
+    let cases = [
+        // §8.5.2.1.1: the highest non-negative priority only; ties all get it.
+        ("chat", "<message to='juliet@example.com' type='chat'><body>hi</body></message>", best),
+        (
+            "normal",
+            "<message to='juliet@example.com'><body>hi</body></message>",
+            delivered(&["juliet@example.com/balcony", "juliet@example.com/chamber"]),
+        ),
+        (
+            "headline",
+            "<message to='juliet@example.com' type='headline'><body>news</body></message>",
+            delivered(&["juliet@example.com/balcony", "juliet@example.com/chamber"]),
+        ),
+        // §8.5.2.1.1: groupchat to a bare JID is an error.
+        (
+            "groupchat",
+            "<message to='juliet@example.com' type='groupchat'><body>hi</body></message>",
+            bounced(C::ServiceUnavailable),
+        ),
+        // §8.5.2.2: no available resource.
+        (
+            "chat, nobody online",
+            "<message to='nurse@example.com' type='chat'><body>hi</body></message>",
+            job("undelivered", "nurse@example.com"),
+        ),
+        (
+            "normal, only negative or unavailable resources",
+            "<message to='tybalt@example.com'><body>hi</body></message>",
+            job("undelivered", "tybalt@example.com"),
+        ),
+        (
+            "headline, nobody online",
+            "<message to='nurse@example.com' type='headline'><body>news</body></message>",
+            Outcome::default(),
+        ),
+        ("error, nobody online", "<message to='nurse@example.com' type='error'/>", Outcome::default()),
+        (
+            "groupchat, nobody online",
+            "<message to='nurse@example.com' type='groupchat'/>",
+            bounced(C::ServiceUnavailable),
+        ),
+    ];
+    run_cases(World::verona, &cases);
+}
+
+#[test]
+fn stanzas_to_a_full_jid() {
+    let cases = [
+        (
+            "message to a bound resource",
+            "<message to='juliet@example.com/garden' type='chat'/>",
+            delivered(&["juliet@example.com/garden"]),
+        ),
+        // A bound resource gets stanzas addressed to it, available or not.
+        (
+            "message to an unavailable bound resource",
+            "<message to='juliet@example.com/hidden'/>",
+            delivered(&["juliet@example.com/hidden"]),
+        ),
+        (
+            "iq to a bound resource",
+            "<iq to='juliet@example.com/sulking' type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>",
+            delivered(&["juliet@example.com/sulking"]),
+        ),
+        (
+            "presence to a bound resource",
+            "<presence to='juliet@example.com/garden'/>",
+            delivered(&["juliet@example.com/garden"]),
+        ),
+        (
+            "probe to a bound resource",
+            "<presence to='juliet@example.com/garden' type='probe'/>",
+            job("inbound-presence", "juliet@example.com/garden"),
+        ),
+        (
+            "subscribe to a bound resource",
+            "<presence to='juliet@example.com/garden' type='subscribe'/>",
+            job("inbound-presence", "juliet@example.com/garden"),
+        ),
+        // §8.5.3.2.1: no such resource.
+        (
+            "chat to an unbound resource is as to the bare JID",
+            "<message to='juliet@example.com/gone' type='chat'/>",
+            delivered(&["juliet@example.com/balcony", "juliet@example.com/chamber"]),
+        ),
+        (
+            "normal to an unbound resource is as to the bare JID",
+            "<message to='juliet@example.com/gone'/>",
+            delivered(&["juliet@example.com/balcony", "juliet@example.com/chamber"]),
+        ),
+        (
+            "chat to an unbound resource, nobody online",
+            "<message to='nurse@example.com/gone' type='chat'/>",
+            job("undelivered", "nurse@example.com/gone"),
+        ),
+        (
+            "groupchat to an unbound resource",
+            "<message to='juliet@example.com/gone' type='groupchat'/>",
+            bounced(C::ServiceUnavailable),
+        ),
+        (
+            "headline to an unbound resource",
+            "<message to='juliet@example.com/gone' type='headline'/>",
+            Outcome::default(),
+        ),
+        (
+            "iq get to an unbound resource",
+            "<iq to='juliet@example.com/gone' type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>",
+            bounced(C::ServiceUnavailable),
+        ),
+        (
+            "iq set to an unbound resource",
+            "<iq to='nurse@example.com/gone' type='set' id='1'><query xmlns='jabber:iq:roster'/></iq>",
+            bounced(C::ServiceUnavailable),
+        ),
+        // RFC 6120 §8.2.3: a result is never answered, not even with an error.
+        ("iq result to an unbound resource", "<iq to='juliet@example.com/gone' type='result' id='1'/>", dropped()),
+        ("available presence to an unbound resource", "<presence to='juliet@example.com/gone'/>", Outcome::default()),
+        (
+            "subscription to an unbound resource",
+            "<presence to='juliet@example.com/gone' type='subscribed'/>",
+            job("inbound-presence", "juliet@example.com/gone"),
+        ),
+        (
+            "probe to an unbound resource",
+            "<presence to='juliet@example.com/gone' type='probe'/>",
+            job("inbound-presence", "juliet@example.com/gone"),
+        ),
+    ];
+    run_cases(World::verona, &cases);
+}
+
+#[test]
+fn iq_and_presence_to_a_bare_jid_and_to_the_host() {
+    let every_available = delivered(&[
+        "juliet@example.com/balcony",
+        "juliet@example.com/chamber",
+        "juliet@example.com/garden",
+        "juliet@example.com/sulking",
+    ]);
+    let mut cases = vec![
+        (
+            "iq to a bare JID: the server answers for the account",
+            "<iq to='juliet@example.com' type='get' id='v'><vCard xmlns='vcard-temp'/></iq>".to_owned(),
+            job("to-account", "juliet@example.com"),
+        ),
+        (
+            "iq to an account without sessions",
+            "<iq to='nurse@example.com' type='get' id='v'><vCard xmlns='vcard-temp'/></iq>".into(),
+            job("to-account", "nurse@example.com"),
+        ),
+        (
+            "iq to the host",
+            "<iq to='example.com' type='get' id='d'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>".into(),
+            job("to-server", "example.com"),
+        ),
+        (
+            "iq to the second host",
+            "<iq to='conference.example.com' type='get' id='d'/>".into(),
+            job("to-server", "conference.example.com"),
+        ),
+        (
+            "message to the host",
+            "<message to='example.com'><body>hello server</body></message>".into(),
+            job("to-server", "example.com"),
+        ),
+        ("presence to the host", "<presence to='example.com'/>".into(), job("to-server", "example.com")),
+        (
+            "iq to a host resource",
+            "<iq to='example.com/admin' type='get' id='d'/>".into(),
+            job("to-server", "example.com/admin"),
+        ),
+        // §8.5.2.1.2: broadcast presence reaches every available resource, negative priority included.
+        ("available presence to a bare JID", "<presence to='juliet@example.com'/>".into(), every_available),
+        (
+            "unavailable presence to a bare JID",
+            "<presence to='juliet@example.com' type='unavailable'/>".into(),
+            delivered(&[
+                "juliet@example.com/balcony",
+                "juliet@example.com/chamber",
+                "juliet@example.com/garden",
+                "juliet@example.com/sulking",
+            ]),
+        ),
+        ("presence to an account without sessions", "<presence to='nurse@example.com'/>".into(), Outcome::default()),
+        ("unknown presence type", "<presence to='juliet@example.com' type='bogus'/>".into(), bounced(C::BadRequest)),
+        // Answered with bad-request, but a `<foo type='error'/>` cannot reach the sender either:
+        // it is dropped on the way back rather than bounced again.
+        (
+            "not a stanza",
+            "<foo to='juliet@example.com'/>".into(),
+            Outcome { bounced: 1, dropped: 1, ..Outcome::default() },
+        ),
+    ];
+    // §3, §4.3: subscription management and probes go to the server.
+    for t in ["subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe"] {
+        cases.push((
+            "subscription presence or probe",
+            format!("<presence to='juliet@example.com' type='{t}'/>"),
+            job("inbound-presence", "juliet@example.com"),
+        ));
+        cases.push((
+            "... also without sessions",
+            format!("<presence to='nurse@example.com' type='{t}'/>"),
+            job("inbound-presence", "nurse@example.com"),
+        ));
+    }
+    run_cases(World::verona, &cases);
+}
+
+#[test]
+fn unknown_domain_is_remote_server_not_found() {
+    let cases = [
+        (
+            "message",
+            "<message to='juliet@capulet.example' type='chat'><body>hi</body></message>",
+            bounced(C::RemoteServerNotFound),
+        ),
+        ("iq", "<iq to='capulet.example' type='get' id='1'/>", bounced(C::RemoteServerNotFound)),
+        ("presence", "<presence to='juliet@capulet.example/r' type='subscribe'/>", bounced(C::RemoteServerNotFound)),
+        ("iq result", "<iq to='capulet.example' type='result' id='1'/>", dropped()),
+    ];
+    run_cases(World::verona, &cases);
+}
+
+#[test]
+fn error_reply_is_addressed_back_with_the_original_id() {
+    let w = World::verona();
+    w.route("<iq to='juliet@example.com/gone' type='get' id='ping-7'><ping xmlns='urn:xmpp:ping'/></iq>");
+    let got = w.sinks[ROMEO].take();
+    assert_eq!(got.len(), 1);
+    let reply = &got[0];
+    assert_eq!(
+        (reply.attr("type"), reply.attr("id"), reply.attr("from"), reply.attr("to")),
+        (Some("error"), Some("ping-7"), Some("juliet@example.com/gone"), Some(ROMEO))
+    );
+    assert_eq!(StanzaError::from_stanza(reply).map(|e| e.condition), Some(C::ServiceUnavailable));
+}
+
+// ------------------------------------------------------------------ errors never bounce
+
+/// An error stanza that cannot be delivered is dropped, never answered: two
+/// parties that cannot reach each other would otherwise bounce errors back
+/// and forth forever (a routing loop; RFC 6120 §8.3.1).
+#[test]
+fn error_stanza_never_bounces_routing_loop() {
+    let cases = [
+        ("iq error to an unknown domain", "<iq to='juliet@capulet.example/r' type='error' id='1'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>", dropped()),
+        ("message error to an unknown domain", "<message to='capulet.example' type='error'/>", dropped()),
+        ("presence error to an unknown domain", "<presence to='juliet@capulet.example' type='error'/>", dropped()),
+        ("iq error to an unbound full JID", "<iq to='juliet@example.com/gone' type='error' id='1'/>", dropped()),
+        ("iq error to an unbound resource of an account without sessions", "<iq to='nurse@example.com/gone' type='error' id='1'/>", dropped()),
+        // Sender and recipient both unreachable: one error, and that error is dropped.
+        ("unreachable sender at an unknown domain", "<message from='romeo@montague.example/r' to='juliet@capulet.example' type='chat'/>", Outcome { bounced: 1, dropped: 1, ..Outcome::default() }),
+        ("unreachable sender at an unbound resource", "<iq from='romeo@example.com/gone' to='juliet@example.com/gone' type='get' id='1'/>", Outcome { bounced: 1, dropped: 1, ..Outcome::default() }),
+    ];
+    run_cases(World::verona, &cases);
+
+    // With the server queue full too, an error IQ to an account is still only dropped.
+    let w = World::with_server(Server { full: true, ..Server::default() });
+    w.route("<iq to='juliet@example.com' type='error' id='1'/>");
+    assert_eq!(w.outcome(), dropped());
+}
+
+// ------------------------------------------------------------------ back-pressure
+
+#[test]
+fn full_session_mailboxes() {
+    let world = || {
+        let mut w = World::new();
+        w.session(ROMEO, Some(0));
+        w.bind("juliet@example.com/balcony", Some(5), NODE, true);
+        w.session("juliet@example.com/chamber", Some(5));
+        w.session("juliet@example.com/garden", Some(1));
+        w.bind("nurse@example.com/kitchen", Some(5), NODE, true);
+        w
+    };
+    let cases = [
+        // A message falls back to the account: the other top resource takes it ...
+        (
+            "message to a full resource",
+            "<message to='juliet@example.com/balcony' type='chat'/>",
+            delivered(&["juliet@example.com/chamber"]),
+        ),
+        (
+            "message to the bare JID",
+            "<message to='juliet@example.com' type='chat'/>",
+            delivered(&["juliet@example.com/chamber"]),
+        ),
+        // ... or offline storage when no one can.
+        (
+            "message to the only, full, resource",
+            "<message to='nurse@example.com/kitchen' type='chat'/>",
+            job("undelivered", "nurse@example.com/kitchen"),
+        ),
+        (
+            "message to a bare JID whose resource is full",
+            "<message to='nurse@example.com'/>",
+            job("undelivered", "nurse@example.com"),
+        ),
+        (
+            "iq get to a full resource",
+            "<iq to='juliet@example.com/balcony' type='get' id='1'/>",
+            bounced(C::ResourceConstraint),
+        ),
+        ("iq result to a full resource", "<iq to='juliet@example.com/balcony' type='result' id='1'/>", dropped()),
+        ("presence to a full resource", "<presence to='juliet@example.com/balcony'/>", dropped()),
+        (
+            "broadcast presence skips the full resource",
+            "<presence to='juliet@example.com'/>",
+            delivered(&["juliet@example.com/chamber", "juliet@example.com/garden"]),
+        ),
+    ];
+    run_cases(world, &cases);
+}
+
+#[test]
+fn server_queue_full_is_resource_constraint() {
+    let world = || {
+        let mut w = World::with_server(Server { full: true, ..Server::default() });
+        w.session(ROMEO, Some(0));
+        w
+    };
+    let cases = [
+        ("iq to an account", "<iq to='juliet@example.com' type='get' id='1'/>", bounced(C::ResourceConstraint)),
+        ("iq to the host", "<iq to='example.com' type='get' id='1'/>", bounced(C::ResourceConstraint)),
+        ("undeliverable message", "<message to='juliet@example.com' type='chat'/>", bounced(C::ResourceConstraint)),
+        ("subscription", "<presence to='juliet@example.com' type='subscribe'/>", bounced(C::ResourceConstraint)),
+        ("iq result to the host", "<iq to='example.com' type='result' id='1'/>", dropped()),
+    ];
+    run_cases(world, &cases);
+}
+
+#[test]
+fn no_server_handler_is_service_unavailable() {
+    let router = Router::new(NODE, vec![HOST.into()], Arc::new(SessionTable::new()));
+    let sink = Arc::new(Sink::default());
+    router.sessions().open(SessionInfo {
+        jid: parse_full(ROMEO).unwrap(),
+        node: NODE,
+        sid: SessionId(1),
+        priority: Some(0),
+        created_micros: 0,
+    });
+    router.register_sink(SessionId(1), sink.clone());
+    router.route(routed("<iq to='example.com' type='get' id='1'/>"));
+    let got = sink.take();
+    assert_eq!(got.len(), 1);
+    assert_eq!(StanzaError::from_stanza(&got[0]).map(|e| e.condition), Some(C::ServiceUnavailable));
+
+    // A session in the table without a registered sink cannot take anything either.
+    router.unregister_sink(SessionId(1));
+    router.route(routed("<message to='romeo@example.com/orchard' type='chat'/>"));
+    assert!(sink.take().is_empty());
+}
+
+// ------------------------------------------------------------------ the chain
+
+#[test]
+fn later_links_get_what_the_local_link_passes_on() {
+    let world = || {
+        let mut w = World::verona();
+        w.bind("juliet@example.com/mantua", Some(9), OTHER_NODE, false);
+        w.bind("paris@example.com/church", Some(0), OTHER_NODE, false);
+        w
+    };
+    // (case, stanza, passed on to the next link, what stays local)
+    let cases: [(&str, &str, bool, Outcome); 7] = [
+        (
+            "full JID bound on another node",
+            "<message to='paris@example.com/church' type='chat'/>",
+            true,
+            Outcome::default(),
+        ),
+        (
+            "iq to a full JID on another node",
+            "<iq to='paris@example.com/church' type='get' id='1'/>",
+            true,
+            Outcome::default(),
+        ),
+        // The best resource is elsewhere: the cluster link delivers.
+        (
+            "bare JID whose best resource is on another node",
+            "<message to='juliet@example.com' type='chat'/>",
+            true,
+            Outcome::default(),
+        ),
+        ("remote domain", "<message to='juliet@capulet.example' type='chat'/>", true, Outcome::default()),
+        ("remote domain error", "<iq to='capulet.example' type='error' id='1'/>", true, Outcome::default()),
+        (
+            "local resource",
+            "<message to='juliet@example.com/garden' type='chat'/>",
+            false,
+            delivered(&["juliet@example.com/garden"]),
+        ),
+        ("server", "<iq to='example.com' type='get' id='1'/>", false, job("to-server", "example.com")),
+    ];
+    for (case, xml, passed, want) in cases {
+        let w = world();
+        let recorder = Arc::new(Recorder::default());
+        w.router.push_link(recorder.clone());
+        w.route(xml);
+        let got = std::mem::take(&mut *recorder.got.lock().unwrap());
+        if passed {
+            assert_eq!(got.len(), 1, "{case}");
+            let expected = routed(xml);
+            assert_eq!(
+                (&got[0].to, &got[0].from, &got[0].stanza),
+                (&expected.to, &expected.from, &expected.stanza),
+                "{case}"
+            );
+        } else {
+            assert!(got.is_empty(), "{case}: {got:?}");
+        }
+        assert_eq!(w.outcome(), want, "{case}");
+    }
+
+    // Without a later link, a session on another node of our host is unreachable.
+    let w = world();
+    w.route("<message to='paris@example.com/church' type='chat'/>");
+    assert_eq!(w.outcome(), bounced(C::ServiceUnavailable));
+}
+
+#[test]
+fn links_run_in_order_and_the_first_taker_wins() {
+    /// Takes stanzas to one domain, passes the rest on.
+    struct DomainLink(&'static str, Mutex<u32>);
+    impl Link for DomainLink {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn route(&self, _router: &Router, routed: Routed) -> Step {
+            if routed.to.domain().as_str() != self.0 {
+                return Step::Next(routed);
+            }
+            *self.1.lock().unwrap() += 1;
+            Step::Done
+        }
+    }
+    let w = World::verona();
+    let first = Arc::new(DomainLink("capulet.example", Mutex::new(0)));
+    let second = Arc::new(Recorder::default());
+    w.router.push_link(first.clone());
+    w.router.push_link(second.clone());
+    w.route("<message to='juliet@capulet.example'/>");
+    w.route("<message to='mercutio@verona.example'/>");
+    assert_eq!(*first.1.lock().unwrap(), 1);
+    let got = second.got.lock().unwrap();
+    assert_eq!(got.iter().map(|r| r.to.to_string()).collect::<Vec<_>>(), vec!["mercutio@verona.example"]);
+    assert_eq!(w.outcome(), Outcome::default());
+}
+
+#[test]
+fn sessions_are_not_kicked_by_routing() {
+    let w = World::verona();
+    w.route("<message to='juliet@example.com' type='chat'/>");
+    assert!(w.sinks.values().all(|s| s.kicks.lock().unwrap().is_empty()));
+}

@@ -1,0 +1,169 @@
+//! The `meerkat` command line and the admin HTTP API against a running node.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Output;
+use std::time::Duration;
+
+use meerkat_tests::{login, wait_until, Client, ClientError, TestNode, DOMAIN};
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_ok(o: &Output, what: &str) {
+    assert!(o.status.success(), "{what} failed ({}):\nstdout: {}\nstderr: {}", o.status, stdout(o), stderr(o));
+}
+
+#[tokio::test]
+async fn user_add_from_stdin_then_login() {
+    let node = TestNode::start("");
+    let o = node.cli_with_stdin(&["user", "add", "alice@localhost"], "s3cret pw\n");
+    assert_ok(&o, "user add");
+    assert!(stdout(&o).contains("alice@localhost"), "{}", stdout(&o));
+    let mut c = login(&node, "alice", "s3cret pw", "cli").await;
+    let res = c.iq_xml("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"));
+    // Adding it again fails with the API's reason.
+    let o = node.cli_with_stdin(&["user", "add", "alice@localhost"], "other\n");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("409") && stderr(&o).contains("exists"), "{}", stderr(&o));
+    // No password at all is refused before any request.
+    let o = node.cli_with_stdin(&["user", "add", "bob@localhost"], "");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("password"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn status_prints_json_with_sessions() {
+    let node = TestNode::start("");
+    node.add_user("alice", "pw");
+    let v: serde_json::Value = {
+        let o = node.cli(&["status"]);
+        assert_ok(&o, "status");
+        serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("status is not JSON ({e}): {}", stdout(&o)))
+    };
+    assert_eq!(v["status"], "running");
+    assert_eq!(v["sessions"], 0);
+    assert_eq!(v["hosts"], serde_json::json!([DOMAIN]));
+    assert_eq!(v["database"]["status"], "ok");
+    let _c = login(&node, "alice", "pw", "r").await;
+    let o = node.cli(&["status"]);
+    assert_ok(&o, "status");
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["sessions"], 1, "{v}");
+}
+
+#[tokio::test]
+async fn user_list_passwd_and_remove() {
+    let node = TestNode::start("");
+    for u in ["alice", "bob"] {
+        assert_ok(&node.cli(&["user", "add", &format!("{u}@localhost"), "--password", "pw1"]), "user add");
+    }
+    let o = node.cli(&["user", "list"]);
+    assert_ok(&o, "user list");
+    let mut listed: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+    listed.sort();
+    assert_eq!(listed, vec!["alice@localhost", "bob@localhost"]);
+
+    // passwd: the old password stops working, the new one works.
+    assert_ok(&node.cli_with_stdin(&["user", "passwd", "alice@localhost"], "pw2\n"), "user passwd");
+    let err = Client::login(node.c2s, DOMAIN, "alice", "pw1", None).await.err().unwrap();
+    assert!(matches!(&err, ClientError::SaslFailure(c) if c == "not-authorized"), "{err}");
+    let mut alice = login(&node, "alice", "pw2", "r").await;
+
+    // remove: the account's session is closed and the account is gone.
+    let o = node.cli(&["user", "remove", "alice@localhost"]);
+    assert_ok(&o, "user remove");
+    assert_eq!(alice.expect_stream_error().await, "not-authorized");
+    let o = node.cli(&["user", "list"]);
+    assert_eq!(stdout(&o).trim(), "bob@localhost");
+    let err = Client::login(node.c2s, DOMAIN, "alice", "pw2", None).await.err().unwrap();
+    assert!(matches!(&err, ClientError::SaslFailure(c) if c == "not-authorized"), "{err}");
+    // Removing it again is a clear error.
+    let o = node.cli(&["user", "remove", "alice@localhost"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("404"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn session_list_and_kick() {
+    let node = TestNode::start("");
+    node.add_user("alice", "pw");
+    let mut one = login(&node, "alice", "pw", "one").await;
+    let mut two = login(&node, "alice", "pw", "two").await;
+    two.go_online(Some(3)).await.unwrap();
+    let o = node.cli(&["session", "list"]);
+    assert_ok(&o, "session list");
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("alice@localhost/one") && lines[0].contains("unavailable"), "{out}");
+    assert!(lines[1].starts_with("alice@localhost/two") && lines[1].contains("priority 3"), "{out}");
+
+    let o = node.cli(&["session", "kick", "alice@localhost/one"]);
+    assert_ok(&o, "session kick");
+    assert_eq!(one.expect_stream_error().await, "policy-violation");
+    one.wait_closed(Duration::from_secs(10)).await.unwrap();
+    wait_until("the kicked session to be removed", Duration::from_secs(10), || {
+        node.session_jids() == vec!["alice@localhost/two".to_string()]
+    });
+    let res = two.iq_xml("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"));
+    // Kicking a session that does not exist fails clearly.
+    let o = node.cli(&["session", "kick", "alice@localhost/one"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("404"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn wrong_admin_token_is_401() {
+    let node = TestNode::start("");
+    for auth in ["Bearer wrong-token", "Basic YWRtaW46YWRtaW4=", ""] {
+        let (code, v) = node.api_with_auth("GET", "/api/status", None, auth);
+        assert_eq!(code, 401, "{auth:?}: {v}");
+        assert!(v["error"].as_str().is_some(), "{v}");
+        let (code, _) = node.api_with_auth(
+            "POST",
+            "/api/users/localhost",
+            Some(serde_json::json!({"username": "x", "password": "y"})),
+            auth,
+        );
+        assert_eq!(code, 401);
+    }
+    let o = node.cli(&["--token", "wrong-token", "status"]);
+    assert!(!o.status.success(), "CLI accepted a wrong token: {}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("401") && err.contains("credentials"), "unclear message: {err}");
+    // Nothing was created with the wrong token.
+    assert!(
+        node.cli(&["--token", "wrong-token", "user", "add", "x@localhost", "--password", "y"]).status.code() != Some(0)
+    );
+    let (_, v) = node.api("GET", "/api/users/localhost", None);
+    assert_eq!(v["users"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn openapi_document_is_json() {
+    let node = TestNode::start("");
+    // Served without credentials.
+    let (code, v) = node.api_with_auth("GET", "/api/openapi.json", None, "");
+    assert_eq!(code, 200);
+    assert!(v.is_object(), "not a JSON object: {v}");
+    assert!(v["openapi"].as_str().is_some_and(|s| s.starts_with('3')), "{}", v["openapi"]);
+    for path in ["/api/status", "/api/users/{host}", "/api/sessions"] {
+        assert!(v["paths"].get(path).is_some(), "{path} missing");
+    }
+}
+
+#[tokio::test]
+async fn cli_without_a_node_says_so() {
+    let mut node = TestNode::start("");
+    assert!(node.stop().is_some_and(|s| s.success()));
+    let o = node.cli(&["status"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot reach the admin API"), "{}", stderr(&o));
+}
