@@ -20,6 +20,6 @@ if ! cmp -s tests/python/requirements.txt "$MEERKAT_VENV/.meerkat-requirements";
 fi
 
 cargo fmt --all -- --check
-cargo build --bin meerkat
+cargo build --bin meerkat --bin meerkat-load
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace

@@ -484,27 +484,7 @@ impl Client {
     }
 
     fn tls_config(&self) -> Result<rustls::ClientConfig> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
-        Ok(match &self.trust {
-            TlsTrust::AcceptAny => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-                .with_no_client_auth(),
-            TlsTrust::Pem(path) => {
-                use rustls::pki_types::pem::PemObject as _;
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
-                    .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?
-                {
-                    let cert = cert.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
-                    roots.add(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
-                }
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
-        })
+        tls_client_config(&self.trust)
     }
 
     async fn handshake(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
@@ -663,6 +643,32 @@ impl Client {
     pub async fn recv_message(&mut self) -> Result<Element> {
         self.recv_until(|el| el.name == "message" && el.get_child("body", ns::CLIENT).is_some()).await
     }
+}
+
+/// A rustls client configuration (ring provider, TLS 1.2 and 1.3) trusting
+/// the server's certificate as `trust` says. Shared with the load generator.
+pub fn tls_client_config(trust: &TlsTrust) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    Ok(match trust {
+        TlsTrust::AcceptAny => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth(),
+        TlsTrust::Pem(path) => {
+            use rustls::pki_types::pem::PemObject as _;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?
+            {
+                let cert = cert.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+                roots.add(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    })
 }
 
 /// Turns a `<stream:error/>` into [`ClientError::StreamError`].

@@ -3,13 +3,15 @@
 //! - [`node`]: [`node::TestNode`] runs a real node on free loopback ports in a
 //!   temporary directory and talks to its admin API and CLI.
 //! - [`client`]: [`client::Client`], an async XMPP client (TCP, STARTTLS,
-//!   direct TLS, SASL PLAIN/SCRAM/-PLUS, bind, stanzas), also the core of the
-//!   load generator.
+//!   direct TLS, SASL PLAIN/SCRAM/-PLUS, bind, stanzas); its TLS set-up is
+//!   shared with the load generator.
+//! - [`load`]: `meerkat-load`, the load generator (`src/bin/meerkat-load.rs`).
 //!
 //! The tests themselves are in `tests/`; run `cargo build --bin meerkat`
 //! first, they spawn that binary.
 
 pub mod client;
+pub mod load;
 pub mod node;
 
 pub use client::{Binding, Client, ClientError, Sasl, Security, TlsTrust, TIMEOUT};
