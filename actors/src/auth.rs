@@ -146,7 +146,8 @@ impl Accounts {
             None => None,
             Some(StoredPassword::Plain(p)) => Some(Credentials::Plain(p)),
             Some(StoredPassword::Scram(s)) => {
-                let creds: Result<Vec<_>, _> = s.split_whitespace().map(ScramCredentials::from_storage_string).collect();
+                let creds: Result<Vec<_>, _> =
+                    s.split_whitespace().map(ScramCredentials::from_storage_string).collect();
                 match creds {
                     Ok(c) => Some(Credentials::Scram(c)),
                     Err(e) => {

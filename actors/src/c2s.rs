@@ -82,13 +82,15 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
     let deadline = tokio::time::Instant::now() + svc.settings.negotiation_timeout;
     let mut transport = match (&listener.tls, listener.negotiation.tls_mode) {
         (Some(acceptor), TlsMode::Tls) => {
-            let tls = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await.map_err(|_| ConnError::Timeout)??;
+            let tls =
+                tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await.map_err(|_| ConnError::Timeout)??;
             Transport::Tls(Box::new(tls))
         }
         _ => Transport::Plain(tcp),
     };
     let stream_id = format!("{:016x}", rand::random::<u64>());
-    let mut neg = Negotiator::new(listener.negotiation.clone(), transport.is_tls(), transport.tls_exporter(), stream_id);
+    let mut neg =
+        Negotiator::new(listener.negotiation.clone(), transport.is_tls(), transport.tls_exporter(), stream_id);
     let mut parser = StreamParser::new(listener.limits);
     let mut header_sent = false;
     let mut buf = vec![0u8; 8192];
@@ -100,7 +102,8 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
                 Ok(None) => break,
                 Err(e) => {
                     if !header_sent {
-                        write_all(&mut transport, &stream_header_xml(&default_host(&listener), neg.stream_id())).await?;
+                        write_all(&mut transport, &stream_header_xml(&default_host(&listener), neg.stream_id()))
+                            .await?;
                     }
                     tracing::debug!(error = %e, "stream parse error during negotiation");
                     return close_with(&mut transport, &StreamError::with_text(e.condition(), e.to_string())).await;
@@ -130,12 +133,21 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
                         if parser.buffered_len() > 0 {
                             // Plaintext sent after <starttls/> would be injected into the
                             // encrypted stream (the STARTTLS command-injection class).
-                            return close_with(&mut transport, &StreamError::with_text(StreamErrorCondition::PolicyViolation, "data after <starttls/>")).await;
+                            return close_with(
+                                &mut transport,
+                                &StreamError::with_text(
+                                    StreamErrorCondition::PolicyViolation,
+                                    "data after <starttls/>",
+                                ),
+                            )
+                            .await;
                         }
                         let (Transport::Plain(tcp), Some(acceptor)) = (transport, listener.tls.as_ref()) else {
                             return Ok(());
                         };
-                        let tls = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await.map_err(|_| ConnError::Timeout)??;
+                        let tls = tokio::time::timeout_at(deadline, acceptor.accept(tcp))
+                            .await
+                            .map_err(|_| ConnError::Timeout)??;
                         transport = Transport::Tls(Box::new(tls));
                         parser.reset();
                         header_sent = false;
@@ -159,7 +171,9 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
                     NegAction::Register { host, username, password, id } => {
                         let result = svc.accounts.register(&host, &username, &password).await.map_err(|e| match e {
                             AccountError::Exists => StanzaErrorCondition::Conflict,
-                            AccountError::InvalidUsername(_) | AccountError::EmptyPassword => StanzaErrorCondition::NotAcceptable,
+                            AccountError::InvalidUsername(_) | AccountError::EmptyPassword => {
+                                StanzaErrorCondition::NotAcceptable
+                            }
                             other => {
                                 tracing::error!(error = %other, "registration failed");
                                 StanzaErrorCondition::InternalServerError
@@ -169,10 +183,18 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
                     }
                     NegAction::Bind { user, host, resource, id } => {
                         if !listener.allow_login {
-                            return close_with(&mut transport, &StreamError::with_text(StreamErrorCondition::PolicyViolation, "logins are not allowed on this listener")).await;
+                            return close_with(
+                                &mut transport,
+                                &StreamError::with_text(
+                                    StreamErrorCondition::PolicyViolation,
+                                    "logins are not allowed on this listener",
+                                ),
+                            )
+                            .await;
                         }
                         if svc.is_shutting_down() {
-                            return close_with(&mut transport, &StreamError::new(StreamErrorCondition::SystemShutdown)).await;
+                            return close_with(&mut transport, &StreamError::new(StreamErrorCondition::SystemShutdown))
+                                .await;
                         }
                         let resource = resource.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
                         match parse_full(&format!("{user}@{host}/{resource}")) {
@@ -241,7 +263,13 @@ async fn run_session(
     });
     let router = &svc.router;
     router.register_sink(sid, Arc::new(ActorSink(addr.clone())));
-    let outcome = router.sessions().open(SessionInfo { jid: jid.clone(), node: router.node(), sid, priority: None, created_micros: now_micros() });
+    let outcome = router.sessions().open(SessionInfo {
+        jid: jid.clone(),
+        node: router.node(),
+        sid,
+        priority: None,
+        created_micros: now_micros(),
+    });
     if let Some(old) = outcome.replaced {
         // RFC 6120 §7.7.2.2: the older session loses.
         if let Some(sink) = router.sink(old.sid) {
@@ -277,7 +305,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     return Ok(());
                 }
                 Ok(Some(StreamEvent::Header(_))) => {
-                    addr.do_send(ClientClosed(Some(StreamError::with_text(StreamErrorCondition::InvalidXml, "unexpected stream restart"))));
+                    addr.do_send(ClientClosed(Some(StreamError::with_text(
+                        StreamErrorCondition::InvalidXml,
+                        "unexpected stream restart",
+                    ))));
                     return Ok(());
                 }
                 Ok(None) => break,

@@ -55,13 +55,18 @@ pub enum NegEvent {
     Header(StreamHeader),
     Element(Element),
     /// The TLS handshake finished; `exporter` is the RFC 9266 channel-binding value.
-    TlsEstablished { exporter: Option<Vec<u8>> },
+    TlsEstablished {
+        exporter: Option<Vec<u8>>,
+    },
     /// Answer to [`NegAction::LookupCredentials`].
     Credentials(Option<Credentials>),
     /// Answer to [`NegAction::Bind`].
     Bound(Result<FullJid, StanzaErrorCondition>),
     /// Answer to [`NegAction::Register`].
-    Registered { id: Option<String>, result: Result<(), StanzaErrorCondition> },
+    Registered {
+        id: Option<String>,
+        result: Result<(), StanzaErrorCondition>,
+    },
 }
 
 /// Something the driver must do.
@@ -76,13 +81,29 @@ pub enum NegAction {
     StartTls,
     /// Discard the parser's state and expect a new stream header (after SASL success).
     ResetParser,
-    LookupCredentials { username: String },
+    LookupCredentials {
+        username: String,
+    },
     /// Bind `resource` (or a generated one) for `user`; answer with [`NegEvent::Bound`].
-    Bind { user: String, host: String, resource: Option<String>, id: String },
+    Bind {
+        user: String,
+        host: String,
+        resource: Option<String>,
+        id: String,
+    },
     /// XEP-0077 registration before authentication.
-    Register { host: String, username: String, password: String, id: Option<String> },
+    Register {
+        host: String,
+        username: String,
+        password: String,
+        id: Option<String>,
+    },
     /// Negotiation is over: hand the stream to a session.
-    Established { jid: FullJid, stream_id: String, bind_id: String },
+    Established {
+        jid: FullJid,
+        stream_id: String,
+        bind_id: String,
+    },
     /// Send this stream error and close.
     Close(StreamError),
 }
@@ -94,10 +115,15 @@ enum State {
     PreAuth,
     AwaitTls,
     /// Boxed: the SCRAM state dwarfs every other variant.
-    Sasl { server: Box<SaslServer>, mech: Mechanism },
+    Sasl {
+        server: Box<SaslServer>,
+        mech: Mechanism,
+    },
     /// Features sent after authentication.
     PostAuth,
-    Binding { id: String },
+    Binding {
+        id: String,
+    },
     Done,
     Closed,
 }
@@ -199,17 +225,16 @@ impl Negotiator {
             (State::Binding { id }, NegEvent::Bound(Ok(jid))) => {
                 // The bind reply is written by the session once it is registered, so
                 // no stanza can reach the client before it learns its JID.
-                (
-                    State::Done,
-                    vec![NegAction::Established { jid, stream_id: self.stream_id.clone(), bind_id: id }],
-                )
+                (State::Done, vec![NegAction::Established { jid, stream_id: self.stream_id.clone(), bind_id: id }])
             }
             (State::Binding { id }, NegEvent::Bound(Err(cond))) => {
                 (State::PostAuth, vec![NegAction::Send(iq_error_xml(Some(&id), cond))])
             }
             (State::Closed, _) => (State::Closed, vec![]),
             (_, NegEvent::Header(_)) => self.close(StreamErrorCondition::InvalidXml, Some("unexpected stream header")),
-            (_, NegEvent::Element(_)) => self.close(StreamErrorCondition::NotAuthorized, Some("stanza before the stream is negotiated")),
+            (_, NegEvent::Element(_)) => {
+                self.close(StreamErrorCondition::NotAuthorized, Some("stanza before the stream is negotiated"))
+            }
             (state, ev) => {
                 tracing::error!(?ev, ?state, "negotiation event out of order");
                 self.close(StreamErrorCondition::InternalServerError, None)
@@ -222,19 +247,45 @@ impl Negotiator {
         let to = h.to.as_deref().and_then(|t| meerkat_xmpp::jid::canonical_domain(t).ok());
         let host = match (&self.host, to) {
             (Some(prev), Some(to)) if *prev != to => {
-                return self.header_then_error(prev.clone(), StreamErrorCondition::HostUnknown, "the stream host changed");
+                return self.header_then_error(
+                    prev.clone(),
+                    StreamErrorCondition::HostUnknown,
+                    "the stream host changed",
+                );
             }
             (_, Some(to)) if self.cfg.hosts.contains(&to) => to,
-            (_, Some(to)) => return self.header_then_error(self.default_host(), StreamErrorCondition::HostUnknown, &format!("this server does not serve {to}")),
-            (_, None) => return self.header_then_error(self.default_host(), StreamErrorCondition::HostUnknown, "the stream header has no 'to'"),
+            (_, Some(to)) => {
+                return self.header_then_error(
+                    self.default_host(),
+                    StreamErrorCondition::HostUnknown,
+                    &format!("this server does not serve {to}"),
+                )
+            }
+            (_, None) => {
+                return self.header_then_error(
+                    self.default_host(),
+                    StreamErrorCondition::HostUnknown,
+                    "the stream header has no 'to'",
+                )
+            }
         };
         self.host = Some(host.clone());
         if h.default_ns.as_deref() != Some(ns::CLIENT) {
-            return self.header_then_error(host, StreamErrorCondition::InvalidNamespace, "the content namespace must be jabber:client");
+            return self.header_then_error(
+                host,
+                StreamErrorCondition::InvalidNamespace,
+                "the content namespace must be jabber:client",
+            );
         }
         match h.version.as_deref() {
             Some(v) if v.split('.').next().and_then(|m| m.parse::<u32>().ok()).is_some_and(|m| m >= 1) => {}
-            _ => return self.header_then_error(host, StreamErrorCondition::UnsupportedVersion, "version 1.0 is required"),
+            _ => {
+                return self.header_then_error(
+                    host,
+                    StreamErrorCondition::UnsupportedVersion,
+                    "version 1.0 is required",
+                )
+            }
         }
         out.push(NegAction::Send(stream_header_xml(&host, &self.stream_id)));
         let (next, features) = if self.user.is_some() {
@@ -327,10 +378,7 @@ impl Negotiator {
             }
             return (
                 State::AwaitTls,
-                vec![
-                    NegAction::Send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>".into()),
-                    NegAction::StartTls,
-                ],
+                vec![NegAction::Send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>".into()), NegAction::StartTls],
             );
         }
         if el.is("auth", ns::SASL) {
@@ -338,8 +386,13 @@ impl Negotiator {
                 return (
                     State::Closed,
                     vec![
-                        NegAction::Send("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>".into()),
-                        NegAction::Close(StreamError::with_text(StreamErrorCondition::PolicyViolation, "STARTTLS is required")),
+                        NegAction::Send(
+                            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>".into(),
+                        ),
+                        NegAction::Close(StreamError::with_text(
+                            StreamErrorCondition::PolicyViolation,
+                            "STARTTLS is required",
+                        )),
                     ],
                 );
             }
@@ -367,7 +420,10 @@ impl Negotiator {
             return match initial {
                 Some(data) => self.sasl_step(server, mech, SaslInput::Response(&data)),
                 // No initial response: an empty challenge asks for it (RFC 6120 §6.4.2).
-                None => (State::Sasl { server, mech }, vec![NegAction::Send("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into())]),
+                None => (
+                    State::Sasl { server, mech },
+                    vec![NegAction::Send("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into())],
+                ),
             };
         }
         if el.is("iq", ns::CLIENT) {
@@ -381,7 +437,10 @@ impl Negotiator {
     fn on_register(&mut self, iq: &Element, q: &Element) -> (State, Vec<NegAction>) {
         let id = iq.attr("id").map(str::to_owned);
         if !self.cfg.registration || !self.plaintext_allowed() {
-            return (State::PreAuth, vec![NegAction::Send(iq_error_xml(id.as_deref(), StanzaErrorCondition::ServiceUnavailable))]);
+            return (
+                State::PreAuth,
+                vec![NegAction::Send(iq_error_xml(id.as_deref(), StanzaErrorCondition::ServiceUnavailable))],
+            );
         }
         match iq.attr("type") {
             Some("get") => {
@@ -394,16 +453,29 @@ impl Negotiator {
                 match (username, password) {
                     (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => (
                         State::PreAuth,
-                        vec![NegAction::Register { host: self.host.clone().unwrap_or_default(), username: u, password: p, id }],
+                        vec![NegAction::Register {
+                            host: self.host.clone().unwrap_or_default(),
+                            username: u,
+                            password: p,
+                            id,
+                        }],
                     ),
-                    _ => (State::PreAuth, vec![NegAction::Send(iq_error_xml(id.as_deref(), StanzaErrorCondition::NotAcceptable))]),
+                    _ => (
+                        State::PreAuth,
+                        vec![NegAction::Send(iq_error_xml(id.as_deref(), StanzaErrorCondition::NotAcceptable))],
+                    ),
                 }
             }
             _ => (State::PreAuth, vec![NegAction::Send(iq_error_xml(id.as_deref(), StanzaErrorCondition::BadRequest))]),
         }
     }
 
-    fn sasl_step(&mut self, mut server: Box<SaslServer>, mech: Mechanism, input: SaslInput<'_>) -> (State, Vec<NegAction>) {
+    fn sasl_step(
+        &mut self,
+        mut server: Box<SaslServer>,
+        mech: Mechanism,
+        input: SaslInput<'_>,
+    ) -> (State, Vec<NegAction>) {
         match server.step(input) {
             SaslOutput::Challenge(data) => (
                 State::Sasl { server, mech },
@@ -417,9 +489,8 @@ impl Negotiator {
             }
             SaslOutput::Success { username, additional_data } => {
                 self.user = Some(username);
-                let body = additional_data
-                    .map(|d| base64::engine::general_purpose::STANDARD.encode(d))
-                    .unwrap_or_default();
+                let body =
+                    additional_data.map(|d| base64::engine::general_purpose::STANDARD.encode(d)).unwrap_or_default();
                 (
                     State::AwaitHeader,
                     vec![
@@ -440,7 +511,10 @@ impl Negotiator {
                 State::Closed,
                 vec![
                     NegAction::SendDelayed(xml, auth_delay(self.failures)),
-                    NegAction::Close(StreamError::with_text(StreamErrorCondition::PolicyViolation, "too many authentication failures")),
+                    NegAction::Close(StreamError::with_text(
+                        StreamErrorCondition::PolicyViolation,
+                        "too many authentication failures",
+                    )),
                 ],
             );
         }
@@ -450,10 +524,7 @@ impl Negotiator {
     fn on_postauth_element(&mut self, el: Element) -> (State, Vec<NegAction>) {
         if el.is("iq", ns::CLIENT) && el.attr("type") == Some("set") {
             if let Some(bind) = el.get_child("bind", ns::BIND) {
-                let resource = bind
-                    .get_child("resource", ns::BIND)
-                    .map(|r| r.text())
-                    .filter(|r| !r.trim().is_empty());
+                let resource = bind.get_child("resource", ns::BIND).map(|r| r.text()).filter(|r| !r.trim().is_empty());
                 let id = el.attr("id").unwrap_or_default().to_owned();
                 return (
                     State::Binding { id: id.clone() },

@@ -112,10 +112,7 @@ impl ServerWorkers {
     /// Jobs waiting, summed over shards.
     pub fn queued(&self) -> usize {
         let guard = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_ref()
-            .map(|s| s.iter().map(|tx| tx.max_capacity() - tx.capacity()).sum())
-            .unwrap_or(0)
+        guard.as_ref().map(|s| s.iter().map(|tx| tx.max_capacity() - tx.capacity()).sum()).unwrap_or(0)
     }
 }
 

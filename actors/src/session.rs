@@ -184,7 +184,13 @@ impl C2sSession {
 
     fn on_client_stanza(&mut self, mut el: Element, ctx: &mut Context<Self>) {
         let Some(kind) = StanzaKind::of(&el) else {
-            self.stream_fail(StreamError::with_text(StreamErrorCondition::UnsupportedStanzaType, format!("<{}/> is not a stanza", el.name)), ctx);
+            self.stream_fail(
+                StreamError::with_text(
+                    StreamErrorCondition::UnsupportedStanzaType,
+                    format!("<{}/> is not a stanza", el.name),
+                ),
+                ctx,
+            );
             return;
         };
         if let Some(from) = el.attr("from") {
@@ -197,7 +203,10 @@ impl C2sSession {
                 Err(_) => false,
             };
             if !ok {
-                self.stream_fail(StreamError::with_text(StreamErrorCondition::InvalidFrom, "'from' does not match the bound JID"), ctx);
+                self.stream_fail(
+                    StreamError::with_text(StreamErrorCondition::InvalidFrom, "'from' does not match the bound JID"),
+                    ctx,
+                );
                 return;
             }
         }
@@ -259,7 +268,8 @@ impl C2sSession {
             return;
         };
         if ptype.is_subscription() {
-            let job = WorkerJob::OutboundSubscription(Routed { from: Jid::from(self.jid.clone()), to, stanza: el.clone() });
+            let job =
+                WorkerJob::OutboundSubscription(Routed { from: Jid::from(self.jid.clone()), to, stanza: el.clone() });
             if self.svc.workers.enqueue(job).is_err() {
                 self.reply_error(&el, StanzaErrorCondition::ResourceConstraint, ctx);
             }
@@ -370,10 +380,16 @@ impl Handler<Kick> for C2sSession {
     type Result = ();
     fn handle(&mut self, msg: Kick, ctx: &mut Context<Self>) {
         let err = match msg.0 {
-            KickReason::Conflict => StreamError::with_text(StreamErrorCondition::Conflict, "another session bound this resource"),
+            KickReason::Conflict => {
+                StreamError::with_text(StreamErrorCondition::Conflict, "another session bound this resource")
+            }
             KickReason::Shutdown => StreamError::new(StreamErrorCondition::SystemShutdown),
-            KickReason::Admin => StreamError::with_text(StreamErrorCondition::PolicyViolation, "closed by an administrator"),
-            KickReason::AccountRemoved => StreamError::with_text(StreamErrorCondition::NotAuthorized, "the account was removed"),
+            KickReason::Admin => {
+                StreamError::with_text(StreamErrorCondition::PolicyViolation, "closed by an administrator")
+            }
+            KickReason::AccountRemoved => {
+                StreamError::with_text(StreamErrorCondition::NotAuthorized, "the account was removed")
+            }
         };
         self.stream_fail(err, ctx);
     }

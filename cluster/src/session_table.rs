@@ -55,10 +55,7 @@ impl SessionTable {
     pub fn open(&self, info: SessionInfo) -> OpenOutcome {
         let mut map = self.write();
         let list = map.entry(info.jid.to_bare()).or_default();
-        let replaced = list
-            .iter()
-            .position(|s| s.jid == info.jid)
-            .map(|i| list.swap_remove(i));
+        let replaced = list.iter().position(|s| s.jid == info.jid).map(|i| list.swap_remove(i));
         list.push(info);
         OpenOutcome { replaced }
     }
@@ -82,10 +79,7 @@ impl SessionTable {
     /// Sets the presence priority; `None` marks the resource unavailable.
     pub fn set_priority(&self, jid: &FullJid, sid: SessionId, priority: Option<i8>) -> bool {
         let mut map = self.write();
-        match map
-            .get_mut(&jid.to_bare())
-            .and_then(|l| l.iter_mut().find(|s| s.jid == *jid && s.sid == sid))
-        {
+        match map.get_mut(&jid.to_bare()).and_then(|l| l.iter_mut().find(|s| s.jid == *jid && s.sid == sid)) {
             Some(s) => {
                 s.priority = priority;
                 true
@@ -96,9 +90,7 @@ impl SessionTable {
 
     /// The session bound to a full JID.
     pub fn get(&self, jid: &FullJid) -> Option<SessionInfo> {
-        self.read()
-            .get(&jid.to_bare())
-            .and_then(|l| l.iter().find(|s| s.jid == *jid).cloned())
+        self.read().get(&jid.to_bare()).and_then(|l| l.iter().find(|s| s.jid == *jid).cloned())
     }
 
     /// Every session of an account.

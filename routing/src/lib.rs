@@ -242,11 +242,7 @@ impl Router {
                 self.stats.bounced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 reply.set_attr("from", routed.to.to_string());
                 reply.set_attr("to", routed.from.to_string());
-                self.route(Routed {
-                    from: routed.to,
-                    to: routed.from,
-                    stanza: reply,
-                });
+                self.route(Routed { from: routed.to, to: routed.from, stanza: reply });
             }
             None => {
                 self.stats.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

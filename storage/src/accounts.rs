@@ -20,9 +20,7 @@ fn join_password(kind: &str, value: String) -> Result<StoredPassword, StorageErr
     match kind {
         KIND_PLAIN => Ok(StoredPassword::Plain(value)),
         KIND_SCRAM => Ok(StoredPassword::Scram(value)),
-        other => Err(StorageError::Corrupt(format!(
-            "unknown password kind {other:?}"
-        ))),
+        other => Err(StorageError::Corrupt(format!("unknown password kind {other:?}"))),
     }
 }
 
@@ -30,10 +28,8 @@ const INSERT: Sql = sql!(
     "INSERT INTO accounts (domain, username, password_kind, password, created_micros) \
      VALUES (?, ?, ?, ?, ?)"
 );
-const GET_PASSWORD: Sql =
-    sql!("SELECT password_kind, password FROM accounts WHERE domain = ? AND username = ?");
-const SET_PASSWORD: Sql =
-    sql!("UPDATE accounts SET password_kind = ?, password = ? WHERE domain = ? AND username = ?");
+const GET_PASSWORD: Sql = sql!("SELECT password_kind, password FROM accounts WHERE domain = ? AND username = ?");
+const SET_PASSWORD: Sql = sql!("UPDATE accounts SET password_kind = ?, password = ? WHERE domain = ? AND username = ?");
 const LIST: Sql = sql!("SELECT username FROM accounts WHERE domain = ? ORDER BY username");
 const COUNT: Sql = sql!("SELECT COUNT(*) AS n FROM accounts WHERE domain = ?");
 
@@ -50,12 +46,7 @@ const REMOVE: [Sql; 6] = [
 
 #[async_trait]
 impl AccountRepo for Storage {
-    async fn create_account(
-        &self,
-        domain: &str,
-        user: &str,
-        password: &StoredPassword,
-    ) -> Result<(), StorageError> {
+    async fn create_account(&self, domain: &str, user: &str, password: &StoredPassword) -> Result<(), StorageError> {
         let (kind, value) = split_password(password);
         on_backend!(self, |pool, d| {
             sqlx::query(INSERT.get(d))
@@ -70,32 +61,17 @@ impl AccountRepo for Storage {
         Ok(())
     }
 
-    async fn get_password(
-        &self,
-        domain: &str,
-        user: &str,
-    ) -> Result<Option<StoredPassword>, StorageError> {
+    async fn get_password(&self, domain: &str, user: &str) -> Result<Option<StoredPassword>, StorageError> {
         let row: Option<(String, String)> = on_backend!(self, |pool, d| {
-            match sqlx::query(GET_PASSWORD.get(d))
-                .bind(domain)
-                .bind(user)
-                .fetch_optional(pool)
-                .await?
-            {
+            match sqlx::query(GET_PASSWORD.get(d)).bind(domain).bind(user).fetch_optional(pool).await? {
                 Some(row) => Some((row.try_get("password_kind")?, row.try_get("password")?)),
                 None => None,
             }
         });
-        row.map(|(kind, value)| join_password(&kind, value))
-            .transpose()
+        row.map(|(kind, value)| join_password(&kind, value)).transpose()
     }
 
-    async fn set_password(
-        &self,
-        domain: &str,
-        user: &str,
-        password: &StoredPassword,
-    ) -> Result<bool, StorageError> {
+    async fn set_password(&self, domain: &str, user: &str, password: &StoredPassword) -> Result<bool, StorageError> {
         let (kind, value) = split_password(password);
         // MySQL reports matched (not changed) rows: sqlx sets CLIENT_FOUND_ROWS.
         let n = on_backend!(self, |pool, d| {
@@ -116,12 +92,7 @@ impl AccountRepo for Storage {
             let mut tx = pool.begin_with(d.begin_write()).await?;
             let mut last = 0;
             for q in REMOVE {
-                last = sqlx::query(q.get(d))
-                    .bind(domain)
-                    .bind(user)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                last = sqlx::query(q.get(d)).bind(domain).bind(user).execute(&mut *tx).await?.rows_affected();
             }
             tx.commit().await?;
             last
@@ -131,26 +102,14 @@ impl AccountRepo for Storage {
 
     async fn list_accounts(&self, domain: &str) -> Result<Vec<String>, StorageError> {
         on_backend!(self, |pool, d| {
-            let rows = sqlx::query(LIST.get(d))
-                .bind(domain)
-                .fetch_all(pool)
-                .await?;
-            rows.iter()
-                .map(|r| {
-                    r.try_get::<String, _>("username")
-                        .map_err(StorageError::from)
-                })
-                .collect()
+            let rows = sqlx::query(LIST.get(d)).bind(domain).fetch_all(pool).await?;
+            rows.iter().map(|r| r.try_get::<String, _>("username").map_err(StorageError::from)).collect()
         })
     }
 
     async fn count_accounts(&self, domain: &str) -> Result<u64, StorageError> {
         let n: i64 = on_backend!(self, |pool, d| {
-            sqlx::query(COUNT.get(d))
-                .bind(domain)
-                .fetch_one(pool)
-                .await?
-                .try_get("n")?
+            sqlx::query(COUNT.get(d)).bind(domain).fetch_one(pool).await?.try_get("n")?
         });
         count_to_u64(n)
     }

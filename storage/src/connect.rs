@@ -40,9 +40,8 @@ impl Storage {
     /// in-memory SQLite URL (`sqlite::memory:`) gets a single, never-recycled
     /// connection, since every connection would otherwise see its own database.
     pub async fn connect(cfg: &StorageConfig) -> Result<Storage, StorageError> {
-        let scheme = scheme(&cfg.url).ok_or_else(|| {
-            StorageError::Config("database URL has no scheme (sqlite:, postgres:, mysql:)".into())
-        })?;
+        let scheme = scheme(&cfg.url)
+            .ok_or_else(|| StorageError::Config("database URL has no scheme (sqlite:, postgres:, mysql:)".into()))?;
         let max = cfg.pool_size.max(1);
         let storage = match scheme.as_str() {
             "sqlite" => {
@@ -61,19 +60,13 @@ impl Storage {
                 }
                 let mut pool = SqlitePoolOptions::new().acquire_timeout(cfg.connect_timeout);
                 if in_memory {
-                    pool = pool
-                        .max_connections(1)
-                        .min_connections(1)
-                        .idle_timeout(None)
-                        .max_lifetime(None);
+                    pool = pool.max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None);
                 } else {
                     pool = pool.max_connections(max);
                 }
                 let pool = pool.connect_with(opts).await?;
                 SQLITE_MIGRATIONS.run(&pool).await?;
-                Storage {
-                    backend: Backend::Sqlite(pool),
-                }
+                Storage { backend: Backend::Sqlite(pool) }
             }
             "postgres" | "postgresql" => {
                 let url = with_scheme(&cfg.url, "postgres");
@@ -95,9 +88,7 @@ impl Storage {
                     .connect_with(opts)
                     .await?;
                 POSTGRES_MIGRATIONS.run(&pool).await?;
-                Storage {
-                    backend: Backend::Postgres(pool),
-                }
+                Storage { backend: Backend::Postgres(pool) }
             }
             "mysql" | "mariadb" => {
                 // sqlx only parses `mysql:` URLs.
@@ -123,9 +114,7 @@ impl Storage {
                     .connect_with(opts)
                     .await?;
                 MYSQL_MIGRATIONS.run(&pool).await?;
-                Storage {
-                    backend: Backend::MySql(pool),
-                }
+                Storage { backend: Backend::MySql(pool) }
             }
             other => {
                 return Err(StorageError::Config(format!(
@@ -134,10 +123,7 @@ impl Storage {
                 )))
             }
         };
-        tracing::info!(
-            backend = storage.backend_name(),
-            "storage connected, schema up to date"
-        );
+        tracing::info!(backend = storage.backend_name(), "storage connected, schema up to date");
         Ok(storage)
     }
 }
@@ -163,9 +149,6 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(1),
             tls: DbTls::Disabled,
         };
-        assert!(matches!(
-            Storage::connect(&cfg).await,
-            Err(StorageError::Config(_))
-        ));
+        assert!(matches!(Storage::connect(&cfg).await, Err(StorageError::Config(_))));
     }
 }

@@ -97,10 +97,7 @@ fn is_transient_db(db: &dyn DatabaseError) -> bool {
     if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
         // Primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), including their
         // extended variants (BUSY_SNAPSHOT, LOCKED_SHAREDCACHE…).
-        return db
-            .code()
-            .and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6));
+        return db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6));
     }
     // PostgreSQL SQLSTATEs: connection exceptions (class 08), serialization failure,
     // deadlock, too many connections, lock not available, admin/crash shutdown,
@@ -108,10 +105,7 @@ fn is_transient_db(db: &dyn DatabaseError) -> bool {
     match db.code() {
         Some(code) => {
             code.starts_with("08")
-                || matches!(
-                    code.as_ref(),
-                    "40001" | "40P01" | "53300" | "55P03" | "57P01" | "57P02" | "57P03"
-                )
+                || matches!(code.as_ref(), "40001" | "40P01" | "53300" | "55P03" | "57P01" | "57P02" | "57P03")
         }
         None => false,
     }
@@ -124,10 +118,8 @@ mod tests {
     #[test]
     fn classification() {
         assert!(StorageError::from(sqlx::Error::PoolTimedOut).is_retryable());
-        assert!(StorageError::from(sqlx::Error::Io(std::io::Error::from(
-            std::io::ErrorKind::ConnectionRefused
-        )))
-        .is_retryable());
+        assert!(StorageError::from(sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)))
+            .is_retryable());
         assert!(!StorageError::from(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "invalid peer certificate: UnknownIssuer"

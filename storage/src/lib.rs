@@ -149,24 +149,10 @@ pub struct OfflineMessage {
 #[async_trait]
 pub trait AccountRepo: Send + Sync {
     /// Creates the account; [`StorageError::Conflict`] if it already exists.
-    async fn create_account(
-        &self,
-        domain: &str,
-        user: &str,
-        password: &StoredPassword,
-    ) -> Result<(), StorageError>;
-    async fn get_password(
-        &self,
-        domain: &str,
-        user: &str,
-    ) -> Result<Option<StoredPassword>, StorageError>;
+    async fn create_account(&self, domain: &str, user: &str, password: &StoredPassword) -> Result<(), StorageError>;
+    async fn get_password(&self, domain: &str, user: &str) -> Result<Option<StoredPassword>, StorageError>;
     /// Replaces the password; `false` if there is no such account.
-    async fn set_password(
-        &self,
-        domain: &str,
-        user: &str,
-        password: &StoredPassword,
-    ) -> Result<bool, StorageError>;
+    async fn set_password(&self, domain: &str, user: &str, password: &StoredPassword) -> Result<bool, StorageError>;
     /// Deletes the account together with its roster, offline messages, vCard and
     /// private XML, in one transaction; `false` if there was no such account.
     async fn remove_account(&self, domain: &str, user: &str) -> Result<bool, StorageError>;
@@ -180,26 +166,11 @@ pub trait AccountRepo: Send + Sync {
 pub trait RosterRepo: Send + Sync {
     /// All items, ordered by contact (code point order).
     async fn get_roster(&self, domain: &str, user: &str) -> Result<Vec<RosterItem>, StorageError>;
-    async fn get_item(
-        &self,
-        domain: &str,
-        user: &str,
-        contact: &str,
-    ) -> Result<Option<RosterItem>, StorageError>;
+    async fn get_item(&self, domain: &str, user: &str, contact: &str) -> Result<Option<RosterItem>, StorageError>;
     /// Inserts or replaces the item for `item.contact`, including its groups.
-    async fn put_item(
-        &self,
-        domain: &str,
-        user: &str,
-        item: &RosterItem,
-    ) -> Result<(), StorageError>;
+    async fn put_item(&self, domain: &str, user: &str, item: &RosterItem) -> Result<(), StorageError>;
     /// `false` if there was no such item.
-    async fn remove_item(
-        &self,
-        domain: &str,
-        user: &str,
-        contact: &str,
-    ) -> Result<bool, StorageError>;
+    async fn remove_item(&self, domain: &str, user: &str, contact: &str) -> Result<bool, StorageError>;
 }
 
 /// Offline message storage (XEP-0160).
@@ -219,11 +190,7 @@ pub trait OfflineRepo: Send + Sync {
         max_per_user: u64,
     ) -> Result<bool, StorageError>;
     /// Returns all stored messages in store order and deletes them, atomically.
-    async fn take_offline(
-        &self,
-        domain: &str,
-        user: &str,
-    ) -> Result<Vec<OfflineMessage>, StorageError>;
+    async fn take_offline(&self, domain: &str, user: &str) -> Result<Vec<OfflineMessage>, StorageError>;
     async fn count_offline(&self, domain: &str, user: &str) -> Result<u64, StorageError>;
 }
 
@@ -237,19 +204,8 @@ pub trait VcardRepo: Send + Sync {
 /// Private XML storage (XEP-0049), one serialized element per namespace.
 #[async_trait]
 pub trait PrivateRepo: Send + Sync {
-    async fn get_private(
-        &self,
-        domain: &str,
-        user: &str,
-        namespace: &str,
-    ) -> Result<Option<String>, StorageError>;
-    async fn set_private(
-        &self,
-        domain: &str,
-        user: &str,
-        namespace: &str,
-        xml: &str,
-    ) -> Result<(), StorageError>;
+    async fn get_private(&self, domain: &str, user: &str, namespace: &str) -> Result<Option<String>, StorageError>;
+    async fn set_private(&self, domain: &str, user: &str, namespace: &str, xml: &str) -> Result<(), StorageError>;
 }
 
 /// A connection pool to one database; implements every repository trait. Cheap to

@@ -31,10 +31,7 @@ fn fold(rows: Vec<JoinedRow>) -> Result<Vec<RosterItem>, StorageError> {
             }
             _ => {
                 let subscription = Subscription::parse(&row.subscription).ok_or_else(|| {
-                    StorageError::Corrupt(format!(
-                        "unknown roster subscription {:?}",
-                        row.subscription
-                    ))
+                    StorageError::Corrupt(format!("unknown roster subscription {:?}", row.subscription))
                 })?;
                 items.push(RosterItem {
                     contact: row.contact,
@@ -96,22 +93,15 @@ const UPSERT_ITEM: Sql = sql!(
        ask_out = VALUES(ask_out), pending_in = VALUES(pending_in), \
        pre_approved = VALUES(pre_approved)",
 );
-const DELETE_GROUPS: Sql =
-    sql!("DELETE FROM roster_groups WHERE domain = ? AND username = ? AND contact = ?");
-const INSERT_GROUP: Sql =
-    sql!("INSERT INTO roster_groups (domain, username, contact, group_name) VALUES (?, ?, ?, ?)");
-const DELETE_ITEM: Sql =
-    sql!("DELETE FROM roster_items WHERE domain = ? AND username = ? AND contact = ?");
+const DELETE_GROUPS: Sql = sql!("DELETE FROM roster_groups WHERE domain = ? AND username = ? AND contact = ?");
+const INSERT_GROUP: Sql = sql!("INSERT INTO roster_groups (domain, username, contact, group_name) VALUES (?, ?, ?, ?)");
+const DELETE_ITEM: Sql = sql!("DELETE FROM roster_items WHERE domain = ? AND username = ? AND contact = ?");
 
 #[async_trait]
 impl RosterRepo for Storage {
     async fn get_roster(&self, domain: &str, user: &str) -> Result<Vec<RosterItem>, StorageError> {
         let rows = on_backend!(self, |pool, d| {
-            let rows = sqlx::query(GET_ROSTER.get(d))
-                .bind(domain)
-                .bind(user)
-                .fetch_all(pool)
-                .await?;
+            let rows = sqlx::query(GET_ROSTER.get(d)).bind(domain).bind(user).fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in &rows {
                 out.push(joined_row!(r));
@@ -121,19 +111,9 @@ impl RosterRepo for Storage {
         fold(rows)
     }
 
-    async fn get_item(
-        &self,
-        domain: &str,
-        user: &str,
-        contact: &str,
-    ) -> Result<Option<RosterItem>, StorageError> {
+    async fn get_item(&self, domain: &str, user: &str, contact: &str) -> Result<Option<RosterItem>, StorageError> {
         let rows = on_backend!(self, |pool, d| {
-            let rows = sqlx::query(GET_ITEM.get(d))
-                .bind(domain)
-                .bind(user)
-                .bind(contact)
-                .fetch_all(pool)
-                .await?;
+            let rows = sqlx::query(GET_ITEM.get(d)).bind(domain).bind(user).bind(contact).fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in &rows {
                 out.push(joined_row!(r));
@@ -143,12 +123,7 @@ impl RosterRepo for Storage {
         Ok(fold(rows)?.into_iter().next())
     }
 
-    async fn put_item(
-        &self,
-        domain: &str,
-        user: &str,
-        item: &RosterItem,
-    ) -> Result<(), StorageError> {
+    async fn put_item(&self, domain: &str, user: &str, item: &RosterItem) -> Result<(), StorageError> {
         let groups: BTreeSet<&str> = item.groups.iter().map(String::as_str).collect();
         on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
@@ -163,12 +138,7 @@ impl RosterRepo for Storage {
                 .bind(item.pre_approved)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(DELETE_GROUPS.get(d))
-                .bind(domain)
-                .bind(user)
-                .bind(&item.contact)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(DELETE_GROUPS.get(d)).bind(domain).bind(user).bind(&item.contact).execute(&mut *tx).await?;
             for group in &groups {
                 sqlx::query(INSERT_GROUP.get(d))
                     .bind(domain)
@@ -183,20 +153,10 @@ impl RosterRepo for Storage {
         Ok(())
     }
 
-    async fn remove_item(
-        &self,
-        domain: &str,
-        user: &str,
-        contact: &str,
-    ) -> Result<bool, StorageError> {
+    async fn remove_item(&self, domain: &str, user: &str, contact: &str) -> Result<bool, StorageError> {
         let n = on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
-            sqlx::query(DELETE_GROUPS.get(d))
-                .bind(domain)
-                .bind(user)
-                .bind(contact)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(DELETE_GROUPS.get(d)).bind(domain).bind(user).bind(contact).execute(&mut *tx).await?;
             let n = sqlx::query(DELETE_ITEM.get(d))
                 .bind(domain)
                 .bind(user)

@@ -195,12 +195,8 @@ mod tests {
 
     #[test]
     fn numbers_placeholders() {
-        const Q: Sql =
-            crate::sql::sql!("SELECT a FROM t WHERE b = ? AND c IN (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-        assert_eq!(
-            Q.get(Dialect::MySql),
-            "SELECT a FROM t WHERE b = ? AND c IN (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        );
+        const Q: Sql = crate::sql::sql!("SELECT a FROM t WHERE b = ? AND c IN (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        assert_eq!(Q.get(Dialect::MySql), "SELECT a FROM t WHERE b = ? AND c IN (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         assert_eq!(
             Q.get(Dialect::Postgres),
             "SELECT a FROM t WHERE b = $1 AND c IN ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
@@ -215,10 +211,7 @@ mod tests {
             on_conflict: "ON CONFLICT (a) DO UPDATE SET b = excluded.b",
             on_duplicate: "ON DUPLICATE KEY UPDATE b = VALUES(b)",
         );
-        assert_eq!(
-            Q.get(Dialect::MySql),
-            "INSERT INTO t (a, b) VALUES (?, ?) ON DUPLICATE KEY UPDATE b = VALUES(b)"
-        );
+        assert_eq!(Q.get(Dialect::MySql), "INSERT INTO t (a, b) VALUES (?, ?) ON DUPLICATE KEY UPDATE b = VALUES(b)");
         assert_eq!(
             Q.get(Dialect::Postgres),
             "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT (a) DO UPDATE SET b = excluded.b"

@@ -14,8 +14,7 @@ const SET_VCARD: Sql = sql!(
     on_duplicate: "ON DUPLICATE KEY UPDATE \
        xml = VALUES(xml), updated_micros = VALUES(updated_micros)",
 );
-const GET_PRIVATE: Sql =
-    sql!("SELECT xml FROM private_storage WHERE domain = ? AND username = ? AND namespace = ?");
+const GET_PRIVATE: Sql = sql!("SELECT xml FROM private_storage WHERE domain = ? AND username = ? AND namespace = ?");
 const SET_PRIVATE: Sql = sql!(
     "INSERT INTO private_storage (domain, username, namespace, xml, updated_micros) \
      VALUES (?, ?, ?, ?, ?)",
@@ -29,11 +28,7 @@ const SET_PRIVATE: Sql = sql!(
 impl VcardRepo for Storage {
     async fn get_vcard(&self, domain: &str, user: &str) -> Result<Option<String>, StorageError> {
         on_backend!(self, |pool, d| {
-            let row = sqlx::query(GET_VCARD.get(d))
-                .bind(domain)
-                .bind(user)
-                .fetch_optional(pool)
-                .await?;
+            let row = sqlx::query(GET_VCARD.get(d)).bind(domain).bind(user).fetch_optional(pool).await?;
             Ok(match row {
                 Some(r) => Some(r.try_get("xml")?),
                 None => None,
@@ -43,13 +38,7 @@ impl VcardRepo for Storage {
 
     async fn set_vcard(&self, domain: &str, user: &str, xml: &str) -> Result<(), StorageError> {
         on_backend!(self, |pool, d| {
-            sqlx::query(SET_VCARD.get(d))
-                .bind(domain)
-                .bind(user)
-                .bind(xml)
-                .bind(now_micros())
-                .execute(pool)
-                .await?;
+            sqlx::query(SET_VCARD.get(d)).bind(domain).bind(user).bind(xml).bind(now_micros()).execute(pool).await?;
         });
         Ok(())
     }
@@ -57,19 +46,10 @@ impl VcardRepo for Storage {
 
 #[async_trait]
 impl PrivateRepo for Storage {
-    async fn get_private(
-        &self,
-        domain: &str,
-        user: &str,
-        namespace: &str,
-    ) -> Result<Option<String>, StorageError> {
+    async fn get_private(&self, domain: &str, user: &str, namespace: &str) -> Result<Option<String>, StorageError> {
         on_backend!(self, |pool, d| {
-            let row = sqlx::query(GET_PRIVATE.get(d))
-                .bind(domain)
-                .bind(user)
-                .bind(namespace)
-                .fetch_optional(pool)
-                .await?;
+            let row =
+                sqlx::query(GET_PRIVATE.get(d)).bind(domain).bind(user).bind(namespace).fetch_optional(pool).await?;
             Ok(match row {
                 Some(r) => Some(r.try_get("xml")?),
                 None => None,
@@ -77,13 +57,7 @@ impl PrivateRepo for Storage {
         })
     }
 
-    async fn set_private(
-        &self,
-        domain: &str,
-        user: &str,
-        namespace: &str,
-        xml: &str,
-    ) -> Result<(), StorageError> {
+    async fn set_private(&self, domain: &str, user: &str, namespace: &str, xml: &str) -> Result<(), StorageError> {
         on_backend!(self, |pool, d| {
             sqlx::query(SET_PRIVATE.get(d))
                 .bind(domain)

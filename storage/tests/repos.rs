@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use meerkat_storage::{
-    AccountRepo, DbTls, OfflineRepo, PrivateRepo, RosterItem, RosterRepo, Storage, StorageConfig,
-    StorageError, StoredPassword, Subscription, VcardRepo,
+    AccountRepo, DbTls, OfflineRepo, PrivateRepo, RosterItem, RosterRepo, Storage, StorageConfig, StorageError,
+    StoredPassword, Subscription, VcardRepo,
 };
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -22,27 +22,15 @@ const OTHER_DOMAIN: &str = "other.example";
 const UNICODE: &str = "😀🦀 ünïcödé";
 
 fn config(url: &str) -> StorageConfig {
-    StorageConfig {
-        url: url.to_owned(),
-        pool_size: 4,
-        connect_timeout: Duration::from_secs(10),
-        tls: DbTls::Disabled,
-    }
+    StorageConfig { url: url.to_owned(), pool_size: 4, connect_timeout: Duration::from_secs(10), tls: DbTls::Disabled }
 }
 
 /// A database name no other test (or earlier run) uses.
 fn unique_db_name() -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "meerkat_t_{}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000,
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    format!("meerkat_t_{}_{}_{}", std::process::id(), nanos % 1_000_000_000_000, SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 /// `url` with its database (path) replaced by `db`; the query string is kept.
@@ -91,9 +79,7 @@ async fn accounts(s: &Storage) {
     let plain = StoredPassword::Plain("secret".into());
     let scram = StoredPassword::Scram("v=1,s=c2FsdA==,i=4096,k=a2V5".into());
 
-    s.create_account(DOMAIN, "alice", &plain)
-        .await
-        .expect("create alice");
+    s.create_account(DOMAIN, "alice", &plain).await.expect("create alice");
     match s.create_account(DOMAIN, "alice", &scram).await {
         Err(StorageError::Conflict(_)) => {}
         other => panic!("duplicate account: expected Conflict, got {other:?}"),
@@ -105,17 +91,11 @@ async fn accounts(s: &Storage) {
     );
     // Exact (binary) comparison: no case folding, no other domain.
     assert_eq!(s.get_password(DOMAIN, "ALICE").await.expect("get"), None);
-    assert_eq!(
-        s.get_password(OTHER_DOMAIN, "alice").await.expect("get"),
-        None
-    );
+    assert_eq!(s.get_password(OTHER_DOMAIN, "alice").await.expect("get"), None);
     assert_eq!(s.get_password(DOMAIN, "nobody").await.expect("get"), None);
 
     assert!(s.set_password(DOMAIN, "alice", &scram).await.expect("set"));
-    assert_eq!(
-        s.get_password(DOMAIN, "alice").await.expect("get"),
-        Some(scram.clone())
-    );
+    assert_eq!(s.get_password(DOMAIN, "alice").await.expect("get"), Some(scram.clone()));
     // Setting the same value again still reports the user as found (MySQL counts
     // changed rows unless CLIENT_FOUND_ROWS is set).
     assert!(s.set_password(DOMAIN, "alice", &scram).await.expect("set"));
@@ -124,79 +104,42 @@ async fn accounts(s: &Storage) {
 
     let emoji_user = format!("{UNICODE}-user");
     for user in ["bob", "Zed", "ünï", emoji_user.as_str(), "ALICE"] {
-        s.create_account(DOMAIN, user, &StoredPassword::Plain(format!("pw-{user}")))
-            .await
-            .expect("create");
+        s.create_account(DOMAIN, user, &StoredPassword::Plain(format!("pw-{user}"))).await.expect("create");
     }
-    s.create_account(OTHER_DOMAIN, "alice", &plain)
-        .await
-        .expect("same user in another domain");
+    s.create_account(OTHER_DOMAIN, "alice", &plain).await.expect("same user in another domain");
     assert_eq!(
         s.get_password(DOMAIN, &emoji_user).await.expect("get"),
         Some(StoredPassword::Plain(format!("pw-{emoji_user}")))
     );
 
-    let mut expected: Vec<String> = ["alice", "bob", "Zed", "ünï", emoji_user.as_str(), "ALICE"]
-        .iter()
-        .map(|u| (*u).to_owned())
-        .collect();
+    let mut expected: Vec<String> =
+        ["alice", "bob", "Zed", "ünï", emoji_user.as_str(), "ALICE"].iter().map(|u| (*u).to_owned()).collect();
     expected.sort(); // String order = code point order
-    assert_eq!(
-        expected,
-        vec!["ALICE", "Zed", "alice", "bob", "ünï", emoji_user.as_str()]
-    );
+    assert_eq!(expected, vec!["ALICE", "Zed", "alice", "bob", "ünï", emoji_user.as_str()]);
     assert_eq!(s.list_accounts(DOMAIN).await.expect("list"), expected);
     assert_eq!(s.count_accounts(DOMAIN).await.expect("count"), 6);
-    assert_eq!(
-        s.list_accounts(OTHER_DOMAIN).await.expect("list"),
-        vec!["alice".to_owned()]
-    );
+    assert_eq!(s.list_accounts(OTHER_DOMAIN).await.expect("list"), vec!["alice".to_owned()]);
     assert_eq!(s.count_accounts(OTHER_DOMAIN).await.expect("count"), 1);
     assert_eq!(s.count_accounts("empty.example").await.expect("count"), 0);
-    assert!(s
-        .list_accounts("empty.example")
-        .await
-        .expect("list")
-        .is_empty());
+    assert!(s.list_accounts("empty.example").await.expect("list").is_empty());
 }
 
 async fn roster(s: &Storage) {
-    assert!(s
-        .get_roster(DOMAIN, "alice")
-        .await
-        .expect("roster")
-        .is_empty());
-    assert_eq!(
-        s.get_item(DOMAIN, "alice", "bob@example.org")
-            .await
-            .expect("item"),
-        None
-    );
+    assert!(s.get_roster(DOMAIN, "alice").await.expect("roster").is_empty());
+    assert_eq!(s.get_item(DOMAIN, "alice", "bob@example.org").await.expect("item"), None);
 
-    let mut bob = item(
-        "bob@example.org",
-        Subscription::To,
-        &["Work", "Friends", "Work"],
-    );
+    let mut bob = item("bob@example.org", Subscription::To, &["Work", "Friends", "Work"]);
     bob.name = Some("Bob".into());
     bob.ask_out = true;
     s.put_item(DOMAIN, "alice", &bob).await.expect("put bob");
-    let got = s
-        .get_item(DOMAIN, "alice", "bob@example.org")
-        .await
-        .expect("get")
-        .expect("bob exists");
+    let got = s.get_item(DOMAIN, "alice", "bob@example.org").await.expect("get").expect("bob exists");
     assert_eq!(got.groups, vec!["Friends", "Work"], "deduplicated, sorted");
     assert_eq!(got.name.as_deref(), Some("Bob"));
     assert_eq!(got.subscription, Subscription::To);
     assert!(got.ask_out && !got.pending_in && !got.pre_approved);
 
     // Every subscription state and flag survives; contacts sort by code point.
-    let mut unicode = item(
-        &format!("{UNICODE}@example.org"),
-        Subscription::Both,
-        &[UNICODE, "Ünï"],
-    );
+    let mut unicode = item(&format!("{UNICODE}@example.org"), Subscription::Both, &[UNICODE, "Ünï"]);
     unicode.name = Some(UNICODE.into());
     let mut carol = item("carol@example.org", Subscription::From, &[]);
     carol.pending_in = true;
@@ -211,98 +154,39 @@ async fn roster(s: &Storage) {
     bob_sorted.groups = vec!["Friends".into(), "Work".into()];
     let mut unicode_sorted = unicode.clone();
     unicode_sorted.groups.sort();
-    let mut expected = vec![
-        bob_sorted,
-        carol.clone(),
-        dave.clone(),
-        eve.clone(),
-        unicode_sorted.clone(),
-    ];
+    let mut expected = vec![bob_sorted, carol.clone(), dave.clone(), eve.clone(), unicode_sorted.clone()];
     expected.sort_by(|a, b| a.contact.cmp(&b.contact));
     assert_eq!(expected[0].contact, "Eve@example.org");
-    assert_eq!(
-        s.get_roster(DOMAIN, "alice").await.expect("roster"),
-        expected
-    );
-    assert_eq!(
-        s.get_item(DOMAIN, "alice", &unicode.contact)
-            .await
-            .expect("get"),
-        Some(unicode_sorted)
-    );
+    assert_eq!(s.get_roster(DOMAIN, "alice").await.expect("roster"), expected);
+    assert_eq!(s.get_item(DOMAIN, "alice", &unicode.contact).await.expect("get"), Some(unicode_sorted));
     // Exact match on the contact.
-    assert_eq!(
-        s.get_item(DOMAIN, "alice", "BOB@example.org")
-            .await
-            .expect("get"),
-        None
-    );
+    assert_eq!(s.get_item(DOMAIN, "alice", "BOB@example.org").await.expect("get"), None);
 
     // Upsert: every field and the whole group set are replaced.
     let mut bob2 = item("bob@example.org", Subscription::Both, &["Family"]);
     bob2.pre_approved = true;
-    s.put_item(DOMAIN, "alice", &bob2)
-        .await
-        .expect("replace bob");
-    assert_eq!(
-        s.get_item(DOMAIN, "alice", "bob@example.org")
-            .await
-            .expect("get"),
-        Some(bob2.clone())
-    );
-    assert_eq!(
-        s.get_roster(DOMAIN, "alice").await.expect("roster").len(),
-        5
-    );
+    s.put_item(DOMAIN, "alice", &bob2).await.expect("replace bob");
+    assert_eq!(s.get_item(DOMAIN, "alice", "bob@example.org").await.expect("get"), Some(bob2.clone()));
+    assert_eq!(s.get_roster(DOMAIN, "alice").await.expect("roster").len(), 5);
 
     // Rosters are per user.
-    s.put_item(
-        DOMAIN,
-        "bob",
-        &item("alice@example.org", Subscription::Both, &["A"]),
-    )
-    .await
-    .expect("put");
+    s.put_item(DOMAIN, "bob", &item("alice@example.org", Subscription::Both, &["A"])).await.expect("put");
     assert_eq!(s.get_roster(DOMAIN, "bob").await.expect("roster").len(), 1);
-    assert!(s
-        .get_roster(OTHER_DOMAIN, "alice")
-        .await
-        .expect("roster")
-        .is_empty());
+    assert!(s.get_roster(OTHER_DOMAIN, "alice").await.expect("roster").is_empty());
 
     // Removal takes the groups along: a re-added item starts without any.
-    assert!(s
-        .remove_item(DOMAIN, "alice", "bob@example.org")
-        .await
-        .expect("remove"));
-    assert!(!s
-        .remove_item(DOMAIN, "alice", "bob@example.org")
-        .await
-        .expect("remove again"));
-    assert_eq!(
-        s.get_item(DOMAIN, "alice", "bob@example.org")
-            .await
-            .expect("get"),
-        None
-    );
+    assert!(s.remove_item(DOMAIN, "alice", "bob@example.org").await.expect("remove"));
+    assert!(!s.remove_item(DOMAIN, "alice", "bob@example.org").await.expect("remove again"));
+    assert_eq!(s.get_item(DOMAIN, "alice", "bob@example.org").await.expect("get"), None);
     let bare = item("bob@example.org", Subscription::None, &[]);
     s.put_item(DOMAIN, "alice", &bare).await.expect("re-add");
-    assert_eq!(
-        s.get_item(DOMAIN, "alice", "bob@example.org")
-            .await
-            .expect("get"),
-        Some(bare)
-    );
+    assert_eq!(s.get_item(DOMAIN, "alice", "bob@example.org").await.expect("get"), Some(bare));
     assert_eq!(s.get_roster(DOMAIN, "bob").await.expect("roster").len(), 1);
 }
 
 async fn offline(s: &Storage) {
     assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 0);
-    assert!(s
-        .take_offline(DOMAIN, "alice")
-        .await
-        .expect("take")
-        .is_empty());
+    assert!(s.take_offline(DOMAIN, "alice").await.expect("take").is_empty());
 
     let long = long_text(64 * 1024);
     let bodies = [
@@ -312,53 +196,32 @@ async fn offline(s: &Storage) {
     ];
     for (i, body) in bodies.iter().enumerate() {
         let stamp = 1_700_000_000_000_000 + i64::try_from(i).expect("small");
-        assert!(s
-            .store_offline(DOMAIN, "alice", "bob@example.org/phone", body, stamp, 3)
-            .await
-            .expect("store"));
+        assert!(s.store_offline(DOMAIN, "alice", "bob@example.org/phone", body, stamp, 3).await.expect("store"));
     }
     assert!(
-        !s.store_offline(DOMAIN, "alice", "bob@example.org/phone", "<m/>", 0, 3)
-            .await
-            .expect("store over quota"),
+        !s.store_offline(DOMAIN, "alice", "bob@example.org/phone", "<m/>", 0, 3).await.expect("store over quota"),
         "quota full"
     );
-    assert!(!s
-        .store_offline(DOMAIN, "carol", "x@y", "<m/>", 0, 0)
-        .await
-        .expect("store with zero quota"));
+    assert!(!s.store_offline(DOMAIN, "carol", "x@y", "<m/>", 0, 0).await.expect("store with zero quota"));
     assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 3);
     assert_eq!(s.count_offline(DOMAIN, "carol").await.expect("count"), 0);
 
     // Someone else's queue is untouched by alice's take.
-    assert!(s
-        .store_offline(DOMAIN, "bob", "alice@example.org", "<m>for bob</m>", 5, 10)
-        .await
-        .expect("store"));
+    assert!(s.store_offline(DOMAIN, "bob", "alice@example.org", "<m>for bob</m>", 5, 10).await.expect("store"));
 
     let taken = s.take_offline(DOMAIN, "alice").await.expect("take");
     assert_eq!(taken.len(), 3);
     for (i, (m, body)) in taken.iter().zip(&bodies).enumerate() {
         assert_eq!(&m.stanza, body, "stanza {i} round-trips");
         assert_eq!(m.from, "bob@example.org/phone");
-        assert_eq!(
-            m.stamp_micros,
-            1_700_000_000_000_000 + i64::try_from(i).expect("small")
-        );
+        assert_eq!(m.stamp_micros, 1_700_000_000_000_000 + i64::try_from(i).expect("small"));
     }
     assert_eq!(taken[2].stanza.len(), 64 * 1024);
     assert!(taken.windows(2).all(|w| w[0].id < w[1].id), "store order");
     assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 0);
-    assert!(s
-        .take_offline(DOMAIN, "alice")
-        .await
-        .expect("take")
-        .is_empty());
+    assert!(s.take_offline(DOMAIN, "alice").await.expect("take").is_empty());
     // After a take the quota is free again.
-    assert!(s
-        .store_offline(DOMAIN, "alice", "c@d", "<m>again</m>", 9, 3)
-        .await
-        .expect("store"));
+    assert!(s.store_offline(DOMAIN, "alice", "c@d", "<m>again</m>", 9, 3).await.expect("store"));
     assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 1);
     assert_eq!(s.count_offline(DOMAIN, "bob").await.expect("count"), 1);
 }
@@ -367,10 +230,7 @@ async fn concurrent_offline(s: &Storage) {
     let tasks: Vec<_> = (0..12)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move {
-                s.store_offline(DOMAIN, "busy", "x@y", &format!("<m>{i}</m>"), i, 1000)
-                    .await
-            })
+            tokio::spawn(async move { s.store_offline(DOMAIN, "busy", "x@y", &format!("<m>{i}</m>"), i, 1000).await })
         })
         .collect();
     for t in tasks {
@@ -388,132 +248,57 @@ async fn xml_data(s: &Storage) {
     assert_eq!(s.get_vcard(DOMAIN, "alice").await.expect("vcard"), None);
     let vcard = format!("<vCard xmlns='vcard-temp'><FN>{UNICODE}</FN></vCard>");
     s.set_vcard(DOMAIN, "alice", &vcard).await.expect("set");
-    assert_eq!(
-        s.get_vcard(DOMAIN, "alice").await.expect("vcard"),
-        Some(vcard)
-    );
-    let big = format!(
-        "<vCard xmlns='vcard-temp'><PHOTO><BINVAL>{}</BINVAL></PHOTO></vCard>",
-        long_text(64 * 1024)
-    );
+    assert_eq!(s.get_vcard(DOMAIN, "alice").await.expect("vcard"), Some(vcard));
+    let big = format!("<vCard xmlns='vcard-temp'><PHOTO><BINVAL>{}</BINVAL></PHOTO></vCard>", long_text(64 * 1024));
     s.set_vcard(DOMAIN, "alice", &big).await.expect("overwrite");
-    assert_eq!(
-        s.get_vcard(DOMAIN, "alice").await.expect("vcard"),
-        Some(big)
-    );
+    assert_eq!(s.get_vcard(DOMAIN, "alice").await.expect("vcard"), Some(big));
     assert_eq!(s.get_vcard(DOMAIN, "bob").await.expect("vcard"), None);
-    s.set_vcard(DOMAIN, "bob", "<vCard xmlns='vcard-temp'/>")
-        .await
-        .expect("set");
+    s.set_vcard(DOMAIN, "bob", "<vCard xmlns='vcard-temp'/>").await.expect("set");
 
     let ns1 = "storage:bookmarks";
     let ns2 = "storage:rosternotes";
-    assert_eq!(
-        s.get_private(DOMAIN, "alice", ns1).await.expect("get"),
-        None
-    );
+    assert_eq!(s.get_private(DOMAIN, "alice", ns1).await.expect("get"), None);
     let x1 = format!("<storage xmlns='{ns1}'><conference name='{UNICODE}'/></storage>");
     let x2 = format!("<storage xmlns='{ns2}'/>");
     s.set_private(DOMAIN, "alice", ns1, &x1).await.expect("set");
     s.set_private(DOMAIN, "alice", ns2, &x2).await.expect("set");
-    assert_eq!(
-        s.get_private(DOMAIN, "alice", ns1).await.expect("get"),
-        Some(x1)
-    );
-    assert_eq!(
-        s.get_private(DOMAIN, "alice", ns2).await.expect("get"),
-        Some(x2.clone())
-    );
+    assert_eq!(s.get_private(DOMAIN, "alice", ns1).await.expect("get"), Some(x1));
+    assert_eq!(s.get_private(DOMAIN, "alice", ns2).await.expect("get"), Some(x2.clone()));
     let x1b = format!("<storage xmlns='{ns1}'>{}</storage>", long_text(64 * 1024));
-    s.set_private(DOMAIN, "alice", ns1, &x1b)
-        .await
-        .expect("overwrite");
-    assert_eq!(
-        s.get_private(DOMAIN, "alice", ns1).await.expect("get"),
-        Some(x1b)
-    );
-    assert_eq!(
-        s.get_private(DOMAIN, "alice", ns2).await.expect("get"),
-        Some(x2)
-    );
-    assert_eq!(
-        s.get_private(DOMAIN, "alice", "STORAGE:BOOKMARKS")
-            .await
-            .expect("get"),
-        None
-    );
+    s.set_private(DOMAIN, "alice", ns1, &x1b).await.expect("overwrite");
+    assert_eq!(s.get_private(DOMAIN, "alice", ns1).await.expect("get"), Some(x1b));
+    assert_eq!(s.get_private(DOMAIN, "alice", ns2).await.expect("get"), Some(x2));
+    assert_eq!(s.get_private(DOMAIN, "alice", "STORAGE:BOOKMARKS").await.expect("get"), None);
     assert_eq!(s.get_private(DOMAIN, "bob", ns1).await.expect("get"), None);
-    s.set_private(DOMAIN, "bob", ns1, "<storage xmlns='storage:bookmarks'/>")
-        .await
-        .expect("set");
+    s.set_private(DOMAIN, "bob", ns1, "<storage xmlns='storage:bookmarks'/>").await.expect("set");
 }
 
 /// Runs after the other parts: alice and bob own roster items, offline messages, a
 /// vCard and private XML by now.
 async fn remove_account_cascades(s: &Storage) {
-    assert!(!s
-        .get_roster(DOMAIN, "alice")
-        .await
-        .expect("roster")
-        .is_empty());
+    assert!(!s.get_roster(DOMAIN, "alice").await.expect("roster").is_empty());
     assert!(s.count_offline(DOMAIN, "alice").await.expect("count") > 0);
 
     assert!(s.remove_account(DOMAIN, "alice").await.expect("remove"));
     assert_eq!(s.get_password(DOMAIN, "alice").await.expect("get"), None);
-    assert!(s
-        .get_roster(DOMAIN, "alice")
-        .await
-        .expect("roster")
-        .is_empty());
-    assert_eq!(
-        s.get_item(DOMAIN, "alice", "carol@example.org")
-            .await
-            .expect("item"),
-        None
-    );
+    assert!(s.get_roster(DOMAIN, "alice").await.expect("roster").is_empty());
+    assert_eq!(s.get_item(DOMAIN, "alice", "carol@example.org").await.expect("item"), None);
     assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 0);
     assert_eq!(s.get_vcard(DOMAIN, "alice").await.expect("vcard"), None);
-    assert_eq!(
-        s.get_private(DOMAIN, "alice", "storage:bookmarks")
-            .await
-            .expect("private"),
-        None
-    );
-    assert_eq!(
-        s.get_private(DOMAIN, "alice", "storage:rosternotes")
-            .await
-            .expect("private"),
-        None
-    );
-    assert!(!s
-        .remove_account(DOMAIN, "alice")
-        .await
-        .expect("remove again"));
+    assert_eq!(s.get_private(DOMAIN, "alice", "storage:bookmarks").await.expect("private"), None);
+    assert_eq!(s.get_private(DOMAIN, "alice", "storage:rosternotes").await.expect("private"), None);
+    assert!(!s.remove_account(DOMAIN, "alice").await.expect("remove again"));
     // A re-created account starts empty…
-    s.create_account(DOMAIN, "alice", &StoredPassword::Plain("new".into()))
-        .await
-        .expect("re-create");
-    assert!(s
-        .get_roster(DOMAIN, "alice")
-        .await
-        .expect("roster")
-        .is_empty());
+    s.create_account(DOMAIN, "alice", &StoredPassword::Plain("new".into())).await.expect("re-create");
+    assert!(s.get_roster(DOMAIN, "alice").await.expect("roster").is_empty());
 
     // …and nobody else lost anything.
     assert!(s.get_password(DOMAIN, "bob").await.expect("get").is_some());
-    assert!(s
-        .get_password(OTHER_DOMAIN, "alice")
-        .await
-        .expect("get")
-        .is_some());
+    assert!(s.get_password(OTHER_DOMAIN, "alice").await.expect("get").is_some());
     assert_eq!(s.get_roster(DOMAIN, "bob").await.expect("roster").len(), 1);
     assert_eq!(s.count_offline(DOMAIN, "bob").await.expect("count"), 1);
     assert!(s.get_vcard(DOMAIN, "bob").await.expect("vcard").is_some());
-    assert!(s
-        .get_private(DOMAIN, "bob", "storage:bookmarks")
-        .await
-        .expect("private")
-        .is_some());
+    assert!(s.get_private(DOMAIN, "bob", "storage:bookmarks").await.expect("private").is_some());
     assert_eq!(s.count_accounts(DOMAIN).await.expect("count"), 6);
 }
 
@@ -550,9 +335,7 @@ fn resume(result: Result<(), tokio::task::JoinError>) {
 async fn tls_modes(url: String) {
     let mut cfg = config(&url);
     cfg.tls = DbTls::Preferred;
-    let s = Storage::connect(&cfg)
-        .await
-        .expect("connect with TLS preferred");
+    let s = Storage::connect(&cfg).await.expect("connect with TLS preferred");
     s.ping().await.expect("ping");
     assert_eq!(s.count_accounts(DOMAIN).await.expect("count"), 6);
     s.close().await;
@@ -591,10 +374,7 @@ async fn mysql_stored_bytes(admin: &sqlx::MySqlPool, db: &str) {
     .expect("emoji user")
     .try_get("h")
     .expect("hex");
-    let expected: String = format!("{UNICODE}-user")
-        .bytes()
-        .map(|b| format!("{b:02X}"))
-        .collect();
+    let expected: String = format!("{UNICODE}-user").bytes().map(|b| format!("{b:02X}")).collect();
     assert_eq!(hex, expected);
 }
 
@@ -604,23 +384,17 @@ async fn sqlite_file() {
     let path = dir.path().join("sub dir").join("meerkat.db");
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     let url = format!("sqlite://{}", path.display());
-    let s = Storage::connect(&config(&url))
-        .await
-        .expect("open sqlite file");
+    let s = Storage::connect(&config(&url)).await.expect("open sqlite file");
     assert_eq!(s.backend_name(), "sqlite");
     assert!(path.exists(), "database file created");
     test_suite(&s).await;
     s.close().await;
 
     // Reopening runs the (already applied) migrations again and keeps the data.
-    let s = Storage::connect(&config(&format!("sqlite:{}", path.display())))
-        .await
-        .expect("reopen sqlite file");
+    let s = Storage::connect(&config(&format!("sqlite:{}", path.display()))).await.expect("reopen sqlite file");
     assert_eq!(s.count_accounts(DOMAIN).await.expect("count"), 6);
     assert_eq!(
-        s.get_private(DOMAIN, "bob", "storage:bookmarks")
-            .await
-            .expect("private"),
+        s.get_private(DOMAIN, "bob", "storage:bookmarks").await.expect("private"),
         Some("<storage xmlns='storage:bookmarks'/>".to_owned())
     );
     s.close().await;
@@ -628,9 +402,7 @@ async fn sqlite_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_in_memory() {
-    let s = Storage::connect(&config("sqlite::memory:"))
-        .await
-        .expect("open in-memory sqlite");
+    let s = Storage::connect(&config("sqlite::memory:")).await.expect("open in-memory sqlite");
     assert_eq!(s.backend_name(), "sqlite");
     test_suite(&s).await;
     s.close().await;
@@ -638,21 +410,16 @@ async fn sqlite_in_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres() {
-    let admin_url = std::env::var("MEERKAT_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let admin_url =
+        std::env::var("MEERKAT_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let admin = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
         .connect(&admin_url)
         .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL unreachable at {admin_url} (set MEERKAT_TEST_PG_URL): {e}")
-        });
+        .unwrap_or_else(|e| panic!("PostgreSQL unreachable at {admin_url} (set MEERKAT_TEST_PG_URL): {e}"));
     let db = unique_db_name();
-    admin
-        .execute(AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-        .await
-        .expect("create test database");
+    admin.execute(AssertSqlSafe(format!("CREATE DATABASE \"{db}\""))).await.expect("create test database");
 
     // Also exercises the `postgresql:` scheme alias.
     let url = with_database(&admin_url, &db).replacen("postgres:", "postgresql:", 1);
@@ -669,9 +436,7 @@ async fn postgres() {
         Err(e) => Err(e),
     };
     admin
-        .execute(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-        )))
+        .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
         .await
         .expect("drop test database");
     admin.close().await;
@@ -680,21 +445,17 @@ async fn postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql() {
-    let admin_url = std::env::var("MEERKAT_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let admin_url =
+        std::env::var("MEERKAT_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
     let admin = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
         .connect(&admin_url)
         .await
-        .unwrap_or_else(|e| {
-            panic!("MySQL/MariaDB unreachable at {admin_url} (set MEERKAT_TEST_MYSQL_URL): {e}")
-        });
+        .unwrap_or_else(|e| panic!("MySQL/MariaDB unreachable at {admin_url} (set MEERKAT_TEST_MYSQL_URL): {e}"));
     let db = unique_db_name();
     admin
-        .execute(AssertSqlSafe(format!(
-            "CREATE DATABASE `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-        )))
+        .execute(AssertSqlSafe(format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")))
         .await
         .expect("create test database");
 
@@ -717,10 +478,7 @@ async fn mysql() {
         }
         Err(e) => Err(e),
     };
-    admin
-        .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{db}`")))
-        .await
-        .expect("drop test database");
+    admin.execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{db}`"))).await.expect("drop test database");
     admin.close().await;
     resume(result.expect("connect to the test database"));
 }
@@ -731,10 +489,7 @@ async fn unreachable_database_is_retryable() {
     let mut cfg = config("postgres://postgres@127.0.0.1:1/nothing");
     cfg.connect_timeout = Duration::from_secs(1);
     match Storage::connect(&cfg).await {
-        Err(e) => assert!(
-            e.is_retryable(),
-            "connection refused should be retryable: {e:?}"
-        ),
+        Err(e) => assert!(e.is_retryable(), "connection refused should be retryable: {e:?}"),
         Ok(_) => panic!("connected to a closed port"),
     }
 }
@@ -751,10 +506,7 @@ async fn bad_configuration_is_fatal() {
 
 #[test]
 fn with_database_rewrites_the_path() {
-    assert_eq!(
-        with_database("postgres://u@h:5432/test", "x"),
-        "postgres://u@h:5432/x"
-    );
+    assert_eq!(with_database("postgres://u@h:5432/test", "x"), "postgres://u@h:5432/x");
     assert_eq!(
         with_database("mysql://root@127.0.0.1:3306/test?ssl-mode=DISABLED", "x"),
         "mysql://root@127.0.0.1:3306/x?ssl-mode=DISABLED"

@@ -9,7 +9,8 @@ use std::process::Command;
 use meerkat_tests::TestNode;
 
 fn python() -> PathBuf {
-    let venv = std::env::var_os("MEERKAT_VENV").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/meerkat-venv"));
+    let venv =
+        std::env::var_os("MEERKAT_VENV").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/meerkat-venv"));
     let py = venv.join("bin/python");
     assert!(py.is_file(), "{} is missing: run ./tests/run.sh, which installs slixmpp there", py.display());
     py
@@ -32,7 +33,8 @@ fn slixmpp_scram_sha256_starttls_presence_and_1000_messages_each_way() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "scenario failed ({}):\n{stdout}\n{stderr}", out.status);
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON summary");
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON summary");
     assert_eq!(summary["mechanism"], "SCRAM-SHA-256");
     assert_eq!(summary["messages_each_way"], 1000);
     assert!(!summary["offline_delay_stamp"].as_str().unwrap_or_default().is_empty());

@@ -43,14 +43,14 @@ impl Module for Disco {
             Target::Server => ("server", "im"),
             _ => ("account", "registered"),
         };
-        let mut identity = Element::new("identity", ns::DISCO_INFO)
-            .with_attr("category", category)
-            .with_attr("type", kind);
+        let mut identity =
+            Element::new("identity", ns::DISCO_INFO).with_attr("category", category).with_attr("type", kind);
         if target == Target::Server {
             identity.set_attr("name", "Meerkat");
         }
         q.push_child(identity);
-        let mut features: Vec<&str> = svc.modules.iter().flat_map(|m| m.disco_features(target).iter().copied()).collect();
+        let mut features: Vec<&str> =
+            svc.modules.iter().flat_map(|m| m.disco_features(target).iter().copied()).collect();
         features.sort_unstable();
         features.dedup();
         for f in features {

@@ -122,7 +122,13 @@ async fn handle_iq(svc: &Arc<Services>, r: Routed, target: Target) {
         svc.router.bounce(r, StanzaErrorCondition::BadRequest);
         return;
     };
-    if target == Target::OtherAccount && !svc.accounts.exists(r.to.domain().as_str(), r.to.node().map(|n| n.as_str()).unwrap_or("")).await.unwrap_or(false) {
+    if target == Target::OtherAccount
+        && !svc
+            .accounts
+            .exists(r.to.domain().as_str(), r.to.node().map(|n| n.as_str()).unwrap_or(""))
+            .await
+            .unwrap_or(false)
+    {
         svc.router.bounce(r, StanzaErrorCondition::ServiceUnavailable);
         return;
     }

@@ -31,7 +31,8 @@ impl Module for Offline {
     }
 
     async fn user_available(&self, svc: &Arc<Services>, jid: &FullJid) {
-        let (user, host) = (jid.node().map(|n| n.as_str().to_owned()).unwrap_or_default(), jid.domain().as_str().to_owned());
+        let (user, host) =
+            (jid.node().map(|n| n.as_str().to_owned()).unwrap_or_default(), jid.domain().as_str().to_owned());
         let msgs = match svc.storage.take_offline(&host, &user).await {
             Ok(m) => m,
             Err(e) => {
@@ -85,14 +86,18 @@ pub async fn undelivered(svc: &Arc<Services>, r: Routed) {
     let now = now_micros();
     let mut stanza = r.stanza.clone();
     stanza.set_attr("to", Jid::from(r.to.to_bare()).to_string());
-    stanza.push_child(
-        Element::new("delay", ns::DELAY)
-            .with_attr("from", host.clone())
-            .with_attr("stamp", xep0082(now)),
-    );
+    stanza
+        .push_child(Element::new("delay", ns::DELAY).with_attr("from", host.clone()).with_attr("stamp", xep0082(now)));
     match svc
         .storage
-        .store_offline(&host, &user, &r.from.to_string(), &stanza.to_xml(ns::CLIENT), now, svc.settings.max_offline_messages)
+        .store_offline(
+            &host,
+            &user,
+            &r.from.to_string(),
+            &stanza.to_xml(ns::CLIENT),
+            now,
+            svc.settings.max_offline_messages,
+        )
         .await
     {
         Ok(true) => {}

@@ -224,7 +224,8 @@ pub async fn inbound(svc: &Arc<Services>, r: Routed) {
             }
             if i.pre_approved {
                 i.pre_approved = false;
-                i.subscription = if i.subscription == Subscription::To { Subscription::Both } else { Subscription::From };
+                i.subscription =
+                    if i.subscription == Subscription::To { Subscription::Both } else { Subscription::From };
                 if save(svc, &user, i).await {
                     push(svc, &user, i);
                     send_subscription(svc, &user, &contact, "subscribed");
@@ -240,14 +241,21 @@ pub async fn inbound(svc: &Arc<Services>, r: Routed) {
         PresenceType::Subscribed => match item.as_mut() {
             Some(i) if i.ask_out => {
                 i.ask_out = false;
-                i.subscription = if i.subscription == Subscription::From { Subscription::Both } else { Subscription::To };
+                i.subscription =
+                    if i.subscription == Subscription::From { Subscription::Both } else { Subscription::To };
                 changed = true;
             }
             _ => deliver = false,
         },
         PresenceType::Unsubscribe => match item.as_mut() {
             Some(i) if matches!(i.subscription, Subscription::From | Subscription::Both) || i.pending_in => {
-                i.subscription = if i.subscription == Subscription::Both { Subscription::To } else if i.subscription == Subscription::From { Subscription::None } else { i.subscription };
+                i.subscription = if i.subscription == Subscription::Both {
+                    Subscription::To
+                } else if i.subscription == Subscription::From {
+                    Subscription::None
+                } else {
+                    i.subscription
+                };
                 i.pending_in = false;
                 changed = true;
             }
@@ -255,7 +263,13 @@ pub async fn inbound(svc: &Arc<Services>, r: Routed) {
         },
         PresenceType::Unsubscribed => match item.as_mut() {
             Some(i) if matches!(i.subscription, Subscription::To | Subscription::Both) || i.ask_out => {
-                i.subscription = if i.subscription == Subscription::Both { Subscription::From } else if i.subscription == Subscription::To { Subscription::None } else { i.subscription };
+                i.subscription = if i.subscription == Subscription::Both {
+                    Subscription::From
+                } else if i.subscription == Subscription::To {
+                    Subscription::None
+                } else {
+                    i.subscription
+                };
                 i.ask_out = false;
                 changed = true;
             }

@@ -56,7 +56,8 @@ impl Module for Register {
         let username = payload.get_child("username", ns::REGISTER).map(|e| e.text());
         let password = payload.get_child("password", ns::REGISTER).map(|e| e.text());
         Some(match (username, password) {
-            (Some(u), Some(p)) if u == user && !p.is_empty() => match svc.accounts.set_password(&host, &user, &p).await {
+            (Some(u), Some(p)) if u == user && !p.is_empty() => match svc.accounts.set_password(&host, &user, &p).await
+            {
                 Ok(()) => Ok(None),
                 Err(_) => Err(StanzaErrorCondition::InternalServerError),
             },

@@ -38,7 +38,11 @@ impl Module for Roster {
 
 /// Items only there to remember an inbound request are not shown (RFC 6121 §3.1.3).
 fn visible(item: &RosterItem) -> bool {
-    !(item.pending_in && item.subscription == Subscription::None && !item.ask_out && item.name.is_none() && item.groups.is_empty())
+    !(item.pending_in
+        && item.subscription == Subscription::None
+        && !item.ask_out
+        && item.name.is_none()
+        && item.groups.is_empty())
 }
 
 async fn get(svc: &Arc<Services>, host: &str, user: &str) -> IqAnswer {
@@ -64,7 +68,8 @@ async fn set(svc: &Arc<Services>, from: &Jid, host: &str, user: &str, payload: &
         return Err(StanzaErrorCondition::NotAllowed);
     }
     let contact_s = contact.to_string();
-    let existing = svc.storage.get_item(host, user, &contact_s).await.map_err(|_| StanzaErrorCondition::InternalServerError)?;
+    let existing =
+        svc.storage.get_item(host, user, &contact_s).await.map_err(|_| StanzaErrorCondition::InternalServerError)?;
     if el.attr("subscription") == Some("remove") {
         let Some(existing) = existing else {
             return Err(StanzaErrorCondition::ItemNotFound);

@@ -28,25 +28,68 @@
 //!
 //! # Design
 //!
-//! The parser works token by token (a tag, a run of character data, a CDATA
-//! section, the XML declaration). A small resumable scanner finds where the
-//! token at the front of the buffer ends, remembering how far it looked (and
-//! whether it is inside a quoted attribute value) so that a token arriving in
-//! many small reads is scanned once overall, not once per read. A token is
-//! only interpreted once it is complete, so "incomplete" and "malformed" are
-//! never confused; each complete token is interpreted exactly once and then
-//! dropped from the buffer, with the partially built stanza kept as a stack
-//! of open elements. Namespace prefixes are resolved against a scope stack
-//! seeded with the stream header's declarations (`xmlns`, `xmlns:stream`).
+//! quick-xml parses; this module decides *what* to hand it and checks what
+//! a non-validating parser leaves out. Two layers:
 //!
-//! The hand-written tokenizer does not use `quick_xml::Reader` for the main
-//! loop on purpose: (1) telling "incomplete" from "malformed" needs token
-//! boundaries before parsing anyway; (2) a `Reader` restarted in the middle
-//! of an element cannot check end tags, and silently drops a U+FEFF at the
-//! start of any text it is restarted on (it takes it for a byte order mark);
-//! (3) RFC 6120 wants restricted XML rejected *early* (a DTD is refused at
-//! `<!D`, not after its end has been buffered). quick-xml still parses the
-//! XML declaration.
+//! **quick-xml, one stanza at a time.** A top-level element (stanza) that
+//! is complete in the buffer is a contiguous slice of it, and a fresh
+//! `quick_xml::Reader` parses that slice in place (no copy), with end-name
+//! checking on: tags, attributes (quick-xml's attribute iterator), character
+//! data, CDATA and references. Text and attribute values are unescaped by
+//! quick-xml (`resolve_xml_entity`, character references, attribute-value
+//! normalization); a reference to anything but the five predefined entities
+//! and character references is refused (`restricted-xml`: there is no DTD
+//! to define it), as are comments, processing instructions and DTDs. On
+//! top of that this module checks what XML requires and quick-xml does
+//! not: QName syntax, XML `Char`s (control characters, U+FFFE/U+FFFF, also
+//! when produced by a character reference), `]]>` and `<` where they are
+//! forbidden, whitespace between attributes, and distinct attribute names
+//! (a check that, unlike quick-xml's, allocates nothing for usual tags).
+//! It also resolves namespaces against a scope stack seeded with the stream
+//! header's declarations (`xmlns`, `xmlns:stream`), because each stanza's
+//! reader starts without them. The stream header is parsed the same way,
+//! from the slice holding its start tag, and so is `</stream:stream>`.
+//!
+//! **Boundary scanner.** An XMPP stream is one never-ending document, read
+//! in arbitrary pieces, so something must tell an incomplete stanza from a
+//! malformed one: quick-xml cannot, since a slice reader takes the end of
+//! its input for the end of the document and cannot resume. The scanner
+//! walks the bytes of the stanza being received, markup token by markup
+//! token (start tag, end tag, CDATA section; character data is skipped to
+//! the next `<`), keeping the element depth, until the top-level element
+//! ends. It is resumable: it remembers where the token it is in started,
+//! how far it looked, and whether it stopped inside a quoted attribute
+//! value, so a stanza arriving in many small reads is scanned once overall,
+//! not once per read, with a word-at-a-time search for `>` and quotes.
+//! While the stanza is still incomplete it applies the checks that must not
+//! wait for its end, because the end may never come or may be far away:
+//! comments, DTDs (the billion-laughs attack fails at `<!D`) and processing
+//! instructions (RFC 6120 §11.1), [`Limits::max_depth`] (10,000 unclosed
+//! `<a>` fail at the 65th), [`Limits::max_stanza_size`], and
+//! [`MAX_NAMESPACES_IN_SCOPE`] (counted from the attribute name in front of
+//! each opening quote). It also rejects a start tag whose name is not a
+//! QName or that has stray bytes after its last attribute: such a tag (`<>`,
+//! `<a / >`) would otherwise count as an open element and the error would
+//! only show once the peer closed it. Other malformed syntax is reported
+//! when the stanza is complete (or too large).
+//!
+//! **Fast path.** Usually a stanza arrives whole in one read. So before
+//! scanning a new stanza, the parser lets quick-xml find its end directly
+//! in what is buffered (at most [`Limits::max_stanza_size`] bytes). If that
+//! yields a complete element with every check passed, it is the result,
+//! and the scanner never runs: the scanner's checks are implied by
+//! quick-xml's and the tree's (same tokens, depth, declarations and size).
+//! On anything else (an incomplete stanza, any error) the attempt is
+//! dropped and the scanner takes over from the start of the stanza, so the
+//! errors reported, and when, do not depend on how the input was split.
+//! The attempt is made once per stanza, keeping the work linear.
+//!
+//! Why not a single `Reader` over the stream: a reader over `io::Read`
+//! treats "no more bytes yet" as end of file and cannot resume after it,
+//! and restarting a reader on each token would lose end-tag checking and
+//! makes quick-xml drop a U+FEFF at the start of text (it takes it for a
+//! byte order mark). A stanza always starts with `<`, so neither problem
+//! arises, and the stanza is the unit the parser returns anyway.
 //!
 //! # What is refused, and with which stream error condition
 //!
@@ -67,10 +110,18 @@
 //!
 //! Whitespace between stanzas is keepalive (RFC 6120 §4.6.1) and is consumed
 //! as soon as it is seen, so it neither accumulates nor counts as
-//! [`StreamParser::buffered_len`].
+//! [`StreamParser::buffered_len`]. A stanza that is still incomplete stays
+//! in the buffer (and counts) until it is parsed.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::mem;
+
+use quick_xml::errors::{Error as XmlError, IllFormedError};
+use quick_xml::escape::{resolve_xml_entity, EscapeError};
+use quick_xml::events::attributes::{AttrError, Attribute};
+use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::{Reader, XmlVersion};
 
 use crate::element::{Element, Node};
 use crate::error::StreamErrorCondition;
@@ -214,14 +265,24 @@ enum State {
     Failed(ParseError),
 }
 
-/// Kind of a complete token at the front of the buffer.
+/// Kind of a complete markup token found by the scanner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tok {
-    Text,
-    Start,
+    /// A start tag; `true` if it is an empty-element tag (`<a/>`).
+    Start(bool),
     End,
     CData,
     Pi,
+}
+
+/// What the scanner found in the buffer.
+enum Scanned {
+    /// The top-level element is not complete yet.
+    Incomplete,
+    /// A complete top-level element of this many bytes.
+    Stanza(usize),
+    /// An end tag of this many bytes at stream level: the stream's end.
+    StreamEnd(usize),
 }
 
 enum Progress {
@@ -238,17 +299,16 @@ struct Binding {
     uri: String,
 }
 
-/// An element whose end tag has not arrived yet.
+/// An element whose end tag has not been read yet.
 #[derive(Debug)]
 struct Frame {
     el: Element,
-    /// Prefix used in the start tag, needed to match the end tag literally.
-    prefix: String,
     /// Length of the scope stack before this element's declarations.
     scope_len: usize,
 }
 
-/// The partially built stanza and the namespaces in scope.
+/// The stanza being built from quick-xml's events, and the namespaces in
+/// scope. Kept between stanzas so its buffers are reused.
 #[derive(Debug, Default)]
 struct Tree {
     /// Declarations on the stream header; in scope for every stanza.
@@ -257,13 +317,40 @@ struct Tree {
     scope: Vec<Binding>,
     stack: Vec<Frame>,
     /// Character data not yet attached to the innermost open element, so
-    /// that text, CDATA and references split over several tokens end up as
-    /// one text node.
+    /// that text, CDATA and references (separate events) end up as one text
+    /// node.
     text: String,
-    /// Bytes of the current top-level element consumed so far.
-    stanza_used: usize,
-    /// Scratch space for attributes while a start tag is parsed.
+    /// Scratch space for attributes while a start tag is read.
     attr_buf: Vec<(String, String)>,
+    /// The top-level element, once its end has been read.
+    root: Option<Element>,
+}
+
+/// State of the boundary scanner for the stanza (or, before the header, the
+/// token) at the front of the buffer. Offsets are relative to the start of
+/// the unconsumed bytes.
+#[derive(Debug, Default)]
+struct Scanner {
+    /// Start of the token being scanned; everything before it has been
+    /// scanned and checked.
+    at: usize,
+    /// How far the scanner already looked for the end of the token at `at`.
+    resume: usize,
+    /// Quote byte if the scan stopped inside an attribute value, else 0.
+    quote: u8,
+    /// Just after the last closing quote of the start tag at `at`, 0 if none
+    /// yet.
+    quote_end: usize,
+    /// Namespace declarations seen so far in the start tag at `at`.
+    tag_ns: usize,
+    /// Open elements of the current top-level element.
+    depth: usize,
+    /// Namespace declarations of each open element.
+    open_ns: Vec<usize>,
+    /// Sum of `open_ns`.
+    ns_total: usize,
+    /// [`StreamParser::parse_direct`] was tried on this stanza.
+    direct_tried: bool,
 }
 
 /// Incremental XMPP stream parser; see the module documentation.
@@ -271,13 +358,10 @@ struct Tree {
 pub struct StreamParser {
     limits: Limits,
     buf: Vec<u8>,
-    /// Start of the unconsumed bytes in `buf`.
+    /// Start of the unconsumed bytes in `buf`: the first byte of the stanza
+    /// being received, or of the next token before the header.
     pos: usize,
-    /// How far (relative to `pos`) the scanner already looked for the end of
-    /// the token at `pos`.
-    resume: usize,
-    /// Quote byte if the scanner stopped inside an attribute value, else 0.
-    quote: u8,
+    scan: Scanner,
     /// Set when the last call needed more input and nothing was fed since:
     /// avoids re-scanning when polled without new data.
     starved: bool,
@@ -302,8 +386,7 @@ impl StreamParser {
             limits,
             buf: Vec::new(),
             pos: 0,
-            resume: 0,
-            quote: 0,
+            scan: Scanner::default(),
             starved: false,
             state: State::Prolog,
             bom_allowed: true,
@@ -327,7 +410,8 @@ impl StreamParser {
         }
         // Drop consumed bytes when it is cheap relative to what was consumed
         // (amortized O(1) per byte), keeping memory bounded by the pending
-        // token and stanza.
+        // stanza. The scanner's offsets are relative to `pos`, so they stay
+        // valid.
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -383,6 +467,7 @@ impl StreamParser {
                     // Free memory held for a stream that is dead anyway.
                     self.buf = Vec::new();
                     self.pos = 0;
+                    self.scan = Scanner::default();
                     self.tree = Tree::default();
                     self.state = State::Failed(e.clone());
                     return Err(e);
@@ -413,7 +498,8 @@ impl StreamParser {
             Some(b'<') => {}
             Some(_) => return Err(ParseError::NotWellFormed("text before the stream header")),
         }
-        let Some((tok, len)) = self.find_token()? else {
+        let data = &self.buf[self.pos..];
+        let Some((tok, len)) = self.scan.markup_end(data, self.decl_allowed, usize::MAX)? else {
             if self.prolog_used + self.buffered_len() > MAX_HEADER_SIZE {
                 return Err(ParseError::HeaderTooLarge(MAX_HEADER_SIZE));
             }
@@ -423,7 +509,7 @@ impl StreamParser {
             return Err(ParseError::HeaderTooLarge(MAX_HEADER_SIZE));
         }
         self.decl_allowed = false;
-        let bytes = &self.buf[self.pos..self.pos + len];
+        let bytes = &data[..len];
         match tok {
             Tok::Pi => {
                 parse_decl(bytes)?;
@@ -431,14 +517,17 @@ impl StreamParser {
                 self.prolog_used += len;
                 Ok(Progress::Continue)
             }
-            Tok::Start => {
-                let header = self.open_stream(len)?;
+            Tok::Start(_) => {
+                let (header, base, qname, empty) = parse_header(bytes)?;
+                self.header_qname = qname;
+                self.tree = Tree { base, ..Tree::default() };
+                self.pending_end = empty;
                 self.consume(len);
                 self.state = State::Open;
                 Ok(Progress::Event(StreamEvent::Header(header)))
             }
             Tok::End => Err(ParseError::NotWellFormed("end tag before the stream header")),
-            Tok::Text | Tok::CData => Err(ParseError::NotWellFormed("character data before the stream header")),
+            Tok::CData => Err(ParseError::NotWellFormed("character data before the stream header")),
         }
     }
 
@@ -448,62 +537,71 @@ impl StreamParser {
             self.state = State::Closed;
             return Ok(Progress::Event(StreamEvent::End));
         }
-        let at_top = self.tree.stack.is_empty();
-        if at_top {
+        if self.scan.at == 0 {
+            // Between stanzas (or inside the first token of one, which then
+            // starts with `<` and nothing is skipped).
             self.skip_ws();
             match self.buf.get(self.pos) {
                 None => return Ok(Progress::NeedMore),
                 Some(b'<') => {}
                 Some(_) => return Err(ParseError::TextAtStreamLevel),
             }
-        }
-        let Some((tok, len)) = self.find_token()? else {
-            if self.tree.stanza_used + self.buffered_len() > self.limits.max_stanza_size {
-                return Err(ParseError::StanzaTooLarge(self.limits.max_stanza_size));
-            }
-            return Ok(Progress::NeedMore);
-        };
-        if self.tree.stanza_used + len > self.limits.max_stanza_size {
-            return Err(ParseError::StanzaTooLarge(self.limits.max_stanza_size));
-        }
-        let bytes = &self.buf[self.pos..self.pos + len];
-        let done = match tok {
-            Tok::Text => {
-                // At top level the whitespace check above stops text first.
-                decode(bytes, &mut self.tree.text, Mode::Text)?;
-                None
-            }
-            Tok::CData if at_top => return Err(ParseError::TextAtStreamLevel),
-            Tok::CData => {
-                // `<![CDATA[` and `]]>` are ASCII, so slicing the bytes is exact.
-                decode(&bytes[9..len - 3], &mut self.tree.text, Mode::CData)?;
-                None
-            }
-            Tok::Start => self.tree.start(bytes, self.limits.max_depth)?,
-            Tok::End if at_top => {
-                if end_tag_name(bytes)? != self.header_qname {
-                    return Err(ParseError::NotWellFormed("mismatched end tag"));
+            if !self.scan.direct_tried {
+                self.scan.direct_tried = true;
+                if let Some((stanza, len)) = self.parse_direct() {
+                    self.consume(len);
+                    self.skip_ws();
+                    return Ok(Progress::Event(StreamEvent::Stanza(stanza)));
                 }
+            }
+        }
+        let data = &self.buf[self.pos..];
+        let ns_room = MAX_NAMESPACES_IN_SCOPE.saturating_sub(self.tree.base.len());
+        match self.scan.stanza(data, self.limits, ns_room)? {
+            Scanned::Incomplete => Ok(Progress::NeedMore),
+            Scanned::StreamEnd(len) => {
+                check_stream_end(&data[..len], &self.header_qname)?;
                 self.consume(len);
                 self.state = State::Closed;
-                return Ok(Progress::Event(StreamEvent::End));
+                Ok(Progress::Event(StreamEvent::End))
             }
-            Tok::End => self.tree.end(bytes)?,
-            // `find_token` only yields this while the declaration is allowed.
-            Tok::Pi => return Err(ParseError::RestrictedXml("processing instruction")),
-        };
-        self.consume(len);
-        match done {
-            Some(stanza) => {
-                self.tree.stanza_used = 0;
+            Scanned::Stanza(len) => {
+                let stanza = match self.tree.parse(&data[..len], self.limits.max_depth, true)? {
+                    Some((stanza, end)) if end == len => stanza,
+                    // The scanner and quick-xml agree on where the element
+                    // ends; make sure nothing goes unparsed if they do not.
+                    _ => return Err(ParseError::NotWellFormed("malformed element")),
+                };
+                self.consume(len);
                 // Consume keepalive whitespace right away so it does not
                 // count as buffered data (see `buffered_len`).
                 self.skip_ws();
                 Ok(Progress::Event(StreamEvent::Stanza(stanza)))
             }
-            None => {
-                self.tree.stanza_used += len;
-                Ok(Progress::Continue)
+        }
+    }
+
+    /// The fast path for a stanza that arrived whole, which is the usual
+    /// case: lets quick-xml find its end instead of the scanner. Returns the
+    /// stanza and its length if quick-xml read a complete top-level element
+    /// within the size limit, with every check passed. Anything else (an
+    /// incomplete stanza, any error) is left to the scanner path, which
+    /// then starts from scratch: that way errors, and the point at which
+    /// they are reported, are the same however the input was split. For a
+    /// stanza that passes, the scanner's checks are implied by quick-xml's
+    /// and the tree's (its tokens, depth, declarations and size are the
+    /// same), so both paths accept the same stanzas.
+    fn parse_direct(&mut self) -> Option<(Element, usize)> {
+        let data = &self.buf[self.pos..];
+        let window = &data[..data.len().min(self.limits.max_stanza_size)];
+        if !may_be_complete(window) {
+            return None;
+        }
+        match self.tree.parse(window, self.limits.max_depth, false) {
+            Ok(Some(done)) => Some(done),
+            Ok(None) | Err(_) => {
+                self.tree.clear();
+                None
             }
         }
     }
@@ -516,47 +614,11 @@ impl StreamParser {
         Ok(Progress::NeedMore)
     }
 
-    /// Parses the stream header token of `len` bytes at `pos` and installs
-    /// its namespace declarations as the base scope.
-    fn open_stream(&mut self, len: usize) -> Result<StreamHeader> {
-        let tok = utf8(&self.buf[self.pos..self.pos + len])?;
-        let mut scope = Vec::new();
-        let mut attrs = Vec::new();
-        let (qname, empty) = parse_start_tag(tok, &mut scope, &mut attrs)?;
-        if scope.len() > MAX_NAMESPACES_IN_SCOPE {
-            return Err(ParseError::TooManyNamespaces(MAX_NAMESPACES_IN_SCOPE));
-        }
-        let (prefix, local) = split_qname(qname);
-        let ns = lookup(&scope, &[], prefix).ok_or_else(|| ParseError::UndeclaredPrefix(prefix.to_owned()))?;
-        if local != "stream" || ns != ns::STREAM {
-            return Err(ParseError::InvalidNamespace);
-        }
-        resolve_attr_prefixes(&mut attrs, &scope, &[])?;
-        let mut header = StreamHeader {
-            default_ns: scope.iter().find(|b| b.prefix.is_empty()).map(|b| b.uri.clone()),
-            ..StreamHeader::default()
-        };
-        for (k, v) in attrs {
-            let slot = match k.as_str() {
-                "to" => &mut header.to,
-                "from" => &mut header.from,
-                "id" => &mut header.id,
-                "version" => &mut header.version,
-                "xml:lang" => &mut header.lang,
-                _ => continue,
-            };
-            *slot = Some(v);
-        }
-        self.header_qname = qname.to_owned();
-        self.tree = Tree { base: scope, ..Tree::default() };
-        self.pending_end = empty;
-        Ok(header)
-    }
-
+    /// Drops the `len` bytes at `pos` (a token before the header, or a
+    /// whole stanza) and resets the scanner for what follows.
     fn consume(&mut self, len: usize) {
         self.pos += len;
-        self.resume = 0;
-        self.quote = 0;
+        self.scan.reset();
     }
 
     /// Consumes XML whitespace at `pos`, returning how much. Only called
@@ -566,30 +628,107 @@ impl StreamParser {
         self.pos += n;
         n
     }
+}
 
-    /// Finds the end of the token starting at `pos`: `Some((kind, length))`
-    /// once it is complete, `None` (remembering how far it looked) if not.
-    /// Rejects comments, DTDs and processing instructions as soon as their
-    /// first bytes are seen, without waiting for their end.
-    fn find_token(&mut self) -> Result<Option<(Tok, usize)>> {
-        let data = &self.buf[self.pos..];
-        let Some(&first) = data.first() else {
-            return Ok(None);
-        };
-        if first != b'<' {
-            return Ok(match find_byte(b'<', data, self.resume) {
-                Some(i) => Some((Tok::Text, i)),
-                None => {
-                    self.resume = data.len();
-                    None
+impl Scanner {
+    /// Forgets the stanza (or token) just consumed, keeping allocations.
+    fn reset(&mut self) {
+        self.advance(0);
+        self.depth = 0;
+        self.open_ns.clear();
+        self.ns_total = 0;
+        self.direct_tried = false;
+    }
+
+    /// Moves on to the token starting at `to`.
+    fn advance(&mut self, to: usize) {
+        self.at = to;
+        self.resume = to;
+        self.quote = 0;
+        self.quote_end = 0;
+        self.tag_ns = 0;
+    }
+
+    /// Scans the stanza at the front of `data` (which starts with `<`) up
+    /// to its end, or up to the end of `data`, remembering how far it got.
+    /// Applies the checks that must not wait for the stanza to be complete.
+    fn stanza(&mut self, data: &[u8], limits: Limits, ns_room: usize) -> Result<Scanned> {
+        loop {
+            let at = self.at;
+            match data.get(at) {
+                None => break,
+                Some(b'<') => {}
+                Some(_) => {
+                    // Character data inside an element: quick-xml reads it
+                    // later, the scanner only needs to know where it ends.
+                    match find_byte(b'<', data, self.resume.max(at)) {
+                        Some(i) => {
+                            self.advance(i);
+                            continue;
+                        }
+                        None => {
+                            self.resume = data.len();
+                            break;
+                        }
+                    }
                 }
-            });
+            }
+            let Some((tok, end)) = self.markup_end(data, false, ns_room)? else {
+                break;
+            };
+            if end > limits.max_stanza_size {
+                return Err(ParseError::StanzaTooLarge(limits.max_stanza_size));
+            }
+            match tok {
+                Tok::Start(empty) => {
+                    check_start_tag(&data[at..end], empty, self.quote_end.saturating_sub(at))?;
+                    if self.depth >= limits.max_depth {
+                        return Err(ParseError::TooDeep(limits.max_depth));
+                    }
+                    if !empty {
+                        self.depth += 1;
+                        self.open_ns.push(self.tag_ns);
+                        self.ns_total += self.tag_ns;
+                    }
+                    self.advance(end);
+                    if self.depth == 0 {
+                        return Ok(Scanned::Stanza(end));
+                    }
+                }
+                Tok::End if self.depth == 0 => return Ok(Scanned::StreamEnd(end)),
+                Tok::End => {
+                    self.depth -= 1;
+                    self.ns_total -= self.open_ns.pop().unwrap_or(0);
+                    self.advance(end);
+                    if self.depth == 0 {
+                        return Ok(Scanned::Stanza(end));
+                    }
+                }
+                Tok::CData if self.depth == 0 => return Err(ParseError::TextAtStreamLevel),
+                Tok::CData => self.advance(end),
+                // `markup_end` refuses these when they are not allowed.
+                Tok::Pi => return Err(ParseError::RestrictedXml("processing instruction")),
+            }
         }
-        let Some(&second) = data.get(1) else {
+        if data.len() > limits.max_stanza_size {
+            return Err(ParseError::StanzaTooLarge(limits.max_stanza_size));
+        }
+        Ok(Scanned::Incomplete)
+    }
+
+    /// Finds the end of the markup token at `at` (`data[at]` is `<`):
+    /// `Some((kind, end))` once it is complete, `None` (remembering how far
+    /// it looked) if not. Rejects comments, DTDs and processing instructions
+    /// (unless `pi_allowed`) as soon as their first bytes are seen, without
+    /// waiting for their end. Counts the namespace declarations of a start
+    /// tag, failing as soon as more than `ns_room` are open.
+    fn markup_end(&mut self, data: &[u8], pi_allowed: bool, ns_room: usize) -> Result<Option<(Tok, usize)>> {
+        let at = self.at;
+        let Some(&second) = data.get(at + 1) else {
             return Ok(None);
         };
         match second {
-            b'/' => Ok(match find_byte(b'>', data, self.resume.max(2)) {
+            b'/' => Ok(match find_byte(b'>', data, self.resume.max(at + 2)) {
                 Some(i) => Some((Tok::End, i + 1)),
                 None => {
                     self.resume = data.len();
@@ -597,23 +736,25 @@ impl StreamParser {
                 }
             }),
             b'?' => {
-                if !self.decl_allowed {
+                if !pi_allowed {
                     return Err(ParseError::RestrictedXml("processing instruction"));
                 }
-                Ok(match find_seq(b"?>", data, self.resume.max(2)) {
+                Ok(match find_seq(b"?>", data, self.resume.max(at + 2)) {
                     Some(i) => Some((Tok::Pi, i + 2)),
                     None => {
                         // The `?` of a split `?>` may be the last byte.
-                        self.resume = (data.len() - 1).max(2);
+                        self.resume = (data.len() - 1).max(at + 2);
                         None
                     }
                 })
             }
             b'!' => {
                 const CDATA: &[u8] = b"<![CDATA[";
-                let n = data.len().min(CDATA.len());
-                if data[..n] != CDATA[..n] {
-                    return Err(match data[2] {
+                let tok = &data[at..];
+                let n = tok.len().min(CDATA.len());
+                if tok[..n] != CDATA[..n] {
+                    // The first two bytes matched, so `n >= 3`.
+                    return Err(match tok[2] {
                         b'-' => ParseError::RestrictedXml("comment"),
                         b'[' => ParseError::NotWellFormed("malformed CDATA section"),
                         _ => ParseError::RestrictedXml("document type declaration"),
@@ -622,17 +763,17 @@ impl StreamParser {
                 if n < CDATA.len() {
                     return Ok(None);
                 }
-                Ok(match find_seq(b"]]>", data, self.resume.max(CDATA.len())) {
+                Ok(match find_seq(b"]]>", data, self.resume.max(at + CDATA.len())) {
                     Some(i) => Some((Tok::CData, i + 3)),
                     None => {
-                        self.resume = (data.len() - 2).max(CDATA.len());
+                        self.resume = (data.len() - 2).max(at + CDATA.len());
                         None
                     }
                 })
             }
             _ => {
                 // Start tag: ends at the first `>` outside a quoted value.
-                let mut i = self.resume.max(1);
+                let mut i = self.resume.max(at + 1);
                 let mut quote = self.quote;
                 loop {
                     if quote != 0 {
@@ -640,13 +781,25 @@ impl StreamParser {
                             Some(j) => {
                                 i = j + 1;
                                 quote = 0;
+                                self.quote_end = i;
                             }
                             None => break,
                         }
                     } else {
                         match find_tag_delim(data, i) {
-                            Some(j) if data[j] == b'>' => return Ok(Some((Tok::Start, j + 1))),
+                            Some(j) if data[j] == b'>' => {
+                                // Inside a value a `/` is never right before
+                                // the closing `>`, so this is exact.
+                                let empty = j >= at + 2 && data[j - 1] == b'/';
+                                return Ok(Some((Tok::Start(empty), j + 1)));
+                            }
                             Some(j) => {
+                                if is_ns_decl(&data[at..j]) {
+                                    self.tag_ns += 1;
+                                    if self.ns_total + self.tag_ns > ns_room {
+                                        return Err(ParseError::TooManyNamespaces(MAX_NAMESPACES_IN_SCOPE));
+                                    }
+                                }
                                 quote = data[j];
                                 i = j + 1;
                             }
@@ -662,24 +815,201 @@ impl StreamParser {
     }
 }
 
+/// Whether `data`, which starts with `<`, may hold a whole top-level
+/// element. If not, the fast path would certainly run out of input, so it
+/// is not tried: a stanza split over reads then costs a search for `</`
+/// here instead of a wasted parse.
+fn may_be_complete(data: &[u8]) -> bool {
+    // Usually a read ends with the end of a stanza (and maybe whitespace).
+    if data.iter().rev().find(|&&c| !is_ws(c)) == Some(&b'>') {
+        return true;
+    }
+    // Otherwise the read ended inside some token, perhaps after complete
+    // stanzas. The element can only be complete if its end tag, `</` and
+    // its name, occurs. (A self-closed one is missed, and then simply
+    // takes the scanner path.)
+    let name_end = data.iter().position(|&c| is_ws(c) || matches!(c, b'>' | b'/')).unwrap_or(data.len());
+    let name = &data[1..name_end.max(1)];
+    let mut from = 1;
+    while let Some(j) = find_byte(b'<', data, from) {
+        if data.get(j + 1) == Some(&b'/') && data[j + 2..].starts_with(name) {
+            return true;
+        }
+        from = j + 1;
+    }
+    false
+}
+
+/// Whether the attribute whose value opens right after `before` (the start
+/// tag from its `<` up to the opening quote) is a namespace declaration
+/// that will be added to the scope: `xmlns` or `xmlns:p`, except
+/// `xmlns:xml`, which may only restate the predefined binding. Looks back no
+/// further than the previous quote, so a tag is still scanned in linear time.
+fn is_ns_decl(before: &[u8]) -> bool {
+    let mut k = before.len();
+    while k > 0 && is_ws(before[k - 1]) {
+        k -= 1;
+    }
+    if k == 0 || before[k - 1] != b'=' {
+        return false;
+    }
+    k -= 1;
+    while k > 0 && is_ws(before[k - 1]) {
+        k -= 1;
+    }
+    let end = k;
+    while k > 0 && !matches!(before[k - 1], b' ' | b'\t' | b'\n' | b'\r' | b'\'' | b'"' | b'=' | b'<') {
+        k -= 1;
+    }
+    let name = &before[k..end];
+    name == b"xmlns" || (name.starts_with(b"xmlns:") && name != b"xmlns:xml")
+}
+
+/// The scanner's own checks on a complete start tag (`tag` runs from `<`
+/// to `>`): a QName, and nothing but whitespace after the last attribute
+/// value (`quote_end`, relative to `tag`, 0 if there is none). The rest is
+/// quick-xml's job once the stanza is complete.
+fn check_start_tag(tag: &[u8], empty: bool, quote_end: usize) -> Result<()> {
+    let content_end = tag.len() - if empty { 2 } else { 1 };
+    let name_end = tag[1..content_end].iter().position(|&c| is_ws(c)).map_or(content_end, |p| p + 1);
+    let name = &tag[1..name_end];
+    let valid = match is_qname_ascii(name) {
+        Some(valid) => valid,
+        None => is_qname_unicode(utf8(name)?),
+    };
+    if !valid {
+        return Err(ParseError::NotWellFormed("invalid element name"));
+    }
+    let tail = if quote_end > 0 { quote_end } else { name_end };
+    if !tag[tail..content_end].iter().all(|&c| is_ws(c)) {
+        return Err(ParseError::NotWellFormed("malformed start tag"));
+    }
+    Ok(())
+}
+
+/// A quick-xml reader over one complete piece of markup, with the checks
+/// this module relies on switched on explicitly.
+fn xml_reader(xml: &[u8]) -> Reader<&[u8]> {
+    let mut reader = Reader::from_reader(xml);
+    let config = reader.config_mut();
+    config.check_end_names = true;
+    config.allow_unmatched_ends = false;
+    config.allow_dangling_amp = false;
+    config.expand_empty_elements = false;
+    config.trim_markup_names_in_closing_tags = true;
+    config.trim_text(false);
+    reader
+}
+
+/// Parses the stream header's start tag: the header, the namespace
+/// declarations it makes, its qualified name, and whether it self-closed.
+fn parse_header(tag: &[u8]) -> Result<(StreamHeader, Vec<Binding>, String, bool)> {
+    let mut reader = xml_reader(tag);
+    let (start, empty) = match reader.read_event().map_err(xml_error)? {
+        Event::Start(e) => (e, false),
+        Event::Empty(e) => (e, true),
+        _ => return Err(ParseError::NotWellFormed("malformed stream header")),
+    };
+    let mut scope = Vec::new();
+    let mut attrs = Vec::new();
+    let qname = read_start_tag(&start, false, &mut scope, &mut attrs)?;
+    if scope.len() > MAX_NAMESPACES_IN_SCOPE {
+        return Err(ParseError::TooManyNamespaces(MAX_NAMESPACES_IN_SCOPE));
+    }
+    let (prefix, local) = split_qname(qname);
+    let ns = lookup(&scope, &[], prefix).ok_or_else(|| ParseError::UndeclaredPrefix(prefix.to_owned()))?;
+    if local != "stream" || ns != ns::STREAM {
+        return Err(ParseError::InvalidNamespace);
+    }
+    resolve_attr_prefixes(&mut attrs, &scope, &[])?;
+    let mut header = StreamHeader {
+        default_ns: scope.iter().find(|b| b.prefix.is_empty()).map(|b| b.uri.clone()),
+        ..StreamHeader::default()
+    };
+    for (k, v) in attrs {
+        let slot = match k.as_str() {
+            "to" => &mut header.to,
+            "from" => &mut header.from,
+            "id" => &mut header.id,
+            "version" => &mut header.version,
+            "xml:lang" => &mut header.lang,
+            _ => continue,
+        };
+        *slot = Some(v);
+    }
+    Ok((header, scope, qname.to_owned(), empty))
+}
+
+/// Checks that `tag`, an end tag at stream level, closes the stream header
+/// (whose qualified name is `expected`).
+fn check_stream_end(tag: &[u8], expected: &str) -> Result<()> {
+    let mut reader = xml_reader(tag);
+    // The matching start tag was read by another reader.
+    reader.config_mut().allow_unmatched_ends = true;
+    match reader.read_event().map_err(xml_error)? {
+        Event::End(e) if e.name().0 == expected => Ok(()),
+        _ => Err(ParseError::NotWellFormed("mismatched end tag")),
+    }
+}
+
 impl Tree {
-    /// Handles a complete start (or empty-element) tag. Returns the stanza if
-    /// this was a self-closed top-level element.
-    fn start(&mut self, bytes: &[u8], max_depth: usize) -> Result<Option<Element>> {
-        // Checked before any work so that deep nesting fails fast.
+    /// Parses the top-level element at the start of `xml` with quick-xml:
+    /// `Some((element, length))`, or `None` if `xml` ends before it does.
+    /// `scanned` says the scanner has checked `xml` (and found it complete).
+    fn parse(&mut self, xml: &[u8], max_depth: usize, scanned: bool) -> Result<Option<(Element, usize)>> {
+        let mut reader = xml_reader(xml);
+        loop {
+            let event = match reader.read_event() {
+                Ok(event) => event,
+                Err(e) => return Err(xml_error(e)),
+            };
+            match event {
+                Event::Start(e) => self.start(&e, false, max_depth, scanned)?,
+                Event::Empty(e) => self.start(&e, true, max_depth, scanned)?,
+                // quick-xml has checked that the name matches.
+                Event::End(_) => self.end()?,
+                Event::Text(t) => {
+                    // Usually there is no CR, and quick-xml's end-of-line
+                    // handling would only search for one again.
+                    match check_chars(&t, Chars::Text)? {
+                        true => self.text.push_str(&t.xml10_content()),
+                        false => self.text.push_str(&t),
+                    }
+                }
+                Event::CData(t) => match check_chars(&t, Chars::Plain)? {
+                    true => self.text.push_str(&t.xml10_content()),
+                    false => self.text.push_str(&t),
+                },
+                Event::GeneralRef(r) => push_reference(&r, &mut self.text)?,
+                // The scanner refuses these before the stanza is complete;
+                // this is a second line of defense.
+                Event::Comment(_) => return Err(ParseError::RestrictedXml("comment")),
+                Event::PI(_) | Event::Decl(_) => return Err(ParseError::RestrictedXml("processing instruction")),
+                Event::DocType(_) => return Err(ParseError::RestrictedXml("document type declaration")),
+                Event::Eof => return Ok(None),
+            }
+            if let Some(stanza) = self.root.take() {
+                // The position is at most `xml.len()`.
+                return Ok(Some((stanza, reader.buffer_position() as usize)));
+            }
+        }
+    }
+
+    /// Handles a start (or empty-element) tag.
+    fn start(&mut self, e: &BytesStart<'_>, empty: bool, max_depth: usize, scanned: bool) -> Result<()> {
         if self.stack.len() >= max_depth {
             return Err(ParseError::TooDeep(max_depth));
         }
-        let tok = utf8(bytes)?;
         let scope_len = self.scope.len();
-        // Parse into a reused buffer, then copy out with the exact capacity:
+        // Read into a reused buffer, then copy out with the exact capacity:
         // one allocation instead of one per doubling.
         self.attr_buf.clear();
-        let (qname, empty) = parse_start_tag(tok, &mut self.scope, &mut self.attr_buf)?;
+        let qname = read_start_tag(e, scanned, &mut self.scope, &mut self.attr_buf)?;
         if self.scope.len() + self.base.len() > MAX_NAMESPACES_IN_SCOPE {
             return Err(ParseError::TooManyNamespaces(MAX_NAMESPACES_IN_SCOPE));
         }
-        let mut attrs: Vec<(String, String)> = self.attr_buf.drain(..).collect();
+        let mut attrs = Vec::with_capacity(self.attr_buf.len());
+        attrs.append(&mut self.attr_buf);
         let (prefix, local) = split_qname(qname);
         let ns = lookup(&self.scope, &self.base, prefix)
             .ok_or_else(|| ParseError::UndeclaredPrefix(prefix.to_owned()))?
@@ -689,40 +1019,41 @@ impl Tree {
         self.flush_text();
         if empty {
             self.scope.truncate(scope_len);
-            return Ok(self.attach(el));
+            self.attach(el);
+        } else {
+            self.stack.push(Frame { el, scope_len });
         }
-        self.stack.push(Frame { el, prefix: prefix.to_owned(), scope_len });
-        Ok(None)
+        Ok(())
     }
 
-    /// Handles an end tag inside a stanza. Returns the stanza if this closed
-    /// the top-level element.
-    fn end(&mut self, bytes: &[u8]) -> Result<Option<Element>> {
-        let name = end_tag_name(bytes)?;
+    /// Handles an end tag.
+    fn end(&mut self) -> Result<()> {
         self.flush_text();
         let Some(frame) = self.stack.pop() else {
             return Err(ParseError::NotWellFormed("unexpected end tag"));
         };
-        let matches = match name.split_once(':') {
-            Some((prefix, local)) => same(prefix, &frame.prefix) && same(local, &frame.el.name),
-            None => frame.prefix.is_empty() && same(name, &frame.el.name),
-        };
-        if !matches {
-            return Err(ParseError::NotWellFormed("mismatched end tag"));
-        }
         self.scope.truncate(frame.scope_len);
-        Ok(self.attach(frame.el))
+        self.attach(frame.el);
+        Ok(())
     }
 
-    /// Adds a finished element to its parent, or returns it if top-level.
-    fn attach(&mut self, el: Element) -> Option<Element> {
+    /// Adds a finished element to its parent, or makes it the result if it
+    /// is the top-level element.
+    fn attach(&mut self, el: Element) {
         match self.stack.last_mut() {
-            Some(parent) => {
-                parent.el.children.push(Node::Element(el));
-                None
-            }
-            None => Some(el),
+            Some(parent) => parent.el.children.push(Node::Element(el)),
+            None => self.root = Some(el),
         }
+    }
+
+    /// Forgets a partly built element, keeping the header's declarations
+    /// and the allocations.
+    fn clear(&mut self) {
+        self.scope.clear();
+        self.stack.clear();
+        self.text.clear();
+        self.attr_buf.clear();
+        self.root = None;
     }
 
     fn flush_text(&mut self) {
@@ -732,6 +1063,128 @@ impl Tree {
         if let Some(top) = self.stack.last_mut() {
             top.el.children.push(Node::Text(mem::take(&mut self.text)));
         }
+    }
+}
+
+/// Reads the name and attributes of a start tag parsed by quick-xml: pushes
+/// namespace declarations onto `scope` and other attributes (unescaped,
+/// normalized) onto `attrs`, and returns the qualified name. `scanned` says
+/// the boundary scanner has already checked the name's syntax.
+fn read_start_tag<'e>(
+    e: &'e BytesStart<'_>,
+    scanned: bool,
+    scope: &mut Vec<Binding>,
+    attrs: &mut Vec<(String, String)>,
+) -> Result<&'e str> {
+    let qname = e.name().0;
+    if !(scanned || is_qname(qname)) || qname.starts_with("xmlns:") {
+        return Err(ParseError::NotWellFormed("invalid element name"));
+    }
+    if qname.starts_with("xml:") {
+        // Allowed by Namespaces in XML but meaningless in XMPP, and such an
+        // element could not be written back out unprefixed.
+        return Err(ParseError::ReservedNamespace);
+    }
+    let tag_scope = scope.len();
+    let tag_attrs = attrs.len();
+    let raw = e.attributes_raw();
+    // Duplicates are checked below without the allocation quick-xml's
+    // check makes for every tag with attributes.
+    for attr in e.attributes().with_checks(false) {
+        let attr = attr.map_err(attr_error)?;
+        let name = attr.key.0;
+        // quick-xml accepts `a='1'b='2'`; XML wants whitespace in between.
+        // The name is a slice of `raw`, so its offset tells what precedes it.
+        let offset = (name.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize);
+        if !offset.checked_sub(1).and_then(|i| raw.as_bytes().get(i)).is_some_and(|&c| is_ws(c)) {
+            return Err(ParseError::NotWellFormed("missing whitespace before attribute"));
+        }
+        if !is_qname(name) {
+            return Err(ParseError::NotWellFormed("invalid attribute name"));
+        }
+        let value = attr_value(&attr)?.into_owned();
+        if name == "xmlns" {
+            declare(scope, tag_scope, "", value)?;
+        } else if let Some(prefix) = name.strip_prefix("xmlns:") {
+            declare(scope, tag_scope, prefix, value)?;
+        } else {
+            attrs.push((name.to_owned(), value));
+        }
+    }
+    // Declarations were checked by `declare`.
+    if !attr_names_distinct(&attrs[tag_attrs..]) {
+        return Err(ParseError::NotWellFormed("duplicate attribute"));
+    }
+    Ok(qname)
+}
+
+/// An attribute's value, unescaped and normalized by quick-xml (XML 1.0
+/// §3.3.3), after the checks quick-xml does not make.
+fn attr_value<'a>(attr: &Attribute<'a>) -> Result<Cow<'a, str>> {
+    if !check_chars(&attr.value, Chars::AttrValue)? {
+        // Nothing to unescape or normalize (most values).
+        return Ok(attr.value.clone());
+    }
+    let value = attr.normalized_value_with(XmlVersion::Implicit1_0, 1, resolve_xml_entity).map_err(xml_error)?;
+    if let Cow::Owned(v) = &value {
+        // Character references may have produced characters XML forbids.
+        check_chars(v, Chars::Plain)?;
+    }
+    Ok(value)
+}
+
+/// Appends what a reference in character data stands for: one of the five
+/// predefined entities or a character reference. Anything else would need
+/// a DTD, which RFC 6120 forbids, so it is refused without any expansion.
+fn push_reference(r: &BytesRef<'_>, out: &mut String) -> Result<()> {
+    match r.resolve_char_ref() {
+        Ok(Some(c)) if is_xml_char(c) => out.push(c),
+        Ok(Some(_)) | Err(_) => return Err(ParseError::NotWellFormed("invalid character reference")),
+        // `resolve_xml_entity`, not `resolve_predefined_entity`: the latter
+        // knows the HTML entities if any crate enables quick-xml's
+        // `escape-html` feature.
+        Ok(None) => match resolve_xml_entity(r) {
+            Some(s) => out.push_str(s),
+            None => return Err(undefined_entity(r)),
+        },
+    }
+    Ok(())
+}
+
+/// The error for `&name;` with a name that is not predefined.
+fn undefined_entity(name: &str) -> ParseError {
+    if is_name(name) {
+        let mut name = name.to_owned();
+        name.truncate(name.floor_char_boundary(64));
+        ParseError::UndefinedEntity(name)
+    } else {
+        ParseError::NotWellFormed("malformed reference")
+    }
+}
+
+/// Maps quick-xml's errors to ours.
+fn xml_error(e: XmlError) -> ParseError {
+    match e {
+        XmlError::Encoding(_) => ParseError::InvalidUtf8,
+        XmlError::Syntax(_) => ParseError::NotWellFormed("malformed markup"),
+        XmlError::IllFormed(IllFormedError::MismatchedEndTag { .. }) => ParseError::NotWellFormed("mismatched end tag"),
+        XmlError::IllFormed(IllFormedError::UnmatchedEndTag(_)) => ParseError::NotWellFormed("unexpected end tag"),
+        XmlError::IllFormed(IllFormedError::UnclosedReference) => ParseError::NotWellFormed("unterminated reference"),
+        XmlError::IllFormed(_) => ParseError::NotWellFormed("malformed XML"),
+        XmlError::InvalidAttr(e) => attr_error(e),
+        XmlError::Escape(EscapeError::UnrecognizedEntity(_, name)) => undefined_entity(&name),
+        XmlError::Escape(EscapeError::InvalidCharRef(_)) => ParseError::NotWellFormed("invalid character reference"),
+        XmlError::Escape(EscapeError::UnterminatedEntity(_) | EscapeError::TooManyNestedEntities) => {
+            ParseError::NotWellFormed("unterminated reference")
+        }
+        XmlError::Io(_) | XmlError::Namespace(_) => ParseError::NotWellFormed("malformed XML"),
+    }
+}
+
+fn attr_error(e: AttrError) -> ParseError {
+    match e {
+        AttrError::Duplicated(..) => ParseError::NotWellFormed("duplicate attribute"),
+        _ => ParseError::NotWellFormed("malformed attribute"),
     }
 }
 
@@ -756,21 +1209,30 @@ fn zero_bytes(word: u64) -> u64 {
 }
 
 /// First index `>= from` of a byte in `data` that `hit` flags, scanning eight
-/// bytes per step (SWAR): tokens are scanned on every read, so this loop is
-/// most of the tokenizer's cost.
+/// bytes per step (SWAR): every byte of the stream goes through these
+/// searches, and tokens are short, so a word loop without call overhead
+/// beats a general-purpose search here.
 #[inline]
 fn find_swar(data: &[u8], from: usize, hit: impl Fn(u64) -> u64, slow: impl Fn(u8) -> bool) -> Option<usize> {
     let hay = data.get(from..)?;
+    let word = |at: usize| hay.get(at..at + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()).map(u64::from_le_bytes);
     let mut i = 0;
-    while let Some(chunk) = hay.get(i..i + 8) {
-        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let found = hit(u64::from_le_bytes(bytes));
+    while let Some(w) = word(i) {
+        let found = hit(w);
         if found != 0 {
             return Some(from + i + (found.trailing_zeros() / 8) as usize);
         }
         i += 8;
+    }
+    if i == hay.len() {
+        return None;
+    }
+    // A partial last word: re-read the last eight bytes and ignore those
+    // already searched. They hold no hit, so they cannot cause a false one.
+    if let Some(w) = hay.len().checked_sub(8).and_then(word) {
+        let seen = 8 - (hay.len() - i);
+        let found = hit(w) & (u64::MAX << (8 * seen));
+        return (found != 0).then(|| from + hay.len() - 8 + (found.trailing_zeros() / 8) as usize);
     }
     hay[i..].iter().position(|&c| slow(c)).map(|j| from + i + j)
 }
@@ -853,7 +1315,13 @@ fn declare(scope: &mut Vec<Binding>, tag_start: usize, prefix: &str, uri: String
     if !prefix.is_empty() && uri.is_empty() {
         return Err(ParseError::NotWellFormed("a prefix cannot be bound to the empty namespace"));
     }
-    if scope[tag_start..].iter().any(|b| b.prefix == prefix) {
+    // Checked here too (the caller adds the header's declarations) so that
+    // a tag with thousands of declarations fails before the quadratic
+    // duplicate check below gets expensive.
+    if scope.len() >= MAX_NAMESPACES_IN_SCOPE {
+        return Err(ParseError::TooManyNamespaces(MAX_NAMESPACES_IN_SCOPE));
+    }
+    if scope[tag_start..].iter().any(|b| same(&b.prefix, prefix)) {
         return Err(ParseError::NotWellFormed("duplicate namespace declaration"));
     }
     scope.push(Binding { prefix: prefix.to_owned(), uri });
@@ -865,8 +1333,12 @@ fn declare(scope: &mut Vec<Binding>, tag_start: usize, prefix: &str, uri: String
 /// attribute so the element can be serialized on its own (see
 /// [`crate::element`]).
 fn resolve_attr_prefixes(attrs: &mut Vec<(String, String)>, scope: &[Binding], base: &[Binding]) -> Result<()> {
-    // Most elements have no prefixed attribute at all: skip the bookkeeping.
-    if !attrs.iter().any(|(k, _)| k.contains(':')) {
+    // Most elements have no prefixed attribute other than `xml:lang`: skip
+    // the bookkeeping. `xml:` attributes need none: no other prefix can be
+    // bound to the xml namespace (see `declare`), so their expanded names
+    // are distinct if their literal names are, which quick-xml's reading
+    // has checked.
+    if !attrs.iter().any(|(k, _)| k.bytes().any(|c| c == b':') && !k.starts_with("xml:")) {
         return Ok(());
     }
     let mut keep: Vec<(String, String)> = Vec::new();
@@ -876,7 +1348,7 @@ fn resolve_attr_prefixes(attrs: &mut Vec<(String, String)>, scope: &[Binding], b
             continue;
         };
         if prefix == "xmlns" {
-            // Only kept declarations look like this; parse_start_tag never
+            // Only kept declarations look like this; read_start_tag never
             // stores a declaration as an attribute.
             continue;
         }
@@ -893,6 +1365,17 @@ fn resolve_attr_prefixes(attrs: &mut Vec<(String, String)>, scope: &[Binding], b
     Ok(())
 }
 
+/// Whether attribute names are distinct: [`all_distinct`] without
+/// collecting the names first.
+fn attr_names_distinct(attrs: &[(String, String)]) -> bool {
+    if attrs.len() <= 8 {
+        attrs.iter().enumerate().all(|(i, (a, _))| attrs[..i].iter().all(|(b, _)| !same(a, b)))
+    } else {
+        let mut seen = HashSet::with_capacity(attrs.len());
+        attrs.iter().all(|(a, _)| seen.insert(a.as_str()))
+    }
+}
+
 /// Duplicate check that stays linear for hostile tags with thousands of
 /// attributes, and allocation-free for normal ones.
 fn all_distinct<T: Eq + std::hash::Hash>(items: &[T]) -> bool {
@@ -904,115 +1387,10 @@ fn all_distinct<T: Eq + std::hash::Hash>(items: &[T]) -> bool {
     }
 }
 
-/// [`all_distinct`] for attribute names, without collecting them first.
-fn attr_names_distinct(attrs: &[(String, String)]) -> bool {
-    if attrs.len() <= 8 {
-        attrs.iter().enumerate().all(|(i, (a, _))| attrs[..i].iter().all(|(b, _)| !same(a, b)))
-    } else {
-        let mut seen = HashSet::with_capacity(attrs.len());
-        attrs.iter().all(|(a, _)| seen.insert(a.as_str()))
-    }
-}
-
-/// Parses `<qname attr='v' ...>` or `<qname .../>`: pushes namespace
-/// declarations onto `scope` and other attributes (unescaped, normalized)
-/// onto `attrs`. Returns the qualified name and whether the tag self-closed.
-fn parse_start_tag<'t>(
-    tok: &'t str,
-    scope: &mut Vec<Binding>,
-    attrs: &mut Vec<(String, String)>,
-) -> Result<(&'t str, bool)> {
-    let b = tok.as_bytes();
-    // The scanner guarantees `<` first and `>` last; inside a quoted value a
-    // `/` can never be directly before the final `>`, so this is exact.
-    let mut end = b.len() - 1;
-    let empty = end >= 2 && b[end - 1] == b'/';
-    if empty {
-        end -= 1;
-    }
-    let inner = &tok[1..end];
-    let ib = inner.as_bytes();
-    let name_end = ib.iter().position(|&c| is_ws(c)).unwrap_or(ib.len());
-    let qname = &inner[..name_end];
-    if !is_qname(qname) || qname.starts_with("xmlns:") {
-        return Err(ParseError::NotWellFormed("invalid element name"));
-    }
-    if qname.starts_with("xml:") {
-        // Allowed by Namespaces in XML but meaningless in XMPP, and such an
-        // element could not be written back out unprefixed.
-        return Err(ParseError::ReservedNamespace);
-    }
-    let tag_scope = scope.len();
-    let mut i = name_end;
-    loop {
-        let ws_start = i;
-        while i < ib.len() && is_ws(ib[i]) {
-            i += 1;
-        }
-        if i == ib.len() {
-            break;
-        }
-        if i == ws_start {
-            return Err(ParseError::NotWellFormed("missing whitespace before attribute"));
-        }
-        let name_start = i;
-        while i < ib.len() && ib[i] != b'=' && !is_ws(ib[i]) {
-            i += 1;
-        }
-        let name = &inner[name_start..i];
-        if !is_qname(name) {
-            return Err(ParseError::NotWellFormed("invalid attribute name"));
-        }
-        while i < ib.len() && is_ws(ib[i]) {
-            i += 1;
-        }
-        if ib.get(i) != Some(&b'=') {
-            return Err(ParseError::NotWellFormed("expected '=' after attribute name"));
-        }
-        i += 1;
-        while i < ib.len() && is_ws(ib[i]) {
-            i += 1;
-        }
-        let quote = match ib.get(i) {
-            Some(&q @ (b'\'' | b'"')) => q,
-            _ => return Err(ParseError::NotWellFormed("attribute value must be quoted")),
-        };
-        let value_end = find_byte(quote, ib, i + 1).ok_or(ParseError::NotWellFormed("unterminated attribute value"))?;
-        let raw = &inner[i + 1..value_end];
-        i = value_end + 1;
-        let mut value = String::with_capacity(raw.len());
-        decode(raw.as_bytes(), &mut value, Mode::Attr)?;
-        if name == "xmlns" {
-            declare(scope, tag_scope, "", value)?;
-        } else if let Some(prefix) = name.strip_prefix("xmlns:") {
-            declare(scope, tag_scope, prefix, value)?;
-        } else {
-            attrs.push((name.to_owned(), value));
-        }
-    }
-    if !attr_names_distinct(attrs) {
-        return Err(ParseError::NotWellFormed("duplicate attribute"));
-    }
-    Ok((qname, empty))
-}
-
-/// The name in `</name>`, allowing whitespace before `>`.
-fn end_tag_name(bytes: &[u8]) -> Result<&str> {
-    let tok = utf8(bytes)?;
-    let inner = &tok[2..tok.len() - 1];
-    let name = inner.trim_end_matches([' ', '\t', '\n', '\r']);
-    if name.is_empty() || name.bytes().any(is_ws) {
-        return Err(ParseError::NotWellFormed("malformed end tag"));
-    }
-    Ok(name)
-}
-
 /// Validates and handles the XML declaration. quick-xml does the parsing of
 /// its pseudo-attributes.
 fn parse_decl(bytes: &[u8]) -> Result<()> {
-    use quick_xml::events::Event;
-    let tok = utf8(bytes)?;
-    let mut reader = quick_xml::Reader::from_str(tok);
+    let mut reader = xml_reader(bytes);
     match reader.read_event() {
         Ok(Event::Decl(decl)) => {
             let version = decl.version().map_err(|_| ParseError::NotWellFormed("XML declaration without version"))?;
@@ -1030,68 +1408,55 @@ fn parse_decl(bytes: &[u8]) -> Result<()> {
             Ok(())
         }
         Ok(_) => Err(ParseError::RestrictedXml("processing instruction")),
+        Err(XmlError::Encoding(_)) => Err(ParseError::InvalidUtf8),
         Err(_) => Err(ParseError::NotWellFormed("malformed XML declaration")),
     }
 }
 
-/// What kind of character data [`decode`] handles.
+/// Which characters [`check_chars`] refuses besides those that are not XML
+/// `Char`s, and which ones need rewriting.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Element content: references, end-of-line handling, no `]]>`.
+enum Chars {
+    /// Element content: also `]]>`. CR needs end-of-line handling.
     Text,
-    /// Attribute value: references, whitespace normalized to spaces, no `<`.
-    Attr,
-    /// CDATA section content: literal apart from end-of-line handling.
-    CData,
+    /// A raw attribute value: also `<`. References, tab, LF and CR need
+    /// unescaping and normalization.
+    AttrValue,
+    /// Only what is not an XML `Char` (CDATA content, unescaped values). CR
+    /// needs end-of-line handling.
+    Plain,
 }
 
-/// Validates (UTF-8, XML `Char`) and unescapes `raw` into `out`, in one pass
-/// that copies unchanged runs as whole slices.
-fn decode(raw: &[u8], out: &mut String, mode: Mode) -> Result<()> {
-    let s = utf8(raw)?;
-    let b = raw;
-    let special = match mode {
-        Mode::Text => &TEXT_SPECIAL,
-        Mode::Attr => &ATTR_SPECIAL,
-        Mode::CData => &CDATA_SPECIAL,
+/// Checks what quick-xml does not: that `s` holds only XML `Char`s (no
+/// control characters other than tab, LF and CR, no U+FFFE or U+FFFF;
+/// surrogates cannot occur in a `str`), plus the per-context rules of
+/// `what`. Returns whether `s` needs quick-xml's unescaping or end-of-line
+/// handling, which most text and values do not. Skips eight ordinary bytes
+/// per step: every byte of character data and attribute values passes here.
+fn check_chars(s: &str, what: Chars) -> Result<bool> {
+    let b = s.as_bytes();
+    // Besides control characters and the lead byte of U+FFFE/U+FFFF, look
+    // at these two bytes.
+    let (x, y) = match what {
+        Chars::Text => (b'>', b'>'),
+        Chars::AttrValue => (b'<', b'&'),
+        Chars::Plain => (0xEF, 0xEF),
     };
-    let mut i = 0;
-    let mut last = 0;
-    loop {
-        // Tight skip over ordinary bytes; only flagged ones reach the match.
-        while i < b.len() && !special[usize::from(b[i])] {
-            i += 1;
-        }
-        if i >= b.len() {
-            break;
-        }
+    let (xs, ys) = (LO * u64::from(x), LO * u64::from(y));
+    let hit = |w: u64| {
+        // Bytes below 0x20; as in `zero_bytes`, the lowest flag is exact.
+        (w.wrapping_sub(LO * 0x20) & !w & HI) | zero_bytes(w ^ (LO * 0xEF)) | zero_bytes(w ^ xs) | zero_bytes(w ^ ys)
+    };
+    let slow = |c: u8| c < 0x20 || c == 0xEF || c == x || c == y;
+    let mut rewrite = false;
+    let mut from = 0;
+    while let Some(i) = find_swar(b, from, hit, slow) {
         match b[i] {
-            b'&' if mode != Mode::CData => {
-                out.push_str(&s[last..i]);
-                let semi = find_byte(b';', b, i + 1).ok_or(ParseError::NotWellFormed("unterminated reference"))?;
-                resolve_reference(&s[i + 1..semi], out)?;
-                i = semi + 1;
-                last = i;
-            }
-            b'\r' => {
-                // XML 1.0 §2.11: CR LF and lone CR become LF; in attributes
-                // §3.3.3 then turns it into a space.
-                out.push_str(&s[last..i]);
-                out.push(if mode == Mode::Attr { ' ' } else { '\n' });
-                i += if b.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
-                last = i;
-            }
-            b'\t' | b'\n' if mode == Mode::Attr => {
-                out.push_str(&s[last..i]);
-                out.push(' ');
-                i += 1;
-                last = i;
-            }
-            b'\t' | b'\n' => i += 1,
-            b'<' if mode == Mode::Attr => {
-                return Err(ParseError::NotWellFormed("'<' in attribute value"));
-            }
-            b'>' if mode == Mode::Text && i >= 2 && &b[i - 2..i] == b"]]" => {
+            b'\t' | b'\n' => rewrite |= what == Chars::AttrValue,
+            // `&` is only looked at in attribute values.
+            b'\r' | b'&' => rewrite = true,
+            b'<' => return Err(ParseError::NotWellFormed("'<' in attribute value")),
+            b'>' if i >= 2 && &b[i - 2..i] == b"]]" => {
                 return Err(ParseError::NotWellFormed("']]>' in character data"));
             }
             0..=0x1F => return Err(ParseError::NotWellFormed("control character")),
@@ -1099,87 +1464,11 @@ fn decode(raw: &[u8], out: &mut String, mode: Mode) -> Result<()> {
             0xEF if b.get(i + 1) == Some(&0xBF) && matches!(b.get(i + 2), Some(0xBE | 0xBF)) => {
                 return Err(ParseError::NotWellFormed("non-character U+FFFE/U+FFFF"));
             }
-            _ => i += 1,
+            _ => {}
         }
+        from = i + 1;
     }
-    out.push_str(&s[last..]);
-    Ok(())
-}
-
-/// Bytes [`decode`] must look at, per mode: everything else is copied.
-const fn special_bytes(mode: Mode) -> [bool; 256] {
-    let mut t = [false; 256];
-    let mut c = 0;
-    while c < 0x20 {
-        t[c] = true;
-        c += 1;
-    }
-    t[b'\r' as usize] = true;
-    t[0xEF] = true;
-    match mode {
-        Mode::Text => {
-            t[b'\t' as usize] = false;
-            t[b'\n' as usize] = false;
-            t[b'&' as usize] = true;
-            t[b'>' as usize] = true;
-        }
-        Mode::Attr => {
-            t[b'&' as usize] = true;
-            t[b'<' as usize] = true;
-        }
-        Mode::CData => {
-            t[b'\t' as usize] = false;
-            t[b'\n' as usize] = false;
-        }
-    }
-    t
-}
-
-static TEXT_SPECIAL: [bool; 256] = special_bytes(Mode::Text);
-static ATTR_SPECIAL: [bool; 256] = special_bytes(Mode::Attr);
-static CDATA_SPECIAL: [bool; 256] = special_bytes(Mode::CData);
-
-/// Appends the replacement of `&name;`: one of the five predefined entities
-/// or a character reference. Anything else would need a DTD, which RFC 6120
-/// forbids, so it is refused without any expansion.
-fn resolve_reference(name: &str, out: &mut String) -> Result<()> {
-    let c = match name {
-        "lt" => '<',
-        "gt" => '>',
-        "amp" => '&',
-        "apos" => '\'',
-        "quot" => '"',
-        _ => {
-            if let Some(num) = name.strip_prefix('#') {
-                char_reference(num)?
-            } else if is_name(name) {
-                let mut name = name.to_owned();
-                name.truncate(name.floor_char_boundary(64));
-                return Err(ParseError::UndefinedEntity(name));
-            } else {
-                return Err(ParseError::NotWellFormed("malformed reference"));
-            }
-        }
-    };
-    out.push(c);
-    Ok(())
-}
-
-/// `&#NNN;` / `&#xHHH;` (the part after `#`).
-fn char_reference(num: &str) -> Result<char> {
-    let (digits, radix) = match num.strip_prefix('x') {
-        Some(hex) => (hex, 16),
-        None => (num, 10),
-    };
-    let bad = ParseError::NotWellFormed("invalid character reference");
-    // `from_str_radix` alone would accept a sign.
-    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
-        return Err(bad);
-    }
-    match u32::from_str_radix(digits, radix).ok().and_then(char::from_u32) {
-        Some(c) if is_xml_char(c) => Ok(c),
-        _ => Err(bad),
-    }
+    Ok(rewrite)
 }
 
 /// XML 1.0 `Char` production (surrogates are excluded by `char` already).
@@ -1232,12 +1521,15 @@ static ASCII_NAME: [u8; 128] = {
 /// the bytes for ASCII names (all XMPP names in practice); the general
 /// Unicode rules otherwise.
 fn is_qname(s: &str) -> bool {
+    is_qname_ascii(s.as_bytes()).unwrap_or_else(|| is_qname_unicode(s))
+}
+
+/// [`is_qname`] for ASCII names; `None` if `s` is not ASCII.
+fn is_qname_ascii(s: &[u8]) -> Option<bool> {
     let mut need_start = true;
     let mut seen_colon = false;
-    for &c in s.as_bytes() {
-        let Some(&class) = ASCII_NAME.get(usize::from(c)) else {
-            return is_qname_unicode(s);
-        };
+    for &c in s {
+        let class = *ASCII_NAME.get(usize::from(c))?;
         match class {
             2 => need_start = false,
             1 if !need_start => {}
@@ -1245,10 +1537,10 @@ fn is_qname(s: &str) -> bool {
                 seen_colon = true;
                 need_start = true;
             }
-            _ => return false,
+            _ => return Some(false),
         }
     }
-    !need_start
+    Some(!need_start)
 }
 
 fn is_qname_unicode(s: &str) -> bool {

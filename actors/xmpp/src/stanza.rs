@@ -86,10 +86,7 @@ impl PresenceType {
     pub fn is_subscription(self) -> bool {
         matches!(
             self,
-            PresenceType::Subscribe
-                | PresenceType::Subscribed
-                | PresenceType::Unsubscribe
-                | PresenceType::Unsubscribed
+            PresenceType::Subscribe | PresenceType::Subscribed | PresenceType::Unsubscribe | PresenceType::Unsubscribed
         )
     }
 }
@@ -163,7 +160,15 @@ pub fn iq_result(req: &Element, payload: Option<Element>) -> Element {
 /// (RFC 6121 §8.5.2 leaves it to policy; chat states alone are not worth it).
 pub fn has_storable_content(el: &Element) -> bool {
     el.elements().any(|c| {
-        c.name == "body" || c.name == "subject" || (c.name != "thread" && c.ns != ns::CLIENT && c.name != "active" && c.name != "composing" && c.name != "paused" && c.name != "inactive" && c.name != "gone")
+        c.name == "body"
+            || c.name == "subject"
+            || (c.name != "thread"
+                && c.ns != ns::CLIENT
+                && c.name != "active"
+                && c.name != "composing"
+                && c.name != "paused"
+                && c.name != "inactive"
+                && c.name != "gone")
     })
 }
 

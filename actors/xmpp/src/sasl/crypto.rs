@@ -26,8 +26,7 @@ pub(crate) fn hash(alg: HashAlg, data: &[u8]) -> Vec<u8> {
 fn hmac_with<D: hmac::EagerHash>(key: &[u8], data: &[u8]) -> Vec<u8> {
     // HMAC is defined for keys of any length (long keys are hashed, short
     // ones padded), so this constructor cannot fail for `Hmac`.
-    let mut mac =
-        <Hmac<D> as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    let mut mac = <Hmac<D> as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
     Mac::update(&mut mac, data);
     mac.finalize().into_bytes().to_vec()
 }

@@ -149,10 +149,7 @@ impl Mechanism {
 
     /// Whether this is a channel-binding (`-PLUS`) mechanism.
     pub fn is_plus(&self) -> bool {
-        matches!(
-            self,
-            Mechanism::ScramSha1Plus | Mechanism::ScramSha256Plus | Mechanism::ScramSha512Plus
-        )
+        matches!(self, Mechanism::ScramSha1Plus | Mechanism::ScramSha256Plus | Mechanism::ScramSha512Plus)
     }
 
     /// The SCRAM hash, or `None` for PLAIN.
@@ -194,8 +191,7 @@ impl Credentials {
                 let Some(entry) = list.iter().max_by_key(|c| c.hash.strength()) else {
                     return false;
                 };
-                match ScramCredentials::derive(entry.hash, password, &entry.salt, entry.iterations)
-                {
+                match ScramCredentials::derive(entry.hash, password, &entry.salt, entry.iterations) {
                     Ok(derived) => crypto::ct_eq(&derived.stored_key, &entry.stored_key),
                     Err(_) => false,
                 }
@@ -292,10 +288,7 @@ pub enum SaslOutput {
     /// Authenticated as `username` (SASLprep'd authcid). Send `<success/>`
     /// with `additional_data` if present. Any requested authorization
     /// identity is in [`SaslServer::authzid`].
-    Success {
-        username: String,
-        additional_data: Option<Vec<u8>>,
-    },
+    Success { username: String, additional_data: Option<Vec<u8>> },
     /// Send `<failure/>` with this condition. The exchange is over.
     Failure(SaslFailure),
 }
@@ -415,20 +408,15 @@ impl SaslServer {
             // RFC 6120 §6.4.2: with no initial response the server sends an
             // empty challenge. We cannot tell "=" from absent, and an empty
             // message is valid for neither PLAIN nor SCRAM, so do it once.
-            (State::Start { challenged: false }, SaslInput::Response([])) => (
-                State::Start { challenged: true },
-                SaslOutput::Challenge(Vec::new()),
-            ),
+            (State::Start { challenged: false }, SaslInput::Response([])) => {
+                (State::Start { challenged: true }, SaslOutput::Challenge(Vec::new()))
+            }
             (State::Start { .. }, SaslInput::Response(msg)) => self.first_message(msg),
             (State::PlainAwaitCredentials(p), SaslInput::Credentials(creds)) => {
                 match creds {
-                    Some(c) if c.verify_password(&p.password) => (
-                        State::Done,
-                        SaslOutput::Success {
-                            username: p.username,
-                            additional_data: None,
-                        },
-                    ),
+                    Some(c) if c.verify_password(&p.password) => {
+                        (State::Done, SaslOutput::Success { username: p.username, additional_data: None })
+                    }
                     // Same answer for "no such user" and "wrong password".
                     _ => fail(SaslFailure::NotAuthorized),
                 }
@@ -437,30 +425,14 @@ impl SaslServer {
                 let Some(hash) = self.mechanism.hash() else {
                     return fail(SaslFailure::TemporaryAuthFailure);
                 };
-                let (await_final, server_first) = scram::server_first(
-                    cf,
-                    hash,
-                    creds,
-                    self.default_iterations,
-                    self.nonce_override.as_deref(),
-                );
-                (
-                    State::ScramAwaitFinal(await_final),
-                    SaslOutput::Challenge(server_first),
-                )
+                let (await_final, server_first) =
+                    scram::server_first(cf, hash, creds, self.default_iterations, self.nonce_override.as_deref());
+                (State::ScramAwaitFinal(await_final), SaslOutput::Challenge(server_first))
             }
-            (State::ScramAwaitFinal(af), SaslInput::Response(msg)) => {
-                match scram::server_final(af, msg) {
-                    Ok((username, v)) => (
-                        State::Done,
-                        SaslOutput::Success {
-                            username,
-                            additional_data: Some(v),
-                        },
-                    ),
-                    Err(f) => fail(f),
-                }
-            }
+            (State::ScramAwaitFinal(af), SaslInput::Response(msg)) => match scram::server_final(af, msg) {
+                Ok((username, v)) => (State::Done, SaslOutput::Success { username, additional_data: Some(v) }),
+                Err(f) => fail(f),
+            },
             // Credentials nobody asked for: a driver bug, not the client's.
             (_, SaslInput::Credentials(_)) => fail(SaslFailure::TemporaryAuthFailure),
             // A response while we wait for the store, or after the end.
@@ -475,27 +447,16 @@ impl SaslServer {
                 Ok(p) => {
                     self.authzid = p.authzid.clone();
                     let username = p.username.clone();
-                    (
-                        State::PlainAwaitCredentials(p),
-                        SaslOutput::LookupCredentials { username },
-                    )
+                    (State::PlainAwaitCredentials(p), SaslOutput::LookupCredentials { username })
                 }
                 Err(f) => fail(f),
             };
         }
-        match scram::parse_client_first(
-            msg,
-            self.mechanism,
-            self.tls_exporter.as_deref(),
-            self.plus_advertised,
-        ) {
+        match scram::parse_client_first(msg, self.mechanism, self.tls_exporter.as_deref(), self.plus_advertised) {
             Ok(cf) => {
                 self.authzid = cf.authzid.clone();
                 let username = cf.username.clone();
-                (
-                    State::ScramAwaitCredentials(cf),
-                    SaslOutput::LookupCredentials { username },
-                )
+                (State::ScramAwaitCredentials(cf), SaslOutput::LookupCredentials { username })
             }
             Err(f) => fail(f),
         }

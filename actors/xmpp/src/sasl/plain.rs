@@ -18,8 +18,7 @@ pub(super) struct Pending {
 pub(super) fn parse(msg: &[u8]) -> Result<Pending, SaslFailure> {
     let text = std::str::from_utf8(msg).map_err(|_| SaslFailure::MalformedRequest)?;
     let mut parts = text.split('\0');
-    let (Some(authzid), Some(authcid), Some(password), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(authzid), Some(authcid), Some(password), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(SaslFailure::MalformedRequest);
     };
@@ -28,19 +27,13 @@ pub(super) fn parse(msg: &[u8]) -> Result<Pending, SaslFailure> {
     }
     // RFC 4616 §2: the server prepares authcid and password with SASLprep.
     // A name SASLprep rejects cannot belong to any account.
-    let username = stringprep::saslprep(authcid)
-        .map_err(|_| SaslFailure::MalformedRequest)?
-        .into_owned();
+    let username = stringprep::saslprep(authcid).map_err(|_| SaslFailure::MalformedRequest)?.into_owned();
     if username.is_empty() {
         return Err(SaslFailure::MalformedRequest);
     }
     let authzid = (!authzid.is_empty()).then(|| authzid.to_owned());
     check_authzid(authzid.as_deref(), &username)?;
-    Ok(Pending {
-        username,
-        password: password.to_owned(),
-        authzid,
-    })
+    Ok(Pending { username, password: password.to_owned(), authzid })
 }
 
 /// Builds the PLAIN initial response for a client.

@@ -25,10 +25,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
 use super::crypto;
-use super::{
-    check_authzid, Credentials, HashAlg, Mechanism, SaslError, SaslFailure, SALT_LEN,
-    TLS_EXPORTER_CB_NAME,
-};
+use super::{check_authzid, Credentials, HashAlg, Mechanism, SaslError, SaslFailure, SALT_LEN, TLS_EXPORTER_CB_NAME};
 
 /// Random bytes in each side's nonce part (base64-encoded to 32 characters).
 const NONCE_BYTES: usize = 24;
@@ -44,12 +41,7 @@ pub struct ScramCredentials {
 }
 
 /// `SaltedPassword` for a password, after SASLprep.
-fn salted_password(
-    hash: HashAlg,
-    password: &str,
-    salt: &[u8],
-    iterations: u32,
-) -> Result<Vec<u8>, SaslError> {
+fn salted_password(hash: HashAlg, password: &str, salt: &[u8], iterations: u32) -> Result<Vec<u8>, SaslError> {
     if iterations == 0 {
         return Err(SaslError::InvalidIterations);
     }
@@ -60,12 +52,7 @@ fn salted_password(
 impl ScramCredentials {
     /// Derives the stored keys from a password (SASLprep'd first, as the
     /// client will do the same).
-    pub fn derive(
-        hash: HashAlg,
-        password: &str,
-        salt: &[u8],
-        iterations: u32,
-    ) -> Result<Self, SaslError> {
+    pub fn derive(hash: HashAlg, password: &str, salt: &[u8], iterations: u32) -> Result<Self, SaslError> {
         let salted = salted_password(hash, password, salt, iterations)?;
         let client_key = crypto::hmac(hash, &salted, b"Client Key");
         Ok(ScramCredentials {
@@ -99,23 +86,13 @@ impl ScramCredentials {
     /// lengths against the hash.
     pub fn from_storage_string(s: &str) -> Result<Self, SaslError> {
         let mut parts = s.split('$');
-        let (Some(hash), Some(iterations), Some(salt), Some(stored), Some(server), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return Err(SaslError::InvalidStorage(
-                "expected five '$'-separated fields",
-            ));
+        let (Some(hash), Some(iterations), Some(salt), Some(stored), Some(server), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(SaslError::InvalidStorage("expected five '$'-separated fields"));
         };
-        let hash =
-            HashAlg::from_storage_name(hash).ok_or(SaslError::InvalidStorage("unknown hash"))?;
-        let iterations: u32 = iterations
-            .parse()
-            .map_err(|_| SaslError::InvalidStorage("bad iteration count"))?;
+        let hash = HashAlg::from_storage_name(hash).ok_or(SaslError::InvalidStorage("unknown hash"))?;
+        let iterations: u32 = iterations.parse().map_err(|_| SaslError::InvalidStorage("bad iteration count"))?;
         if iterations == 0 {
             return Err(SaslError::InvalidIterations);
         }
@@ -130,9 +107,7 @@ impl ScramCredentials {
         if creds.salt.is_empty() {
             return Err(SaslError::InvalidStorage("empty salt"));
         }
-        if creds.stored_key.len() != hash.output_len()
-            || creds.server_key.len() != hash.output_len()
-        {
+        if creds.stored_key.len() != hash.output_len() || creds.server_key.len() != hash.output_len() {
             return Err(SaslError::InvalidStorage("key length does not match hash"));
         }
         Ok(creds)
@@ -221,11 +196,7 @@ pub(super) fn parse_client_first(
         "y" => &[],
         _ => {
             let name = flag.strip_prefix("p=").ok_or(MalformedRequest)?;
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-            {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
                 return Err(MalformedRequest);
             }
             // Channel binding with a non-PLUS mechanism, a binding type we do
@@ -253,17 +224,12 @@ pub(super) fn parse_client_first(
     let first = fields.next().ok_or(MalformedRequest)?;
     // "m=" announces a mandatory extension; we support none (RFC 5802 §5.1).
     let user = attr(first, b'n').ok_or(MalformedRequest)?;
-    let nonce = fields
-        .next()
-        .and_then(|f| attr(f, b'r'))
-        .ok_or(MalformedRequest)?;
+    let nonce = fields.next().and_then(|f| attr(f, b'r')).ok_or(MalformedRequest)?;
     if !is_valid_nonce(nonce) || !fields.all(is_attr) {
         return Err(MalformedRequest);
     }
     let user = decode_saslname(user).ok_or(MalformedRequest)?;
-    let username = stringprep::saslprep(&user)
-        .map_err(|_| MalformedRequest)?
-        .into_owned();
+    let username = stringprep::saslprep(&user).map_err(|_| MalformedRequest)?.into_owned();
     if username.is_empty() {
         return Err(MalformedRequest);
     }
@@ -312,13 +278,9 @@ pub(super) fn server_first(
         Some(Credentials::Scram(list)) => list.into_iter().find(|c| c.hash == hash),
         // Plaintext store: derive on the fly, with the same stable salt an
         // unknown user would get so the two cannot be told apart.
-        Some(Credentials::Plain(password)) => ScramCredentials::derive(
-            hash,
-            &password,
-            &crypto::stable_salt(hash, &cf.username),
-            default_iterations,
-        )
-        .ok(),
+        Some(Credentials::Plain(password)) => {
+            ScramCredentials::derive(hash, &password, &crypto::stable_salt(hash, &cf.username), default_iterations).ok()
+        }
         None => None,
     };
     let (keys, genuine) = match found {
@@ -336,12 +298,7 @@ pub(super) fn server_first(
     };
     let server_part = nonce_override.map_or_else(new_nonce, str::to_owned);
     let nonce = format!("{}{}", cf.client_nonce, server_part);
-    let server_first = format!(
-        "r={},s={},i={}",
-        nonce,
-        B64.encode(&keys.salt),
-        keys.iterations
-    );
+    let server_first = format!("r={},s={},i={}", nonce, B64.encode(&keys.salt), keys.iterations);
     let auth_prefix = format!("{},{},", cf.client_first_bare, server_first);
     (
         AwaitFinal {
@@ -368,15 +325,9 @@ pub(super) fn server_final(af: AwaitFinal, msg: &[u8]) -> Result<(String, Vec<u8
     let proof = attr(proof, b'p').ok_or(MalformedRequest)?;
     let proof = B64.decode(proof).map_err(|_| MalformedRequest)?;
     let mut fields = without_proof.split(',');
-    let cbind = fields
-        .next()
-        .and_then(|f| attr(f, b'c'))
-        .ok_or(MalformedRequest)?;
+    let cbind = fields.next().and_then(|f| attr(f, b'c')).ok_or(MalformedRequest)?;
     let cbind = B64.decode(cbind).map_err(|_| MalformedRequest)?;
-    let nonce = fields
-        .next()
-        .and_then(|f| attr(f, b'r'))
-        .ok_or(MalformedRequest)?;
+    let nonce = fields.next().and_then(|f| attr(f, b'r')).ok_or(MalformedRequest)?;
     if !fields.all(is_attr) || proof.len() != af.hash.output_len() {
         return Err(MalformedRequest);
     }
@@ -444,17 +395,10 @@ impl ScramClient {
 
     /// Starts an exchange with a given client nonce (for test vectors; a
     /// nonce must never repeat). It must be printable ASCII without ','.
-    pub fn with_nonce(
-        hash: HashAlg,
-        username: &str,
-        password: &str,
-        cb: ClientChannelBinding,
-        nonce: &str,
-    ) -> Self {
+    pub fn with_nonce(hash: HashAlg, username: &str, password: &str, cb: ClientChannelBinding, nonce: &str) -> Self {
         // RFC 5802 §5.1: the client SHOULD SASLprep the username; if that
         // fails, send it as is and let the server decide.
-        let username =
-            stringprep::saslprep(username).map_or_else(|_| username.to_owned(), |u| u.into_owned());
+        let username = stringprep::saslprep(username).map_or_else(|_| username.to_owned(), |u| u.into_owned());
         let password = stringprep::saslprep(password).ok().map(|p| p.into_owned());
         ScramClient {
             hash,
@@ -500,28 +444,17 @@ impl ScramClient {
             return Err(SaslError::UnsupportedExtension);
         }
         let nonce = attr(first, b'r').ok_or(SaslError::Malformed("expected r="))?;
-        let salt = fields
-            .next()
-            .and_then(|f| attr(f, b's'))
-            .ok_or(SaslError::Malformed("expected s="))?;
-        let iterations = fields
-            .next()
-            .and_then(|f| attr(f, b'i'))
-            .ok_or(SaslError::Malformed("expected i="))?;
+        let salt = fields.next().and_then(|f| attr(f, b's')).ok_or(SaslError::Malformed("expected s="))?;
+        let iterations = fields.next().and_then(|f| attr(f, b'i')).ok_or(SaslError::Malformed("expected i="))?;
         if !fields.all(is_attr) {
             return Err(SaslError::Malformed("bad extension"));
         }
         // The server must extend our nonce with its own part.
-        if !is_valid_nonce(nonce)
-            || nonce.len() <= self.client_nonce.len()
-            || !nonce.starts_with(&self.client_nonce)
-        {
+        if !is_valid_nonce(nonce) || nonce.len() <= self.client_nonce.len() || !nonce.starts_with(&self.client_nonce) {
             return Err(SaslError::NonceMismatch);
         }
         let salt = B64.decode(salt).map_err(|_| SaslError::Base64)?;
-        let iterations: u32 = iterations
-            .parse()
-            .map_err(|_| SaslError::Malformed("bad iteration count"))?;
+        let iterations: u32 = iterations.parse().map_err(|_| SaslError::Malformed("bad iteration count"))?;
         if iterations == 0 {
             return Err(SaslError::InvalidIterations);
         }
@@ -540,21 +473,14 @@ impl ScramClient {
         let auth_message = format!("{},{},{}", self.client_first_bare, text, without_proof);
         let client_signature = crypto::hmac(self.hash, &stored_key, auth_message.as_bytes());
         let proof = crypto::xor(&client_key, &client_signature);
-        self.server_signature = Some(crypto::hmac(
-            self.hash,
-            &server_key,
-            auth_message.as_bytes(),
-        ));
+        self.server_signature = Some(crypto::hmac(self.hash, &server_key, auth_message.as_bytes()));
         Ok(format!("{},p={}", without_proof, B64.encode(proof)).into_bytes())
     }
 
     /// Checks server-final (the `<success/>` additional data). Succeeding
     /// here is what authenticates the server to the client.
     pub fn verify_server_final(&self, server_final: &[u8]) -> Result<(), SaslError> {
-        let expected = self
-            .server_signature
-            .as_ref()
-            .ok_or(SaslError::OutOfOrder)?;
+        let expected = self.server_signature.as_ref().ok_or(SaslError::OutOfOrder)?;
         let text = std::str::from_utf8(server_final).map_err(|_| SaslError::InvalidUtf8)?;
         let first = text.split(',').next().unwrap_or("");
         if let Some(e) = attr(first, b'e') {
