@@ -82,7 +82,10 @@
 //! On anything else (an incomplete stanza, any error) the attempt is
 //! dropped and the scanner takes over from the start of the stanza, so the
 //! errors reported, and when, do not depend on how the input was split.
-//! The attempt is made once per stanza, keeping the work linear.
+//! The attempt is made once per stanza, keeping the work linear, and is
+//! skipped when the buffer cannot hold the whole stanza (no `>` at its end
+//! and no end tag with the stanza's name), so a stanza split over reads
+//! costs about one scan more than one parse, not two parses.
 //!
 //! Why not a single `Reader` over the stream: a reader over `io::Read`
 //! treats "no more bytes yet" as end of file and cannot resume after it,
@@ -964,6 +967,11 @@ impl Tree {
                 Err(e) => return Err(xml_error(e)),
             };
             match event {
+                // A stanza starts with its start tag: character data before
+                // it is stream-level text, which RFC 6120 §11 forbids.
+                Event::Text(_) | Event::CData(_) | Event::GeneralRef(_) if self.stack.is_empty() => {
+                    return Err(ParseError::TextAtStreamLevel)
+                }
                 Event::Start(e) => self.start(&e, false, max_depth, scanned)?,
                 Event::Empty(e) => self.start(&e, true, max_depth, scanned)?,
                 // quick-xml has checked that the name matches.
@@ -1662,6 +1670,15 @@ mod tests {
         let mut expected = vec![HDR_EV];
         expected.extend_from_slice(rest);
         check(&input, &expected);
+    }
+
+    /// Found by the fuzzer: the whole-stanza fast path skipped a CDATA
+    /// section at stream level and returned the stanza after it, while the
+    /// same bytes split across reads were (rightly) refused.
+    #[test]
+    fn cdata_at_stream_level_is_refused_however_split() {
+        check_in_stream("<![CDATA[x]]><u/>", &["error:bad-format"]);
+        check_in_stream("<![CDATA[x]]>", &["error:bad-format"]);
     }
 
     #[test]
