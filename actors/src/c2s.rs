@@ -28,6 +28,9 @@ use crate::services::{now_micros, Services};
 use crate::session::{ActorSink, C2sSession, ClientClosed, FromClient, IoControl, OutQueue};
 use crate::transport::Transport;
 
+/// Bytes read from a client socket at a time.
+const READ_BUFFER: usize = 4096;
+
 /// One `[[listen.c2s]]` listener's settings.
 pub struct C2sListener {
     pub negotiation: NegotiationConfig,
@@ -93,7 +96,9 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
         Negotiator::new(listener.negotiation.clone(), transport.is_tls(), transport.tls_exporter(), stream_id);
     let mut parser = StreamParser::new(listener.limits);
     let mut header_sent = false;
-    let mut buf = vec![0u8; 8192];
+    // Small reads: most stanzas are a few hundred bytes, and every idle
+    // connection keeps its buffer, so memory per session matters more.
+    let mut buf = vec![0u8; READ_BUFFER];
     let mut shutdown = svc.shutdown_signal();
     loop {
         loop {
@@ -200,6 +205,8 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
                         match parse_full(&format!("{user}@{host}/{resource}")) {
                             Ok(jid) => {
                                 let _ = neg.step(NegEvent::Bound(Ok(jid.clone())));
+                                // The negotiation buffer would otherwise live as long as the session.
+                                drop(std::mem::take(&mut buf));
                                 return run_session(svc, transport, parser, jid, id).await;
                             }
                             Err(_) => actions.extend(neg.step(NegEvent::Bound(Err(StanzaErrorCondition::BadRequest)))),
@@ -290,7 +297,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut io: watch::Receiver<IoControl>,
     idle_timeout: Duration,
 ) -> Result<(), ConnError> {
-    let mut buf = vec![0u8; 16384];
+    let mut buf = vec![0u8; READ_BUFFER];
     loop {
         loop {
             match parser.next_event() {
@@ -344,7 +351,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 ) {
     // A write that makes no progress for this long means the client is gone.
     const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-    let mut batch: Vec<u8> = Vec::with_capacity(16384);
+    // Grows to the largest batch written, and is given back after a big one.
+    let mut batch: Vec<u8> = Vec::new();
     let mut io_inner = io.clone();
     loop {
         tokio::select! {
@@ -371,6 +379,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     r = tokio::time::timeout(WRITE_TIMEOUT, async { writer.write_all(&batch).await?; writer.flush().await }) => r,
                 };
                 queued.fetch_sub(len.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+                if batch.capacity() > READ_BUFFER * 4 {
+                    batch = Vec::new();
+                }
                 if !matches!(res, Ok(Ok(()))) {
                     break;
                 }

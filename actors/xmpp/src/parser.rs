@@ -417,6 +417,10 @@ impl StreamParser {
         // valid.
         if self.pos == self.buf.len() {
             self.buf.clear();
+            // An idle stream should not keep the memory of its largest stanza.
+            if self.buf.capacity() > 16 * 1024 {
+                self.buf = Vec::new();
+            }
             self.pos = 0;
         } else if self.pos > 0 && self.pos >= self.buf.len() - self.pos {
             self.buf.drain(..self.pos);
