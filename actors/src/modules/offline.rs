@@ -33,6 +33,16 @@ impl Module for Offline {
     async fn user_available(&self, svc: &Arc<Services>, jid: &FullJid) {
         let (user, host) =
             (jid.node().map(|n| n.as_str().to_owned()).unwrap_or_default(), jid.domain().as_str().to_owned());
+        // Most logins find nothing stored: a read answers that without taking
+        // the database's write lock, which `take_offline` needs.
+        match svc.storage.count_offline(&host, &user).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, %jid, "offline messages could not be counted; they stay stored");
+                return;
+            }
+        }
         let msgs = match svc.storage.take_offline(&host, &user).await {
             Ok(m) => m,
             Err(e) => {
