@@ -40,13 +40,6 @@ pub struct C2sListener {
     pub allow_login: bool,
 }
 
-/// Counters for the admin API.
-#[derive(Default)]
-pub struct C2sStats {
-    pub connections: AtomicUsize,
-    pub auth_failures: AtomicUsize,
-}
-
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 enum ConnError {

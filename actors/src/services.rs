@@ -26,8 +26,6 @@ pub struct SessionSettings {
     pub negotiation_timeout: Duration,
     /// Most offline messages kept per user (XEP-0160).
     pub max_offline_messages: u64,
-    /// Whether XEP-0077 in-band registration is enabled.
-    pub registration: bool,
 }
 
 impl Default for SessionSettings {
@@ -39,7 +37,6 @@ impl Default for SessionSettings {
             keepalive_interval: Duration::from_secs(60),
             negotiation_timeout: Duration::from_secs(60),
             max_offline_messages: 1000,
-            registration: true,
         }
     }
 }

@@ -93,7 +93,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         keepalive_interval: Duration::from_secs(cfg.session.keepalive_interval),
         negotiation_timeout: Duration::from_secs(cfg.session.negotiation_timeout),
         max_offline_messages: cfg.modules.offline.max_messages,
-        registration: cfg.modules.register.enabled,
     };
     let modules = default_modules(&ModulesConfig { registration: cfg.modules.register.enabled });
     let svc = Services::new(router.clone(), storage.clone(), accounts, settings, workers.clone(), modules);
