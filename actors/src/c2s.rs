@@ -247,6 +247,28 @@ async fn run_session(
     jid: FullJid,
     bind_id: String,
 ) -> Result<(), ConnError> {
+    // The registry (on a cluster: a majority of its nodes) must accept the
+    // session before the client hears that it is bound.
+    let sid = svc.next_session_id();
+    let info =
+        SessionInfo { jid: jid.clone(), node: svc.router.node(), sid, priority: None, created_micros: now_micros() };
+    let mut transport = transport;
+    match svc.registry.open(info.clone()).await {
+        Ok(outcome) if outcome.accepted => {}
+        Ok(_) => {
+            // A newer session holds this full JID already.
+            return close_with(&mut transport, &StreamError::new(StreamErrorCondition::Conflict)).await;
+        }
+        Err(e) => {
+            tracing::warn!(%jid, error = %e, "login refused");
+            return close_with(
+                &mut transport,
+                &StreamError::with_text(StreamErrorCondition::InternalServerError, e.to_string()),
+            )
+            .await;
+        }
+    }
+
     let (reader, writer) = tokio::io::split(transport);
     let (out, out_rx, queued) = OutQueue::new(4096, svc.settings.max_outgoing_bytes);
     let (io_tx, io_rx) = watch::channel(IoControl::Run);
@@ -254,7 +276,6 @@ async fn run_session(
     // The bind reply is queued before the session is routable, so it is the first thing the client reads.
     let _ = out.push(bind_result_xml(&bind_id, &jid));
 
-    let sid = svc.next_session_id();
     let capacity = svc.settings.mailbox_capacity;
     let session = C2sSession::new(svc.clone(), jid.clone(), sid, out, io_tx);
     let addr = C2sSession::create(move |ctx| {
@@ -263,18 +284,9 @@ async fn run_session(
     });
     let router = &svc.router;
     router.register_sink(sid, Arc::new(ActorSink(addr.clone())));
-    let outcome = router.sessions().open(SessionInfo {
-        jid: jid.clone(),
-        node: router.node(),
-        sid,
-        priority: None,
-        created_micros: now_micros(),
-    });
-    if let Some(old) = outcome.replaced {
-        // RFC 6120 §7.7.2.2: the older session loses.
-        if let Some(sink) = router.sink(old.sid) {
-            sink.kick(KickReason::Conflict);
-        }
+    if router.sessions().get(&jid).map(|s| (s.node, s.sid)) != Some((router.node(), sid)) {
+        // Another session took the JID between registration and now.
+        addr.do_send(crate::session::Kick(KickReason::Conflict));
     }
     tracing::info!(%jid, session = %sid, "session bound");
     let result = read_loop(reader, &mut parser, &addr, io_rx, svc.settings.idle_timeout).await;

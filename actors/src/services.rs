@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meerkat_cluster::SessionRegistry;
 use meerkat_routing::Router;
 use meerkat_storage::Storage;
 
@@ -44,6 +45,8 @@ impl Default for SessionSettings {
 /// The node's shared services.
 pub struct Services {
     pub router: Arc<Router>,
+    /// Where sessions are registered: this node alone, or the cluster's log.
+    pub registry: Arc<dyn SessionRegistry>,
     pub storage: Arc<Storage>,
     pub accounts: Accounts,
     pub settings: SessionSettings,
@@ -67,8 +70,10 @@ impl Drop for ConnectionGuard {
 }
 
 impl Services {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         router: Arc<Router>,
+        registry: Arc<dyn SessionRegistry>,
         storage: Arc<Storage>,
         accounts: Accounts,
         settings: SessionSettings,
@@ -77,6 +82,7 @@ impl Services {
     ) -> Arc<Self> {
         Arc::new(Services {
             router,
+            registry,
             storage,
             accounts,
             settings,
@@ -119,6 +125,22 @@ impl Services {
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
         self.shutdown_signal.send_replace(true);
+        self.kick_local_sessions();
+    }
+
+    /// Stops new logins and closes this node's sessions with
+    /// `<system-shutdown/>`, without stopping the node (leaving the cluster).
+    pub fn drain_sessions(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.kick_local_sessions();
+    }
+
+    /// Sessions bound on this node.
+    pub fn local_sessions(&self) -> usize {
+        self.router.sessions().sessions_of(self.router.node()).len()
+    }
+
+    fn kick_local_sessions(&self) {
         for info in self.router.sessions().all() {
             if info.node == self.router.node() {
                 if let Some(sink) = self.router.sink(info.sid) {

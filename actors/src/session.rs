@@ -149,7 +149,13 @@ impl C2sSession {
         self.detached = true;
         let router = &self.svc.router;
         router.unregister_sink(self.sid);
-        router.sessions().close(&self.jid, router.node(), self.sid);
+        self.svc.registry.close(&meerkat_cluster::SessionInfo {
+            jid: self.jid.clone(),
+            node: router.node(),
+            sid: self.sid,
+            priority: None,
+            created_micros: 0,
+        });
         if self.available {
             self.available = false;
             let unavailable = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable");
@@ -250,14 +256,14 @@ impl C2sSession {
                     let mut stored = el.clone();
                     stored.remove_attr("to");
                     self.last_presence = Some(stored);
-                    self.svc.router.sessions().set_priority(&self.jid, self.sid, Some(priority));
+                    self.svc.registry.set_priority(&self.jid, self.sid, Some(priority));
                     self.broadcast(el, initial, Vec::new());
                 }
                 PresenceType::Unavailable => {
                     if self.available {
                         self.available = false;
                         self.last_presence = None;
-                        self.svc.router.sessions().set_priority(&self.jid, self.sid, None);
+                        self.svc.registry.set_priority(&self.jid, self.sid, None);
                         let directed = self.directed.drain().collect();
                         self.broadcast(el, false, directed);
                     }

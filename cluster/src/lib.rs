@@ -1,21 +1,39 @@
-//! The cluster registry.
+//! The cluster registry: the replicated session table, membership and the
+//! node-to-node transport.
 //!
 //! # Layout
 //! - [`session_table`] maps every full JID to the node and session that serve
 //!   it, with the presence priority the router needs for RFC 6121 §8.5. Routing
 //!   reads it without any network round trip.
-//! - [`NodeId`] and [`SessionId`] name the places a stanza can be delivered to.
+//! - [`registry_api`]: [`SessionRegistry`], the only way sessions enter or
+//!   leave the table: [`StandaloneRegistry`] on a single node, or
+//!   [`node::ClusterNode`], which commits every change through Raft first.
+//! - [`command`] (the versioned log commands), [`registry`] (their
+//!   deterministic apply), [`store`] (the vote, log and snapshots on disk),
+//!   [`types`] (openraft's type config), [`network`] (openraft over the transport).
+//! - [`transport`]: framed TCP, optionally mutual TLS, carrying Raft RPCs and stanzas.
 //!
-//! On a single node the table is only that node's registry; the replicated
-//! table of a multi-node cluster applies the same operations through its log,
-//! so callers do not change when a node joins a cluster.
-//!
-//! **Architecture Invariant:** the table holds plain data (JIDs, ids, numbers).
-//! It never holds a mailbox, a socket or an actor address: delivery handles
-//! live in `routing`, on the node that owns the session.
+//! **Architecture Invariants:**
+//! - The table holds plain data (JIDs, ids, numbers). It never holds a
+//!   mailbox, a socket or an actor address: delivery handles live in
+//!   `routing`, on the node that owns the session.
+//! - In a cluster, only applying the log changes other nodes' entries. A node
+//!   may change its *own* sessions' priority at once (with a sequence number,
+//!   so the later replicated copy of the change is a no-op).
+//! - Every queue is bounded: per-peer frames, background proposals, replies.
 #![forbid(unsafe_code)]
 
+pub mod command;
+pub mod network;
+pub mod node;
+pub mod registry;
+pub mod registry_api;
 pub mod session_table;
+pub mod store;
+pub mod transport;
+pub mod types;
+
+pub use registry_api::{Kicker, RegistryError, SessionRegistry, StandaloneRegistry};
 
 pub use session_table::{OpenOutcome, SessionInfo, SessionTable};
 

@@ -26,14 +26,32 @@ pub struct SessionInfo {
 /// What [`SessionTable::open`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub struct OpenOutcome {
-    /// The older session with the same full JID, which must now be closed with `<conflict/>`.
-    pub replaced: Option<SessionInfo>,
+    /// The new session is in the table. It is not when an existing session
+    /// with the same full JID was created later (a node re-registering its
+    /// sessions after a partition): the newer one keeps the JID.
+    pub accepted: bool,
+    /// The session that lost the full JID and must now be closed with
+    /// `<conflict/>`: the older holder, or the new session if it was refused.
+    pub loser: Option<SessionInfo>,
+}
+
+/// The order in which two sessions bound the same full JID: the greater one is newer.
+fn age_key(s: &SessionInfo) -> (i64, NodeId, SessionId) {
+    (s.created_micros, s.node, s.sid)
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    info: SessionInfo,
+    /// Sequence number of the last priority change, so that a late replicated
+    /// change never overwrites a newer one the owning node already applied.
+    prio_seq: u64,
 }
 
 /// The registry of every bound resource, keyed by bare JID.
 #[derive(Debug, Default)]
 pub struct SessionTable {
-    inner: RwLock<HashMap<BareJid, Vec<SessionInfo>>>,
+    inner: RwLock<HashMap<BareJid, Vec<Entry>>>,
 }
 
 impl SessionTable {
@@ -41,23 +59,37 @@ impl SessionTable {
         Self::default()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<BareJid, Vec<SessionInfo>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<BareJid, Vec<Entry>>> {
         // A panic while holding the lock cannot leave the map half-updated
         // (every write is a single push/remove), so a poisoned lock is still usable.
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<BareJid, Vec<SessionInfo>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<BareJid, Vec<Entry>>> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a bound resource; the previous holder of the same full JID, if any, is returned.
+    /// Registers a bound resource. When the full JID is already bound, the
+    /// older of the two sessions loses it (RFC 6120 §7.7.2.2) and is returned.
     pub fn open(&self, info: SessionInfo) -> OpenOutcome {
         let mut map = self.write();
         let list = map.entry(info.jid.to_bare()).or_default();
-        let replaced = list.iter().position(|s| s.jid == info.jid).map(|i| list.swap_remove(i));
-        list.push(info);
-        OpenOutcome { replaced }
+        if list.iter().any(|e| e.info.node == info.node && e.info.sid == info.sid) {
+            // The same session registered twice (a retried command): nothing changes.
+            return OpenOutcome { accepted: true, loser: None };
+        }
+        match list.iter().position(|e| e.info.jid == info.jid) {
+            Some(i) if age_key(&list[i].info) > age_key(&info) => OpenOutcome { accepted: false, loser: Some(info) },
+            Some(i) => {
+                let old = list.swap_remove(i);
+                list.push(Entry { info, prio_seq: 0 });
+                OpenOutcome { accepted: true, loser: Some(old.info) }
+            }
+            None => {
+                list.push(Entry { info, prio_seq: 0 });
+                OpenOutcome { accepted: true, loser: None }
+            }
+        }
     }
 
     /// Removes a session, only if `sid` still holds the JID (a newer session may have replaced it).
@@ -68,7 +100,7 @@ impl SessionTable {
             return false;
         };
         let before = list.len();
-        list.retain(|s| !(s.jid == *jid && s.sid == sid && s.node == node));
+        list.retain(|e| !(e.info.jid == *jid && e.info.sid == sid && e.info.node == node));
         let removed = list.len() != before;
         if list.is_empty() {
             map.remove(&bare);
@@ -76,26 +108,80 @@ impl SessionTable {
         removed
     }
 
-    /// Sets the presence priority; `None` marks the resource unavailable.
-    pub fn set_priority(&self, jid: &FullJid, sid: SessionId, priority: Option<i8>) -> bool {
+    /// Sets the presence priority; `None` marks the resource unavailable. A
+    /// change older than the last one applied (by `seq`) is ignored.
+    pub fn set_priority(&self, jid: &FullJid, node: NodeId, sid: SessionId, priority: Option<i8>, seq: u64) -> bool {
         let mut map = self.write();
-        match map.get_mut(&jid.to_bare()).and_then(|l| l.iter_mut().find(|s| s.jid == *jid && s.sid == sid)) {
-            Some(s) => {
-                s.priority = priority;
+        let entry = map
+            .get_mut(&jid.to_bare())
+            .and_then(|l| l.iter_mut().find(|e| e.info.jid == *jid && e.info.sid == sid && e.info.node == node));
+        match entry {
+            Some(e) if seq >= e.prio_seq => {
+                e.info.priority = priority;
+                e.prio_seq = seq;
                 true
             }
-            None => false,
+            _ => false,
         }
+    }
+
+    /// Removes every session of a node and returns them.
+    pub fn remove_node(&self, node: NodeId) -> Vec<SessionInfo> {
+        let mut map = self.write();
+        let mut removed = Vec::new();
+        map.retain(|_, list| {
+            list.retain(|e| {
+                if e.info.node == node {
+                    removed.push(e.info.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            !list.is_empty()
+        });
+        removed
+    }
+
+    /// Every session bound on one node.
+    pub fn sessions_of(&self, node: NodeId) -> Vec<SessionInfo> {
+        self.read().values().flatten().filter(|e| e.info.node == node).map(|e| e.info.clone()).collect()
+    }
+
+    /// Number of sessions per node.
+    pub fn count_by_node(&self) -> std::collections::BTreeMap<NodeId, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for e in self.read().values().flatten() {
+            *counts.entry(e.info.node).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// The whole table with priority sequence numbers, sorted, for snapshots and comparisons.
+    pub fn export(&self) -> Vec<(SessionInfo, u64)> {
+        let mut all: Vec<(SessionInfo, u64)> =
+            self.read().values().flatten().map(|e| (e.info.clone(), e.prio_seq)).collect();
+        all.sort_by(|a, b| (a.0.jid.as_str(), a.0.node, a.0.sid).cmp(&(b.0.jid.as_str(), b.0.node, b.0.sid)));
+        all
+    }
+
+    /// Replaces the whole table (installing a snapshot).
+    pub fn replace_all(&self, sessions: Vec<(SessionInfo, u64)>) {
+        let mut map: HashMap<BareJid, Vec<Entry>> = HashMap::new();
+        for (info, prio_seq) in sessions {
+            map.entry(info.jid.to_bare()).or_default().push(Entry { info, prio_seq });
+        }
+        *self.write() = map;
     }
 
     /// The session bound to a full JID.
     pub fn get(&self, jid: &FullJid) -> Option<SessionInfo> {
-        self.read().get(&jid.to_bare()).and_then(|l| l.iter().find(|s| s.jid == *jid).cloned())
+        self.read().get(&jid.to_bare()).and_then(|l| l.iter().find(|e| e.info.jid == *jid).map(|e| e.info.clone()))
     }
 
     /// Every session of an account.
     pub fn resources(&self, bare: &BareJid) -> Vec<SessionInfo> {
-        self.read().get(bare).cloned().unwrap_or_default()
+        self.read().get(bare).map(|l| l.iter().map(|e| e.info.clone()).collect()).unwrap_or_default()
     }
 
     /// RFC 6121 §8.5.2.1.1: the available resources with the highest non-negative priority.
@@ -104,16 +190,16 @@ impl SessionTable {
         let Some(list) = map.get(bare) else {
             return Vec::new();
         };
-        let best = list.iter().filter_map(|s| s.priority).filter(|p| *p >= 0).max();
+        let best = list.iter().filter_map(|e| e.info.priority).filter(|p| *p >= 0).max();
         match best {
-            Some(best) => list.iter().filter(|s| s.priority == Some(best)).cloned().collect(),
+            Some(best) => list.iter().filter(|e| e.info.priority == Some(best)).map(|e| e.info.clone()).collect(),
             None => Vec::new(),
         }
     }
 
     /// Every session, in no particular order.
     pub fn all(&self) -> Vec<SessionInfo> {
-        self.read().values().flatten().cloned().collect()
+        self.read().values().flatten().map(|e| e.info.clone()).collect()
     }
 
     /// Number of bound resources.
@@ -144,15 +230,56 @@ mod tests {
     #[test]
     fn same_full_jid_replaces_older_session() {
         let t = SessionTable::new();
-        assert_eq!(t.open(info("a@x/r", 1, None)).replaced, None);
+        assert_eq!(t.open(info("a@x/r", 1, None)).loser, None);
         let out = t.open(info("a@x/r", 2, None));
-        assert_eq!(out.replaced.map(|s| s.sid), Some(SessionId(1)));
+        assert!(out.accepted);
+        assert_eq!(out.loser.map(|s| s.sid), Some(SessionId(1)));
         assert_eq!(t.len(), 1);
         // The displaced session's late close must not remove the new one.
         assert!(!t.close(&parse_full("a@x/r").unwrap(), NodeId(1), SessionId(1)));
         assert_eq!(t.len(), 1);
         assert!(t.close(&parse_full("a@x/r").unwrap(), NodeId(1), SessionId(2)));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn an_older_session_arriving_late_loses_the_jid() {
+        let t = SessionTable::new();
+        t.open(info("a@x/r", 5, None));
+        let out = t.open(info("a@x/r", 3, None));
+        assert!(!out.accepted);
+        assert_eq!(out.loser.map(|s| s.sid), Some(SessionId(3)));
+        assert_eq!(t.get(&parse_full("a@x/r").unwrap()).map(|s| s.sid), Some(SessionId(5)));
+        // The same command applied twice changes nothing.
+        assert_eq!(t.open(info("a@x/r", 5, None)), OpenOutcome { accepted: true, loser: None });
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn late_priority_changes_do_not_overwrite_newer_ones() {
+        let t = SessionTable::new();
+        let j = parse_full("a@x/r").unwrap();
+        t.open(info("a@x/r", 1, None));
+        assert!(t.set_priority(&j, NodeId(1), SessionId(1), Some(5), 2));
+        assert!(!t.set_priority(&j, NodeId(1), SessionId(1), Some(1), 1));
+        assert_eq!(t.get(&j).and_then(|s| s.priority), Some(5));
+        assert!(!t.set_priority(&j, NodeId(2), SessionId(1), Some(1), 3), "another node's session of the same id");
+    }
+
+    #[test]
+    fn remove_node_and_export_round_trip() {
+        let t = SessionTable::new();
+        t.open(info("a@x/r", 1, Some(1)));
+        let mut other = info("b@x/r", 2, None);
+        other.node = NodeId(2);
+        t.open(other);
+        let copy = SessionTable::new();
+        copy.replace_all(t.export());
+        assert_eq!(copy.export(), t.export());
+        assert_eq!(t.count_by_node().get(&NodeId(2)), Some(&1));
+        assert_eq!(t.remove_node(NodeId(2)).len(), 1);
+        assert_eq!(t.len(), 1);
+        assert!(t.sessions_of(NodeId(2)).is_empty());
     }
 
     #[test]

@@ -46,6 +46,8 @@ impl AdminAuth {
 pub struct AdminState {
     pub svc: Arc<Services>,
     pub auth: AdminAuth,
+    /// This node's cluster membership, when `[cluster]` is configured.
+    pub cluster: Option<Arc<meerkat_cluster::node::ClusterNode>>,
 }
 
 /// An API failure.
@@ -60,6 +62,8 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -71,6 +75,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -120,7 +125,84 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/users/{host}/{user}", web::delete().to(remove_user))
         .route("/api/users/{host}/{user}/password", web::put().to(set_password))
         .route("/api/sessions", web::get().to(list_sessions))
-        .route("/api/sessions/{jid}", web::delete().to(kick_session));
+        .route("/api/sessions/{jid}", web::delete().to(kick_session))
+        .route("/api/cluster", web::get().to(cluster_status))
+        .route("/api/cluster/join", web::post().to(cluster_join))
+        .route("/api/cluster/leave", web::post().to(cluster_leave))
+        .route("/api/cluster/nodes/{id}", web::delete().to(cluster_remove));
+}
+
+fn cluster(state: &AdminState) -> Result<&Arc<meerkat_cluster::node::ClusterNode>, ApiError> {
+    state.cluster.as_ref().ok_or_else(|| {
+        ApiError::Conflict("this node is not configured for a cluster (add a [cluster] section to its config)".into())
+    })
+}
+
+impl From<meerkat_cluster::node::ClusterError> for ApiError {
+    fn from(e: meerkat_cluster::node::ClusterError) -> Self {
+        use meerkat_cluster::node::ClusterError as E;
+        match e {
+            E::Refused(m) => ApiError::Conflict(m),
+            E::Transport(t) => ApiError::Unavailable(t.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+async fn cluster_status(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    Ok(HttpResponse::Ok().json(cluster(&state)?.status()))
+}
+
+#[derive(Deserialize)]
+struct JoinRequest {
+    /// The cluster address of any member.
+    address: String,
+}
+
+async fn cluster_join(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    body: web::Json<JoinRequest>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let node = cluster(&state)?;
+    if body.address.trim().is_empty() {
+        return Err(ApiError::BadRequest("address is required".into()));
+    }
+    node.join(body.address.trim()).await?;
+    // Logins resume once the node has registered with the cluster.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !node.is_ready() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(HttpResponse::Ok().json(node.status()))
+}
+
+async fn cluster_leave(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let node = cluster(&state)?;
+    let svc = &state.svc;
+    // New logins stop; this node's clients get <system-shutdown/> and reconnect to another node.
+    svc.drain_sessions();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while svc.local_sessions() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    node.leave().await?;
+    Ok(HttpResponse::Ok().json(json!({ "left": node.id() })))
+}
+
+async fn cluster_remove(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let node = cluster(&state)?;
+    let id: u64 = path.parse().map_err(|_| ApiError::BadRequest(format!("{:?} is not a node id", path.as_str())))?;
+    node.remove(id).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 async fn openapi() -> HttpResponse {
@@ -271,7 +353,7 @@ mod tests {
                 count += 1;
             }
         }
-        assert_eq!(count, 8);
-        assert_eq!(paths.len(), 7);
+        assert_eq!(count, 12);
+        assert_eq!(paths.len(), 11);
     }
 }

@@ -36,6 +36,31 @@ pub enum Command {
     Session(SessionCommand),
     /// Show the running node's status.
     Status,
+    /// Cluster membership: join, leave, remove a dead node, status.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Add this node (started with a [cluster] section and no cluster state) to a running cluster.
+    Join {
+        /// Cluster transport address (host:port) of any member.
+        address: String,
+    },
+    /// Close this node's sessions and take it out of its cluster. The node keeps running, alone.
+    Leave,
+    /// Take a node (typically a dead one) out of the cluster; its sessions leave the table.
+    Remove {
+        /// The node's id, as `meerkat cluster status` shows it.
+        node: u64,
+    },
+    /// Members, roles, leader, Raft indexes, replication lag, sessions per node and reachability.
+    Status {
+        /// Print the JSON the admin API returns.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -223,8 +248,64 @@ pub fn run_admin(client: &ApiClient, cmd: &Command) -> anyhow::Result<()> {
             client.call("DELETE", &format!("/api/sessions/{}", enc(jid)), None)?;
             println!("closing {jid}");
         }
+        Command::Cluster(ClusterCommand::Join { address }) => {
+            let v = client.call("POST", "/api/cluster/join", Some(json!({ "address": address })))?;
+            println!("node {} joined the cluster through {address}", v["node"]);
+            print_cluster(&v);
+        }
+        Command::Cluster(ClusterCommand::Leave) => {
+            let v = client.call("POST", "/api/cluster/leave", Some(json!({})))?;
+            println!("node {} left the cluster", v["left"]);
+        }
+        Command::Cluster(ClusterCommand::Remove { node }) => {
+            client.call("DELETE", &format!("/api/cluster/nodes/{node}"), None)?;
+            println!("node {node} removed from the cluster");
+        }
+        Command::Cluster(ClusterCommand::Status { json }) => {
+            let v = client.call("GET", "/api/cluster", None)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_cluster(&v);
+            }
+        }
     }
     Ok(())
+}
+
+fn print_cluster(v: &Value) {
+    let opt = |x: &Value| if x.is_null() { "-".to_string() } else { x.to_string() };
+    println!(
+        "cluster {} - this node {} ({}{}) - leader {} - term {} - log {} committed {} applied {}",
+        v["cluster"].as_str().unwrap_or_default(),
+        v["node"],
+        v["state"].as_str().unwrap_or_default(),
+        if v["ready"].as_bool().unwrap_or(false) { ", ready" } else { ", not ready" },
+        opt(&v["leader"]),
+        v["term"],
+        opt(&v["last_log_index"]),
+        opt(&v["committed_index"]),
+        opt(&v["applied_index"]),
+    );
+    println!("{:>6}  {:<24} {:<8} {:<12} {:>8} {:>6}", "node", "address", "role", "state", "sessions", "lag");
+    for m in v["members"].as_array().into_iter().flatten() {
+        let state = if m["down"].as_bool().unwrap_or(false) {
+            "down"
+        } else if m["reachable"].as_bool().unwrap_or(false) {
+            "reachable"
+        } else {
+            "unreachable"
+        };
+        println!(
+            "{:>6}  {:<24} {:<8} {:<12} {:>8} {:>6}",
+            m["id"],
+            m["address"].as_str().unwrap_or_default(),
+            m["role"].as_str().unwrap_or_default(),
+            state,
+            m["sessions"],
+            opt(&m["lag"]),
+        );
+    }
 }
 
 fn unreachable_start() {

@@ -31,6 +31,8 @@ pub struct Config {
     pub log: Log,
     pub session: Session,
     pub modules: Modules,
+    /// Present when this node is (or can become) a member of a cluster.
+    pub cluster: Option<Cluster>,
 }
 
 /// `[general]`
@@ -238,6 +240,71 @@ impl Default for Admin {
     }
 }
 
+/// `[cluster]`: membership of a cluster of nodes in one data center.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// Nodes only talk to nodes with the same cluster name.
+    pub name: String,
+    /// This node's id (1 or more). Without it, one is generated once and kept in `data_dir/cluster/node_id`.
+    pub node_id: Option<u64>,
+    /// Where the cluster transport listens (`ip:port`).
+    pub listen: std::net::SocketAddr,
+    /// The address other nodes reach this one at; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// Start a new one-node cluster on first start. The other nodes join it
+    /// with `meerkat cluster join`.
+    pub bootstrap: bool,
+    /// fsync the Raft log before acknowledging an entry.
+    pub sync_log: bool,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Seconds without an answer after which the leader marks a node down and removes its sessions.
+    pub down_after: u64,
+    /// Seconds a login waits for the cluster to commit its session before it is refused.
+    pub commit_timeout: u64,
+    /// Mutual TLS between nodes, from a cluster CA. Without it the transport is plain TCP.
+    pub tls: Option<ClusterTls>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            name: "meerkat".into(),
+            node_id: None,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7946)),
+            advertise: None,
+            bootstrap: false,
+            sync_log: true,
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
+            down_after: 4,
+            commit_timeout: 3,
+            tls: None,
+        }
+    }
+}
+
+/// `[cluster.tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// The cluster CA: peers must present a certificate it signed.
+    pub cacertfile: PathBuf,
+    /// This node's certificate and key, used both as server and as client.
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    /// The DNS name in every node's certificate.
+    #[serde(default = "default_cluster_server_name")]
+    pub server_name: String,
+}
+
+fn default_cluster_server_name() -> String {
+    "meerkat-cluster".into()
+}
+
 /// `[log]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -409,6 +476,33 @@ impl Config {
                 }
                 (None, None) => {}
                 _ => return Err(err(&key("tls"), "certfile and keyfile go together".into())),
+            }
+        }
+        if let Some(c) = &self.cluster {
+            if c.name.is_empty() {
+                return Err(err("cluster.name", "must not be empty".into()));
+            }
+            if c.node_id == Some(0) {
+                return Err(err("cluster.node_id", "must be 1 or more".into()));
+            }
+            if c.heartbeat_interval_ms == 0 || c.election_timeout_min_ms <= c.heartbeat_interval_ms * 2 {
+                return Err(err(
+                    "cluster.election_timeout_min_ms",
+                    "must be more than twice heartbeat_interval_ms".into(),
+                ));
+            }
+            if c.election_timeout_max_ms <= c.election_timeout_min_ms {
+                return Err(err("cluster.election_timeout_max_ms", "must be more than election_timeout_min_ms".into()));
+            }
+            if c.down_after == 0 || c.commit_timeout == 0 {
+                return Err(err("cluster", "down_after and commit_timeout must be at least 1 second".into()));
+            }
+            if let Some(t) = &c.tls {
+                for (name, p) in [("cacertfile", &t.cacertfile), ("certfile", &t.certfile), ("keyfile", &t.keyfile)] {
+                    if !p.is_file() {
+                        return Err(err(&format!("cluster.tls.{name}"), format!("{} does not exist", p.display())));
+                    }
+                }
             }
         }
         if self.auth.methods.iter().any(|m| m != "rdbms") {

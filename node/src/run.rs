@@ -11,7 +11,10 @@ use meerkat_actors::modules::{default_modules, ModulesConfig};
 use meerkat_actors::negotiation::{NegotiationConfig, TlsMode};
 use meerkat_actors::server::ServerWorkers;
 use meerkat_actors::services::{Services, SessionSettings};
-use meerkat_cluster::{NodeId, SessionTable};
+use meerkat_cluster::node::{ClusterNode, ClusterSettings};
+use meerkat_cluster::{NodeId, SessionRegistry, SessionTable, StandaloneRegistry};
+use meerkat_routing::cluster::ClusterInbox;
+use meerkat_routing::KickReason;
 use meerkat_routing::Router;
 use meerkat_storage::{DbTls, Storage, StorageConfig};
 use meerkat_xmpp::parser::Limits;
@@ -82,7 +85,27 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let hosts = cfg.general.hosts.clone();
     let sessions = Arc::new(SessionTable::new());
-    let router = Router::new(NodeId(1), hosts.clone(), sessions);
+    let cluster = match &cfg.cluster {
+        Some(c) => Some(start_cluster(&cfg, c, sessions.clone()).await?),
+        None => None,
+    };
+    let registry: Arc<dyn SessionRegistry> = match &cluster {
+        Some(node) => node.clone(),
+        None => Arc::new(StandaloneRegistry::new(NodeId(1), sessions.clone())),
+    };
+    let router = Router::new(registry.node(), hosts.clone(), sessions);
+    if let Some(node) = &cluster {
+        router.set_transport(node.transport().clone());
+        node.transport().set_inbox(ClusterInbox::new(router.clone()));
+    }
+    {
+        let router = router.clone();
+        registry.set_kicker(Arc::new(move |sid| {
+            if let Some(sink) = router.sink(sid) {
+                sink.kick(KickReason::Conflict);
+            }
+        }));
+    }
     let workers = ServerWorkers::new(cfg.session.server_workers, cfg.session.server_queue);
     let accounts =
         Accounts::new(storage.clone(), hosts.clone(), cfg.auth.password.format, cfg.auth.password.scram_iterations);
@@ -95,7 +118,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_offline_messages: cfg.modules.offline.max_messages,
     };
     let modules = default_modules(&ModulesConfig { registration: cfg.modules.register.enabled });
-    let svc = Services::new(router.clone(), storage.clone(), accounts, settings, workers.clone(), modules);
+    let svc =
+        Services::new(router.clone(), registry.clone(), storage.clone(), accounts, settings, workers.clone(), modules);
     router.set_server_handler(workers.clone());
 
     let n_arbiters = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -160,7 +184,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }));
     }
 
-    let admin_state = actix_web::web::Data::new(crate::admin::AdminState { svc: svc.clone(), auth: admin_auth(&cfg)? });
+    let admin_state = actix_web::web::Data::new(crate::admin::AdminState {
+        svc: svc.clone(),
+        auth: admin_auth(&cfg)?,
+        cluster: cluster.clone(),
+    });
     let admin_addr = std::net::SocketAddr::new(cfg.admin.ip_address, cfg.admin.port);
     let admin = actix_web::HttpServer::new(move || {
         actix_web::App::new().app_data(admin_state.clone()).configure(crate::admin::routes)
@@ -193,6 +221,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     for done in worker_done {
         let _ = tokio::time::timeout_at(deadline, done).await;
     }
+    if let Some(node) = &cluster {
+        node.stop(deadline).await;
+    }
     admin_handle.stop(true).await;
     let _ = admin_task.await;
     storage.close().await;
@@ -204,6 +235,54 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens this node's cluster membership: its id, transport, Raft state and tasks.
+async fn start_cluster(
+    cfg: &Config,
+    c: &crate::config::Cluster,
+    sessions: Arc<SessionTable>,
+) -> anyhow::Result<Arc<ClusterNode>> {
+    let dir = cfg.general.data_dir.join("cluster");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let node_id = match c.node_id {
+        Some(id) => id,
+        None => {
+            let path = dir.join("node_id");
+            match std::fs::read_to_string(&path) {
+                Ok(s) => s.trim().parse().with_context(|| format!("{} does not hold a node id", path.display()))?,
+                Err(_) => {
+                    let id = (rand::random::<u64>() >> 12).max(1);
+                    std::fs::write(&path, format!("{id}\n")).with_context(|| format!("writing {}", path.display()))?;
+                    id
+                }
+            }
+        }
+    };
+    let tls = match &c.tls {
+        Some(t) => Some(crate::tls::cluster_tls(&t.cacertfile, &t.certfile, &t.keyfile, &t.server_name)?),
+        None => None,
+    };
+    let settings = ClusterSettings {
+        name: c.name.clone(),
+        node_id,
+        listen: c.listen,
+        advertise: c.advertise.clone().unwrap_or_else(|| c.listen.to_string()),
+        dir,
+        bootstrap: c.bootstrap,
+        sync_log: c.sync_log,
+        heartbeat: Duration::from_millis(c.heartbeat_interval_ms),
+        election_timeout_min: Duration::from_millis(c.election_timeout_min_ms),
+        election_timeout_max: Duration::from_millis(c.election_timeout_max_ms),
+        down_after: Duration::from_secs(c.down_after),
+        commit_timeout: Duration::from_secs(c.commit_timeout),
+        tls,
+    };
+    let node = ClusterNode::start(settings, sessions)
+        .await
+        .with_context(|| format!("starting the cluster member (transport on {})", c.listen))?;
+    tracing::info!(node = node_id, listen = %c.listen, cluster = %c.name, "cluster member started");
+    Ok(node)
 }
 
 async fn wait_for_signal() {

@@ -67,3 +67,42 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
         .context("the certificate and key do not match")?;
     Ok(Arc::new(cfg))
 }
+
+/// Mutual TLS between cluster nodes: every node presents a certificate signed
+/// by the cluster CA for `server_name`, and accepts only peers that do.
+pub fn cluster_tls(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    server_name: &str,
+) -> anyhow::Result<meerkat_cluster::transport::ClusterTls> {
+    let (certs, key) = load(cert, key)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca_cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
+        roots.add(ca_cert.with_context(|| format!("parsing {}", ca.display()))?).context("adding the cluster CA")?;
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .context("building the cluster client verifier")?;
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), key.clone_key())
+        .context("the cluster certificate and key do not match")?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .context("the cluster certificate and key do not match")?;
+    let server_name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+        .with_context(|| format!("{server_name:?} is not a valid server name"))?;
+    Ok(meerkat_cluster::transport::ClusterTls {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        server_name,
+    })
+}

@@ -4,26 +4,40 @@
 //! Every stanza a session or a server module emits goes through
 //! [`Router::route`]. The router asks each [`Link`] in turn whether it can
 //! deliver; the first one that can, does:
-//! - [`local::LocalLink`]: recipients on one of this node's hosts, served by
-//!   sessions on this node or by the server itself (RFC 6121 §8.5 rules);
-//! - later links (cluster, global distribution, s2s and components) plug in
-//!   after it through [`Router::push_link`].
+//! - [`local::LocalLink`]: recipients on one of the cluster's hosts, served by
+//!   sessions on any node of the cluster or by the server itself (RFC 6121
+//!   §8.5 rules). A session on another node is reached through the cluster
+//!   transport ([`Router::set_transport`]); [`cluster::ClusterInbox`] takes
+//!   stanzas arriving from other nodes;
+//! - later links (global distribution, s2s and components) plug in after it
+//!   through [`Router::push_link`].
 //!
 //! A stanza no link takes is bounced with `remote-server-not-found` (domain
 //! unknown) or dropped if it is itself an error: an error stanza never
 //! triggers another error, so no routing loop can form.
 //!
-//! **Architecture Invariant:** routing never blocks and never awaits. Delivery
-//! into a session is a `try_send` into a bounded mailbox; work that needs
-//! storage is handed to the [`ServerHandler`], whose queues are bounded too.
+//! **Architecture Invariants:**
+//! - Routing never blocks and never awaits. Delivery into a session is a
+//!   `try_send` into a bounded mailbox, delivery to another node a `try_send`
+//!   into that peer's bounded queue; work that needs storage is handed to the
+//!   [`ServerHandler`], whose queues are bounded too.
+//! - A stanza forwarded from another node is never forwarded again: the
+//!   receiving node delivers it to its own sessions or to offline storage,
+//!   so a stale table cannot make stanzas bounce between nodes.
+//! - A node decides the availability of its own sessions: when another
+//!   node's view may be stale (a resource that just sent initial presence),
+//!   the stanza goes to the owning node with `if_available` and that node
+//!   checks.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod local;
 #[cfg(test)]
 mod tests;
 
 use std::sync::{Arc, OnceLock, RwLock};
 
+use meerkat_cluster::transport::{StanzaFrame, StanzaTarget, Transport};
 use meerkat_cluster::{NodeId, SessionId, SessionInfo, SessionTable};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::{error_reply, StanzaErrorCondition};
@@ -115,6 +129,18 @@ pub trait Link: Send + Sync {
     fn route(&self, router: &Router, routed: Routed) -> Step;
 }
 
+fn session_target(info: &SessionInfo, if_available: bool) -> StanzaTarget {
+    StanzaTarget::Session { jid: info.jid.to_string(), sid: info.sid.0, if_available }
+}
+
+/// The stanza with its routing addresses written into it, so that the
+/// receiving node routes it exactly as this one would have.
+fn stanza_with(from: &Jid, to: &Jid, mut stanza: Element) -> Element {
+    stanza.set_attr("from", from.to_string());
+    stanza.set_attr("to", to.to_string());
+    stanza
+}
+
 /// Counters the admin API and metrics read.
 #[derive(Debug, Default)]
 pub struct RouterStats {
@@ -131,6 +157,7 @@ pub struct Router {
     sinks: RwLock<std::collections::HashMap<SessionId, Arc<dyn SessionSink>>>,
     links: RwLock<Vec<Arc<dyn Link>>>,
     server: OnceLock<Arc<dyn ServerHandler>>,
+    transport: OnceLock<Arc<Transport>>,
     pub stats: RouterStats,
 }
 
@@ -144,6 +171,7 @@ impl Router {
             sinks: RwLock::new(Default::default()),
             links: RwLock::new(vec![Arc::new(LocalLink)]),
             server: OnceLock::new(),
+            transport: OnceLock::new(),
             stats: RouterStats::default(),
         };
         Arc::new(router)
@@ -158,6 +186,11 @@ impl Router {
     /// replies and the router needs the server, so they meet at run time.
     pub fn set_server_handler(&self, handler: Arc<dyn ServerHandler>) {
         let _ = self.server.set(handler);
+    }
+
+    /// Connects the router to the other nodes of the cluster.
+    pub fn set_transport(&self, transport: Arc<Transport>) {
+        let _ = self.transport.set(transport);
     }
 
     pub fn node(&self) -> NodeId {
@@ -189,16 +222,50 @@ impl Router {
         self.sinks.read().unwrap_or_else(|e| e.into_inner()).get(&sid).cloned()
     }
 
-    /// Delivers straight into a session on this node, bypassing server processing.
-    /// Returns the stanza if the session is not here or cannot take it.
+    /// Delivers straight into a session, on this node or another, bypassing
+    /// server processing. Returns the stanza if the session cannot take it.
     pub fn deliver_to_session(&self, info: &SessionInfo, stanza: Element) -> Result<(), Element> {
         if info.node != self.node {
-            return Err(stanza);
+            return self.send_to_node(info.node, session_target(info, false), stanza);
         }
         match self.sink(info.sid) {
             Some(sink) => sink.deliver(stanza),
             None => Err(stanza),
         }
+    }
+
+    /// Delivers to a session only if its resource is available. Another
+    /// node's sessions are checked by that node, which knows their presence
+    /// before the replicated table does.
+    pub fn deliver_if_available(&self, info: &SessionInfo, stanza: Element) -> Result<(), Element> {
+        if info.node != self.node {
+            return self.send_to_node(info.node, session_target(info, info.priority.is_none()), stanza);
+        }
+        if info.priority.is_none() {
+            return Err(stanza);
+        }
+        self.deliver_to_session(info, stanza)
+    }
+
+    /// Hands a stanza for an account to the node that serves its resources,
+    /// which delivers it to them or stores it offline.
+    #[allow(clippy::result_large_err)]
+    pub fn forward_to_account(&self, node: NodeId, routed: Routed) -> Result<(), Routed> {
+        let Routed { from, to, stanza } = routed;
+        self.send_to_node(node, StanzaTarget::Account, stanza_with(&from, &to, stanza)).map_err(|stanza| Routed {
+            from,
+            to,
+            stanza,
+        })
+    }
+
+    fn send_to_node(&self, node: NodeId, target: StanzaTarget, stanza: Element) -> Result<(), Element> {
+        let Some(transport) = self.transport.get() else {
+            return Err(stanza);
+        };
+        let from = stanza.attr("from").unwrap_or_default().to_owned();
+        let to = stanza.attr("to").unwrap_or_default().to_owned();
+        transport.send_stanza(node.0, StanzaFrame { target, from, to, stanza }).map_err(|f| f.stanza)
     }
 
     /// Hands a job to the server.

@@ -7,8 +7,10 @@
 //! | full JID, bound | that resource                           | that resource (probe: server)   | that resource           |
 //! | full JID, not bound | as if to the bare JID (chat/normal) | subscription: as bare; else dropped | `service-unavailable` |
 //!
-//! Sessions bound on another node make this link pass the stanza on, so a
-//! cluster link placed after it can forward it.
+//! Sessions bound on another node of the cluster are reached through the
+//! cluster transport ([`Router::deliver_to_session`]); when this node's view
+//! of their availability may be stale, the owning node decides
+//! ([`Router::deliver_if_available`], [`Router::forward_to_account`]).
 
 use meerkat_cluster::SessionInfo;
 use meerkat_xmpp::element::Element;
@@ -49,9 +51,6 @@ impl Link for LocalLink {
 }
 
 fn to_bound_resource(router: &Router, routed: Routed, kind: StanzaKind, info: SessionInfo) -> Step {
-    if info.node != router.node() {
-        return Step::Next(routed);
-    }
     if kind == StanzaKind::Presence {
         if let Some(t) = PresenceType::of(&routed.stanza) {
             if t == PresenceType::Probe || t.is_subscription() {
@@ -124,9 +123,7 @@ fn to_bare(router: &Router, routed: Routed, kind: StanzaKind) -> Step {
                 Some(_) => {
                     // Broadcast presence goes to every available resource (§8.5.2.1.2).
                     for info in router.sessions().resources(&bare) {
-                        if info.priority.is_some() {
-                            let _ = deliver_copy(router, &info, &routed.stanza);
-                        }
+                        let _ = router.deliver_if_available(&info, routed.stanza.clone());
                     }
                 }
                 None => router.bounce(routed, StanzaErrorCondition::BadRequest),
@@ -140,22 +137,62 @@ fn to_bare(router: &Router, routed: Routed, kind: StanzaKind) -> Step {
                 return Step::Done;
             }
             let targets = router.sessions().highest_priority(&bare);
-            if targets.iter().any(|t| t.node != router.node()) {
-                return Step::Next(routed);
-            }
             let mut delivered = false;
             for info in &targets {
                 delivered |= deliver_copy(router, info, &routed.stanza);
             }
-            if !delivered {
-                match mtype {
-                    // Headlines and errors are not worth storing (§8.5.2.2.1).
-                    MessageType::Headline | MessageType::Error => {}
-                    _ => router.submit(ServerJob::Undelivered(routed)),
-                }
+            if delivered {
+                return Step::Done;
             }
+            // No resource is available as far as this node knows. A resource on
+            // another node may have become available since the table was
+            // replicated here: that node decides.
+            let owner = router
+                .sessions()
+                .resources(&bare)
+                .into_iter()
+                .filter(|s| s.node != router.node())
+                .max_by_key(|s| s.created_micros)
+                .map(|s| s.node);
+            let routed = match owner {
+                Some(node) => match router.forward_to_account(node, routed) {
+                    Ok(()) => return Step::Done,
+                    Err(routed) => routed,
+                },
+                None => routed,
+            };
+            undelivered(router, routed, mtype);
             Step::Done
         }
+    }
+}
+
+/// A message no resource took: offline storage, except headlines and errors,
+/// which are not worth storing (§8.5.2.2.1).
+fn undelivered(router: &Router, routed: Routed, mtype: MessageType) {
+    match mtype {
+        MessageType::Headline | MessageType::Error => {}
+        _ => router.submit(ServerJob::Undelivered(routed)),
+    }
+}
+
+/// A message for an account that another node forwarded here because this
+/// node serves its resources: delivered to this node's available resources
+/// of highest priority, else stored offline. Never forwarded again.
+pub fn deliver_forwarded_message(router: &Router, routed: Routed) {
+    let mtype = MessageType::of(&routed.stanza);
+    let bare = routed.to.to_bare();
+    let local: Vec<SessionInfo> =
+        router.sessions().resources(&bare).into_iter().filter(|s| s.node == router.node()).collect();
+    let best = local.iter().filter_map(|s| s.priority).filter(|p| *p >= 0).max();
+    let mut delivered = false;
+    if let Some(best) = best {
+        for info in local.iter().filter(|s| s.priority == Some(best)) {
+            delivered |= deliver_copy(router, info, &routed.stanza);
+        }
+    }
+    if !delivered {
+        undelivered(router, routed, mtype);
     }
 }
 

@@ -111,9 +111,9 @@ impl World {
         let sid = SessionId(self.next_sid);
         self.next_sid += 1;
         let info = SessionInfo { jid: parse_full(jid).unwrap(), node, sid, priority, created_micros: sid.0 as i64 };
-        assert_eq!(self.router.sessions().open(info).replaced, None);
+        assert_eq!(self.router.sessions().open(info).loser, None);
         let sink = Arc::new(Sink { full, ..Sink::default() });
-        if node == NODE {
+        if node == self.router.node() {
             self.router.register_sink(sid, sink.clone());
         }
         self.sinks.insert(jid.to_owned(), sink.clone());
@@ -603,31 +603,11 @@ fn no_server_handler_is_service_unavailable() {
 fn later_links_get_what_the_local_link_passes_on() {
     let world = || {
         let mut w = World::verona();
-        w.bind("juliet@example.com/mantua", Some(9), OTHER_NODE, false);
         w.bind("paris@example.com/church", Some(0), OTHER_NODE, false);
         w
     };
     // (case, stanza, passed on to the next link, what stays local)
-    let cases: [(&str, &str, bool, Outcome); 7] = [
-        (
-            "full JID bound on another node",
-            "<message to='paris@example.com/church' type='chat'/>",
-            true,
-            Outcome::default(),
-        ),
-        (
-            "iq to a full JID on another node",
-            "<iq to='paris@example.com/church' type='get' id='1'/>",
-            true,
-            Outcome::default(),
-        ),
-        // The best resource is elsewhere: the cluster link delivers.
-        (
-            "bare JID whose best resource is on another node",
-            "<message to='juliet@example.com' type='chat'/>",
-            true,
-            Outcome::default(),
-        ),
+    let cases: [(&str, &str, bool, Outcome); 4] = [
         ("remote domain", "<message to='juliet@capulet.example' type='chat'/>", true, Outcome::default()),
         ("remote domain error", "<iq to='capulet.example' type='error' id='1'/>", true, Outcome::default()),
         (
@@ -658,10 +638,11 @@ fn later_links_get_what_the_local_link_passes_on() {
         assert_eq!(w.outcome(), want, "{case}");
     }
 
-    // Without a later link, a session on another node of our host is unreachable.
+    // A session on another node that cannot be reached (no transport here):
+    // the message is not lost, it goes to offline storage.
     let w = world();
     w.route("<message to='paris@example.com/church' type='chat'/>");
-    assert_eq!(w.outcome(), bounced(C::ServiceUnavailable));
+    assert_eq!(w.outcome(), job("undelivered", "paris@example.com/church"));
 }
 
 #[test]
@@ -698,4 +679,139 @@ fn sessions_are_not_kicked_by_routing() {
     let w = World::verona();
     w.route("<message to='juliet@example.com' type='chat'/>");
     assert!(w.sinks.values().all(|s| s.kicks.lock().unwrap().is_empty()));
+}
+
+// ------------------------------------------------------------------ two nodes
+
+mod two_nodes {
+    use super::*;
+    use meerkat_cluster::transport::Transport;
+    use std::time::Duration;
+
+    /// Two routers with their own copy of the table, linked by a real transport on loopback.
+    struct Pair {
+        a: World,
+        b: World,
+        ta: Arc<Transport>,
+        tb: Arc<Transport>,
+    }
+
+    async fn pair() -> Pair {
+        let mut a = World::new();
+        let mut b = World::new();
+        b.router = Router::new(OTHER_NODE, vec![HOST.into()], Arc::new(SessionTable::new()));
+        b.router.set_server_handler(b.server.clone());
+        let _ = &mut a;
+        let ta = Transport::new(NODE.0, "test".into(), None);
+        let tb = Transport::new(OTHER_NODE.0, "test".into(), None);
+        for (t, w) in [(&ta, &a), (&tb, &b)] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            tokio::spawn(t.clone().serve(listener));
+            t.set_inbox(crate::cluster::ClusterInbox::new(w.router.clone()));
+            w.router.set_transport(t.clone());
+            let other = if t.node_id() == NODE.0 { &tb } else { &ta };
+            other.set_address(t.node_id(), &addr);
+        }
+        Pair { a, b, ta, tb }
+    }
+
+    impl Pair {
+        /// Binds a session on node b, as both tables see it; `a_priority` is node a's (stale) view.
+        fn bind_on_b(&mut self, jid: &str, priority: Option<i8>, a_priority: Option<i8>) -> Arc<Sink> {
+            let sink = self.b.bind(jid, priority, OTHER_NODE, false);
+            let sid = SessionId(self.b.next_sid - 1);
+            let info = SessionInfo {
+                jid: parse_full(jid).unwrap(),
+                node: OTHER_NODE,
+                sid,
+                priority: a_priority,
+                created_micros: sid.0 as i64,
+            };
+            self.a.router.sessions().open(info);
+            sink
+        }
+
+        /// Binds a session on node a, as both tables see it.
+        fn bind_on_a(&mut self, jid: &str, priority: Option<i8>) -> Arc<Sink> {
+            let sink = self.a.bind(jid, priority, NODE, false);
+            let sid = SessionId(self.a.next_sid - 1);
+            let info =
+                SessionInfo { jid: parse_full(jid).unwrap(), node: NODE, sid, priority, created_micros: sid.0 as i64 };
+            self.b.router.sessions().open(info);
+            sink
+        }
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn messages_reach_sessions_on_another_node_in_order() {
+        let mut p = pair().await;
+        let paris = p.bind_on_b("paris@example.com/church", Some(0), Some(0));
+        for n in 0..500 {
+            p.a.route(&format!("<message to='paris@example.com/church' type='chat' id='m{n}'/>"));
+        }
+        p.a.route("<message to='paris@example.com' type='chat' id='bare'/>");
+        until("500 messages", || paris.got.lock().unwrap().len() == 501).await;
+        let ids: Vec<String> = paris.take().iter().map(|m| m.attr("id").unwrap().to_owned()).collect();
+        let mut want: Vec<String> = (0..500).map(|n| format!("m{n}")).collect();
+        want.push("bare".into());
+        assert_eq!(ids, want);
+        p.ta.shutdown();
+        p.tb.shutdown();
+    }
+
+    #[tokio::test]
+    async fn the_owning_node_decides_availability() {
+        let mut p = pair().await;
+        // Node a has not seen paris's initial presence yet; node b has.
+        let paris = p.bind_on_b("paris@example.com/church", Some(0), None);
+        p.a.route("<message to='paris@example.com' type='chat' id='1'/>");
+        p.a.route("<presence from='romeo@example.com/orchard' to='paris@example.com'/>");
+        until("both stanzas", || paris.got.lock().unwrap().len() == 2).await;
+        assert_eq!(p.a.outcome(), Outcome::default(), "nothing was stored offline on node a");
+
+        // An unavailable resource on b gets no presence, and the message goes offline (on b).
+        let tybalt = p.bind_on_b("tybalt@example.com/street", None, None);
+        p.a.route("<presence from='romeo@example.com/orchard' to='tybalt@example.com'/>");
+        p.a.route("<message to='tybalt@example.com' type='chat' id='2'/>");
+        until("offline on b", || !p.b.server.jobs.lock().unwrap().is_empty()).await;
+        assert_eq!(p.b.outcome().jobs, vec![("undelivered", "tybalt@example.com".to_owned())]);
+        assert!(tybalt.take().is_empty());
+        p.ta.shutdown();
+        p.tb.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_session_gone_from_its_node_falls_back_there_without_bouncing() {
+        let mut p = pair().await;
+        let romeo = p.bind_on_a(ROMEO, Some(0));
+        p.bind_on_b("paris@example.com/church", Some(0), Some(0));
+        // Node b forgot the session (it closed); node a's table is stale.
+        p.b.router.sessions().close(
+            &parse_full("paris@example.com/church").unwrap(),
+            OTHER_NODE,
+            SessionId(p.b.next_sid - 1),
+        );
+        p.a.route("<message to='paris@example.com/church' type='chat' id='1'/>");
+        p.a.route("<iq to='paris@example.com/church' type='get' id='2'/>");
+        until("offline on b", || !p.b.server.jobs.lock().unwrap().is_empty()).await;
+        assert_eq!(p.b.outcome().jobs, vec![("undelivered", "paris@example.com".to_owned())]);
+        // The IQ error comes back to romeo on node a, once.
+        until("the iq error", || !romeo.got.lock().unwrap().is_empty()).await;
+        let got = romeo.take();
+        assert_eq!(got.len(), 1);
+        assert_eq!(StanzaError::from_stanza(&got[0]).map(|e| e.condition), Some(C::ServiceUnavailable));
+        p.ta.shutdown();
+        p.tb.shutdown();
+    }
 }

@@ -71,9 +71,7 @@ fn send_current_presence(svc: &Arc<Services>, user: &BareJid, to: &BareJid) {
         .with_attr("from", to.to_string())
         .with_attr("to", user.to_string());
     for info in svc.router.sessions().resources(user) {
-        if info.priority.is_some() {
-            let _ = svc.router.deliver_to_session(&info, probe.clone());
-        }
+        let _ = svc.router.deliver_if_available(&info, probe.clone());
     }
 }
 
@@ -203,8 +201,8 @@ pub async fn inbound(svc: &Arc<Services>, r: Routed) {
                 let mut probe = r.stanza.clone();
                 probe.set_attr("from", r.from.to_string());
                 for info in svc.router.sessions().resources(&user) {
-                    if info.priority.is_some() && to.as_ref().is_none_or(|t| *t == info.jid) {
-                        let _ = svc.router.deliver_to_session(&info, probe.clone());
+                    if to.as_ref().is_none_or(|t| *t == info.jid) {
+                        let _ = svc.router.deliver_if_available(&info, probe.clone());
                     }
                 }
             }
@@ -292,9 +290,7 @@ pub async fn inbound(svc: &Arc<Services>, r: Routed) {
         let mut stanza = r.stanza;
         stanza.set_attr("from", contact.to_string());
         for info in svc.router.sessions().resources(&user) {
-            if info.priority.is_some() {
-                let _ = svc.router.deliver_to_session(&info, stanza.clone());
-            }
+            let _ = svc.router.deliver_if_available(&info, stanza.clone());
         }
     }
     if kind == PresenceType::Unsubscribe && changed {

@@ -17,7 +17,7 @@
 use std::fmt;
 
 /// One XML element with a resolved namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Element {
     /// Local name (no prefix).
     pub name: String,
@@ -31,7 +31,7 @@ pub struct Element {
 }
 
 /// A child of an [`Element`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Node {
     /// A child element.
     Element(Element),

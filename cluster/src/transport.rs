@@ -1,0 +1,815 @@
+//! Node-to-node transport: framed TCP (optionally mutual TLS) carrying Raft
+//! RPCs, forwarded proposals and stanzas.
+//!
+//! # Wire format
+//! Every frame is a 4-byte big-endian length, then one byte of protocol
+//! version ([`PROTOCOL_VERSION`]), then the bincode encoding of a [`Frame`].
+//! A connection starts with [`Frame::Hello`], which names the cluster, the
+//! sender and the node the sender believes it reached; a mismatch is refused
+//! before anything else is read (openraft must never replicate to itself
+//! through a misconfigured address).
+//!
+//! # Connections and order
+//! Each node dials one connection to each peer and sends everything to that
+//! peer over it, through one bounded queue and one writer task: stanzas from
+//! one sender to one recipient therefore arrive in the order they were sent.
+//! The receiving side handles stanza frames inline, in order, and requests
+//! concurrently; replies go back on the connection the request came in on.
+//!
+//! While a peer is unreachable its queue keeps what was sent to it. When the
+//! peer is declared down, the stanzas still queued are handed back to the
+//! [`StanzaInbox`] so they can be routed again (to offline storage) instead
+//! of being lost.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use meerkat_xmpp::element::Element;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::command::{bincode_config, Command, CommandResponse};
+use crate::types::TypeConfig;
+
+/// Version byte at the start of every frame.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Largest frame accepted (a snapshot chunk or a batch of log entries).
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Frames queued for one peer before senders are refused.
+pub const PEER_QUEUE: usize = 16 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A stanza crossing to another node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StanzaFrame {
+    pub target: StanzaTarget,
+    /// The stanza's routing addresses, already checked by the sending node.
+    pub from: String,
+    pub to: String,
+    pub stanza: Element,
+}
+
+/// Where on the receiving node a forwarded stanza goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StanzaTarget {
+    /// One bound session. With `if_available`, only if that resource is
+    /// available now: the owning node knows its sessions' presence first.
+    Session { jid: String, sid: u64, if_available: bool },
+    /// The account (bare JID) as this node sees it: its local resources, else offline storage.
+    Account,
+}
+
+/// A request one node makes of another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    AppendEntries(openraft::raft::AppendEntriesRequest<TypeConfig>),
+    Vote(openraft::raft::VoteRequest<u64>),
+    InstallSnapshot(openraft::raft::InstallSnapshotRequest<TypeConfig>),
+    /// A proposal from a follower, for the leader to commit.
+    ClientWrite(Command),
+    /// Add a node: as a learner, then as a voter.
+    Join {
+        node: u64,
+        addr: String,
+    },
+    /// Remove a node from the membership and the session table.
+    Remove {
+        node: u64,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    AppendEntries(openraft::raft::AppendEntriesResponse<u64>),
+    Vote(openraft::raft::VoteResponse<u64>),
+    InstallSnapshot(openraft::raft::InstallSnapshotResponse<u64>),
+    ClientWrite { index: u64, response: CommandResponse },
+    Done,
+}
+
+/// Why a request failed on the remote node.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum WireError {
+    /// The receiver refused a snapshot chunk; the sender must act on the reason.
+    #[error("snapshot: {0}")]
+    Snapshot(openraft::error::RaftError<u64, openraft::error::InstallSnapshotError>),
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64>, addr: Option<String> },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Everything that crosses a connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Frame {
+    Hello { cluster: String, from: u64, to: Option<u64> },
+    HelloOk { node: u64 },
+    HelloRefused { reason: String },
+    Request { id: u64, body: Request },
+    Response { id: u64, body: Result<Response, WireError> },
+    Stanza(StanzaFrame),
+}
+
+/// Errors of the transport itself.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("node {0} is not reachable: {1}")]
+    Unreachable(u64, String),
+    #[error("no address known for node {0}")]
+    NoAddress(u64),
+    #[error("the queue to node {0} is full")]
+    QueueFull(u64),
+    #[error("timed out waiting for node {0}")]
+    Timeout(u64),
+    #[error("connection refused by the peer: {0}")]
+    Refused(String),
+    #[error("remote: {0}")]
+    Remote(#[from] WireError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame: {0}")]
+    Codec(String),
+}
+
+pub fn encode_frame(frame: &Frame) -> Result<Bytes, TransportError> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_u8(PROTOCOL_VERSION);
+    let body =
+        bincode::serde::encode_to_vec(frame, bincode_config()).map_err(|e| TransportError::Codec(e.to_string()))?;
+    buf.extend_from_slice(&body);
+    Ok(buf.freeze())
+}
+
+pub fn decode_frame(data: &[u8]) -> Result<Frame, TransportError> {
+    let Some((&version, body)) = data.split_first() else {
+        return Err(TransportError::Codec("empty frame".into()));
+    };
+    if version != PROTOCOL_VERSION {
+        return Err(TransportError::Codec(format!("protocol version {version}, expected {PROTOCOL_VERSION}")));
+    }
+    let (frame, used): (Frame, usize) =
+        bincode::serde::decode_from_slice(body, bincode_config()).map_err(|e| TransportError::Codec(e.to_string()))?;
+    if used != body.len() {
+        return Err(TransportError::Codec("trailing bytes after a frame".into()));
+    }
+    Ok(frame)
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec()
+}
+
+/// Stanzas arriving from other nodes.
+pub trait StanzaInbox: Send + Sync {
+    /// A stanza another node forwarded here. Called in arrival order; must not block.
+    fn on_stanza(&self, from_node: u64, frame: StanzaFrame);
+    /// A stanza that was queued for `node`, which is now down: route it again.
+    fn undeliverable(&self, node: u64, frame: StanzaFrame);
+}
+
+/// Requests arriving from other nodes (Raft RPCs, proposals, membership).
+pub trait RequestHandler: Send + Sync {
+    fn handle(
+        &self,
+        from: u64,
+        request: Request,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, WireError>> + Send + '_>>;
+}
+
+/// Optional mutual TLS between nodes, from a cluster CA.
+#[derive(Clone)]
+pub struct ClusterTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The name every node's certificate carries and peers verify.
+    pub server_name: rustls_pki_types::ServerName<'static>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+enum Outgoing {
+    /// An encoded request, dropped unsent once its caller stopped waiting:
+    /// a proposal that timed out must not be committed later.
+    Request {
+        bytes: Bytes,
+        deadline: Instant,
+    },
+    Stanza(StanzaFrame),
+}
+
+impl Outgoing {
+    /// The bytes to write, or `None` when the frame is stale or cannot be encoded.
+    fn into_bytes(self) -> Option<Bytes> {
+        match self {
+            Outgoing::Request { bytes, deadline } => (Instant::now() < deadline).then_some(bytes),
+            Outgoing::Stanza(s) => match encode_frame(&Frame::Stanza(s)) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a stanza frame");
+                    None
+                }
+            },
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Response, WireError>>>>>;
+
+/// One peer: its queue, its outstanding requests and its last sign of life.
+struct Peer {
+    tx: mpsc::Sender<Outgoing>,
+    /// The receiving end, shared with the connection task so that a down
+    /// peer's queue can be drained from outside.
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Outgoing>>>,
+    pending: Pending,
+    addr: Arc<RwLock<String>>,
+}
+
+/// The transport of one node.
+pub struct Transport {
+    me: u64,
+    cluster: String,
+    tls: Option<ClusterTls>,
+    peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    last_seen: Mutex<HashMap<u64, Instant>>,
+    next_id: AtomicU64,
+    inbox: OnceLock<Arc<dyn StanzaInbox>>,
+    handler: OnceLock<Arc<dyn RequestHandler>>,
+    shutdown: watch::Sender<bool>,
+    pub stats: TransportStats,
+}
+
+/// Counters for metrics and the admin API.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub stanzas_sent: AtomicU64,
+    pub stanzas_received: AtomicU64,
+    pub stanzas_requeued: AtomicU64,
+}
+
+impl Transport {
+    pub fn new(me: u64, cluster: String, tls: Option<ClusterTls>) -> Arc<Transport> {
+        Arc::new(Transport {
+            me,
+            cluster,
+            tls,
+            peers: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            inbox: OnceLock::new(),
+            handler: OnceLock::new(),
+            shutdown: watch::channel(false).0,
+            stats: TransportStats::default(),
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.me
+    }
+
+    pub fn set_inbox(&self, inbox: Arc<dyn StanzaInbox>) {
+        let _ = self.inbox.set(inbox);
+    }
+
+    pub fn set_handler(&self, handler: Arc<dyn RequestHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    /// Stops every connection task.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    fn saw(&self, node: u64) {
+        self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node, Instant::now());
+    }
+
+    /// When `node` last answered or sent anything.
+    pub fn last_seen(&self, node: u64) -> Option<Instant> {
+        self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).get(&node).copied()
+    }
+
+    /// Forgets when a node was last seen (a new leader starts counting afresh).
+    pub fn reset_last_seen(&self, node: u64) {
+        self.saw(node);
+    }
+
+    /// Records or updates a peer's address (from the membership config).
+    pub fn set_address(self: &Arc<Self>, node: u64, addr: &str) {
+        if node == self.me {
+            return;
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        match peers.get(&node) {
+            Some(p) => {
+                let mut a = p.addr.write().unwrap_or_else(|e| e.into_inner());
+                if *a != addr {
+                    *a = addr.to_owned();
+                }
+            }
+            None => {
+                let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                let peer = Arc::new(Peer {
+                    tx,
+                    rx: Arc::new(tokio::sync::Mutex::new(rx)),
+                    pending: Arc::new(Mutex::new(HashMap::new())),
+                    addr: Arc::new(RwLock::new(addr.to_owned())),
+                });
+                peers.insert(node, peer.clone());
+                tokio::spawn(self.clone().peer_loop(node, peer));
+            }
+        }
+    }
+
+    /// Forgets a peer that left the cluster; what is queued for it is handed back.
+    pub fn remove_peer(&self, node: u64) {
+        let peer = self.peers.lock().unwrap_or_else(|e| e.into_inner()).remove(&node);
+        if let Some(peer) = peer {
+            self.requeue(node, &peer);
+        }
+    }
+
+    /// A peer was declared down: stanzas still queued for it go back to routing.
+    pub fn peer_down(&self, node: u64) {
+        let peer = self.peers.lock().unwrap_or_else(|e| e.into_inner()).get(&node).cloned();
+        if let Some(peer) = peer {
+            self.requeue(node, &peer);
+        }
+    }
+
+    fn requeue(&self, node: u64, peer: &Peer) {
+        // The connection task holds the receiver while it is connected; a down
+        // peer's task is between attempts, so the lock is normally free.
+        let Ok(mut rx) = peer.rx.try_lock() else {
+            return;
+        };
+        while let Ok(item) = rx.try_recv() {
+            if let Outgoing::Stanza(frame) = item {
+                self.stats.stanzas_requeued.fetch_add(1, Ordering::Relaxed);
+                if let Some(inbox) = self.inbox.get() {
+                    inbox.undeliverable(node, frame);
+                }
+            }
+        }
+        fail_pending(&peer.pending, "the node is down");
+    }
+
+    fn peer(&self, node: u64) -> Result<Arc<Peer>, TransportError> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).get(&node).cloned().ok_or(TransportError::NoAddress(node))
+    }
+
+    /// Queues a stanza for another node without waiting; it comes back if the queue is full.
+    #[allow(clippy::result_large_err)]
+    pub fn send_stanza(&self, node: u64, frame: StanzaFrame) -> Result<(), StanzaFrame> {
+        let Ok(peer) = self.peer(node) else {
+            return Err(frame);
+        };
+        match peer.tx.try_send(Outgoing::Stanza(frame)) {
+            Ok(()) => {
+                self.stats.stanzas_sent.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => match e.into_inner() {
+                Outgoing::Stanza(f) => Err(f),
+                // Only a stanza was queued above, so only a stanza can come back.
+                Outgoing::Request { .. } => Ok(()),
+            },
+        }
+    }
+
+    /// Sends a request to a known peer and waits for its answer.
+    pub async fn request(&self, node: u64, body: Request, timeout: Duration) -> Result<Response, TransportError> {
+        let peer = self.peer(node)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_frame(&Frame::Request { id, body })?;
+        let (tx, rx) = oneshot::channel();
+        peer.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        let deadline = Instant::now() + timeout;
+        let sent = tokio::time::timeout(timeout, peer.tx.send(Outgoing::Request { bytes: frame, deadline })).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            peer.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return Err(TransportError::QueueFull(node));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(e))) => Err(TransportError::Remote(e)),
+            Ok(Err(_)) => Err(TransportError::Unreachable(node, "connection lost".into())),
+            Err(_) => {
+                peer.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                Err(TransportError::Timeout(node))
+            }
+        }
+    }
+
+    /// One request over a fresh connection to an address, for a node that is
+    /// not a member yet (joining through any member).
+    pub async fn request_addr(&self, addr: &str, body: Request, timeout: Duration) -> Result<Response, TransportError> {
+        let work = async {
+            let mut framed = self.connect(addr, None).await?;
+            framed.send(encode_frame(&Frame::Request { id: 0, body })?).await?;
+            loop {
+                let Some(data) = framed.next().await else {
+                    return Err(TransportError::Unreachable(0, "connection closed".into()));
+                };
+                if let Frame::Response { id: 0, body } = decode_frame(&data?)? {
+                    return body.map_err(TransportError::Remote);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, work).await.map_err(|_| TransportError::Timeout(0))?
+    }
+
+    async fn connect(
+        &self,
+        addr: &str,
+        to: Option<u64>,
+    ) -> Result<Framed<Box<dyn Io>, LengthDelimitedCodec>, TransportError> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| TransportError::Unreachable(to.unwrap_or(0), format!("connect to {addr} timed out")))??;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Io> = match &self.tls {
+            Some(tls) => Box::new(
+                tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(tls.server_name.clone(), tcp))
+                    .await
+                    .map_err(|_| TransportError::Unreachable(to.unwrap_or(0), "TLS handshake timed out".into()))??,
+            ),
+            None => Box::new(tcp),
+        };
+        let mut framed = Framed::new(io, codec());
+        framed.send(encode_frame(&Frame::Hello { cluster: self.cluster.clone(), from: self.me, to })?).await?;
+        let reply = tokio::time::timeout(CONNECT_TIMEOUT, framed.next())
+            .await
+            .map_err(|_| TransportError::Unreachable(to.unwrap_or(0), "no hello".into()))?;
+        match reply {
+            Some(data) => match decode_frame(&data?)? {
+                Frame::HelloOk { .. } => Ok(framed),
+                Frame::HelloRefused { reason } => Err(TransportError::Refused(reason)),
+                other => Err(TransportError::Codec(format!("expected a hello, got {other:?}"))),
+            },
+            None => Err(TransportError::Unreachable(to.unwrap_or(0), "closed during hello".into())),
+        }
+    }
+
+    /// Keeps one connection to a peer up and drains its queue into it.
+    async fn peer_loop(self: Arc<Self>, node: u64, peer: Arc<Peer>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if *shutdown.borrow() || !self.peers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&node) {
+                fail_pending(&peer.pending, "transport stopped");
+                return;
+            }
+            let addr = peer.addr.read().unwrap_or_else(|e| e.into_inner()).clone();
+            match self.connect(&addr, Some(node)).await {
+                Ok(framed) => {
+                    backoff = Duration::from_millis(50);
+                    self.saw(node);
+                    tracing::info!(peer = node, %addr, "cluster link up");
+                    self.run_connection(node, &peer, framed, &mut shutdown).await;
+                    fail_pending(&peer.pending, "connection lost");
+                    tracing::info!(peer = node, %addr, "cluster link down");
+                }
+                Err(e) => {
+                    tracing::debug!(peer = node, %addr, error = %e, "cluster connect failed");
+                    // Callers fail now rather than at their timeout; their queued
+                    // frames go stale and are dropped unsent.
+                    fail_pending(&peer.pending, "unreachable");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn run_connection(
+        &self,
+        node: u64,
+        peer: &Peer,
+        framed: Framed<Box<dyn Io>, LengthDelimitedCodec>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        let (mut sink, mut stream) = framed.split();
+        let mut rx = peer.rx.lock().await;
+        loop {
+            tokio::select! {
+                item = rx.recv() => {
+                    let Some(item) = item else { return };
+                    if let Some(bytes) = item.into_bytes() {
+                        if sink.feed(bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Write whatever else is queued before flushing: one syscall for a burst.
+                    while let Ok(more) = rx.try_recv() {
+                        if let Some(bytes) = more.into_bytes() {
+                            if sink.feed(bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if sink.flush().await.is_err() {
+                        return;
+                    }
+                }
+                data = stream.next() => {
+                    let Some(Ok(data)) = data else { return };
+                    self.saw(node);
+                    match decode_frame(&data) {
+                        Ok(Frame::Response { id, body }) => {
+                            let tx = peer.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                            if let Some(tx) = tx {
+                                let _ = tx.send(body);
+                            }
+                        }
+                        Ok(other) => tracing::warn!(peer = node, "unexpected frame on an outbound link: {other:?}"),
+                        Err(e) => {
+                            tracing::warn!(peer = node, error = %e, "bad frame; closing the link");
+                            return;
+                        }
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Accepts connections from other nodes until shutdown.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => return,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(self.clone().inbound(tcp, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn inbound(self: Arc<Self>, tcp: TcpStream, peer_addr: SocketAddr) {
+        let io: Box<dyn Io> = match &self.tls {
+            Some(tls) => match tokio::time::timeout(CONNECT_TIMEOUT * 5, tls.acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer_addr, error = %e, "cluster TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            },
+            None => Box::new(tcp),
+        };
+        let mut framed = Framed::new(io, codec());
+        let hello = match tokio::time::timeout(CONNECT_TIMEOUT * 5, framed.next()).await {
+            Ok(Some(Ok(data))) => decode_frame(&data),
+            _ => return,
+        };
+        let from = match hello {
+            Ok(Frame::Hello { cluster, from, to }) => {
+                let refusal = if cluster != self.cluster {
+                    Some(format!("this node belongs to cluster '{}', not '{cluster}'", self.cluster))
+                } else if to.is_some_and(|t| t != self.me) {
+                    Some(format!("this is node {}, not node {}", self.me, to.unwrap_or_default()))
+                } else if from == self.me {
+                    Some(format!("node {from} connected to itself"))
+                } else {
+                    None
+                };
+                if let Some(reason) = refusal {
+                    tracing::warn!(%peer_addr, %reason, "refusing a cluster connection");
+                    if let Ok(f) = encode_frame(&Frame::HelloRefused { reason }) {
+                        let _ = framed.send(f).await;
+                    }
+                    return;
+                }
+                from
+            }
+            Ok(other) => {
+                tracing::warn!(%peer_addr, "cluster connection did not start with a hello: {other:?}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%peer_addr, error = %e, "cluster connection sent a bad hello");
+                return;
+            }
+        };
+        match encode_frame(&Frame::HelloOk { node: self.me }) {
+            Ok(f) => {
+                if framed.send(f).await.is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        self.saw(from);
+        let (mut sink, mut stream) = framed.split();
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(1024);
+        let writer = tokio::spawn(async move {
+            while let Some(b) = reply_rx.recv().await {
+                if sink.send(b).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            let data = tokio::select! {
+                d = stream.next() => d,
+                _ = shutdown.changed() => break,
+            };
+            let Some(Ok(data)) = data else { break };
+            self.saw(from);
+            match decode_frame(&data) {
+                Ok(Frame::Stanza(frame)) => {
+                    self.stats.stanzas_received.fetch_add(1, Ordering::Relaxed);
+                    if let Some(inbox) = self.inbox.get() {
+                        inbox.on_stanza(from, frame);
+                    }
+                }
+                Ok(Frame::Request { id, body }) => {
+                    let Some(handler) = self.handler.get().cloned() else {
+                        continue;
+                    };
+                    let reply_tx = reply_tx.clone();
+                    tokio::spawn(async move {
+                        let body = handler.handle(from, body).await;
+                        if let Ok(f) = encode_frame(&Frame::Response { id, body }) {
+                            let _ = reply_tx.send(f).await;
+                        }
+                    });
+                }
+                Ok(other) => tracing::warn!(peer = from, "unexpected frame on an inbound link: {other:?}"),
+                Err(e) => {
+                    tracing::warn!(peer = from, error = %e, "bad frame; closing the link");
+                    break;
+                }
+            }
+        }
+        drop(reply_tx);
+        let _ = writer.await;
+    }
+}
+
+fn fail_pending(pending: &Pending, why: &str) {
+    let drained: Vec<_> = pending.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+    for (_, tx) in drained {
+        let _ = tx.send(Err(WireError::Failed(why.to_owned())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meerkat_xmpp::ns;
+
+    #[test]
+    fn frames_round_trip_and_reject_other_versions() {
+        let frame = Frame::Stanza(StanzaFrame {
+            target: StanzaTarget::Session { jid: "a@x/r".into(), sid: 9, if_available: true },
+            from: "b@x/r".into(),
+            to: "a@x/r".into(),
+            stanza: Element::new("message", ns::CLIENT)
+                .with_attr("to", "a@x/r")
+                .with_child(Element::new("body", ns::CLIENT).with_text("hi <there> & \u{1F600}")),
+        });
+        let bytes = encode_frame(&frame).unwrap();
+        let back = decode_frame(&bytes).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{frame:?}"));
+        let mut wrong = bytes.to_vec();
+        wrong[0] = 9;
+        assert!(decode_frame(&wrong).is_err());
+        assert!(decode_frame(&[]).is_err());
+        assert!(decode_frame(&[PROTOCOL_VERSION, 200, 1]).is_err());
+    }
+
+    struct Collect(Mutex<Vec<StanzaFrame>>);
+    impl StanzaInbox for Collect {
+        fn on_stanza(&self, _from: u64, frame: StanzaFrame) {
+            self.0.lock().unwrap().push(frame);
+        }
+        fn undeliverable(&self, _node: u64, _frame: StanzaFrame) {}
+    }
+
+    struct Echo;
+    impl RequestHandler for Echo {
+        fn handle(
+            &self,
+            from: u64,
+            request: Request,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, WireError>> + Send + '_>> {
+            Box::pin(async move {
+                match request {
+                    Request::Remove { node } if node == from => Ok(Response::Done),
+                    _ => Err(WireError::Failed("no".into())),
+                }
+            })
+        }
+    }
+
+    fn stanza(n: usize) -> StanzaFrame {
+        StanzaFrame {
+            target: StanzaTarget::Account,
+            from: "a@x".into(),
+            to: "b@x".into(),
+            stanza: Element::new("message", ns::CLIENT).with_attr("id", n.to_string()),
+        }
+    }
+
+    #[tokio::test]
+    async fn stanzas_keep_their_order_and_requests_get_answers() {
+        let a = Transport::new(1, "c".into(), None);
+        let b = Transport::new(2, "c".into(), None);
+        let inbox = Arc::new(Collect(Mutex::new(Vec::new())));
+        b.set_inbox(inbox.clone());
+        b.set_handler(Arc::new(Echo));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(b.clone().serve(listener));
+        a.set_address(2, &addr);
+        for n in 0..2000 {
+            a.send_stanza(2, stanza(n)).unwrap();
+        }
+        let resp = a.request(2, Request::Remove { node: 1 }, Duration::from_secs(5)).await.unwrap();
+        assert!(matches!(resp, Response::Done));
+        let err = a.request(2, Request::Remove { node: 7 }, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, TransportError::Remote(WireError::Failed(_))));
+        // The request was sent after every stanza on the same connection, so all arrived first.
+        let got = inbox
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|f| f.stanza.attr("id").unwrap().parse::<usize>().unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(got, (0..2000).collect::<Vec<_>>());
+        a.shutdown();
+        b.shutdown();
+    }
+
+    #[tokio::test]
+    async fn hello_refuses_the_wrong_cluster_or_node() {
+        let b = Transport::new(2, "c".into(), None);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(b.clone().serve(listener));
+        let other_cluster = Transport::new(1, "d".into(), None);
+        assert!(matches!(other_cluster.connect(&addr, Some(2)).await, Err(TransportError::Refused(_))));
+        let wrong_node = Transport::new(1, "c".into(), None);
+        assert!(matches!(wrong_node.connect(&addr, Some(3)).await, Err(TransportError::Refused(_))));
+        assert!(wrong_node.connect(&addr, Some(2)).await.is_ok());
+        b.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_down_peer_gives_its_queued_stanzas_back() {
+        struct Back(Mutex<Vec<u64>>);
+        impl StanzaInbox for Back {
+            fn on_stanza(&self, _: u64, _: StanzaFrame) {}
+            fn undeliverable(&self, node: u64, _frame: StanzaFrame) {
+                self.0.lock().unwrap().push(node);
+            }
+        }
+        let a = Transport::new(1, "c".into(), None);
+        let back = Arc::new(Back(Mutex::new(Vec::new())));
+        a.set_inbox(back.clone());
+        // Nothing listens there.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        a.set_address(5, &addr);
+        for n in 0..3 {
+            a.send_stanza(5, stanza(n)).unwrap();
+        }
+        // Let the connection attempt fail so that the queue is not held by a live link.
+        let mut tries = 0;
+        while back.0.lock().unwrap().len() < 3 && tries < 100 {
+            a.peer_down(5);
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tries += 1;
+        }
+        assert_eq!(*back.0.lock().unwrap(), vec![5, 5, 5]);
+        a.shutdown();
+    }
+}

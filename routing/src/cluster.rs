@@ -1,0 +1,92 @@
+//! Stanzas arriving from other nodes of the cluster.
+//!
+//! A forwarded stanza is delivered on this node or falls back here (another
+//! resource of this node, offline storage, an error to the sender); it is
+//! never forwarded again, so a table that is briefly stale on two nodes
+//! cannot make a stanza bounce between them.
+
+use std::sync::Arc;
+
+use meerkat_cluster::transport::{StanzaFrame, StanzaInbox, StanzaTarget};
+use meerkat_cluster::SessionId;
+use meerkat_xmpp::error::StanzaErrorCondition;
+use meerkat_xmpp::jid::{parse_full, parse_jid, Jid};
+use meerkat_xmpp::stanza::StanzaKind;
+
+use crate::local::deliver_forwarded_message;
+use crate::{Routed, Router};
+
+/// The router's side of the cluster transport.
+pub struct ClusterInbox {
+    router: Arc<Router>,
+}
+
+impl ClusterInbox {
+    pub fn new(router: Arc<Router>) -> Arc<Self> {
+        Arc::new(ClusterInbox { router })
+    }
+
+    fn routed(frame: StanzaFrame) -> Option<Routed> {
+        let from = parse_jid(&frame.from).ok()?;
+        let to = parse_jid(&frame.to).ok()?;
+        Some(Routed { from, to, stanza: frame.stanza })
+    }
+
+    /// What happens to a stanza whose session is not here (any more).
+    fn fallback(&self, routed: Routed) {
+        match StanzaKind::of(&routed.stanza) {
+            Some(StanzaKind::Message) => {
+                let mut routed = routed;
+                routed.to = Jid::from(routed.to.to_bare());
+                deliver_forwarded_message(&self.router, routed);
+            }
+            Some(StanzaKind::Iq) => self.router.bounce(routed, StanzaErrorCondition::ServiceUnavailable),
+            // Presence to a resource that is gone is dropped, as on one node.
+            _ => {}
+        }
+    }
+}
+
+impl StanzaInbox for ClusterInbox {
+    fn on_stanza(&self, from_node: u64, frame: StanzaFrame) {
+        let target = frame.target.clone();
+        let Some(routed) = Self::routed(frame) else {
+            tracing::warn!(from_node, "dropping a forwarded stanza with unparsable addresses");
+            return;
+        };
+        match target {
+            StanzaTarget::Session { jid, sid, if_available } => {
+                let info = parse_full(&jid)
+                    .ok()
+                    .and_then(|j| self.router.sessions().get(&j))
+                    .filter(|s| s.node == self.router.node() && s.sid == SessionId(sid));
+                let Some(info) = info else {
+                    return self.fallback(routed);
+                };
+                if if_available && info.priority.is_none() {
+                    return;
+                }
+                let Routed { from, to, stanza } = routed;
+                if let Err(stanza) = self.router.deliver_to_session(&info, stanza) {
+                    self.fallback(Routed { from, to, stanza });
+                }
+            }
+            StanzaTarget::Account => match StanzaKind::of(&routed.stanza) {
+                Some(StanzaKind::Message) => deliver_forwarded_message(&self.router, routed),
+                _ => self.fallback(routed),
+            },
+        }
+    }
+
+    fn undeliverable(&self, node: u64, frame: StanzaFrame) {
+        // The node went down with this queued for it; its sessions have left
+        // the table, so routing again reaches other resources or offline storage.
+        let Some(routed) = Self::routed(frame) else { return };
+        if StanzaKind::of(&routed.stanza) == Some(StanzaKind::Message) {
+            tracing::debug!(node, to = %routed.to, "re-routing a message queued for a node that went down");
+            let mut routed = routed;
+            routed.to = Jid::from(routed.to.to_bare());
+            self.router.route(routed);
+        }
+    }
+}
