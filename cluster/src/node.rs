@@ -495,7 +495,10 @@ impl ClusterNode {
 
     /// Removes this node from the cluster. Its sessions must be closed by the caller first.
     pub async fn leave(&self) -> Result<(), ClusterError> {
-        self.remove(self.id).await
+        self.remove(self.id).await?;
+        self.stopping.store(true, Ordering::Release);
+        self.ready.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Removes a node (dead or alive) from the membership and the session table.
@@ -641,7 +644,7 @@ impl SessionRegistry for ClusterNode {
     }
 
     async fn open(&self, info: SessionInfo) -> Result<OpenOutcome, RegistryError> {
-        if !self.is_ready() {
+        if !self.is_ready() || !self.is_member() {
             return Err(RegistryError::NotReady("not registered with the cluster".into()));
         }
         if self.raft.metrics().borrow().current_leader.is_none() {

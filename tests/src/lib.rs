@@ -5,12 +5,15 @@
 //! - [`client`]: [`client::Client`], an async XMPP client (TCP, STARTTLS,
 //!   direct TLS, SASL PLAIN/SCRAM/-PLUS, bind, stanzas); its TLS set-up is
 //!   shared with the load generator.
+//! - [`cluster`]: [`cluster::TestCluster`], several nodes forming a cluster
+//!   (bootstrap, then `meerkat cluster join`) on a shared database.
 //! - [`load`]: `meerkat-load`, the load generator (`src/bin/meerkat-load.rs`).
 //!
 //! The tests themselves are in `tests/`; run `cargo build --bin meerkat`
 //! first, they spawn that binary.
 
 pub mod client;
+pub mod cluster;
 pub mod load;
 pub mod node;
 

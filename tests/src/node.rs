@@ -60,11 +60,21 @@ pub struct NodeOptions {
     pub extra_toml: String,
     /// `[general] shutdown_grace_period`.
     pub shutdown_grace_period: u64,
+    /// The address the c2s listeners and the admin API bind to.
+    pub ip: std::net::Ipv4Addr,
+    /// A command the node runs under, such as `ip netns exec NS`.
+    pub command_prefix: Vec<String>,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { listener_toml: String::new(), extra_toml: String::new(), shutdown_grace_period: 5 }
+        NodeOptions {
+            listener_toml: String::new(),
+            extra_toml: String::new(),
+            shutdown_grace_period: 5,
+            ip: std::net::Ipv4Addr::LOCALHOST,
+            command_prefix: Vec::new(),
+        }
     }
 }
 
@@ -123,6 +133,19 @@ impl TestNode {
         node
     }
 
+    /// Replaces the extra TOML for the next (re)start.
+    pub fn set_extra_toml(&mut self, extra: String) {
+        self.options.extra_toml = extra;
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Starts the node again on the same directory (database, token,
     /// certificate) after it exited. Ports may change.
     pub fn restart(&mut self) {
@@ -174,23 +197,24 @@ shutdown_grace_period = {grace}
 
 [[listen.c2s]]
 port = {c2s}
-ip_address = "127.0.0.1"
+ip_address = "{ip}"
 tls.mode = "starttls"
 {listener}
 
 [[listen.c2s]]
 port = {tls}
-ip_address = "127.0.0.1"
+ip_address = "{ip}"
 tls.mode = "tls"
 
 [admin]
-ip_address = "127.0.0.1"
+ip_address = "{ip}"
 port = {admin}
 
 {extra}
 "#,
             data = self.data_dir().display(),
             grace = o.shutdown_grace_period,
+            ip = o.ip,
             c2s = self.c2s.port(),
             listener = o.listener_toml,
             tls = self.c2s_tls.port(),
@@ -202,9 +226,10 @@ port = {admin}
 
     fn spawn_until_ready(&mut self) {
         for attempt in 1..=START_ATTEMPTS {
-            self.c2s = loopback(free_port());
-            self.c2s_tls = loopback(free_port());
-            self.admin = loopback(free_port());
+            let ip = std::net::IpAddr::V4(self.options.ip);
+            self.c2s = SocketAddr::new(ip, free_port());
+            self.c2s_tls = SocketAddr::new(ip, free_port());
+            self.admin = SocketAddr::new(ip, free_port());
             self.write_config();
             let log = File::options().create(true).append(true).open(self.log_path()).expect("open node.log");
             let _ = writeln!(
@@ -212,7 +237,15 @@ port = {admin}
                 "=== meerkat start (attempt {attempt}) c2s={} tls={} admin={}",
                 self.c2s, self.c2s_tls, self.admin
             );
-            let child = Command::new(meerkat_bin())
+            let mut command = match self.options.command_prefix.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(meerkat_bin());
+                    c
+                }
+                None => Command::new(meerkat_bin()),
+            };
+            let child = command
                 .arg("start")
                 .arg("--config")
                 .arg(self.config_path())
