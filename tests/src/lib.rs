@@ -15,6 +15,7 @@
 pub mod client;
 pub mod cluster;
 pub mod load;
+pub mod netns;
 pub mod node;
 
 pub use client::{Binding, Client, ClientError, Sasl, Security, TlsTrust, TIMEOUT};
