@@ -135,18 +135,14 @@ impl Services {
         self.kick_local_sessions();
     }
 
-    /// Sessions bound on this node.
+    /// Sessions bound on this node and still running.
     pub fn local_sessions(&self) -> usize {
-        self.router.sessions().sessions_of(self.router.node()).len()
+        self.router.sink_count()
     }
 
     fn kick_local_sessions(&self) {
-        for info in self.router.sessions().all() {
-            if info.node == self.router.node() {
-                if let Some(sink) = self.router.sink(info.sid) {
-                    sink.kick(meerkat_routing::KickReason::Shutdown);
-                }
-            }
+        for sink in self.router.local_sinks() {
+            sink.kick(meerkat_routing::KickReason::Shutdown);
         }
     }
 

@@ -489,8 +489,11 @@ impl ClusterNode {
             ));
         }
         let req = Request::Join { node: self.id, addr: self.settings.advertise.clone() };
-        self.transport.request_addr(addr, req, Duration::from_secs(60)).await?;
-        Ok(())
+        match self.transport.request_addr(addr, req, Duration::from_secs(60)).await {
+            Ok(_) => Ok(()),
+            Err(TransportError::Remote(WireError::Failed(m))) => Err(ClusterError::Refused(m)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes this node from the cluster. Its sessions must be closed by the caller first.
@@ -512,7 +515,12 @@ impl ClusterNode {
         if leader == self.id {
             return handle_request(self, self.id, req).await.map_err(|e| ClusterError::Refused(e.to_string()));
         }
-        Ok(self.transport.request(leader, req, Duration::from_secs(60)).await?)
+        match self.transport.request(leader, req, Duration::from_secs(60)).await {
+            Ok(r) => Ok(r),
+            // The leader answered and said no: that is a refusal, not a network problem.
+            Err(TransportError::Remote(WireError::Failed(m))) => Err(ClusterError::Refused(m)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn leader_join(&self, node: u64, addr: String) -> Result<Response, WireError> {

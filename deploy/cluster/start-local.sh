@@ -202,7 +202,7 @@ for n in 2 3; do
         echo "node $n: no cluster state; joining through $seed"
         "$bin" --config "$(cfg "$n")" cluster join "$seed" >/dev/null
     else
-        echo "node $n: already a member; it rejoins by itself"
+        echo "node $n: already a member of the cluster; not joined again"
     fi
 done
 
@@ -217,5 +217,5 @@ for n in 1 2 3; do
     echo "node $n: c2s 127.0.0.1:$(c2s_port "$n") (direct TLS $(($(c2s_port "$n") + 1)))," \
         "admin http://127.0.0.1:$(admin_port "$n"), config $(cfg "$n"), pid $(cat "$base/node$n.pid")"
 done
-echo "database: $db_url"
+echo "database: $(sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$db_url")"
 echo "stop with: MEERKAT_CLUSTER_DIR=$base $script_dir/stop-local.sh"

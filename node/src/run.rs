@@ -214,7 +214,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     svc.begin_shutdown();
     // Sessions leave the table at once; their connections close once the
     // stream error and everything queued before it are written.
-    while (svc.connections() > 0 || !svc.router.sessions().is_empty()) && tokio::time::Instant::now() < deadline {
+    while (svc.connections() > 0 || svc.local_sessions() > 0) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     workers.close();

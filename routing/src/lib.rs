@@ -214,6 +214,16 @@ impl Router {
         self.sinks.write().unwrap_or_else(|e| e.into_inner()).insert(sid, sink);
     }
 
+    /// The delivery handles of every live session on this node.
+    pub fn local_sinks(&self) -> Vec<Arc<dyn SessionSink>> {
+        self.sinks.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Sessions with a delivery handle on this node (live local sessions).
+    pub fn sink_count(&self) -> usize {
+        self.sinks.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub fn unregister_sink(&self, sid: SessionId) {
         self.sinks.write().unwrap_or_else(|e| e.into_inner()).remove(&sid);
     }

@@ -231,7 +231,10 @@ impl Drop for Netns {
             match ip_quiet(&["netns", "del", &ns]) {
                 Some(out) if out.status.success() => {}
                 Some(out) => {
-                    eprintln!("could not delete network namespace {ns}: {}", String::from_utf8_lossy(&out.stderr).trim())
+                    eprintln!(
+                        "could not delete network namespace {ns}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
                 }
                 None => eprintln!("could not run `ip netns del {ns}`"),
             }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 const PW: &str = "pw";
 
-fn member<'a>(status: &'a Value, id: u64) -> Option<&'a Value> {
+fn member(status: &Value, id: u64) -> Option<&Value> {
     status["members"].as_array()?.iter().find(|m| m["id"].as_u64() == Some(id))
 }
 
@@ -102,6 +102,18 @@ async fn three_nodes_survive_a_killed_node_which_rejoins_by_itself() {
         t == c.table(1) && t == c.table(2)
     });
     let _ = carol.close().await;
+
+    // A node that dies for good is taken out with `meerkat cluster remove` on any member.
+    c.nodes[1].kill();
+    let out = c.nodes[2].cli(&["cluster", "remove", "2"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    wait_until("two members", Duration::from_secs(10), || {
+        [0, 2].iter().all(|i| c.status(*i)["members"].as_array().map(Vec::len) == Some(2))
+    });
+    assert!(c.table(0).iter().all(|(_, node)| *node != 2), "{:?}", c.table(0));
+    let (code, v) = c.nodes[0].api("DELETE", "/api/cluster/nodes/2", None);
+    assert_eq!(code, 409, "removing a node that is no longer a member: {v}");
+    exchange(&mut alice, &mut bob, 1000, 1010).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,9 +99,8 @@ async fn isolated_node_refuses_logins_majority_serves_and_heal_converges() {
     // Declared before the cluster, so dropped after its nodes stopped.
     let net = Netns::create(3);
     let placements = (1..=3).map(|i| net.placement(i)).collect();
-    let cluster = tokio::task::spawn_blocking(move || TestCluster::start_placed(SharedDb::sqlite(), placements))
-        .await
-        .unwrap();
+    let cluster =
+        tokio::task::spawn_blocking(move || TestCluster::start_placed(SharedDb::sqlite(), placements)).await.unwrap();
     for u in ["alice", "bob", "carol", "dave"] {
         cluster.add_user(u, PW);
     }
@@ -127,14 +126,21 @@ async fn isolated_node_refuses_logins_majority_serves_and_heal_converges() {
         attempt += 1;
         let resource = format!("try{attempt}");
         match Client::login(n3.c2s, DOMAIN, "dave", PW, Some(&resource)).await {
-            Ok(c) => eprintln!("dave/{resource} still got in on node 3 {:?} after the cut", cut_at.elapsed()),
+            Ok(c) => {
+                eprintln!("{} still got in on node 3 {:?} after the cut", c.jid(), cut_at.elapsed());
+                drop(c);
+            }
             Err(ClientError::StreamError { condition, text }) => {
                 assert_eq!(condition, "internal-server-error", "refusal on the isolated node: {text:?}");
                 break text;
             }
             Err(e) => panic!("login of dave/{resource} on the isolated node: expected a stream error, got {e}"),
         }
-        assert!(cut_at.elapsed() < PARTITION_TIMEOUT, "node 3 still accepts logins {:?} after the cut", cut_at.elapsed());
+        assert!(
+            cut_at.elapsed() < PARTITION_TIMEOUT,
+            "node 3 still accepts logins {:?} after the cut",
+            cut_at.elapsed()
+        );
     };
     eprintln!("node 3 refused a login {:?} after the cut: {first_refusal:?}", cut_at.elapsed());
     for i in 1..=2 {
@@ -199,7 +205,10 @@ async fn isolated_node_refuses_logins_majority_serves_and_heal_converges() {
         })
     }));
     if converged.is_err() {
-        panic!("the tables did not converge; expected {expected:?}; node 1: {:?}; node 2: {:?}; node 3: {:?}", last[0], last[1], last[2]);
+        panic!(
+            "the tables did not converge; expected {expected:?}; node 1: {:?}; node 2: {:?}; node 3: {:?}",
+            last[0], last[1], last[2]
+        );
     }
     for (i, t) in last.iter().enumerate() {
         let jids: Vec<&str> = t.iter().map(|s| s["jid"].as_str().unwrap()).collect();
