@@ -71,7 +71,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             Ok(Response::InstallSnapshot(r)) => Ok(r),
             Ok(_) => Err(unexpected()),
             Err(TransportError::Remote(WireError::Snapshot(e))) => {
-                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+                Err(RPCError::RemoteError(RemoteError::new(self.target, *e)))
             }
             Err(e) => Err(rpc_error(self.target, e)),
         }

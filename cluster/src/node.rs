@@ -730,9 +730,12 @@ async fn handle_request(node: &ClusterNode, _from: u64, request: Request) -> Res
             node.raft.append_entries(rpc).await.map(Response::AppendEntries).map_err(write_error)
         }
         Request::Vote(rpc) => node.raft.vote(rpc).await.map(Response::Vote).map_err(write_error),
-        Request::InstallSnapshot(rpc) => {
-            node.raft.install_snapshot(rpc).await.map(Response::InstallSnapshot).map_err(WireError::Snapshot)
-        }
+        Request::InstallSnapshot(rpc) => node
+            .raft
+            .install_snapshot(rpc)
+            .await
+            .map(Response::InstallSnapshot)
+            .map_err(|e| WireError::Snapshot(Box::new(e))),
         Request::ClientWrite(cmd) => match node.raft.client_write(cmd).await {
             Ok(resp) => Ok(Response::ClientWrite { index: resp.log_id.index, response: resp.data }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {

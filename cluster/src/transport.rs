@@ -101,7 +101,7 @@ pub enum Response {
 pub enum WireError {
     /// The receiver refused a snapshot chunk; the sender must act on the reason.
     #[error("snapshot: {0}")]
-    Snapshot(openraft::error::RaftError<u64, openraft::error::InstallSnapshotError>),
+    Snapshot(Box<openraft::error::RaftError<u64, openraft::error::InstallSnapshotError>>),
     #[error("not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<u64>, addr: Option<String> },
     #[error("{0}")]

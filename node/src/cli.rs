@@ -298,11 +298,11 @@ fn print_cluster(v: &Value) {
         };
         println!(
             "{:>6}  {:<24} {:<8} {:<12} {:>8} {:>6}",
-            m["id"],
+            m["id"].to_string(),
             m["address"].as_str().unwrap_or_default(),
             m["role"].as_str().unwrap_or_default(),
             state,
-            m["sessions"],
+            m["sessions"].to_string(),
             opt(&m["lag"]),
         );
     }
