@@ -49,31 +49,37 @@ impl ClusterInbox {
 
 impl StanzaInbox for ClusterInbox {
     fn on_stanza(&self, from_node: u64, frame: StanzaFrame) {
-        let target = frame.target.clone();
-        let Some(routed) = Self::routed(frame) else {
-            tracing::warn!(from_node, "dropping a forwarded stanza with unparsable addresses");
-            return;
-        };
-        match target {
+        match frame.target.clone() {
             StanzaTarget::Session { jid, sid, if_available } => {
                 let info = parse_full(&jid)
                     .ok()
                     .and_then(|j| self.router.sessions().get(&j))
                     .filter(|s| s.node == self.router.node() && s.sid == SessionId(sid));
-                let Some(info) = info else {
-                    return self.fallback(routed);
+                let stanza = match info {
+                    Some(info) => {
+                        if if_available && info.priority.is_none() {
+                            return;
+                        }
+                        // Direct delivery needs no addresses: pushes from the server have no 'from'.
+                        match self.router.deliver_to_session(&info, frame.stanza) {
+                            Ok(()) => return,
+                            Err(stanza) => stanza,
+                        }
+                    }
+                    None => frame.stanza,
                 };
-                if if_available && info.priority.is_none() {
-                    return;
-                }
-                let Routed { from, to, stanza } = routed;
-                if let Err(stanza) = self.router.deliver_to_session(&info, stanza) {
-                    self.fallback(Routed { from, to, stanza });
+                let to = if frame.to.is_empty() { jid } else { frame.to };
+                match Self::routed(StanzaFrame { stanza, to, ..frame }) {
+                    Some(routed) => self.fallback(routed),
+                    None => tracing::debug!(from_node, "dropping an undeliverable forwarded stanza without a sender"),
                 }
             }
-            StanzaTarget::Account => match StanzaKind::of(&routed.stanza) {
-                Some(StanzaKind::Message) => deliver_forwarded_message(&self.router, routed),
-                _ => self.fallback(routed),
+            StanzaTarget::Account => match Self::routed(frame) {
+                Some(routed) if StanzaKind::of(&routed.stanza) == Some(StanzaKind::Message) => {
+                    deliver_forwarded_message(&self.router, routed)
+                }
+                Some(routed) => self.fallback(routed),
+                None => tracing::warn!(from_node, "dropping a forwarded stanza with unparsable addresses"),
             },
         }
     }

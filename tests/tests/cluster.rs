@@ -166,3 +166,84 @@ async fn a_fourth_node_joins_takes_sessions_and_leaves_online() {
     let refused = Client::login(c.nodes[3].c2s, "localhost", "dave", PW, Some("again")).await;
     assert!(refused.is_err(), "login on a node that left the cluster succeeded");
 }
+
+fn presence_from<'a>(from: &'a str, kind: Option<&'a str>) -> impl Fn(&meerkat_xmpp::element::Element) -> bool + 'a {
+    move |el| el.name == "presence" && el.attr("from") == Some(from) && el.attr("type") == kind
+}
+
+fn roster_push_for<'a>(
+    contact: &'a str,
+    subscription: &'a str,
+) -> impl Fn(&meerkat_xmpp::element::Element) -> bool + 'a {
+    move |el| {
+        el.name == "iq"
+            && el.attr("type") == Some("set")
+            && el
+                .get_child("query", meerkat_xmpp::ns::ROSTER)
+                .and_then(|q| q.get_child("item", meerkat_xmpp::ns::ROSTER))
+                .is_some_and(|i| i.attr("jid") == Some(contact) && i.attr("subscription") == Some(subscription))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_presence_probes_and_roster_pushes_cross_nodes() {
+    let c = tokio::task::spawn_blocking(|| TestCluster::start(3)).await.unwrap();
+    for u in ["alice", "bob"] {
+        c.add_user(u, PW);
+    }
+    // alice has a resource on node 1 and one on node 3; bob is on node 2.
+    let mut alice = online(&c.nodes[0], "alice", PW, "one", Some(1)).await;
+    let mut alice3 = online(&c.nodes[2], "alice", PW, "three", Some(0)).await;
+    let mut bob = online(&c.nodes[1], "bob", PW, "two", Some(1)).await;
+    let (a1, a3, b2) = (alice.jid().to_owned(), alice3.jid().to_owned(), bob.jid().to_owned());
+
+    // Each of alice's resources sees the other's presence, across nodes.
+    alice.recv_until(presence_from(&a3, None)).await.unwrap();
+
+    // Mutual subscription: requests, approvals and roster pushes to every resource on every node.
+    alice.send_str("<presence to='bob@localhost' type='subscribe'/>").await.unwrap();
+    alice3.recv_until(roster_push_for("bob@localhost", "none")).await.unwrap();
+    bob.recv_until(presence_from("alice@localhost", Some("subscribe"))).await.unwrap();
+    bob.send_str("<presence to='alice@localhost' type='subscribed'/>").await.unwrap();
+    alice3.recv_until(roster_push_for("bob@localhost", "to")).await.unwrap();
+    alice.recv_until(roster_push_for("bob@localhost", "to")).await.unwrap();
+    // Once subscribed, alice's resources get bob's current presence (the server probes him on node 2).
+    alice.recv_until(presence_from(&b2, None)).await.unwrap();
+    alice3.recv_until(presence_from(&b2, None)).await.unwrap();
+    bob.send_str("<presence to='alice@localhost' type='subscribe'/>").await.unwrap();
+    alice3.recv_until(presence_from("bob@localhost", Some("subscribe"))).await.unwrap();
+    alice3.send_str("<presence to='bob@localhost' type='subscribed'/>").await.unwrap();
+    alice.recv_until(roster_push_for("bob@localhost", "both")).await.unwrap();
+    bob.recv_until(roster_push_for("alice@localhost", "both")).await.unwrap();
+    bob.recv_until(presence_from(&a1, None)).await.unwrap();
+    bob.recv_until(presence_from(&a3, None)).await.unwrap();
+
+    // A presence change on node 2 is broadcast to both of alice's nodes, and unavailable too.
+    bob.send_str("<presence><show>away</show></presence>").await.unwrap();
+    for a in [&mut alice, &mut alice3] {
+        let p = a.recv_until(|el| presence_from(&b2, None)(el) && el.has_child("show", "jabber:client")).await.unwrap();
+        assert_eq!(p.get_child("show", "jabber:client").unwrap().text(), "away");
+    }
+    bob.close().await.unwrap();
+    alice.recv_until(presence_from(&b2, Some("unavailable"))).await.unwrap();
+    alice3.recv_until(presence_from(&b2, Some("unavailable"))).await.unwrap();
+
+    // A message to alice's bare JID goes to her highest-priority resource (node 1), not node 3.
+    let mut bob = online(&c.nodes[1], "bob", PW, "again", Some(1)).await;
+    bob.send_message("alice@localhost", "to the best resource").await.unwrap();
+    assert_eq!(body(&alice.recv_message().await.unwrap()).as_deref(), Some("to the best resource"));
+    // alice raises node 3's priority: the next one goes there.
+    alice3.send_presence(Some(5)).await.unwrap();
+    bob.recv_until(|el| {
+        presence_from(&a3, None)(el) && el.get_child("priority", "jabber:client").is_some_and(|p| p.text() == "5")
+    })
+    .await
+    .unwrap();
+    // Other nodes route by the replicated priority, which follows within a log round trip.
+    wait_until("node 2 sees priority 5", Duration::from_secs(5), || {
+        let (_, v) = c.nodes[1].api("GET", "/api/sessions", None);
+        v["sessions"].as_array().into_iter().flatten().any(|s| s["jid"] == a3.as_str() && s["priority"] == 5)
+    });
+    bob.send_message("alice@localhost", "now to node 3").await.unwrap();
+    assert_eq!(body(&alice3.recv_message().await.unwrap()).as_deref(), Some("now to node 3"));
+}
