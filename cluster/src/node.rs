@@ -41,7 +41,7 @@ use crate::network::Network;
 use crate::registry::RegistryObserver;
 use crate::registry_api::{Kicker, RegistryError, SessionRegistry};
 use crate::store::{LogStore, StateMachineStore};
-use crate::transport::{ClusterTls, Request, RequestHandler, Response, Transport, TransportError, WireError};
+use crate::transport::{ClusterTls, Reply, Request, RequestHandler, Response, Transport, TransportError, WireError};
 use crate::types::{MemberNode, Raft};
 use crate::{NodeId, OpenOutcome, SessionId, SessionInfo, SessionTable};
 
@@ -710,11 +710,7 @@ impl SessionRegistry for ClusterNode {
 struct Handler(Weak<ClusterNode>);
 
 impl RequestHandler for Handler {
-    fn handle(
-        &self,
-        from: u64,
-        request: Request,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, WireError>> + Send + '_>> {
+    fn handle(&self, from: u64, request: Request) -> Reply<'_> {
         Box::pin(async move {
             let Some(node) = self.0.upgrade() else {
                 return Err(WireError::Failed("node is shutting down".into()));

@@ -176,13 +176,12 @@ pub trait StanzaInbox: Send + Sync {
     fn undeliverable(&self, node: u64, frame: StanzaFrame);
 }
 
+/// What a [`RequestHandler`] answers, later.
+pub type Reply<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, WireError>> + Send + 'a>>;
+
 /// Requests arriving from other nodes (Raft RPCs, proposals, membership).
 pub trait RequestHandler: Send + Sync {
-    fn handle(
-        &self,
-        from: u64,
-        request: Request,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, WireError>> + Send + '_>>;
+    fn handle(&self, from: u64, request: Request) -> Reply<'_>;
 }
 
 /// Optional mutual TLS between nodes, from a cluster CA.
@@ -713,11 +712,7 @@ mod tests {
 
     struct Echo;
     impl RequestHandler for Echo {
-        fn handle(
-            &self,
-            from: u64,
-            request: Request,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, WireError>> + Send + '_>> {
+        fn handle(&self, from: u64, request: Request) -> Reply<'_> {
             Box::pin(async move {
                 match request {
                     Request::Remove { node } if node == from => Ok(Response::Done),

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meerkat_cluster::transport::{
-    ClusterTls, Request, RequestHandler, Response, StanzaFrame, StanzaInbox, StanzaTarget, Transport, WireError,
+    ClusterTls, Reply, Request, RequestHandler, Response, StanzaFrame, StanzaInbox, StanzaTarget, Transport, WireError,
 };
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::ns;
@@ -128,11 +128,7 @@ impl StanzaInbox for Collect {
 struct Echo;
 
 impl RequestHandler for Echo {
-    fn handle(
-        &self,
-        from: u64,
-        request: Request,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, WireError>> + Send + '_>> {
+    fn handle(&self, from: u64, request: Request) -> Reply<'_> {
         Box::pin(async move {
             match request {
                 Request::Remove { node } if node == from => Ok(Response::Done),

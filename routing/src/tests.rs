@@ -697,11 +697,10 @@ mod two_nodes {
     }
 
     async fn pair() -> Pair {
-        let mut a = World::new();
+        let a = World::new();
         let mut b = World::new();
         b.router = Router::new(OTHER_NODE, vec![HOST.into()], Arc::new(SessionTable::new()));
         b.router.set_server_handler(b.server.clone());
-        let _ = &mut a;
         let ta = Transport::new(NODE.0, "test".into(), None);
         let tb = Transport::new(OTHER_NODE.0, "test".into(), None);
         for (t, w) in [(&ta, &a), (&tb, &b)] {
