@@ -283,7 +283,7 @@ async fn run_session(
         session
     });
     let router = &svc.router;
-    router.register_sink(sid, Arc::new(ActorSink(addr.clone())));
+    router.register_session(&info, Arc::new(ActorSink(addr.clone())));
     if router.sessions().get(&jid).map(|s| (s.node, s.sid)) != Some((router.node(), sid)) {
         // Another session took the JID between registration and now.
         addr.do_send(crate::session::Kick(KickReason::Conflict));

@@ -332,7 +332,7 @@ impl C2sSession {
             if StanzaKind::of(&el) == Some(StanzaKind::Message) {
                 let from = el.attr("from").and_then(|f| parse_jid(f).ok());
                 if let Some(from) = from {
-                    self.svc.router.route(Routed { from, to: Jid::from(self.jid.to_bare()), stanza: el });
+                    self.svc.router.reroute(Routed { from, to: Jid::from(self.jid.to_bare()), stanza: el });
                 }
             }
             return;

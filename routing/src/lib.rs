@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod global;
 pub mod local;
 #[cfg(test)]
 mod tests;
@@ -115,6 +116,22 @@ pub trait ServerHandler: Send + Sync {
     fn submit(&self, job: ServerJob) -> Result<(), ServerJob>;
 }
 
+/// Global distribution as the router sees it ([`global::GlobalDistrib`]).
+pub trait GlobalHook: Send + Sync {
+    /// Takes a stanza to a user of a local host before local delivery. Returns
+    /// it when it is to be delivered in this data center now; keeps it when it
+    /// goes to another data center or must wait behind earlier stanzas.
+    fn intercept(&self, router: &Router, routed: Routed) -> Option<Routed>;
+    /// A message a closing session could not deliver.
+    fn rerouted(&self, router: &Router, routed: Routed) {
+        router.route(routed);
+    }
+    /// A session on this node was bound.
+    fn session_up(&self, router: &Router, info: &SessionInfo);
+    /// A session on this node ended.
+    fn session_down(&self, sid: SessionId);
+}
+
 /// What a link did with a stanza.
 pub enum Step {
     /// Delivered, queued, or handled with an error reply.
@@ -158,6 +175,7 @@ pub struct Router {
     links: RwLock<Vec<Arc<dyn Link>>>,
     server: OnceLock<Arc<dyn ServerHandler>>,
     transport: OnceLock<Arc<Transport>>,
+    global: OnceLock<Arc<dyn GlobalHook>>,
     pub stats: RouterStats,
 }
 
@@ -172,6 +190,7 @@ impl Router {
             links: RwLock::new(vec![Arc::new(LocalLink)]),
             server: OnceLock::new(),
             transport: OnceLock::new(),
+            global: OnceLock::new(),
             stats: RouterStats::default(),
         };
         Arc::new(router)
@@ -191,6 +210,15 @@ impl Router {
     /// Connects the router to the other nodes of the cluster.
     pub fn set_transport(&self, transport: Arc<Transport>) {
         let _ = self.transport.set(transport);
+    }
+
+    /// Connects the router to the other data centers.
+    pub fn set_global(&self, global: Arc<dyn GlobalHook>) {
+        let _ = self.global.set(global);
+    }
+
+    pub fn global(&self) -> Option<&Arc<dyn GlobalHook>> {
+        self.global.get()
     }
 
     pub fn node(&self) -> NodeId {
@@ -224,8 +252,37 @@ impl Router {
         self.sinks.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Registers a bound session: its delivery handle, and its location for
+    /// other data centers.
+    pub fn register_session(&self, info: &SessionInfo, sink: Arc<dyn SessionSink>) {
+        self.register_sink(info.sid, sink);
+        if let Some(g) = self.global.get() {
+            g.session_up(self, info);
+        }
+    }
+
     pub fn unregister_sink(&self, sid: SessionId) {
-        self.sinks.write().unwrap_or_else(|e| e.into_inner()).remove(&sid);
+        let removed = self.sinks.write().unwrap_or_else(|e| e.into_inner()).remove(&sid);
+        if let (Some(_), Some(g)) = (removed, self.global.get()) {
+            g.session_down(sid);
+        }
+    }
+
+    /// Routes a message that a closing session could not deliver to its client.
+    pub fn reroute(&self, routed: Routed) {
+        match self.global.get() {
+            Some(g) => g.rerouted(self, routed),
+            None => self.route(routed),
+        }
+    }
+
+    /// Routes a stanza in this data center only, past global distribution.
+    pub fn route_here(&self, routed: Routed) {
+        if self.is_local_host(routed.to.domain().as_str()) {
+            local::route_local(self, routed);
+        } else {
+            self.route(routed);
+        }
     }
 
     pub fn sink(&self, sid: SessionId) -> Option<Arc<dyn SessionSink>> {

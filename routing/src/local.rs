@@ -39,6 +39,32 @@ impl Link for LocalLink {
             router.submit(ServerJob::ToServer(routed));
             return Step::Done;
         }
+        let routed = match router.global() {
+            Some(g) => match g.intercept(router, routed) {
+                Some(r) => r,
+                None => return Step::Done,
+            },
+            None => routed,
+        };
+        route_to_user(router, routed, kind)
+    }
+}
+
+/// Delivery in this data center, past global distribution.
+pub(crate) fn route_local(router: &Router, routed: Routed) {
+    let Some(kind) = StanzaKind::of(&routed.stanza) else {
+        router.bounce(routed, StanzaErrorCondition::BadRequest);
+        return;
+    };
+    if routed.to.node().is_none() {
+        router.submit(ServerJob::ToServer(routed));
+        return;
+    }
+    let _ = route_to_user(router, routed, kind);
+}
+
+fn route_to_user(router: &Router, routed: Routed, kind: StanzaKind) -> Step {
+    {
         let full = routed.to.try_as_full().ok().cloned();
         match full {
             Some(full) => match router.sessions().get(&full) {
