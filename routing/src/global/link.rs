@@ -210,6 +210,8 @@ impl OutLink {
 
     /// Queues a stanza; `token` comes back through [`LinkEvents::acked`]. The
     /// stanza comes back when the link's queue is full.
+    // The stanza comes back by value so that the caller keeps it without a copy.
+    #[allow(clippy::result_large_err)]
     pub fn try_send(&self, token: u64, stanza: GdStanza) -> Result<(), GdStanza> {
         match self.tx.try_send((token, stanza)) {
             Ok(()) => {
@@ -253,7 +255,8 @@ struct LinkTask {
 }
 
 async fn dial(cfg: &LinkConfig, addr: &str) -> Result<Box<dyn Io>, LinkError> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| LinkError::Timeout)??;
+    let tcp =
+        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| LinkError::Timeout)??;
     let _ = tcp.set_nodelay(true);
     match &cfg.tls {
         None => Ok(Box::new(tcp)),
@@ -606,11 +609,17 @@ impl Inbound {
     fn sweep(&self) {
         let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
         senders.retain(|_, s| {
-            s.writer.is_some() || !s.in_progress.is_empty() || s.closed_at.is_none_or(|t| t.elapsed() < SENDER_STATE_TTL)
+            s.writer.is_some()
+                || !s.in_progress.is_empty()
+                || s.closed_at.is_none_or(|t| t.elapsed() < SENDER_STATE_TTL)
         });
     }
 
-    async fn connection(self: &Arc<Self>, io: Box<dyn Io>, mut shutdown: watch::Receiver<bool>) -> Result<(), LinkError> {
+    async fn connection(
+        self: &Arc<Self>,
+        io: Box<dyn Io>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), LinkError> {
         let (r, w) = tokio::io::split(io);
         let mut reader = FramedRead::new(r, codec());
         let mut writer = FramedWrite::new(w, codec());
@@ -789,5 +798,177 @@ mod tests {
         s.mark_done(4);
         s.mark_done(3);
         assert_eq!(s.done_upto, 4);
+    }
+
+    /// A loopback proxy whose connections can be cut.
+    struct Proxy {
+        addr: std::net::SocketAddr,
+        conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    }
+
+    impl Proxy {
+        async fn start(target: std::net::SocketAddr) -> Proxy {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+            let c = conns.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = l.accept().await {
+                    let h = tokio::spawn(async move {
+                        if let Ok(mut out) = TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    });
+                    c.lock().unwrap().push(h);
+                }
+            });
+            Proxy { addr, conns }
+        }
+
+        fn cut(&self) {
+            for h in self.conns.lock().unwrap().drain(..) {
+                h.abort();
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Receiver {
+        got: Mutex<Vec<String>>,
+        held: Mutex<Vec<Upstream>>,
+        hold: AtomicBool,
+    }
+
+    impl LinkEvents for Receiver {
+        fn acked(&self, _token: u64) {}
+        fn failed(&self, _tokens: Vec<u64>) {}
+        fn incoming(&self, _from_dc: &str, upstream: Upstream, stanza: GdStanza) {
+            self.got.lock().unwrap().push(stanza.stanza.attr("id").unwrap_or_default().to_owned());
+            if self.hold.load(Ordering::SeqCst) {
+                self.held.lock().unwrap().push(upstream);
+            } else {
+                upstream.done();
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Sender {
+        acked: Mutex<Vec<u64>>,
+        notify: Notify,
+    }
+
+    impl LinkEvents for Sender {
+        fn acked(&self, token: u64) {
+            self.acked.lock().unwrap().push(token);
+            self.notify.notify_waiters();
+        }
+        fn failed(&self, _tokens: Vec<u64>) {}
+        fn incoming(&self, _from_dc: &str, _upstream: Upstream, _stanza: GdStanza) {}
+    }
+
+    fn cfg(local: &str) -> LinkConfig {
+        LinkConfig { global_host: "example.com".into(), local_host: local.into(), tls: None, window: 64 }
+    }
+
+    fn stanza(n: u64) -> GdStanza {
+        GdStanza {
+            seq: 0,
+            ttl: 3,
+            origin_dc: "dc1".into(),
+            origin_start_micros: None,
+            from: "a@example.com/r".into(),
+            to: "b@example.com".into(),
+            stanza: Element::new("message", "jabber:client").with_attr("id", n.to_string()),
+        }
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cut_link_resends_what_was_not_acknowledged_and_nothing_twice() {
+        let receiver = Arc::new(Receiver::default());
+        let rx_events: Weak<dyn LinkEvents> = {
+            let w: Weak<Receiver> = Arc::downgrade(&receiver);
+            w
+        };
+        let inbound = Inbound::new(cfg("dc2"), rx_events);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap();
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(inbound.clone().serve(listener, stop_rx));
+        let proxy = Proxy::start(target).await;
+
+        let sender = Arc::new(Sender::default());
+        let tx_events: Weak<dyn LinkEvents> = {
+            let w: Weak<Sender> = Arc::downgrade(&sender);
+            w
+        };
+        let link = OutLink::start(cfg("dc1"), "dc2".into(), proxy.addr.to_string(), tx_events);
+        for n in 1..=50 {
+            link.try_send(n, stanza(n)).unwrap();
+        }
+        until("50 acks", || sender.acked.lock().unwrap().len() == 50).await;
+
+        // 50 more are received but held unfinished; the connection is cut meanwhile.
+        receiver.hold.store(true, Ordering::SeqCst);
+        for n in 51..=100 {
+            link.try_send(n, stanza(n)).unwrap();
+        }
+        until("100 received", || receiver.got.lock().unwrap().len() == 100).await;
+        proxy.cut();
+        // New frames while the link is down wait in its queue.
+        receiver.hold.store(false, Ordering::SeqCst);
+        for n in 101..=150 {
+            link.try_send(n, stanza(n)).unwrap();
+        }
+        until("reconnect", || link.stats.connects.load(Ordering::Relaxed) >= 2).await;
+        until("150 received", || receiver.got.lock().unwrap().len() >= 150).await;
+        // The held ones finish now, after the reconnect; their acks take the new connection.
+        for u in receiver.held.lock().unwrap().drain(..) {
+            u.done();
+        }
+        until("150 acks", || sender.acked.lock().unwrap().len() == 150).await;
+
+        let got: Vec<u64> = receiver.got.lock().unwrap().iter().map(|s| s.parse().unwrap()).collect();
+        assert_eq!(got, (1..=150).collect::<Vec<u64>>(), "each frame handled once, in order");
+        let mut acked = sender.acked.lock().unwrap().clone();
+        acked.sort();
+        assert_eq!(acked, (1..=150).collect::<Vec<u64>>());
+        assert!(link.stats.resent.load(Ordering::Relaxed) >= 50, "the held frames were resent");
+        assert!(inbound.stats.duplicates.load(Ordering::Relaxed) >= 50, "and recognised");
+        link.stop();
+    }
+
+    #[tokio::test]
+    async fn a_hello_for_another_data_center_is_refused() {
+        let receiver = Arc::new(Receiver::default());
+        let rx_events: Weak<dyn LinkEvents> = {
+            let w: Weak<Receiver> = Arc::downgrade(&receiver);
+            w
+        };
+        let inbound = Inbound::new(cfg("dc2"), rx_events);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(inbound.clone().serve(listener, stop_rx));
+        let sender = Arc::new(Sender::default());
+        let tx_events: Weak<dyn LinkEvents> = {
+            let w: Weak<Sender> = Arc::downgrade(&sender);
+            w
+        };
+        // The sender believes it dials dc3.
+        let link = OutLink::start(cfg("dc1"), "dc3".into(), addr.to_string(), tx_events);
+        link.try_send(1, stanza(1)).unwrap();
+        until("a refusal", || inbound.stats.refused.load(Ordering::Relaxed) >= 1).await;
+        assert!(receiver.got.lock().unwrap().is_empty());
+        assert!(!link.stats.connected.load(Ordering::Relaxed));
+        link.stop();
     }
 }

@@ -31,6 +31,8 @@
 
 pub mod link;
 pub mod table;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -148,7 +150,11 @@ pub struct GlobalStats {
     pub full_refreshes: AtomicU64,
 }
 
-type PairKey = (String, String);
+/// (sender, recipient, lane): stanzas that entered global routing here use
+/// the lane "", stanzas from another data center the lane of that data
+/// center, so a pair's forwarded stanzas never wait behind the same pair's
+/// stanzas that this data center itself has in flight.
+type PairKey = (String, String, String);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum EntryState {
@@ -244,8 +250,8 @@ fn backoff(cfg: &GlobalConfig, attempt: u32) -> Duration {
     base.saturating_mul(1u32 << attempt.min(16)).min(Duration::from_secs(2).max(base))
 }
 
-fn key_of(routed: &Routed) -> PairKey {
-    (routed.from.to_bare().to_string(), routed.to.to_bare().to_string())
+fn key_of(routed: &Routed, lane: &str) -> PairKey {
+    (routed.from.to_bare().to_string(), routed.to.to_bare().to_string(), lane.to_owned())
 }
 
 impl GlobalDistrib {
@@ -254,7 +260,8 @@ impl GlobalDistrib {
     /// address is not available at start.
     pub async fn start(cfg: GlobalConfig, router: &Arc<Router>) -> Result<Arc<GlobalDistrib>, GlobalError> {
         let conn = table::connect(&cfg.redis_url).await?;
-        let table = RoutingTable::new(conn, cfg.local_host.clone(), cfg.node_id, cfg.expire_after);
+        let table =
+            RoutingTable::new(conn, cfg.global_host.clone(), cfg.local_host.clone(), cfg.node_id, cfg.expire_after);
         let mut listeners = Vec::new();
         for addr in &cfg.endpoints {
             listeners.push(TcpListener::bind(addr).await.map_err(|e| GlobalError::Listen(*addr, e))?);
@@ -272,10 +279,8 @@ impl GlobalDistrib {
         };
         let (ops_tx, ops_rx) = mpsc::channel(65_536);
         let (shutdown, _) = watch::channel(false);
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(cfg.cache_max_jids)
-            .time_to_live(cfg.cache_jid_lifetime)
-            .build();
+        let cache =
+            moka::sync::Cache::builder().max_capacity(cfg.cache_max_jids).time_to_live(cfg.cache_jid_lifetime).build();
         let gd = Arc::new_cyclic(|me| GlobalDistrib {
             cfg: cfg.clone(),
             router: Arc::downgrade(router),
@@ -501,7 +506,8 @@ impl GlobalDistrib {
         {
             let mut dcs = self.dcs.lock().unwrap_or_else(|e| e.into_inner());
             for (dc, eps) in &found {
-                let entry = dcs.entry(dc.clone()).or_insert_with(|| DcLinks { links: Vec::new(), disabled: Vec::new() });
+                let entry =
+                    dcs.entry(dc.clone()).or_insert_with(|| DcLinks { links: Vec::new(), disabled: Vec::new() });
                 let mut wanted: Vec<LinkId> = Vec::new();
                 for ep in eps {
                     for i in 0..self.cfg.connections_per_endpoint.max(1) {
@@ -744,6 +750,10 @@ impl GlobalDistrib {
                 }
             }
         }
+        // A lookup's answer serves one pass; later ones read the cache (or Redis again).
+        if !pq.lookup_running {
+            pq.answer = None;
+        }
         actions
     }
 
@@ -877,6 +887,7 @@ impl GlobalDistrib {
         self.pump(&key);
     }
 
+    #[allow(clippy::result_large_err)]
     fn enqueue(&self, key: PairKey, entry: Entry) -> Result<(), Entry> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.entries >= self.cfg.max_pending {
@@ -989,7 +1000,7 @@ impl GlobalHook for GlobalDistrib {
         if !self.is_global(&routed.to) || routed.to.node().is_none() {
             return Some(routed);
         }
-        let key = key_of(&routed);
+        let key = key_of(&routed, "");
         {
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if !st.pairs.contains_key(&key) && self.present_here(router, &routed.to, false) {
@@ -1029,7 +1040,7 @@ impl GlobalHook for GlobalDistrib {
             router.route(routed);
             return;
         }
-        let key = key_of(&routed);
+        let key = key_of(&routed, "");
         let entry = Entry {
             token: self.next_token.fetch_add(1, Ordering::Relaxed),
             origin_start: None,
@@ -1149,7 +1160,7 @@ impl LinkEvents for GlobalDistrib {
             upstream.done();
             return;
         }
-        let key = key_of(&routed);
+        let key = key_of(&routed, from_dc);
         let entry = Entry {
             token: self.next_token.fetch_add(1, Ordering::Relaxed),
             routed,

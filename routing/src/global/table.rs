@@ -8,9 +8,9 @@
 //! | key | type | fields |
 //! |---|---|---|
 //! | `meerkat:gd:jid:<jid>` (full and bare) | hash | `<local_host>#<node>` → `<session start µs>:<written ms>` |
-//! | `meerkat:gd:dcs` | hash | `<local_host>` → `<written ms>` |
-//! | `meerkat:gd:endpoints:<local_host>` | hash | `<host:port>` → `<node>:<written ms>` |
-//! | `meerkat:gd:alive:<local_host>#<node>` | string | written with `SET EX`; its absence means the data was lost |
+//! | `meerkat:gd:<global_host>:dcs` | hash | `<local_host>` → `<written ms>` |
+//! | `meerkat:gd:<global_host>:endpoints:<local_host>` | hash | `<host:port>` → `<node>:<written ms>` |
+//! | `meerkat:gd:<global_host>:alive:<local_host>#<node>` | string | written with `SET EX`; its absence means the data was lost |
 //!
 //! Each node writes and deletes only fields named after itself, and a value
 //! carries the start time of the session it stands for. A reader takes the
@@ -30,9 +30,7 @@ use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 pub const JID_PREFIX: &str = "meerkat:gd:jid:";
-pub const DCS_KEY: &str = "meerkat:gd:dcs";
-pub const ENDPOINTS_PREFIX: &str = "meerkat:gd:endpoints:";
-pub const ALIVE_PREFIX: &str = "meerkat:gd:alive:";
+const NS: &str = "meerkat:gd:";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -79,7 +77,7 @@ pub fn pick_newest(fields: &BTreeMap<String, String>, now_ms: i64, expire_after:
         .filter_map(|(field, value)| {
             let (dc, _node) = field.rsplit_once('#')?;
             let entry = JidEntry::decode(value)?;
-            (entry.written_ms >= horizon).then(|| (entry.start_micros, field.as_str(), dc))
+            (entry.written_ms >= horizon).then_some((entry.start_micros, field.as_str(), dc))
         })
         // Newest session first; the field name breaks ties the same way on every reader.
         .max_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)))
@@ -97,6 +95,7 @@ pub struct Endpoint {
 #[derive(Clone)]
 pub struct RoutingTable {
     conn: ConnectionManager,
+    global_host: String,
     local_host: String,
     node: u64,
     expire_after: Duration,
@@ -114,8 +113,22 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> 
 }
 
 impl RoutingTable {
-    pub fn new(conn: ConnectionManager, local_host: String, node: u64, expire_after: Duration) -> Self {
-        RoutingTable { conn, local_host, node, expire_after }
+    pub fn new(
+        conn: ConnectionManager,
+        global_host: String,
+        local_host: String,
+        node: u64,
+        expire_after: Duration,
+    ) -> Self {
+        RoutingTable { conn, global_host, local_host, node, expire_after }
+    }
+
+    fn dcs_key(&self) -> String {
+        format!("{NS}{}:dcs", self.global_host)
+    }
+
+    fn endpoints_key(&self, dc: &str) -> String {
+        format!("{NS}{}:endpoints:{dc}", self.global_host)
     }
 
     fn ttl_secs(&self) -> i64 {
@@ -170,10 +183,11 @@ impl RoutingTable {
     /// node's data as present.
     pub async fn announce(&self, endpoints: &[String]) -> Result<(), redis::RedisError> {
         let now = now_ms();
-        let ep_key = format!("{ENDPOINTS_PREFIX}{}", self.local_host);
+        let ep_key = self.endpoints_key(&self.local_host);
+        let dcs_key = self.dcs_key();
         let mut pipe = redis::pipe();
-        pipe.hset(DCS_KEY, &self.local_host, now).ignore();
-        pipe.expire(DCS_KEY, self.ttl_secs()).ignore();
+        pipe.hset(&dcs_key, &self.local_host, now).ignore();
+        pipe.expire(&dcs_key, self.ttl_secs()).ignore();
         for ep in endpoints {
             pipe.hset(&ep_key, ep, format!("{}:{now}", self.node)).ignore();
         }
@@ -184,7 +198,7 @@ impl RoutingTable {
     }
 
     fn alive_key(&self) -> String {
-        format!("{ALIVE_PREFIX}{}", self.field())
+        format!("{NS}{}:alive:{}", self.global_host, self.field())
     }
 
     /// Whether this node's data is still in Redis; false after Redis lost
@@ -196,7 +210,7 @@ impl RoutingTable {
 
     /// Removes this node's endpoints (on shutdown).
     pub async fn withdraw(&self, endpoints: &[String]) -> Result<(), redis::RedisError> {
-        let ep_key = format!("{ENDPOINTS_PREFIX}{}", self.local_host);
+        let ep_key = self.endpoints_key(&self.local_host);
         let mut pipe = redis::pipe();
         for ep in endpoints {
             pipe.hdel(&ep_key, ep).ignore();
@@ -209,7 +223,7 @@ impl RoutingTable {
     /// Live data centers other than this one.
     pub async fn remote_dcs(&self) -> Result<Vec<String>, redis::RedisError> {
         let mut conn = self.conn.clone();
-        let all: BTreeMap<String, i64> = conn.hgetall(DCS_KEY).await?;
+        let all: BTreeMap<String, i64> = conn.hgetall(self.dcs_key()).await?;
         let horizon = now_ms() - self.expire_after.as_millis() as i64;
         Ok(all.into_iter().filter(|(dc, at)| *at >= horizon && *dc != self.local_host).map(|(dc, _)| dc).collect())
     }
@@ -217,7 +231,7 @@ impl RoutingTable {
     /// A data center's live endpoints, sorted.
     pub async fn endpoints(&self, dc: &str) -> Result<Vec<Endpoint>, redis::RedisError> {
         let mut conn = self.conn.clone();
-        let all: BTreeMap<String, String> = conn.hgetall(format!("{ENDPOINTS_PREFIX}{dc}")).await?;
+        let all: BTreeMap<String, String> = conn.hgetall(self.endpoints_key(dc)).await?;
         let horizon = now_ms() - self.expire_after.as_millis() as i64;
         let mut eps: Vec<Endpoint> = all
             .into_iter()
