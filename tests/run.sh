@@ -3,7 +3,9 @@
 # and MariaDB, black-box tests against the real binary, and the slixmpp
 # scenario. Needs PostgreSQL on 127.0.0.1:5432 (database "test", trust auth)
 # and MariaDB on 127.0.0.1:3306 (root without a password), or the
-# MEERKAT_TEST_PG_URL / MEERKAT_TEST_MYSQL_URL variables.
+# MEERKAT_TEST_PG_URL / MEERKAT_TEST_MYSQL_URL variables, Redis on
+# 127.0.0.1:6379 for the routing table tests, and redis-server on the PATH
+# for the tests that restart a private Redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
