@@ -48,6 +48,8 @@ pub struct AdminState {
     pub auth: AdminAuth,
     /// This node's cluster membership, when `[cluster]` is configured.
     pub cluster: Option<Arc<meerkat_cluster::node::ClusterNode>>,
+    /// Global distribution, when `[global_distribution]` is configured.
+    pub global: Option<Arc<meerkat_routing::global::GlobalDistrib>>,
 }
 
 /// An API failure.
@@ -129,7 +131,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/cluster", web::get().to(cluster_status))
         .route("/api/cluster/join", web::post().to(cluster_join))
         .route("/api/cluster/leave", web::post().to(cluster_leave))
-        .route("/api/cluster/nodes/{id}", web::delete().to(cluster_remove));
+        .route("/api/cluster/nodes/{id}", web::delete().to(cluster_remove))
+        .route("/api/global", web::get().to(global_status))
+        .route("/api/global/refresh", web::post().to(global_refresh));
 }
 
 fn cluster(state: &AdminState) -> Result<&Arc<meerkat_cluster::node::ClusterNode>, ApiError> {
@@ -203,6 +207,37 @@ async fn cluster_remove(
     let id: u64 = path.parse().map_err(|_| ApiError::BadRequest(format!("{:?} is not a node id", path.as_str())))?;
     node.remove(id).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+fn global(state: &AdminState) -> Result<&Arc<meerkat_routing::global::GlobalDistrib>, ApiError> {
+    state.global.as_ref().ok_or_else(|| {
+        ApiError::NotFound(
+            "global distribution is not configured on this node (add a [global_distribution] section to its config)"
+                .into(),
+        )
+    })
+}
+
+impl From<meerkat_routing::global::GlobalError> for ApiError {
+    fn from(e: meerkat_routing::global::GlobalError) -> Self {
+        use meerkat_routing::global::GlobalError as E;
+        match e {
+            E::Redis(_) => ApiError::Unavailable(format!("the global routing table is unreachable: {e}")),
+            E::Listen(..) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+async fn global_status(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    Ok(HttpResponse::Ok().json(global(&state)?.status()))
+}
+
+/// Writes all of this node's routing entries again now, rather than at the next `refresh_after`.
+async fn global_refresh(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let refreshed = global(&state)?.refresh_now().await?;
+    Ok(HttpResponse::Ok().json(json!({ "refreshed": refreshed })))
 }
 
 async fn openapi() -> HttpResponse {
@@ -353,7 +388,87 @@ mod tests {
                 count += 1;
             }
         }
-        assert_eq!(count, 12);
-        assert_eq!(paths.len(), 11);
+        assert_eq!(count, 14);
+        assert_eq!(paths.len(), 13);
+    }
+
+    /// Every object in `value` has exactly the properties its schema lists.
+    fn check_schema(doc: &serde_json::Value, schema: &serde_json::Value, value: &serde_json::Value, at: &str) {
+        let schema = match schema["$ref"].as_str() {
+            Some(r) => {
+                let name = r.trim_start_matches("#/components/schemas/");
+                &doc["components"]["schemas"][name]
+            }
+            None => schema,
+        };
+        match value {
+            serde_json::Value::Object(map) => {
+                let props = schema["properties"].as_object().unwrap_or_else(|| panic!("{at}: no properties"));
+                let mut want: Vec<&String> = props.keys().collect();
+                let mut have: Vec<&String> = map.keys().collect();
+                want.sort();
+                have.sort();
+                assert_eq!(have, want, "{at}");
+                for (k, v) in map {
+                    check_schema(doc, &props[k], v, &format!("{at}.{k}"));
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    check_schema(doc, &schema["items"], v, &format!("{at}[{i}]"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn openapi_global_status_matches_the_serde_fields() {
+        use meerkat_routing::global::*;
+        let status = GlobalStatus {
+            global_host: "example.com".into(),
+            local_host: "dc1.example.com".into(),
+            advertised_endpoints: vec!["127.0.0.1:5555".into()],
+            redis: RedisStatus { reachable: true, last_error: Some("x".into()), errors: 1, full_refreshes: 2 },
+            data_centers: vec![DcStatus {
+                local_host: "dc2.example.com".into(),
+                endpoints: vec!["127.0.0.1:5565".into()],
+                links: vec![LinkStatus {
+                    endpoint: "127.0.0.1:5565".into(),
+                    connected: true,
+                    disabled: false,
+                    queued: 0,
+                    unacked: 0,
+                    sent: 1,
+                    acked: 1,
+                    resent: 0,
+                    connects: 1,
+                    failures: 0,
+                }],
+            }],
+            queues: QueueStatus { pairs: 0, pending: 0, in_flight: 0, parked_pairs: 0 },
+            counters: Counters {
+                forwarded: 0,
+                received: 0,
+                duplicates: 0,
+                delivered_here: 0,
+                bounces: 0,
+                bounce_expired: 0,
+                resends: 0,
+                ttl_zero: 0,
+                cache_hits: 0,
+                cache_misses: 0,
+                lookups: 0,
+                learned: 0,
+                link_full: 0,
+                refused: 0,
+                requeued: 0,
+            },
+            local_sessions: 0,
+        };
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let value = serde_json::to_value(&status).unwrap();
+        let schema = serde_json::json!({ "$ref": "#/components/schemas/GlobalStatus" });
+        check_schema(&doc, &schema, &value, "GlobalStatus");
     }
 }

@@ -39,6 +39,21 @@ pub enum Command {
     /// Cluster membership: join, leave, remove a dead node, status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Global distribution across data centers: status, refresh.
+    #[command(subcommand)]
+    Global(GlobalCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GlobalCommand {
+    /// Other data centers, links (connected, queued, unacknowledged, resent), Redis and counters.
+    Status {
+        /// Print the JSON the admin API returns.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write this node's routing entries to Redis again now (after Redis lost its data, for example).
+    Refresh,
 }
 
 #[derive(Subcommand, Debug)]
@@ -269,8 +284,90 @@ pub fn run_admin(client: &ApiClient, cmd: &Command) -> anyhow::Result<()> {
                 print_cluster(&v);
             }
         }
+        Command::Global(GlobalCommand::Status { json }) => {
+            let v = client.call("GET", "/api/global", None)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_global(&v);
+            }
+        }
+        Command::Global(GlobalCommand::Refresh) => {
+            let v = client.call("POST", "/api/global/refresh", Some(json!({})))?;
+            println!("wrote {} routing entries", v["refreshed"]);
+        }
     }
     Ok(())
+}
+
+fn print_global(v: &Value) {
+    let list = |x: &Value| {
+        let items: Vec<&str> = x.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let r = &v["redis"];
+    println!(
+        "global {} - this data center {} - endpoints {} - {} local sessions",
+        v["global_host"].as_str().unwrap_or_default(),
+        v["local_host"].as_str().unwrap_or_default(),
+        list(&v["advertised_endpoints"]),
+        v["local_sessions"],
+    );
+    println!(
+        "redis {} - {} errors, {} full refreshes{}",
+        if r["reachable"].as_bool().unwrap_or(false) { "reachable" } else { "UNREACHABLE" },
+        r["errors"],
+        r["full_refreshes"],
+        r["last_error"].as_str().map(|e| format!(" - last error: {e}")).unwrap_or_default(),
+    );
+    println!(
+        "{:<24} {:<24} {:<12} {:>8} {:>8} {:>8} {:>10}",
+        "data center", "endpoint", "link", "queued", "unacked", "resent", "failures"
+    );
+    let dcs = v["data_centers"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if dcs.is_empty() {
+        println!("{:<24} (no other data center known yet)", "-");
+    }
+    for dc in dcs {
+        let name = dc["local_host"].as_str().unwrap_or_default();
+        let links = dc["links"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if links.is_empty() {
+            println!("{:<24} {:<24} {:<12}", name, list(&dc["endpoints"]), "no link");
+        }
+        for l in links {
+            let state = match (l["disabled"].as_bool().unwrap_or(false), l["connected"].as_bool().unwrap_or(false)) {
+                (true, _) => "disabled",
+                (false, true) => "connected",
+                (false, false) => "down",
+            };
+            println!(
+                "{:<24} {:<24} {:<12} {:>8} {:>8} {:>8} {:>10}",
+                name,
+                l["endpoint"].as_str().unwrap_or_default(),
+                state,
+                l["queued"].to_string(),
+                l["unacked"].to_string(),
+                l["resent"].to_string(),
+                l["failures"].to_string(),
+            );
+        }
+    }
+    let q = &v["queues"];
+    println!(
+        "queues: {} pairs, {} pending, {} in flight, {} parked",
+        q["pairs"], q["pending"], q["in_flight"], q["parked_pairs"]
+    );
+    let counters: Vec<String> = v["counters"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    println!("counters: {}", counters.join(", "));
 }
 
 fn print_cluster(v: &Value) {

@@ -5,7 +5,8 @@
 //! two steps: [`Config::parse`] (syntax and types, with the key and line of a
 //! mistake) and [`Config::validate`] (meaning: hosts, ports, files).
 
-use std::net::IpAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -33,6 +34,8 @@ pub struct Config {
     pub modules: Modules,
     /// Present when this node is (or can become) a member of a cluster.
     pub cluster: Option<Cluster>,
+    /// Present when this data center serves a domain together with others.
+    pub global_distribution: Option<GlobalDistribution>,
 }
 
 /// `[general]`
@@ -175,6 +178,8 @@ impl Default for Password {
 #[serde(deny_unknown_fields, default)]
 pub struct OutgoingPools {
     pub rdbms: RdbmsPools,
+    /// `[outgoing_pools.redis.<name>]`: Redis (or Dynomite) servers, by pool name.
+    pub redis: BTreeMap<String, RedisPool>,
 }
 
 /// `[outgoing_pools.rdbms]`
@@ -196,6 +201,65 @@ pub struct RdbmsPool {
 impl Default for RdbmsPool {
     fn default() -> Self {
         RdbmsPool { workers: 10, connection: RdbmsConnection::default() }
+    }
+}
+
+/// `[outgoing_pools.redis.<name>]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisPool {
+    pub connection: RedisConnection,
+}
+
+/// `[outgoing_pools.redis.<name>.connection]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConnection {
+    /// Host name or IP address of Redis, or of Dynomite's client `listen` port.
+    pub host: String,
+    pub port: u16,
+    /// Database index (`SELECT`). Dynomite serves database 0 only.
+    pub database: u32,
+    /// `AUTH` password; empty or absent means none.
+    pub password: Option<String>,
+}
+
+impl Default for RedisConnection {
+    fn default() -> Self {
+        RedisConnection { host: "127.0.0.1".into(), port: 6379, database: 0, password: None }
+    }
+}
+
+impl RedisConnection {
+    /// `redis://[:password@]host:port/database`, the password percent-encoded.
+    pub fn url(&self) -> String {
+        let auth = match self.password.as_deref() {
+            Some(p) if !p.is_empty() => format!(":{}@", percent_encode(p)),
+            _ => String::new(),
+        };
+        format!("redis://{auth}{}:{}/{}", bracket_ipv6(&self.host), self.port, self.database)
+    }
+}
+
+/// Everything but unreserved characters (RFC 3986 §2.3) as `%XX`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An IPv6 literal in brackets, so that `host:port` stays unambiguous.
+fn bracket_ipv6(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
     }
 }
 
@@ -303,6 +367,164 @@ pub struct ClusterTls {
 
 fn default_cluster_server_name() -> String {
     "meerkat-cluster".into()
+}
+
+/// `[global_distribution]`: one XMPP domain served by clusters in several
+/// data centers (MongooseIM's `mod_global_distrib`). Every data center is one
+/// cluster with its own `local_host`; all of them serve `global_host`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalDistribution {
+    /// The domain clients use, served by every data center; one of `general.hosts`.
+    pub global_host: String,
+    /// This data center's name, the same on every node of the cluster and
+    /// different in every data center.
+    pub local_host: String,
+    /// Hops a stanza may make between data centers (1 to 255).
+    #[serde(default = "default_message_ttl")]
+    pub message_ttl: u8,
+    #[serde(default)]
+    pub redis: GlobalRedis,
+    #[serde(default)]
+    pub connections: GlobalConnections,
+    #[serde(default)]
+    pub cache: GlobalCache,
+    #[serde(default)]
+    pub bounce: GlobalBounce,
+}
+
+fn default_message_ttl() -> u8 {
+    4
+}
+
+/// `[global_distribution.redis]`: the routing table shared by all data centers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalRedis {
+    /// The name of an `[outgoing_pools.redis.<pool>]` section.
+    pub pool: String,
+    /// Seconds after which entries that were not refreshed are ignored and expire.
+    pub expire_after: u64,
+    /// Seconds between two complete rewrites of this node's entries; less than `expire_after`.
+    pub refresh_after: u64,
+}
+
+impl Default for GlobalRedis {
+    fn default() -> Self {
+        GlobalRedis { pool: "global_distrib".into(), expire_after: 120, refresh_after: 60 }
+    }
+}
+
+/// `[global_distribution.connections]`: the links between data centers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalConnections {
+    /// Where this node listens for links from other data centers.
+    pub endpoints: Vec<Endpoint>,
+    /// What other data centers dial to reach this node; `endpoints` when empty.
+    pub advertised_endpoints: Vec<Endpoint>,
+    /// Connections from this node to every endpoint of another data center.
+    pub connections_per_endpoint: usize,
+    /// Milliseconds between two reads of the list of data centers and their endpoints.
+    pub hosts_refresh_interval: u64,
+    /// Seconds a link to an endpoint that is no longer advertised may stay
+    /// down before its stanzas go over another link.
+    pub disabled_gc_interval: u64,
+    /// Mutual TLS between data centers. Without it the links are plain TCP.
+    pub tls: Option<GlobalTls>,
+}
+
+impl Default for GlobalConnections {
+    fn default() -> Self {
+        GlobalConnections {
+            endpoints: vec![Endpoint { host: "127.0.0.1".into(), port: 5555 }],
+            advertised_endpoints: Vec::new(),
+            connections_per_endpoint: 1,
+            hosts_refresh_interval: 3000,
+            disabled_gc_interval: 60,
+            tls: None,
+        }
+    }
+}
+
+/// `{ host = "...", port = ... }`
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// An IP address or a name that resolves to one.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// The address to listen on: the IP, or the first address the name resolves to.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        match (host, self.port).to_socket_addrs() {
+            Ok(mut addrs) => addrs.next().ok_or_else(|| format!("{:?} resolves to no address", self.host)),
+            Err(e) => Err(format!("{:?} is neither an IP address nor a name that resolves: {e}", self.host)),
+        }
+    }
+
+    /// `host:port` as other data centers dial it.
+    pub fn advertised(&self) -> String {
+        format!("{}:{}", bracket_ipv6(&self.host), self.port)
+    }
+}
+
+/// `[global_distribution.connections.tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalTls {
+    /// The CA of the links: peers must present a certificate it signed.
+    pub cacertfile: PathBuf,
+    /// This node's certificate and key, used both as server and as client.
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    /// The DNS name in every node's certificate.
+    #[serde(default = "default_global_server_name")]
+    pub server_name: String,
+}
+
+fn default_global_server_name() -> String {
+    "meerkat-global".into()
+}
+
+/// `[global_distribution.cache]`: where recently looked-up users are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalCache {
+    /// Seconds a looked-up location is used without asking Redis again.
+    pub jid_lifetime_seconds: u64,
+    /// Locations kept at most.
+    pub max_jids: u64,
+}
+
+impl Default for GlobalCache {
+    fn default() -> Self {
+        GlobalCache { jid_lifetime_seconds: 5, max_jids: 10_000 }
+    }
+}
+
+/// `[global_distribution.bounce]`: stanzas for a user whose location is not
+/// known yet wait and are tried again instead of going to offline storage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalBounce {
+    pub enabled: bool,
+    /// Milliseconds before the first retry; each retry doubles it, up to 2 s.
+    pub resend_after_ms: u64,
+    /// Retries before the stanza is handled as for an offline user.
+    pub max_retries: u32,
+}
+
+impl Default for GlobalBounce {
+    fn default() -> Self {
+        GlobalBounce { enabled: true, resend_after_ms: 200, max_retries: 8 }
+    }
 }
 
 /// `[log]`
@@ -536,6 +758,16 @@ impl Config {
                 return Err(err("outgoing_pools.rdbms.default.workers", "must be at least 1".into()));
             }
         }
+        for (name, pool) in &self.outgoing_pools.redis {
+            let key = |k: &str| format!("outgoing_pools.redis.{name}.connection.{k}");
+            if pool.connection.host.trim().is_empty() {
+                return Err(err(&key("host"), "must not be empty".into()));
+            }
+            if pool.connection.port == 0 {
+                return Err(err(&key("port"), "must be 1 or more".into()));
+            }
+        }
+        self.validate_global(&err)?;
         if self.admin.username.is_some() != self.admin.password.is_some() {
             return Err(err("admin", "username and password go together".into()));
         }
@@ -553,6 +785,135 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| err("log.level", e.to_string()))?;
         Ok(())
+    }
+
+    /// `[global_distribution]`, after `general.hosts` was made canonical.
+    fn validate_global(&mut self, err: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let Some(g) = &mut self.global_distribution else { return Ok(()) };
+        let global = meerkat_xmpp::jid::canonical_domain(&g.global_host).map_err(|e| {
+            err("global_distribution.global_host", format!("{:?} is not a valid domain: {e}", g.global_host))
+        })?;
+        if !self.general.hosts.contains(&global) {
+            return Err(err(
+                "global_distribution.global_host",
+                format!("{global:?} must be one of general.hosts ({})", self.general.hosts.join(", ")),
+            ));
+        }
+        let local = meerkat_xmpp::jid::canonical_domain(&g.local_host).map_err(|e| {
+            err("global_distribution.local_host", format!("{:?} is not a valid domain: {e}", g.local_host))
+        })?;
+        if local == global {
+            return Err(err(
+                "global_distribution.local_host",
+                "must differ from global_host: it names this data center, not the served domain".into(),
+            ));
+        }
+        g.global_host = global;
+        g.local_host = local;
+        if g.message_ttl == 0 {
+            return Err(err(
+                "global_distribution.message_ttl",
+                "must be 1 or more (0 would never send a stanza to another data center)".into(),
+            ));
+        }
+
+        let r = &g.redis;
+        if !self.outgoing_pools.redis.contains_key(&r.pool) {
+            return Err(err(
+                "global_distribution.redis.pool",
+                format!("no [outgoing_pools.redis.{}] section configures the Redis pool {:?}", r.pool, r.pool),
+            ));
+        }
+        if r.expire_after == 0 {
+            return Err(err("global_distribution.redis.expire_after", "must be at least 1 second".into()));
+        }
+        if r.refresh_after == 0 || r.refresh_after >= r.expire_after {
+            return Err(err(
+                "global_distribution.redis.refresh_after",
+                format!(
+                    "must be at least 1 second and less than expire_after ({} s), or entries expire before they are refreshed",
+                    r.expire_after
+                ),
+            ));
+        }
+
+        let c = &g.connections;
+        if c.endpoints.is_empty() {
+            return Err(err("global_distribution.connections.endpoints", "at least one endpoint is required".into()));
+        }
+        // Addresses this node already listens on, to refuse a clash before anything binds.
+        let mut taken: Vec<(SocketAddr, String)> = self
+            .listen
+            .c2s
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (SocketAddr::new(l.ip_address, l.port), format!("listen.c2s[{i}]")))
+            .collect();
+        taken.push((SocketAddr::new(self.admin.ip_address, self.admin.port), "admin".into()));
+        if let Some(cl) = &self.cluster {
+            taken.push((cl.listen, "cluster.listen".into()));
+        }
+        for (i, ep) in c.endpoints.iter().enumerate() {
+            let key = format!("global_distribution.connections.endpoints[{i}]");
+            let addr = ep.listen_addr().map_err(|reason| err(&key, reason))?;
+            let clash = taken.iter().find(|(t, _)| {
+                addr.port() != 0
+                    && t.port() == addr.port()
+                    && (t.ip() == addr.ip() || t.ip().is_unspecified() || addr.ip().is_unspecified())
+            });
+            if let Some((t, by)) = clash {
+                return Err(err(&key, format!("{addr} is also used by {by} ({t})")));
+            }
+            taken.push((addr, key));
+        }
+        for (i, ep) in c.advertised_endpoints.iter().enumerate() {
+            let key = format!("global_distribution.connections.advertised_endpoints[{i}]");
+            if ep.host.trim().is_empty() {
+                return Err(err(&key, "host must not be empty".into()));
+            }
+            if ep.port == 0 {
+                return Err(err(&key, "port must be 1 or more".into()));
+            }
+        }
+        if c.connections_per_endpoint == 0 || c.connections_per_endpoint > 64 {
+            return Err(err("global_distribution.connections.connections_per_endpoint", "must be 1 to 64".into()));
+        }
+        if c.hosts_refresh_interval < 100 {
+            return Err(err(
+                "global_distribution.connections.hosts_refresh_interval",
+                "must be at least 100 (milliseconds)".into(),
+            ));
+        }
+        if c.disabled_gc_interval == 0 {
+            return Err(err("global_distribution.connections.disabled_gc_interval", "must be at least 1 second".into()));
+        }
+        if let Some(t) = &c.tls {
+            for (name, p) in [("cacertfile", &t.cacertfile), ("certfile", &t.certfile), ("keyfile", &t.keyfile)] {
+                if !p.is_file() {
+                    return Err(err(
+                        &format!("global_distribution.connections.tls.{name}"),
+                        format!("{} does not exist", p.display()),
+                    ));
+                }
+            }
+        }
+
+        if g.cache.jid_lifetime_seconds == 0 {
+            return Err(err("global_distribution.cache.jid_lifetime_seconds", "must be at least 1".into()));
+        }
+        if g.cache.max_jids == 0 {
+            return Err(err("global_distribution.cache.max_jids", "must be at least 1".into()));
+        }
+        if g.bounce.resend_after_ms == 0 {
+            return Err(err("global_distribution.bounce.resend_after_ms", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The Redis pool of `[global_distribution]`, once validated.
+    pub fn global_redis(&self) -> Option<&RedisConnection> {
+        let g = self.global_distribution.as_ref()?;
+        self.outgoing_pools.redis.get(&g.redis.pool).map(|p| &p.connection)
     }
 
     /// The database URL, SQLite in the data directory by default.
@@ -600,6 +961,38 @@ mod tests {
         cfg.validate("deploy/meerkat.toml").unwrap();
     }
 
+    /// The commented `[global_distribution]` example, uncommented, on a config serving its global_host.
+    #[test]
+    fn example_global_distribution_section_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/meerkat.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text.find("# [global_distribution]\n").expect("the global_distribution example");
+        let mut toml = String::from("[general]\nhosts = [\"example.com\"]\n");
+        for line in text[start..].lines() {
+            toml.push_str(line.strip_prefix("# ").unwrap_or(line.trim_start_matches('#')));
+            toml.push('\n');
+        }
+        let mut cfg = Config::parse(&toml, "deploy/meerkat.toml").unwrap();
+        cfg.validate("deploy/meerkat.toml").unwrap();
+        let g = cfg.global_distribution.as_ref().unwrap();
+        assert_eq!((g.global_host.as_str(), g.local_host.as_str()), ("example.com", "dc1.example.com"));
+        assert_eq!(cfg.global_redis().unwrap().url(), "redis://127.0.0.1:6379/0");
+    }
+
+    /// deploy/global/meerkat-dynomite.toml, and the Dynomite `listen` address it points at.
+    #[test]
+    fn dynomite_example_parses_and_matches_dynomite() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/global");
+        let text = std::fs::read_to_string(dir.join("meerkat-dynomite.toml")).unwrap();
+        let mut cfg = Config::parse(&text, "meerkat-dynomite.toml").unwrap();
+        cfg.validate("meerkat-dynomite.toml").unwrap();
+        let redis = cfg.global_redis().unwrap();
+        assert_eq!(redis.database, 0, "Dynomite serves database 0 only");
+        let dynomite = std::fs::read_to_string(dir.join("dynomite-dc1.yml.example")).unwrap();
+        let listen = format!("listen: {}:{}", redis.host, redis.port);
+        assert!(dynomite.lines().any(|l| l.trim() == listen), "dynomite-dc1.yml.example lacks {listen:?}");
+    }
+
     fn check_err(toml: &str, expect: &[&str]) {
         let e = Config::parse(toml, "t.toml").and_then(|mut c| c.validate("t.toml").map(|_| c));
         let msg = match e {
@@ -627,5 +1020,146 @@ mod tests {
             &["outgoing_pools.rdbms.default.connection.url"],
         );
         check_err("[log]\nlevel = \"info,[\"\n", &["log.level"]);
+    }
+
+    const GLOBAL: &str = r#"
+[general]
+hosts = ["example.com", "dc1.example.com"]
+
+[global_distribution]
+global_host = "Example.com"
+local_host = "dc1.example.com"
+message_ttl = 4
+
+[global_distribution.redis]
+pool = "global_distrib"
+expire_after = 120
+refresh_after = 60
+
+[global_distribution.connections]
+endpoints = [{ host = "127.0.0.1", port = 5555 }]
+advertised_endpoints = [{ host = "10.0.0.1", port = 5555 }, { host = "::1", port = 5556 }]
+connections_per_endpoint = 2
+hosts_refresh_interval = 3000
+disabled_gc_interval = 60
+
+[global_distribution.cache]
+jid_lifetime_seconds = 5
+max_jids = 10000
+
+[global_distribution.bounce]
+enabled = true
+resend_after_ms = 200
+max_retries = 8
+
+[outgoing_pools.redis.global_distrib]
+[outgoing_pools.redis.global_distrib.connection]
+host = "127.0.0.1"
+port = 6379
+database = 5
+password = "p@ss:word"
+"#;
+
+    fn global(toml: &str) -> Result<Config, ConfigError> {
+        let mut c = Config::parse(toml, "t.toml")?;
+        c.validate("t.toml")?;
+        Ok(c)
+    }
+
+    #[test]
+    fn global_distribution_example_parses() {
+        let cfg = global(GLOBAL).unwrap();
+        let g = cfg.global_distribution.as_ref().unwrap();
+        assert_eq!(g.global_host, "example.com");
+        assert_eq!(g.local_host, "dc1.example.com");
+        assert_eq!(g.connections.endpoints[0].listen_addr().unwrap(), "127.0.0.1:5555".parse().unwrap());
+        assert_eq!(g.connections.advertised_endpoints[1].advertised(), "[::1]:5556");
+        assert_eq!(g.connections.connections_per_endpoint, 2);
+        assert_eq!(cfg.global_redis().unwrap().url(), "redis://:p%40ss%3Aword@127.0.0.1:6379/5");
+    }
+
+    #[test]
+    fn global_distribution_defaults() {
+        let cfg = global(
+            "[general]\nhosts = [\"example.com\"]\n[global_distribution]\nglobal_host = \"example.com\"\n\
+             local_host = \"dc1.example.com\"\n[outgoing_pools.redis.global_distrib]\n",
+        )
+        .unwrap();
+        let g = cfg.global_distribution.as_ref().unwrap();
+        assert_eq!(g.message_ttl, 4);
+        assert_eq!((g.redis.expire_after, g.redis.refresh_after), (120, 60));
+        assert_eq!(g.connections.endpoints, vec![Endpoint { host: "127.0.0.1".into(), port: 5555 }]);
+        assert!(g.connections.advertised_endpoints.is_empty());
+        assert_eq!((g.cache.jid_lifetime_seconds, g.cache.max_jids), (5, 10_000));
+        assert!(g.bounce.enabled);
+        assert_eq!(cfg.global_redis().unwrap().url(), "redis://127.0.0.1:6379/0");
+    }
+
+    #[test]
+    fn bad_global_distribution_names_the_key() {
+        let with = |from: &str, to: &str| {
+            assert!(GLOBAL.contains(from), "{from}");
+            GLOBAL.replacen(from, to, 1)
+        };
+        check_err(
+            &with("global_host = \"Example.com\"", "global_host = \"other.com\""),
+            &["global_distribution.global_host", "general.hosts"],
+        );
+        check_err(
+            &with("local_host = \"dc1.example.com\"", "local_host = \"example.com\""),
+            &["global_distribution.local_host", "differ"],
+        );
+        check_err(
+            &with("pool = \"global_distrib\"", "pool = \"missing\""),
+            &["global_distribution.redis.pool", "outgoing_pools.redis.missing"],
+        );
+        check_err(
+            &with("refresh_after = 60", "refresh_after = 120"),
+            &["global_distribution.redis.refresh_after", "less than expire_after"],
+        );
+        check_err(
+            &with("refresh_after = 60", "refresh_after = 200"),
+            &["global_distribution.redis.refresh_after", "less than expire_after"],
+        );
+        check_err(&with("message_ttl = 4", "message_ttl = 0"), &["global_distribution.message_ttl"]);
+        check_err(&with("message_ttl = 4", "message_ttl = 300"), &["line 8", "u8"]);
+        check_err(
+            &with("host = \"127.0.0.1\", port = 5555 }]", "host = \"no such host.invalid\", port = 5555 }]"),
+            &["global_distribution.connections.endpoints[0]", "no such host.invalid"],
+        );
+        check_err(&with("endpoints = [{ host = \"127.0.0.1\", port = 5555 }]", "endpoints = []"), &[
+            "global_distribution.connections.endpoints",
+            "at least one",
+        ]);
+        check_err(
+            &with("port = 5555 }]\nadvertised", "port = 5222 }]\nadvertised"),
+            &["global_distribution.connections.endpoints[0]", "listen.c2s[0]"],
+        );
+        check_err(
+            &with("connections_per_endpoint = 2", "connections_per_endpoint = 0"),
+            &["global_distribution.connections.connections_per_endpoint"],
+        );
+        check_err(
+            &with("hosts_refresh_interval = 3000", "hosts_refresh_interval = 0"),
+            &["global_distribution.connections.hosts_refresh_interval"],
+        );
+        check_err(&with("max_jids = 10000", "max_jids = 0"), &["global_distribution.cache.max_jids"]);
+        check_err(
+            &with("resend_after_ms = 200", "resend_after_ms = 0"),
+            &["global_distribution.bounce.resend_after_ms"],
+        );
+        check_err(
+            &with(
+                "disabled_gc_interval = 60",
+                "disabled_gc_interval = 60\n[global_distribution.connections.tls]\ncacertfile = \"/nonexistent-ca.pem\"\n\
+                 certfile = \"/nonexistent.pem\"\nkeyfile = \"/nonexistent.key\"",
+            ),
+            &["global_distribution.connections.tls.cacertfile", "does not exist"],
+        );
+        check_err(&with("max_retries = 8", "max_retries = 8\nretries = 1"), &["unknown field `retries`"]);
+        check_err(&with("port = 6379", "port = 0"), &["outgoing_pools.redis.global_distrib.connection.port"]);
+        check_err("[general]\nhosts = [\"example.com\"]\n[global_distribution]\nlocal_host = \"dc1\"\n", &[
+            "missing field `global_host`",
+        ]);
     }
 }

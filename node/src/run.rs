@@ -14,6 +14,7 @@ use meerkat_actors::services::{Services, SessionSettings};
 use meerkat_cluster::node::{ClusterNode, ClusterSettings};
 use meerkat_cluster::{NodeId, SessionRegistry, SessionTable, StandaloneRegistry};
 use meerkat_routing::cluster::ClusterInbox;
+use meerkat_routing::global::{GlobalConfig, GlobalDistrib};
 use meerkat_routing::KickReason;
 use meerkat_routing::Router;
 use meerkat_storage::{DbTls, Storage, StorageConfig};
@@ -130,6 +131,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         next += 1;
     });
 
+    // After the router, the cluster and the server workers exist (stanzas from
+    // other data centers may arrive at once) and before any client is accepted.
+    let global = match &cfg.global_distribution {
+        Some(g) => {
+            let node_id = cluster.as_ref().map(|n| n.id()).unwrap_or(1);
+            Some(start_global(&cfg, g, node_id, &router).await?)
+        }
+        None => None,
+    };
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let mechanisms: Vec<_> = cfg.auth.sasl_mechanisms.iter().filter_map(|m| mechanism(m)).collect();
     let mut accept_tasks = Vec::new();
@@ -188,6 +199,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         svc: svc.clone(),
         auth: admin_auth(&cfg)?,
         cluster: cluster.clone(),
+        global: global.clone(),
     });
     let admin_addr = std::net::SocketAddr::new(cfg.admin.ip_address, cfg.admin.port);
     let admin = actix_web::HttpServer::new(move || {
@@ -216,6 +228,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // stream error and everything queued before it are written.
     while (svc.connections() > 0 || svc.local_sessions() > 0) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // With the sessions gone, take this node's entries out of the routing
+    // table and close the links, while the server workers still run for
+    // what the links delivered last (offline storage).
+    if let Some(g) = &global {
+        g.stop().await;
     }
     workers.close();
     for done in worker_done {
@@ -283,6 +301,68 @@ async fn start_cluster(
         .with_context(|| format!("starting the cluster member (transport on {})", c.listen))?;
     tracing::info!(node = node_id, listen = %c.listen, cluster = %c.name, "cluster member started");
     Ok(node)
+}
+
+/// Maps `[global_distribution]` to the routing crate's settings.
+fn global_config(cfg: &Config, g: &crate::config::GlobalDistribution, node_id: u64) -> anyhow::Result<GlobalConfig> {
+    let redis = cfg
+        .global_redis()
+        .with_context(|| format!("global_distribution.redis.pool: no Redis pool {:?}", g.redis.pool))?;
+    let c = &g.connections;
+    let endpoints = c
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, ep)| {
+            ep.listen_addr().map_err(|e| anyhow::anyhow!("global_distribution.connections.endpoints[{i}]: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tls = match &c.tls {
+        Some(t) => Some(
+            crate::tls::cluster_tls(&t.cacertfile, &t.certfile, &t.keyfile, &t.server_name)
+                .context("global_distribution.connections.tls")?,
+        ),
+        None => None,
+    };
+    let mut gc = GlobalConfig::new(&g.global_host, &g.local_host);
+    gc.node_id = node_id;
+    gc.redis_url = redis.url();
+    gc.expire_after = Duration::from_secs(g.redis.expire_after);
+    gc.refresh_after = Duration::from_secs(g.redis.refresh_after);
+    gc.endpoints = endpoints;
+    gc.advertised_endpoints = c.advertised_endpoints.iter().map(|e| e.advertised()).collect();
+    gc.connections_per_endpoint = c.connections_per_endpoint;
+    gc.hosts_refresh_interval = Duration::from_millis(c.hosts_refresh_interval);
+    gc.disabled_gc_interval = Duration::from_secs(c.disabled_gc_interval);
+    gc.tls = tls;
+    gc.message_ttl = g.message_ttl;
+    gc.cache_jid_lifetime = Duration::from_secs(g.cache.jid_lifetime_seconds);
+    gc.cache_max_jids = g.cache.max_jids;
+    gc.bounce_enabled = g.bounce.enabled;
+    gc.bounce_resend_after = Duration::from_millis(g.bounce.resend_after_ms);
+    gc.bounce_max_retries = g.bounce.max_retries;
+    Ok(gc)
+}
+
+/// Connects to the routing table, opens the links' listeners and registers
+/// global distribution on the router.
+async fn start_global(
+    cfg: &Config,
+    g: &crate::config::GlobalDistribution,
+    node_id: u64,
+    router: &Arc<Router>,
+) -> anyhow::Result<Arc<GlobalDistrib>> {
+    let gc = global_config(cfg, g, node_id)?;
+    let url = redact(&gc.redis_url);
+    let endpoints = gc.endpoints.clone();
+    let gd = GlobalDistrib::start(gc, router).await.with_context(|| {
+        format!(
+            "starting global distribution (data center {}, routing table at {url}, links on {endpoints:?})",
+            g.local_host
+        )
+    })?;
+    tracing::info!(node = node_id, local_host = %g.local_host, global_host = %g.global_host, "global distribution ready");
+    Ok(gd)
 }
 
 async fn wait_for_signal() {

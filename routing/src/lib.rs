@@ -9,8 +9,11 @@
 //!   §8.5 rules). A session on another node is reached through the cluster
 //!   transport ([`Router::set_transport`]); [`cluster::ClusterInbox`] takes
 //!   stanzas arriving from other nodes;
-//! - later links (global distribution, s2s and components) plug in after it
-//!   through [`Router::push_link`].
+//! - global distribution ([`global`]) sits inside the local link: a stanza
+//!   for a user of the global host who is not served in this data center,
+//!   or whose pair has stanzas pending, goes through [`GlobalHook`];
+//! - later links (s2s and components) plug in after it through
+//!   [`Router::push_link`].
 //!
 //! A stanza no link takes is bounced with `remote-server-not-found` (domain
 //! unknown) or dropped if it is itself an error: an error stanza never

@@ -7,6 +7,9 @@
 //!   shared with the load generator.
 //! - [`cluster`]: [`cluster::TestCluster`], several nodes forming a cluster
 //!   (bootstrap, then `meerkat cluster join`) on a shared database.
+//! - [`global`]: [`global::TestGlobal`], two such clusters as two data
+//!   centers serving one domain, with a private Redis and link proxies that
+//!   can be cut.
 //! - [`load`]: `meerkat-load`, the load generator (`src/bin/meerkat-load.rs`).
 //!
 //! The tests themselves are in `tests/`; run `cargo build --bin meerkat`
@@ -14,6 +17,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod global;
 pub mod load;
 pub mod netns;
 pub mod node;

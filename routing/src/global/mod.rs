@@ -628,7 +628,9 @@ impl GlobalDistrib {
         let loc = match answer {
             Some(Ok(loc)) => loc,
             Some(Err(())) => return Decision::Park,
-            None if fresh => return Decision::NeedLookup(target),
+            // A data center that sent the stanza here had the same kind of cache
+            // this one has; a bounced stanza therefore reads the table itself.
+            None if fresh || (e.bounce && e.attempts == 0) => return Decision::NeedLookup(target),
             None => match self.cached(&target) {
                 Some(l) => Some(l),
                 None => return Decision::NeedLookup(target),

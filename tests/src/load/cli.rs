@@ -204,6 +204,11 @@ pub struct ChatArgs {
     /// Extra bytes in each body.
     #[arg(long, default_value_t = 0)]
     pub body_pad: usize,
+    /// `HOST:PORT` the second user of each pair (the receiver with
+    /// `--one-way`) connects to instead of `--host`/`--port`: a node of
+    /// another data center, to measure delivery across data centers.
+    #[arg(long)]
+    pub recv_server: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

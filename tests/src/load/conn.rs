@@ -71,6 +71,8 @@ impl AsyncWrite for Stream {
 /// Where and how to connect, shared by every connection of a run.
 pub struct Target {
     pub addr: SocketAddr,
+    /// Where connections of odd slots (the second user of each chat pair) go, if not to `addr`.
+    pub recv_addr: Option<SocketAddr>,
     pub domain: String,
     pub user_pattern: String,
     pub password: String,
@@ -102,6 +104,7 @@ impl Target {
         }
         Ok(Target {
             addr,
+            recv_addr: None,
             domain: c.domain.clone(),
             user_pattern: c.user_pattern.clone(),
             password: c.password.clone(),
@@ -124,14 +127,28 @@ impl Target {
         format!("{}@{}", self.username(n), self.domain)
     }
 
+    /// Resolves `HOST:PORT` for [`Target::recv_addr`].
+    pub fn resolve(server: &str) -> Result<SocketAddr> {
+        use std::net::ToSocketAddrs as _;
+        server
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {server} (HOST:PORT)"))?
+            .next()
+            .ok_or_else(|| anyhow!("{server} has no address"))
+    }
+
     async fn tcp(&self, slot: usize) -> Result<TcpStream> {
+        let addr = match self.recv_addr {
+            Some(a) if slot % 2 == 1 => a,
+            _ => self.addr,
+        };
         let tcp = if self.source_ips.is_empty() {
-            TcpStream::connect(self.addr).await?
+            TcpStream::connect(addr).await?
         } else {
             let ip = self.source_ips[slot % self.source_ips.len()];
             let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
             socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding {ip}"))?;
-            socket.connect(self.addr).await?
+            socket.connect(addr).await?
         };
         let _ = tcp.set_nodelay(true);
         Ok(tcp)

@@ -42,7 +42,11 @@ pub async fn run(cli: &Cli) -> Result<RunResult> {
         bail!("--users must be at least 1");
     }
     warn_ports(c);
-    let target = Arc::new(Target::new(c)?);
+    let mut target = Target::new(c)?;
+    if let Scenario::Chat(ChatArgs { recv_server: Some(server), .. }) = &cli.scenario {
+        target.recv_addr = Some(Target::resolve(server)?);
+    }
+    let target = Arc::new(target);
     let mut pre = Map::new();
     if c.register || matches!(cli.scenario, Scenario::Register) {
         let t = Instant::now();
@@ -318,6 +322,7 @@ async fn chat(c: &Common, a: &ChatArgs, target: Arc<Target>) -> Result<RunResult
         }
     }
     json.insert("one_way".into(), json!(a.one_way));
+    json.insert("recv_server".into(), json!(a.recv_server));
     json.insert("warmup_s".into(), json!(plan.warmup.as_secs_f64()));
     json.insert("duration_s".into(), json!(d));
     json.insert("sent".into(), json!(o.sent));
@@ -336,6 +341,10 @@ async fn chat(c: &Common, a: &ChatArgs, target: Arc<Target>) -> Result<RunResult
     let mode_text = match mode {
         Mode::Closed(w) => format!("closed loop, {w} outstanding per sender"),
         Mode::Open(r) => format!("open loop, {r} msg/s offered"),
+    };
+    let mode_text = match &a.recv_server {
+        Some(server) => format!("{mode_text}; receivers on {server}"),
+        None => mode_text,
     };
     let mut human = format!(
         "chat: {} users ({mode_text}), {:.1} s measured after {:.1} s warm-up\n\
