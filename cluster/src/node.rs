@@ -720,7 +720,7 @@ impl RequestHandler for Handler {
     }
 }
 
-async fn handle_request(node: &ClusterNode, _from: u64, request: Request) -> Result<Response, WireError> {
+async fn handle_request(node: &ClusterNode, from: u64, request: Request) -> Result<Response, WireError> {
     match request {
         Request::AppendEntries(rpc) => {
             node.raft.append_entries(rpc).await.map(Response::AppendEntries).map_err(write_error)
@@ -763,5 +763,6 @@ async fn handle_request(node: &ClusterNode, _from: u64, request: Request) -> Res
                     .map_err(write_error)
             }
         }
+        Request::DeliverChecked(frame) => Ok(Response::Delivered(node.transport.deliver_checked(from, frame))),
     }
 }

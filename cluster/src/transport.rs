@@ -84,6 +84,10 @@ pub enum Request {
     Remove {
         node: u64,
     },
+    /// Deliver a stanza to the receiver's own sessions only, and say whether
+    /// it did: a stanza from another data center is acknowledged there only
+    /// once a session took it.
+    DeliverChecked(StanzaFrame),
 }
 
 /// The answer to a [`Request`].
@@ -94,6 +98,7 @@ pub enum Response {
     InstallSnapshot(openraft::raft::InstallSnapshotResponse<u64>),
     ClientWrite { index: u64, response: CommandResponse },
     Done,
+    Delivered(bool),
 }
 
 /// Why a request failed on the remote node.
@@ -174,6 +179,11 @@ pub trait StanzaInbox: Send + Sync {
     fn on_stanza(&self, from_node: u64, frame: StanzaFrame);
     /// A stanza that was queued for `node`, which is now down: route it again.
     fn undeliverable(&self, node: u64, frame: StanzaFrame);
+    /// Delivers to this node's sessions only, with no fallback; false when
+    /// none took it.
+    fn deliver_checked(&self, _from_node: u64, _frame: StanzaFrame) -> bool {
+        false
+    }
 }
 
 /// What a [`RequestHandler`] answers, later.
@@ -278,6 +288,11 @@ impl Transport {
 
     pub fn set_inbox(&self, inbox: Arc<dyn StanzaInbox>) {
         let _ = self.inbox.set(inbox);
+    }
+
+    /// Serves a [`Request::DeliverChecked`].
+    pub fn deliver_checked(&self, from: u64, frame: StanzaFrame) -> bool {
+        self.inbox.get().is_some_and(|i| i.deliver_checked(from, frame))
     }
 
     pub fn set_handler(&self, handler: Arc<dyn RequestHandler>) {

@@ -84,6 +84,33 @@ impl StanzaInbox for ClusterInbox {
         }
     }
 
+    fn deliver_checked(&self, _from_node: u64, frame: StanzaFrame) -> bool {
+        let router = &self.router;
+        match frame.target {
+            StanzaTarget::Session { jid, sid, .. } => {
+                let info = parse_full(&jid)
+                    .ok()
+                    .and_then(|j| router.sessions().get(&j))
+                    .filter(|s| s.node == router.node() && s.sid == SessionId(sid));
+                info.is_some_and(|info| router.deliver_to_session(&info, frame.stanza).is_ok())
+            }
+            StanzaTarget::Account => {
+                let Ok(to) = parse_jid(&frame.to) else { return false };
+                let bare = to.to_bare();
+                let local: Vec<_> =
+                    router.sessions().resources(&bare).into_iter().filter(|s| s.node == router.node()).collect();
+                let Some(best) = local.iter().filter_map(|s| s.priority).filter(|p| *p >= 0).max() else {
+                    return false;
+                };
+                let mut delivered = false;
+                for info in local.iter().filter(|s| s.priority == Some(best) && router.sink(s.sid).is_some()) {
+                    delivered |= router.deliver_to_session(info, frame.stanza.clone()).is_ok();
+                }
+                delivered
+            }
+        }
+    }
+
     fn undeliverable(&self, node: u64, frame: StanzaFrame) {
         // The node went down with this queued for it; its sessions have left
         // the table, so routing again reaches other resources or offline storage.

@@ -220,6 +220,10 @@ impl Router {
         let _ = self.global.set(global);
     }
 
+    pub fn transport(&self) -> Option<&Arc<Transport>> {
+        self.transport.get()
+    }
+
     pub fn global(&self) -> Option<&Arc<dyn GlobalHook>> {
         self.global.get()
     }

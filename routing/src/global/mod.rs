@@ -41,7 +41,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use meerkat_cluster::transport::ClusterTls;
+use meerkat_cluster::transport::{
+    ClusterTls, Request as ClusterRequest, Response as ClusterResponse, StanzaFrame, StanzaTarget,
+};
 use meerkat_cluster::SessionId;
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::jid::{parse_jid, FullJid, Jid};
@@ -204,6 +206,8 @@ enum Action {
     Lookup(String),
     Retry(Duration),
     RefreshEndpoints,
+    /// Deliver on another node of this data center and wait for its answer.
+    DeliverVia(u64, StanzaTarget, Routed, u64),
 }
 
 enum Decision {
@@ -241,6 +245,7 @@ pub struct GlobalDistrib {
     needs_full_refresh: AtomicBool,
     next_token: AtomicU64,
     shutdown: watch::Sender<bool>,
+    writer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     me: Weak<GlobalDistrib>,
     pub stats: GlobalStats,
 }
@@ -297,6 +302,7 @@ impl GlobalDistrib {
             needs_full_refresh: AtomicBool::new(false),
             next_token: AtomicU64::new(1),
             shutdown,
+            writer_task: Mutex::new(None),
             me: me.clone(),
             stats: GlobalStats::default(),
         });
@@ -310,7 +316,8 @@ impl GlobalDistrib {
             tokio::spawn(inbound.clone().serve(l, gd.shutdown.subscribe()));
         }
         gd.table.announce(&gd.cfg.advertised_endpoints).await?;
-        tokio::spawn(gd.clone().writer(ops_rx));
+        let writer = tokio::spawn(gd.clone().writer(ops_rx));
+        *gd.writer_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer);
         tokio::spawn(gd.clone().keeper());
         tokio::spawn(gd.clone().discovery());
         router.set_global(gd.clone());
@@ -330,6 +337,10 @@ impl GlobalDistrib {
     /// Stops the links and removes this node's entries from the table.
     pub async fn stop(&self) {
         let _ = self.shutdown.send(true);
+        let writer = self.writer_task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = writer {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+        }
         let jids: Vec<String> = {
             let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
             let mut v: Vec<String> = local.values().map(|(j, _)| j.to_string()).collect();
@@ -406,7 +417,16 @@ impl GlobalDistrib {
         loop {
             let op = tokio::select! {
                 op = rx.recv() => op,
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    // Sessions that closed while the node drained: their entries go too.
+                    while let Ok(op) = rx.try_recv() {
+                        let _ = match &op {
+                            TableOp::Publish(_) => Ok(()),
+                            TableOp::Unpublish(j) => self.table.unpublish(j).await,
+                        };
+                    }
+                    return;
+                }
             };
             let Some(op) = op else { return };
             let mut batch = vec![op];
@@ -595,6 +615,53 @@ impl GlobalDistrib {
         }
     }
 
+    /// For a message bounced here: the other node of this data center that
+    /// serves the recipient, when this node does not.
+    fn served_elsewhere(&self, router: &Router, to: &Jid) -> Option<(u64, StanzaTarget)> {
+        router.transport()?;
+        let me = router.node();
+        if let Ok(full) = to.try_as_full() {
+            if let Some(s) = router.sessions().get(full) {
+                return (s.node != me).then(|| {
+                    (s.node.0, StanzaTarget::Session { jid: s.jid.to_string(), sid: s.sid.0, if_available: false })
+                });
+            }
+        }
+        let sessions = router.sessions().resources(&to.to_bare());
+        let available = |s: &&meerkat_cluster::SessionInfo| s.priority.is_some_and(|p| p >= 0);
+        if sessions.iter().filter(available).any(|s| s.node == me && router.sink(s.sid).is_some()) {
+            return None;
+        }
+        sessions
+            .iter()
+            .filter(available)
+            .filter(|s| s.node != me)
+            .max_by_key(|s| (s.priority, s.created_micros))
+            .map(|s| (s.node.0, StanzaTarget::Account))
+    }
+
+    /// A confirmed delivery on another node failed: the entry waits and tries again.
+    fn delivery_refused(&self, token: u64) {
+        let (key, delay) = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(key) = st.inflight.remove(&token) else { return };
+            let Some(pq) = st.pairs.get_mut(&key) else { return };
+            let mut delay = None;
+            for e in pq.entries.iter_mut().filter(|e| e.token == token) {
+                e.state = EntryState::Waiting;
+                delay = Some(backoff(&self.cfg, e.attempts));
+                e.attempts += 1;
+            }
+            self.stats.parked.fetch_add(1, Ordering::Relaxed);
+            if pq.retry_scheduled {
+                return;
+            }
+            pq.retry_scheduled = true;
+            (key, delay.unwrap_or(self.cfg.bounce_resend_after))
+        };
+        self.schedule_retry(key, delay, true);
+    }
+
     fn cached(&self, jid: &str) -> Option<Location> {
         let hit = self.cache.get(jid);
         if hit.is_some() {
@@ -669,6 +736,20 @@ impl GlobalDistrib {
                 Decision::Local => {
                     if ahead.is_some() {
                         break;
+                    }
+                    let e = &mut pq.entries[i];
+                    if e.bounce && StanzaKind::of(&e.routed.stanza) == Some(StanzaKind::Message) {
+                        if let Some((node, target)) = self.served_elsewhere(router, &e.routed.to) {
+                            // Another node of this data center serves the user: it must
+                            // confirm delivery before the sender's data center hears of it.
+                            let id: LinkId = ("#node".to_owned(), node.to_string(), e.token as usize);
+                            e.state = EntryState::InFlight(id.clone());
+                            st.inflight.insert(e.token, key.clone());
+                            ahead = Some(Some(id));
+                            actions.push(Action::DeliverVia(node, target, e.routed.clone(), e.token));
+                            i += 1;
+                            continue;
+                        }
                     }
                     let Some(e) = pq.entries.remove(i) else { break };
                     st.entries = st.entries.saturating_sub(1);
@@ -828,6 +909,23 @@ impl GlobalDistrib {
                 tokio::spawn(async move { me.lookup(key, target).await });
             }
             Action::Retry(delay) => self.schedule_retry(key.clone(), delay, true),
+            Action::DeliverVia(node, target, routed, token) => {
+                let (Some(me), Some(transport)) = (self.me.upgrade(), router.transport().cloned()) else { return };
+                let frame = StanzaFrame {
+                    target,
+                    from: routed.from.to_string(),
+                    to: routed.to.to_string(),
+                    stanza: routed.stanza,
+                };
+                tokio::spawn(async move {
+                    let answer =
+                        transport.request(node, ClusterRequest::DeliverChecked(frame), Duration::from_secs(2)).await;
+                    match answer {
+                        Ok(ClusterResponse::Delivered(true)) => me.acked(token),
+                        _ => me.delivery_refused(token),
+                    }
+                });
+            }
             Action::RefreshEndpoints => {
                 if let Some(me) = self.me.upgrade() {
                     tokio::spawn(async move { me.refresh_links().await });

@@ -104,7 +104,11 @@ pub struct RoutingTable {
 /// Connects to Redis. Fails fast when Redis is not reachable; afterwards the
 /// connection re-establishes itself.
 pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(url)?;
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    // Dynomite refuses CLIENT SETINFO, which the client would send first.
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    let client = redis::Client::open(info.set_redis_settings(settings))?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_number_of_retries(2)
         .set_connection_timeout(Some(Duration::from_secs(1)))
