@@ -361,12 +361,8 @@ fn print_global(v: &Value) {
         "queues: {} pairs, {} pending, {} in flight, {} parked",
         q["pairs"], q["pending"], q["in_flight"], q["parked_pairs"]
     );
-    let counters: Vec<String> = v["counters"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
+    let counters: Vec<String> =
+        v["counters"].as_object().into_iter().flatten().map(|(k, n)| format!("{k} {n}")).collect();
     println!("counters: {}", counters.join(", "));
 }
 

@@ -885,7 +885,10 @@ impl Config {
             ));
         }
         if c.disabled_gc_interval == 0 {
-            return Err(err("global_distribution.connections.disabled_gc_interval", "must be at least 1 second".into()));
+            return Err(err(
+                "global_distribution.connections.disabled_gc_interval",
+                "must be at least 1 second".into(),
+            ));
         }
         if let Some(t) = &c.tls {
             for (name, p) in [("cacertfile", &t.cacertfile), ("certfile", &t.certfile), ("keyfile", &t.keyfile)] {
@@ -1124,13 +1127,13 @@ password = "p@ss:word"
         check_err(&with("message_ttl = 4", "message_ttl = 0"), &["global_distribution.message_ttl"]);
         check_err(&with("message_ttl = 4", "message_ttl = 300"), &["line 8", "u8"]);
         check_err(
-            &with("host = \"127.0.0.1\", port = 5555 }]", "host = \"no such host.invalid\", port = 5555 }]"),
-            &["global_distribution.connections.endpoints[0]", "no such host.invalid"],
+            &with("host = \"127.0.0.1\", port = 5555 }]", "host = \"nonexistent.invalid\", port = 5555 }]"),
+            &["global_distribution.connections.endpoints[0]", "nonexistent.invalid"],
         );
-        check_err(&with("endpoints = [{ host = \"127.0.0.1\", port = 5555 }]", "endpoints = []"), &[
-            "global_distribution.connections.endpoints",
-            "at least one",
-        ]);
+        check_err(
+            &with("endpoints = [{ host = \"127.0.0.1\", port = 5555 }]", "endpoints = []"),
+            &["global_distribution.connections.endpoints", "at least one"],
+        );
         check_err(
             &with("port = 5555 }]\nadvertised", "port = 5222 }]\nadvertised"),
             &["global_distribution.connections.endpoints[0]", "listen.c2s[0]"],
@@ -1158,8 +1161,9 @@ password = "p@ss:word"
         );
         check_err(&with("max_retries = 8", "max_retries = 8\nretries = 1"), &["unknown field `retries`"]);
         check_err(&with("port = 6379", "port = 0"), &["outgoing_pools.redis.global_distrib.connection.port"]);
-        check_err("[general]\nhosts = [\"example.com\"]\n[global_distribution]\nlocal_host = \"dc1\"\n", &[
-            "missing field `global_host`",
-        ]);
+        check_err(
+            "[general]\nhosts = [\"example.com\"]\n[global_distribution]\nlocal_host = \"dc1\"\n",
+            &["missing field `global_host`"],
+        );
     }
 }
