@@ -24,6 +24,8 @@ pub enum WorkerJob {
     Broadcast { from: FullJid, presence: Element, initial: bool, directed: Vec<Jid> },
     /// A subscription request or answer a user sent (RFC 6121 §3, outbound side).
     OutboundSubscription(Routed),
+    /// Archive rows of a message a user sent (XEP-0313).
+    Archive(crate::modules::mam::ArchiveJob),
 }
 
 impl WorkerJob {
@@ -32,6 +34,7 @@ impl WorkerJob {
             WorkerJob::Routed(j) => routed_key(j),
             WorkerJob::Broadcast { from, .. } => from.to_bare().to_string(),
             WorkerJob::OutboundSubscription(r) => r.from.to_bare().to_string(),
+            WorkerJob::Archive(j) => j.shard_key(),
         }
     }
 }
@@ -41,6 +44,35 @@ fn routed_key(job: &ServerJob) -> String {
     match job {
         ServerJob::ToServer(r) => r.from.to_bare().to_string(),
         j => j.routed().to.to_bare().to_string(),
+    }
+}
+
+/// One shard's loop, until its queue is closed and drained. Archive jobs found
+/// queued one after another are written together, in one transaction; jobs
+/// still run in queue order.
+async fn run_shard(svc: &Arc<Services>, rx: &mut mpsc::Receiver<WorkerJob>) {
+    let mut next = rx.recv().await;
+    while let Some(job) = next.take() {
+        match job {
+            WorkerJob::Archive(first) => {
+                let mut batch = vec![first];
+                while batch.len() < crate::modules::mam::MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(WorkerJob::Archive(j)) => batch.push(j),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                crate::modules::mam::store(svc, batch).await;
+            }
+            job => crate::modules::handle_job(svc, job).await,
+        }
+        if next.is_none() {
+            next = rx.recv().await;
+        }
     }
 }
 
@@ -71,9 +103,7 @@ impl ServerWorkers {
             let (tx_done, rx_done) = tokio::sync::oneshot::channel();
             done.push(rx_done);
             spawn(Box::pin(async move {
-                while let Some(job) = rx.recv().await {
-                    crate::modules::handle_job(&svc, job).await;
-                }
+                run_shard(&svc, &mut rx).await;
                 let _ = tx_done.send(());
             }));
         }

@@ -231,6 +231,11 @@ impl C2sSession {
         match kind {
             StanzaKind::Message => {
                 let to = to.unwrap_or_else(|| Jid::from(self.jid.to_bare()));
+                // Module hooks (XEP-0313 archiving) see each sent message once, here.
+                if let Err(cond) = crate::modules::user_send_message(&self.svc, &self.jid, &to, &mut el) {
+                    self.reply_error(&el, cond, ctx);
+                    return;
+                }
                 self.route(to, el);
             }
             StanzaKind::Presence => self.on_client_presence(el, to, ctx),

@@ -35,8 +35,9 @@ const COUNT: Sql = sql!("SELECT COUNT(*) AS n FROM accounts WHERE domain = ?");
 
 /// Everything owned by an account, children first; the account row goes last so that
 /// its `rows_affected` tells whether it existed.
-const REMOVE: [Sql; 6] = [
+const REMOVE: [Sql; 7] = [
     sql!("DELETE FROM roster_groups WHERE domain = ? AND username = ?"),
+    sql!("DELETE FROM archive_messages WHERE domain = ? AND username = ?"),
     sql!("DELETE FROM roster_items WHERE domain = ? AND username = ?"),
     sql!("DELETE FROM offline_messages WHERE domain = ? AND username = ?"),
     sql!("DELETE FROM vcards WHERE domain = ? AND username = ?"),

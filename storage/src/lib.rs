@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! The public surface is a set of object-safe repository traits — [`AccountRepo`],
-//! [`RosterRepo`], [`OfflineRepo`], [`VcardRepo`] and [`PrivateRepo`] — plus the
+//! [`RosterRepo`], [`OfflineRepo`], [`VcardRepo`], [`PrivateRepo`] and [`ArchiveRepo`] — plus the
 //! [`Storage`] handle that implements all of them. `Storage::connect` picks the backend
 //! from the URL scheme (`sqlite:`, `postgres:`/`postgresql:`, `mysql:`/`mariadb:`), opens
 //! a pool and applies that backend's migrations (`migrations/sqlite`,
@@ -12,17 +12,18 @@
 //! with `?` placeholders and the `sql!` macro (module `sql`) derives the `$N` form for
 //! PostgreSQL and SQLite at compile time, while `on_backend!` expands each repository
 //! method body once per pool type. The repository implementations live in `accounts`,
-//! `roster`, `offline` and `xmldata`; errors are classified in `error`
+//! `roster`, `offline`, `xmldata` and `archive`; errors are classified in `error`
 //! ([`StorageError`]). All rows are keyed by `(domain, username)` of the owning account;
 //! JID columns compare exactly (binary collations) and sort by code point on every
 //! backend; timestamps are `BIGINT` microseconds since the Unix epoch; text is UTF-8
 //! end to end (`utf8mb4` on MySQL).
 //!
 //! On MySQL/MariaDB the key columns (domain, username, roster contact, private-XML
-//! namespace) are limited to 255 characters each, so that composite keys fit InnoDB's
+//! namespace, archive peer) are limited to 255 characters each, so that composite keys fit InnoDB's
 //! 3072-byte index limit; SQLite and PostgreSQL have no such limit.
 
 mod accounts;
+mod archive;
 mod connect;
 mod error;
 mod offline;
@@ -145,6 +146,108 @@ pub struct OfflineMessage {
     pub stamp_micros: i64,
 }
 
+/// Which way an archived message went, seen from the archive's owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveDirection {
+    /// The owner received it.
+    Incoming,
+    /// The owner sent it.
+    Outgoing,
+}
+
+impl ArchiveDirection {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchiveDirection::Incoming => "in",
+            ArchiveDirection::Outgoing => "out",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<ArchiveDirection> {
+        match s {
+            "in" => Some(ArchiveDirection::Incoming),
+            "out" => Some(ArchiveDirection::Outgoing),
+            _ => None,
+        }
+    }
+}
+
+/// One message in one user's archive (XEP-0313).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    /// Domain of the archive's owner.
+    pub domain: String,
+    /// Username of the archive's owner.
+    pub user: String,
+    /// The archive id clients see (XEP-0359 stanza-id), unique within the archive and
+    /// at most 64 characters.
+    pub id: String,
+    /// When the message was sent, microseconds since the Unix epoch.
+    pub stamp_micros: i64,
+    /// Bare JID of the peer: the recipient of an outgoing message, the sender of an
+    /// incoming one.
+    pub with_jid: String,
+    /// The peer's resource, if its address had one.
+    pub with_resource: Option<String>,
+    pub direction: ArchiveDirection,
+    /// The serialized stanza.
+    pub stanza: String,
+}
+
+/// What to read from one archive: filters and a page (XEP-0313 §4, XEP-0059).
+///
+/// Messages are ordered by (timestamp, insertion sequence), a total order that
+/// never changes for stored rows. The filters (`with_*`, `start`/`end`) select a
+/// result set; `after`/`before` are cursors (archive ids) into it, exclusive; `max`
+/// messages are returned from the start of what lies between the cursors, or from
+/// its end when `from_end` is set (RSM `<before/>`, with or without an id).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveQuery {
+    /// Only messages with this peer (bare JID)…
+    pub with_jid: Option<String>,
+    /// …and, if given, this resource of it. Ignored without `with_jid`.
+    pub with_resource: Option<String>,
+    /// Only messages stamped at or after this time (µs since the epoch).
+    pub start_micros: Option<i64>,
+    /// Only messages stamped at or before this time (µs since the epoch).
+    pub end_micros: Option<i64>,
+    /// Only messages after the one with this archive id.
+    pub after: Option<String>,
+    /// Only messages before the one with this archive id.
+    pub before: Option<String>,
+    /// Take the page from the end of the range rather than from its start.
+    pub from_end: bool,
+    /// Most messages to return; 0 only counts. The caller enforces its own cap.
+    pub max: u64,
+}
+
+/// One page of an archive query, in chronological order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchivePage {
+    pub messages: Vec<ArchivedMessage>,
+    /// Position of the first message in the whole filtered result set (RSM `index`).
+    pub first_index: Option<u64>,
+    /// Size of the whole filtered result set, cursors and `max` aside (RSM `count`).
+    pub count: u64,
+    /// Nothing more lies in the paging direction: after the last message when paging
+    /// forward, before the first one when paging from the end.
+    pub complete: bool,
+}
+
+impl ArchivePage {
+    /// Archive id of the first message of the page (RSM `first`).
+    pub fn first_id(&self) -> Option<&str> {
+        self.messages.first().map(|m| m.id.as_str())
+    }
+
+    /// Archive id of the last message of the page (RSM `last`).
+    pub fn last_id(&self) -> Option<&str> {
+        self.messages.last().map(|m| m.id.as_str())
+    }
+}
+
 /// User accounts and their credentials.
 #[async_trait]
 pub trait AccountRepo: Send + Sync {
@@ -153,8 +256,8 @@ pub trait AccountRepo: Send + Sync {
     async fn get_password(&self, domain: &str, user: &str) -> Result<Option<StoredPassword>, StorageError>;
     /// Replaces the password; `false` if there is no such account.
     async fn set_password(&self, domain: &str, user: &str, password: &StoredPassword) -> Result<bool, StorageError>;
-    /// Deletes the account together with its roster, offline messages, vCard and
-    /// private XML, in one transaction; `false` if there was no such account.
+    /// Deletes the account together with its roster, offline messages, vCard, private
+    /// XML and message archive, in one transaction; `false` if there was no such account.
     async fn remove_account(&self, domain: &str, user: &str) -> Result<bool, StorageError>;
     /// Usernames of `domain`, sorted by code point.
     async fn list_accounts(&self, domain: &str) -> Result<Vec<String>, StorageError>;
@@ -206,6 +309,23 @@ pub trait VcardRepo: Send + Sync {
 pub trait PrivateRepo: Send + Sync {
     async fn get_private(&self, domain: &str, user: &str, namespace: &str) -> Result<Option<String>, StorageError>;
     async fn set_private(&self, domain: &str, user: &str, namespace: &str, xml: &str) -> Result<(), StorageError>;
+}
+
+/// Message archives (XEP-0313), one per user.
+#[async_trait]
+pub trait ArchiveRepo: Send + Sync {
+    /// Stores messages, possibly of several archives, in one transaction: all or none.
+    /// An id already present in its archive fails the whole call with
+    /// [`StorageError::Conflict`].
+    async fn store_archive(&self, messages: &[ArchivedMessage]) -> Result<(), StorageError>;
+    /// One page of `domain`/`user`'s archive; `None` when `after` or `before` names an
+    /// id that is not in this archive.
+    async fn query_archive(
+        &self,
+        domain: &str,
+        user: &str,
+        query: &ArchiveQuery,
+    ) -> Result<Option<ArchivePage>, StorageError>;
 }
 
 /// A connection pool to one database; implements every repository trait. Cheap to

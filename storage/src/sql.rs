@@ -132,16 +132,13 @@ pub(crate) const fn numbered_bytes<const N: usize>(src: &str) -> [u8; N] {
 
 /// Builds a [`Sql`](crate::sql::Sql) from a query written with `?` placeholders.
 ///
-/// * `sql!("SELECT … WHERE a = ? AND b = ?")` — the same text everywhere.
+/// * `sql!("SELECT … WHERE a = ? AND b = ?")` — the same text everywhere; the
+///   argument may also be a `concat!` of literals.
 /// * `sql!("INSERT … VALUES (?, ?)", on_conflict: "ON CONFLICT … DO UPDATE …",
 ///   on_duplicate: "ON DUPLICATE KEY UPDATE …")` — an upsert: the head is followed by
 ///   the `on_conflict` tail on SQLite and PostgreSQL and by the `on_duplicate` tail on
 ///   MySQL. The tails must not contain placeholders.
 macro_rules! sql {
-    ($q:literal) => {{
-        const QMARK: &str = $q;
-        $crate::sql::sql!(@build QMARK, QMARK)
-    }};
     ($head:literal, on_conflict: $std:literal, on_duplicate: $my:literal $(,)?) => {{
         const QMARK: &str = concat!($head, " ", $my);
         const STD: &str = concat!($head, " ", $std);
@@ -159,6 +156,11 @@ macro_rules! sql {
             Err(_) => panic!("SQL text is not UTF-8"),
         };
         $crate::sql::Sql::new($qmark, NUMBERED)
+    }};
+    // A literal, or a `concat!` of literals (queries assembled from shared parts).
+    ($q:expr) => {{
+        const QMARK: &str = $q;
+        $crate::sql::sql!(@build QMARK, QMARK)
     }};
 }
 
@@ -216,6 +218,13 @@ mod tests {
             Q.get(Dialect::Postgres),
             "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT (a) DO UPDATE SET b = excluded.b"
         );
+    }
+
+    #[test]
+    fn concat_of_literals() {
+        const Q: Sql = crate::sql::sql!(concat!("SELECT a FROM t WHERE b = ?", " AND c = ?", ""));
+        assert_eq!(Q.get(Dialect::MySql), "SELECT a FROM t WHERE b = ? AND c = ?");
+        assert_eq!(Q.get(Dialect::Postgres), "SELECT a FROM t WHERE b = $1 AND c = $2");
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use meerkat_storage::{
-    AccountRepo, DbTls, OfflineRepo, PrivateRepo, RosterItem, RosterRepo, Storage, StorageConfig, StorageError,
-    StoredPassword, Subscription, VcardRepo,
+    AccountRepo, ArchiveDirection, ArchivePage, ArchiveQuery, ArchiveRepo, ArchivedMessage, DbTls, OfflineRepo,
+    PrivateRepo, RosterItem, RosterRepo, Storage, StorageConfig, StorageError, StoredPassword, Subscription, VcardRepo,
 };
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -273,11 +273,226 @@ async fn xml_data(s: &Storage) {
     s.set_private(DOMAIN, "bob", ns1, "<storage xmlns='storage:bookmarks'/>").await.expect("set");
 }
 
+const ARCHIVE_SIZE: usize = 1000;
+const ARCHIVE_BASE: i64 = 1_700_000_000_000_000;
+
+/// Message `i` of alice's archive. Timestamps are not in insert order and every one
+/// is shared by two messages (`i` and `i + 500`), so only (timestamp, insert order)
+/// orders them; ids are unrelated to that order.
+fn archived(i: usize) -> ArchivedMessage {
+    let n = i64::try_from(i).expect("small");
+    let (with_jid, with_resource) = match i % 4 {
+        0 => ("bob@example.org", Some("phone")),
+        1 => ("bob@example.org", Some("laptop")),
+        2 => ("bob@example.org", None),
+        _ => ("carol@example.org", None),
+    };
+    ArchivedMessage {
+        domain: DOMAIN.to_owned(),
+        user: "alice".to_owned(),
+        id: format!("{:04}-{i}", (i * 389) % 1000),
+        stamp_micros: ARCHIVE_BASE + (n * 7) % 500,
+        with_jid: with_jid.to_owned(),
+        with_resource: with_resource.map(str::to_owned),
+        direction: if i.is_multiple_of(3) { ArchiveDirection::Outgoing } else { ArchiveDirection::Incoming },
+        stanza: if i == 7 {
+            long_text(64 * 1024)
+        } else {
+            format!("<message type='chat'><body>{UNICODE} #{i}</body></message>")
+        },
+    }
+}
+
+/// Alice's archive in chronological order: by timestamp, ties in insert order.
+fn archive_in_order() -> Vec<ArchivedMessage> {
+    let mut all: Vec<ArchivedMessage> = (0..ARCHIVE_SIZE).map(archived).collect();
+    all.sort_by_key(|m| m.stamp_micros); // stable: ties stay in insert order
+    all
+}
+
+async fn page(s: &Storage, q: &ArchiveQuery) -> ArchivePage {
+    s.query_archive(DOMAIN, "alice", q).await.expect("query archive").expect("known cursors")
+}
+
+fn ids(msgs: &[ArchivedMessage]) -> Vec<&str> {
+    msgs.iter().map(|m| m.id.as_str()).collect()
+}
+
+async fn archive(s: &Storage) {
+    let empty = page(s, &ArchiveQuery { max: 50, ..Default::default() }).await;
+    assert_eq!(empty, ArchivePage { messages: vec![], first_index: None, count: 0, complete: true });
+
+    // Ten batches of 100; bob's archive gets a message with one of alice's ids.
+    let all: Vec<ArchivedMessage> = (0..ARCHIVE_SIZE).map(archived).collect();
+    for batch in all.chunks(100) {
+        s.store_archive(batch).await.expect("store batch");
+    }
+    let mut bobs = archived(0);
+    bobs.user = "bob".into();
+    bobs.with_jid = "alice@example.org".into();
+    s.store_archive(std::slice::from_ref(&bobs)).await.expect("same id in another archive");
+    // A duplicate id in one archive fails the whole batch.
+    let mut fresh = archived(0);
+    fresh.id = "fresh".into();
+    match s.store_archive(&[fresh, archived(5)]).await {
+        Err(StorageError::Conflict(_)) => {}
+        other => panic!("duplicate archive id: expected Conflict, got {other:?}"),
+    }
+    assert_eq!(
+        s.query_archive(DOMAIN, "alice", &ArchiveQuery { after: Some("fresh".into()), ..Default::default() })
+            .await
+            .expect("query"),
+        None,
+        "nothing of the failed batch was stored"
+    );
+
+    let expected = archive_in_order();
+    assert_eq!(expected[0].id, archived(0).id);
+    assert_eq!(expected[1].id, archived(500).id, "equal timestamps keep insert order");
+
+    // Forward: 10 pages of 100, each after the last id of the one before.
+    let mut after = None;
+    let mut forward = Vec::new();
+    for k in 0..10 {
+        let p = page(s, &ArchiveQuery { after: after.clone(), max: 100, ..Default::default() }).await;
+        assert_eq!(ids(&p.messages), ids(&expected[k * 100..(k + 1) * 100]), "forward page {k}");
+        assert_eq!(p.first_index, Some(u64::try_from(k * 100).expect("small")));
+        assert_eq!(p.count, 1000);
+        assert_eq!(p.complete, k == 9, "forward page {k}");
+        after = p.last_id().map(str::to_owned);
+        forward.extend(p.messages);
+    }
+    assert_eq!(forward, expected, "every field round-trips");
+    let past_end = page(s, &ArchiveQuery { after, max: 100, ..Default::default() }).await;
+    assert_eq!(past_end, ArchivePage { messages: vec![], first_index: None, count: 1000, complete: true });
+
+    // Backward: the last page, then each page before the first id of the one after it.
+    let mut before = None;
+    for k in (0..10).rev() {
+        let p = page(s, &ArchiveQuery { before: before.clone(), from_end: true, max: 100, ..Default::default() }).await;
+        assert_eq!(ids(&p.messages), ids(&expected[k * 100..(k + 1) * 100]), "backward page {k}");
+        assert_eq!(p.first_index, Some(u64::try_from(k * 100).expect("small")));
+        assert_eq!(p.count, 1000);
+        assert_eq!(p.complete, k == 0, "backward page {k}");
+        before = p.first_id().map(str::to_owned);
+    }
+
+    // The default page size of a caller and the whole archive at once.
+    let p = page(s, &ArchiveQuery { max: 50, ..Default::default() }).await;
+    assert_eq!(ids(&p.messages), ids(&expected[..50]));
+    let p = page(s, &ArchiveQuery { max: 5000, ..Default::default() }).await;
+    assert!(p.complete && p.messages.len() == 1000);
+    // max = 0 only counts.
+    let p = page(s, &ArchiveQuery { max: 0, ..Default::default() }).await;
+    assert_eq!(p, ArchivePage { messages: vec![], first_index: None, count: 1000, complete: false });
+
+    // Between two cursors (both exclusive).
+    let q = ArchiveQuery {
+        after: Some(expected[100].id.clone()),
+        before: Some(expected[200].id.clone()),
+        max: 250,
+        ..Default::default()
+    };
+    let p = page(s, &q).await;
+    assert_eq!(ids(&p.messages), ids(&expected[101..200]));
+    assert_eq!(p.first_index, Some(101));
+    assert!(p.complete);
+    let p = page(s, &ArchiveQuery { from_end: true, max: 10, ..q }).await;
+    assert_eq!(ids(&p.messages), ids(&expected[190..200]));
+    assert!(!p.complete);
+
+    // `with`: a bare JID matches every resource; a full JID only that resource.
+    let bob: Vec<ArchivedMessage> = expected.iter().filter(|m| m.with_jid == "bob@example.org").cloned().collect();
+    assert_eq!(bob.len(), 750);
+    let q = ArchiveQuery { with_jid: Some("bob@example.org".into()), max: 100, ..Default::default() };
+    let mut got = Vec::new();
+    let mut after = None;
+    loop {
+        let p = page(s, &ArchiveQuery { after: after.clone(), ..q.clone() }).await;
+        assert_eq!(p.count, 750);
+        assert_eq!(p.first_index, Some(u64::try_from(got.len()).expect("small")));
+        after = p.last_id().map(str::to_owned);
+        got.extend(p.messages);
+        if p.complete {
+            break;
+        }
+    }
+    assert_eq!(got, bob);
+    let phone: Vec<&str> =
+        expected.iter().filter(|m| m.with_resource.as_deref() == Some("phone")).map(|m| m.id.as_str()).collect();
+    let q = ArchiveQuery {
+        with_jid: Some("bob@example.org".into()),
+        with_resource: Some("phone".into()),
+        max: 1000,
+        ..Default::default()
+    };
+    let p = page(s, &q).await;
+    assert_eq!(ids(&p.messages), phone);
+    assert_eq!(p.count, 250);
+    let p = page(s, &ArchiveQuery { with_jid: Some("BOB@example.org".into()), max: 10, ..Default::default() }).await;
+    assert_eq!(p.count, 0, "JIDs compare exactly");
+    let carol = ArchiveQuery { with_jid: Some("carol@example.org".into()), max: 1000, ..Default::default() };
+    assert_eq!(page(s, &carol).await.count, 250);
+
+    // `start` and `end` are inclusive timestamps.
+    let (start, end) = (expected[300].stamp_micros, expected[600].stamp_micros);
+    let window: Vec<&str> =
+        expected.iter().filter(|m| m.stamp_micros >= start && m.stamp_micros <= end).map(|m| m.id.as_str()).collect();
+    assert!(window.len() >= 301);
+    let q = ArchiveQuery { start_micros: Some(start), end_micros: Some(end), max: 1000, ..Default::default() };
+    let p = page(s, &q).await;
+    assert_eq!(ids(&p.messages), window);
+    assert_eq!(p.count, u64::try_from(window.len()).expect("small"));
+    let q = ArchiveQuery { start_micros: Some(start), max: 1000, ..Default::default() };
+    let p = page(s, &q).await;
+    assert_eq!(
+        ids(&p.messages),
+        ids(&expected[expected.iter().position(|m| m.stamp_micros >= start).expect("some")..])
+    );
+    let q = ArchiveQuery { end_micros: Some(end), max: 1000, ..Default::default() };
+    assert_eq!(page(s, &q).await.messages.last().map(|m| m.stamp_micros), Some(end));
+    // Filters combine, and a cursor outside the filtered set still positions the page.
+    let q = ArchiveQuery {
+        with_jid: Some("carol@example.org".into()),
+        start_micros: Some(start),
+        end_micros: Some(end),
+        after: Some(expected[450].id.clone()),
+        max: 1000,
+        ..Default::default()
+    };
+    let want: Vec<&str> = expected[451..]
+        .iter()
+        .filter(|m| m.with_jid == "carol@example.org" && m.stamp_micros <= end)
+        .map(|m| m.id.as_str())
+        .collect();
+    let p = page(s, &q).await;
+    assert_eq!(ids(&p.messages), want);
+    let q = ArchiveQuery { start_micros: Some(end), end_micros: Some(start), max: 10, ..Default::default() };
+    assert_eq!(page(s, &q).await, ArchivePage { messages: vec![], first_index: None, count: 0, complete: true });
+
+    // Unknown cursors, and ids of another archive, are not found.
+    for q in [
+        ArchiveQuery { after: Some("nope".into()), max: 10, ..Default::default() },
+        ArchiveQuery { before: Some("nope".into()), from_end: true, max: 10, ..Default::default() },
+    ] {
+        assert_eq!(s.query_archive(DOMAIN, "alice", &q).await.expect("query"), None);
+    }
+    let q = ArchiveQuery { after: Some(expected[3].id.clone()), max: 10, ..Default::default() };
+    assert_eq!(s.query_archive(DOMAIN, "carol", &q).await.expect("query"), None);
+    // Archives are per user.
+    let p = s.query_archive(DOMAIN, "bob", &ArchiveQuery { max: 10, ..Default::default() }).await.expect("query");
+    assert_eq!(p.map(|p| p.messages), Some(vec![bobs]));
+    let p = s.query_archive(OTHER_DOMAIN, "alice", &ArchiveQuery { max: 10, ..Default::default() }).await;
+    assert_eq!(p.expect("query").map(|p| p.count), Some(0));
+}
+
 /// Runs after the other parts: alice and bob own roster items, offline messages, a
-/// vCard and private XML by now.
+/// vCard, private XML and an archive by now.
 async fn remove_account_cascades(s: &Storage) {
     assert!(!s.get_roster(DOMAIN, "alice").await.expect("roster").is_empty());
     assert!(s.count_offline(DOMAIN, "alice").await.expect("count") > 0);
+    let everything = ArchiveQuery { max: 10, ..Default::default() };
+    assert_eq!(s.query_archive(DOMAIN, "alice", &everything).await.expect("archive").map(|p| p.count), Some(1000));
 
     assert!(s.remove_account(DOMAIN, "alice").await.expect("remove"));
     assert_eq!(s.get_password(DOMAIN, "alice").await.expect("get"), None);
@@ -287,6 +502,7 @@ async fn remove_account_cascades(s: &Storage) {
     assert_eq!(s.get_vcard(DOMAIN, "alice").await.expect("vcard"), None);
     assert_eq!(s.get_private(DOMAIN, "alice", "storage:bookmarks").await.expect("private"), None);
     assert_eq!(s.get_private(DOMAIN, "alice", "storage:rosternotes").await.expect("private"), None);
+    assert_eq!(s.query_archive(DOMAIN, "alice", &everything).await.expect("archive").map(|p| p.count), Some(0));
     assert!(!s.remove_account(DOMAIN, "alice").await.expect("remove again"));
     // A re-created account starts empty…
     s.create_account(DOMAIN, "alice", &StoredPassword::Plain("new".into())).await.expect("re-create");
@@ -299,6 +515,7 @@ async fn remove_account_cascades(s: &Storage) {
     assert_eq!(s.count_offline(DOMAIN, "bob").await.expect("count"), 1);
     assert!(s.get_vcard(DOMAIN, "bob").await.expect("vcard").is_some());
     assert!(s.get_private(DOMAIN, "bob", "storage:bookmarks").await.expect("private").is_some());
+    assert_eq!(s.query_archive(DOMAIN, "bob", &everything).await.expect("archive").map(|p| p.count), Some(1));
     assert_eq!(s.count_accounts(DOMAIN).await.expect("count"), 6);
 }
 
@@ -310,6 +527,7 @@ async fn test_suite(s: &Storage) {
     offline(s).await;
     concurrent_offline(s).await;
     xml_data(s).await;
+    archive(s).await;
     remove_account_cascades(s).await;
     s.ping().await.expect("ping");
 }
@@ -360,7 +578,7 @@ async fn mysql_stored_bytes(admin: &sqlx::MySqlPool, db: &str) {
     .fetch_all(admin)
     .await
     .expect("information_schema");
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 7);
     for r in &rows {
         let collation: String = r.try_get("TABLE_COLLATION").expect("collation");
         assert_eq!(collation, "utf8mb4_bin");

@@ -6,6 +6,7 @@
 //! every host of the node.
 
 pub mod disco;
+pub mod mam;
 pub mod misc;
 pub mod offline;
 pub mod presence;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use meerkat_routing::{Routed, ServerJob};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::StanzaErrorCondition;
-use meerkat_xmpp::jid::FullJid;
+use meerkat_xmpp::jid::{FullJid, Jid};
 use meerkat_xmpp::stanza::{iq_payload, iq_result, IqType, StanzaKind};
 
 use crate::server::WorkerJob;
@@ -56,6 +57,34 @@ pub trait Module: Send + Sync {
 
     /// A resource just sent its initial presence.
     async fn user_available(&self, _svc: &Arc<Services>, _jid: &FullJid) {}
+
+    /// A local user's session is about to route a message it sent, with `from`
+    /// stamped and `to` canonical; the hook may change the stanza. It runs in the
+    /// session actor, so it must neither block nor await: work that needs storage
+    /// is queued on the server workers. An error refuses the message with that
+    /// condition and ends the chain.
+    fn user_send_message(
+        &self,
+        _svc: &Arc<Services>,
+        _from: &FullJid,
+        _to: &Jid,
+        _stanza: &mut Element,
+    ) -> Result<(), StanzaErrorCondition> {
+        Ok(())
+    }
+}
+
+/// Runs every module's [`Module::user_send_message`] hook, in module order.
+pub fn user_send_message(
+    svc: &Arc<Services>,
+    from: &FullJid,
+    to: &Jid,
+    stanza: &mut Element,
+) -> Result<(), StanzaErrorCondition> {
+    for m in &svc.modules {
+        m.user_send_message(svc, from, to, stanza)?;
+    }
+    Ok(())
 }
 
 /// The default module list.
@@ -69,6 +98,8 @@ pub fn default_modules(cfg: &ModulesConfig) -> Vec<Arc<dyn Module>> {
         Arc::new(vcard::Vcard),
         Arc::new(private::PrivateStorage),
         Arc::new(offline::Offline),
+        // Always on, with default page sizes: `ModulesConfig` has no section for it yet.
+        Arc::new(mam::Mam::default()),
     ];
     if cfg.registration {
         m.push(Arc::new(register::Register));
@@ -96,6 +127,7 @@ pub async fn handle_job(svc: &Arc<Services>, job: WorkerJob) {
             presence::broadcast(svc, &from, presence, initial, directed).await
         }
         WorkerJob::OutboundSubscription(r) => presence::outbound_subscription(svc, r).await,
+        WorkerJob::Archive(job) => mam::store(svc, vec![job]).await,
     }
 }
 
@@ -159,7 +191,7 @@ pub fn account_of(jid: &meerkat_xmpp::jid::Jid) -> (String, String) {
     (jid.node().map(|n| n.as_str().to_owned()).unwrap_or_default(), jid.domain().as_str().to_owned())
 }
 
-/// Parses a stanza kept as XML text (offline storage) back into an element.
+/// Parses a stanza kept as XML text (offline storage, archives) back into an element.
 pub fn parse_stored(xml: &str) -> Option<Element> {
     use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
     let mut p = StreamParser::new(Limits { max_stanza_size: xml.len() + 1024, max_depth: 256 });

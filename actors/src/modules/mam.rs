@@ -1,0 +1,590 @@
+//! XEP-0313: Message Archive Management (`urn:xmpp:mam:2`) for user archives,
+//! paged with XEP-0059 result set management, with XEP-0359 stanza ids.
+//!
+//! # Archiving
+//! A `chat` or `normal` message with a `<body/>` (and no XEP-0334 `<no-store/>` or
+//! `<no-permanent-store/>` hint) is archived once in the sender's archive
+//! (outgoing) and once in the archive of a local recipient (incoming), whether the
+//! recipient is online, offline (offline storage) or on another node.
+//!
+//! Both copies are taken where the message enters the server: in the sender's
+//! session, through the [`Module::user_send_message`] hook, before routing. That
+//! is the one place that sees each message exactly once, on exactly one node of
+//! the cluster. Delivery is not: a message to a bare JID is copied to every
+//! resource of equal priority, a closing session hands its mailbox back to the
+//! router, and another node may deliver it or store it offline — archiving there
+//! would need de-duplication across nodes. The hook also assigns the recipient's
+//! archive id, so the delivered copy already carries its
+//! `<stanza-id by='recipient@host'/>`, whoever delivers it.
+//!
+//! The hook must not block routing: it only builds the rows and queues them, as an
+//! [`ArchiveJob`], on the sender's shard of the server workers (bounded queues).
+//! A shard writes the archive jobs it finds queued together in one transaction
+//! ([`store`]), so archiving costs one commit per batch, not per message. When the
+//! shard's queue is full, the message is refused with `resource-constraint`
+//! rather than delivered unarchived, as offline storage does when its queue is
+//! full. The incoming copy is written only if the recipient's account exists (an
+//! archive holds what its owner would have received: XEP-0313, "Storage and
+//! Retrieval Rules").
+//!
+//! A message from a user of another data center was archived there, in the
+//! database all data centers share (global distribution moves stanzas, not data).
+//!
+//! Timestamps are taken when the message is sent; an archive is ordered by
+//! (timestamp, insertion sequence), which storage keeps total and stable. Copies
+//! from different senders are written by different shards (or nodes), so one may
+//! be stored a few milliseconds after a copy stamped later: a client paging
+//! forward from the newest message at that very moment would miss it.
+//!
+//! # Queries
+//! Only the owner may query an archive (`forbidden` for anyone else). Results go
+//! straight into the requesting session's mailbox, in order, followed by the IQ
+//! result with `<fin/>`. Pages hold [`Mam::default_page`] messages (50) unless
+//! the client asks for another `max`, at most [`Mam::max_page`] (250).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meerkat_routing::Routed;
+use meerkat_storage::{ArchiveDirection, ArchiveQuery, ArchiveRepo, ArchivedMessage};
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::StanzaErrorCondition;
+use meerkat_xmpp::jid::{parse_jid, BareJid, FullJid, Jid};
+use meerkat_xmpp::ns;
+use meerkat_xmpp::stanza::MessageType;
+
+use super::{account_of, parse_stored, IqAnswer, Module, Target};
+use crate::server::WorkerJob;
+use crate::services::{now_micros, Services};
+
+/// XEP-0313 v1.x.
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0059.
+pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0359.
+pub const NS_SID: &str = "urn:xmpp:sid:0";
+/// XEP-0297.
+pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0334.
+pub const NS_HINTS: &str = "urn:xmpp:hints";
+
+/// Most archive jobs a server shard writes in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+/// Write attempts of one batch when the database is temporarily unavailable.
+const WRITE_ATTEMPTS: u32 = 3;
+
+/// The module, with its page limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mam {
+    /// Page size when a query gives no `<max/>`.
+    pub default_page: u64,
+    /// Largest page sent, whatever a query asks (XEP-0313, "Page limits", lets the server cap it).
+    pub max_page: u64,
+}
+
+impl Default for Mam {
+    fn default() -> Self {
+        Mam { default_page: 50, max_page: 250 }
+    }
+}
+
+/// The archive rows of one sent message, for the sender's worker shard.
+#[derive(Debug)]
+pub struct ArchiveJob {
+    /// Bare JID of the sender, whose shard writes the job.
+    sender: BareJid,
+    /// The copy in the sender's archive; none for a message to oneself, which is
+    /// archived once, as incoming.
+    outgoing: Option<ArchivedMessage>,
+    /// The copy in the local recipient's archive, written if that account exists.
+    incoming: Option<ArchivedMessage>,
+}
+
+impl ArchiveJob {
+    /// The server shard that writes this job.
+    pub fn shard_key(&self) -> String {
+        self.sender.to_string()
+    }
+}
+
+#[async_trait::async_trait]
+impl Module for Mam {
+    fn name(&self) -> &'static str {
+        "mam"
+    }
+
+    fn disco_features(&self, target: Target) -> &'static [&'static str] {
+        if target == Target::OwnAccount {
+            &[NS_MAM, NS_SID]
+        } else {
+            &[]
+        }
+    }
+
+    fn user_send_message(
+        &self,
+        svc: &Arc<Services>,
+        from: &FullJid,
+        to: &Jid,
+        stanza: &mut Element,
+    ) -> Result<(), StanzaErrorCondition> {
+        if to.node().is_none() && svc.router.is_local_host(to.domain().as_str()) {
+            // Addressed to the server itself: nothing a conversation archive keeps.
+            return Ok(());
+        }
+        let recipient = local_account(svc, to);
+        if let Some(r) = &recipient {
+            // XEP-0359 security considerations: only we may claim an id in this
+            // user's archive.
+            strip_stanza_ids(stanza, r);
+        }
+        if !archivable(stanza) {
+            return Ok(());
+        }
+        let now = now_micros();
+        let sender = from.to_bare();
+        let self_message = recipient.as_ref() == Some(&sender);
+        let outgoing = (!self_message)
+            .then(|| row(&sender, new_id(now), now, to, ArchiveDirection::Outgoing, stanza.to_xml(ns::CLIENT)));
+        let mut added_sid = false;
+        let incoming = recipient.map(|r| {
+            let id = new_id(now);
+            stanza.push_child(
+                Element::new("stanza-id", NS_SID).with_attr("id", id.clone()).with_attr("by", r.to_string()),
+            );
+            added_sid = true;
+            row(&r, id, now, &Jid::from(from.clone()), ArchiveDirection::Incoming, stanza.to_xml(ns::CLIENT))
+        });
+        let job = WorkerJob::Archive(ArchiveJob { sender, outgoing, incoming });
+        if svc.workers.enqueue(job).is_err() {
+            tracing::warn!(%from, "server queue full; message refused instead of going unarchived");
+            if added_sid {
+                // The refused stanza is echoed in the error: without our id.
+                stanza.children.pop();
+            }
+            return Err(StanzaErrorCondition::ResourceConstraint);
+        }
+        Ok(())
+    }
+
+    async fn iq(&self, svc: &Arc<Services>, target: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+        if !payload.is("query", NS_MAM) {
+            return None;
+        }
+        match target {
+            Target::OwnAccount => {}
+            // XEP-0313, "Data privacy": a user archive is its owner's only.
+            Target::OtherAccount => return Some(Err(StanzaErrorCondition::Forbidden)),
+            // The server itself keeps no archive (no MUC or pubsub archives yet).
+            Target::Server => return None,
+        }
+        Some(match iq.stanza.attr("type") {
+            Some("get") => Ok(Some(query_form())),
+            _ => match parse_query(payload, self.default_page, self.max_page) {
+                Ok(q) => run_query(svc, iq, q).await,
+                Err(cond) => Err(cond),
+            },
+        })
+    }
+}
+
+/// The bare JID of `to` if it names an account on one of our hosts.
+fn local_account(svc: &Services, to: &Jid) -> Option<BareJid> {
+    (to.node().is_some() && svc.router.is_local_host(to.domain().as_str())).then(|| to.to_bare())
+}
+
+/// Removes every `<stanza-id/>` that claims to come from `owner`'s archive.
+fn strip_stanza_ids(stanza: &mut Element, owner: &BareJid) {
+    stanza.children.retain(|n| match n {
+        meerkat_xmpp::element::Node::Element(e) if e.is("stanza-id", NS_SID) => {
+            let by = e.attr("by").unwrap_or_default();
+            let claims_owner = match parse_jid(by) {
+                Ok(j) => j == *owner,
+                Err(_) => by == owner.as_str(),
+            };
+            !claims_owner
+        }
+        _ => true,
+    });
+}
+
+/// XEP-0313, "User Archives": messages of type `normal` or `chat` with a body, unless the
+/// sender asked for them not to be stored (XEP-0334).
+fn archivable(stanza: &Element) -> bool {
+    matches!(MessageType::of(stanza), MessageType::Chat | MessageType::Normal)
+        && stanza.has_child("body", &stanza.ns)
+        && !stanza.has_child("no-store", NS_HINTS)
+        && !stanza.has_child("no-permanent-store", NS_HINTS)
+}
+
+fn row(
+    owner: &BareJid,
+    id: String,
+    stamp_micros: i64,
+    with: &Jid,
+    direction: ArchiveDirection,
+    stanza: String,
+) -> ArchivedMessage {
+    ArchivedMessage {
+        domain: owner.domain().as_str().to_owned(),
+        user: owner.node().map(|n| n.as_str().to_owned()).unwrap_or_default(),
+        id,
+        stamp_micros,
+        with_jid: with.to_bare().to_string(),
+        with_resource: with.resource().map(|r| r.as_str().to_owned()),
+        direction,
+        stanza,
+    }
+}
+
+/// A new archive id: Crockford base32 of the timestamp (64 bits, so ids of one
+/// archive roughly sort by time) and 64 random bits (so they are unique and
+/// unpredictable, as XEP-0313 requires), 26 characters.
+fn new_id(micros: i64) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let v = (u128::try_from(micros).unwrap_or(0) << 64) | u128::from(rand::random::<u64>());
+    (0..26).rev().map(|i| char::from(ALPHABET[((v >> (5 * i)) & 31) as usize])).collect()
+}
+
+/// Writes queued archive jobs, in one transaction when possible. Runs on a server
+/// shard; the jobs are those the shard found queued one after another.
+pub async fn store(svc: &Arc<Services>, jobs: Vec<ArchiveJob>) {
+    let mut exists: HashMap<(String, String), bool> = HashMap::new();
+    let mut rows = Vec::with_capacity(jobs.len() * 2);
+    for job in jobs {
+        rows.extend(job.outgoing);
+        let Some(m) = job.incoming else { continue };
+        let key = (m.domain.clone(), m.user.clone());
+        let known = match exists.get(&key) {
+            Some(e) => *e,
+            None => {
+                let e = match svc.accounts.exists(&m.domain, &m.user).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        // The write will tell whether the database is really gone;
+                        // a real user's message is not dropped on a failed read.
+                        tracing::warn!(error = %e, "account lookup failed; archiving the incoming copy anyway");
+                        true
+                    }
+                };
+                exists.insert(key, e);
+                e
+            }
+        };
+        if known {
+            rows.push(m);
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let mut attempt = 1;
+    loop {
+        match svc.storage.store_archive(&rows).await {
+            Ok(()) => return,
+            Err(e) if e.is_retryable() && attempt < WRITE_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "archive write failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e) if rows.len() > 1 && !e.is_retryable() => {
+                // One bad row (say, a JID too long for MySQL's key columns) must not
+                // cost the others their place in the archive.
+                tracing::warn!(error = %e, rows = rows.len(), "archive batch failed; writing its rows one by one");
+                for m in &rows {
+                    if let Err(e) = svc.storage.store_archive(std::slice::from_ref(m)).await {
+                        tracing::error!(error = %e, domain = %m.domain, user = %m.user, "message not archived");
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = rows.len(), "archive write failed; messages not archived");
+                return;
+            }
+        }
+    }
+}
+
+/// What a `<query/>` asks for, checked.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct MamQuery {
+    queryid: Option<String>,
+    storage: ArchiveQuery,
+}
+
+/// Reads the data form (XEP-0004) and the RSM `<set/>` of a query; the page size
+/// is `default_page` unless asked otherwise, and at most `max_page`.
+fn parse_query(payload: &Element, default_page: u64, max_page: u64) -> Result<MamQuery, StanzaErrorCondition> {
+    if payload.attr("node").is_some() {
+        // Reserved for pubsub archives (XEP-0442), which a user archive is not.
+        return Err(StanzaErrorCondition::FeatureNotImplemented);
+    }
+    let mut q = MamQuery {
+        queryid: payload.attr("queryid").map(str::to_owned),
+        storage: ArchiveQuery { max: default_page, ..Default::default() },
+    };
+    if let Some(form) = payload.get_child("x", ns::DATA_FORMS) {
+        for field in form.elements().filter(|e| e.is("field", ns::DATA_FORMS)) {
+            let value = field.get_child("value", ns::DATA_FORMS).map(|v| v.text());
+            let value = value.as_deref().map(str::trim).filter(|v| !v.is_empty());
+            match field.attr("var") {
+                Some("FORM_TYPE") => {
+                    if value != Some(NS_MAM) {
+                        return Err(StanzaErrorCondition::BadRequest);
+                    }
+                }
+                Some("with") => {
+                    if let Some(v) = value {
+                        let jid = parse_jid(v).map_err(|_| StanzaErrorCondition::BadRequest)?;
+                        q.storage.with_jid = Some(jid.to_bare().to_string());
+                        q.storage.with_resource = jid.resource().map(|r| r.as_str().to_owned());
+                    }
+                }
+                Some("start") => q.storage.start_micros = value.map(parse_datetime).transpose()?,
+                Some("end") => q.storage.end_micros = value.map(parse_datetime).transpose()?,
+                // XEP-0313, "Retrieving form fields": an unknown field is refused.
+                Some(_) => return Err(StanzaErrorCondition::FeatureNotImplemented),
+                None => return Err(StanzaErrorCondition::BadRequest),
+            }
+        }
+    }
+    if let Some(set) = payload.get_child("set", NS_RSM) {
+        for e in set.elements().filter(|e| e.ns == NS_RSM) {
+            let text = e.text();
+            let text = text.trim();
+            match e.name.as_str() {
+                "max" => q.storage.max = text.parse().map_err(|_| StanzaErrorCondition::BadRequest)?,
+                "after" if text.is_empty() => return Err(StanzaErrorCondition::BadRequest),
+                "after" => q.storage.after = Some(text.to_owned()),
+                "before" => {
+                    // An empty <before/> asks for the last page (XEP-0059).
+                    q.storage.from_end = true;
+                    q.storage.before = (!text.is_empty()).then(|| text.to_owned());
+                }
+                // Jumping to an index is not offered, as XEP-0059 allows.
+                "index" => return Err(StanzaErrorCondition::FeatureNotImplemented),
+                _ => {}
+            }
+        }
+    }
+    q.storage.max = q.storage.max.min(max_page);
+    Ok(q)
+}
+
+/// A XEP-0082 DateTime as microseconds since the epoch.
+fn parse_datetime(s: &str) -> Result<i64, StanzaErrorCondition> {
+    chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_micros()).map_err(|_| StanzaErrorCondition::BadRequest)
+}
+
+/// A XEP-0082 DateTime in UTC with microseconds, so that a result's stamp used as
+/// `start` selects that very message.
+fn datetime(micros: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// XEP-0313, "Retrieving form fields": the fields a query may use.
+fn query_form() -> Element {
+    let field =
+        |var: &str, kind: &str| Element::new("field", ns::DATA_FORMS).with_attr("var", var).with_attr("type", kind);
+    let form = Element::new("x", ns::DATA_FORMS)
+        .with_attr("type", "form")
+        .with_child(field("FORM_TYPE", "hidden").with_child(Element::new("value", ns::DATA_FORMS).with_text(NS_MAM)))
+        .with_child(field("with", "jid-single"))
+        .with_child(field("start", "text-single"))
+        .with_child(field("end", "text-single"));
+    Element::new("query", NS_MAM).with_child(form)
+}
+
+/// Sends one page of the requester's archive, then answers with `<fin/>`.
+async fn run_query(svc: &Arc<Services>, iq: &Routed, q: MamQuery) -> IqAnswer {
+    let Ok(requester) = iq.from.try_as_full() else {
+        return Err(StanzaErrorCondition::BadRequest);
+    };
+    let (user, host) = account_of(&iq.from);
+    let page = match svc.storage.query_archive(&host, &user, &q.storage).await {
+        Ok(Some(page)) => page,
+        // XEP-0313, "Paging through results": an unknown after/before id.
+        Ok(None) => return Err(StanzaErrorCondition::ItemNotFound),
+        Err(e) => {
+            tracing::error!(error = %e, %requester, "archive query failed");
+            return Err(StanzaErrorCondition::InternalServerError);
+        }
+    };
+    // Straight into the session's mailbox, not through routing: a result that did
+    // not fit must not fall back to other resources or offline storage.
+    let Some(session) = svc.router.sessions().get(requester) else {
+        return Err(StanzaErrorCondition::RecipientUnavailable);
+    };
+    let owner = iq.from.to_bare().to_string();
+    for m in &page.messages {
+        let Some(original) = parse_stored(&m.stanza) else {
+            tracing::error!(id = %m.id, %owner, "an archived message does not parse; skipped");
+            continue;
+        };
+        let mut result = Element::new("result", NS_MAM).with_attr("id", m.id.clone());
+        if let Some(qid) = &q.queryid {
+            result.set_attr("queryid", qid.clone());
+        }
+        result.push_child(
+            Element::new("forwarded", NS_FORWARD)
+                .with_child(Element::new("delay", ns::DELAY).with_attr("stamp", datetime(m.stamp_micros)))
+                .with_child(original),
+        );
+        let message = Element::new("message", ns::CLIENT)
+            .with_attr("from", owner.clone())
+            .with_attr("to", requester.to_string())
+            .with_attr("id", m.id.clone())
+            .with_child(result);
+        if svc.router.deliver_to_session(&session, message).is_err() {
+            tracing::warn!(%requester, "session mailbox full during an archive query");
+            return Err(StanzaErrorCondition::ResourceConstraint);
+        }
+    }
+    Ok(Some(fin(&page)))
+}
+
+/// The IQ result payload: completeness and the RSM summary of the page.
+fn fin(page: &meerkat_storage::ArchivePage) -> Element {
+    let mut set = Element::new("set", NS_RSM);
+    if let (Some(first), Some(last)) = (page.first_id(), page.last_id()) {
+        let mut f = Element::new("first", NS_RSM).with_text(first);
+        if let Some(i) = page.first_index {
+            f.set_attr("index", i.to_string());
+        }
+        set.push_child(f);
+        set.push_child(Element::new("last", NS_RSM).with_text(last));
+    }
+    set.push_child(Element::new("count", NS_RSM).with_text(page.count.to_string()));
+    Element::new("fin", NS_MAM).with_attr("complete", if page.complete { "true" } else { "false" }).with_child(set)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn el(xml: &str) -> Element {
+        parse_stored(xml).unwrap()
+    }
+
+    fn query(inner: &str) -> Result<MamQuery, StanzaErrorCondition> {
+        let iq = el(&format!("<iq type='set' id='1'><query xmlns='urn:xmpp:mam:2' queryid='q1'>{inner}</query></iq>"));
+        let payload = iq.elements().next().unwrap();
+        parse_query(payload, 50, 250)
+    }
+
+    fn form(fields: &str) -> String {
+        format!(
+            "<x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>{fields}</x>"
+        )
+    }
+
+    #[test]
+    fn parses_forms_and_pages() {
+        let q = query("").unwrap();
+        assert_eq!(q.queryid.as_deref(), Some("q1"));
+        assert_eq!(q.storage, ArchiveQuery { max: 50, ..Default::default() });
+
+        let q = query(&form(
+            "<field var='with'><value>Juliet@Capulet.lit/Balcony</value></field>\
+             <field var='start'><value>2010-06-07T00:00:00Z</value></field>\
+             <field var='end'><value>2010-07-07T13:23:54.123456+02:00</value></field>",
+        ))
+        .unwrap();
+        assert_eq!(q.storage.with_jid.as_deref(), Some("juliet@capulet.lit"));
+        assert_eq!(q.storage.with_resource.as_deref(), Some("Balcony"));
+        assert_eq!(q.storage.start_micros, Some(1_275_868_800_000_000));
+        assert_eq!(q.storage.end_micros, Some(1_278_501_834_123_456));
+
+        let q = query("<set xmlns='http://jabber.org/protocol/rsm'><max>10</max><after>abc</after></set>").unwrap();
+        assert_eq!((q.storage.max, q.storage.after.as_deref(), q.storage.from_end), (10, Some("abc"), false));
+        let q = query("<set xmlns='http://jabber.org/protocol/rsm'><max>1000</max><before/></set>").unwrap();
+        assert_eq!((q.storage.max, q.storage.before, q.storage.from_end), (250, None, true));
+        let q = query("<set xmlns='http://jabber.org/protocol/rsm'><before>xyz</before></set>").unwrap();
+        assert_eq!((q.storage.before.as_deref(), q.storage.from_end), (Some("xyz"), true));
+    }
+
+    #[test]
+    fn rejects_bad_queries() {
+        use StanzaErrorCondition::{BadRequest, FeatureNotImplemented};
+        let cases: &[(&str, StanzaErrorCondition)] = &[
+            ("<field var='start'><value>yesterday</value></field>", BadRequest),
+            ("<field var='end'><value>2010-07-07</value></field>", BadRequest),
+            ("<field var='with'><value>@nobody</value></field>", BadRequest),
+            ("<field><value>x</value></field>", BadRequest),
+            ("<field var='before-id'><value>x</value></field>", FeatureNotImplemented),
+        ];
+        for (fields, cond) in cases {
+            assert_eq!(query(&form(fields)), Err(*cond), "{fields}");
+        }
+        let wrong_type = "<x xmlns='jabber:x:data' type='submit'>\
+            <field var='FORM_TYPE'><value>urn:xmpp:mam:1</value></field></x>";
+        assert_eq!(query(wrong_type), Err(BadRequest));
+        let rsm = |inner: &str| query(&format!("<set xmlns='http://jabber.org/protocol/rsm'>{inner}</set>"));
+        assert_eq!(rsm("<max>-1</max>"), Err(BadRequest));
+        assert_eq!(rsm("<max>ten</max>"), Err(BadRequest));
+        assert_eq!(rsm("<after/>"), Err(BadRequest));
+        assert_eq!(rsm("<index>3</index>"), Err(FeatureNotImplemented));
+    }
+
+    #[test]
+    fn what_is_archived() {
+        let cases = [
+            ("<message type='chat'><body>hi</body></message>", true),
+            ("<message><body>hi</body></message>", true),
+            ("<message type='normal'><body>hi</body></message>", true),
+            ("<message type='groupchat'><body>hi</body></message>", false),
+            ("<message type='headline'><body>hi</body></message>", false),
+            ("<message type='error'><body>hi</body></message>", false),
+            ("<message type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>", false),
+            ("<message type='chat'><body>hi</body><no-store xmlns='urn:xmpp:hints'/></message>", false),
+            ("<message type='chat'><body>hi</body><no-permanent-store xmlns='urn:xmpp:hints'/></message>", false),
+        ];
+        for (xml, expect) in cases {
+            assert_eq!(archivable(&el(xml)), expect, "{xml}");
+        }
+    }
+
+    #[test]
+    fn strips_only_the_recipients_stanza_ids() {
+        let mut m = el("<message><body>x</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='Bob@Example.org' id='forged'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='other@example.org' id='kept'/>\
+             <origin-id xmlns='urn:xmpp:sid:0' id='origin'/></message>");
+        let bob = meerkat_xmpp::jid::parse_bare("bob@example.org").unwrap();
+        strip_stanza_ids(&mut m, &bob);
+        let ids: Vec<&str> = m.elements().filter(|e| e.ns == NS_SID).filter_map(|e| e.attr("id")).collect();
+        assert_eq!(ids, ["kept", "origin"]);
+    }
+
+    #[test]
+    fn ids_are_unique_and_sort_by_time() {
+        let a = new_id(1_700_000_000_000_000);
+        let b = new_id(1_700_000_000_000_000);
+        let c = new_id(1_700_000_000_000_001);
+        assert_eq!(a.len(), 26);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert!(a < c && b < c);
+    }
+
+    #[test]
+    fn fin_and_form() {
+        let page = meerkat_storage::ArchivePage { messages: vec![], first_index: None, count: 7, complete: true };
+        assert_eq!(
+            fin(&page).to_xml(ns::CLIENT),
+            "<fin xmlns='urn:xmpp:mam:2' complete='true'>\
+             <set xmlns='http://jabber.org/protocol/rsm'><count>7</count></set></fin>"
+        );
+        let form = query_form();
+        let vars: Vec<&str> =
+            form.get_child("x", ns::DATA_FORMS).unwrap().elements().filter_map(|f| f.attr("var")).collect();
+        assert_eq!(vars, ["FORM_TYPE", "with", "start", "end"]);
+        assert_eq!(datetime(1_278_501_834_123_456), "2010-07-07T11:23:54.123456Z");
+    }
+}
