@@ -213,12 +213,12 @@ impl OutLink {
     // The stanza comes back by value so that the caller keeps it without a copy.
     #[allow(clippy::result_large_err)]
     pub fn try_send(&self, token: u64, stanza: GdStanza) -> Result<(), GdStanza> {
+        // Counted before the send: the link task may take the frame at once.
+        self.queued.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send((token, stanza)) {
-            Ok(()) => {
-                self.queued.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
                 Err(e.into_inner().1)
             }
@@ -311,6 +311,7 @@ impl LinkTask {
             self.unacked.lock().unwrap_or_else(|e| e.into_inner()).values().map(|p| p.token).collect();
         self.rx.close();
         while let Ok((t, _)) = self.rx.try_recv() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
             tokens.push(t);
         }
         if !tokens.is_empty() {

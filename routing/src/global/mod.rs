@@ -238,6 +238,8 @@ pub struct GlobalDistrib {
     dcs: Mutex<HashMap<String, DcLinks>>,
     state: Mutex<State>,
     cache: moka::sync::Cache<String, Location>,
+    /// Recipients this node delivered to in this data center lately.
+    seen_here: moka::sync::Cache<String, ()>,
     local: Mutex<HashMap<SessionId, (FullJid, i64)>>,
     ops: mpsc::Sender<TableOp>,
     redis_up: AtomicBool,
@@ -249,6 +251,10 @@ pub struct GlobalDistrib {
     me: Weak<GlobalDistrib>,
     pub stats: GlobalStats,
 }
+
+/// How long after its last delivery here a recipient who is found nowhere is
+/// taken to be moving between data centers.
+const RECENTLY_HERE: Duration = Duration::from_secs(10);
 
 fn backoff(cfg: &GlobalConfig, attempt: u32) -> Duration {
     let base = cfg.bounce_resend_after.max(Duration::from_millis(1));
@@ -295,6 +301,10 @@ impl GlobalDistrib {
             dcs: Mutex::new(HashMap::new()),
             state: Mutex::new(State::default()),
             cache,
+            seen_here: moka::sync::Cache::builder()
+                .max_capacity(cfg.cache_max_jids.max(1000) * 10)
+                .time_to_live(RECENTLY_HERE)
+                .build(),
             local: Mutex::new(HashMap::new()),
             ops: ops_tx,
             redis_up: AtomicBool::new(true),
@@ -662,6 +672,17 @@ impl GlobalDistrib {
         self.schedule_retry(key, delay, true);
     }
 
+    fn mark_here(&self, to: &Jid) {
+        let bare = to.to_bare().to_string();
+        if !self.seen_here.contains_key(&bare) {
+            self.seen_here.insert(bare, ());
+        }
+    }
+
+    fn recently_here(&self, to: &Jid) -> bool {
+        self.seen_here.contains_key(&to.to_bare().to_string())
+    }
+
     fn cached(&self, jid: &str) -> Option<Location> {
         let hit = self.cache.get(jid);
         if hit.is_some() {
@@ -679,7 +700,7 @@ impl GlobalDistrib {
         fresh: bool,
         e: &Entry,
     ) -> Decision {
-        let strict = e.bounce && StanzaKind::of(&e.routed.stanza) == Some(StanzaKind::Message);
+        let strict = (e.bounce || e.attempts > 0) && StanzaKind::of(&e.routed.stanza) == Some(StanzaKind::Message);
         if self.present_here(router, &e.routed.to, strict) {
             return Decision::Local;
         }
@@ -706,6 +727,10 @@ impl GlobalDistrib {
         match loc {
             Some(l) if l.dc != self.cfg.local_host => Decision::Remote(l.dc),
             _ if e.bounce => Decision::Park,
+            // Served here moments ago and now nowhere: most likely moving to
+            // another data center, so the stanza waits for the new location
+            // rather than going to offline storage.
+            _ if self.recently_here(&e.routed.to) => Decision::Park,
             // Offline everywhere as far as the table knows: ordinary handling here.
             _ => Decision::Local,
         }
@@ -1105,6 +1130,8 @@ impl GlobalHook for GlobalDistrib {
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if !st.pairs.contains_key(&key) && self.present_here(router, &routed.to, false) {
                 // The common case inside one data center: nothing of the pair is pending.
+                drop(st);
+                self.mark_here(&routed.to);
                 return Some(routed);
             }
         }

@@ -1,0 +1,728 @@
+//! Global distribution across two data centers of two real nodes each
+//! (`meerkat_tests::global::TestGlobal`): presence and messages across data
+//! centers with slixmpp, a user moving between data centers while a stream
+//! of messages flows to him, the links cut for 5 s, Redis killed and
+//! restarted, and a check that the routing table code uses no Redis
+//! command that Dynomite lacks.
+//!
+//! The tests that start nodes run one at a time (each starts four nodes,
+//! Redis and four proxies). Run with
+//! `cargo build -p meerkat-node -p meerkat-tests && cargo test -p meerkat-tests --test global`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use meerkat_tests::global::{
+    check_sequence, converse, drain, largest_gap, Cut, Outgoing, Seen, TestGlobal, GLOBAL_HOST,
+};
+use meerkat_tests::{wait_until, Client, TestNode};
+use meerkat_xmpp::element::Element;
+use serde_json::Value;
+use tokio::time::Instant;
+
+const PW: &str = "secret";
+
+/// Tests that start nodes take turns: eight nodes at once on a small machine
+/// would turn timing assertions into load tests.
+static NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    NODES.lock().await
+}
+
+async fn start() -> TestGlobal {
+    tokio::task::spawn_blocking(TestGlobal::start).await.unwrap()
+}
+
+fn bare(user: &str) -> String {
+    format!("{user}@{GLOBAL_HOST}")
+}
+
+async fn login_at(node: &TestNode, user: &str, resource: &str) -> Client {
+    match Client::login(node.c2s, GLOBAL_HOST, user, PW, Some(resource)).await {
+        Ok(c) => c,
+        Err(e) => panic!("login of {user}/{resource} at {} failed: {e}", node.c2s),
+    }
+}
+
+async fn online_at(node: &TestNode, user: &str, resource: &str) -> Client {
+    let mut c = login_at(node, user, resource).await;
+    if let Err(e) = c.go_online(Some(1)).await {
+        panic!("initial presence of {user}/{resource}: {e}");
+    }
+    c
+}
+
+fn presence_from<'a>(from: &'a str, kind: Option<&'a str>) -> impl Fn(&Element) -> bool + 'a {
+    move |el| el.name == "presence" && el.attr("from") == Some(from) && el.attr("type") == kind
+}
+
+fn counters_report(g: &TestGlobal) -> String {
+    [
+        "forwarded",
+        "received",
+        "duplicates",
+        "delivered_here",
+        "bounces",
+        "bounce_expired",
+        "resends",
+        "requeued",
+        "lookups",
+        "learned",
+    ]
+    .iter()
+    .map(|c| format!("{c}={}", g.counter(c)))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+fn assert_stream(seen: &Seen, prefix: &str, n: u64, who: &str) {
+    if let Err(e) = check_sequence(&seen.numbers(prefix), n) {
+        panic!("{who}, stream {prefix:?}: {e}");
+    }
+}
+
+fn assert_nothing_unexpected(seen: &Seen, who: &str) {
+    assert!(seen.unexpected.is_empty(), "{who} got unexpected stanzas or errors: {:#?}", seen.unexpected);
+}
+
+// ------------------------------------------------------------------ a
+
+fn python() -> PathBuf {
+    let venv =
+        std::env::var_os("MEERKAT_VENV").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/meerkat-venv"));
+    let py = venv.join("bin/python");
+    assert!(py.is_file(), "{} is missing: run ./tests/run.sh, which installs slixmpp there", py.display());
+    py
+}
+
+/// Kills the slixmpp process if the test ends before it does.
+struct KillOnDrop(u32, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = Command::new("kill").arg("-KILL").arg(self.0.to_string()).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dcs_presence_and_1000_messages_each_way() {
+    const N: u64 = 1000;
+    let _turn = one_at_a_time().await;
+    let g = start().await;
+    g.add_user("alice", PW);
+    g.add_user("bob", PW);
+    let mut bob = online_at(g.node(1, 0), "bob", "phone").await;
+    g.wait_table_says(&bare("bob"), 1, Duration::from_secs(10));
+
+    // alice is slixmpp, given her JID and a DC1 node's address, nothing else.
+    let alice_node = g.node(0, 0);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/global_alice.py");
+    let child = Command::new(python())
+        .arg(&script)
+        .args(["--host", "127.0.0.1", "--port", &alice_node.c2s.port().to_string(), "--domain", GLOBAL_HOST])
+        .arg("--ca")
+        .arg(alice_node.cert_path())
+        .args(["--peer", &bare("bob"), "--password", PW, "--count", &N.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running the slixmpp alice");
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _kill = KillOnDrop(child.id(), finished.clone());
+    let alice_done = tokio::task::spawn_blocking(move || {
+        let out = child.wait_with_output();
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        out
+    });
+
+    // bob approves alice's request and asks back; each then sees the other available.
+    let alice = bare("alice");
+    let long = Duration::from_secs(60);
+    bob.recv_until_timeout(long, presence_from(&alice, Some("subscribe"))).await.expect("alice's subscription request");
+    bob.send_str(&format!("<presence to='{alice}' type='subscribed'/>")).await.unwrap();
+    bob.send_str(&format!("<presence to='{alice}' type='subscribe'/>")).await.unwrap();
+    bob.recv_until_timeout(long, presence_from(&alice, Some("subscribed"))).await.expect("alice approves bob");
+    let alice_full = format!("{alice}/slixmpp");
+    bob.recv_until_timeout(long, presence_from(&alice_full, None)).await.expect("alice's available presence at bob");
+
+    let started = Instant::now();
+    let (mut bob, mut seen) = converse(
+        bob,
+        vec![Outgoing { to: alice.clone(), prefix: "b2a".into(), count: N }],
+        Duration::from_millis(1),
+        vec![("a2b".into(), N)],
+        Instant::now() + Duration::from_secs(120),
+    )
+    .await;
+    bob.send_message(&alice, "b2a end").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.ends.iter().any(|p| p == "a2b") && Instant::now() < deadline {
+        match bob.recv_timeout(deadline - Instant::now()).await {
+            Ok(el) => {
+                seen.record(&el);
+            }
+            Err(e) => panic!("bob waiting for alice's end marker: {e}"),
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let out = alice_done.await.unwrap().expect("waiting for the slixmpp alice");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "slixmpp alice failed ({}):\n{stdout}\n{stderr}", out.status);
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON summary");
+    assert_eq!(summary["mechanism"], "SCRAM-SHA-256", "{summary}");
+    assert_eq!(summary["received_in_order"], N, "{summary}");
+    assert_eq!(summary["bound"], alice_full.as_str(), "{summary}");
+
+    drain(&mut bob, &mut seen, Duration::from_millis(500)).await;
+    assert_stream(&seen, "a2b", N, "bob");
+    assert_eq!(seen.ends, vec!["a2b".to_owned()], "end markers at bob");
+    assert_eq!(
+        seen.senders.get("a2b").cloned().unwrap_or_default().into_iter().collect::<Vec<_>>(),
+        vec![alice_full.clone()],
+        "every message to bob comes from alice's full JID"
+    );
+    assert_nothing_unexpected(&seen, "bob");
+    // The traffic crossed between the data centers rather than staying in one.
+    let forwarded = g.counter("forwarded");
+    assert!(forwarded >= 2 * N, "only {forwarded} stanzas were forwarded between the data centers");
+    eprintln!(
+        "a: {N} messages each way between slixmpp alice (dc1) and bob (dc2) in {elapsed:?}; {}",
+        counters_report(&g)
+    );
+}
+
+// ------------------------------------------------------------------ b
+
+/// alice (dc1 node 1) sends a numbered stream to bob's bare JID; bob starts
+/// on (`from_dc`, `from_node`), leaves gracefully after a few hundred, the
+/// data center he left rewrites its entries, and he comes back on
+/// (`to_dc`, `to_node`). He must get every number exactly once, in order.
+async fn migration(from: (usize, usize), to: (usize, usize)) {
+    const N: u64 = 1500;
+    const BEFORE_MOVE: usize = 300;
+    let g = start().await;
+    g.add_user("alice", PW);
+    g.add_user("bob", PW);
+    let bob_jid = bare("bob");
+    let mut bob1 = online_at(g.node(from.0, from.1), "bob", "first").await;
+    g.wait_table_says(&bob_jid, from.0, Duration::from_secs(10));
+    let alice = online_at(g.node(0, 0), "alice", "a").await;
+    g.wait_table_says(&bare("alice"), 0, Duration::from_secs(10));
+
+    let alice_task = tokio::spawn(converse(
+        alice,
+        vec![Outgoing { to: bob_jid.clone(), prefix: "m".into(), count: N }],
+        Duration::from_millis(5),
+        vec![],
+        Instant::now() + Duration::from_secs(60),
+    ));
+
+    let mut seen = Seen::default();
+    while seen.count("m") < BEFORE_MOVE {
+        let el = bob1.recv_timeout(Duration::from_secs(10)).await.expect("bob's first session receives");
+        seen.record(&el);
+    }
+    // A graceful close: our closing tag, then whatever the server still sends until it closes.
+    bob1.close().await.unwrap();
+    loop {
+        match bob1.recv_timeout(Duration::from_secs(10)).await {
+            Ok(el) => {
+                seen.record(&el);
+            }
+            Err(meerkat_tests::ClientError::Closed) | Err(meerkat_tests::ClientError::Io(_)) => break,
+            Err(e) => panic!("bob's first session did not close: {e}"),
+        }
+    }
+    let in_first = seen.count("m");
+    // The data center he left runs its refresher between his leaving and his arrival.
+    for i in 0..g.dcs[from.0].nodes.len() {
+        g.refresh(from.0, i);
+    }
+    let mut bob2 = login_at(g.node(to.0, to.1), "bob", "second").await;
+    bob2.go_online(Some(1)).await.expect("bob's second session goes online");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (seen.count("m") as u64) < N && Instant::now() < deadline {
+        match bob2.recv_timeout(deadline - Instant::now()).await {
+            Ok(el) => {
+                seen.record(&el);
+            }
+            Err(meerkat_tests::ClientError::Timeout) => break,
+            Err(e) => panic!("bob's second session: {e}"),
+        }
+    }
+    drain(&mut bob2, &mut seen, Duration::from_millis(500)).await;
+    let (_alice, alice_seen) = alice_task.await.unwrap();
+    eprintln!(
+        "b: bob dc{}/{} -> dc{}/{}: {in_first} in the first session, {} in the second ({} with a delay stamp); bounces (parked) {}; {}",
+        from.0 + 1,
+        from.1 + 1,
+        to.0 + 1,
+        to.1 + 1,
+        seen.count("m") - in_first,
+        seen.delayed.len(),
+        g.counter_text("bounces"),
+        counters_report(&g)
+    );
+    assert_nothing_unexpected(&alice_seen, "alice");
+    assert_eq!(alice_seen.sent_at.get("m").map_or(0, Vec::len) as u64, N, "alice sent everything");
+    if let Err(e) = check_sequence(&seen.numbers("m"), N) {
+        // Where did they go? A third session shows what was left in offline storage.
+        let _ = bob2.close().await;
+        let mut bob3 = login_at(g.node(to.0, to.1), "bob", "third").await;
+        bob3.go_online(Some(1)).await.expect("bob's third session goes online");
+        let mut leftover = Seen::default();
+        drain(&mut bob3, &mut leftover, Duration::from_secs(2)).await;
+        let second: Vec<String> = seen
+            .numbers("m")
+            .iter()
+            .skip(in_first)
+            .take(40)
+            .map(|n| if seen.delayed.contains(n) { format!("{n}*") } else { n.to_string() })
+            .collect();
+        panic!(
+            "bob, stream \"m\": {e}\nthe second session began with (* = delay stamp, from offline storage) {}\n\
+             what a third session then got ({} with a delay stamp): {:?}\nper node: delivered_here {}; received {}",
+            second.join(" "),
+            leftover.delayed.len(),
+            leftover.numbers("m"),
+            g.counter_text("delivered_here"),
+            g.counter_text("received"),
+        );
+    }
+    assert_nothing_unexpected(&seen, "bob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_keeps_every_message_in_order() {
+    let _turn = one_at_a_time().await;
+    // From dc2 to alice's data center (dc1), onto the node alice is not on.
+    migration((1, 0), (0, 1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_from_dc1_to_dc2_keeps_every_message_in_order() {
+    let _turn = one_at_a_time().await;
+    migration((0, 1), (1, 1)).await;
+}
+
+// ------------------------------------------------------------------ c
+
+/// alice (dc1) and bob (dc2) exchange numbered messages both ways while
+/// every link between the data centers is cut for 5 s, as `how` says.
+async fn link_cut(how: Cut) {
+    const N: u64 = 2000;
+    let g = start().await;
+    g.add_user("alice", PW);
+    g.add_user("bob", PW);
+    let alice = online_at(g.node(0, 0), "alice", "a").await;
+    let bob = online_at(g.node(1, 1), "bob", "b").await;
+    g.wait_table_says(&bare("alice"), 0, Duration::from_secs(10));
+    g.wait_table_says(&bare("bob"), 1, Duration::from_secs(10));
+
+    let every = Duration::from_millis(4);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let a = tokio::spawn(converse(
+        alice,
+        vec![Outgoing { to: bare("bob"), prefix: "a2b".into(), count: N }],
+        every,
+        vec![("b2a".into(), N)],
+        deadline,
+    ));
+    let b = tokio::spawn(converse(
+        bob,
+        vec![Outgoing { to: bare("alice"), prefix: "b2a".into(), count: N }],
+        every,
+        vec![("a2b".into(), N)],
+        deadline,
+    ));
+
+    wait_until("300 frames acknowledged across the links", Duration::from_secs(20), || g.link_sum("acked") >= 300);
+    let resent_before = g.link_sum("resent");
+    g.cut_links(how);
+    let cut_at = Instant::now();
+    // Watch the links for the 5 s of the cut: frames pile up in queues or wait unacknowledged.
+    let mut backlog_during_cut = 0;
+    let mut disconnected_seen = false;
+    while cut_at.elapsed() < Duration::from_secs(5) {
+        backlog_during_cut = backlog_during_cut.max(g.link_sum("queued") + g.link_sum("unacked"));
+        disconnected_seen |= g.all_nodes().any(|(d, i, _)| !g.linked(d, i));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    g.heal_links();
+    let healed_at = Instant::now();
+    g.wait_linked(Duration::from_secs(20));
+    let relinked_after = healed_at.elapsed();
+
+    let (mut alice, mut at_alice) = a.await.unwrap();
+    let (mut bob, mut at_bob) = b.await.unwrap();
+    drain(&mut alice, &mut at_alice, Duration::from_millis(500)).await;
+    drain(&mut bob, &mut at_bob, Duration::from_millis(500)).await;
+    let resent = g.link_sum("resent") - resent_before;
+    let stopped: u64 = g
+        .dcs
+        .iter()
+        .flat_map(|d| d.proxies.iter())
+        .map(|p| p.cut_stopped.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    let (stall, _) = largest_gap(at_bob.streams.get("a2b").map_or(&[][..], Vec::as_slice), cut_at, Instant::now());
+    eprintln!(
+        "c ({how:?}): links cut 5 s ({stopped} connections stopped), linked again {relinked_after:?} after the heal; \
+         largest gap at bob {stall:?}; during the cut up to {backlog_during_cut} frames queued or unacknowledged; \
+         {resent} frames resent; {}",
+        counters_report(&g)
+    );
+    assert!(stopped > 0, "the cut stopped no connection: the links do not go through the proxies");
+    assert!(disconnected_seen, "the admin API never showed a link down during the cut");
+    assert!(
+        resent > 0 || backlog_during_cut > 0,
+        "/api/global showed neither resent nor queued frames: the cut did not bite"
+    );
+    assert_stream(&at_bob, "a2b", N, "bob");
+    assert_stream(&at_alice, "b2a", N, "alice");
+    assert_nothing_unexpected(&at_bob, "bob");
+    assert_nothing_unexpected(&at_alice, "alice");
+}
+
+/// A partition: the connections stay open but carry nothing, so frames die
+/// in flight and the senders find out from the silence, then resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_cut_for_5s_loses_and_duplicates_nothing() {
+    let _turn = one_at_a_time().await;
+    link_cut(Cut::Freeze).await;
+}
+
+/// The connections are closed at the cut, and new ones black-holed for 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_closed_for_5s_lose_and_duplicate_nothing() {
+    let _turn = one_at_a_time().await;
+    link_cut(Cut::Close).await;
+}
+
+// ------------------------------------------------------------------ d
+
+/// Redis is killed during traffic and restarted empty on the same port:
+/// - alice and carol (both dc1) keep talking through the outage;
+/// - alice (dc1) and bob (dc2) keep talking too: each message tells the
+///   receiving data center where its sender is, so their caches stay warm;
+/// - eve logs in on dc2 while Redis is down and starts talking with frank
+///   (dc1): neither data center can know where the other is until Redis is
+///   back and refilled, so their messages wait (bounce) and must flow, in
+///   order, within 10 s of the restart, with no manual step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_keeps_dc_traffic_and_recovers() {
+    const N: u64 = 1500;
+    const LATE: u64 = 500;
+    let _turn = one_at_a_time().await;
+    let mut g = start().await;
+    for u in ["alice", "bob", "carol", "eve", "frank"] {
+        g.add_user(u, PW);
+    }
+    let alice = online_at(g.node(0, 0), "alice", "a").await;
+    let carol = online_at(g.node(0, 1), "carol", "c").await;
+    let frank = online_at(g.node(0, 1), "frank", "f").await;
+    let bob = online_at(g.node(1, 0), "bob", "b").await;
+    for (u, dc) in [("alice", 0), ("carol", 0), ("frank", 0), ("bob", 1)] {
+        g.wait_table_says(&bare(u), dc, Duration::from_secs(10));
+    }
+
+    let every = Duration::from_millis(10);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let a = tokio::spawn(converse(
+        alice,
+        vec![
+            Outgoing { to: bare("carol"), prefix: "a2c".into(), count: N },
+            Outgoing { to: bare("bob"), prefix: "a2b".into(), count: N },
+        ],
+        every / 2,
+        vec![("c2a".into(), N), ("b2a".into(), N)],
+        deadline,
+    ));
+    let c = tokio::spawn(converse(
+        carol,
+        vec![Outgoing { to: bare("alice"), prefix: "c2a".into(), count: N }],
+        every,
+        vec![("a2c".into(), N)],
+        deadline,
+    ));
+    let b = tokio::spawn(converse(
+        bob,
+        vec![Outgoing { to: bare("alice"), prefix: "b2a".into(), count: N }],
+        every,
+        vec![("a2b".into(), N)],
+        deadline,
+    ));
+
+    wait_until("200 frames acknowledged across the links", Duration::from_secs(20), || g.link_sum("acked") >= 200);
+    g.redis.kill();
+    let killed_at = Instant::now();
+    // Every node notices (its health check runs every second).
+    wait_until("every node to see Redis unreachable", Duration::from_secs(10), || {
+        g.all_nodes().all(|(d, i, _)| g.status(d, i)["redis"]["reachable"] == Value::Bool(false))
+    });
+    // eve arrives in dc2 while Redis is down, and she and frank start talking.
+    let eve = online_at(g.node(1, 1), "eve", "e").await;
+    let f = tokio::spawn(converse(
+        frank,
+        vec![Outgoing { to: bare("eve"), prefix: "f2e".into(), count: LATE }],
+        every,
+        vec![("e2f".into(), LATE)],
+        deadline,
+    ));
+    let e = tokio::spawn(converse(
+        eve,
+        vec![Outgoing { to: bare("frank"), prefix: "e2f".into(), count: LATE }],
+        every,
+        vec![("f2e".into(), LATE)],
+        deadline,
+    ));
+    while killed_at.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let parked_before_restart = g.counter("bounces");
+    g.redis.restart();
+    let restarted_at = Instant::now();
+    // The nodes write their entries again by themselves: no refresh call.
+    for (u, dc) in [("alice", 0), ("carol", 0), ("frank", 0), ("bob", 1), ("eve", 1)] {
+        g.wait_table_says(&bare(u), dc, Duration::from_secs(10));
+    }
+    let table_back_after = restarted_at.elapsed();
+    wait_until("every node to see Redis reachable", Duration::from_secs(10), || {
+        g.all_nodes().all(|(d, i, _)| g.status(d, i)["redis"]["reachable"] == Value::Bool(true))
+    });
+
+    let mut parties = Vec::new();
+    for task in [a, c, b, f, e] {
+        parties.push(task.await.unwrap());
+    }
+    for (client, seen) in parties.iter_mut() {
+        drain(client, seen, Duration::from_millis(500)).await;
+    }
+    let end = Instant::now();
+    let [(_, at_alice), (_, at_carol), (_, at_bob), (_, at_frank), (_, at_eve)] = &parties[..] else { unreachable!() };
+    let arrivals = |seen: &Seen, p: &str| seen.streams.get(p).cloned().unwrap_or_default();
+    // In the data center: the largest silence while Redis was down.
+    let in_dc_gap = largest_gap(&arrivals(at_carol, "a2c"), killed_at, restarted_at)
+        .0
+        .max(largest_gap(&arrivals(at_alice, "c2a"), killed_at, restarted_at).0);
+    // The largest silence across between alice and bob, and when it began relative to the kill.
+    let cross_gap = |seen: &Seen, p: &str| {
+        let got = arrivals(seen, p);
+        let last = got.iter().map(|(_, t)| *t).max().unwrap_or(end);
+        let (gap, at) = largest_gap(&got, killed_at, last);
+        format!("{p} {gap:?} from kill+{:?}", at - killed_at)
+    };
+    let cross_gap = format!("{}, {}", cross_gap(at_bob, "a2b"), cross_gap(at_alice, "b2a"));
+    // eve and frank: when their first message arrived, after the restart.
+    let first_arrival = |seen: &Seen, p: &str| seen.streams.get(p)?.iter().map(|(_, t)| *t).min();
+    let recovered = |seen: &Seen, p: &str| {
+        first_arrival(seen, p).map(|t| if t >= restarted_at { Ok(t - restarted_at) } else { Err(restarted_at - t) })
+    };
+    let (rec_f2e, rec_e2f) = (recovered(at_eve, "f2e"), recovered(at_frank, "e2f"));
+    eprintln!(
+        "d: Redis down {:?}; in-DC largest gap during the outage {in_dc_gap:?}; alice<->bob largest gaps {cross_gap}; \
+         frank<->eve (started during the outage): first arrival after the restart f2e {rec_f2e:?} e2f {rec_e2f:?} \
+         (Err = before it), {parked_before_restart} parked before the restart; entries back in Redis \
+         {table_back_after:?} after the restart; redis errors {}; {}",
+        restarted_at - killed_at,
+        g.all_nodes().map(|(d, i, _)| g.status(d, i)["redis"]["errors"].as_u64().unwrap_or(0)).sum::<u64>(),
+        counters_report(&g)
+    );
+    for (seen, p, n, who) in [
+        (at_carol, "a2c", N, "carol"),
+        (at_alice, "c2a", N, "alice"),
+        (at_bob, "a2b", N, "bob"),
+        (at_alice, "b2a", N, "alice"),
+        (at_eve, "f2e", LATE, "eve"),
+        (at_frank, "e2f", LATE, "frank"),
+    ] {
+        assert_stream(seen, p, n, who);
+    }
+    for (seen, who) in [(at_alice, "alice"), (at_bob, "bob"), (at_carol, "carol"), (at_eve, "eve"), (at_frank, "frank")]
+    {
+        assert_nothing_unexpected(seen, who);
+    }
+    assert!(in_dc_gap < Duration::from_secs(1), "traffic inside dc1 stalled for {in_dc_gap:?} while Redis was down");
+    for (dir, rec) in [("f2e", rec_f2e), ("e2f", rec_e2f)] {
+        match rec {
+            Some(Ok(after)) => {
+                assert!(
+                    after < Duration::from_secs(10),
+                    "{dir}: cross-DC traffic took {after:?} to recover after the restart"
+                )
+            }
+            Some(Err(before)) => panic!(
+                "{dir} arrived {before:?} before Redis came back: the test did not make the data centers depend on it"
+            ),
+            None => panic!("{dir}: nothing arrived"),
+        }
+    }
+    assert!(table_back_after < Duration::from_secs(10), "the routing table took {table_back_after:?} to come back");
+}
+
+// ------------------------------------------------------------------ e
+
+/// Rust source with comments and the text of doc comments removed, string
+/// literals kept: what the compiler would see as code.
+fn code_only(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    let b: Vec<char> = src.chars().collect();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            '/' if b.get(i + 1) == Some(&'/') => {
+                while i < b.len() && b[i] != '\n' {
+                    i += 1;
+                }
+            }
+            '/' if b.get(i + 1) == Some(&'*') => {
+                let mut depth = 0;
+                while i < b.len() {
+                    if b[i] == '/' && b.get(i + 1) == Some(&'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == '*' && b.get(i + 1) == Some(&'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            '"' => {
+                out.push('"');
+                i += 1;
+                while i < b.len() && b[i] != '"' {
+                    if b[i] == '\\' && i + 1 < b.len() {
+                        out.push(b[i]);
+                        i += 1;
+                    }
+                    out.push(b[i]);
+                    i += 1;
+                }
+                out.push('"');
+                i += 1;
+            }
+            // A char literal such as '"' must not open a string.
+            '\'' if b.get(i + 2) == Some(&'\'') || (b.get(i + 1) == Some(&'\\') && b.get(i + 3) == Some(&'\'')) => {
+                let len = if b[i + 1] == '\\' { 4 } else { 3 };
+                out.extend(&b[i..i + len]);
+                i += len;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Redis commands Dynomite does not support, or that need every key on one
+/// server: transactions, scripts and key scans.
+const FORBIDDEN_COMMANDS: &[&str] =
+    &["MULTI", "EXEC", "DISCARD", "WATCH", "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "SCRIPT", "FCALL", "KEYS"];
+
+/// redis-rs calls that issue those commands.
+const FORBIDDEN_CALLS: &[&str] = &[
+    ".atomic()",
+    "redis::transaction(",
+    "transaction_async(",
+    "Script::new",
+    "redis::Script",
+    ".invoke_async(",
+    ".script_load(",
+    ".eval(",
+    ".evalsha(",
+    ".fcall(",
+];
+
+/// Every forbidden use in `code` (comments already removed), as text.
+fn forbidden_uses(code: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    // A string literal that is exactly a command name, in any case: `cmd("MULTI")`, `.arg("keys")`.
+    let mut rest = code;
+    while let Some(start) = rest.find('"') {
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('"') else { break };
+        let literal = &after[..end];
+        if FORBIDDEN_COMMANDS.iter().any(|c| c.eq_ignore_ascii_case(literal.trim())) {
+            found.push(format!("the Redis command \"{literal}\""));
+        }
+        rest = &after[end + 1..];
+    }
+    for call in FORBIDDEN_CALLS {
+        if code.contains(call) {
+            found.push(format!("the call {call}"));
+        }
+    }
+    // `conn.keys(pattern)` is the KEYS command; `map.keys()` (no argument) is not.
+    for (i, _) in code.match_indices(".keys(") {
+        if !code[i + ".keys(".len()..].trim_start().starts_with(')') {
+            found.push("the KEYS command through .keys(pattern)".into());
+        }
+    }
+    found
+}
+
+#[test]
+fn routing_table_code_uses_no_multi_eval_or_keys() {
+    // The checker itself catches what it is meant to catch, and not doc text.
+    for bad in [
+        r#"let _: () = redis::cmd("MULTI").query_async(&mut c).await?;"#,
+        r#"redis::cmd("exec").exec_async(&mut c).await?;"#,
+        r#"let mut pipe = redis::pipe(); pipe.atomic().hset(k, f, v);"#,
+        r#"let ks: Vec<String> = conn.keys("meerkat:gd:jid:*").await?;"#,
+        r#"let s = redis::Script::new("return 1");"#,
+        r#"let s = Script::new(LUA); s.key(k).invoke_async(&mut c).await?;"#,
+        r#"redis::cmd("EVALSHA").arg(sha).arg(0)"#,
+    ] {
+        assert!(!forbidden_uses(&code_only(bad)).is_empty(), "the check misses: {bad}");
+    }
+    for fine in [
+        "//! none of them is `MULTI`, `EVAL` or `KEYS`, so the table works behind Dynomite\nfn f() {}",
+        "/* redis::cmd(\"MULTI\") */ let n = map.keys().count();",
+        "use std::sync::atomic::{AtomicBool, Ordering};",
+        "let s = \"multiple\"; let c = '\"'; let t = \"KEYSTONE\";",
+    ] {
+        assert!(
+            forbidden_uses(&code_only(fine)).is_empty(),
+            "false alarm on: {fine}: {:?}",
+            forbidden_uses(&code_only(fine))
+        );
+    }
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../routing/src/global");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .collect();
+    files.sort();
+    let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    for expected in ["mod.rs", "table.rs", "link.rs"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {}: {names:?}", dir.display());
+    }
+    let mut problems = Vec::new();
+    let mut redis_calls = 0;
+    for f in &files {
+        let src = std::fs::read_to_string(f).unwrap();
+        let code = code_only(&src);
+        redis_calls += code.matches("query_async").count() + code.matches("conn.h").count();
+        for p in forbidden_uses(&code) {
+            problems.push(format!("{}: {p}", f.display()));
+        }
+    }
+    // The files talk to Redis at all, so the absence of the forbidden commands means something.
+    assert!(redis_calls > 0, "no Redis call found in {names:?}: the check looks at the wrong files");
+    assert!(problems.is_empty(), "the global routing table must work behind Dynomite:\n{}", problems.join("\n"));
+}
