@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::AccountError;
 use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, TlsMode};
 use crate::services::{now_micros, Services};
-use crate::session::{ActorSink, C2sSession, ClientClosed, FromClient, IoControl, OutQueue};
+use crate::session::{ActorSink, C2sSession, ClientClosed, FromClient, IdlePing, IoControl, OutQueue};
 use crate::transport::Transport;
 
 /// Bytes read from a client socket at a time.
@@ -38,6 +38,8 @@ pub struct C2sListener {
     pub tls: Option<TlsAcceptor>,
     /// The listener's access rule lets users log in.
     pub allow_login: bool,
+    /// What the modules add to the stream features (XEP-0115 caps, XEP-0352 csi).
+    pub stream_features: crate::modules::StreamFeatures,
 }
 
 /// Why a connection ended early.
@@ -86,7 +88,8 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
     };
     let stream_id = format!("{:016x}", rand::random::<u64>());
     let mut neg =
-        Negotiator::new(listener.negotiation.clone(), transport.is_tls(), transport.tls_exporter(), stream_id);
+        Negotiator::new(listener.negotiation.clone(), transport.is_tls(), transport.tls_exporter(), stream_id)
+            .with_extra_features(listener.stream_features.pre_auth.clone(), listener.stream_features.post_auth.clone());
     let mut parser = StreamParser::new(listener.limits);
     let mut header_sent = false;
     // Small reads: most stanzas are a few hundred bytes, and every idle
@@ -269,6 +272,9 @@ async fn run_session(
         }
     }
 
+    // What the module hooks need (the blocklist) is read before the session runs.
+    let state = crate::modules::session_opening(&svc, &jid).await;
+
     let (reader, writer) = tokio::io::split(transport);
     let (out, out_rx, queued) = OutQueue::new(4096, svc.settings.max_outgoing_bytes);
     let (io_tx, io_rx) = watch::channel(IoControl::Run);
@@ -277,7 +283,7 @@ async fn run_session(
     let _ = out.push(bind_result_xml(&bind_id, &jid));
 
     let capacity = svc.settings.mailbox_capacity;
-    let session = C2sSession::new(svc.clone(), jid.clone(), sid, out, io_tx);
+    let session = C2sSession::new(svc.clone(), jid.clone(), sid, out, io_tx, state);
     let addr = C2sSession::create(move |ctx| {
         ctx.set_mailbox_capacity(capacity);
         session
@@ -289,10 +295,22 @@ async fn run_session(
         addr.do_send(crate::session::Kick(KickReason::Conflict));
     }
     tracing::info!(%jid, session = %sid, "session bound");
-    let result = read_loop(reader, &mut parser, &addr, io_rx, svc.settings.idle_timeout).await;
+    let silence = Silence { ping_after: svc.settings.ping_interval, close_after: svc.settings.idle_timeout };
+    let result = read_loop(reader, &mut parser, &addr, io_rx, silence).await;
     let _ = writer_task.await;
     tracing::info!(%jid, session = %sid, "session closed");
     result
+}
+
+/// What the reader does when the client has sent nothing for a while.
+#[derive(Clone, Copy, Debug)]
+struct Silence {
+    /// Ask the session to ping the client (XEP-0199), once per silence; the
+    /// session closes the stream if the ping goes unanswered. An answer is
+    /// traffic, so a client that answers is never silent for long.
+    ping_after: Option<Duration>,
+    /// Close the stream with `connection-timeout`.
+    close_after: Duration,
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
@@ -300,8 +318,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     parser: &mut StreamParser,
     addr: &Addr<C2sSession>,
     mut io: watch::Receiver<IoControl>,
-    idle_timeout: Duration,
+    silence: Silence,
 ) -> Result<(), ConnError> {
+    let mut silent_since = tokio::time::Instant::now();
+    let mut pinged = false;
     let mut buf = vec![0u8; READ_BUFFER];
     loop {
         loop {
@@ -313,34 +333,45 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                 }
                 Ok(Some(StreamEvent::End)) => {
-                    addr.do_send(ClientClosed(None));
+                    // The client closed its stream but still reads ours (RFC 6120 §4.4).
+                    addr.do_send(ClientClosed::Closed);
                     return Ok(());
                 }
                 Ok(Some(StreamEvent::Header(_))) => {
-                    addr.do_send(ClientClosed(Some(StreamError::with_text(
+                    addr.do_send(ClientClosed::Error(StreamError::with_text(
                         StreamErrorCondition::InvalidXml,
                         "unexpected stream restart",
-                    ))));
+                    )));
                     return Ok(());
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    addr.do_send(ClientClosed(Some(StreamError::with_text(e.condition(), e.to_string()))));
+                    addr.do_send(ClientClosed::Error(StreamError::with_text(e.condition(), e.to_string())));
                     return Ok(());
                 }
             }
         }
+        let close_at = silent_since + silence.close_after;
+        let ping_at = silence.ping_after.filter(|_| !pinged).map(|p| silent_since + p).filter(|at| *at < close_at);
         tokio::select! {
-            r = tokio::time::timeout(idle_timeout, reader.read(&mut buf)) => match r {
+            r = tokio::time::timeout_at(ping_at.unwrap_or(close_at), reader.read(&mut buf)) => match r {
+                Err(_) if ping_at.is_some() => {
+                    pinged = true;
+                    addr.do_send(IdlePing);
+                }
                 Err(_) => {
-                    addr.do_send(ClientClosed(Some(StreamError::new(StreamErrorCondition::ConnectionTimeout))));
+                    addr.do_send(ClientClosed::Error(StreamError::new(StreamErrorCondition::ConnectionTimeout)));
                     return Err(ConnError::Timeout);
                 }
                 Ok(Ok(0)) | Ok(Err(_)) => {
-                    addr.do_send(ClientClosed(None));
+                    addr.do_send(ClientClosed::Gone);
                     return Ok(());
                 }
-                Ok(Ok(n)) => parser.feed(&buf[..n]),
+                Ok(Ok(n)) => {
+                    silent_since = tokio::time::Instant::now();
+                    pinged = false;
+                    parser.feed(&buf[..n]);
+                }
             },
             _ = until(&mut io, IoControl::StopReading) => return Ok(()),
         }

@@ -140,6 +140,9 @@ pub struct Negotiator {
     stream_id: String,
     failures: u32,
     plus_advertised: bool,
+    /// Serialized feature elements the modules add before and after authentication.
+    extra_pre_auth: String,
+    extra_post_auth: String,
 }
 
 impl Negotiator {
@@ -155,7 +158,18 @@ impl Negotiator {
             stream_id,
             failures: 0,
             plus_advertised: false,
+            extra_pre_auth: String::new(),
+            extra_post_auth: String::new(),
         }
+    }
+
+    /// Adds the modules' stream features (serialized elements, such as XEP-0115
+    /// `<c/>` or XEP-0352 `<csi/>`) to the features offered before and after
+    /// authentication.
+    pub fn with_extra_features(mut self, pre_auth: String, post_auth: String) -> Self {
+        self.extra_pre_auth = pre_auth;
+        self.extra_post_auth = post_auth;
+        self
     }
 
     pub fn is_secure(&self) -> bool {
@@ -289,7 +303,7 @@ impl Negotiator {
         }
         out.push(NegAction::Send(stream_header_xml(&host, &self.stream_id)));
         let (next, features) = if self.user.is_some() {
-            (State::PostAuth, postauth_features())
+            (State::PostAuth, postauth_features(&self.extra_post_auth))
         } else {
             (State::PreAuth, self.preauth_features())
         };
@@ -367,6 +381,7 @@ impl Negotiator {
         if self.cfg.registration && self.plaintext_allowed() {
             f.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
         }
+        f.push_str(&self.extra_pre_auth);
         f.push_str("</stream:features>");
         f
     }
@@ -563,8 +578,8 @@ pub fn stream_header_xml(host: &str, id: &str) -> String {
     )
 }
 
-fn postauth_features() -> String {
-    "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session></stream:features>".into()
+fn postauth_features(extra: &str) -> String {
+    format!("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>{extra}</stream:features>")
 }
 
 fn sasl_failure_xml(f: SaslFailure) -> String {

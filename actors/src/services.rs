@@ -21,6 +21,12 @@ pub struct SessionSettings {
     pub max_outgoing_bytes: usize,
     /// A client that sends nothing for this long is disconnected (`connection-timeout`).
     pub idle_timeout: Duration,
+    /// XEP-0199 server pings: after this much silence from the client the server
+    /// pings it (an answer is traffic); `None` turns them off.
+    pub ping_interval: Option<Duration>,
+    /// A client that does not answer a server ping within this long is
+    /// disconnected (`connection-timeout`).
+    pub ping_timeout: Duration,
     /// The server writes a whitespace keepalive after this much silence.
     pub keepalive_interval: Duration,
     /// Time allowed from TCP accept to a bound resource.
@@ -35,6 +41,8 @@ impl Default for SessionSettings {
             mailbox_capacity: 1024,
             max_outgoing_bytes: 4 * 1024 * 1024,
             idle_timeout: Duration::from_secs(600),
+            ping_interval: Some(Duration::from_secs(300)),
+            ping_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(60),
             negotiation_timeout: Duration::from_secs(60),
             max_offline_messages: 1000,

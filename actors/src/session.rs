@@ -9,6 +9,12 @@
 //! Output goes to a writer task through an [`OutQueue`] capped in bytes:
 //! actix's `FramedWrite` has no back-pressure, so instead a client that does
 //! not read its socket is disconnected once its queue exceeds the cap.
+//!
+//! The modules' per-session state ([`SessionState`]: carbons, blocklist, client
+//! state indication) lives here too, and the session runs the module hooks on
+//! it: on what the client sends before routing it, on what is routed here
+//! before writing it (see [`crate::modules`]). The session also pings a client
+//! that has been silent for a while ([`IdlePing`], XEP-0199).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +31,7 @@ use meerkat_xmpp::ns;
 use meerkat_xmpp::stanza::{self, IqType, PresenceType, StanzaKind};
 use tokio::sync::{mpsc, watch};
 
+use crate::modules::{self, Receive, SessionState};
 use crate::server::WorkerJob;
 use crate::services::Services;
 
@@ -80,10 +87,22 @@ pub struct Deliver(pub Element);
 #[rtype(result = "()")]
 pub struct Kick(pub KickReason);
 
-/// The client side ended: closing tag, EOF, a parse error or idle timeout.
+/// The client side ended.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ClientClosed(pub Option<StreamError>);
+pub enum ClientClosed {
+    /// The closing tag: the client still reads what is already on its way.
+    Closed,
+    /// The connection is gone.
+    Gone,
+    /// A parse error or an idle timeout: the stream ends with this error.
+    Error(StreamError),
+}
+
+/// The client has sent nothing for the ping interval: ping it (XEP-0199).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct IdlePing;
 
 /// Sent to self after the last queued deliveries, to write the closing bytes.
 #[derive(Message)]
@@ -103,10 +122,21 @@ pub struct C2sSession {
     /// Routing no longer sends here; deliveries still in the mailbox are re-routed or flushed.
     detached: bool,
     client_gone: bool,
+    /// What the modules keep for this session.
+    state: SessionState,
+    /// Id of the server ping the client has not answered yet.
+    ping_pending: Option<String>,
 }
 
 impl C2sSession {
-    pub fn new(svc: Arc<Services>, jid: FullJid, sid: SessionId, out: OutQueue, io: watch::Sender<IoControl>) -> Self {
+    pub fn new(
+        svc: Arc<Services>,
+        jid: FullJid,
+        sid: SessionId,
+        out: OutQueue,
+        io: watch::Sender<IoControl>,
+        state: SessionState,
+    ) -> Self {
         C2sSession {
             svc,
             jid,
@@ -118,6 +148,8 @@ impl C2sSession {
             directed: HashSet::new(),
             detached: false,
             client_gone: false,
+            state,
+            ping_pending: None,
         }
     }
 
@@ -136,9 +168,24 @@ impl C2sSession {
         }
     }
 
+    /// Writes a stanza now, after whatever waits for an inactive client (XEP-0352).
     fn write_stanza(&mut self, el: &Element, ctx: &mut Context<Self>) {
-        let xml = el.to_xml(ns::CLIENT);
-        self.write(xml, ctx);
+        self.flush_waiting(ctx);
+        self.write(el.to_xml(ns::CLIENT), ctx);
+    }
+
+    /// Writes what waits for an inactive client, in order.
+    fn flush_waiting(&mut self, ctx: &mut Context<Self>) {
+        for el in self.state.csi.take() {
+            self.write(el.to_xml(ns::CLIENT), ctx);
+        }
+    }
+
+    /// Writes a stanza routed here, unless it may wait for an inactive client.
+    fn deliver_to_client(&mut self, el: Element, ctx: &mut Context<Self>) {
+        for el in self.state.csi.offer(el) {
+            self.write(el.to_xml(ns::CLIENT), ctx);
+        }
     }
 
     /// Takes the session out of routing and tells contacts it is gone.
@@ -184,12 +231,44 @@ impl C2sSession {
         }
     }
 
+    /// Answers a stanza the client sent with a module's `<error/>`; errors and IQ
+    /// results cannot be answered and are dropped.
+    fn refuse(&mut self, el: &Element, error: Element, ctx: &mut Context<Self>) {
+        if el.name == "iq" && el.attr("type") == Some("result") {
+            return;
+        }
+        if let Some(mut e) = modules::error_reply_with(el, error) {
+            e.remove_attr("from");
+            e.set_attr("to", self.jid.to_string());
+            self.write_stanza(&e, ctx);
+        }
+    }
+
+    /// Writes the answer to an IQ the session handled itself.
+    fn answer_iq(&mut self, el: &Element, answer: modules::IqAnswer, ctx: &mut Context<Self>) {
+        match answer {
+            Ok(payload) => {
+                let mut res = stanza::iq_result(el, payload);
+                res.remove_attr("from");
+                res.set_attr("to", self.jid.to_string());
+                self.write_stanza(&res, ctx);
+            }
+            Err(cond) => self.reply_error(el, cond, ctx),
+        }
+    }
+
     fn route(&self, to: Jid, stanza: Element) {
         self.svc.router.route(Routed { from: Jid::from(self.jid.clone()), to, stanza });
     }
 
     fn on_client_stanza(&mut self, mut el: Element, ctx: &mut Context<Self>) {
         let Some(kind) = StanzaKind::of(&el) else {
+            if modules::session_element(&self.svc, &mut self.state, &el) {
+                if self.state.csi.is_active() {
+                    self.flush_waiting(ctx);
+                }
+                return;
+            }
             self.stream_fail(
                 StreamError::with_text(
                     StreamErrorCondition::UnsupportedStanzaType,
@@ -227,6 +306,11 @@ impl C2sSession {
         if let Some(t) = &to {
             // Canonical form, so that every later comparison is a plain equality.
             el.set_attr("to", t.to_string());
+            // XEP-0191: nothing goes to a JID the user blocks.
+            if let Err(error) = modules::user_send_check(&self.svc, &self.state, &self.jid, t, &el) {
+                self.refuse(&el, error, ctx);
+                return;
+            }
         }
         match kind {
             StanzaKind::Message => {
@@ -314,6 +398,24 @@ impl C2sSession {
             self.reply_error(&el, StanzaErrorCondition::BadRequest, ctx);
             return;
         }
+        let to_own_account = to.as_ref().is_none_or(|t| *t == self.jid.to_bare());
+        if !itype.is_request() && self.ping_pending.is_some() && el.attr("id") == self.ping_pending.as_deref() {
+            let to_server =
+                to.as_ref().is_some_and(|t| t.node().is_none() && t.domain().as_str() == self.jid.domain().as_str());
+            if to_server || to_own_account {
+                // The answer to our ping (XEP-0199 §4.2): a result, or an error from a client without ping.
+                self.ping_pending = None;
+                return;
+            }
+        }
+        if itype.is_request() && to_own_account {
+            if let Some(payload) = stanza::iq_payload(&el) {
+                if let Some(answer) = modules::session_iq(&self.svc, &self.jid, &mut self.state, &el, payload) {
+                    self.answer_iq(&el, answer, ctx);
+                    return;
+                }
+            }
+        }
         if itype.is_request() && to.is_none() {
             if let Some(p) = stanza::iq_payload(&el) {
                 // RFC 3921 §3 legacy session establishment: a no-op kept for old clients.
@@ -333,14 +435,27 @@ impl C2sSession {
     fn on_delivered(&mut self, el: Element, ctx: &mut Context<Self>) {
         if self.detached && self.client_gone {
             // Nobody will read it here: give it back to the router so the account
-            // (other resources or offline storage) gets it.
-            if StanzaKind::of(&el) == Some(StanzaKind::Message) {
+            // (other resources or offline storage) gets it. A carbon copy was for
+            // this resource only.
+            if StanzaKind::of(&el) == Some(StanzaKind::Message) && !modules::carbons::is_copy(&el) {
                 let from = el.attr("from").and_then(|f| parse_jid(f).ok());
                 if let Some(from) = from {
                     self.svc.router.reroute(Routed { from, to: Jid::from(self.jid.to_bare()), stanza: el });
                 }
             }
             return;
+        }
+        match modules::user_receive(&self.svc, &self.jid, &mut self.state, &el) {
+            Receive::Deliver => {}
+            Receive::Drop => return,
+            Receive::Bounce(cond) => {
+                // The error comes from the address the sender used, not from this resource.
+                let to = el.attr("to").and_then(|t| parse_jid(t).ok()).unwrap_or_else(|| Jid::from(self.jid.clone()));
+                if let Some(from) = el.attr("from").and_then(|f| parse_jid(f).ok()) {
+                    self.svc.router.bounce(Routed { from, to, stanza: el }, cond);
+                }
+                return;
+            }
         }
         if StanzaKind::of(&el) == Some(StanzaKind::Presence) && el.attr("type") == Some("probe") {
             // Probes reach a session only after the server checked the subscription.
@@ -354,7 +469,31 @@ impl C2sSession {
             }
             return;
         }
-        self.write_stanza(&el, ctx);
+        self.deliver_to_client(el, ctx);
+    }
+
+    fn on_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.detached || self.ping_pending.is_some() {
+            return;
+        }
+        let id = format!("ping{:016x}", rand::random::<u64>());
+        let ping = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "get")
+            .with_attr("id", id.clone())
+            .with_attr("from", self.jid.domain().as_str())
+            .with_attr("to", self.jid.to_string())
+            .with_child(Element::new("ping", ns::PING));
+        self.write_stanza(&ping, ctx);
+        self.ping_pending = Some(id.clone());
+        ctx.run_later(self.svc.settings.ping_timeout, move |act, ctx| {
+            if act.ping_pending.as_deref() == Some(id.as_str()) && !act.detached {
+                tracing::debug!(jid = %act.jid, "no answer to a ping; closing the stream");
+                act.stream_fail(
+                    StreamError::with_text(StreamErrorCondition::ConnectionTimeout, "no answer to a ping"),
+                    ctx,
+                );
+            }
+        });
     }
 }
 
@@ -387,6 +526,13 @@ impl Handler<Deliver> for C2sSession {
     }
 }
 
+impl Handler<IdlePing> for C2sSession {
+    type Result = ();
+    fn handle(&mut self, _msg: IdlePing, ctx: &mut Context<Self>) {
+        self.on_idle(ctx);
+    }
+}
+
 impl Handler<Kick> for C2sSession {
     type Result = ();
     fn handle(&mut self, msg: Kick, ctx: &mut Context<Self>) {
@@ -409,10 +555,12 @@ impl Handler<Kick> for C2sSession {
 impl Handler<ClientClosed> for C2sSession {
     type Result = ();
     fn handle(&mut self, msg: ClientClosed, ctx: &mut Context<Self>) {
-        self.client_gone = msg.0.is_none();
-        match msg.0 {
-            Some(err) => self.stream_fail(err, ctx),
-            None => {
+        match msg {
+            ClientClosed::Error(err) => self.stream_fail(err, ctx),
+            ClientClosed::Closed | ClientClosed::Gone => {
+                // After a closing tag, deliveries already in the mailbox are still
+                // written before ours (RFC 6120 §4.4); after EOF they are routed again.
+                self.client_gone = matches!(msg, ClientClosed::Gone);
                 self.detach();
                 ctx.address().do_send(Finish(None));
             }

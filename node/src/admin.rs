@@ -133,7 +133,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/cluster/leave", web::post().to(cluster_leave))
         .route("/api/cluster/nodes/{id}", web::delete().to(cluster_remove))
         .route("/api/global", web::get().to(global_status))
-        .route("/api/global/refresh", web::post().to(global_refresh));
+        .route("/api/global/refresh", web::post().to(global_refresh))
+        .route("/metrics", web::get().to(prometheus));
 }
 
 fn cluster(state: &AdminState) -> Result<&Arc<meerkat_cluster::node::ClusterNode>, ApiError> {
@@ -238,6 +239,13 @@ async fn global_refresh(state: web::Data<AdminState>, req: HttpRequest) -> Resul
     authorize(&state, &req)?;
     let refreshed = global(&state)?.refresh_now().await?;
     Ok(HttpResponse::Ok().json(json!({ "refreshed": refreshed })))
+}
+
+/// Prometheus text exposition.
+async fn prometheus(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let body = crate::metrics::metrics().render(&state);
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body))
 }
 
 async fn openapi() -> HttpResponse {
@@ -388,8 +396,8 @@ mod tests {
                 count += 1;
             }
         }
-        assert_eq!(count, 14);
-        assert_eq!(paths.len(), 13);
+        assert_eq!(count, 15);
+        assert_eq!(paths.len(), 14);
     }
 
     /// Every object in `value` has exactly the properties its schema lists.

@@ -557,7 +557,8 @@ pub struct Session {
     pub mailbox_capacity: usize,
     /// Bytes queued for a client that does not read before it is disconnected.
     pub max_outgoing_bytes: usize,
-    /// Seconds of client silence before `connection-timeout`.
+    /// Seconds of client silence before `connection-timeout` (an answer to a
+    /// server ping, `[modules.ping]`, is not silence).
     pub idle_timeout: u64,
     /// Seconds of server silence before a whitespace keepalive.
     pub keepalive_interval: u64,
@@ -583,16 +584,95 @@ impl Default for Session {
 }
 
 /// `[modules]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Modules {
     pub offline: OfflineModule,
     pub register: RegisterModule,
+    pub mam: MamModule,
+    pub carbons: CarbonsModule,
+    pub blocking: BlockingModule,
+    pub csi: CsiModule,
+    pub ping: PingModule,
 }
 
-impl Default for Modules {
+/// `[modules.mam]` (XEP-0313)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MamModule {
+    /// Archive messages and answer archive queries.
+    pub enabled: bool,
+    /// Messages per page when a query asks for no size.
+    pub default_page_size: u64,
+    /// Most messages per page, whatever a query asks.
+    pub max_page_size: u64,
+}
+
+impl Default for MamModule {
     fn default() -> Self {
-        Modules { offline: OfflineModule { max_messages: 1000 }, register: RegisterModule { enabled: true } }
+        MamModule { enabled: true, default_page_size: 50, max_page_size: 250 }
+    }
+}
+
+/// `[modules.carbons]` (XEP-0280)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CarbonsModule {
+    /// Copy messages to the user's other resources that ask for it.
+    pub enabled: bool,
+}
+
+impl Default for CarbonsModule {
+    fn default() -> Self {
+        CarbonsModule { enabled: true }
+    }
+}
+
+/// `[modules.blocking]` (XEP-0191)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockingModule {
+    /// Users may block JIDs.
+    pub enabled: bool,
+}
+
+impl Default for BlockingModule {
+    fn default() -> Self {
+        BlockingModule { enabled: true }
+    }
+}
+
+/// `[modules.csi]` (XEP-0352)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsiModule {
+    /// Clients may say they are inactive, and get presence updates and chat states later.
+    pub enabled: bool,
+}
+
+impl Default for CsiModule {
+    fn default() -> Self {
+        CsiModule { enabled: true }
+    }
+}
+
+/// `[modules.ping]` (XEP-0199). The server always answers pings; these settings
+/// are about the pings it sends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PingModule {
+    /// Ping clients that have been silent for `ping_interval`; when off, only
+    /// `[session] idle_timeout` ends a silent connection.
+    pub send_pings: bool,
+    /// Seconds of client silence before a ping.
+    pub ping_interval: u64,
+    /// Seconds a client has to answer a ping before `connection-timeout`.
+    pub ping_timeout: u64,
+}
+
+impl Default for PingModule {
+    fn default() -> Self {
+        PingModule { send_pings: true, ping_interval: 300, ping_timeout: 60 }
     }
 }
 
@@ -600,6 +680,7 @@ impl Default for Modules {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OfflineModule {
+    /// Most messages stored for one user.
     pub max_messages: u64,
 }
 
@@ -613,6 +694,7 @@ impl Default for OfflineModule {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegisterModule {
+    /// Clients may create accounts in-band.
     pub enabled: bool,
 }
 
@@ -782,6 +864,17 @@ impl Config {
             || self.session.negotiation_timeout == 0
         {
             return Err(err("session", "timeouts must be positive".into()));
+        }
+        let mam = &self.modules.mam;
+        if mam.default_page_size == 0 {
+            return Err(err("modules.mam.default_page_size", "must be at least 1".into()));
+        }
+        if mam.max_page_size < mam.default_page_size {
+            return Err(err("modules.mam.max_page_size", "must be at least default_page_size".into()));
+        }
+        let ping = &self.modules.ping;
+        if ping.send_pings && (ping.ping_interval == 0 || ping.ping_timeout == 0) {
+            return Err(err("modules.ping", "ping_interval and ping_timeout must be at least 1 second".into()));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| err("log.level", e.to_string()))?;
         Ok(())
@@ -994,6 +1087,42 @@ mod tests {
         let dynomite = std::fs::read_to_string(dir.join("dynomite-dc1.yml.example")).unwrap();
         let listen = format!("listen: {}:{}", redis.host, redis.port);
         assert!(dynomite.lines().any(|l| l.trim() == listen), "dynomite-dc1.yml.example lacks {listen:?}");
+    }
+
+    /// The module sections of deploy/meerkat.toml say what the defaults are.
+    #[test]
+    fn example_modules_are_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/meerkat.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let m = Config::parse(&text, "deploy/meerkat.toml").unwrap().modules;
+        let d = Modules::default();
+        assert_eq!(format!("{m:?}"), format!("{d:?}"));
+        for section in ["mam", "carbons", "blocking", "csi", "ping"] {
+            assert!(text.contains(&format!("[modules.{section}]")), "deploy/meerkat.toml lacks [modules.{section}]");
+        }
+    }
+
+    #[test]
+    fn module_sections() {
+        let cfg = Config::defaults().unwrap();
+        let m = &cfg.modules;
+        assert!(m.mam.enabled && m.carbons.enabled && m.blocking.enabled && m.csi.enabled && m.ping.send_pings);
+        assert_eq!((m.mam.default_page_size, m.mam.max_page_size), (50, 250));
+        assert_eq!((m.ping.ping_interval, m.ping.ping_timeout), (300, 60));
+
+        let toml = "[modules.mam]\nenabled = false\ndefault_page_size = 10\nmax_page_size = 20\n\
+                    [modules.carbons]\nenabled = false\n[modules.blocking]\nenabled = false\n\
+                    [modules.csi]\nenabled = false\n[modules.ping]\nsend_pings = false\nping_interval = 0\n";
+        let mut cfg = Config::parse(toml, "t.toml").unwrap();
+        cfg.validate("t.toml").unwrap();
+        let m = &cfg.modules;
+        assert!(!m.mam.enabled && !m.carbons.enabled && !m.blocking.enabled && !m.csi.enabled && !m.ping.send_pings);
+        assert_eq!((m.mam.default_page_size, m.mam.max_page_size), (10, 20));
+
+        check_err("[modules.mam]\ndefault_page_size = 0\n", &["modules.mam.default_page_size"]);
+        check_err("[modules.mam]\ndefault_page_size = 100\nmax_page_size = 99\n", &["modules.mam.max_page_size"]);
+        check_err("[modules.ping]\nping_timeout = 0\n", &["modules.ping", "at least 1 second"]);
+        check_err("[modules.carbons]\nenable = true\n", &["unknown field `enable`"]);
     }
 
     fn check_err(toml: &str, expect: &[&str]) {

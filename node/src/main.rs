@@ -15,6 +15,7 @@
 mod admin;
 mod cli;
 mod config;
+mod metrics;
 mod run;
 mod tls;
 

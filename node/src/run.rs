@@ -7,7 +7,7 @@ use actix::Arbiter;
 use anyhow::Context as _;
 use meerkat_actors::auth::Accounts;
 use meerkat_actors::c2s::{self, C2sListener};
-use meerkat_actors::modules::{default_modules, ModulesConfig};
+use meerkat_actors::modules::{default_modules, mam, stream_features, ModulesConfig};
 use meerkat_actors::negotiation::{NegotiationConfig, TlsMode};
 use meerkat_actors::server::ServerWorkers;
 use meerkat_actors::services::{Services, SessionSettings};
@@ -42,6 +42,17 @@ pub fn start(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", cfg.general.data_dir.display()))?;
     let system = actix_rt::System::new();
     system.block_on(serve(cfg))
+}
+
+/// Which modules run, from `[modules]`.
+fn modules_config(m: &crate::config::Modules) -> ModulesConfig {
+    ModulesConfig {
+        registration: m.register.enabled,
+        mam: m.mam.enabled.then_some(mam::Mam { default_page: m.mam.default_page_size, max_page: m.mam.max_page_size }),
+        carbons: m.carbons.enabled,
+        blocking: m.blocking.enabled,
+        csi: m.csi.enabled,
+    }
 }
 
 fn admin_auth(cfg: &Config) -> anyhow::Result<crate::admin::AdminAuth> {
@@ -114,11 +125,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         mailbox_capacity: cfg.session.mailbox_capacity,
         max_outgoing_bytes: cfg.session.max_outgoing_bytes,
         idle_timeout: Duration::from_secs(cfg.session.idle_timeout),
+        ping_interval: cfg.modules.ping.send_pings.then(|| Duration::from_secs(cfg.modules.ping.ping_interval)),
+        ping_timeout: Duration::from_secs(cfg.modules.ping.ping_timeout),
         keepalive_interval: Duration::from_secs(cfg.session.keepalive_interval),
         negotiation_timeout: Duration::from_secs(cfg.session.negotiation_timeout),
         max_offline_messages: cfg.modules.offline.max_messages,
     };
-    let modules = default_modules(&ModulesConfig { registration: cfg.modules.register.enabled });
+    let modules = default_modules(&modules_config(&cfg.modules));
+    let stream_features = stream_features(&modules);
     let svc =
         Services::new(router.clone(), registry.clone(), storage.clone(), accounts, settings, workers.clone(), modules);
     router.set_server_handler(workers.clone());
@@ -166,6 +180,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             limits: Limits { max_stanza_size: l.max_stanza_size, max_depth: l.max_depth },
             tls: acceptor,
             allow_login: l.access == "all",
+            stream_features: stream_features.clone(),
         });
         let addr = std::net::SocketAddr::new(l.ip_address, l.port);
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening for c2s on {addr}"))?;

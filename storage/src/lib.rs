@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! The public surface is a set of object-safe repository traits — [`AccountRepo`],
-//! [`RosterRepo`], [`OfflineRepo`], [`VcardRepo`], [`PrivateRepo`] and [`ArchiveRepo`] — plus the
+//! [`RosterRepo`], [`OfflineRepo`], [`VcardRepo`], [`PrivateRepo`], [`ArchiveRepo`] and
+//! [`BlocklistRepo`] — plus the
 //! [`Storage`] handle that implements all of them. `Storage::connect` picks the backend
 //! from the URL scheme (`sqlite:`, `postgres:`/`postgresql:`, `mysql:`/`mariadb:`), opens
 //! a pool and applies that backend's migrations (`migrations/sqlite`,
@@ -12,18 +13,19 @@
 //! with `?` placeholders and the `sql!` macro (module `sql`) derives the `$N` form for
 //! PostgreSQL and SQLite at compile time, while `on_backend!` expands each repository
 //! method body once per pool type. The repository implementations live in `accounts`,
-//! `roster`, `offline`, `xmldata` and `archive`; errors are classified in `error`
+//! `roster`, `offline`, `xmldata`, `archive` and `blocklist`; errors are classified in `error`
 //! ([`StorageError`]). All rows are keyed by `(domain, username)` of the owning account;
 //! JID columns compare exactly (binary collations) and sort by code point on every
 //! backend; timestamps are `BIGINT` microseconds since the Unix epoch; text is UTF-8
 //! end to end (`utf8mb4` on MySQL).
 //!
 //! On MySQL/MariaDB the key columns (domain, username, roster contact, private-XML
-//! namespace, archive peer) are limited to 255 characters each, so that composite keys fit InnoDB's
+//! namespace, archive peer, blocked JID) are limited to 255 characters each, so that composite keys fit InnoDB's
 //! 3072-byte index limit; SQLite and PostgreSQL have no such limit.
 
 mod accounts;
 mod archive;
+mod blocklist;
 mod connect;
 mod error;
 mod offline;
@@ -257,7 +259,7 @@ pub trait AccountRepo: Send + Sync {
     /// Replaces the password; `false` if there is no such account.
     async fn set_password(&self, domain: &str, user: &str, password: &StoredPassword) -> Result<bool, StorageError>;
     /// Deletes the account together with its roster, offline messages, vCard, private
-    /// XML and message archive, in one transaction; `false` if there was no such account.
+    /// XML, message archive and blocklist, in one transaction; `false` if there was no such account.
     async fn remove_account(&self, domain: &str, user: &str) -> Result<bool, StorageError>;
     /// Usernames of `domain`, sorted by code point.
     async fn list_accounts(&self, domain: &str) -> Result<Vec<String>, StorageError>;
@@ -326,6 +328,20 @@ pub trait ArchiveRepo: Send + Sync {
         user: &str,
         query: &ArchiveQuery,
     ) -> Result<Option<ArchivePage>, StorageError>;
+}
+
+/// Blocklists (XEP-0191): the JIDs each user blocks, as the server made them
+/// canonical (a domain, a bare JID or a full JID), compared exactly.
+#[async_trait]
+pub trait BlocklistRepo: Send + Sync {
+    /// Every blocked JID of `domain`/`user`, in code point order.
+    async fn get_blocklist(&self, domain: &str, user: &str) -> Result<Vec<String>, StorageError>;
+    /// Adds these JIDs in one transaction; JIDs already blocked stay as they are.
+    async fn block(&self, domain: &str, user: &str, jids: &[String]) -> Result<(), StorageError>;
+    /// Removes these JIDs in one transaction; JIDs that were not blocked are ignored.
+    async fn unblock(&self, domain: &str, user: &str, jids: &[String]) -> Result<(), StorageError>;
+    /// Empties the blocklist.
+    async fn unblock_all(&self, domain: &str, user: &str) -> Result<(), StorageError>;
 }
 
 /// A connection pool to one database; implements every repository trait. Cheap to

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use meerkat_storage::{
-    AccountRepo, ArchiveDirection, ArchivePage, ArchiveQuery, ArchiveRepo, ArchivedMessage, DbTls, OfflineRepo,
-    PrivateRepo, RosterItem, RosterRepo, Storage, StorageConfig, StorageError, StoredPassword, Subscription, VcardRepo,
+    AccountRepo, ArchiveDirection, ArchivePage, ArchiveQuery, ArchiveRepo, ArchivedMessage, BlocklistRepo, DbTls,
+    OfflineRepo, PrivateRepo, RosterItem, RosterRepo, Storage, StorageConfig, StorageError, StoredPassword,
+    Subscription, VcardRepo,
 };
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -273,6 +274,43 @@ async fn xml_data(s: &Storage) {
     s.set_private(DOMAIN, "bob", ns1, "<storage xmlns='storage:bookmarks'/>").await.expect("set");
 }
 
+async fn blocklist(s: &Storage) {
+    assert!(s.get_blocklist(DOMAIN, "alice").await.expect("get").is_empty());
+    let unicode = format!("{UNICODE}@example.org");
+    let items: Vec<String> =
+        ["romeo@montague.lit", "example.net", "iago@shakespeare.lit/evil", "Romeo@montague.lit", unicode.as_str()]
+            .iter()
+            .map(|j| (*j).to_owned())
+            .collect();
+    s.block(DOMAIN, "alice", &items).await.expect("block");
+    // Blocking again (and a duplicate within one call) keeps one row each.
+    s.block(DOMAIN, "alice", &["example.net".to_owned(), "x@y".to_owned(), "x@y".to_owned()]).await.expect("block");
+    let mut expected = items.clone();
+    expected.push("x@y".to_owned());
+    expected.sort();
+    assert_eq!(expected[0], "Romeo@montague.lit", "code point order");
+    assert_eq!(s.get_blocklist(DOMAIN, "alice").await.expect("get"), expected);
+    s.block(DOMAIN, "alice", &[]).await.expect("block nothing");
+
+    // Blocklists are per user.
+    s.block(DOMAIN, "bob", &["alice@example.org".to_owned()]).await.expect("block");
+    assert!(s.get_blocklist(OTHER_DOMAIN, "alice").await.expect("get").is_empty());
+
+    // Exact match on unblock; unknown JIDs are ignored.
+    s.unblock(DOMAIN, "alice", &["romeo@montague.lit".to_owned(), "EXAMPLE.NET".to_owned(), "nobody@x".to_owned()])
+        .await
+        .expect("unblock");
+    expected.retain(|j| j != "romeo@montague.lit");
+    assert_eq!(s.get_blocklist(DOMAIN, "alice").await.expect("get"), expected);
+
+    s.unblock_all(DOMAIN, "alice").await.expect("unblock all");
+    assert!(s.get_blocklist(DOMAIN, "alice").await.expect("get").is_empty());
+    s.unblock_all(DOMAIN, "alice").await.expect("unblock all of nothing");
+    assert_eq!(s.get_blocklist(DOMAIN, "bob").await.expect("get"), vec!["alice@example.org".to_owned()]);
+    // Left for the account removal test.
+    s.block(DOMAIN, "alice", &["eve@example.org".to_owned()]).await.expect("block");
+}
+
 const ARCHIVE_SIZE: usize = 1000;
 const ARCHIVE_BASE: i64 = 1_700_000_000_000_000;
 
@@ -487,12 +525,13 @@ async fn archive(s: &Storage) {
 }
 
 /// Runs after the other parts: alice and bob own roster items, offline messages, a
-/// vCard, private XML and an archive by now.
+/// vCard, private XML, an archive and a blocklist by now.
 async fn remove_account_cascades(s: &Storage) {
     assert!(!s.get_roster(DOMAIN, "alice").await.expect("roster").is_empty());
     assert!(s.count_offline(DOMAIN, "alice").await.expect("count") > 0);
     let everything = ArchiveQuery { max: 10, ..Default::default() };
     assert_eq!(s.query_archive(DOMAIN, "alice", &everything).await.expect("archive").map(|p| p.count), Some(1000));
+    assert!(!s.get_blocklist(DOMAIN, "alice").await.expect("blocklist").is_empty());
 
     assert!(s.remove_account(DOMAIN, "alice").await.expect("remove"));
     assert_eq!(s.get_password(DOMAIN, "alice").await.expect("get"), None);
@@ -503,6 +542,7 @@ async fn remove_account_cascades(s: &Storage) {
     assert_eq!(s.get_private(DOMAIN, "alice", "storage:bookmarks").await.expect("private"), None);
     assert_eq!(s.get_private(DOMAIN, "alice", "storage:rosternotes").await.expect("private"), None);
     assert_eq!(s.query_archive(DOMAIN, "alice", &everything).await.expect("archive").map(|p| p.count), Some(0));
+    assert!(s.get_blocklist(DOMAIN, "alice").await.expect("blocklist").is_empty());
     assert!(!s.remove_account(DOMAIN, "alice").await.expect("remove again"));
     // A re-created account starts empty…
     s.create_account(DOMAIN, "alice", &StoredPassword::Plain("new".into())).await.expect("re-create");
@@ -516,6 +556,7 @@ async fn remove_account_cascades(s: &Storage) {
     assert!(s.get_vcard(DOMAIN, "bob").await.expect("vcard").is_some());
     assert!(s.get_private(DOMAIN, "bob", "storage:bookmarks").await.expect("private").is_some());
     assert_eq!(s.query_archive(DOMAIN, "bob", &everything).await.expect("archive").map(|p| p.count), Some(1));
+    assert_eq!(s.get_blocklist(DOMAIN, "bob").await.expect("blocklist"), vec!["alice@example.org".to_owned()]);
     assert_eq!(s.count_accounts(DOMAIN).await.expect("count"), 6);
 }
 
@@ -528,6 +569,7 @@ async fn test_suite(s: &Storage) {
     concurrent_offline(s).await;
     xml_data(s).await;
     archive(s).await;
+    blocklist(s).await;
     remove_account_cascades(s).await;
     s.ping().await.expect("ping");
 }
@@ -578,7 +620,7 @@ async fn mysql_stored_bytes(admin: &sqlx::MySqlPool, db: &str) {
     .fetch_all(admin)
     .await
     .expect("information_schema");
-    assert_eq!(rows.len(), 7);
+    assert_eq!(rows.len(), 8);
     for r in &rows {
         let collation: String = r.try_get("TABLE_COLLATION").expect("collation");
         assert_eq!(collation, "utf8mb4_bin");

@@ -192,6 +192,20 @@ async fn two_dcs_presence_and_1000_messages_each_way() {
     // The traffic crossed between the data centers rather than staying in one.
     let forwarded = g.counter("forwarded");
     assert!(forwarded >= 2 * N, "only {forwarded} stanzas were forwarded between the data centers");
+    // The same figures reach Prometheus.
+    let (code, text) = g.node(0, 0).api("GET", "/metrics", None);
+    assert_eq!(code, 200, "GET /metrics: {text}");
+    let text = text.as_str().unwrap_or_default().to_owned();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    assert!(value("meerkat_global_forwarded_total ") > 0.0);
+    assert_eq!(value("meerkat_global_link_connected{dc=\"dc2.example.com\""), 1.0);
+    assert_eq!(value("meerkat_global_redis_reachable "), 1.0);
     eprintln!(
         "a: {N} messages each way between slixmpp alice (dc1) and bob (dc2) in {elapsed:?}; {}",
         counters_report(&g)

@@ -25,7 +25,7 @@
 //! rather than delivered unarchived, as offline storage does when its queue is
 //! full. The incoming copy is written only if the recipient's account exists (an
 //! archive holds what its owner would have received: XEP-0313, "Storage and
-//! Retrieval Rules").
+//! Retrieval Rules") and does not block the sender (XEP-0191).
 //!
 //! A message from a user of another data center was archived there, in the
 //! database all data centers share (global distribution moves stanzas, not data).
@@ -273,7 +273,7 @@ pub async fn store(svc: &Arc<Services>, jobs: Vec<ArchiveJob>) {
                 e
             }
         };
-        if known {
+        if known && !blocked_sender(svc, &m).await {
             rows.push(m);
         }
     }
@@ -306,6 +306,20 @@ pub async fn store(svc: &Arc<Services>, jobs: Vec<ArchiveJob>) {
             }
         }
     }
+}
+
+/// Whether the owner of an incoming copy blocks its sender (XEP-0191): the
+/// message is refused on delivery, so it is not the owner's to keep either.
+async fn blocked_sender(svc: &Arc<Services>, m: &ArchivedMessage) -> bool {
+    let peer = match &m.with_resource {
+        Some(r) => format!("{}/{r}", m.with_jid),
+        None => m.with_jid.clone(),
+    };
+    let (Ok(owner), Ok(peer)) = (meerkat_xmpp::jid::parse_bare(&format!("{}@{}", m.user, m.domain)), parse_jid(&peer))
+    else {
+        return false;
+    };
+    super::blocks(svc, &owner, &peer).await
 }
 
 /// What a `<query/>` asks for, checked.

@@ -64,7 +64,7 @@ pub fn send_subscription(svc: &Arc<Services>, from: &BareJid, to: &BareJid, kind
 }
 
 /// Sends the current presence of each available resource of `user` to `to`.
-fn send_current_presence(svc: &Arc<Services>, user: &BareJid, to: &BareJid) {
+pub(crate) fn send_current_presence(svc: &Arc<Services>, user: &BareJid, to: &BareJid) {
     // The resources answer a probe with their own last presence.
     let probe = Element::new("presence", ns::CLIENT)
         .with_attr("type", "probe")
@@ -76,7 +76,7 @@ fn send_current_presence(svc: &Arc<Services>, user: &BareJid, to: &BareJid) {
 }
 
 /// Sends unavailable presence from each available resource of `user` to `to`.
-fn send_unavailable(svc: &Arc<Services>, user: &BareJid, to: &BareJid) {
+pub(crate) fn send_unavailable(svc: &Arc<Services>, user: &BareJid, to: &BareJid) {
     for info in svc.router.sessions().resources(user) {
         if info.priority.is_some() {
             let p = Element::new("presence", ns::CLIENT)
@@ -298,17 +298,24 @@ pub async fn inbound(svc: &Arc<Services>, r: Routed) {
     }
 }
 
-/// §4.2–§4.6: presence a resource sent without `to`.
+/// §4.2–§4.6: presence a resource sent without `to`. Contacts the user blocks
+/// (XEP-0191) get neither the presence nor probes.
 pub async fn broadcast(svc: &Arc<Services>, from: &FullJid, presence: Element, initial: bool, directed: Vec<Jid>) {
     let user = from.to_bare();
     let (u, h) = parts(&user);
-    let roster = match svc.storage.get_roster(&h, &u).await {
+    let mut roster = match svc.storage.get_roster(&h, &u).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "roster read failed; presence reaches own resources only");
             Vec::new()
         }
     };
+    let mut directed = directed;
+    if let Some(list) = super::blocklist(svc, &user).await.filter(|l| !l.is_empty()) {
+        let blocked = |peer: &Jid| super::blocking::applies(svc, &list, &user, peer);
+        roster.retain(|i| meerkat_xmpp::jid::parse_bare(&i.contact).map_or(true, |j| !blocked(&Jid::from(j))));
+        directed.retain(|d| !blocked(d));
+    }
     let send = |to: Jid| {
         let mut p = presence.clone();
         p.set_attr("from", from.to_string());

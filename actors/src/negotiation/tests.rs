@@ -1272,3 +1272,24 @@ fn events_out_of_order_close_the_stream() {
     let mut neg = negotiator(cfg(TlsMode::Starttls), Conn::Plain);
     assert_eq!(close_condition(&neg.step(el("<presence/>"))), Some(C::NotAuthorized));
 }
+
+#[test]
+fn module_features_are_offered_before_and_after_authentication() {
+    let caps = "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v'/>";
+    let csi = "<csi xmlns='urn:xmpp:csi:0'/>";
+    let mut neg = negotiator(cfg(TlsMode::Tls), Conn::Direct { exporter: true })
+        .with_extra_features(caps.into(), format!("{caps}{csi}"));
+    let features_of = |actions: Vec<NegAction>| match actions.as_slice() {
+        [NegAction::Send(_), NegAction::Send(f)] => parse(f),
+        other => panic!("expected header and features, got {other:?}"),
+    };
+    let pre = features_of(neg.step(NegEvent::Header(header())));
+    assert!(pre.has_child("c", ns::CAPS) && !pre.has_child("csi", "urn:xmpp:csi:0"), "{pre}");
+    assert!(pre.has_child("mechanisms", ns::SASL));
+    neg.step(auth("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD))));
+    neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
+    let post = features_of(neg.step(NegEvent::Header(header())));
+    let names: Vec<&str> = post.elements().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["bind", "session", "c", "csi"]);
+    assert_eq!(post.get_child("c", ns::CAPS).and_then(|c| c.attr("ver")), Some("v"));
+}
