@@ -178,6 +178,8 @@ struct Entry {
     /// was sent here by a data center that believed the recipient is here.
     bounce: bool,
     attempts: u32,
+    /// Seconds spent waiting for an unreachable Redis.
+    redis_waits: u32,
     state: EntryState,
 }
 
@@ -215,6 +217,8 @@ enum Decision {
     Remote(String),
     NeedLookup(String),
     Park,
+    /// The table could not be read.
+    WaitRedis,
 }
 
 struct DcLinks {
@@ -251,6 +255,9 @@ pub struct GlobalDistrib {
     me: Weak<GlobalDistrib>,
     pub stats: GlobalStats,
 }
+
+/// How long a stanza waits for an unreachable Redis before the bounce budget applies.
+const MAX_REDIS_WAITS: u32 = 60;
 
 /// How long after its last delivery here a recipient who is found nowhere is
 /// taken to be moving between data centers.
@@ -715,7 +722,7 @@ impl GlobalDistrib {
         };
         let loc = match answer {
             Some(Ok(loc)) => loc,
-            Some(Err(())) => return Decision::Park,
+            Some(Err(())) => return Decision::WaitRedis,
             // A data center that sent the stanza here had the same kind of cache
             // this one has; a bounced stanza therefore reads the table itself.
             None if fresh || (e.bounce && e.attempts == 0) => return Decision::NeedLookup(target),
@@ -831,7 +838,20 @@ impl GlobalDistrib {
                     actions.push(Action::Lookup(target));
                     break;
                 }
-                Decision::Park => {
+                Decision::WaitRedis if pq.entries[i].redis_waits < MAX_REDIS_WAITS => {
+                    // Redis is unreachable: wait for it at a steady pace, without
+                    // spending the bounce budget, up to MAX_REDIS_WAITS seconds.
+                    if ahead.is_some() {
+                        break;
+                    }
+                    pq.entries[i].redis_waits += 1;
+                    self.stats.parked.fetch_add(1, Ordering::Relaxed);
+                    pq.retry_scheduled = true;
+                    pq.answer = None;
+                    actions.push(Action::Retry(Duration::from_secs(1)));
+                    break;
+                }
+                Decision::Park | Decision::WaitRedis => {
                     if ahead.is_some() {
                         // Wait for the entries in flight; their outcome may tell more.
                         break;
@@ -1144,6 +1164,7 @@ impl GlobalHook for GlobalDistrib {
             upstream: None,
             bounce: false,
             attempts: 0,
+            redis_waits: 0,
             state: EntryState::Waiting,
         };
         match self.enqueue(key.clone(), entry) {
@@ -1177,6 +1198,7 @@ impl GlobalHook for GlobalDistrib {
             upstream: None,
             bounce: true,
             attempts: 0,
+            redis_waits: 0,
             state: EntryState::Waiting,
         };
         match self.enqueue(key.clone(), entry) {
@@ -1297,6 +1319,7 @@ impl LinkEvents for GlobalDistrib {
             upstream: Some(upstream),
             bounce: true,
             attempts: 0,
+            redis_waits: 0,
             state: EntryState::Waiting,
         };
         match self.enqueue(key.clone(), entry) {
