@@ -134,6 +134,16 @@ impl ServerWorkers {
         result
     }
 
+    /// Queues a job on its account's shard, waiting while that queue is full;
+    /// gives it back when the workers are closed.
+    #[allow(clippy::result_large_err)]
+    pub async fn enqueue_wait(&self, job: WorkerJob) -> Result<(), WorkerJob> {
+        let Some(tx) = self.sender_for(&job.shard_key()) else {
+            return Err(job);
+        };
+        tx.send(job).await.map_err(|e| e.0)
+    }
+
     /// Stops accepting jobs; the shard tasks finish what is queued and end.
     pub fn close(&self) {
         self.senders.lock().unwrap_or_else(|e| e.into_inner()).take();

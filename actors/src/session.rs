@@ -316,11 +316,42 @@ impl C2sSession {
             StanzaKind::Message => {
                 let to = to.unwrap_or_else(|| Jid::from(self.jid.to_bare()));
                 // Module hooks (XEP-0313 archiving) see each sent message once, here.
-                if let Err(cond) = crate::modules::user_send_message(&self.svc, &self.jid, &to, &mut el) {
-                    self.reply_error(&el, cond, ctx);
+                let jobs = match crate::modules::user_send_message(&self.svc, &self.jid, &to, &mut el) {
+                    Ok(jobs) => jobs,
+                    Err(cond) => {
+                        self.reply_error(&el, cond, ctx);
+                        return;
+                    }
+                };
+                let mut waiting = Vec::new();
+                for job in jobs {
+                    if let Err(job) = self.svc.workers.enqueue(job) {
+                        waiting.push(job);
+                    }
+                }
+                if waiting.is_empty() {
+                    self.route(to, el);
                     return;
                 }
-                self.route(to, el);
+                // The workers are behind: this session stops handling anything
+                // else (so its client's stanzas stay in order and its reader
+                // stops reading) until the jobs are queued.
+                let svc = self.svc.clone();
+                let wait = async move {
+                    for job in waiting {
+                        if svc.workers.enqueue_wait(job).await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                };
+                ctx.wait(wait.into_actor(self).map(move |queued, act, ctx| {
+                    if queued {
+                        act.route(to, el);
+                    } else {
+                        act.reply_error(&el, StanzaErrorCondition::ServiceUnavailable, ctx);
+                    }
+                }));
             }
             StanzaKind::Presence => self.on_client_presence(el, to, ctx),
             StanzaKind::Iq => self.on_client_iq(el, to, ctx),

@@ -174,6 +174,7 @@ impl Module for Carbons {
         from: &FullJid,
         to: &Jid,
         stanza: &mut Element,
+        _jobs: &mut Vec<crate::server::WorkerJob>,
     ) -> Result<(), StanzaErrorCondition> {
         let owner = from.to_bare();
         if !eligible(stanza) || to.to_bare() == owner || to.node().is_none() {

@@ -129,6 +129,7 @@ impl Module for Mam {
         from: &FullJid,
         to: &Jid,
         stanza: &mut Element,
+        jobs: &mut Vec<WorkerJob>,
     ) -> Result<(), StanzaErrorCondition> {
         if to.node().is_none() && svc.router.is_local_host(to.domain().as_str()) {
             // Addressed to the server itself: nothing a conversation archive keeps.
@@ -148,24 +149,16 @@ impl Module for Mam {
         let self_message = recipient.as_ref() == Some(&sender);
         let outgoing = (!self_message)
             .then(|| row(&sender, new_id(now), now, to, ArchiveDirection::Outgoing, stanza.to_xml(ns::CLIENT)));
-        let mut added_sid = false;
         let incoming = recipient.map(|r| {
             let id = new_id(now);
             stanza.push_child(
                 Element::new("stanza-id", NS_SID).with_attr("id", id.clone()).with_attr("by", r.to_string()),
             );
-            added_sid = true;
             row(&r, id, now, &Jid::from(from.clone()), ArchiveDirection::Incoming, stanza.to_xml(ns::CLIENT))
         });
-        let job = WorkerJob::Archive(ArchiveJob { sender, outgoing, incoming });
-        if svc.workers.enqueue(job).is_err() {
-            tracing::warn!(%from, "server queue full; message refused instead of going unarchived");
-            if added_sid {
-                // The refused stanza is echoed in the error: without our id.
-                stanza.children.pop();
-            }
-            return Err(StanzaErrorCondition::ResourceConstraint);
-        }
+        // The session queues it before routing the message, waiting (and so
+        // slowing its client) while the queue is full: nothing goes unarchived.
+        jobs.push(WorkerJob::Archive(ArchiveJob { sender, outgoing, incoming }));
         Ok(())
     }
 

@@ -153,14 +153,16 @@ pub trait Module: Send + Sync {
     /// A local user's session is about to route a message it sent, with `from`
     /// stamped and `to` canonical; the hook may change the stanza. It runs in the
     /// session actor, so it must neither block nor await: work that needs storage
-    /// is queued on the server workers. An error refuses the message with that
-    /// condition and ends the chain.
+    /// goes into `jobs`, which the session queues on the server workers before
+    /// it routes the message (waiting while they are full). An error refuses
+    /// the message with that condition and ends the chain.
     fn user_send_message(
         &self,
         _svc: &Arc<Services>,
         _from: &FullJid,
         _to: &Jid,
         _stanza: &mut Element,
+        _jobs: &mut Vec<WorkerJob>,
     ) -> Result<(), StanzaErrorCondition> {
         Ok(())
     }
@@ -179,16 +181,18 @@ pub trait Module: Send + Sync {
 }
 
 /// Runs every module's [`Module::user_send_message`] hook, in module order.
+/// Returns the jobs the hooks want queued before the message is routed.
 pub fn user_send_message(
     svc: &Arc<Services>,
     from: &FullJid,
     to: &Jid,
     stanza: &mut Element,
-) -> Result<(), StanzaErrorCondition> {
+) -> Result<Vec<WorkerJob>, StanzaErrorCondition> {
+    let mut jobs = Vec::new();
     for m in &svc.modules {
-        m.user_send_message(svc, from, to, stanza)?;
+        m.user_send_message(svc, from, to, stanza, &mut jobs)?;
     }
-    Ok(())
+    Ok(jobs)
 }
 
 /// Runs every module's [`Module::user_send_check`] hook; the first refusal wins.
