@@ -56,3 +56,22 @@ for run in $(seq 1 "$runs"); do
     done
 done
 "$load" report "$base/latency.jsonl"
+# p50 as well as p99, per setup (median over the runs), and the extra
+# latency of each setup over same-node.
+python3 - "$base/latency.jsonl" <<'PY'
+import collections, json, statistics, sys
+runs = collections.OrderedDict()
+for line in open(sys.argv[1]):
+    v = json.loads(line)
+    runs.setdefault(v["label"], []).append(v)
+med = lambda xs: statistics.median(xs)
+base = {k: med([r["latency_ms"][k] for r in runs["same-node"]]) for k in ("p50", "p99")}
+print("\n| setup | p50 ms | p99 ms | extra p50 ms | extra p99 ms | lost | out of order | runs |")
+print("|---|---|---|---|---|---|---|---|")
+for label, rs in runs.items():
+    p50 = med([r["latency_ms"]["p50"] for r in rs])
+    p99 = med([r["latency_ms"]["p99"] for r in rs])
+    lost = sum(r["lost"] for r in rs)
+    ooo = sum(r["out_of_order"] for r in rs)
+    print(f"| {label} | {p50:.2f} | {p99:.2f} | {p50 - base['p50']:+.2f} | {p99 - base['p99']:+.2f} | {lost} | {ooo} | {len(rs)} |")
+PY
