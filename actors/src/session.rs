@@ -82,6 +82,21 @@ pub struct FromClient(pub Element);
 #[rtype(result = "()")]
 pub struct Deliver(pub Element);
 
+/// Stored messages for this resource, written ahead of held live ones; with
+/// `release`, the live messages held since the initial presence follow.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverStored {
+    pub stanzas: Vec<Element>,
+    pub release: bool,
+}
+
+/// Live messages held at most while stored ones are fetched; past this they
+/// are written at once.
+const MAX_HELD: usize = 10_000;
+/// The longest live messages are held after the initial presence.
+const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// End the session on the server's initiative.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -121,6 +136,9 @@ pub struct C2sSession {
     directed: HashSet<Jid>,
     /// Routing no longer sends here; deliveries still in the mailbox are re-routed or flushed.
     detached: bool,
+    /// Live messages held while the offline messages of the initial presence
+    /// are being fetched, so that none of them overtakes a stored one.
+    held: Option<Vec<Element>>,
     client_gone: bool,
     /// What the modules keep for this session.
     state: SessionState,
@@ -147,6 +165,7 @@ impl C2sSession {
             last_presence: None,
             directed: HashSet::new(),
             detached: false,
+            held: None,
             client_gone: false,
             state,
             ping_pending: None,
@@ -196,6 +215,12 @@ impl C2sSession {
         self.detached = true;
         let router = &self.svc.router;
         router.unregister_sink(self.sid);
+        // Messages held for the offline flush go back to the account.
+        for el in self.held.take().unwrap_or_default() {
+            if let Some(from) = el.attr("from").and_then(|f| parse_jid(f).ok()) {
+                router.reroute(Routed { from, to: Jid::from(self.jid.to_bare()), stanza: el });
+            }
+        }
         self.svc.registry.close(&meerkat_cluster::SessionInfo {
             jid: self.jid.clone(),
             node: router.node(),
@@ -372,6 +397,12 @@ impl C2sSession {
                         .map(|p| p.clamp(-128, 127) as i8)
                         .unwrap_or(0);
                     let initial = !self.available;
+                    if initial {
+                        // Released by the server once the stored messages are
+                        // delivered, or after a while whatever happens.
+                        self.held = Some(Vec::new());
+                        ctx.run_later(HOLD_AT_MOST, |act, ctx| act.release_held(ctx));
+                    }
                     self.available = true;
                     let mut stored = el.clone();
                     stored.remove_attr("to");
@@ -476,6 +507,12 @@ impl C2sSession {
             }
             return;
         }
+        if let Some(held) = &mut self.held {
+            if StanzaKind::of(&el) == Some(StanzaKind::Message) && held.len() < MAX_HELD {
+                held.push(el);
+                return;
+            }
+        }
         match modules::user_receive(&self.svc, &self.jid, &mut self.state, &el) {
             Receive::Deliver => {}
             Receive::Drop => return,
@@ -501,6 +538,19 @@ impl C2sSession {
             return;
         }
         self.deliver_to_client(el, ctx);
+    }
+
+    fn release_held(&mut self, ctx: &mut Context<Self>) {
+        for el in self.held.take().unwrap_or_default() {
+            self.on_delivered(el, ctx);
+        }
+    }
+
+    /// Delivers without regard to the hold (stored messages).
+    fn on_delivered_now(&mut self, el: Element, ctx: &mut Context<Self>) {
+        let held = self.held.take();
+        self.on_delivered(el, ctx);
+        self.held = held;
     }
 
     fn on_idle(&mut self, ctx: &mut Context<Self>) {
@@ -546,6 +596,18 @@ impl Handler<FromClient> for C2sSession {
     fn handle(&mut self, msg: FromClient, ctx: &mut Context<Self>) {
         if !self.detached {
             self.on_client_stanza(msg.0, ctx);
+        }
+    }
+}
+
+impl Handler<DeliverStored> for C2sSession {
+    type Result = ();
+    fn handle(&mut self, msg: DeliverStored, ctx: &mut Context<Self>) {
+        for el in msg.stanzas {
+            self.on_delivered_now(el, ctx);
+        }
+        if msg.release {
+            self.release_held(ctx);
         }
     }
 }
@@ -628,5 +690,10 @@ impl SessionSink for ActorSink {
     fn kick(&self, reason: KickReason) {
         // A kick must get through even to a full mailbox.
         self.0.do_send(Kick(reason));
+    }
+
+    fn deliver_stored(&self, stanzas: Vec<Element>, release: bool) {
+        // Must get through even to a full mailbox: it also ends the hold.
+        self.0.do_send(DeliverStored { stanzas, release });
     }
 }

@@ -76,6 +76,13 @@ pub trait SessionSink: Send + Sync {
     fn deliver(&self, stanza: Element) -> Result<(), Element>;
     /// Asks the session to end.
     fn kick(&self, reason: KickReason);
+    /// Stored (offline) messages, written before any live message the session
+    /// holds since its initial presence; `release` ends that hold.
+    fn deliver_stored(&self, stanzas: Vec<Element>, _release: bool) {
+        for s in stanzas {
+            let _ = self.deliver(s);
+        }
+    }
 }
 
 /// Work the server does itself: stanzas to a host or to an account, and

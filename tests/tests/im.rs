@@ -416,3 +416,39 @@ async fn private_storage_set_and_get() {
     let res = bob.iq(parse_element("<iq type='get' to='alice@localhost'><query xmlns='jabber:iq:private'><exodus xmlns='exodus:prefs'/></query></iq>")).await.unwrap();
     assert_eq!(stanza_error(&res).as_deref(), Some("forbidden"), "{res}");
 }
+
+/// alice sends a steady stream while bob logs in and sends his initial
+/// presence: the messages stored before it and the live ones after it reach
+/// him each once, stored ones first, in the order alice sent them.
+#[tokio::test]
+async fn messages_around_initial_presence_keep_their_order() {
+    const N: usize = 400;
+    let node = node_with(&["alice", "bob"]);
+    let mut alice = login(&node, "alice", PW, "r").await;
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            alice.send_message("bob@localhost", &format!("n{i}")).await.unwrap();
+            if i % 4 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        alice
+    });
+    // bob comes online somewhere in the middle of the stream.
+    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    let mut bob = login(&node, "bob", PW, "r").await;
+    bob.send_presence(None).await.unwrap();
+    let _alice = sender.await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < N {
+        let m = bob
+            .recv_until_timeout(std::time::Duration::from_secs(10), |el| el.name == "message")
+            .await
+            .unwrap_or_else(|e| panic!("only {} of {N} arrived ({e}): {got:?}", got.len()));
+        let n: usize = body(&m).and_then(|b| b.strip_prefix('n').and_then(|x| x.parse().ok())).unwrap();
+        got.push((n, m.get_child("delay", ns::DELAY).is_some()));
+    }
+    let order: Vec<usize> = got.iter().map(|(n, _)| *n).collect();
+    let shown: Vec<String> = got.iter().map(|(n, d)| format!("{n}{}", if *d { "*" } else { "" })).collect();
+    assert_eq!(order, (0..N).collect::<Vec<_>>(), "each message once, in the order sent (* = stored): {shown:?}");
+}

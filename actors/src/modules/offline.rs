@@ -57,6 +57,21 @@ impl Module for Offline {
             }
             return;
         };
+        if let Some(sink) = svc.router.sink(info.sid).filter(|_| info.node == svc.router.node()) {
+            // One batch, ahead of the live messages the session holds meanwhile.
+            let mut batch = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                match parse_stored(&m.stanza) {
+                    Some(mut el) => {
+                        el.set_attr("to", jid.to_string());
+                        batch.push(el);
+                    }
+                    None => tracing::error!(id = m.id, "a stored offline message does not parse; dropped"),
+                }
+            }
+            sink.deliver_stored(batch, false);
+            return;
+        }
         for m in msgs {
             match parse_stored(&m.stanza) {
                 Some(mut el) => {
@@ -110,11 +125,63 @@ pub async fn undelivered(svc: &Arc<Services>, r: Routed) {
         )
         .await
     {
-        Ok(true) => {}
+        Ok(true) => late_flush(svc, &r.to, &host, &user).await,
         Ok(false) => svc.router.bounce(r, StanzaErrorCondition::ServiceUnavailable),
         Err(e) => {
             tracing::error!(error = %e, "offline store failed");
             svc.router.bounce(r, StanzaErrorCondition::InternalServerError);
+        }
+    }
+}
+
+/// A resource became available while the message was being stored: its
+/// login already fetched the stored messages, so this one goes to it now
+/// rather than waiting for the next login.
+async fn late_flush(svc: &Arc<Services>, to: &Jid, host: &str, user: &str) {
+    let bare = to.to_bare();
+    let best = svc
+        .router
+        .sessions()
+        .resources(&bare)
+        .into_iter()
+        .filter(|s| s.priority.is_some_and(|p| p >= 0))
+        .max_by_key(|s| (s.priority, s.created_micros));
+    let Some(info) = best else { return };
+    let msgs = match svc.storage.take_offline(host, user).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "offline messages could not be read; they stay stored");
+            return;
+        }
+    };
+    if let Some(sink) = svc.router.sink(info.sid).filter(|_| info.node == svc.router.node()) {
+        // Ahead of any live message the session holds while its login's flush runs.
+        let batch: Vec<Element> = msgs
+            .iter()
+            .filter_map(|m| {
+                let el = parse_stored(&m.stanza);
+                if el.is_none() {
+                    tracing::error!(id = m.id, "a stored offline message does not parse; dropped");
+                }
+                el
+            })
+            .map(|mut el| {
+                el.set_attr("to", info.jid.to_string());
+                el
+            })
+            .collect();
+        sink.deliver_stored(batch, false);
+        return;
+    }
+    for m in msgs {
+        let Some(mut el) = parse_stored(&m.stanza) else {
+            tracing::error!(id = m.id, "a stored offline message does not parse; dropped");
+            continue;
+        };
+        el.set_attr("to", info.jid.to_string());
+        if let Err(el) = svc.router.deliver_to_session(&info, el) {
+            let _ =
+                svc.storage.store_offline(host, user, &m.from, &el.to_xml(ns::CLIENT), m.stamp_micros, u64::MAX).await;
         }
     }
 }

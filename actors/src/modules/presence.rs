@@ -367,5 +367,9 @@ pub async fn broadcast(svc: &Arc<Services>, from: &FullJid, presence: Element, i
         for m in &svc.modules {
             m.user_available(svc, from).await;
         }
+        // Stored messages are out: live ones held meanwhile may follow.
+        if let Some(sink) = svc.router.sessions().get(from).and_then(|i| svc.router.sink(i.sid)) {
+            sink.deliver_stored(Vec::new(), true);
+        }
     }
 }
