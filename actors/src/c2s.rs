@@ -1,9 +1,14 @@
-//! The C2S connection driver: sockets in, negotiation, then a session actor.
+//! The C2S connection driver: connections in, negotiation, then a session actor.
 //!
 //! Until a resource is bound, one task owns the whole connection (so STARTTLS
 //! can replace the transport) and runs the [`Negotiator`]. At bind it splits
 //! the connection: a writer task drains the session's [`OutQueue`], this task
 //! keeps reading and hands stanzas to the [`C2sSession`] actor.
+//!
+//! A connection is TCP ([`serve`], RFC 6120) or a WebSocket the node upgraded
+//! ([`serve_websocket`], RFC 7395). Both take the same path; only reading and
+//! writing differ, behind [`Conn`] (see [`crate::transport`] and
+//! [`crate::websocket`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,8 +21,8 @@ use meerkat_cluster::SessionInfo;
 use meerkat_routing::KickReason;
 use meerkat_xmpp::error::{StanzaErrorCondition, StreamError, StreamErrorCondition};
 use meerkat_xmpp::jid::{parse_full, FullJid};
-use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use meerkat_xmpp::parser::{Limits, StreamEvent};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -26,12 +31,10 @@ use crate::auth::AccountError;
 use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, TlsMode};
 use crate::services::{now_micros, Services};
 use crate::session::{ActorSink, C2sSession, ClientClosed, FromClient, IdlePing, IoControl, OutQueue};
-use crate::transport::Transport;
+use crate::transport::{Conn, ConnReader, ConnWriter, Transport, READ_BUFFER};
+use crate::websocket::{self, WsConnection, WsOut};
 
-/// Bytes read from a client socket at a time.
-const READ_BUFFER: usize = 4096;
-
-/// One `[[listen.c2s]]` listener's settings.
+/// One `[[listen.c2s]]` listener's settings (or one WebSocket endpoint's).
 pub struct C2sListener {
     pub negotiation: NegotiationConfig,
     pub limits: Limits,
@@ -55,59 +58,66 @@ enum ConnError {
 pub async fn serve(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStream, peer: std::net::SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let _guard = svc.connection_guard();
-    match negotiate(svc.clone(), listener, tcp).await {
+    let deadline = tokio::time::Instant::now() + svc.settings.negotiation_timeout;
+    let result = async {
+        let transport = match (&listener.tls, listener.negotiation.tls_mode) {
+            (Some(acceptor), TlsMode::Tls) => {
+                let tls =
+                    tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await.map_err(|_| ConnError::Timeout)??;
+                Transport::Tls(Box::new(tls))
+            }
+            _ => Transport::Plain(tcp),
+        };
+        let conn = Conn::stream(transport, listener.limits);
+        negotiate(svc.clone(), listener, conn, deadline).await
+    }
+    .await;
+    match result {
         Ok(()) => tracing::debug!(%peer, "connection finished"),
         Err(e) => tracing::debug!(%peer, error = %e, "connection ended"),
     }
 }
 
-async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, data: &str) -> Result<(), ConnError> {
-    w.write_all(data.as_bytes()).await?;
-    w.flush().await?;
-    Ok(())
-}
-
-async fn close_with<W: AsyncWrite + Unpin>(w: &mut W, err: &StreamError) -> Result<(), ConnError> {
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = write_all(w, &format!("{}</stream:stream>", err.to_xml())).await;
-        let _ = w.shutdown().await;
-    })
-    .await;
-    Ok(())
-}
-
-async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStream) -> Result<(), ConnError> {
+/// Serves one WebSocket connection (RFC 7395) that the node's HTTP layer
+/// upgraded, to its end. `listener` must not offer STARTTLS (§3.9).
+pub async fn serve_websocket(
+    svc: Arc<Services>,
+    listener: Arc<C2sListener>,
+    ws: WsConnection,
+    peer: Option<std::net::SocketAddr>,
+) {
+    let _guard = svc.connection_guard();
     let deadline = tokio::time::Instant::now() + svc.settings.negotiation_timeout;
-    let mut transport = match (&listener.tls, listener.negotiation.tls_mode) {
-        (Some(acceptor), TlsMode::Tls) => {
-            let tls =
-                tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await.map_err(|_| ConnError::Timeout)??;
-            Transport::Tls(Box::new(tls))
-        }
-        _ => Transport::Plain(tcp),
-    };
+    let conn = Conn::websocket(ws, listener.limits);
+    match negotiate(svc.clone(), listener, conn, deadline).await {
+        Ok(()) => tracing::debug!(?peer, "websocket connection finished"),
+        Err(e) => tracing::debug!(?peer, error = %e, "websocket connection ended"),
+    }
+}
+
+async fn negotiate(
+    svc: Arc<Services>,
+    listener: Arc<C2sListener>,
+    mut conn: Conn,
+    deadline: tokio::time::Instant,
+) -> Result<(), ConnError> {
     let stream_id = format!("{:016x}", rand::random::<u64>());
-    let mut neg =
-        Negotiator::new(listener.negotiation.clone(), transport.is_tls(), transport.tls_exporter(), stream_id)
-            .with_extra_features(listener.stream_features.pre_auth.clone(), listener.stream_features.post_auth.clone());
-    let mut parser = StreamParser::new(listener.limits);
+    let mut neg = Negotiator::new(listener.negotiation.clone(), conn.is_secure(), conn.tls_exporter(), stream_id)
+        .with_extra_features(listener.stream_features.pre_auth.clone(), listener.stream_features.post_auth.clone());
     let mut header_sent = false;
-    // Small reads: most stanzas are a few hundred bytes, and every idle
-    // connection keeps its buffer, so memory per session matters more.
-    let mut buf = vec![0u8; READ_BUFFER];
     let mut shutdown = svc.shutdown_signal();
     loop {
         loop {
-            let ev = match parser.next_event() {
+            let ev = match conn.next_event() {
                 Ok(Some(ev)) => ev,
                 Ok(None) => break,
                 Err(e) => {
                     if !header_sent {
-                        write_all(&mut transport, &stream_header_xml(&default_host(&listener), neg.stream_id()))
-                            .await?;
+                        conn.send(&stream_header_xml(&default_host(&listener), neg.stream_id())).await?;
                     }
-                    tracing::debug!(error = %e, "stream parse error during negotiation");
-                    return close_with(&mut transport, &StreamError::with_text(e.condition(), e.to_string())).await;
+                    tracing::debug!(error = %e, text = ?e.text, "stream error during negotiation");
+                    conn.close(Some(&e)).await;
+                    return Ok(());
                 }
             };
             let nev = match ev {
@@ -117,45 +127,42 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
                 }
                 StreamEvent::Stanza(el) => NegEvent::Element(el),
                 StreamEvent::End => {
-                    let _ = write_all(&mut transport, "</stream:stream>").await;
-                    let _ = transport.shutdown().await;
+                    conn.close(None).await;
                     return Ok(());
                 }
             };
             let mut actions: VecDeque<NegAction> = neg.step(nev).into();
             while let Some(action) = actions.pop_front() {
                 match action {
-                    NegAction::Send(s) => write_all(&mut transport, &s).await?,
+                    NegAction::Send(s) => conn.send(&s).await?,
                     NegAction::SendDelayed(s, d) => {
                         tokio::time::sleep(d).await;
-                        write_all(&mut transport, &s).await?;
+                        conn.send(&s).await?;
                     }
                     NegAction::StartTls => {
-                        if parser.buffered_len() > 0 {
+                        if conn.buffered_len() > 0 {
                             // Plaintext sent after <starttls/> would be injected into the
                             // encrypted stream (the STARTTLS command-injection class).
-                            return close_with(
-                                &mut transport,
-                                &StreamError::with_text(
-                                    StreamErrorCondition::PolicyViolation,
-                                    "data after <starttls/>",
-                                ),
-                            )
-                            .await;
+                            let err =
+                                StreamError::with_text(StreamErrorCondition::PolicyViolation, "data after <starttls/>");
+                            conn.close(Some(&err)).await;
+                            return Ok(());
                         }
-                        let (Transport::Plain(tcp), Some(acceptor)) = (transport, listener.tls.as_ref()) else {
+                        let (Conn::Stream { transport: Transport::Plain(tcp), input }, Some(acceptor)) =
+                            (conn, listener.tls.as_ref())
+                        else {
                             return Ok(());
                         };
                         let tls = tokio::time::timeout_at(deadline, acceptor.accept(tcp))
                             .await
                             .map_err(|_| ConnError::Timeout)??;
-                        transport = Transport::Tls(Box::new(tls));
-                        parser.reset();
+                        conn = Conn::Stream { transport: Transport::Tls(Box::new(tls)), input };
+                        conn.restart();
                         header_sent = false;
-                        actions.extend(neg.step(NegEvent::TlsEstablished { exporter: transport.tls_exporter() }));
+                        actions.extend(neg.step(NegEvent::TlsEstablished { exporter: conn.tls_exporter() }));
                     }
                     NegAction::ResetParser => {
-                        parser.reset();
+                        conn.restart();
                         header_sent = false;
                     }
                     NegAction::LookupCredentials { username } => {
@@ -184,48 +191,53 @@ async fn negotiate(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
                     }
                     NegAction::Bind { user, host, resource, id } => {
                         if !listener.allow_login {
-                            return close_with(
-                                &mut transport,
-                                &StreamError::with_text(
-                                    StreamErrorCondition::PolicyViolation,
-                                    "logins are not allowed on this listener",
-                                ),
-                            )
-                            .await;
+                            let err = StreamError::with_text(
+                                StreamErrorCondition::PolicyViolation,
+                                "logins are not allowed on this listener",
+                            );
+                            conn.close(Some(&err)).await;
+                            return Ok(());
                         }
                         if svc.is_shutting_down() {
-                            return close_with(&mut transport, &StreamError::new(StreamErrorCondition::SystemShutdown))
-                                .await;
+                            conn.close(Some(&StreamError::new(StreamErrorCondition::SystemShutdown))).await;
+                            return Ok(());
                         }
                         let resource = resource.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
                         match parse_full(&format!("{user}@{host}/{resource}")) {
                             Ok(jid) => {
                                 let _ = neg.step(NegEvent::Bound(Ok(jid.clone())));
-                                // The negotiation buffer would otherwise live as long as the session.
-                                drop(std::mem::take(&mut buf));
-                                return run_session(svc, transport, parser, jid, id).await;
+                                return run_session(svc, conn, jid, id).await;
                             }
                             Err(_) => actions.extend(neg.step(NegEvent::Bound(Err(StanzaErrorCondition::BadRequest)))),
                         }
                     }
                     NegAction::Established { .. } => {}
-                    NegAction::Close(err) => return close_with(&mut transport, &err).await,
+                    NegAction::Close(err) => {
+                        if !header_sent {
+                            // Our header comes first, even before an error (RFC 6120
+                            // §4.9.1.2, RFC 7395 §3.5): a WebSocket client can send
+                            // an element where `<open/>` belongs.
+                            conn.send(&stream_header_xml(&default_host(&listener), neg.stream_id())).await?;
+                        }
+                        conn.close(Some(&err)).await;
+                        return Ok(());
+                    }
                 }
             }
         }
-        let n = tokio::select! {
-            r = tokio::time::timeout_at(deadline, transport.read(&mut buf)) => r.map_err(|_| ConnError::Timeout)??,
+        let more = tokio::select! {
+            r = tokio::time::timeout_at(deadline, conn.fill()) => r.map_err(|_| ConnError::Timeout)??,
             _ = wait_true(&mut shutdown) => {
                 if !header_sent {
-                    write_all(&mut transport, &stream_header_xml(&default_host(&listener), neg.stream_id())).await?;
+                    conn.send(&stream_header_xml(&default_host(&listener), neg.stream_id())).await?;
                 }
-                return close_with(&mut transport, &StreamError::new(StreamErrorCondition::SystemShutdown)).await;
+                conn.close(Some(&StreamError::new(StreamErrorCondition::SystemShutdown))).await;
+                return Ok(());
             }
         };
-        if n == 0 {
+        if !more {
             return Ok(());
         }
-        parser.feed(&buf[..n]);
     }
 }
 
@@ -243,42 +255,34 @@ fn bind_result_xml(id: &str, jid: &FullJid) -> String {
         .to_xml(ns::CLIENT)
 }
 
-async fn run_session(
-    svc: Arc<Services>,
-    transport: Transport,
-    mut parser: StreamParser,
-    jid: FullJid,
-    bind_id: String,
-) -> Result<(), ConnError> {
+async fn run_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id: String) -> Result<(), ConnError> {
     // The registry (on a cluster: a majority of its nodes) must accept the
     // session before the client hears that it is bound.
     let sid = svc.next_session_id();
     let info =
         SessionInfo { jid: jid.clone(), node: svc.router.node(), sid, priority: None, created_micros: now_micros() };
-    let mut transport = transport;
     match svc.registry.open(info.clone()).await {
         Ok(outcome) if outcome.accepted => {}
         Ok(_) => {
             // A newer session holds this full JID already.
-            return close_with(&mut transport, &StreamError::new(StreamErrorCondition::Conflict)).await;
+            conn.close(Some(&StreamError::new(StreamErrorCondition::Conflict))).await;
+            return Ok(());
         }
         Err(e) => {
             tracing::warn!(%jid, error = %e, "login refused");
-            return close_with(
-                &mut transport,
-                &StreamError::with_text(StreamErrorCondition::InternalServerError, e.to_string()),
-            )
-            .await;
+            conn.close(Some(&StreamError::with_text(StreamErrorCondition::InternalServerError, e.to_string()))).await;
+            return Ok(());
         }
     }
 
     // What the module hooks need (the blocklist) is read before the session runs.
     let state = crate::modules::session_opening(&svc, &jid).await;
 
-    let (reader, writer) = tokio::io::split(transport);
+    let (reader, writer) = conn.split();
     let (out, out_rx, queued) = OutQueue::new(4096, svc.settings.max_outgoing_bytes);
     let (io_tx, io_rx) = watch::channel(IoControl::Run);
-    let writer_task = tokio::spawn(write_loop(writer, out_rx, queued, io_rx.clone(), svc.settings.keepalive_interval));
+    let keepalive = svc.settings.keepalive_interval;
+    let writer_task = tokio::spawn(write_loop(writer, out_rx, queued, io_rx.clone(), keepalive));
     // The bind reply is queued before the session is routable, so it is the first thing the client reads.
     let _ = out.push(bind_result_xml(&bind_id, &jid));
 
@@ -296,7 +300,7 @@ async fn run_session(
     }
     tracing::info!(%jid, session = %sid, "session bound");
     let silence = Silence { ping_after: svc.settings.ping_interval, close_after: svc.settings.idle_timeout };
-    let result = read_loop(reader, &mut parser, &addr, io_rx, silence).await;
+    let result = read_loop(reader, &addr, io_rx, silence).await;
     let _ = writer_task.await;
     tracing::info!(%jid, session = %sid, "session closed");
     result
@@ -313,19 +317,17 @@ struct Silence {
     close_after: Duration,
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
-    mut reader: R,
-    parser: &mut StreamParser,
+async fn read_loop(
+    mut reader: ConnReader,
     addr: &Addr<C2sSession>,
     mut io: watch::Receiver<IoControl>,
     silence: Silence,
 ) -> Result<(), ConnError> {
     let mut silent_since = tokio::time::Instant::now();
     let mut pinged = false;
-    let mut buf = vec![0u8; READ_BUFFER];
     loop {
         loop {
-            match parser.next_event() {
+            match reader.next_event() {
                 Ok(Some(StreamEvent::Stanza(el))) => {
                     // Waits while the session's mailbox is full: back-pressure to the client's TCP window.
                     if addr.send(FromClient(el)).await.is_err() {
@@ -346,7 +348,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    addr.do_send(ClientClosed::Error(StreamError::with_text(e.condition(), e.to_string())));
+                    addr.do_send(ClientClosed::Error(e));
                     return Ok(());
                 }
             }
@@ -354,7 +356,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let close_at = silent_since + silence.close_after;
         let ping_at = silence.ping_after.filter(|_| !pinged).map(|p| silent_since + p).filter(|at| *at < close_at);
         tokio::select! {
-            r = tokio::time::timeout_at(ping_at.unwrap_or(close_at), reader.read(&mut buf)) => match r {
+            r = tokio::time::timeout_at(ping_at.unwrap_or(close_at), reader.fill()) => match r {
                 Err(_) if ping_at.is_some() => {
                     pinged = true;
                     addr.do_send(IdlePing);
@@ -363,14 +365,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     addr.do_send(ClientClosed::Error(StreamError::new(StreamErrorCondition::ConnectionTimeout)));
                     return Err(ConnError::Timeout);
                 }
-                Ok(Ok(0)) | Ok(Err(_)) => {
+                Ok(Ok(false)) | Ok(Err(_)) => {
                     addr.do_send(ClientClosed::Gone);
                     return Ok(());
                 }
-                Ok(Ok(n)) => {
+                Ok(Ok(true)) => {
                     silent_since = tokio::time::Instant::now();
                     pinged = false;
-                    parser.feed(&buf[..n]);
                 }
             },
             _ = until(&mut io, IoControl::StopReading) => return Ok(()),
@@ -378,15 +379,29 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+/// A write that makes no progress for this long means the client is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn write_loop(
+    writer: ConnWriter,
+    rx: mpsc::Receiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    io: watch::Receiver<IoControl>,
+    keepalive: Duration,
+) {
+    match writer {
+        ConnWriter::Stream(w) => stream_write_loop(w, rx, queued, io, keepalive).await,
+        ConnWriter::WebSocket(tx) => websocket_write_loop(tx, rx, queued, io, keepalive).await,
+    }
+}
+
+async fn stream_write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::Receiver<Bytes>,
     queued: Arc<AtomicUsize>,
     mut io: watch::Receiver<IoControl>,
     keepalive: Duration,
 ) {
-    // A write that makes no progress for this long means the client is gone.
-    const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
     // Grows to the largest batch written, and is given back after a big one.
     let mut batch: Vec<u8> = Vec::new();
     let mut io_inner = io.clone();
@@ -425,6 +440,50 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             _ = tokio::time::sleep(keepalive) => {
                 // RFC 6120 §4.6.1: whitespace keeps NATs and the client's idle timer happy.
                 if writer.write_all(b" ").await.is_err() || writer.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The writer of a WebSocket session: each queued write is one element (or
+/// a stream's end), sent as its own message(s), never merged (RFC 7395 §3.3.3).
+async fn websocket_write_loop(
+    tx: mpsc::Sender<WsOut>,
+    mut rx: mpsc::Receiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    mut io: watch::Receiver<IoControl>,
+    keepalive: Duration,
+) {
+    let mut io_inner = io.clone();
+    'outer: loop {
+        tokio::select! {
+            biased;
+            _ = until(&mut io, IoControl::Abort) => break,
+            msg = rx.recv() => {
+                // Dropping `tx` afterwards makes the HTTP layer close the WebSocket.
+                let Some(item) = msg else { break };
+                let len = item.len();
+                queued.fetch_sub(len.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+                let Ok(xml) = std::str::from_utf8(&item) else {
+                    tracing::error!("non-UTF-8 output for a WebSocket client");
+                    break;
+                };
+                for frame in websocket::frames(xml) {
+                    let res = tokio::select! {
+                        biased;
+                        _ = until(&mut io_inner, IoControl::Abort) => break 'outer,
+                        r = tokio::time::timeout(WRITE_TIMEOUT, tx.send(WsOut::Text(frame))) => r,
+                    };
+                    if !matches!(res, Ok(Ok(()))) {
+                        break 'outer;
+                    }
+                }
+            }
+            _ = tokio::time::sleep(keepalive) => {
+                // RFC 7395 §3.8: no whitespace between messages; a WebSocket ping instead.
+                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, tx.send(WsOut::Ping)).await, Ok(Ok(()))) {
                     break;
                 }
             }

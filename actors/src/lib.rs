@@ -12,7 +12,12 @@
 //!   that run the [`modules`] (roster, presence, offline, disco, vCard, …).
 //! - [`services`] is what they all share: router, storage, accounts, settings.
 //!
-//! **Architecture Invariant:** only [`c2s`] and [`transport`] touch sockets;
+//! A connection reaches [`c2s`] as TCP bytes (RFC 6120, [`transport`]) or as
+//! WebSocket messages the node upgraded (RFC 7395, [`websocket`]); from
+//! there on both take the same path.
+//!
+//! **Architecture Invariant:** only [`c2s`] and [`transport`] touch sockets
+//! ([`websocket`] gets messages through channels, never HTTP);
 //! only the session actor writes to its client.
 #![forbid(unsafe_code)]
 
@@ -24,3 +29,4 @@ pub mod server;
 pub mod services;
 pub mod session;
 pub mod transport;
+pub mod websocket;

@@ -1,12 +1,37 @@
-//! A client connection before and after TLS.
+//! A client connection as the c2s driver reads and writes it.
+//!
+//! [`Transport`] is TCP before and after TLS. [`Conn`] adds the framing on
+//! top: an RFC 6120 byte stream fed to the stream parser, or RFC 7395
+//! WebSocket messages through [`crate::websocket`]. Either way the driver
+//! sees the same parser events and writes the same serialized elements;
+//! after bind, [`Conn::split`] gives the session's reader and writer halves.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use meerkat_xmpp::error::{StreamError, StreamErrorCondition};
+use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
+
+use crate::websocket::{self, FrameReader, WsConnection, WsIn, WsOut};
+
+/// Bytes read from a client socket at a time.
+pub(crate) const READ_BUFFER: usize = 4096;
+
+/// RFC 9266 `tls-exporter` channel-binding data of a TLS connection, on TLS
+/// 1.3 only (on TLS 1.2 the exporter is only safe with extended master
+/// secret; we offer -PLUS on TLS 1.3 only).
+pub fn tls_exporter_of(conn: &rustls::ServerConnection) -> Option<Vec<u8>> {
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None).ok().map(|k| k.to_vec())
+}
 
 /// Plain TCP, or TCP under TLS (after STARTTLS or direct TLS).
 pub enum Transport {
@@ -16,18 +41,10 @@ pub enum Transport {
 
 impl Transport {
     /// RFC 9266 `tls-exporter` channel-binding data, when TLS 1.3 is in use.
-    /// (On TLS 1.2 the exporter is only safe with extended master secret; we
-    /// offer -PLUS on TLS 1.3 only.)
     pub fn tls_exporter(&self) -> Option<Vec<u8>> {
         match self {
             Transport::Plain(_) => None,
-            Transport::Tls(tls) => {
-                let conn = tls.get_ref().1;
-                if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
-                    return None;
-                }
-                conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None).ok().map(|k| k.to_vec())
-            }
+            Transport::Tls(tls) => tls_exporter_of(tls.get_ref().1),
         }
     }
 
@@ -64,4 +81,197 @@ impl AsyncWrite for Transport {
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
+}
+
+/// An RFC 6120 stream being read: the parser and its read buffer.
+pub(crate) struct ByteInput {
+    parser: StreamParser,
+    // Small reads: most stanzas are a few hundred bytes, and every idle
+    // connection keeps its buffer, so memory per session matters more.
+    buf: Vec<u8>,
+}
+
+impl ByteInput {
+    fn new(limits: Limits) -> Self {
+        ByteInput { parser: StreamParser::new(limits), buf: vec![0u8; READ_BUFFER] }
+    }
+
+    fn next_event(&mut self) -> Result<Option<StreamEvent>, StreamError> {
+        self.parser.next_event().map_err(|e| StreamError::with_text(e.condition(), e.to_string()))
+    }
+
+    async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> io::Result<bool> {
+        let n = reader.read(&mut self.buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.parser.feed(&self.buf[..n]);
+        Ok(true)
+    }
+}
+
+/// Takes the next WebSocket message into `input`; `false` once the client is gone.
+async fn fill_frames(incoming: &mut mpsc::Receiver<WsIn>, input: &mut FrameReader) -> bool {
+    match incoming.recv().await {
+        None => false,
+        Some(WsIn::Text(text)) => {
+            input.push_message(&text);
+            true
+        }
+        Some(WsIn::Binary) => {
+            input.fail(StreamError::with_text(
+                StreamErrorCondition::BadFormat,
+                "XMPP over WebSocket uses text messages (RFC 7395 §3.2)",
+            ));
+            true
+        }
+        Some(WsIn::TooLarge) => {
+            input.fail_too_large();
+            true
+        }
+        Some(WsIn::Activity) => true,
+    }
+}
+
+fn ws_closed<T>(_: T) -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the WebSocket is closed")
+}
+
+/// One client connection during negotiation, in its framing.
+pub(crate) enum Conn {
+    /// RFC 6120: one XML stream over TCP, maybe under TLS.
+    Stream { transport: Transport, input: ByteInput },
+    /// RFC 7395: one element per WebSocket message.
+    WebSocket { ws: WsConnection, input: FrameReader },
+}
+
+impl Conn {
+    pub fn stream(transport: Transport, limits: Limits) -> Conn {
+        Conn::Stream { transport, input: ByteInput::new(limits) }
+    }
+
+    pub fn websocket(ws: WsConnection, limits: Limits) -> Conn {
+        Conn::WebSocket { ws, input: FrameReader::new(limits) }
+    }
+
+    /// Whether the connection is encrypted (TLS, or a `wss` WebSocket).
+    pub fn is_secure(&self) -> bool {
+        match self {
+            Conn::Stream { transport, .. } => transport.is_tls(),
+            Conn::WebSocket { ws, .. } => ws.secure,
+        }
+    }
+
+    pub fn tls_exporter(&self) -> Option<Vec<u8>> {
+        match self {
+            Conn::Stream { transport, .. } => transport.tls_exporter(),
+            Conn::WebSocket { ws, .. } => ws.tls_exporter.clone(),
+        }
+    }
+
+    /// The next event from what was read so far, without waiting.
+    pub fn next_event(&mut self) -> Result<Option<StreamEvent>, StreamError> {
+        match self {
+            Conn::Stream { input, .. } => input.next_event(),
+            Conn::WebSocket { input, .. } => input.next_event(),
+        }
+    }
+
+    /// Waits for more input; `false` once the client is gone. Cancel-safe.
+    pub async fn fill(&mut self) -> io::Result<bool> {
+        match self {
+            Conn::Stream { transport, input } => input.fill(transport).await,
+            Conn::WebSocket { ws, input } => Ok(fill_frames(&mut ws.incoming, input).await),
+        }
+    }
+
+    /// Bytes read but not parsed yet (see [`StreamParser::buffered_len`]).
+    pub fn buffered_len(&self) -> usize {
+        match self {
+            Conn::Stream { input, .. } => input.parser.buffered_len(),
+            Conn::WebSocket { .. } => 0,
+        }
+    }
+
+    /// A stream restart: forget what was read and expect a new header.
+    pub fn restart(&mut self) {
+        match self {
+            Conn::Stream { input, .. } => input.parser.reset(),
+            Conn::WebSocket { input, .. } => input.restart(),
+        }
+    }
+
+    /// Writes one serialized element, a stream header or a stream's end.
+    pub async fn send(&mut self, xml: &str) -> io::Result<()> {
+        match self {
+            Conn::Stream { transport, .. } => {
+                transport.write_all(xml.as_bytes()).await?;
+                transport.flush().await
+            }
+            Conn::WebSocket { ws, .. } => {
+                for frame in websocket::frames(xml) {
+                    ws.outgoing.send(WsOut::Text(frame)).await.map_err(ws_closed)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends our stream, after `err` if given, and closes the connection.
+    pub async fn close(&mut self, err: Option<&StreamError>) {
+        let tail = match err {
+            Some(e) => format!("{}</stream:stream>", e.to_xml()),
+            None => "</stream:stream>".to_owned(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = self.send(&tail).await;
+            if let Conn::Stream { transport, .. } = self {
+                let _ = transport.shutdown().await;
+            }
+            // A WebSocket closes once its sender is dropped, with the connection.
+        })
+        .await;
+    }
+
+    /// The session's halves: the reader keeps parsing, the writer drains its queue.
+    pub fn split(self) -> (ConnReader, ConnWriter) {
+        match self {
+            Conn::Stream { transport, input } => {
+                let (half, writer) = tokio::io::split(transport);
+                (ConnReader::Stream { half, input }, ConnWriter::Stream(writer))
+            }
+            Conn::WebSocket { ws, input } => {
+                (ConnReader::WebSocket { incoming: ws.incoming, input }, ConnWriter::WebSocket(ws.outgoing))
+            }
+        }
+    }
+}
+
+/// What a bound session reads from.
+pub(crate) enum ConnReader {
+    Stream { half: ReadHalf<Transport>, input: ByteInput },
+    WebSocket { incoming: mpsc::Receiver<WsIn>, input: FrameReader },
+}
+
+impl ConnReader {
+    pub fn next_event(&mut self) -> Result<Option<StreamEvent>, StreamError> {
+        match self {
+            ConnReader::Stream { input, .. } => input.next_event(),
+            ConnReader::WebSocket { input, .. } => input.next_event(),
+        }
+    }
+
+    /// Waits for more input; `false` once the client is gone. Cancel-safe.
+    pub async fn fill(&mut self) -> io::Result<bool> {
+        match self {
+            ConnReader::Stream { half, input } => input.fill(half).await,
+            ConnReader::WebSocket { incoming, input } => Ok(fill_frames(incoming, input).await),
+        }
+    }
+}
+
+/// What a bound session's writer task writes to.
+pub(crate) enum ConnWriter {
+    Stream(WriteHalf<Transport>),
+    WebSocket(mpsc::Sender<WsOut>),
 }

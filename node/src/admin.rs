@@ -459,6 +459,7 @@ mod tests {
                 forwarded: 0,
                 received: 0,
                 duplicates: 0,
+                links_refused: 0,
                 delivered_here: 0,
                 bounces: 0,
                 bounce_expired: 0,

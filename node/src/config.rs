@@ -65,11 +65,75 @@ impl Default for General {
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
     pub c2s: Vec<C2sListen>,
+    /// HTTP listeners; none by default.
+    pub http: Vec<HttpListen>,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { c2s: vec![C2sListen::default()] }
+        Listen { c2s: vec![C2sListen::default()], http: Vec::new() }
+    }
+}
+
+/// `[[listen.http]]`: an HTTP(S) listener and the handlers it serves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpListen {
+    pub port: u16,
+    #[serde(alias = "ip")]
+    pub ip_address: IpAddr,
+    /// `[listen.http.tls]`: serve HTTPS (`wss://`). Without this table the
+    /// listener speaks plain HTTP, e.g. behind a TLS-terminating proxy.
+    pub tls: Option<HttpTls>,
+    pub handlers: HttpHandlers,
+}
+
+impl Default for HttpListen {
+    fn default() -> Self {
+        HttpListen { port: 5280, ip_address: IpAddr::from([0, 0, 0, 0]), tls: None, handlers: HttpHandlers::default() }
+    }
+}
+
+/// `[listen.http.tls]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpTls {
+    /// PEM certificate chain. Without one, the self-signed certificate of the
+    /// c2s listeners is used (generated in the data directory).
+    pub certfile: Option<PathBuf>,
+    /// PEM private key for `certfile`.
+    pub keyfile: Option<PathBuf>,
+}
+
+/// `[listen.http.handlers]`: what the listener serves, by MongooseIM module name.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpHandlers {
+    /// `[[listen.http.handlers.mod_websockets]]`: XMPP over WebSocket (RFC 7395).
+    #[serde(alias = "mongoose_websocket_handler")]
+    pub mod_websockets: Vec<WebSocketHandler>,
+}
+
+/// `[[listen.http.handlers.mod_websockets]]`: one XMPP-over-WebSocket endpoint
+/// (subprotocol `xmpp`). Sessions behave as on a c2s listener: same SASL
+/// mechanisms, timeouts and limits; no STARTTLS (TLS is the `wss` layer).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketHandler {
+    /// The HTTP `Host` this endpoint answers for; `_` is any.
+    pub host: String,
+    /// URL path of the endpoint.
+    pub path: String,
+    /// Largest message (one stanza) in bytes; a bigger one closes the stream
+    /// with `policy-violation`. Same meaning and default as on `[[listen.c2s]]`.
+    pub max_stanza_size: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_depth: usize,
+}
+
+impl Default for WebSocketHandler {
+    fn default() -> Self {
+        WebSocketHandler { host: "_".into(), path: "/ws-xmpp".into(), max_stanza_size: 65536, max_depth: 64 }
     }
 }
 
@@ -782,6 +846,7 @@ impl Config {
                 _ => return Err(err(&key("tls"), "certfile and keyfile go together".into())),
             }
         }
+        self.validate_http(&err)?;
         if let Some(c) = &self.cluster {
             if c.name.is_empty() {
                 return Err(err("cluster.name", "must not be empty".into()));
@@ -880,8 +945,82 @@ impl Config {
         Ok(())
     }
 
+    /// Addresses the c2s listeners and the admin API listen on, named by their keys.
+    fn listener_addresses(&self) -> Vec<(SocketAddr, String)> {
+        let mut taken: Vec<(SocketAddr, String)> = self
+            .listen
+            .c2s
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (SocketAddr::new(l.ip_address, l.port), format!("listen.c2s[{i}]")))
+            .collect();
+        taken.push((SocketAddr::new(self.admin.ip_address, self.admin.port), "admin".into()));
+        taken
+    }
+
+    /// `[[listen.http]]` and their handlers.
+    fn validate_http(&self, err: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let mut taken = self.listener_addresses();
+        for (i, l) in self.listen.http.iter().enumerate() {
+            let key = |k: &str| format!("listen.http[{i}].{k}");
+            let addr = SocketAddr::new(l.ip_address, l.port);
+            if let Some((t, by)) = clash(&taken, addr) {
+                return Err(err(&key("port"), format!("{addr} is also used by {by} ({t})")));
+            }
+            taken.push((addr, format!("listen.http[{i}]")));
+            if let Some(tls) = &l.tls {
+                match (&tls.certfile, &tls.keyfile) {
+                    (Some(c), Some(k)) => {
+                        for (name, p) in [("tls.certfile", c), ("tls.keyfile", k)] {
+                            if !p.is_file() {
+                                return Err(err(&key(name), format!("{} does not exist", p.display())));
+                            }
+                        }
+                    }
+                    (None, None) => {}
+                    _ => return Err(err(&key("tls"), "certfile and keyfile go together".into())),
+                }
+            }
+            let handlers = &l.handlers.mod_websockets;
+            if handlers.is_empty() {
+                return Err(err(
+                    &key("handlers"),
+                    "no handler to serve: add [[listen.http.handlers.mod_websockets]] with path = \"/ws-xmpp\"".into(),
+                ));
+            }
+            for (j, h) in handlers.iter().enumerate() {
+                let key = |k: &str| format!("listen.http[{i}].handlers.mod_websockets[{j}].{k}");
+                if !h.path.starts_with('/') {
+                    return Err(err(&key("path"), format!("{:?} must start with '/'", h.path)));
+                }
+                if h.host.trim().is_empty() || h.host.contains(['/', ' ']) {
+                    return Err(err(&key("host"), format!("{:?} is neither \"_\" (any host) nor a host name", h.host)));
+                }
+                if handlers[..j].iter().any(|o| o.path == h.path && o.host == h.host) {
+                    return Err(err(&key("path"), format!("{} is served by an earlier handler", h.path)));
+                }
+                if h.max_stanza_size < 1024 {
+                    return Err(err(&key("max_stanza_size"), "must be at least 1024 bytes".into()));
+                }
+                if h.max_depth < 4 {
+                    return Err(err(&key("max_depth"), "must be at least 4".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `[global_distribution]`, after `general.hosts` was made canonical.
     fn validate_global(&mut self, err: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        // Addresses this node already listens on, to refuse a clash before anything binds.
+        let mut taken = self.listener_addresses();
+        taken.extend(
+            self.listen
+                .http
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (SocketAddr::new(l.ip_address, l.port), format!("listen.http[{i}]"))),
+        );
         let Some(g) = &mut self.global_distribution else { return Ok(()) };
         let global = meerkat_xmpp::jid::canonical_domain(&g.global_host).map_err(|e| {
             err("global_distribution.global_host", format!("{:?} is not a valid domain: {e}", g.global_host))
@@ -934,27 +1073,13 @@ impl Config {
         if c.endpoints.is_empty() {
             return Err(err("global_distribution.connections.endpoints", "at least one endpoint is required".into()));
         }
-        // Addresses this node already listens on, to refuse a clash before anything binds.
-        let mut taken: Vec<(SocketAddr, String)> = self
-            .listen
-            .c2s
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (SocketAddr::new(l.ip_address, l.port), format!("listen.c2s[{i}]")))
-            .collect();
-        taken.push((SocketAddr::new(self.admin.ip_address, self.admin.port), "admin".into()));
         if let Some(cl) = &self.cluster {
             taken.push((cl.listen, "cluster.listen".into()));
         }
         for (i, ep) in c.endpoints.iter().enumerate() {
             let key = format!("global_distribution.connections.endpoints[{i}]");
             let addr = ep.listen_addr().map_err(|reason| err(&key, reason))?;
-            let clash = taken.iter().find(|(t, _)| {
-                addr.port() != 0
-                    && t.port() == addr.port()
-                    && (t.ip() == addr.ip() || t.ip().is_unspecified() || addr.ip().is_unspecified())
-            });
-            if let Some((t, by)) = clash {
+            if let Some((t, by)) = clash(&taken, addr) {
                 return Err(err(&key, format!("{addr} is also used by {by} ({t})")));
             }
             taken.push((addr, key));
@@ -1021,6 +1146,16 @@ impl Config {
     }
 }
 
+/// A listener in `taken` that `addr` cannot bind next to: the same port on
+/// the same or an unspecified address. Port 0 (any free port) never clashes.
+fn clash(taken: &[(SocketAddr, String)], addr: SocketAddr) -> Option<&(SocketAddr, String)> {
+    taken.iter().find(|(t, _)| {
+        addr.port() != 0
+            && t.port() == addr.port()
+            && (t.ip() == addr.ip() || t.ip().is_unspecified() || addr.ip().is_unspecified())
+    })
+}
+
 /// MongooseIM's mechanism names.
 pub fn mechanism(name: &str) -> Option<meerkat_xmpp::sasl::Mechanism> {
     use meerkat_xmpp::sasl::Mechanism::*;
@@ -1073,6 +1208,22 @@ mod tests {
         let g = cfg.global_distribution.as_ref().unwrap();
         assert_eq!((g.global_host.as_str(), g.local_host.as_str()), ("example.com", "dc1.example.com"));
         assert_eq!(cfg.global_redis().unwrap().url(), "redis://127.0.0.1:6379/0");
+    }
+
+    /// The commented `[[listen.http]]` example, uncommented: the defaults of each key.
+    #[test]
+    fn example_http_listener_parses_and_has_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/meerkat.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text.find("# [[listen.http]]\n").expect("the [[listen.http]] example");
+        let block = text[start..].split("\n\n").next().unwrap_or_default();
+        let toml: String = block.lines().map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l))).collect();
+        let mut cfg = Config::parse(&toml, "deploy/meerkat.toml").unwrap();
+        cfg.validate("deploy/meerkat.toml").unwrap();
+        let http = &cfg.listen.http[0];
+        let d = HttpListen::default();
+        assert_eq!((http.port, http.ip_address, http.tls.is_none()), (d.port, d.ip_address, true));
+        assert_eq!(format!("{:?}", http.handlers.mod_websockets[0]), format!("{:?}", WebSocketHandler::default()));
     }
 
     /// deploy/global/meerkat-dynomite.toml, and the Dynomite `listen` address it points at.
@@ -1152,6 +1303,57 @@ mod tests {
             &["outgoing_pools.rdbms.default.connection.url"],
         );
         check_err("[log]\nlevel = \"info,[\"\n", &["log.level"]);
+    }
+
+    #[test]
+    fn http_listener_with_websockets() {
+        let toml = "[[listen.http]]\nport = 5280\nip = \"127.0.0.1\"\n\
+                    [[listen.http.handlers.mod_websockets]]\nhost = \"_\"\npath = \"/ws-xmpp\"\n\
+                    [[listen.http]]\nport = 5443\ntls = {}\n\
+                    [[listen.http.handlers.mongoose_websocket_handler]]\npath = \"/xmpp\"\nmax_stanza_size = 4096\n";
+        let mut cfg = Config::parse(toml, "t.toml").unwrap();
+        cfg.validate("t.toml").unwrap();
+        let (plain, tls) = (&cfg.listen.http[0], &cfg.listen.http[1]);
+        assert_eq!((plain.ip_address, plain.port, plain.tls.is_none()), (IpAddr::from([127, 0, 0, 1]), 5280, true));
+        assert_eq!(plain.handlers.mod_websockets[0].path, "/ws-xmpp");
+        assert_eq!(plain.handlers.mod_websockets[0].max_stanza_size, 65536);
+        assert!(tls.tls.as_ref().is_some_and(|t| t.certfile.is_none()));
+        assert_eq!(tls.handlers.mod_websockets[0].max_stanza_size, 4096);
+        assert!(Config::defaults().unwrap().listen.http.is_empty());
+    }
+
+    #[test]
+    fn bad_http_listeners_name_the_key() {
+        let ws = "[[listen.http.handlers.mod_websockets]]\n";
+        check_err("[[listen.http]]\nport = 5281\n", &["listen.http[0].handlers", "mod_websockets"]);
+        check_err(&format!("[[listen.http]]\nport = 5222\n{ws}"), &["listen.http[0].port", "listen.c2s[0]"]);
+        check_err(
+            &format!(
+                "[[listen.http]]\nport = 5281\n{ws}[[listen.http]]\nport = 5281\nip_address = \"127.0.0.1\"\n{ws}"
+            ),
+            &["listen.http[1].port", "listen.http[0]"],
+        );
+        check_err(
+            &format!("[[listen.http]]\nport = 5281\n{ws}path = \"ws\"\n"),
+            &["listen.http[0].handlers.mod_websockets[0].path", "must start with '/'"],
+        );
+        check_err(
+            &format!("[[listen.http]]\nport = 5281\n{ws}max_stanza_size = 10\n"),
+            &["listen.http[0].handlers.mod_websockets[0].max_stanza_size"],
+        );
+        check_err(
+            &format!("[[listen.http]]\nport = 5281\n{ws}{ws}"),
+            &["listen.http[0].handlers.mod_websockets[1].path", "earlier handler"],
+        );
+        check_err(
+            &format!("[[listen.http]]\nport = 5281\ntls.certfile = \"/nonexistent.pem\"\n{ws}"),
+            &["listen.http[0].tls", "go together"],
+        );
+        check_err(
+            "[[listen.http]]\nport = 5281\n[[listen.http.handlers.mod_bosh]]\npath = \"/http-bind\"\n",
+            &["unknown field `mod_bosh`"],
+        );
+        check_err(&format!("[[listen.http]]\nport = 5281\n{ws}timeout = 5\n"), &["unknown field `timeout`"]);
     }
 
     const GLOBAL: &str = r#"

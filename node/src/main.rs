@@ -5,8 +5,9 @@
 //!   of the admin API.
 //! - [`config`] reads and validates the TOML file before anything starts.
 //! - [`run`] builds storage, router, server workers and modules, opens the
-//!   listeners ([`tls`] provides certificates) and the [`admin`] API, and
-//!   shuts all of it down in order on SIGTERM.
+//!   listeners ([`tls`] provides certificates; [`websocket`] serves XMPP over
+//!   WebSocket on `[[listen.http]]`) and the [`admin`] API, and shuts all of
+//!   it down in order on SIGTERM.
 //!
 //! **Architecture Invariant:** only this crate knows about HTTP, TOML and
 //! process signals.
@@ -18,6 +19,7 @@ mod config;
 mod metrics;
 mod run;
 mod tls;
+mod websocket;
 
 use std::process::ExitCode;
 

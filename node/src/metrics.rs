@@ -67,6 +67,7 @@ fn record(state: &AdminState) {
             ("forwarded", c.forwarded),
             ("received", c.received),
             ("duplicates", c.duplicates),
+            ("links_refused", c.links_refused),
             ("delivered_here", c.delivered_here),
             ("bounces", c.bounces),
             ("bounce_expired", c.bounce_expired),

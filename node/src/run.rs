@@ -210,6 +210,38 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }));
     }
 
+    // [[listen.http]]: XMPP over WebSocket, on the same arbiters and with the
+    // same negotiation as c2s, minus STARTTLS (RFC 7395 §3.9).
+    let ws_listener = |limits: Limits| C2sListener {
+        negotiation: NegotiationConfig {
+            hosts: hosts.clone(),
+            tls_mode: TlsMode::None,
+            mechanisms: mechanisms.clone(),
+            allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
+            registration: cfg.modules.register.enabled,
+            max_auth_failures: cfg.auth.max_failures,
+        },
+        limits,
+        tls: None,
+        allow_login: true,
+        stream_features: stream_features.clone(),
+    };
+    let arbiter_handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
+    let http_ctx = crate::websocket::HttpContext {
+        svc: &svc,
+        arbiters: &arbiter_handles,
+        data_dir: &cfg.general.data_dir,
+        hosts: &hosts,
+        listener: &ws_listener,
+        workers: n_arbiters,
+        shutdown_timeout: 2,
+    };
+    let mut http_servers = Vec::new();
+    for (i, l) in cfg.listen.http.iter().enumerate() {
+        let server = crate::websocket::listen(&format!("listen.http[{i}]"), l, &http_ctx)?;
+        http_servers.push((server.handle(), actix_rt::spawn(server)));
+    }
+
     let admin_state = actix_web::web::Data::new(crate::admin::AdminState {
         svc: svc.clone(),
         auth: admin_auth(&cfg)?,
@@ -238,6 +270,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     for t in accept_tasks {
         let _ = t.await;
     }
+    for (h, _) in &http_servers {
+        // No new connections; upgraded ones close with their sessions below.
+        h.pause().await;
+    }
     svc.begin_shutdown();
     // Sessions leave the table at once; their connections close once the
     // stream error and everything queued before it are written.
@@ -256,6 +292,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     if let Some(node) = &cluster {
         node.stop(deadline).await;
+    }
+    for (h, task) in http_servers {
+        h.stop(true).await;
+        let _ = task.await;
     }
     admin_handle.stop(true).await;
     let _ = admin_task.await;

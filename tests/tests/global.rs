@@ -2,23 +2,28 @@
 //! (`meerkat_tests::global::TestGlobal`): presence and messages across data
 //! centers with slixmpp, a user moving between data centers while a stream
 //! of messages flows to him, the links cut for 5 s, Redis killed and
-//! restarted, and a check that the routing table code uses no Redis
-//! command that Dynomite lacks.
+//! restarted, a check that the routing table code uses no Redis command
+//! that Dynomite lacks, and the links over mutual TLS, refusing a
+//! certificate from another CA.
 //!
 //! The tests that start nodes run one at a time (each starts four nodes,
 //! Redis and four proxies). Run with
 //! `cargo build -p meerkat-node -p meerkat-tests && cargo test -p meerkat-tests --test global`.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use meerkat_tests::global::{
-    check_sequence, converse, drain, largest_gap, Cut, Outgoing, Seen, TestGlobal, GLOBAL_HOST,
+    check_sequence, converse, drain, largest_gap, Captured, Cut, GlobalOptions, LinkTls, Outgoing, Seen, TestGlobal,
+    GLOBAL_HOST, NODES_PER_DC,
 };
 use meerkat_tests::{wait_until, Client, TestNode};
 use meerkat_xmpp::element::Element;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -34,6 +39,10 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
 
 async fn start() -> TestGlobal {
     tokio::task::spawn_blocking(TestGlobal::start).await.unwrap()
+}
+
+async fn start_with(opts: GlobalOptions) -> TestGlobal {
+    tokio::task::spawn_blocking(move || TestGlobal::start_with(opts)).await.unwrap()
 }
 
 fn bare(user: &str) -> String {
@@ -739,4 +748,290 @@ fn routing_table_code_uses_no_multi_eval_or_keys() {
     // The files talk to Redis at all, so the absence of the forbidden commands means something.
     assert!(redis_calls > 0, "no Redis call found in {names:?}: the check looks at the wrong files");
     assert!(problems.is_empty(), "the global routing table must work behind Dynomite:\n{}", problems.join("\n"));
+}
+
+// ------------------------------------------------------------------ f
+
+/// The name in every node's link certificate: the default `server_name`.
+const LINK_SERVER_NAME: &str = "meerkat-global";
+
+/// A certificate authority for the links between data centers.
+struct LinkCa {
+    /// Its certificate, as a PEM file.
+    pem: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl LinkCa {
+    /// A new CA; its certificate goes to `dir/<name>-ca.pem`.
+    fn new(dir: &Path, name: &str) -> LinkCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, format!("{name} CA"));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&pem, cert.pem()).unwrap();
+        LinkCa { pem, issuer: Issuer::new(params, key) }
+    }
+
+    /// A certificate for [`LINK_SERVER_NAME`], good as server and as client,
+    /// signed by this CA and written to `dir/<name>.pem` and `dir/<name>.key`;
+    /// the node checks its peers against `trusted`.
+    fn node_tls(&self, dir: &Path, name: &str, trusted: &LinkCa) -> LinkTls {
+        let mut params = CertificateParams::new(vec![LINK_SERVER_NAME.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, LINK_SERVER_NAME);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (certfile, keyfile) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        std::fs::write(&certfile, cert.pem()).unwrap();
+        std::fs::write(&keyfile, key.serialize_pem()).unwrap();
+        LinkTls { cacertfile: trusted.pem.clone(), certfile, keyfile }
+    }
+}
+
+/// Node (`dc`, `i`)'s links to the other data center, as `/api/global` shows them.
+fn links_across(g: &TestGlobal, dc: usize, i: usize) -> Vec<Value> {
+    let other = g.dcs[1 - dc].local_host.clone();
+    g.status(dc, i)["data_centers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["local_host"].as_str() == Some(other.as_str()))
+        .flat_map(|e| e["links"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn head(bytes: &[u8]) -> &[u8] {
+    &bytes[..bytes.len().min(16)]
+}
+
+/// The links between data centers over mutual TLS
+/// (`[global_distribution.connections.tls]`):
+/// - every node's certificate signed by the links' CA: alice (dc1) and bob
+///   (dc2) exchange 200 messages each way, in order, and what crossed the
+///   proxies is TLS (a handshake record first each way, no address or body in
+///   the clear) rather than length-prefixed frames;
+/// - dc2's nodes present a certificate from another CA, while still trusting
+///   the links' CA: no link connects either way, because dc1 refuses dc2's
+///   certificate both as a server's (dc1 dials dc2) and as a client's (dc2
+///   dials dc1). A message from alice to bob waits on its link and reaches
+///   nobody, while traffic inside each data center flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
+    const N: u64 = 200;
+    const IN_DC: u64 = 100;
+    let _turn = one_at_a_time().await;
+    let dir = tempfile::Builder::new().prefix("meerkat-gd-tls-").tempdir().unwrap();
+    let ca = LinkCa::new(dir.path(), "links");
+    let foreign = LinkCa::new(dir.path(), "foreign");
+    let signed = ca.node_tls(dir.path(), "node", &ca);
+
+    // 1. Every certificate signed by the links' CA: start_with waits until every link is connected.
+    let started = Instant::now();
+    let g = start_with(GlobalOptions { tls: vec![Some(signed.clone()), Some(signed.clone())], links_may_fail: false })
+        .await;
+    let linked_after = started.elapsed();
+    g.add_user("alice", PW);
+    g.add_user("bob", PW);
+    let alice = online_at(g.node(0, 0), "alice", "a").await;
+    let bob = online_at(g.node(1, 1), "bob", "b").await;
+    g.wait_table_says(&bare("alice"), 0, Duration::from_secs(10));
+    g.wait_table_says(&bare("bob"), 1, Duration::from_secs(10));
+    let every = Duration::from_millis(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let a = tokio::spawn(converse(
+        alice,
+        vec![Outgoing { to: bare("bob"), prefix: "a2b".into(), count: N }],
+        every,
+        vec![("b2a".into(), N)],
+        deadline,
+    ));
+    let b = tokio::spawn(converse(
+        bob,
+        vec![Outgoing { to: bare("alice"), prefix: "b2a".into(), count: N }],
+        every,
+        vec![("a2b".into(), N)],
+        deadline,
+    ));
+    let (mut alice, mut at_alice) = a.await.unwrap();
+    let (mut bob, mut at_bob) = b.await.unwrap();
+    drain(&mut alice, &mut at_alice, Duration::from_millis(300)).await;
+    drain(&mut bob, &mut at_bob, Duration::from_millis(300)).await;
+    assert_stream(&at_bob, "a2b", N, "bob");
+    assert_stream(&at_alice, "b2a", N, "alice");
+    assert_nothing_unexpected(&at_bob, "bob");
+    assert_nothing_unexpected(&at_alice, "alice");
+    for (d, i, _) in g.all_nodes() {
+        assert!(
+            g.linked(d, i),
+            "dc{} node {}: not linked to every endpoint of the other data center: {}",
+            d + 1,
+            i + 1,
+            g.status(d, i)["data_centers"]
+        );
+    }
+    let acked = g.link_sum("acked");
+    assert!(acked >= 2 * N, "only {acked} frames acknowledged across the links; {}", counters_report(&g));
+
+    // What the proxies carried: TLS records, not frames. A frame starts with
+    // its 4-byte big-endian length, 0 first for anything under 16 MiB; a TLS
+    // handshake record (the ClientHello, then the ServerHello) with 0x16 0x03.
+    let captures: Vec<(String, Captured)> = g
+        .dcs
+        .iter()
+        .flat_map(|dc| dc.proxies.iter())
+        .flat_map(|p| p.captured().into_iter().map(|c| (p.addr.to_string(), c)))
+        .collect();
+    let answered = captures.iter().filter(|(_, c)| !c.from_dialler.is_empty() && !c.from_node.is_empty()).count();
+    assert!(
+        answered >= 2 * NODES_PER_DC * NODES_PER_DC,
+        "{answered} proxied connections carried bytes both ways, fewer than the links: {captures:?}"
+    );
+    let mut carried = 0;
+    for (proxy, c) in &captures {
+        for (who, bytes) in [("dialler", &c.from_dialler), ("node", &c.from_node)] {
+            carried += bytes.len();
+            if bytes.is_empty() {
+                continue;
+            }
+            assert!(
+                bytes.starts_with(&[0x16, 0x03]),
+                "through {proxy}, the {who}'s first bytes are not a TLS handshake record: {:02x?}",
+                head(bytes)
+            );
+            for clear in [GLOBAL_HOST.as_bytes(), b"a2b ", b"b2a "] {
+                assert!(
+                    !contains(bytes, clear),
+                    "through {proxy}, the {who} sent {:?} in the clear",
+                    String::from_utf8_lossy(clear)
+                );
+            }
+        }
+    }
+    // The messages did go through the proxies, so their absence in the clear means something.
+    assert!(carried as u64 >= 2 * N * 100, "the proxies saw only {carried} bytes for {} messages", 2 * N);
+    eprintln!(
+        "f: over TLS, linked {linked_after:?} after the start; {N} messages each way; {} connections, {carried} bytes \
+         through the proxies; {}",
+        captures.len(),
+        counters_report(&g)
+    );
+    drop((alice, bob));
+    drop(g);
+
+    // 2. dc2's nodes present a certificate from another CA (and trust the links' CA).
+    let refused = foreign.node_tls(dir.path(), "foreign-node", &ca);
+    let g = start_with(GlobalOptions { tls: vec![Some(signed), Some(refused)], links_may_fail: true }).await;
+    for u in ["alice", "bob", "carol", "dave"] {
+        g.add_user(u, PW);
+    }
+    let alice = online_at(g.node(0, 0), "alice", "a").await;
+    let carol = online_at(g.node(0, 1), "carol", "c").await;
+    let bob = online_at(g.node(1, 0), "bob", "b").await;
+    let dave = online_at(g.node(1, 1), "dave", "d").await;
+    for (u, dc) in [("alice", 0), ("carol", 0), ("bob", 1), ("dave", 1)] {
+        g.wait_table_says(&bare(u), dc, Duration::from_secs(10));
+    }
+    // Every node knows every endpoint of the other data center, and keeps failing to link.
+    wait_until(
+        "every node to fail 3 times on every endpoint of the other data center",
+        Duration::from_secs(15),
+        || {
+            g.all_nodes().all(|(d, i, _)| {
+                let links = links_across(&g, d, i);
+                links.len() == NODES_PER_DC && links.iter().all(|l| l["failures"].as_u64().unwrap_or(0) >= 3)
+            })
+        },
+    );
+    let failures = |g: &TestGlobal| -> u64 {
+        g.all_nodes().flat_map(|(d, i, _)| links_across(g, d, i)).map(|l| l["failures"].as_u64().unwrap_or(0)).sum()
+    };
+    let failures_before = failures(&g);
+
+    // alice writes to bob once, across; alice and carol, bob and dave talk in their data centers.
+    let sent_at = Instant::now();
+    let every = Duration::from_millis(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let talk = |client, to: &str, prefix: &str, back: &str| {
+        tokio::spawn(converse(
+            client,
+            vec![Outgoing { to: bare(to), prefix: prefix.into(), count: IN_DC }],
+            every,
+            vec![(back.into(), IN_DC)],
+            deadline,
+        ))
+    };
+    let mut alice = alice;
+    alice.send_message(&bare("bob"), "a2b 0").await.unwrap();
+    let tasks = [
+        talk(alice, "carol", "a2c", "c2a"),
+        talk(carol, "alice", "c2a", "a2c"),
+        talk(bob, "dave", "b2d", "d2b"),
+        talk(dave, "bob", "d2b", "b2d"),
+    ];
+    let mut parties = Vec::new();
+    for t in tasks {
+        parties.push(t.await.unwrap());
+    }
+    // Give alice's message 3 s to cross, if it were going to.
+    let wait = Duration::from_secs(3).saturating_sub(sent_at.elapsed()).max(Duration::from_millis(300));
+    for (client, seen) in parties.iter_mut() {
+        drain(client, seen, wait).await;
+    }
+    let [(_, at_alice), (_, at_carol), (_, at_bob), (_, at_dave)] = &parties[..] else { unreachable!() };
+    for (seen, p, who) in
+        [(at_carol, "a2c", "carol"), (at_alice, "c2a", "alice"), (at_dave, "b2d", "dave"), (at_bob, "d2b", "bob")]
+    {
+        assert_stream(seen, p, IN_DC, who);
+    }
+    for (seen, who) in [(at_alice, "alice"), (at_bob, "bob"), (at_carol, "carol"), (at_dave, "dave")] {
+        assert_nothing_unexpected(seen, who);
+    }
+    assert_eq!(at_bob.count("a2b"), 0, "alice's message reached bob although no link between the data centers is up");
+    let received_in_dc2: u64 =
+        (0..NODES_PER_DC).map(|i| g.status(1, i)["counters"]["received"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(received_in_dc2, 0, "dc2 received frames over a link it should not have");
+    for (d, i, _) in g.all_nodes() {
+        let links = links_across(&g, d, i);
+        assert!(
+            links.iter().all(|l| l["connected"] == Value::Bool(false) && l["connects"].as_u64() == Some(0)),
+            "dc{} node {}: a link to the other data center connected: {links:?}",
+            d + 1,
+            i + 1
+        );
+    }
+    // alice's message waits on dc1 node 1's link to dc2.
+    let waiting: u64 = links_across(&g, 0, 0)
+        .iter()
+        .map(|l| l["queued"].as_u64().unwrap_or(0) + l["unacked"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(waiting >= 1, "alice's message is not waiting on a link to dc2: {:?}", links_across(&g, 0, 0));
+    let failures_after = failures(&g);
+    assert!(
+        failures_after > failures_before,
+        "the links stopped trying: {failures_before} failures, then {failures_after}"
+    );
+    // dc2 trusts dc1's certificate, so its links fail because dc1 refuses its client certificate.
+    for i in 0..NODES_PER_DC {
+        let log = g.node(0, i).log();
+        assert!(
+            log.contains("TLS handshake failed"),
+            "dc1 node {} never refused a TLS handshake from dc2:\n{log}",
+            i + 1
+        );
+    }
+    eprintln!(
+        "f: a foreign CA in dc2: {failures_after} link failures, {waiting} frame waiting on dc1, none received in dc2; \
+         {IN_DC} messages each way inside each data center; {}",
+        counters_report(&g)
+    );
 }

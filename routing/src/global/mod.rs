@@ -1114,6 +1114,7 @@ impl GlobalDistrib {
                 forwarded: load(&s.forwarded),
                 received: inbound.as_ref().map(|i| i.stats.received.load(Ordering::Relaxed)).unwrap_or(0),
                 duplicates: inbound.as_ref().map(|i| i.stats.duplicates.load(Ordering::Relaxed)).unwrap_or(0),
+                links_refused: inbound.as_ref().map(|i| i.stats.refused.load(Ordering::Relaxed)).unwrap_or(0),
                 delivered_here: load(&s.delivered_here),
                 bounces: load(&s.parked),
                 bounce_expired: load(&s.bounce_expired),
@@ -1392,6 +1393,9 @@ pub struct Counters {
     pub forwarded: u64,
     pub received: u64,
     pub duplicates: u64,
+    /// Incoming link connections refused: a failed TLS handshake or a Hello
+    /// for another global host or data center.
+    pub links_refused: u64,
     pub delivered_here: u64,
     pub bounces: u64,
     pub bounce_expired: u64,
