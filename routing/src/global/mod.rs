@@ -770,7 +770,9 @@ impl GlobalDistrib {
                         break;
                     }
                     let e = &mut pq.entries[i];
-                    if e.bounce && StanzaKind::of(&e.routed.stanza) == Some(StanzaKind::Message) {
+                    // Past the budget, ordinary handling here (the other node stores it offline).
+                    let within_budget = e.attempts < self.cfg.bounce_max_retries;
+                    if e.bounce && within_budget && StanzaKind::of(&e.routed.stanza) == Some(StanzaKind::Message) {
                         if let Some((node, target)) = self.served_elsewhere(router, &e.routed.to) {
                             // Another node of this data center serves the user: it must
                             // confirm delivery before the sender's data center hears of it.
