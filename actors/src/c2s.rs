@@ -4,6 +4,8 @@
 //! can replace the transport) and runs the [`Negotiator`]. At bind it splits
 //! the connection: a writer task drains the session's [`OutQueue`], this task
 //! keeps reading and hands stanzas to the [`C2sSession`] actor.
+//! Instead of binding, a connection may resume a waiting session (XEP-0198
+//! `<resume/>`): it then attaches its writer and reader to that actor.
 //!
 //! A connection is TCP ([`serve`], RFC 6120) or a WebSocket the node upgraded
 //! ([`serve_websocket`], RFC 7395). Both take the same path; only reading and
@@ -20,7 +22,7 @@ use bytes::Bytes;
 use meerkat_cluster::SessionInfo;
 use meerkat_routing::KickReason;
 use meerkat_xmpp::error::{StanzaErrorCondition, StreamError, StreamErrorCondition};
-use meerkat_xmpp::jid::{parse_full, FullJid};
+use meerkat_xmpp::jid::{parse_bare, parse_full, FullJid};
 use meerkat_xmpp::parser::{Limits, StreamEvent};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,7 +32,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::AccountError;
 use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, TlsMode};
 use crate::services::{now_micros, Services};
-use crate::session::{ActorSink, C2sSession, ClientClosed, FromClient, IdlePing, IoControl, OutQueue};
+use crate::session::{
+    ActorSink, C2sSession, ClientClosed, ConnClosed, FromClient, IdlePing, IoControl, OutQueue, Resume,
+};
 use crate::transport::{Conn, ConnReader, ConnWriter, Transport, READ_BUFFER};
 use crate::websocket::{self, WsConnection, WsOut};
 
@@ -102,8 +106,13 @@ async fn negotiate(
     deadline: tokio::time::Instant,
 ) -> Result<(), ConnError> {
     let stream_id = format!("{:016x}", rand::random::<u64>());
+    let mut post_auth = listener.stream_features.post_auth.clone();
+    if svc.settings.sm.enabled {
+        // XEP-0198 §2: offered once the client is authenticated.
+        post_auth.push_str(&crate::sm::feature().to_xml(meerkat_xmpp::ns::CLIENT));
+    }
     let mut neg = Negotiator::new(listener.negotiation.clone(), conn.is_secure(), conn.tls_exporter(), stream_id)
-        .with_extra_features(listener.stream_features.pre_auth.clone(), listener.stream_features.post_auth.clone());
+        .with_extra_features(listener.stream_features.pre_auth.clone(), post_auth);
     let mut header_sent = false;
     let mut shutdown = svc.shutdown_signal();
     loop {
@@ -211,6 +220,21 @@ async fn negotiate(
                             Err(_) => actions.extend(neg.step(NegEvent::Bound(Err(StanzaErrorCondition::BadRequest)))),
                         }
                     }
+                    NegAction::Resume { user, host, previd, h } => {
+                        // XEP-0198: the session must wait on this node and belong to this user.
+                        let target = parse_bare(&format!("{user}@{host}")).ok().zip(svc.resumable(&previd));
+                        if let Some((bare, addr)) = target.filter(|_| listener.allow_login && !svc.is_shutting_down()) {
+                            let (out, out_rx, queued) = OutQueue::new(4096, svc.settings.max_outgoing_bytes);
+                            let (io_tx, io_rx) = watch::channel(IoControl::Run);
+                            let resume = Resume { previd, bare, h, out, io: io_tx };
+                            if let Ok(Ok((jid, conn_no))) = addr.send(resume).await {
+                                let _ = neg.step(NegEvent::Resumed(true));
+                                let attached = Attached { addr, conn: conn_no, out_rx, queued, io_rx };
+                                return resume_session(svc, conn, jid, attached).await;
+                            }
+                        }
+                        actions.extend(neg.step(NegEvent::Resumed(false)));
+                    }
                     NegAction::Established { .. } => {}
                     NegAction::Close(err) => {
                         if !header_sent {
@@ -300,9 +324,34 @@ async fn run_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id: 
     }
     tracing::info!(%jid, session = %sid, "session bound");
     let silence = Silence { ping_after: svc.settings.ping_interval, close_after: svc.settings.idle_timeout };
-    let result = read_loop(reader, &addr, io_rx, silence).await;
+    let result = read_loop(reader, &addr, io_rx, silence, 0).await;
     let _ = writer_task.await;
     tracing::info!(%jid, session = %sid, "session closed");
+    result
+}
+
+/// A session a resumed connection now serves (XEP-0198), and the ends of the
+/// queue and controls it handed to the session.
+struct Attached {
+    addr: Addr<C2sSession>,
+    conn: u64,
+    out_rx: mpsc::Receiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    io_rx: watch::Receiver<IoControl>,
+}
+
+/// Runs a connection that resumed `jid`'s session: the session already
+/// queued `<resumed/>` and what the client had not acknowledged.
+async fn resume_session(svc: Arc<Services>, conn: Conn, jid: FullJid, attached: Attached) -> Result<(), ConnError> {
+    let Attached { addr, conn: conn_no, out_rx, queued, io_rx } = attached;
+    let (reader, writer) = conn.split();
+    let keepalive = svc.settings.keepalive_interval;
+    let writer_task = tokio::spawn(write_loop(writer, out_rx, queued, io_rx.clone(), keepalive));
+    tracing::info!(%jid, "session resumed");
+    let silence = Silence { ping_after: svc.settings.ping_interval, close_after: svc.settings.idle_timeout };
+    let result = read_loop(reader, &addr, io_rx, silence, conn_no).await;
+    let _ = writer_task.await;
+    tracing::info!(%jid, "connection of the session closed");
     result
 }
 
@@ -322,6 +371,7 @@ async fn read_loop(
     addr: &Addr<C2sSession>,
     mut io: watch::Receiver<IoControl>,
     silence: Silence,
+    conn: u64,
 ) -> Result<(), ConnError> {
     let mut silent_since = tokio::time::Instant::now();
     let mut pinged = false;
@@ -336,19 +386,22 @@ async fn read_loop(
                 }
                 Ok(Some(StreamEvent::End)) => {
                     // The client closed its stream but still reads ours (RFC 6120 §4.4).
-                    addr.do_send(ClientClosed::Closed);
+                    addr.do_send(ConnClosed(conn, ClientClosed::Closed));
                     return Ok(());
                 }
                 Ok(Some(StreamEvent::Header(_))) => {
-                    addr.do_send(ClientClosed::Error(StreamError::with_text(
-                        StreamErrorCondition::InvalidXml,
-                        "unexpected stream restart",
-                    )));
+                    addr.do_send(ConnClosed(
+                        conn,
+                        ClientClosed::Error(StreamError::with_text(
+                            StreamErrorCondition::InvalidXml,
+                            "unexpected stream restart",
+                        )),
+                    ));
                     return Ok(());
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    addr.do_send(ClientClosed::Error(e));
+                    addr.do_send(ConnClosed(conn, ClientClosed::Error(e)));
                     return Ok(());
                 }
             }
@@ -362,11 +415,11 @@ async fn read_loop(
                     addr.do_send(IdlePing);
                 }
                 Err(_) => {
-                    addr.do_send(ClientClosed::Error(StreamError::new(StreamErrorCondition::ConnectionTimeout)));
+                    addr.do_send(ConnClosed(conn, ClientClosed::Error(StreamError::new(StreamErrorCondition::ConnectionTimeout))));
                     return Err(ConnError::Timeout);
                 }
                 Ok(Ok(false)) | Ok(Err(_)) => {
-                    addr.do_send(ClientClosed::Gone);
+                    addr.do_send(ConnClosed(conn, ClientClosed::Gone));
                     return Ok(());
                 }
                 Ok(Ok(true)) => {

@@ -62,6 +62,8 @@ pub enum NegEvent {
     Credentials(Option<Credentials>),
     /// Answer to [`NegAction::Bind`].
     Bound(Result<FullJid, StanzaErrorCondition>),
+    /// Answer to [`NegAction::Resume`]: whether the session was resumed.
+    Resumed(bool),
     /// Answer to [`NegAction::Register`].
     Registered {
         id: Option<String>,
@@ -90,6 +92,14 @@ pub enum NegAction {
         host: String,
         resource: Option<String>,
         id: String,
+    },
+    /// XEP-0198: hand the stream to the session `previd` of this user, if it
+    /// waits; answer with [`NegEvent::Resumed`].
+    Resume {
+        user: String,
+        host: String,
+        previd: String,
+        h: u32,
     },
     /// XEP-0077 registration before authentication.
     Register {
@@ -124,6 +134,7 @@ enum State {
     Binding {
         id: String,
     },
+    Resuming,
     Done,
     Closed,
 }
@@ -240,6 +251,10 @@ impl Negotiator {
                 // The bind reply is written by the session once it is registered, so
                 // no stanza can reach the client before it learns its JID.
                 (State::Done, vec![NegAction::Established { jid, stream_id: self.stream_id.clone(), bind_id: id }])
+            }
+            (State::Resuming, NegEvent::Resumed(true)) => (State::Done, vec![]),
+            (State::Resuming, NegEvent::Resumed(false)) => {
+                (State::PostAuth, vec![NegAction::Send(crate::sm::failed("item-not-found").to_xml(ns::CLIENT))])
             }
             (State::Binding { id }, NegEvent::Bound(Err(cond))) => {
                 (State::PostAuth, vec![NegAction::Send(iq_error_xml(Some(&id), cond))])
@@ -537,6 +552,27 @@ impl Negotiator {
     }
 
     fn on_postauth_element(&mut self, el: Element) -> (State, Vec<NegAction>) {
+        if el.ns == crate::sm::NS_SM {
+            // XEP-0198: a session is resumed instead of binding; stream
+            // management itself is enabled after bind.
+            if el.name == "resume" {
+                if let (Some(previd), Some(h)) = (el.attr("previd"), crate::sm::h_of(&el)) {
+                    return (
+                        State::Resuming,
+                        vec![NegAction::Resume {
+                            user: self.user.clone().unwrap_or_default(),
+                            host: self.host.clone().unwrap_or_default(),
+                            previd: previd.to_owned(),
+                            h,
+                        }],
+                    );
+                }
+                let failed = crate::sm::failed("bad-request").to_xml(ns::CLIENT);
+                return (State::PostAuth, vec![NegAction::Send(failed)]);
+            }
+            let failed = crate::sm::failed("unexpected-request").to_xml(ns::CLIENT);
+            return (State::PostAuth, vec![NegAction::Send(failed)]);
+        }
         if el.is("iq", ns::CLIENT) && el.attr("type") == Some("set") {
             if let Some(bind) = el.get_child("bind", ns::BIND) {
                 let resource = bind.get_child("resource", ns::BIND).map(|r| r.text()).filter(|r| !r.trim().is_empty());

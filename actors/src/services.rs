@@ -33,6 +33,8 @@ pub struct SessionSettings {
     pub negotiation_timeout: Duration,
     /// Most offline messages kept per user (XEP-0160).
     pub max_offline_messages: u64,
+    /// XEP-0198 stream management.
+    pub sm: crate::sm::SmSettings,
 }
 
 impl Default for SessionSettings {
@@ -46,6 +48,7 @@ impl Default for SessionSettings {
             keepalive_interval: Duration::from_secs(60),
             negotiation_timeout: Duration::from_secs(60),
             max_offline_messages: 1000,
+            sm: crate::sm::SmSettings::default(),
         }
     }
 }
@@ -66,6 +69,9 @@ pub struct Services {
     shutdown_signal: tokio::sync::watch::Sender<bool>,
     connections: std::sync::atomic::AtomicUsize,
     started_micros: i64,
+    /// XEP-0198: sessions that can be resumed, by resumption id (one entry per
+    /// session that enabled resumption, so bounded by the sessions on the node).
+    resumable: std::sync::Mutex<std::collections::HashMap<String, actix::Addr<crate::session::C2sSession>>>,
 }
 
 /// Counts a connection for as long as it lives.
@@ -102,6 +108,7 @@ impl Services {
             shutdown_signal: tokio::sync::watch::channel(false).0,
             connections: std::sync::atomic::AtomicUsize::new(0),
             started_micros: now_micros(),
+            resumable: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -152,6 +159,20 @@ impl Services {
         for sink in self.router.local_sinks() {
             sink.kick(meerkat_routing::KickReason::Shutdown);
         }
+    }
+
+    /// XEP-0198: `session` can be resumed with `id`.
+    pub fn add_resumable(&self, id: String, session: actix::Addr<crate::session::C2sSession>) {
+        self.resumable.lock().unwrap_or_else(|e| e.into_inner()).insert(id, session);
+    }
+
+    /// The session a resumption id names, if it is still waiting.
+    pub fn resumable(&self, id: &str) -> Option<actix::Addr<crate::session::C2sSession>> {
+        self.resumable.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    pub fn remove_resumable(&self, id: &str) {
+        self.resumable.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 
     pub fn uptime(&self) -> Duration {

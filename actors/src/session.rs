@@ -15,6 +15,13 @@
 //! it: on what the client sends before routing it, on what is routed here
 //! before writing it (see [`crate::modules`]). The session also pings a client
 //! that has been silent for a while ([`IdlePing`], XEP-0199).
+//!
+//! With XEP-0198 stream management ([`crate::sm`]) the session counts what it
+//! writes and keeps it until the client acknowledges it. If the client asked
+//! for resumption, the session outlives its connection: on EOF it stays bound
+//! and keeps buffering, and a new connection takes it over with [`Resume`]
+//! (which hands the session a fresh [`OutQueue`] and reader control); stale
+//! ends of the old connection are told apart by [`ConnClosed`]'s number.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +41,7 @@ use tokio::sync::{mpsc, watch};
 use crate::modules::{self, Receive, SessionState};
 use crate::server::WorkerJob;
 use crate::services::Services;
+use crate::sm::{self, Sent, SmState};
 
 /// Bytes queued for one client's writer, with a byte cap.
 #[derive(Clone)]
@@ -114,6 +122,26 @@ pub enum ClientClosed {
     Error(StreamError),
 }
 
+/// The connection `conn` (see [`Resume`]) ended; stale ends of a connection
+/// that a resumption replaced are ignored.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnClosed(pub u64, pub ClientClosed);
+
+/// XEP-0198: a new connection of `bare` takes this session over, after the
+/// client handled `h` of our stanzas. The answer is the session's JID and the
+/// number of the new connection (for [`ConnClosed`]); an error when the
+/// session is not `bare`'s, is closing, or `h` is impossible.
+#[derive(Message)]
+#[rtype(result = "Result<(FullJid, u64), ()>")]
+pub struct Resume {
+    pub previd: String,
+    pub bare: meerkat_xmpp::jid::BareJid,
+    pub h: u32,
+    pub out: OutQueue,
+    pub io: watch::Sender<IoControl>,
+}
+
 /// The client has sent nothing for the ping interval: ping it (XEP-0199).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -144,6 +172,12 @@ pub struct C2sSession {
     state: SessionState,
     /// Id of the server ping the client has not answered yet.
     ping_pending: Option<String>,
+    /// XEP-0198 counters and unacknowledged stanzas, once the client enabled it.
+    sm: Option<SmState>,
+    /// A connection is attached (false while a resumable session waits).
+    connected: bool,
+    /// Number of the attached connection; it grows with each resumption.
+    conn: u64,
 }
 
 impl C2sSession {
@@ -169,6 +203,9 @@ impl C2sSession {
             client_gone: false,
             state,
             ping_pending: None,
+            sm: None,
+            connected: true,
+            conn: 0,
         }
     }
 
@@ -190,20 +227,123 @@ impl C2sSession {
     /// Writes a stanza now, after whatever waits for an inactive client (XEP-0352).
     fn write_stanza(&mut self, el: &Element, ctx: &mut Context<Self>) {
         self.flush_waiting(ctx);
-        self.write(el.to_xml(ns::CLIENT), ctx);
+        self.write_counted(el.clone(), ctx);
     }
 
     /// Writes what waits for an inactive client, in order.
     fn flush_waiting(&mut self, ctx: &mut Context<Self>) {
         for el in self.state.csi.take() {
-            self.write(el.to_xml(ns::CLIENT), ctx);
+            self.write_counted(el, ctx);
         }
     }
 
     /// Writes a stanza routed here, unless it may wait for an inactive client.
     fn deliver_to_client(&mut self, el: Element, ctx: &mut Context<Self>) {
         for el in self.state.csi.offer(el) {
-            self.write(el.to_xml(ns::CLIENT), ctx);
+            self.write_counted(el, ctx);
+        }
+    }
+
+    /// Writes one stanza; with stream management on (XEP-0198) it is kept
+    /// until the client acknowledges it.
+    fn write_counted(&mut self, el: Element, ctx: &mut Context<Self>) {
+        self.write(el.to_xml(ns::CLIENT), ctx);
+        let Some(sm) = &mut self.sm else { return };
+        match sm.sent(el) {
+            Sent::Kept => {}
+            Sent::Request => self.write(sm::request().to_xml(ns::CLIENT), ctx),
+            Sent::Overflow => {
+                // Closing loses nothing: what the client did not acknowledge goes back to the account.
+                tracing::debug!(jid = %self.jid, "too many unacknowledged stanzas; closing the stream");
+                // Deliveries still in the mailbox go back to the account as well.
+                self.client_gone = true;
+                self.detach();
+                self.return_unacked();
+                self.stream_fail(
+                    StreamError::with_text(StreamErrorCondition::ResourceConstraint, "too many unacknowledged stanzas"),
+                    ctx,
+                );
+            }
+        }
+    }
+
+    /// Gives the messages the client never acknowledged back to the router, for
+    /// the account's other resources or offline storage (RFC 6121 §8.5.3), and
+    /// ends stream management. Call after [`Self::detach`], so they cannot come back here.
+    fn return_unacked(&mut self) {
+        let Some(mut sm) = self.sm.take() else { return };
+        if let Some(id) = &sm.resume_id {
+            self.svc.remove_resumable(id);
+        }
+        for el in sm.take_unacked() {
+            if StanzaKind::of(&el) != Some(StanzaKind::Message) || modules::carbons::is_copy(&el) {
+                continue;
+            }
+            if let Some(from) = el.attr("from").and_then(|f| parse_jid(f).ok()) {
+                self.svc.router.reroute(Routed { from, to: Jid::from(self.jid.to_bare()), stanza: el });
+            }
+        }
+    }
+
+    /// XEP-0198: the connection is lost but the client may resume. The session
+    /// stays bound and keeps what is routed to it (bounded by `buffer_max`)
+    /// until a new connection resumes it or `resume_timeout` runs out.
+    fn wait_for_resumption(&mut self, ctx: &mut Context<Self>) {
+        tracing::debug!(jid = %self.jid, "connection lost; waiting for the client to resume");
+        self.connected = false;
+        let _ = self.io.send(IoControl::Abort);
+        self.out = None;
+        self.ping_pending = None;
+        let conn = self.conn;
+        ctx.run_later(self.svc.settings.sm.resume_timeout, move |act, ctx| {
+            if !act.connected && act.conn == conn {
+                tracing::debug!(jid = %act.jid, "not resumed in time; closing the session");
+                // `stopped` gives the unacknowledged messages back to the account.
+                ctx.stop();
+            }
+        });
+    }
+
+    /// A XEP-0198 element from the client (`<enable/>`, `<r/>`, `<a/>`).
+    fn on_sm_element(&mut self, el: &Element, ctx: &mut Context<Self>) {
+        match (el.name.as_str(), &mut self.sm) {
+            ("enable", None) => {
+                let settings = &self.svc.settings.sm;
+                let mut state = SmState::new(settings);
+                let wants_resume = matches!(el.attr("resume"), Some("true") | Some("1"));
+                let timeout = settings.resume_timeout;
+                let reply = if wants_resume && !timeout.is_zero() {
+                    let id = format!("{:032x}", rand::random::<u128>());
+                    self.svc.add_resumable(id.clone(), ctx.address());
+                    let reply = sm::enabled(Some((&id, timeout)));
+                    state.resume_id = Some(id);
+                    reply
+                } else {
+                    sm::enabled(None)
+                };
+                self.sm = Some(state);
+                self.write(reply.to_xml(ns::CLIENT), ctx);
+            }
+            ("r", Some(state)) => {
+                let h = state.handled_in;
+                self.write(sm::answer(h).to_xml(ns::CLIENT), ctx);
+            }
+            ("a", Some(state)) => {
+                let ok = sm::h_of(el).is_some_and(|h| state.acked(h).is_ok());
+                if !ok {
+                    self.stream_fail(
+                        StreamError::with_text(
+                            StreamErrorCondition::UndefinedCondition,
+                            "acknowledged more stanzas than were sent",
+                        ),
+                        ctx,
+                    );
+                }
+            }
+            // An answer to nothing; harmless.
+            ("a", None) => {}
+            // `<enable/>` twice, `<r/>` before `<enable/>`, `<resume/>` after bind.
+            _ => self.write(sm::failed("unexpected-request").to_xml(ns::CLIENT), ctx),
         }
     }
 
@@ -288,6 +428,10 @@ impl C2sSession {
 
     fn on_client_stanza(&mut self, mut el: Element, ctx: &mut Context<Self>) {
         let Some(kind) = StanzaKind::of(&el) else {
+            if el.ns == sm::NS_SM && self.svc.settings.sm.enabled {
+                self.on_sm_element(&el, ctx);
+                return;
+            }
             if modules::session_element(&self.svc, &mut self.state, &el) {
                 if self.state.csi.is_active() {
                     self.flush_waiting(ctx);
@@ -303,6 +447,9 @@ impl C2sSession {
             );
             return;
         };
+        if let Some(sm) = &mut self.sm {
+            sm.handled();
+        }
         if let Some(from) = el.attr("from") {
             // RFC 6120 §8.1.2.1: the server stamps `from`; a different one is an error.
             let ok = match parse_jid(from) {
@@ -567,7 +714,7 @@ impl C2sSession {
         self.write_stanza(&ping, ctx);
         self.ping_pending = Some(id.clone());
         ctx.run_later(self.svc.settings.ping_timeout, move |act, ctx| {
-            if act.ping_pending.as_deref() == Some(id.as_str()) && !act.detached {
+            if act.ping_pending.as_deref() == Some(id.as_str()) && !act.detached && act.connected {
                 tracing::debug!(jid = %act.jid, "no answer to a ping; closing the stream");
                 act.stream_fail(
                     StreamError::with_text(StreamErrorCondition::ConnectionTimeout, "no answer to a ping"),
@@ -583,6 +730,9 @@ impl Actor for C2sSession {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.detach();
+        // However the session ends, what the client did not acknowledge goes back
+        // to the account (XEP-0198 §5, RFC 6121 §8.5.3), never silently dropped.
+        self.return_unacked();
         // Stop the reader; the writer drains what is queued, then closes the socket.
         if *self.io.borrow() == IoControl::Run {
             let _ = self.io.send(IoControl::StopReading);
@@ -645,9 +795,18 @@ impl Handler<Kick> for C2sSession {
     }
 }
 
-impl Handler<ClientClosed> for C2sSession {
+impl Handler<ConnClosed> for C2sSession {
     type Result = ();
-    fn handle(&mut self, msg: ClientClosed, ctx: &mut Context<Self>) {
+    fn handle(&mut self, ConnClosed(conn, msg): ConnClosed, ctx: &mut Context<Self>) {
+        if conn != self.conn || !self.connected {
+            // A connection that a resumption replaced.
+            return;
+        }
+        let resumable = self.sm.as_ref().is_some_and(|sm| sm.resume_id.is_some());
+        if resumable && !self.detached && matches!(msg, ClientClosed::Gone) {
+            self.wait_for_resumption(ctx);
+            return;
+        }
         match msg {
             ClientClosed::Error(err) => self.stream_fail(err, ctx),
             ClientClosed::Closed | ClientClosed::Gone => {
@@ -655,9 +814,42 @@ impl Handler<ClientClosed> for C2sSession {
                 // written before ours (RFC 6120 §4.4); after EOF they are routed again.
                 self.client_gone = matches!(msg, ClientClosed::Gone);
                 self.detach();
+                if self.client_gone {
+                    // Written, perhaps, but never acknowledged (XEP-0198).
+                    self.return_unacked();
+                }
                 ctx.address().do_send(Finish(None));
             }
         }
+    }
+}
+
+impl Handler<Resume> for C2sSession {
+    type Result = Result<(FullJid, u64), ()>;
+    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Self::Result {
+        let Some(state) = &mut self.sm else { return Err(()) };
+        if self.detached || msg.bare != self.jid.to_bare() || state.resume_id.as_deref() != Some(msg.previd.as_str()) {
+            return Err(());
+        }
+        if state.acked(msg.h).is_err() {
+            return Err(());
+        }
+        state.restart_requests();
+        let resumed = sm::resumed(&msg.previd, state.handled_in);
+        let unacked: Vec<String> = state.unacked().map(|el| el.to_xml(ns::CLIENT)).collect();
+        // An old connection that nobody noticed was lost yet is dropped now.
+        let _ = self.io.send(IoControl::Abort);
+        self.io = msg.io;
+        self.out = Some(msg.out);
+        self.connected = true;
+        self.conn += 1;
+        self.ping_pending = None;
+        tracing::debug!(jid = %self.jid, resent = unacked.len(), "session resumed");
+        self.write(resumed.to_xml(ns::CLIENT), ctx);
+        for xml in unacked {
+            self.write(xml, ctx);
+        }
+        Ok((self.jid.clone(), self.conn))
     }
 }
 

@@ -658,6 +658,7 @@ pub struct Modules {
     pub blocking: BlockingModule,
     pub csi: CsiModule,
     pub ping: PingModule,
+    pub stream_management: StreamManagementModule,
 }
 
 /// `[modules.mam]` (XEP-0313)
@@ -703,6 +704,28 @@ pub struct BlockingModule {
 impl Default for BlockingModule {
     fn default() -> Self {
         BlockingModule { enabled: true }
+    }
+}
+
+/// `[modules.stream_management]` (XEP-0198)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamManagementModule {
+    /// Offer stream management (acknowledgements) to clients after authentication.
+    pub enabled: bool,
+    /// Most stanzas kept for a client until it acknowledges them; past this the
+    /// stream is closed with `<resource-constraint/>` (MongooseIM's default).
+    pub buffer_max: usize,
+    /// The server asks for an acknowledgement after this many stanzas; 0 never asks.
+    pub ack_freq: u32,
+    /// Seconds a session whose connection was lost (EOF or error, not a
+    /// closing tag) waits for the client to resume it; 0 turns resumption off.
+    pub resume_timeout: u64,
+}
+
+impl Default for StreamManagementModule {
+    fn default() -> Self {
+        StreamManagementModule { enabled: true, buffer_max: 100, ack_freq: 1, resume_timeout: 600 }
     }
 }
 
@@ -815,6 +838,9 @@ impl Config {
             canon.push(c);
         }
         self.general.hosts = canon;
+        if self.modules.stream_management.buffer_max == 0 {
+            return Err(err("modules.stream_management.buffer_max", "must be at least 1".into()));
+        }
         if self.listen.c2s.is_empty() {
             return Err(err("listen.c2s", "at least one c2s listener is required".into()));
         }
@@ -1248,7 +1274,7 @@ mod tests {
         let m = Config::parse(&text, "deploy/meerkat.toml").unwrap().modules;
         let d = Modules::default();
         assert_eq!(format!("{m:?}"), format!("{d:?}"));
-        for section in ["mam", "carbons", "blocking", "csi", "ping"] {
+        for section in ["mam", "carbons", "blocking", "csi", "ping", "stream_management"] {
             assert!(text.contains(&format!("[modules.{section}]")), "deploy/meerkat.toml lacks [modules.{section}]");
         }
     }

@@ -130,6 +130,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         keepalive_interval: Duration::from_secs(cfg.session.keepalive_interval),
         negotiation_timeout: Duration::from_secs(cfg.session.negotiation_timeout),
         max_offline_messages: cfg.modules.offline.max_messages,
+        sm: meerkat_actors::sm::SmSettings {
+            enabled: cfg.modules.stream_management.enabled,
+            buffer_max: cfg.modules.stream_management.buffer_max,
+            ack_freq: cfg.modules.stream_management.ack_freq,
+            resume_timeout: Duration::from_secs(cfg.modules.stream_management.resume_timeout),
+        },
     };
     let modules = default_modules(&modules_config(&cfg.modules));
     let stream_features = stream_features(&modules);

@@ -1293,3 +1293,35 @@ fn module_features_are_offered_before_and_after_authentication() {
     assert_eq!(names, ["bind", "session", "c", "csi"]);
     assert_eq!(post.get_child("c", ns::CAPS).and_then(|c| c.attr("ver")), Some("v"));
 }
+
+#[test]
+fn stream_management_resume_instead_of_bind() {
+    let (mut neg, _) = authenticated();
+    // XEP-0198 is enabled after bind, not before.
+    match neg.step(el("<enable xmlns='urn:xmpp:sm:3'/>")).as_slice() {
+        [NegAction::Send(xml)] => assert!(xml.contains("unexpected-request"), "{xml}"),
+        other => panic!("{other:?}"),
+    }
+    // A resume without h is malformed.
+    match neg.step(el("<resume xmlns='urn:xmpp:sm:3' previd='x'/>")).as_slice() {
+        [NegAction::Send(xml)] => assert!(xml.contains("bad-request"), "{xml}"),
+        other => panic!("{other:?}"),
+    }
+    let resume = "<resume xmlns='urn:xmpp:sm:3' previd='abc' h='7'/>";
+    assert_eq!(
+        neg.step(el(resume)),
+        vec![NegAction::Resume { user: USER.into(), host: HOST.into(), previd: "abc".into(), h: 7 }]
+    );
+    // Unknown: item-not-found, and the client may bind instead.
+    match neg.step(NegEvent::Resumed(false)).as_slice() {
+        [NegAction::Send(xml)] => assert!(xml.contains("<failed") && xml.contains("item-not-found"), "{xml}"),
+        other => panic!("{other:?}"),
+    }
+    let req = "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>";
+    assert!(matches!(neg.step(el(req)).as_slice(), [NegAction::Bind { .. }]));
+
+    let (mut neg, _) = authenticated();
+    assert!(matches!(neg.step(el(resume)).as_slice(), [NegAction::Resume { .. }]));
+    // Negotiation is over: the session owns the stream now.
+    assert_eq!(neg.step(NegEvent::Resumed(true)), vec![]);
+}

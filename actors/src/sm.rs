@@ -1,0 +1,243 @@
+//! XEP-0198: Stream Management (`urn:xmpp:sm:3`), acknowledgements.
+//!
+//! After bind the client sends `<enable/>`; from then on both sides count the
+//! stanzas they handled (`h`, modulo 2^32). Either side asks with `<r/>` and
+//! the other answers `<a h='…'/>`. The server keeps every stanza it wrote
+//! until the client acknowledges it, in a bounded buffer: a client that lets
+//! more than `buffer_max` stanzas go unacknowledged is disconnected with
+//! `<resource-constraint/>` rather than losing data. When the connection is
+//! lost, the unacknowledged messages go back to the account (RFC 6121: other
+//! resources or offline storage).
+//!
+//! With `resume='true'` (and a non-zero `resume_timeout`), a session whose
+//! connection is lost (EOF or error, not a closing tag) stays bound and keeps
+//! buffering; a new connection of the same account sends `<resume/>` after
+//! SASL, the session answers `<resumed/>` and re-sends what was not
+//! acknowledged. When the wait ends, the unacknowledged messages go back to
+//! the account and the session closes. Resumption works on the node that
+//! holds the session only.
+//!
+//! [`SmState`] is pure bookkeeping; the session actor does the writing.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use meerkat_xmpp::element::Element;
+
+/// XEP-0198 version 3.
+pub const NS_SM: &str = "urn:xmpp:sm:3";
+const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+
+/// `[modules.stream_management]`, as the session layer uses it.
+#[derive(Clone, Debug)]
+pub struct SmSettings {
+    /// Offer stream management after authentication.
+    pub enabled: bool,
+    /// Most unacknowledged stanzas kept for a client; past it the stream is
+    /// closed with `<resource-constraint/>`.
+    pub buffer_max: usize,
+    /// The server asks for an acknowledgement (`<r/>`) after this many
+    /// stanzas written since it last asked; 0 never asks.
+    pub ack_freq: u32,
+    /// How long a session whose connection was lost waits to be resumed;
+    /// zero turns resumption off.
+    pub resume_timeout: Duration,
+}
+
+impl Default for SmSettings {
+    fn default() -> Self {
+        SmSettings { enabled: true, buffer_max: 100, ack_freq: 1, resume_timeout: Duration::from_secs(600) }
+    }
+}
+
+/// The client acknowledged more stanzas than the server sent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadAck;
+
+/// One session's stream-management counters and unacknowledged stanzas.
+#[derive(Debug)]
+pub struct SmState {
+    /// Stanzas handled from the client (what we answer in `<a/>`).
+    pub handled_in: u32,
+    /// Stanzas the client acknowledged so far.
+    acked_out: u32,
+    /// Written and not yet acknowledged, oldest first.
+    unacked: VecDeque<Element>,
+    /// Written since the server last sent `<r/>`.
+    since_request: u32,
+    buffer_max: usize,
+    ack_freq: u32,
+    /// The id a new connection resumes this session with, when resumption is on.
+    pub resume_id: Option<String>,
+}
+
+/// What writing one stanza means for stream management.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Nothing more to do.
+    Kept,
+    /// Follow it with `<r/>`.
+    Request,
+    /// The buffer is over its limit: close the stream with `<resource-constraint/>`.
+    Overflow,
+}
+
+impl SmState {
+    pub fn new(settings: &SmSettings) -> Self {
+        SmState {
+            handled_in: 0,
+            acked_out: 0,
+            unacked: VecDeque::new(),
+            since_request: 0,
+            buffer_max: settings.buffer_max.max(1),
+            ack_freq: settings.ack_freq,
+            resume_id: None,
+        }
+    }
+
+    /// One more stanza from the client was handled.
+    pub fn handled(&mut self) {
+        self.handled_in = self.handled_in.wrapping_add(1);
+    }
+
+    /// One stanza was written to the client.
+    pub fn sent(&mut self, el: Element) -> Sent {
+        self.unacked.push_back(el);
+        if self.unacked.len() > self.buffer_max {
+            return Sent::Overflow;
+        }
+        self.since_request += 1;
+        if self.ack_freq > 0 && self.since_request >= self.ack_freq {
+            self.since_request = 0;
+            return Sent::Request;
+        }
+        Sent::Kept
+    }
+
+    /// The client says it has handled `h` stanzas: drop those from the buffer.
+    pub fn acked(&mut self, h: u32) -> Result<(), BadAck> {
+        let newly = h.wrapping_sub(self.acked_out) as usize;
+        if newly > self.unacked.len() {
+            return Err(BadAck);
+        }
+        self.unacked.drain(..newly);
+        self.acked_out = h;
+        Ok(())
+    }
+
+    /// Unacknowledged stanzas, oldest first (taken when the connection is lost).
+    pub fn take_unacked(&mut self) -> VecDeque<Element> {
+        std::mem::take(&mut self.unacked)
+    }
+
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Unacknowledged stanzas, oldest first (re-sent on resumption; they stay unacknowledged).
+    pub fn unacked(&self) -> impl Iterator<Item = &Element> {
+        self.unacked.iter()
+    }
+
+    /// A new connection took over: nothing has been asked for on it yet.
+    pub fn restart_requests(&mut self) {
+        self.since_request = 0;
+    }
+}
+
+/// `<sm/>` for the stream features.
+pub fn feature() -> Element {
+    Element::new("sm", NS_SM)
+}
+
+/// `<enabled/>`; with a resumption id, `resume='true'` and the most seconds it waits.
+pub fn enabled(resume: Option<(&str, Duration)>) -> Element {
+    let el = Element::new("enabled", NS_SM);
+    match resume {
+        Some((id, max)) => {
+            el.with_attr("id", id).with_attr("resume", "true").with_attr("max", max.as_secs().to_string())
+        }
+        None => el,
+    }
+}
+
+/// `<resumed/>`.
+pub fn resumed(previd: &str, h: u32) -> Element {
+    Element::new("resumed", NS_SM).with_attr("previd", previd).with_attr("h", h.to_string())
+}
+
+pub fn request() -> Element {
+    Element::new("r", NS_SM)
+}
+
+pub fn answer(h: u32) -> Element {
+    Element::new("a", NS_SM).with_attr("h", h.to_string())
+}
+
+/// `<failed/>` with a stanza error condition (`unexpected-request`, `item-not-found`).
+pub fn failed(condition: &str) -> Element {
+    Element::new("failed", NS_SM).with_child(Element::new(condition, NS_STANZAS))
+}
+
+/// The `h` of an `<a/>` or `<resume/>`.
+pub fn h_of(el: &Element) -> Option<u32> {
+    el.attr("h").and_then(|h| h.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: u32) -> Element {
+        Element::new("message", "jabber:client").with_attr("id", n.to_string())
+    }
+
+    fn settings(buffer_max: usize, ack_freq: u32) -> SmSettings {
+        SmSettings { buffer_max, ack_freq, ..SmSettings::default() }
+    }
+
+    #[test]
+    fn acks_drop_acknowledged_stanzas() {
+        let mut sm = SmState::new(&settings(10, 0));
+        for n in 0..5 {
+            assert_eq!(sm.sent(msg(n)), Sent::Kept);
+        }
+        sm.acked(3).unwrap();
+        assert_eq!(sm.unacked_len(), 2);
+        // An old ack again changes nothing.
+        sm.acked(3).unwrap();
+        assert_eq!(sm.unacked_len(), 2);
+        assert_eq!(sm.acked(9), Err(BadAck));
+        let rest: Vec<_> = sm.take_unacked().into_iter().map(|e| e.attr("id").map(str::to_owned)).collect();
+        assert_eq!(rest, vec![Some("3".to_owned()), Some("4".to_owned())]);
+    }
+
+    #[test]
+    fn h_wraps_at_2_pow_32() {
+        let mut sm = SmState::new(&settings(10, 0));
+        sm.acked_out = u32::MAX - 1;
+        sm.handled_in = u32::MAX;
+        sm.handled();
+        assert_eq!(sm.handled_in, 0);
+        for n in 0..3 {
+            sm.sent(msg(n));
+        }
+        sm.acked(0).unwrap();
+        assert_eq!(sm.unacked_len(), 1);
+    }
+
+    #[test]
+    fn requests_every_ack_freq_and_overflows_past_buffer_max() {
+        let mut sm = SmState::new(&settings(3, 2));
+        assert_eq!(sm.sent(msg(0)), Sent::Kept);
+        assert_eq!(sm.sent(msg(1)), Sent::Request);
+        assert_eq!(sm.sent(msg(2)), Sent::Kept);
+        assert_eq!(sm.sent(msg(3)), Sent::Overflow);
+    }
+
+    #[test]
+    fn elements() {
+        assert_eq!(h_of(&answer(7)), Some(7));
+        assert!(failed("item-not-found").get_child("item-not-found", NS_STANZAS).is_some());
+    }
+}
