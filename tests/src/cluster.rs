@@ -83,8 +83,7 @@ pub struct Placement {
 impl Placement {
     /// On loopback, with a free port for the cluster transport.
     pub fn loopback() -> Placement {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
+        let port = crate::node::free_port();
         Placement {
             ip: Ipv4Addr::LOCALHOST,
             cluster_addr: SocketAddr::from(([127, 0, 0, 1], port)),

@@ -54,10 +54,7 @@ pub const GLOBAL_HOST: &str = "example.com";
 pub const DCS: usize = 2;
 pub const NODES_PER_DC: usize = 2;
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local_addr").port()
-}
+use crate::node::free_port;
 
 // ------------------------------------------------------------------ Redis
 
