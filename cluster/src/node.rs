@@ -157,6 +157,8 @@ pub struct ClusterNode {
 
 /// Proposals waiting to be committed in the background.
 const PROPOSAL_QUEUE: usize = 64 * 1024;
+/// How often a node probes members it has not heard from.
+const PROBE_EVERY: Duration = Duration::from_millis(1000);
 
 impl ClusterNode {
     /// Opens the node's Raft state, starts its transport and tasks, and
@@ -401,6 +403,7 @@ impl ClusterNode {
         let mut known: HashSet<u64> = HashSet::new();
         let mut leading_since: Option<(u64, Instant)> = None;
         let mut proposed_down: HashMap<u64, Instant> = HashMap::new();
+        let mut last_probe = Instant::now();
         loop {
             tokio::select! {
                 _ = metrics.changed() => {}
@@ -418,6 +421,20 @@ impl ClusterNode {
                 known.remove(&gone);
             }
             known.extend(members.keys().copied());
+            // Followers hear from the leader only: probe every member that has
+            // been quiet, so that every node knows who it can reach.
+            if last_probe.elapsed() >= PROBE_EVERY {
+                last_probe = Instant::now();
+                for id in members.keys().filter(|id| **id != self.id).copied() {
+                    let quiet = self.transport.last_seen(id).is_none_or(|t| t.elapsed() >= PROBE_EVERY);
+                    if quiet {
+                        let transport = self.transport.clone();
+                        tokio::spawn(async move {
+                            let _ = transport.request(id, Request::Ping, PROBE_EVERY).await;
+                        });
+                    }
+                }
+            }
 
             if m.state != ServerState::Leader {
                 leading_since = None;
@@ -764,5 +781,6 @@ async fn handle_request(node: &ClusterNode, from: u64, request: Request) -> Resu
             }
         }
         Request::DeliverChecked(frame) => Ok(Response::Delivered(node.transport.deliver_checked(from, frame))),
+        Request::Ping => Ok(Response::Done),
     }
 }

@@ -88,6 +88,8 @@ pub enum Request {
     /// it did: a stanza from another data center is acknowledged there only
     /// once a session took it.
     DeliverChecked(StanzaFrame),
+    /// A liveness probe between members that Raft does not connect (followers).
+    Ping,
 }
 
 /// The answer to a [`Request`].
