@@ -12,6 +12,12 @@ Subcommands, one scenario each:
   blocking  XEP-0191 (plugin xep_0191): bob blocks alice; alice's message
             bounces with service-unavailable and bob gets nothing; the
             blocklist holds alice; after unblocking, a message gets through.
+  sm_resume XEP-0198 (plugin xep_0198, allow_resume): bob enables stream
+            management with resumption; while alice sends him 100 numbered
+            messages, bob's TCP connection is aborted (no stream close) and
+            bob reconnects; the stream is resumed (session_resumed, no new
+            bind or session_start) and bob has every message exactly once, in
+            order, across the cut.
 
 Usage: extensions.py SCENARIO --host H --port P --domain D --ca CERT
 Accounts alice, bob and (for mam) carol (password "secret") must exist. Every wait has a
@@ -259,7 +265,125 @@ async def blocking(args):
     }
 
 
-SCENARIOS = {"mam": mam, "carbons": carbons, "blocking": blocking}
+# --- XEP-0198 --------------------------------------------------------------
+
+
+async def sm_resume(args):
+    a_jid, b_jid = f"alice@{args.domain}", f"bob@{args.domain}"
+    count, cut_at, gap = 100, 20, 0.5
+    alice = await login(args, "alice", "laptop")
+
+    bob = Client(f"{b_jid}/phone", "secret", args.ca, ("xep_0198",))
+    sm = bob.plugin["xep_0198"]
+    check(sm.allow_resume, "xep_0198 does not request resumption")
+    events = {"session_start": 0, "session_bind": 0, "sm_enabled": 0, "session_resumed": 0, "sm_failed": 0}
+    enabled, resumed, disconnected = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    stanzas = {}
+
+    def counter(name, flag=None):
+        def on(stanza):
+            events[name] += 1
+            if name in ("sm_enabled", "session_resumed"):
+                stanzas[name] = stanza
+            if flag is not None:
+                flag.set()
+        return on
+
+    bob.add_event_handler("session_start", counter("session_start"))
+    bob.add_event_handler("session_bind", counter("session_bind"))
+    bob.add_event_handler("sm_enabled", counter("sm_enabled", enabled))
+    bob.add_event_handler("session_resumed", counter("session_resumed", resumed))
+    bob.add_event_handler("sm_failed", counter("sm_failed"))
+    bob.connect(host=args.host, port=args.port)
+    await wait(bob.online.wait(), "bob to log in")
+    await wait(enabled.wait(), "bob's <enabled/>")
+    en = stanzas["sm_enabled"]
+    check(en["resume"] in (True, "true", "1") and en["id"], f"<enabled/> without resumption: {en}")
+    sm_id = en["id"]
+    await bob.barrier(args.domain)
+
+    received = []
+    cut = {}
+
+    async def reconnect(_):
+        cut["received_at_disconnect"] = len(received)
+        disconnected.set()
+        await asyncio.sleep(gap)  # alice keeps sending while bob is away
+        cut["alice_sent_at_reconnect"] = sent
+        bob.connect(host=args.host, port=args.port)
+
+    def on_message(msg):
+        if msg["from"].bare != a_jid:
+            return
+        received.append(msg["body"])
+        if msg["body"] == f"sm {cut_at}" and "alice_sent_at_cut" not in cut:
+            cut["alice_sent_at_cut"] = sent
+            cut["received_at_cut"] = len(received)
+            bob.add_event_handler("disconnected", reconnect, disposable=True)
+            # Abrupt: drop the TCP connection, no </stream:stream>, no close_notify.
+            bob.transport.abort()
+
+    bob.del_event_handler("message", bob.on_message)
+    bob.add_event_handler("message", on_message)
+
+    # A burst of 2 * cut_at + 1 messages, so that some are in flight when the
+    # cut comes; then, once bob is surely away, the rest paced over his gap and
+    # reconnection.
+    sent = 0
+    for i in range(count):
+        alice.send_message(mto=b_jid, mbody=f"sm {i}", mtype="chat")
+        sent = i + 1
+        if i == 2 * cut_at:
+            await wait(disconnected.wait(), "bob's connection to drop")
+        if i >= 2 * cut_at:
+            await asyncio.sleep(0.01)
+
+    await wait(resumed.wait(), "bob's stream to be resumed", timeout=TIMEOUT)
+    cut["alice_sent_at_resume"] = sent
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while len(received) < count and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    await bob.barrier(args.domain)
+    await asyncio.sleep(0.2)
+    await bob.barrier(args.domain)
+    expected = [f"sm {i}" for i in range(count)]
+    check(received == expected,
+          f"bob received {len(received)} messages, distinct {len(set(received))}, "
+          f"missing {[b for b in expected if b not in received]}, "
+          f"duplicated {sorted({b for b in received if received.count(b) > 1})}, "
+          f"in order {received == sorted(received, key=lambda b: int(b.split()[1]))}; cut {cut}")
+    check(events["session_resumed"] == 1, f"events {events}")
+    check(events["session_start"] == 1 and events["session_bind"] == 1 and events["sm_enabled"] == 1,
+          f"bob started a new session instead of resuming: events {events}")
+    check(events["sm_failed"] == 0, f"stream management failed: events {events}")
+    check(str(bob.boundjid) == f"{b_jid}/phone", f"bob's JID after resume: {bob.boundjid}")
+    await alice.barrier(args.domain)
+    check(alice.errors.empty(), f"alice got an error: {alice.errors._queue}")
+    check(sm.enabled_in and sm.enabled_out, "stream management is off after the resume")
+
+    rs = stanzas["session_resumed"]
+    summary = {
+        "resumed": True,
+        "previd_matches": rs["previd"] == sm_id,
+        "resumed_h": rs["h"] or 0,
+        "events": events,
+        "received": len(received),
+        "distinct": len(set(received)),
+        "in_order": True,
+        "cut_after": cut["received_at_cut"],
+        "received_at_disconnect": cut["received_at_disconnect"],
+        "alice_sent_at_cut": cut["alice_sent_at_cut"],
+        "alice_sent_at_reconnect": cut["alice_sent_at_reconnect"],
+        "alice_sent_at_resume": cut["alice_sent_at_resume"],
+        "handled": sm.handled,
+    }
+    check(summary["previd_matches"], f"<resumed previd={rs['previd']}> is not the enabled id {sm_id}")
+    alice.disconnect()
+    bob.disconnect()
+    return summary
+
+
+SCENARIOS = {"mam": mam, "carbons": carbons, "blocking": blocking, "sm_resume": sm_resume}
 
 
 async def main():

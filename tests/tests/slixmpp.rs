@@ -3,7 +3,8 @@
 //! presence, 1,000 messages each way in order, and an offline message with a
 //! delay stamp (`tests/python/scenario.py`); and slixmpp's own extension
 //! plugins, one scenario each (`tests/python/extensions.py`): XEP-0313 message
-//! archives paged with XEP-0059, XEP-0280 carbons and XEP-0191 blocking.
+//! archives paged with XEP-0059, XEP-0280 carbons, XEP-0191 blocking and
+//! XEP-0198 stream resumption after an abrupt TCP cut.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -97,4 +98,21 @@ fn slixmpp_blocking_bounces_messages_until_unblocked() {
     assert_eq!(s["blocked_error"], "service-unavailable");
     assert_eq!(s["blocklist_after_unblock"], json!([]));
     assert_eq!(s["delivered_after_unblock"], true);
+}
+
+#[test]
+fn slixmpp_stream_management_resumes_after_tcp_cut_with_100_messages_exactly_once_in_order() {
+    let s = extension_scenario("sm_resume");
+    assert_eq!(s["resumed"], true);
+    assert_eq!(s["previd_matches"], true);
+    // One bind, one session_start, one <enabled/>, then the cut is healed by one <resumed/>.
+    assert_eq!(
+        s["events"],
+        json!({"session_start": 1, "session_bind": 1, "sm_enabled": 1, "session_resumed": 1, "sm_failed": 0})
+    );
+    assert_eq!(s["received"], 100);
+    assert_eq!(s["distinct"], 100);
+    assert_eq!(s["in_order"], true);
+    // The cut really fell in the middle of the stream of messages.
+    assert!(s["cut_after"].as_u64().unwrap() < 100);
 }
