@@ -147,28 +147,38 @@ pub enum TransportError {
     Codec(String),
 }
 
-pub fn encode_frame(frame: &Frame) -> Result<Bytes, TransportError> {
+/// A version byte, then the bincode encoding of `value`: the body of every
+/// length-prefixed frame between nodes and between data centers.
+pub fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Result<Bytes, String> {
     let mut buf = BytesMut::with_capacity(256);
-    buf.put_u8(PROTOCOL_VERSION);
-    let body =
-        bincode::serde::encode_to_vec(frame, bincode_config()).map_err(|e| TransportError::Codec(e.to_string()))?;
+    buf.put_u8(version);
+    let body = bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| e.to_string())?;
     buf.extend_from_slice(&body);
     Ok(buf.freeze())
 }
 
-pub fn decode_frame(data: &[u8]) -> Result<Frame, TransportError> {
-    let Some((&version, body)) = data.split_first() else {
-        return Err(TransportError::Codec("empty frame".into()));
+/// Reads what [`encode_versioned`] wrote, refusing another version and trailing bytes.
+pub fn decode_versioned<T: serde::de::DeserializeOwned>(version: u8, data: &[u8]) -> Result<T, String> {
+    let Some((&got, body)) = data.split_first() else {
+        return Err("empty frame".into());
     };
-    if version != PROTOCOL_VERSION {
-        return Err(TransportError::Codec(format!("protocol version {version}, expected {PROTOCOL_VERSION}")));
+    if got != version {
+        return Err(format!("protocol version {got}, expected {version}"));
     }
-    let (frame, used): (Frame, usize) =
-        bincode::serde::decode_from_slice(body, bincode_config()).map_err(|e| TransportError::Codec(e.to_string()))?;
+    let (value, used): (T, usize) =
+        bincode::serde::decode_from_slice(body, bincode_config()).map_err(|e| e.to_string())?;
     if used != body.len() {
-        return Err(TransportError::Codec("trailing bytes after a frame".into()));
+        return Err("trailing bytes after a frame".into());
     }
-    Ok(frame)
+    Ok(value)
+}
+
+pub fn encode_frame(frame: &Frame) -> Result<Bytes, TransportError> {
+    encode_versioned(PROTOCOL_VERSION, frame).map_err(TransportError::Codec)
+}
+
+pub fn decode_frame(data: &[u8]) -> Result<Frame, TransportError> {
+    decode_versioned(PROTOCOL_VERSION, data).map_err(TransportError::Codec)
 }
 
 fn codec() -> LengthDelimitedCodec {

@@ -29,9 +29,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use meerkat_cluster::transport::ClusterTls;
+use meerkat_cluster::transport::{decode_versioned, encode_versioned, ClusterTls};
 use meerkat_xmpp::element::Element;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -93,31 +93,12 @@ pub enum LinkError {
     Closed,
 }
 
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
-}
-
 pub fn encode_frame(frame: &GdFrame) -> Result<Bytes, LinkError> {
-    let mut buf = BytesMut::with_capacity(256);
-    buf.put_u8(GD_PROTOCOL_VERSION);
-    let body = bincode::serde::encode_to_vec(frame, bincode_config()).map_err(|e| LinkError::Codec(e.to_string()))?;
-    buf.extend_from_slice(&body);
-    Ok(buf.freeze())
+    encode_versioned(GD_PROTOCOL_VERSION, frame).map_err(LinkError::Codec)
 }
 
 pub fn decode_frame(data: &[u8]) -> Result<GdFrame, LinkError> {
-    let Some((&version, body)) = data.split_first() else {
-        return Err(LinkError::Codec("empty frame".into()));
-    };
-    if version != GD_PROTOCOL_VERSION {
-        return Err(LinkError::Codec(format!("protocol version {version}, expected {GD_PROTOCOL_VERSION}")));
-    }
-    let (frame, used): (GdFrame, usize) =
-        bincode::serde::decode_from_slice(body, bincode_config()).map_err(|e| LinkError::Codec(e.to_string()))?;
-    if used != body.len() {
-        return Err(LinkError::Codec("trailing bytes after a frame".into()));
-    }
-    Ok(frame)
+    decode_versioned(GD_PROTOCOL_VERSION, data).map_err(LinkError::Codec)
 }
 
 fn codec() -> LengthDelimitedCodec {
