@@ -234,7 +234,10 @@ async fn unresumed_messages_go_offline_when_the_resume_window_ends() {
     bob.send_str(&format!("<a xmlns='{NS_SM}' h='3'/>")).await.unwrap();
     assert_eq!(server_h(&mut bob).await, 0);
     drop(bob);
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // The 1 s window ends: the session leaves the session list.
+    meerkat_tests::wait_until("the waiting session to end", Duration::from_secs(10), || {
+        !node.api("GET", "/api/sessions", None).1.to_string().contains("bob@localhost/r")
+    });
 
     let (_, failed) = resume(&node, "bob", &id, 3).await;
     assert!(failed.get_child("item-not-found", NS_STANZAS).is_some(), "{failed}");
