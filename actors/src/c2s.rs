@@ -2,8 +2,9 @@
 //!
 //! Until a resource is bound, one task owns the whole connection (so STARTTLS
 //! can replace the transport) and runs the [`Negotiator`]. At bind it splits
-//! the connection: a writer task drains the session's [`OutQueue`], this task
-//! keeps reading and hands stanzas to the [`C2sSession`] actor.
+//! the connection, and the same task goes on with both halves: it reads and
+//! hands stanzas to the [`C2sSession`] actor, and drains the session's
+//! [`OutQueue`] into the connection.
 //! Instead of binding, a connection may resume a waiting session (XEP-0198
 //! `<resume/>`): it then attaches its writer and reader to that actor.
 //!
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use meerkat_cluster::SessionInfo;
+use meerkat_cluster::{SessionId, SessionInfo};
 use meerkat_routing::KickReason;
 use meerkat_xmpp::error::{StanzaErrorCondition, StreamError, StreamErrorCondition};
 use meerkat_xmpp::jid::{parse_bare, parse_full, FullJid};
@@ -35,7 +36,7 @@ use crate::services::{now_micros, Services};
 use crate::session::{
     ActorSink, C2sSession, ClientClosed, ConnClosed, FromClient, IdlePing, IoControl, OutQueue, Resume,
 };
-use crate::transport::{Conn, ConnReader, ConnWriter, Transport, READ_BUFFER};
+use crate::transport::{Conn, ConnReader, ConnWriter, Transport};
 use crate::websocket::{self, WsConnection, WsOut};
 
 /// One `[[listen.c2s]]` listener's settings (or one WebSocket endpoint's).
@@ -63,7 +64,10 @@ pub async fn serve(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
     let _ = tcp.set_nodelay(true);
     let _guard = svc.connection_guard();
     let deadline = tokio::time::Instant::now() + svc.settings.negotiation_timeout;
-    let result = async {
+    // Negotiation (with the TLS handshake) and the session's start run
+    // boxed: their memory is given back once the session is reading, and
+    // the task keeps only what reading needs for the session's lifetime.
+    let started = Box::pin(async {
         let transport = match (&listener.tls, listener.negotiation.tls_mode) {
             (Some(acceptor), TlsMode::Tls) => {
                 let tls =
@@ -73,9 +77,11 @@ pub async fn serve(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
             _ => Transport::Plain(tcp),
         };
         let conn = Conn::stream(transport, listener.limits);
-        negotiate(svc.clone(), listener, conn, deadline).await
-    }
+        let negotiated = negotiate(svc.clone(), listener, conn, deadline).await?;
+        start_session(svc, negotiated).await
+    })
     .await;
+    let result = read_until_closed(started).await;
     match result {
         Ok(()) => tracing::debug!(%peer, "connection finished"),
         Err(e) => tracing::debug!(%peer, error = %e, "connection ended"),
@@ -93,9 +99,44 @@ pub async fn serve_websocket(
     let _guard = svc.connection_guard();
     let deadline = tokio::time::Instant::now() + svc.settings.negotiation_timeout;
     let conn = Conn::websocket(ws, listener.limits);
-    match negotiate(svc.clone(), listener, conn, deadline).await {
+    let started = Box::pin(async {
+        let negotiated = negotiate(svc.clone(), listener, conn, deadline).await?;
+        start_session(svc, negotiated).await
+    })
+    .await;
+    let result = read_until_closed(started).await;
+    match result {
         Ok(()) => tracing::debug!(?peer, "websocket connection finished"),
         Err(e) => tracing::debug!(?peer, error = %e, "websocket connection ended"),
+    }
+}
+
+/// Runs the reading side of a started session, if one was started.
+async fn read_until_closed(started: Result<Option<Box<Reading>>, ConnError>) -> Result<(), ConnError> {
+    match started {
+        Ok(Some(reading)) => reading.run().await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// How a negotiation ended.
+enum Negotiated {
+    /// The connection is over.
+    Closed,
+    /// A resource is bound: a session runs next.
+    Bound { conn: Conn, jid: FullJid, bind_id: String },
+    /// A waiting session was resumed (XEP-0198): the connection serves it.
+    Resumed { conn: Conn, jid: FullJid, attached: Attached },
+}
+
+/// Starts what a negotiated connection serves: the reading side of its
+/// session, or `None` when the connection is over.
+async fn start_session(svc: Arc<Services>, negotiated: Negotiated) -> Result<Option<Box<Reading>>, ConnError> {
+    match negotiated {
+        Negotiated::Closed => Ok(None),
+        Negotiated::Bound { conn, jid, bind_id } => Ok(open_session(svc, conn, jid, bind_id).await),
+        Negotiated::Resumed { conn, jid, attached } => Ok(Some(attach_session(svc, conn, jid, attached))),
     }
 }
 
@@ -104,7 +145,7 @@ async fn negotiate(
     listener: Arc<C2sListener>,
     mut conn: Conn,
     deadline: tokio::time::Instant,
-) -> Result<(), ConnError> {
+) -> Result<Negotiated, ConnError> {
     let stream_id = format!("{:016x}", rand::random::<u64>());
     let mut post_auth = listener.stream_features.post_auth.clone();
     if svc.settings.sm.enabled {
@@ -126,7 +167,7 @@ async fn negotiate(
                     }
                     tracing::debug!(error = %e, text = ?e.text, "stream error during negotiation");
                     conn.close(Some(&e)).await;
-                    return Ok(());
+                    return Ok(Negotiated::Closed);
                 }
             };
             let nev = match ev {
@@ -137,7 +178,7 @@ async fn negotiate(
                 StreamEvent::Stanza(el) => NegEvent::Element(el),
                 StreamEvent::End => {
                     conn.close(None).await;
-                    return Ok(());
+                    return Ok(Negotiated::Closed);
                 }
             };
             let mut actions: VecDeque<NegAction> = neg.step(nev).into();
@@ -155,12 +196,12 @@ async fn negotiate(
                             let err =
                                 StreamError::with_text(StreamErrorCondition::PolicyViolation, "data after <starttls/>");
                             conn.close(Some(&err)).await;
-                            return Ok(());
+                            return Ok(Negotiated::Closed);
                         }
                         let (Conn::Stream { transport: Transport::Plain(tcp), input }, Some(acceptor)) =
                             (conn, listener.tls.as_ref())
                         else {
-                            return Ok(());
+                            return Ok(Negotiated::Closed);
                         };
                         let tls = tokio::time::timeout_at(deadline, acceptor.accept(tcp))
                             .await
@@ -205,17 +246,17 @@ async fn negotiate(
                                 "logins are not allowed on this listener",
                             );
                             conn.close(Some(&err)).await;
-                            return Ok(());
+                            return Ok(Negotiated::Closed);
                         }
                         if svc.is_shutting_down() {
                             conn.close(Some(&StreamError::new(StreamErrorCondition::SystemShutdown))).await;
-                            return Ok(());
+                            return Ok(Negotiated::Closed);
                         }
                         let resource = resource.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
                         match parse_full(&format!("{user}@{host}/{resource}")) {
                             Ok(jid) => {
                                 let _ = neg.step(NegEvent::Bound(Ok(jid.clone())));
-                                return run_session(svc, conn, jid, id).await;
+                                return Ok(Negotiated::Bound { conn, jid, bind_id: id });
                             }
                             Err(_) => actions.extend(neg.step(NegEvent::Bound(Err(StanzaErrorCondition::BadRequest)))),
                         }
@@ -230,7 +271,7 @@ async fn negotiate(
                             if let Ok(Ok((jid, conn_no))) = addr.send(resume).await {
                                 let _ = neg.step(NegEvent::Resumed(true));
                                 let attached = Attached { addr, conn: conn_no, out_rx, queued, io_rx };
-                                return resume_session(svc, conn, jid, attached).await;
+                                return Ok(Negotiated::Resumed { conn, jid, attached });
                             }
                         }
                         actions.extend(neg.step(NegEvent::Resumed(false)));
@@ -244,7 +285,7 @@ async fn negotiate(
                             conn.send(&stream_header_xml(&default_host(&listener), neg.stream_id())).await?;
                         }
                         conn.close(Some(&err)).await;
-                        return Ok(());
+                        return Ok(Negotiated::Closed);
                     }
                 }
             }
@@ -256,11 +297,11 @@ async fn negotiate(
                     conn.send(&stream_header_xml(&default_host(&listener), neg.stream_id())).await?;
                 }
                 conn.close(Some(&StreamError::new(StreamErrorCondition::SystemShutdown))).await;
-                return Ok(());
+                return Ok(Negotiated::Closed);
             }
         };
         if !more {
-            return Ok(());
+            return Ok(Negotiated::Closed);
         }
     }
 }
@@ -279,7 +320,9 @@ fn bind_result_xml(id: &str, jid: &FullJid) -> String {
         .to_xml(ns::CLIENT)
 }
 
-async fn run_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id: String) -> Result<(), ConnError> {
+/// Registers a session for `jid`, starts its actor and writer, and returns
+/// its reading side; `None` if the session could not open (the client was told).
+async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id: String) -> Option<Box<Reading>> {
     // The registry (on a cluster: a majority of its nodes) must accept the
     // session before the client hears that it is bound.
     let sid = svc.next_session_id();
@@ -290,12 +333,12 @@ async fn run_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id: 
         Ok(_) => {
             // A newer session holds this full JID already.
             conn.close(Some(&StreamError::new(StreamErrorCondition::Conflict))).await;
-            return Ok(());
+            return None;
         }
         Err(e) => {
             tracing::warn!(%jid, error = %e, "login refused");
             conn.close(Some(&StreamError::with_text(StreamErrorCondition::InternalServerError, e.to_string()))).await;
-            return Ok(());
+            return None;
         }
     }
 
@@ -306,7 +349,7 @@ async fn run_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id: 
     let (out, out_rx, queued) = OutQueue::new(4096, svc.settings.max_outgoing_bytes);
     let (io_tx, io_rx) = watch::channel(IoControl::Run);
     let keepalive = svc.settings.keepalive_interval;
-    let writer_task = tokio::spawn(write_loop(writer, out_rx, queued, io_rx.clone(), keepalive));
+    let writer = Writer { conn: writer, rx: out_rx, queued, io: io_rx.clone(), keepalive };
     // The bind reply is queued before the session is routable, so it is the first thing the client reads.
     let _ = out.push(bind_result_xml(&bind_id, &jid));
 
@@ -323,11 +366,16 @@ async fn run_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id: 
         addr.do_send(crate::session::Kick(KickReason::Conflict));
     }
     tracing::info!(%jid, session = %sid, "session bound");
-    let silence = Silence { ping_after: svc.settings.ping_interval, close_after: svc.settings.idle_timeout };
-    let result = read_loop(reader, &addr, io_rx, silence, 0).await;
-    let _ = writer_task.await;
-    tracing::info!(%jid, session = %sid, "session closed");
-    result
+    Some(Box::new(Reading {
+        reader,
+        addr,
+        io: io_rx,
+        silence: Silence::of(&svc),
+        conn: 0,
+        writer: Some(writer),
+        jid,
+        sid: Some(sid),
+    }))
 }
 
 /// A session a resumed connection now serves (XEP-0198), and the ends of the
@@ -340,19 +388,62 @@ struct Attached {
     io_rx: watch::Receiver<IoControl>,
 }
 
-/// Runs a connection that resumed `jid`'s session: the session already
+/// Attaches a connection that resumed `jid`'s session: the session already
 /// queued `<resumed/>` and what the client had not acknowledged.
-async fn resume_session(svc: Arc<Services>, conn: Conn, jid: FullJid, attached: Attached) -> Result<(), ConnError> {
+fn attach_session(svc: Arc<Services>, conn: Conn, jid: FullJid, attached: Attached) -> Box<Reading> {
     let Attached { addr, conn: conn_no, out_rx, queued, io_rx } = attached;
     let (reader, writer) = conn.split();
     let keepalive = svc.settings.keepalive_interval;
-    let writer_task = tokio::spawn(write_loop(writer, out_rx, queued, io_rx.clone(), keepalive));
+    let writer = Writer { conn: writer, rx: out_rx, queued, io: io_rx.clone(), keepalive };
     tracing::info!(%jid, "session resumed");
-    let silence = Silence { ping_after: svc.settings.ping_interval, close_after: svc.settings.idle_timeout };
-    let result = read_loop(reader, &addr, io_rx, silence, conn_no).await;
-    let _ = writer_task.await;
-    tracing::info!(%jid, "connection of the session closed");
-    result
+    Box::new(Reading {
+        reader,
+        addr,
+        io: io_rx,
+        silence: Silence::of(&svc),
+        conn: conn_no,
+        writer: Some(writer),
+        jid,
+        sid: None,
+    })
+}
+
+/// What a connection's task keeps while its session runs: the reader and
+/// the writer, which both run in that task. Kept on its own, and boxed, so
+/// that the task holds nothing else.
+struct Reading {
+    reader: ConnReader,
+    addr: Addr<C2sSession>,
+    io: watch::Receiver<IoControl>,
+    silence: Silence,
+    /// Number of the connection within the session (0 unless resumed).
+    conn: u64,
+    /// Taken when the session starts running.
+    writer: Option<Writer>,
+    jid: FullJid,
+    /// The session's id when this connection opened it, `None` if it resumed it.
+    sid: Option<SessionId>,
+}
+
+impl Reading {
+    /// Reads until the connection or the session ends, and writes until the
+    /// session's queue is drained and closed (or writing fails).
+    async fn run(mut self: Box<Self>) -> Result<(), ConnError> {
+        let this = &mut *self;
+        let writer = this.writer.take();
+        let writing = async move {
+            if let Some(writer) = writer {
+                writer.run().await;
+            }
+        };
+        let reading = read_loop(&mut this.reader, &this.addr, &mut this.io, this.silence, this.conn);
+        let (result, ()) = tokio::join!(reading, writing);
+        match this.sid {
+            Some(sid) => tracing::info!(jid = %this.jid, session = %sid, "session closed"),
+            None => tracing::info!(jid = %this.jid, "connection of the session closed"),
+        }
+        result
+    }
 }
 
 /// What the reader does when the client has sent nothing for a while.
@@ -366,10 +457,16 @@ struct Silence {
     close_after: Duration,
 }
 
+impl Silence {
+    fn of(svc: &Services) -> Silence {
+        Silence { ping_after: svc.settings.ping_interval, close_after: svc.settings.idle_timeout }
+    }
+}
+
 async fn read_loop(
-    mut reader: ConnReader,
+    reader: &mut ConnReader,
     addr: &Addr<C2sSession>,
-    mut io: watch::Receiver<IoControl>,
+    io: &mut watch::Receiver<IoControl>,
     silence: Silence,
     conn: u64,
 ) -> Result<(), ConnError> {
@@ -378,12 +475,17 @@ async fn read_loop(
     loop {
         loop {
             match reader.next_event() {
-                Ok(Some(StreamEvent::Stanza(el))) => {
+                Ok(Some(StreamEvent::Stanza(el))) => match addr.try_send(FromClient(el)) {
+                    // Queued in order; the reader goes on without waiting for the session.
+                    Ok(()) => {}
                     // Waits while the session's mailbox is full: back-pressure to the client's TCP window.
-                    if addr.send(FromClient(el)).await.is_err() {
-                        return Ok(());
+                    Err(SendError::Full(msg)) => {
+                        if addr.send(msg).await.is_err() {
+                            return Ok(());
+                        }
                     }
-                }
+                    Err(SendError::Closed(_)) => return Ok(()),
+                },
                 Ok(Some(StreamEvent::End)) => {
                     // The client closed its stream but still reads ours (RFC 6120 §4.4).
                     addr.do_send(ConnClosed(conn, ClientClosed::Closed));
@@ -427,7 +529,7 @@ async fn read_loop(
                     pinged = false;
                 }
             },
-            _ = until(&mut io, IoControl::StopReading) => return Ok(()),
+            _ = until(io, IoControl::StopReading) => return Ok(()),
         }
     }
 }
@@ -435,16 +537,48 @@ async fn read_loop(
 /// A write that makes no progress for this long means the client is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn write_loop(
-    writer: ConnWriter,
+/// A session's writer, before it runs: the queue it drains and where to.
+struct Writer {
+    conn: ConnWriter,
     rx: mpsc::Receiver<Bytes>,
     queued: Arc<AtomicUsize>,
     io: watch::Receiver<IoControl>,
     keepalive: Duration,
-) {
-    match writer {
-        ConnWriter::Stream(w) => stream_write_loop(w, rx, queued, io, keepalive).await,
-        ConnWriter::WebSocket(tx) => websocket_write_loop(tx, rx, queued, io, keepalive).await,
+}
+
+impl Writer {
+    /// Drains the queue until the session ends or writing fails; the
+    /// connection's writing side is dropped on return.
+    async fn run(self) {
+        let Writer { conn, rx, queued, io, keepalive } = self;
+        match conn {
+            ConnWriter::Stream(w) => stream_write_loop(w, rx, queued, io, keepalive).await,
+            ConnWriter::WebSocket(tx) => websocket_write_loop(tx, rx, queued, io, keepalive).await,
+        }
+    }
+}
+
+/// What a writer does next.
+enum WriterStep {
+    Write(Bytes),
+    Keepalive,
+    /// The queue is closed: the session is over.
+    End,
+    Abort,
+}
+
+/// Waits for the writer's next step. Nothing it waits on outlives it, so a
+/// write does not keep their memory, nor an idle writer a write's.
+async fn next_writer_step(
+    rx: &mut mpsc::Receiver<Bytes>,
+    io: &mut watch::Receiver<IoControl>,
+    keepalive: Duration,
+) -> WriterStep {
+    tokio::select! {
+        biased;
+        _ = until(io, IoControl::Abort) => WriterStep::Abort,
+        msg = rx.recv() => msg.map_or(WriterStep::End, WriterStep::Write),
+        _ = tokio::time::sleep(keepalive) => WriterStep::Keepalive,
     }
 }
 
@@ -455,42 +589,44 @@ async fn stream_write_loop<W: AsyncWrite + Unpin>(
     mut io: watch::Receiver<IoControl>,
     keepalive: Duration,
 ) {
-    // Grows to the largest batch written, and is given back after a big one.
-    let mut batch: Vec<u8> = Vec::new();
-    let mut io_inner = io.clone();
     loop {
-        tokio::select! {
-            biased;
-            _ = until(&mut io, IoControl::Abort) => break,
-            msg = rx.recv() => {
-                let Some(first) = msg else {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
-                    break;
-                };
-                batch.clear();
-                batch.extend_from_slice(&first);
-                // Coalesce whatever else is already queued into one write.
-                while batch.len() < 65536 {
+        match next_writer_step(&mut rx, &mut io, keepalive).await {
+            WriterStep::Abort => break,
+            WriterStep::End => {
+                let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
+                break;
+            }
+            WriterStep::Write(first) => {
+                // Whatever else is already queued is coalesced into one write;
+                // a lone item is written as it is. Nothing is kept in between.
+                let mut batch = Vec::new();
+                let mut total = first.len();
+                while total < 65536 {
                     match rx.try_recv() {
-                        Ok(more) => batch.extend_from_slice(&more),
+                        Ok(more) => {
+                            if batch.is_empty() {
+                                batch.reserve(first.len() + more.len());
+                                batch.extend_from_slice(&first);
+                            }
+                            batch.extend_from_slice(&more);
+                            total = batch.len();
+                        }
                         Err(_) => break,
                     }
                 }
-                let len = batch.len();
+                let data: &[u8] = if batch.is_empty() { &first } else { &batch };
+                let len = data.len();
                 let res = tokio::select! {
                     biased;
-                    _ = until(&mut io_inner, IoControl::Abort) => break,
-                    r = tokio::time::timeout(WRITE_TIMEOUT, async { writer.write_all(&batch).await?; writer.flush().await }) => r,
+                    _ = until(&mut io, IoControl::Abort) => break,
+                    r = tokio::time::timeout(WRITE_TIMEOUT, async { writer.write_all(data).await?; writer.flush().await }) => r,
                 };
                 queued.fetch_sub(len.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
-                if batch.capacity() > READ_BUFFER * 4 {
-                    batch = Vec::new();
-                }
                 if !matches!(res, Ok(Ok(()))) {
                     break;
                 }
             }
-            _ = tokio::time::sleep(keepalive) => {
+            WriterStep::Keepalive => {
                 // RFC 6120 §4.6.1: whitespace keeps NATs and the client's idle timer happy.
                 if writer.write_all(b" ").await.is_err() || writer.flush().await.is_err() {
                     break;
@@ -509,14 +645,11 @@ async fn websocket_write_loop(
     mut io: watch::Receiver<IoControl>,
     keepalive: Duration,
 ) {
-    let mut io_inner = io.clone();
     'outer: loop {
-        tokio::select! {
-            biased;
-            _ = until(&mut io, IoControl::Abort) => break,
-            msg = rx.recv() => {
-                // Dropping `tx` afterwards makes the HTTP layer close the WebSocket.
-                let Some(item) = msg else { break };
+        match next_writer_step(&mut rx, &mut io, keepalive).await {
+            // Dropping `tx` afterwards makes the HTTP layer close the WebSocket.
+            WriterStep::Abort | WriterStep::End => break,
+            WriterStep::Write(item) => {
                 let len = item.len();
                 queued.fetch_sub(len.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
                 let Ok(xml) = std::str::from_utf8(&item) else {
@@ -526,7 +659,7 @@ async fn websocket_write_loop(
                 for frame in websocket::frames(xml) {
                     let res = tokio::select! {
                         biased;
-                        _ = until(&mut io_inner, IoControl::Abort) => break 'outer,
+                        _ = until(&mut io, IoControl::Abort) => break 'outer,
                         r = tokio::time::timeout(WRITE_TIMEOUT, tx.send(WsOut::Text(frame))) => r,
                     };
                     if !matches!(res, Ok(Ok(()))) {
@@ -534,7 +667,7 @@ async fn websocket_write_loop(
                     }
                 }
             }
-            _ = tokio::time::sleep(keepalive) => {
+            WriterStep::Keepalive => {
                 // RFC 7395 §3.8: no whitespace between messages; a WebSocket ping instead.
                 if !matches!(tokio::time::timeout(WRITE_TIMEOUT, tx.send(WsOut::Ping)).await, Ok(Ok(()))) {
                     break;
@@ -565,4 +698,24 @@ async fn until(rx: &mut watch::Receiver<IoControl>, level: IoControl) {
 /// Resolves once the flag is set (or its sender is gone).
 async fn wait_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, B, C, D, F>(_: &impl FnOnce(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A connection's task lives as long as its session: it must not keep
+    /// room for the negotiation, which runs boxed and is gone by then.
+    #[test]
+    fn a_session_task_does_not_carry_the_negotiation() {
+        let serve = future_size(&serve);
+        let serve_websocket = future_size(&serve_websocket);
+        let negotiate = future_size(&negotiate);
+        assert!(serve < negotiate / 2, "serve: {serve} bytes, negotiate: {negotiate}");
+        assert!(serve_websocket < negotiate / 2, "serve_websocket: {serve_websocket} bytes, negotiate: {negotiate}");
+    }
 }

@@ -13,15 +13,18 @@
 //! - [`services`] is what they all share: router, storage, accounts, settings.
 //!
 //! A connection reaches [`c2s`] as TCP bytes (RFC 6120, [`transport`]) or as
-//! WebSocket messages the node upgraded (RFC 7395, [`websocket`]); from
-//! there on both take the same path.
+//! WebSocket messages the node upgraded (RFC 7395, [`websocket`]), or as
+//! BOSH requests (XEP-0124/0206, [`bosh`]) that a bridge turns into the same
+//! framed messages; from there on all take the same path.
 //!
 //! **Architecture Invariant:** only [`c2s`] and [`transport`] touch sockets
-//! ([`websocket`] gets messages through channels, never HTTP);
+//! ([`websocket`] gets messages through channels, and [`bosh`] request
+//! bodies, never HTTP);
 //! only the session actor writes to its client.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bosh;
 pub mod c2s;
 pub mod modules;
 pub mod negotiation;

@@ -5,6 +5,7 @@
 //! queue is bounded: when one is full, the router answers the sender with
 //! `resource-constraint` instead of letting memory grow.
 
+use meerkat_xmpp::jid::Bare as _;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -32,8 +33,8 @@ impl WorkerJob {
     fn shard_key(&self) -> String {
         match self {
             WorkerJob::Routed(j) => routed_key(j),
-            WorkerJob::Broadcast { from, .. } => from.to_bare().to_string(),
-            WorkerJob::OutboundSubscription(r) => r.from.to_bare().to_string(),
+            WorkerJob::Broadcast { from, .. } => from.bare().to_string(),
+            WorkerJob::OutboundSubscription(r) => r.from.bare().to_string(),
             WorkerJob::Archive(j) => j.shard_key(),
         }
     }
@@ -42,8 +43,8 @@ impl WorkerJob {
 /// Jobs about the server itself follow the sender; all others follow the recipient account.
 fn routed_key(job: &ServerJob) -> String {
     match job {
-        ServerJob::ToServer(r) => r.from.to_bare().to_string(),
-        j => j.routed().to.to_bare().to_string(),
+        ServerJob::ToServer(r) => r.from.bare().to_string(),
+        j => j.routed().to.bare().to_string(),
     }
 }
 

@@ -23,6 +23,7 @@
 //! (which hands the session a fresh [`OutQueue`] and reader control); stale
 //! ends of the old connection are told apart by [`ConnClosed`]'s number.
 
+use meerkat_xmpp::jid::Bare as _;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -178,7 +179,13 @@ pub struct C2sSession {
     connected: bool,
     /// Number of the attached connection; it grows with each resumption.
     conn: u64,
+    /// The last `to` addresses the client used, parsed (most recent first):
+    /// a conversation repeats its addressee, and stringprep is costly.
+    recent_to: Vec<(Box<str>, Jid)>,
 }
+
+/// How many parsed `to` addresses a session keeps.
+const RECENT_TO: usize = 8;
 
 impl C2sSession {
     pub fn new(
@@ -206,7 +213,21 @@ impl C2sSession {
             sm: None,
             connected: true,
             conn: 0,
+            recent_to: Vec::new(),
         }
+    }
+
+    /// The stanza's `to`, parsed, through [`C2sSession::recent_to`].
+    fn parse_to(&mut self, el: &Element) -> Result<Option<Jid>, meerkat_xmpp::jid::JidError> {
+        let Some(raw) = el.attr("to") else { return Ok(None) };
+        if let Some(i) = self.recent_to.iter().position(|(s, _)| &**s == raw) {
+            self.recent_to[..=i].rotate_right(1);
+            return Ok(Some(self.recent_to[0].1.clone()));
+        }
+        let jid = parse_jid(raw)?;
+        self.recent_to.truncate(RECENT_TO - 1);
+        self.recent_to.insert(0, (raw.into(), jid.clone()));
+        Ok(Some(jid))
     }
 
     pub fn sid(&self) -> SessionId {
@@ -280,7 +301,7 @@ impl C2sSession {
                 continue;
             }
             if let Some(from) = el.attr("from").and_then(|f| parse_jid(f).ok()) {
-                self.svc.router.reroute(Routed { from, to: Jid::from(self.jid.to_bare()), stanza: el });
+                self.svc.router.reroute(Routed { from, to: Jid::from(self.jid.bare()), stanza: el });
             }
         }
     }
@@ -358,7 +379,7 @@ impl C2sSession {
         // Messages held for the offline flush go back to the account.
         for el in self.held.take().unwrap_or_default() {
             if let Some(from) = el.attr("from").and_then(|f| parse_jid(f).ok()) {
-                router.reroute(Routed { from, to: Jid::from(self.jid.to_bare()), stanza: el });
+                router.reroute(Routed { from, to: Jid::from(self.jid.bare()), stanza: el });
             }
         }
         self.svc.registry.close(&meerkat_cluster::SessionInfo {
@@ -391,7 +412,7 @@ impl C2sSession {
     fn reply_error(&mut self, el: &Element, cond: StanzaErrorCondition, ctx: &mut Context<Self>) {
         if let Some(mut e) = error_reply(el, cond, None) {
             e.remove_attr("from");
-            e.set_attr("to", self.jid.to_string());
+            e.set_attr("to", self.jid.as_str().to_owned());
             self.write_stanza(&e, ctx);
         }
     }
@@ -404,7 +425,7 @@ impl C2sSession {
         }
         if let Some(mut e) = modules::error_reply_with(el, error) {
             e.remove_attr("from");
-            e.set_attr("to", self.jid.to_string());
+            e.set_attr("to", self.jid.as_str().to_owned());
             self.write_stanza(&e, ctx);
         }
     }
@@ -415,7 +436,7 @@ impl C2sSession {
             Ok(payload) => {
                 let mut res = stanza::iq_result(el, payload);
                 res.remove_attr("from");
-                res.set_attr("to", self.jid.to_string());
+                res.set_attr("to", self.jid.as_str().to_owned());
                 self.write_stanza(&res, ctx);
             }
             Err(cond) => self.reply_error(el, cond, ctx),
@@ -455,7 +476,7 @@ impl C2sSession {
             let ok = match parse_jid(from) {
                 Ok(j) => match j.try_as_full() {
                     Ok(f) => *f == self.jid,
-                    Err(b) => *b == self.jid.to_bare(),
+                    Err(b) => *b == self.jid.bare(),
                 },
                 Err(_) => false,
             };
@@ -467,8 +488,8 @@ impl C2sSession {
                 return;
             }
         }
-        el.set_attr("from", self.jid.to_string());
-        let to = match stanza::to_jid(&el) {
+        el.set_attr("from", self.jid.as_str().to_owned());
+        let to = match self.parse_to(&el) {
             Ok(t) => t,
             Err(_) => {
                 self.reply_error(&el, StanzaErrorCondition::JidMalformed, ctx);
@@ -477,7 +498,7 @@ impl C2sSession {
         };
         if let Some(t) = &to {
             // Canonical form, so that every later comparison is a plain equality.
-            el.set_attr("to", t.to_string());
+            el.set_attr("to", t.as_str().to_owned());
             // XEP-0191: nothing goes to a JID the user blocks.
             if let Err(error) = modules::user_send_check(&self.svc, &self.state, &self.jid, t, &el) {
                 self.refuse(&el, error, ctx);
@@ -486,7 +507,7 @@ impl C2sSession {
         }
         match kind {
             StanzaKind::Message => {
-                let to = to.unwrap_or_else(|| Jid::from(self.jid.to_bare()));
+                let to = to.unwrap_or_else(|| Jid::from(self.jid.bare()));
                 // Module hooks (XEP-0313 archiving) see each sent message once, here.
                 let jobs = match crate::modules::user_send_message(&self.svc, &self.jid, &to, &mut el) {
                     Ok(jobs) => jobs,
@@ -607,7 +628,7 @@ impl C2sSession {
             self.reply_error(&el, StanzaErrorCondition::BadRequest, ctx);
             return;
         }
-        let to_own_account = to.as_ref().is_none_or(|t| *t == self.jid.to_bare());
+        let to_own_account = to.as_ref().is_none_or(|t| *t == self.jid.bare());
         if !itype.is_request() && self.ping_pending.is_some() && el.attr("id") == self.ping_pending.as_deref() {
             let to_server =
                 to.as_ref().is_some_and(|t| t.node().is_none() && t.domain().as_str() == self.jid.domain().as_str());
@@ -631,13 +652,13 @@ impl C2sSession {
                 if p.is("session", ns::SESSION) {
                     let mut res = stanza::iq_result(&el, None);
                     res.remove_attr("from");
-                    res.set_attr("to", self.jid.to_string());
+                    res.set_attr("to", self.jid.as_str().to_owned());
                     self.write_stanza(&res, ctx);
                     return;
                 }
             }
         }
-        let to = to.unwrap_or_else(|| Jid::from(self.jid.to_bare()));
+        let to = to.unwrap_or_else(|| Jid::from(self.jid.bare()));
         self.route(to, el);
     }
 
@@ -649,7 +670,7 @@ impl C2sSession {
             if StanzaKind::of(&el) == Some(StanzaKind::Message) && !modules::carbons::is_copy(&el) {
                 let from = el.attr("from").and_then(|f| parse_jid(f).ok());
                 if let Some(from) = from {
-                    self.svc.router.reroute(Routed { from, to: Jid::from(self.jid.to_bare()), stanza: el });
+                    self.svc.router.reroute(Routed { from, to: Jid::from(self.jid.bare()), stanza: el });
                 }
             }
             return;
@@ -677,7 +698,7 @@ impl C2sSession {
             if let (Some(last), Some(from)) = (&self.last_presence, el.attr("from")) {
                 if let Ok(to) = parse_jid(from) {
                     let mut p = last.clone();
-                    p.set_attr("from", self.jid.to_string());
+                    p.set_attr("from", self.jid.as_str().to_owned());
                     p.set_attr("to", to.to_string());
                     self.route(to, p);
                 }
@@ -709,7 +730,7 @@ impl C2sSession {
             .with_attr("type", "get")
             .with_attr("id", id.clone())
             .with_attr("from", self.jid.domain().as_str())
-            .with_attr("to", self.jid.to_string())
+            .with_attr("to", self.jid.as_str().to_owned())
             .with_child(Element::new("ping", ns::PING));
         self.write_stanza(&ping, ctx);
         self.ping_pending = Some(id.clone());
@@ -828,7 +849,7 @@ impl Handler<Resume> for C2sSession {
     type Result = Result<(FullJid, u64), ()>;
     fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Self::Result {
         let Some(state) = &mut self.sm else { return Err(()) };
-        if self.detached || msg.bare != self.jid.to_bare() || state.resume_id.as_deref() != Some(msg.previd.as_str()) {
+        if self.detached || msg.bare != self.jid.bare() || state.resume_id.as_deref() != Some(msg.previd.as_str()) {
             return Err(());
         }
         if state.acked(msg.h).is_err() {

@@ -7,21 +7,22 @@
 //! after bind, [`Conn::split`] gives the session's reader and writer halves.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use meerkat_xmpp::error::{StreamError, StreamErrorCondition};
 use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
 use crate::websocket::{self, FrameReader, WsConnection, WsIn, WsOut};
 
-/// Bytes read from a client socket at a time.
-pub(crate) const READ_BUFFER: usize = 4096;
+/// Bytes read from a client socket at a time (on the stack of the read).
+const READ_BUFFER: usize = 4096;
 
 /// RFC 9266 `tls-exporter` channel-binding data of a TLS connection, on TLS
 /// 1.3 only (on TLS 1.2 the exporter is only safe with extended master
@@ -83,30 +84,37 @@ impl AsyncWrite for Transport {
     }
 }
 
-/// An RFC 6120 stream being read: the parser and its read buffer.
+/// An RFC 6120 stream being read. It owns no read buffer: each read goes
+/// through a buffer on the stack, only for as long as the read is polled,
+/// and what it got is fed to the parser, whose own buffer is released
+/// whenever it has parsed everything. An idle connection keeps no buffer.
 pub(crate) struct ByteInput {
     parser: StreamParser,
-    // Small reads: most stanzas are a few hundred bytes, and every idle
-    // connection keeps its buffer, so memory per session matters more.
-    buf: Vec<u8>,
 }
 
 impl ByteInput {
     fn new(limits: Limits) -> Self {
-        ByteInput { parser: StreamParser::new(limits), buf: vec![0u8; READ_BUFFER] }
+        ByteInput { parser: StreamParser::new(limits) }
     }
 
     fn next_event(&mut self) -> Result<Option<StreamEvent>, StreamError> {
         self.parser.next_event().map_err(|e| StreamError::with_text(e.condition(), e.to_string()))
     }
 
+    /// Reads once; `false` at the end of the stream. Cancel-safe: what a
+    /// read returns is in the parser before the poll that got it returns.
     async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> io::Result<bool> {
-        let n = reader.read(&mut self.buf).await?;
-        if n == 0 {
-            return Ok(false);
-        }
-        self.parser.feed(&self.buf[..n]);
-        Ok(true)
+        std::future::poll_fn(|cx| {
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_BUFFER];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            ready!(Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                return Poll::Ready(Ok(false));
+            }
+            self.parser.feed(buf.filled());
+            Poll::Ready(Ok(true))
+        })
+        .await
     }
 }
 
@@ -240,17 +248,21 @@ impl Conn {
                 let (half, writer) = tokio::io::split(transport);
                 (ConnReader::Stream { half, input }, ConnWriter::Stream(writer))
             }
-            Conn::WebSocket { ws, input } => {
-                (ConnReader::WebSocket { incoming: ws.incoming, input }, ConnWriter::WebSocket(ws.outgoing))
-            }
+            Conn::WebSocket { ws, input } => (
+                ConnReader::WebSocket { incoming: ws.incoming, input: Box::new(input) },
+                ConnWriter::WebSocket(ws.outgoing),
+            ),
         }
     }
 }
 
-/// What a bound session reads from.
+/// What a bound session reads from. It lives as long as the session: the
+/// larger WebSocket reader is boxed so that a byte stream does not pay for
+/// it, and the byte stream's, the common case, stays inline.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum ConnReader {
     Stream { half: ReadHalf<Transport>, input: ByteInput },
-    WebSocket { incoming: mpsc::Receiver<WsIn>, input: FrameReader },
+    WebSocket { incoming: mpsc::Receiver<WsIn>, input: Box<FrameReader> },
 }
 
 impl ConnReader {

@@ -4,6 +4,7 @@
 //! bound, the older session is terminated with `<conflict/>`. [`SessionTable::open`]
 //! reports the displaced session so the caller can kick it.
 
+use meerkat_xmpp::jid::Bare as _;
 use std::collections::HashMap;
 use std::sync::RwLock;
 
@@ -73,7 +74,7 @@ impl SessionTable {
     /// older of the two sessions loses it (RFC 6120 §7.7.2.2) and is returned.
     pub fn open(&self, info: SessionInfo) -> OpenOutcome {
         let mut map = self.write();
-        let list = map.entry(info.jid.to_bare()).or_default();
+        let list = map.entry(info.jid.bare()).or_default();
         if list.iter().any(|e| e.info.node == info.node && e.info.sid == info.sid) {
             // The same session registered twice (a retried command): nothing changes.
             return OpenOutcome { accepted: true, loser: None };
@@ -95,7 +96,7 @@ impl SessionTable {
     /// Removes a session, only if `sid` still holds the JID (a newer session may have replaced it).
     pub fn close(&self, jid: &FullJid, node: NodeId, sid: SessionId) -> bool {
         let mut map = self.write();
-        let bare = jid.to_bare();
+        let bare = jid.bare();
         let Some(list) = map.get_mut(&bare) else {
             return false;
         };
@@ -113,7 +114,7 @@ impl SessionTable {
     pub fn set_priority(&self, jid: &FullJid, node: NodeId, sid: SessionId, priority: Option<i8>, seq: u64) -> bool {
         let mut map = self.write();
         let entry = map
-            .get_mut(&jid.to_bare())
+            .get_mut(&jid.bare())
             .and_then(|l| l.iter_mut().find(|e| e.info.jid == *jid && e.info.sid == sid && e.info.node == node));
         match entry {
             Some(e) if seq >= e.prio_seq => {
@@ -169,19 +170,27 @@ impl SessionTable {
     pub fn replace_all(&self, sessions: Vec<(SessionInfo, u64)>) {
         let mut map: HashMap<BareJid, Vec<Entry>> = HashMap::new();
         for (info, prio_seq) in sessions {
-            map.entry(info.jid.to_bare()).or_default().push(Entry { info, prio_seq });
+            map.entry(info.jid.bare()).or_default().push(Entry { info, prio_seq });
         }
         *self.write() = map;
     }
 
     /// The session bound to a full JID.
     pub fn get(&self, jid: &FullJid) -> Option<SessionInfo> {
-        self.read().get(&jid.to_bare()).and_then(|l| l.iter().find(|e| e.info.jid == *jid).map(|e| e.info.clone()))
+        self.read().get(&jid.bare()).and_then(|l| l.iter().find(|e| e.info.jid == *jid).map(|e| e.info.clone()))
     }
 
     /// Every session of an account.
     pub fn resources(&self, bare: &BareJid) -> Vec<SessionInfo> {
         self.read().get(bare).map(|l| l.iter().map(|e| e.info.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The other sessions of `jid`'s account; no allocation when there are none.
+    pub fn other_resources(&self, jid: &FullJid) -> Vec<SessionInfo> {
+        self.read()
+            .get(&jid.bare())
+            .map(|l| l.iter().filter(|e| e.info.jid != *jid).map(|e| e.info.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// RFC 6121 §8.5.2.1.1: the available resources with the highest non-negative priority.
@@ -289,7 +298,7 @@ mod tests {
         t.open(info("a@x/2", 2, Some(5)));
         t.open(info("a@x/3", 3, Some(1)));
         t.open(info("a@x/4", 4, None));
-        let bare = parse_full("a@x/1").unwrap().to_bare();
+        let bare = parse_full("a@x/1").unwrap().bare();
         let mut best: Vec<u64> = t.highest_priority(&bare).iter().map(|s| s.sid.0).collect();
         best.sort();
         assert_eq!(best, vec![1, 2]);
@@ -297,6 +306,6 @@ mod tests {
         let t = SessionTable::new();
         t.open(info("b@x/1", 1, Some(-1)));
         t.open(info("b@x/2", 2, None));
-        assert!(t.highest_priority(&parse_full("b@x/1").unwrap().to_bare()).is_empty());
+        assert!(t.highest_priority(&parse_full("b@x/1").unwrap().bare()).is_empty());
     }
 }

@@ -140,6 +140,11 @@ idle_timeout = 3600
 
 [modules.register]
 enabled = true
+
+# The peers' benchmark configs load no message archive (mod_mam), so neither
+# does Meerkat here: every server does the same work per message.
+[modules.mam]
+enabled = false
 EOF
   echo "$dir/meerkat.toml"
 }

@@ -112,6 +112,49 @@ pub struct HttpHandlers {
     /// `[[listen.http.handlers.mod_websockets]]`: XMPP over WebSocket (RFC 7395).
     #[serde(alias = "mongoose_websocket_handler")]
     pub mod_websockets: Vec<WebSocketHandler>,
+    /// `[[listen.http.handlers.mod_bosh]]`: XMPP over BOSH (XEP-0124/0206).
+    pub mod_bosh: Vec<BoshHandler>,
+}
+
+/// `[[listen.http.handlers.mod_bosh]]`: one BOSH endpoint (XEP-0124, XEP-0206).
+/// Sessions behave as on a c2s listener; the BOSH timers are MongooseIM's
+/// `mod_bosh` options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoshHandler {
+    /// The HTTP `Host` this endpoint answers for; `_` is any.
+    pub host: String,
+    /// URL path of the endpoint.
+    pub path: String,
+    /// Largest request body in bytes (all of its stanzas); a bigger one is
+    /// refused with HTTP 413, and a bigger stanza closes the stream with
+    /// `policy-violation`.
+    pub max_stanza_size: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_depth: usize,
+    /// Seconds without any request before a session ends (`inactivity`).
+    pub inactivity: u64,
+    /// Longest a request is held, in seconds (`wait`; a client asking more gets this).
+    pub max_wait: u64,
+    /// Requests held at once (`hold`; a client asking more gets this).
+    pub max_hold: u32,
+    /// Longest pause a client may ask for, in seconds (`maxpause`).
+    pub max_pause: u64,
+}
+
+impl Default for BoshHandler {
+    fn default() -> Self {
+        BoshHandler {
+            host: "_".into(),
+            path: "/http-bind".into(),
+            max_stanza_size: 65536,
+            max_depth: 64,
+            inactivity: 30,
+            max_wait: 60,
+            max_hold: 1,
+            max_pause: 120,
+        }
+    }
 }
 
 /// `[[listen.http.handlers.mod_websockets]]`: one XMPP-over-WebSocket endpoint
@@ -1007,29 +1050,56 @@ impl Config {
                     _ => return Err(err(&key("tls"), "certfile and keyfile go together".into())),
                 }
             }
-            let handlers = &l.handlers.mod_websockets;
-            if handlers.is_empty() {
+            let (ws, bosh) = (&l.handlers.mod_websockets, &l.handlers.mod_bosh);
+            if ws.is_empty() && bosh.is_empty() {
                 return Err(err(
                     &key("handlers"),
-                    "no handler to serve: add [[listen.http.handlers.mod_websockets]] with path = \"/ws-xmpp\"".into(),
+                    "no handler to serve: add [[listen.http.handlers.mod_websockets]] with path = \"/ws-xmpp\" \
+                     or [[listen.http.handlers.mod_bosh]] with path = \"/http-bind\""
+                        .into(),
                 ));
             }
-            for (j, h) in handlers.iter().enumerate() {
-                let key = |k: &str| format!("listen.http[{i}].handlers.mod_websockets[{j}].{k}");
-                if !h.path.starts_with('/') {
-                    return Err(err(&key("path"), format!("{:?} must start with '/'", h.path)));
+            let endpoints: Vec<(&str, &str, &str, usize, usize, usize)> = ws
+                .iter()
+                .enumerate()
+                .map(|(j, h)| ("mod_websockets", h.host.as_str(), h.path.as_str(), h.max_stanza_size, h.max_depth, j))
+                .chain(
+                    bosh.iter().enumerate().map(|(j, h)| {
+                        ("mod_bosh", h.host.as_str(), h.path.as_str(), h.max_stanza_size, h.max_depth, j)
+                    }),
+                )
+                .collect();
+            for (n, &(module, host, path, max_stanza_size, max_depth, j)) in endpoints.iter().enumerate() {
+                let key = |k: &str| format!("listen.http[{i}].handlers.{module}[{j}].{k}");
+                if !path.starts_with('/') {
+                    return Err(err(&key("path"), format!("{path:?} must start with '/'")));
                 }
-                if h.host.trim().is_empty() || h.host.contains(['/', ' ']) {
-                    return Err(err(&key("host"), format!("{:?} is neither \"_\" (any host) nor a host name", h.host)));
+                if host.trim().is_empty() || host.contains(['/', ' ']) {
+                    return Err(err(&key("host"), format!("{host:?} is neither \"_\" (any host) nor a host name")));
                 }
-                if handlers[..j].iter().any(|o| o.path == h.path && o.host == h.host) {
-                    return Err(err(&key("path"), format!("{} is served by an earlier handler", h.path)));
+                if endpoints[..n].iter().any(|o| o.2 == path && o.1 == host) {
+                    return Err(err(&key("path"), format!("{path} is served by an earlier handler")));
                 }
-                if h.max_stanza_size < 1024 {
+                if max_stanza_size < 1024 {
                     return Err(err(&key("max_stanza_size"), "must be at least 1024 bytes".into()));
                 }
-                if h.max_depth < 4 {
+                if max_depth < 4 {
                     return Err(err(&key("max_depth"), "must be at least 4".into()));
+                }
+            }
+            for (j, h) in bosh.iter().enumerate() {
+                let key = |k: &str| format!("listen.http[{i}].handlers.mod_bosh[{j}].{k}");
+                for (name, value, min, max) in [
+                    ("inactivity", h.inactivity, 1, 86_400),
+                    ("max_wait", h.max_wait, 1, 3_600),
+                    ("max_pause", h.max_pause, 1, 86_400),
+                ] {
+                    if !(min..=max).contains(&value) {
+                        return Err(err(&key(name), format!("{value} is not between {min} and {max} seconds")));
+                    }
+                }
+                if h.max_hold > 16 {
+                    return Err(err(&key("max_hold"), format!("{} is more than 16 requests", h.max_hold)));
                 }
             }
         }
@@ -1250,6 +1320,7 @@ mod tests {
         let d = HttpListen::default();
         assert_eq!((http.port, http.ip_address, http.tls.is_none()), (d.port, d.ip_address, true));
         assert_eq!(format!("{:?}", http.handlers.mod_websockets[0]), format!("{:?}", WebSocketHandler::default()));
+        assert_eq!(format!("{:?}", http.handlers.mod_bosh[0]), format!("{:?}", BoshHandler::default()));
     }
 
     /// deploy/global/meerkat-dynomite.toml, and the Dynomite `listen` address it points at.
@@ -1335,6 +1406,7 @@ mod tests {
     fn http_listener_with_websockets() {
         let toml = "[[listen.http]]\nport = 5280\nip = \"127.0.0.1\"\n\
                     [[listen.http.handlers.mod_websockets]]\nhost = \"_\"\npath = \"/ws-xmpp\"\n\
+                    [[listen.http.handlers.mod_bosh]]\nhost = \"_\"\npath = \"/http-bind\"\ninactivity = 60\n\
                     [[listen.http]]\nport = 5443\ntls = {}\n\
                     [[listen.http.handlers.mongoose_websocket_handler]]\npath = \"/xmpp\"\nmax_stanza_size = 4096\n";
         let mut cfg = Config::parse(toml, "t.toml").unwrap();
@@ -1343,6 +1415,9 @@ mod tests {
         assert_eq!((plain.ip_address, plain.port, plain.tls.is_none()), (IpAddr::from([127, 0, 0, 1]), 5280, true));
         assert_eq!(plain.handlers.mod_websockets[0].path, "/ws-xmpp");
         assert_eq!(plain.handlers.mod_websockets[0].max_stanza_size, 65536);
+        let bosh = &plain.handlers.mod_bosh[0];
+        assert_eq!((bosh.path.as_str(), bosh.inactivity, bosh.max_wait, bosh.max_hold), ("/http-bind", 60, 60, 1));
+        assert!(tls.handlers.mod_bosh.is_empty());
         assert!(tls.tls.as_ref().is_some_and(|t| t.certfile.is_none()));
         assert_eq!(tls.handlers.mod_websockets[0].max_stanza_size, 4096);
         assert!(Config::defaults().unwrap().listen.http.is_empty());
@@ -1375,10 +1450,20 @@ mod tests {
             &format!("[[listen.http]]\nport = 5281\ntls.certfile = \"/nonexistent.pem\"\n{ws}"),
             &["listen.http[0].tls", "go together"],
         );
+        let bosh = "[[listen.http.handlers.mod_bosh]]\n";
         check_err(
-            "[[listen.http]]\nport = 5281\n[[listen.http.handlers.mod_bosh]]\npath = \"/http-bind\"\n",
-            &["unknown field `mod_bosh`"],
+            &format!("[[listen.http]]\nport = 5281\n{ws}path = \"/x\"\n{bosh}path = \"/x\"\n"),
+            &["listen.http[0].handlers.mod_bosh[0].path", "earlier handler"],
         );
+        check_err(
+            &format!("[[listen.http]]\nport = 5281\n{bosh}inactivity = 0\n"),
+            &["listen.http[0].handlers.mod_bosh[0].inactivity", "between 1 and"],
+        );
+        check_err(
+            &format!("[[listen.http]]\nport = 5281\n{bosh}max_hold = 100\n"),
+            &["listen.http[0].handlers.mod_bosh[0].max_hold"],
+        );
+        check_err(&format!("[[listen.http]]\nport = 5281\n{bosh}hold = 1\n"), &["unknown field `hold`"]);
         check_err(&format!("[[listen.http]]\nport = 5281\n{ws}timeout = 5\n"), &["unknown field `timeout`"]);
     }
 

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod bosh;
 mod cli;
 mod config;
 mod metrics;

@@ -1,4 +1,5 @@
-//! `[[listen.http]]`: HTTP(S) listeners serving XMPP over WebSocket (RFC 7395).
+//! `[[listen.http]]`: HTTP(S) listeners serving XMPP over WebSocket (RFC 7395)
+//! and over BOSH (XEP-0124/0206, [`crate::bosh`]).
 //!
 //! This is the only code that speaks HTTP and WebSocket to clients. A
 //! `mod_websockets` endpoint upgrades a request that offers the `xmpp`
@@ -226,9 +227,16 @@ pub fn listen(key: &str, l: &HttpListen, ctx: &HttpContext<'_>) -> anyhow::Resul
             (h.host.clone(), h.path.clone(), web::Data::new(ep))
         })
         .collect();
+    let bosh: Vec<(String, String, web::Data<meerkat_actors::bosh::BoshEndpoint>)> = l
+        .handlers
+        .mod_bosh
+        .iter()
+        .map(|h| (h.host.clone(), h.path.clone(), crate::bosh::endpoint(h, ctx, secure)))
+        .collect();
     let paths: Vec<&str> = endpoints.iter().map(|(_, p, _)| p.as_str()).collect();
+    let bosh_paths: Vec<&str> = bosh.iter().map(|(_, p, _)| p.as_str()).collect();
     let addr = SocketAddr::new(l.ip_address, l.port);
-    tracing::info!(%addr, tls = secure, ?paths, "http listener ready (XMPP over WebSocket)");
+    tracing::info!(%addr, tls = secure, websocket = ?paths, bosh = ?bosh_paths, "http listener ready");
     let server = HttpServer::new(move || {
         let mut app = App::new();
         for (host, path, ep) in &endpoints {
@@ -237,6 +245,13 @@ pub fn listen(key: &str, l: &HttpListen, ctx: &HttpContext<'_>) -> anyhow::Resul
                 resource = resource.guard(guard::Host(host.clone()));
             }
             app = app.service(resource.route(web::get().to(upgrade)));
+        }
+        for (host, path, ep) in &bosh {
+            let mut resource = web::resource(path.as_str());
+            if host != "_" {
+                resource = resource.guard(guard::Host(host.clone()));
+            }
+            app = app.service(crate::bosh::resource(resource, ep.clone()));
         }
         app
     })

@@ -5,6 +5,7 @@
 //! never forwarded again, so a table that is briefly stale on two nodes
 //! cannot make a stanza bounce between them.
 
+use meerkat_xmpp::jid::Bare as _;
 use std::sync::Arc;
 
 use meerkat_cluster::transport::{StanzaFrame, StanzaInbox, StanzaTarget};
@@ -37,7 +38,7 @@ impl ClusterInbox {
         match StanzaKind::of(&routed.stanza) {
             Some(StanzaKind::Message) => {
                 let mut routed = routed;
-                routed.to = Jid::from(routed.to.to_bare());
+                routed.to = Jid::from(routed.to.bare());
                 deliver_forwarded_message(&self.router, routed);
             }
             Some(StanzaKind::Iq) => self.router.bounce(routed, StanzaErrorCondition::ServiceUnavailable),
@@ -96,7 +97,7 @@ impl StanzaInbox for ClusterInbox {
             }
             StanzaTarget::Account => {
                 let Ok(to) = parse_jid(&frame.to) else { return false };
-                let bare = to.to_bare();
+                let bare = to.bare();
                 let local: Vec<_> =
                     router.sessions().resources(&bare).into_iter().filter(|s| s.node == router.node()).collect();
                 let Some(best) = local.iter().filter_map(|s| s.priority).filter(|p| *p >= 0).max() else {
@@ -118,7 +119,7 @@ impl StanzaInbox for ClusterInbox {
         if StanzaKind::of(&routed.stanza) == Some(StanzaKind::Message) {
             tracing::debug!(node, to = %routed.to, "re-routing a message queued for a node that went down");
             let mut routed = routed;
-            routed.to = Jid::from(routed.to.to_bare());
+            routed.to = Jid::from(routed.to.bare());
             self.router.route(routed);
         }
     }

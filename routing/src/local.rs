@@ -15,6 +15,7 @@
 use meerkat_cluster::SessionInfo;
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::StanzaErrorCondition;
+use meerkat_xmpp::jid::Bare as _;
 use meerkat_xmpp::stanza::{MessageType, PresenceType, StanzaKind};
 
 use crate::{Link, Routed, Router, ServerJob, Step};
@@ -135,7 +136,7 @@ fn to_unbound_resource(router: &Router, routed: Routed, kind: StanzaKind) -> Ste
 }
 
 fn to_bare(router: &Router, routed: Routed, kind: StanzaKind) -> Step {
-    let bare = routed.to.to_bare();
+    let bare = routed.to.bare();
     match kind {
         StanzaKind::Iq => {
             router.submit(ServerJob::ToAccount(routed));
@@ -207,7 +208,7 @@ fn undelivered(router: &Router, routed: Routed, mtype: MessageType) {
 /// of highest priority, else stored offline. Never forwarded again.
 pub fn deliver_forwarded_message(router: &Router, routed: Routed) {
     let mtype = MessageType::of(&routed.stanza);
-    let bare = routed.to.to_bare();
+    let bare = routed.to.bare();
     let local: Vec<SessionInfo> =
         router.sessions().resources(&bare).into_iter().filter(|s| s.node == router.node()).collect();
     let best = local.iter().filter_map(|s| s.priority).filter(|p| *p >= 0).max();

@@ -1,8 +1,8 @@
 // xmpp.js (@xmpp/client) against a real meerkat node, run by
 // tests/tests/websocket.rs: one client over WebSocket (RFC 7395), one over
 // TCP with STARTTLS. Each logs in, sends a message to the other and one to
-// --peer (a client of the Rust test that answers "echo: <body>"), and
-// waits for what it should receive. Prints one JSON summary line and exits
+// --peer (a slixmpp user, tests/python/echo_peer.py, that answers
+// "echo: <body>"), and waits for what it should receive. Prints one JSON summary line and exits
 // 0 once everything arrived, 1 otherwise.
 //
 //   node interop.mjs --ws ws://127.0.0.1:5280/ws-xmpp --tcp xmpp://127.0.0.1:5222 \

@@ -413,6 +413,36 @@ pub struct TestGlobal {
     pub dcs: Vec<Dc>,
     pub redis: RedisServer,
     pub db: SharedDb,
+    /// One setup at a time per test process (declared last: released after
+    /// the processes above are stopped). Four nodes, a Redis and the proxies
+    /// per setup already fill this machine's two cores; several at once made
+    /// the timing of the fault tests depend on which others ran beside them.
+    _one_at_a_time: OneAtATime,
+}
+
+/// The turn of one [`TestGlobal`]; the next one starts when it is dropped.
+struct OneAtATime;
+
+static BUSY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl OneAtATime {
+    fn take() -> OneAtATime {
+        // A test that failed poisons nothing that matters here: the flag is plain.
+        let mut busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy {
+            busy = FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy = true;
+        OneAtATime
+    }
+}
+
+impl Drop for OneAtATime {
+    fn drop(&mut self) {
+        *BUSY.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        FREED.notify_one();
+    }
 }
 
 /// The `[global_distribution]` and Redis pool TOML of one node.
@@ -472,6 +502,7 @@ impl TestGlobal {
 
     /// [`TestGlobal::start`] with the links set up as `opts` says.
     pub fn start_with(opts: GlobalOptions) -> TestGlobal {
+        let guard = OneAtATime::take();
         let redis = RedisServer::start();
         let db = SharedDb::postgres();
         let run = rand::random::<u32>();
@@ -532,7 +563,7 @@ impl TestGlobal {
             }
             dcs.push(dc);
         }
-        let g = TestGlobal { dcs, redis, db };
+        let g = TestGlobal { dcs, redis, db, _one_at_a_time: guard };
         if !opts.links_may_fail {
             g.wait_linked(Duration::from_secs(30));
         }

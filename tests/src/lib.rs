@@ -10,6 +10,8 @@
 //! - [`global`]: [`global::TestGlobal`], two such clusters as two data
 //!   centers serving one domain, with a private Redis and link proxies that
 //!   can be cut.
+//! - [`js`]: the npm packages of `tests/js` for the web client tests, and
+//!   [`js::EchoPeer`], a slixmpp user that echoes chat messages.
 //! - [`load`]: `meerkat-load`, the load generator (`src/bin/meerkat-load.rs`).
 //!
 //! The tests themselves are in `tests/`; run `cargo build --bin meerkat`
@@ -18,6 +20,7 @@
 pub mod client;
 pub mod cluster;
 pub mod global;
+pub mod js;
 pub mod load;
 pub mod netns;
 pub mod node;

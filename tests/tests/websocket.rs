@@ -1,17 +1,18 @@
 //! XMPP over WebSocket (RFC 7395) against the real node: a raw WebSocket
 //! client (tokio-tungstenite) that checks every message the server sends is
 //! one element that parses on its own, and xmpp.js (`tests/js`) over both
-//! WebSocket and TCP.
+//! WebSocket and TCP, talking to each other and to a slixmpp user.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use meerkat_tests::client::{body, message, tls_client_config, TlsTrust};
+use meerkat_tests::js::{js_dir, node_flags, npm_ci, EchoPeer};
 use meerkat_tests::{login, wait_until, TestNode, DOMAIN};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::ns;
@@ -285,6 +286,55 @@ async fn websocket_login_restart_bind_and_chat_with_a_tcp_user() {
     assert!(node.session_jids().contains(&bob.jid().to_owned()));
 }
 
+/// XEP-0198 over WebSocket: the WebSocket is dropped without a close while
+/// messages arrive; a new WebSocket resumes the session and gets exactly the
+/// messages the client had not acknowledged, in order.
+#[tokio::test]
+async fn websocket_session_resumes_after_the_connection_is_lost() {
+    const SM: &str = "urn:xmpp:sm:3";
+    let (node, url) = ws_node(false, "", "[auth]\nallow_plain_without_tls = true\n");
+    node.add_user("alice", "secret");
+    node.add_user("bob", "secret");
+    let mut ws = WsClient::login(&url, "alice", "secret", "phone").await;
+    ws.send(&format!("<enable xmlns='{SM}' resume='true'/>")).await;
+    let (enabled, text) = ws.recv_until(|el| el.ns == SM && el.name != "r").await;
+    assert!(enabled.is("enabled", SM), "{text}");
+    let id = enabled.attr("id").expect("a resumption id").to_owned();
+
+    let mut bob = login(&node, "bob", "secret", "tcp").await;
+    let alice = "alice@localhost/phone";
+    for i in 0..10 {
+        bob.send(&message(alice, &format!("m{i}"))).await.expect("send");
+    }
+    // alice handles four, then her connection is lost without a close.
+    let mut handled = 0u32;
+    while handled < 4 {
+        let (el, _) = ws.recv_until(|el| el.is("message", ns::CLIENT)).await;
+        assert_eq!(body(&el), Some(format!("m{handled}")));
+        handled += 1;
+    }
+    drop(ws);
+    for i in 10..20 {
+        bob.send(&message(alice, &format!("m{i}"))).await.expect("send");
+    }
+
+    let mut ws = WsClient::connect(&url, Some("xmpp"), None).await.expect("WebSocket handshake");
+    ws.open().await;
+    ws.auth_plain("alice", "secret").await;
+    ws.open().await;
+    ws.send(&format!("<resume xmlns='{SM}' previd='{id}' h='{handled}'/>")).await;
+    let (resumed, text) = ws.recv_until(|el| el.ns == SM && el.name != "r").await;
+    assert!(resumed.is("resumed", SM), "{text}");
+    let mut got = Vec::new();
+    while got.len() < 16 {
+        let (el, _) = ws.recv_until(|el| el.is("message", ns::CLIENT)).await;
+        got.push(body(&el).unwrap_or_default());
+    }
+    let want: Vec<String> = (4..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want, "each unacknowledged message once, in order");
+    assert_eq!(node.session_jids().iter().filter(|j| j.as_str() == alice).count(), 1);
+}
+
 #[tokio::test]
 async fn websocket_without_the_xmpp_subprotocol_is_refused_with_400() {
     let (_node, url) = ws_node(false, "", "");
@@ -430,91 +480,29 @@ async fn shutdown_closes_websocket_sessions_with_system_shutdown() {
 
 // ---------------------------------------------------------------- xmpp.js
 
-fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js")
-}
-
-/// `npm ci` in `tests/js`, unless `node_modules` already matches the lock file.
-fn npm_ci() {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = js_dir();
-    let lock = std::fs::read(dir.join("package-lock.json")).expect("tests/js/package-lock.json");
-    let stamp = dir.join("node_modules/.meerkat-package-lock.json");
-    if std::fs::read(&stamp).is_ok_and(|s| s == lock) {
-        return;
-    }
-    let mut last = String::new();
-    for attempt in 1..=3 {
-        // --prefer-offline uses the npm cache when it has the packages, the registry otherwise.
-        let out = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error", "--fetch-retries=4"])
-            .current_dir(&dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {
-                std::fs::write(&stamp, &lock).expect("write the node_modules stamp");
-                return;
-            }
-            Ok(o) => last = format!("{}: {}", o.status, String::from_utf8_lossy(&o.stderr)),
-            Err(e) => panic!("running npm: {e} (the interop test needs Node.js 20+ and npm on the PATH)"),
-        }
-        std::thread::sleep(Duration::from_secs(2 * attempt));
-    }
-    panic!("npm ci in {} failed three times; last: {last}", dir.display());
-}
-
-/// Node before 22 has the global WebSocket only behind a flag.
-fn node_flags() -> Vec<&'static str> {
-    let out = Command::new("node").arg("--version").output().expect("node --version (Node.js 20+ is needed)");
-    let version = String::from_utf8_lossy(&out.stdout);
-    let major: u32 = version.trim().trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    assert!(major >= 20, "Node.js 20 or later is needed, found {version}");
-    if major < 22 {
-        vec!["--experimental-websocket", "--no-warnings=ExperimentalWarning"]
-    } else {
-        vec![]
-    }
-}
-
 /// xmpp.js logs in over WebSocket and over TCP (STARTTLS, certificate
-/// checked), and the two exchange messages with each other and with a user
-/// of our raw TCP client.
-#[tokio::test(flavor = "multi_thread")]
-async fn xmpp_js_over_websocket_and_tcp_exchanges_messages() {
+/// checked), and the two exchange messages with each other and with a
+/// slixmpp user (`tests/python/echo_peer.py`) who answers each.
+#[test]
+fn xmpp_js_over_websocket_and_tcp_exchanges_messages() {
     npm_ci();
     let (node, url) = ws_node(false, "", "");
     for user in ["alice", "bob", "carol"] {
         node.add_user(user, "secret");
     }
-    let mut carol = login(&node, "carol", "secret", "raw").await;
-    carol.go_online(None).await.expect("carol online");
-    let carol_jid = carol.bare_jid().to_owned();
+    // Carol answers each message until both xmpp.js clients heard back.
+    let carol = EchoPeer::start(&node, "carol@localhost/slixmpp", "secret", 2, false, Duration::from_secs(120));
 
     let tcp = format!("xmpp://{}", SocketAddr::new(node.c2s.ip(), node.c2s.port()));
-    let mut script = Command::new("node");
-    script
+    let out = Command::new("node")
         .args(node_flags())
         .arg("interop.mjs")
         .args(["--ws", &url, "--tcp", &tcp, "--domain", DOMAIN, "--password", "secret"])
-        .args(["--ws-user", "alice", "--tcp-user", "bob", "--peer", &carol_jid])
+        .args(["--ws-user", "alice", "--tcp-user", "bob", "--peer", "carol@localhost", "--timeout", "60000"])
         .env("NODE_EXTRA_CA_CERTS", node.cert_path())
-        .current_dir(js_dir());
-    let run = tokio::task::spawn_blocking(move || script.output());
-
-    // Carol answers each message until both xmpp.js clients heard back.
-    let echo = tokio::spawn(async move {
-        let mut froms = Vec::new();
-        while froms.len() < 2 {
-            let m = carol.recv_until_timeout(Duration::from_secs(60), |el| el.name == "message").await?;
-            let (Some(from), Some(text)) = (m.attr("from").map(str::to_owned), body(&m)) else { continue };
-            carol.send(&message(&from, &format!("echo: {text}"))).await?;
-            froms.push((from, text));
-        }
-        Ok::<_, meerkat_tests::ClientError>(froms)
-    });
-
-    let out = run.await.expect("join").expect("running node");
+        .current_dir(js_dir())
+        .output()
+        .expect("running node");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "xmpp.js scenario failed ({}):\n{stdout}\n{stderr}", out.status);
@@ -540,19 +528,27 @@ async fn xmpp_js_over_websocket_and_tcp_exchanges_messages() {
             })
             .unwrap_or_default()
     };
-    let carol_full = format!("{carol_jid}/raw");
+    assert_eq!(carol.jid, "carol@localhost/slixmpp");
+    let carol_full = carol.jid.clone();
     assert!(received("ws").contains(&("bob@localhost/tcp".into(), "tcp to ws".into())), "{summary}");
     assert!(received("ws").contains(&(carol_full.clone(), "echo: hello from ws".into())), "{summary}");
     assert!(received("tcp").contains(&("alice@localhost/ws".into(), "ws to tcp".into())), "{summary}");
     assert!(received("tcp").contains(&(carol_full, "echo: hello from tcp".into())), "{summary}");
 
-    let mut froms = echo.await.expect("join").expect("carol's client");
+    let carol = carol.finish(Duration::from_secs(60));
+    let mut froms: Vec<(String, String)> = carol["received"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| (m["from"].as_str().unwrap_or_default().to_owned(), m["body"].as_str().unwrap_or_default().to_owned()))
+        .collect();
     froms.sort();
     assert_eq!(
         froms,
         [
             ("alice@localhost/ws".to_owned(), "hello from ws".to_owned()),
             ("bob@localhost/tcp".to_owned(), "hello from tcp".to_owned())
-        ]
+        ],
+        "{carol}"
     );
 }

@@ -31,6 +31,7 @@
 //! resources; unblocking sends them the current presence — both only to contacts
 //! that may see the user's presence (subscription `from` or `both`, §3.3, §3.4).
 
+use meerkat_xmpp::jid::Bare as _;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,7 +92,7 @@ impl Blocklist {
         }
         let domain = peer.domain().as_str();
         self.items.contains(&peer.to_string())
-            || self.items.contains(&peer.to_bare().to_string())
+            || self.items.contains(&peer.bare().to_string())
             || peer.resource().is_some_and(|r| self.items.contains(&format!("{domain}/{}", r.as_str())))
             || self.items.contains(domain)
     }
@@ -213,7 +214,7 @@ impl Blocking {
 
     async fn change(&self, svc: &Arc<Services>, iq: &Routed, payload: &Element) -> IqAnswer {
         let change = Change::parse(payload)?;
-        let owner = iq.from.to_bare();
+        let owner = iq.from.bare();
         let (user, host) = account_of(&iq.from);
         let old = self.load(svc, &owner).await.map_err(internal)?;
         let result = match &change {
@@ -282,7 +283,7 @@ async fn presence_after_change(svc: &Arc<Services>, owner: &BareJid, old: &Block
 /// Whether the traffic between `owner` and `peer` escapes blocking: the user's
 /// own resources and the user's server itself are never blocked.
 fn exempt(svc: &Services, owner: &BareJid, peer: &Jid) -> bool {
-    peer.to_bare() == *owner || (peer.node().is_none() && svc.router.is_local_host(peer.domain().as_str()))
+    peer.bare() == *owner || (peer.node().is_none() && svc.router.is_local_host(peer.domain().as_str()))
 }
 
 /// Whether `owner`'s `list` blocks the traffic with `peer`.
@@ -321,7 +322,7 @@ impl Module for Blocking {
         }
         Some(match (iq.stanza.attr("type"), payload.name.as_str()) {
             (Some("get"), "blocklist") => {
-                let owner = iq.from.to_bare();
+                let owner = iq.from.bare();
                 self.load(svc, &owner).await.map_err(internal).map(|list| {
                     let mut el = Element::new("blocklist", NS_BLOCKING);
                     for j in list.items() {
@@ -346,7 +347,7 @@ impl Module for Blocking {
     }
 
     async fn session_opening(&self, svc: &Arc<Services>, jid: &FullJid, state: &mut SessionState) {
-        let owner = jid.to_bare();
+        let owner = jid.bare();
         state.blocklist = match self.load(svc, &owner).await {
             Ok(list) => Some(list),
             Err(e) => {
@@ -380,14 +381,23 @@ impl Module for Blocking {
         to: &Jid,
         stanza: &Element,
     ) -> Result<(), Element> {
-        if is_blocked(svc, state, &from.to_bare(), to) {
+        if state.blocklist.as_ref().is_none_or(|l| l.is_empty()) {
+            return Ok(());
+        }
+        if is_blocked(svc, state, &from.bare(), to) {
             return Err(blocked_error(&stanza.ns));
         }
         Ok(())
     }
 
     fn user_receive(&self, svc: &Arc<Services>, jid: &FullJid, state: &mut SessionState, stanza: &Element) -> Receive {
-        let owner = jid.to_bare();
+        // Most users block nobody, and most stanzas are no blocklist push:
+        // then there is nothing to parse.
+        let maybe_push = StanzaKind::of(stanza) == Some(StanzaKind::Iq) && stanza.attr("type") == Some("set");
+        if !maybe_push && state.blocklist.as_ref().is_none_or(|l| l.is_empty()) {
+            return Receive::Deliver;
+        }
+        let owner = jid.bare();
         let from = stanza.attr("from").and_then(|f| parse_jid(f).ok());
         if let Some(change) = pushed_change(stanza, &owner, from.as_ref()) {
             let current = state.blocklist.clone().unwrap_or_default();

@@ -27,6 +27,7 @@
 //! messages between the user's own resources, or stored messages delivered at
 //! login (they belong to the account, not to a conversation seen elsewhere).
 
+use meerkat_xmpp::jid::Bare as _;
 use std::sync::Arc;
 
 use meerkat_cluster::SessionInfo;
@@ -117,7 +118,7 @@ fn delivered_from_storage(svc: &Services, stanza: &Element) -> bool {
 /// only; one to the bare JID (or to a resource that is gone) went to every
 /// available resource of highest priority, and the first of them copies it.
 fn received_targets(svc: &Services, jid: &FullJid, stanza: &Element) -> Vec<SessionInfo> {
-    let owner = jid.to_bare();
+    let owner = jid.bare();
     let sessions = svc.router.sessions();
     let mut originals = vec![jid.clone()];
     let to_here = stanza.attr("to").and_then(|t| parse_jid(t).ok()).is_some_and(|t| t == *jid);
@@ -176,15 +177,15 @@ impl Module for Carbons {
         stanza: &mut Element,
         _jobs: &mut Vec<crate::server::WorkerJob>,
     ) -> Result<(), StanzaErrorCondition> {
-        let owner = from.to_bare();
-        if !eligible(stanza) || to.to_bare() == owner || to.node().is_none() {
+        if to.node().is_none() || to.same_bare(from) || !eligible(stanza) {
             // Messages to one's own account reach the resources anyway; messages
             // to a server are not a conversation.
             return Ok(());
         }
-        let targets: Vec<SessionInfo> =
-            svc.router.sessions().resources(&owner).into_iter().filter(|s| s.jid != *from).collect();
-        send_copies(svc, "sent", &owner, &targets, stanza);
+        let targets = svc.router.sessions().other_resources(from);
+        if !targets.is_empty() {
+            send_copies(svc, "sent", &from.bare(), &targets, stanza);
+        }
         Ok(())
     }
 
@@ -192,17 +193,23 @@ impl Module for Carbons {
         if StanzaKind::of(stanza) != Some(StanzaKind::Message) {
             return Receive::Deliver;
         }
-        let owner = jid.to_bare();
-        let from = stanza.attr("from").and_then(|f| parse_jid(f).ok());
-        if is_copy(stanza) && from.as_ref() == Some(&Jid::from(owner.clone())) {
-            // One of our copies: for this resource only, and only if it asked.
-            let for_me = stanza.attr("to").and_then(|t| parse_jid(t).ok()) == Some(Jid::from(jid.clone()));
-            return if state.carbons && for_me { Receive::Deliver } else { Receive::Drop };
+        if is_copy(stanza) {
+            let from = stanza.attr("from").and_then(|f| parse_jid(f).ok());
+            if from.as_ref() == Some(&Jid::from(jid.bare())) {
+                // One of our copies: for this resource only, and only if it asked.
+                let for_me = stanza.attr("to").and_then(|t| parse_jid(t).ok()) == Some(Jid::from(jid.clone()));
+                return if state.carbons && for_me { Receive::Deliver } else { Receive::Drop };
+            }
         }
-        let from_elsewhere = from.as_ref().is_some_and(|f| f.to_bare() != owner);
+        // Copies go to the account's other resources: nothing to do without any.
+        if !eligible(stanza) || svc.router.sessions().other_resources(jid).is_empty() {
+            return Receive::Deliver;
+        }
+        let from = stanza.attr("from").and_then(|f| parse_jid(f).ok());
+        let from_elsewhere = from.as_ref().is_some_and(|f| !f.same_bare(jid));
         if from_elsewhere && eligible(stanza) && !delivered_from_storage(svc, stanza) {
             let targets = received_targets(svc, jid, stanza);
-            send_copies(svc, "received", &owner, &targets, stanza);
+            send_copies(svc, "received", &jid.bare(), &targets, stanza);
         }
         Receive::Deliver
     }

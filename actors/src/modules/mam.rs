@@ -36,14 +36,25 @@
 //! be stored a few milliseconds after a copy stamped later: a client paging
 //! forward from the newest message at that very moment would miss it.
 //!
+//! Delivery does not wait for the write, so a recipient may hold a message, and
+//! its `<stanza-id/>`, before the row is committed. A query therefore first
+//! waits for the incoming copies to its owner's archive that this node queued
+//! before the query arrived ([`PendingWrites`], at most [`FLUSH_WAIT`]): a
+//! message its owner has received is in the results, and its id is a valid RSM
+//! `after` or `before` (an unknown one is `item-not-found`). Outgoing copies need
+//! no wait: they are written by the owner's own shard, which runs the owner's
+//! queries, and the session queues them before it routes anything the client
+//! sends later.
+//!
 //! # Queries
 //! Only the owner may query an archive (`forbidden` for anyone else). Results go
 //! straight into the requesting session's mailbox, in order, followed by the IQ
 //! result with `<fin/>`. Pages hold [`Mam::default_page`] messages (50) unless
 //! the client asks for another `max`, at most [`Mam::max_page`] (250).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use meerkat_xmpp::jid::Bare as _;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meerkat_routing::Routed;
@@ -75,7 +86,12 @@ pub const MAX_BATCH: usize = 256;
 /// Write attempts of one batch when the database is temporarily unavailable.
 const WRITE_ATTEMPTS: u32 = 3;
 
-/// The module, with its page limits.
+/// Longest a query waits for earlier writes to its archive. They normally take
+/// milliseconds, and a write the database refuses gives up sooner; but one that
+/// was queued behind the query on the same shard cannot finish first.
+pub const FLUSH_WAIT: Duration = Duration::from_secs(3);
+
+/// The module's page limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mam {
     /// Page size when a query gives no `<max/>`.
@@ -90,6 +106,103 @@ impl Default for Mam {
     }
 }
 
+/// The module: its page limits and the writes it queued.
+#[derive(Debug, Default)]
+pub struct MamModule {
+    limits: Mam,
+    pending: Arc<PendingWrites>,
+}
+
+impl MamModule {
+    pub fn new(limits: Mam) -> Self {
+        MamModule { limits, pending: Arc::default() }
+    }
+}
+
+/// Archive jobs queued on the server workers and not finished yet (written,
+/// failed or dropped), with the archives they have rows in.
+#[derive(Debug, Default)]
+pub struct PendingWrites {
+    state: Mutex<Pending>,
+    finished: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Sequence number of the next job.
+    next: u64,
+    /// Owner (bare JID) -> sequence numbers of the unfinished jobs with a row in that archive.
+    by_owner: HashMap<String, BTreeSet<u64>>,
+}
+
+impl PendingWrites {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a job with rows in these archives; it is pending until the guard is dropped.
+    fn track(self: &Arc<Self>, owners: Vec<String>) -> PendingGuard {
+        let mut state = self.lock();
+        let seq = state.next;
+        state.next += 1;
+        for owner in &owners {
+            state.by_owner.entry(owner.clone()).or_default().insert(seq);
+        }
+        PendingGuard { writes: self.clone(), seq, owners }
+    }
+
+    /// Waits until every job registered so far with a row in `owner`'s archive is
+    /// finished, or `timeout` passed; later jobs are not waited for. Whether they all finished.
+    pub async fn flushed(&self, owner: &str, timeout: Duration) -> bool {
+        let horizon = self.lock().next;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Created before the check, so that a job finishing in between wakes it.
+            let finished = self.finished.notified();
+            let waiting = self.lock().by_owner.get(owner).and_then(|s| s.first().copied()).is_some_and(|s| s < horizon);
+            if !waiting {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, finished).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// An archive job's place among the [`PendingWrites`], given up when dropped.
+struct PendingGuard {
+    writes: Arc<PendingWrites>,
+    seq: u64,
+    owners: Vec<String>,
+}
+
+impl std::fmt::Debug for PendingGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingGuard").field("seq", &self.seq).field("owners", &self.owners).finish()
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if self.owners.is_empty() {
+            return;
+        }
+        {
+            let mut state = self.writes.lock();
+            for owner in &self.owners {
+                if let Some(seqs) = state.by_owner.get_mut(owner) {
+                    seqs.remove(&self.seq);
+                    if seqs.is_empty() {
+                        state.by_owner.remove(owner);
+                    }
+                }
+            }
+        }
+        self.writes.finished.notify_waiters();
+    }
+}
+
 /// The archive rows of one sent message, for the sender's worker shard.
 #[derive(Debug)]
 pub struct ArchiveJob {
@@ -100,6 +213,9 @@ pub struct ArchiveJob {
     outgoing: Option<ArchivedMessage>,
     /// The copy in the local recipient's archive, written if that account exists.
     incoming: Option<ArchivedMessage>,
+    /// Pending until the job is finished; queries of the incoming copy's archive wait for it.
+    /// Boxed: jobs travel in [`WorkerJob`] by value.
+    pending: Box<PendingGuard>,
 }
 
 impl ArchiveJob {
@@ -110,7 +226,7 @@ impl ArchiveJob {
 }
 
 #[async_trait::async_trait]
-impl Module for Mam {
+impl Module for MamModule {
     fn name(&self) -> &'static str {
         "mam"
     }
@@ -145,20 +261,23 @@ impl Module for Mam {
             return Ok(());
         }
         let now = now_micros();
-        let sender = from.to_bare();
+        let sender = from.bare();
         let self_message = recipient.as_ref() == Some(&sender);
         let outgoing = (!self_message)
             .then(|| row(&sender, new_id(now), now, to, ArchiveDirection::Outgoing, stanza.to_xml(ns::CLIENT)));
+        let mut owners = Vec::new();
         let incoming = recipient.map(|r| {
+            owners.push(r.to_string());
             let id = new_id(now);
             stanza.push_child(
                 Element::new("stanza-id", NS_SID).with_attr("id", id.clone()).with_attr("by", r.to_string()),
             );
             row(&r, id, now, &Jid::from(from.clone()), ArchiveDirection::Incoming, stanza.to_xml(ns::CLIENT))
         });
+        let pending = Box::new(self.pending.track(owners));
         // The session queues it before routing the message, waiting (and so
         // slowing its client) while the queue is full: nothing goes unarchived.
-        jobs.push(WorkerJob::Archive(ArchiveJob { sender, outgoing, incoming }));
+        jobs.push(WorkerJob::Archive(ArchiveJob { sender, outgoing, incoming, pending }));
         Ok(())
     }
 
@@ -175,8 +294,14 @@ impl Module for Mam {
         }
         Some(match iq.stanza.attr("type") {
             Some("get") => Ok(Some(query_form())),
-            _ => match parse_query(payload, self.default_page, self.max_page) {
-                Ok(q) => run_query(svc, iq, q).await,
+            _ => match parse_query(payload, self.limits.default_page, self.limits.max_page) {
+                Ok(q) => {
+                    let owner = iq.from.bare().to_string();
+                    if !self.pending.flushed(&owner, FLUSH_WAIT).await {
+                        tracing::warn!(%owner, "archive writes still pending after {FLUSH_WAIT:?}; querying anyway");
+                    }
+                    run_query(svc, iq, q).await
+                }
                 Err(cond) => Err(cond),
             },
         })
@@ -185,7 +310,7 @@ impl Module for Mam {
 
 /// The bare JID of `to` if it names an account on one of our hosts.
 fn local_account(svc: &Services, to: &Jid) -> Option<BareJid> {
-    (to.node().is_some() && svc.router.is_local_host(to.domain().as_str())).then(|| to.to_bare())
+    (to.node().is_some() && svc.router.is_local_host(to.domain().as_str())).then(|| to.bare())
 }
 
 /// Removes every `<stanza-id/>` that claims to come from `owner`'s archive.
@@ -225,7 +350,7 @@ fn row(
         user: owner.node().map(|n| n.as_str().to_owned()).unwrap_or_default(),
         id,
         stamp_micros,
-        with_jid: with.to_bare().to_string(),
+        with_jid: with.bare().to_string(),
         with_resource: with.resource().map(|r| r.as_str().to_owned()),
         direction,
         stanza,
@@ -246,7 +371,10 @@ fn new_id(micros: i64) -> String {
 pub async fn store(svc: &Arc<Services>, jobs: Vec<ArchiveJob>) {
     let mut exists: HashMap<(String, String), bool> = HashMap::new();
     let mut rows = Vec::with_capacity(jobs.len() * 2);
+    // Dropped when this returns, whatever happened to the rows.
+    let mut finished = Vec::with_capacity(jobs.len());
     for job in jobs {
+        finished.push(job.pending);
         rows.extend(job.outgoing);
         let Some(m) = job.incoming else { continue };
         let key = (m.domain.clone(), m.user.clone());
@@ -346,7 +474,7 @@ fn parse_query(payload: &Element, default_page: u64, max_page: u64) -> Result<Ma
                 Some("with") => {
                     if let Some(v) = value {
                         let jid = parse_jid(v).map_err(|_| StanzaErrorCondition::BadRequest)?;
-                        q.storage.with_jid = Some(jid.to_bare().to_string());
+                        q.storage.with_jid = Some(jid.bare().to_string());
                         q.storage.with_resource = jid.resource().map(|r| r.as_str().to_owned());
                     }
                 }
@@ -426,7 +554,7 @@ async fn run_query(svc: &Arc<Services>, iq: &Routed, q: MamQuery) -> IqAnswer {
     let Some(session) = svc.router.sessions().get(requester) else {
         return Err(StanzaErrorCondition::RecipientUnavailable);
     };
-    let owner = iq.from.to_bare().to_string();
+    let owner = iq.from.bare().to_string();
     for m in &page.messages {
         let Some(original) = parse_stored(&m.stanza) else {
             tracing::error!(id = %m.id, %owner, "an archived message does not parse; skipped");
@@ -578,6 +706,49 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
         assert!(a < c && b < c);
+    }
+
+    #[tokio::test]
+    async fn a_query_waits_for_earlier_writes_to_its_archive_only() {
+        let writes = Arc::new(PendingWrites::default());
+        let short = Duration::from_millis(50);
+        assert!(writes.flushed("bob@example.org", short).await, "nothing pending");
+
+        let to_bob = writes.track(vec!["alice@example.org".into(), "bob@example.org".into()]);
+        let to_carol = writes.track(vec!["carol@example.org".into()]);
+        assert!(writes.flushed("dave@example.org", short).await, "another archive's writes do not count");
+        assert!(!writes.flushed("bob@example.org", short).await, "gives up after the timeout");
+
+        // Finishing the write wakes the query.
+        let waiting = {
+            let writes = writes.clone();
+            tokio::spawn(async move { writes.flushed("bob@example.org", Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        drop(to_bob);
+        assert!(waiting.await.unwrap());
+        assert!(writes.flushed("alice@example.org", short).await);
+        assert!(!writes.flushed("carol@example.org", short).await);
+        drop(to_carol);
+        assert!(writes.lock().by_owner.is_empty(), "finished jobs leave nothing behind");
+    }
+
+    #[tokio::test]
+    async fn a_query_does_not_wait_for_later_writes() {
+        let writes = Arc::new(PendingWrites::default());
+        let earlier = writes.track(vec!["bob@example.org".into()]);
+        let waiting = {
+            let writes = writes.clone();
+            tokio::spawn(async move { writes.flushed("bob@example.org", Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A message sent after the query started: the query does not wait for it.
+        let later = writes.track(vec!["bob@example.org".into()]);
+        drop(earlier);
+        assert!(waiting.await.unwrap());
+        assert!(!writes.flushed("bob@example.org", Duration::from_millis(20)).await);
+        drop(later);
     }
 
     #[test]

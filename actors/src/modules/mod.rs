@@ -29,6 +29,7 @@ pub mod register;
 pub mod roster;
 pub mod vcard;
 
+use meerkat_xmpp::jid::Bare as _;
 use std::sync::Arc;
 
 use meerkat_routing::{Routed, ServerJob};
@@ -306,7 +307,7 @@ pub fn default_modules(cfg: &ModulesConfig) -> Vec<Arc<dyn Module>> {
         m.push(Arc::new(blocking::Blocking::new()));
     }
     if let Some(mam) = &cfg.mam {
-        m.push(Arc::new(mam.clone()));
+        m.push(Arc::new(mam::MamModule::new(mam.clone())));
     }
     if cfg.carbons {
         m.push(Arc::new(carbons::Carbons));
@@ -349,7 +350,7 @@ pub async fn handle_job(svc: &Arc<Services>, job: WorkerJob) {
     match job {
         WorkerJob::Routed(ServerJob::ToServer(r)) => to_server_or_account(svc, r, Target::Server).await,
         WorkerJob::Routed(ServerJob::ToAccount(r)) => {
-            let target = if r.from.to_bare() == r.to.to_bare() { Target::OwnAccount } else { Target::OtherAccount };
+            let target = if r.from.bare() == r.to.bare() { Target::OwnAccount } else { Target::OtherAccount };
             if let Some(r) = unless_blocked(svc, r).await {
                 to_server_or_account(svc, r, target).await
             }
@@ -377,8 +378,8 @@ pub async fn handle_job(svc: &Arc<Services>, job: WorkerJob) {
 /// the account blocks is refused as the session would refuse it
 /// ([`blocking::refusal`]). `None` when it was.
 async fn unless_blocked(svc: &Arc<Services>, r: Routed) -> Option<Routed> {
-    let owner = r.to.to_bare();
-    if r.from.to_bare() == owner || !blocks(svc, &owner, &r.from).await {
+    let owner = r.to.bare();
+    if r.from.bare() == owner || !blocks(svc, &owner, &r.from).await {
         return Some(r);
     }
     match blocking::refusal(&r.stanza) {

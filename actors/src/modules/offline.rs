@@ -1,6 +1,7 @@
 //! XEP-0160: offline messages, stamped with XEP-0203 delay and delivered
 //! after the user's next initial presence.
 
+use meerkat_xmpp::jid::Bare as _;
 use std::sync::Arc;
 
 use meerkat_routing::Routed;
@@ -110,7 +111,7 @@ pub async fn undelivered(svc: &Arc<Services>, r: Routed) {
     }
     let now = now_micros();
     let mut stanza = r.stanza.clone();
-    stanza.set_attr("to", Jid::from(r.to.to_bare()).to_string());
+    stanza.set_attr("to", Jid::from(r.to.bare()).to_string());
     stanza
         .push_child(Element::new("delay", ns::DELAY).with_attr("from", host.clone()).with_attr("stamp", xep0082(now)));
     match svc
@@ -138,7 +139,7 @@ pub async fn undelivered(svc: &Arc<Services>, r: Routed) {
 /// login already fetched the stored messages, so this one goes to it now
 /// rather than waiting for the next login.
 async fn late_flush(svc: &Arc<Services>, to: &Jid, host: &str, user: &str) {
-    let bare = to.to_bare();
+    let bare = to.bare();
     let best = svc
         .router
         .sessions()

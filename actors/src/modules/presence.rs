@@ -4,6 +4,7 @@
 //! written to storage first, then pushed to the owner's resources, then
 //! routed to the contact, so a crash between steps loses no approval.
 
+use meerkat_xmpp::jid::Bare as _;
 use std::sync::Arc;
 
 use meerkat_routing::Routed;
@@ -92,8 +93,8 @@ pub(crate) fn send_unavailable(svc: &Arc<Services>, user: &BareJid, to: &BareJid
 /// unsubscribe or unsubscribed to a contact.
 pub async fn outbound_subscription(svc: &Arc<Services>, r: Routed) {
     let Some(kind) = PresenceType::of(&r.stanza) else { return };
-    let user = r.from.to_bare();
-    let contact = r.to.to_bare();
+    let user = r.from.bare();
+    let contact = r.to.bare();
     if user == contact {
         return;
     }
@@ -179,8 +180,8 @@ pub async fn outbound_subscription(svc: &Arc<Services>, r: Routed) {
 /// Subscription stanzas and probes arriving for a local account (§3.1.3, §3.2.3, §3.3.3, §3.4.3, §4.3.2).
 pub async fn inbound(svc: &Arc<Services>, r: Routed) {
     let Some(kind) = PresenceType::of(&r.stanza) else { return };
-    let user = r.to.to_bare();
-    let contact = r.from.to_bare();
+    let user = r.to.bare();
+    let contact = r.from.bare();
     let (u, h) = parts(&user);
     if !svc.accounts.exists(&h, &u).await.unwrap_or(false) {
         // No such account: a subscribe is answered with unsubscribed (§3.1.3), the rest is ignored.
@@ -301,7 +302,7 @@ pub async fn inbound(svc: &Arc<Services>, r: Routed) {
 /// §4.2–§4.6: presence a resource sent without `to`. Contacts the user blocks
 /// (XEP-0191) get neither the presence nor probes.
 pub async fn broadcast(svc: &Arc<Services>, from: &FullJid, presence: Element, initial: bool, directed: Vec<Jid>) {
-    let user = from.to_bare();
+    let user = from.bare();
     let (u, h) = parts(&user);
     let mut roster = match svc.storage.get_roster(&h, &u).await {
         Ok(r) => r,
@@ -337,7 +338,7 @@ pub async fn broadcast(svc: &Arc<Services>, from: &FullJid, presence: Element, i
     if unavailable {
         // §4.6.2: also everyone who got directed presence.
         for d in directed {
-            if !sent_to.contains(&d) && d.to_bare() != user {
+            if !sent_to.contains(&d) && d.bare() != user {
                 send(d);
             }
         }

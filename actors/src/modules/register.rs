@@ -1,6 +1,7 @@
 //! XEP-0077 after authentication: password change and account removal.
 //! Registration of new accounts happens during stream negotiation.
 
+use meerkat_xmpp::jid::Bare as _;
 use std::sync::Arc;
 
 use meerkat_routing::{KickReason, Routed};
@@ -43,7 +44,7 @@ impl Module for Register {
         if payload.has_child("remove", ns::REGISTER) {
             return Some(match svc.accounts.remove(&host, &user).await {
                 Ok(()) => {
-                    for info in svc.router.sessions().resources(&iq.from.to_bare()) {
+                    for info in svc.router.sessions().resources(&iq.from.bare()) {
                         if let Some(sink) = svc.router.sink(info.sid) {
                             sink.kick(KickReason::AccountRemoved);
                         }

@@ -1,5 +1,6 @@
 //! RFC 6121 §2: roster management, with roster pushes to every resource.
 
+use meerkat_xmpp::jid::Bare as _;
 use std::sync::Arc;
 
 use meerkat_routing::Routed;
@@ -64,7 +65,7 @@ async fn set(svc: &Arc<Services>, from: &Jid, host: &str, user: &str, payload: &
         return Err(StanzaErrorCondition::BadRequest);
     };
     let contact = el.attr("jid").and_then(|j| parse_bare(j).ok()).ok_or(StanzaErrorCondition::BadRequest)?;
-    if contact == from.to_bare() {
+    if contact == from.bare() {
         return Err(StanzaErrorCondition::NotAllowed);
     }
     let contact_s = contact.to_string();
@@ -76,7 +77,7 @@ async fn set(svc: &Arc<Services>, from: &Jid, host: &str, user: &str, payload: &
         };
         svc.storage.remove_item(host, user, &contact_s).await.map_err(|_| StanzaErrorCondition::InternalServerError)?;
         // §2.5.2: cancel the subscriptions in both directions.
-        let bare = from.to_bare();
+        let bare = from.bare();
         if matches!(existing.subscription, Subscription::To | Subscription::Both) || existing.ask_out {
             super::presence::send_subscription(svc, &bare, &contact, "unsubscribe");
         }
@@ -115,7 +116,7 @@ async fn set(svc: &Arc<Services>, from: &Jid, host: &str, user: &str, payload: &
         },
     };
     svc.storage.put_item(host, user, &item).await.map_err(|_| StanzaErrorCondition::InternalServerError)?;
-    push(svc, &from.to_bare(), &item);
+    push(svc, &from.bare(), &item);
     Ok(None)
 }
 

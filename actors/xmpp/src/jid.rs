@@ -10,6 +10,27 @@
 
 pub use jid::{BareJid, DomainPart, FullJid, Jid, NodePart, ResourcePart};
 
+/// Cheap bare-JID operations. The `jid` crate's `to_bare` rebuilds the string
+/// through `format!` for every call; a JID's canonical string already starts
+/// with its bare form, so a copy cut at the resource does the same work with
+/// one allocation, and a comparison needs none.
+pub trait Bare {
+    /// The bare JID (`node@domain` or `domain`).
+    fn bare(&self) -> BareJid;
+    /// Whether both have the same bare JID.
+    fn same_bare(&self, other: &Jid) -> bool;
+}
+
+impl Bare for Jid {
+    fn bare(&self) -> BareJid {
+        self.clone().into_bare()
+    }
+
+    fn same_bare(&self, other: &Jid) -> bool {
+        self.node() == other.node() && self.domain() == other.domain()
+    }
+}
+
 /// Why a string is not an acceptable JID.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum JidError {
@@ -101,6 +122,21 @@ pub fn full_jid(bare: &BareJid, resource: &str) -> Result<FullJid, JidError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_is_the_crate_s_to_bare() {
+        for j in ["a@b/c", "a@b", "b", "b/c", "ü@bücher.example/r/s", "xn--bcher-kva.example/x"] {
+            let jid = parse_jid(j).unwrap();
+            assert_eq!(jid.bare(), jid.to_bare(), "{j}");
+            assert_eq!(jid.bare().to_string(), jid.to_bare().to_string(), "{j}");
+            assert!(jid.same_bare(&Jid::from(jid.to_bare())), "{j}");
+        }
+        let full = parse_full("a@b/c").unwrap();
+        assert_eq!(full.bare(), parse_bare("a@b").unwrap());
+        assert!(!parse_jid("a@b/c").unwrap().same_bare(&parse_jid("a@c/c").unwrap()));
+        assert!(!parse_jid("a@b").unwrap().same_bare(&parse_jid("b").unwrap()));
+        assert!(!parse_jid("a@b").unwrap().same_bare(&parse_jid("x@b").unwrap()));
+    }
 
     #[test]
     fn parse_cases() {

@@ -467,6 +467,9 @@ impl StreamParser {
                 Ok(Progress::Event(ev)) => return Ok(Some(ev)),
                 Ok(Progress::NeedMore) => {
                     self.starved = true;
+                    if self.pos == self.buf.len() {
+                        self.release_buffers();
+                    }
                     return Ok(None);
                 }
                 Ok(Progress::Continue) => {}
@@ -626,6 +629,21 @@ impl StreamParser {
     fn consume(&mut self, len: usize) {
         self.pos += len;
         self.scan.reset();
+    }
+
+    /// Gives back the memory of the buffers once everything fed has been
+    /// parsed, so that an idle stream holds none: the next feed allocates
+    /// what it needs. Scratch space still in use keeps its contents.
+    fn release_buffers(&mut self) {
+        self.buf = Vec::new();
+        self.pos = 0;
+        self.scan.open_ns.shrink_to_fit();
+        let tree = &mut self.tree;
+        tree.base.shrink_to_fit();
+        tree.scope.shrink_to_fit();
+        tree.stack.shrink_to_fit();
+        tree.text.shrink_to_fit();
+        tree.attr_buf.shrink_to_fit();
     }
 
     /// Consumes XML whitespace at `pos`, returning how much. Only called

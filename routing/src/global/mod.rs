@@ -34,6 +34,7 @@ pub mod table;
 #[cfg(test)]
 mod tests;
 
+use meerkat_xmpp::jid::Bare as _;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -269,7 +270,7 @@ fn backoff(cfg: &GlobalConfig, attempt: u32) -> Duration {
 }
 
 fn key_of(routed: &Routed, lane: &str) -> PairKey {
-    (routed.from.to_bare().to_string(), routed.to.to_bare().to_string(), lane.to_owned())
+    (routed.from.bare().to_string(), routed.to.bare().to_string(), lane.to_owned())
 }
 
 impl GlobalDistrib {
@@ -361,7 +362,7 @@ impl GlobalDistrib {
         let jids: Vec<String> = {
             let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
             let mut v: Vec<String> = local.values().map(|(j, _)| j.to_string()).collect();
-            v.extend(local.values().map(|(j, _)| j.to_bare().to_string()));
+            v.extend(local.values().map(|(j, _)| j.bare().to_string()));
             v
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), self.table.unpublish(&jids)).await;
@@ -396,7 +397,7 @@ impl GlobalDistrib {
         let mut out = Vec::with_capacity(local.len() * 2);
         for (jid, start) in local.values() {
             out.push((jid.to_string(), *start));
-            let e = bare.entry(jid.to_bare().to_string()).or_insert(*start);
+            let e = bare.entry(jid.bare().to_string()).or_insert(*start);
             *e = (*e).max(*start);
         }
         out.extend(bare);
@@ -621,7 +622,7 @@ impl GlobalDistrib {
                 return true;
             }
         }
-        let bare = to.to_bare();
+        let bare = to.bare();
         let sessions = router.sessions().resources(&bare);
         if strict {
             // A stanza bounced here waits for an available resource rather than
@@ -644,7 +645,7 @@ impl GlobalDistrib {
                 });
             }
         }
-        let sessions = router.sessions().resources(&to.to_bare());
+        let sessions = router.sessions().resources(&to.bare());
         let available = |s: &&meerkat_cluster::SessionInfo| s.priority.is_some_and(|p| p >= 0);
         if sessions.iter().filter(available).any(|s| s.node == me && router.sink(s.sid).is_some()) {
             return None;
@@ -680,14 +681,14 @@ impl GlobalDistrib {
     }
 
     fn mark_here(&self, to: &Jid) {
-        let bare = to.to_bare().to_string();
+        let bare = to.bare().to_string();
         if !self.seen_here.contains_key(&bare) {
             self.seen_here.insert(bare, ());
         }
     }
 
     fn recently_here(&self, to: &Jid) -> bool {
-        self.seen_here.contains_key(&to.to_bare().to_string())
+        self.seen_here.contains_key(&to.bare().to_string())
     }
 
     fn cached(&self, jid: &str) -> Option<Location> {
@@ -1005,7 +1006,7 @@ impl GlobalDistrib {
             Ok(None) => {
                 // A full JID the table does not know: the account's newest location.
                 match parse_jid(&target) {
-                    Ok(j) if j.try_as_full().is_ok() => self.table.lookup(&j.to_bare().to_string()).await,
+                    Ok(j) if j.try_as_full().is_ok() => self.table.lookup(&j.bare().to_string()).await,
                     _ => Ok(None),
                 }
             }
@@ -1056,7 +1057,7 @@ impl GlobalDistrib {
         let Some(start) = start else { return };
         let Ok(jid) = parse_jid(from) else { return };
         let loc = Location { dc: dc.to_owned(), start_micros: start };
-        for k in [jid.to_string(), jid.to_bare().to_string()] {
+        for k in [jid.to_string(), jid.bare().to_string()] {
             let newer = self.cache.get(&k).is_none_or(|c| c.start_micros <= start);
             if newer {
                 self.cache.insert(k, loc.clone());
@@ -1216,11 +1217,11 @@ impl GlobalHook for GlobalDistrib {
         if info.jid.domain().as_str() != self.cfg.global_host {
             return;
         }
-        let bare = info.jid.to_bare().to_string();
+        let bare = info.jid.bare().to_string();
         let newest = {
             let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
             local.insert(sid, (info.jid.clone(), info.created_micros));
-            local.values().filter(|(j, _)| j.to_bare().to_string() == bare).map(|(_, s)| *s).max()
+            local.values().filter(|(j, _)| j.bare().to_string() == bare).map(|(_, s)| *s).max()
         };
         let start = newest.unwrap_or(info.created_micros);
         let op = TableOp::Publish(vec![(info.jid.to_string(), info.created_micros), (bare, start)]);
@@ -1233,11 +1234,11 @@ impl GlobalHook for GlobalDistrib {
         let (jid, remaining) = {
             let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
             let Some((jid, _)) = local.remove(&sid) else { return };
-            let bare = jid.to_bare();
-            let remaining = local.values().filter(|(j, _)| j.to_bare() == bare).map(|(_, s)| *s).max();
+            let bare = jid.bare();
+            let remaining = local.values().filter(|(j, _)| j.bare() == bare).map(|(_, s)| *s).max();
             (jid, remaining)
         };
-        let bare = jid.to_bare().to_string();
+        let bare = jid.bare().to_string();
         let ok = self.ops.try_send(TableOp::Unpublish(vec![jid.to_string()])).is_ok()
             && match remaining {
                 Some(start) => self.ops.try_send(TableOp::Publish(vec![(bare, start)])).is_ok(),
