@@ -248,6 +248,10 @@ pub struct GlobalDistrib {
     local: Mutex<HashMap<SessionId, (FullJid, i64)>>,
     ops: mpsc::Sender<TableOp>,
     redis_up: AtomicBool,
+    /// Until then the table may still lack entries that every node is
+    /// writing again (Redis came back, or lost its data), so "nowhere" is
+    /// not believed.
+    settling_until: Mutex<Option<Instant>>,
     last_redis_error: Mutex<Option<String>>,
     needs_full_refresh: AtomicBool,
     next_token: AtomicU64,
@@ -259,6 +263,11 @@ pub struct GlobalDistrib {
 
 /// How long a stanza waits for an unreachable Redis before the bounce budget applies.
 const MAX_REDIS_WAITS: u32 = 60;
+
+/// How long after Redis comes back (or is found to have lost its data) an
+/// answer "found nowhere" is not believed: every node checks Redis each
+/// second and writes its entries again at once, so by then they are back.
+const TABLE_SETTLE: Duration = Duration::from_secs(5);
 
 /// How long after its last delivery here a recipient who is found nowhere is
 /// taken to be moving between data centers.
@@ -316,6 +325,7 @@ impl GlobalDistrib {
             local: Mutex::new(HashMap::new()),
             ops: ops_tx,
             redis_up: AtomicBool::new(true),
+            settling_until: Mutex::new(None),
             last_redis_error: Mutex::new(None),
             needs_full_refresh: AtomicBool::new(false),
             next_token: AtomicU64::new(1),
@@ -426,6 +436,25 @@ impl GlobalDistrib {
     fn redis_ok(&self) {
         if !self.redis_up.swap(true, Ordering::Relaxed) {
             tracing::info!("the global routing table in Redis is reachable again");
+            self.table_settling();
+        }
+    }
+
+    /// The table is being written again by every node: for a while, a
+    /// recipient found nowhere may only not be written back yet.
+    fn table_settling(&self) {
+        *self.settling_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + TABLE_SETTLE);
+    }
+
+    fn is_settling(&self) -> bool {
+        let mut until = self.settling_until.lock().unwrap_or_else(|e| e.into_inner());
+        match *until {
+            Some(t) if Instant::now() < t => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
         }
     }
 
@@ -485,6 +514,7 @@ impl GlobalDistrib {
                     self.redis_ok();
                     if !present {
                         tracing::warn!("this node's entries are gone from Redis; writing them again");
+                        self.table_settling();
                     }
                     !present
                 }
@@ -739,6 +769,9 @@ impl GlobalDistrib {
             // another data center, so the stanza waits for the new location
             // rather than going to offline storage.
             _ if self.recently_here(&e.routed.to) => Decision::Park,
+            // Redis has just come back or lost its data: the recipient's data
+            // center may not have written its entry again yet.
+            None if self.is_settling() => Decision::WaitRedis,
             // Offline everywhere as far as the table knows: ordinary handling here.
             _ => Decision::Local,
         }

@@ -192,3 +192,36 @@ async fn a_user_offline_everywhere_gets_offline_storage_in_the_senders_data_cent
     assert!(matches!(a.server.jobs.lock().unwrap()[0], ServerJob::Undelivered(_)));
     a.gd.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_missing_while_the_table_is_written_again_is_waited_for_not_stored_offline() {
+    let g = unique_host();
+    let a = dc(&g, &format!("dc1.{g}")).await;
+    let b = dc(&g, &format!("dc2.{g}")).await;
+    linked(&a, &b).await;
+    let alice = format!("alice@{g}/phone");
+    let (bob_full, bob_bare) = (format!("bob@{g}/laptop"), format!("bob@{g}"));
+    let _alice_sink = login(&a, &alice, 1);
+    let bob_on_b = login(&b, &bob_full, 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.gd.table.lookup(&bob_bare).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Redis lost bob's entry (as after a restart without persistence) and
+    // dc1 noticed; dc2 has not written it again yet.
+    let start = b.router.sessions().get(&parse_full(&bob_full).unwrap()).unwrap().created_micros;
+    b.gd.table.unpublish(&[bob_full.clone(), bob_bare.clone()]).await.unwrap();
+    a.gd.table_settling();
+    for n in 1..=20 {
+        send(&a, &alice, &bob_bare, n);
+    }
+    until("dc1 to wait for the table", || a.gd.stats.parked.load(Ordering::Relaxed) > 0).await;
+    assert!(a.server.jobs.lock().unwrap().is_empty(), "stored offline while the table was being written again");
+    b.gd.table.publish(&[(bob_full, start), (bob_bare, start)]).await.unwrap();
+    until("20 at dc2", || bob_on_b.got.lock().unwrap().len() == 20).await;
+    assert_eq!(ids(&[&bob_on_b]), (1..=20).collect::<Vec<u64>>(), "exactly once, in order");
+    assert!(a.server.jobs.lock().unwrap().is_empty(), "nothing went to offline storage");
+    a.gd.stop().await;
+    b.gd.stop().await;
+}
