@@ -201,8 +201,23 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                     _ = stop.wait_for(|s| *s) => break,
                     r = tcp.accept() => match r {
                         Ok((sock, peer)) => {
-                            let fut = c2s::serve(svc.clone(), listener.clone(), sock, peer);
-                            handles[i % handles.len()].spawn(fut);
+                            // The socket moves to the arbiter's own reactor: left on this
+                            // thread's, every readiness event would wake the connection
+                            // from another thread.
+                            let sock = match sock.into_std() {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, %peer, "could not hand over an accepted connection");
+                                    continue;
+                                }
+                            };
+                            let (svc, listener) = (svc.clone(), listener.clone());
+                            handles[i % handles.len()].spawn(async move {
+                                match tokio::net::TcpStream::from_std(sock) {
+                                    Ok(sock) => c2s::serve(svc, listener, sock, peer).await,
+                                    Err(e) => tracing::warn!(error = %e, %peer, "could not register an accepted connection"),
+                                }
+                            });
                             i += 1;
                         }
                         Err(e) => {
