@@ -80,6 +80,12 @@ if [ "$SERVER_CPUS" = all ]; then PIN=(); else PIN=(taskset -c "$SERVER_CPUS"); 
 # this shell and everything it starts (root may raise the hard limit too).
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 say "open-file limit $(ulimit -n)"
+for n in $IDLE_NS $LOGIN_NS; do
+  if [ "$n" -ge "$(ulimit -n)" ]; then
+    say "warning: $n connections need more than the open-file limit of $(ulimit -n) (the hard limit is $(ulimit -Hn);"
+    say "raising it needs CAP_SYS_RESOURCE): the server and the generator will refuse connections beyond it"
+  fi
+done
 
 if ss -ltn "sport = :$PORT" | grep -q LISTEN; then
   die "something already listens on port $PORT: stop it first (one server at a time)"
