@@ -123,6 +123,15 @@ async fn linked(a: &Dc, b: &Dc) {
     .await;
 }
 
+/// Waits until `jid`'s entry is readable from the data center `dc`.
+async fn readable_from(dc: &Dc, jid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dc.gd.table.lookup(jid).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "{jid} not in the table");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_cross_data_centers_in_order_and_follow_a_moving_user() {
     let g = unique_host();
@@ -133,13 +142,7 @@ async fn messages_cross_data_centers_in_order_and_follow_a_moving_user() {
     let bob_bare = format!("bob@{g}");
     let _alice_sink = login(&a, &alice, 1);
     let bob_on_b = login(&b, &format!("bob@{g}/laptop"), 2);
-    // Wait until bob's entry is readable from dc1.
-    let table = a.gd.table.clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while table.lookup(&bob_bare).await.unwrap().is_none() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    readable_from(&a, &bob_bare).await;
 
     for n in 1..=200 {
         send(&a, &alice, &bob_bare, n);
@@ -203,11 +206,7 @@ async fn a_recipient_missing_while_the_table_is_written_again_is_waited_for_not_
     let (bob_full, bob_bare) = (format!("bob@{g}/laptop"), format!("bob@{g}"));
     let _alice_sink = login(&a, &alice, 1);
     let bob_on_b = login(&b, &bob_full, 2);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.gd.table.lookup(&bob_bare).await.unwrap().is_none() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    readable_from(&a, &bob_bare).await;
     // Redis lost bob's entry (as after a restart without persistence) and
     // dc1 noticed; dc2 has not written it again yet.
     let start = b.router.sessions().get(&parse_full(&bob_full).unwrap()).unwrap().created_micros;
