@@ -52,9 +52,14 @@ pub struct OutQueue {
     max_bytes: usize,
 }
 
-/// The client does not read fast enough.
-#[derive(Debug)]
-pub struct Overflow;
+/// Why a write could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The client does not read fast enough.
+    Overflow,
+    /// The connection's writer is gone: the connection ended.
+    Closed,
+}
 
 impl OutQueue {
     pub fn new(capacity: usize, max_bytes: usize) -> (OutQueue, mpsc::Receiver<Bytes>, Arc<AtomicUsize>) {
@@ -63,13 +68,16 @@ impl OutQueue {
         (OutQueue { tx, queued: queued.clone(), max_bytes }, rx, queued)
     }
 
-    pub fn push(&self, data: String) -> Result<(), Overflow> {
+    pub fn push(&self, data: String) -> Result<(), PushError> {
         let len = data.len();
         if self.queued.load(Ordering::Relaxed) + len > self.max_bytes {
-            return Err(Overflow);
+            return Err(PushError::Overflow);
         }
         self.queued.fetch_add(len, Ordering::Relaxed);
-        self.tx.try_send(Bytes::from(data)).map_err(|_| Overflow)
+        self.tx.try_send(Bytes::from(data)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PushError::Overflow,
+            mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+        })
     }
 }
 
@@ -236,7 +244,16 @@ impl C2sSession {
 
     fn write(&mut self, xml: String, ctx: &mut Context<Self>) {
         let Some(out) = &self.out else { return };
-        if out.push(xml).is_err() {
+        let pushed = out.push(xml);
+        let resumable = self.sm.as_ref().is_some_and(|sm| sm.resume_id.is_some()) && !self.detached;
+        if pushed == Err(PushError::Closed) && resumable {
+            // The connection ended before its end reached this session: with
+            // XEP-0198 the session waits for a resumption, as on that end; the
+            // stanza stays unacknowledged and is sent again on resumption.
+            self.wait_for_resumption(ctx);
+            return;
+        }
+        if pushed.is_err() {
             tracing::warn!(jid = %self.jid, "client does not read its stream; disconnecting");
             let _ = self.io.send(IoControl::Abort);
             self.out = None;
