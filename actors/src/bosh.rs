@@ -669,7 +669,7 @@ impl Bridge {
         let mut returned = 0usize;
         for frame in self.queued.drain(..) {
             let Ok(el) = parse_frame(&frame) else { continue };
-            if StanzaKind::of(&el) != Some(StanzaKind::Message) || crate::modules::carbons::is_copy(&el) {
+            if StanzaKind::of(&el) != Some(StanzaKind::Message) || !self.svc.ctx.hooks.returns_to_account(&el) {
                 continue;
             }
             let (Some(from), Some(to)) =

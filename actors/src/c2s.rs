@@ -46,8 +46,8 @@ pub struct C2sListener {
     pub tls: Option<TlsAcceptor>,
     /// The listener's access rule lets users log in.
     pub allow_login: bool,
-    /// What the modules add to the stream features (XEP-0115 caps, XEP-0352 csi).
-    pub stream_features: crate::modules::StreamFeatures,
+    /// What the modules add to the stream features.
+    pub stream_features: crate::ext::StreamFeatures,
 }
 
 /// Why a connection ended early.
@@ -147,11 +147,7 @@ async fn negotiate(
     deadline: tokio::time::Instant,
 ) -> Result<Negotiated, ConnError> {
     let stream_id = format!("{:016x}", rand::random::<u64>());
-    let mut post_auth = listener.stream_features.post_auth.clone();
-    if svc.settings.sm.enabled {
-        // XEP-0198 §2: offered once the client is authenticated.
-        post_auth.push_str(&crate::sm::feature().to_xml(meerkat_xmpp::ns::CLIENT));
-    }
+    let post_auth = listener.stream_features.post_auth.clone();
     let mut neg = Negotiator::new(listener.negotiation.clone(), conn.is_secure(), conn.tls_exporter(), stream_id)
         .with_extra_features(listener.stream_features.pre_auth.clone(), post_auth);
     let mut header_sent = false;
@@ -343,7 +339,7 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id:
     }
 
     // What the module hooks need (the blocklist) is read before the session runs.
-    let state = crate::modules::session_opening(&svc, &jid).await;
+    let state = svc.ctx.hooks.session_opening(&svc.ctx, &jid).await;
 
     let (reader, writer) = conn.split();
     let (out, out_rx, queued) = OutQueue::new(4096, svc.settings.max_outgoing_bytes);

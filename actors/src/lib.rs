@@ -26,6 +26,7 @@
 pub mod auth;
 pub mod bosh;
 pub mod c2s;
+pub mod ext;
 pub mod modules;
 pub mod negotiation;
 pub mod server;

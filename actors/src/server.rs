@@ -4,16 +4,23 @@
 //! JID), so they are processed in order; shards run in parallel. Every shard
 //! queue is bounded: when one is full, the router answers the sender with
 //! `resource-constraint` instead of letting memory grow.
+//!
+//! A job is either a stanza from the router, dispatched to the modules'
+//! hooks here ([`handle_routed`]), or a module's own [`ModuleJob`], which
+//! the shard runs (and lets batch the jobs queued behind it) without knowing
+//! what it is.
 
 use meerkat_xmpp::jid::Bare as _;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use meerkat_routing::{Routed, ServerHandler, ServerJob};
-use meerkat_xmpp::element::Element;
-use meerkat_xmpp::jid::{FullJid, Jid};
+use meerkat_xmpp::error::StanzaErrorCondition;
+use meerkat_xmpp::stanza::{iq_payload, IqType, StanzaKind};
 use tokio::sync::mpsc;
 
+use crate::ext::util::reply;
+use crate::ext::{ModuleCtx, ModuleJob, Receive, Target};
 use crate::services::Services;
 
 /// Work for a server shard.
@@ -21,21 +28,15 @@ use crate::services::Services;
 pub enum WorkerJob {
     /// A job from the router.
     Routed(ServerJob),
-    /// Presence a session sent without `to` (RFC 6121 §4.2–§4.6): broadcast it.
-    Broadcast { from: FullJid, presence: Element, initial: bool, directed: Vec<Jid> },
-    /// A subscription request or answer a user sent (RFC 6121 §3, outbound side).
-    OutboundSubscription(Routed),
-    /// Archive rows of a message a user sent (XEP-0313).
-    Archive(crate::modules::mam::ArchiveJob),
+    /// A module's job.
+    Module(Box<dyn ModuleJob>),
 }
 
 impl WorkerJob {
     fn shard_key(&self) -> String {
         match self {
             WorkerJob::Routed(j) => routed_key(j),
-            WorkerJob::Broadcast { from, .. } => from.bare().to_string(),
-            WorkerJob::OutboundSubscription(r) => r.from.bare().to_string(),
-            WorkerJob::Archive(j) => j.shard_key(),
+            WorkerJob::Module(j) => j.shard_key(),
         }
     }
 }
@@ -48,18 +49,23 @@ fn routed_key(job: &ServerJob) -> String {
     }
 }
 
-/// One shard's loop, until its queue is closed and drained. Archive jobs found
-/// queued one after another are written together, in one transaction; jobs
-/// still run in queue order.
+/// One shard's loop, until its queue is closed and drained. A module job may
+/// take in the module jobs queued right behind it ([`ModuleJob::absorb`]:
+/// archive writes are batched into one transaction); jobs still run in queue order.
 async fn run_shard(svc: &Arc<Services>, rx: &mut mpsc::Receiver<WorkerJob>) {
     let mut next = rx.recv().await;
     while let Some(job) = next.take() {
         match job {
-            WorkerJob::Archive(first) => {
-                let mut batch = vec![first];
-                while batch.len() < crate::modules::mam::MAX_BATCH {
+            WorkerJob::Module(mut job) => {
+                loop {
                     match rx.try_recv() {
-                        Ok(WorkerJob::Archive(j)) => batch.push(j),
+                        Ok(WorkerJob::Module(behind)) => match job.absorb(behind) {
+                            None => continue,
+                            Some(behind) => {
+                                next = Some(WorkerJob::Module(behind));
+                                break;
+                            }
+                        },
                         Ok(other) => {
                             next = Some(other);
                             break;
@@ -67,13 +73,94 @@ async fn run_shard(svc: &Arc<Services>, rx: &mut mpsc::Receiver<WorkerJob>) {
                         Err(_) => break,
                     }
                 }
-                crate::modules::mam::store(svc, batch).await;
+                job.run(&svc.ctx).await;
             }
-            job => crate::modules::handle_job(svc, job).await,
+            WorkerJob::Routed(job) => handle_routed(&svc.ctx, job).await,
         }
         if next.is_none() {
             next = rx.recv().await;
         }
+    }
+}
+
+/// Runs one job from the router through the modules' hooks.
+async fn handle_routed(ctx: &ModuleCtx, job: ServerJob) {
+    match job {
+        ServerJob::ToServer(r) => to_server_or_account(ctx, r, Target::Server).await,
+        ServerJob::ToAccount(r) => {
+            let target = if r.from.bare() == r.to.bare() { Target::OwnAccount } else { Target::OtherAccount };
+            if let Some(r) = filter_local(ctx, r).await {
+                to_server_or_account(ctx, r, target).await
+            }
+        }
+        ServerJob::InboundPresence(r) => {
+            if let Some(r) = filter_local(ctx, r).await {
+                let _ = ctx.hooks.presence_in(ctx, &r).await;
+            }
+        }
+        ServerJob::Undelivered(r) => {
+            if let Some(r) = filter_local(ctx, r).await {
+                if !ctx.hooks.undelivered_message(ctx, &r).await.handled {
+                    // Nobody keeps messages for absent users (RFC 6121 §8.5.2.2.1).
+                    ctx.router.bounce(r, StanzaErrorCondition::ServiceUnavailable);
+                }
+            }
+        }
+    }
+}
+
+/// The filter on what the server handles for a local account (XEP-0191:
+/// from someone the account blocks). `None` when it was refused.
+async fn filter_local(ctx: &ModuleCtx, r: Routed) -> Option<Routed> {
+    match ctx.hooks.filter_local(ctx, &r).await {
+        Receive::Deliver => Some(r),
+        Receive::Bounce(cond) => {
+            ctx.router.bounce(r, cond);
+            None
+        }
+        Receive::Drop => {
+            tracing::debug!(to = %r.to, "dropping a stanza the account refuses");
+            None
+        }
+    }
+}
+
+async fn to_server_or_account(ctx: &ModuleCtx, r: Routed, target: Target) {
+    match StanzaKind::of(&r.stanza) {
+        Some(StanzaKind::Iq) => handle_iq(ctx, r, target).await,
+        // Messages to the server itself carry nothing for us (RFC 6120 §10.3.1);
+        // a presence to a host is likewise ignored.
+        Some(StanzaKind::Message) | Some(StanzaKind::Presence) | None => {}
+    }
+}
+
+async fn handle_iq(ctx: &ModuleCtx, r: Routed, target: Target) {
+    match IqType::of(&r.stanza) {
+        Some(t) if t.is_request() => {}
+        // Results and errors addressed to the server answer nothing we asked.
+        Some(_) => return,
+        None => {
+            ctx.router.bounce(r, StanzaErrorCondition::BadRequest);
+            return;
+        }
+    }
+    let Some(payload) = iq_payload(&r.stanza).cloned() else {
+        ctx.router.bounce(r, StanzaErrorCondition::BadRequest);
+        return;
+    };
+    if target == Target::OtherAccount
+        && !ctx
+            .accounts
+            .exists(r.to.domain().as_str(), r.to.node().map(|n| n.as_str()).unwrap_or(""))
+            .await
+            .unwrap_or(false)
+    {
+        ctx.router.bounce(r, StanzaErrorCondition::ServiceUnavailable);
+        return;
+    }
+    match ctx.hooks.iq(ctx, target, &r, &payload).await {
+        Some(answer) => reply(&ctx.router, r, answer),
+        None => ctx.router.bounce(r, StanzaErrorCondition::ServiceUnavailable),
     }
 }
 

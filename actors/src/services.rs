@@ -9,7 +9,7 @@ use meerkat_routing::Router;
 use meerkat_storage::Storage;
 
 use crate::auth::Accounts;
-use crate::modules::Module;
+use crate::ext::{CoreTuning, ModuleCtx, Registry};
 use crate::server::ServerWorkers;
 
 /// Per-node settings of the session layer, filled from the config file by `node`.
@@ -31,10 +31,18 @@ pub struct SessionSettings {
     pub keepalive_interval: Duration,
     /// Time allowed from TCP accept to a bound resource.
     pub negotiation_timeout: Duration,
-    /// Most offline messages kept per user (XEP-0160).
-    pub max_offline_messages: u64,
     /// XEP-0198 stream management.
     pub sm: crate::sm::SmSettings,
+}
+
+impl SessionSettings {
+    /// Takes what the modules' sections decide (pings, stream management).
+    pub fn tuned(mut self, t: &CoreTuning) -> Self {
+        self.ping_interval = t.ping_interval;
+        self.ping_timeout = t.ping_timeout;
+        self.sm = t.sm.clone();
+        self
+    }
 }
 
 impl Default for SessionSettings {
@@ -47,7 +55,6 @@ impl Default for SessionSettings {
             ping_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(60),
             negotiation_timeout: Duration::from_secs(60),
-            max_offline_messages: 1000,
             sm: crate::sm::SmSettings::default(),
         }
     }
@@ -62,8 +69,8 @@ pub struct Services {
     pub accounts: Accounts,
     pub settings: SessionSettings,
     pub workers: Arc<ServerWorkers>,
-    /// The XMPP modules, in hook order.
-    pub modules: Vec<Arc<dyn Module>>,
+    /// What the modules see of the node, with the modules themselves (`ctx.hooks`).
+    pub ctx: ModuleCtx,
     next_sid: AtomicU64,
     shutting_down: AtomicBool,
     shutdown_signal: tokio::sync::watch::Sender<bool>,
@@ -92,8 +99,10 @@ impl Services {
         accounts: Accounts,
         settings: SessionSettings,
         workers: Arc<ServerWorkers>,
-        modules: Vec<Arc<dyn Module>>,
+        modules: Arc<Registry>,
     ) -> Arc<Self> {
+        let ctx =
+            ModuleCtx { router: router.clone(), storage: storage.clone(), accounts: accounts.clone(), hooks: modules };
         Arc::new(Services {
             router,
             registry,
@@ -101,7 +110,7 @@ impl Services {
             accounts,
             settings,
             workers,
-            modules,
+            ctx,
             // Start from a random point so ids of a restarted node do not repeat.
             next_sid: AtomicU64::new(rand::random::<u32>() as u64 * 1_000_000),
             shutting_down: AtomicBool::new(false),
@@ -180,7 +189,4 @@ impl Services {
     }
 }
 
-/// Microseconds since the Unix epoch.
-pub fn now_micros() -> i64 {
-    chrono::Utc::now().timestamp_micros()
-}
+pub use crate::ext::util::now_micros;

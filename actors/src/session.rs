@@ -1,6 +1,6 @@
 //! The session actor of a bound client resource.
 //!
-//! It owns the session's state (JID, presence, directed presence) and is the
+//! It owns the session's state (JID, availability, the modules' slots) and is the
 //! only writer to the client: stanzas from the client come in as
 //! [`FromClient`] (the reader waits while the mailbox is full, so a fast
 //! client is slowed down rather than buffered), stanzas for the client come in
@@ -10,11 +10,11 @@
 //! actix's `FramedWrite` has no back-pressure, so instead a client that does
 //! not read its socket is disconnected once its queue exceeds the cap.
 //!
-//! The modules' per-session state ([`SessionState`]: carbons, blocklist, client
-//! state indication) lives here too, and the session runs the module hooks on
-//! it: on what the client sends before routing it, on what is routed here
-//! before writing it (see [`crate::modules`]). The session also pings a client
-//! that has been silent for a while ([`IdlePing`], XEP-0199).
+//! The modules' per-session state ([`SessionState`], one slot per module that
+//! keeps any) lives here too, and the session runs the module hooks on it
+//! (see [`crate::ext`]): on what the client sends before routing it, on what
+//! is routed here before writing it, and on what it writes. The session also
+//! pings a client that has been silent for a while ([`IdlePing`], XEP-0199).
 //!
 //! With XEP-0198 stream management ([`crate::sm`]) the session counts what it
 //! writes and keeps it until the client acknowledges it. If the client asked
@@ -24,7 +24,6 @@
 //! ends of the old connection are told apart by [`ConnClosed`]'s number.
 
 use meerkat_xmpp::jid::Bare as _;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -39,7 +38,8 @@ use meerkat_xmpp::ns;
 use meerkat_xmpp::stanza::{self, IqType, PresenceType, StanzaKind};
 use tokio::sync::{mpsc, watch};
 
-use crate::modules::{self, Receive, SessionState};
+use crate::ext::util::error_reply_with;
+use crate::ext::{Flow, IqAnswer, ModuleJob, Receive, SessionAcc, SessionState};
 use crate::server::WorkerJob;
 use crate::services::Services;
 use crate::sm::{self, Sent, SmState};
@@ -168,9 +168,9 @@ pub struct C2sSession {
     sid: SessionId,
     out: Option<OutQueue>,
     io: watch::Sender<IoControl>,
+    /// The resource sent available presence (RFC 6121 §4.2), so routing may
+    /// deliver to it by priority.
     available: bool,
-    last_presence: Option<Element>,
-    directed: HashSet<Jid>,
     /// Routing no longer sends here; deliveries still in the mailbox are re-routed or flushed.
     detached: bool,
     /// Live messages held while the offline messages of the initial presence
@@ -211,8 +211,6 @@ impl C2sSession {
             out: Some(out),
             io,
             available: false,
-            last_presence: None,
-            directed: HashSet::new(),
             detached: false,
             held: None,
             client_gone: false,
@@ -262,24 +260,66 @@ impl C2sSession {
         }
     }
 
-    /// Writes a stanza now, after whatever waits for an inactive client (XEP-0352).
+    /// Writes a reply to the client now, after whatever the output hooks kept
+    /// for it before ([`crate::ext::Module::client_output`], `urgent`).
     fn write_stanza(&mut self, el: &Element, ctx: &mut Context<Self>) {
-        self.flush_waiting(ctx);
-        self.write_counted(el.clone(), ctx);
-    }
-
-    /// Writes what waits for an inactive client, in order.
-    fn flush_waiting(&mut self, ctx: &mut Context<Self>) {
-        for el in self.state.csi.take() {
+        for el in self.svc.ctx.hooks.client_output(&mut self.state, el.clone(), true) {
             self.write_counted(el, ctx);
         }
     }
 
-    /// Writes a stanza routed here, unless it may wait for an inactive client.
+    /// Writes a stanza routed here, unless an output hook keeps it for later.
     fn deliver_to_client(&mut self, el: Element, ctx: &mut Context<Self>) {
-        for el in self.state.csi.offer(el) {
+        for el in self.svc.ctx.hooks.client_output(&mut self.state, el, false) {
             self.write_counted(el, ctx);
         }
+    }
+
+    /// Carries out what session hooks asked: stanzas to write, then jobs for
+    /// the server workers, then `then` (with whether the jobs were queued).
+    fn apply(
+        &mut self,
+        acc: SessionAcc,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, bool, &mut Context<Self>) + 'static,
+    ) {
+        let SessionAcc { write, jobs, hold_messages } = acc;
+        for el in write {
+            self.write_counted(el, ctx);
+        }
+        if hold_messages && self.held.is_none() {
+            // Released once the stored messages are written, or after a while whatever happens.
+            self.held = Some(Vec::new());
+            ctx.run_later(HOLD_AT_MOST, |act, ctx| act.release_held(ctx));
+        }
+        let mut waiting = Vec::new();
+        for job in jobs {
+            if !waiting.is_empty() {
+                // Behind a job that had to wait: queue order must hold.
+                waiting.push(job);
+                continue;
+            }
+            if let Err(WorkerJob::Module(job)) = self.svc.workers.enqueue(WorkerJob::Module(job)) {
+                waiting.push(job);
+            }
+        }
+        if waiting.is_empty() {
+            then(self, true, ctx);
+            return;
+        }
+        // The workers are behind: this session stops handling anything else
+        // (so its client's stanzas stay in order and its reader stops reading)
+        // until the jobs are queued.
+        let svc = self.svc.clone();
+        let wait = async move {
+            for job in waiting {
+                if svc.workers.enqueue_wait(WorkerJob::Module(job)).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        ctx.wait(wait.into_actor(self).map(move |queued, act, ctx| then(act, queued, ctx)));
     }
 
     /// Writes one stanza; with stream management on (XEP-0198) it is kept
@@ -314,7 +354,7 @@ impl C2sSession {
             self.svc.remove_resumable(id);
         }
         for el in sm.take_unacked() {
-            if StanzaKind::of(&el) != Some(StanzaKind::Message) || modules::carbons::is_copy(&el) {
+            if StanzaKind::of(&el) != Some(StanzaKind::Message) || !self.svc.ctx.hooks.returns_to_account(&el) {
                 continue;
             }
             if let Some(from) = el.attr("from").and_then(|f| parse_jid(f).ok()) {
@@ -406,18 +446,29 @@ impl C2sSession {
             priority: None,
             created_micros: 0,
         });
-        if self.available {
-            self.available = false;
-            let unavailable = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable");
-            let job = WorkerJob::Broadcast {
-                from: self.jid.clone(),
-                presence: unavailable,
-                initial: false,
-                directed: self.directed.drain().collect(),
-            };
-            if self.svc.workers.enqueue(job).is_err() {
-                tracing::warn!(jid = %self.jid, "server queue full; unavailable presence not broadcast");
+        self.available = false;
+        let acc = self.svc.ctx.hooks.session_closed(&self.svc.ctx, &self.jid, &mut self.state);
+        // The session may be stopping and cannot wait: jobs that find their
+        // queue full wait in a task of their own (one per ending session).
+        let mut waiting: Vec<Box<dyn ModuleJob>> = Vec::new();
+        for job in acc.jobs {
+            if !waiting.is_empty() {
+                waiting.push(job);
+            } else if let Err(WorkerJob::Module(job)) = self.svc.workers.enqueue(WorkerJob::Module(job)) {
+                waiting.push(job);
             }
+        }
+        if !waiting.is_empty() {
+            let workers = self.svc.workers.clone();
+            let jid = self.jid.clone();
+            actix::spawn(async move {
+                for job in waiting {
+                    if workers.enqueue_wait(WorkerJob::Module(job)).await.is_err() {
+                        tracing::warn!(%jid, "server workers closed; a closing session's job was not run");
+                        return;
+                    }
+                }
+            });
         }
     }
 
@@ -440,7 +491,7 @@ impl C2sSession {
         if el.name == "iq" && el.attr("type") == Some("result") {
             return;
         }
-        if let Some(mut e) = modules::error_reply_with(el, error) {
+        if let Some(mut e) = error_reply_with(el, error) {
             e.remove_attr("from");
             e.set_attr("to", self.jid.as_str().to_owned());
             self.write_stanza(&e, ctx);
@@ -448,7 +499,7 @@ impl C2sSession {
     }
 
     /// Writes the answer to an IQ the session handled itself.
-    fn answer_iq(&mut self, el: &Element, answer: modules::IqAnswer, ctx: &mut Context<Self>) {
+    fn answer_iq(&mut self, el: &Element, answer: IqAnswer, ctx: &mut Context<Self>) {
         match answer {
             Ok(payload) => {
                 let mut res = stanza::iq_result(el, payload);
@@ -470,10 +521,9 @@ impl C2sSession {
                 self.on_sm_element(&el, ctx);
                 return;
             }
-            if modules::session_element(&self.svc, &mut self.state, &el) {
-                if self.state.csi.is_active() {
-                    self.flush_waiting(ctx);
-                }
+            let hooks = self.svc.ctx.hooks.clone();
+            if let Some(acc) = hooks.session_element(&self.svc.ctx, &self.jid, &mut self.state, &el) {
+                self.apply(acc, ctx, |_, _, _| {});
                 return;
             }
             self.stream_fail(
@@ -517,7 +567,7 @@ impl C2sSession {
             // Canonical form, so that every later comparison is a plain equality.
             el.set_attr("to", t.as_str().to_owned());
             // XEP-0191: nothing goes to a JID the user blocks.
-            if let Err(error) = modules::user_send_check(&self.svc, &self.state, &self.jid, t, &el) {
+            if let Err(error) = self.svc.ctx.hooks.user_send_check(&self.svc.ctx, &self.state, &self.jid, t, &el) {
                 self.refuse(&el, error, ctx);
                 return;
             }
@@ -526,42 +576,21 @@ impl C2sSession {
             StanzaKind::Message => {
                 let to = to.unwrap_or_else(|| Jid::from(self.jid.bare()));
                 // Module hooks (XEP-0313 archiving) see each sent message once, here.
-                let jobs = match crate::modules::user_send_message(&self.svc, &self.jid, &to, &mut el) {
-                    Ok(jobs) => jobs,
+                let hooks = self.svc.ctx.hooks.clone();
+                let acc = match hooks.user_send_message(&self.svc.ctx, &mut self.state, &self.jid, &to, &mut el) {
+                    Ok(acc) => acc,
                     Err(cond) => {
                         self.reply_error(&el, cond, ctx);
                         return;
                     }
                 };
-                let mut waiting = Vec::new();
-                for job in jobs {
-                    if let Err(job) = self.svc.workers.enqueue(job) {
-                        waiting.push(job);
-                    }
-                }
-                if waiting.is_empty() {
-                    self.route(to, el);
-                    return;
-                }
-                // The workers are behind: this session stops handling anything
-                // else (so its client's stanzas stay in order and its reader
-                // stops reading) until the jobs are queued.
-                let svc = self.svc.clone();
-                let wait = async move {
-                    for job in waiting {
-                        if svc.workers.enqueue_wait(job).await.is_err() {
-                            return false;
-                        }
-                    }
-                    true
-                };
-                ctx.wait(wait.into_actor(self).map(move |queued, act, ctx| {
+                self.apply(acc, ctx, move |act, queued, ctx| {
                     if queued {
                         act.route(to, el);
                     } else {
                         act.reply_error(&el, StanzaErrorCondition::ServiceUnavailable, ctx);
                     }
-                }));
+                });
             }
             StanzaKind::Presence => self.on_client_presence(el, to, ctx),
             StanzaKind::Iq => self.on_client_iq(el, to, ctx),
@@ -573,8 +602,10 @@ impl C2sSession {
             self.reply_error(&el, StanzaErrorCondition::BadRequest, ctx);
             return;
         };
+        let hooks = self.svc.ctx.hooks.clone();
+        let mut acc = SessionAcc::default();
         let Some(to) = to else {
-            match ptype {
+            let initial = match ptype {
                 PresenceType::Available => {
                     let priority = el
                         .get_child("priority", ns::CLIENT)
@@ -582,58 +613,39 @@ impl C2sSession {
                         .map(|p| p.clamp(-128, 127) as i8)
                         .unwrap_or(0);
                     let initial = !self.available;
-                    if initial {
-                        // Released by the server once the stored messages are
-                        // delivered, or after a while whatever happens.
-                        self.held = Some(Vec::new());
-                        ctx.run_later(HOLD_AT_MOST, |act, ctx| act.release_held(ctx));
-                    }
                     self.available = true;
-                    let mut stored = el.clone();
-                    stored.remove_attr("to");
-                    self.last_presence = Some(stored);
                     self.svc.registry.set_priority(&self.jid, self.sid, Some(priority));
-                    self.broadcast(el, initial, Vec::new());
+                    initial
                 }
-                PresenceType::Unavailable => {
-                    if self.available {
-                        self.available = false;
-                        self.last_presence = None;
-                        self.svc.registry.set_priority(&self.jid, self.sid, None);
-                        let directed = self.directed.drain().collect();
-                        self.broadcast(el, false, directed);
-                    }
+                PresenceType::Unavailable if self.available => {
+                    self.available = false;
+                    self.svc.registry.set_priority(&self.jid, self.sid, None);
+                    false
                 }
+                // Unavailable while unavailable: nothing changes.
+                PresenceType::Unavailable => return,
                 // Subscription requests and probes need an addressee.
-                _ => self.reply_error(&el, StanzaErrorCondition::BadRequest, ctx),
-            }
+                _ => {
+                    self.reply_error(&el, StanzaErrorCondition::BadRequest, ctx);
+                    return;
+                }
+            };
+            hooks.user_send_presence(&self.svc.ctx, &mut self.state, &self.jid, None, &el, initial, &mut acc);
+            self.apply(acc, ctx, |act, queued, _| {
+                if !queued {
+                    tracing::warn!(jid = %act.jid, "server workers closed; presence not broadcast");
+                }
+            });
             return;
         };
-        if ptype.is_subscription() {
-            let job =
-                WorkerJob::OutboundSubscription(Routed { from: Jid::from(self.jid.clone()), to, stanza: el.clone() });
-            if self.svc.workers.enqueue(job).is_err() {
-                self.reply_error(&el, StanzaErrorCondition::ResourceConstraint, ctx);
+        let flow = hooks.user_send_presence(&self.svc.ctx, &mut self.state, &self.jid, Some(&to), &el, false, &mut acc);
+        self.apply(acc, ctx, move |act, queued, ctx| {
+            if !queued {
+                act.reply_error(&el, StanzaErrorCondition::ResourceConstraint, ctx);
+            } else if flow == Flow::Continue {
+                act.route(to, el);
             }
-            return;
-        }
-        match ptype {
-            PresenceType::Available => {
-                self.directed.insert(to.clone());
-            }
-            PresenceType::Unavailable => {
-                self.directed.remove(&to);
-            }
-            _ => {}
-        }
-        self.route(to, el);
-    }
-
-    fn broadcast(&mut self, presence: Element, initial: bool, directed: Vec<Jid>) {
-        let job = WorkerJob::Broadcast { from: self.jid.clone(), presence, initial, directed };
-        if self.svc.workers.enqueue(job).is_err() {
-            tracing::warn!(jid = %self.jid, "server queue full; presence not broadcast");
-        }
+        });
     }
 
     fn on_client_iq(&mut self, el: Element, to: Option<Jid>, ctx: &mut Context<Self>) {
@@ -657,7 +669,8 @@ impl C2sSession {
         }
         if itype.is_request() && to_own_account {
             if let Some(payload) = stanza::iq_payload(&el) {
-                if let Some(answer) = modules::session_iq(&self.svc, &self.jid, &mut self.state, &el, payload) {
+                let hooks = self.svc.ctx.hooks.clone();
+                if let Some(answer) = hooks.session_iq(&self.svc.ctx, &self.jid, &mut self.state, &el, payload) {
                     self.answer_iq(&el, answer, ctx);
                     return;
                 }
@@ -684,7 +697,7 @@ impl C2sSession {
             // Nobody will read it here: give it back to the router so the account
             // (other resources or offline storage) gets it. A carbon copy was for
             // this resource only.
-            if StanzaKind::of(&el) == Some(StanzaKind::Message) && !modules::carbons::is_copy(&el) {
+            if StanzaKind::of(&el) == Some(StanzaKind::Message) && self.svc.ctx.hooks.returns_to_account(&el) {
                 let from = el.attr("from").and_then(|f| parse_jid(f).ok());
                 if let Some(from) = from {
                     self.svc.router.reroute(Routed { from, to: Jid::from(self.jid.bare()), stanza: el });
@@ -698,7 +711,8 @@ impl C2sSession {
                 return;
             }
         }
-        match modules::user_receive(&self.svc, &self.jid, &mut self.state, &el) {
+        let hooks = self.svc.ctx.hooks.clone();
+        match hooks.user_receive(&self.svc.ctx, &self.jid, &mut self.state, &el) {
             Receive::Deliver => {}
             Receive::Drop => return,
             Receive::Bounce(cond) => {
@@ -709,18 +723,6 @@ impl C2sSession {
                 }
                 return;
             }
-        }
-        if StanzaKind::of(&el) == Some(StanzaKind::Presence) && el.attr("type") == Some("probe") {
-            // Probes reach a session only after the server checked the subscription.
-            if let (Some(last), Some(from)) = (&self.last_presence, el.attr("from")) {
-                if let Ok(to) = parse_jid(from) {
-                    let mut p = last.clone();
-                    p.set_attr("from", self.jid.as_str().to_owned());
-                    p.set_attr("to", to.to_string());
-                    self.route(to, p);
-                }
-            }
-            return;
         }
         self.deliver_to_client(el, ctx);
     }
@@ -765,6 +767,11 @@ impl C2sSession {
 
 impl Actor for C2sSession {
     type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        let hooks = self.svc.ctx.hooks.clone();
+        hooks.session_opened(&self.svc.ctx, &self.jid, &mut self.state);
+    }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.detach();
@@ -883,6 +890,8 @@ impl Handler<Resume> for C2sSession {
         self.conn += 1;
         self.ping_pending = None;
         tracing::debug!(jid = %self.jid, resent = unacked.len(), "session resumed");
+        let hooks = self.svc.ctx.hooks.clone();
+        hooks.session_resumed(&self.svc.ctx, &self.jid, &mut self.state);
         self.write(resumed.to_xml(ns::CLIENT), ctx);
         for xml in unacked {
             self.write(xml, ctx);

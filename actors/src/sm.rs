@@ -28,7 +28,7 @@ use meerkat_xmpp::element::Element;
 pub const NS_SM: &str = "urn:xmpp:sm:3";
 const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 
-/// `[modules.stream_management]`, as the session layer uses it.
+/// `[modules.mod_stream_management]`, as the session layer uses it.
 #[derive(Clone, Debug)]
 pub struct SmSettings {
     /// Offer stream management after authentication.

@@ -58,7 +58,7 @@ level = "warn"
 [session]
 idle_timeout = 3600
 
-[modules.register]
+[modules.mod_register]
 enabled = true
 EOF
     if [ "$setup" != single ]; then

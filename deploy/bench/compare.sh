@@ -145,12 +145,12 @@ level = "warn"
 [session]
 idle_timeout = 3600
 
-[modules.register]
+[modules.mod_register]
 enabled = true
 
 # The peers' benchmark configs load no message archive (mod_mam), so neither
 # does Meerkat here: every server does the same work per message.
-[modules.mam]
+[modules.mod_mam]
 enabled = false
 EOF
   echo "$dir/meerkat.toml"

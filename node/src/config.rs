@@ -31,7 +31,8 @@ pub struct Config {
     pub admin: Admin,
     pub log: Log,
     pub session: Session,
-    pub modules: Modules,
+    /// `[modules.mod_*]`: each module owns its section (`meerkat_actors::modules`).
+    pub modules: meerkat_actors::modules::ModulesConfig,
     /// Present when this node is (or can become) a member of a cluster.
     pub cluster: Option<Cluster>,
     /// Present when this data center serves a domain together with others.
@@ -665,7 +666,7 @@ pub struct Session {
     /// Bytes queued for a client that does not read before it is disconnected.
     pub max_outgoing_bytes: usize,
     /// Seconds of client silence before `connection-timeout` (an answer to a
-    /// server ping, `[modules.ping]`, is not silence).
+    /// server ping, `[modules.mod_ping]`, is not silence).
     pub idle_timeout: u64,
     /// Seconds of server silence before a whitespace keepalive.
     pub keepalive_interval: u64,
@@ -687,150 +688,6 @@ impl Default for Session {
             server_workers: 8,
             server_queue: 4096,
         }
-    }
-}
-
-/// `[modules]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Modules {
-    pub offline: OfflineModule,
-    pub register: RegisterModule,
-    pub mam: MamModule,
-    pub carbons: CarbonsModule,
-    pub blocking: BlockingModule,
-    pub csi: CsiModule,
-    pub ping: PingModule,
-    pub stream_management: StreamManagementModule,
-}
-
-/// `[modules.mam]` (XEP-0313)
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MamModule {
-    /// Archive messages and answer archive queries.
-    pub enabled: bool,
-    /// Messages per page when a query asks for no size.
-    pub default_page_size: u64,
-    /// Most messages per page, whatever a query asks.
-    pub max_page_size: u64,
-}
-
-impl Default for MamModule {
-    fn default() -> Self {
-        MamModule { enabled: true, default_page_size: 50, max_page_size: 250 }
-    }
-}
-
-/// `[modules.carbons]` (XEP-0280)
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CarbonsModule {
-    /// Copy messages to the user's other resources that ask for it.
-    pub enabled: bool,
-}
-
-impl Default for CarbonsModule {
-    fn default() -> Self {
-        CarbonsModule { enabled: true }
-    }
-}
-
-/// `[modules.blocking]` (XEP-0191)
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BlockingModule {
-    /// Users may block JIDs.
-    pub enabled: bool,
-}
-
-impl Default for BlockingModule {
-    fn default() -> Self {
-        BlockingModule { enabled: true }
-    }
-}
-
-/// `[modules.stream_management]` (XEP-0198)
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StreamManagementModule {
-    /// Offer stream management (acknowledgements) to clients after authentication.
-    pub enabled: bool,
-    /// Most stanzas kept for a client until it acknowledges them; past this the
-    /// stream is closed with `<resource-constraint/>` (MongooseIM's default).
-    pub buffer_max: usize,
-    /// The server asks for an acknowledgement after this many stanzas; 0 never asks.
-    pub ack_freq: u32,
-    /// Seconds a session whose connection was lost (EOF or error, not a
-    /// closing tag) waits for the client to resume it; 0 turns resumption off.
-    pub resume_timeout: u64,
-}
-
-impl Default for StreamManagementModule {
-    fn default() -> Self {
-        StreamManagementModule { enabled: true, buffer_max: 100, ack_freq: 1, resume_timeout: 600 }
-    }
-}
-
-/// `[modules.csi]` (XEP-0352)
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CsiModule {
-    /// Clients may say they are inactive, and get presence updates and chat states later.
-    pub enabled: bool,
-}
-
-impl Default for CsiModule {
-    fn default() -> Self {
-        CsiModule { enabled: true }
-    }
-}
-
-/// `[modules.ping]` (XEP-0199). The server always answers pings; these settings
-/// are about the pings it sends.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PingModule {
-    /// Ping clients that have been silent for `ping_interval`; when off, only
-    /// `[session] idle_timeout` ends a silent connection.
-    pub send_pings: bool,
-    /// Seconds of client silence before a ping.
-    pub ping_interval: u64,
-    /// Seconds a client has to answer a ping before `connection-timeout`.
-    pub ping_timeout: u64,
-}
-
-impl Default for PingModule {
-    fn default() -> Self {
-        PingModule { send_pings: true, ping_interval: 300, ping_timeout: 60 }
-    }
-}
-
-/// `[modules.offline]` (XEP-0160)
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OfflineModule {
-    /// Most messages stored for one user.
-    pub max_messages: u64,
-}
-
-impl Default for OfflineModule {
-    fn default() -> Self {
-        OfflineModule { max_messages: 1000 }
-    }
-}
-
-/// `[modules.register]` (XEP-0077)
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegisterModule {
-    /// Clients may create accounts in-band.
-    pub enabled: bool,
-}
-
-impl Default for RegisterModule {
-    fn default() -> Self {
-        RegisterModule { enabled: true }
     }
 }
 
@@ -881,9 +738,7 @@ impl Config {
             canon.push(c);
         }
         self.general.hosts = canon;
-        if self.modules.stream_management.buffer_max == 0 {
-            return Err(err("modules.stream_management.buffer_max", "must be at least 1".into()));
-        }
+        self.modules.validate().map_err(|(key, reason)| err(&key, reason))?;
         if self.listen.c2s.is_empty() {
             return Err(err("listen.c2s", "at least one c2s listener is required".into()));
         }
@@ -998,17 +853,6 @@ impl Config {
             || self.session.negotiation_timeout == 0
         {
             return Err(err("session", "timeouts must be positive".into()));
-        }
-        let mam = &self.modules.mam;
-        if mam.default_page_size == 0 {
-            return Err(err("modules.mam.default_page_size", "must be at least 1".into()));
-        }
-        if mam.max_page_size < mam.default_page_size {
-            return Err(err("modules.mam.max_page_size", "must be at least default_page_size".into()));
-        }
-        let ping = &self.modules.ping;
-        if ping.send_pings && (ping.ping_interval == 0 || ping.ping_timeout == 0) {
-            return Err(err("modules.ping", "ping_interval and ping_timeout must be at least 1 second".into()));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| err("log.level", e.to_string()))?;
         Ok(())
@@ -1343,9 +1187,9 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/meerkat.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         let m = Config::parse(&text, "deploy/meerkat.toml").unwrap().modules;
-        let d = Modules::default();
+        let d = meerkat_actors::modules::ModulesConfig::default();
         assert_eq!(format!("{m:?}"), format!("{d:?}"));
-        for section in ["mam", "carbons", "blocking", "csi", "ping", "stream_management"] {
+        for section in meerkat_actors::modules::ModulesConfig::KNOWN {
             assert!(text.contains(&format!("[modules.{section}]")), "deploy/meerkat.toml lacks [modules.{section}]");
         }
     }
@@ -1354,23 +1198,40 @@ mod tests {
     fn module_sections() {
         let cfg = Config::defaults().unwrap();
         let m = &cfg.modules;
-        assert!(m.mam.enabled && m.carbons.enabled && m.blocking.enabled && m.csi.enabled && m.ping.send_pings);
-        assert_eq!((m.mam.default_page_size, m.mam.max_page_size), (50, 250));
-        assert_eq!((m.ping.ping_interval, m.ping.ping_timeout), (300, 60));
+        assert!(m.mod_mam.enabled && m.mod_carbons.enabled && m.mod_blocking.enabled && m.mod_csi.enabled);
+        assert!(m.mod_ping.send_pings);
+        assert_eq!((m.mod_mam.default_page_size, m.mod_mam.max_page_size), (50, 250));
+        assert_eq!((m.mod_ping.ping_interval, m.mod_ping.ping_timeout), (300, 60));
 
-        let toml = "[modules.mam]\nenabled = false\ndefault_page_size = 10\nmax_page_size = 20\n\
-                    [modules.carbons]\nenabled = false\n[modules.blocking]\nenabled = false\n\
-                    [modules.csi]\nenabled = false\n[modules.ping]\nsend_pings = false\nping_interval = 0\n";
+        let toml = "[modules.mod_mam]\nenabled = false\ndefault_page_size = 10\nmax_page_size = 20\n\
+                    [modules.mod_carbons]\nenabled = false\n[modules.mod_blocking]\nenabled = false\n\
+                    [modules.mod_csi]\nenabled = false\n[modules.mod_ping]\nsend_pings = false\nping_interval = 0\n";
         let mut cfg = Config::parse(toml, "t.toml").unwrap();
         cfg.validate("t.toml").unwrap();
         let m = &cfg.modules;
-        assert!(!m.mam.enabled && !m.carbons.enabled && !m.blocking.enabled && !m.csi.enabled && !m.ping.send_pings);
-        assert_eq!((m.mam.default_page_size, m.mam.max_page_size), (10, 20));
+        assert!(!m.mod_mam.enabled && !m.mod_carbons.enabled && !m.mod_blocking.enabled && !m.mod_csi.enabled);
+        assert!(!m.mod_ping.send_pings);
+        assert_eq!((m.mod_mam.default_page_size, m.mod_mam.max_page_size), (10, 20));
 
-        check_err("[modules.mam]\ndefault_page_size = 0\n", &["modules.mam.default_page_size"]);
-        check_err("[modules.mam]\ndefault_page_size = 100\nmax_page_size = 99\n", &["modules.mam.max_page_size"]);
-        check_err("[modules.ping]\nping_timeout = 0\n", &["modules.ping", "at least 1 second"]);
-        check_err("[modules.carbons]\nenable = true\n", &["unknown field `enable`"]);
+        check_err("[modules.mod_mam]\ndefault_page_size = 0\n", &["modules.mod_mam.default_page_size"]);
+        check_err(
+            "[modules.mod_mam]\ndefault_page_size = 100\nmax_page_size = 99\n",
+            &["modules.mod_mam.max_page_size"],
+        );
+        check_err("[modules.mod_ping]\nping_timeout = 0\n", &["modules.mod_ping", "at least 1 second"]);
+        check_err("[modules.mod_carbons]\nenable = true\n", &["t.toml", "line 2", "unknown field `enable`"]);
+        check_err("[modules.mod_stream_management]\nbuffer_max = 0\n", &["modules.mod_stream_management.buffer_max"]);
+    }
+
+    /// An unknown module is refused at start, naming the file, the key and
+    /// every module there is.
+    #[test]
+    fn an_unknown_module_is_refused_with_the_known_ones() {
+        let mut expect = vec!["t.toml", "line 2", "unknown field `mod_inbx`"];
+        expect.extend(meerkat_actors::modules::ModulesConfig::KNOWN);
+        check_err("[modules]\n[modules.mod_inbx]\nenabled = true\n", &expect);
+        // The names of wave 1 are MongooseIM's now.
+        check_err("[modules.mam]\nenabled = true\n", &["unknown field `mam`", "mod_mam"]);
     }
 
     fn check_err(toml: &str, expect: &[&str]) {

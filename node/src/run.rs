@@ -7,7 +7,7 @@ use actix::Arbiter;
 use anyhow::Context as _;
 use meerkat_actors::auth::Accounts;
 use meerkat_actors::c2s::{self, C2sListener};
-use meerkat_actors::modules::{default_modules, mam, stream_features, ModulesConfig};
+use meerkat_actors::ext::Registry;
 use meerkat_actors::negotiation::{NegotiationConfig, TlsMode};
 use meerkat_actors::server::ServerWorkers;
 use meerkat_actors::services::{Services, SessionSettings};
@@ -42,17 +42,6 @@ pub fn start(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", cfg.general.data_dir.display()))?;
     let system = actix_rt::System::new();
     system.block_on(serve(cfg))
-}
-
-/// Which modules run, from `[modules]`.
-fn modules_config(m: &crate::config::Modules) -> ModulesConfig {
-    ModulesConfig {
-        registration: m.register.enabled,
-        mam: m.mam.enabled.then_some(mam::Mam { default_page: m.mam.default_page_size, max_page: m.mam.max_page_size }),
-        carbons: m.carbons.enabled,
-        blocking: m.blocking.enabled,
-        csi: m.csi.enabled,
-    }
 }
 
 fn admin_auth(cfg: &Config) -> anyhow::Result<crate::admin::AdminAuth> {
@@ -125,20 +114,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         mailbox_capacity: cfg.session.mailbox_capacity,
         max_outgoing_bytes: cfg.session.max_outgoing_bytes,
         idle_timeout: Duration::from_secs(cfg.session.idle_timeout),
-        ping_interval: cfg.modules.ping.send_pings.then(|| Duration::from_secs(cfg.modules.ping.ping_interval)),
-        ping_timeout: Duration::from_secs(cfg.modules.ping.ping_timeout),
         keepalive_interval: Duration::from_secs(cfg.session.keepalive_interval),
         negotiation_timeout: Duration::from_secs(cfg.session.negotiation_timeout),
-        max_offline_messages: cfg.modules.offline.max_messages,
-        sm: meerkat_actors::sm::SmSettings {
-            enabled: cfg.modules.stream_management.enabled,
-            buffer_max: cfg.modules.stream_management.buffer_max,
-            ack_freq: cfg.modules.stream_management.ack_freq,
-            resume_timeout: Duration::from_secs(cfg.modules.stream_management.resume_timeout),
-        },
+        ..SessionSettings::default()
     };
-    let modules = default_modules(&modules_config(&cfg.modules));
-    let stream_features = stream_features(&modules);
+    // The modules' sections decide the pings, stream management and in-band registration.
+    let tuning = cfg.modules.tuning();
+    let settings = settings.tuned(&tuning);
+    let modules = Arc::new(Registry::new(cfg.modules.build()));
+    tracing::info!(modules = ?modules, "modules enabled");
+    let stream_features = modules.stream_features();
     let svc =
         Services::new(router.clone(), registry.clone(), storage.clone(), accounts, settings, workers.clone(), modules);
     router.set_server_handler(workers.clone());
@@ -162,7 +147,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mechanisms: Vec<_> = cfg.auth.sasl_mechanisms.iter().filter_map(|m| mechanism(m)).collect();
+    let mut mechanisms: Vec<_> = cfg.auth.sasl_mechanisms.iter().filter_map(|m| mechanism(m)).collect();
+    // Mechanisms modules offer (SASL hooks) come after the configured ones.
+    for m in stream_features.sasl_mechanisms.iter().filter_map(|m| mechanism(m)) {
+        if !mechanisms.contains(&m) {
+            mechanisms.push(m);
+        }
+    }
     let mut accept_tasks = Vec::new();
     for l in &cfg.listen.c2s {
         let acceptor = if l.tls.mode == TlsMode::None {
@@ -180,7 +171,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 tls_mode: l.tls.mode,
                 mechanisms: mechanisms.clone(),
                 allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
-                registration: cfg.modules.register.enabled,
+                registration: tuning.in_band_registration,
                 max_auth_failures: cfg.auth.max_failures,
             },
             limits: Limits { max_stanza_size: l.max_stanza_size, max_depth: l.max_depth },
@@ -239,7 +230,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             tls_mode: TlsMode::None,
             mechanisms: mechanisms.clone(),
             allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
-            registration: cfg.modules.register.enabled,
+            registration: tuning.in_band_registration,
             max_auth_failures: cfg.auth.max_failures,
         },
         limits,

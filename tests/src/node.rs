@@ -56,7 +56,7 @@ pub struct NodeOptions {
     /// e.g. `max_stanza_size = 4096`.
     pub listener_toml: String,
     /// Extra TOML appended at the end of the file: whole tables such as
-    /// `[session]` or `[modules.register]`.
+    /// `[session]` or `[modules.mod_register]`.
     pub extra_toml: String,
     /// `[general] shutdown_grace_period`.
     pub shutdown_grace_period: u64,

@@ -473,7 +473,7 @@ async fn csi_holds_presence_and_chat_states_until_needed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_pings_silent_clients_and_drops_those_that_do_not_answer() {
-    let node = node_with("[modules.ping]\nping_interval = 1\nping_timeout = 1\n", &["alice", "bob"]);
+    let node = node_with("[modules.mod_ping]\nping_interval = 1\nping_timeout = 1\n", &["alice", "bob"]);
     let is_ping = |e: &Element| e.name == "iq" && e.attr("type") == Some("get") && e.has_child("ping", ns::PING);
 
     // bob ignores pings: closed with connection-timeout after interval + timeout.
@@ -498,7 +498,7 @@ async fn server_pings_silent_clients_and_drops_those_that_do_not_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_can_be_turned_off() {
-    let node = node_with("[modules.ping]\nsend_pings = false\nping_interval = 1\n", &["alice"]);
+    let node = node_with("[modules.mod_ping]\nsend_pings = false\nping_interval = 1\n", &["alice"]);
     let mut alice = login(&node, "alice", PW, "a").await;
     // Twice the interval that would have brought a ping.
     match alice.recv_timeout(Duration::from_millis(2500)).await {
@@ -511,7 +511,7 @@ async fn pings_can_be_turned_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_modules_are_gone() {
     let node = node_with(
-        "[modules.carbons]\nenabled = false\n[modules.blocking]\nenabled = false\n[modules.csi]\nenabled = false\n",
+        "[modules.mod_carbons]\nenabled = false\n[modules.mod_blocking]\nenabled = false\n[modules.mod_csi]\nenabled = false\n",
         &["alice"],
     );
     let mut c = Client::connect(node.c2s, DOMAIN, Security::StartTls).await.unwrap();

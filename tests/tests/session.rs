@@ -50,7 +50,7 @@ async fn in_band_registration() {
 
 #[tokio::test]
 async fn registration_disabled_is_refused() {
-    let node = TestNode::start("[modules.register]\nenabled = false\n");
+    let node = TestNode::start("[modules.mod_register]\nenabled = false\n");
     let mut c = Client::connect(node.c2s, DOMAIN, Security::StartTls).await.unwrap();
     assert!(!c.has_feature("register", ns::REGISTER_FEATURE), "{:?}", c.features);
     let res = c.iq_xml(REGISTER_SET).await.unwrap();

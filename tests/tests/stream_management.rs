@@ -138,7 +138,7 @@ async fn unacknowledged_messages_of_a_lost_connection_go_offline() {
 
 #[tokio::test]
 async fn too_many_unacknowledged_stanzas_close_with_resource_constraint() {
-    let node = TestNode::start("[modules.stream_management]\nbuffer_max = 5\nack_freq = 0\n");
+    let node = TestNode::start("[modules.mod_stream_management]\nbuffer_max = 5\nack_freq = 0\n");
     users(&node);
     let mut alice = login(&node, "alice", PW, "r").await;
     let mut bob = online(&node, "bob", PW, "r", None).await;
@@ -157,7 +157,7 @@ async fn too_many_unacknowledged_stanzas_close_with_resource_constraint() {
 
 #[tokio::test]
 async fn disabled_is_not_offered() {
-    let node = TestNode::start("[modules.stream_management]\nenabled = false\n");
+    let node = TestNode::start("[modules.mod_stream_management]\nenabled = false\n");
     users(&node);
     let mut c = Client::connect(node.c2s, DOMAIN, Security::StartTls).await.unwrap();
     c.auth(Sasl::Scram(HashAlg::Sha256), "alice", PW).await.unwrap();
@@ -221,7 +221,7 @@ async fn a_cut_connection_resumes_and_gets_every_message_once_in_order() {
 
 #[tokio::test]
 async fn unresumed_messages_go_offline_when_the_resume_window_ends() {
-    let node = TestNode::start("[modules.stream_management]\nresume_timeout = 1\n");
+    let node = TestNode::start("[modules.mod_stream_management]\nresume_timeout = 1\n");
     users(&node);
     let mut alice = login(&node, "alice", PW, "r").await;
     let mut bob = online(&node, "bob", PW, "r", None).await;

@@ -461,7 +461,7 @@ async fn wss_offers_scram_plus_bound_to_the_tls_exporter() {
 #[tokio::test]
 async fn a_silent_websocket_session_times_out() {
     let extra =
-        "[auth]\nallow_plain_without_tls = true\n[session]\nidle_timeout = 1\n[modules.ping]\nsend_pings = false\n";
+        "[auth]\nallow_plain_without_tls = true\n[session]\nidle_timeout = 1\n[modules.mod_ping]\nsend_pings = false\n";
     let (node, url) = ws_node(false, "", extra);
     node.add_user("alice", "secret");
     let mut c = WsClient::login(&url, "alice", "secret", "silent").await;

@@ -10,7 +10,7 @@
 //! always applies it to its own copy of the list.
 //!
 //! # Enforcement
-//! Each session holds the user's blocklist ([`SessionState::blocklist`]), read
+//! Each session holds the user's blocklist (a [`BlockState`] slot), read
 //! at bind and kept current by the pushes (which reach sessions on every node
 //! of the cluster), so checking a stanza costs no database access:
 //! - a stanza the user sends to a blocked JID is refused with `<not-acceptable/>`
@@ -21,7 +21,8 @@
 //!
 //! What the server handles on the user's behalf (IQs to the bare JID,
 //! subscription requests and probes, messages for offline storage, presence
-//! broadcast, the incoming archive copy) asks [`Module::blocklist`], served from a
+//! broadcast, the incoming archive copy) asks [`Module::blocks`] and
+//! [`Module::filter_local`], served from a
 //! per-node cache of blocklists. A change invalidates the entry on the node that
 //! made it and, through the pushes, on every node where the user has a session;
 //! other nodes' entries expire after [`CACHE_TTL`], which bounds how long they
@@ -44,13 +45,12 @@ use meerkat_xmpp::jid::{parse_jid, BareJid, FullJid, Jid};
 use meerkat_xmpp::ns;
 use meerkat_xmpp::stanza::{IqType, StanzaKind};
 
-use super::{account_of, IqAnswer, Module, Receive, SessionState, Target};
-use crate::services::Services;
+use crate::ext::registry::ModuleSpec;
+use crate::ext::util::{account_of, send_current_presence, send_unavailable};
+use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, Receive, SessionState, Switch, Target};
 
-/// XEP-0191.
-pub const NS_BLOCKING: &str = "urn:xmpp:blocking";
-/// XEP-0191 application-specific error conditions.
-pub const NS_BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+const NS_BLOCKING: &str = ns::BLOCKING;
+const NS_BLOCKING_ERRORS: &str = ns::BLOCKING_ERRORS;
 /// Most JIDs one blocklist holds: every session keeps a copy.
 pub const MAX_ITEMS: usize = 1000;
 /// Longest item, in characters (the MySQL key column is `VARCHAR(255)`).
@@ -185,6 +185,27 @@ pub fn refusal(stanza: &Element) -> Receive {
     }
 }
 
+/// What a session keeps: the user's blocklist, and whether its client asked for it.
+#[derive(Debug, Default)]
+struct BlockState {
+    /// The blocklist as this session enforces it: read at bind, then kept
+    /// current by the blocklist pushes every session receives.
+    list: Arc<Blocklist>,
+    /// XEP-0191 §3.2: the client asked for the blocklist, so it gets the pushes.
+    requested: bool,
+}
+
+impl ModuleSpec for Blocking {
+    const NAME: &'static str = "mod_blocking";
+    type Config = Switch;
+    fn enabled(cfg: &Switch) -> bool {
+        cfg.enabled
+    }
+    fn build(_cfg: &Switch) -> Arc<dyn Module> {
+        Arc::new(Blocking::new())
+    }
+}
+
 /// The module, with this node's cache of blocklists.
 pub struct Blocking {
     cache: moka::sync::Cache<BareJid, Arc<Blocklist>>,
@@ -202,67 +223,66 @@ impl Blocking {
     }
 
     /// `owner`'s blocklist, from the cache or storage.
-    async fn load(&self, svc: &Arc<Services>, owner: &BareJid) -> Result<Arc<Blocklist>, StorageError> {
+    async fn load(&self, ctx: &ModuleCtx, owner: &BareJid) -> Result<Arc<Blocklist>, StorageError> {
         if let Some(list) = self.cache.get(owner) {
             return Ok(list);
         }
         let (user, host) = account_of(&Jid::from(owner.clone()));
-        let list = Arc::new(Blocklist::new(svc.storage.get_blocklist(&host, &user).await?));
+        let list = Arc::new(Blocklist::new(ctx.storage.get_blocklist(&host, &user).await?));
         self.cache.insert(owner.clone(), list.clone());
         Ok(list)
     }
 
-    async fn change(&self, svc: &Arc<Services>, iq: &Routed, payload: &Element) -> IqAnswer {
+    async fn change(&self, ctx: &ModuleCtx, iq: &Routed, payload: &Element) -> IqAnswer {
         let change = Change::parse(payload)?;
         let owner = iq.from.bare();
         let (user, host) = account_of(&iq.from);
-        let old = self.load(svc, &owner).await.map_err(internal)?;
+        let old = self.load(ctx, &owner).await.map_err(internal)?;
         let result = match &change {
             Change::Block(jids) => {
                 let added = jids.iter().filter(|j| !old.items.contains(*j)).count();
                 if old.len() + added > MAX_ITEMS {
                     return Err(StanzaErrorCondition::NotAcceptable);
                 }
-                svc.storage.block(&host, &user, jids).await
+                ctx.storage.block(&host, &user, jids).await
             }
-            Change::Unblock(jids) => svc.storage.unblock(&host, &user, jids).await,
-            Change::UnblockAll => svc.storage.unblock_all(&host, &user).await,
+            Change::Unblock(jids) => ctx.storage.unblock(&host, &user, jids).await,
+            Change::UnblockAll => ctx.storage.unblock_all(&host, &user).await,
         };
         // Whatever happened, the next reader goes to storage.
         self.cache.invalidate(&owner);
         result.map_err(internal)?;
         let new = old.apply(&change);
-        push(svc, &owner, &change);
-        presence_after_change(svc, &owner, &old, &new).await;
+        push(ctx, &owner, &change);
+        presence_after_change(ctx, &owner, &old, &new).await;
         Ok(None)
     }
 }
 
 fn internal(e: StorageError) -> StanzaErrorCondition {
-    tracing::error!(error = %e, "blocklist storage failed");
-    StanzaErrorCondition::InternalServerError
+    storage_error("blocklist storage")(e)
 }
 
 /// Sends a blocklist push (XEP-0191 §3.3, §3.4) to every resource of `owner`:
 /// sessions keep their copy current with it, and write it to clients that asked
 /// for the blocklist.
-fn push(svc: &Arc<Services>, owner: &BareJid, change: &Change) {
-    for info in svc.router.sessions().resources(owner) {
+fn push(ctx: &ModuleCtx, owner: &BareJid, change: &Change) {
+    for info in ctx.router.sessions().resources(owner) {
         let iq = Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
             .with_attr("id", format!("block{:x}", rand::random::<u64>()))
             .with_attr("from", owner.to_string())
             .with_attr("to", info.jid.to_string())
             .with_child(change.element());
-        svc.router.route(Routed { from: Jid::from(owner.clone()), to: Jid::from(info.jid.clone()), stanza: iq });
+        ctx.router.route(Routed { from: Jid::from(owner.clone()), to: Jid::from(info.jid.clone()), stanza: iq });
     }
 }
 
 /// Unavailable presence to contacts just blocked, current presence to contacts
 /// just unblocked, for those allowed to see the user's presence.
-async fn presence_after_change(svc: &Arc<Services>, owner: &BareJid, old: &Blocklist, new: &Blocklist) {
+async fn presence_after_change(ctx: &ModuleCtx, owner: &BareJid, old: &Blocklist, new: &Blocklist) {
     let (user, host) = account_of(&Jid::from(owner.clone()));
-    let roster = match svc.storage.get_roster(&host, &user).await {
+    let roster = match ctx.storage.get_roster(&host, &user).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, %owner, "roster read failed; no presence sent after a blocklist change");
@@ -273,8 +293,8 @@ async fn presence_after_change(svc: &Arc<Services>, owner: &BareJid, old: &Block
         let Ok(contact) = meerkat_xmpp::jid::parse_bare(&item.contact) else { continue };
         let peer = Jid::from(contact.clone());
         match (old.blocks(&peer), new.blocks(&peer)) {
-            (false, true) => super::presence::send_unavailable(svc, owner, &contact),
-            (true, false) => super::presence::send_current_presence(svc, owner, &contact),
+            (false, true) => send_unavailable(&ctx.router, owner, &contact),
+            (true, false) => send_current_presence(&ctx.router, owner, &contact),
             _ => {}
         }
     }
@@ -282,23 +302,31 @@ async fn presence_after_change(svc: &Arc<Services>, owner: &BareJid, old: &Block
 
 /// Whether the traffic between `owner` and `peer` escapes blocking: the user's
 /// own resources and the user's server itself are never blocked.
-fn exempt(svc: &Services, owner: &BareJid, peer: &Jid) -> bool {
-    peer.bare() == *owner || (peer.node().is_none() && svc.router.is_local_host(peer.domain().as_str()))
+fn exempt(ctx: &ModuleCtx, owner: &BareJid, peer: &Jid) -> bool {
+    peer.bare() == *owner || (peer.node().is_none() && ctx.router.is_local_host(peer.domain().as_str()))
 }
 
 /// Whether `owner`'s `list` blocks the traffic with `peer`.
-pub fn applies(svc: &Services, list: &Blocklist, owner: &BareJid, peer: &Jid) -> bool {
-    list.blocks(peer) && !exempt(svc, owner, peer)
+pub fn applies(ctx: &ModuleCtx, list: &Blocklist, owner: &BareJid, peer: &Jid) -> bool {
+    list.blocks(peer) && !exempt(ctx, owner, peer)
 }
 
-fn is_blocked(svc: &Services, state: &SessionState, owner: &BareJid, peer: &Jid) -> bool {
-    state.blocklist.as_ref().is_some_and(|l| applies(svc, l, owner, peer))
+fn is_blocked(ctx: &ModuleCtx, state: &SessionState, owner: &BareJid, peer: &Jid) -> bool {
+    state.get::<BlockState>().is_some_and(|s| applies(ctx, &s.list, owner, peer))
 }
 
 #[async_trait::async_trait]
 impl Module for Blocking {
     fn name(&self) -> &'static str {
-        "blocking"
+        Self::NAME
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS_BLOCKING]
+    }
+
+    fn session_iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS_BLOCKING]
     }
 
     fn disco_features(&self, target: Target) -> &'static [&'static str] {
@@ -309,7 +337,7 @@ impl Module for Blocking {
         }
     }
 
-    async fn iq(&self, svc: &Arc<Services>, target: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+    async fn iq(&self, ctx: &ModuleCtx, target: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
         if payload.ns != NS_BLOCKING {
             return None;
         }
@@ -323,7 +351,7 @@ impl Module for Blocking {
         Some(match (iq.stanza.attr("type"), payload.name.as_str()) {
             (Some("get"), "blocklist") => {
                 let owner = iq.from.bare();
-                self.load(svc, &owner).await.map_err(internal).map(|list| {
+                self.load(ctx, &owner).await.map_err(internal).map(|list| {
                     let mut el = Element::new("blocklist", NS_BLOCKING);
                     for j in list.items() {
                         el.push_child(Element::new("item", NS_BLOCKING).with_attr("jid", j));
@@ -331,36 +359,49 @@ impl Module for Blocking {
                     Some(el)
                 })
             }
-            (Some("set"), "block" | "unblock") => self.change(svc, iq, payload).await,
+            (Some("set"), "block" | "unblock") => self.change(ctx, iq, payload).await,
             _ => Err(StanzaErrorCondition::BadRequest),
         })
     }
 
-    async fn blocklist(&self, svc: &Arc<Services>, owner: &BareJid) -> Option<Arc<Blocklist>> {
-        match self.load(svc, owner).await {
-            Ok(list) => Some(list),
+    async fn blocks(&self, ctx: &ModuleCtx, owner: &BareJid, peer: &Jid) -> bool {
+        match self.load(ctx, owner).await {
+            Ok(list) => applies(ctx, &list, owner, peer),
             Err(e) => {
                 tracing::error!(error = %e, %owner, "blocklist read failed; not blocking");
-                Some(Arc::new(Blocklist::default()))
+                false
             }
         }
     }
 
-    async fn session_opening(&self, svc: &Arc<Services>, jid: &FullJid, state: &mut SessionState) {
+    /// What the server handles for an account, from someone the account
+    /// blocks, is refused as the session would refuse it ([`refusal`]).
+    async fn filter_local(&self, ctx: &ModuleCtx, r: &Routed) -> Receive {
+        let owner = r.to.bare();
+        if r.from.bare() == owner || !self.blocks(ctx, &owner, &r.from).await {
+            return Receive::Deliver;
+        }
+        refusal(&r.stanza)
+    }
+
+    async fn session_opening(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState) {
         let owner = jid.bare();
-        state.blocklist = match self.load(svc, &owner).await {
-            Ok(list) => Some(list),
+        let list = match self.load(ctx, &owner).await {
+            Ok(list) => list,
             Err(e) => {
                 // Refusing the login would be worse than a session that blocks nothing.
                 tracing::error!(error = %e, %jid, "blocklist read failed; this session blocks nothing");
-                Some(Arc::new(Blocklist::default()))
+                Arc::new(Blocklist::default())
             }
         };
+        if !list.is_empty() {
+            state.insert(BlockState { list, requested: false });
+        }
     }
 
     fn session_iq(
         &self,
-        _svc: &Arc<Services>,
+        _ctx: &ModuleCtx,
         _jid: &FullJid,
         state: &mut SessionState,
         iq: &Element,
@@ -368,46 +409,46 @@ impl Module for Blocking {
     ) -> Option<IqAnswer> {
         if payload.is("blocklist", NS_BLOCKING) && iq.attr("type") == Some("get") {
             // §3.2: from now on this client gets the pushes. The server answers the get.
-            state.blocklist_requested = true;
+            state.get_or_default::<BlockState>().requested = true;
         }
         None
     }
 
     fn user_send_check(
         &self,
-        svc: &Arc<Services>,
+        ctx: &ModuleCtx,
         state: &SessionState,
         from: &FullJid,
         to: &Jid,
         stanza: &Element,
     ) -> Result<(), Element> {
-        if state.blocklist.as_ref().is_none_or(|l| l.is_empty()) {
+        if state.get::<BlockState>().is_none_or(|s| s.list.is_empty()) {
             return Ok(());
         }
-        if is_blocked(svc, state, &from.bare(), to) {
+        if is_blocked(ctx, state, &from.bare(), to) {
             return Err(blocked_error(&stanza.ns));
         }
         Ok(())
     }
 
-    fn user_receive(&self, svc: &Arc<Services>, jid: &FullJid, state: &mut SessionState, stanza: &Element) -> Receive {
+    fn user_receive(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState, stanza: &Element) -> Receive {
         // Most users block nobody, and most stanzas are no blocklist push:
         // then there is nothing to parse.
         let maybe_push = StanzaKind::of(stanza) == Some(StanzaKind::Iq) && stanza.attr("type") == Some("set");
-        if !maybe_push && state.blocklist.as_ref().is_none_or(|l| l.is_empty()) {
+        if !maybe_push && state.get::<BlockState>().is_none_or(|s| s.list.is_empty()) {
             return Receive::Deliver;
         }
         let owner = jid.bare();
         let from = stanza.attr("from").and_then(|f| parse_jid(f).ok());
         if let Some(change) = pushed_change(stanza, &owner, from.as_ref()) {
-            let current = state.blocklist.clone().unwrap_or_default();
-            state.blocklist = Some(Arc::new(current.apply(&change)));
+            let st = state.get_or_default::<BlockState>();
+            st.list = Arc::new(st.list.apply(&change));
             // A push may come from another node: this node's cached copy is stale.
             self.cache.invalidate(&owner);
-            return if state.blocklist_requested { Receive::Deliver } else { Receive::Drop };
+            return if st.requested { Receive::Deliver } else { Receive::Drop };
         }
         match from {
-            Some(from) if is_blocked(svc, state, &owner, &from) => refusal(stanza),
+            Some(from) if is_blocked(ctx, state, &owner, &from) => refusal(stanza),
             _ => Receive::Deliver,
         }
     }
@@ -432,7 +473,7 @@ mod tests {
     use super::*;
 
     fn el(xml: &str) -> Element {
-        crate::modules::parse_stored(xml).unwrap()
+        crate::ext::util::parse_stored(xml).unwrap()
     }
 
     fn jid(s: &str) -> Jid {

@@ -1,8 +1,8 @@
 //! XEP-0280: Message Carbons (`urn:xmpp:carbons:2`).
 //!
 //! A client turns carbons on or off for its own session with an IQ-set of
-//! `<enable/>` or `<disable/>`; the flag lives in the session
-//! ([`SessionState::carbons`]), so the IQ is answered there
+//! `<enable/>` or `<disable/>`; the flag lives in the session (a
+//! [`CarbonsEnabled`] slot of its state), so the IQ is answered there
 //! ([`Module::session_iq`]).
 //!
 //! Copies are made where a message passes a session of the user, and go to the
@@ -37,25 +37,34 @@ use meerkat_xmpp::jid::{parse_jid, BareJid, FullJid, Jid};
 use meerkat_xmpp::ns;
 use meerkat_xmpp::stanza::{MessageType, StanzaKind};
 
-use super::mam::{NS_FORWARD, NS_HINTS};
-use super::{IqAnswer, Module, Receive, SessionState, Target};
-use crate::services::Services;
+use crate::ext::registry::ModuleSpec;
+use crate::ext::{IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionState, Switch, Target};
 
-/// XEP-0280.
-pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
+const NS_CARBONS: &str = ns::CARBONS;
+const NS_FORWARD: &str = ns::FORWARD;
+const NS_HINTS: &str = ns::HINTS;
 /// XEP-0045 user namespace: its `<x/>` marks MUC private messages.
-const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
-/// Payloads of instant messaging that make a `normal` message worth copying.
-const IM_PAYLOADS: [&str; 3] = [
-    // XEP-0085 chat states.
-    "http://jabber.org/protocol/chatstates",
-    // XEP-0184 message receipts.
-    "urn:xmpp:receipts",
-    // XEP-0333 chat markers.
-    "urn:xmpp:chat-markers:0",
-];
+const NS_MUC_USER: &str = ns::MUC_USER;
+/// Payloads of instant messaging that make a `normal` message worth copying:
+/// chat states, receipts and markers.
+const IM_PAYLOADS: [&str; 3] = [ns::CHATSTATES, ns::RECEIPTS, ns::CHAT_MARKERS];
 
 pub struct Carbons;
+
+/// The slot of a session whose client enabled carbons.
+#[derive(Debug, Default)]
+struct CarbonsEnabled;
+
+impl ModuleSpec for Carbons {
+    const NAME: &'static str = "mod_carbons";
+    type Config = Switch;
+    fn enabled(cfg: &Switch) -> bool {
+        cfg.enabled
+    }
+    fn build(_cfg: &Switch) -> Arc<dyn Module> {
+        Arc::new(Carbons)
+    }
+}
 
 /// Whether a message is copied at all (XEP-0280 §6).
 pub fn eligible(stanza: &Element) -> bool {
@@ -96,30 +105,30 @@ fn wrap(direction: &str, owner: &BareJid, to: &FullJid, original: &Element) -> E
 }
 
 /// Hands copies to sessions; a session that cannot take one simply misses it.
-fn send_copies(svc: &Arc<Services>, direction: &str, owner: &BareJid, targets: &[SessionInfo], original: &Element) {
+fn send_copies(ctx: &ModuleCtx, direction: &str, owner: &BareJid, targets: &[SessionInfo], original: &Element) {
     for info in targets {
         let copy = wrap(direction, owner, &info.jid, original);
-        if svc.router.deliver_to_session(info, copy).is_err() {
+        if ctx.router.deliver_to_session(info, copy).is_err() {
             tracing::debug!(to = %info.jid, "a carbon copy could not be delivered");
         }
     }
 }
 
 /// A stored (offline) message being delivered at login: stamped by our own host.
-fn delivered_from_storage(svc: &Services, stanza: &Element) -> bool {
+fn delivered_from_storage(ctx: &ModuleCtx, stanza: &Element) -> bool {
     stanza
         .elements()
         .filter(|e| e.is("delay", ns::DELAY))
-        .any(|d| d.attr("from").is_some_and(|f| svc.router.is_local_host(f)))
+        .any(|d| d.attr("from").is_some_and(|f| ctx.router.is_local_host(f)))
 }
 
 /// The other resources that get a `<received/>` copy of a message the session
 /// of `jid` is about to deliver. A message to the full JID went to this resource
 /// only; one to the bare JID (or to a resource that is gone) went to every
 /// available resource of highest priority, and the first of them copies it.
-fn received_targets(svc: &Services, jid: &FullJid, stanza: &Element) -> Vec<SessionInfo> {
+fn received_targets(ctx: &ModuleCtx, jid: &FullJid, stanza: &Element) -> Vec<SessionInfo> {
     let owner = jid.bare();
-    let sessions = svc.router.sessions();
+    let sessions = ctx.router.sessions();
     let mut originals = vec![jid.clone()];
     let to_here = stanza.attr("to").and_then(|t| parse_jid(t).ok()).is_some_and(|t| t == *jid);
     if !to_here {
@@ -134,7 +143,16 @@ fn received_targets(svc: &Services, jid: &FullJid, stanza: &Element) -> Vec<Sess
 #[async_trait::async_trait]
 impl Module for Carbons {
     fn name(&self) -> &'static str {
-        "carbons"
+        Self::NAME
+    }
+
+    fn session_iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS_CARBONS]
+    }
+
+    /// A copy is for the resource it was made for: it never goes back to the account.
+    fn returns_to_account(&self, stanza: &Element) -> bool {
+        !is_copy(stanza)
     }
 
     fn disco_features(&self, target: Target) -> &'static [&'static str] {
@@ -147,7 +165,7 @@ impl Module for Carbons {
 
     fn session_iq(
         &self,
-        _svc: &Arc<Services>,
+        _ctx: &ModuleCtx,
         _jid: &FullJid,
         state: &mut SessionState,
         iq: &Element,
@@ -165,31 +183,36 @@ impl Module for Carbons {
             return Some(Err(StanzaErrorCondition::BadRequest));
         }
         // Enabling twice is no error (XEP-0280 §4).
-        state.carbons = enable;
+        if enable {
+            state.insert(CarbonsEnabled);
+        } else {
+            state.remove::<CarbonsEnabled>();
+        }
         Some(Ok(None))
     }
 
     fn user_send_message(
         &self,
-        svc: &Arc<Services>,
+        ctx: &ModuleCtx,
+        _state: &mut SessionState,
         from: &FullJid,
         to: &Jid,
         stanza: &mut Element,
-        _jobs: &mut Vec<crate::server::WorkerJob>,
+        _acc: &mut SessionAcc,
     ) -> Result<(), StanzaErrorCondition> {
         if to.node().is_none() || to.same_bare(from) || !eligible(stanza) {
             // Messages to one's own account reach the resources anyway; messages
             // to a server are not a conversation.
             return Ok(());
         }
-        let targets = svc.router.sessions().other_resources(from);
+        let targets = ctx.router.sessions().other_resources(from);
         if !targets.is_empty() {
-            send_copies(svc, "sent", &from.bare(), &targets, stanza);
+            send_copies(ctx, "sent", &from.bare(), &targets, stanza);
         }
         Ok(())
     }
 
-    fn user_receive(&self, svc: &Arc<Services>, jid: &FullJid, state: &mut SessionState, stanza: &Element) -> Receive {
+    fn user_receive(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState, stanza: &Element) -> Receive {
         if StanzaKind::of(stanza) != Some(StanzaKind::Message) {
             return Receive::Deliver;
         }
@@ -198,18 +221,22 @@ impl Module for Carbons {
             if from.as_ref() == Some(&Jid::from(jid.bare())) {
                 // One of our copies: for this resource only, and only if it asked.
                 let for_me = stanza.attr("to").and_then(|t| parse_jid(t).ok()) == Some(Jid::from(jid.clone()));
-                return if state.carbons && for_me { Receive::Deliver } else { Receive::Drop };
+                return if state.get::<CarbonsEnabled>().is_some() && for_me {
+                    Receive::Deliver
+                } else {
+                    Receive::Drop
+                };
             }
         }
         // Copies go to the account's other resources: nothing to do without any.
-        if !eligible(stanza) || svc.router.sessions().other_resources(jid).is_empty() {
+        if !eligible(stanza) || ctx.router.sessions().other_resources(jid).is_empty() {
             return Receive::Deliver;
         }
         let from = stanza.attr("from").and_then(|f| parse_jid(f).ok());
         let from_elsewhere = from.as_ref().is_some_and(|f| !f.same_bare(jid));
-        if from_elsewhere && eligible(stanza) && !delivered_from_storage(svc, stanza) {
-            let targets = received_targets(svc, jid, stanza);
-            send_copies(svc, "received", &jid.bare(), &targets, stanza);
+        if from_elsewhere && eligible(stanza) && !delivered_from_storage(ctx, stanza) {
+            let targets = received_targets(ctx, jid, stanza);
+            send_copies(ctx, "received", &jid.bare(), &targets, stanza);
         }
         Receive::Deliver
     }
@@ -221,7 +248,7 @@ mod tests {
     use super::*;
 
     fn el(xml: &str) -> Element {
-        crate::modules::parse_stored(xml).unwrap()
+        crate::ext::util::parse_stored(xml).unwrap()
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! After bind the server offers `<csi xmlns='urn:xmpp:csi:0'/>` in the stream
 //! features; the client then says `<inactive/>` when nobody looks at it (a
 //! phone in a pocket) and `<active/>` when somebody does. The state lives in
-//! the session ([`SessionState::csi`]).
+//! the session (a [`CsiQueue`] slot of its state), and the queue sits on the
+//! session's output ([`Module::client_output`]).
 //!
 //! While the client is inactive, what it can do without — presence updates and
 //! messages that carry nothing but a chat state (also as carbon copies) — waits
@@ -19,27 +20,39 @@ use std::sync::Arc;
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::stanza::{MessageType, PresenceType, StanzaKind};
 
-use super::carbons::NS_CARBONS;
-use super::mam::NS_FORWARD;
-use super::{Module, SessionState};
-use crate::services::Services;
+use meerkat_xmpp::jid::FullJid;
+use meerkat_xmpp::ns;
 
-/// XEP-0352.
-pub const NS_CSI: &str = "urn:xmpp:csi:0";
-/// XEP-0085.
-const NS_CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+use crate::ext::registry::{ModuleSpec, Registry};
+use crate::ext::{Module, ModuleCtx, SessionAcc, SessionState, Switch};
+
+const NS_CARBONS: &str = ns::CARBONS;
+const NS_FORWARD: &str = ns::FORWARD;
+const NS_CSI: &str = ns::CSI;
+const NS_CHATSTATES: &str = ns::CHATSTATES;
 /// Stanzas held for an inactive client before the queue is flushed anyway.
 pub const MAX_QUEUED: usize = 100;
 
 pub struct Csi;
 
+impl ModuleSpec for Csi {
+    const NAME: &'static str = "mod_csi";
+    type Config = Switch;
+    fn enabled(cfg: &Switch) -> bool {
+        cfg.enabled
+    }
+    fn build(_cfg: &Switch) -> Arc<dyn Module> {
+        Arc::new(Csi)
+    }
+}
+
 #[async_trait::async_trait]
 impl Module for Csi {
     fn name(&self) -> &'static str {
-        "csi"
+        Self::NAME
     }
 
-    fn stream_features(&self, post_auth: bool) -> Vec<Element> {
+    fn stream_features(&self, _hooks: &Registry, post_auth: bool) -> Vec<Element> {
         if post_auth {
             vec![Element::new("csi", NS_CSI)]
         } else {
@@ -47,13 +60,42 @@ impl Module for Csi {
         }
     }
 
-    fn session_element(&self, _svc: &Arc<Services>, state: &mut SessionState, el: &Element) -> bool {
+    fn session_element(
+        &self,
+        _ctx: &ModuleCtx,
+        _jid: &FullJid,
+        state: &mut SessionState,
+        el: &Element,
+        acc: &mut SessionAcc,
+    ) -> bool {
         match (el.ns.as_str(), el.name.as_str()) {
-            (NS_CSI, "active") => state.csi.set_active(true),
-            (NS_CSI, "inactive") => state.csi.set_active(false),
+            (NS_CSI, "active") => {
+                let q = state.get_or_default::<CsiQueue>();
+                q.set_active(true);
+                // What waited is written now, in order.
+                acc.write.extend(q.take());
+            }
+            (NS_CSI, "inactive") => state.get_or_default::<CsiQueue>().set_active(false),
             _ => return false,
         }
         true
+    }
+
+    fn client_output(
+        &self,
+        state: &mut SessionState,
+        stanza: Element,
+        urgent: bool,
+        out: &mut Vec<Element>,
+    ) -> Option<Element> {
+        let Some(q) = state.get_mut::<CsiQueue>() else { return Some(stanza) };
+        if urgent {
+            // A reply to the client goes out at once, after what waited.
+            out.extend(q.take());
+            return Some(stanza);
+        }
+        out.extend(q.offer(stanza));
+        None
     }
 }
 
@@ -173,7 +215,7 @@ mod tests {
     use super::*;
 
     fn el(xml: &str) -> Element {
-        crate::modules::parse_stored(xml).unwrap()
+        crate::ext::util::parse_stored(xml).unwrap()
     }
 
     fn ids(v: &[Element]) -> Vec<&str> {

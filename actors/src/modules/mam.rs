@@ -65,20 +65,15 @@ use meerkat_xmpp::jid::{parse_jid, BareJid, FullJid, Jid};
 use meerkat_xmpp::ns;
 use meerkat_xmpp::stanza::MessageType;
 
-use super::{account_of, parse_stored, IqAnswer, Module, Target};
-use crate::server::WorkerJob;
-use crate::services::{now_micros, Services};
+use crate::ext::registry::ModuleSpec;
+use crate::ext::util::{account_of, now_micros, parse_stored};
+use crate::ext::{IqAnswer, Module, ModuleCtx, ModuleJob, SessionAcc, SessionState, Target};
 
-/// XEP-0313 v1.x.
-pub const NS_MAM: &str = "urn:xmpp:mam:2";
-/// XEP-0059.
-pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
-/// XEP-0359.
-pub const NS_SID: &str = "urn:xmpp:sid:0";
-/// XEP-0297.
-pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
-/// XEP-0334.
-pub const NS_HINTS: &str = "urn:xmpp:hints";
+const NS_MAM: &str = ns::MAM;
+const NS_RSM: &str = ns::RSM;
+const NS_SID: &str = ns::SID;
+const NS_FORWARD: &str = ns::FORWARD;
+const NS_HINTS: &str = ns::HINTS;
 
 /// Most archive jobs a server shard writes in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -111,6 +106,44 @@ impl Default for Mam {
 pub struct MamModule {
     limits: Mam,
     pending: Arc<PendingWrites>,
+}
+
+/// `[modules.mod_mam]`
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MamConfig {
+    /// Archive messages and answer archive queries.
+    pub enabled: bool,
+    /// Messages per page when a query asks for no size.
+    pub default_page_size: u64,
+    /// Most messages per page, whatever a query asks.
+    pub max_page_size: u64,
+}
+
+impl Default for MamConfig {
+    fn default() -> Self {
+        MamConfig { enabled: true, default_page_size: 50, max_page_size: 250 }
+    }
+}
+
+impl ModuleSpec for MamModule {
+    const NAME: &'static str = "mod_mam";
+    type Config = MamConfig;
+    fn enabled(cfg: &MamConfig) -> bool {
+        cfg.enabled
+    }
+    fn validate(cfg: &MamConfig) -> Result<(), (&'static str, String)> {
+        if cfg.default_page_size == 0 {
+            return Err(("default_page_size", "must be at least 1".into()));
+        }
+        if cfg.max_page_size < cfg.default_page_size {
+            return Err(("max_page_size", "must be at least default_page_size".into()));
+        }
+        Ok(())
+    }
+    fn build(cfg: &MamConfig) -> Arc<dyn Module> {
+        Arc::new(MamModule::new(Mam { default_page: cfg.default_page_size, max_page: cfg.max_page_size }))
+    }
 }
 
 impl MamModule {
@@ -214,21 +247,52 @@ pub struct ArchiveJob {
     /// The copy in the local recipient's archive, written if that account exists.
     incoming: Option<ArchivedMessage>,
     /// Pending until the job is finished; queries of the incoming copy's archive wait for it.
-    /// Boxed: jobs travel in [`WorkerJob`] by value.
-    pending: Box<PendingGuard>,
+    pending: PendingGuard,
 }
 
-impl ArchiveJob {
-    /// The server shard that writes this job.
-    pub fn shard_key(&self) -> String {
-        self.sender.to_string()
+/// Archive jobs found queued one after another on a shard, written together
+/// in one transaction ([`store`]); the first one's sender names the shard.
+#[derive(Debug)]
+struct ArchiveBatch(Vec<ArchiveJob>);
+
+#[async_trait::async_trait]
+impl ModuleJob for ArchiveBatch {
+    fn shard_key(&self) -> String {
+        self.0.first().map(|j| j.sender.to_string()).unwrap_or_default()
+    }
+
+    fn absorb(&mut self, mut next: Box<dyn ModuleJob>) -> Option<Box<dyn ModuleJob>> {
+        if self.0.len() >= MAX_BATCH {
+            return Some(next);
+        }
+        // Only archive jobs join the batch; any other job is handed back, and
+        // runs after the batch, so queue order holds.
+        match next.as_any_mut().downcast_mut::<ArchiveBatch>() {
+            Some(batch) => {
+                self.0.append(&mut batch.0);
+                None
+            }
+            None => Some(next),
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    async fn run(self: Box<Self>, ctx: &ModuleCtx) {
+        store(ctx, self.0).await
     }
 }
 
 #[async_trait::async_trait]
 impl Module for MamModule {
     fn name(&self) -> &'static str {
-        "mam"
+        Self::NAME
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS_MAM]
     }
 
     fn disco_features(&self, target: Target) -> &'static [&'static str] {
@@ -241,17 +305,18 @@ impl Module for MamModule {
 
     fn user_send_message(
         &self,
-        svc: &Arc<Services>,
+        ctx: &ModuleCtx,
+        _state: &mut SessionState,
         from: &FullJid,
         to: &Jid,
         stanza: &mut Element,
-        jobs: &mut Vec<WorkerJob>,
+        acc: &mut SessionAcc,
     ) -> Result<(), StanzaErrorCondition> {
-        if to.node().is_none() && svc.router.is_local_host(to.domain().as_str()) {
+        if to.node().is_none() && ctx.router.is_local_host(to.domain().as_str()) {
             // Addressed to the server itself: nothing a conversation archive keeps.
             return Ok(());
         }
-        let recipient = local_account(svc, to);
+        let recipient = local_account(ctx, to);
         if let Some(r) = &recipient {
             // XEP-0359 security considerations: only we may claim an id in this
             // user's archive.
@@ -274,14 +339,14 @@ impl Module for MamModule {
             );
             row(&r, id, now, &Jid::from(from.clone()), ArchiveDirection::Incoming, stanza.to_xml(ns::CLIENT))
         });
-        let pending = Box::new(self.pending.track(owners));
+        let pending = self.pending.track(owners);
         // The session queues it before routing the message, waiting (and so
         // slowing its client) while the queue is full: nothing goes unarchived.
-        jobs.push(WorkerJob::Archive(ArchiveJob { sender, outgoing, incoming, pending }));
+        acc.jobs.push(Box::new(ArchiveBatch(vec![ArchiveJob { sender, outgoing, incoming, pending }])));
         Ok(())
     }
 
-    async fn iq(&self, svc: &Arc<Services>, target: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+    async fn iq(&self, ctx: &ModuleCtx, target: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
         if !payload.is("query", NS_MAM) {
             return None;
         }
@@ -300,7 +365,7 @@ impl Module for MamModule {
                     if !self.pending.flushed(&owner, FLUSH_WAIT).await {
                         tracing::warn!(%owner, "archive writes still pending after {FLUSH_WAIT:?}; querying anyway");
                     }
-                    run_query(svc, iq, q).await
+                    run_query(ctx, iq, q).await
                 }
                 Err(cond) => Err(cond),
             },
@@ -309,8 +374,8 @@ impl Module for MamModule {
 }
 
 /// The bare JID of `to` if it names an account on one of our hosts.
-fn local_account(svc: &Services, to: &Jid) -> Option<BareJid> {
-    (to.node().is_some() && svc.router.is_local_host(to.domain().as_str())).then(|| to.bare())
+fn local_account(ctx: &ModuleCtx, to: &Jid) -> Option<BareJid> {
+    (to.node().is_some() && ctx.router.is_local_host(to.domain().as_str())).then(|| to.bare())
 }
 
 /// Removes every `<stanza-id/>` that claims to come from `owner`'s archive.
@@ -368,7 +433,7 @@ fn new_id(micros: i64) -> String {
 
 /// Writes queued archive jobs, in one transaction when possible. Runs on a server
 /// shard; the jobs are those the shard found queued one after another.
-pub async fn store(svc: &Arc<Services>, jobs: Vec<ArchiveJob>) {
+async fn store(ctx: &ModuleCtx, jobs: Vec<ArchiveJob>) {
     let mut exists: HashMap<(String, String), bool> = HashMap::new();
     let mut rows = Vec::with_capacity(jobs.len() * 2);
     // Dropped when this returns, whatever happened to the rows.
@@ -381,7 +446,7 @@ pub async fn store(svc: &Arc<Services>, jobs: Vec<ArchiveJob>) {
         let known = match exists.get(&key) {
             Some(e) => *e,
             None => {
-                let e = match svc.accounts.exists(&m.domain, &m.user).await {
+                let e = match ctx.accounts.exists(&m.domain, &m.user).await {
                     Ok(e) => e,
                     Err(e) => {
                         // The write will tell whether the database is really gone;
@@ -394,7 +459,7 @@ pub async fn store(svc: &Arc<Services>, jobs: Vec<ArchiveJob>) {
                 e
             }
         };
-        if known && !blocked_sender(svc, &m).await {
+        if known && !blocked_sender(ctx, &m).await {
             rows.push(m);
         }
     }
@@ -403,7 +468,7 @@ pub async fn store(svc: &Arc<Services>, jobs: Vec<ArchiveJob>) {
     }
     let mut attempt = 1;
     loop {
-        match svc.storage.store_archive(&rows).await {
+        match ctx.storage.store_archive(&rows).await {
             Ok(()) => return,
             Err(e) if e.is_retryable() && attempt < WRITE_ATTEMPTS => {
                 tracing::warn!(error = %e, attempt, "archive write failed; retrying");
@@ -415,7 +480,7 @@ pub async fn store(svc: &Arc<Services>, jobs: Vec<ArchiveJob>) {
                 // cost the others their place in the archive.
                 tracing::warn!(error = %e, rows = rows.len(), "archive batch failed; writing its rows one by one");
                 for m in &rows {
-                    if let Err(e) = svc.storage.store_archive(std::slice::from_ref(m)).await {
+                    if let Err(e) = ctx.storage.store_archive(std::slice::from_ref(m)).await {
                         tracing::error!(error = %e, domain = %m.domain, user = %m.user, "message not archived");
                     }
                 }
@@ -431,7 +496,7 @@ pub async fn store(svc: &Arc<Services>, jobs: Vec<ArchiveJob>) {
 
 /// Whether the owner of an incoming copy blocks its sender (XEP-0191): the
 /// message is refused on delivery, so it is not the owner's to keep either.
-async fn blocked_sender(svc: &Arc<Services>, m: &ArchivedMessage) -> bool {
+async fn blocked_sender(ctx: &ModuleCtx, m: &ArchivedMessage) -> bool {
     let peer = match &m.with_resource {
         Some(r) => format!("{}/{r}", m.with_jid),
         None => m.with_jid.clone(),
@@ -440,7 +505,7 @@ async fn blocked_sender(svc: &Arc<Services>, m: &ArchivedMessage) -> bool {
     else {
         return false;
     };
-    super::blocks(svc, &owner, &peer).await
+    ctx.hooks.blocks(ctx, &owner, &peer).await
 }
 
 /// What a `<query/>` asks for, checked.
@@ -535,12 +600,12 @@ fn query_form() -> Element {
 }
 
 /// Sends one page of the requester's archive, then answers with `<fin/>`.
-async fn run_query(svc: &Arc<Services>, iq: &Routed, q: MamQuery) -> IqAnswer {
+async fn run_query(ctx: &ModuleCtx, iq: &Routed, q: MamQuery) -> IqAnswer {
     let Ok(requester) = iq.from.try_as_full() else {
         return Err(StanzaErrorCondition::BadRequest);
     };
     let (user, host) = account_of(&iq.from);
-    let page = match svc.storage.query_archive(&host, &user, &q.storage).await {
+    let page = match ctx.storage.query_archive(&host, &user, &q.storage).await {
         Ok(Some(page)) => page,
         // XEP-0313, "Paging through results": an unknown after/before id.
         Ok(None) => return Err(StanzaErrorCondition::ItemNotFound),
@@ -551,7 +616,7 @@ async fn run_query(svc: &Arc<Services>, iq: &Routed, q: MamQuery) -> IqAnswer {
     };
     // Straight into the session's mailbox, not through routing: a result that did
     // not fit must not fall back to other resources or offline storage.
-    let Some(session) = svc.router.sessions().get(requester) else {
+    let Some(session) = ctx.router.sessions().get(requester) else {
         return Err(StanzaErrorCondition::RecipientUnavailable);
     };
     let owner = iq.from.bare().to_string();
@@ -574,7 +639,7 @@ async fn run_query(svc: &Arc<Services>, iq: &Routed, q: MamQuery) -> IqAnswer {
             .with_attr("to", requester.to_string())
             .with_attr("id", m.id.clone())
             .with_child(result);
-        if svc.router.deliver_to_session(&session, message).is_err() {
+        if ctx.router.deliver_to_session(&session, message).is_err() {
             tracing::warn!(%requester, "session mailbox full during an archive query");
             return Err(StanzaErrorCondition::ResourceConstraint);
         }

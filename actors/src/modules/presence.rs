@@ -1,21 +1,178 @@
-//! RFC 6121 §3 (subscriptions) and §4 (presence broadcast, probes).
+//! RFC 6121 §3 (subscriptions) and §4 (presence broadcast, probes, directed presence).
+//!
+//! The session keeps what it needs to answer for itself in a slot of its state
+//! ([`PresenceState`]: its last broadcast presence and who got directed
+//! presence): it answers probes from it, and broadcasts unavailable presence
+//! when it ends. Broadcasts and subscription changes are [`ModuleJob`]s on the
+//! user's shard of the server workers, since they read and write the roster.
 //!
 //! The state of a subscription lives in both rosters; every change here is
-//! written to storage first, then pushed to the owner's resources, then
-//! routed to the contact, so a crash between steps loses no approval.
+//! written to storage first, then announced ([`Module::roster_changed`]: the
+//! roster module pushes it to the owner's resources), then routed to the
+//! contact, so a crash between steps loses no approval.
 
 use meerkat_xmpp::jid::Bare as _;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use meerkat_routing::Routed;
 use meerkat_storage::{RosterItem, RosterRepo, Subscription};
 use meerkat_xmpp::element::Element;
-use meerkat_xmpp::jid::{BareJid, FullJid, Jid};
+use meerkat_xmpp::jid::{parse_jid, BareJid, FullJid, Jid};
 use meerkat_xmpp::ns;
-use meerkat_xmpp::stanza::PresenceType;
+use meerkat_xmpp::stanza::{PresenceType, StanzaKind};
 
-use super::roster::push;
-use crate::services::Services;
+use crate::ext::registry::ModuleSpec;
+use crate::ext::util::{send_current_presence, send_subscription, send_unavailable};
+use crate::ext::{Flow, Module, ModuleCtx, ModuleJob, Receive, SessionAcc, SessionState, Switch};
+
+pub struct Presence;
+
+impl ModuleSpec for Presence {
+    const NAME: &'static str = "mod_presence";
+    type Config = Switch;
+    fn enabled(cfg: &Switch) -> bool {
+        cfg.enabled
+    }
+    fn build(_cfg: &Switch) -> Arc<dyn Module> {
+        Arc::new(Presence)
+    }
+}
+
+/// What a session remembers of its own presence.
+#[derive(Debug, Default)]
+struct PresenceState {
+    /// The last available presence broadcast, without `to`; `None` while unavailable.
+    last: Option<Element>,
+    /// Whom the resource sent directed presence while available (§4.6.2).
+    directed: HashSet<Jid>,
+}
+
+/// Presence a resource sent without `to` (RFC 6121 §4.2–§4.6): broadcast it.
+struct Broadcast {
+    from: FullJid,
+    presence: Element,
+    initial: bool,
+    directed: Vec<Jid>,
+}
+
+#[async_trait::async_trait]
+impl ModuleJob for Broadcast {
+    fn shard_key(&self) -> String {
+        self.from.bare().to_string()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    async fn run(self: Box<Self>, ctx: &ModuleCtx) {
+        let Broadcast { from, presence, initial, directed } = *self;
+        broadcast(ctx, &from, presence, initial, directed).await
+    }
+}
+
+/// A subscription request or answer a user sent (RFC 6121 §3, outbound side).
+struct OutboundSubscription(Routed);
+
+#[async_trait::async_trait]
+impl ModuleJob for OutboundSubscription {
+    fn shard_key(&self) -> String {
+        self.0.from.bare().to_string()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    async fn run(self: Box<Self>, ctx: &ModuleCtx) {
+        outbound_subscription(ctx, self.0).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Module for Presence {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn user_send_presence(
+        &self,
+        _ctx: &ModuleCtx,
+        state: &mut SessionState,
+        from: &FullJid,
+        to: Option<&Jid>,
+        presence: &Element,
+        initial: bool,
+        acc: &mut SessionAcc,
+    ) -> Flow {
+        let Some(ptype) = PresenceType::of(presence) else { return Flow::Continue };
+        let st = state.get_or_default::<PresenceState>();
+        match (to, ptype) {
+            (None, PresenceType::Available) => {
+                let mut stored = presence.clone();
+                stored.remove_attr("to");
+                st.last = Some(stored);
+                let from = from.clone();
+                acc.jobs.push(Box::new(Broadcast { from, presence: presence.clone(), initial, directed: Vec::new() }));
+                Flow::Stop
+            }
+            (None, PresenceType::Unavailable) => {
+                st.last = None;
+                let directed = st.directed.drain().collect();
+                let from = from.clone();
+                acc.jobs.push(Box::new(Broadcast { from, presence: presence.clone(), initial: false, directed }));
+                Flow::Stop
+            }
+            (None, _) => Flow::Continue,
+            (Some(to), t) if t.is_subscription() => {
+                let from = Jid::from(from.clone());
+                acc.jobs.push(Box::new(OutboundSubscription(Routed {
+                    from,
+                    to: to.clone(),
+                    stanza: presence.clone(),
+                })));
+                Flow::Stop
+            }
+            (Some(to), PresenceType::Available) => {
+                st.directed.insert(to.clone());
+                Flow::Continue
+            }
+            (Some(to), PresenceType::Unavailable) => {
+                st.directed.remove(to);
+                Flow::Continue
+            }
+            (Some(_), _) => Flow::Continue,
+        }
+    }
+
+    fn user_receive(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState, stanza: &Element) -> Receive {
+        if StanzaKind::of(stanza) != Some(StanzaKind::Presence) || stanza.attr("type") != Some("probe") {
+            return Receive::Deliver;
+        }
+        // Probes reach a session only after the server checked the subscription:
+        // the resource answers with its last presence, if it is available.
+        let last = state.get::<PresenceState>().and_then(|s| s.last.as_ref());
+        if let (Some(last), Some(to)) = (last, stanza.attr("from").and_then(|f| parse_jid(f).ok())) {
+            let mut p = last.clone();
+            p.set_attr("from", jid.as_str().to_owned());
+            p.set_attr("to", to.to_string());
+            ctx.router.route(Routed { from: Jid::from(jid.clone()), to, stanza: p });
+        }
+        Receive::Drop
+    }
+
+    fn session_closed(&self, _ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState, acc: &mut SessionAcc) {
+        let Some(st) = state.get_mut::<PresenceState>() else { return };
+        if st.last.take().is_some() {
+            // Contacts learn that the resource is gone (§4.5.2).
+            let unavailable = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable");
+            let directed = st.directed.drain().collect();
+            acc.jobs.push(Box::new(Broadcast { from: jid.clone(), presence: unavailable, initial: false, directed }));
+        }
+    }
+
+    async fn presence_in(&self, ctx: &ModuleCtx, r: &Routed) -> Flow {
+        inbound(ctx, r.clone()).await;
+        Flow::Stop
+    }
+}
 
 fn new_item(contact: &BareJid) -> RosterItem {
     RosterItem {
@@ -33,9 +190,9 @@ fn parts(j: &BareJid) -> (String, String) {
     (j.node().map(|n| n.as_str().to_owned()).unwrap_or_default(), j.domain().as_str().to_owned())
 }
 
-async fn load(svc: &Arc<Services>, owner: &BareJid, contact: &BareJid) -> Option<RosterItem> {
+async fn load(ctx: &ModuleCtx, owner: &BareJid, contact: &BareJid) -> Option<RosterItem> {
     let (u, h) = parts(owner);
-    match svc.storage.get_item(&h, &u, &contact.to_string()).await {
+    match ctx.storage.get_item(&h, &u, &contact.to_string()).await {
         Ok(i) => i,
         Err(e) => {
             tracing::error!(error = %e, %owner, "roster read failed");
@@ -44,9 +201,9 @@ async fn load(svc: &Arc<Services>, owner: &BareJid, contact: &BareJid) -> Option
     }
 }
 
-async fn save(svc: &Arc<Services>, owner: &BareJid, item: &RosterItem) -> bool {
+async fn save(ctx: &ModuleCtx, owner: &BareJid, item: &RosterItem) -> bool {
     let (u, h) = parts(owner);
-    match svc.storage.put_item(&h, &u, item).await {
+    match ctx.storage.put_item(&h, &u, item).await {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, %owner, "roster write failed");
@@ -55,50 +212,16 @@ async fn save(svc: &Arc<Services>, owner: &BareJid, item: &RosterItem) -> bool {
     }
 }
 
-/// Routes a subscription stanza of `kind` from `from` (bare) to `to` (bare).
-pub fn send_subscription(svc: &Arc<Services>, from: &BareJid, to: &BareJid, kind: &str) {
-    let p = Element::new("presence", ns::CLIENT)
-        .with_attr("type", kind)
-        .with_attr("from", from.to_string())
-        .with_attr("to", to.to_string());
-    svc.router.route(Routed { from: Jid::from(from.clone()), to: Jid::from(to.clone()), stanza: p });
-}
-
-/// Sends the current presence of each available resource of `user` to `to`.
-pub(crate) fn send_current_presence(svc: &Arc<Services>, user: &BareJid, to: &BareJid) {
-    // The resources answer a probe with their own last presence.
-    let probe = Element::new("presence", ns::CLIENT)
-        .with_attr("type", "probe")
-        .with_attr("from", to.to_string())
-        .with_attr("to", user.to_string());
-    for info in svc.router.sessions().resources(user) {
-        let _ = svc.router.deliver_if_available(&info, probe.clone());
-    }
-}
-
-/// Sends unavailable presence from each available resource of `user` to `to`.
-pub(crate) fn send_unavailable(svc: &Arc<Services>, user: &BareJid, to: &BareJid) {
-    for info in svc.router.sessions().resources(user) {
-        if info.priority.is_some() {
-            let p = Element::new("presence", ns::CLIENT)
-                .with_attr("type", "unavailable")
-                .with_attr("from", info.jid.to_string())
-                .with_attr("to", to.to_string());
-            svc.router.route(Routed { from: Jid::from(info.jid.clone()), to: Jid::from(to.clone()), stanza: p });
-        }
-    }
-}
-
 /// RFC 6121 §3.1.2, §3.2.2, §3.3.2, §3.4.2: a user sent subscribe, subscribed,
 /// unsubscribe or unsubscribed to a contact.
-pub async fn outbound_subscription(svc: &Arc<Services>, r: Routed) {
+async fn outbound_subscription(ctx: &ModuleCtx, r: Routed) {
     let Some(kind) = PresenceType::of(&r.stanza) else { return };
     let user = r.from.bare();
     let contact = r.to.bare();
     if user == contact {
         return;
     }
-    let mut item = load(svc, &user, &contact).await;
+    let mut item = load(ctx, &user, &contact).await;
     let mut changed = false;
     let mut forward = true;
     match kind {
@@ -157,10 +280,10 @@ pub async fn outbound_subscription(svc: &Arc<Services>, r: Routed) {
     }
     if changed {
         if let Some(i) = &item {
-            if !save(svc, &user, i).await {
+            if !save(ctx, &user, i).await {
                 return;
             }
-            push(svc, &user, i);
+            ctx.hooks.roster_changed(ctx, &user, i).await;
         }
     }
     if forward {
@@ -168,49 +291,49 @@ pub async fn outbound_subscription(svc: &Arc<Services>, r: Routed) {
         let mut stanza = r.stanza;
         stanza.set_attr("from", user.to_string());
         stanza.set_attr("to", contact.to_string());
-        svc.router.route(Routed { from: Jid::from(user.clone()), to: Jid::from(contact.clone()), stanza });
+        ctx.router.route(Routed { from: Jid::from(user.clone()), to: Jid::from(contact.clone()), stanza });
     }
     match kind {
-        PresenceType::Subscribed if forward => send_current_presence(svc, &user, &contact),
-        PresenceType::Unsubscribed => send_unavailable(svc, &user, &contact),
+        PresenceType::Subscribed if forward => send_current_presence(&ctx.router, &user, &contact),
+        PresenceType::Unsubscribed => send_unavailable(&ctx.router, &user, &contact),
         _ => {}
     }
 }
 
 /// Subscription stanzas and probes arriving for a local account (§3.1.3, §3.2.3, §3.3.3, §3.4.3, §4.3.2).
-pub async fn inbound(svc: &Arc<Services>, r: Routed) {
+async fn inbound(ctx: &ModuleCtx, r: Routed) {
     let Some(kind) = PresenceType::of(&r.stanza) else { return };
     let user = r.to.bare();
     let contact = r.from.bare();
     let (u, h) = parts(&user);
-    if !svc.accounts.exists(&h, &u).await.unwrap_or(false) {
+    if !ctx.accounts.exists(&h, &u).await.unwrap_or(false) {
         // No such account: a subscribe is answered with unsubscribed (§3.1.3), the rest is ignored.
         if kind == PresenceType::Subscribe {
-            send_subscription(svc, &user, &contact, "unsubscribed");
+            send_subscription(&ctx.router, &user, &contact, "unsubscribed");
         }
         return;
     }
     if kind == PresenceType::Probe {
         if user == contact {
-            send_current_presence(svc, &user, &contact);
+            send_current_presence(&ctx.router, &user, &contact);
             return;
         }
-        if let Some(i) = load(svc, &user, &contact).await {
+        if let Some(i) = load(ctx, &user, &contact).await {
             if matches!(i.subscription, Subscription::From | Subscription::Both) {
                 // The probe goes to the resources, which answer from their own state.
                 let to = r.to.try_as_full().ok().cloned();
                 let mut probe = r.stanza.clone();
                 probe.set_attr("from", r.from.to_string());
-                for info in svc.router.sessions().resources(&user) {
+                for info in ctx.router.sessions().resources(&user) {
                     if to.as_ref().is_none_or(|t| *t == info.jid) {
-                        let _ = svc.router.deliver_if_available(&info, probe.clone());
+                        let _ = ctx.router.deliver_if_available(&info, probe.clone());
                     }
                 }
             }
         }
         return;
     }
-    let mut item = load(svc, &user, &contact).await;
+    let mut item = load(ctx, &user, &contact).await;
     let mut deliver = true;
     let mut changed = false;
     match kind {
@@ -218,17 +341,17 @@ pub async fn inbound(svc: &Arc<Services>, r: Routed) {
             let i = item.get_or_insert_with(|| new_item(&contact));
             if matches!(i.subscription, Subscription::From | Subscription::Both) {
                 // Already subscribed: answer on the user's behalf (§3.1.3 step 1).
-                send_subscription(svc, &user, &contact, "subscribed");
+                send_subscription(&ctx.router, &user, &contact, "subscribed");
                 return;
             }
             if i.pre_approved {
                 i.pre_approved = false;
                 i.subscription =
                     if i.subscription == Subscription::To { Subscription::Both } else { Subscription::From };
-                if save(svc, &user, i).await {
-                    push(svc, &user, i);
-                    send_subscription(svc, &user, &contact, "subscribed");
-                    send_current_presence(svc, &user, &contact);
+                if save(ctx, &user, i).await {
+                    ctx.hooks.roster_changed(ctx, &user, i).await;
+                    send_subscription(&ctx.router, &user, &contact, "subscribed");
+                    send_current_presence(&ctx.router, &user, &contact);
                 }
                 return;
             }
@@ -278,50 +401,63 @@ pub async fn inbound(svc: &Arc<Services>, r: Routed) {
     }
     if changed {
         if let Some(i) = &item {
-            if !save(svc, &user, i).await {
+            if !save(ctx, &user, i).await {
                 return;
             }
             // A pending-only item is not part of the visible roster, so no push for it.
             if !(kind == PresenceType::Subscribe) {
-                push(svc, &user, i);
+                ctx.hooks.roster_changed(ctx, &user, i).await;
             }
         }
     }
     if deliver {
         let mut stanza = r.stanza;
         stanza.set_attr("from", contact.to_string());
-        for info in svc.router.sessions().resources(&user) {
-            let _ = svc.router.deliver_if_available(&info, stanza.clone());
+        for info in ctx.router.sessions().resources(&user) {
+            let _ = ctx.router.deliver_if_available(&info, stanza.clone());
         }
     }
     if kind == PresenceType::Unsubscribe && changed {
-        send_unavailable(svc, &user, &contact);
+        send_unavailable(&ctx.router, &user, &contact);
     }
 }
 
 /// §4.2–§4.6: presence a resource sent without `to`. Contacts the user blocks
 /// (XEP-0191) get neither the presence nor probes.
-pub async fn broadcast(svc: &Arc<Services>, from: &FullJid, presence: Element, initial: bool, directed: Vec<Jid>) {
+async fn broadcast(ctx: &ModuleCtx, from: &FullJid, presence: Element, initial: bool, directed: Vec<Jid>) {
     let user = from.bare();
     let (u, h) = parts(&user);
-    let mut roster = match svc.storage.get_roster(&h, &u).await {
+    let roster = match ctx.storage.get_roster(&h, &u).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "roster read failed; presence reaches own resources only");
             Vec::new()
         }
     };
-    let mut directed = directed;
-    if let Some(list) = super::blocklist(svc, &user).await.filter(|l| !l.is_empty()) {
-        let blocked = |peer: &Jid| super::blocking::applies(svc, &list, &user, peer);
-        roster.retain(|i| meerkat_xmpp::jid::parse_bare(&i.contact).map_or(true, |j| !blocked(&Jid::from(j))));
-        directed.retain(|d| !blocked(d));
+    // Contacts the user blocks (XEP-0191) get neither the presence nor probes.
+    let mut kept = Vec::with_capacity(roster.len());
+    for item in roster {
+        let blocked = match meerkat_xmpp::jid::parse_bare(&item.contact) {
+            Ok(j) => ctx.hooks.blocks(ctx, &user, &Jid::from(j)).await,
+            Err(_) => false,
+        };
+        if !blocked {
+            kept.push(item);
+        }
     }
+    let roster = kept;
+    let mut unblocked = Vec::with_capacity(directed.len());
+    for d in directed {
+        if !ctx.hooks.blocks(ctx, &user, &d).await {
+            unblocked.push(d);
+        }
+    }
+    let directed = unblocked;
     let send = |to: Jid| {
         let mut p = presence.clone();
         p.set_attr("from", from.to_string());
         p.set_attr("to", to.to_string());
-        svc.router.route(Routed { from: Jid::from(from.clone()), to, stanza: p });
+        ctx.router.route(Routed { from: Jid::from(from.clone()), to, stanza: p });
     };
     let mut sent_to: Vec<Jid> = Vec::new();
     for item in &roster {
@@ -351,7 +487,7 @@ pub async fn broadcast(svc: &Arc<Services>, from: &FullJid, presence: Element, i
                         .with_attr("type", "probe")
                         .with_attr("from", user.to_string())
                         .with_attr("to", j.to_string());
-                    svc.router.route(Routed { from: Jid::from(user.clone()), to: Jid::from(j), stanza: probe });
+                    ctx.router.route(Routed { from: Jid::from(user.clone()), to: Jid::from(j), stanza: probe });
                 }
             }
         }
@@ -361,16 +497,12 @@ pub async fn broadcast(svc: &Arc<Services>, from: &FullJid, presence: Element, i
                 .with_attr("type", "subscribe")
                 .with_attr("from", item.contact.clone())
                 .with_attr("to", from.to_string());
-            if let Some(info) = svc.router.sessions().get(from) {
-                let _ = svc.router.deliver_to_session(&info, p);
+            if let Some(info) = ctx.router.sessions().get(from) {
+                let _ = ctx.router.deliver_to_session(&info, p);
             }
         }
-        for m in &svc.modules {
-            m.user_available(svc, from).await;
-        }
-        // Stored messages are out: live ones held meanwhile may follow.
-        if let Some(sink) = svc.router.sessions().get(from).and_then(|i| svc.router.sink(i.sid)) {
-            sink.deliver_stored(Vec::new(), true);
-        }
+        ctx.hooks.user_available(ctx, from).await;
+    } else if unavailable {
+        ctx.hooks.user_unavailable(ctx, from).await;
     }
 }

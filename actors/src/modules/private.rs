@@ -8,15 +8,27 @@ use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::ns;
 
-use super::{account_of, parse_stored, IqAnswer, Module, Target};
-use crate::services::Services;
+use crate::ext::registry::ModuleSpec;
+use crate::ext::util::{account_of, parse_stored};
+use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, Switch, Target};
 
 pub struct PrivateStorage;
+
+impl ModuleSpec for PrivateStorage {
+    const NAME: &'static str = "mod_private";
+    type Config = Switch;
+    fn enabled(cfg: &Switch) -> bool {
+        cfg.enabled
+    }
+    fn build(_cfg: &Switch) -> Arc<dyn Module> {
+        Arc::new(PrivateStorage)
+    }
+}
 
 #[async_trait::async_trait]
 impl Module for PrivateStorage {
     fn name(&self) -> &'static str {
-        "private"
+        Self::NAME
     }
     fn disco_features(&self, t: Target) -> &'static [&'static str] {
         if t == Target::Server {
@@ -25,7 +37,10 @@ impl Module for PrivateStorage {
             &[]
         }
     }
-    async fn iq(&self, svc: &Arc<Services>, t: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[ns::PRIVATE]
+    }
+    async fn iq(&self, ctx: &ModuleCtx, t: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
         if !payload.is("query", ns::PRIVATE) {
             return None;
         }
@@ -42,18 +57,20 @@ impl Module for PrivateStorage {
             return Some(Err(StanzaErrorCondition::NotAcceptable));
         }
         Some(match iq.stanza.attr("type") {
-            Some("get") => match svc.storage.get_private(&host, &user, &child.ns).await {
+            Some("get") => match ctx.storage.get_private(&host, &user, &child.ns).await {
                 Ok(Some(xml)) => {
                     let stored = parse_stored(&xml).unwrap_or_else(|| (*child).clone());
                     Ok(Some(Element::new("query", ns::PRIVATE).with_child(stored)))
                 }
                 Ok(None) => Ok(Some(Element::new("query", ns::PRIVATE).with_child((*child).clone()))),
-                Err(_) => Err(StanzaErrorCondition::InternalServerError),
+                Err(e) => Err(storage_error("private storage read")(e)),
             },
-            _ => match svc.storage.set_private(&host, &user, &child.ns, &child.to_xml(ns::CLIENT)).await {
-                Ok(()) => Ok(None),
-                Err(_) => Err(StanzaErrorCondition::InternalServerError),
-            },
+            _ => ctx
+                .storage
+                .set_private(&host, &user, &child.ns, &child.to_xml(ns::CLIENT))
+                .await
+                .map(|()| None)
+                .map_err(storage_error("private storage write")),
         })
     }
 }

@@ -9,15 +9,31 @@ use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::ns;
 
-use super::{account_of, IqAnswer, Module, Target};
-use crate::services::Services;
+use crate::ext::registry::ModuleSpec;
+use crate::ext::util::account_of;
+use crate::ext::{CoreTuning, IqAnswer, Module, ModuleCtx, Switch, Target};
 
 pub struct Register;
+
+impl ModuleSpec for Register {
+    const NAME: &'static str = "mod_register";
+    /// `enabled`: clients may create accounts in-band, change their password and remove their account.
+    type Config = Switch;
+    fn enabled(cfg: &Switch) -> bool {
+        cfg.enabled
+    }
+    fn tune(cfg: &Switch, core: &mut CoreTuning) {
+        core.in_band_registration = cfg.enabled;
+    }
+    fn build(_cfg: &Switch) -> Arc<dyn Module> {
+        Arc::new(Register)
+    }
+}
 
 #[async_trait::async_trait]
 impl Module for Register {
     fn name(&self) -> &'static str {
-        "register"
+        Self::NAME
     }
     fn disco_features(&self, t: Target) -> &'static [&'static str] {
         if t == Target::Server {
@@ -26,7 +42,10 @@ impl Module for Register {
             &[]
         }
     }
-    async fn iq(&self, svc: &Arc<Services>, t: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[ns::REGISTER]
+    }
+    async fn iq(&self, ctx: &ModuleCtx, t: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
         if !payload.is("query", ns::REGISTER) {
             return None;
         }
@@ -42,10 +61,10 @@ impl Module for Register {
             )));
         }
         if payload.has_child("remove", ns::REGISTER) {
-            return Some(match svc.accounts.remove(&host, &user).await {
+            return Some(match ctx.accounts.remove(&host, &user).await {
                 Ok(()) => {
-                    for info in svc.router.sessions().resources(&iq.from.bare()) {
-                        if let Some(sink) = svc.router.sink(info.sid) {
+                    for info in ctx.router.sessions().resources(&iq.from.bare()) {
+                        if let Some(sink) = ctx.router.sink(info.sid) {
                             sink.kick(KickReason::AccountRemoved);
                         }
                     }
@@ -57,7 +76,7 @@ impl Module for Register {
         let username = payload.get_child("username", ns::REGISTER).map(|e| e.text());
         let password = payload.get_child("password", ns::REGISTER).map(|e| e.text());
         Some(match (username, password) {
-            (Some(u), Some(p)) if u == user && !p.is_empty() => match svc.accounts.set_password(&host, &user, &p).await
+            (Some(u), Some(p)) if u == user && !p.is_empty() => match ctx.accounts.set_password(&host, &user, &p).await
             {
                 Ok(()) => Ok(None),
                 Err(_) => Err(StanzaErrorCondition::InternalServerError),

@@ -10,18 +10,40 @@ use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::jid::{parse_bare, BareJid, Jid};
 use meerkat_xmpp::ns;
 
-use super::{account_of, IqAnswer, Module, Target};
-use crate::services::Services;
+use crate::ext::registry::ModuleSpec;
+use crate::ext::util::{account_of, send_subscription};
+use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, Switch, Target};
 
 pub struct Roster;
+
+impl ModuleSpec for Roster {
+    const NAME: &'static str = "mod_roster";
+    type Config = Switch;
+    fn enabled(cfg: &Switch) -> bool {
+        cfg.enabled
+    }
+    fn build(_cfg: &Switch) -> Arc<dyn Module> {
+        Arc::new(Roster)
+    }
+}
 
 #[async_trait::async_trait]
 impl Module for Roster {
     fn name(&self) -> &'static str {
-        "roster"
+        Self::NAME
     }
 
-    async fn iq(&self, svc: &Arc<Services>, target: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[ns::ROSTER]
+    }
+
+    /// Every change of a roster item, whoever made it, is pushed to the
+    /// owner's resources (RFC 6121 §2.1.6).
+    async fn roster_changed(&self, ctx: &ModuleCtx, owner: &BareJid, item: &RosterItem) {
+        push(ctx, owner, item);
+    }
+
+    async fn iq(&self, ctx: &ModuleCtx, target: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
         if !payload.is("query", ns::ROSTER) {
             return None;
         }
@@ -31,8 +53,8 @@ impl Module for Roster {
         }
         let (user, host) = account_of(&iq.from);
         Some(match iq.stanza.attr("type") {
-            Some("get") => get(svc, &host, &user).await,
-            _ => set(svc, &iq.from, &host, &user, payload).await,
+            Some("get") => get(ctx, &host, &user).await,
+            _ => set(ctx, &iq.from, &host, &user, payload).await,
         })
     }
 }
@@ -46,11 +68,8 @@ fn visible(item: &RosterItem) -> bool {
         && item.groups.is_empty())
 }
 
-async fn get(svc: &Arc<Services>, host: &str, user: &str) -> IqAnswer {
-    let items = svc.storage.get_roster(host, user).await.map_err(|e| {
-        tracing::error!(error = %e, "roster read failed");
-        StanzaErrorCondition::InternalServerError
-    })?;
+async fn get(ctx: &ModuleCtx, host: &str, user: &str) -> IqAnswer {
+    let items = ctx.storage.get_roster(host, user).await.map_err(storage_error("roster read"))?;
     let mut q = Element::new("query", ns::ROSTER);
     for item in items.iter().filter(|i| visible(i)) {
         q.push_child(item_element(item));
@@ -58,7 +77,7 @@ async fn get(svc: &Arc<Services>, host: &str, user: &str) -> IqAnswer {
     Ok(Some(q))
 }
 
-async fn set(svc: &Arc<Services>, from: &Jid, host: &str, user: &str, payload: &Element) -> IqAnswer {
+async fn set(ctx: &ModuleCtx, from: &Jid, host: &str, user: &str, payload: &Element) -> IqAnswer {
     let items: Vec<&Element> = payload.elements().filter(|e| e.is("item", ns::ROSTER)).collect();
     // RFC 6121 §2.3.3: a roster set carries exactly one item.
     let [el] = items.as_slice() else {
@@ -69,24 +88,23 @@ async fn set(svc: &Arc<Services>, from: &Jid, host: &str, user: &str, payload: &
         return Err(StanzaErrorCondition::NotAllowed);
     }
     let contact_s = contact.to_string();
-    let existing =
-        svc.storage.get_item(host, user, &contact_s).await.map_err(|_| StanzaErrorCondition::InternalServerError)?;
+    let existing = ctx.storage.get_item(host, user, &contact_s).await.map_err(storage_error("roster read"))?;
     if el.attr("subscription") == Some("remove") {
         let Some(existing) = existing else {
             return Err(StanzaErrorCondition::ItemNotFound);
         };
-        svc.storage.remove_item(host, user, &contact_s).await.map_err(|_| StanzaErrorCondition::InternalServerError)?;
+        ctx.storage.remove_item(host, user, &contact_s).await.map_err(storage_error("roster write"))?;
         // §2.5.2: cancel the subscriptions in both directions.
         let bare = from.bare();
         if matches!(existing.subscription, Subscription::To | Subscription::Both) || existing.ask_out {
-            super::presence::send_subscription(svc, &bare, &contact, "unsubscribe");
+            send_subscription(&ctx.router, &bare, &contact, "unsubscribe");
         }
         if matches!(existing.subscription, Subscription::From | Subscription::Both) || existing.pending_in {
-            super::presence::send_subscription(svc, &bare, &contact, "unsubscribed");
+            send_subscription(&ctx.router, &bare, &contact, "unsubscribed");
         }
         let mut removed = existing;
         removed.subscription = Subscription::Remove;
-        push(svc, &bare, &removed);
+        ctx.hooks.roster_changed(ctx, &bare, &removed).await;
         return Ok(None);
     }
     let mut groups: Vec<String> = Vec::new();
@@ -115,8 +133,8 @@ async fn set(svc: &Arc<Services>, from: &Jid, host: &str, user: &str, payload: &
             groups,
         },
     };
-    svc.storage.put_item(host, user, &item).await.map_err(|_| StanzaErrorCondition::InternalServerError)?;
-    push(svc, &from.bare(), &item);
+    ctx.storage.put_item(host, user, &item).await.map_err(storage_error("roster write"))?;
+    ctx.hooks.roster_changed(ctx, &from.bare(), &item).await;
     Ok(None)
 }
 
@@ -148,13 +166,13 @@ pub fn item_element(item: &RosterItem) -> Element {
 }
 
 /// Sends a roster push (RFC 6121 §2.1.6) to every resource of `owner`.
-pub fn push(svc: &Arc<Services>, owner: &BareJid, item: &RosterItem) {
-    for info in svc.router.sessions().resources(owner) {
+fn push(ctx: &ModuleCtx, owner: &BareJid, item: &RosterItem) {
+    for info in ctx.router.sessions().resources(owner) {
         let iq = Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
             .with_attr("id", format!("push{:x}", rand::random::<u64>()))
             .with_attr("to", info.jid.to_string())
             .with_child(Element::new("query", ns::ROSTER).with_child(item_element(item)));
-        svc.router.route(Routed { from: Jid::from(owner.clone()), to: Jid::from(info.jid.clone()), stanza: iq });
+        ctx.router.route(Routed { from: Jid::from(owner.clone()), to: Jid::from(info.jid.clone()), stanza: iq });
     }
 }

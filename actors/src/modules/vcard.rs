@@ -8,20 +8,35 @@ use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::ns;
 
-use super::{account_of, parse_stored, IqAnswer, Module, Target};
-use crate::services::Services;
+use crate::ext::registry::ModuleSpec;
+use crate::ext::util::{account_of, parse_stored};
+use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, Switch, Target};
 
 pub struct Vcard;
+
+impl ModuleSpec for Vcard {
+    const NAME: &'static str = "mod_vcard";
+    type Config = Switch;
+    fn enabled(cfg: &Switch) -> bool {
+        cfg.enabled
+    }
+    fn build(_cfg: &Switch) -> Arc<dyn Module> {
+        Arc::new(Vcard)
+    }
+}
 
 #[async_trait::async_trait]
 impl Module for Vcard {
     fn name(&self) -> &'static str {
-        "vcard"
+        Self::NAME
     }
     fn disco_features(&self, _t: Target) -> &'static [&'static str] {
         &[ns::VCARD]
     }
-    async fn iq(&self, svc: &Arc<Services>, t: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[ns::VCARD]
+    }
+    async fn iq(&self, ctx: &ModuleCtx, t: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
         if !payload.is("vCard", ns::VCARD) {
             return None;
         }
@@ -35,16 +50,18 @@ impl Module for Vcard {
         }
         let (user, host) = account_of(&iq.to);
         Some(match iq.stanza.attr("type") {
-            Some("get") => match svc.storage.get_vcard(&host, &user).await {
+            Some("get") => match ctx.storage.get_vcard(&host, &user).await {
                 Ok(Some(xml)) => Ok(Some(parse_stored(&xml).unwrap_or_else(|| Element::new("vCard", ns::VCARD)))),
                 Ok(None) => Err(StanzaErrorCondition::ItemNotFound),
-                Err(_) => Err(StanzaErrorCondition::InternalServerError),
+                Err(e) => Err(storage_error("vcard read")(e)),
             },
             _ if t != Target::OwnAccount => Err(StanzaErrorCondition::Forbidden),
-            _ => match svc.storage.set_vcard(&host, &user, &payload.to_xml(ns::CLIENT)).await {
-                Ok(()) => Ok(None),
-                Err(_) => Err(StanzaErrorCondition::InternalServerError),
-            },
+            _ => ctx
+                .storage
+                .set_vcard(&host, &user, &payload.to_xml(ns::CLIENT))
+                .await
+                .map(|()| None)
+                .map_err(storage_error("vcard write")),
         })
     }
 }

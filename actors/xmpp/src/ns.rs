@@ -57,3 +57,31 @@ pub const XMLNS: &str = "http://www.w3.org/2000/xmlns/";
 pub const DATA_FORMS: &str = "jabber:x:data";
 /// Entity capabilities (XEP-0115).
 pub const CAPS: &str = "http://jabber.org/protocol/caps";
+/// Stream management (XEP-0198).
+pub const SM: &str = "urn:xmpp:sm:3";
+/// Message carbons (XEP-0280).
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+/// Client state indication (XEP-0352).
+pub const CSI: &str = "urn:xmpp:csi:0";
+/// Message archive management (XEP-0313 v1.x).
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// Result set management (XEP-0059).
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// Unique and stable stanza ids (XEP-0359).
+pub const SID: &str = "urn:xmpp:sid:0";
+/// Stanza forwarding (XEP-0297).
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+/// Message processing hints (XEP-0334).
+pub const HINTS: &str = "urn:xmpp:hints";
+/// Blocking command (XEP-0191).
+pub const BLOCKING: &str = "urn:xmpp:blocking";
+/// Blocking command's application-specific errors (XEP-0191).
+pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+/// Multi-user chat, user namespace (XEP-0045).
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// Chat state notifications (XEP-0085).
+pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+/// Message delivery receipts (XEP-0184).
+pub const RECEIPTS: &str = "urn:xmpp:receipts";
+/// Chat markers (XEP-0333).
+pub const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";

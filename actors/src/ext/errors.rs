@@ -1,0 +1,20 @@
+//! Storage errors as stanza errors: the one place where a failed repository
+//! call becomes what the requester sees (as MongooseIM's `mongoose_xmpp_errors`).
+
+use meerkat_storage::StorageError;
+use meerkat_xmpp::error::StanzaErrorCondition;
+
+/// The stanza error for a failed repository call, logged with `what` failed.
+///
+/// A duplicate key is the requester's `conflict`; everything else, transient
+/// or not, is the server's fault: `internal-server-error` (RFC 6120 §8.3.3.6),
+/// with the cause in the log rather than on the wire.
+pub fn storage_error(what: &'static str) -> impl FnOnce(StorageError) -> StanzaErrorCondition {
+    move |e| {
+        tracing::error!(error = %e, retryable = e.is_retryable(), "{what} failed");
+        match e {
+            StorageError::Conflict(_) => StanzaErrorCondition::Conflict,
+            _ => StanzaErrorCondition::InternalServerError,
+        }
+    }
+}

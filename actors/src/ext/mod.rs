@@ -1,0 +1,428 @@
+//! The boundary between the core (sessions, server workers, negotiation) and
+//! the XMPP modules.
+//!
+//! A module implements the typed hooks of [`Module`] it cares about: one Rust
+//! method per hook, each with a typed accumulator or return value that can end
+//! the chain. The [`Registry`] holds the enabled modules in hook order, built
+//! once at start from `[modules.mod_*]`, with a dispatch table of IQ handlers
+//! per payload namespace. A module sees the node through a [`ModuleCtx`]
+//! (router, storage, accounts, and the hooks of the other modules), never
+//! through the session actor or the server workers; it keeps per-session
+//! state in a slot of [`SessionState`] under a type of its own, and queues its
+//! background work as a [`ModuleJob`] that the server workers run (and batch)
+//! without knowing what it is.
+//!
+//! **Architecture Invariants:**
+//! - no module imports `session`, `server`, `services` or another module;
+//!   what modules need of each other goes through hooks;
+//! - no core file (`session.rs`, `server.rs`, `c2s.rs`, `negotiation.rs`)
+//!   names a module;
+//! - session hooks run in the session actor: they neither block nor await;
+//!   work that needs storage becomes a [`ModuleJob`].
+
+pub mod errors;
+pub mod registry;
+pub mod state;
+pub mod util;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use meerkat_routing::{Routed, Router};
+use meerkat_storage::Storage;
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::StanzaErrorCondition;
+use meerkat_xmpp::jid::{BareJid, FullJid, Jid};
+
+pub use errors::storage_error;
+pub use registry::{Registry, StreamFeatures};
+pub use state::SessionState;
+
+use crate::auth::Accounts;
+
+/// Whom an IQ is addressed to, as far as the server is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A host of ours.
+    Server,
+    /// The sender's own account (no `to`, or the sender's bare JID).
+    OwnAccount,
+    /// Another local account's bare JID.
+    OtherAccount,
+}
+
+/// An IQ answer: a result with an optional payload, or an error condition.
+pub type IqAnswer = Result<Option<Element>, StanzaErrorCondition>;
+
+/// What a session does with a stanza routed to it ([`Module::user_receive`]),
+/// and what the server does with a stanza for an account ([`Module::filter_local`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receive {
+    /// Go on (deliver it, unless a later module says otherwise).
+    Deliver,
+    /// Drop it silently.
+    Drop,
+    /// Answer the sender with this error instead.
+    Bounce(StanzaErrorCondition),
+}
+
+/// Whether a hook chain goes on to the next module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// This module took care of it: later modules (and the default) are skipped.
+    Stop,
+}
+
+/// A disco#info identity (XEP-0030 §3.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub category: &'static str,
+    pub kind: &'static str,
+    /// `xml:lang`, empty when absent.
+    pub lang: &'static str,
+    pub name: String,
+}
+
+/// A disco#items entry (XEP-0030 §4.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoItem {
+    pub jid: String,
+    pub node: Option<String>,
+    pub name: Option<String>,
+    /// Routed to, but never listed (MongooseIM's hidden components).
+    pub hidden: bool,
+}
+
+/// What a module sees of the node: routing, storage, accounts and the other
+/// modules' hooks. Cheap to clone; built once by the node.
+#[derive(Clone)]
+pub struct ModuleCtx {
+    pub router: Arc<Router>,
+    pub storage: Arc<Storage>,
+    pub accounts: Accounts,
+    pub hooks: Arc<Registry>,
+}
+
+/// Background work a module queues on the server workers: jobs with the same
+/// [`ModuleJob::shard_key`] run one after another, in queue order.
+#[async_trait::async_trait]
+pub trait ModuleJob: Send + 'static {
+    /// The account (bare JID) whose shard runs the job.
+    fn shard_key(&self) -> String;
+
+    /// Offers the job queued right behind this one, before this one runs: a job
+    /// that batches takes it in (`None`); any other is handed back. A batch
+    /// must stop taking jobs at its own bound.
+    fn absorb(&mut self, next: Box<dyn ModuleJob>) -> Option<Box<dyn ModuleJob>> {
+        Some(next)
+    }
+
+    /// For [`ModuleJob::absorb`]: the job as `Any`, to recognise one's own kind.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+
+    async fn run(self: Box<Self>, ctx: &ModuleCtx);
+}
+
+impl std::fmt::Debug for dyn ModuleJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleJob").field("shard", &self.shard_key()).finish()
+    }
+}
+
+/// What the session hooks ask of their session, applied by the session after
+/// the chain (MongooseIM's `mongoose_c2s_acc`).
+#[derive(Default)]
+pub struct SessionAcc {
+    /// Stanzas to write to the client, in order, after those written so far;
+    /// they do not pass [`Module::client_output`] again.
+    pub write: Vec<Element>,
+    /// Jobs the server workers must have queued before the session goes on
+    /// (the session waits while their queues are full).
+    pub jobs: Vec<Box<dyn ModuleJob>>,
+    /// Hold live messages to this session until the stored ones are written
+    /// ([`meerkat_routing::SessionSink::deliver_stored`] with `release`).
+    pub hold_messages: bool,
+}
+
+/// What became of a message for a local account that no session took
+/// ([`Module::undelivered_message`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Undelivered {
+    /// A module kept it (offline storage) or decided it needs no answer.
+    pub handled: bool,
+    /// It was written to offline storage.
+    pub stored: bool,
+}
+
+/// The typed hooks a module may implement. Every method has a default that
+/// does nothing, so a module implements only what it needs.
+///
+/// Hooks run in module order (the order of [`Registry`]); where a hook can end
+/// the chain, its return value says so. Those taking `&mut SessionState` run
+/// in the session actor and must neither block nor await; `async` ones run in
+/// the server workers (or, for [`Module::session_opening`], in the connection
+/// task before the session starts) and may await storage.
+#[async_trait::async_trait]
+pub trait Module: Send + Sync + 'static {
+    /// MongooseIM's name of the module (`mod_roster`), as in `[modules.*]`.
+    fn name(&self) -> &'static str;
+
+    // ----- negotiation, collected once at start -----
+
+    /// Elements this module adds to `<stream:features/>`: before authentication
+    /// when `post_auth` is false, after it (with bind) when true.
+    fn stream_features(&self, _hooks: &Registry, _post_auth: bool) -> Vec<Element> {
+        Vec::new()
+    }
+
+    /// SASL mechanisms (by name) this module adds to those the listener offers.
+    fn sasl_mechanisms(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// XEP-0388 `<inline/>` features this module offers inside SASL2.
+    fn sasl2_inline(&self) -> Vec<Element> {
+        Vec::new()
+    }
+
+    /// XEP-0386 Bind2 `<inline/>` features this module offers.
+    fn bind2_inline(&self) -> Vec<Element> {
+        Vec::new()
+    }
+
+    // ----- service discovery -----
+
+    /// Features this module adds to disco#info of `target` (XEP-0030).
+    fn disco_features(&self, _target: Target) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Identities this module adds to disco#info of `target`.
+    fn disco_identities(&self, _target: Target) -> Vec<Identity> {
+        Vec::new()
+    }
+
+    /// Items this module adds to disco#items of `target`.
+    fn disco_items(&self, _ctx: &ModuleCtx, _target: Target) -> Vec<DiscoItem> {
+        Vec::new()
+    }
+
+    // ----- IQs, dispatched by the payload's namespace -----
+
+    /// Payload namespaces of the IQ get/set this module answers in the server
+    /// workers ([`Module::iq`]).
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// An IQ get/set whose payload is in one of [`Module::iq_namespaces`].
+    /// `None` means "not mine", and the next module of that namespace is asked;
+    /// when none answers, the sender gets `service-unavailable`.
+    async fn iq(&self, _ctx: &ModuleCtx, _target: Target, _iq: &Routed, _payload: &Element) -> Option<IqAnswer> {
+        None
+    }
+
+    /// Payload namespaces of the IQs to the user's own account this module
+    /// looks at in the session ([`Module::session_iq`]).
+    fn session_iq_namespaces(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// An IQ get/set the client addressed to its own account, handled in the
+    /// session because it is about the session itself. `None` lets it go on
+    /// (to the next module, then to the server).
+    fn session_iq(
+        &self,
+        _ctx: &ModuleCtx,
+        _jid: &FullJid,
+        _state: &mut SessionState,
+        _iq: &Element,
+        _payload: &Element,
+    ) -> Option<IqAnswer> {
+        None
+    }
+
+    // ----- session life -----
+
+    /// A session is being bound, before it is routable: the place to read what
+    /// the session hooks need into its state.
+    async fn session_opening(&self, _ctx: &ModuleCtx, _jid: &FullJid, _state: &mut SessionState) {}
+
+    /// The session is bound and routable.
+    fn session_opened(&self, _ctx: &ModuleCtx, _jid: &FullJid, _state: &mut SessionState) {}
+
+    /// A new connection resumed the session (XEP-0198).
+    fn session_resumed(&self, _ctx: &ModuleCtx, _jid: &FullJid, _state: &mut SessionState) {}
+
+    /// The session left routing and is ending; jobs in `acc` are queued
+    /// (waiting for room), written stanzas are dropped.
+    fn session_closed(&self, _ctx: &ModuleCtx, _jid: &FullJid, _state: &mut SessionState, _acc: &mut SessionAcc) {}
+
+    /// A top-level element from the client that is not a stanza. `true` when
+    /// this module took it; an element no module takes ends the stream.
+    fn session_element(
+        &self,
+        _ctx: &ModuleCtx,
+        _jid: &FullJid,
+        _state: &mut SessionState,
+        _el: &Element,
+        _acc: &mut SessionAcc,
+    ) -> bool {
+        false
+    }
+
+    // ----- what a user sends -----
+
+    /// Any stanza the client sent with a `to`, with `from` stamped and `to`
+    /// canonical, before anything else happens to it. An error refuses it: the
+    /// client gets the stanza back with this `<error/>` element, and the chain ends.
+    fn user_send_check(
+        &self,
+        _ctx: &ModuleCtx,
+        _state: &SessionState,
+        _from: &FullJid,
+        _to: &Jid,
+        _stanza: &Element,
+    ) -> Result<(), Element> {
+        Ok(())
+    }
+
+    /// A message the user sent, about to be routed (`from` stamped, `to`
+    /// canonical); the hook may change it. Jobs in `acc` are queued before the
+    /// message is routed. An error refuses it with that condition and ends the chain.
+    fn user_send_message(
+        &self,
+        _ctx: &ModuleCtx,
+        _state: &mut SessionState,
+        _from: &FullJid,
+        _to: &Jid,
+        _stanza: &mut Element,
+        _acc: &mut SessionAcc,
+    ) -> Result<(), StanzaErrorCondition> {
+        Ok(())
+    }
+
+    /// Presence the user sent (RFC 6121 §4): broadcast (`to` is `None`;
+    /// `initial` for the first available presence of the session) or directed
+    /// and subscription presence. [`Flow::Stop`] when this module took it;
+    /// otherwise a directed presence is routed to `to` after the chain.
+    #[allow(clippy::too_many_arguments)]
+    fn user_send_presence(
+        &self,
+        _ctx: &ModuleCtx,
+        _state: &mut SessionState,
+        _from: &FullJid,
+        _to: Option<&Jid>,
+        _presence: &Element,
+        _initial: bool,
+        _acc: &mut SessionAcc,
+    ) -> Flow {
+        Flow::Continue
+    }
+
+    // ----- what a user receives -----
+
+    /// A stanza routed to the session of `jid`, before it is written to the
+    /// client. Anything but [`Receive::Deliver`] ends the chain.
+    fn user_receive(&self, _ctx: &ModuleCtx, _jid: &FullJid, _state: &mut SessionState, _stanza: &Element) -> Receive {
+        Receive::Deliver
+    }
+
+    /// A stanza about to be written to the client. The hook may keep it for
+    /// later (return `None`), or write stanzas it kept before it (push them to
+    /// `out`). `urgent` stanzas (replies to the client's own requests) must
+    /// not be kept. What comes out of the chain is written in order.
+    fn client_output(
+        &self,
+        _state: &mut SessionState,
+        stanza: Element,
+        _urgent: bool,
+        _out: &mut Vec<Element>,
+    ) -> Option<Element> {
+        Some(stanza)
+    }
+
+    /// Whether a stanza that reached a session but not its client (the session
+    /// ended) goes back to the account; `false` from any module keeps it from it.
+    fn returns_to_account(&self, _stanza: &Element) -> bool {
+        true
+    }
+
+    // ----- the server on an account's behalf -----
+
+    /// Whether `owner` blocks all traffic with `peer` (XEP-0191, XEP-0016).
+    async fn blocks(&self, _ctx: &ModuleCtx, _owner: &BareJid, _peer: &Jid) -> bool {
+        false
+    }
+
+    /// A stanza the server handles for a local account (an IQ to the bare
+    /// JID, subscription presence or a probe, a message for offline storage).
+    /// Anything but [`Receive::Deliver`] ends the chain.
+    async fn filter_local(&self, _ctx: &ModuleCtx, _r: &Routed) -> Receive {
+        Receive::Deliver
+    }
+
+    /// A message for a local account that no session took (RFC 6121 §8.5.2.2).
+    /// A module that keeps it says so in `acc`; [`Flow::Stop`] ends the chain.
+    /// When nobody handled it, the sender gets `service-unavailable`.
+    async fn undelivered_message(&self, _ctx: &ModuleCtx, _r: &Routed, _acc: &mut Undelivered) -> Flow {
+        Flow::Continue
+    }
+
+    /// Subscription presence or a probe for a local account (RFC 6121 §3,
+    /// §4.3), after [`Module::filter_local`].
+    async fn presence_in(&self, _ctx: &ModuleCtx, _r: &Routed) -> Flow {
+        Flow::Continue
+    }
+
+    /// A resource just sent its initial presence, and it was broadcast.
+    async fn user_available(&self, _ctx: &ModuleCtx, _jid: &FullJid) {}
+
+    /// A resource that was available sent unavailable presence or ended.
+    async fn user_unavailable(&self, _ctx: &ModuleCtx, _jid: &FullJid) {}
+
+    /// A roster item of `owner` changed (a roster set, a subscription change,
+    /// a removal with [`meerkat_storage::Subscription::Remove`]); it is stored.
+    async fn roster_changed(&self, _ctx: &ModuleCtx, _owner: &BareJid, _item: &meerkat_storage::RosterItem) {}
+}
+
+/// Settings of the core that modules' sections decide
+/// ([`registry::ModuleSpec::tune`]): the core runs these mechanisms, the
+/// module's section configures them.
+#[derive(Clone, Debug)]
+pub struct CoreTuning {
+    /// XEP-0199 server pings after this much client silence; `None`: none.
+    pub ping_interval: Option<std::time::Duration>,
+    /// A client that does not answer a server ping within this long is disconnected.
+    pub ping_timeout: std::time::Duration,
+    /// XEP-0198 stream management.
+    pub sm: crate::sm::SmSettings,
+    /// XEP-0077 in-band registration during stream negotiation.
+    pub in_band_registration: bool,
+}
+
+impl Default for CoreTuning {
+    fn default() -> Self {
+        CoreTuning {
+            ping_interval: None,
+            ping_timeout: std::time::Duration::from_secs(60),
+            sm: crate::sm::SmSettings { enabled: false, ..Default::default() },
+            in_band_registration: false,
+        }
+    }
+}
+
+/// A module section with nothing but `enabled` (on by default).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Switch {
+    /// Run the module.
+    pub enabled: bool,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Switch { enabled: true }
+    }
+}

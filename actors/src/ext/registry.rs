@@ -1,0 +1,452 @@
+//! The enabled modules, in hook order, with their dispatch tables, and the
+//! functions the core calls to run a hook over all of them.
+//!
+//! Built once at start ([`Registry::new`]) from the modules the config
+//! enables; read-only afterwards, so running a hook takes no lock. Every
+//! module runs for every host of the node (MongooseIM's modules without a
+//! `host_config` override).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use meerkat_routing::Routed;
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::StanzaErrorCondition;
+use meerkat_xmpp::jid::{BareJid, FullJid, Jid};
+
+use super::{
+    DiscoItem, Flow, Identity, IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionState, Target, Undelivered,
+};
+
+/// How a module is configured and started: its `[modules.mod_*]` section.
+pub trait ModuleSpec {
+    /// MongooseIM's name of the module, the key of its section.
+    const NAME: &'static str;
+    /// Its section: a serde struct with defaults, documented field by field,
+    /// that refuses unknown keys.
+    type Config: serde::de::DeserializeOwned + Default + Clone + std::fmt::Debug;
+    /// Whether the module runs with this section (or the default one, when
+    /// the config has none).
+    fn enabled(cfg: &Self::Config) -> bool;
+    /// Checks the section's meaning; the error names the key (relative to the
+    /// section) and why.
+    fn validate(_cfg: &Self::Config) -> Result<(), (&'static str, String)> {
+        Ok(())
+    }
+    /// Settings of the core this section decides, whether or not the module runs.
+    fn tune(_cfg: &Self::Config, _core: &mut super::CoreTuning) {}
+    /// The running module.
+    fn build(cfg: &Self::Config) -> Arc<dyn Module>;
+}
+
+/// What the modules add to stream negotiation, serialized once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamFeatures {
+    /// Extra children of `<stream:features/>` before authentication.
+    pub pre_auth: String,
+    /// Extra children of `<stream:features/>` after authentication.
+    pub post_auth: String,
+    /// SASL mechanisms modules add to those configured.
+    pub sasl_mechanisms: Vec<&'static str>,
+    /// XEP-0388 inline features, serialized.
+    pub sasl2_inline: String,
+    /// XEP-0386 inline features, serialized.
+    pub bind2_inline: String,
+}
+
+/// The enabled modules.
+pub struct Registry {
+    modules: Vec<Arc<dyn Module>>,
+    /// Payload namespace -> the modules answering IQs in it, in module order.
+    iq: HashMap<&'static str, Vec<Arc<dyn Module>>>,
+    /// Payload namespace -> the modules looking at own-account IQs in the session.
+    session_iq: HashMap<&'static str, Vec<Arc<dyn Module>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.modules.iter().map(|m| m.name())).finish()
+    }
+}
+
+impl Registry {
+    /// The registry of these modules, in this (hook) order.
+    pub fn new(modules: Vec<Arc<dyn Module>>) -> Self {
+        let mut iq: HashMap<&'static str, Vec<Arc<dyn Module>>> = HashMap::new();
+        let mut session_iq: HashMap<&'static str, Vec<Arc<dyn Module>>> = HashMap::new();
+        for m in &modules {
+            for ns in m.iq_namespaces() {
+                iq.entry(ns).or_default().push(m.clone());
+            }
+            for ns in m.session_iq_namespaces() {
+                session_iq.entry(ns).or_default().push(m.clone());
+            }
+        }
+        Registry { modules, iq, session_iq }
+    }
+
+    /// The modules' names, in hook order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.modules.iter().map(|m| m.name()).collect()
+    }
+
+    pub fn modules(&self) -> &[Arc<dyn Module>] {
+        &self.modules
+    }
+
+    /// What the modules add to negotiation.
+    pub fn stream_features(&self) -> StreamFeatures {
+        let collect = |post_auth: bool| {
+            self.modules
+                .iter()
+                .flat_map(|m| m.stream_features(self, post_auth))
+                .map(|e| e.to_xml(meerkat_xmpp::ns::STREAM))
+                .collect::<String>()
+        };
+        let xml = |els: Vec<Element>| els.iter().map(|e| e.to_xml(meerkat_xmpp::ns::STREAM)).collect::<String>();
+        let mut sasl_mechanisms: Vec<&'static str> = Vec::new();
+        for m in &self.modules {
+            for mech in m.sasl_mechanisms() {
+                if !sasl_mechanisms.contains(mech) {
+                    sasl_mechanisms.push(mech);
+                }
+            }
+        }
+        StreamFeatures {
+            pre_auth: collect(false),
+            post_auth: collect(true),
+            sasl_mechanisms,
+            sasl2_inline: xml(self.modules.iter().flat_map(|m| m.sasl2_inline()).collect()),
+            bind2_inline: xml(self.modules.iter().flat_map(|m| m.bind2_inline()).collect()),
+        }
+    }
+
+    /// Features of `target`, sorted, without duplicates.
+    pub fn disco_features(&self, target: Target) -> Vec<&'static str> {
+        let mut f: Vec<&'static str> =
+            self.modules.iter().flat_map(|m| m.disco_features(target).iter().copied()).collect();
+        f.sort_unstable();
+        f.dedup();
+        f
+    }
+
+    /// Identities of `target`, in module order.
+    pub fn disco_identities(&self, target: Target) -> Vec<Identity> {
+        self.modules.iter().flat_map(|m| m.disco_identities(target)).collect()
+    }
+
+    /// Items of `target`, hidden ones included.
+    pub fn disco_items(&self, ctx: &ModuleCtx, target: Target) -> Vec<DiscoItem> {
+        self.modules.iter().flat_map(|m| m.disco_items(ctx, target)).collect()
+    }
+
+    /// Answers an IQ get/set with the modules of its payload's namespace;
+    /// `None` when none of them did.
+    pub async fn iq(&self, ctx: &ModuleCtx, target: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+        for m in self.iq.get(payload.ns.as_str())? {
+            if let Some(answer) = m.iq(ctx, target, iq, payload).await {
+                return Some(answer);
+            }
+        }
+        None
+    }
+
+    /// Offers an IQ to the user's own account to the session hooks of its namespace.
+    pub fn session_iq(
+        &self,
+        ctx: &ModuleCtx,
+        jid: &FullJid,
+        state: &mut SessionState,
+        iq: &Element,
+        payload: &Element,
+    ) -> Option<IqAnswer> {
+        self.session_iq.get(payload.ns.as_str())?.iter().find_map(|m| m.session_iq(ctx, jid, state, iq, payload))
+    }
+
+    /// The state a new session starts with.
+    pub async fn session_opening(&self, ctx: &ModuleCtx, jid: &FullJid) -> SessionState {
+        let mut state = SessionState::default();
+        for m in &self.modules {
+            m.session_opening(ctx, jid, &mut state).await;
+        }
+        state
+    }
+
+    pub fn session_opened(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState) {
+        for m in &self.modules {
+            m.session_opened(ctx, jid, state);
+        }
+    }
+
+    pub fn session_resumed(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState) {
+        for m in &self.modules {
+            m.session_resumed(ctx, jid, state);
+        }
+    }
+
+    pub fn session_closed(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState) -> SessionAcc {
+        let mut acc = SessionAcc::default();
+        for m in &self.modules {
+            m.session_closed(ctx, jid, state, &mut acc);
+        }
+        acc
+    }
+
+    /// Offers a non-stanza element to the modules; `None` when none took it.
+    pub fn session_element(
+        &self,
+        ctx: &ModuleCtx,
+        jid: &FullJid,
+        state: &mut SessionState,
+        el: &Element,
+    ) -> Option<SessionAcc> {
+        let mut acc = SessionAcc::default();
+        self.modules.iter().any(|m| m.session_element(ctx, jid, state, el, &mut acc)).then_some(acc)
+    }
+
+    /// The first refusal of a stanza the user sends, if any.
+    pub fn user_send_check(
+        &self,
+        ctx: &ModuleCtx,
+        state: &SessionState,
+        from: &FullJid,
+        to: &Jid,
+        stanza: &Element,
+    ) -> Result<(), Element> {
+        for m in &self.modules {
+            m.user_send_check(ctx, state, from, to, stanza)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the hooks on a message the user sends; the jobs to queue before routing it.
+    pub fn user_send_message(
+        &self,
+        ctx: &ModuleCtx,
+        state: &mut SessionState,
+        from: &FullJid,
+        to: &Jid,
+        stanza: &mut Element,
+    ) -> Result<SessionAcc, StanzaErrorCondition> {
+        let mut acc = SessionAcc::default();
+        for m in &self.modules {
+            m.user_send_message(ctx, state, from, to, stanza, &mut acc)?;
+        }
+        Ok(acc)
+    }
+
+    /// Runs the hooks on presence the user sends; whether a module took it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn user_send_presence(
+        &self,
+        ctx: &ModuleCtx,
+        state: &mut SessionState,
+        from: &FullJid,
+        to: Option<&Jid>,
+        presence: &Element,
+        initial: bool,
+        acc: &mut SessionAcc,
+    ) -> Flow {
+        for m in &self.modules {
+            if m.user_send_presence(ctx, state, from, to, presence, initial, acc) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Runs the hooks on a stanza for the session of `jid` until one does not deliver.
+    pub fn user_receive(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState, stanza: &Element) -> Receive {
+        for m in &self.modules {
+            match m.user_receive(ctx, jid, state, stanza) {
+                Receive::Deliver => {}
+                other => return other,
+            }
+        }
+        Receive::Deliver
+    }
+
+    /// What to write for a stanza on its way to the client, in order.
+    pub fn client_output(&self, state: &mut SessionState, stanza: Element, urgent: bool) -> Vec<Element> {
+        let mut out = Vec::new();
+        let mut next = Some(stanza);
+        for m in &self.modules {
+            let Some(s) = next.take() else { break };
+            next = m.client_output(state, s, urgent, &mut out);
+        }
+        out.extend(next);
+        out
+    }
+
+    /// Whether an unwritten stanza of an ending session goes back to the account.
+    pub fn returns_to_account(&self, stanza: &Element) -> bool {
+        self.modules.iter().all(|m| m.returns_to_account(stanza))
+    }
+
+    /// Whether `owner` blocks all traffic with `peer`.
+    pub async fn blocks(&self, ctx: &ModuleCtx, owner: &BareJid, peer: &Jid) -> bool {
+        for m in &self.modules {
+            if m.blocks(ctx, owner, peer).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether the server goes on with a stanza for a local account.
+    pub async fn filter_local(&self, ctx: &ModuleCtx, r: &Routed) -> Receive {
+        for m in &self.modules {
+            match m.filter_local(ctx, r).await {
+                Receive::Deliver => {}
+                other => return other,
+            }
+        }
+        Receive::Deliver
+    }
+
+    /// Runs the chain on a message no session took.
+    pub async fn undelivered_message(&self, ctx: &ModuleCtx, r: &Routed) -> Undelivered {
+        let mut acc = Undelivered::default();
+        for m in &self.modules {
+            if m.undelivered_message(ctx, r, &mut acc).await == Flow::Stop {
+                break;
+            }
+        }
+        acc
+    }
+
+    /// Runs the chain on subscription presence or a probe for a local account.
+    pub async fn presence_in(&self, ctx: &ModuleCtx, r: &Routed) -> Flow {
+        for m in &self.modules {
+            if m.presence_in(ctx, r).await == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    pub async fn user_available(&self, ctx: &ModuleCtx, jid: &FullJid) {
+        for m in &self.modules {
+            m.user_available(ctx, jid).await;
+        }
+    }
+
+    pub async fn user_unavailable(&self, ctx: &ModuleCtx, jid: &FullJid) {
+        for m in &self.modules {
+            m.user_unavailable(ctx, jid).await;
+        }
+    }
+
+    pub async fn roster_changed(&self, ctx: &ModuleCtx, owner: &BareJid, item: &meerkat_storage::RosterItem) {
+        for m in &self.modules {
+            m.roster_changed(ctx, owner, item).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use meerkat_xmpp::element::Element;
+
+    /// Records the order in which hooks run, and stops where told.
+    struct Probe {
+        name: &'static str,
+        ns: &'static [&'static str],
+        answer: Option<IqAnswer>,
+        receive: Receive,
+        keeps: bool,
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Module for Probe {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn iq_namespaces(&self) -> &'static [&'static str] {
+            self.ns
+        }
+        async fn iq(&self, _ctx: &ModuleCtx, _t: Target, _iq: &Routed, _p: &Element) -> Option<IqAnswer> {
+            self.log.lock().unwrap().push(format!("iq {}", self.name));
+            self.answer.clone()
+        }
+        fn stream_features(&self, _hooks: &Registry, post_auth: bool) -> Vec<Element> {
+            vec![Element::new(self.name, if post_auth { "urn:post" } else { "urn:pre" })]
+        }
+        fn disco_features(&self, _t: Target) -> &'static [&'static str] {
+            self.ns
+        }
+        fn client_output(
+            &self,
+            _state: &mut SessionState,
+            stanza: Element,
+            urgent: bool,
+            out: &mut Vec<Element>,
+        ) -> Option<Element> {
+            if self.keeps && !urgent {
+                out.push(Element::new("flushed", "urn:t"));
+                return None;
+            }
+            Some(stanza)
+        }
+        fn returns_to_account(&self, stanza: &Element) -> bool {
+            stanza.name != self.name
+        }
+        fn user_receive(&self, _c: &ModuleCtx, _j: &FullJid, _s: &mut SessionState, _st: &Element) -> Receive {
+            self.log.lock().unwrap().push(format!("receive {}", self.name));
+            self.receive
+        }
+    }
+
+    fn probe(name: &'static str, ns: &'static [&'static str], log: &Arc<std::sync::Mutex<Vec<String>>>) -> Probe {
+        Probe { name, ns, answer: None, receive: Receive::Deliver, keeps: false, log: log.clone() }
+    }
+
+    #[test]
+    fn iq_handlers_are_dispatched_by_namespace_in_module_order() {
+        let log = Arc::default();
+        let mut a = probe("a", &["urn:x"], &log);
+        a.answer = None;
+        let mut b = probe("b", &["urn:x", "urn:y"], &log);
+        b.answer = Some(Ok(None));
+        let c = probe("c", &["urn:x"], &log);
+        let reg = Registry::new(vec![Arc::new(a), Arc::new(b), Arc::new(c)]);
+        assert_eq!(reg.iq.get("urn:x").map(|v| v.len()), Some(3));
+        assert_eq!(reg.iq.get("urn:y").map(|v| v.len()), Some(1));
+        assert!(!reg.iq.contains_key("urn:z"));
+        assert_eq!(reg.disco_features(Target::Server), vec!["urn:x", "urn:y"]);
+        assert_eq!(reg.names(), vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn stream_features_follow_module_order() {
+        let log = Arc::default();
+        let reg = Registry::new(vec![Arc::new(probe("one", &[], &log)), Arc::new(probe("two", &[], &log))]);
+        let f = reg.stream_features();
+        assert_eq!(f.pre_auth, "<one xmlns='urn:pre'/><two xmlns='urn:pre'/>");
+        assert_eq!(f.post_auth, "<one xmlns='urn:post'/><two xmlns='urn:post'/>");
+    }
+
+    #[test]
+    fn client_output_lets_a_module_keep_a_stanza_unless_urgent() {
+        let log = Arc::default();
+        let mut keeper = probe("keeper", &[], &log);
+        keeper.keeps = true;
+        let reg = Registry::new(vec![Arc::new(probe("first", &[], &log)), Arc::new(keeper)]);
+        let mut state = SessionState::default();
+        let kept = reg.client_output(&mut state, Element::new("message", "jabber:client"), false);
+        assert_eq!(kept.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["flushed"]);
+        let urgent = reg.client_output(&mut state, Element::new("iq", "jabber:client"), true);
+        assert_eq!(urgent.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["iq"]);
+    }
+
+    #[test]
+    fn any_module_keeps_a_stanza_from_going_back_to_the_account() {
+        let log = Arc::default();
+        let reg = Registry::new(vec![Arc::new(probe("a", &[], &log)), Arc::new(probe("b", &[], &log))]);
+        assert!(reg.returns_to_account(&Element::new("message", "jabber:client")));
+        assert!(!reg.returns_to_account(&Element::new("b", "jabber:client")));
+    }
+}

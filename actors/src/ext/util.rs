@@ -1,0 +1,100 @@
+//! Small helpers every module may use: addresses, stored stanzas, replies,
+//! and the presence primitives of RFC 6121 that several modules need.
+
+use meerkat_routing::{Routed, Router};
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::{error_reply, StanzaErrorCondition};
+use meerkat_xmpp::jid::{BareJid, Jid};
+use meerkat_xmpp::ns;
+use meerkat_xmpp::stanza::iq_result;
+
+use super::IqAnswer;
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Localpart and domain of an account JID.
+pub fn account_of(jid: &Jid) -> (String, String) {
+    (jid.node().map(|n| n.as_str().to_owned()).unwrap_or_default(), jid.domain().as_str().to_owned())
+}
+
+/// Parses a stanza kept as XML text (offline storage, archives) back into an element.
+pub fn parse_stored(xml: &str) -> Option<Element> {
+    use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
+    let mut p = StreamParser::new(Limits { max_stanza_size: xml.len() + 1024, max_depth: 256 });
+    p.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
+    p.feed(xml.as_bytes());
+    match p.next_event() {
+        Ok(Some(StreamEvent::Header(_))) => {}
+        _ => return None,
+    }
+    match p.next_event() {
+        Ok(Some(StreamEvent::Stanza(el))) => Some(el),
+        _ => None,
+    }
+}
+
+/// The error reply to `stanza` with this `<error/>` element (RFC 6120 §8.3.1),
+/// for conditions that need more than [`error_reply`] writes (an application
+/// condition, another type). `None` for an error stanza.
+pub fn error_reply_with(stanza: &Element, error: Element) -> Option<Element> {
+    let mut reply = error_reply(stanza, StanzaErrorCondition::UndefinedCondition, None)?;
+    reply.children.pop();
+    reply.push_child(error);
+    Some(reply)
+}
+
+/// Sends an IQ answer back to the requester.
+pub fn reply(router: &Router, r: Routed, answer: IqAnswer) {
+    match answer {
+        Ok(payload) => {
+            let mut res = iq_result(&r.stanza, payload);
+            res.set_attr("from", r.to.to_string());
+            res.set_attr("to", r.from.to_string());
+            router.route(Routed { from: r.to, to: r.from, stanza: res });
+        }
+        Err(cond) => router.bounce(r, cond),
+    }
+}
+
+/// Routes a subscription stanza of `kind` from `from` (bare) to `to` (bare).
+pub fn send_subscription(router: &Router, from: &BareJid, to: &BareJid, kind: &str) {
+    let p = Element::new("presence", ns::CLIENT)
+        .with_attr("type", kind)
+        .with_attr("from", from.to_string())
+        .with_attr("to", to.to_string());
+    router.route(Routed { from: Jid::from(from.clone()), to: Jid::from(to.clone()), stanza: p });
+}
+
+/// Sends the current presence of each available resource of `user` to `to`:
+/// the resources answer a probe from `to` with their own last presence.
+pub fn send_current_presence(router: &Router, user: &BareJid, to: &BareJid) {
+    let probe = Element::new("presence", ns::CLIENT)
+        .with_attr("type", "probe")
+        .with_attr("from", to.to_string())
+        .with_attr("to", user.to_string());
+    for info in router.sessions().resources(user) {
+        let _ = router.deliver_if_available(&info, probe.clone());
+    }
+}
+
+/// Sends unavailable presence from each available resource of `user` to `to`.
+pub fn send_unavailable(router: &Router, user: &BareJid, to: &BareJid) {
+    for info in router.sessions().resources(user) {
+        if info.priority.is_some() {
+            let p = Element::new("presence", ns::CLIENT)
+                .with_attr("type", "unavailable")
+                .with_attr("from", info.jid.to_string())
+                .with_attr("to", to.to_string());
+            router.route(Routed { from: Jid::from(info.jid.clone()), to: Jid::from(to.clone()), stanza: p });
+        }
+    }
+}
+
+/// XEP-0082 date-time in UTC with milliseconds.
+pub fn xep0082(micros: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
