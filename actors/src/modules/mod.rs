@@ -144,3 +144,73 @@ mod tests {
         assert!(built.contains(&"mod_carbons"));
     }
 }
+
+/// The boundary, checked on the sources: module files import no core file
+/// and no other module; core files name no module.
+#[cfg(test)]
+mod boundary {
+    #![allow(clippy::unwrap_used)]
+    use std::path::Path;
+
+    /// The file's code outside its unit tests.
+    fn code(path: &Path) -> String {
+        let text = std::fs::read_to_string(path).unwrap();
+        match text.find("#[cfg(test)]") {
+            Some(i) => text[..i].to_owned(),
+            None => text,
+        }
+    }
+
+    fn module_files() -> Vec<std::path::PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/modules");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs") && !p.ends_with("mod.rs"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 10, "module files found: {files:?}");
+        files
+    }
+
+    #[test]
+    fn no_module_imports_the_core_or_another_module() {
+        let forbidden =
+            ["crate::session", "crate::server", "crate::services", "crate::modules", "crate::c2s", "crate::bosh", "super::"];
+        for file in module_files() {
+            let code = code(&file);
+            for f in forbidden {
+                assert!(!code.contains(f), "{} uses {f}", file.display());
+            }
+        }
+    }
+
+    #[test]
+    fn no_core_file_names_a_module() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let core = [
+            "src/session.rs",
+            "src/server.rs",
+            "src/c2s.rs",
+            "src/negotiation.rs",
+            "src/bosh.rs",
+            "src/websocket.rs",
+            "src/services.rs",
+            "../node/src/run.rs",
+        ];
+        let stems: Vec<String> = module_files()
+            .iter()
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for file in core {
+            let code = code(&root.join(file));
+            assert!(!code.contains("modules::"), "{file} reaches into the modules");
+            for name in super::ModulesConfig::KNOWN {
+                assert!(!code.contains(name), "{file} names {name}");
+            }
+            for stem in &stems {
+                assert!(!code.contains(&format!("{stem}::")), "{file} names the module {stem}");
+            }
+        }
+    }
+}
