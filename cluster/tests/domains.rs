@@ -1,6 +1,7 @@
 //! Service and component domains through a real two-node cluster in one
 //! process: a registration is committed through Raft and every node's
 //! replica of the domain table names the node that holds it.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! - service and component domains registered at run time
 //!   ([`Router::register_domain`]), each held by one node of the cluster.
 //!   Which node holds a domain is plain data in the replicated
-//!   [`DomainTable`]; the [`DomainHandler`] that takes its stanzas lives
+//!   [`DomainTable`](meerkat_cluster::DomainTable); the [`DomainHandler`] that takes its stanzas lives
 //!   only here, on that node, as session sinks do.
 //!
 //! As in ejabberd's `ejabberd_router` (`register_route`, and the route that
