@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use meerkat_xmpp::jid::parse_full;
 
+use crate::domain_table::DomainRecord;
 use crate::{NodeId, SessionId, SessionInfo};
 
 /// A session as it travels in the log: plain strings and numbers.
@@ -51,6 +52,8 @@ impl SessionRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     V1(CommandV1),
+    /// Added beside version 1: version 1 commands keep their encoding.
+    V2(CommandV2),
 }
 
 /// Version 1 of the commands.
@@ -72,6 +75,23 @@ pub enum CommandV1 {
     NodeRemoved { node: u64 },
 }
 
+/// Version 2 of the commands: the table of service and component domains.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandV2 {
+    /// A service or component domain is served by `node`. Refused when
+    /// another node holds the domain.
+    RegisterDomain(DomainRecord),
+    /// A domain's registration ended; a no-op unless registration `id` of
+    /// `node` still holds it.
+    UnregisterDomain { domain: String, node: u64, id: u64 },
+}
+
+impl From<CommandV2> for Command {
+    fn from(c: CommandV2) -> Self {
+        Command::V2(c)
+    }
+}
+
 impl From<CommandV1> for Command {
     fn from(c: CommandV1) -> Self {
         Command::V1(c)
@@ -88,6 +108,10 @@ pub enum CommandResponse {
     Opened { accepted: bool, loser: Option<SessionRecord> },
     /// `OpenSession` from a node marked down: it must say `NodeUp` first.
     NodeIsDown,
+    /// `RegisterDomain`: the domain is registered.
+    DomainRegistered,
+    /// `RegisterDomain`: another node holds the domain.
+    DomainTaken { holder: DomainRecord },
 }
 
 /// The bincode configuration of everything the cluster writes or sends.
@@ -118,5 +142,19 @@ mod tests {
         let down =
             bincode::serde::encode_to_vec(Command::V1(CommandV1::NodeDown { node: 3 }), bincode_config()).unwrap();
         assert_eq!(down, [0, 3, 3]);
+
+        let register = Command::V2(CommandV2::RegisterDomain(DomainRecord {
+            domain: "c.x".into(),
+            node: 2,
+            kind: crate::domain_table::DomainKind::Component,
+            id: 9,
+        }));
+        let bytes = bincode::serde::encode_to_vec(&register, bincode_config()).unwrap();
+        assert_eq!(bytes, [1, 0, 3, b'c', b'.', b'x', 2, 1, 9]);
+        let (back, _): (Command, usize) = bincode::serde::decode_from_slice(&bytes, bincode_config()).unwrap();
+        assert_eq!(back, register);
+        let unregister = Command::V2(CommandV2::UnregisterDomain { domain: "c.x".into(), node: 2, id: 9 });
+        let bytes = bincode::serde::encode_to_vec(&unregister, bincode_config()).unwrap();
+        assert_eq!(bytes, [1, 1, 3, b'c', b'.', b'x', 2, 9]);
     }
 }

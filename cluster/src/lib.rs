@@ -5,9 +5,13 @@
 //! - [`session_table`] maps every full JID to the node and session that serve
 //!   it, with the presence priority the router needs for RFC 6121 §8.5. Routing
 //!   reads it without any network round trip.
+//! - [`domain_table`] maps every service and component domain registered at
+//!   run time to the node that serves it, replicated the same way.
 //! - [`registry_api`]: [`SessionRegistry`], the only way sessions enter or
 //!   leave the table: [`StandaloneRegistry`] on a single node, or
-//!   [`node::ClusterNode`], which commits every change through Raft first.
+//!   [`node::ClusterNode`], which commits every change through Raft first;
+//!   [`DomainRegistry`] does the same for domains ([`StandaloneDomains`] or
+//!   [`node::ClusterNode`]).
 //! - [`command`] (the versioned log commands), [`registry`] (their
 //!   deterministic apply), [`store`] (the vote, log and snapshots on disk),
 //!   [`types`] (openraft's type config), [`network`] (openraft over the transport).
@@ -24,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod command;
+pub mod domain_table;
 pub mod network;
 pub mod node;
 pub mod registry;
@@ -33,7 +38,10 @@ pub mod store;
 pub mod transport;
 pub mod types;
 
-pub use registry_api::{Kicker, RegistryError, SessionRegistry, StandaloneRegistry};
+pub use domain_table::{DomainKind, DomainRecord, DomainTable};
+pub use registry_api::{
+    DomainError, DomainRegistry, Kicker, RegistryError, SessionRegistry, StandaloneDomains, StandaloneRegistry,
+};
 
 pub use session_table::{OpenOutcome, SessionInfo, SessionTable};
 

@@ -12,7 +12,13 @@
 //!   silent for `down_after` is marked down (`NodeDown`), which removes its
 //!   sessions everywhere; messages to them then go to offline storage.
 //! - **reconcile**: entries of this node that no live session backs (a
-//!   proposal that committed after its login gave up) are closed.
+//!   proposal that committed after its login gave up) are closed, and so are
+//!   domains of this node that no live registration backs.
+//!
+//! Service and component domains ([`DomainRegistry`]) follow sessions: a
+//! registration is committed before it is routable, a node marked down or
+//! removed loses its domains everywhere, and after `NodeUp` the node
+//! registers the domains it still serves again.
 //!
 //! # Partitions
 //! A node that cannot reach a majority cannot commit, so it refuses logins:
@@ -36,10 +42,11 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::command::{Command, CommandResponse, CommandV1, SessionRecord};
+use crate::command::{Command, CommandResponse, CommandV1, CommandV2, SessionRecord};
+use crate::domain_table::{DomainRecord, DomainTable};
 use crate::network::Network;
 use crate::registry::RegistryObserver;
-use crate::registry_api::{Kicker, RegistryError, SessionRegistry};
+use crate::registry_api::{DomainError, DomainRegistry, Kicker, RegistryError, SessionRegistry};
 use crate::store::{LogStore, StateMachineStore};
 use crate::transport::{ClusterTls, Reply, Request, RequestHandler, Response, Transport, TransportError, WireError};
 use crate::types::{MemberNode, Raft};
@@ -144,8 +151,11 @@ pub struct ClusterNode {
     log: LogStore,
     sm: StateMachineStore,
     table: Arc<SessionTable>,
+    domains: Arc<DomainTable>,
     /// The sessions this node serves, with their priority sequence numbers.
     own: Mutex<HashMap<SessionId, (SessionInfo, u64)>>,
+    /// The domains this node serves, by domain.
+    own_domains: Mutex<HashMap<String, DomainRecord>>,
     seq: AtomicU64,
     kicker: OnceLock<Kicker>,
     ready: AtomicBool,
@@ -171,7 +181,13 @@ impl ClusterNode {
         let dir = settings.dir.join("raft");
         let hooks = Arc::new(Hooks(OnceLock::new()));
         let log = LogStore::open(&dir, settings.sync_log)?;
-        let sm = StateMachineStore::open(&dir, table.clone(), Some(hooks.clone() as Arc<dyn RegistryObserver>))?;
+        let domains = Arc::new(DomainTable::new());
+        let sm = StateMachineStore::open_with_domains(
+            &dir,
+            table.clone(),
+            domains.clone(),
+            Some(hooks.clone() as Arc<dyn RegistryObserver>),
+        )?;
         let transport = Transport::new(id, settings.name.clone(), settings.tls.clone());
         let listener = TcpListener::bind(settings.listen).await?;
         let config = openraft::Config {
@@ -196,7 +212,9 @@ impl ClusterNode {
             log,
             sm,
             table,
+            domains,
             own: Mutex::new(HashMap::new()),
+            own_domains: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(1),
             kicker: OnceLock::new(),
             ready: AtomicBool::new(false),
@@ -383,6 +401,8 @@ impl ClusterNode {
                 Ok(_) => {
                     self.ready.store(true, Ordering::Release);
                     tracing::info!(node = self.id, "registered with the cluster");
+                    // NodeUp cleared this node's domains: register those it still serves again.
+                    tokio::spawn(self.clone().reclaim_domains());
                     tokio::select! {
                         _ = self.announce.notified() => {}
                         _ = shutdown.changed() => return,
@@ -393,6 +413,30 @@ impl ClusterNode {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
             }
+        }
+    }
+
+    /// Registers again the domains this node serves, after `NodeUp`. One that
+    /// another node took meanwhile stays with that node.
+    async fn reclaim_domains(self: Arc<Self>) {
+        let own: Vec<DomainRecord> =
+            self.own_domains.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for rec in own {
+            match self.propose(CommandV2::RegisterDomain(rec.clone()).into()).await {
+                Ok(CommandResponse::DomainTaken { holder }) => {
+                    tracing::warn!(domain = %rec.domain, holder = holder.node, "domain taken while this node was down");
+                    self.forget_own_domain(&rec);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(domain = %rec.domain, error = %e, "could not register a domain again"),
+            }
+        }
+    }
+
+    fn forget_own_domain(&self, rec: &DomainRecord) {
+        let mut own = self.own_domains.lock().unwrap_or_else(|e| e.into_inner());
+        if own.get(&rec.domain).is_some_and(|r| r.id == rec.id) {
+            own.remove(&rec.domain);
         }
     }
 
@@ -487,6 +531,18 @@ impl ClusterNode {
                 self.propose_later(
                     CommandV1::CloseSession { jid: s.jid.to_string(), node: self.id, sid: s.sid.0 }.into(),
                 );
+            }
+            let stale: Vec<DomainRecord> = {
+                let own = self.own_domains.lock().unwrap_or_else(|e| e.into_inner());
+                self.domains
+                    .domains_of(NodeId(self.id))
+                    .into_iter()
+                    .filter(|r| own.get(&r.domain).is_none_or(|o| o.id != r.id))
+                    .collect()
+            };
+            for r in stale {
+                tracing::info!(domain = %r.domain, "unregistering a domain no registration backs");
+                self.propose_later(CommandV2::UnregisterDomain { domain: r.domain, node: self.id, id: r.id }.into());
             }
         }
     }
@@ -690,7 +746,10 @@ impl SessionRegistry for ClusterNode {
                 self.announce.notify_one();
                 Err(RegistryError::NotReady("this node is re-registering with the cluster".into()))
             }
-            Ok(CommandResponse::Done) => Ok(OpenOutcome { accepted: true, loser: None }),
+            // Answers of other commands; `OpenSession` never gives them.
+            Ok(CommandResponse::Done | CommandResponse::DomainRegistered | CommandResponse::DomainTaken { .. }) => {
+                Ok(OpenOutcome { accepted: true, loser: None })
+            }
             Err(e) => {
                 self.own.lock().unwrap_or_else(|e| e.into_inner()).remove(&info.sid);
                 // The proposal may still commit later; make sure it does not linger.
@@ -719,6 +778,55 @@ impl SessionRegistry for ClusterNode {
         self.table.set_priority(jid, NodeId(self.id), sid, priority, seq);
         self.propose_later(
             CommandV1::SetPriority { jid: jid.to_string(), node: self.id, sid: sid.0, priority, seq }.into(),
+        );
+    }
+}
+
+#[async_trait::async_trait]
+impl DomainRegistry for ClusterNode {
+    fn domains(&self) -> &Arc<DomainTable> {
+        &self.domains
+    }
+
+    async fn claim_domain(&self, record: DomainRecord) -> Result<(), DomainError> {
+        if !self.is_ready() || !self.is_member() {
+            return Err(RegistryError::NotReady("not registered with the cluster".into()).into());
+        }
+        if record.node != self.id {
+            return Err(
+                RegistryError::NotReady(format!("node {} cannot register for node {}", self.id, record.node)).into()
+            );
+        }
+        self.own_domains.lock().unwrap_or_else(|e| e.into_inner()).insert(record.domain.clone(), record.clone());
+        match self.propose(CommandV2::RegisterDomain(record.clone()).into()).await {
+            Ok(CommandResponse::DomainRegistered) => Ok(()),
+            Ok(CommandResponse::DomainTaken { holder }) => {
+                self.forget_own_domain(&record);
+                Err(DomainError::Taken(holder))
+            }
+            Ok(CommandResponse::NodeIsDown) => {
+                self.forget_own_domain(&record);
+                self.ready.store(false, Ordering::Release);
+                self.announce.notify_one();
+                Err(RegistryError::NotReady("this node is re-registering with the cluster".into()).into())
+            }
+            Ok(other) => {
+                self.forget_own_domain(&record);
+                Err(RegistryError::NoQuorum(format!("unexpected answer to a registration: {other:?}")).into())
+            }
+            Err(e) => {
+                self.forget_own_domain(&record);
+                // The proposal may still commit later; make sure it does not linger.
+                self.release_domain(&record);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn release_domain(&self, record: &DomainRecord) {
+        self.forget_own_domain(record);
+        self.propose_later(
+            CommandV2::UnregisterDomain { domain: record.domain.clone(), node: record.node, id: record.id }.into(),
         );
     }
 }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandResponse, CommandV1, SessionRecord};
+use crate::command::{Command, CommandResponse, CommandV1, CommandV2, SessionRecord};
+use crate::domain_table::{DomainRecord, DomainTable};
 use crate::{NodeId, SessionId, SessionInfo, SessionTable};
 
 /// What a node learns from the log about its own sessions.
@@ -27,20 +28,47 @@ pub trait RegistryObserver: Send + Sync {
 /// The applied state besides Raft's own membership.
 pub struct Registry {
     sessions: Arc<SessionTable>,
+    domains: Arc<DomainTable>,
     down: BTreeSet<u64>,
     observer: Option<Arc<dyn RegistryObserver>>,
 }
 
-/// The registry as a snapshot stores it.
+/// The registry as a snapshot stores it (snapshot format 2 and later; see
+/// `store::state_machine` for how the format is told).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryImage {
     pub sessions: Vec<SessionRecord>,
     pub down: Vec<u64>,
+    /// Service and component domains.
+    pub domains: Vec<DomainRecord>,
+}
+
+/// The registry as snapshots of format 1 stored it, before domains.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryImageV1 {
+    pub sessions: Vec<SessionRecord>,
+    pub down: Vec<u64>,
+}
+
+impl From<RegistryImageV1> for RegistryImage {
+    fn from(v1: RegistryImageV1) -> Self {
+        RegistryImage { sessions: v1.sessions, down: v1.down, domains: Vec::new() }
+    }
 }
 
 impl Registry {
+    /// A registry applying to `sessions`, with a domain table of its own.
     pub fn new(sessions: Arc<SessionTable>) -> Self {
-        Registry { sessions, down: BTreeSet::new(), observer: None }
+        Self::with_domains(sessions, Arc::new(DomainTable::new()))
+    }
+
+    /// A registry applying to `sessions` and `domains`.
+    pub fn with_domains(sessions: Arc<SessionTable>, domains: Arc<DomainTable>) -> Self {
+        Registry { sessions, domains, down: BTreeSet::new(), observer: None }
+    }
+
+    pub fn domains(&self) -> &Arc<DomainTable> {
+        &self.domains
     }
 
     pub fn set_observer(&mut self, observer: Arc<dyn RegistryObserver>) {
@@ -85,7 +113,37 @@ impl Registry {
 
     /// Applies one command.
     pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
-        let Command::V1(cmd) = cmd;
+        match cmd {
+            Command::V1(cmd) => self.apply_v1(cmd),
+            Command::V2(cmd) => self.apply_v2(cmd),
+        }
+    }
+
+    fn apply_v2(&mut self, cmd: &CommandV2) -> CommandResponse {
+        match cmd {
+            CommandV2::RegisterDomain(rec) => {
+                if self.down.contains(&rec.node) {
+                    return CommandResponse::NodeIsDown;
+                }
+                match self.domains.claim(rec.clone()) {
+                    Ok(()) => CommandResponse::DomainRegistered,
+                    Err(holder) => CommandResponse::DomainTaken { holder },
+                }
+            }
+            CommandV2::UnregisterDomain { domain, node, id } => {
+                self.domains.release(domain, *node, *id);
+                CommandResponse::Done
+            }
+        }
+    }
+
+    /// Everything a node served leaves the tables.
+    fn forget_node(&self, node: NodeId) {
+        self.sessions.remove_node(node);
+        self.domains.remove_node(node);
+    }
+
+    fn apply_v1(&mut self, cmd: &CommandV1) -> CommandResponse {
         match cmd {
             CommandV1::OpenSession(rec) => {
                 if self.down.contains(&rec.node) {
@@ -107,7 +165,7 @@ impl Registry {
             }
             CommandV1::NodeDown { node } => {
                 if self.down.insert(*node) {
-                    self.sessions.remove_node(NodeId(*node));
+                    self.forget_node(NodeId(*node));
                     if let Some(o) = &self.observer {
                         o.node_down(NodeId(*node));
                     }
@@ -115,8 +173,10 @@ impl Registry {
                 CommandResponse::Done
             }
             CommandV1::NodeUp { node, sessions } => {
+                // What a previous incarnation registered goes; the node
+                // registers its domains again after this.
                 self.down.remove(node);
-                self.sessions.remove_node(NodeId(*node));
+                self.forget_node(NodeId(*node));
                 for rec in sessions.iter().filter(|r| r.node == *node) {
                     self.open(rec);
                 }
@@ -124,7 +184,7 @@ impl Registry {
             }
             CommandV1::NodeRemoved { node } => {
                 self.down.remove(node);
-                self.sessions.remove_node(NodeId(*node));
+                self.forget_node(NodeId(*node));
                 CommandResponse::Done
             }
         }
@@ -137,6 +197,7 @@ impl Registry {
         for node in gone {
             self.sessions.remove_node(node);
         }
+        self.domains.retain_nodes(members);
         self.down.retain(|n| members.contains(n));
     }
 
@@ -144,12 +205,14 @@ impl Registry {
         RegistryImage {
             sessions: self.sessions.export().iter().map(|(info, seq)| SessionRecord::from_info(info, *seq)).collect(),
             down: self.down_nodes(),
+            domains: self.domains.export(),
         }
     }
 
     pub fn restore(&mut self, image: &RegistryImage) {
         let sessions = image.sessions.iter().filter_map(|r| r.to_info().map(|i| (i, r.prio_seq))).collect();
         self.sessions.replace_all(sessions);
+        self.domains.replace_all(image.domains.clone());
         self.down = image.down.iter().copied().collect();
     }
 }
@@ -223,5 +286,67 @@ mod tests {
         reg.retain_members(&[1, 3].into_iter().collect());
         assert_eq!(reg.sessions().len(), 1);
         assert!(reg.down_nodes().is_empty());
+    }
+
+    fn domain(domain: &str, node: u64, id: u64) -> DomainRecord {
+        DomainRecord { domain: domain.into(), node, kind: crate::domain_table::DomainKind::Service, id }
+    }
+
+    fn register(rec: DomainRecord) -> Command {
+        CommandV2::RegisterDomain(rec).into()
+    }
+
+    #[test]
+    fn register_and_unregister_domains() {
+        let mut reg = Registry::new(Arc::new(SessionTable::new()));
+        assert_eq!(reg.apply(&register(domain("pubsub.x", 1, 1))), CommandResponse::DomainRegistered);
+        // Another node cannot take it; the holder is named.
+        assert_eq!(
+            reg.apply(&register(domain("pubsub.x", 2, 7))),
+            CommandResponse::DomainTaken { holder: domain("pubsub.x", 1, 1) }
+        );
+        // The same command applied twice changes nothing.
+        assert_eq!(reg.apply(&register(domain("pubsub.x", 1, 1))), CommandResponse::DomainRegistered);
+        // Another node's unregistration, or a stale one, is a no-op.
+        reg.apply(&CommandV2::UnregisterDomain { domain: "pubsub.x".into(), node: 2, id: 7 }.into());
+        reg.apply(&CommandV2::UnregisterDomain { domain: "pubsub.x".into(), node: 1, id: 0 }.into());
+        assert_eq!(reg.domains().get("pubsub.x"), Some(domain("pubsub.x", 1, 1)));
+        reg.apply(&CommandV2::UnregisterDomain { domain: "pubsub.x".into(), node: 1, id: 1 }.into());
+        assert!(reg.domains().is_empty());
+        assert_eq!(reg.apply(&register(domain("pubsub.x", 2, 7))), CommandResponse::DomainRegistered);
+    }
+
+    #[test]
+    fn a_node_down_up_or_removed_loses_its_domains() {
+        let mut reg = Registry::new(Arc::new(SessionTable::new()));
+        reg.apply(&register(domain("a.x", 1, 1)));
+        reg.apply(&register(domain("b.x", 2, 1)));
+        reg.apply(&register(domain("c.x", 3, 1)));
+        reg.apply(&CommandV1::NodeDown { node: 2 }.into());
+        assert_eq!(reg.domains().get("b.x"), None);
+        // A node marked down registers nothing until it is up again.
+        assert_eq!(reg.apply(&register(domain("b.x", 2, 2))), CommandResponse::NodeIsDown);
+        reg.apply(&CommandV1::NodeUp { node: 2, sessions: vec![] }.into());
+        assert_eq!(reg.apply(&register(domain("b.x", 2, 2))), CommandResponse::DomainRegistered);
+        // A restarted node's NodeUp clears what its previous incarnation left.
+        reg.apply(&CommandV1::NodeUp { node: 1, sessions: vec![] }.into());
+        assert_eq!(reg.domains().get("a.x"), None);
+        reg.apply(&CommandV1::NodeRemoved { node: 2 }.into());
+        assert_eq!(reg.domains().get("b.x"), None);
+        reg.retain_members(&[1, 2].into_iter().collect());
+        assert!(reg.domains().is_empty(), "node 3 is no member any more");
+    }
+
+    #[test]
+    fn image_round_trip_includes_domains() {
+        let mut reg = Registry::new(Arc::new(SessionTable::new()));
+        reg.apply(&open(rec("a@x/r", 1, 1, 1)));
+        reg.apply(&register(domain("muclight.x", 2, 4)));
+        let image = reg.image();
+        assert_eq!(image.domains, vec![domain("muclight.x", 2, 4)]);
+        let mut copy = Registry::new(Arc::new(SessionTable::new()));
+        copy.restore(&image);
+        assert_eq!(copy.image(), image);
+        assert_eq!(copy.domains().get("muclight.x").map(|r| r.node), Some(2));
     }
 }

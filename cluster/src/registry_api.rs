@@ -6,12 +6,16 @@
 //! log first ([`crate::node::ClusterNode`]). Either way the registry itself
 //! closes a session that loses its full JID, through the kicker the session
 //! layer installs.
+//!
+//! [`DomainRegistry`] is the same for service and component domains: the
+//! only way they enter or leave the [`DomainTable`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use meerkat_xmpp::jid::FullJid;
 
+use crate::domain_table::{DomainRecord, DomainTable};
 use crate::{NodeId, OpenOutcome, SessionId, SessionInfo, SessionTable};
 
 /// Closes a local session that lost its full JID (`<conflict/>`).
@@ -89,5 +93,55 @@ impl SessionRegistry for StandaloneRegistry {
     fn set_priority(&self, jid: &FullJid, sid: SessionId, priority: Option<i8>) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         self.table.set_priority(jid, self.node, sid, priority, seq);
+    }
+}
+
+/// Why a domain could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// Another node holds the domain: a refusal, retrying will not help.
+    #[error("domain {} is served by node {}", .0.domain, .0.node)]
+    Taken(DomainRecord),
+    /// The registration could not be committed: retry, or connect elsewhere.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// The domain table as the router sees it.
+#[async_trait::async_trait]
+pub trait DomainRegistry: Send + Sync {
+    /// The table routing reads.
+    fn domains(&self) -> &Arc<DomainTable>;
+    /// Registers a domain for this node and waits until it is routable: in a
+    /// cluster, committed and applied on this node.
+    async fn claim_domain(&self, record: DomainRecord) -> Result<(), DomainError>;
+    /// Unregisters a domain; does not wait.
+    fn release_domain(&self, record: &DomainRecord);
+}
+
+/// The domains of a node that is not part of a cluster.
+#[derive(Default)]
+pub struct StandaloneDomains {
+    domains: Arc<DomainTable>,
+}
+
+impl StandaloneDomains {
+    pub fn new(domains: Arc<DomainTable>) -> Self {
+        StandaloneDomains { domains }
+    }
+}
+
+#[async_trait::async_trait]
+impl DomainRegistry for StandaloneDomains {
+    fn domains(&self) -> &Arc<DomainTable> {
+        &self.domains
+    }
+
+    async fn claim_domain(&self, record: DomainRecord) -> Result<(), DomainError> {
+        self.domains.claim(record).map_err(DomainError::Taken)
+    }
+
+    fn release_domain(&self, record: &DomainRecord) {
+        self.domains.release(&record.domain, record.node, record.id);
     }
 }

@@ -65,6 +65,9 @@ pub enum StanzaTarget {
     Session { jid: String, sid: u64, if_available: bool },
     /// The account (bare JID) as this node sees it: its local resources, else offline storage.
     Account,
+    /// The handler of a service or component domain this node serves.
+    /// Added after the others, so frames without it keep their encoding.
+    Domain { domain: String },
 }
 
 /// A request one node makes of another.
@@ -727,6 +730,25 @@ mod tests {
         assert!(decode_frame(&wrong).is_err());
         assert!(decode_frame(&[]).is_err());
         assert!(decode_frame(&[PROTOCOL_VERSION, 200, 1]).is_err());
+    }
+
+    /// Frames written before `StanzaTarget::Domain` existed keep their
+    /// encoding, so nodes of the release before it understand them.
+    #[test]
+    fn frames_without_the_domain_target_keep_their_encoding() {
+        // Version, Frame::Stanza (5), StanzaTarget::Account (1), from, to; then the element.
+        let account = encode_frame(&Frame::Stanza(stanza(1))).unwrap();
+        assert_eq!(&account[..11], [PROTOCOL_VERSION, 5, 1, 3, b'a', b'@', b'x', 3, b'b', b'@', b'x']);
+        assert!(matches!(decode_frame(&account), Ok(Frame::Stanza(f)) if f.target == StanzaTarget::Account));
+        let session = StanzaTarget::Session { jid: "a@x/r".into(), sid: 9, if_available: true };
+        let bytes = bincode::serde::encode_to_vec(&session, bincode_config()).unwrap();
+        assert_eq!(bytes, [0, 5, b'a', b'@', b'x', b'/', b'r', 9, 1]);
+        let domain = StanzaTarget::Domain { domain: "irc.x".into() };
+        let bytes = bincode::serde::encode_to_vec(&domain, bincode_config()).unwrap();
+        assert_eq!(bytes, [2, 5, b'i', b'r', b'c', b'.', b'x']);
+        let frame = Frame::Stanza(StanzaFrame { target: domain, ..stanza(2) });
+        let back = decode_frame(&encode_frame(&frame).unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{frame:?}"));
     }
 
     struct Collect(Mutex<Vec<StanzaFrame>>);

@@ -94,7 +94,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Some(node) => node.clone(),
         None => Arc::new(StandaloneRegistry::new(NodeId(1), sessions.clone())),
     };
-    let router = Router::new(registry.node(), hosts.clone(), sessions);
+    let router = match &cluster {
+        // Service and component domains are registered through the Raft log.
+        Some(node) => Router::with_domains(registry.node(), hosts.clone(), sessions, node.clone()),
+        None => Router::new(registry.node(), hosts.clone(), sessions),
+    };
     if let Some(node) = &cluster {
         router.set_transport(node.transport().clone());
         node.transport().set_inbox(ClusterInbox::new(router.clone()));

@@ -1,8 +1,9 @@
 //! Stanzas arriving from other nodes of the cluster.
 //!
 //! A forwarded stanza is delivered on this node or falls back here (another
-//! resource of this node, offline storage, an error to the sender); it is
-//! never forwarded again, so a table that is briefly stale on two nodes
+//! resource of this node, offline storage, an error to the sender); a stanza
+//! for a service or component domain goes to its handler here, or is
+//! answered with an error. It is never forwarded again, so a table that is briefly stale on two nodes
 //! cannot make a stanza bounce between them.
 
 use meerkat_xmpp::jid::Bare as _;
@@ -14,6 +15,7 @@ use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::jid::{parse_full, parse_jid, Jid};
 use meerkat_xmpp::stanza::StanzaKind;
 
+use crate::links::deliver_to_domain;
 use crate::local::deliver_forwarded_message;
 use crate::{Routed, Router};
 
@@ -82,6 +84,10 @@ impl StanzaInbox for ClusterInbox {
                 Some(routed) => self.fallback(routed),
                 None => tracing::warn!(from_node, "dropping a forwarded stanza with unparsable addresses"),
             },
+            StanzaTarget::Domain { .. } => match Self::routed(frame) {
+                Some(routed) => deliver_to_domain(&self.router, routed),
+                None => tracing::warn!(from_node, "dropping a forwarded stanza with unparsable addresses"),
+            },
         }
     }
 
@@ -109,13 +115,32 @@ impl StanzaInbox for ClusterInbox {
                 }
                 delivered
             }
+            StanzaTarget::Domain { domain } => {
+                let handler = router.domain_handler(&domain);
+                let routed = Self::routed(StanzaFrame { target: StanzaTarget::Account, ..frame });
+                let (Some(handler), Some(routed)) = (handler, routed) else {
+                    return false;
+                };
+                handler.deliver(routed).is_ok()
+            }
         }
     }
 
     fn undeliverable(&self, node: u64, frame: StanzaFrame) {
         // The node went down with this queued for it; its sessions have left
         // the table, so routing again reaches other resources or offline storage.
+        let domain_target = matches!(frame.target, StanzaTarget::Domain { .. });
         let Some(routed) = Self::routed(frame) else { return };
+        if domain_target {
+            // Its domains left the table with it: the domain may be served
+            // elsewhere by now (a component that reconnected), else it is gone.
+            if self.router.domains().contains(routed.to.domain().as_str()) {
+                self.router.route(routed);
+            } else {
+                self.router.bounce(routed, StanzaErrorCondition::ServiceUnavailable);
+            }
+            return;
+        }
         if StanzaKind::of(&routed.stanza) == Some(StanzaKind::Message) {
             tracing::debug!(node, to = %routed.to, "re-routing a message queued for a node that went down");
             let mut routed = routed;

@@ -1,32 +1,47 @@
-//! The router chain.
+//! The router chain and its table of routes.
 //!
 //! # Layout
-//! Every stanza a session or a server module emits goes through
-//! [`Router::route`]. The router asks each [`Link`] in turn whether it can
-//! deliver; the first one that can, does:
-//! - [`local::LocalLink`]: recipients on one of the cluster's hosts, served by
-//!   sessions on any node of the cluster or by the server itself (RFC 6121
-//!   §8.5 rules). A session on another node is reached through the cluster
-//!   transport ([`Router::set_transport`]); [`cluster::ClusterInbox`] takes
-//!   stanzas arriving from other nodes;
-//! - global distribution ([`global`]) sits inside the local link: a stanza
-//!   for a user of the global host who is not served in this data center,
-//!   or whose pair has stanzas pending, goes through [`GlobalHook`];
-//! - later links (s2s and components) plug in after it through
-//!   [`Router::push_link`].
+//! Every stanza a session, a server module, a service or a component emits
+//! goes through [`Router::route`]. The router asks each [`Link`] in turn
+//! whether it can deliver; the first one that can, does. The order is fixed:
 //!
-//! A stanza no link takes is bounced with `remote-server-not-found` (domain
-//! unknown) or dropped if it is itself an error: an error stanza never
-//! triggers another error, so no routing loop can form.
+//! | # | link | takes a stanza to |
+//! |---|------|-------------------|
+//! | 1 | [`links::GlobalLink`] | a user of a local host who is not served in this data center, or whose (sender, recipient) pair has stanzas pending ([`global`], through [`GlobalHook`]); only with global distribution |
+//! | 2 | [`local::LocalLink`] | a local host and its users, on any node of the cluster or the server itself (RFC 6121 §8.5) |
+//! | 3 | [`links::DomainLink`] (services) | a domain a module or service registered (`pubsub.HOST`, `muclight.HOST`), on this node or the one that holds it |
+//! | 4 | [`links::DomainLink`] (components) | a domain an external component (XEP-0114) registered when it connected |
+//! | 5 | links added by [`Router::push_link`] | whatever they take |
+//! | 6 | the s2s link ([`Router::set_s2s`]) | any other domain |
+//!
+//! Links 2 to 4 read one table of routes ([`routes`], [`Router::route_of`]):
+//! the configured hosts, then the domains registered at run time with
+//! [`Router::register_domain`], each held by exactly one node; the cluster
+//! replicates which node ([`meerkat_cluster::DomainTable`]), and the handler
+//! lives on that node only. Global distribution comes first because it
+//! decides whether a local user is served here at all;
+//! [`Router::route_here`] routes past it.
+//!
+//! A session on another node, or a domain another node holds, is reached
+//! through the cluster transport ([`Router::set_transport`]);
+//! [`cluster::ClusterInbox`] takes stanzas arriving from other nodes.
+//!
+//! A stanza no link takes is bounced with `remote-server-not-found` (no s2s
+//! link, or it declined), or dropped if it is itself an error or an IQ
+//! result: an error stanza never triggers another error and a result is
+//! never answered, so no routing loop can form.
 //!
 //! **Architecture Invariants:**
 //! - Routing never blocks and never awaits. Delivery into a session is a
 //!   `try_send` into a bounded mailbox, delivery to another node a `try_send`
-//!   into that peer's bounded queue; work that needs storage is handed to the
-//!   [`ServerHandler`], whose queues are bounded too.
+//!   into that peer's bounded queue, delivery to a service or component a
+//!   non-blocking [`DomainHandler::deliver`] into its bounded queue; work
+//!   that needs storage is handed to the [`ServerHandler`], whose queues are
+//!   bounded too. Only registering a domain waits (for the cluster to commit it).
+//! - A domain has one route: a local host, or one registration of one node.
 //! - A stanza forwarded from another node is never forwarded again: the
-//!   receiving node delivers it to its own sessions or to offline storage,
-//!   so a stale table cannot make stanzas bounce between nodes.
+//!   receiving node delivers it to its own sessions, offline storage or
+//!   domain handlers, so a stale table cannot make stanzas bounce between nodes.
 //! - A node decides the availability of its own sessions: when another
 //!   node's view may be stale (a resource that just sent initial presence),
 //!   the stanza goes to the owning node with `if_available` and that node
@@ -35,19 +50,23 @@
 
 pub mod cluster;
 pub mod global;
+pub mod links;
 pub mod local;
+pub mod routes;
 #[cfg(test)]
 mod tests;
 
 use std::sync::{Arc, OnceLock, RwLock};
 
 use meerkat_cluster::transport::{StanzaFrame, StanzaTarget, Transport};
-use meerkat_cluster::{NodeId, SessionId, SessionInfo, SessionTable};
+use meerkat_cluster::{DomainRegistry, NodeId, SessionId, SessionInfo, SessionTable, StandaloneDomains};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::{error_reply, StanzaErrorCondition};
 use meerkat_xmpp::jid::Jid;
 
+pub use links::{DomainLink, GlobalLink};
 pub use local::LocalLink;
+pub use routes::{DomainGuard, DomainHandler, Holder, Route, RouteError};
 
 /// A stanza in flight, with its addresses already parsed and checked.
 #[derive(Clone, Debug)]
@@ -162,7 +181,7 @@ fn session_target(info: &SessionInfo, if_available: bool) -> StanzaTarget {
 
 /// The stanza with its routing addresses written into it, so that the
 /// receiving node routes it exactly as this one would have.
-fn stanza_with(from: &Jid, to: &Jid, mut stanza: Element) -> Element {
+pub(crate) fn stanza_with(from: &Jid, to: &Jid, mut stanza: Element) -> Element {
     stanza.set_attr("from", from.to_string());
     stanza.set_attr("to", to.to_string());
     stanza
@@ -176,13 +195,17 @@ pub struct RouterStats {
     pub dropped: std::sync::atomic::AtomicU64,
 }
 
-/// The router: the session table, the local delivery handles and the chain of links.
+/// The router: the session table, the table of routes, the local delivery
+/// handles and the chain of links.
 pub struct Router {
     node: NodeId,
-    hosts: Vec<String>,
+    routes: routes::Routes,
     sessions: Arc<SessionTable>,
     sinks: RwLock<std::collections::HashMap<SessionId, Arc<dyn SessionSink>>>,
-    links: RwLock<Vec<Arc<dyn Link>>>,
+    /// Links 1 to 5 of the chain, replaced whole when one is added, so that
+    /// routing takes a snapshot without copying.
+    links: RwLock<Arc<[Arc<dyn Link>]>>,
+    s2s: OnceLock<Arc<dyn Link>>,
     server: OnceLock<Arc<dyn ServerHandler>>,
     transport: OnceLock<Arc<Transport>>,
     global: OnceLock<Arc<dyn GlobalHook>>,
@@ -190,14 +213,33 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router for `hosts` (canonical domains) with the local link installed.
+    /// A router for `hosts` (canonical domains) of a node that is not part of
+    /// a cluster: service and component domains are this node's alone.
     pub fn new(node: NodeId, hosts: Vec<String>, sessions: Arc<SessionTable>) -> Arc<Router> {
+        Self::with_domains(node, hosts, sessions, Arc::new(StandaloneDomains::default()))
+    }
+
+    /// A router for `hosts` (canonical domains) whose service and component
+    /// domains are registered through `domains` (a cluster member).
+    pub fn with_domains(
+        node: NodeId,
+        hosts: Vec<String>,
+        sessions: Arc<SessionTable>,
+        domains: Arc<dyn DomainRegistry>,
+    ) -> Arc<Router> {
+        let links: [Arc<dyn Link>; 4] = [
+            Arc::new(GlobalLink),
+            Arc::new(LocalLink),
+            Arc::new(DomainLink(meerkat_cluster::DomainKind::Service)),
+            Arc::new(DomainLink(meerkat_cluster::DomainKind::Component)),
+        ];
         let router = Router {
             node,
-            hosts,
+            routes: routes::Routes::new(hosts, domains),
             sessions,
             sinks: RwLock::new(Default::default()),
-            links: RwLock::new(vec![Arc::new(LocalLink)]),
+            links: RwLock::new(Arc::new(links)),
+            s2s: OnceLock::new(),
             server: OnceLock::new(),
             transport: OnceLock::new(),
             global: OnceLock::new(),
@@ -206,9 +248,26 @@ impl Router {
         Arc::new(router)
     }
 
-    /// Appends a link after the existing ones (cluster, global, s2s, in that order).
+    /// Appends a link after the built-in ones and those added before, and
+    /// before the s2s link.
     pub fn push_link(&self, link: Arc<dyn Link>) {
-        self.links.write().unwrap_or_else(|e| e.into_inner()).push(link);
+        let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<Arc<dyn Link>> = links.to_vec();
+        all.push(link);
+        *links = all.into();
+    }
+
+    /// Installs the s2s link, the last of the chain, which takes stanzas to
+    /// domains no other link has. Without it they are bounced with
+    /// `remote-server-not-found`.
+    pub fn set_s2s(&self, link: Arc<dyn Link>) {
+        let _ = self.s2s.set(link);
+    }
+
+    /// The names of the chain's links, in the order they are asked.
+    pub fn chain(&self) -> Vec<&'static str> {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner()).clone();
+        links.iter().chain(self.s2s.get()).map(|l| l.name()).collect()
     }
 
     /// Installs the server's handler. The server needs the router to send
@@ -239,12 +298,13 @@ impl Router {
         self.node
     }
 
+    /// The configured hosts: the table's fixed routes.
     pub fn hosts(&self) -> &[String] {
-        &self.hosts
+        self.routes.hosts()
     }
 
     pub fn is_local_host(&self, domain: &str) -> bool {
-        self.hosts.iter().any(|h| h == domain)
+        self.routes.is_local_host(domain)
     }
 
     pub fn sessions(&self) -> &Arc<SessionTable> {
@@ -340,7 +400,7 @@ impl Router {
         })
     }
 
-    fn send_to_node(&self, node: NodeId, target: StanzaTarget, stanza: Element) -> Result<(), Element> {
+    pub(crate) fn send_to_node(&self, node: NodeId, target: StanzaTarget, stanza: Element) -> Result<(), Element> {
         let Some(transport) = self.transport.get() else {
             return Err(stanza);
         };
@@ -364,9 +424,9 @@ impl Router {
     /// Routes a stanza through the chain.
     pub fn route(&self, routed: Routed) {
         self.stats.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let links: Vec<Arc<dyn Link>> = self.links.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut routed = routed;
-        for link in links {
+        for link in links.iter().chain(self.s2s.get()) {
             match link.route(self, routed) {
                 Step::Done => return,
                 Step::Next(r) => routed = r,

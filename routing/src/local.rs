@@ -20,7 +20,7 @@ use meerkat_xmpp::stanza::{MessageType, PresenceType, StanzaKind};
 
 use crate::{Link, Routed, Router, ServerJob, Step};
 
-/// Delivery to this node's hosts.
+/// Delivery to the cluster's hosts and their users (link 2 of the chain).
 pub struct LocalLink;
 
 impl Link for LocalLink {
@@ -32,26 +32,14 @@ impl Link for LocalLink {
         if !router.is_local_host(routed.to.domain().as_str()) {
             return Step::Next(routed);
         }
-        let Some(kind) = StanzaKind::of(&routed.stanza) else {
-            router.bounce(routed, StanzaErrorCondition::BadRequest);
-            return Step::Done;
-        };
-        if routed.to.node().is_none() {
-            router.submit(ServerJob::ToServer(routed));
-            return Step::Done;
-        }
-        let routed = match router.global() {
-            Some(g) => match g.intercept(router, routed) {
-                Some(r) => r,
-                None => return Step::Done,
-            },
-            None => routed,
-        };
-        route_to_user(router, routed, kind)
+        route_local(router, routed);
+        Step::Done
     }
 }
 
-/// Delivery in this data center, past global distribution.
+/// Delivery in this data center: what the local link does once global
+/// distribution ([`crate::GlobalLink`]) let a stanza through, and what
+/// [`Router::route_here`] does directly.
 pub(crate) fn route_local(router: &Router, routed: Routed) {
     let Some(kind) = StanzaKind::of(&routed.stanza) else {
         router.bounce(routed, StanzaErrorCondition::BadRequest);

@@ -681,6 +681,305 @@ fn sessions_are_not_kicked_by_routing() {
     assert!(w.sinks.values().all(|s| s.kicks.lock().unwrap().is_empty()));
 }
 
+// ------------------------------------------------------------------ the table of routes
+
+/// A service's or component's bounded queue: takes `cap` stanzas, then is full.
+struct Queue {
+    cap: usize,
+    got: Mutex<Vec<Routed>>,
+}
+
+impl Queue {
+    fn new(cap: usize) -> Arc<Queue> {
+        Arc::new(Queue { cap, got: Mutex::new(Vec::new()) })
+    }
+    fn ids(&self) -> Vec<String> {
+        self.got.lock().unwrap().iter().map(|r| r.stanza.attr("id").unwrap_or_default().to_owned()).collect()
+    }
+}
+
+impl DomainHandler for Queue {
+    fn deliver(&self, routed: Routed) -> Result<(), Routed> {
+        let mut got = self.got.lock().unwrap();
+        if got.len() >= self.cap {
+            return Err(routed);
+        }
+        got.push(routed);
+        Ok(())
+    }
+}
+
+/// Registers on a standalone router, which never waits.
+fn register(
+    router: &Arc<Router>,
+    domain: &str,
+    kind: meerkat_cluster::DomainKind,
+    handler: Arc<dyn DomainHandler>,
+) -> Result<DomainGuard, RouteError> {
+    use futures_util::FutureExt as _;
+    router.register_domain(domain, kind, handler).now_or_never().expect("a standalone registration does not wait")
+}
+
+mod table_of_routes {
+    use super::*;
+    use meerkat_cluster::{DomainKind, DomainRecord};
+
+    const SERVICE: DomainKind = DomainKind::Service;
+    const COMPONENT: DomainKind = DomainKind::Component;
+
+    #[test]
+    fn register_unregister_and_conflicts() {
+        let w = World::verona();
+        let r = &w.router;
+        assert_eq!(r.route_of("pubsub.example.com"), Route::Remote);
+        let pubsub = register(r, "PubSub.Example.com", SERVICE, Queue::new(8)).unwrap();
+        assert_eq!(pubsub.domain(), "pubsub.example.com", "registered under the canonical domain");
+        assert_eq!(r.route_of("pubsub.example.com"), Route::Here(SERVICE));
+        assert_eq!(r.domains().get("pubsub.example.com").map(|d| (d.node, d.kind)), Some((NODE.0, SERVICE)));
+
+        let conflict = |domain: &str, kind| match register(r, domain, kind, Queue::new(1)) {
+            Err(RouteError::Conflict { holder, .. }) => holder,
+            other => panic!("{domain}: expected a conflict, got {other:?}"),
+        };
+        // A domain has one route: a host, a service or a component.
+        assert_eq!(conflict("example.com", COMPONENT), Holder::Host);
+        assert_eq!(conflict("conference.example.com", SERVICE), Holder::Host);
+        assert_eq!(conflict("pubsub.example.com", COMPONENT), Holder::Local(SERVICE));
+        assert_eq!(conflict("pubsub.example.com", SERVICE), Holder::Local(SERVICE));
+        let irc = register(r, "irc.example.com", COMPONENT, Queue::new(8)).unwrap();
+        assert_eq!(conflict("irc.example.com", COMPONENT), Holder::Local(COMPONENT));
+        // Held by another node of the cluster, as the replicated table says.
+        r.domains()
+            .claim(DomainRecord { domain: "muclight.example.com".into(), node: OTHER_NODE.0, kind: SERVICE, id: 1 })
+            .unwrap();
+        assert_eq!(conflict("muclight.example.com", SERVICE), Holder::Node(OTHER_NODE, SERVICE));
+        assert!(matches!(register(r, "not a domain", SERVICE, Queue::new(1)), Err(RouteError::InvalidDomain(_))));
+
+        // Hosts keep being hosts, and the table's fixed routes.
+        assert_eq!(r.hosts(), [HOST.to_owned(), "conference.example.com".to_owned()]);
+        assert!(r.is_local_host(HOST));
+        assert!(!r.is_local_host("pubsub.example.com"));
+        assert_eq!(r.route_of(HOST), Route::Host);
+
+        // Dropping the guard unregisters the domain; it can then be taken again.
+        drop(pubsub);
+        assert_eq!(r.route_of("pubsub.example.com"), Route::Remote);
+        assert!(r.domain_handler("pubsub.example.com").is_none());
+        let again = register(r, "pubsub.example.com", COMPONENT, Queue::new(1)).unwrap();
+        assert_eq!(r.route_of("pubsub.example.com"), Route::Here(COMPONENT));
+        drop(irc);
+        assert_eq!(r.route_of("irc.example.com"), Route::Remote);
+        assert_eq!(r.route_of("pubsub.example.com"), Route::Here(COMPONENT), "another guard's drop left it");
+        drop(again);
+        assert_eq!(r.domains().len(), 1, "only the other node's domain is left");
+    }
+
+    #[test]
+    fn a_stanza_for_a_service_domain_reaches_its_handler() {
+        let w = World::verona();
+        let pubsub = Queue::new(8);
+        let _guard = register(&w.router, "pubsub.example.com", SERVICE, pubsub.clone()).unwrap();
+        let irc = Queue::new(8);
+        let _irc = register(&w.router, "irc.example.com", COMPONENT, irc.clone()).unwrap();
+        w.route(
+            "<iq to='pubsub.example.com' type='get' id='p1'><pubsub xmlns='http://jabber.org/protocol/pubsub'/></iq>",
+        );
+        w.route("<message to='node@pubsub.example.com/x' type='chat' id='p2'/>");
+        w.route("<presence to='#room%irc.example.com@irc.example.com/nick' id='c1'/>");
+        assert_eq!(pubsub.ids(), ["p1", "p2"]);
+        assert_eq!(irc.ids(), ["c1"]);
+        let first = &pubsub.got.lock().unwrap()[0];
+        assert_eq!((first.from.to_string(), first.to.to_string()), (ROMEO.to_owned(), "pubsub.example.com".to_owned()));
+        assert_eq!(w.outcome(), Outcome::default(), "nothing went to the server or back to the sender");
+
+        // The service answers through the router, like any other sender.
+        w.route(&format!("<iq from='pubsub.example.com' to='{ROMEO}' type='result' id='p1'/>"));
+        assert_eq!(w.outcome(), delivered(&[ROMEO]));
+    }
+
+    #[test]
+    fn a_full_domain_handler_is_resource_constraint() {
+        let w = World::verona();
+        let _guard = register(&w.router, "pubsub.example.com", SERVICE, Queue::new(0)).unwrap();
+        let cases = [
+            ("iq", "<iq to='pubsub.example.com' type='get' id='1'/>", bounced(C::ResourceConstraint)),
+            ("message", "<message to='pubsub.example.com' type='chat'/>", bounced(C::ResourceConstraint)),
+            // Errors and results are never answered.
+            ("iq error", "<iq to='pubsub.example.com' type='error' id='1'/>", dropped()),
+            ("message error", "<message to='pubsub.example.com' type='error'/>", dropped()),
+            ("iq result", "<iq to='pubsub.example.com' type='result' id='1'/>", dropped()),
+        ];
+        for (case, xml, want) in cases {
+            w.route(xml);
+            assert_eq!(w.outcome(), want, "{case}");
+        }
+    }
+
+    /// A domain the table gives to this node whose registration is gone here.
+    #[test]
+    fn a_stale_route_to_this_node_is_service_unavailable() {
+        let w = World::verona();
+        w.router
+            .domains()
+            .claim(DomainRecord { domain: "old.example.com".into(), node: NODE.0, kind: COMPONENT, id: 1 })
+            .unwrap();
+        w.route("<message to='old.example.com' type='chat'/>");
+        assert_eq!(w.outcome(), bounced(C::ServiceUnavailable));
+        w.route("<message to='old.example.com' type='error'/>");
+        assert_eq!(w.outcome(), dropped());
+    }
+
+    /// A domain another node holds, with no transport to reach it.
+    #[test]
+    fn a_domain_of_an_unreachable_node_is_service_unavailable() {
+        let w = World::verona();
+        w.router
+            .domains()
+            .claim(DomainRecord { domain: "irc.example.com".into(), node: OTHER_NODE.0, kind: COMPONENT, id: 1 })
+            .unwrap();
+        assert_eq!(w.router.route_of("irc.example.com"), Route::Node(OTHER_NODE, COMPONENT));
+        w.route("<iq to='irc.example.com' type='get' id='1'/>");
+        assert_eq!(w.outcome(), bounced(C::ServiceUnavailable));
+        w.route("<iq to='irc.example.com' type='error' id='1'/>");
+        assert_eq!(w.outcome(), dropped());
+    }
+
+    /// Takes everything it is offered and says so by name.
+    struct Named(&'static str, Arc<Mutex<Vec<String>>>);
+    impl Link for Named {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn route(&self, _router: &Router, routed: Routed) -> Step {
+            self.1.lock().unwrap().push(format!("{}: {}", self.0, routed.to));
+            Step::Done
+        }
+    }
+
+    /// Records what it intercepts; keeps stanzas to `kept`, gives back the rest.
+    struct Global {
+        kept: &'static str,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+    impl GlobalHook for Global {
+        fn intercept(&self, _router: &Router, routed: Routed) -> Option<Routed> {
+            self.seen.lock().unwrap().push(format!("global: {}", routed.to));
+            (routed.to.to_string() != self.kept).then_some(routed)
+        }
+        fn session_up(&self, _router: &Router, _info: &SessionInfo) {}
+        fn session_down(&self, _sid: SessionId) {}
+    }
+
+    #[test]
+    fn the_chain_runs_in_its_documented_order() {
+        let w = World::verona();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        assert_eq!(w.router.chain(), ["global", "local", "service", "component"]);
+        w.router.set_s2s(Arc::new(Named("s2s", seen.clone())));
+        w.router.push_link(Arc::new(Named("pushed", seen.clone())));
+        assert_eq!(w.router.chain(), ["global", "local", "service", "component", "pushed", "s2s"]);
+        w.router.set_global(Arc::new(Global { kept: "paris@example.com", seen: seen.clone() }));
+        let pubsub = Queue::new(8);
+        let _guard = register(&w.router, "pubsub.example.com", SERVICE, pubsub.clone()).unwrap();
+
+        // Global distribution sees stanzas to users of local hosts first ...
+        w.route("<message to='paris@example.com' type='chat' id='1'/>");
+        w.route("<message to='juliet@example.com/garden' type='chat' id='2'/>");
+        // ... but not stanzas to a host, to a service, or of no known kind.
+        w.route("<iq to='example.com' type='get' id='3'/>");
+        w.route("<iq to='pubsub.example.com' type='get' id='4'/>");
+        w.route("<foo to='juliet@example.com'/>");
+        // A link added later comes before s2s, which has nothing left.
+        w.route("<message to='juliet@capulet.example' type='chat' id='5'/>");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["global: paris@example.com", "global: juliet@example.com/garden", "pushed: juliet@capulet.example"]
+        );
+        assert_eq!(pubsub.ids(), ["4"]);
+        let out = w.outcome();
+        assert_eq!(out.delivered, ["juliet@example.com/garden"]);
+        assert_eq!(out.jobs, [("to-server", "example.com".to_owned())]);
+        // The unknown kind is answered by the local link, and that `<foo type='error'/>` dropped.
+        assert_eq!((out.bounced, out.dropped), (1, 1));
+
+        // Routing here skips global distribution.
+        w.router.route_here(routed("<message to='paris@example.com' type='chat' id='6'/>"));
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        assert_eq!(w.outcome().jobs, [("undelivered", "paris@example.com".to_owned())]);
+    }
+
+    #[test]
+    fn unknown_domains_go_to_s2s_or_bounce_remote_server_not_found() {
+        // Without s2s (see also `unknown_domain_is_remote_server_not_found`).
+        let w = World::verona();
+        w.route("<message to='juliet@capulet.example' type='chat'/>");
+        assert_eq!(w.outcome(), bounced(C::RemoteServerNotFound));
+        w.route("<message to='juliet@capulet.example' type='error'/>");
+        assert_eq!(w.outcome(), dropped());
+
+        // With s2s, it takes them, errors included; a local domain never reaches it.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        w.router.set_s2s(Arc::new(Named("s2s", seen.clone())));
+        w.route("<message to='juliet@capulet.example' type='chat'/>");
+        w.route("<iq to='capulet.example' type='error' id='1'/>");
+        w.route("<message to='nurse@example.com' type='chat'/>");
+        assert_eq!(*seen.lock().unwrap(), ["s2s: juliet@capulet.example", "s2s: capulet.example"]);
+        assert_eq!(w.outcome(), job("undelivered", "nurse@example.com"));
+
+        // An s2s link that declines leaves the bounce as it was.
+        struct Declines;
+        impl Link for Declines {
+            fn name(&self) -> &'static str {
+                "s2s"
+            }
+            fn route(&self, _router: &Router, routed: Routed) -> Step {
+                Step::Next(routed)
+            }
+        }
+        let w = World::verona();
+        w.router.set_s2s(Arc::new(Declines));
+        w.route("<iq to='capulet.example' type='get' id='1'/>");
+        assert_eq!(w.outcome(), bounced(C::RemoteServerNotFound));
+    }
+
+    /// A registry whose commit never comes (a cluster without a majority).
+    struct NeverCommits(Arc<meerkat_cluster::DomainTable>);
+    impl meerkat_cluster::DomainRegistry for NeverCommits {
+        fn domains(&self) -> &Arc<meerkat_cluster::DomainTable> {
+            &self.0
+        }
+        fn claim_domain<'a, 'b>(
+            &'a self,
+            _record: DomainRecord,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), meerkat_cluster::DomainError>> + Send + 'b>>
+        where
+            'a: 'b,
+            Self: 'b,
+        {
+            Box::pin(std::future::pending())
+        }
+        fn release_domain(&self, record: &DomainRecord) {
+            self.0.release(&record.domain, record.node, record.id);
+        }
+    }
+
+    #[test]
+    fn a_registration_given_up_while_waiting_leaves_nothing_behind() {
+        use futures_util::FutureExt as _;
+        let table = Arc::new(meerkat_cluster::DomainTable::new());
+        let router = Router::with_domains(
+            NODE,
+            vec![HOST.into()],
+            Arc::new(SessionTable::new()),
+            Arc::new(NeverCommits(table.clone())),
+        );
+        let waiting = router.register_domain("irc.example.com", COMPONENT, Queue::new(1));
+        assert!(waiting.now_or_never().is_none(), "still waiting for the cluster, then given up");
+        assert!(router.domain_handler("irc.example.com").is_none());
+        assert!(table.is_empty());
+    }
+}
+
 // ------------------------------------------------------------------ two nodes
 
 mod two_nodes {
@@ -750,6 +1049,46 @@ mod two_nodes {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("timed out waiting for {what}");
+    }
+
+    /// A domain registered on node a: node b's replica of the table says so
+    /// (the cluster replicates the record), and stanzas routed on b reach
+    /// a's handler in order; an error from the handler comes back to b's sender.
+    #[tokio::test]
+    async fn a_domain_registered_on_one_node_gets_stanzas_routed_on_the_other() {
+        let mut p = pair().await;
+        let romeo = p.bind_on_b(ROMEO, Some(0), Some(0));
+        let irc = Queue::new(100);
+        let guard =
+            p.a.router
+                .register_domain("irc.example.com", meerkat_cluster::DomainKind::Component, irc.clone())
+                .await
+                .unwrap();
+        let record = p.a.router.domains().get("irc.example.com").unwrap();
+        p.b.router.domains().claim(record.clone()).unwrap();
+        assert_eq!(p.b.router.route_of("irc.example.com"), Route::Node(NODE, meerkat_cluster::DomainKind::Component));
+        for n in 0..100 {
+            p.b.route(&format!("<message to='#r@irc.example.com' type='groupchat' id='m{n}'/>"));
+        }
+        until("100 stanzas on node a", || irc.got.lock().unwrap().len() == 100).await;
+        assert_eq!(irc.ids(), (0..100).map(|n| format!("m{n}")).collect::<Vec<_>>());
+        let first = irc.got.lock().unwrap()[0].clone();
+        assert_eq!(first.from.to_string(), ROMEO);
+        // The handler is full now: node a answers, and the error reaches romeo on b.
+        p.b.route("<iq to='irc.example.com' type='get' id='full'/>");
+        until("the error on node b", || !romeo.got.lock().unwrap().is_empty()).await;
+        let got = romeo.take();
+        assert_eq!(StanzaError::from_stanza(&got[0]).map(|e| e.condition), Some(C::ResourceConstraint));
+
+        // Unregistered on a while b's table still names a: a answers, never forwards.
+        drop(guard);
+        p.b.route("<iq to='irc.example.com' type='get' id='gone'/>");
+        until("the second error on node b", || !romeo.got.lock().unwrap().is_empty()).await;
+        let got = romeo.take();
+        assert_eq!(StanzaError::from_stanza(&got[0]).map(|e| e.condition), Some(C::ServiceUnavailable));
+        assert_eq!(irc.got.lock().unwrap().len(), 100);
+        p.ta.shutdown();
+        p.tb.shutdown();
     }
 
     #[tokio::test]

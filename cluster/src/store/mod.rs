@@ -14,4 +14,4 @@ pub mod state_machine;
 mod tests;
 
 pub use log::{LogReader, LogStore};
-pub use state_machine::{SnapshotImage, StateMachineStore};
+pub use state_machine::{SnapshotImage, SnapshotImageV1, StateMachineStore};

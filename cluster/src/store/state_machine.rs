@@ -4,7 +4,16 @@
 //! Applying does not write to disk: the state is rebuilt at start-up from the
 //! last snapshot (`dir/snapshot`), and Raft re-applies the log entries after it.
 //! The snapshot file holds bincode of `(SnapshotMeta, Vec<u8>)`, the bytes
-//! being bincode of a [`SnapshotImage`]; it is replaced atomically.
+//! being an encoded [`SnapshotImage`]; it is replaced atomically.
+//!
+//! # Snapshot formats
+//! - format 1 (before service and component domains): bincode of a
+//!   [`SnapshotImageV1`], with no header;
+//! - format 2 and later: [`IMAGE_MARKER`], one byte of format, then bincode
+//!   of a [`SnapshotImage`].
+//!
+//! A format 1 image starts with the tag of an `Option` (0 or 1), never with
+//! the marker, so every snapshot ever written still decodes.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -18,12 +27,26 @@ use serde::{Deserialize, Serialize};
 
 use super::log::{create_dir, sync_dir};
 use crate::command::{bincode_config, CommandResponse};
-use crate::registry::{Registry, RegistryImage, RegistryObserver};
+use crate::domain_table::DomainTable;
+use crate::registry::{Registry, RegistryImage, RegistryImageV1, RegistryObserver};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::SessionTable;
 
 const SNAPSHOT_FILE: &str = "snapshot";
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
+
+/// First byte of a snapshot image of format 2 or later.
+pub const IMAGE_MARKER: u8 = 0xff;
+/// The format this release writes.
+pub const IMAGE_FORMAT: u8 = 2;
+
+/// A snapshot image of format 1, which had no domains.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotImageV1 {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub registry: RegistryImageV1,
+}
 
 /// The content of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,10 +80,29 @@ fn invalid(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-fn decode_image(data: &[u8]) -> io::Result<SnapshotImage> {
-    let (image, _): (SnapshotImage, usize) =
-        bincode::serde::decode_from_slice(data, bincode_config()).map_err(|e| invalid(format!("bad snapshot: {e}")))?;
-    Ok(image)
+/// Encodes an image in the current format.
+pub fn encode_image(image: &SnapshotImage) -> io::Result<Vec<u8>> {
+    let mut data = vec![IMAGE_MARKER, IMAGE_FORMAT];
+    data.extend(bincode::serde::encode_to_vec(image, bincode_config()).map_err(io::Error::other)?);
+    Ok(data)
+}
+
+/// Decodes an image of any format this release knows.
+pub fn decode_image(data: &[u8]) -> io::Result<SnapshotImage> {
+    let bad = |e: bincode::error::DecodeError| invalid(format!("bad snapshot: {e}"));
+    match data {
+        [IMAGE_MARKER, IMAGE_FORMAT, body @ ..] => {
+            let (image, _): (SnapshotImage, usize) =
+                bincode::serde::decode_from_slice(body, bincode_config()).map_err(bad)?;
+            Ok(image)
+        }
+        [IMAGE_MARKER, format, ..] => Err(invalid(format!("snapshot format {format} is newer than this release"))),
+        _ => {
+            let (v1, _): (SnapshotImageV1, usize) =
+                bincode::serde::decode_from_slice(data, bincode_config()).map_err(bad)?;
+            Ok(SnapshotImage { last_applied: v1.last_applied, membership: v1.membership, registry: v1.registry.into() })
+        }
+    }
 }
 
 /// Writes `dir/snapshot` atomically: temporary file, fsync, rename, fsync of the directory.
@@ -84,12 +126,23 @@ impl StateMachineStore {
         sessions: Arc<SessionTable>,
         observer: Option<Arc<dyn RegistryObserver>>,
     ) -> io::Result<StateMachineStore> {
+        Self::open_with_domains(dir, sessions, Arc::new(DomainTable::new()), observer)
+    }
+
+    /// Opens the state machine as [`StateMachineStore::open`] does; the
+    /// registry applies to `sessions` and `domains`.
+    pub fn open_with_domains(
+        dir: &Path,
+        sessions: Arc<SessionTable>,
+        domains: Arc<DomainTable>,
+        observer: Option<Arc<dyn RegistryObserver>>,
+    ) -> io::Result<StateMachineStore> {
         create_dir(dir, true)?;
         match fs::remove_file(dir.join(SNAPSHOT_TMP)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let mut registry = Registry::new(sessions);
+        let mut registry = Registry::with_domains(sessions, domains);
         if let Some(observer) = observer {
             registry.set_observer(observer);
         }
@@ -176,7 +229,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             snapshot_id: id,
         };
         let result: io::Result<(SnapshotMeta, Vec<u8>)> = async {
-            let data = bincode::serde::encode_to_vec(&image, bincode_config()).map_err(io::Error::other)?;
+            let data = encode_image(&image)?;
             self.save_snapshot(meta.clone(), data).await
         }
         .await;

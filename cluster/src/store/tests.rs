@@ -364,3 +364,88 @@ fn bad_snapshot_file_refuses_to_open() {
     let err = StateMachineStore::open(tmp.path(), Arc::new(SessionTable::new()), None).err().unwrap();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
 }
+
+fn register_domain(term: u64, index: u64, domain: &str, node: u64) -> Entry {
+    let rec = crate::domain_table::DomainRecord {
+        domain: domain.into(),
+        node,
+        kind: crate::domain_table::DomainKind::Component,
+        id: 1,
+    };
+    normal(term, index, crate::command::CommandV2::RegisterDomain(rec).into())
+}
+
+#[tokio::test]
+async fn domains_survive_a_snapshot_and_a_restart() {
+    let tmp = TempDir::new().unwrap();
+    let domains = Arc::new(crate::domain_table::DomainTable::new());
+    let mut sm =
+        StateMachineStore::open_with_domains(tmp.path(), Arc::new(SessionTable::new()), domains.clone(), None).unwrap();
+    let replies = sm
+        .apply([membership(1, 1, &[1, 2]), register_domain(1, 2, "irc.x", 2), register_domain(1, 3, "irc.x", 1)])
+        .await
+        .unwrap();
+    assert_eq!(replies[1], CommandResponse::DomainRegistered);
+    assert!(matches!(&replies[2], CommandResponse::DomainTaken { holder } if holder.node == 2));
+    let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let data = built.snapshot.into_inner();
+    assert_eq!(&data[..2], [state_machine::IMAGE_MARKER, state_machine::IMAGE_FORMAT]);
+    assert_eq!(state_machine::decode_image(&data).unwrap().registry.domains, domains.export());
+    drop(sm);
+
+    let restored = Arc::new(crate::domain_table::DomainTable::new());
+    let _sm = StateMachineStore::open_with_domains(tmp.path(), Arc::new(SessionTable::new()), restored.clone(), None)
+        .unwrap();
+    assert_eq!(restored.export(), domains.export());
+    assert_eq!(restored.get("irc.x").map(|r| r.node), Some(2));
+
+    // A membership without node 2 takes its domains away.
+    let mut sm = _sm;
+    sm.apply([membership(2, 4, &[1])]).await.unwrap();
+    assert!(restored.is_empty());
+}
+
+/// A snapshot written before domains existed (format 1, no header) still
+/// opens, as a file on disk and as a snapshot installed from the leader.
+#[tokio::test]
+async fn a_format_1_snapshot_still_decodes() {
+    let members = membership(1, 1, &[1, 2]);
+    let EntryPayload::Membership(m) = members.payload else { unreachable!() };
+    let old = SnapshotImageV1 {
+        last_applied: Some(log_id(1, 3)),
+        membership: StoredMembership::new(Some(log_id(1, 1)), m),
+        registry: crate::registry::RegistryImageV1 { sessions: vec![rec("a@x/r", 2, 5)], down: vec![3] },
+    };
+    let data = bincode::serde::encode_to_vec(&old, crate::command::bincode_config()).unwrap();
+    // The bytes of format 1 as the release before domains wrote them: no marker.
+    assert_eq!(data[0], 1, "Some(last_applied)");
+
+    let image = state_machine::decode_image(&data).unwrap();
+    assert_eq!(image.last_applied, old.last_applied);
+    assert_eq!(image.registry.sessions, old.registry.sessions);
+    assert_eq!(image.registry.down, vec![3]);
+    assert!(image.registry.domains.is_empty());
+
+    let meta = crate::types::SnapshotMeta {
+        last_log_id: old.last_applied,
+        last_membership: old.membership.clone(),
+        snapshot_id: "1-3-1".into(),
+    };
+    let tmp = TempDir::new().unwrap();
+    let file = bincode::serde::encode_to_vec((&meta, &data), crate::command::bincode_config()).unwrap();
+    std::fs::write(tmp.path().join("snapshot"), file).unwrap();
+    let sessions = Arc::new(SessionTable::new());
+    let sm = StateMachineStore::open(tmp.path(), sessions.clone(), None).unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sm.down_nodes(), [3]);
+    assert_eq!(sm.last_applied(), Some(log_id(1, 3)));
+
+    let other = TempDir::new().unwrap();
+    let sessions = Arc::new(SessionTable::new());
+    let mut follower = StateMachineStore::open(other.path(), sessions.clone(), None).unwrap();
+    follower.install_snapshot(&meta, Box::new(std::io::Cursor::new(data))).await.unwrap();
+    assert_eq!(sessions.len(), 1);
+
+    // A format this release does not know is refused, not misread.
+    assert!(state_machine::decode_image(&[state_machine::IMAGE_MARKER, 9, 0]).is_err());
+}
