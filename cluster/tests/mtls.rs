@@ -7,6 +7,7 @@
 //! the only root on both sides, client certificates required by the server.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -178,13 +179,22 @@ async fn assert_refused(from: &Arc<Transport>, to: u64, addr: &str, inbox: &Coll
     let direct = from.request_addr(addr, Request::Remove { node: from.node_id() }, TIMEOUT).await;
     assert!(direct.is_err(), "a request over a fresh connection was answered: {direct:?}");
     from.set_address(to, addr);
+    let requeued = || from.stats.stanzas_requeued.load(Ordering::Relaxed);
+    let before = requeued();
     for n in 0..10 {
         from.send_stanza(to, stanza(n)).unwrap();
     }
     let queued = from.request(to, Request::Remove { node: from.node_id() }, TIMEOUT).await;
     assert!(queued.is_err(), "a request over the peer link was answered: {queued:?}");
-    // Give a wrongly accepted link time to deliver what is queued.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // All ten are still queued, so no link ever took them: declared down, the
+    // peer hands every one back. A link that came up would hold the queue
+    // (nothing comes back) or would have drained part of it.
+    let all_back = wait_for(|| {
+        from.peer_down(to);
+        requeued() - before == 10
+    })
+    .await;
+    assert!(all_back, "{} of 10 stanzas came back unsent", requeued() - before);
     assert!(inbox.ids().is_empty(), "stanzas arrived: {:?}", inbox.ids());
 }
 
@@ -234,7 +244,7 @@ async fn a_node_with_a_certificate_from_another_ca_is_refused() {
 
     // As a client, B's server refuses its certificate.
     assert_refused(&x, 2, &addr_b, &inbox_b).await;
-    assert_eq!(b.stats.stanzas_received.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(b.stats.stanzas_received.load(Ordering::Relaxed), 0);
     // As a server, B (the client) refuses its certificate.
     assert_refused(&b, 3, &addr_x, &inbox_x).await;
 

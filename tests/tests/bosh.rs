@@ -270,8 +270,12 @@ async fn requests_are_handled_in_rid_order() {
         let url = url.clone();
         tokio::spawn(async move { post(&url, req).await })
     };
-    // Give the early request time to arrive first; the order is the server's to restore.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Give the early request a head start, so that it most likely arrives
+    // first and the server has to restore the order. The server shows no sign
+    // of holding it to wait for; if it lost the race, the test still holds,
+    // it just checks the plain order, so the interval only needs to cover a
+    // loopback HTTP request.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let first = alice.send_rid(r1, "", &msg(1)).await;
     assert_eq!(first.status, 200);
     let m1 = bob.recv_until(|e| e.name == "message").await.expect("m1");
@@ -307,8 +311,12 @@ async fn wait_and_pause() {
     let a = alice.send_rid(rid, "pause='6'", "").await;
     assert_eq!(a.status, 200);
     assert_ne!(a.body().attr("type"), Some("terminate"), "{}", a.text);
-    // Longer than inactivity (2 s), shorter than the pause.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A session opened after the pause began, with the same inactivity (2 s)
+    // and no pause: once it has ended, alice's would have too without the pause.
+    let _bob = Bosh::login(&url, "bob", "control", "wait='1' hold='1'").await;
+    wait_until("bob's session to end from inactivity", TIMEOUT, || {
+        !node.session_jids().iter().any(|j| j.ends_with("/control"))
+    });
     assert!(node.session_jids().iter().any(|j| j.ends_with("/wait")), "the session ended during the pause");
     alice.send("").await;
 

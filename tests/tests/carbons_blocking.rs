@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use meerkat_tests::client::{body, stanza_error};
 use meerkat_tests::cluster::TestCluster;
-use meerkat_tests::{login, online, Client, ClientError, Sasl, Security, TestNode, DOMAIN};
+use meerkat_tests::{login, online, Client, Sasl, Security, TestNode, DOMAIN};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::ns;
 use meerkat_xmpp::sasl::HashAlg;
@@ -499,13 +499,14 @@ async fn server_pings_silent_clients_and_drops_those_that_do_not_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_can_be_turned_off() {
     let node = node_with("[modules.mod_ping]\nsend_pings = false\nping_interval = 1\n", &["alice"]);
+    let is_ping = |e: &Element| e.name == "iq" && e.attr("type") == Some("get") && e.has_child("ping", ns::PING);
     let mut alice = login(&node, "alice", PW, "a").await;
-    // Twice the interval that would have brought a ping.
-    match alice.recv_timeout(Duration::from_millis(2500)).await {
-        Err(ClientError::Timeout) => {}
-        other => panic!("expected silence, got {other:?}"),
-    }
-    barrier(&mut alice).await;
+    // A node with the same interval and pings on, and a session there silent
+    // since after alice's login: once it is pinged, alice would have been too.
+    let control = node_with("[modules.mod_ping]\nping_interval = 1\n", &["bob"]);
+    let mut bob = login(&control, "bob", PW, "b").await;
+    bob.recv_until_timeout(Duration::from_secs(10), is_ping).await.expect("the control session is pinged");
+    assert_none(&mut alice, "a ping", is_ping).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

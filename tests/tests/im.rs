@@ -422,33 +422,61 @@ async fn private_storage_set_and_get() {
 /// him each once, stored ones first, in the order alice sent them.
 #[tokio::test]
 async fn messages_around_initial_presence_keep_their_order() {
-    const N: usize = 400;
+    /// alice sends this many before bob logs in, and as many after his presence.
+    const AROUND: usize = 100;
+    /// alice pauses after this many until bob's presence is back, which keeps
+    /// the test short and within what the offline store keeps (1,000).
+    const MAX_BEFORE: usize = 400;
     let node = node_with(&["alice", "bob"]);
     let mut alice = login(&node, "alice", PW, "r").await;
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let (presence_tx, mut presence) = tokio::sync::watch::channel(false);
     let sender = tokio::spawn(async move {
-        for i in 0..N {
+        let mut started_tx = Some(started_tx);
+        let (mut i, mut end) = (0, usize::MAX);
+        while i < end {
             alice.send_message("bob@localhost", &format!("n{i}")).await.unwrap();
+            i += 1;
+            if i == AROUND {
+                if let Some(tx) = started_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            if end == usize::MAX {
+                if i >= MAX_BEFORE {
+                    presence.wait_for(|sent| *sent).await.unwrap();
+                }
+                if *presence.borrow() {
+                    end = i + AROUND;
+                }
+            }
+            // Pacing, not waiting: a steady stream rather than one burst, so
+            // that bob's presence lands in the middle of it.
             if i % 4 == 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         }
-        alice
+        (alice, i)
     });
-    // bob comes online somewhere in the middle of the stream.
-    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    // bob comes online in the middle of the stream; once his presence is
+    // back, what alice sends from then on reaches him live.
+    started.await.unwrap();
     let mut bob = login(&node, "bob", PW, "r").await;
-    bob.send_presence(None).await.unwrap();
-    let _alice = sender.await.unwrap();
+    bob.go_online(None).await.unwrap();
+    presence_tx.send(true).unwrap();
+    let (_alice, n) = sender.await.unwrap();
     let mut got = Vec::new();
-    while got.len() < N {
+    while got.len() < n {
         let m = bob
             .recv_until_timeout(std::time::Duration::from_secs(10), |el| el.name == "message")
             .await
-            .unwrap_or_else(|e| panic!("only {} of {N} arrived ({e}): {got:?}", got.len()));
-        let n: usize = body(&m).and_then(|b| b.strip_prefix('n').and_then(|x| x.parse().ok())).unwrap();
-        got.push((n, m.get_child("delay", ns::DELAY).is_some()));
+            .unwrap_or_else(|e| panic!("only {} of {n} arrived ({e}): {got:?}", got.len()));
+        let k: usize = body(&m).and_then(|b| b.strip_prefix('n').and_then(|x| x.parse().ok())).unwrap();
+        got.push((k, m.get_child("delay", ns::DELAY).is_some()));
     }
-    let order: Vec<usize> = got.iter().map(|(n, _)| *n).collect();
-    let shown: Vec<String> = got.iter().map(|(n, d)| format!("{n}{}", if *d { "*" } else { "" })).collect();
-    assert_eq!(order, (0..N).collect::<Vec<_>>(), "each message once, in the order sent (* = stored): {shown:?}");
+    let order: Vec<usize> = got.iter().map(|(k, _)| *k).collect();
+    let shown: Vec<String> = got.iter().map(|(k, d)| format!("{k}{}", if *d { "*" } else { "" })).collect();
+    assert_eq!(order, (0..n).collect::<Vec<_>>(), "each message once, in the order sent (* = stored): {shown:?}");
+    let stored = got.iter().filter(|(_, d)| *d).count();
+    assert!(stored >= AROUND && stored <= n - AROUND, "{stored} of {n} stored: the presence was not mid-stream");
 }

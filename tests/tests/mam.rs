@@ -386,11 +386,14 @@ async fn offline_and_forked_messages_are_archived_once() {
     let id1 = stanza_id(&dave.recv_message().await.unwrap(), "dave@localhost");
     let id2 = stanza_id(&two.recv_message().await.unwrap(), "dave@localhost");
     assert_eq!(id1, id2);
-    wait_for_archive(&mut dave, 4).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A marker after it: alice's archive jobs are written in the order she sent,
+    // so a second copy of "to both" would be in before the marker is.
+    alice.send_message("dave@localhost", "marker").await.unwrap();
+    let marker = stanza_id(&dave.recv_message().await.unwrap(), "dave@localhost");
+    wait_for_archive(&mut dave, 5).await;
     let all = query(&mut dave, None, &[], "").await;
-    assert_eq!(all.count(), 4, "archived once");
-    assert_eq!(all.ids().last(), Some(&id1));
+    assert_eq!(all.count(), 5, "archived once");
+    assert_eq!(all.ids()[3..], [id1, marker]);
 }
 
 /// XEP-0359 §5: a stanza-id claiming to come from the recipient's archive is
@@ -476,15 +479,25 @@ async fn cluster_archives_each_message_once() {
     wait_for_archive(&mut alice, N + 3).await;
     let mut dave = login(&c.nodes[1], "dave", PW, "d").await;
     dave.go_online(None).await.unwrap();
-    let offline = dave.recv_message().await.unwrap();
+    let offline = stanza_id(&dave.recv_message().await.unwrap(), "dave@localhost");
     wait_for_archive(&mut dave, 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Markers after everything: alice's archive jobs are written in the order
+    // she sent, so a second copy of anything earlier would be in before the
+    // markers are; and a query waits for the writes its own node queued before it.
+    alice.send_message("bob@localhost", "marker").await.unwrap();
+    alice.send_message("dave@localhost", "marker").await.unwrap();
+    let marker = stanza_id(&one.recv_message().await.unwrap(), "bob@localhost");
+    assert_eq!(stanza_id(&two.recv_message().await.unwrap(), "bob@localhost"), marker);
+    let dave_marker = stanza_id(&dave.recv_message().await.unwrap(), "dave@localhost");
+    ids.push(marker);
     for bob in [&mut one, &mut two] {
+        wait_for_archive(bob, N + 3).await;
         let a = query(bob, None, &[], "<max>250</max>").await;
         assert_eq!(a.ids(), ids, "{} sees each message once, in order", bob.jid());
     }
-    assert_eq!(query(&mut alice, None, &[], "<max>250</max>").await.count(), N + 3);
-    assert_eq!(query(&mut dave, None, &[], "").await.ids(), [stanza_id(&offline, "dave@localhost")]);
+    wait_for_archive(&mut alice, N + 5).await;
+    wait_for_archive(&mut dave, 2).await;
+    assert_eq!(query(&mut dave, None, &[], "").await.ids(), [offline, dave_marker]);
 }
 
 /// A fresh MariaDB database for one test, dropped with the value. The server

@@ -255,7 +255,13 @@ async fn binding_the_resource_again_replaces_the_waiting_session() {
     let enabled = enable_with(&mut bob, true).await;
     let id = enabled.attr("id").unwrap().to_owned();
     drop(bob);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The node's debug log (the default MEERKAT_TEST_LOG) tells when the session
+    // noticed and waits for a resumption; nothing a client sees does.
+    meerkat_tests::wait_until(
+        "node.log to show bob's session waiting for a resumption (needs meerkat_actors=debug)",
+        Duration::from_secs(10),
+        || node.log().lines().any(|l| l.contains("waiting for the client to resume") && l.contains("bob@localhost/r")),
+    );
 
     let mut bob = online(&node, "bob", PW, "r", None).await;
     alice.send(&message("bob@localhost/r", "new")).await.unwrap();

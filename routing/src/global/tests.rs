@@ -123,6 +123,17 @@ async fn linked(a: &Dc, b: &Dc) {
     .await;
 }
 
+/// Nothing waits, is in flight or is unacknowledged in `dc`, on its links
+/// included: no stanza it handled can still arrive anywhere.
+fn idle(dc: &Dc) -> bool {
+    let s = dc.gd.status();
+    let q = &s.queues;
+    q.pairs == 0
+        && q.pending == 0
+        && q.in_flight == 0
+        && s.data_centers.iter().flat_map(|d| &d.links).all(|l| l.queued == 0 && l.unacked == 0)
+}
+
 /// Waits until `jid`'s entry is readable from the data center `dc`.
 async fn readable_from(dc: &Dc, jid: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -176,7 +187,8 @@ async fn messages_cross_data_centers_in_order_and_follow_a_moving_user() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A copy sent twice would still be queued, in flight or unacknowledged somewhere.
+    until("both data centers idle", || idle(&a) && idle(&b) && idle(&a)).await;
     assert_eq!(ids(&[&bob_on_b, &bob_on_a]), (1..=400).collect::<Vec<u64>>(), "exactly once, in order");
     assert!(a.server.jobs.lock().unwrap().is_empty(), "nothing went to offline storage");
     assert!(b.server.jobs.lock().unwrap().is_empty(), "nothing went to offline storage");
@@ -219,6 +231,7 @@ async fn a_recipient_missing_while_the_table_is_written_again_is_waited_for_not_
     assert!(a.server.jobs.lock().unwrap().is_empty(), "stored offline while the table was being written again");
     b.gd.table.publish(&[(bob_full, start), (bob_bare, start)]).await.unwrap();
     until("20 at dc2", || bob_on_b.got.lock().unwrap().len() == 20).await;
+    until("both data centers idle", || idle(&a) && idle(&b) && idle(&a)).await;
     assert_eq!(ids(&[&bob_on_b]), (1..=20).collect::<Vec<u64>>(), "exactly once, in order");
     assert!(a.server.jobs.lock().unwrap().is_empty(), "nothing went to offline storage");
     a.gd.stop().await;
