@@ -773,7 +773,7 @@ mod tests {
         assert!(a < c && b < c);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_query_waits_for_earlier_writes_to_its_archive_only() {
         let writes = Arc::new(PendingWrites::default());
         let short = Duration::from_millis(50);
@@ -799,7 +799,7 @@ mod tests {
         assert!(writes.lock().by_owner.is_empty(), "finished jobs leave nothing behind");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_query_does_not_wait_for_later_writes() {
         let writes = Arc::new(PendingWrites::default());
         let earlier = writes.track(vec!["bob@example.org".into()]);

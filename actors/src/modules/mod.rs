@@ -175,8 +175,15 @@ mod boundary {
 
     #[test]
     fn no_module_imports_the_core_or_another_module() {
-        let forbidden =
-            ["crate::session", "crate::server", "crate::services", "crate::modules", "crate::c2s", "crate::bosh", "super::"];
+        let forbidden = [
+            "crate::session",
+            "crate::server",
+            "crate::services",
+            "crate::modules",
+            "crate::c2s",
+            "crate::bosh",
+            "super::",
+        ];
         for file in module_files() {
             let code = code(&file);
             for f in forbidden {
@@ -198,10 +205,8 @@ mod boundary {
             "src/services.rs",
             "../node/src/run.rs",
         ];
-        let stems: Vec<String> = module_files()
-            .iter()
-            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let stems: Vec<String> =
+            module_files().iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
         for file in core {
             let code = code(&root.join(file));
             assert!(!code.contains("modules::"), "{file} reaches into the modules");
