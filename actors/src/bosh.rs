@@ -525,7 +525,7 @@ impl Bridge {
             self.driver_done = true;
             return;
         }
-        if text.starts_with("<enabled ") && text.contains(crate::sm::NS_SM) {
+        if text.starts_with("<enabled ") && text.contains(meerkat_xmpp::sm::NS_SM) {
             self.sm_enabled = true;
         }
         if text.starts_with("<stream:error") {

@@ -32,6 +32,5 @@ pub mod negotiation;
 pub mod server;
 pub mod services;
 pub mod session;
-pub mod sm;
 pub mod transport;
 pub mod websocket;

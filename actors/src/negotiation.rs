@@ -254,7 +254,7 @@ impl Negotiator {
             }
             (State::Resuming, NegEvent::Resumed(true)) => (State::Done, vec![]),
             (State::Resuming, NegEvent::Resumed(false)) => {
-                (State::PostAuth, vec![NegAction::Send(crate::sm::failed("item-not-found").to_xml(ns::CLIENT))])
+                (State::PostAuth, vec![NegAction::Send(meerkat_xmpp::sm::failed("item-not-found").to_xml(ns::CLIENT))])
             }
             (State::Binding { id }, NegEvent::Bound(Err(cond))) => {
                 (State::PostAuth, vec![NegAction::Send(iq_error_xml(Some(&id), cond))])
@@ -552,11 +552,11 @@ impl Negotiator {
     }
 
     fn on_postauth_element(&mut self, el: Element) -> (State, Vec<NegAction>) {
-        if el.ns == crate::sm::NS_SM {
+        if el.ns == meerkat_xmpp::sm::NS_SM {
             // XEP-0198: a session is resumed instead of binding; stream
             // management itself is enabled after bind.
             if el.name == "resume" {
-                if let (Some(previd), Some(h)) = (el.attr("previd"), crate::sm::h_of(&el)) {
+                if let (Some(previd), Some(h)) = (el.attr("previd"), meerkat_xmpp::sm::h_of(&el)) {
                     return (
                         State::Resuming,
                         vec![NegAction::Resume {
@@ -567,10 +567,10 @@ impl Negotiator {
                         }],
                     );
                 }
-                let failed = crate::sm::failed("bad-request").to_xml(ns::CLIENT);
+                let failed = meerkat_xmpp::sm::failed("bad-request").to_xml(ns::CLIENT);
                 return (State::PostAuth, vec![NegAction::Send(failed)]);
             }
-            let failed = crate::sm::failed("unexpected-request").to_xml(ns::CLIENT);
+            let failed = meerkat_xmpp::sm::failed("unexpected-request").to_xml(ns::CLIENT);
             return (State::PostAuth, vec![NegAction::Send(failed)]);
         }
         if el.is("iq", ns::CLIENT) && el.attr("type") == Some("set") {

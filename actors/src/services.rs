@@ -31,16 +31,13 @@ pub struct SessionSettings {
     pub keepalive_interval: Duration,
     /// Time allowed from TCP accept to a bound resource.
     pub negotiation_timeout: Duration,
-    /// XEP-0198 stream management.
-    pub sm: crate::sm::SmSettings,
 }
 
 impl SessionSettings {
-    /// Takes what the modules' sections decide (pings, stream management).
+    /// Takes what the modules' sections decide (pings).
     pub fn tuned(mut self, t: &CoreTuning) -> Self {
         self.ping_interval = t.ping_interval;
         self.ping_timeout = t.ping_timeout;
-        self.sm = t.sm.clone();
         self
     }
 }
@@ -55,7 +52,6 @@ impl Default for SessionSettings {
             ping_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(60),
             negotiation_timeout: Duration::from_secs(60),
-            sm: crate::sm::SmSettings::default(),
         }
     }
 }

@@ -16,12 +16,14 @@
 //! is routed here before writing it, and on what it writes. The session also
 //! pings a client that has been silent for a while ([`IdlePing`], XEP-0199).
 //!
-//! With XEP-0198 stream management ([`crate::sm`]) the session counts what it
-//! writes and keeps it until the client acknowledges it. If the client asked
-//! for resumption, the session outlives its connection: on EOF it stays bound
-//! and keeps buffering, and a new connection takes it over with [`Resume`]
-//! (which hands the session a fresh [`OutQueue`] and reader control); stale
-//! ends of the old connection are told apart by [`ConnClosed`]'s number.
+//! A module may keep what the session writes until the client acknowledges
+//! it (XEP-0198) and make the session outlive its connection: on EOF it then
+//! stays bound and keeps buffering for as long as the module says
+//! ([`crate::ext::Module::connection_lost`]), and a new connection takes it
+//! over with [`Resume`] (which hands the session a fresh [`OutQueue`] and
+//! reader control); stale ends of the old connection are told apart by
+//! [`ConnClosed`]'s number. Whatever the client may not have received goes
+//! back to the account when the session ends.
 
 use meerkat_xmpp::jid::Bare as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,10 +41,9 @@ use meerkat_xmpp::stanza::{self, IqType, PresenceType, StanzaKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::ext::util::error_reply_with;
-use crate::ext::{Flow, IqAnswer, ModuleJob, Receive, SessionAcc, SessionState};
+use crate::ext::{Flow, IqAnswer, ModuleJob, Receive, SessionAcc, SessionState, Stop};
 use crate::server::WorkerJob;
 use crate::services::Services;
-use crate::sm::{self, Sent, SmState};
 
 /// Bytes queued for one client's writer, with a byte cap.
 #[derive(Clone)]
@@ -181,8 +182,9 @@ pub struct C2sSession {
     state: SessionState,
     /// Id of the server ping the client has not answered yet.
     ping_pending: Option<String>,
-    /// XEP-0198 counters and unacknowledged stanzas, once the client enabled it.
-    sm: Option<SmState>,
+    /// The id a new connection may resume this session with (XEP-0198), as a
+    /// module gave it ([`SessionAcc::resumable`]).
+    resume_id: Option<String>,
     /// A connection is attached (false while a resumable session waits).
     connected: bool,
     /// Number of the attached connection; it grows with each resumption.
@@ -216,7 +218,7 @@ impl C2sSession {
             client_gone: false,
             state,
             ping_pending: None,
-            sm: None,
+            resume_id: None,
             connected: true,
             conn: 0,
             recent_to: Vec::new(),
@@ -243,13 +245,14 @@ impl C2sSession {
     fn write(&mut self, xml: String, ctx: &mut Context<Self>) {
         let Some(out) = &self.out else { return };
         let pushed = out.push(xml);
-        let resumable = self.sm.as_ref().is_some_and(|sm| sm.resume_id.is_some()) && !self.detached;
-        if pushed == Err(PushError::Closed) && resumable {
-            // The connection ended before its end reached this session: with
-            // XEP-0198 the session waits for a resumption, as on that end; the
-            // stanza stays unacknowledged and is sent again on resumption.
-            self.wait_for_resumption(ctx);
-            return;
+        if pushed == Err(PushError::Closed) && !self.detached {
+            if let Some(timeout) = self.svc.ctx.hooks.connection_lost(&self.state) {
+                // The connection ended before its end reached this session: with
+                // XEP-0198 the session waits for a resumption, as on that end; the
+                // stanza stays unacknowledged and is sent again on resumption.
+                self.wait_for_resumption(timeout, ctx);
+                return;
+            }
         }
         if pushed.is_err() {
             tracing::warn!(jid = %self.jid, "client does not read its stream; disconnecting");
@@ -283,9 +286,17 @@ impl C2sSession {
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, bool, &mut Context<Self>) + 'static,
     ) {
-        let SessionAcc { write, jobs, hold_messages } = acc;
+        let SessionAcc { write, jobs, hold_messages, resumable, stop } = acc;
         for el in write {
             self.write_counted(el, ctx);
+        }
+        if let Some(id) = resumable {
+            self.svc.add_resumable(id.clone(), ctx.address());
+            self.resume_id = Some(id);
+        }
+        if let Some(stop) = stop {
+            self.stop_stream(stop, ctx);
+            return;
         }
         if hold_messages && self.held.is_none() {
             // Released once the stored messages are written, or after a while whatever happens.
@@ -322,38 +333,41 @@ impl C2sSession {
         ctx.wait(wait.into_actor(self).map(move |queued, act, ctx| then(act, queued, ctx)));
     }
 
-    /// Writes one stanza; with stream management on (XEP-0198) it is kept
-    /// until the client acknowledges it.
+    /// Writes one stanza, then what the hooks on written stanzas ask for
+    /// (XEP-0198 keeps it until the client acknowledges it, and may ask for an
+    /// acknowledgement or end the stream).
     fn write_counted(&mut self, el: Element, ctx: &mut Context<Self>) {
         self.write(el.to_xml(ns::CLIENT), ctx);
-        let Some(sm) = &mut self.sm else { return };
-        match sm.sent(el) {
-            Sent::Kept => {}
-            Sent::Request => self.write(sm::request().to_xml(ns::CLIENT), ctx),
-            Sent::Overflow => {
-                // Closing loses nothing: what the client did not acknowledge goes back to the account.
-                tracing::debug!(jid = %self.jid, "too many unacknowledged stanzas; closing the stream");
-                // Deliveries still in the mailbox go back to the account as well.
-                self.client_gone = true;
-                self.detach();
-                self.return_unacked();
-                self.stream_fail(
-                    StreamError::with_text(StreamErrorCondition::ResourceConstraint, "too many unacknowledged stanzas"),
-                    ctx,
-                );
-            }
+        let acc = self.svc.ctx.hooks.client_wrote(&mut self.state, el);
+        for el in acc.write {
+            self.write(el.to_xml(ns::CLIENT), ctx);
+        }
+        if let Some(stop) = acc.stop {
+            self.stop_stream(stop, ctx);
         }
     }
 
-    /// Gives the messages the client never acknowledged back to the router, for
-    /// the account's other resources or offline storage (RFC 6121 §8.5.3), and
-    /// ends stream management. Call after [`Self::detach`], so they cannot come back here.
-    fn return_unacked(&mut self) {
-        let Some(mut sm) = self.sm.take() else { return };
-        if let Some(id) = &sm.resume_id {
-            self.svc.remove_resumable(id);
+    /// Ends the stream as a hook asked.
+    fn stop_stream(&mut self, stop: Stop, ctx: &mut Context<Self>) {
+        if stop.reroute_queued {
+            // Deliveries still in the mailbox go back to the account, and so does
+            // what the client did not acknowledge.
+            self.client_gone = true;
+            self.detach();
+            self.return_unacked();
         }
-        for el in sm.take_unacked() {
+        self.stream_fail(stop.error, ctx);
+    }
+
+    /// Gives the messages the client may not have received back to the
+    /// router, for the account's other resources or offline storage (RFC 6121
+    /// §8.5.3), and ends resumption. Call after [`Self::detach`], so they
+    /// cannot come back here.
+    fn return_unacked(&mut self) {
+        if let Some(id) = self.resume_id.take() {
+            self.svc.remove_resumable(&id);
+        }
+        for el in self.svc.ctx.hooks.unacknowledged(&mut self.state) {
             if StanzaKind::of(&el) != Some(StanzaKind::Message) || !self.svc.ctx.hooks.returns_to_account(&el) {
                 continue;
             }
@@ -365,64 +379,21 @@ impl C2sSession {
 
     /// XEP-0198: the connection is lost but the client may resume. The session
     /// stays bound and keeps what is routed to it (bounded by `buffer_max`)
-    /// until a new connection resumes it or `resume_timeout` runs out.
-    fn wait_for_resumption(&mut self, ctx: &mut Context<Self>) {
+    /// until a new connection resumes it or `timeout` runs out.
+    fn wait_for_resumption(&mut self, timeout: std::time::Duration, ctx: &mut Context<Self>) {
         tracing::debug!(jid = %self.jid, "connection lost; waiting for the client to resume");
         self.connected = false;
         let _ = self.io.send(IoControl::Abort);
         self.out = None;
         self.ping_pending = None;
         let conn = self.conn;
-        ctx.run_later(self.svc.settings.sm.resume_timeout, move |act, ctx| {
+        ctx.run_later(timeout, move |act, ctx| {
             if !act.connected && act.conn == conn {
                 tracing::debug!(jid = %act.jid, "not resumed in time; closing the session");
                 // `stopped` gives the unacknowledged messages back to the account.
                 ctx.stop();
             }
         });
-    }
-
-    /// A XEP-0198 element from the client (`<enable/>`, `<r/>`, `<a/>`).
-    fn on_sm_element(&mut self, el: &Element, ctx: &mut Context<Self>) {
-        match (el.name.as_str(), &mut self.sm) {
-            ("enable", None) => {
-                let settings = &self.svc.settings.sm;
-                let mut state = SmState::new(settings);
-                let wants_resume = matches!(el.attr("resume"), Some("true") | Some("1"));
-                let timeout = settings.resume_timeout;
-                let reply = if wants_resume && !timeout.is_zero() {
-                    let id = format!("{:032x}", rand::random::<u128>());
-                    self.svc.add_resumable(id.clone(), ctx.address());
-                    let reply = sm::enabled(Some((&id, timeout)));
-                    state.resume_id = Some(id);
-                    reply
-                } else {
-                    sm::enabled(None)
-                };
-                self.sm = Some(state);
-                self.write(reply.to_xml(ns::CLIENT), ctx);
-            }
-            ("r", Some(state)) => {
-                let h = state.handled_in;
-                self.write(sm::answer(h).to_xml(ns::CLIENT), ctx);
-            }
-            ("a", Some(state)) => {
-                let ok = sm::h_of(el).is_some_and(|h| state.acked(h).is_ok());
-                if !ok {
-                    self.stream_fail(
-                        StreamError::with_text(
-                            StreamErrorCondition::UndefinedCondition,
-                            "acknowledged more stanzas than were sent",
-                        ),
-                        ctx,
-                    );
-                }
-            }
-            // An answer to nothing; harmless.
-            ("a", None) => {}
-            // `<enable/>` twice, `<r/>` before `<enable/>`, `<resume/>` after bind.
-            _ => self.write(sm::failed("unexpected-request").to_xml(ns::CLIENT), ctx),
-        }
     }
 
     /// Takes the session out of routing and tells contacts it is gone.
@@ -517,10 +488,6 @@ impl C2sSession {
 
     fn on_client_stanza(&mut self, mut el: Element, ctx: &mut Context<Self>) {
         let Some(kind) = StanzaKind::of(&el) else {
-            if el.ns == sm::NS_SM && self.svc.settings.sm.enabled {
-                self.on_sm_element(&el, ctx);
-                return;
-            }
             let hooks = self.svc.ctx.hooks.clone();
             if let Some(acc) = hooks.session_element(&self.svc.ctx, &self.jid, &mut self.state, &el) {
                 self.apply(acc, ctx, |_, _, _| {});
@@ -535,9 +502,7 @@ impl C2sSession {
             );
             return;
         };
-        if let Some(sm) = &mut self.sm {
-            sm.handled();
-        }
+        self.svc.ctx.hooks.client_stanza(&mut self.state);
         if let Some(from) = el.attr("from") {
             // RFC 6120 §8.1.2.1: the server stamps `from`; a different one is an error.
             let ok = match parse_jid(from) {
@@ -576,14 +541,15 @@ impl C2sSession {
             StanzaKind::Message => {
                 let to = to.unwrap_or_else(|| Jid::from(self.jid.bare()));
                 // Module hooks (XEP-0313 archiving) see each sent message once, here.
-                let hooks = self.svc.ctx.hooks.clone();
-                let acc = match hooks.user_send_message(&self.svc.ctx, &mut self.state, &self.jid, &to, &mut el) {
-                    Ok(acc) => acc,
-                    Err(cond) => {
-                        self.reply_error(&el, cond, ctx);
-                        return;
-                    }
-                };
+                let acc =
+                    match self.svc.ctx.hooks.user_send_message(&self.svc.ctx, &mut self.state, &self.jid, &to, &mut el)
+                    {
+                        Ok(acc) => acc,
+                        Err(cond) => {
+                            self.reply_error(&el, cond, ctx);
+                            return;
+                        }
+                    };
                 self.apply(acc, ctx, move |act, queued, ctx| {
                     if queued {
                         act.route(to, el);
@@ -711,8 +677,7 @@ impl C2sSession {
                 return;
             }
         }
-        let hooks = self.svc.ctx.hooks.clone();
-        match hooks.user_receive(&self.svc.ctx, &self.jid, &mut self.state, &el) {
+        match self.svc.ctx.hooks.user_receive(&self.svc.ctx, &self.jid, &mut self.state, &el) {
             Receive::Deliver => {}
             Receive::Drop => return,
             Receive::Bounce(cond) => {
@@ -847,10 +812,11 @@ impl Handler<ConnClosed> for C2sSession {
             // A connection that a resumption replaced.
             return;
         }
-        let resumable = self.sm.as_ref().is_some_and(|sm| sm.resume_id.is_some());
-        if resumable && !self.detached && matches!(msg, ClientClosed::Gone) {
-            self.wait_for_resumption(ctx);
-            return;
+        if !self.detached && matches!(msg, ClientClosed::Gone) {
+            if let Some(timeout) = self.svc.ctx.hooks.connection_lost(&self.state) {
+                self.wait_for_resumption(timeout, ctx);
+                return;
+            }
         }
         match msg {
             ClientClosed::Error(err) => self.stream_fail(err, ctx),
@@ -872,16 +838,14 @@ impl Handler<ConnClosed> for C2sSession {
 impl Handler<Resume> for C2sSession {
     type Result = Result<(FullJid, u64), ()>;
     fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) -> Self::Result {
-        let Some(state) = &mut self.sm else { return Err(()) };
-        if self.detached || msg.bare != self.jid.bare() || state.resume_id.as_deref() != Some(msg.previd.as_str()) {
+        if self.detached || msg.bare != self.jid.bare() || self.resume_id.as_deref() != Some(msg.previd.as_str()) {
             return Err(());
         }
-        if state.acked(msg.h).is_err() {
+        let Some(acc) = self.svc.ctx.hooks.session_resume(&self.svc.ctx, &mut self.state, &msg.previd, msg.h) else {
             return Err(());
-        }
-        state.restart_requests();
-        let resumed = sm::resumed(&msg.previd, state.handled_in);
-        let unacked: Vec<String> = state.unacked().map(|el| el.to_xml(ns::CLIENT)).collect();
+        };
+        // `<resumed/>` and what is sent again (still unacknowledged), written as they are.
+        let first: Vec<String> = acc.write.iter().map(|el| el.to_xml(ns::CLIENT)).collect();
         // An old connection that nobody noticed was lost yet is dropped now.
         let _ = self.io.send(IoControl::Abort);
         self.io = msg.io;
@@ -889,11 +853,9 @@ impl Handler<Resume> for C2sSession {
         self.connected = true;
         self.conn += 1;
         self.ping_pending = None;
-        tracing::debug!(jid = %self.jid, resent = unacked.len(), "session resumed");
-        let hooks = self.svc.ctx.hooks.clone();
-        hooks.session_resumed(&self.svc.ctx, &self.jid, &mut self.state);
-        self.write(resumed.to_xml(ns::CLIENT), ctx);
-        for xml in unacked {
+        tracing::debug!(jid = %self.jid, resent = first.len().saturating_sub(1), "session resumed");
+        self.svc.ctx.hooks.session_resumed(&self.svc.ctx, &self.jid, &mut self.state);
+        for xml in first {
             self.write(xml, ctx);
         }
         Ok((self.jid.clone(), self.conn))

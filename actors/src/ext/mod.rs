@@ -143,6 +143,20 @@ pub struct SessionAcc {
     /// Hold live messages to this session until the stored ones are written
     /// ([`meerkat_routing::SessionSink::deliver_stored`] with `release`).
     pub hold_messages: bool,
+    /// A new connection may take this session over with this id
+    /// ([`Module::session_resume`]); the session is findable by it until it ends.
+    pub resumable: Option<String>,
+    /// End the stream.
+    pub stop: Option<Stop>,
+}
+
+/// How a hook ends its session's stream ([`SessionAcc::stop`]).
+#[derive(Debug)]
+pub struct Stop {
+    pub error: meerkat_xmpp::error::StreamError,
+    /// Stanzas still on their way to the session go back to the account
+    /// instead of being written (the client cannot be trusted to read them).
+    pub reroute_queued: bool,
 }
 
 /// What became of a message for a local account that no session took
@@ -258,6 +272,44 @@ pub trait Module: Send + Sync + 'static {
     /// The session left routing and is ending; jobs in `acc` are queued
     /// (waiting for room), written stanzas are dropped.
     fn session_closed(&self, _ctx: &ModuleCtx, _jid: &FullJid, _state: &mut SessionState, _acc: &mut SessionAcc) {}
+
+    /// A stanza from the client, counted before anything else happens to it
+    /// (XEP-0198 counts what the server handled).
+    fn client_stanza(&self, _state: &mut SessionState) {}
+
+    /// A stanza was written to the client. A module may keep it (return
+    /// `None`: XEP-0198 keeps it until the client acknowledges it); the
+    /// elements it puts in `acc.write` are written right after it.
+    fn client_wrote(&self, _state: &mut SessionState, stanza: Element, _acc: &mut SessionAcc) -> Option<Element> {
+        Some(stanza)
+    }
+
+    /// The connection ended without a closing tag: how long the session waits
+    /// for a new connection to resume it, if at all.
+    fn connection_lost(&self, _state: &SessionState) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// A new connection asks to take the session over after the client
+    /// handled `h` stanzas. `None`: not this module's; `Some(false)`: refused;
+    /// `Some(true)`: resumed, with what to write first in `acc.write`.
+    fn session_resume(
+        &self,
+        _ctx: &ModuleCtx,
+        _state: &mut SessionState,
+        _previd: &str,
+        _h: u32,
+        _acc: &mut SessionAcc,
+    ) -> Option<bool> {
+        None
+    }
+
+    /// Stanzas written that the client may not have received, taken out of
+    /// the module's keeping: the session gives the messages among them back
+    /// to the account (RFC 6121 §8.5.3, XEP-0198 §5).
+    fn unacknowledged(&self, _state: &mut SessionState) -> Vec<Element> {
+        Vec::new()
+    }
 
     /// A top-level element from the client that is not a stanza. `true` when
     /// this module took it; an element no module takes ends the stream.
@@ -396,8 +448,6 @@ pub struct CoreTuning {
     pub ping_interval: Option<std::time::Duration>,
     /// A client that does not answer a server ping within this long is disconnected.
     pub ping_timeout: std::time::Duration,
-    /// XEP-0198 stream management.
-    pub sm: crate::sm::SmSettings,
     /// XEP-0077 in-band registration during stream negotiation.
     pub in_band_registration: bool,
 }
@@ -407,7 +457,6 @@ impl Default for CoreTuning {
         CoreTuning {
             ping_interval: None,
             ping_timeout: std::time::Duration::from_secs(60),
-            sm: crate::sm::SmSettings { enabled: false, ..Default::default() },
             in_band_registration: false,
         }
     }

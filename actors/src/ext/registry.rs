@@ -192,6 +192,52 @@ impl Registry {
         acc
     }
 
+    pub fn client_stanza(&self, state: &mut SessionState) {
+        for m in &self.modules {
+            m.client_stanza(state);
+        }
+    }
+
+    /// Runs the hooks on a stanza written to the client; what they ask to write after it.
+    pub fn client_wrote(&self, state: &mut SessionState, stanza: Element) -> SessionAcc {
+        let mut acc = SessionAcc::default();
+        let mut next = Some(stanza);
+        for m in &self.modules {
+            let Some(s) = next.take() else { break };
+            next = m.client_wrote(state, s, &mut acc);
+        }
+        acc
+    }
+
+    /// How long the session waits to be resumed after its connection ended, if at all.
+    pub fn connection_lost(&self, state: &SessionState) -> Option<std::time::Duration> {
+        self.modules.iter().find_map(|m| m.connection_lost(state))
+    }
+
+    /// Whether a module resumed the session, with what to write first.
+    pub fn session_resume(
+        &self,
+        ctx: &ModuleCtx,
+        state: &mut SessionState,
+        previd: &str,
+        h: u32,
+    ) -> Option<SessionAcc> {
+        let mut acc = SessionAcc::default();
+        for m in &self.modules {
+            match m.session_resume(ctx, state, previd, h, &mut acc) {
+                None => continue,
+                Some(true) => return Some(acc),
+                Some(false) => return None,
+            }
+        }
+        None
+    }
+
+    /// What the modules kept of the stanzas written, oldest first per module.
+    pub fn unacknowledged(&self, state: &mut SessionState) -> Vec<Element> {
+        self.modules.iter().flat_map(|m| m.unacknowledged(state)).collect()
+    }
+
     /// Offers a non-stanza element to the modules; `None` when none took it.
     pub fn session_element(
         &self,

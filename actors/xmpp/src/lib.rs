@@ -24,4 +24,5 @@ pub mod jid;
 pub mod ns;
 pub mod parser;
 pub mod sasl;
+pub mod sm;
 pub mod stanza;

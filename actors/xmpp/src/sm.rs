@@ -1,54 +1,21 @@
-//! XEP-0198: Stream Management (`urn:xmpp:sm:3`), acknowledgements.
+//! XEP-0198: Stream Management (`urn:xmpp:sm:3`), the protocol's elements
+//! and one stream's bookkeeping, without IO.
 //!
 //! After bind the client sends `<enable/>`; from then on both sides count the
 //! stanzas they handled (`h`, modulo 2^32). Either side asks with `<r/>` and
 //! the other answers `<a h='…'/>`. The server keeps every stanza it wrote
-//! until the client acknowledges it, in a bounded buffer: a client that lets
-//! more than `buffer_max` stanzas go unacknowledged is disconnected with
-//! `<resource-constraint/>` rather than losing data. When the connection is
-//! lost, the unacknowledged messages go back to the account (RFC 6121: other
-//! resources or offline storage).
-//!
-//! With `resume='true'` (and a non-zero `resume_timeout`), a session whose
-//! connection is lost (EOF or error, not a closing tag) stays bound and keeps
-//! buffering; a new connection of the same account sends `<resume/>` after
-//! SASL, the session answers `<resumed/>` and re-sends what was not
-//! acknowledged. When the wait ends, the unacknowledged messages go back to
-//! the account and the session closes. Resumption works on the node that
-//! holds the session only.
-//!
-//! [`SmState`] is pure bookkeeping; the session actor does the writing.
+//! until the client acknowledges it, in a bounded buffer ([`SmState`]); what
+//! to do with them (resend on resumption, give back to the account) is the
+//! server's business.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use meerkat_xmpp::element::Element;
+use crate::element::Element;
 
 /// XEP-0198 version 3.
-pub const NS_SM: &str = "urn:xmpp:sm:3";
-const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
-
-/// `[modules.mod_stream_management]`, as the session layer uses it.
-#[derive(Clone, Debug)]
-pub struct SmSettings {
-    /// Offer stream management after authentication.
-    pub enabled: bool,
-    /// Most unacknowledged stanzas kept for a client; past it the stream is
-    /// closed with `<resource-constraint/>`.
-    pub buffer_max: usize,
-    /// The server asks for an acknowledgement (`<r/>`) after this many
-    /// stanzas written since it last asked; 0 never asks.
-    pub ack_freq: u32,
-    /// How long a session whose connection was lost waits to be resumed;
-    /// zero turns resumption off.
-    pub resume_timeout: Duration,
-}
-
-impl Default for SmSettings {
-    fn default() -> Self {
-        SmSettings { enabled: true, buffer_max: 100, ack_freq: 1, resume_timeout: Duration::from_secs(600) }
-    }
-}
+pub const NS_SM: &str = crate::ns::SM;
+const NS_STANZAS: &str = crate::ns::STANZAS;
 
 /// The client acknowledged more stanzas than the server sent.
 #[derive(Debug, PartialEq, Eq)]
@@ -83,14 +50,16 @@ pub enum Sent {
 }
 
 impl SmState {
-    pub fn new(settings: &SmSettings) -> Self {
+    /// Keeps at most `buffer_max` unacknowledged stanzas, and asks for an
+    /// acknowledgement every `ack_freq` stanzas (never with 0).
+    pub fn new(buffer_max: usize, ack_freq: u32) -> Self {
         SmState {
             handled_in: 0,
             acked_out: 0,
             unacked: VecDeque::new(),
             since_request: 0,
-            buffer_max: settings.buffer_max.max(1),
-            ack_freq: settings.ack_freq,
+            buffer_max: buffer_max.max(1),
+            ack_freq,
             resume_id: None,
         }
     }
@@ -192,13 +161,9 @@ mod tests {
         Element::new("message", "jabber:client").with_attr("id", n.to_string())
     }
 
-    fn settings(buffer_max: usize, ack_freq: u32) -> SmSettings {
-        SmSettings { buffer_max, ack_freq, ..SmSettings::default() }
-    }
-
     #[test]
     fn acks_drop_acknowledged_stanzas() {
-        let mut sm = SmState::new(&settings(10, 0));
+        let mut sm = SmState::new(10, 0);
         for n in 0..5 {
             assert_eq!(sm.sent(msg(n)), Sent::Kept);
         }
@@ -214,7 +179,7 @@ mod tests {
 
     #[test]
     fn h_wraps_at_2_pow_32() {
-        let mut sm = SmState::new(&settings(10, 0));
+        let mut sm = SmState::new(10, 0);
         sm.acked_out = u32::MAX - 1;
         sm.handled_in = u32::MAX;
         sm.handled();
@@ -228,7 +193,7 @@ mod tests {
 
     #[test]
     fn requests_every_ack_freq_and_overflows_past_buffer_max() {
-        let mut sm = SmState::new(&settings(3, 2));
+        let mut sm = SmState::new(3, 2);
         assert_eq!(sm.sent(msg(0)), Sent::Kept);
         assert_eq!(sm.sent(msg(1)), Sent::Request);
         assert_eq!(sm.sent(msg(2)), Sent::Kept);
