@@ -30,7 +30,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::AccountError;
 use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, TlsMode};
 use crate::services::{now_micros, Services};
 use crate::session::{
@@ -223,16 +222,11 @@ async fn negotiate(
                         actions.extend(neg.step(NegEvent::Credentials(creds)));
                     }
                     NegAction::Register { host, username, password, id } => {
-                        let result = svc.accounts.register(&host, &username, &password).await.map_err(|e| match e {
-                            AccountError::Exists => StanzaErrorCondition::Conflict,
-                            AccountError::InvalidUsername(_) | AccountError::EmptyPassword => {
-                                StanzaErrorCondition::NotAcceptable
-                            }
-                            other => {
-                                tracing::error!(error = %other, "registration failed");
-                                StanzaErrorCondition::InternalServerError
-                            }
-                        });
+                        let result = svc
+                            .accounts
+                            .register(&host, &username, &password)
+                            .await
+                            .map_err(crate::ext::account_error("registration"));
                         actions.extend(neg.step(NegEvent::Registered { id, result }));
                     }
                     NegAction::Bind { user, host, resource, id } => {

@@ -1,7 +1,10 @@
 //! Storage errors as stanza errors: the one place where a failed repository
-//! call becomes what the requester sees (as MongooseIM's `mongoose_xmpp_errors`).
+//! or account call becomes what the requester sees (as MongooseIM's
+//! `mongoose_xmpp_errors`).
 
 use meerkat_storage::StorageError;
+
+use crate::auth::AccountError;
 use meerkat_xmpp::error::StanzaErrorCondition;
 
 /// The stanza error for a failed repository call, logged with `what` failed.
@@ -15,6 +18,21 @@ pub fn storage_error(what: &'static str) -> impl FnOnce(StorageError) -> StanzaE
         match e {
             StorageError::Conflict(_) => StanzaErrorCondition::Conflict,
             _ => StanzaErrorCondition::InternalServerError,
+        }
+    }
+}
+
+/// The stanza error for a failed account operation, logged with `what` failed
+/// when it is the server's fault.
+pub fn account_error(what: &'static str) -> impl FnOnce(AccountError) -> StanzaErrorCondition {
+    move |e| match e {
+        AccountError::Exists => StanzaErrorCondition::Conflict,
+        AccountError::InvalidUsername(_) | AccountError::EmptyPassword => StanzaErrorCondition::NotAcceptable,
+        AccountError::NotFound | AccountError::UnknownHost(_) => StanzaErrorCondition::ItemNotFound,
+        AccountError::Storage(e) => storage_error(what)(e),
+        AccountError::Hashing(_) => {
+            tracing::error!(error = %e, "{what} failed");
+            StanzaErrorCondition::InternalServerError
         }
     }
 }

@@ -34,7 +34,7 @@ use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::jid::{BareJid, FullJid, Jid};
 
-pub use errors::storage_error;
+pub use errors::{account_error, storage_error};
 pub use registry::{Registry, StreamFeatures};
 pub use state::SessionState;
 

@@ -67,7 +67,7 @@ use meerkat_xmpp::stanza::MessageType;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, now_micros, parse_stored};
-use crate::ext::{IqAnswer, Module, ModuleCtx, ModuleJob, SessionAcc, SessionState, Target};
+use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, ModuleJob, SessionAcc, SessionState, Target};
 
 const NS_MAM: &str = ns::MAM;
 const NS_RSM: &str = ns::RSM;
@@ -609,10 +609,7 @@ async fn run_query(ctx: &ModuleCtx, iq: &Routed, q: MamQuery) -> IqAnswer {
         Ok(Some(page)) => page,
         // XEP-0313, "Paging through results": an unknown after/before id.
         Ok(None) => return Err(StanzaErrorCondition::ItemNotFound),
-        Err(e) => {
-            tracing::error!(error = %e, %requester, "archive query failed");
-            return Err(StanzaErrorCondition::InternalServerError);
-        }
+        Err(e) => return Err(storage_error("archive query")(e)),
     };
     // Straight into the session's mailbox, not through routing: a result that did
     // not fit must not fall back to other resources or offline storage.

@@ -20,7 +20,9 @@ use meerkat_xmpp::stanza::has_storable_content;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, now_micros, parse_stored, xep0082};
-use crate::ext::{Flow, Module, ModuleCtx, SessionAcc, SessionState, Target, Undelivered};
+use crate::ext::{
+    account_error, storage_error, Flow, Module, ModuleCtx, SessionAcc, SessionState, Target, Undelivered,
+};
 
 pub struct Offline {
     max_messages: u64,
@@ -173,8 +175,7 @@ impl Offline {
                 return false;
             }
             Err(e) => {
-                tracing::error!(error = %e, "account lookup failed");
-                ctx.router.bounce(r, StanzaErrorCondition::InternalServerError);
+                ctx.router.bounce(r, account_error("account lookup")(e));
                 return false;
             }
         }
@@ -201,8 +202,7 @@ impl Offline {
                 false
             }
             Err(e) => {
-                tracing::error!(error = %e, "offline store failed");
-                ctx.router.bounce(r, StanzaErrorCondition::InternalServerError);
+                ctx.router.bounce(r, storage_error("offline store")(e));
                 false
             }
         }

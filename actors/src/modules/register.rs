@@ -11,7 +11,7 @@ use meerkat_xmpp::ns;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::account_of;
-use crate::ext::{CoreTuning, IqAnswer, Module, ModuleCtx, Switch, Target};
+use crate::ext::{account_error, CoreTuning, IqAnswer, Module, ModuleCtx, Switch, Target};
 
 pub struct Register;
 
@@ -70,17 +70,18 @@ impl Module for Register {
                     }
                     Ok(None)
                 }
-                Err(_) => Err(StanzaErrorCondition::InternalServerError),
+                Err(e) => Err(account_error("account removal")(e)),
             });
         }
         let username = payload.get_child("username", ns::REGISTER).map(|e| e.text());
         let password = payload.get_child("password", ns::REGISTER).map(|e| e.text());
         Some(match (username, password) {
-            (Some(u), Some(p)) if u == user && !p.is_empty() => match ctx.accounts.set_password(&host, &user, &p).await
-            {
-                Ok(()) => Ok(None),
-                Err(_) => Err(StanzaErrorCondition::InternalServerError),
-            },
+            (Some(u), Some(p)) if u == user && !p.is_empty() => ctx
+                .accounts
+                .set_password(&host, &user, &p)
+                .await
+                .map(|()| None)
+                .map_err(account_error("password change")),
             _ => Err(StanzaErrorCondition::BadRequest),
         })
     }
