@@ -266,14 +266,23 @@ impl C2sSession {
     /// Writes a reply to the client now, after whatever the output hooks kept
     /// for it before ([`crate::ext::Module::client_output`], `urgent`).
     fn write_stanza(&mut self, el: &Element, ctx: &mut Context<Self>) {
-        for el in self.svc.ctx.hooks.client_output(&mut self.state, el.clone(), true) {
-            self.write_counted(el, ctx);
-        }
+        self.output(el.clone(), true, ctx);
     }
 
     /// Writes a stanza routed here, unless an output hook keeps it for later.
     fn deliver_to_client(&mut self, el: Element, ctx: &mut Context<Self>) {
-        for el in self.svc.ctx.hooks.client_output(&mut self.state, el, false) {
+        self.output(el, false, ctx);
+    }
+
+    /// Writes what the output hooks let through for a stanza, in order.
+    fn output(&mut self, el: Element, urgent: bool, ctx: &mut Context<Self>) {
+        // Empty, and so without an allocation, unless a hook releases what it kept.
+        let mut before = Vec::new();
+        let el = self.svc.ctx.hooks.client_output(&mut self.state, el, urgent, &mut before);
+        for el in before {
+            self.write_counted(el, ctx);
+        }
+        if let Some(el) = el {
             self.write_counted(el, ctx);
         }
     }

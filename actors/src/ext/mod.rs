@@ -169,6 +169,31 @@ pub struct Undelivered {
     pub stored: bool,
 }
 
+/// The per-stanza session hooks, as a set: a module may say which of them it
+/// implements ([`Module::session_hooks`]), so that the registry calls only
+/// those on the hot path. The default, [`SessionHooks::ALL`], is always correct.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionHooks(u16);
+
+impl SessionHooks {
+    pub const NONE: SessionHooks = SessionHooks(0);
+    pub const CLIENT_STANZA: SessionHooks = SessionHooks(1);
+    pub const USER_SEND_CHECK: SessionHooks = SessionHooks(1 << 1);
+    pub const USER_SEND_MESSAGE: SessionHooks = SessionHooks(1 << 2);
+    pub const USER_RECEIVE: SessionHooks = SessionHooks(1 << 3);
+    pub const CLIENT_OUTPUT: SessionHooks = SessionHooks(1 << 4);
+    pub const CLIENT_WROTE: SessionHooks = SessionHooks(1 << 5);
+    pub const ALL: SessionHooks = SessionHooks(u16::MAX);
+
+    pub const fn with(self, other: SessionHooks) -> SessionHooks {
+        SessionHooks(self.0 | other.0)
+    }
+
+    pub const fn has(self, hook: SessionHooks) -> bool {
+        self.0 & hook.0 == hook.0
+    }
+}
+
 /// The typed hooks a module may implement. Every method has a default that
 /// does nothing, so a module implements only what it needs.
 ///
@@ -181,6 +206,13 @@ pub struct Undelivered {
 pub trait Module: Send + Sync + 'static {
     /// MongooseIM's name of the module (`mod_roster`), as in `[modules.*]`.
     fn name(&self) -> &'static str;
+
+    /// Which of the per-stanza session hooks this module implements; the
+    /// others are not called for it. Declaring fewer than it implements
+    /// silently skips them, so a module that is unsure keeps the default.
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::ALL
+    }
 
     // ----- negotiation, collected once at start -----
 

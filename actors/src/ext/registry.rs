@@ -15,7 +15,8 @@ use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::jid::{BareJid, FullJid, Jid};
 
 use super::{
-    DiscoItem, Flow, Identity, IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionState, Target, Undelivered,
+    DiscoItem, Flow, Identity, IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionHooks, SessionState, Target,
+    Undelivered,
 };
 
 /// How a module is configured and started: its `[modules.mod_*]` section.
@@ -61,6 +62,13 @@ pub struct Registry {
     iq: HashMap<&'static str, Vec<Arc<dyn Module>>>,
     /// Payload namespace -> the modules looking at own-account IQs in the session.
     session_iq: HashMap<&'static str, Vec<Arc<dyn Module>>>,
+    /// The modules that implement each per-stanza session hook, in module order.
+    client_stanza: Vec<Arc<dyn Module>>,
+    user_send_check: Vec<Arc<dyn Module>>,
+    user_send_message: Vec<Arc<dyn Module>>,
+    user_receive: Vec<Arc<dyn Module>>,
+    client_output: Vec<Arc<dyn Module>>,
+    client_wrote: Vec<Arc<dyn Module>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -82,7 +90,20 @@ impl Registry {
                 session_iq.entry(ns).or_default().push(m.clone());
             }
         }
-        Registry { modules, iq, session_iq }
+        let with = |hook: SessionHooks| -> Vec<Arc<dyn Module>> {
+            modules.iter().filter(|m| m.session_hooks().has(hook)).cloned().collect()
+        };
+        Registry {
+            client_stanza: with(SessionHooks::CLIENT_STANZA),
+            user_send_check: with(SessionHooks::USER_SEND_CHECK),
+            user_send_message: with(SessionHooks::USER_SEND_MESSAGE),
+            user_receive: with(SessionHooks::USER_RECEIVE),
+            client_output: with(SessionHooks::CLIENT_OUTPUT),
+            client_wrote: with(SessionHooks::CLIENT_WROTE),
+            modules,
+            iq,
+            session_iq,
+        }
     }
 
     /// The modules' names, in hook order.
@@ -193,7 +214,7 @@ impl Registry {
     }
 
     pub fn client_stanza(&self, state: &mut SessionState) {
-        for m in &self.modules {
+        for m in &self.client_stanza {
             m.client_stanza(state);
         }
     }
@@ -202,7 +223,7 @@ impl Registry {
     pub fn client_wrote(&self, state: &mut SessionState, stanza: Element) -> SessionAcc {
         let mut acc = SessionAcc::default();
         let mut next = Some(stanza);
-        for m in &self.modules {
+        for m in &self.client_wrote {
             let Some(s) = next.take() else { break };
             next = m.client_wrote(state, s, &mut acc);
         }
@@ -259,7 +280,7 @@ impl Registry {
         to: &Jid,
         stanza: &Element,
     ) -> Result<(), Element> {
-        for m in &self.modules {
+        for m in &self.user_send_check {
             m.user_send_check(ctx, state, from, to, stanza)?;
         }
         Ok(())
@@ -275,7 +296,7 @@ impl Registry {
         stanza: &mut Element,
     ) -> Result<SessionAcc, StanzaErrorCondition> {
         let mut acc = SessionAcc::default();
-        for m in &self.modules {
+        for m in &self.user_send_message {
             m.user_send_message(ctx, state, from, to, stanza, &mut acc)?;
         }
         Ok(acc)
@@ -303,7 +324,7 @@ impl Registry {
 
     /// Runs the hooks on a stanza for the session of `jid` until one does not deliver.
     pub fn user_receive(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState, stanza: &Element) -> Receive {
-        for m in &self.modules {
+        for m in &self.user_receive {
             match m.user_receive(ctx, jid, state, stanza) {
                 Receive::Deliver => {}
                 other => return other,
@@ -312,16 +333,21 @@ impl Registry {
         Receive::Deliver
     }
 
-    /// What to write for a stanza on its way to the client, in order.
-    pub fn client_output(&self, state: &mut SessionState, stanza: Element, urgent: bool) -> Vec<Element> {
-        let mut out = Vec::new();
+    /// What to write for a stanza on its way to the client: what the hooks
+    /// put in `out` first, then the stanza returned, if any.
+    pub fn client_output(
+        &self,
+        state: &mut SessionState,
+        stanza: Element,
+        urgent: bool,
+        out: &mut Vec<Element>,
+    ) -> Option<Element> {
         let mut next = Some(stanza);
-        for m in &self.modules {
+        for m in &self.client_output {
             let Some(s) = next.take() else { break };
-            next = m.client_output(state, s, urgent, &mut out);
+            next = m.client_output(state, s, urgent, out);
         }
-        out.extend(next);
-        out
+        next
     }
 
     /// Whether an unwritten stanza of an ending session goes back to the account.
@@ -482,10 +508,14 @@ mod tests {
         keeper.keeps = true;
         let reg = Registry::new(vec![Arc::new(probe("first", &[], &log)), Arc::new(keeper)]);
         let mut state = SessionState::default();
-        let kept = reg.client_output(&mut state, Element::new("message", "jabber:client"), false);
-        assert_eq!(kept.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["flushed"]);
-        let urgent = reg.client_output(&mut state, Element::new("iq", "jabber:client"), true);
-        assert_eq!(urgent.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["iq"]);
+        let mut out = Vec::new();
+        let kept = reg.client_output(&mut state, Element::new("message", "jabber:client"), false, &mut out);
+        assert!(kept.is_none());
+        assert_eq!(out.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["flushed"]);
+        out.clear();
+        let urgent = reg.client_output(&mut state, Element::new("iq", "jabber:client"), true, &mut out);
+        assert_eq!(urgent.map(|e| e.name), Some("iq".to_owned()));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -47,7 +47,7 @@ use meerkat_xmpp::stanza::{IqType, StanzaKind};
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, send_current_presence, send_unavailable};
-use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, Receive, SessionState, Switch, Target};
+use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, Receive, SessionHooks, SessionState, Switch, Target};
 
 const NS_BLOCKING: &str = ns::BLOCKING;
 const NS_BLOCKING_ERRORS: &str = ns::BLOCKING_ERRORS;
@@ -319,6 +319,10 @@ fn is_blocked(ctx: &ModuleCtx, state: &SessionState, owner: &BareJid, peer: &Jid
 impl Module for Blocking {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::USER_SEND_CHECK.with(SessionHooks::USER_RECEIVE)
     }
 
     fn iq_namespaces(&self) -> &'static [&'static str] {

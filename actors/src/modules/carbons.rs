@@ -38,7 +38,7 @@ use meerkat_xmpp::ns;
 use meerkat_xmpp::stanza::{MessageType, StanzaKind};
 
 use crate::ext::registry::ModuleSpec;
-use crate::ext::{IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionState, Switch, Target};
+use crate::ext::{IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionHooks, SessionState, Switch, Target};
 
 const NS_CARBONS: &str = ns::CARBONS;
 const NS_FORWARD: &str = ns::FORWARD;
@@ -144,6 +144,10 @@ fn received_targets(ctx: &ModuleCtx, jid: &FullJid, stanza: &Element) -> Vec<Ses
 impl Module for Carbons {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::USER_SEND_MESSAGE.with(SessionHooks::USER_RECEIVE)
     }
 
     fn session_iq_namespaces(&self) -> &'static [&'static str] {

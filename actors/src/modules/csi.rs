@@ -24,7 +24,7 @@ use meerkat_xmpp::jid::FullJid;
 use meerkat_xmpp::ns;
 
 use crate::ext::registry::{ModuleSpec, Registry};
-use crate::ext::{Module, ModuleCtx, SessionAcc, SessionState, Switch};
+use crate::ext::{Module, ModuleCtx, SessionAcc, SessionHooks, SessionState, Switch};
 
 const NS_CARBONS: &str = ns::CARBONS;
 const NS_FORWARD: &str = ns::FORWARD;
@@ -50,6 +50,10 @@ impl ModuleSpec for Csi {
 impl Module for Csi {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::CLIENT_OUTPUT
     }
 
     fn stream_features(&self, _hooks: &Registry, post_auth: bool) -> Vec<Element> {

@@ -23,7 +23,7 @@ use meerkat_xmpp::ns;
 use sha1::{Digest as _, Sha1};
 
 use crate::ext::registry::{ModuleSpec, Registry};
-use crate::ext::{Identity, IqAnswer, Module, ModuleCtx, Switch, Target};
+use crate::ext::{Identity, IqAnswer, Module, ModuleCtx, SessionHooks, Switch, Target};
 
 /// The XEP-0115 node naming this software.
 pub const CAPS_NODE: &str = "urn:meerkat:caps";
@@ -89,6 +89,10 @@ impl Disco {
 impl Module for Disco {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::NONE
     }
 
     fn disco_features(&self, _target: Target) -> &'static [&'static str] {

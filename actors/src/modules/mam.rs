@@ -67,7 +67,9 @@ use meerkat_xmpp::stanza::MessageType;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, now_micros, parse_stored};
-use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, ModuleJob, SessionAcc, SessionState, Target};
+use crate::ext::{
+    storage_error, IqAnswer, Module, ModuleCtx, ModuleJob, SessionAcc, SessionHooks, SessionState, Target,
+};
 
 const NS_MAM: &str = ns::MAM;
 const NS_RSM: &str = ns::RSM;
@@ -289,6 +291,10 @@ impl ModuleJob for ArchiveBatch {
 impl Module for MamModule {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::USER_SEND_MESSAGE
     }
 
     fn iq_namespaces(&self) -> &'static [&'static str] {

@@ -9,7 +9,7 @@ use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::ns;
 
 use crate::ext::registry::ModuleSpec;
-use crate::ext::{CoreTuning, IqAnswer, Module, ModuleCtx, Switch, Target};
+use crate::ext::{CoreTuning, IqAnswer, Module, ModuleCtx, SessionHooks, Switch, Target};
 
 /// XEP-0199: XMPP Ping. The module answers pings; the session sends them to
 /// silent clients with the settings of its section.
@@ -62,6 +62,10 @@ impl Module for Ping {
     fn name(&self) -> &'static str {
         Self::NAME
     }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::NONE
+    }
     fn disco_features(&self, _t: Target) -> &'static [&'static str] {
         &[ns::PING]
     }
@@ -97,6 +101,10 @@ impl ModuleSpec for Version {
 impl Module for Version {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::NONE
     }
     fn disco_features(&self, t: Target) -> &'static [&'static str] {
         if t == Target::Server {
@@ -141,6 +149,10 @@ impl ModuleSpec for Time {
 impl Module for Time {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::NONE
     }
     fn disco_features(&self, t: Target) -> &'static [&'static str] {
         if t == Target::Server {

@@ -192,6 +192,36 @@ mod boundary {
         }
     }
 
+    /// A module that implements a per-stanza session hook declares it, or the
+    /// registry would never call it.
+    #[test]
+    fn every_implemented_session_hook_is_declared() {
+        use crate::ext::SessionHooks;
+        let hooks = [
+            ("client_stanza", SessionHooks::CLIENT_STANZA),
+            ("user_send_check", SessionHooks::USER_SEND_CHECK),
+            ("user_send_message", SessionHooks::USER_SEND_MESSAGE),
+            ("user_receive", SessionHooks::USER_RECEIVE),
+            ("client_output", SessionHooks::CLIENT_OUTPUT),
+            ("client_wrote", SessionHooks::CLIENT_WROTE),
+        ];
+        let built = super::ModulesConfig::default().build();
+        for file in module_files() {
+            let code = code(&file);
+            let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+            let implemented: Vec<_> = hooks.iter().filter(|(name, _)| code.contains(&format!("fn {name}("))).collect();
+            if stem == "misc" {
+                assert!(implemented.is_empty(), "misc.rs holds several modules: give a hooked one its own file");
+                continue;
+            }
+            let name = format!("mod_{stem}");
+            let module = built.iter().find(|m| m.name() == name).unwrap_or_else(|| panic!("no module {name}"));
+            for (hook, flag) in implemented {
+                assert!(module.session_hooks().has(*flag), "{name} implements {hook} but does not declare it");
+            }
+        }
+    }
+
     #[test]
     fn no_core_file_names_a_module() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -21,7 +21,7 @@ use meerkat_xmpp::stanza::has_storable_content;
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, now_micros, parse_stored, xep0082};
 use crate::ext::{
-    account_error, storage_error, Flow, Module, ModuleCtx, SessionAcc, SessionState, Target, Undelivered,
+    account_error, storage_error, Flow, Module, ModuleCtx, SessionAcc, SessionHooks, SessionState, Target, Undelivered,
 };
 
 pub struct Offline {
@@ -60,6 +60,10 @@ impl ModuleSpec for Offline {
 impl Module for Offline {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::NONE
     }
 
     fn disco_features(&self, target: Target) -> &'static [&'static str] {

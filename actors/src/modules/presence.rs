@@ -24,7 +24,7 @@ use meerkat_xmpp::stanza::{PresenceType, StanzaKind};
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{send_current_presence, send_subscription, send_unavailable};
-use crate::ext::{Flow, Module, ModuleCtx, ModuleJob, Receive, SessionAcc, SessionState, Switch};
+use crate::ext::{Flow, Module, ModuleCtx, ModuleJob, Receive, SessionAcc, SessionHooks, SessionState, Switch};
 
 pub struct Presence;
 
@@ -90,6 +90,10 @@ impl ModuleJob for OutboundSubscription {
 impl Module for Presence {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::USER_RECEIVE
     }
 
     fn user_send_presence(

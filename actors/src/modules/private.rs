@@ -10,7 +10,7 @@ use meerkat_xmpp::ns;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, parse_stored};
-use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, Switch, Target};
+use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, SessionHooks, Switch, Target};
 
 pub struct PrivateStorage;
 
@@ -29,6 +29,10 @@ impl ModuleSpec for PrivateStorage {
 impl Module for PrivateStorage {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::NONE
     }
     fn disco_features(&self, t: Target) -> &'static [&'static str] {
         if t == Target::Server {

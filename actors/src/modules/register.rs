@@ -11,7 +11,7 @@ use meerkat_xmpp::ns;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::account_of;
-use crate::ext::{account_error, CoreTuning, IqAnswer, Module, ModuleCtx, Switch, Target};
+use crate::ext::{account_error, CoreTuning, IqAnswer, Module, ModuleCtx, SessionHooks, Switch, Target};
 
 pub struct Register;
 
@@ -34,6 +34,10 @@ impl ModuleSpec for Register {
 impl Module for Register {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::NONE
     }
     fn disco_features(&self, t: Target) -> &'static [&'static str] {
         if t == Target::Server {

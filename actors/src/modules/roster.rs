@@ -12,7 +12,7 @@ use meerkat_xmpp::ns;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, send_subscription};
-use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, Switch, Target};
+use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, SessionHooks, Switch, Target};
 
 pub struct Roster;
 
@@ -31,6 +31,10 @@ impl ModuleSpec for Roster {
 impl Module for Roster {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::NONE
     }
 
     fn iq_namespaces(&self) -> &'static [&'static str] {

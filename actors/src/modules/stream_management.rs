@@ -30,7 +30,7 @@ use meerkat_xmpp::sm::{self, Sent, SmState};
 use meerkat_xmpp::stanza::StanzaKind;
 
 use crate::ext::registry::{ModuleSpec, Registry};
-use crate::ext::{Module, ModuleCtx, SessionAcc, SessionState, Stop};
+use crate::ext::{Module, ModuleCtx, SessionAcc, SessionHooks, SessionState, Stop};
 
 pub struct StreamManagement {
     cfg: StreamManagementConfig,
@@ -85,6 +85,10 @@ impl StreamManagement {
 impl Module for StreamManagement {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn session_hooks(&self) -> SessionHooks {
+        SessionHooks::CLIENT_STANZA.with(SessionHooks::CLIENT_WROTE)
     }
 
     fn stream_features(&self, _hooks: &Registry, post_auth: bool) -> Vec<Element> {
