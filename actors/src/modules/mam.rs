@@ -670,6 +670,45 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A job of another module, queued behind archive jobs.
+    struct Other;
+
+    #[async_trait::async_trait]
+    impl ModuleJob for Other {
+        fn shard_key(&self) -> String {
+            "alice@example.org".into()
+        }
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
+        async fn run(self: Box<Self>, _ctx: &ModuleCtx) {}
+    }
+
+    fn archive_job(writes: &Arc<PendingWrites>) -> Box<dyn ModuleJob> {
+        let sender = meerkat_xmpp::jid::parse_bare("alice@example.org").unwrap();
+        let to = parse_jid("bob@example.org").unwrap();
+        let outgoing = row(&sender, new_id(1), 1, &to, ArchiveDirection::Outgoing, "<message/>".into());
+        let pending = writes.track(Vec::new());
+        Box::new(ArchiveBatch(vec![ArchiveJob { sender, outgoing: Some(outgoing), incoming: None, pending }]))
+    }
+
+    /// Archive jobs queued one after another become one batch, up to its bound;
+    /// any other job is handed back, so it runs after the batch, in queue order.
+    #[test]
+    fn archive_jobs_batch_up_to_the_bound_and_hand_other_jobs_back() {
+        let writes = Arc::new(PendingWrites::default());
+        let mut batch = archive_job(&writes);
+        assert!(batch.absorb(archive_job(&writes)).is_none(), "an archive job joins the batch");
+        let back = batch.absorb(Box::new(Other));
+        assert!(back.is_some_and(|mut j| j.as_any_mut().is::<Other>()), "another module's job comes back");
+        for _ in 2..MAX_BATCH {
+            assert!(batch.absorb(archive_job(&writes)).is_none());
+        }
+        assert!(batch.absorb(archive_job(&writes)).is_some(), "a full batch takes no more");
+        let jobs = batch.as_any_mut().downcast_mut::<ArchiveBatch>().map(|b| b.0.len());
+        assert_eq!(jobs, Some(MAX_BATCH));
+    }
+
     fn el(xml: &str) -> Element {
         parse_stored(xml).unwrap()
     }
