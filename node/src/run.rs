@@ -140,6 +140,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         next += 1;
     });
 
+    // The modules start once the router and the server workers exist (a
+    // module may register a service domain), before any client is accepted.
+    svc.ctx
+        .hooks
+        .start(&svc.ctx)
+        .await
+        .map_err(|(module, e)| anyhow::anyhow!("[modules.{module}] did not start: {e}"))?;
+
     // After the router, the cluster and the server workers exist (stanzas from
     // other data centers may arrive at once) and before any client is accepted.
     let global = match &cfg.global_distribution {
@@ -302,6 +310,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(g) = &global {
         g.stop().await;
     }
+    svc.ctx.hooks.stop(&svc.ctx).await;
     workers.close();
     for done in worker_done {
         let _ = tokio::time::timeout_at(deadline, done).await;

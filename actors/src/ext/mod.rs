@@ -214,6 +214,20 @@ pub trait Module: Send + Sync + 'static {
         SessionHooks::ALL
     }
 
+    // ----- life of the node -----
+
+    /// The node starts, before any client is accepted: the place to register
+    /// a service domain (`ctx.router.register_domain`, keeping its guard until
+    /// [`Module::stop`]), start the module's own tasks or check its storage.
+    /// An error stops the node's start, naming the module.
+    async fn start(&self, _ctx: &ModuleCtx) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The node stops, once its sessions ended and before the server workers
+    /// do: undo what [`Module::start`] did. Modules stop in reverse order.
+    async fn stop(&self, _ctx: &ModuleCtx) {}
+
     // ----- negotiation, collected once at start -----
 
     /// Elements this module adds to `<stream:features/>`: before authentication

@@ -115,6 +115,21 @@ impl Registry {
         &self.modules
     }
 
+    /// Starts the modules in order; the first error names its module.
+    pub async fn start(&self, ctx: &ModuleCtx) -> Result<(), (&'static str, String)> {
+        for m in &self.modules {
+            m.start(ctx).await.map_err(|e| (m.name(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the modules in reverse order.
+    pub async fn stop(&self, ctx: &ModuleCtx) {
+        for m in self.modules.iter().rev() {
+            m.stop(ctx).await;
+        }
+    }
+
     /// What the modules add to negotiation.
     pub fn stream_features(&self) -> StreamFeatures {
         let collect = |post_auth: bool| {
@@ -524,5 +539,99 @@ mod tests {
         let reg = Registry::new(vec![Arc::new(probe("a", &[], &log)), Arc::new(probe("b", &[], &log))]);
         assert!(reg.returns_to_account(&Element::new("message", "jabber:client")));
         assert!(!reg.returns_to_account(&Element::new("b", "jabber:client")));
+    }
+}
+
+#[cfg(test)]
+mod lifecycle {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use meerkat_cluster::{DomainKind, NodeId, SessionTable};
+    use meerkat_routing::{DomainGuard, DomainHandler, Route, Router};
+    use meerkat_storage::{DbTls, Storage, StorageConfig};
+    use std::sync::Mutex;
+
+    /// Takes every stanza for its domain and keeps nothing.
+    struct Sink;
+    impl DomainHandler for Sink {
+        fn deliver(&self, _routed: Routed) -> Result<(), Routed> {
+            Ok(())
+        }
+    }
+
+    /// Serves `svc.example.org` from start to stop, as a PubSub service would.
+    #[derive(Default)]
+    struct Service {
+        guard: Mutex<Option<DomainGuard>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Module for Service {
+        fn name(&self) -> &'static str {
+            "mod_service"
+        }
+        async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
+            let guard = ctx
+                .router
+                .register_domain("svc.example.org", DomainKind::Service, Arc::new(Sink))
+                .await
+                .map_err(|e| e.to_string())?;
+            *self.guard.lock().unwrap() = Some(guard);
+            Ok(())
+        }
+        async fn stop(&self, _ctx: &ModuleCtx) {
+            self.guard.lock().unwrap().take();
+        }
+    }
+
+    /// A second module that wants the same domain.
+    struct Rival;
+
+    #[async_trait::async_trait]
+    impl Module for Rival {
+        fn name(&self) -> &'static str {
+            "mod_rival"
+        }
+        async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
+            let guard = ctx
+                .router
+                .register_domain("svc.example.org", DomainKind::Service, Arc::new(Sink))
+                .await
+                .map_err(|e| e.to_string())?;
+            std::mem::forget(guard);
+            Ok(())
+        }
+    }
+
+    async fn ctx(modules: Vec<Arc<dyn Module>>) -> ModuleCtx {
+        let hosts = vec!["example.org".to_owned()];
+        let router = Router::new(NodeId(1), hosts.clone(), Arc::new(SessionTable::new()));
+        let cfg = StorageConfig {
+            url: "sqlite::memory:".into(),
+            pool_size: 1,
+            connect_timeout: std::time::Duration::from_secs(5),
+            tls: DbTls::Disabled,
+        };
+        let storage = Arc::new(Storage::connect(&cfg).await.unwrap());
+        let accounts = crate::auth::Accounts::new(storage.clone(), hosts, crate::auth::PasswordFormat::Plain, 4096);
+        ModuleCtx { router, storage, accounts, hooks: Arc::new(Registry::new(modules)) }
+    }
+
+    #[tokio::test]
+    async fn a_module_holds_its_service_domain_from_start_to_stop() {
+        let ctx = ctx(vec![Arc::new(Service::default())]).await;
+        assert_eq!(ctx.router.route_of("svc.example.org"), Route::Remote);
+        ctx.hooks.start(&ctx).await.unwrap();
+        assert_eq!(ctx.router.route_of("svc.example.org"), Route::Here(DomainKind::Service));
+        ctx.hooks.stop(&ctx).await;
+        assert_eq!(ctx.router.route_of("svc.example.org"), Route::Remote);
+    }
+
+    #[tokio::test]
+    async fn a_module_that_cannot_start_is_named() {
+        let ctx = ctx(vec![Arc::new(Service::default()), Arc::new(Rival)]).await;
+        let (module, why) = ctx.hooks.start(&ctx).await.unwrap_err();
+        assert_eq!(module, "mod_rival");
+        assert!(why.contains("svc.example.org"), "{why}");
     }
 }
