@@ -673,6 +673,48 @@ impl TestGlobal {
         });
     }
 
+    /// Waits until no node has a stanza of global distribution on its way:
+    /// no pending, in-flight or parked pair, and no queued or unacknowledged
+    /// frame on any link (a frame is acknowledged once delivered or handled).
+    pub fn wait_idle(&self, timeout: Duration) {
+        wait_until("every node of every data center idle", timeout, || {
+            self.all_nodes().all(|(d, i, _)| {
+                let s = self.status(d, i);
+                let q = &s["queues"];
+                let busy = ["pending", "in_flight", "parked_pairs"].iter().any(|f| q[f].as_u64().unwrap_or(0) > 0);
+                let links = s["data_centers"].as_array().into_iter().flatten().flat_map(|dc| {
+                    dc["links"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|l| l["queued"].as_u64().unwrap_or(0) + l["unacked"].as_u64().unwrap_or(0))
+                });
+                !busy && links.sum::<u64>() == 0
+            })
+        });
+    }
+
+    /// Everything on its way to `client` has reached it, recorded in `seen`:
+    /// the data centers are idle ([`TestGlobal::wait_idle`]), then a ping to
+    /// the server is answered after whatever was already in the session's
+    /// mailbox. Replaces a quiet period before checking for duplicates.
+    pub async fn settle(&self, client: &mut Client, seen: &mut Seen) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        self.wait_idle(Duration::from_secs(30));
+        let id = format!("settle{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        client
+            .send_str(&format!("<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"))
+            .await
+            .expect("sending the settling ping");
+        loop {
+            let el = client.recv_timeout(Duration::from_secs(30)).await.expect("the answer to the settling ping");
+            if el.name == "iq" && el.attr("id") == Some(id.as_str()) {
+                return;
+            }
+            seen.record(&el);
+        }
+    }
+
     /// Cuts every proxy: no link between the data centers carries anything.
     pub fn cut_links(&self, how: Cut) {
         for dc in &self.dcs {

@@ -189,7 +189,7 @@ async fn two_dcs_presence_and_1000_messages_each_way() {
     assert_eq!(summary["received_in_order"], N, "{summary}");
     assert_eq!(summary["bound"], alice_full.as_str(), "{summary}");
 
-    drain(&mut bob, &mut seen, Duration::from_millis(500)).await;
+    g.settle(&mut bob, &mut seen).await;
     assert_stream(&seen, "a2b", N, "bob");
     assert_eq!(seen.ends, vec!["a2b".to_owned()], "end markers at bob");
     assert_eq!(
@@ -280,7 +280,7 @@ async fn migration(from: (usize, usize), to: (usize, usize)) {
             Err(e) => panic!("bob's second session: {e}"),
         }
     }
-    drain(&mut bob2, &mut seen, Duration::from_millis(500)).await;
+    g.settle(&mut bob2, &mut seen).await;
     let (_alice, alice_seen) = alice_task.await.unwrap();
     eprintln!(
         "b: bob dc{}/{} -> dc{}/{}: {in_first} in the first session, {} in the second ({} with a delay stamp); bounces (parked) {}; {}",
@@ -387,8 +387,8 @@ async fn link_cut(how: Cut) {
 
     let (mut alice, mut at_alice) = a.await.unwrap();
     let (mut bob, mut at_bob) = b.await.unwrap();
-    drain(&mut alice, &mut at_alice, Duration::from_millis(500)).await;
-    drain(&mut bob, &mut at_bob, Duration::from_millis(500)).await;
+    g.settle(&mut alice, &mut at_alice).await;
+    g.settle(&mut bob, &mut at_bob).await;
     let resent = g.link_sum("resent") - resent_before;
     let stopped: u64 = g
         .dcs
@@ -527,7 +527,7 @@ async fn redis_restart_keeps_dc_traffic_and_recovers() {
         parties.push(task.await.unwrap());
     }
     for (client, seen) in parties.iter_mut() {
-        drain(client, seen, Duration::from_millis(500)).await;
+        g.settle(client, seen).await;
     }
     let end = Instant::now();
     let [(_, at_alice), (_, at_carol), (_, at_bob), (_, at_frank), (_, at_eve)] = &parties[..] else { unreachable!() };
@@ -866,8 +866,8 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
     ));
     let (mut alice, mut at_alice) = a.await.unwrap();
     let (mut bob, mut at_bob) = b.await.unwrap();
-    drain(&mut alice, &mut at_alice, Duration::from_millis(300)).await;
-    drain(&mut bob, &mut at_bob, Duration::from_millis(300)).await;
+    g.settle(&mut alice, &mut at_alice).await;
+    g.settle(&mut bob, &mut at_bob).await;
     assert_stream(&at_bob, "a2b", N, "bob");
     assert_stream(&at_alice, "b2a", N, "alice");
     assert_nothing_unexpected(&at_bob, "bob");
