@@ -699,20 +699,8 @@ impl TestGlobal {
     /// the server is answered after whatever was already in the session's
     /// mailbox. Replaces a quiet period before checking for duplicates.
     pub async fn settle(&self, client: &mut Client, seen: &mut Seen) {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         self.wait_idle(Duration::from_secs(30));
-        let id = format!("settle{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        client
-            .send_str(&format!("<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"))
-            .await
-            .expect("sending the settling ping");
-        loop {
-            let el = client.recv_timeout(Duration::from_secs(30)).await.expect("the answer to the settling ping");
-            if el.name == "iq" && el.attr("id") == Some(id.as_str()) {
-                return;
-            }
-            seen.record(&el);
-        }
+        flush(client, seen).await;
     }
 
     /// Cuts every proxy: no link between the data centers carries anything.
@@ -899,6 +887,25 @@ pub async fn converse(
 
 /// Reads and records until nothing arrives for `quiet`: a duplicate that
 /// trails the last expected message shows up here. Read errors end it.
+/// Reads what the session of `client` already holds: a ping to the server is
+/// answered after whatever was in the session's mailbox before it; all of it
+/// is recorded in `seen`.
+pub async fn flush(client: &mut Client, seen: &mut Seen) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let id = format!("flush{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    client
+        .send_str(&format!("<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"))
+        .await
+        .expect("sending the flushing ping");
+    loop {
+        let el = client.recv_timeout(Duration::from_secs(30)).await.expect("the answer to the flushing ping");
+        if el.name == "iq" && el.attr("id") == Some(id.as_str()) {
+            return;
+        }
+        seen.record(&el);
+    }
+}
+
 pub async fn drain(client: &mut Client, seen: &mut Seen, quiet: Duration) {
     while let Ok(el) = client.recv_timeout(quiet).await {
         seen.record(&el);

@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use meerkat_tests::global::{
-    check_sequence, converse, drain, largest_gap, Captured, Cut, GlobalOptions, LinkTls, Outgoing, Seen, TestGlobal,
-    GLOBAL_HOST, NODES_PER_DC,
+    check_sequence, converse, drain, flush, largest_gap, Captured, Cut, GlobalOptions, LinkTls, Outgoing, Seen,
+    TestGlobal, GLOBAL_HOST, NODES_PER_DC,
 };
 use meerkat_tests::{wait_until, Client, TestNode};
 use meerkat_xmpp::element::Element;
@@ -960,7 +960,14 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
     let failures_before = failures(&g);
 
     // alice writes to bob once, across; alice and carol, bob and dave talk in their data centers.
-    let sent_at = Instant::now();
+    let failures_at_send: std::collections::HashMap<(usize, usize, String), u64> = g
+        .all_nodes()
+        .flat_map(|(d, i, _)| {
+            links_across(&g, d, i)
+                .into_iter()
+                .map(move |l| ((d, i, l["endpoint"].to_string()), l["failures"].as_u64().unwrap_or(0)))
+        })
+        .collect();
     let every = Duration::from_millis(5);
     let deadline = Instant::now() + Duration::from_secs(15);
     let talk = |client, to: &str, prefix: &str, back: &str| {
@@ -984,10 +991,23 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
     for t in tasks {
         parties.push(t.await.unwrap());
     }
-    // Give alice's message 3 s to cross, if it were going to.
-    let wait = Duration::from_secs(3).saturating_sub(sent_at.elapsed()).max(Duration::from_millis(300));
+    // alice's message waits on dc1 node 1's link to dc2 while every link
+    // tries again, and fails, twice more: it had its chances to cross.
+    wait_until("alice's message waiting while every link fails twice more", Duration::from_secs(30), || {
+        let waiting: u64 = links_across(&g, 0, 0)
+            .iter()
+            .map(|l| l["queued"].as_u64().unwrap_or(0) + l["unacked"].as_u64().unwrap_or(0))
+            .sum();
+        waiting >= 1
+            && g.all_nodes().all(|(d, i, _)| {
+                links_across(&g, d, i).iter().all(|l| {
+                    let now = l["failures"].as_u64().unwrap_or(0);
+                    now >= failures_at_send.get(&(d, i, l["endpoint"].to_string())).copied().unwrap_or(0) + 2
+                })
+            })
+    });
     for (client, seen) in parties.iter_mut() {
-        drain(client, seen, wait).await;
+        flush(client, seen).await;
     }
     let [(_, at_alice), (_, at_carol), (_, at_bob), (_, at_dave)] = &parties[..] else { unreachable!() };
     for (seen, p, who) in
