@@ -16,22 +16,33 @@ fn member(status: &Value, id: u64) -> Option<&Value> {
     status["members"].as_array()?.iter().find(|m| m["id"].as_u64() == Some(id))
 }
 
-/// Sends `n` numbered messages from `a` to `b` and from `b` to `a`, interleaved,
-/// and checks that each side receives the other's in order.
+/// Sends numbered messages from `a` to `b` and from `b` to `a`, interleaved,
+/// and checks that each side receives the other's in order. They go in
+/// windows of [`WINDOW`] each way: a session's mailbox holds what its client
+/// sends as well as what it receives, and one that is full makes a message
+/// fall back to the account (offline storage), which is delivered later.
 async fn exchange(a: &mut Client, b: &mut Client, from: usize, to: usize) {
     let (ja, jb) = (a.jid().to_owned(), b.jid().to_owned());
-    for n in from..to {
-        a.send_message(&jb, &format!("a{n}")).await.unwrap();
-        b.send_message(&ja, &format!("b{n}")).await.unwrap();
-    }
-    for n in from..to {
-        let m = b.recv_message().await.unwrap();
-        assert_eq!(body(&m).as_deref(), Some(format!("a{n}").as_str()), "b received out of order: {m}");
-        assert_eq!(m.attr("from"), Some(ja.as_str()));
-        let m = a.recv_message().await.unwrap();
-        assert_eq!(body(&m).as_deref(), Some(format!("b{n}").as_str()), "a received out of order: {m}");
+    let mut start = from;
+    while start < to {
+        let end = (start + WINDOW).min(to);
+        for n in start..end {
+            a.send_message(&jb, &format!("a{n}")).await.unwrap();
+            b.send_message(&ja, &format!("b{n}")).await.unwrap();
+        }
+        for n in start..end {
+            let m = b.recv_message().await.unwrap();
+            assert_eq!(body(&m).as_deref(), Some(format!("a{n}").as_str()), "b received out of order: {m}");
+            assert_eq!(m.attr("from"), Some(ja.as_str()));
+            let m = a.recv_message().await.unwrap();
+            assert_eq!(body(&m).as_deref(), Some(format!("b{n}").as_str()), "a received out of order: {m}");
+        }
+        start = end;
     }
 }
+
+/// Messages each way in flight at once in [`exchange`].
+const WINDOW: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_survive_a_killed_node_which_rejoins_by_itself() {
