@@ -169,27 +169,30 @@ pub struct Undelivered {
     pub stored: bool,
 }
 
-/// The per-stanza session hooks, as a set: a module may say which of them it
-/// implements ([`Module::session_hooks`]), so that the registry calls only
-/// those on the hot path. The default, [`SessionHooks::ALL`], is always correct.
+/// The hooks that run for every stanza (in the session, or per archived or
+/// broadcast row in the server workers), as a set: a module may say which of
+/// them it implements ([`Module::hot_hooks`]), so that the registry calls
+/// only those. The default, [`HookSet::ALL`], is always correct.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SessionHooks(u16);
+pub struct HookSet(u16);
 
-impl SessionHooks {
-    pub const NONE: SessionHooks = SessionHooks(0);
-    pub const CLIENT_STANZA: SessionHooks = SessionHooks(1);
-    pub const USER_SEND_CHECK: SessionHooks = SessionHooks(1 << 1);
-    pub const USER_SEND_MESSAGE: SessionHooks = SessionHooks(1 << 2);
-    pub const USER_RECEIVE: SessionHooks = SessionHooks(1 << 3);
-    pub const CLIENT_OUTPUT: SessionHooks = SessionHooks(1 << 4);
-    pub const CLIENT_WROTE: SessionHooks = SessionHooks(1 << 5);
-    pub const ALL: SessionHooks = SessionHooks(u16::MAX);
+impl HookSet {
+    pub const NONE: HookSet = HookSet(0);
+    pub const CLIENT_STANZA: HookSet = HookSet(1);
+    pub const USER_SEND_CHECK: HookSet = HookSet(1 << 1);
+    pub const USER_SEND_MESSAGE: HookSet = HookSet(1 << 2);
+    pub const USER_RECEIVE: HookSet = HookSet(1 << 3);
+    pub const CLIENT_OUTPUT: HookSet = HookSet(1 << 4);
+    pub const CLIENT_WROTE: HookSet = HookSet(1 << 5);
+    pub const BLOCKS: HookSet = HookSet(1 << 6);
+    pub const FILTER_LOCAL: HookSet = HookSet(1 << 7);
+    pub const ALL: HookSet = HookSet(u16::MAX);
 
-    pub const fn with(self, other: SessionHooks) -> SessionHooks {
-        SessionHooks(self.0 | other.0)
+    pub const fn with(self, other: HookSet) -> HookSet {
+        HookSet(self.0 | other.0)
     }
 
-    pub const fn has(self, hook: SessionHooks) -> bool {
+    pub const fn has(self, hook: HookSet) -> bool {
         self.0 & hook.0 == hook.0
     }
 }
@@ -207,11 +210,11 @@ pub trait Module: Send + Sync + 'static {
     /// MongooseIM's name of the module (`mod_roster`), as in `[modules.*]`.
     fn name(&self) -> &'static str;
 
-    /// Which of the per-stanza session hooks this module implements; the
+    /// Which of the per-stanza hooks ([`HookSet`]) this module implements; the
     /// others are not called for it. Declaring fewer than it implements
     /// silently skips them, so a module that is unsure keeps the default.
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::ALL
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::ALL
     }
 
     // ----- life of the node -----

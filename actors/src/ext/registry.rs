@@ -15,7 +15,7 @@ use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::jid::{BareJid, FullJid, Jid};
 
 use super::{
-    DiscoItem, Flow, Identity, IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionHooks, SessionState, Target,
+    DiscoItem, Flow, HookSet, Identity, IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionState, Target,
     Undelivered,
 };
 
@@ -69,6 +69,8 @@ pub struct Registry {
     user_receive: Vec<Arc<dyn Module>>,
     client_output: Vec<Arc<dyn Module>>,
     client_wrote: Vec<Arc<dyn Module>>,
+    blocks: Vec<Arc<dyn Module>>,
+    filter_local: Vec<Arc<dyn Module>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -90,16 +92,18 @@ impl Registry {
                 session_iq.entry(ns).or_default().push(m.clone());
             }
         }
-        let with = |hook: SessionHooks| -> Vec<Arc<dyn Module>> {
-            modules.iter().filter(|m| m.session_hooks().has(hook)).cloned().collect()
+        let with = |hook: HookSet| -> Vec<Arc<dyn Module>> {
+            modules.iter().filter(|m| m.hot_hooks().has(hook)).cloned().collect()
         };
         Registry {
-            client_stanza: with(SessionHooks::CLIENT_STANZA),
-            user_send_check: with(SessionHooks::USER_SEND_CHECK),
-            user_send_message: with(SessionHooks::USER_SEND_MESSAGE),
-            user_receive: with(SessionHooks::USER_RECEIVE),
-            client_output: with(SessionHooks::CLIENT_OUTPUT),
-            client_wrote: with(SessionHooks::CLIENT_WROTE),
+            client_stanza: with(HookSet::CLIENT_STANZA),
+            user_send_check: with(HookSet::USER_SEND_CHECK),
+            user_send_message: with(HookSet::USER_SEND_MESSAGE),
+            user_receive: with(HookSet::USER_RECEIVE),
+            client_output: with(HookSet::CLIENT_OUTPUT),
+            client_wrote: with(HookSet::CLIENT_WROTE),
+            blocks: with(HookSet::BLOCKS),
+            filter_local: with(HookSet::FILTER_LOCAL),
             modules,
             iq,
             session_iq,
@@ -372,7 +376,7 @@ impl Registry {
 
     /// Whether `owner` blocks all traffic with `peer`.
     pub async fn blocks(&self, ctx: &ModuleCtx, owner: &BareJid, peer: &Jid) -> bool {
-        for m in &self.modules {
+        for m in &self.blocks {
             if m.blocks(ctx, owner, peer).await {
                 return true;
             }
@@ -382,7 +386,7 @@ impl Registry {
 
     /// Whether the server goes on with a stanza for a local account.
     pub async fn filter_local(&self, ctx: &ModuleCtx, r: &Routed) -> Receive {
-        for m in &self.modules {
+        for m in &self.filter_local {
             match m.filter_local(ctx, r).await {
                 Receive::Deliver => {}
                 other => return other,
@@ -560,15 +564,19 @@ mod lifecycle {
     }
 
     /// Serves `svc.example.org` from start to stop, as a PubSub service would.
-    #[derive(Default)]
     struct Service {
+        name: &'static str,
         guard: Mutex<Option<DomainGuard>>,
+    }
+
+    fn service(name: &'static str) -> Arc<dyn Module> {
+        Arc::new(Service { name, guard: Mutex::new(None) })
     }
 
     #[async_trait::async_trait]
     impl Module for Service {
         fn name(&self) -> &'static str {
-            "mod_service"
+            self.name
         }
         async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
             let guard = ctx
@@ -581,25 +589,6 @@ mod lifecycle {
         }
         async fn stop(&self, _ctx: &ModuleCtx) {
             self.guard.lock().unwrap().take();
-        }
-    }
-
-    /// A second module that wants the same domain.
-    struct Rival;
-
-    #[async_trait::async_trait]
-    impl Module for Rival {
-        fn name(&self) -> &'static str {
-            "mod_rival"
-        }
-        async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
-            let guard = ctx
-                .router
-                .register_domain("svc.example.org", DomainKind::Service, Arc::new(Sink))
-                .await
-                .map_err(|e| e.to_string())?;
-            std::mem::forget(guard);
-            Ok(())
         }
     }
 
@@ -619,7 +608,7 @@ mod lifecycle {
 
     #[tokio::test]
     async fn a_module_holds_its_service_domain_from_start_to_stop() {
-        let ctx = ctx(vec![Arc::new(Service::default())]).await;
+        let ctx = ctx(vec![service("mod_service")]).await;
         assert_eq!(ctx.router.route_of("svc.example.org"), Route::Remote);
         ctx.hooks.start(&ctx).await.unwrap();
         assert_eq!(ctx.router.route_of("svc.example.org"), Route::Here(DomainKind::Service));
@@ -629,7 +618,8 @@ mod lifecycle {
 
     #[tokio::test]
     async fn a_module_that_cannot_start_is_named() {
-        let ctx = ctx(vec![Arc::new(Service::default()), Arc::new(Rival)]).await;
+        // A second module that wants the same domain.
+        let ctx = ctx(vec![service("mod_service"), service("mod_rival")]).await;
         let (module, why) = ctx.hooks.start(&ctx).await.unwrap_err();
         assert_eq!(module, "mod_rival");
         assert!(why.contains("svc.example.org"), "{why}");

@@ -47,7 +47,7 @@ use meerkat_xmpp::stanza::{IqType, StanzaKind};
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, send_current_presence, send_unavailable};
-use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, Receive, SessionHooks, SessionState, Switch, Target};
+use crate::ext::{storage_error, HookSet, IqAnswer, Module, ModuleCtx, Receive, SessionState, Switch, Target};
 
 const NS_BLOCKING: &str = ns::BLOCKING;
 const NS_BLOCKING_ERRORS: &str = ns::BLOCKING_ERRORS;
@@ -321,8 +321,8 @@ impl Module for Blocking {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::USER_SEND_CHECK.with(SessionHooks::USER_RECEIVE)
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::USER_SEND_CHECK.with(HookSet::USER_RECEIVE).with(HookSet::BLOCKS).with(HookSet::FILTER_LOCAL)
     }
 
     fn iq_namespaces(&self) -> &'static [&'static str] {

@@ -38,7 +38,7 @@ use meerkat_xmpp::ns;
 use meerkat_xmpp::stanza::{MessageType, StanzaKind};
 
 use crate::ext::registry::ModuleSpec;
-use crate::ext::{IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionHooks, SessionState, Switch, Target};
+use crate::ext::{HookSet, IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionState, Switch, Target};
 
 const NS_CARBONS: &str = ns::CARBONS;
 const NS_FORWARD: &str = ns::FORWARD;
@@ -146,8 +146,8 @@ impl Module for Carbons {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::USER_SEND_MESSAGE.with(SessionHooks::USER_RECEIVE)
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::USER_SEND_MESSAGE.with(HookSet::USER_RECEIVE)
     }
 
     fn session_iq_namespaces(&self) -> &'static [&'static str] {

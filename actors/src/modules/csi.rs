@@ -24,7 +24,7 @@ use meerkat_xmpp::jid::FullJid;
 use meerkat_xmpp::ns;
 
 use crate::ext::registry::{ModuleSpec, Registry};
-use crate::ext::{Module, ModuleCtx, SessionAcc, SessionHooks, SessionState, Switch};
+use crate::ext::{HookSet, Module, ModuleCtx, SessionAcc, SessionState, Switch};
 
 const NS_CARBONS: &str = ns::CARBONS;
 const NS_FORWARD: &str = ns::FORWARD;
@@ -52,8 +52,8 @@ impl Module for Csi {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::CLIENT_OUTPUT
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::CLIENT_OUTPUT
     }
 
     fn stream_features(&self, _hooks: &Registry, post_auth: bool) -> Vec<Element> {

@@ -23,7 +23,7 @@ use meerkat_xmpp::ns;
 use sha1::{Digest as _, Sha1};
 
 use crate::ext::registry::{ModuleSpec, Registry};
-use crate::ext::{Identity, IqAnswer, Module, ModuleCtx, SessionHooks, Switch, Target};
+use crate::ext::{HookSet, Identity, IqAnswer, Module, ModuleCtx, Switch, Target};
 
 /// The XEP-0115 node naming this software.
 pub const CAPS_NODE: &str = "urn:meerkat:caps";
@@ -91,8 +91,8 @@ impl Module for Disco {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::NONE
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
 
     fn disco_features(&self, _target: Target) -> &'static [&'static str] {

@@ -67,9 +67,7 @@ use meerkat_xmpp::stanza::MessageType;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, now_micros, parse_stored};
-use crate::ext::{
-    storage_error, IqAnswer, Module, ModuleCtx, ModuleJob, SessionAcc, SessionHooks, SessionState, Target,
-};
+use crate::ext::{storage_error, HookSet, IqAnswer, Module, ModuleCtx, ModuleJob, SessionAcc, SessionState, Target};
 
 const NS_MAM: &str = ns::MAM;
 const NS_RSM: &str = ns::RSM;
@@ -293,8 +291,8 @@ impl Module for MamModule {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::USER_SEND_MESSAGE
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::USER_SEND_MESSAGE
     }
 
     fn iq_namespaces(&self) -> &'static [&'static str] {

@@ -9,7 +9,7 @@ use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::ns;
 
 use crate::ext::registry::ModuleSpec;
-use crate::ext::{CoreTuning, IqAnswer, Module, ModuleCtx, SessionHooks, Switch, Target};
+use crate::ext::{CoreTuning, HookSet, IqAnswer, Module, ModuleCtx, Switch, Target};
 
 /// XEP-0199: XMPP Ping. The module answers pings; the session sends them to
 /// silent clients with the settings of its section.
@@ -63,8 +63,8 @@ impl Module for Ping {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::NONE
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
     fn disco_features(&self, _t: Target) -> &'static [&'static str] {
         &[ns::PING]
@@ -103,8 +103,8 @@ impl Module for Version {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::NONE
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
     fn disco_features(&self, t: Target) -> &'static [&'static str] {
         if t == Target::Server {
@@ -151,8 +151,8 @@ impl Module for Time {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::NONE
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
     fn disco_features(&self, t: Target) -> &'static [&'static str] {
         if t == Target::Server {

@@ -192,18 +192,20 @@ mod boundary {
         }
     }
 
-    /// A module that implements a per-stanza session hook declares it, or the
+    /// A module that implements a per-stanza hook declares it, or the
     /// registry would never call it.
     #[test]
-    fn every_implemented_session_hook_is_declared() {
-        use crate::ext::SessionHooks;
+    fn every_implemented_per_stanza_hook_is_declared() {
+        use crate::ext::HookSet;
         let hooks = [
-            ("client_stanza", SessionHooks::CLIENT_STANZA),
-            ("user_send_check", SessionHooks::USER_SEND_CHECK),
-            ("user_send_message", SessionHooks::USER_SEND_MESSAGE),
-            ("user_receive", SessionHooks::USER_RECEIVE),
-            ("client_output", SessionHooks::CLIENT_OUTPUT),
-            ("client_wrote", SessionHooks::CLIENT_WROTE),
+            ("client_stanza", HookSet::CLIENT_STANZA),
+            ("user_send_check", HookSet::USER_SEND_CHECK),
+            ("user_send_message", HookSet::USER_SEND_MESSAGE),
+            ("user_receive", HookSet::USER_RECEIVE),
+            ("client_output", HookSet::CLIENT_OUTPUT),
+            ("client_wrote", HookSet::CLIENT_WROTE),
+            ("blocks", HookSet::BLOCKS),
+            ("filter_local", HookSet::FILTER_LOCAL),
         ];
         let built = super::ModulesConfig::default().build();
         for file in module_files() {
@@ -217,7 +219,7 @@ mod boundary {
             let name = format!("mod_{stem}");
             let module = built.iter().find(|m| m.name() == name).unwrap_or_else(|| panic!("no module {name}"));
             for (hook, flag) in implemented {
-                assert!(module.session_hooks().has(*flag), "{name} implements {hook} but does not declare it");
+                assert!(module.hot_hooks().has(*flag), "{name} implements {hook} but does not declare it");
             }
         }
     }

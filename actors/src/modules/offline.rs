@@ -21,7 +21,7 @@ use meerkat_xmpp::stanza::has_storable_content;
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, now_micros, parse_stored, xep0082};
 use crate::ext::{
-    account_error, storage_error, Flow, Module, ModuleCtx, SessionAcc, SessionHooks, SessionState, Target, Undelivered,
+    account_error, storage_error, Flow, HookSet, Module, ModuleCtx, SessionAcc, SessionState, Target, Undelivered,
 };
 
 pub struct Offline {
@@ -62,8 +62,8 @@ impl Module for Offline {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::NONE
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
 
     fn disco_features(&self, target: Target) -> &'static [&'static str] {

@@ -24,7 +24,7 @@ use meerkat_xmpp::stanza::{PresenceType, StanzaKind};
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{send_current_presence, send_subscription, send_unavailable};
-use crate::ext::{Flow, Module, ModuleCtx, ModuleJob, Receive, SessionAcc, SessionHooks, SessionState, Switch};
+use crate::ext::{Flow, HookSet, Module, ModuleCtx, ModuleJob, Receive, SessionAcc, SessionState, Switch};
 
 pub struct Presence;
 
@@ -92,8 +92,8 @@ impl Module for Presence {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::USER_RECEIVE
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::USER_RECEIVE
     }
 
     fn user_send_presence(

@@ -10,7 +10,7 @@ use meerkat_xmpp::ns;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, parse_stored};
-use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, SessionHooks, Switch, Target};
+use crate::ext::{storage_error, HookSet, IqAnswer, Module, ModuleCtx, Switch, Target};
 
 pub struct PrivateStorage;
 
@@ -31,8 +31,8 @@ impl Module for PrivateStorage {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::NONE
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
     fn disco_features(&self, t: Target) -> &'static [&'static str] {
         if t == Target::Server {

@@ -11,7 +11,7 @@ use meerkat_xmpp::ns;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::account_of;
-use crate::ext::{account_error, CoreTuning, IqAnswer, Module, ModuleCtx, SessionHooks, Switch, Target};
+use crate::ext::{account_error, CoreTuning, HookSet, IqAnswer, Module, ModuleCtx, Switch, Target};
 
 pub struct Register;
 
@@ -36,8 +36,8 @@ impl Module for Register {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::NONE
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
     fn disco_features(&self, t: Target) -> &'static [&'static str] {
         if t == Target::Server {

@@ -12,7 +12,7 @@ use meerkat_xmpp::ns;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, send_subscription};
-use crate::ext::{storage_error, IqAnswer, Module, ModuleCtx, SessionHooks, Switch, Target};
+use crate::ext::{storage_error, HookSet, IqAnswer, Module, ModuleCtx, Switch, Target};
 
 pub struct Roster;
 
@@ -33,8 +33,8 @@ impl Module for Roster {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::NONE
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
 
     fn iq_namespaces(&self) -> &'static [&'static str] {

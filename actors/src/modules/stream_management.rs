@@ -30,7 +30,7 @@ use meerkat_xmpp::sm::{self, Sent, SmState};
 use meerkat_xmpp::stanza::StanzaKind;
 
 use crate::ext::registry::{ModuleSpec, Registry};
-use crate::ext::{Module, ModuleCtx, SessionAcc, SessionHooks, SessionState, Stop};
+use crate::ext::{HookSet, Module, ModuleCtx, SessionAcc, SessionState, Stop};
 
 pub struct StreamManagement {
     cfg: StreamManagementConfig,
@@ -87,8 +87,8 @@ impl Module for StreamManagement {
         Self::NAME
     }
 
-    fn session_hooks(&self) -> SessionHooks {
-        SessionHooks::CLIENT_STANZA.with(SessionHooks::CLIENT_WROTE)
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::CLIENT_STANZA.with(HookSet::CLIENT_WROTE)
     }
 
     fn stream_features(&self, _hooks: &Registry, post_auth: bool) -> Vec<Element> {
