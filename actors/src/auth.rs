@@ -99,6 +99,11 @@ impl Accounts {
     pub async fn register(&self, host: &str, user: &str, password: &str) -> Result<(), AccountError> {
         self.check_host(host)?;
         let user = Self::normalize_username(user)?;
+        // A taken name costs no key derivation (the insert below still
+        // decides when two registrations race for one name).
+        if self.storage.get_password(host, &user).await?.is_some() {
+            return Err(AccountError::Exists);
+        }
         let stored = self.stored(password).await?;
         match self.storage.create_account(host, &user, &stored).await {
             Ok(()) => Ok(()),

@@ -176,6 +176,14 @@ impl BoshEndpoint {
         let Some(to) = body.attr("to").filter(|t| !t.trim().is_empty()).map(str::to_owned) else {
             return Reply { status: 400, ..Reply::terminate("bad-request") };
         };
+        // The listener's `max_connections` and `max_connections_per_ip` count sessions here.
+        let admitted = match self.listener.admission.admit(peer.map(|p| p.ip())) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::debug!(?peer, reason = %why, "bosh session refused");
+                return Reply { status: 503, ..Reply::terminate("policy-violation") };
+            }
+        };
         let max_wait = self.settings.max_wait.as_secs().max(1);
         let wait = body.attr("wait").and_then(|w| w.trim().parse::<u64>().ok()).unwrap_or(max_wait).min(max_wait);
         let hold =
@@ -220,7 +228,7 @@ impl BoshEndpoint {
             bridge.run(first, req_rx).await;
             sessions.lock().map(|mut s| s.remove(&sid)).ok();
         };
-        let serve = c2s::serve_websocket(self.svc.clone(), self.listener.clone(), ws, peer);
+        let serve = c2s::serve_websocket(self.svc.clone(), self.listener.clone(), ws, peer, admitted);
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len().max(1);
         match self.arbiters.get(i) {
             Some(arbiter) => {

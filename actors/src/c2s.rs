@@ -30,12 +30,13 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::{Admission, Admitted, Refused};
 use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, TlsMode};
 use crate::services::{now_micros, Services};
 use crate::session::{
     ActorSink, C2sSession, ClientClosed, ConnClosed, FromClient, IdlePing, IoControl, OutQueue, Resume,
 };
-use crate::transport::{Conn, ConnReader, ConnWriter, Transport};
+use crate::transport::{Conn, ConnReader, ConnWriter, Shaper, Transport};
 use crate::websocket::{self, WsConnection, WsOut};
 
 /// One `[[listen.c2s]]` listener's settings (or one WebSocket endpoint's).
@@ -47,6 +48,11 @@ pub struct C2sListener {
     pub allow_login: bool,
     /// What the modules add to the stream features.
     pub stream_features: crate::ext::StreamFeatures,
+    /// `max_connections` and `max_connections_per_ip` of the listener.
+    pub admission: Arc<Admission>,
+    /// The listener's shaper (`[shaper.NAME] max_rate`): bytes per second
+    /// read from each connection; `None` reads as fast as the client sends.
+    pub max_rate: Option<u64>,
 }
 
 /// Why a connection ended early.
@@ -61,6 +67,15 @@ enum ConnError {
 /// Serves one accepted TCP connection to its end.
 pub async fn serve(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStream, peer: std::net::SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    let _admitted = match listener.admission.admit(Some(peer.ip())) {
+        Ok(a) => a,
+        Err(why) => {
+            tracing::debug!(%peer, reason = %why, "connection refused");
+            // Boxed: the task of an admitted connection keeps no room for it.
+            Box::pin(refuse(&listener, tcp, why)).await;
+            return;
+        }
+    };
     let _guard = svc.connection_guard();
     let deadline = tokio::time::Instant::now() + svc.settings.negotiation_timeout;
     // Negotiation (with the TLS handshake) and the session's start run
@@ -75,8 +90,8 @@ pub async fn serve(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
             }
             _ => Transport::Plain(tcp),
         };
-        let conn = Conn::stream(transport, listener.limits);
-        let negotiated = negotiate(svc.clone(), listener, conn, deadline).await?;
+        let conn = Conn::stream(transport, listener.limits, Shaper::new(listener.max_rate));
+        let negotiated = negotiate(svc.clone(), listener, conn, deadline, Some(peer.ip())).await?;
         start_session(svc, negotiated).await
     })
     .await;
@@ -94,12 +109,14 @@ pub async fn serve_websocket(
     listener: Arc<C2sListener>,
     ws: WsConnection,
     peer: Option<std::net::SocketAddr>,
+    admitted: Admitted,
 ) {
+    let _admitted = admitted;
     let _guard = svc.connection_guard();
     let deadline = tokio::time::Instant::now() + svc.settings.negotiation_timeout;
-    let conn = Conn::websocket(ws, listener.limits);
+    let conn = Conn::websocket(ws, listener.limits, Shaper::new(listener.max_rate));
     let started = Box::pin(async {
-        let negotiated = negotiate(svc.clone(), listener, conn, deadline).await?;
+        let negotiated = negotiate(svc.clone(), listener, conn, deadline, peer.map(|p| p.ip())).await?;
         start_session(svc, negotiated).await
     })
     .await;
@@ -108,6 +125,60 @@ pub async fn serve_websocket(
         Ok(()) => tracing::debug!(?peer, "websocket connection finished"),
         Err(e) => tracing::debug!(?peer, error = %e, "websocket connection ended"),
     }
+}
+
+/// Refusals answered at once; past this many, a refused connection is closed
+/// without a word (an attacker opening connections in a loop must not make
+/// the node hold a task and a socket for each).
+const MAX_REFUSING: usize = 1024;
+/// The longest a refused connection is kept: TLS handshake (direct TLS),
+/// the error, and reading what the client still sends until it closes.
+const REFUSAL_TIME: Duration = Duration::from_secs(5);
+static REFUSING: AtomicUsize = AtomicUsize::new(0);
+
+/// Answers a connection over a limit with `<policy-violation/>` (RFC 6120
+/// §4.9.1.2: our stream header, the error, the closing tag) and closes it.
+/// The client's own header may still be unread: its bytes are read and
+/// dropped until it closes, so that the close is not a reset that could
+/// destroy the error before the client reads it.
+async fn refuse(listener: &C2sListener, tcp: TcpStream, why: Refused) {
+    struct Slot;
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            REFUSING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    if REFUSING.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let _slot = Slot;
+    let err = StreamError::with_text(StreamErrorCondition::PolicyViolation, why.to_string());
+    let bytes = format!(
+        "{}{}</stream:stream>",
+        stream_header_xml(&default_host(listener), &format!("{:016x}", rand::random::<u64>())),
+        err.to_xml()
+    );
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        match (&listener.tls, listener.negotiation.tls_mode) {
+            (Some(acceptor), TlsMode::Tls) => {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    write_and_drain(tls, bytes.as_bytes()).await;
+                }
+            }
+            _ => write_and_drain(tcp, bytes.as_bytes()).await,
+        }
+    })
+    .await;
+}
+
+async fn write_and_drain<S: tokio::io::AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: &[u8]) {
+    use tokio::io::AsyncReadExt;
+    if s.write_all(bytes).await.is_err() || s.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
 /// Runs the reading side of a started session, if one was started.
@@ -144,6 +215,7 @@ async fn negotiate(
     listener: Arc<C2sListener>,
     mut conn: Conn,
     deadline: tokio::time::Instant,
+    source: Option<std::net::IpAddr>,
 ) -> Result<Negotiated, ConnError> {
     let stream_id = format!("{:016x}", rand::random::<u64>());
     let post_auth = listener.stream_features.post_auth.clone();
@@ -193,7 +265,7 @@ async fn negotiate(
                             conn.close(Some(&err)).await;
                             return Ok(Negotiated::Closed);
                         }
-                        let (Conn::Stream { transport: Transport::Plain(tcp), input }, Some(acceptor)) =
+                        let (Conn::Stream { transport: Transport::Plain(tcp), input, shaper }, Some(acceptor)) =
                             (conn, listener.tls.as_ref())
                         else {
                             return Ok(Negotiated::Closed);
@@ -201,7 +273,7 @@ async fn negotiate(
                         let tls = tokio::time::timeout_at(deadline, acceptor.accept(tcp))
                             .await
                             .map_err(|_| ConnError::Timeout)??;
-                        conn = Conn::Stream { transport: Transport::Tls(Box::new(tls)), input };
+                        conn = Conn::Stream { transport: Transport::Tls(Box::new(tls)), input, shaper };
                         conn.restart();
                         header_sent = false;
                         actions.extend(neg.step(NegEvent::TlsEstablished { exporter: conn.tls_exporter() }));
@@ -222,11 +294,19 @@ async fn negotiate(
                         actions.extend(neg.step(NegEvent::Credentials(creds)));
                     }
                     NegAction::Register { host, username, password, id } => {
-                        let result = svc
-                            .accounts
-                            .register(&host, &username, &password)
-                            .await
-                            .map_err(crate::ext::account_error("registration"));
+                        let hooks = &svc.ctx.hooks;
+                        let result = match hooks.registration_begin(source) {
+                            Err(cond) => Err(cond),
+                            Ok(()) => {
+                                let r = svc
+                                    .accounts
+                                    .register(&host, &username, &password)
+                                    .await
+                                    .map_err(crate::ext::account_error("registration"));
+                                hooks.registration_done(source, r.is_ok());
+                                r
+                            }
+                        };
                         actions.extend(neg.step(NegEvent::Registered { id, result }));
                     }
                     NegAction::Bind { user, host, resource, id } => {
@@ -697,14 +777,17 @@ mod tests {
     fn future_size<A, B, C, D, F>(_: &impl FnOnce(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
     }
+    fn future_size5<A, B, C, D, E, F>(_: &impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
 
     /// A connection's task lives as long as its session: it must not keep
     /// room for the negotiation, which runs boxed and is gone by then.
     #[test]
     fn a_session_task_does_not_carry_the_negotiation() {
         let serve = future_size(&serve);
-        let serve_websocket = future_size(&serve_websocket);
-        let negotiate = future_size(&negotiate);
+        let serve_websocket = future_size5(&serve_websocket);
+        let negotiate = future_size5(&negotiate);
         assert!(serve < negotiate / 2, "serve: {serve} bytes, negotiate: {negotiate}");
         assert!(serve_websocket < negotiate / 2, "serve_websocket: {serve_websocket} bytes, negotiate: {negotiate}");
     }

@@ -23,6 +23,7 @@
 //! only the session actor writes to its client.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod auth;
 pub mod bosh;
 pub mod c2s;

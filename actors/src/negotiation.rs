@@ -150,6 +150,8 @@ pub struct Negotiator {
     user: Option<String>,
     stream_id: String,
     failures: u32,
+    /// An account was created on this stream (XEP-0077): one per stream.
+    registered: bool,
     plus_advertised: bool,
     /// Serialized feature elements the modules add before and after authentication.
     extra_pre_auth: String,
@@ -168,6 +170,7 @@ impl Negotiator {
             user: None,
             stream_id,
             failures: 0,
+            registered: false,
             plus_advertised: false,
             extra_pre_auth: String::new(),
             extra_post_auth: String::new(),
@@ -239,13 +242,15 @@ impl Negotiator {
                     None => self.sasl_failed(SaslFailure::IncorrectEncoding),
                 }
             }
-            (State::PreAuth, NegEvent::Registered { id, result }) => {
-                let reply = match result {
-                    Ok(()) => iq_reply_xml(id.as_deref(), None),
-                    Err(cond) => iq_error_xml(id.as_deref(), cond),
-                };
-                (State::PreAuth, vec![NegAction::Send(reply)])
-            }
+            (State::PreAuth, NegEvent::Registered { id, result }) => match result {
+                Ok(()) => {
+                    self.registered = true;
+                    (State::PreAuth, vec![NegAction::Send(iq_reply_xml(id.as_deref(), None))])
+                }
+                // Failed attempts count as failed logins do: slowed down, and
+                // the stream ends after `max_auth_failures` of them together.
+                Err(cond) => self.failed(iq_error_xml(id.as_deref(), cond), "too many failed attempts"),
+            },
             (State::PostAuth, NegEvent::Element(el)) => self.on_postauth_element(el),
             (State::Binding { id }, NegEvent::Bound(Ok(jid))) => {
                 // The bind reply is written by the session once it is registered, so
@@ -477,6 +482,10 @@ impl Negotiator {
                 let form = "<query xmlns='jabber:iq:register'><instructions>Choose a username and password.</instructions><username/><password/></query>";
                 (State::PreAuth, vec![NegAction::Send(iq_reply_xml(id.as_deref(), Some(form)))])
             }
+            Some("set") if self.registered => (
+                State::PreAuth,
+                vec![NegAction::Send(iq_error_xml(id.as_deref(), StanzaErrorCondition::NotAllowed))],
+            ),
             Some("set") => {
                 let username = q.get_child("username", ns::REGISTER).map(|e| e.text());
                 let password = q.get_child("password", ns::REGISTER).map(|e| e.text());
@@ -534,17 +543,19 @@ impl Negotiator {
     }
 
     fn sasl_failed(&mut self, failure: SaslFailure) -> (State, Vec<NegAction>) {
+        self.failed(sasl_failure_xml(failure), "too many authentication failures")
+    }
+
+    /// A failed login or registration: `xml` answers it after a pause that
+    /// grows with each failure, and the stream ends after `max_auth_failures`.
+    fn failed(&mut self, xml: String, closing: &str) -> (State, Vec<NegAction>) {
         self.failures += 1;
-        let xml = sasl_failure_xml(failure);
         if self.failures >= self.cfg.max_auth_failures {
             return (
                 State::Closed,
                 vec![
                     NegAction::SendDelayed(xml, auth_delay(self.failures)),
-                    NegAction::Close(StreamError::with_text(
-                        StreamErrorCondition::PolicyViolation,
-                        "too many authentication failures",
-                    )),
+                    NegAction::Close(StreamError::with_text(StreamErrorCondition::PolicyViolation, closing)),
                 ],
             );
         }

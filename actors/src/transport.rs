@@ -101,9 +101,15 @@ impl ByteInput {
         self.parser.next_event().map_err(|e| StreamError::with_text(e.condition(), e.to_string()))
     }
 
-    /// Reads once; `false` at the end of the stream. Cancel-safe: what a
-    /// read returns is in the parser before the poll that got it returns.
-    async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> io::Result<bool> {
+    /// Reads once, after the shaper's pause if it has one; `false` at the
+    /// end of the stream. Cancel-safe: what a read returns is in the parser
+    /// (and counted) before the poll that got it returns.
+    async fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        shaper: &mut Option<Box<Shaper>>,
+    ) -> io::Result<bool> {
+        Shaper::pace(shaper).await;
         std::future::poll_fn(|cx| {
             let mut chunk = [MaybeUninit::<u8>::uninit(); READ_BUFFER];
             let mut buf = ReadBuf::uninit(&mut chunk);
@@ -112,17 +118,73 @@ impl ByteInput {
                 return Poll::Ready(Ok(false));
             }
             self.parser.feed(buf.filled());
+            Shaper::count(shaper, buf.filled().len());
             Poll::Ready(Ok(true))
         })
         .await
     }
 }
 
+/// `[shaper.NAME] max_rate`: a token bucket over the bytes read from one
+/// connection. A read that takes the bucket below zero makes the next read
+/// wait until it is paid back, so a client sending faster than the rate is
+/// slowed down by TCP back-pressure, never disconnected. The bucket holds
+/// at most one second of the rate, so a client that was quiet may send that
+/// much at once.
+#[derive(Debug)]
+pub struct Shaper {
+    /// Bytes per second.
+    rate: u64,
+    /// Bytes that may be read now; negative is a debt.
+    allowance: f64,
+    at: tokio::time::Instant,
+}
+
+impl Shaper {
+    /// A shaper of `max_rate` bytes per second; `None` for no shaping.
+    pub fn new(max_rate: Option<u64>) -> Option<Box<Shaper>> {
+        max_rate.filter(|r| *r > 0).map(|rate| {
+            Box::new(Shaper { rate, allowance: rate as f64, at: tokio::time::Instant::now() })
+        })
+    }
+
+    fn spend(&mut self, n: usize) {
+        let now = tokio::time::Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * self.rate as f64;
+        self.allowance = (self.allowance + earned).min(self.rate as f64) - n as f64;
+        self.at = now;
+    }
+
+    /// When the debt is paid back, if there is one.
+    fn ready_at(&self) -> Option<tokio::time::Instant> {
+        (self.allowance < 0.0).then(|| self.at + Duration::from_secs_f64(-self.allowance / self.rate as f64))
+    }
+
+    /// Waits until reading may go on. Cancel-safe: it only sleeps.
+    async fn pace(shaper: &Option<Box<Shaper>>) {
+        if let Some(at) = shaper.as_ref().and_then(|s| s.ready_at()) {
+            tokio::time::sleep_until(at).await;
+        }
+    }
+
+    fn count(shaper: &mut Option<Box<Shaper>>, n: usize) {
+        if let Some(s) = shaper {
+            s.spend(n);
+        }
+    }
+}
+
 /// Takes the next WebSocket message into `input`; `false` once the client is gone.
-async fn fill_frames(incoming: &mut mpsc::Receiver<WsIn>, input: &mut FrameReader) -> bool {
+async fn fill_frames(
+    incoming: &mut mpsc::Receiver<WsIn>,
+    input: &mut FrameReader,
+    shaper: &mut Option<Box<Shaper>>,
+) -> bool {
+    Shaper::pace(shaper).await;
     match incoming.recv().await {
         None => false,
         Some(WsIn::Text(text)) => {
+            Shaper::count(shaper, text.len());
             input.push_message(&text);
             true
         }
@@ -148,18 +210,18 @@ fn ws_closed<T>(_: T) -> io::Error {
 /// One client connection during negotiation, in its framing.
 pub(crate) enum Conn {
     /// RFC 6120: one XML stream over TCP, maybe under TLS.
-    Stream { transport: Transport, input: ByteInput },
+    Stream { transport: Transport, input: ByteInput, shaper: Option<Box<Shaper>> },
     /// RFC 7395: one element per WebSocket message.
-    WebSocket { ws: WsConnection, input: FrameReader },
+    WebSocket { ws: WsConnection, input: FrameReader, shaper: Option<Box<Shaper>> },
 }
 
 impl Conn {
-    pub fn stream(transport: Transport, limits: Limits) -> Conn {
-        Conn::Stream { transport, input: ByteInput::new(limits) }
+    pub fn stream(transport: Transport, limits: Limits, shaper: Option<Box<Shaper>>) -> Conn {
+        Conn::Stream { transport, input: ByteInput::new(limits), shaper }
     }
 
-    pub fn websocket(ws: WsConnection, limits: Limits) -> Conn {
-        Conn::WebSocket { ws, input: FrameReader::new(limits) }
+    pub fn websocket(ws: WsConnection, limits: Limits, shaper: Option<Box<Shaper>>) -> Conn {
+        Conn::WebSocket { ws, input: FrameReader::new(limits), shaper }
     }
 
     /// Whether the connection is encrypted (TLS, or a `wss` WebSocket).
@@ -188,8 +250,8 @@ impl Conn {
     /// Waits for more input; `false` once the client is gone. Cancel-safe.
     pub async fn fill(&mut self) -> io::Result<bool> {
         match self {
-            Conn::Stream { transport, input } => input.fill(transport).await,
-            Conn::WebSocket { ws, input } => Ok(fill_frames(&mut ws.incoming, input).await),
+            Conn::Stream { transport, input, shaper } => input.fill(transport, shaper).await,
+            Conn::WebSocket { ws, input, shaper } => Ok(fill_frames(&mut ws.incoming, input, shaper).await),
         }
     }
 
@@ -244,12 +306,12 @@ impl Conn {
     /// The session's halves: the reader keeps parsing, the writer drains its queue.
     pub fn split(self) -> (ConnReader, ConnWriter) {
         match self {
-            Conn::Stream { transport, input } => {
+            Conn::Stream { transport, input, shaper } => {
                 let (half, writer) = tokio::io::split(transport);
-                (ConnReader::Stream { half, input }, ConnWriter::Stream(writer))
+                (ConnReader::Stream { half, input, shaper }, ConnWriter::Stream(writer))
             }
-            Conn::WebSocket { ws, input } => (
-                ConnReader::WebSocket { incoming: ws.incoming, input: Box::new(input) },
+            Conn::WebSocket { ws, input, shaper } => (
+                ConnReader::WebSocket { incoming: ws.incoming, input: Box::new(input), shaper },
                 ConnWriter::WebSocket(ws.outgoing),
             ),
         }
@@ -261,8 +323,8 @@ impl Conn {
 /// it, and the byte stream's, the common case, stays inline.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum ConnReader {
-    Stream { half: ReadHalf<Transport>, input: ByteInput },
-    WebSocket { incoming: mpsc::Receiver<WsIn>, input: Box<FrameReader> },
+    Stream { half: ReadHalf<Transport>, input: ByteInput, shaper: Option<Box<Shaper>> },
+    WebSocket { incoming: mpsc::Receiver<WsIn>, input: Box<FrameReader>, shaper: Option<Box<Shaper>> },
 }
 
 impl ConnReader {
@@ -276,8 +338,8 @@ impl ConnReader {
     /// Waits for more input; `false` once the client is gone. Cancel-safe.
     pub async fn fill(&mut self) -> io::Result<bool> {
         match self {
-            ConnReader::Stream { half, input } => input.fill(half).await,
-            ConnReader::WebSocket { incoming, input } => Ok(fill_frames(incoming, input).await),
+            ConnReader::Stream { half, input, shaper } => input.fill(half, shaper).await,
+            ConnReader::WebSocket { incoming, input, shaper } => Ok(fill_frames(incoming, input, shaper).await),
         }
     }
 }

@@ -17,8 +17,12 @@ use crate::config::BoshHandler;
 use crate::websocket::HttpContext;
 
 /// One endpoint's state, from its configuration.
-pub fn endpoint(h: &BoshHandler, ctx: &HttpContext<'_>, secure: bool) -> web::Data<BoshEndpoint> {
-    let limits = meerkat_xmpp::parser::Limits { max_stanza_size: h.max_stanza_size, max_depth: h.max_depth };
+pub fn endpoint(
+    h: &BoshHandler,
+    ctx: &HttpContext<'_>,
+    listener: meerkat_actors::c2s::C2sListener,
+    secure: bool,
+) -> web::Data<BoshEndpoint> {
     let settings = BoshSettings {
         max_wait: Duration::from_secs(h.max_wait),
         max_hold: h.max_hold,
@@ -28,7 +32,7 @@ pub fn endpoint(h: &BoshHandler, ctx: &HttpContext<'_>, secure: bool) -> web::Da
     };
     web::Data::new(BoshEndpoint::new(
         ctx.svc.clone(),
-        Arc::new((ctx.listener)(limits)),
+        Arc::new(listener),
         ctx.arbiters.to_vec(),
         secure,
         settings,

@@ -33,6 +33,8 @@ pub struct Config {
     pub session: Session,
     /// `[modules.mod_*]`: each module owns its section (`meerkat_actors::modules`).
     pub modules: meerkat_actors::modules::ModulesConfig,
+    /// `[shaper.NAME] max_rate`: traffic shapers that listeners name with `shaper = "NAME"`.
+    pub shaper: BTreeMap<String, Shaper>,
     /// Present when this node is (or can become) a member of a cluster.
     pub cluster: Option<Cluster>,
     /// Present when this data center serves a domain together with others.
@@ -87,11 +89,26 @@ pub struct HttpListen {
     /// listener speaks plain HTTP, e.g. behind a TLS-terminating proxy.
     pub tls: Option<HttpTls>,
     pub handlers: HttpHandlers,
+    /// XMPP sessions (WebSocket connections and BOSH sessions) open at once
+    /// on this listener; one more gets HTTP 503. `"infinity"` (default) or a number.
+    pub max_connections: Limit,
+    /// The same per source address (IPv6: per /64 network).
+    pub max_connections_per_ip: Limit,
+    /// A `[shaper.NAME]` pacing what each WebSocket and BOSH session sends; `"none"` (default) for none.
+    pub shaper: String,
 }
 
 impl Default for HttpListen {
     fn default() -> Self {
-        HttpListen { port: 5280, ip_address: IpAddr::from([0, 0, 0, 0]), tls: None, handlers: HttpHandlers::default() }
+        HttpListen {
+            port: 5280,
+            ip_address: IpAddr::from([0, 0, 0, 0]),
+            tls: None,
+            handlers: HttpHandlers::default(),
+            max_connections: Limit::default(),
+            max_connections_per_ip: Limit::default(),
+            shaper: "none".into(),
+        }
     }
 }
 
@@ -141,6 +158,12 @@ pub struct BoshHandler {
     pub max_hold: u32,
     /// Longest pause a client may ask for, in seconds (`maxpause`).
     pub max_pause: u64,
+}
+
+impl BoshHandler {
+    pub fn limits(&self) -> meerkat_xmpp::parser::Limits {
+        meerkat_xmpp::parser::Limits { max_stanza_size: self.max_stanza_size, max_depth: self.max_depth }
+    }
 }
 
 impl Default for BoshHandler {
@@ -194,6 +217,13 @@ pub struct C2sListen {
     /// Access rule deciding who may log in here: `all` or `none`.
     pub access: String,
     pub tls: ListenTls,
+    /// Connections open at once on this listener; one more gets the stream
+    /// error `<policy-violation/>` and is closed. `"infinity"` (default) or a number.
+    pub max_connections: Limit,
+    /// The same per source address (IPv6: per /64 network).
+    pub max_connections_per_ip: Limit,
+    /// A `[shaper.NAME]` pacing what each connection sends; `"none"` (default) for none.
+    pub shaper: String,
 }
 
 impl Default for C2sListen {
@@ -205,8 +235,53 @@ impl Default for C2sListen {
             max_depth: 64,
             access: "all".into(),
             tls: ListenTls::default(),
+            max_connections: Limit::default(),
+            max_connections_per_ip: Limit::default(),
+            shaper: "none".into(),
         }
     }
+}
+
+/// A count limit: a number, or `"infinity"` for none (MongooseIM's spelling).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limit(pub Option<usize>);
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Limit;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a positive number or \"infinity\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Limit, E> {
+                match usize::try_from(v) {
+                    Ok(n) if n > 0 => Ok(Limit(Some(n))),
+                    _ => Err(E::custom(format!("{v} is not a positive number; use \"infinity\" for no limit"))),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Limit, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Limit, E> {
+                if v == "infinity" {
+                    Ok(Limit(None))
+                } else {
+                    Err(E::custom(format!("{v:?} is neither a number nor \"infinity\"")))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[shaper.NAME]`: a byte rate for the listeners that name it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shaper {
+    /// Bytes per second read from each connection; over it, reading pauses
+    /// (TCP back-pressure reaches the client) and nothing is disconnected.
+    pub max_rate: u64,
 }
 
 /// `tls.*` of a listener.
@@ -758,6 +833,7 @@ impl Config {
             if l.access != "all" && l.access != "none" {
                 return Err(err(&key("access"), format!("unknown access rule {:?} (known: all, none)", l.access)));
             }
+            self.shaper_rate(&l.shaper).map_err(|reason| err(&key("shaper"), reason))?;
             match (&l.tls.certfile, &l.tls.keyfile) {
                 (Some(c), Some(k)) => {
                     for (name, p) in [("tls.certfile", c), ("tls.keyfile", k)] {
@@ -768,6 +844,11 @@ impl Config {
                 }
                 (None, None) => {}
                 _ => return Err(err(&key("tls"), "certfile and keyfile go together".into())),
+            }
+        }
+        for (name, sh) in &self.shaper {
+            if sh.max_rate == 0 {
+                return Err(err(&format!("shaper.{name}.max_rate"), "must be at least 1 (bytes per second)".into()));
             }
         }
         self.validate_http(&err)?;
@@ -858,6 +939,20 @@ impl Config {
         Ok(())
     }
 
+    /// The `max_rate` of the shaper a listener names; `None` for `"none"`.
+    pub fn shaper_rate(&self, name: &str) -> Result<Option<u64>, String> {
+        if name == "none" {
+            return Ok(None);
+        }
+        match self.shaper.get(name) {
+            Some(s) => Ok(Some(s.max_rate)),
+            None => {
+                let known: Vec<&str> = self.shaper.keys().map(String::as_str).collect();
+                Err(format!("no [shaper.{name}] section (known: none{})", known.iter().map(|k| format!(", {k}")).collect::<String>()))
+            }
+        }
+    }
+
     /// Addresses the c2s listeners and the admin API listen on, named by their keys.
     fn listener_addresses(&self) -> Vec<(SocketAddr, String)> {
         let mut taken: Vec<(SocketAddr, String)> = self
@@ -881,6 +976,7 @@ impl Config {
                 return Err(err(&key("port"), format!("{addr} is also used by {by} ({t})")));
             }
             taken.push((addr, format!("listen.http[{i}]")));
+            self.shaper_rate(&l.shaper).map_err(|reason| err(&key("shaper"), reason))?;
             if let Some(tls) = &l.tls {
                 match (&tls.certfile, &tls.keyfile) {
                     (Some(c), Some(k)) => {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use actix::Arbiter;
 use anyhow::Context as _;
+use meerkat_actors::admission::{Admission, ConnectionLimits};
 use meerkat_actors::auth::Accounts;
 use meerkat_actors::c2s::{self, C2sListener};
 use meerkat_actors::ext::Registry;
@@ -190,6 +191,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             tls: acceptor,
             allow_login: l.access == "all",
             stream_features: stream_features.clone(),
+            admission: Admission::new(ConnectionLimits {
+                max_connections: l.max_connections.0,
+                max_connections_per_ip: l.max_connections_per_ip.0,
+            }),
+            max_rate: cfg.shaper_rate(&l.shaper).map_err(anyhow::Error::msg)?,
         });
         let addr = std::net::SocketAddr::new(l.ip_address, l.port);
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening for c2s on {addr}"))?;
@@ -236,7 +242,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     // [[listen.http]]: XMPP over WebSocket, on the same arbiters and with the
     // same negotiation as c2s, minus STARTTLS (RFC 7395 §3.9).
-    let ws_listener = |limits: Limits| C2sListener {
+    let ws_listener = |limits: Limits, admission: Arc<Admission>, max_rate: Option<u64>| C2sListener {
         negotiation: NegotiationConfig {
             hosts: hosts.clone(),
             tls_mode: TlsMode::None,
@@ -249,6 +255,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tls: None,
         allow_login: true,
         stream_features: stream_features.clone(),
+        admission,
+        max_rate,
     };
     let arbiter_handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
     let http_ctx = crate::websocket::HttpContext {
@@ -262,7 +270,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let mut http_servers = Vec::new();
     for (i, l) in cfg.listen.http.iter().enumerate() {
-        let server = crate::websocket::listen(&format!("listen.http[{i}]"), l, &http_ctx)?;
+        let max_rate = cfg.shaper_rate(&l.shaper).map_err(anyhow::Error::msg)?;
+        let server = crate::websocket::listen(&format!("listen.http[{i}]"), l, max_rate, &http_ctx)?;
         http_servers.push((server.handle(), actix_rt::spawn(server)));
     }
 

@@ -27,6 +27,7 @@ use actix_web::http::header;
 use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_ws::{CloseCode, Item, Message, MessageStream, ProtocolError, Session};
 use anyhow::Context as _;
+use meerkat_actors::admission::{Admission, ConnectionLimits};
 use meerkat_actors::c2s::{self, C2sListener};
 use meerkat_actors::services::Services;
 use meerkat_actors::websocket::{WsConnection, WsIn, WsOut};
@@ -83,6 +84,17 @@ async fn upgrade(req: HttpRequest, body: web::Payload, ep: web::Data<Endpoint>) 
              (Sec-WebSocket-Protocol: xmpp)\n",
         );
     }
+    // The listener's `max_connections` and `max_connections_per_ip`, before upgrading.
+    let admitted = match ep.listener.admission.admit(req.peer_addr().map(|p| p.ip())) {
+        Ok(a) => a,
+        Err(why) => {
+            tracing::debug!(peer = ?req.peer_addr(), reason = %why, "websocket refused");
+            return HttpResponse::ServiceUnavailable()
+                .insert_header((header::RETRY_AFTER, "10"))
+                .content_type("text/plain; charset=utf-8")
+                .body(format!("{why}\n"));
+        }
+    };
     let (response, session, stream) = match actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL]) {
         Ok(r) => r,
         Err(e) => return HttpResponse::from_error(e),
@@ -97,7 +109,7 @@ async fn upgrade(req: HttpRequest, body: web::Payload, ep: web::Data<Endpoint>) 
         tls_exporter: req.conn_data::<TlsInfo>().and_then(|t| t.exporter.clone()),
     };
     let i = ep.next.fetch_add(1, Ordering::Relaxed) % ep.arbiters.len().max(1);
-    let serve = c2s::serve_websocket(ep.svc.clone(), ep.listener.clone(), ws, req.peer_addr());
+    let serve = c2s::serve_websocket(ep.svc.clone(), ep.listener.clone(), ws, req.peer_addr(), admitted);
     match ep.arbiters.get(i) {
         Some(arbiter) => {
             arbiter.spawn(serve);
@@ -203,14 +215,19 @@ pub struct HttpContext<'a> {
     pub data_dir: &'a Path,
     pub hosts: &'a [String],
     /// The c2s negotiation and module features, with STARTTLS off.
-    pub listener: &'a dyn Fn(meerkat_xmpp::parser::Limits) -> C2sListener,
+    pub listener: &'a dyn Fn(meerkat_xmpp::parser::Limits, Arc<Admission>, Option<u64>) -> C2sListener,
     pub workers: usize,
     pub shutdown_timeout: u64,
 }
 
 /// Binds one `[[listen.http]]` listener and returns its server, not yet running.
-pub fn listen(key: &str, l: &HttpListen, ctx: &HttpContext<'_>) -> anyhow::Result<Server> {
+pub fn listen(key: &str, l: &HttpListen, max_rate: Option<u64>, ctx: &HttpContext<'_>) -> anyhow::Result<Server> {
     let secure = l.tls.is_some();
+    // One count for the whole listener: its WebSocket and BOSH sessions together.
+    let admission = Admission::new(ConnectionLimits {
+        max_connections: l.max_connections.0,
+        max_connections_per_ip: l.max_connections_per_ip.0,
+    });
     let endpoints: Vec<(String, String, web::Data<Endpoint>)> = l
         .handlers
         .mod_websockets
@@ -219,7 +236,7 @@ pub fn listen(key: &str, l: &HttpListen, ctx: &HttpContext<'_>) -> anyhow::Resul
             let limits = meerkat_xmpp::parser::Limits { max_stanza_size: h.max_stanza_size, max_depth: h.max_depth };
             let ep = Endpoint {
                 svc: ctx.svc.clone(),
-                listener: Arc::new((ctx.listener)(limits)),
+                listener: Arc::new((ctx.listener)(limits, admission.clone(), max_rate)),
                 arbiters: ctx.arbiters.to_vec(),
                 next: AtomicUsize::new(0),
                 secure,
@@ -231,7 +248,10 @@ pub fn listen(key: &str, l: &HttpListen, ctx: &HttpContext<'_>) -> anyhow::Resul
         .handlers
         .mod_bosh
         .iter()
-        .map(|h| (h.host.clone(), h.path.clone(), crate::bosh::endpoint(h, ctx, secure)))
+        .map(|h| {
+            let listener = (ctx.listener)(h.limits(), admission.clone(), max_rate);
+            (h.host.clone(), h.path.clone(), crate::bosh::endpoint(h, ctx, listener, secure))
+        })
         .collect();
     let paths: Vec<&str> = endpoints.iter().map(|(_, p, _)| p.as_str()).collect();
     let bosh_paths: Vec<&str> = bosh.iter().map(|(_, p, _)| p.as_str()).collect();

@@ -231,6 +231,21 @@ pub trait Module: Send + Sync + 'static {
     /// do: undo what [`Module::start`] did. Modules stop in reverse order.
     async fn stop(&self, _ctx: &ModuleCtx) {}
 
+    // ----- negotiation, per connection -----
+
+    /// XEP-0077 registration before authentication, asked from `source`
+    /// (the client's address; unknown for some HTTP requests). `Err` refuses
+    /// it with that stanza error. A module that counts registrations takes
+    /// the place here and learns the outcome from [`Module::registration_done`].
+    fn registration_begin(&self, _source: Option<std::net::IpAddr>) -> Result<(), StanzaErrorCondition> {
+        Ok(())
+    }
+
+    /// How a registration this module let begin ended: `created` is false when
+    /// no account was made (the name was taken, storage failed, another
+    /// module refused), so a place taken in `registration_begin` is given back.
+    fn registration_done(&self, _source: Option<std::net::IpAddr>, _created: bool) {}
+
     // ----- negotiation, collected once at start -----
 
     /// Elements this module adds to `<stream:features/>`: before authentication

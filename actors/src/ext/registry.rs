@@ -250,6 +250,27 @@ impl Registry {
     }
 
     /// How long the session waits to be resumed after its connection ended, if at all.
+    /// Whether an in-band registration from `source` may go ahead; on
+    /// `Ok`, [`Registry::registration_done`] must follow with the outcome.
+    pub fn registration_begin(&self, source: Option<std::net::IpAddr>) -> Result<(), StanzaErrorCondition> {
+        for (i, m) in self.modules.iter().enumerate() {
+            if let Err(cond) = m.registration_begin(source) {
+                for earlier in &self.modules[..i] {
+                    earlier.registration_done(source, false);
+                }
+                return Err(cond);
+            }
+        }
+        Ok(())
+    }
+
+    /// The outcome of a registration that [`Registry::registration_begin`] let go ahead.
+    pub fn registration_done(&self, source: Option<std::net::IpAddr>, created: bool) {
+        for m in &self.modules {
+            m.registration_done(source, created);
+        }
+    }
+
     pub fn connection_lost(&self, state: &SessionState) -> Option<std::time::Duration> {
         self.modules.iter().find_map(|m| m.connection_lost(state))
     }

@@ -1161,7 +1161,13 @@ fn registration_outcomes_are_answered() {
         let actions = neg.step(el("<iq type='set' id='r'><query xmlns='jabber:iq:register'><username>romeo</username><password>pw</password></query></iq>"));
         assert!(matches!(&actions[..], [NegAction::Register { host, .. }] if host == OTHER_HOST), "{actions:?}");
         match neg.step(NegEvent::Registered { id: Some("r".into()), result }).as_slice() {
-            [NegAction::Send(xml)] => assert_eq!(iq_summary(xml), (kind.into(), Some("r".into()), cond)),
+            [NegAction::Send(xml)] if cond.is_none() => {
+                assert_eq!(iq_summary(xml), (kind.into(), Some("r".into()), cond))
+            }
+            // A failure is answered after a pause, as a failed login is.
+            [NegAction::SendDelayed(xml, _)] if cond.is_some() => {
+                assert_eq!(iq_summary(xml), (kind.into(), Some("r".into()), cond))
+            }
             other => panic!("{other:?}"),
         }
         // Still before authentication: the new account can log in now.
@@ -1170,6 +1176,42 @@ fn registration_outcomes_are_answered() {
             &scram_exchange(&mut neg, Mechanism::ScramSha256, &mut client, Some(scram_credentials())),
             &client,
         );
+    }
+}
+
+#[test]
+fn one_account_per_stream_and_failed_registrations_end_it_as_failed_logins_do() {
+    let set = |u: &str| {
+        el(&format!("<iq type='set' id='r'><query xmlns='jabber:iq:register'><username>{u}</username><password>pw</password></query></iq>"))
+    };
+    let mut neg = negotiator(cfg(TlsMode::Tls), Conn::Direct { exporter: false });
+    open_on(&mut neg, HOST);
+    assert!(matches!(&neg.step(set("a"))[..], [NegAction::Register { .. }]));
+    assert!(matches!(&neg.step(NegEvent::Registered { id: Some("r".into()), result: Ok(()) })[..], [NegAction::Send(_)]));
+    match &neg.step(set("b"))[..] {
+        [NegAction::Send(xml)] => {
+            assert_eq!(iq_summary(xml), ("error".into(), Some("r".into()), Some(StanzaErrorCondition::NotAllowed)))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut neg = negotiator(cfg(TlsMode::Tls), Conn::Direct { exporter: false });
+    open_on(&mut neg, HOST);
+    let max = cfg(TlsMode::Tls).max_auth_failures;
+    for i in 1..=max {
+        assert!(matches!(&neg.step(set("taken"))[..], [NegAction::Register { .. }]));
+        let actions = neg.step(NegEvent::Registered {
+            id: Some("r".into()),
+            result: Err(StanzaErrorCondition::ResourceConstraint),
+        });
+        if i < max {
+            assert!(matches!(&actions[..], [NegAction::SendDelayed(..)]), "{actions:?}");
+        } else {
+            assert!(
+                matches!(&actions[..], [NegAction::SendDelayed(..), NegAction::Close(e)] if e.condition == StreamErrorCondition::PolicyViolation),
+                "{actions:?}"
+            );
+        }
     }
 }
 

@@ -1,0 +1,158 @@
+//! Clients that misbehave, against the real node: connections per listener
+//! and per address, registration floods, shapers, and the per-session
+//! bounds in bytes.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use meerkat_tests::client::{body, stanza_error};
+use meerkat_tests::{login, Client, NodeOptions, Sasl, Security, TestNode, DOMAIN};
+use meerkat_xmpp::sasl::HashAlg;
+
+const PW: &str = "pw";
+
+fn node_with(listener_toml: &str, extra_toml: &str) -> TestNode {
+    TestNode::start_with(NodeOptions {
+        listener_toml: listener_toml.into(),
+        extra_toml: extra_toml.into(),
+        ..Default::default()
+    })
+}
+
+/// A connection the listener should refuse: the stream error it got.
+async fn refused(node: &TestNode) -> Result<String, String> {
+    let mut c = Client::tcp(node.c2s, DOMAIN).await.map_err(|e| e.to_string())?;
+    let header = c.header_xml();
+    // The server may already have written its error and closed: a failed
+    // write is not the test's concern, the error read below is.
+    let _ = c.send_str(&header).await;
+    c.expect_stream_error_timeout(Duration::from_secs(20)).await.map_err(|e| e.to_string())
+}
+
+/// alice logs in on the direct TLS listener, which has no limits.
+async fn direct_tls_login(node: &TestNode, resource: &str) -> Client {
+    let mut c = Client::connect(node.c2s_tls, DOMAIN, Security::DirectTls).await.unwrap();
+    c.auth(Sasl::Scram(HashAlg::Sha256), "alice", PW).await.unwrap();
+    c.bind(Some(resource)).await.unwrap();
+    c
+}
+
+#[tokio::test]
+async fn connections_over_the_per_address_limit_get_a_stream_error_and_the_first_are_served() {
+    let node = node_with("max_connections_per_ip = 100", "");
+    node.add_user("alice", PW);
+
+    // The first 100 log in and stay.
+    let mut served = Vec::new();
+    for batch in 0..10 {
+        let node = &node;
+        let logins = (0..10).map(|i| async move { login(node, "alice", PW, &format!("r{batch}-{i}")).await });
+        served.extend(join_all(logins).await);
+    }
+
+    // 900 more from the same address: each is refused with the stream error.
+    let mut conditions = Vec::new();
+    for _ in 0..9 {
+        let batch = join_all((0..100).map(|_| refused(&node))).await;
+        conditions.extend(batch);
+    }
+    let wrong: Vec<_> = conditions.iter().filter(|c| c.as_deref() != Ok("policy-violation")).collect();
+    assert!(wrong.is_empty(), "{} of 900 not refused with policy-violation: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+
+    // The first 100 are still served.
+    let (first, rest) = served.split_at_mut(1);
+    let to = rest[98].jid().to_owned();
+    first[0].send_message(&to, "still here").await.unwrap();
+    let m = rest[98].recv_message().await.unwrap();
+    assert_eq!(body(&m).as_deref(), Some("still here"));
+
+    // A place given back is taken again.
+    let mut gone = served.pop().unwrap();
+    gone.close().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Client::login(node.c2s, DOMAIN, "alice", PW, Some("again")).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "no place came back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Another listener has its own count.
+    direct_tls_login(&node, "tls").await;
+}
+
+#[tokio::test]
+async fn the_listener_limit_refuses_whoever_comes_next() {
+    let node = node_with("max_connections = 3", "");
+    node.add_user("alice", PW);
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(login(&node, "alice", PW, &format!("r{i}")).await);
+    }
+    assert_eq!(refused(&node).await.as_deref(), Ok("policy-violation"));
+    // The direct TLS listener is not this one.
+    direct_tls_login(&node, "elsewhere").await;
+}
+
+const REGISTER: &str = "<iq type='set' id='reg'><query xmlns='jabber:iq:register'><username>{u}</username><password>pw</password></query></iq>";
+
+/// Registers `user` on a new stream: "created", or the error condition.
+async fn register(node: &TestNode, user: &str) -> String {
+    let mut c = Client::connect(node.c2s, DOMAIN, Security::StartTls).await.unwrap();
+    let res = c.iq_xml(&REGISTER.replace("{u}", user)).await.unwrap();
+    match res.attr("type") {
+        Some("result") => "created".into(),
+        _ => stanza_error(&res).unwrap_or_else(|| res.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn a_registration_flood_from_one_address_creates_one_account_per_timeout() {
+    let node = node_with("", "[modules.mod_register]\nregistration_timeout = 600\n");
+    // 20 registrations at once from one address: one account.
+    let node_ref = &node;
+    let results = join_all((0..20).map(|i| async move { register(node_ref, &format!("flood{i}")).await })).await;
+    let created = results.iter().filter(|r| *r == "created").count();
+    assert_eq!(created, 1, "{results:?}");
+    assert!(
+        results.iter().all(|r| r == "created" || r == "resource-constraint"),
+        "the others are told to wait: {results:?}"
+    );
+    // And later ones too, until the timeout passes.
+    assert_eq!(register(&node, "later").await, "resource-constraint");
+    let (code, v) = node.api("GET", &format!("/api/users/{DOMAIN}"), None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["users"].as_array().map(|a| a.len()), Some(1), "{v}");
+}
+
+#[tokio::test]
+async fn a_taken_name_does_not_use_up_the_address_allowance() {
+    let node = node_with("", "[modules.mod_register]\nregistration_timeout = 600\n");
+    node.add_user("taken", PW);
+    assert_eq!(register(&node, "taken").await, "conflict");
+    assert_eq!(register(&node, "fresh").await, "created");
+}
+
+#[tokio::test]
+async fn ip_access_rules_decide_who_may_register() {
+    let deny = "[modules.mod_register]\nregistration_timeout = 0\nip_access = [{address = \"127.0.0.0/8\", policy = \"deny\"}, {address = \"0.0.0.0/0\", policy = \"allow\"}]\n";
+    let node = node_with("", deny);
+    assert_eq!(register(&node, "nope").await, "forbidden");
+
+    let allow = "[modules.mod_register]\nregistration_timeout = 0\nip_access = [{address = \"127.0.0.1\", policy = \"allow\"}]\n";
+    let node = node_with("", allow);
+    assert_eq!(register(&node, "yes").await, "created");
+    assert_eq!(register(&node, "yes2").await, "created", "no timeout when it is 0");
+}
+
+#[tokio::test]
+async fn one_account_per_stream() {
+    let node = node_with("", "[modules.mod_register]\nregistration_timeout = 0\n");
+    let mut c = Client::connect(node.c2s, DOMAIN, Security::StartTls).await.unwrap();
+    let res = c.iq_xml(&REGISTER.replace("{u}", "first")).await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"), "{res}");
+    let res = c.iq_xml(&REGISTER.replace("{u}", "second")).await.unwrap();
+    assert_eq!(stanza_error(&res).as_deref(), Some("not-allowed"), "{res}");
+}
