@@ -156,3 +156,100 @@ async fn one_account_per_stream() {
     let res = c.iq_xml(&REGISTER.replace("{u}", "second")).await.unwrap();
     assert_eq!(stanza_error(&res).as_deref(), Some("not-allowed"), "{res}");
 }
+
+#[tokio::test]
+async fn a_client_over_its_shapers_rate_is_slowed_to_it_not_disconnected() {
+    const RATE: usize = 4096;
+    let node = node_with("shaper = \"slow\"", &format!("[shaper.slow]\nmax_rate = {RATE}\n"));
+    node.add_user("alice", PW);
+    node.add_user("bob", PW);
+    let mut alice = login(&node, "alice", PW, "fast").await;
+    let mut bob = login(&node, "bob", PW, "reader").await;
+    let to = bob.jid().to_owned();
+
+    // 24 KiB at once, far over 4 KiB/s: the node reads it at the rate.
+    let text = "x".repeat(1000);
+    let mut sent = 0usize;
+    let start = Instant::now();
+    for i in 0..24 {
+        let xml = format!("<message to='{to}' type='chat' id='m{i}'><body>{i} {text}</body></message>");
+        sent += xml.len();
+        alice.send_str(&xml).await.unwrap();
+    }
+    let mut arrivals = Vec::new();
+    for i in 0..24 {
+        let m = bob.recv_message().await.unwrap();
+        assert!(body(&m).unwrap().starts_with(&format!("{i} ")), "in order");
+        arrivals.push((start.elapsed(), (i + 1) * sent / 24));
+    }
+    // What arrived by each moment is no more than one second's allowance
+    // (the bucket starts full), plus the rate times the time gone by, plus
+    // one read of up to 4 KiB that may overdraw the bucket.
+    for (at, bytes) in &arrivals {
+        let allowed = RATE as f64 * (1.0 + at.as_secs_f64()) + 4096.0;
+        assert!((*bytes as f64) <= allowed, "{bytes} bytes through after {at:?}: more than {RATE} B/s");
+    }
+    // Slowed, not cut off: alice's session still answers.
+    let pong = alice.iq_xml("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+    assert_eq!(pong.attr("type"), Some("result"), "{pong}");
+}
+
+/// Opens an XMPP WebSocket: the HTTP status of a refused upgrade, or 101.
+async fn ws_status(url: &str) -> (u16, Option<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("xmpp"));
+    let host = req.uri().authority().unwrap().as_str().to_owned();
+    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Ok((ws, res)) => (res.status().as_u16(), Some(ws)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => (res.status().as_u16(), None),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+/// Asks for a BOSH session: the HTTP status and the body.
+async fn bosh_create(url: String) -> (u16, String) {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let body = "<body rid='1000' to='localhost' wait='5' hold='1' xmlns='http://jabber.org/protocol/httpbind' xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>";
+        let mut res = agent.post(&url).content_type("text/xml; charset=utf-8").send(body).unwrap();
+        (res.status().as_u16(), res.body_mut().read_to_string().unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_http_listener_counts_websockets_and_bosh_sessions_together() {
+    let port = meerkat_tests::node::free_port();
+    let _node = TestNode::start(&format!(
+        "[[listen.http]]\nport = {port}\nip_address = \"127.0.0.1\"\nmax_connections_per_ip = 2\n\
+         [[listen.http.handlers.mod_websockets]]\nhost = \"_\"\npath = \"/ws-xmpp\"\n\
+         [[listen.http.handlers.mod_bosh]]\nhost = \"_\"\npath = \"/http-bind\"\n"
+    ));
+    let ws_url = format!("ws://127.0.0.1:{port}/ws-xmpp");
+    let bosh_url = format!("http://127.0.0.1:{port}/http-bind");
+    let (status, first) = ws_status(&ws_url).await;
+    assert_eq!(status, 101);
+    let (status, body) = bosh_create(bosh_url.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("sid="), "{body}");
+    // Both places are taken: a third session of either kind gets 503.
+    assert_eq!(ws_status(&ws_url).await.0, 503);
+    let (status, body) = bosh_create(bosh_url.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("policy-violation"), "{body}");
+    // A closed WebSocket gives its place back.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = ws_status(&ws_url).await;
+        if status == 101 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
