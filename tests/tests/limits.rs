@@ -253,3 +253,40 @@ async fn an_http_listener_counts_websockets_and_bosh_sessions_together() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_burst_past_the_stream_management_byte_cap_ends_the_session_and_nothing_is_lost() {
+    let node = TestNode::start("");
+    node.add_user("alice", PW);
+    node.add_user("bob", PW);
+    let mut alice = login(&node, "alice", PW, "sender").await;
+    let mut bob = login(&node, "bob", PW, "slow").await;
+    bob.send_str("<enable xmlns='urn:xmpp:sm:3'/>").await.unwrap();
+    bob.recv_until(|el| el.name == "enabled").await.unwrap();
+    let to = bob.jid().to_owned();
+
+    // 100 messages of 60 KiB (6 MiB); bob reads but never acknowledges:
+    // 1 MiB in, the node ends his session instead of holding the rest.
+    let pad = "y".repeat(60 * 1024);
+    let send = async {
+        for i in 0..100 {
+            let xml = format!("<message to='{to}' type='chat' id='b{i}'><body>{i} {pad}</body></message>");
+            alice.send_str(&xml).await.unwrap();
+        }
+        alice
+    };
+    let (mut alice, ended) = tokio::join!(send, bob.wait_closed(Duration::from_secs(60)));
+    assert_eq!(ended.unwrap().as_deref(), Some("resource-constraint"));
+
+    // Everything alice sent is stored: bob gets all 100 when he comes back.
+    let ping = alice.iq_xml("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+    assert_eq!(ping.attr("type"), Some("result"), "alice's stanzas were all handled: {ping}");
+    let mut bob = login(&node, "bob", PW, "back").await;
+    bob.send_str("<presence/>").await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 100 {
+        let m = bob.recv_message().await.unwrap_or_else(|e| panic!("after {} of 100: {e}", seen.len()));
+        let b = body(&m).unwrap();
+        seen.insert(b.split(' ').next().unwrap().parse::<u32>().unwrap());
+    }
+}

@@ -45,6 +45,11 @@ pub struct StreamManagementConfig {
     /// Most stanzas kept for a client until it acknowledges them; past this the
     /// stream is closed with `<resource-constraint/>` (MongooseIM's default).
     pub buffer_max: usize,
+    /// Most bytes those stanzas may hold in memory; past this the stream is
+    /// closed the same way. A client that does not acknowledge large stanzas
+    /// cannot make the node keep `buffer_max` of them (up to 6.4 MiB at the
+    /// default `max_stanza_size`).
+    pub buffer_max_bytes: usize,
     /// The server asks for an acknowledgement after this many stanzas; 0 never asks.
     pub ack_freq: u32,
     /// Seconds a session whose connection was lost (EOF or error, not a
@@ -54,7 +59,13 @@ pub struct StreamManagementConfig {
 
 impl Default for StreamManagementConfig {
     fn default() -> Self {
-        StreamManagementConfig { enabled: true, buffer_max: 100, ack_freq: 1, resume_timeout: 600 }
+        StreamManagementConfig {
+            enabled: true,
+            buffer_max: 100,
+            buffer_max_bytes: 1024 * 1024,
+            ack_freq: 1,
+            resume_timeout: 600,
+        }
     }
 }
 
@@ -67,6 +78,9 @@ impl ModuleSpec for StreamManagement {
     fn validate(cfg: &StreamManagementConfig) -> Result<(), (&'static str, String)> {
         if cfg.buffer_max == 0 {
             return Err(("buffer_max", "must be at least 1".into()));
+        }
+        if cfg.buffer_max_bytes < 65536 {
+            return Err(("buffer_max_bytes", "must be at least 65536 (one stanza of the default max_stanza_size)".into()));
         }
         Ok(())
     }
@@ -112,7 +126,7 @@ impl Module for StreamManagement {
         }
         match (el.name.as_str(), state.get_mut::<SmState>()) {
             ("enable", None) => {
-                let mut sm_state = SmState::new(self.cfg.buffer_max, self.cfg.ack_freq);
+                let mut sm_state = SmState::new(self.cfg.buffer_max, self.cfg.buffer_max_bytes, self.cfg.ack_freq);
                 let wants_resume = matches!(el.attr("resume"), Some("true") | Some("1"));
                 let timeout = self.resume_timeout();
                 let reply = if wants_resume && !timeout.is_zero() {
@@ -169,7 +183,7 @@ impl Module for StreamManagement {
                 acc.stop = Some(Stop {
                     error: StreamError::with_text(
                         StreamErrorCondition::ResourceConstraint,
-                        "too many unacknowledged stanzas",
+                        "too many unacknowledged stanzas (buffer_max or buffer_max_bytes)",
                     ),
                     reroute_queued: true,
                 });

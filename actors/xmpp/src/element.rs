@@ -59,6 +59,31 @@ impl Node {
 }
 
 impl Element {
+    /// About how many bytes of memory this element holds: its strings, and
+    /// the bookkeeping of each element, attribute and child. Walks the tree
+    /// without recursion, so any depth is safe.
+    pub fn weight(&self) -> usize {
+        const ELEMENT: usize = std::mem::size_of::<Element>();
+        const ATTR: usize = std::mem::size_of::<(String, String)>();
+        const NODE: usize = std::mem::size_of::<Node>();
+        let mut total = 0usize;
+        let mut stack = vec![self];
+        while let Some(el) = stack.pop() {
+            total = total.saturating_add(ELEMENT + el.name.len() + el.ns.len());
+            for (k, v) in &el.attrs {
+                total = total.saturating_add(ATTR + k.len() + v.len());
+            }
+            for child in &el.children {
+                total = total.saturating_add(NODE);
+                match child {
+                    Node::Element(e) => stack.push(e),
+                    Node::Text(t) => total = total.saturating_add(t.len()),
+                }
+            }
+        }
+        total
+    }
+
     /// An element without attributes or children.
     pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
         Element { name: name.into(), ns: ns.into(), attrs: Vec::new(), children: Vec::new() }

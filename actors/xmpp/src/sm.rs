@@ -33,6 +33,9 @@ pub struct SmState {
     /// Written since the server last sent `<r/>`.
     since_request: u32,
     buffer_max: usize,
+    /// Bytes the unacknowledged stanzas may hold ([`Element::weight`]).
+    buffer_max_bytes: usize,
+    unacked_bytes: usize,
     ack_freq: u32,
     /// The id a new connection resumes this session with, when resumption is on.
     pub resume_id: Option<String>,
@@ -50,15 +53,18 @@ pub enum Sent {
 }
 
 impl SmState {
-    /// Keeps at most `buffer_max` unacknowledged stanzas, and asks for an
-    /// acknowledgement every `ack_freq` stanzas (never with 0).
-    pub fn new(buffer_max: usize, ack_freq: u32) -> Self {
+    /// Keeps at most `buffer_max` unacknowledged stanzas holding at most
+    /// `buffer_max_bytes` bytes, and asks for an acknowledgement every
+    /// `ack_freq` stanzas (never with 0).
+    pub fn new(buffer_max: usize, buffer_max_bytes: usize, ack_freq: u32) -> Self {
         SmState {
             handled_in: 0,
             acked_out: 0,
             unacked: VecDeque::new(),
             since_request: 0,
             buffer_max: buffer_max.max(1),
+            buffer_max_bytes: buffer_max_bytes.max(1),
+            unacked_bytes: 0,
             ack_freq,
             resume_id: None,
         }
@@ -71,8 +77,9 @@ impl SmState {
 
     /// One stanza was written to the client.
     pub fn sent(&mut self, el: Element) -> Sent {
+        self.unacked_bytes = self.unacked_bytes.saturating_add(el.weight());
         self.unacked.push_back(el);
-        if self.unacked.len() > self.buffer_max {
+        if self.unacked.len() > self.buffer_max || self.unacked_bytes > self.buffer_max_bytes {
             return Sent::Overflow;
         }
         self.since_request += 1;
@@ -89,13 +96,15 @@ impl SmState {
         if newly > self.unacked.len() {
             return Err(BadAck);
         }
-        self.unacked.drain(..newly);
+        let freed: usize = self.unacked.drain(..newly).map(|e| e.weight()).sum();
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(freed);
         self.acked_out = h;
         Ok(())
     }
 
     /// Unacknowledged stanzas, oldest first (taken when the connection is lost).
     pub fn take_unacked(&mut self) -> VecDeque<Element> {
+        self.unacked_bytes = 0;
         std::mem::take(&mut self.unacked)
     }
 
@@ -163,7 +172,7 @@ mod tests {
 
     #[test]
     fn acks_drop_acknowledged_stanzas() {
-        let mut sm = SmState::new(10, 0);
+        let mut sm = SmState::new(10, usize::MAX, 0);
         for n in 0..5 {
             assert_eq!(sm.sent(msg(n)), Sent::Kept);
         }
@@ -179,7 +188,7 @@ mod tests {
 
     #[test]
     fn h_wraps_at_2_pow_32() {
-        let mut sm = SmState::new(10, 0);
+        let mut sm = SmState::new(10, usize::MAX, 0);
         sm.acked_out = u32::MAX - 1;
         sm.handled_in = u32::MAX;
         sm.handled();
@@ -193,11 +202,23 @@ mod tests {
 
     #[test]
     fn requests_every_ack_freq_and_overflows_past_buffer_max() {
-        let mut sm = SmState::new(3, 2);
+        let mut sm = SmState::new(3, usize::MAX, 2);
         assert_eq!(sm.sent(msg(0)), Sent::Kept);
         assert_eq!(sm.sent(msg(1)), Sent::Request);
         assert_eq!(sm.sent(msg(2)), Sent::Kept);
         assert_eq!(sm.sent(msg(3)), Sent::Overflow);
+    }
+
+    #[test]
+    fn overflows_past_buffer_max_bytes_and_acks_give_bytes_back() {
+        let big = |n: u32| msg(n).with_text("x".repeat(1000));
+        let one = big(0).weight();
+        let mut sm = SmState::new(100, one * 2, 0);
+        assert_eq!(sm.sent(big(0)), Sent::Kept);
+        assert_eq!(sm.sent(big(1)), Sent::Kept);
+        sm.acked(1).unwrap();
+        assert_eq!(sm.sent(big(2)), Sent::Kept, "the acknowledged one no longer counts");
+        assert_eq!(sm.sent(big(3)), Sent::Overflow);
     }
 
     #[test]
