@@ -482,10 +482,9 @@ impl Negotiator {
                 let form = "<query xmlns='jabber:iq:register'><instructions>Choose a username and password.</instructions><username/><password/></query>";
                 (State::PreAuth, vec![NegAction::Send(iq_reply_xml(id.as_deref(), Some(form)))])
             }
-            Some("set") if self.registered => (
-                State::PreAuth,
-                vec![NegAction::Send(iq_error_xml(id.as_deref(), StanzaErrorCondition::NotAllowed))],
-            ),
+            Some("set") if self.registered => {
+                (State::PreAuth, vec![NegAction::Send(iq_error_xml(id.as_deref(), StanzaErrorCondition::NotAllowed))])
+            }
             Some("set") => {
                 let username = q.get_child("username", ns::REGISTER).map(|e| e.text());
                 let password = q.get_child("password", ns::REGISTER).map(|e| e.text());

@@ -143,9 +143,9 @@ pub struct Shaper {
 impl Shaper {
     /// A shaper of `max_rate` bytes per second; `None` for no shaping.
     pub fn new(max_rate: Option<u64>) -> Option<Box<Shaper>> {
-        max_rate.filter(|r| *r > 0).map(|rate| {
-            Box::new(Shaper { rate, allowance: rate as f64, at: tokio::time::Instant::now() })
-        })
+        max_rate
+            .filter(|r| *r > 0)
+            .map(|rate| Box::new(Shaper { rate, allowance: rate as f64, at: tokio::time::Instant::now() }))
     }
 
     fn spend(&mut self, n: usize) {

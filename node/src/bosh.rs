@@ -30,13 +30,7 @@ pub fn endpoint(
         max_pause: Duration::from_secs(h.max_pause),
         ..BoshSettings::default()
     };
-    web::Data::new(BoshEndpoint::new(
-        ctx.svc.clone(),
-        Arc::new(listener),
-        ctx.arbiters.to_vec(),
-        secure,
-        settings,
-    ))
+    web::Data::new(BoshEndpoint::new(ctx.svc.clone(), Arc::new(listener), ctx.arbiters.to_vec(), secure, settings))
 }
 
 /// The routes of one endpoint's resource.

@@ -948,7 +948,10 @@ impl Config {
             Some(s) => Ok(Some(s.max_rate)),
             None => {
                 let known: Vec<&str> = self.shaper.keys().map(String::as_str).collect();
-                Err(format!("no [shaper.{name}] section (known: none{})", known.iter().map(|k| format!(", {k}")).collect::<String>()))
+                Err(format!(
+                    "no [shaper.{name}] section (known: none{})",
+                    known.iter().map(|k| format!(", {k}")).collect::<String>()
+                ))
             }
         }
     }

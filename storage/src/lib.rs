@@ -311,6 +311,9 @@ pub trait VcardRepo: Send + Sync {
 pub trait PrivateRepo: Send + Sync {
     async fn get_private(&self, domain: &str, user: &str, namespace: &str) -> Result<Option<String>, StorageError>;
     async fn set_private(&self, domain: &str, user: &str, namespace: &str, xml: &str) -> Result<(), StorageError>;
+    /// Bytes the account stores (namespaces and documents), leaving out `except`,
+    /// the namespace about to be written.
+    async fn private_size(&self, domain: &str, user: &str, except: &str) -> Result<u64, StorageError>;
 }
 
 /// Message archives (XEP-0313), one per user.

@@ -15,6 +15,8 @@ const SET_VCARD: Sql = sql!(
        xml = VALUES(xml), updated_micros = VALUES(updated_micros)",
 );
 const GET_PRIVATE: Sql = sql!("SELECT xml FROM private_storage WHERE domain = ? AND username = ? AND namespace = ?");
+const OTHER_PRIVATE: Sql =
+    sql!("SELECT namespace, xml FROM private_storage WHERE domain = ? AND username = ? AND namespace <> ?");
 const SET_PRIVATE: Sql = sql!(
     "INSERT INTO private_storage (domain, username, namespace, xml, updated_micros) \
      VALUES (?, ?, ?, ?, ?)",
@@ -69,5 +71,20 @@ impl PrivateRepo for Storage {
                 .await?;
         });
         Ok(())
+    }
+
+    async fn private_size(&self, domain: &str, user: &str, except: &str) -> Result<u64, StorageError> {
+        // Read whole: what an account stores is bounded by this very check.
+        let total: usize = on_backend!(self, |pool, d| {
+            let rows = sqlx::query(OTHER_PRIVATE.get(d)).bind(domain).bind(user).bind(except).fetch_all(pool).await?;
+            let mut total = 0usize;
+            for r in rows {
+                let ns: String = r.try_get("namespace")?;
+                let xml: String = r.try_get("xml")?;
+                total = total.saturating_add(ns.len() + xml.len());
+            }
+            total
+        });
+        Ok(total as u64)
     }
 }

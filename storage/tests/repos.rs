@@ -272,6 +272,13 @@ async fn xml_data(s: &Storage) {
     assert_eq!(s.get_private(DOMAIN, "alice", "STORAGE:BOOKMARKS").await.expect("get"), None);
     assert_eq!(s.get_private(DOMAIN, "bob", ns1).await.expect("get"), None);
     s.set_private(DOMAIN, "bob", ns1, "<storage xmlns='storage:bookmarks'/>").await.expect("set");
+    let x2 = format!("<storage xmlns='{ns2}'/>");
+    let x1b_len =
+        ns1.len() as u64 + s.get_private(DOMAIN, "alice", ns1).await.expect("get").map_or(0, |x| x.len() as u64);
+    assert_eq!(s.private_size(DOMAIN, "alice", ns1).await.expect("size"), (ns2.len() + x2.len()) as u64);
+    assert_eq!(s.private_size(DOMAIN, "alice", ns2).await.expect("size"), x1b_len);
+    assert_eq!(s.private_size(DOMAIN, "alice", "other").await.expect("size"), x1b_len + (ns2.len() + x2.len()) as u64);
+    assert_eq!(s.private_size(DOMAIN, "carol", ns1).await.expect("size"), 0);
 }
 
 async fn blocklist(s: &Storage) {

@@ -58,7 +58,12 @@ async fn connections_over_the_per_address_limit_get_a_stream_error_and_the_first
         conditions.extend(batch);
     }
     let wrong: Vec<_> = conditions.iter().filter(|c| c.as_deref() != Ok("policy-violation")).collect();
-    assert!(wrong.is_empty(), "{} of 900 not refused with policy-violation: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    assert!(
+        wrong.is_empty(),
+        "{} of 900 not refused with policy-violation: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 
     // The first 100 are still served.
     let (first, rest) = served.split_at_mut(1);
@@ -289,4 +294,59 @@ async fn a_burst_past_the_stream_management_byte_cap_ends_the_session_and_nothin
         let b = body(&m).unwrap();
         seen.insert(b.split(' ').next().unwrap().parse::<u32>().unwrap());
     }
+}
+
+#[tokio::test]
+async fn directed_presences_past_the_cap_are_refused() {
+    let node = TestNode::start("[modules.mod_presence]\nmax_directed_presences = 3\n");
+    node.add_user("alice", PW);
+    let mut alice = login(&node, "alice", PW, "r").await;
+    alice.send_str("<presence/>").await.unwrap();
+    alice.recv_until(|el| el.name == "presence").await.unwrap();
+    for i in 0..3 {
+        alice.send_str(&format!("<presence to='peer{i}@localhost'/>")).await.unwrap();
+    }
+    // Again to one already remembered is fine; a fourth is not.
+    alice.send_str("<presence to='peer0@localhost' id='again'/>").await.unwrap();
+    alice.send_str("<presence to='peer3@localhost' id='fourth'/>").await.unwrap();
+    let err = alice.recv_until(|el| el.name == "presence" && el.attr("type") == Some("error")).await.unwrap();
+    assert_eq!(err.attr("id"), Some("fourth"), "{err}");
+    assert_eq!(stanza_error(&err).as_deref(), Some("policy-violation"), "{err}");
+    // Going unavailable to one makes room again.
+    alice.send_str("<presence to='peer1@localhost' type='unavailable'/>").await.unwrap();
+    alice.send_str("<presence to='peer3@localhost' id='room'/>").await.unwrap();
+    let pong = alice.iq_xml("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+    assert_eq!(pong.attr("type"), Some("result"));
+    assert!(
+        !alice.backlog().any(|el| el.attr("type") == Some("error") && el.attr("id") != Some("fourth")),
+        "the room made by going unavailable was taken"
+    );
+}
+
+#[tokio::test]
+async fn private_storage_is_bounded_per_account() {
+    let node = TestNode::start("[modules.mod_private]\nmax_bytes = 65536\n");
+    node.add_user("alice", PW);
+    let mut alice = login(&node, "alice", PW, "r").await;
+    let store = |ns: &str, size: usize| {
+        format!(
+            "<iq type='set'><query xmlns='jabber:iq:private'><data xmlns='{ns}'>{}</data></query></iq>",
+            "z".repeat(size)
+        )
+    };
+    // 40 KiB in one namespace, then 20 KiB in another: fits.
+    assert_eq!(alice.iq_xml(&store("a:one", 40_000)).await.unwrap().attr("type"), Some("result"));
+    assert_eq!(alice.iq_xml(&store("a:two", 20_000)).await.unwrap().attr("type"), Some("result"));
+    // 10 KiB more in a third namespace does not.
+    let res = alice.iq_xml(&store("a:three", 10_000)).await.unwrap();
+    assert_eq!(stanza_error(&res).as_deref(), Some("policy-violation"), "{res}");
+    // Replacing a document counts its new size, not both.
+    assert_eq!(alice.iq_xml(&store("a:one", 30_000)).await.unwrap().attr("type"), Some("result"));
+    assert_eq!(alice.iq_xml(&store("a:three", 10_000)).await.unwrap().attr("type"), Some("result"));
+    // Nothing refused was stored.
+    let res = alice
+        .iq_xml("<iq type='get'><query xmlns='jabber:iq:private'><data xmlns='a:two'/></query></iq>")
+        .await
+        .unwrap();
+    assert!(res.to_string().len() > 20_000, "{}", res.to_string().len());
 }

@@ -24,18 +24,45 @@ use meerkat_xmpp::stanza::{PresenceType, StanzaKind};
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{send_current_presence, send_subscription, send_unavailable};
-use crate::ext::{Flow, HookSet, Module, ModuleCtx, ModuleJob, Receive, SessionAcc, SessionState, Switch};
+use crate::ext::{Flow, HookSet, Module, ModuleCtx, ModuleJob, Receive, SessionAcc, SessionState};
+use meerkat_xmpp::error::{error_reply, StanzaErrorCondition};
 
-pub struct Presence;
+pub struct Presence {
+    max_directed: usize,
+}
+
+/// `[modules.mod_presence]`
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Presence broadcast, probes, subscriptions and directed presence (RFC 6121).
+    pub enabled: bool,
+    /// Most JIDs one resource may have sent directed presence to while
+    /// available (each is remembered until it goes unavailable, §4.6.2);
+    /// a directed presence to one more is answered with `policy-violation`.
+    pub max_directed_presences: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig { enabled: true, max_directed_presences: 1000 }
+    }
+}
 
 impl ModuleSpec for Presence {
     const NAME: &'static str = "mod_presence";
-    type Config = Switch;
-    fn enabled(cfg: &Switch) -> bool {
+    type Config = PresenceConfig;
+    fn enabled(cfg: &PresenceConfig) -> bool {
         cfg.enabled
     }
-    fn build(_cfg: &Switch) -> Arc<dyn Module> {
-        Arc::new(Presence)
+    fn validate(cfg: &PresenceConfig) -> Result<(), (&'static str, String)> {
+        if cfg.max_directed_presences == 0 {
+            return Err(("max_directed_presences", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+    fn build(cfg: &PresenceConfig) -> Arc<dyn Module> {
+        Arc::new(Presence { max_directed: cfg.max_directed_presences })
     }
 }
 
@@ -135,6 +162,13 @@ impl Module for Presence {
                 Flow::Stop
             }
             (Some(to), PresenceType::Available) => {
+                if st.directed.len() >= self.max_directed && !st.directed.contains(to) {
+                    let mut stanza = presence.clone();
+                    stanza.set_attr("from", from.to_string());
+                    let text = format!("at most {} directed presences at once", self.max_directed);
+                    acc.write.extend(error_reply(&stanza, StanzaErrorCondition::PolicyViolation, Some(&text)));
+                    return Flow::Stop;
+                }
                 st.directed.insert(to.clone());
                 Flow::Continue
             }

@@ -10,18 +10,43 @@ use meerkat_xmpp::ns;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, parse_stored};
-use crate::ext::{storage_error, HookSet, IqAnswer, Module, ModuleCtx, Switch, Target};
+use crate::ext::{storage_error, HookSet, IqAnswer, Module, ModuleCtx, Target};
 
-pub struct PrivateStorage;
+pub struct PrivateStorage {
+    max_bytes: u64,
+}
+
+/// `[modules.mod_private]`
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivateConfig {
+    /// Clients may store private XML (XEP-0049).
+    pub enabled: bool,
+    /// Bytes one account may store, namespaces and documents together; a
+    /// write past it is refused with `policy-violation` and changes nothing.
+    pub max_bytes: u64,
+}
+
+impl Default for PrivateConfig {
+    fn default() -> Self {
+        PrivateConfig { enabled: true, max_bytes: 1024 * 1024 }
+    }
+}
 
 impl ModuleSpec for PrivateStorage {
     const NAME: &'static str = "mod_private";
-    type Config = Switch;
-    fn enabled(cfg: &Switch) -> bool {
+    type Config = PrivateConfig;
+    fn enabled(cfg: &PrivateConfig) -> bool {
         cfg.enabled
     }
-    fn build(_cfg: &Switch) -> Arc<dyn Module> {
-        Arc::new(PrivateStorage)
+    fn validate(cfg: &PrivateConfig) -> Result<(), (&'static str, String)> {
+        if cfg.max_bytes < 65536 {
+            return Err(("max_bytes", "must be at least 65536".into()));
+        }
+        Ok(())
+    }
+    fn build(cfg: &PrivateConfig) -> Arc<dyn Module> {
+        Arc::new(PrivateStorage { max_bytes: cfg.max_bytes })
     }
 }
 
@@ -69,12 +94,23 @@ impl Module for PrivateStorage {
                 Ok(None) => Ok(Some(Element::new("query", ns::PRIVATE).with_child((*child).clone()))),
                 Err(e) => Err(storage_error("private storage read")(e)),
             },
-            _ => ctx
-                .storage
-                .set_private(&host, &user, &child.ns, &child.to_xml(ns::CLIENT))
-                .await
-                .map(|()| None)
-                .map_err(storage_error("private storage write")),
+            _ => {
+                let xml = child.to_xml(ns::CLIENT);
+                // Writes of one account run one at a time (on its shard), so
+                // the size read here is still the size when the write lands.
+                match ctx.storage.private_size(&host, &user, &child.ns).await {
+                    Err(e) => Err(storage_error("private storage size")(e)),
+                    Ok(others) if others + (child.ns.len() + xml.len()) as u64 > self.max_bytes => {
+                        return Some(Err(StanzaErrorCondition::PolicyViolation));
+                    }
+                    Ok(_) => ctx
+                        .storage
+                        .set_private(&host, &user, &child.ns, &xml)
+                        .await
+                        .map(|()| None)
+                        .map_err(storage_error("private storage write")),
+                }
+            }
         })
     }
 }

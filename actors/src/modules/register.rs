@@ -87,7 +87,10 @@ impl ModuleSpec for Register {
     fn validate(cfg: &RegisterConfig) -> Result<(), (&'static str, String)> {
         for r in &cfg.ip_access {
             if parse_net(&r.address).is_none() {
-                return Err(("ip_access", format!("{:?} is neither an IP address nor a network such as 10.0.0.0/8", r.address)));
+                return Err((
+                    "ip_access",
+                    format!("{:?} is neither an IP address nor a network such as 10.0.0.0/8", r.address),
+                ));
             }
         }
         Ok(())

@@ -80,7 +80,10 @@ impl ModuleSpec for StreamManagement {
             return Err(("buffer_max", "must be at least 1".into()));
         }
         if cfg.buffer_max_bytes < 65536 {
-            return Err(("buffer_max_bytes", "must be at least 65536 (one stanza of the default max_stanza_size)".into()));
+            return Err((
+                "buffer_max_bytes",
+                "must be at least 65536 (one stanza of the default max_stanza_size)".into(),
+            ));
         }
         Ok(())
     }

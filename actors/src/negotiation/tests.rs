@@ -1187,7 +1187,10 @@ fn one_account_per_stream_and_failed_registrations_end_it_as_failed_logins_do() 
     let mut neg = negotiator(cfg(TlsMode::Tls), Conn::Direct { exporter: false });
     open_on(&mut neg, HOST);
     assert!(matches!(&neg.step(set("a"))[..], [NegAction::Register { .. }]));
-    assert!(matches!(&neg.step(NegEvent::Registered { id: Some("r".into()), result: Ok(()) })[..], [NegAction::Send(_)]));
+    assert!(matches!(
+        &neg.step(NegEvent::Registered { id: Some("r".into()), result: Ok(()) })[..],
+        [NegAction::Send(_)]
+    ));
     match &neg.step(set("b"))[..] {
         [NegAction::Send(xml)] => {
             assert_eq!(iq_summary(xml), ("error".into(), Some("r".into()), Some(StanzaErrorCondition::NotAllowed)))
@@ -1200,10 +1203,8 @@ fn one_account_per_stream_and_failed_registrations_end_it_as_failed_logins_do() 
     let max = cfg(TlsMode::Tls).max_auth_failures;
     for i in 1..=max {
         assert!(matches!(&neg.step(set("taken"))[..], [NegAction::Register { .. }]));
-        let actions = neg.step(NegEvent::Registered {
-            id: Some("r".into()),
-            result: Err(StanzaErrorCondition::ResourceConstraint),
-        });
+        let actions = neg
+            .step(NegEvent::Registered { id: Some("r".into()), result: Err(StanzaErrorCondition::ResourceConstraint) });
         if i < max {
             assert!(matches!(&actions[..], [NegAction::SendDelayed(..)]), "{actions:?}");
         } else {
