@@ -1215,6 +1215,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_limits_and_shapers_are_checked() {
+        let check = |toml: &str| -> Result<Config, ConfigError> {
+            let mut cfg = Config::parse(toml, "t.toml")?;
+            cfg.validate("t.toml")?;
+            Ok(cfg)
+        };
+        let cfg = check("[[listen.c2s]]\nmax_connections = 10\nmax_connections_per_ip = \"infinity\"\nshaper = \"fast\"\n[shaper.fast]\nmax_rate = 50000\n").unwrap();
+        assert_eq!(cfg.listen.c2s[0].max_connections, Limit(Some(10)));
+        assert_eq!(cfg.listen.c2s[0].max_connections_per_ip, Limit(None));
+        assert_eq!(cfg.shaper_rate(&cfg.listen.c2s[0].shaper), Ok(Some(50000)));
+        let e = check("[[listen.c2s]]\nmax_connections = 0\n").unwrap_err();
+        assert!(e.reason.contains("positive"), "{e:?}");
+        let e = check("[[listen.c2s]]\nmax_connections_per_ip = \"lots\"\n").unwrap_err();
+        assert!(e.reason.contains("infinity"), "{e:?}");
+        let e = check("[[listen.c2s]]\nshaper = \"fats\"\n[shaper.fast]\nmax_rate = 1\n").unwrap_err();
+        assert_eq!(e.key, "listen.c2s[0].shaper");
+        assert!(e.reason.contains("known: none, fast"), "{e:?}");
+        let e = check("[shaper.fast]\nmax_rate = 0\n").unwrap_err();
+        assert_eq!(e.key, "shaper.fast.max_rate");
+        let e = check("[shaper.fast]\nmaxrate = 10\n").unwrap_err();
+        assert!(e.reason.contains("maxrate"), "{e:?}");
+    }
+
+    #[test]
     fn defaults_are_valid() {
         let cfg = Config::defaults().unwrap();
         assert_eq!(cfg.general.hosts, vec!["localhost".to_string()]);
