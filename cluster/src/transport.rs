@@ -168,12 +168,34 @@ pub fn decode_versioned<T: serde::de::DeserializeOwned>(version: u8, data: &[u8]
     if got != version {
         return Err(format!("protocol version {got}, expected {version}"));
     }
-    let (value, used): (T, usize) =
-        bincode::serde::decode_from_slice(body, bincode_config()).map_err(|e| e.to_string())?;
+    let (value, used): (T, usize) = decode_limited(body).map_err(|e| e.to_string())?;
     if used != body.len() {
         return Err("trailing bytes after a frame".into());
     }
     Ok(value)
+}
+
+/// bincode reserves what a length prefix claims before it reads the bytes,
+/// so a 15-byte frame could ask for exabytes. Under a limit, decoding stops
+/// once what it claimed passes the limit: the bytes of strings and buffers,
+/// and the in-memory size of each number (8 for a length even when its
+/// varint takes 1 byte), so a valid body claims at most 9 times its length.
+/// The limit is a type parameter, so it is the first of a few steps of 16
+/// times a size at or above the body's length: a hostile body makes the node
+/// reserve at most 256 times its own size (64 KiB at least); the frames
+/// allowed before a hello ([`HELLO_MAX_FRAME`]) at most 64 KiB.
+fn decode_limited<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(T, usize), bincode::error::DecodeError> {
+    use bincode::serde::decode_from_slice;
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    let c = bincode_config();
+    match body.len() {
+        0..=4096 => decode_from_slice(body, c.with_limit::<{ 64 * KIB }>()),
+        4097..=65_536 => decode_from_slice(body, c.with_limit::<{ MIB }>()),
+        65_537..=1_048_576 => decode_from_slice(body, c.with_limit::<{ 16 * MIB }>()),
+        1_048_577..=16_777_216 => decode_from_slice(body, c.with_limit::<{ 256 * MIB }>()),
+        _ => decode_from_slice(body, c.with_limit::<{ 16 * MAX_FRAME }>()),
+    }
 }
 
 pub fn encode_frame(frame: &Frame) -> Result<Bytes, TransportError> {
@@ -184,8 +206,17 @@ pub fn decode_frame(data: &[u8]) -> Result<Frame, TransportError> {
     decode_versioned(PROTOCOL_VERSION, data).map_err(TransportError::Codec)
 }
 
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec()
+/// Largest frame before the hello is answered: a stranger may not make the
+/// node buffer [`MAX_FRAME`] bytes.
+pub const HELLO_MAX_FRAME: usize = 4096;
+/// Inbound connections from other nodes at once; past it a new one is closed at once.
+pub const MAX_INBOUND: usize = 256;
+/// Requests one inbound connection may have in flight; past it the
+/// connection is not read until one finishes.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 64;
+
+fn hello_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(HELLO_MAX_FRAME).new_codec()
 }
 
 /// Stanzas arriving from other nodes.
@@ -279,6 +310,10 @@ pub struct TransportStats {
     pub stanzas_sent: AtomicU64,
     pub stanzas_received: AtomicU64,
     pub stanzas_requeued: AtomicU64,
+    /// Connections closed for a frame that did not decode (or too big a one).
+    pub bad_frames: AtomicU64,
+    /// Connections refused: a wrong hello, or more than [`MAX_INBOUND`] at once.
+    pub refused_connections: AtomicU64,
 }
 
 impl Transport {
@@ -475,14 +510,17 @@ impl Transport {
             ),
             None => Box::new(tcp),
         };
-        let mut framed = Framed::new(io, codec());
+        let mut framed = Framed::new(io, hello_codec());
         framed.send(encode_frame(&Frame::Hello { cluster: self.cluster.clone(), from: self.me, to })?).await?;
         let reply = tokio::time::timeout(CONNECT_TIMEOUT, framed.next())
             .await
             .map_err(|_| TransportError::Unreachable(to.unwrap_or(0), "no hello".into()))?;
         match reply {
             Some(data) => match decode_frame(&data?)? {
-                Frame::HelloOk { .. } => Ok(framed),
+                Frame::HelloOk { .. } => {
+                    framed.codec_mut().set_max_frame_length(MAX_FRAME);
+                    Ok(framed)
+                }
                 Frame::HelloRefused { reason } => Err(TransportError::Refused(reason)),
                 other => Err(TransportError::Codec(format!("expected a hello, got {other:?}"))),
             },
@@ -579,6 +617,7 @@ impl Transport {
     /// Accepts connections from other nodes until shutdown.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let mut shutdown = self.shutdown.subscribe();
+        let inbound = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -586,8 +625,17 @@ impl Transport {
             };
             match accepted {
                 Ok((tcp, peer)) => {
+                    let Ok(permit) = inbound.clone().try_acquire_owned() else {
+                        self.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, "refusing a cluster connection: {MAX_INBOUND} are open");
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
-                    tokio::spawn(self.clone().inbound(tcp, peer));
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        this.inbound(tcp, peer).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster accept failed");
@@ -609,9 +657,14 @@ impl Transport {
             },
             None => Box::new(tcp),
         };
-        let mut framed = Framed::new(io, codec());
+        let mut framed = Framed::new(io, hello_codec());
         let hello = match tokio::time::timeout(CONNECT_TIMEOUT * 5, framed.next()).await {
             Ok(Some(Ok(data))) => decode_frame(&data),
+            Ok(Some(Err(e))) => {
+                self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer_addr, error = %e, "cluster connection sent a bad frame before its hello");
+                return;
+            }
             _ => return,
         };
         let from = match hello {
@@ -626,6 +679,7 @@ impl Transport {
                     None
                 };
                 if let Some(reason) = refusal {
+                    self.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer_addr, %reason, "refusing a cluster connection");
                     if let Ok(f) = encode_frame(&Frame::HelloRefused { reason }) {
                         let _ = framed.send(f).await;
@@ -635,10 +689,12 @@ impl Transport {
                 from
             }
             Ok(other) => {
+                self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%peer_addr, "cluster connection did not start with a hello: {other:?}");
                 return;
             }
             Err(e) => {
+                self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%peer_addr, error = %e, "cluster connection sent a bad hello");
                 return;
             }
@@ -652,8 +708,10 @@ impl Transport {
             Err(_) => return,
         }
         self.saw(from);
+        framed.codec_mut().set_max_frame_length(MAX_FRAME);
         let (mut sink, mut stream) = framed.split();
         let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(1024);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
         let writer = tokio::spawn(async move {
             while let Some(b) = reply_rx.recv().await {
                 if sink.send(b).await.is_err() {
@@ -667,7 +725,15 @@ impl Transport {
                 d = stream.next() => d,
                 _ = shutdown.changed() => break,
             };
-            let Some(Ok(data)) = data else { break };
+            let data = match data {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = from, error = %e, "bad frame; closing the link");
+                    break;
+                }
+                None => break,
+            };
             self.saw(from);
             match decode_frame(&data) {
                 Ok(Frame::Stanza(frame)) => {
@@ -680,16 +746,20 @@ impl Transport {
                     let Some(handler) = self.handler.get().cloned() else {
                         continue;
                     };
+                    // Not read further while this many are in flight: back-pressure, not a task per frame.
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
                     let reply_tx = reply_tx.clone();
                     tokio::spawn(async move {
                         let body = handler.handle(from, body).await;
                         if let Ok(f) = encode_frame(&Frame::Response { id, body }) {
                             let _ = reply_tx.send(f).await;
                         }
+                        drop(permit);
                     });
                 }
                 Ok(other) => tracing::warn!(peer = from, "unexpected frame on an inbound link: {other:?}"),
                 Err(e) => {
+                    self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(peer = from, error = %e, "bad frame; closing the link");
                     break;
                 }
@@ -711,6 +781,37 @@ fn fail_pending(pending: &Pending, why: &str) {
 mod tests {
     use super::*;
     use meerkat_xmpp::ns;
+
+    #[test]
+    fn a_huge_declared_length_is_an_error_not_an_allocation() {
+        // Version 1, Frame::Hello (variant 0), then a cluster name whose
+        // varint length (0xfd: u64 follows) is 2^62.
+        let frame = [1u8, 0, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x40];
+        assert!(decode_frame(&frame).is_err());
+        let frame = [1u8, 0, 0xfc, 0xff, 0xff, 0xff, 0x0f];
+        assert!(decode_frame(&frame).is_err(), "a 256 MiB claim in a 7-byte frame");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        use meerkat_xmpp::element::{Element, MAX_DESERIALIZED_DEPTH};
+        // Element { name: "a", ns: "", attrs: [], children: [Node::Element(..)] }, nested.
+        let nested = |levels: usize| {
+            let mut body = vec![1u8];
+            for _ in 0..levels {
+                body.extend_from_slice(&[1, b'a', 0, 0, 1, 0]);
+            }
+            body.extend_from_slice(&[1, b'a', 0, 0, 0]);
+            body
+        };
+        let ok: Element = decode_versioned(1, &nested(MAX_DESERIALIZED_DEPTH - 1)).unwrap();
+        assert_eq!(ok.name, "a");
+        let err = decode_versioned::<Element>(1, &nested(1_000_000)).unwrap_err();
+        assert!(err.contains("nested deeper"), "{err}");
+        // The depth count is given back after an error.
+        let again: Element = decode_versioned(1, &nested(MAX_DESERIALIZED_DEPTH - 1)).unwrap();
+        assert_eq!(again, ok);
+    }
 
     #[test]
     fn frames_round_trip_and_reject_other_versions() {

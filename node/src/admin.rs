@@ -460,6 +460,7 @@ mod tests {
                 received: 0,
                 duplicates: 0,
                 links_refused: 0,
+                link_bad_frames: 0,
                 delivered_here: 0,
                 bounces: 0,
                 bounce_expired: 0,

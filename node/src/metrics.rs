@@ -52,6 +52,8 @@ fn record(state: &AdminState) {
         counter!("meerkat_cluster_stanzas_sent_total").absolute(ts.stanzas_sent.load(Ordering::Relaxed));
         counter!("meerkat_cluster_stanzas_received_total").absolute(ts.stanzas_received.load(Ordering::Relaxed));
         counter!("meerkat_cluster_stanzas_requeued_total").absolute(ts.stanzas_requeued.load(Ordering::Relaxed));
+        counter!("meerkat_cluster_bad_frames_total").absolute(ts.bad_frames.load(Ordering::Relaxed));
+        counter!("meerkat_cluster_refused_connections_total").absolute(ts.refused_connections.load(Ordering::Relaxed));
     }
     if let Some(g) = &state.global {
         let s = g.status();
@@ -68,6 +70,7 @@ fn record(state: &AdminState) {
             ("received", c.received),
             ("duplicates", c.duplicates),
             ("links_refused", c.links_refused),
+            ("link_bad_frames", c.link_bad_frames),
             ("delivered_here", c.delivered_here),
             ("bounces", c.bounces),
             ("bounce_expired", c.bounce_expired),

@@ -370,7 +370,8 @@ impl AsyncWrite for Recorder {
 /// `[general]` table is already defined), so the config is rewritten to
 /// serve the global host just before `exec`. Arguments: `$1` is the binary,
 /// then `start --config <file>`.
-const SERVE_GLOBAL_HOST: &str = r#"sed -i 's/^hosts = \["localhost"\]$/hosts = ["example.com"]/' "$4" && exec "$@""#;
+pub const SERVE_GLOBAL_HOST: &str =
+    r#"sed -i 's/^hosts = \["localhost"\]$/hosts = ["example.com"]/' "$4" && exec "$@""#;
 
 /// One data center: one cluster.
 pub struct Dc {

@@ -31,13 +31,66 @@ pub struct Element {
 }
 
 /// A child of an [`Element`].
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Node {
     /// A child element.
     Element(Element),
     /// Character data, unescaped. The parser merges adjacent text, CDATA and
     /// references into one node and never produces an empty one.
     Text(String),
+}
+
+/// Deepest nesting of elements a deserialized tree may have (from another
+/// node or data center; the stream parser has its own, smaller `max_depth`).
+/// Each level is a recursive call, so without a bound a few bytes per level
+/// of a hostile frame would overflow the stack.
+pub const MAX_DESERIALIZED_DEPTH: usize = 256;
+
+thread_local! {
+    static DESERIALIZE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of nesting while a tree is deserialized; the level is given back on drop.
+struct DepthGuard;
+
+impl DepthGuard {
+    fn enter() -> Option<DepthGuard> {
+        DESERIALIZE_DEPTH.with(|d| {
+            let now = d.get();
+            (now < MAX_DESERIALIZED_DEPTH).then(|| {
+                d.set(now + 1);
+                DepthGuard
+            })
+        })
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        DESERIALIZE_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// [`Node`] as serde derives it: the same encoding, read under a [`DepthGuard`].
+#[derive(serde::Deserialize)]
+#[serde(rename = "Node")]
+enum NodeRepr {
+    Element(Element),
+    Text(String),
+}
+
+impl<'de> serde::Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
+        let Some(_level) = DepthGuard::enter() else {
+            return Err(serde::de::Error::custom(format!(
+                "elements nested deeper than {MAX_DESERIALIZED_DEPTH} levels"
+            )));
+        };
+        Ok(match NodeRepr::deserialize(d)? {
+            NodeRepr::Element(e) => Node::Element(e),
+            NodeRepr::Text(t) => Node::Text(t),
+        })
+    }
 }
 
 impl Node {

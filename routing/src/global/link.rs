@@ -105,6 +105,16 @@ fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec()
 }
 
+/// Frames before the hello is answered are at most this long (a stranger
+/// may not make the node buffer [`MAX_FRAME`]); after it, [`MAX_FRAME`].
+pub const HELLO_MAX_FRAME: usize = 4096;
+/// Inbound links at once; past it a new connection is closed at once.
+pub const MAX_INBOUND: usize = 256;
+
+fn hello_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(HELLO_MAX_FRAME).new_codec()
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -314,7 +324,7 @@ impl LinkTask {
     > {
         let io = dial(&self.cfg, &self.addr).await?;
         let (r, w) = tokio::io::split(io);
-        let mut reader = FramedRead::new(r, codec());
+        let mut reader = FramedRead::new(r, hello_codec());
         let mut writer = FramedWrite::new(w, codec());
         let hello = GdFrame::Hello {
             global_host: self.cfg.global_host.clone(),
@@ -326,7 +336,10 @@ impl LinkTask {
         let reply = tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await.map_err(|_| LinkError::Timeout)?;
         match reply {
             Some(Ok(bytes)) => match decode_frame(&bytes)? {
-                GdFrame::HelloOk { .. } => Ok((reader, writer)),
+                GdFrame::HelloOk { .. } => {
+                    reader.decoder_mut().set_max_frame_length(MAX_FRAME);
+                    Ok((reader, writer))
+                }
                 GdFrame::Refused { reason } => Err(LinkError::Refused(reason)),
                 other => Err(LinkError::Codec(format!("unexpected reply to hello: {other:?}"))),
             },
@@ -516,6 +529,8 @@ pub struct InboundStats {
     pub duplicates: AtomicU64,
     pub connections: AtomicU64,
     pub refused: AtomicU64,
+    /// Connections closed for a frame that did not decode (or too big a one).
+    pub bad_frames: AtomicU64,
 }
 
 /// The receiving side of a node's links.
@@ -554,6 +569,7 @@ impl Inbound {
     /// Accepts connections until `shutdown` turns true.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
@@ -564,6 +580,11 @@ impl Inbound {
                 _ = sweep.tick() => self.sweep(),
                 accepted = listener.accept() => {
                     let Ok((tcp, peer)) = accepted else { continue };
+                    let Ok(permit) = open.clone().try_acquire_owned() else {
+                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, "data center link refused: {MAX_INBOUND} are open");
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
                     let me = self.clone();
                     let shutdown = shutdown.clone();
@@ -580,8 +601,19 @@ impl Inbound {
                             },
                         };
                         if let Err(e) = me.connection(io, shutdown).await {
-                            tracing::debug!(%peer, error = %e, "data center link closed");
+                            let bad_frame = match &e {
+                                LinkError::Codec(_) => true,
+                                LinkError::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+                                _ => false,
+                            };
+                            if bad_frame {
+                                me.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(%peer, error = %e, "data center link closed: bad frame");
+                            } else {
+                                tracing::debug!(%peer, error = %e, "data center link closed");
+                            }
                         }
+                        drop(permit);
                     });
                 }
             }
@@ -603,7 +635,7 @@ impl Inbound {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), LinkError> {
         let (r, w) = tokio::io::split(io);
-        let mut reader = FramedRead::new(r, codec());
+        let mut reader = FramedRead::new(r, hello_codec());
         let mut writer = FramedWrite::new(w, codec());
         let first = tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await.map_err(|_| LinkError::Timeout)?;
         let (from_dc, instance) = match first {
@@ -632,6 +664,7 @@ impl Inbound {
             None => return Err(LinkError::Closed),
         };
         writer.send(encode_frame(&GdFrame::HelloOk { dc: self.cfg.local_host.clone() })?).await?;
+        reader.decoder_mut().set_max_frame_length(MAX_FRAME);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
 
         // Replies never outnumber the frames the sender may have unacknowledged.

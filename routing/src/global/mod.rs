@@ -1151,6 +1151,7 @@ impl GlobalDistrib {
                 received: inbound.as_ref().map(|i| i.stats.received.load(Ordering::Relaxed)).unwrap_or(0),
                 duplicates: inbound.as_ref().map(|i| i.stats.duplicates.load(Ordering::Relaxed)).unwrap_or(0),
                 links_refused: inbound.as_ref().map(|i| i.stats.refused.load(Ordering::Relaxed)).unwrap_or(0),
+                link_bad_frames: inbound.as_ref().map(|i| i.stats.bad_frames.load(Ordering::Relaxed)).unwrap_or(0),
                 delivered_here: load(&s.delivered_here),
                 bounces: load(&s.parked),
                 bounce_expired: load(&s.bounce_expired),
@@ -1430,8 +1431,10 @@ pub struct Counters {
     pub received: u64,
     pub duplicates: u64,
     /// Incoming link connections refused: a failed TLS handshake or a Hello
-    /// for another global host or data center.
+    /// for another global host or data center, or more than the links allowed at once.
     pub links_refused: u64,
+    /// Incoming link connections closed for a frame that did not decode or was too big.
+    pub link_bad_frames: u64,
     pub delivered_here: u64,
     pub bounces: u64,
     pub bounce_expired: u64,

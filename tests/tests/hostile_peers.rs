@@ -1,0 +1,203 @@
+//! Hostile peers on the ports other nodes and data centers use: a node that
+//! is sent absurd frames, frames before its hello, deep nesting or piles of
+//! idle connections closes those connections and goes on serving clients.
+//! (Authenticating peers is a separate matter; these frames come from
+//! someone who could not even say the right hello, or who did.)
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meerkat_cluster::transport::{encode_versioned, Frame, StanzaFrame, StanzaTarget, PROTOCOL_VERSION};
+use meerkat_routing::global::link::{GdFrame, GdStanza, GD_PROTOCOL_VERSION};
+use meerkat_tests::client::body;
+use meerkat_tests::cluster::{cluster_toml, Placement, SharedDb};
+use meerkat_tests::global::{global_toml, RedisServer, GLOBAL_HOST, SERVE_GLOBAL_HOST};
+use meerkat_tests::node::free_port;
+use meerkat_tests::{Client, NodeOptions, TestNode};
+use meerkat_xmpp::element::Element;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CLUSTER: &str = "hostile-test";
+const LOCAL_DC: &str = "dc1.example.com";
+
+struct Target {
+    node: TestNode,
+    cluster: SocketAddr,
+    link: SocketAddr,
+    _redis: RedisServer,
+}
+
+/// One node with a cluster port and a data-center link port.
+fn target() -> Target {
+    let redis = RedisServer::start();
+    let placement = Placement {
+        command_prefix: vec!["sh".into(), "-c".into(), SERVE_GLOBAL_HOST.into(), "serve-global-host".into()],
+        ..Placement::loopback()
+    };
+    let db = SharedDb::sqlite();
+    let link = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let extra = cluster_toml(CLUSTER, &db.url, 1, &placement, true) + &global_toml(LOCAL_DC, link, link, redis.port);
+    let node = TestNode::start_with(NodeOptions {
+        extra_toml: extra,
+        command_prefix: placement.command_prefix.clone(),
+        ..Default::default()
+    });
+    for user in ["alice", "bob"] {
+        let (code, v) =
+            node.api("POST", &format!("/api/users/{GLOBAL_HOST}"), Some(json!({"username": user, "password": "pw"})));
+        assert_eq!(code, 201, "{v}");
+    }
+    Target { node, cluster: placement.cluster_addr, link, _redis: redis }
+}
+
+/// Sends `bytes` on a new connection to `addr` and waits for the node to
+/// close it (EOF or reset), reading and dropping whatever it answers.
+async fn closed_after(addr: SocketAddr, bytes: &[u8]) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{addr} kept the connection open after {} hostile bytes", bytes.len());
+}
+
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut v = (body.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
+/// An element nested `levels` deep, in the encoding of `Element`, to
+/// splice where [`marker`] was encoded (encoding it would recurse as deep).
+fn nested(levels: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(levels * 6 + 5);
+    for _ in 0..levels {
+        v.extend_from_slice(&[1, b'a', 0, 0, 1, 0]);
+    }
+    v.extend_from_slice(&[1, b'a', 0, 0, 0]);
+    v
+}
+
+fn marker() -> Element {
+    Element::new("@@DEEP@@", "")
+}
+
+fn splice_deep(mut frame: Vec<u8>, levels: usize) -> Vec<u8> {
+    let pattern: Vec<u8> = [&[8u8][..], b"@@DEEP@@", &[0, 0, 0]].concat();
+    let at = frame.windows(pattern.len()).position(|w| w == pattern).expect("marker encoded");
+    frame.splice(at..at + pattern.len(), nested(levels));
+    frame
+}
+
+/// The node still serves clients: alice and bob exchange a message.
+async fn still_serving(t: &Target) {
+    let mut a = Client::login(t.node.c2s, GLOBAL_HOST, "alice", "pw", Some("a")).await.unwrap();
+    let mut b = Client::login(t.node.c2s, GLOBAL_HOST, "bob", "pw", Some("b")).await.unwrap();
+    let to = b.jid().to_owned();
+    a.send_message(&to, "still here").await.unwrap();
+    let m = b.recv_message().await.unwrap();
+    assert_eq!(body(&m).as_deref(), Some("still here"));
+}
+
+/// The cases every port gets: `hello` is a valid hello for it, `deep` a
+/// frame after it carrying a stanza nested a million levels deep.
+async fn attack(t: &Target, port: SocketAddr, hello: Vec<u8>, deep: Vec<u8>) {
+    // A 15-byte frame declaring a string of 2^62 bytes.
+    closed_after(port, &[0, 0, 0, 0x0b, 1, 0, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x40]).await;
+    still_serving(t).await;
+    // A frame declaring 4 GiB.
+    closed_after(port, &[0xff, 0xff, 0xff, 0xf0, 1, 2, 3]).await;
+    // More than a hello may be, before one.
+    closed_after(port, &framed(&vec![1u8; 64 * 1024])).await;
+    // Garbage.
+    let garbage: Vec<u8> = (0..2000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    closed_after(port, &garbage).await;
+    // A valid hello, then a stanza nested a million levels deep.
+    let mut bytes = framed(&hello);
+    bytes.extend(framed(&deep));
+    closed_after(port, &bytes).await;
+    still_serving(t).await;
+    // Many connections that say nothing: closed once they are too many or
+    // their hello is late, and clients are served meanwhile.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(port).await.unwrap());
+    }
+    still_serving(t).await;
+    let all_closed = tokio::time::timeout(Duration::from_secs(30), async {
+        for mut s in idle {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(all_closed.is_ok(), "idle connections to {port} were left open");
+    still_serving(t).await;
+}
+
+#[tokio::test]
+async fn hostile_frames_on_the_cluster_and_link_ports_close_that_connection_and_nothing_else() {
+    let t = tokio::task::spawn_blocking(target).await.unwrap();
+
+    let hello = encode_versioned(PROTOCOL_VERSION, &Frame::Hello { cluster: CLUSTER.into(), from: 66, to: None })
+        .unwrap()
+        .to_vec();
+    let stanza = Frame::Stanza(StanzaFrame {
+        target: StanzaTarget::Session { jid: format!("bob@{GLOBAL_HOST}/b"), sid: 1, if_available: false },
+        from: format!("mallory@{GLOBAL_HOST}/m"),
+        to: format!("bob@{GLOBAL_HOST}/b"),
+        stanza: marker(),
+    });
+    let deep = splice_deep(encode_versioned(PROTOCOL_VERSION, &stanza).unwrap().to_vec(), 1_000_000);
+    attack(&t, t.cluster, hello, deep).await;
+
+    let hello = encode_versioned(
+        GD_PROTOCOL_VERSION,
+        &GdFrame::Hello {
+            global_host: GLOBAL_HOST.into(),
+            from_dc: "dc9.example.com".into(),
+            to_dc: LOCAL_DC.into(),
+            instance: 7,
+        },
+    )
+    .unwrap()
+    .to_vec();
+    let stanza = GdFrame::Stanza(GdStanza {
+        seq: 1,
+        ttl: 1,
+        origin_dc: "dc9.example.com".into(),
+        origin_start_micros: None,
+        from: format!("mallory@{GLOBAL_HOST}/m"),
+        to: format!("bob@{GLOBAL_HOST}/b"),
+        stanza: marker(),
+    });
+    let deep = splice_deep(encode_versioned(GD_PROTOCOL_VERSION, &stanza).unwrap().to_vec(), 1_000_000);
+    attack(&t, t.link, hello, deep).await;
+
+    let (code, metrics) = t.node.api("GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    for name in ["meerkat_cluster_bad_frames_total", "meerkat_global_link_bad_frames_total"] {
+        let n: u64 = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"));
+        assert!(n >= 4, "{name} = {n}");
+    }
+}
