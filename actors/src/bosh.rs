@@ -16,10 +16,11 @@
 //!   a stream error ends the session with `condition='remote-stream-error'`
 //!   (or `host-unknown`), carrying the `<stream:error/>`.
 //!
-//! Requests are handled in `rid` order: one that arrives early waits for the
-//! missing ones (within the `requests` window); a repeated `rid` gets the
-//! answer it already got (§14.3), or takes over the held request when that
-//! one was never answered. At most `hold` requests are held: one more makes
+//! A session's first `rid` must be below 2^53 (XEP-0124 §14.1), or the
+//! request gets `bad-request`. Requests are handled in `rid` order: one that
+//! arrives early waits for the missing ones (within the `requests` window);
+//! a repeated `rid` gets the answer it already got (§14.3), or takes over the
+//! held request when that one was never answered. At most `hold` requests are held: one more makes
 //! the oldest answer at once, and a held request is answered empty after
 //! `wait` seconds. With no request held for `inactivity` seconds (or the
 //! `pause` the client asked for, at most `maxpause`) the session ends as if
