@@ -724,7 +724,11 @@ impl Scanner {
                         return Err(ParseError::TooDeep(limits.max_depth));
                     }
                     if !empty {
-                        self.open.push(OpenElement { name_start: at + 1, name_end: at + 1 + name_len, ns: self.tag_ns });
+                        self.open.push(OpenElement {
+                            name_start: at + 1,
+                            name_end: at + 1 + name_len,
+                            ns: self.tag_ns,
+                        });
                         self.ns_total += self.tag_ns;
                     }
                     self.advance(end);
