@@ -16,10 +16,11 @@
 //!   a stream error ends the session with `condition='remote-stream-error'`
 //!   (or `host-unknown`), carrying the `<stream:error/>`.
 //!
-//! Requests are handled in `rid` order: one that arrives early waits for the
-//! missing ones (within the `requests` window); a repeated `rid` gets the
-//! answer it already got (§14.3), or takes over the held request when that
-//! one was never answered. At most `hold` requests are held: one more makes
+//! A session's first `rid` must be below 2^53 (XEP-0124 §14.1), or the
+//! request gets `bad-request`. Requests are handled in `rid` order: one that
+//! arrives early waits for the missing ones (within the `requests` window);
+//! a repeated `rid` gets the answer it already got (§14.3), or takes over the
+//! held request when that one was never answered. At most `hold` requests are held: one more makes
 //! the oldest answer at once, and a held request is answered empty after
 //! `wait` seconds. With no request held for `inactivity` seconds (or the
 //! `pause` the client asked for, at most `maxpause`) the session ends as if
@@ -57,6 +58,10 @@ pub const XBOSH: &str = "urn:xmpp:xbosh";
 const VERSION: &str = "1.11";
 /// Frames waiting between the bridge and the c2s driver, each way.
 const CHANNEL: usize = 16;
+/// XEP-0124 §14.1: a client picks its first `rid` at random below 2^53, so
+/// that the `rid`s it sends in a session stay within what a JavaScript number
+/// holds exactly. One at or above it is refused when it creates a session.
+const RID_LIMIT: u64 = 1 << 53;
 /// A client may send `polling` seconds apart when it holds no request.
 const POLLING: u64 = 2;
 /// After a client's `terminate`, how long the driver may take to close.
@@ -173,6 +178,10 @@ impl BoshEndpoint {
 
     /// The session creation request (XEP-0124 §7, XEP-0206 §3).
     async fn create(&self, rid: u64, body: Element, peer: Option<std::net::SocketAddr>) -> Reply {
+        if rid >= RID_LIMIT {
+            tracing::debug!(?peer, rid, "bosh session refused: rid not below 2^53");
+            return Reply { status: 400, ..Reply::terminate("bad-request") };
+        }
         let Some(to) = body.attr("to").filter(|t| !t.trim().is_empty()).map(str::to_owned) else {
             return Reply { status: 400, ..Reply::terminate("bad-request") };
         };
@@ -399,7 +408,8 @@ impl Bridge {
             }
             return;
         }
-        if req.rid >= self.next_rid + window || self.early.len() >= window as usize {
+        // `req.rid >= next_rid` here, so the difference cannot wrap.
+        if req.rid - self.next_rid >= window || self.early.len() >= window as usize {
             self.refuse(req.reply, "item-not-found");
             return;
         }

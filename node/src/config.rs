@@ -216,6 +216,7 @@ pub struct C2sListen {
     pub max_depth: usize,
     /// Access rule deciding who may log in here: `all` or `none`.
     pub access: String,
+    /// TLS on this listener; STARTTLS required by default.
     pub tls: ListenTls,
     /// Connections open at once on this listener; one more gets the stream
     /// error `<policy-violation/>` and is closed. `"infinity"` (default) or a number.
@@ -288,7 +289,10 @@ pub struct Shaper {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenTls {
-    /// `none`, `starttls`, `starttls_required` or `tls` (direct TLS, XEP-0368).
+    /// `none`, `starttls`, `starttls_required` (the default) or `tls` (direct
+    /// TLS, XEP-0368). With `starttls`, a man in the middle can strip the
+    /// STARTTLS offer and the client authenticates in the clear; the default
+    /// offers nothing but STARTTLS before TLS (RFC 6120 §5.3.1).
     pub mode: meerkat_actors::negotiation::TlsMode,
     /// PEM certificate chain. Without one, a self-signed certificate is generated in the data directory.
     pub certfile: Option<PathBuf>,
@@ -298,7 +302,7 @@ pub struct ListenTls {
 
 impl Default for ListenTls {
     fn default() -> Self {
-        ListenTls { mode: meerkat_actors::negotiation::TlsMode::Starttls, certfile: None, keyfile: None }
+        ListenTls { mode: meerkat_actors::negotiation::TlsMode::StarttlsRequired, certfile: None, keyfile: None }
     }
 }
 
@@ -1243,6 +1247,7 @@ mod tests {
         let cfg = Config::defaults().unwrap();
         assert_eq!(cfg.general.hosts, vec!["localhost".to_string()]);
         assert_eq!(cfg.listen.c2s[0].port, 5222);
+        assert_eq!(cfg.listen.c2s[0].tls.mode, meerkat_actors::negotiation::TlsMode::StarttlsRequired);
         assert_eq!(cfg.admin.port, 5288);
         assert!(cfg.database_url().starts_with("sqlite://./meerkat-data"));
     }
@@ -1253,6 +1258,10 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let mut cfg = Config::parse(&text, "deploy/meerkat.toml").unwrap();
         cfg.validate("deploy/meerkat.toml").unwrap();
+        // It shows the default TLS mode, and a listener without one gets it.
+        assert_eq!(cfg.listen.c2s[0].tls.mode, ListenTls::default().mode);
+        let bare = Config::parse("[[listen.c2s]]\nport = 5222\n", "bare.toml").unwrap();
+        assert_eq!(bare.listen.c2s[0].tls.mode, meerkat_actors::negotiation::TlsMode::StarttlsRequired);
     }
 
     /// The commented `[global_distribution]` example, uncommented, on a config serving its global_host.

@@ -102,15 +102,20 @@ struct Bosh {
 impl Bosh {
     /// Creates a session; returns the client and the creation answer.
     async fn create(url: &str, attrs: &str) -> (Bosh, Element) {
-        let rid = 1_000_000 + rand_rid();
-        let a = post(
-            url,
-            format!(
-                "<body xmlns='{HTTPBIND}' xmlns:xmpp='urn:xmpp:xbosh' rid='{rid}' to='{DOMAIN}' xml:lang='en' \
-                 ver='1.11' xmpp:version='1.0' {attrs}/>"
-            ),
+        Bosh::create_at(url, 1_000_000 + rand_rid(), attrs).await
+    }
+
+    /// The session creation request with the given first `rid`.
+    fn creation(rid: u64, attrs: &str) -> String {
+        format!(
+            "<body xmlns='{HTTPBIND}' xmlns:xmpp='urn:xmpp:xbosh' rid='{rid}' to='{DOMAIN}' xml:lang='en' \
+             ver='1.11' xmpp:version='1.0' {attrs}/>"
         )
-        .await;
+    }
+
+    /// Creates a session whose first request has `rid`.
+    async fn create_at(url: &str, rid: u64, attrs: &str) -> (Bosh, Element) {
+        let a = post(url, Bosh::creation(rid, attrs)).await;
         assert_eq!(a.status, 200, "{}", a.text);
         assert!(a.content_type.starts_with("text/xml"), "{}", a.content_type);
         let b = a.body();
@@ -294,6 +299,37 @@ async fn requests_are_handled_in_rid_order() {
     let a = alice.send_rid(alice.rid + 10, "", "").await;
     assert_eq!((a.body().attr("type"), a.body().attr("condition")), (Some("terminate"), Some("item-not-found")));
     wait_until("alice's session ends", TIMEOUT, || !node.session_jids().iter().any(|j| j.ends_with("/order")));
+}
+
+/// A first `rid` near `u64::MAX` made the next request overflow the window
+/// arithmetic (`next_rid + window`). XEP-0124 §14.1 has clients start below
+/// 2^53: a first `rid` at or above it is refused with `bad-request`; one just
+/// below it makes a session whose `rid`s go on past 2^53, and a `rid` far
+/// ahead of the window, even `u64::MAX`, ends it with `item-not-found`.
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_first_rid_is_refused_and_rids_never_overflow() {
+    let (_node, url) = bosh_node("", "");
+    for rid in [u64::MAX, u64::MAX - 1, 1 << 53] {
+        let a = post(&url, Bosh::creation(rid, "wait='2'")).await;
+        assert_eq!(
+            (a.status, a.body().attr("type"), a.body().attr("condition")),
+            (400, Some("terminate"), Some("bad-request")),
+            "first rid {rid}: {}",
+            a.text
+        );
+    }
+
+    let (mut alice, _) = Bosh::create_at(&url, (1 << 53) - 1, "hold='1' wait='2'").await;
+    assert_eq!(alice.rid, 1 << 53);
+    alice.send("").await;
+    alice.send("").await;
+    let a = alice.send_rid(u64::MAX, "", "").await;
+    assert_eq!((a.body().attr("type"), a.body().attr("condition")), (Some("terminate"), Some("item-not-found")));
+    // The node is fine: a client that logs in now chats.
+    let mut bob = Bosh::login(&url, "bob", "after", "hold='1' wait='2'").await;
+    bob.send(&format!("<message xmlns='jabber:client' to='bob@{DOMAIN}/after'><body>hi</body></message>")).await;
+    let m = bob.recv_until(|e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("hi"));
 }
 
 /// `wait`: a held request is answered empty when nothing came; `pause`

@@ -87,6 +87,28 @@ async fn unclosed_tag_then_disconnect_leaves_the_node_up() {
     assert_messaging_works(&node, "alice", "bob", PW).await;
 }
 
+/// `<body>oops</message>`: the end tag does not close `<body>`. The node used
+/// to answer only once the client ended its stream, as the stanza's depth never
+/// came back to zero; now `</message>` itself gets `<not-well-formed/>`, with
+/// the client's side of the stream still open.
+#[tokio::test]
+async fn mismatched_end_tag_is_not_well_formed_before_the_client_closes() {
+    let node = node_with_users();
+    let stanza = b"<message to='bob@localhost'><body>oops</message>";
+    let mut raw = Client::tcp(node.c2s, DOMAIN).await.unwrap();
+    raw.send_raw(&with_header(stanza)).await.unwrap();
+    assert_eq!(raw.expect_stream_error().await, "not-well-formed");
+    raw.wait_closed(Duration::from_secs(10)).await.unwrap();
+
+    let mut alice = login(&node, "alice", PW, "mismatched").await;
+    let sent = std::time::Instant::now();
+    alice.send_raw(stanza).await.unwrap();
+    assert_eq!(alice.expect_stream_error().await, "not-well-formed");
+    println!("mismatched end tag: stream error {:?} after it was sent", sent.elapsed());
+    alice.wait_closed(Duration::from_secs(10)).await.unwrap();
+    assert_messaging_works(&node, "alice", "bob", PW).await;
+}
+
 #[tokio::test]
 async fn invalid_utf8_is_unsupported_encoding() {
     // The parser maps invalid UTF-8 to <unsupported-encoding/> (RFC 6120 §4.9.3.22).

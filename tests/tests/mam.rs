@@ -44,8 +44,9 @@ impl Answer {
     fn count(&self) -> usize {
         self.set().get_child("count", RSM).unwrap().text().parse().unwrap()
     }
+    /// The `index` of `<first/>`, if the page has a first item and it is given.
     fn first_index(&self) -> Option<usize> {
-        self.set().get_child("first", RSM).map(|f| f.attr("index").unwrap().parse().unwrap())
+        self.set().get_child("first", RSM).and_then(|f| f.attr("index")).map(|i| i.parse().unwrap())
     }
     fn first(&self) -> Option<String> {
         self.set().get_child("first", RSM).map(Element::text)
@@ -183,7 +184,10 @@ async fn thousand_messages(node: &TestNode) {
     for k in (0..10).rev() {
         let page = query(&mut bob, None, &[], &format!("<max>100</max><before>{before}</before>")).await;
         assert_eq!(page.ids(), delivered[k * 100..(k + 1) * 100], "backward page {k}");
-        assert_eq!(page.first_index(), Some(k * 100));
+        // No index going backwards: slixmpp's iterator would take the first page
+        // for the end of the set (index + items == count).
+        assert_eq!(page.first_index(), None, "backward page {k}");
+        assert_eq!(page.count(), N);
         assert_eq!(page.complete(), k == 0, "backward page {k}");
         before = page.first().unwrap();
     }

@@ -78,6 +78,55 @@ async fn scram_without_tls_works_but_plain_and_plus_are_not_offered() {
     auth_and_ping(c, Sasl::Scram(HashAlg::Sha256), "alice").await;
 }
 
+/// A c2s listener without `tls.mode` requires STARTTLS (the default is
+/// `starttls_required`, so a man in the middle cannot strip STARTTLS and see
+/// SCRAM in the clear): before TLS it offers nothing but `<starttls><required/>`
+/// (RFC 6120 §5.3.1), not even PLAIN with `allow_plain_without_tls`, nor
+/// registration; `<auth/>` gets `<encryption-required/>` and the stream ends
+/// with `<policy-violation/>`. After STARTTLS the login is as usual. A listener
+/// set to `none` keeps working without TLS.
+#[tokio::test]
+async fn c2s_listener_requires_starttls_by_default_and_none_still_works() {
+    use meerkat_tests::node::free_port;
+    let (default_port, none_port) = (free_port(), free_port());
+    let node = TestNode::start(&format!(
+        "[auth]\nallow_plain_without_tls = true\n\n\
+         [[listen.c2s]]\nport = {default_port}\nip_address = \"127.0.0.1\"\n\n\
+         [[listen.c2s]]\nport = {none_port}\nip_address = \"127.0.0.1\"\ntls.mode = \"none\"\n"
+    ));
+    node.add_user("alice", PW);
+    let by_default: std::net::SocketAddr = ([127, 0, 0, 1], default_port).into();
+    let none: std::net::SocketAddr = ([127, 0, 0, 1], none_port).into();
+
+    let mut c = Client::connect(by_default, DOMAIN, Security::Plain).await.unwrap();
+    let features = c.features.clone().unwrap();
+    let starttls = features.get_child("starttls", ns::TLS).unwrap_or_else(|| panic!("no STARTTLS: {features}"));
+    assert!(starttls.has_child("required", ns::TLS), "{features}");
+    assert!(!features.has_child("mechanisms", ns::SASL), "no SASL before TLS: {features}");
+    assert!(!c.has_feature("register", ns::REGISTER_FEATURE), "no registration before TLS: {features}");
+    let err = c.auth(Sasl::Scram(HashAlg::Sha256), "alice", PW).await.unwrap_err();
+    assert!(matches!(&err, ClientError::SaslFailure(c) if c == "encryption-required"), "{err}");
+    assert_eq!(c.wait_closed(std::time::Duration::from_secs(10)).await.unwrap().as_deref(), Some("policy-violation"));
+
+    let mut c = Client::connect(by_default, DOMAIN, Security::Plain).await.unwrap();
+    let res = c
+        .iq_xml("<iq type='set' id='reg'><query xmlns='jabber:iq:register'><username>mallory</username><password>pw</password></query></iq>")
+        .await
+        .unwrap();
+    assert_eq!(res.attr("type"), Some("error"), "registration before TLS: {res}");
+
+    let c = Client::connect(by_default, DOMAIN, Security::StartTls).await.unwrap();
+    assert!(c.mechanisms().contains(&"SCRAM-SHA-256-PLUS".to_string()), "{:?}", c.mechanisms());
+    auth_and_ping(c, Sasl::ScramPlus(HashAlg::Sha256), "alice").await;
+
+    let c = Client::connect(none, DOMAIN, Security::Plain).await.unwrap();
+    assert!(!c.has_feature("starttls", ns::TLS), "{:?}", c.features);
+    assert!(c.mechanisms().contains(&"PLAIN".to_string()), "{:?}", c.mechanisms());
+    auth_and_ping(c, Sasl::Plain, "alice").await;
+    let c = Client::connect(none, DOMAIN, Security::Plain).await.unwrap();
+    auth_and_ping(c, Sasl::Scram(HashAlg::Sha256), "alice").await;
+}
+
 #[tokio::test]
 async fn plus_mechanisms_and_channel_binding_advertised_after_tls() {
     let node = TestNode::start("");

@@ -16,10 +16,9 @@
 //! lists the others with the protocol the node does not offer; every file of
 //! the distribution must be in one list, so a new pin gets looked at.
 //!
-//! The runner corrects one slixmpp bug: its XEP-0059 iterator stops paging
-//! backwards after the first page when the server sends the `index` and
-//! `count` that XEP-0059 recommends (test_mam's test_mam_iterate pages
-//! backwards); the script explains it.
+//! slixmpp runs unmodified: test_mam's test_mam_iterate walks the archive
+//! backwards with slixmpp's own XEP-0059 iterator, which relies on the node
+//! leaving `index` out of a page read backwards (the script explains why).
 //!
 //! The source distribution is downloaded with pip (hash-checked) once into
 //! `$CARGO_TARGET_DIR/slixmpp-itests/` and unpacked there.

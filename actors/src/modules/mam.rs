@@ -645,15 +645,22 @@ async fn run_query(ctx: &ModuleCtx, iq: &Routed, q: MamQuery) -> IqAnswer {
             return Err(StanzaErrorCondition::ResourceConstraint);
         }
     }
-    Ok(Some(fin(&page)))
+    Ok(Some(fin(&page, q.storage.from_end)))
 }
 
 /// The IQ result payload: completeness and the RSM summary of the page.
-fn fin(page: &meerkat_storage::ArchivePage) -> Element {
+///
+/// `<first/>` carries its `index` (optional in XEP-0059) only on a page read
+/// forwards. Clients end a walk where `index + items == count`, which marks the
+/// set's last page going forwards but holds for the very first page of a walk
+/// backwards from the end: slixmpp's result set iterator stopped there. ejabberd
+/// and Prosody never send `index`; without it, such a client walks backwards
+/// until a page comes back empty, as it does against them.
+fn fin(page: &meerkat_storage::ArchivePage, backwards: bool) -> Element {
     let mut set = Element::new("set", NS_RSM);
     if let (Some(first), Some(last)) = (page.first_id(), page.last_id()) {
         let mut f = Element::new("first", NS_RSM).with_text(first);
-        if let Some(i) = page.first_index {
+        if let Some(i) = page.first_index.filter(|_| !backwards) {
             f.set_attr("index", i.to_string());
         }
         set.push_child(f);
@@ -860,9 +867,38 @@ mod tests {
     fn fin_and_form() {
         let page = meerkat_storage::ArchivePage { messages: vec![], first_index: None, count: 7, complete: true };
         assert_eq!(
-            fin(&page).to_xml(ns::CLIENT),
+            fin(&page, false).to_xml(ns::CLIENT),
             "<fin xmlns='urn:xmpp:mam:2' complete='true'>\
              <set xmlns='http://jabber.org/protocol/rsm'><count>7</count></set></fin>"
+        );
+        let message = |id: &str| meerkat_storage::ArchivedMessage {
+            domain: "example.org".into(),
+            user: "bob".into(),
+            id: id.into(),
+            stamp_micros: 0,
+            with_jid: "alice@example.org".into(),
+            with_resource: None,
+            direction: ArchiveDirection::Incoming,
+            stanza: "<message/>".into(),
+        };
+        // The last page of ten: its index is given going forwards only.
+        let page = meerkat_storage::ArchivePage {
+            messages: vec![message("a"), message("b")],
+            first_index: Some(8),
+            count: 10,
+            complete: false,
+        };
+        let set = "<first>a</first><last>b</last><count>10</count></set></fin>";
+        assert_eq!(
+            fin(&page, false).to_xml(ns::CLIENT),
+            format!(
+                "<fin xmlns='urn:xmpp:mam:2' complete='false'><set xmlns='http://jabber.org/protocol/rsm'>{}",
+                set.replace("<first>", "<first index='8'>")
+            )
+        );
+        assert_eq!(
+            fin(&page, true).to_xml(ns::CLIENT),
+            format!("<fin xmlns='urn:xmpp:mam:2' complete='false'><set xmlns='http://jabber.org/protocol/rsm'>{set}")
         );
         let form = query_form();
         let vars: Vec<&str> =

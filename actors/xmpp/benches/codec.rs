@@ -3,7 +3,9 @@
 //!
 //! Each iteration feeds one complete stanza into a parser whose stream is
 //! already open, which is what a server sees when a client's stanza arrives
-//! in one read. Run with `cargo bench -p meerkat-xmpp --bench codec`.
+//! in one read, and `parse_split` feeds it in two reads, so that the boundary
+//! scanner rather than the whole-stanza fast path finds its end. Run with
+//! `cargo bench -p meerkat-xmpp --bench codec`.
 
 use std::hint::black_box;
 
@@ -65,6 +67,17 @@ fn codec(c: &mut Criterion) {
                 out.clear();
                 black_box(&el).write_to(&mut out, ns::CLIENT);
                 black_box(out.len())
+            })
+        });
+
+        // A stanza split over two reads: the boundary scanner finds its end.
+        let (head, tail) = xml.as_bytes().split_at(xml.len() / 2);
+        let mut p = open_parser();
+        group.bench_function(format!("parse_split/{name}"), |b| {
+            b.iter(|| {
+                p.feed(black_box(head));
+                assert_eq!(p.next_event(), Ok(None));
+                black_box(parse_one(&mut p, black_box(tail)))
             })
         });
 

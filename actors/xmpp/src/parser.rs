@@ -56,8 +56,9 @@
 //! its input for the end of the document and cannot resume. The scanner
 //! walks the bytes of the stanza being received, markup token by markup
 //! token (start tag, end tag, CDATA section; character data is skipped to
-//! the next `<`), keeping the element depth, until the top-level element
-//! ends. It is resumable: it remembers where the token it is in started,
+//! the next `<`), keeping the names of the open elements (where they lie in
+//! the buffer, at most [`Limits::max_depth`] of them), until the top-level
+//! element ends. It is resumable: it remembers where the token it is in started,
 //! how far it looked, and whether it stopped inside a quoted attribute
 //! value, so a stanza arriving in many small reads is scanned once overall,
 //! not once per read, with a word-at-a-time search for `>` and quotes.
@@ -65,9 +66,11 @@
 //! wait for its end, because the end may never come or may be far away:
 //! comments, DTDs (the billion-laughs attack fails at `<!D`) and processing
 //! instructions (RFC 6120 §11.1), [`Limits::max_depth`] (10,000 unclosed
-//! `<a>` fail at the 65th), [`Limits::max_stanza_size`], and
+//! `<a>` fail at the 65th), [`Limits::max_stanza_size`],
 //! [`MAX_NAMESPACES_IN_SCOPE`] (counted from the attribute name in front of
-//! each opening quote). It also rejects a start tag whose name is not a
+//! each opening quote), and an end tag that does not close the innermost
+//! open element (`<body>oops</message>` fails at `</message>`, not when the
+//! peer ends the stream). It also rejects a start tag whose name is not a
 //! QName or that has stray bytes after its last attribute: such a tag (`<>`,
 //! `<a / >`) would otherwise count as an open element and the error would
 //! only show once the peer closed it. Other malformed syntax is reported
@@ -346,14 +349,25 @@ struct Scanner {
     quote_end: usize,
     /// Namespace declarations seen so far in the start tag at `at`.
     tag_ns: usize,
-    /// Open elements of the current top-level element.
-    depth: usize,
-    /// Namespace declarations of each open element.
-    open_ns: Vec<usize>,
-    /// Sum of `open_ns`.
+    /// Open elements of the current top-level element, outermost first; at
+    /// most [`Limits::max_depth`].
+    open: Vec<OpenElement>,
+    /// Sum of the open elements' namespace declarations.
     ns_total: usize,
     /// [`StreamParser::parse_direct`] was tried on this stanza.
     direct_tried: bool,
+}
+
+/// An element whose start tag the scanner has passed and whose end tag it
+/// has not.
+#[derive(Debug)]
+struct OpenElement {
+    /// Where its qualified name lies in the stanza: the bytes stay buffered
+    /// until the stanza is consumed, so the name is not copied.
+    name_start: usize,
+    name_end: usize,
+    /// Namespace declarations of its start tag.
+    ns: usize,
 }
 
 /// Incremental XMPP stream parser; see the module documentation.
@@ -637,7 +651,7 @@ impl StreamParser {
     fn release_buffers(&mut self) {
         self.buf = Vec::new();
         self.pos = 0;
-        self.scan.open_ns.shrink_to_fit();
+        self.scan.open.shrink_to_fit();
         let tree = &mut self.tree;
         tree.base.shrink_to_fit();
         tree.scope.shrink_to_fit();
@@ -659,8 +673,7 @@ impl Scanner {
     /// Forgets the stanza (or token) just consumed, keeping allocations.
     fn reset(&mut self) {
         self.advance(0);
-        self.depth = 0;
-        self.open_ns.clear();
+        self.open.clear();
         self.ns_total = 0;
         self.direct_tried = false;
     }
@@ -706,30 +719,42 @@ impl Scanner {
             }
             match tok {
                 Tok::Start(empty) => {
-                    check_start_tag(&data[at..end], empty, self.quote_end.saturating_sub(at))?;
-                    if self.depth >= limits.max_depth {
+                    let name_len = check_start_tag(&data[at..end], empty, self.quote_end.saturating_sub(at))?;
+                    if self.open.len() >= limits.max_depth {
                         return Err(ParseError::TooDeep(limits.max_depth));
                     }
                     if !empty {
-                        self.depth += 1;
-                        self.open_ns.push(self.tag_ns);
+                        self.open.push(OpenElement {
+                            name_start: at + 1,
+                            name_end: at + 1 + name_len,
+                            ns: self.tag_ns,
+                        });
                         self.ns_total += self.tag_ns;
                     }
                     self.advance(end);
-                    if self.depth == 0 {
+                    if self.open.is_empty() {
                         return Ok(Scanned::Stanza(end));
                     }
                 }
-                Tok::End if self.depth == 0 => return Ok(Scanned::StreamEnd(end)),
                 Tok::End => {
-                    self.depth -= 1;
-                    self.ns_total -= self.open_ns.pop().unwrap_or(0);
+                    let Some(open) = self.open.pop() else {
+                        return Ok(Scanned::StreamEnd(end));
+                    };
+                    // Checked now rather than when the stanza is complete: a
+                    // stanza closed by the wrong name may never become so.
+                    if !closes(&data[at..end], &data[open.name_start..open.name_end]) {
+                        // Bytes that are not UTF-8 are reported as such,
+                        // as quick-xml reports them in a complete stanza.
+                        utf8(&data[at..end])?;
+                        return Err(ParseError::NotWellFormed("mismatched end tag"));
+                    }
+                    self.ns_total -= open.ns;
                     self.advance(end);
-                    if self.depth == 0 {
+                    if self.open.is_empty() {
                         return Ok(Scanned::Stanza(end));
                     }
                 }
-                Tok::CData if self.depth == 0 => return Err(ParseError::TextAtStreamLevel),
+                Tok::CData if self.open.is_empty() => return Err(ParseError::TextAtStreamLevel),
                 Tok::CData => self.advance(end),
                 // `markup_end` refuses these when they are not allowed.
                 Tok::Pi => return Err(ParseError::RestrictedXml("processing instruction")),
@@ -890,11 +915,19 @@ fn is_ns_decl(before: &[u8]) -> bool {
     name == b"xmlns" || (name.starts_with(b"xmlns:") && name != b"xmlns:xml")
 }
 
+/// Whether the end tag `tag` (from `</` to `>`) closes the element named
+/// `name`: XML allows whitespace after the name, nothing else.
+fn closes(tag: &[u8], name: &[u8]) -> bool {
+    let inner = &tag[2..tag.len() - 1];
+    inner.starts_with(name) && inner[name.len()..].iter().all(|&c| is_ws(c))
+}
+
 /// The scanner's own checks on a complete start tag (`tag` runs from `<`
 /// to `>`): a QName, and nothing but whitespace after the last attribute
 /// value (`quote_end`, relative to `tag`, 0 if there is none). The rest is
-/// quick-xml's job once the stanza is complete.
-fn check_start_tag(tag: &[u8], empty: bool, quote_end: usize) -> Result<()> {
+/// quick-xml's job once the stanza is complete. Returns the length of the
+/// name.
+fn check_start_tag(tag: &[u8], empty: bool, quote_end: usize) -> Result<usize> {
     let content_end = tag.len() - if empty { 2 } else { 1 };
     let name_end = tag[1..content_end].iter().position(|&c| is_ws(c)).map_or(content_end, |p| p + 1);
     let name = &tag[1..name_end];
@@ -909,7 +942,7 @@ fn check_start_tag(tag: &[u8], empty: bool, quote_end: usize) -> Result<()> {
     if !tag[tail..content_end].iter().all(|&c| is_ws(c)) {
         return Err(ParseError::NotWellFormed("malformed start tag"));
     }
-    Ok(())
+    Ok(name.len())
 }
 
 /// A quick-xml reader over one complete piece of markup, with the checks
@@ -2056,6 +2089,39 @@ mod tests {
         p.feed("<a>".repeat(10_000).as_bytes());
         assert_eq!(p.next_event(), Err(ParseError::TooDeep(64)));
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    /// `<body>oops</message>` left the stanza one level deep, so the scanner
+    /// waited for more input and the error came only when the peer closed the
+    /// stream: an end tag must close the innermost open element.
+    #[test]
+    fn mismatched_end_tag_fails_without_waiting_for_the_stanza_end() {
+        let cases: &[(&str, &[&str])] = &[
+            ("<message to='bob@localhost'><body>oops</message>", &["error:not-well-formed"]),
+            ("<a><b><c></b>", &["error:not-well-formed"]),
+            ("<a><b></bb>", &["error:not-well-formed"]),
+            ("<a><bb></b>", &["error:not-well-formed"]),
+            ("<a><b></b c>", &["error:not-well-formed"]),
+            ("<a><p:b xmlns:p='urn:x'></b>", &["error:not-well-formed"]),
+            ("<a><b></p:b>", &["error:not-well-formed"]),
+            ("<a><b/><c>text</a>", &["error:not-well-formed"]),
+            ("<a><![CDATA[</a>]]><b></a>", &["error:not-well-formed"]),
+            // What does close: the same qualified name, whitespace after it.
+            ("<a><b></b ></a\n><c/>", &["<a><b/></a>", "<c/>"]),
+            ("<a><p:b xmlns:p='urn:x'></p:b>", &[]),
+            ("<a xmlns='urn:é'><é>é</é>", &[]),
+        ];
+        for (body, rest) in cases {
+            check_in_stream(body, rest);
+        }
+        // The stanza is never completed, and the stream not closed.
+        let mut p = StreamParser::new(Limits::default());
+        p.feed(HDR.as_bytes());
+        assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+        p.feed(b"<message to='bob@localhost'><body>oops");
+        assert_eq!(p.next_event(), Ok(None));
+        p.feed(b"</message>");
+        assert_eq!(p.next_event(), Err(ParseError::NotWellFormed("mismatched end tag")));
     }
 
     #[test]
