@@ -14,7 +14,6 @@
 //! [`crate::websocket`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, TlsMode};
 use crate::services::{now_micros, Services};
 use crate::session::{
-    ActorSink, C2sSession, ClientClosed, ConnClosed, FromClient, IdlePing, IoControl, OutQueue, Resume,
+    ActorSink, C2sSession, ClientClosed, ConnClosed, FromClient, IdlePing, IoControl, OutQueue, Resume, Written,
 };
 use crate::transport::{Conn, ConnReader, ConnWriter, Transport};
 use crate::websocket::{self, WsConnection, WsOut};
@@ -374,7 +373,7 @@ struct Attached {
     addr: Addr<C2sSession>,
     conn: u64,
     out_rx: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    queued: Written,
     io_rx: watch::Receiver<IoControl>,
 }
 
@@ -531,7 +530,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 struct Writer {
     conn: ConnWriter,
     rx: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    queued: Written,
     io: watch::Receiver<IoControl>,
     keepalive: Duration,
 }
@@ -575,7 +574,7 @@ async fn next_writer_step(
 async fn stream_write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    queued: Written,
     mut io: watch::Receiver<IoControl>,
     keepalive: Duration,
 ) {
@@ -611,10 +610,11 @@ async fn stream_write_loop<W: AsyncWrite + Unpin>(
                     _ = until(&mut io, IoControl::Abort) => break,
                     r = tokio::time::timeout(WRITE_TIMEOUT, async { writer.write_all(data).await?; writer.flush().await }) => r,
                 };
-                queued.fetch_sub(len.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+                queued.dequeued(len);
                 if !matches!(res, Ok(Ok(()))) {
                     break;
                 }
+                queued.wrote(len);
             }
             WriterStep::Keepalive => {
                 // RFC 6120 §4.6.1: whitespace keeps NATs and the client's idle timer happy.
@@ -631,7 +631,7 @@ async fn stream_write_loop<W: AsyncWrite + Unpin>(
 async fn websocket_write_loop(
     tx: mpsc::Sender<WsOut>,
     mut rx: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    queued: Written,
     mut io: watch::Receiver<IoControl>,
     keepalive: Duration,
 ) {
@@ -641,7 +641,7 @@ async fn websocket_write_loop(
             WriterStep::Abort | WriterStep::End => break,
             WriterStep::Write(item) => {
                 let len = item.len();
-                queued.fetch_sub(len.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+                queued.dequeued(len);
                 let Ok(xml) = std::str::from_utf8(&item) else {
                     tracing::error!("non-UTF-8 output for a WebSocket client");
                     break;
@@ -656,6 +656,7 @@ async fn websocket_write_loop(
                         break 'outer;
                     }
                 }
+                queued.wrote(len);
             }
             WriterStep::Keepalive => {
                 // RFC 7395 §3.8: no whitespace between messages; a WebSocket ping instead.
