@@ -17,11 +17,15 @@ use meerkat_routing::cluster::ClusterInbox;
 use meerkat_routing::global::{GlobalConfig, GlobalDistrib};
 use meerkat_routing::KickReason;
 use meerkat_routing::Router;
-use meerkat_storage::{DbTls, Storage, StorageConfig};
+use meerkat_storage::{DbTls, SecretRepo as _, Storage, StorageConfig};
 use meerkat_xmpp::parser::Limits;
+use meerkat_xmpp::sasl::SaltSecret;
 use tokio::sync::watch;
 
 use crate::config::{mechanism, Config, LogFormat};
+
+/// Name of the key unknown users' fake SCRAM salts are derived from, in the database.
+const SCRAM_SALT_SECRET: &str = "scram_fake_salt";
 
 fn init_logging(cfg: &crate::config::Log) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -83,6 +87,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("connecting to the database ({})", redact(&storage_cfg.url)))?,
     );
     tracing::info!(backend = storage.backend_name(), "database ready");
+    // Unknown users' fake SCRAM salts come from this key: kept in the database,
+    // it is the same after a restart and on every node sharing the database.
+    let salt_secret = SaltSecret::new(
+        &storage
+            .shared_secret(SCRAM_SALT_SECRET, &rand::random::<[u8; 32]>())
+            .await
+            .context("reading the server's SCRAM salt secret from the database")?,
+    );
 
     let hosts = cfg.general.hosts.clone();
     let sessions = Arc::new(SessionTable::new());
@@ -185,6 +197,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
                 registration: tuning.in_band_registration,
                 max_auth_failures: cfg.auth.max_failures,
+                scram_iterations: cfg.auth.password.scram_iterations,
+                salt_secret: salt_secret.clone(),
             },
             limits: Limits { max_stanza_size: l.max_stanza_size, max_depth: l.max_depth },
             tls: acceptor,
@@ -244,6 +258,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
             registration: tuning.in_band_registration,
             max_auth_failures: cfg.auth.max_failures,
+            scram_iterations: cfg.auth.password.scram_iterations,
+            salt_secret: salt_secret.clone(),
         },
         limits,
         tls: None,

@@ -4,7 +4,7 @@
 //!
 //! The public surface is a set of object-safe repository traits — [`AccountRepo`],
 //! [`RosterRepo`], [`OfflineRepo`], [`VcardRepo`], [`PrivateRepo`], [`ArchiveRepo`] and
-//! [`BlocklistRepo`] — plus the
+//! [`BlocklistRepo`], and [`SecretRepo`] for the server's own secrets — plus the
 //! [`Storage`] handle that implements all of them. `Storage::connect` picks the backend
 //! from the URL scheme (`sqlite:`, `postgres:`/`postgresql:`, `mysql:`/`mariadb:`), opens
 //! a pool and applies that backend's migrations (`migrations/sqlite`,
@@ -30,6 +30,7 @@ mod connect;
 mod error;
 mod offline;
 mod roster;
+mod secrets;
 mod sql;
 mod xmldata;
 
@@ -325,6 +326,15 @@ pub trait OfflineRepo: Send + Sync {
     /// starts again after a crash), for all users; how many messages were released.
     async fn release_offline_claims(&self, claim_prefix: &str) -> Result<u64, StorageError>;
     async fn count_offline(&self, domain: &str, user: &str) -> Result<u64, StorageError>;
+}
+
+/// Secrets the server keeps for itself, the same for every node on one database.
+#[async_trait]
+pub trait SecretRepo: Send + Sync {
+    /// The secret named `name`: `candidate` (1 to 1024 bytes) if none was stored yet,
+    /// else the stored one. Concurrent callers (nodes starting together) all get the
+    /// same value, the first writer's.
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StorageError>;
 }
 
 /// vCards (XEP-0054), stored as serialized XML.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use meerkat_storage::{
     AccountRepo, ArchiveDirection, ArchivePage, ArchiveQuery, ArchiveRepo, ArchivedMessage, BlocklistRepo, DbTls,
-    OfflineRepo, PrivateRepo, RosterItem, RosterRepo, Storage, StorageConfig, StorageError, StoredPassword,
+    OfflineRepo, PrivateRepo, RosterItem, RosterRepo, SecretRepo, Storage, StorageConfig, StorageError, StoredPassword,
     Subscription, VcardRepo,
 };
 use sqlx::{AssertSqlSafe, Executor};
@@ -334,6 +334,28 @@ async fn offline_claims(s: &Storage) {
     assert_eq!(n, 40, "every message was claimed");
     assert_eq!(s.release_offline_claims("9:").await.expect("release"), 40);
     assert_eq!(take(s, user).await.len(), 40);
+}
+
+/// The first value stored under a name stays, whoever asks later or at once.
+async fn secrets(s: &Storage) {
+    let first = s.shared_secret("salt key", &[1u8; 32]).await.expect("create");
+    assert_eq!(first, [1u8; 32]);
+    assert_eq!(s.shared_secret("salt key", &[2u8; 32]).await.expect("read"), [1u8; 32], "kept, not replaced");
+    assert_eq!(s.shared_secret("other", &[0u8, 255, 7]).await.expect("other name"), [0u8, 255, 7]);
+    assert!(s.shared_secret("empty", &[]).await.is_err());
+    assert!(s.shared_secret("huge", &[0u8; 1025]).await.is_err());
+    // Nodes starting together agree on one value.
+    let tasks: Vec<_> = (0..8u8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.shared_secret("together", &[i; 32]).await.expect("concurrent") })
+        })
+        .collect();
+    let mut values = Vec::new();
+    for t in tasks {
+        values.push(t.await.expect("join"));
+    }
+    assert!(values.windows(2).all(|w| w[0] == w[1]), "{values:?}");
 }
 
 async fn xml_data(s: &Storage) {
@@ -659,6 +681,7 @@ async fn test_suite(s: &Storage) {
     offline(s).await;
     concurrent_offline(s).await;
     offline_claims(s).await;
+    secrets(s).await;
     xml_data(s).await;
     archive(s).await;
     blocklist(s).await;
@@ -712,7 +735,7 @@ async fn mysql_stored_bytes(admin: &sqlx::MySqlPool, db: &str) {
     .fetch_all(admin)
     .await
     .expect("information_schema");
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 9);
     for r in &rows {
         let collation: String = r.try_get("TABLE_COLLATION").expect("collation");
         assert_eq!(collation, "utf8mb4_bin");
