@@ -218,7 +218,33 @@ async fn negotiate(
                                 None
                             }
                         };
-                        actions.extend(neg.step(NegEvent::Credentials(creds)));
+                        if neg.credentials_need_hashing(creds.as_ref()) {
+                            // PBKDF2 would stall every connection of this arbiter: it runs
+                            // on the node's hashing pool, waiting there for a free thread.
+                            let mut moved = neg;
+                            let stepped = svc
+                                .accounts
+                                .hashing()
+                                .run(move || {
+                                    let a = moved.step(NegEvent::Credentials(creds));
+                                    (moved, a)
+                                })
+                                .await;
+                            match stepped {
+                                Ok((back, a)) => {
+                                    neg = back;
+                                    actions.extend(a);
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "credential check failed");
+                                    let err = StreamError::new(StreamErrorCondition::InternalServerError);
+                                    conn.close(Some(&err)).await;
+                                    return Ok(Negotiated::Closed);
+                                }
+                            }
+                        } else {
+                            actions.extend(neg.step(NegEvent::Credentials(creds)));
+                        }
                     }
                     NegAction::Register { host, username, password, id } => {
                         let result = svc

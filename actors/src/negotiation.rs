@@ -206,6 +206,18 @@ impl Negotiator {
         self.user.as_deref()
     }
 
+    /// Whether answering [`NegAction::LookupCredentials`] with `creds` derives
+    /// keys (PBKDF2): PLAIN against stored SCRAM keys, or SCRAM against a stored
+    /// plain password. The driver then takes that step off its reactor thread.
+    pub fn credentials_need_hashing(&self, creds: Option<&Credentials>) -> bool {
+        let State::Sasl { mech, .. } = &self.state else { return false };
+        match creds {
+            Some(Credentials::Scram(_)) => *mech == Mechanism::Plain,
+            Some(Credentials::Plain(_)) => *mech != Mechanism::Plain,
+            None => false,
+        }
+    }
+
     pub fn step(&mut self, ev: NegEvent) -> Vec<NegAction> {
         let state = std::mem::replace(&mut self.state, State::Closed);
         let (next, actions) = self.transition(state, ev);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix::Arbiter;
 use anyhow::Context as _;
-use meerkat_actors::auth::Accounts;
+use meerkat_actors::auth::{Accounts, HashingPool};
 use meerkat_actors::c2s::{self, C2sListener};
 use meerkat_actors::ext::Registry;
 use meerkat_actors::negotiation::{NegotiationConfig, TlsMode};
@@ -124,8 +124,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }));
     }
     let workers = ServerWorkers::new(cfg.session.server_workers, cfg.session.server_queue);
-    let accounts =
-        Accounts::new(storage.clone(), hosts.clone(), cfg.auth.password.format, cfg.auth.password.scram_iterations);
+    let hashing = HashingPool::new(cfg.auth.password.hashing_threads.unwrap_or_else(HashingPool::default_threads));
+    tracing::info!(threads = hashing.threads(), "password hashing pool ready");
+    let accounts = Accounts::new(
+        storage.clone(),
+        hosts.clone(),
+        cfg.auth.password.format,
+        cfg.auth.password.scram_iterations,
+        hashing,
+    );
     let settings = SessionSettings {
         mailbox_capacity: cfg.session.mailbox_capacity,
         max_outgoing_bytes: cfg.session.max_outgoing_bytes,
