@@ -193,11 +193,8 @@ async fn offline_messages_survive_a_kill_during_delivery() {
     node.kill();
     note(&first, &mut seen);
     // What was already on its way is still read.
-    loop {
-        match bob.recv_timeout(Duration::from_secs(10)).await {
-            Ok(el) => note(&el, &mut seen),
-            Err(_) => break,
-        }
+    while let Ok(el) = bob.recv_timeout(Duration::from_secs(10)).await {
+        note(&el, &mut seen);
     }
     let before_kill = seen.len();
     drop(bob);
