@@ -4,11 +4,61 @@
 //! default; `[auth] password.format = "plain"` stores them as given, as
 //! MongooseIM allows. Either form serves every mechanism: PLAIN checks against
 //! the keys, and SCRAM derives keys from a plain password at login.
+//!
+//! Key derivation (PBKDF2, milliseconds of CPU each) never runs on a reactor
+//! thread: registration, password changes and logins that derive keys (PLAIN
+//! against stored SCRAM keys, SCRAM against a stored plain password) run it on
+//! the [`HashingPool`], a few blocking threads shared by the whole node.
 
 use std::sync::Arc;
 
 use meerkat_storage::{AccountRepo, Storage, StorageError, StoredPassword};
 use meerkat_xmpp::sasl::{Credentials, HashAlg, ScramCredentials};
+use tokio::sync::Semaphore;
+
+/// The node's bounded pool for expensive credential computations: at most
+/// `threads` run at once, on tokio's blocking threads; callers beyond that
+/// wait their turn (each waiting connection holds its own place in the
+/// semaphore's queue, so the queue is bounded by the connections), and
+/// none fails for want of a thread.
+#[derive(Clone, Debug)]
+pub struct HashingPool {
+    permits: Arc<Semaphore>,
+    threads: usize,
+}
+
+impl HashingPool {
+    pub fn new(threads: usize) -> HashingPool {
+        let threads = threads.max(1);
+        HashingPool { permits: Arc::new(Semaphore::new(threads)), threads }
+    }
+
+    /// Half the machine's cores, at least one: the reactors keep the rest.
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1)
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` on a blocking thread once the pool has room, waiting until it does.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, AccountError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AccountError::Hashing("the pool is closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            // Held until `f` is done, even if the caller stopped waiting.
+            let _permit = permit;
+            f()
+        })
+        .await
+        .map_err(|e| AccountError::Hashing(e.to_string()))
+    }
+}
 
 /// How passwords are kept (`[auth] password.format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -45,11 +95,23 @@ pub struct Accounts {
     hosts: Arc<Vec<String>>,
     format: PasswordFormat,
     iterations: u32,
+    hashing: HashingPool,
 }
 
 impl Accounts {
-    pub fn new(storage: Arc<Storage>, hosts: Vec<String>, format: PasswordFormat, iterations: u32) -> Self {
-        Accounts { storage, hosts: Arc::new(hosts), format, iterations }
+    pub fn new(
+        storage: Arc<Storage>,
+        hosts: Vec<String>,
+        format: PasswordFormat,
+        iterations: u32,
+        hashing: HashingPool,
+    ) -> Self {
+        Accounts { storage, hosts: Arc::new(hosts), format, iterations, hashing }
+    }
+
+    /// Where key derivation runs.
+    pub fn hashing(&self) -> &HashingPool {
+        &self.hashing
     }
 
     /// The canonical localpart (RFC 7622 nodeprep), or why it is not valid.
@@ -80,17 +142,18 @@ impl Accounts {
                 let password = password.to_owned();
                 let iterations = self.iterations;
                 // Key derivation costs milliseconds of CPU: keep it off the reactor threads.
-                let joined = tokio::task::spawn_blocking(move || -> Result<String, String> {
-                    let mut parts = Vec::new();
-                    for h in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha512] {
-                        let c = ScramCredentials::generate(h, &password, iterations).map_err(|e| e.to_string())?;
-                        parts.push(c.to_storage_string());
-                    }
-                    Ok(parts.join(" "))
-                })
-                .await
-                .map_err(|e| AccountError::Hashing(e.to_string()))?
-                .map_err(AccountError::Hashing)?;
+                let joined = self
+                    .hashing
+                    .run(move || -> Result<String, String> {
+                        let mut parts = Vec::new();
+                        for h in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha512] {
+                            let c = ScramCredentials::generate(h, &password, iterations).map_err(|e| e.to_string())?;
+                            parts.push(c.to_storage_string());
+                        }
+                        Ok(parts.join(" "))
+                    })
+                    .await?
+                    .map_err(AccountError::Hashing)?;
                 Ok(StoredPassword::Scram(joined))
             }
         }
@@ -162,5 +225,61 @@ impl Accounts {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+
+    /// At most `threads` computations run at once; the others wait for room
+    /// and then all complete (none is refused).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hashing_pool_runs_at_most_its_threads_and_makes_the_rest_wait() {
+        let pool = HashingPool::new(2);
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        // Jobs block until the test hands out a token each.
+        let gate = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let jobs: Vec<_> = (0..6)
+            .map(|i| {
+                let (pool, running, most, gate) = (pool.clone(), running.clone(), most.clone(), gate.clone());
+                tokio::spawn(async move {
+                    pool.run(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        let (tokens, cv) = &*gate;
+                        let mut t = cv.wait_while(tokens.lock().unwrap(), |t| *t == 0).unwrap();
+                        *t -= 1;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        i
+                    })
+                    .await
+                })
+            })
+            .collect();
+        // Two jobs start; the other four wait on the pool, not on a thread of their own.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while running.load(Ordering::SeqCst) < 2 {
+            assert!(std::time::Instant::now() < deadline, "the pool did not start two jobs");
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(running.load(Ordering::SeqCst), 2);
+        {
+            let (tokens, cv) = &*gate;
+            *tokens.lock().unwrap() = 6;
+            cv.notify_all();
+        }
+        let mut done = Vec::new();
+        for j in jobs {
+            done.push(j.await.unwrap().unwrap());
+        }
+        assert_eq!(done, (0..6).collect::<Vec<_>>());
+        assert_eq!(most.load(Ordering::SeqCst), 2, "more computations ran at once than the pool has threads");
     }
 }

@@ -34,7 +34,7 @@ use crate::admission::{Admission, Admitted, Refused};
 use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, TlsMode};
 use crate::services::{now_micros, Services};
 use crate::session::{
-    ActorSink, C2sSession, ClientClosed, ConnClosed, FromClient, IdlePing, IoControl, OutQueue, Resume,
+    ActorSink, C2sSession, ClientClosed, ConnClosed, FromClient, IdlePing, IoControl, OutQueue, Resume, Written,
 };
 use crate::transport::{Conn, ConnReader, ConnWriter, Shaper, Transport};
 use crate::websocket::{self, WsConnection, WsOut};
@@ -291,7 +291,33 @@ async fn negotiate(
                                 None
                             }
                         };
-                        actions.extend(neg.step(NegEvent::Credentials(creds)));
+                        if neg.credentials_need_hashing(creds.as_ref()) {
+                            // PBKDF2 would stall every connection of this arbiter: it runs
+                            // on the node's hashing pool, waiting there for a free thread.
+                            let mut moved = neg;
+                            let stepped = svc
+                                .accounts
+                                .hashing()
+                                .run(move || {
+                                    let a = moved.step(NegEvent::Credentials(creds));
+                                    (moved, a)
+                                })
+                                .await;
+                            match stepped {
+                                Ok((back, a)) => {
+                                    neg = back;
+                                    actions.extend(a);
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "credential check failed");
+                                    let err = StreamError::new(StreamErrorCondition::InternalServerError);
+                                    conn.close(Some(&err)).await;
+                                    return Ok(Negotiated::Closed);
+                                }
+                            }
+                        } else {
+                            actions.extend(neg.step(NegEvent::Credentials(creds)));
+                        }
                     }
                     NegAction::Register { host, username, password, id } => {
                         let hooks = &svc.ctx.hooks;
@@ -454,7 +480,7 @@ struct Attached {
     addr: Addr<C2sSession>,
     conn: u64,
     out_rx: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    queued: Written,
     io_rx: watch::Receiver<IoControl>,
 }
 
@@ -611,7 +637,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 struct Writer {
     conn: ConnWriter,
     rx: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    queued: Written,
     io: watch::Receiver<IoControl>,
     keepalive: Duration,
 }
@@ -655,7 +681,7 @@ async fn next_writer_step(
 async fn stream_write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    queued: Written,
     mut io: watch::Receiver<IoControl>,
     keepalive: Duration,
 ) {
@@ -691,10 +717,11 @@ async fn stream_write_loop<W: AsyncWrite + Unpin>(
                     _ = until(&mut io, IoControl::Abort) => break,
                     r = tokio::time::timeout(WRITE_TIMEOUT, async { writer.write_all(data).await?; writer.flush().await }) => r,
                 };
-                queued.fetch_sub(len.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+                queued.dequeued(len);
                 if !matches!(res, Ok(Ok(()))) {
                     break;
                 }
+                queued.wrote(len);
             }
             WriterStep::Keepalive => {
                 // RFC 6120 §4.6.1: whitespace keeps NATs and the client's idle timer happy.
@@ -711,7 +738,7 @@ async fn stream_write_loop<W: AsyncWrite + Unpin>(
 async fn websocket_write_loop(
     tx: mpsc::Sender<WsOut>,
     mut rx: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    queued: Written,
     mut io: watch::Receiver<IoControl>,
     keepalive: Duration,
 ) {
@@ -721,7 +748,7 @@ async fn websocket_write_loop(
             WriterStep::Abort | WriterStep::End => break,
             WriterStep::Write(item) => {
                 let len = item.len();
-                queued.fetch_sub(len.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+                queued.dequeued(len);
                 let Ok(xml) = std::str::from_utf8(&item) else {
                     tracing::error!("non-UTF-8 output for a WebSocket client");
                     break;
@@ -736,6 +763,7 @@ async fn websocket_write_loop(
                         break 'outer;
                     }
                 }
+                queued.wrote(len);
             }
             WriterStep::Keepalive => {
                 // RFC 7395 §3.8: no whitespace between messages; a WebSocket ping instead.

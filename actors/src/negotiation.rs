@@ -17,7 +17,7 @@ use meerkat_xmpp::error::{StanzaErrorCondition, StreamError, StreamErrorConditio
 use meerkat_xmpp::jid::FullJid;
 use meerkat_xmpp::ns;
 use meerkat_xmpp::parser::StreamHeader;
-use meerkat_xmpp::sasl::{Credentials, Mechanism, SaslFailure, SaslInput, SaslOutput, SaslServer};
+use meerkat_xmpp::sasl::{Credentials, Mechanism, SaltSecret, SaslFailure, SaslInput, SaslOutput, SaslServer};
 
 use base64::Engine as _;
 
@@ -47,6 +47,12 @@ pub struct NegotiationConfig {
     pub registration: bool,
     /// Failed authentications allowed before the stream is closed.
     pub max_auth_failures: u32,
+    /// The iteration count SCRAM keys are made with (`[auth]
+    /// password.scram_iterations`), also offered to unknown users.
+    pub scram_iterations: u32,
+    /// The key unknown users' fake SCRAM salts are derived from, kept in the
+    /// database so that they survive restarts and agree across nodes.
+    pub salt_secret: SaltSecret,
 }
 
 /// Something that happened on the connection.
@@ -201,6 +207,18 @@ impl Negotiator {
     /// Authenticated user's localpart, once SASL succeeded.
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// Whether answering [`NegAction::LookupCredentials`] with `creds` derives
+    /// keys (PBKDF2): PLAIN against stored SCRAM keys, or SCRAM against a stored
+    /// plain password. The driver then takes that step off its reactor thread.
+    pub fn credentials_need_hashing(&self, creds: Option<&Credentials>) -> bool {
+        let State::Sasl { mech, .. } = &self.state else { return false };
+        match creds {
+            Some(Credentials::Scram(_)) => *mech == Mechanism::Plain,
+            Some(Credentials::Plain(_)) => *mech != Mechanism::Plain,
+            None => false,
+        }
     }
 
     pub fn step(&mut self, ev: NegEvent) -> Vec<NegAction> {
@@ -451,7 +469,11 @@ impl Negotiator {
                     None => return self.sasl_failed(SaslFailure::IncorrectEncoding),
                 }
             };
-            let server = Box::new(SaslServer::new(mech, self.exporter.clone(), self.plus_advertised));
+            let server = Box::new(
+                SaslServer::new(mech, self.exporter.clone(), self.plus_advertised)
+                    .with_default_iterations(self.cfg.scram_iterations)
+                    .with_salt_secret(self.cfg.salt_secret.clone()),
+            );
             return match initial {
                 Some(data) => self.sasl_step(server, mech, SaslInput::Response(&data)),
                 // No initial response: an empty challenge asks for it (RFC 6120 §6.4.2).

@@ -26,13 +26,13 @@
 //! back to the account when the session ends.
 
 use meerkat_xmpp::jid::Bare as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use bytes::Bytes;
 use meerkat_cluster::SessionId;
-use meerkat_routing::{KickReason, Routed, SessionSink};
+use meerkat_routing::{Accepted, KickReason, Routed, SessionSink};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::{error_reply, StanzaErrorCondition, StreamError, StreamErrorCondition};
 use meerkat_xmpp::jid::{parse_jid, FullJid, Jid};
@@ -51,6 +51,28 @@ pub struct OutQueue {
     tx: mpsc::Sender<Bytes>,
     queued: Arc<AtomicUsize>,
     max_bytes: usize,
+    /// Bytes ever queued; the writer counts those it wrote in [`Written`].
+    pushed: Arc<AtomicU64>,
+    written: watch::Receiver<u64>,
+}
+
+/// The writer's side of an [`OutQueue`]'s counts: bytes still queued, and
+/// bytes written to the connection so far (watched by [`OutQueue::written_up_to_now`]).
+pub struct Written {
+    queued: Arc<AtomicUsize>,
+    total: watch::Sender<u64>,
+}
+
+impl Written {
+    /// `len` bytes left the queue.
+    pub fn dequeued(&self, len: usize) {
+        self.queued.fetch_sub(len.min(self.queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+    }
+
+    /// `len` bytes (of those dequeued) reached the connection.
+    pub fn wrote(&self, len: usize) {
+        self.total.send_modify(|t| *t += len as u64);
+    }
 }
 
 /// Why a write could not be queued.
@@ -63,10 +85,20 @@ pub enum PushError {
 }
 
 impl OutQueue {
-    pub fn new(capacity: usize, max_bytes: usize) -> (OutQueue, mpsc::Receiver<Bytes>, Arc<AtomicUsize>) {
+    pub fn new(capacity: usize, max_bytes: usize) -> (OutQueue, mpsc::Receiver<Bytes>, Written) {
         let (tx, rx) = mpsc::channel(capacity);
         let queued = Arc::new(AtomicUsize::new(0));
-        (OutQueue { tx, queued: queued.clone(), max_bytes }, rx, queued)
+        let (total, written) = watch::channel(0);
+        let out = OutQueue { tx, queued: queued.clone(), max_bytes, pushed: Arc::new(AtomicU64::new(0)), written };
+        (out, rx, Written { queued, total })
+    }
+
+    /// Resolves to `true` once the writer wrote everything queued so far to
+    /// the connection, `false` if the writer ended first.
+    pub fn written_up_to_now(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let target = self.pushed.load(Ordering::Relaxed);
+        let mut written = self.written.clone();
+        async move { written.wait_for(|w| *w >= target).await.is_ok() }
     }
 
     pub fn push(&self, data: String) -> Result<(), PushError> {
@@ -78,7 +110,9 @@ impl OutQueue {
         self.tx.try_send(Bytes::from(data)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => PushError::Overflow,
             mpsc::error::TrySendError::Closed(_) => PushError::Closed,
-        })
+        })?;
+        self.pushed.fetch_add(len as u64, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -107,6 +141,8 @@ pub struct Deliver(pub Element);
 pub struct DeliverStored {
     pub stanzas: Vec<Element>,
     pub release: bool,
+    /// Told whether the stanzas were written to the connection.
+    pub accepted: Option<Accepted>,
 }
 
 /// Live messages held at most while stored ones are fetched; past this they
@@ -772,10 +808,33 @@ impl Handler<FromClient> for C2sSession {
 impl Handler<DeliverStored> for C2sSession {
     type Result = ();
     fn handle(&mut self, msg: DeliverStored, ctx: &mut Context<Self>) {
-        for el in msg.stanzas {
-            self.on_delivered_now(el, ctx);
+        let DeliverStored { stanzas, release, accepted } = msg;
+        if accepted.is_some() && (self.detached || !self.connected) {
+            // They stay stored, for the next login: not rerouted (which would store them twice).
+            if let Some(a) = accepted {
+                let _ = a.send(false);
+            }
+        } else {
+            for el in stanzas {
+                self.on_delivered_now(el, ctx);
+            }
+            if let Some(a) = accepted {
+                // Taken once the writer has them on the connection: a crash before
+                // that leaves them stored, to be delivered again.
+                match self.out.as_ref().filter(|_| !self.detached) {
+                    Some(out) => {
+                        let written = out.written_up_to_now();
+                        actix::spawn(async move {
+                            let _ = a.send(written.await);
+                        });
+                    }
+                    None => {
+                        let _ = a.send(false);
+                    }
+                }
+            }
         }
-        if msg.release {
+        if release {
             self.release_held(ctx);
         }
     }
@@ -902,8 +961,8 @@ impl SessionSink for ActorSink {
         self.0.do_send(Kick(reason));
     }
 
-    fn deliver_stored(&self, stanzas: Vec<Element>, release: bool) {
+    fn deliver_stored(&self, stanzas: Vec<Element>, release: bool, accepted: Option<Accepted>) {
         // Must get through even to a full mailbox: it also ends the hold.
-        self.0.do_send(DeliverStored { stanzas, release });
+        self.0.do_send(DeliverStored { stanzas, release, accepted });
     }
 }

@@ -350,13 +350,17 @@ impl Default for Auth {
 pub struct Password {
     /// `scram` (salted keys, the default) or `plain`.
     pub format: meerkat_actors::auth::PasswordFormat,
-    /// PBKDF2 iterations for new SCRAM keys.
+    /// PBKDF2 iterations for new SCRAM keys; unknown users are offered the same.
     pub scram_iterations: u32,
+    /// Threads that derive keys (registration, password changes, PLAIN against
+    /// SCRAM keys), off the reactor threads; logins beyond them wait their turn.
+    /// Default: half the CPU cores, at least 1.
+    pub hashing_threads: Option<usize>,
 }
 
 impl Default for Password {
     fn default() -> Self {
-        Password { format: Default::default(), scram_iterations: 4096 }
+        Password { format: Default::default(), scram_iterations: 4096, hashing_threads: None }
     }
 }
 
@@ -896,6 +900,9 @@ impl Config {
         }
         if self.auth.password.scram_iterations < 4096 {
             return Err(err("auth.password.scram_iterations", "must be at least 4096 (RFC 7677)".into()));
+        }
+        if self.auth.password.hashing_threads == Some(0) {
+            return Err(err("auth.password.hashing_threads", "must be at least 1".into()));
         }
         if self.auth.max_failures == 0 {
             return Err(err("auth.max_failures", "must be at least 1".into()));

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix::Arbiter;
 use anyhow::Context as _;
 use meerkat_actors::admission::{Admission, ConnectionLimits};
-use meerkat_actors::auth::Accounts;
+use meerkat_actors::auth::{Accounts, HashingPool};
 use meerkat_actors::c2s::{self, C2sListener};
 use meerkat_actors::ext::Registry;
 use meerkat_actors::negotiation::{NegotiationConfig, TlsMode};
@@ -18,11 +18,15 @@ use meerkat_routing::cluster::ClusterInbox;
 use meerkat_routing::global::{GlobalConfig, GlobalDistrib};
 use meerkat_routing::KickReason;
 use meerkat_routing::Router;
-use meerkat_storage::{DbTls, Storage, StorageConfig};
+use meerkat_storage::{DbTls, SecretRepo as _, Storage, StorageConfig};
 use meerkat_xmpp::parser::Limits;
+use meerkat_xmpp::sasl::SaltSecret;
 use tokio::sync::watch;
 
 use crate::config::{mechanism, Config, LogFormat};
+
+/// Name of the key unknown users' fake SCRAM salts are derived from, in the database.
+const SCRAM_SALT_SECRET: &str = "scram_fake_salt";
 
 fn init_logging(cfg: &crate::config::Log) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -84,6 +88,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("connecting to the database ({})", redact(&storage_cfg.url)))?,
     );
     tracing::info!(backend = storage.backend_name(), "database ready");
+    // Unknown users' fake SCRAM salts come from this key: kept in the database,
+    // it is the same after a restart and on every node sharing the database.
+    let salt_secret = SaltSecret::new(
+        &storage
+            .shared_secret(SCRAM_SALT_SECRET, &rand::random::<[u8; 32]>())
+            .await
+            .context("reading the server's SCRAM salt secret from the database")?,
+    );
 
     let hosts = cfg.general.hosts.clone();
     let sessions = Arc::new(SessionTable::new());
@@ -113,8 +125,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }));
     }
     let workers = ServerWorkers::new(cfg.session.server_workers, cfg.session.server_queue);
-    let accounts =
-        Accounts::new(storage.clone(), hosts.clone(), cfg.auth.password.format, cfg.auth.password.scram_iterations);
+    let hashing = HashingPool::new(cfg.auth.password.hashing_threads.unwrap_or_else(HashingPool::default_threads));
+    tracing::info!(threads = hashing.threads(), "password hashing pool ready");
+    let accounts = Accounts::new(
+        storage.clone(),
+        hosts.clone(),
+        cfg.auth.password.format,
+        cfg.auth.password.scram_iterations,
+        hashing,
+    );
     let settings = SessionSettings {
         mailbox_capacity: cfg.session.mailbox_capacity,
         max_outgoing_bytes: cfg.session.max_outgoing_bytes,
@@ -186,6 +205,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
                 registration: tuning.in_band_registration,
                 max_auth_failures: cfg.auth.max_failures,
+                scram_iterations: cfg.auth.password.scram_iterations,
+                salt_secret: salt_secret.clone(),
             },
             limits: Limits { max_stanza_size: l.max_stanza_size, max_depth: l.max_depth },
             tls: acceptor,
@@ -250,6 +271,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
             registration: tuning.in_band_registration,
             max_auth_failures: cfg.auth.max_failures,
+            scram_iterations: cfg.auth.password.scram_iterations,
+            salt_secret: salt_secret.clone(),
         },
         limits,
         tls: None,

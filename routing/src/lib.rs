@@ -89,6 +89,9 @@ pub enum KickReason {
     AccountRemoved,
 }
 
+/// Told whether a session took a batch of stored messages ([`SessionSink::deliver_stored`]).
+pub type Accepted = tokio::sync::oneshot::Sender<bool>;
+
 /// A local session's mailbox as the router sees it.
 pub trait SessionSink: Send + Sync {
     /// Delivers without waiting. The stanza comes back when the mailbox is full or closed.
@@ -96,10 +99,16 @@ pub trait SessionSink: Send + Sync {
     /// Asks the session to end.
     fn kick(&self, reason: KickReason);
     /// Stored (offline) messages, written before any live message the session
-    /// holds since its initial presence; `release` ends that hold.
-    fn deliver_stored(&self, stanzas: Vec<Element>, _release: bool) {
+    /// holds since its initial presence; `release` ends that hold. `accepted`
+    /// is told whether the session took them all (wrote them to its
+    /// connection): only then may they be deleted from storage.
+    fn deliver_stored(&self, stanzas: Vec<Element>, _release: bool, accepted: Option<Accepted>) {
+        let mut all = true;
         for s in stanzas {
-            let _ = self.deliver(s);
+            all &= self.deliver(s).is_ok();
+        }
+        if let Some(a) = accepted {
+            let _ = a.send(all);
         }
     }
 }

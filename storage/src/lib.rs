@@ -4,7 +4,7 @@
 //!
 //! The public surface is a set of object-safe repository traits — [`AccountRepo`],
 //! [`RosterRepo`], [`OfflineRepo`], [`VcardRepo`], [`PrivateRepo`], [`ArchiveRepo`] and
-//! [`BlocklistRepo`] — plus the
+//! [`BlocklistRepo`], and [`SecretRepo`] for the server's own secrets — plus the
 //! [`Storage`] handle that implements all of them. `Storage::connect` picks the backend
 //! from the URL scheme (`sqlite:`, `postgres:`/`postgresql:`, `mysql:`/`mariadb:`), opens
 //! a pool and applies that backend's migrations (`migrations/sqlite`,
@@ -30,6 +30,7 @@ mod connect;
 mod error;
 mod offline;
 mod roster;
+mod secrets;
 mod sql;
 mod xmldata;
 
@@ -294,9 +295,46 @@ pub trait OfflineRepo: Send + Sync {
         stamp_micros: i64,
         max_per_user: u64,
     ) -> Result<bool, StorageError>;
-    /// Returns all stored messages in store order and deletes them, atomically.
-    async fn take_offline(&self, domain: &str, user: &str) -> Result<Vec<OfflineMessage>, StorageError>;
+    /// Claims the user's oldest messages that no live claim holds (at most `limit`) for
+    /// one delivery named `claim`, until `until_micros`, and returns every message that
+    /// claim holds, in store order. Two claims never hold the same message while both
+    /// are live; a claim past `until_micros` (its node died) may be taken over.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_offline(
+        &self,
+        domain: &str,
+        user: &str,
+        claim: &str,
+        now_micros: i64,
+        until_micros: i64,
+        limit: u64,
+    ) -> Result<Vec<OfflineMessage>, StorageError>;
+    /// Deletes the messages with ids from `first_id` to `last_id` (inclusive) that
+    /// `claim` holds, once they were delivered; how many were deleted.
+    async fn delete_offline(
+        &self,
+        domain: &str,
+        user: &str,
+        claim: &str,
+        first_id: i64,
+        last_id: i64,
+    ) -> Result<u64, StorageError>;
+    /// Ends `claim` on the messages it still holds (not delivered), so the next
+    /// delivery takes them; how many.
+    async fn release_offline(&self, domain: &str, user: &str, claim: &str) -> Result<u64, StorageError>;
+    /// Ends every claim whose name starts with `claim_prefix` (a node's, when it
+    /// starts again after a crash), for all users; how many messages were released.
+    async fn release_offline_claims(&self, claim_prefix: &str) -> Result<u64, StorageError>;
     async fn count_offline(&self, domain: &str, user: &str) -> Result<u64, StorageError>;
+}
+
+/// Secrets the server keeps for itself, the same for every node on one database.
+#[async_trait]
+pub trait SecretRepo: Send + Sync {
+    /// The secret named `name`: `candidate` (1 to 1024 bytes) if none was stored yet,
+    /// else the stored one. Concurrent callers (nodes starting together) all get the
+    /// same value, the first writer's.
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StorageError>;
 }
 
 /// vCards (XEP-0054), stored as serialized XML.

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use crate::sql::{on_backend, sql, Dialect, Sql};
+use crate::sql::{on_backend, sql, Sql};
 use crate::{count_to_u64, OfflineMessage, OfflineRepo, Storage, StorageError};
 
 const COUNT: Sql = sql!("SELECT COUNT(*) AS n FROM offline_messages WHERE domain = ? AND username = ?");
@@ -11,19 +11,31 @@ const INSERT: Sql = sql!(
     "INSERT INTO offline_messages (domain, username, sender, stanza, stamp_micros) \
      VALUES (?, ?, ?, ?, ?)"
 );
-/// SQLite and PostgreSQL: one atomic statement. Rows inserted by transactions that
-/// commit after it started are not touched, so nothing is deleted unseen.
-const DELETE_RETURNING: Sql = sql!(
-    "DELETE FROM offline_messages WHERE domain = ? AND username = ? \
-     RETURNING id, sender, stanza, stamp_micros"
+/// The oldest messages no live claim holds, up to a limit: the last one bounds the claim.
+const CLAIMABLE: Sql = sql!(
+    "SELECT id FROM offline_messages WHERE domain = ? AND username = ? \
+     AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?"
 );
-/// MySQL has no `DELETE … RETURNING` (MariaDB does): lock the user's rows — InnoDB's
-/// next-key locks also keep new ones out of the range — then delete what was read.
-const SELECT_FOR_UPDATE: Sql = sql!(
+/// PostgreSQL and MySQL re-check the condition on rows a concurrent claim
+/// changed meanwhile (PostgreSQL after waiting for its row locks, InnoDB with
+/// a locking read), so two claims never share a row; SQLite's write
+/// transaction runs them one after the other.
+const CLAIM: Sql = sql!(
+    "UPDATE offline_messages SET claimed_by = ?, claimed_until = ? \
+     WHERE domain = ? AND username = ? AND id <= ? AND (claimed_until IS NULL OR claimed_until < ?)"
+);
+const CLAIMED: Sql = sql!(
     "SELECT id, sender, stanza, stamp_micros FROM offline_messages \
-     WHERE domain = ? AND username = ? ORDER BY id FOR UPDATE"
+     WHERE domain = ? AND username = ? AND claimed_by = ? ORDER BY id"
 );
-const DELETE_UP_TO: Sql = sql!("DELETE FROM offline_messages WHERE domain = ? AND username = ? AND id <= ?");
+const DELETE_CLAIMED: Sql =
+    sql!("DELETE FROM offline_messages WHERE domain = ? AND username = ? AND claimed_by = ? AND id >= ? AND id <= ?");
+const RELEASE: Sql = sql!(
+    "UPDATE offline_messages SET claimed_by = NULL, claimed_until = NULL \
+     WHERE domain = ? AND username = ? AND claimed_by = ?"
+);
+const RELEASE_PREFIX: Sql =
+    sql!("UPDATE offline_messages SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by LIKE ?");
 
 macro_rules! offline_message {
     ($row:expr) => {{
@@ -69,30 +81,85 @@ impl OfflineRepo for Storage {
         Ok(true)
     }
 
-    async fn take_offline(&self, domain: &str, user: &str) -> Result<Vec<OfflineMessage>, StorageError> {
-        let mut out: Vec<OfflineMessage> = on_backend!(self, |pool, d| {
-            let mut out = Vec::new();
-            if d == Dialect::MySql {
-                let mut tx = pool.begin_with(d.begin_write()).await?;
-                let rows = sqlx::query(SELECT_FOR_UPDATE.get(d)).bind(domain).bind(user).fetch_all(&mut *tx).await?;
-                for r in &rows {
-                    out.push(offline_message!(r));
-                }
-                if let Some(last) = out.last() {
-                    sqlx::query(DELETE_UP_TO.get(d)).bind(domain).bind(user).bind(last.id).execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-            } else {
-                let rows = sqlx::query(DELETE_RETURNING.get(d)).bind(domain).bind(user).fetch_all(pool).await?;
-                for r in &rows {
-                    out.push(offline_message!(r));
-                }
+    async fn claim_offline(
+        &self,
+        domain: &str,
+        user: &str,
+        claim: &str,
+        now_micros: i64,
+        until_micros: i64,
+        limit: u64,
+    ) -> Result<Vec<OfflineMessage>, StorageError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let out: Vec<OfflineMessage> = on_backend!(self, |pool, d| {
+            let mut tx = pool.begin_with(d.begin_write()).await?;
+            let ids = sqlx::query(CLAIMABLE.get(d))
+                .bind(domain)
+                .bind(user)
+                .bind(now_micros)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            let Some(last) = ids.last() else {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            };
+            let last: i64 = last.try_get("id")?;
+            sqlx::query(CLAIM.get(d))
+                .bind(claim)
+                .bind(until_micros)
+                .bind(domain)
+                .bind(user)
+                .bind(last)
+                .bind(now_micros)
+                .execute(&mut *tx)
+                .await?;
+            let rows = sqlx::query(CLAIMED.get(d)).bind(domain).bind(user).bind(claim).fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push(offline_message!(r));
             }
             out
         });
-        // RETURNING order is unspecified.
-        out.sort_by_key(|m| m.id);
         Ok(out)
+    }
+
+    async fn delete_offline(
+        &self,
+        domain: &str,
+        user: &str,
+        claim: &str,
+        first_id: i64,
+        last_id: i64,
+    ) -> Result<u64, StorageError> {
+        Ok(on_backend!(self, |pool, d| {
+            sqlx::query(DELETE_CLAIMED.get(d))
+                .bind(domain)
+                .bind(user)
+                .bind(claim)
+                .bind(first_id)
+                .bind(last_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    async fn release_offline(&self, domain: &str, user: &str, claim: &str) -> Result<u64, StorageError> {
+        Ok(on_backend!(self, |pool, d| {
+            sqlx::query(RELEASE.get(d)).bind(domain).bind(user).bind(claim).execute(pool).await?.rows_affected()
+        }))
+    }
+
+    async fn release_offline_claims(&self, claim_prefix: &str) -> Result<u64, StorageError> {
+        if claim_prefix.contains(['%', '_', '\\']) {
+            return Err(StorageError::Config(format!("claim prefix {claim_prefix:?} holds a LIKE pattern character")));
+        }
+        let pattern = format!("{claim_prefix}%");
+        Ok(on_backend!(self, |pool, d| {
+            sqlx::query(RELEASE_PREFIX.get(d)).bind(&pattern).execute(pool).await?.rows_affected()
+        }))
     }
 
     async fn count_offline(&self, domain: &str, user: &str) -> Result<u64, StorageError> {

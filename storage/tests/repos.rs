@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use meerkat_storage::{
     AccountRepo, ArchiveDirection, ArchivePage, ArchiveQuery, ArchiveRepo, ArchivedMessage, BlocklistRepo, DbTls,
-    OfflineRepo, PrivateRepo, RosterItem, RosterRepo, Storage, StorageConfig, StorageError, StoredPassword,
+    OfflineRepo, PrivateRepo, RosterItem, RosterRepo, SecretRepo, Storage, StorageConfig, StorageError, StoredPassword,
     Subscription, VcardRepo,
 };
 use sqlx::{AssertSqlSafe, Executor};
@@ -185,9 +185,19 @@ async fn roster(s: &Storage) {
     assert_eq!(s.get_roster(DOMAIN, "bob").await.expect("roster").len(), 1);
 }
 
+/// Claims and deletes every stored message of `user`, as one delivery would.
+async fn take(s: &Storage, user: &str) -> Vec<meerkat_storage::OfflineMessage> {
+    let msgs = s.claim_offline(DOMAIN, user, "take", 1, i64::MAX, 10_000).await.expect("claim");
+    if let (Some(first), Some(last)) = (msgs.first(), msgs.last()) {
+        let n = s.delete_offline(DOMAIN, user, "take", first.id, last.id).await.expect("delete");
+        assert_eq!(n, u64::try_from(msgs.len()).expect("small"));
+    }
+    msgs
+}
+
 async fn offline(s: &Storage) {
     assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 0);
-    assert!(s.take_offline(DOMAIN, "alice").await.expect("take").is_empty());
+    assert!(take(s, "alice").await.is_empty());
 
     let long = long_text(64 * 1024);
     let bodies = [
@@ -210,7 +220,7 @@ async fn offline(s: &Storage) {
     // Someone else's queue is untouched by alice's take.
     assert!(s.store_offline(DOMAIN, "bob", "alice@example.org", "<m>for bob</m>", 5, 10).await.expect("store"));
 
-    let taken = s.take_offline(DOMAIN, "alice").await.expect("take");
+    let taken = take(s, "alice").await;
     assert_eq!(taken.len(), 3);
     for (i, (m, body)) in taken.iter().zip(&bodies).enumerate() {
         assert_eq!(&m.stanza, body, "stanza {i} round-trips");
@@ -220,8 +230,8 @@ async fn offline(s: &Storage) {
     assert_eq!(taken[2].stanza.len(), 64 * 1024);
     assert!(taken.windows(2).all(|w| w[0].id < w[1].id), "store order");
     assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 0);
-    assert!(s.take_offline(DOMAIN, "alice").await.expect("take").is_empty());
-    // After a take the quota is free again.
+    assert!(take(s, "alice").await.is_empty());
+    // After a delivery the quota is free again.
     assert!(s.store_offline(DOMAIN, "alice", "c@d", "<m>again</m>", 9, 3).await.expect("store"));
     assert_eq!(s.count_offline(DOMAIN, "alice").await.expect("count"), 1);
     assert_eq!(s.count_offline(DOMAIN, "bob").await.expect("count"), 1);
@@ -237,12 +247,115 @@ async fn concurrent_offline(s: &Storage) {
     for t in tasks {
         assert!(t.await.expect("join").expect("concurrent store"));
     }
-    let taken = s.take_offline(DOMAIN, "busy").await.expect("take");
+    let taken = take(s, "busy").await;
     assert_eq!(taken.len(), 12);
     assert!(taken.windows(2).all(|w| w[0].id < w[1].id));
     let mut stamps: Vec<i64> = taken.iter().map(|m| m.stamp_micros).collect();
     stamps.sort_unstable();
     assert_eq!(stamps, (0..12).collect::<Vec<i64>>());
+}
+
+/// Delivery is at least once: claimed messages stay stored until deleted, two
+/// deliveries never claim the same message, and a claim ends when released,
+/// when it runs out, or with its node.
+async fn offline_claims(s: &Storage) {
+    let user = "claims";
+    for i in 0..5 {
+        assert!(s.store_offline(DOMAIN, user, "x@y", &format!("<m>{i}</m>"), i, 100).await.expect("store"));
+    }
+    let now = 1_000;
+    let first = s.claim_offline(DOMAIN, user, "1:a:1", now, now + 100, 3).await.expect("claim");
+    assert_eq!(first.iter().map(|m| m.stamp_micros).collect::<Vec<_>>(), [0, 1, 2], "oldest first, up to the limit");
+    // A second delivery gets only what the first did not claim.
+    let second = s.claim_offline(DOMAIN, user, "2:b:1", now, now + 100, 100).await.expect("claim");
+    assert_eq!(second.iter().map(|m| m.stamp_micros).collect::<Vec<_>>(), [3, 4]);
+    assert!(s.claim_offline(DOMAIN, user, "3:c:1", now, now + 100, 100).await.expect("claim").is_empty());
+    assert_eq!(s.count_offline(DOMAIN, user).await.expect("count"), 5, "claimed messages stay stored");
+
+    // Only the claim's own messages are deleted, and only in the range given.
+    assert_eq!(s.delete_offline(DOMAIN, user, "2:b:1", first[0].id, first[2].id).await.expect("delete"), 0);
+    assert_eq!(s.delete_offline(DOMAIN, user, "1:a:1", first[0].id, first[1].id).await.expect("delete"), 2);
+    assert_eq!(s.count_offline(DOMAIN, user).await.expect("count"), 3);
+
+    // A released claim is taken by the next delivery, with what is still claimable.
+    assert_eq!(s.release_offline(DOMAIN, user, "1:a:1").await.expect("release"), 1);
+    let third = s.claim_offline(DOMAIN, user, "3:c:2", now, now + 100, 100).await.expect("claim");
+    assert_eq!(third.iter().map(|m| m.stamp_micros).collect::<Vec<_>>(), [2]);
+
+    // A claim past its time is free again; a claim's earlier messages stay its own.
+    let later = now + 101;
+    let taken_over = s.claim_offline(DOMAIN, user, "4:d:1", later, later + 100, 100).await.expect("claim");
+    assert_eq!(taken_over.iter().map(|m| m.stamp_micros).collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!(s.delete_offline(DOMAIN, user, "2:b:1", second[0].id, second[1].id).await.expect("delete"), 0);
+
+    // A node starting again ends its earlier claims, and only its own.
+    assert!(s.store_offline(DOMAIN, user, "x@y", "<m>5</m>", 5, 100).await.expect("store"));
+    let fifth = s.claim_offline(DOMAIN, user, "40:e:1", later, later + 100, 100).await.expect("claim");
+    assert_eq!(fifth.len(), 1);
+    assert_eq!(s.release_offline_claims("4:").await.expect("release"), 3);
+    assert!(s.release_offline_claims("4%").await.is_err(), "a pattern is not a prefix");
+    let rest = s.claim_offline(DOMAIN, user, "5:f:1", later, later + 100, 100).await.expect("claim");
+    assert_eq!(rest.iter().map(|m| m.stamp_micros).collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!(s.delete_offline(DOMAIN, user, "5:f:1", rest[0].id, rest[2].id).await.expect("delete"), 3);
+    assert_eq!(s.release_offline(DOMAIN, user, "40:e:1").await.expect("release"), 1);
+    assert_eq!(take(s, user).await.len(), 1);
+    assert_eq!(s.count_offline(DOMAIN, user).await.expect("count"), 0);
+
+    // Concurrent deliveries of one user's messages never share one.
+    for i in 0..40 {
+        assert!(s.store_offline(DOMAIN, user, "x@y", &format!("<m>{i}</m>"), i, 100).await.expect("store"));
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let claim = format!("9:{i}:{}", got.len());
+                    match s.claim_offline(DOMAIN, user, &claim, now, now + 100, 3).await {
+                        Ok(m) if m.is_empty() => return got,
+                        Ok(m) => got.extend(m.into_iter().map(|m| m.id)),
+                        // A deadlock between two claims (InnoDB) is retryable.
+                        Err(e) if e.is_retryable() => {}
+                        Err(e) => panic!("claim: {e:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("join"));
+    }
+    all.sort_unstable();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), n, "a message was claimed twice");
+    assert_eq!(n, 40, "every message was claimed");
+    assert_eq!(s.release_offline_claims("9:").await.expect("release"), 40);
+    assert_eq!(take(s, user).await.len(), 40);
+}
+
+/// The first value stored under a name stays, whoever asks later or at once.
+async fn secrets(s: &Storage) {
+    let first = s.shared_secret("salt key", &[1u8; 32]).await.expect("create");
+    assert_eq!(first, [1u8; 32]);
+    assert_eq!(s.shared_secret("salt key", &[2u8; 32]).await.expect("read"), [1u8; 32], "kept, not replaced");
+    assert_eq!(s.shared_secret("other", &[0u8, 255, 7]).await.expect("other name"), [0u8, 255, 7]);
+    assert!(s.shared_secret("empty", &[]).await.is_err());
+    assert!(s.shared_secret("huge", &[0u8; 1025]).await.is_err());
+    // Nodes starting together agree on one value.
+    let tasks: Vec<_> = (0..8u8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.shared_secret("together", &[i; 32]).await.expect("concurrent") })
+        })
+        .collect();
+    let mut values = Vec::new();
+    for t in tasks {
+        values.push(t.await.expect("join"));
+    }
+    assert!(values.windows(2).all(|w| w[0] == w[1]), "{values:?}");
 }
 
 async fn xml_data(s: &Storage) {
@@ -574,6 +687,8 @@ async fn test_suite(s: &Storage) {
     roster(s).await;
     offline(s).await;
     concurrent_offline(s).await;
+    offline_claims(s).await;
+    secrets(s).await;
     xml_data(s).await;
     archive(s).await;
     blocklist(s).await;
@@ -627,7 +742,7 @@ async fn mysql_stored_bytes(admin: &sqlx::MySqlPool, db: &str) {
     .fetch_all(admin)
     .await
     .expect("information_schema");
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 9);
     for r in &rows {
         let collation: String = r.try_get("TABLE_COLLATION").expect("collation");
         assert_eq!(collation, "utf8mb4_bin");

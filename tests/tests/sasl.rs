@@ -183,3 +183,49 @@ async fn login_helper_and_bind_without_resource() {
     let res = d.iq(parse_element("<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>")).await.unwrap();
     assert_eq!(res.attr("type"), Some("result"), "{res}");
 }
+
+/// `s=` (decoded) and `i=` of the SCRAM server-first message `user` gets.
+async fn scram_salt_and_iterations(node: &TestNode, hash: HashAlg, user: &str) -> (Vec<u8>, String) {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine as _;
+    let mut c = Client::connect(node.c2s, DOMAIN, Security::StartTls).await.unwrap();
+    let mech = Sasl::Scram(hash).name();
+    let first = B64.encode(format!("n,,n={user},r=fyko+d2lbbFgONRv9qkxdawL"));
+    c.send_str(&format!("<auth xmlns='{}' mechanism='{mech}'>{first}</auth>", ns::SASL)).await.unwrap();
+    let challenge = c.recv().await.unwrap();
+    assert_eq!(challenge.name, "challenge", "{mech} for {user}: {challenge}");
+    let server_first = String::from_utf8(B64.decode(challenge.text().trim()).unwrap()).unwrap();
+    let field = |k: &str| {
+        server_first.split(',').find_map(|f| f.strip_prefix(k)).unwrap_or_else(|| panic!("{server_first}")).to_owned()
+    };
+    (B64.decode(field("s=")).unwrap(), field("i="))
+}
+
+/// Account enumeration (RFC 5802 §9): a SCRAM client cannot tell an unknown
+/// user from a known one by the iteration count, the salt's length, or a
+/// salt that changes when the node restarts.
+#[tokio::test]
+async fn unknown_users_look_like_known_ones_to_scram_across_a_restart() {
+    let mut node = TestNode::start("[auth.password]\nscram_iterations = 5000\n");
+    node.add_user("alice", PW);
+    let hashes = [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha512];
+    let mut before = Vec::new();
+    for h in hashes {
+        let known = scram_salt_and_iterations(&node, h, "alice").await;
+        let unknown = scram_salt_and_iterations(&node, h, "nobody").await;
+        assert_eq!(known.1, "5000", "{h:?}: known user's iterations");
+        assert_eq!(unknown.1, known.1, "{h:?}: iterations tell an unknown user apart");
+        assert_eq!(unknown.0.len(), known.0.len(), "{h:?}: salt length tells an unknown user apart");
+        assert_eq!(scram_salt_and_iterations(&node, h, "nobody").await, unknown, "{h:?}: stable salt");
+        before.push(unknown);
+    }
+    node.stop();
+    node.restart();
+    for (h, unknown) in hashes.into_iter().zip(before) {
+        assert_eq!(
+            scram_salt_and_iterations(&node, h, "nobody").await,
+            unknown,
+            "{h:?}: an unknown user's salt changed across a restart"
+        );
+    }
+}

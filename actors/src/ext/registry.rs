@@ -623,7 +623,13 @@ mod lifecycle {
             tls: DbTls::Disabled,
         };
         let storage = Arc::new(Storage::connect(&cfg).await.unwrap());
-        let accounts = crate::auth::Accounts::new(storage.clone(), hosts, crate::auth::PasswordFormat::Plain, 4096);
+        let accounts = crate::auth::Accounts::new(
+            storage.clone(),
+            hosts,
+            crate::auth::PasswordFormat::Plain,
+            4096,
+            crate::auth::HashingPool::new(1),
+        );
         ModuleCtx { router, storage, accounts, hooks: Arc::new(Registry::new(modules)) }
     }
 

@@ -6,12 +6,23 @@
 //! ([`Module::user_available`]). Meanwhile the session holds live messages
 //! (asked for in [`Module::user_send_presence`]), so that none overtakes a
 //! stored one; this module releases them once the stored ones are written.
+//!
+//! Delivery is at least once. A delivery claims the stored messages it reads
+//! (so a concurrent one, from another resource or node, does not send them
+//! too), hands them to the session in batches, and deletes a batch only once
+//! the session wrote it to its connection. A batch the session did not take
+//! is released for the next login; a node that died mid-delivery releases its
+//! claims when it starts again, and another node's claims run out after
+//! [`CLAIM_LEASE`]. A message may so arrive twice after a crash, never not at all.
 
 use meerkat_xmpp::jid::Bare as _;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use meerkat_routing::Routed;
-use meerkat_storage::OfflineRepo;
+use meerkat_cluster::SessionInfo;
+use meerkat_routing::{Routed, Router, SessionSink};
+use meerkat_storage::{OfflineMessage, OfflineRepo, Storage, StorageError};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::jid::{FullJid, Jid};
@@ -27,6 +38,20 @@ use crate::ext::{
 pub struct Offline {
     max_messages: u64,
 }
+
+/// How long a delivery's claim on stored messages lasts. A node that dies
+/// holding one releases it when it starts again; otherwise another delivery
+/// may take the messages over after this.
+const CLAIM_LEASE: Duration = Duration::from_secs(300);
+/// How long a batch may take to reach the client's connection before it is
+/// released for the next login.
+const ACCEPT_WITHIN: Duration = Duration::from_secs(120);
+/// Stored messages claimed by one query.
+const CLAIM_PAGE: u64 = 500;
+/// Most pages one delivery claims: past that, the rest waits for the next login.
+const MAX_PAGES: usize = 100;
+/// Messages handed to the session at once, and deleted together once written.
+const BATCH: usize = 100;
 
 /// `[modules.mod_offline]`
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -91,6 +116,21 @@ impl Module for Offline {
         Flow::Continue
     }
 
+    async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
+        // Claims of this node's earlier run: its sessions are gone, nothing will complete them.
+        match ctx.storage.release_offline_claims(&node_claim_prefix(ctx.router.node().0)).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(messages = n, "offline messages left in delivery by an earlier run are stored again")
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "offline deliveries of an earlier run could not be released; their messages wait for the claims to run out"
+            ),
+        }
+        Ok(())
+    }
+
     async fn undelivered_message(&self, ctx: &ModuleCtx, r: &Routed, acc: &mut Undelivered) -> Flow {
         acc.handled = true;
         acc.stored = self.store(ctx, r).await;
@@ -98,75 +138,34 @@ impl Module for Offline {
     }
 
     async fn user_available(&self, ctx: &ModuleCtx, jid: &FullJid) {
-        self.flush(ctx, jid).await;
-        // Stored messages are out: live ones held meanwhile may follow.
-        if let Some(sink) = ctx.router.sessions().get(jid).and_then(|i| ctx.router.sink(i.sid)) {
-            sink.deliver_stored(Vec::new(), true);
+        let (user, host) = account_of(&Jid::from(jid.clone()));
+        let target = ctx.router.sessions().get(jid);
+        // Most logins find nothing stored: a read answers that without taking
+        // the database's write lock, which a claim needs.
+        let stored = match ctx.storage.count_offline(&host, &user).await {
+            Ok(n) => n > 0,
+            Err(e) => {
+                tracing::error!(error = %e, %jid, "offline messages could not be counted; they stay stored");
+                false
+            }
+        };
+        let Some(info) = target else { return };
+        let local = ctx.router.sink(info.sid).filter(|_| info.node == ctx.router.node());
+        match (stored, local) {
+            (true, sink) => {
+                // The writes to the client are awaited in a task of their own, not
+                // on this server worker, which other accounts share.
+                let (storage, router) = (ctx.storage.clone(), ctx.router.clone());
+                tokio::spawn(deliver_stored(storage, router, info, sink, host, user, true));
+            }
+            // Stored messages are out: live ones held meanwhile may follow.
+            (false, Some(sink)) => sink.deliver_stored(Vec::new(), true, None),
+            (false, None) => {}
         }
     }
 }
 
 impl Offline {
-    /// Writes the stored messages to the resource that just became available.
-    async fn flush(&self, ctx: &ModuleCtx, jid: &FullJid) {
-        let (user, host) =
-            (jid.node().map(|n| n.as_str().to_owned()).unwrap_or_default(), jid.domain().as_str().to_owned());
-        // Most logins find nothing stored: a read answers that without taking
-        // the database's write lock, which `take_offline` needs.
-        match ctx.storage.count_offline(&host, &user).await {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, %jid, "offline messages could not be counted; they stay stored");
-                return;
-            }
-        }
-        let msgs = match ctx.storage.take_offline(&host, &user).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, %jid, "offline messages could not be read; they stay stored");
-                return;
-            }
-        };
-        let Some(info) = ctx.router.sessions().get(jid) else {
-            // The resource went away meanwhile: put the messages back, in order.
-            for m in msgs {
-                let _ = ctx.storage.store_offline(&host, &user, &m.from, &m.stanza, m.stamp_micros, u64::MAX).await;
-            }
-            return;
-        };
-        if let Some(sink) = ctx.router.sink(info.sid).filter(|_| info.node == ctx.router.node()) {
-            // One batch, ahead of the live messages the session holds meanwhile.
-            let mut batch = Vec::with_capacity(msgs.len());
-            for m in msgs {
-                match parse_stored(&m.stanza) {
-                    Some(mut el) => {
-                        el.set_attr("to", jid.to_string());
-                        batch.push(el);
-                    }
-                    None => tracing::error!(id = m.id, "a stored offline message does not parse; dropped"),
-                }
-            }
-            sink.deliver_stored(batch, false);
-            return;
-        }
-        for m in msgs {
-            match parse_stored(&m.stanza) {
-                Some(mut el) => {
-                    el.set_attr("to", jid.to_string());
-                    if let Err(el) = ctx.router.deliver_to_session(&info, el) {
-                        // The session cannot take it now: keep it for the next login.
-                        let _ = ctx
-                            .storage
-                            .store_offline(&host, &user, &m.from, &el.to_xml(ns::CLIENT), m.stamp_micros, u64::MAX)
-                            .await;
-                    }
-                }
-                None => tracing::error!(id = m.id, "a stored offline message does not parse; dropped"),
-            }
-        }
-    }
-
     /// A message no resource could take (RFC 6121 §8.5.2.2.1): stored, or
     /// answered with an error. Whether it was stored.
     async fn store(&self, ctx: &ModuleCtx, r: &Routed) -> bool {
@@ -226,41 +225,152 @@ async fn late_flush(ctx: &ModuleCtx, to: &Jid, host: &str, user: &str) {
         .filter(|s| s.priority.is_some_and(|p| p >= 0))
         .max_by_key(|s| (s.priority, s.created_micros));
     let Some(info) = best else { return };
-    let msgs = match ctx.storage.take_offline(host, user).await {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(error = %e, "offline messages could not be read; they stay stored");
-            return;
+    let sink = ctx.router.sink(info.sid).filter(|_| info.node == ctx.router.node());
+    let (storage, router) = (ctx.storage.clone(), ctx.router.clone());
+    tokio::spawn(deliver_stored(storage, router, info, sink, host.to_owned(), user.to_owned(), false));
+}
+
+/// This node's claims start with this.
+fn node_claim_prefix(node: u64) -> String {
+    format!("{node}:")
+}
+
+/// A claim name no other delivery uses: this node, this run of it, a sequence number.
+fn claim_name(node: u64) -> String {
+    static RUN: OnceLock<u64> = OnceLock::new();
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let run = RUN.get_or_init(rand::random::<u64>);
+    format!("{}{run:016x}:{}", node_claim_prefix(node), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Claims a page of the account's stored messages; a deadlock between two
+/// claims (InnoDB) is tried again.
+async fn claim_page(
+    storage: &Storage,
+    host: &str,
+    user: &str,
+    claim: &str,
+) -> Result<Vec<OfflineMessage>, StorageError> {
+    let mut tries = 0;
+    loop {
+        let now = now_micros();
+        let until = now.saturating_add(i64::try_from(CLAIM_LEASE.as_micros()).unwrap_or(i64::MAX));
+        match storage.claim_offline(host, user, claim, now, until, CLAIM_PAGE).await {
+            Err(e) if e.is_retryable() && tries < 3 => tries += 1,
+            r => return r,
         }
-    };
-    if let Some(sink) = ctx.router.sink(info.sid).filter(|_| info.node == ctx.router.node()) {
-        // Ahead of any live message the session holds while its login's flush runs.
-        let batch: Vec<Element> = msgs
-            .iter()
-            .filter_map(|m| {
-                let el = parse_stored(&m.stanza);
-                if el.is_none() {
-                    tracing::error!(id = m.id, "a stored offline message does not parse; dropped");
-                }
-                el
-            })
-            .map(|mut el| {
-                el.set_attr("to", info.jid.to_string());
-                el
-            })
-            .collect();
-        sink.deliver_stored(batch, false);
-        return;
     }
-    for m in msgs {
-        let Some(mut el) = parse_stored(&m.stanza) else {
-            tracing::error!(id = m.id, "a stored offline message does not parse; dropped");
-            continue;
+}
+
+/// One batch handed to a session, with what is needed to delete it once taken.
+struct Pending {
+    claim: String,
+    first_id: i64,
+    last_id: i64,
+    /// `None`: handed to another node, taken.
+    accepted: Option<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+/// Delivers `user`'s stored messages to the session `info` (`sink` when it
+/// is on this node), at least once: each batch is deleted once the session
+/// wrote it to its connection, and what it did not take is released for the
+/// next delivery. `release` ends the session's hold on live messages after
+/// the stored ones.
+async fn deliver_stored(
+    storage: Arc<Storage>,
+    router: Arc<Router>,
+    info: SessionInfo,
+    sink: Option<Arc<dyn SessionSink>>,
+    host: String,
+    user: String,
+    release: bool,
+) {
+    let jid = info.jid.clone();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut claims: Vec<String> = Vec::new();
+    'pages: for _ in 0..MAX_PAGES {
+        let claim = claim_name(router.node().0);
+        let page = match claim_page(&storage, &host, &user, &claim).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, %jid, "offline messages could not be read; they stay stored");
+                break;
+            }
         };
-        el.set_attr("to", info.jid.to_string());
-        if let Err(el) = ctx.router.deliver_to_session(&info, el) {
-            let _ =
-                ctx.storage.store_offline(host, user, &m.from, &el.to_xml(ns::CLIENT), m.stamp_micros, u64::MAX).await;
+        if page.is_empty() {
+            break;
+        }
+        claims.push(claim.clone());
+        let full = page.len() as u64 >= CLAIM_PAGE;
+        for chunk in page.chunks(BATCH) {
+            let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else { continue };
+            let mut batch = Vec::with_capacity(chunk.len());
+            for m in chunk {
+                match parse_stored(&m.stanza) {
+                    Some(mut el) => {
+                        el.set_attr("to", jid.to_string());
+                        batch.push(el);
+                    }
+                    // Deleted with its batch: it would never parse.
+                    None => tracing::error!(id = m.id, %jid, "a stored offline message does not parse; dropped"),
+                }
+            }
+            let accepted = match &sink {
+                Some(sink) => {
+                    // Batch after batch, ahead of the live messages the session holds meanwhile.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    sink.deliver_stored(batch, false, Some(tx));
+                    Some(rx)
+                }
+                None => {
+                    // A session on another node: taken once the cluster link took it.
+                    if !batch.into_iter().all(|el| router.deliver_to_session(&info, el).is_ok()) {
+                        tracing::warn!(%jid, "a session on another node did not take stored messages; they stay stored");
+                        break 'pages;
+                    }
+                    None
+                }
+            };
+            pending.push(Pending { claim: claim.clone(), first_id: first.id, last_id: last.id, accepted });
+        }
+        if !full {
+            break;
         }
     }
+    if release {
+        if let Some(sink) = &sink {
+            // Stored messages are out: live ones held meanwhile may follow.
+            sink.deliver_stored(Vec::new(), true, None);
+        }
+    }
+    let mut delivered = 0u64;
+    for p in pending {
+        let taken = match p.accepted {
+            None => true,
+            Some(rx) => matches!(tokio::time::timeout(ACCEPT_WITHIN, rx).await, Ok(Ok(true))),
+        };
+        if !taken {
+            tracing::debug!(%jid, "the session did not take its stored messages; they stay stored");
+            break;
+        }
+        match storage.delete_offline(&host, &user, &p.claim, p.first_id, p.last_id).await {
+            Ok(n) => delivered += n,
+            Err(e) => tracing::error!(
+                error = %e,
+                %jid,
+                "delivered offline messages could not be deleted; they will be delivered again"
+            ),
+        }
+    }
+    // What was not taken (or not deleted) is stored again for the next delivery.
+    for claim in claims {
+        if let Err(e) = storage.release_offline(&host, &user, &claim).await {
+            tracing::error!(
+                error = %e,
+                %jid,
+                "offline messages could not be released; they wait for their claim to run out"
+            );
+        }
+    }
+    tracing::debug!(%jid, delivered, "offline messages delivered");
 }

@@ -42,6 +42,8 @@ fn cfg(tls_mode: TlsMode) -> NegotiationConfig {
         allow_plain_without_tls: false,
         registration: true,
         max_auth_failures: 3,
+        scram_iterations: 4096,
+        salt_secret: meerkat_xmpp::sasl::SaltSecret::random(),
     }
 }
 

@@ -79,16 +79,16 @@ pub(crate) fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
 }
 
 /// A salt for a user we have no SCRAM salt for (unknown user, or a plaintext
-/// password that is hashed on the fly).
+/// password that is hashed on the fly), as long as real salts ([`super::SALT_LEN`]).
 ///
 /// It must be stable per user: if it changed on every attempt while real
 /// users' salts stay fixed, two attempts would tell an attacker whether an
-/// account exists (RFC 5802 §9, RFC 7677 §4). We therefore key an HMAC with a
-/// secret chosen once per process. It is not stable across restarts or nodes;
-/// that leaks only as much as an attacker who can watch restarts learns anyway.
-pub(crate) fn stable_salt(alg: HashAlg, username: &str) -> Vec<u8> {
+/// account exists (RFC 5802 §9, RFC 7677 §4). So it is an HMAC of the user
+/// name keyed with `key`, which the server keeps (the same across restarts
+/// and nodes); without one, a secret chosen once per process.
+pub(crate) fn stable_salt(key: Option<&[u8]>, alg: HashAlg, username: &str) -> Vec<u8> {
     static KEY: OnceLock<Vec<u8>> = OnceLock::new();
-    let key = KEY.get_or_init(|| random_bytes(32));
+    let key = key.unwrap_or_else(|| KEY.get_or_init(|| random_bytes(32)));
     let mut data = Vec::with_capacity(username.len() + 8);
     data.extend_from_slice(alg.storage_name().as_bytes());
     data.push(0);

@@ -24,7 +24,9 @@
 //! - Stored SCRAM secrets are [`ScramCredentials`] (salted keys, never the
 //!   password).
 //! - For an unknown user the SCRAM exchange continues with a stable fake salt
-//!   and fails only at the final step, so the server's answers do not reveal
+//!   (derived from a [`SaltSecret`] the server keeps, so it survives restarts
+//!   and is the same on every node) and the configured iteration count, and
+//!   fails only at the final step, so the server's answers do not reveal
 //!   which accounts exist (RFC 5802 §9, RFC 7677 §4).
 //! - Proofs and passwords are compared in constant time (`subtle`).
 //! - A client that says "y" (supports channel binding but thinks the server
@@ -47,6 +49,28 @@ pub const DEFAULT_ITERATIONS: u32 = 4096;
 
 /// Length of salts this module generates.
 pub const SALT_LEN: usize = 16;
+
+/// The key fake SCRAM salts are derived from ([`SaslServer::with_salt_secret`]).
+/// Cheap to clone; never printed.
+#[derive(Clone)]
+pub struct SaltSecret(std::sync::Arc<[u8]>);
+
+impl SaltSecret {
+    pub fn new(key: &[u8]) -> SaltSecret {
+        SaltSecret(key.into())
+    }
+
+    /// A fresh random key (for a first start, or tests).
+    pub fn random() -> SaltSecret {
+        SaltSecret::new(&crypto::random_bytes(32))
+    }
+}
+
+impl std::fmt::Debug for SaltSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SaltSecret(..)")
+    }
+}
 
 /// The TLS exporter label for the `tls-exporter` channel binding
 /// (RFC 9266 §2); the context is empty and the length is
@@ -323,6 +347,7 @@ pub struct SaslServer {
     tls_exporter: Option<Vec<u8>>,
     plus_advertised: bool,
     default_iterations: u32,
+    salt_secret: Option<SaltSecret>,
     authzid: Option<String>,
     state: State,
     /// Fixed server nonce part, for the RFC test vectors.
@@ -355,6 +380,7 @@ impl SaslServer {
             tls_exporter,
             plus_advertised,
             default_iterations: DEFAULT_ITERATIONS,
+            salt_secret: None,
             authzid: None,
             state: State::Start { challenged: false },
             nonce_override: None,
@@ -367,6 +393,14 @@ impl SaslServer {
     #[must_use]
     pub fn with_default_iterations(mut self, iterations: u32) -> Self {
         self.default_iterations = iterations.max(1);
+        self
+    }
+
+    /// The key fake salts are derived from; without it, one chosen per process
+    /// (fake salts then change when the process restarts).
+    #[must_use]
+    pub fn with_salt_secret(mut self, secret: SaltSecret) -> Self {
+        self.salt_secret = Some(secret);
         self
     }
 
@@ -425,8 +459,14 @@ impl SaslServer {
                 let Some(hash) = self.mechanism.hash() else {
                     return fail(SaslFailure::TemporaryAuthFailure);
                 };
-                let (await_final, server_first) =
-                    scram::server_first(cf, hash, creds, self.default_iterations, self.nonce_override.as_deref());
+                let (await_final, server_first) = scram::server_first(
+                    cf,
+                    hash,
+                    creds,
+                    self.default_iterations,
+                    self.salt_secret.as_ref().map(|s| &*s.0),
+                    self.nonce_override.as_deref(),
+                );
                 (State::ScramAwaitFinal(await_final), SaslOutput::Challenge(server_first))
             }
             (State::ScramAwaitFinal(af), SaslInput::Response(msg)) => match scram::server_final(af, msg) {

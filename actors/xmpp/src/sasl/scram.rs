@@ -272,15 +272,20 @@ pub(super) fn server_first(
     hash: HashAlg,
     creds: Option<Credentials>,
     default_iterations: u32,
+    salt_secret: Option<&[u8]>,
     nonce_override: Option<&str>,
 ) -> (AwaitFinal, Vec<u8>) {
     let found = match creds {
         Some(Credentials::Scram(list)) => list.into_iter().find(|c| c.hash == hash),
         // Plaintext store: derive on the fly, with the same stable salt an
         // unknown user would get so the two cannot be told apart.
-        Some(Credentials::Plain(password)) => {
-            ScramCredentials::derive(hash, &password, &crypto::stable_salt(hash, &cf.username), default_iterations).ok()
-        }
+        Some(Credentials::Plain(password)) => ScramCredentials::derive(
+            hash,
+            &password,
+            &crypto::stable_salt(salt_secret, hash, &cf.username),
+            default_iterations,
+        )
+        .ok(),
         None => None,
     };
     let (keys, genuine) = match found {
@@ -288,7 +293,7 @@ pub(super) fn server_first(
         None => (
             ScramCredentials {
                 hash,
-                salt: crypto::stable_salt(hash, &cf.username),
+                salt: crypto::stable_salt(salt_secret, hash, &cf.username),
                 iterations: default_iterations,
                 stored_key: crypto::random_bytes(hash.output_len()),
                 server_key: crypto::random_bytes(hash.output_len()),

@@ -317,7 +317,11 @@ fn wrong_password_fails_at_final_step() {
 }
 
 fn server_first_for(m: Mechanism, user: &str, creds: Option<Credentials>) -> String {
-    let mut server = SaslServer::new(m, None, false);
+    server_first_from(SaslServer::new(m, None, false), user, creds)
+}
+
+fn server_first_from(mut server: SaslServer, user: &str, creds: Option<Credentials>) -> String {
+    let m = server.mechanism();
     let mut client = ScramClient::new(m.hash().unwrap(), user, "pw", ClientChannelBinding::None);
     let first = client.client_first();
     assert!(matches!(server.step(SaslInput::Response(&first)), SaslOutput::LookupCredentials { .. }));
@@ -350,6 +354,24 @@ fn unknown_user_fails_only_at_the_end() {
         // ...and differs between users.
         assert_ne!(salt_and_iterations(&server_first_for(m, "somebody", None)).0, salt_a);
     }
+}
+
+/// An unknown user's salt comes from the server's secret, so it is the same
+/// after a restart and on every node; the iteration count is the one real
+/// keys are made with.
+#[test]
+fn fake_salts_come_from_the_salt_secret_with_the_configured_iterations() {
+    let m = Mechanism::ScramSha256;
+    let secret = SaltSecret::new(&[7u8; 32]);
+    let server = || SaslServer::new(m, None, false).with_salt_secret(secret.clone()).with_default_iterations(10_000);
+    let a = salt_and_iterations(&server_first_from(server(), "nobody", None));
+    let b = salt_and_iterations(&server_first_from(server(), "nobody", None));
+    assert_eq!(a, b);
+    assert_eq!(a.1, "i=10000");
+    assert_eq!(B64.decode(a.0.strip_prefix("s=").unwrap()).unwrap().len(), SALT_LEN);
+    let other = SaslServer::new(m, None, false).with_salt_secret(SaltSecret::new(&[8u8; 32]));
+    assert_ne!(salt_and_iterations(&server_first_from(other, "nobody", None)).0, a.0);
+    assert_eq!(format!("{secret:?}"), "SaltSecret(..)");
 }
 
 #[test]
