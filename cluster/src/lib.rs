@@ -31,6 +31,7 @@ pub mod command;
 pub mod domain_table;
 pub mod network;
 pub mod node;
+pub mod peer_auth;
 pub mod registry;
 pub mod registry_api;
 pub mod session_table;

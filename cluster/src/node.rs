@@ -76,6 +76,8 @@ pub struct ClusterSettings {
     /// A login that cannot commit within this long is refused.
     pub commit_timeout: Duration,
     pub tls: Option<ClusterTls>,
+    /// `cluster.shared_secret`: every peer proves it knows it, both ways.
+    pub secret: Option<crate::peer_auth::SharedSecret>,
 }
 
 /// Errors of cluster operations.
@@ -188,7 +190,8 @@ impl ClusterNode {
             domains.clone(),
             Some(hooks.clone() as Arc<dyn RegistryObserver>),
         )?;
-        let transport = Transport::new(id, settings.name.clone(), settings.tls.clone());
+        let transport =
+            Transport::with_secret(id, settings.name.clone(), settings.tls.clone(), settings.secret.clone());
         let listener = TcpListener::bind(settings.listen).await?;
         let config = openraft::Config {
             cluster_name: settings.name.clone(),

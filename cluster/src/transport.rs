@@ -36,6 +36,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::peer_auth::{self, Role, SharedSecret};
+
 use crate::command::{bincode_config, Command, CommandResponse};
 use crate::types::TypeConfig;
 
@@ -121,12 +123,41 @@ pub enum WireError {
 /// Everything that crosses a connection.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Frame {
-    Hello { cluster: String, from: u64, to: Option<u64> },
-    HelloOk { node: u64 },
-    HelloRefused { reason: String },
-    Request { id: u64, body: Request },
-    Response { id: u64, body: Result<Response, WireError> },
+    Hello {
+        cluster: String,
+        from: u64,
+        to: Option<u64>,
+    },
+    HelloOk {
+        node: u64,
+    },
+    HelloRefused {
+        reason: String,
+    },
+    Request {
+        id: u64,
+        body: Request,
+    },
+    Response {
+        id: u64,
+        body: Result<Response, WireError>,
+    },
     Stanza(StanzaFrame),
+    /// The listener asks the dialler to prove it knows the shared secret
+    /// ([`crate::peer_auth`]).
+    Challenge {
+        nonce: Vec<u8>,
+    },
+    /// The dialler's proof, with its own nonce.
+    Proof {
+        nonce: Vec<u8>,
+        mac: Vec<u8>,
+    },
+    /// The listener accepts the dialler, with its own proof.
+    Accepted {
+        node: u64,
+        mac: Vec<u8>,
+    },
 }
 
 /// Errors of the transport itself.
@@ -295,6 +326,8 @@ pub struct Transport {
     me: u64,
     cluster: String,
     tls: Option<ClusterTls>,
+    /// `cluster.shared_secret`: peers prove they know it before anything else.
+    secret: Option<SharedSecret>,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
     last_seen: Mutex<HashMap<u64, Instant>>,
     next_id: AtomicU64,
@@ -318,10 +351,21 @@ pub struct TransportStats {
 
 impl Transport {
     pub fn new(me: u64, cluster: String, tls: Option<ClusterTls>) -> Arc<Transport> {
+        Transport::with_secret(me, cluster, tls, None)
+    }
+
+    /// A transport whose peers must prove they know `secret` (both ways).
+    pub fn with_secret(
+        me: u64,
+        cluster: String,
+        tls: Option<ClusterTls>,
+        secret: Option<SharedSecret>,
+    ) -> Arc<Transport> {
         Arc::new(Transport {
             me,
             cluster,
             tls,
+            secret,
             peers: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -512,20 +556,42 @@ impl Transport {
         };
         let mut framed = Framed::new(io, hello_codec());
         framed.send(encode_frame(&Frame::Hello { cluster: self.cluster.clone(), from: self.me, to })?).await?;
-        let reply = tokio::time::timeout(CONNECT_TIMEOUT, framed.next())
-            .await
-            .map_err(|_| TransportError::Unreachable(to.unwrap_or(0), "no hello".into()))?;
-        match reply {
-            Some(data) => match decode_frame(&data?)? {
-                Frame::HelloOk { .. } => {
-                    framed.codec_mut().set_max_frame_length(MAX_FRAME);
-                    Ok(framed)
+        let peer = to.unwrap_or(0);
+        match next_hello_frame(&mut framed, peer).await? {
+            Frame::HelloOk { .. } if self.secret.is_some() => {
+                return Err(TransportError::Refused(
+                    "the peer does not check cluster.shared_secret: set the same one on every node".into(),
+                ))
+            }
+            Frame::HelloOk { .. } => {}
+            Frame::Challenge { nonce: listener_nonce } => {
+                let Some(secret) = &self.secret else {
+                    return Err(TransportError::Refused(
+                        "the peer requires a shared secret: set cluster.shared_secret".into(),
+                    ));
+                };
+                let dialler_nonce = peer_auth::nonce();
+                let (me, to_bytes) = (self.me.to_be_bytes(), peer.to_be_bytes());
+                let context: [&[u8]; 3] = [self.cluster.as_bytes(), &me, &to_bytes];
+                let mac = secret.proof(Role::Dialler, &context, &listener_nonce, &dialler_nonce);
+                framed.send(encode_frame(&Frame::Proof { nonce: dialler_nonce.clone(), mac })?).await?;
+                match next_hello_frame(&mut framed, peer).await? {
+                    Frame::Accepted { mac, .. } => {
+                        if !secret.verify(Role::Listener, &context, &listener_nonce, &dialler_nonce, &mac) {
+                            return Err(TransportError::Refused(
+                                "the peer's proof is wrong: it has another cluster.shared_secret".into(),
+                            ));
+                        }
+                    }
+                    Frame::HelloRefused { reason } => return Err(TransportError::Refused(reason)),
+                    other => return Err(TransportError::Codec(format!("expected an acceptance, got {other:?}"))),
                 }
-                Frame::HelloRefused { reason } => Err(TransportError::Refused(reason)),
-                other => Err(TransportError::Codec(format!("expected a hello, got {other:?}"))),
-            },
-            None => Err(TransportError::Unreachable(to.unwrap_or(0), "closed during hello".into())),
+            }
+            Frame::HelloRefused { reason } => return Err(TransportError::Refused(reason)),
+            other => return Err(TransportError::Codec(format!("expected a hello, got {other:?}"))),
         }
+        framed.codec_mut().set_max_frame_length(MAX_FRAME);
+        Ok(framed)
     }
 
     /// Keeps one connection to a peer up and drains its queue into it.
@@ -614,6 +680,56 @@ impl Transport {
         }
     }
 
+    /// Answers a hello that named the right cluster and node: at once, or,
+    /// with a shared secret, once the dialler proved it knows it (and with
+    /// this node's own proof). `false`: the peer is refused and counted.
+    async fn accept_peer(
+        &self,
+        framed: &mut Framed<Box<dyn Io>, LengthDelimitedCodec>,
+        from: u64,
+        peer_addr: SocketAddr,
+    ) -> bool {
+        let Some(secret) = &self.secret else {
+            return match encode_frame(&Frame::HelloOk { node: self.me }) {
+                Ok(f) => framed.send(f).await.is_ok(),
+                Err(_) => false,
+            };
+        };
+        let listener_nonce = peer_auth::nonce();
+        let Ok(challenge) = encode_frame(&Frame::Challenge { nonce: listener_nonce.clone() }) else { return false };
+        if framed.send(challenge).await.is_err() {
+            return false;
+        }
+        let from_bytes = from.to_be_bytes();
+        let proof = match tokio::time::timeout(CONNECT_TIMEOUT * 5, framed.next()).await {
+            Ok(Some(Ok(data))) => decode_frame(&data).ok(),
+            _ => None,
+        };
+        // The dialler names this node, or node 0 when it does not know which
+        // node it reached (joining by address); the proofs both ways cover the name it used.
+        let verified = match &proof {
+            Some(Frame::Proof { nonce, mac }) => [self.me, 0].into_iter().find(|to| {
+                let context: [&[u8]; 3] = [self.cluster.as_bytes(), &from_bytes, &to.to_be_bytes()];
+                secret.verify(Role::Dialler, &context, &listener_nonce, nonce, mac)
+            }),
+            _ => None,
+        };
+        let (Some(to), Some(Frame::Proof { nonce: dialler_nonce, .. })) = (verified, proof) else {
+            self.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer_addr, claimed = from, "refusing a cluster connection: no valid proof of the shared secret");
+            if let Ok(f) = encode_frame(&Frame::HelloRefused { reason: "authentication failed".into() }) {
+                let _ = framed.send(f).await;
+            }
+            return false;
+        };
+        let context: [&[u8]; 3] = [self.cluster.as_bytes(), &from_bytes, &to.to_be_bytes()];
+        let mac = secret.proof(Role::Listener, &context, &listener_nonce, &dialler_nonce);
+        match encode_frame(&Frame::Accepted { node: self.me, mac }) {
+            Ok(f) => framed.send(f).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
     /// Accepts connections from other nodes until shutdown.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let mut shutdown = self.shutdown.subscribe();
@@ -699,13 +815,8 @@ impl Transport {
                 return;
             }
         };
-        match encode_frame(&Frame::HelloOk { node: self.me }) {
-            Ok(f) => {
-                if framed.send(f).await.is_err() {
-                    return;
-                }
-            }
-            Err(_) => return,
+        if !self.accept_peer(&mut framed, from, peer_addr).await {
+            return;
         }
         self.saw(from);
         framed.codec_mut().set_max_frame_length(MAX_FRAME);
@@ -767,6 +878,18 @@ impl Transport {
         }
         drop(reply_tx);
         let _ = writer.await;
+    }
+}
+
+/// The next frame of a handshake, within its deadline.
+async fn next_hello_frame(
+    framed: &mut Framed<Box<dyn Io>, LengthDelimitedCodec>,
+    peer: u64,
+) -> Result<Frame, TransportError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, framed.next()).await {
+        Err(_) => Err(TransportError::Unreachable(peer, "no answer to the hello".into())),
+        Ok(None) => Err(TransportError::Unreachable(peer, "closed during the hello".into())),
+        Ok(Some(data)) => decode_frame(&data?),
     }
 }
 
@@ -924,6 +1047,34 @@ mod tests {
         assert!(matches!(wrong_node.connect(&addr, Some(3)).await, Err(TransportError::Refused(_))));
         assert!(wrong_node.connect(&addr, Some(2)).await.is_ok());
         b.shutdown();
+    }
+
+    #[tokio::test]
+    async fn with_a_shared_secret_both_ends_prove_it_or_are_refused() {
+        let secret = |s: &str| Some(SharedSecret::new(s).unwrap());
+        let b = Transport::with_secret(2, "c".into(), None, secret("the cluster's own secret"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(b.clone().serve(listener));
+
+        let same = Transport::with_secret(1, "c".into(), None, secret("the cluster's own secret"));
+        assert!(same.connect(&addr, Some(2)).await.is_ok(), "knowing the secret, by node id");
+        assert!(same.connect(&addr, None).await.is_ok(), "and by address alone (joining)");
+        let refused = |r: Result<_, TransportError>| matches!(r, Err(TransportError::Refused(_)));
+        let none = Transport::new(1, "c".into(), None);
+        assert!(refused(none.connect(&addr, Some(2)).await), "the right name is not enough");
+        let wrong = Transport::with_secret(1, "c".into(), None, secret("another cluster's secret"));
+        assert!(refused(wrong.connect(&addr, Some(2)).await));
+        assert_eq!(b.stats.refused_connections.load(Ordering::Relaxed), 2);
+
+        // A node with a secret does not talk to one that checks none.
+        let open = Transport::new(3, "c".into(), None);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open_addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(open.clone().serve(listener));
+        assert!(refused(same.connect(&open_addr, Some(3)).await));
+        b.shutdown();
+        open.shutdown();
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ fn free_port() -> std::net::SocketAddr {
 fn settings(id: u64, dir: &std::path::Path, bootstrap: bool) -> ClusterSettings {
     let listen = free_port();
     ClusterSettings {
+        secret: None,
         name: "domains".into(),
         node_id: id,
         listen,

@@ -60,6 +60,8 @@ idle_timeout = 3600
 
 [modules.mod_register]
 enabled = true
+# The generator creates its users in-band, all from one address.
+registration_timeout = 0
 EOF
     if [ "$setup" != single ]; then
       cat <<EOF

@@ -147,6 +147,8 @@ idle_timeout = 3600
 
 [modules.mod_register]
 enabled = true
+# The generator creates its users in-band, all from one address.
+registration_timeout = 0
 
 # The peers' benchmark configs load no message archive (mod_mam), so neither
 # does Meerkat here: every server does the same work per message.

@@ -141,6 +141,11 @@ connection.url = $(toml_str "$db_url")
 ip_address = "127.0.0.1"
 port = $(admin_port "$node")
 
+# A demo: meerkat-load (deploy/bench/global-latency.sh) creates its users
+# in-band, all from this machine.
+[modules.mod_register]
+registration_timeout = 0
+
 # One cluster per data center.
 [cluster]
 name = "meerkat-dc$d"

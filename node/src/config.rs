@@ -521,6 +521,12 @@ pub struct Cluster {
     pub commit_timeout: u64,
     /// Mutual TLS between nodes, from a cluster CA. Without it the transport is plain TCP.
     pub tls: Option<ClusterTls>,
+    /// A secret every node of the cluster is given (at least 16 bytes, e.g.
+    /// `openssl rand -base64 32`): a connecting node proves it knows it, and
+    /// so does the node it reaches (HMAC challenge-response, never sent). A
+    /// transport listening on an address other than loopback needs this or
+    /// `[cluster.tls]`.
+    pub shared_secret: Option<Secret>,
 }
 
 impl Default for Cluster {
@@ -538,7 +544,19 @@ impl Default for Cluster {
             down_after: 4,
             commit_timeout: 3,
             tls: None,
+            shared_secret: None,
         }
+    }
+}
+
+/// A secret from the file; `Debug` never shows it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 
@@ -623,6 +641,11 @@ pub struct GlobalConnections {
     pub disabled_gc_interval: u64,
     /// Mutual TLS between data centers. Without it the links are plain TCP.
     pub tls: Option<GlobalTls>,
+    /// A secret every data center is given (at least 16 bytes): a node
+    /// dialling a link proves it knows it, and so does the node it reaches
+    /// (HMAC challenge-response, never sent). Endpoints on an address other
+    /// than loopback need this or `tls`.
+    pub shared_secret: Option<Secret>,
 }
 
 impl Default for GlobalConnections {
@@ -634,6 +657,7 @@ impl Default for GlobalConnections {
             hosts_refresh_interval: 3000,
             disabled_gc_interval: 60,
             tls: None,
+            shared_secret: None,
         }
     }
 }
@@ -866,6 +890,20 @@ impl Config {
             }
             if c.node_id == Some(0) {
                 return Err(err("cluster.node_id", "must be 1 or more".into()));
+            }
+            if let Some(secret) = &c.shared_secret {
+                meerkat_cluster::peer_auth::SharedSecret::new(&secret.0)
+                    .map_err(|reason| err("cluster.shared_secret", reason))?;
+            }
+            if !c.listen.ip().is_loopback() && c.tls.is_none() && c.shared_secret.is_none() {
+                return Err(err(
+                    "cluster.listen",
+                    format!(
+                        "{} is not a loopback address, so anyone who reaches it could join the cluster: \
+                         set cluster.shared_secret (the same on every node) or [cluster.tls]",
+                        c.listen
+                    ),
+                ));
             }
             if c.heartbeat_interval_ms == 0 || c.election_timeout_min_ms <= c.heartbeat_interval_ms * 2 {
                 return Err(err(
@@ -1120,6 +1158,10 @@ impl Config {
         }
 
         let c = &g.connections;
+        if let Some(secret) = &c.shared_secret {
+            meerkat_cluster::peer_auth::SharedSecret::new(&secret.0)
+                .map_err(|reason| err("global_distribution.connections.shared_secret", reason))?;
+        }
         if c.endpoints.is_empty() {
             return Err(err("global_distribution.connections.endpoints", "at least one endpoint is required".into()));
         }
@@ -1129,6 +1171,16 @@ impl Config {
         for (i, ep) in c.endpoints.iter().enumerate() {
             let key = format!("global_distribution.connections.endpoints[{i}]");
             let addr = ep.listen_addr().map_err(|reason| err(&key, reason))?;
+            if !addr.ip().is_loopback() && c.tls.is_none() && c.shared_secret.is_none() {
+                return Err(err(
+                    &key,
+                    format!(
+                        "{addr} is not a loopback address, so anyone who reaches it could inject stanzas: \
+                         set global_distribution.connections.shared_secret (the same in every data center) \
+                         or global_distribution.connections.tls"
+                    ),
+                ));
+            }
             if let Some((t, by)) = clash(&taken, addr) {
                 return Err(err(&key, format!("{addr} is also used by {by} ({t})")));
             }
@@ -1224,6 +1276,37 @@ pub fn mechanism(name: &str) -> Option<meerkat_xmpp::sasl::Mechanism> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_or_link_port_off_loopback_needs_a_secret_or_tls() {
+        let check = |toml: &str| -> Result<Config, ConfigError> {
+            let mut cfg = Config::parse(toml, "t.toml")?;
+            cfg.validate("t.toml")?;
+            Ok(cfg)
+        };
+        let e = check("[cluster]\nlisten = \"10.0.0.5:7946\"\n").unwrap_err();
+        assert_eq!(e.key, "cluster.listen");
+        assert!(e.reason.contains("cluster.shared_secret"), "{e:?}");
+        check("[cluster]\nlisten = \"10.0.0.5:7946\"\nshared_secret = \"0123456789abcdef0123\"\n").unwrap();
+        check("[cluster]\nlisten = \"127.0.0.1:7946\"\n").unwrap();
+        let e = check("[cluster]\nshared_secret = \"short\"\n").unwrap_err();
+        assert_eq!(e.key, "cluster.shared_secret");
+        let cfg = check("[cluster]\nshared_secret = \"0123456789abcdef0123\"\n").unwrap();
+        assert!(!format!("{cfg:?}").contains("0123456789abcdef0123"), "the secret is not in Debug output");
+
+        let global = |endpoint: &str, extra: &str| {
+            format!(
+                "[general]\nhosts = [\"example.com\"]\n[global_distribution]\nglobal_host = \"example.com\"\n\
+                 local_host = \"dc1.example.com\"\n[global_distribution.connections]\n\
+                 endpoints = [{{ host = \"{endpoint}\", port = 5555 }}]\n{extra}\n\
+                 [outgoing_pools.redis.global_distrib.connection]\nhost = \"127.0.0.1\"\n"
+            )
+        };
+        let e = check(&global("10.1.0.11", "")).unwrap_err();
+        assert!(e.reason.contains("connections.shared_secret"), "{e:?}");
+        check(&global("10.1.0.11", "shared_secret = \"0123456789abcdef0123\"")).unwrap();
+        check(&global("127.0.0.1", "")).unwrap();
+    }
 
     #[test]
     fn connection_limits_and_shapers_are_checked() {

@@ -13,6 +13,7 @@ use meerkat_actors::negotiation::{NegotiationConfig, TlsMode};
 use meerkat_actors::server::ServerWorkers;
 use meerkat_actors::services::{Services, SessionSettings};
 use meerkat_cluster::node::{ClusterNode, ClusterSettings};
+use meerkat_cluster::peer_auth::SharedSecret;
 use meerkat_cluster::{NodeId, SessionRegistry, SessionTable, StandaloneRegistry};
 use meerkat_routing::cluster::ClusterInbox;
 use meerkat_routing::global::{GlobalConfig, GlobalDistrib};
@@ -407,6 +408,7 @@ async fn start_cluster(
         down_after: Duration::from_secs(c.down_after),
         commit_timeout: Duration::from_secs(c.commit_timeout),
         tls,
+        secret: c.shared_secret.as_ref().map(|s| SharedSecret::new(&s.0)).transpose().map_err(anyhow::Error::msg)?,
     };
     let node = ClusterNode::start(settings, sessions)
         .await
@@ -447,6 +449,7 @@ fn global_config(cfg: &Config, g: &crate::config::GlobalDistribution, node_id: u
     gc.hosts_refresh_interval = Duration::from_millis(c.hosts_refresh_interval);
     gc.disabled_gc_interval = Duration::from_secs(c.disabled_gc_interval);
     gc.tls = tls;
+    gc.secret = c.shared_secret.as_ref().map(|s| SharedSecret::new(&s.0)).transpose().map_err(anyhow::Error::msg)?;
     gc.message_ttl = g.message_ttl;
     gc.cache_jid_lifetime = Duration::from_secs(g.cache.jid_lifetime_seconds);
     gc.cache_max_jids = g.cache.max_jids;

@@ -100,6 +100,9 @@ pub struct TestCluster {
     pub placements: Vec<Placement>,
 }
 
+/// The `cluster.shared_secret` every test cluster is given.
+pub const CLUSTER_SECRET: &str = "test-cluster-shared-secret";
+
 /// The `[cluster]` and database TOML of one node.
 pub fn cluster_toml(name: &str, db_url: &str, id: u64, placement: &Placement, bootstrap: bool) -> String {
     format!(
@@ -117,6 +120,7 @@ election_timeout_min_ms = 1000
 election_timeout_max_ms = 2000
 down_after = 4
 commit_timeout = 3
+shared_secret = "{CLUSTER_SECRET}"
 "#,
         addr = placement.cluster_addr,
     )

@@ -446,6 +446,9 @@ impl Drop for OneAtATime {
     }
 }
 
+/// The `connections.shared_secret` of every test data center.
+pub const GLOBAL_SECRET: &str = "test-data-centers-shared-secret";
+
 /// The `[global_distribution]` and Redis pool TOML of one node.
 pub fn global_toml(local_host: &str, endpoint: SocketAddr, advertised: SocketAddr, redis_port: u16) -> String {
     format!(
@@ -464,6 +467,7 @@ refresh_after = 2
 endpoints = [{{ host = "{eh}", port = {ep} }}]
 advertised_endpoints = [{{ host = "{ah}", port = {ap} }}]
 hosts_refresh_interval = 300
+shared_secret = "{GLOBAL_SECRET}"
 
 [global_distribution.bounce]
 enabled = true

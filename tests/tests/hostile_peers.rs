@@ -8,11 +8,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meerkat_cluster::transport::{encode_versioned, Frame, StanzaFrame, StanzaTarget, PROTOCOL_VERSION};
+use meerkat_cluster::peer_auth::{Role, SharedSecret};
+use meerkat_cluster::transport::{
+    decode_versioned, encode_versioned, Frame, StanzaFrame, StanzaTarget, PROTOCOL_VERSION,
+};
 use meerkat_routing::global::link::{GdFrame, GdStanza, GD_PROTOCOL_VERSION};
 use meerkat_tests::client::body;
-use meerkat_tests::cluster::{cluster_toml, Placement, SharedDb};
-use meerkat_tests::global::{global_toml, RedisServer, GLOBAL_HOST, SERVE_GLOBAL_HOST};
+use meerkat_tests::cluster::{cluster_toml, Placement, SharedDb, CLUSTER_SECRET};
+use meerkat_tests::global::{global_toml, RedisServer, GLOBAL_HOST, GLOBAL_SECRET, SERVE_GLOBAL_HOST};
 use meerkat_tests::node::free_port;
 use meerkat_tests::{Client, NodeOptions, TestNode};
 use meerkat_xmpp::element::Element;
@@ -109,29 +112,210 @@ async fn still_serving(t: &Target) {
     assert_eq!(body(&m).as_deref(), Some("still here"));
 }
 
-/// The cases every port gets: `hello` is a valid hello for it, `deep` a
-/// frame after it carrying a stanza nested a million levels deep.
-async fn attack(t: &Target, port: SocketAddr, hello: Vec<u8>, deep: Vec<u8>) {
+/// Which port, and how to speak its handshake.
+#[derive(Clone, Copy)]
+enum Port {
+    Cluster,
+    Link,
+}
+
+impl Port {
+    fn version(self) -> u8 {
+        match self {
+            Port::Cluster => PROTOCOL_VERSION,
+            Port::Link => GD_PROTOCOL_VERSION,
+        }
+    }
+
+    /// A hello the node accepts up to the proof.
+    fn hello(self) -> Vec<u8> {
+        match self {
+            Port::Cluster => {
+                encode_versioned(PROTOCOL_VERSION, &Frame::Hello { cluster: CLUSTER.into(), from: 66, to: Some(1) })
+            }
+            Port::Link => encode_versioned(GD_PROTOCOL_VERSION, &link_hello()),
+        }
+        .unwrap()
+        .to_vec()
+    }
+
+    /// What the proof covers besides the nonces.
+    fn context(self) -> Vec<Vec<u8>> {
+        match self {
+            Port::Cluster => vec![CLUSTER.into(), 66u64.to_be_bytes().to_vec(), 1u64.to_be_bytes().to_vec()],
+            Port::Link => {
+                vec![GLOBAL_HOST.into(), b"dc9.example.com".to_vec(), LOCAL_DC.into(), 7u64.to_be_bytes().to_vec()]
+            }
+        }
+    }
+
+    /// A stanza for bob, nested half a million levels deep (3 MB, under
+    /// either port's frame limit) when `deep`.
+    fn stanza(self, deep: bool) -> Vec<u8> {
+        let to = format!("bob@{GLOBAL_HOST}");
+        let from = format!("mallory@{GLOBAL_HOST}/m");
+        let stanza = if deep {
+            marker()
+        } else {
+            Element::new("message", "jabber:client")
+                .with_attr("type", "chat")
+                .with_child(Element::new("body", "jabber:client").with_text("injected"))
+        };
+        let frame = match self {
+            Port::Cluster => encode_versioned(
+                PROTOCOL_VERSION,
+                &Frame::Stanza(StanzaFrame { target: StanzaTarget::Account, from, to, stanza }),
+            ),
+            Port::Link => encode_versioned(
+                GD_PROTOCOL_VERSION,
+                &GdFrame::Stanza(GdStanza {
+                    seq: 1,
+                    ttl: 1,
+                    origin_dc: "dc9.example.com".into(),
+                    origin_start_micros: None,
+                    from,
+                    to,
+                    stanza,
+                }),
+            ),
+        }
+        .unwrap()
+        .to_vec();
+        if deep {
+            splice_deep(frame, 500_000)
+        } else {
+            frame
+        }
+    }
+
+    /// The challenge's nonce in the node's answer to a hello.
+    fn nonce(self, body: &[u8]) -> Vec<u8> {
+        match self {
+            Port::Cluster => match decode_versioned::<Frame>(PROTOCOL_VERSION, body).unwrap() {
+                Frame::Challenge { nonce } => nonce,
+                other => panic!("expected a challenge, got {other:?}"),
+            },
+            Port::Link => match decode_versioned::<GdFrame>(GD_PROTOCOL_VERSION, body).unwrap() {
+                GdFrame::Challenge { nonce } => nonce,
+                other => panic!("expected a challenge, got {other:?}"),
+            },
+        }
+    }
+
+    fn proof(self, secret: &str, listener_nonce: &[u8]) -> Vec<u8> {
+        let secret = SharedSecret::new(secret).unwrap();
+        let dialler_nonce = vec![7u8; 32];
+        let context = self.context();
+        let parts: Vec<&[u8]> = context.iter().map(Vec::as_slice).collect();
+        let mac = secret.proof(Role::Dialler, &parts, listener_nonce, &dialler_nonce);
+        match self {
+            Port::Cluster => encode_versioned(PROTOCOL_VERSION, &Frame::Proof { nonce: dialler_nonce, mac }),
+            Port::Link => encode_versioned(GD_PROTOCOL_VERSION, &GdFrame::Proof { nonce: dialler_nonce, mac }),
+        }
+        .unwrap()
+        .to_vec()
+    }
+
+    fn secret(self) -> &'static str {
+        match self {
+            Port::Cluster => CLUSTER_SECRET,
+            Port::Link => GLOBAL_SECRET,
+        }
+    }
+}
+
+fn link_hello() -> GdFrame {
+    GdFrame::Hello {
+        global_host: GLOBAL_HOST.into(),
+        from_dc: "dc9.example.com".into(),
+        to_dc: LOCAL_DC.into(),
+        instance: 7,
+    }
+}
+
+async fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut len)).await.ok()?.ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut body)).await.ok()?.ok()?;
+    Some(body)
+}
+
+/// Connects and says hello; the node's challenge nonce.
+async fn hello(addr: SocketAddr, port: Port) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&framed(&port.hello())).await.unwrap();
+    let challenge = read_frame(&mut s).await.expect("a challenge");
+    let nonce = port.nonce(&challenge);
+    (s, nonce)
+}
+
+/// Waits until the node closes `s`.
+async fn wait_closed(mut s: TcpStream, what: &str) {
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the node kept the connection open after {what}");
+}
+
+/// The cases every port gets.
+async fn attack(t: &Target, port: Port, addr: SocketAddr) {
     // A 15-byte frame declaring a string of 2^62 bytes.
-    closed_after(port, &[0, 0, 0, 0x0b, 1, 0, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x40]).await;
+    closed_after(addr, &[0, 0, 0, 0x0b, 1, 0, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x40]).await;
     still_serving(t).await;
     // A frame declaring 4 GiB.
-    closed_after(port, &[0xff, 0xff, 0xff, 0xf0, 1, 2, 3]).await;
+    closed_after(addr, &[0xff, 0xff, 0xff, 0xf0, 1, 2, 3]).await;
     // More than a hello may be, before one.
-    closed_after(port, &framed(&vec![1u8; 64 * 1024])).await;
+    closed_after(addr, &framed(&vec![1u8; 64 * 1024])).await;
     // Garbage.
     let garbage: Vec<u8> = (0..2000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    closed_after(port, &garbage).await;
-    // A valid hello, then a stanza nested a million levels deep.
-    let mut bytes = framed(&hello);
-    bytes.extend(framed(&deep));
-    closed_after(port, &bytes).await;
+    closed_after(addr, &garbage).await;
+
+    // The right names and no credentials: a stanza where the proof belongs.
+    let mut watch = Client::login(t.node.c2s, GLOBAL_HOST, "bob", "pw", Some("watch")).await.unwrap();
+    watch.go_online(None).await.unwrap();
+    let (mut s, _) = hello(addr, port).await;
+    s.write_all(&framed(&port.stanza(false))).await.unwrap();
+    wait_closed(s, "a stanza instead of a proof").await;
+    // A proof made with the wrong secret.
+    let (mut s, nonce) = hello(addr, port).await;
+    s.write_all(&framed(&port.proof("not the secret, but long enough", &nonce))).await.unwrap();
+    wait_closed(s, "a wrong proof").await;
+    // Neither delivered anything: bob's next message is the one alice sends now.
+    let mut alice = Client::login(t.node.c2s, GLOBAL_HOST, "alice", "pw", Some("probe")).await.unwrap();
+    let to = watch.jid().to_owned();
+    alice.send_message(&to, "after").await.unwrap();
+    let m = watch.recv_message().await.unwrap();
+    assert_eq!(body(&m).as_deref(), Some("after"), "{m}");
+
+    // A peer that knows the secret, sending a stanza nested half a million levels deep.
+    let (mut s, nonce) = hello(addr, port).await;
+    s.write_all(&framed(&port.proof(port.secret(), &nonce))).await.unwrap();
+    let accepted = read_frame(&mut s).await.expect("accepted");
+    match port {
+        Port::Cluster => {
+            assert!(matches!(decode_versioned::<Frame>(port.version(), &accepted).unwrap(), Frame::Accepted { .. }))
+        }
+        Port::Link => {
+            assert!(matches!(decode_versioned::<GdFrame>(port.version(), &accepted).unwrap(), GdFrame::Accepted { .. }))
+        }
+    }
+    s.write_all(&framed(&port.stanza(true))).await.unwrap();
+    wait_closed(s, "a deep stanza").await;
     still_serving(t).await;
+
     // Many connections that say nothing: closed once they are too many or
     // their hello is late, and clients are served meanwhile.
     let mut idle = Vec::new();
     for _ in 0..300 {
-        idle.push(TcpStream::connect(port).await.unwrap());
+        idle.push(TcpStream::connect(addr).await.unwrap());
     }
     still_serving(t).await;
     let all_closed = tokio::time::timeout(Duration::from_secs(30), async {
@@ -145,48 +329,15 @@ async fn attack(t: &Target, port: SocketAddr, hello: Vec<u8>, deep: Vec<u8>) {
         }
     })
     .await;
-    assert!(all_closed.is_ok(), "idle connections to {port} were left open");
+    assert!(all_closed.is_ok(), "idle connections to {addr} were left open");
     still_serving(t).await;
 }
 
 #[tokio::test]
 async fn hostile_frames_on_the_cluster_and_link_ports_close_that_connection_and_nothing_else() {
     let t = tokio::task::spawn_blocking(target).await.unwrap();
-
-    let hello = encode_versioned(PROTOCOL_VERSION, &Frame::Hello { cluster: CLUSTER.into(), from: 66, to: None })
-        .unwrap()
-        .to_vec();
-    let stanza = Frame::Stanza(StanzaFrame {
-        target: StanzaTarget::Session { jid: format!("bob@{GLOBAL_HOST}/b"), sid: 1, if_available: false },
-        from: format!("mallory@{GLOBAL_HOST}/m"),
-        to: format!("bob@{GLOBAL_HOST}/b"),
-        stanza: marker(),
-    });
-    let deep = splice_deep(encode_versioned(PROTOCOL_VERSION, &stanza).unwrap().to_vec(), 1_000_000);
-    attack(&t, t.cluster, hello, deep).await;
-
-    let hello = encode_versioned(
-        GD_PROTOCOL_VERSION,
-        &GdFrame::Hello {
-            global_host: GLOBAL_HOST.into(),
-            from_dc: "dc9.example.com".into(),
-            to_dc: LOCAL_DC.into(),
-            instance: 7,
-        },
-    )
-    .unwrap()
-    .to_vec();
-    let stanza = GdFrame::Stanza(GdStanza {
-        seq: 1,
-        ttl: 1,
-        origin_dc: "dc9.example.com".into(),
-        origin_start_micros: None,
-        from: format!("mallory@{GLOBAL_HOST}/m"),
-        to: format!("bob@{GLOBAL_HOST}/b"),
-        stanza: marker(),
-    });
-    let deep = splice_deep(encode_versioned(GD_PROTOCOL_VERSION, &stanza).unwrap().to_vec(), 1_000_000);
-    attack(&t, t.link, hello, deep).await;
+    attack(&t, Port::Cluster, t.cluster).await;
+    attack(&t, Port::Link, t.link).await;
 
     let (code, metrics) = t.node.api("GET", "/metrics", None);
     assert_eq!(code, 200);
@@ -199,5 +350,14 @@ async fn hostile_frames_on_the_cluster_and_link_ports_close_that_connection_and_
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{name} missing from /metrics"));
         assert!(n >= 4, "{name} = {n}");
+    }
+    for name in ["meerkat_cluster_refused_connections_total", "meerkat_global_links_refused_total"] {
+        let n: u64 = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"));
+        assert!(n >= 2, "{name} = {n}: the peers without the secret are counted");
     }
 }

@@ -43,6 +43,7 @@ fn peer_conditions_node() -> (TestNode, u16) {
     let node = TestNode::start_with(NodeOptions {
         extra_toml: format!(
             "[auth]\nallow_plain_without_tls = true\npassword.format = \"plain\"\n\n\
+             [modules.mod_register]\nregistration_timeout = 0\n\n\
              [[listen.c2s]]\nport = {plain}\nip_address = \"127.0.0.1\"\ntls.mode = \"none\"\n"
         ),
         ..Default::default()

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use meerkat_cluster::peer_auth::{self, Role, SharedSecret};
 use meerkat_cluster::transport::{decode_versioned, encode_versioned, ClusterTls};
 use meerkat_xmpp::element::Element;
 use serde::{Deserialize, Serialize};
@@ -70,13 +71,39 @@ pub struct GdStanza {
 /// Every frame on a link.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum GdFrame {
-    Hello { global_host: String, from_dc: String, to_dc: String, instance: u64 },
-    HelloOk { dc: String },
-    Refused { reason: String },
+    Hello {
+        global_host: String,
+        from_dc: String,
+        to_dc: String,
+        instance: u64,
+    },
+    HelloOk {
+        dc: String,
+    },
+    Refused {
+        reason: String,
+    },
     Stanza(GdStanza),
-    Ack { seqs: Vec<u64> },
+    Ack {
+        seqs: Vec<u64>,
+    },
     Ping,
     Pong,
+    /// The listening side asks the dialler to prove it knows the shared
+    /// secret (`meerkat_cluster::peer_auth`).
+    Challenge {
+        nonce: Vec<u8>,
+    },
+    /// The dialler's proof, with its own nonce.
+    Proof {
+        nonce: Vec<u8>,
+        mac: Vec<u8>,
+    },
+    /// The listening side accepts, with its own proof.
+    Accepted {
+        dc: String,
+        mac: Vec<u8>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +138,17 @@ pub const HELLO_MAX_FRAME: usize = 4096;
 /// Inbound links at once; past it a new connection is closed at once.
 pub const MAX_INBOUND: usize = 256;
 
+/// The next frame of a handshake, within its deadline.
+async fn next_hello_frame(
+    reader: &mut FramedRead<tokio::io::ReadHalf<Box<dyn Io>>, LengthDelimitedCodec>,
+) -> Result<GdFrame, LinkError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await.map_err(|_| LinkError::Timeout)? {
+        Some(Ok(bytes)) => decode_frame(&bytes),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(LinkError::Closed),
+    }
+}
+
 fn hello_codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder().max_frame_length(HELLO_MAX_FRAME).new_codec()
 }
@@ -137,6 +175,8 @@ pub struct LinkConfig {
     pub global_host: String,
     pub local_host: String,
     pub tls: Option<ClusterTls>,
+    /// `connections.shared_secret`: both ends of a link prove they know it.
+    pub secret: Option<SharedSecret>,
     /// Frames queued plus unacknowledged on one link before senders are refused.
     pub window: usize,
 }
@@ -333,19 +373,42 @@ impl LinkTask {
             instance: self.instance,
         };
         writer.send(encode_frame(&hello)?).await?;
-        let reply = tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await.map_err(|_| LinkError::Timeout)?;
-        match reply {
-            Some(Ok(bytes)) => match decode_frame(&bytes)? {
-                GdFrame::HelloOk { .. } => {
-                    reader.decoder_mut().set_max_frame_length(MAX_FRAME);
-                    Ok((reader, writer))
+        let instance = self.instance.to_be_bytes();
+        let context: [&[u8]; 4] =
+            [self.cfg.global_host.as_bytes(), self.cfg.local_host.as_bytes(), self.dc.as_bytes(), &instance];
+        match next_hello_frame(&mut reader).await? {
+            GdFrame::HelloOk { .. } if self.cfg.secret.is_some() => {
+                return Err(LinkError::Refused(
+                    "the data center does not check connections.shared_secret: set the same one everywhere".into(),
+                ))
+            }
+            GdFrame::HelloOk { .. } => {}
+            GdFrame::Challenge { nonce: listener_nonce } => {
+                let Some(secret) = &self.cfg.secret else {
+                    return Err(LinkError::Refused(
+                        "the data center requires a shared secret: set connections.shared_secret".into(),
+                    ));
+                };
+                let dialler_nonce = peer_auth::nonce();
+                let mac = secret.proof(Role::Dialler, &context, &listener_nonce, &dialler_nonce);
+                writer.send(encode_frame(&GdFrame::Proof { nonce: dialler_nonce.clone(), mac })?).await?;
+                match next_hello_frame(&mut reader).await? {
+                    GdFrame::Accepted { mac, .. } => {
+                        if !secret.verify(Role::Listener, &context, &listener_nonce, &dialler_nonce, &mac) {
+                            return Err(LinkError::Refused(
+                                "the data center's proof is wrong: it has another connections.shared_secret".into(),
+                            ));
+                        }
+                    }
+                    GdFrame::Refused { reason } => return Err(LinkError::Refused(reason)),
+                    other => return Err(LinkError::Codec(format!("unexpected reply to a proof: {other:?}"))),
                 }
-                GdFrame::Refused { reason } => Err(LinkError::Refused(reason)),
-                other => Err(LinkError::Codec(format!("unexpected reply to hello: {other:?}"))),
-            },
-            Some(Err(e)) => Err(e.into()),
-            None => Err(LinkError::Closed),
+            }
+            GdFrame::Refused { reason } => return Err(LinkError::Refused(reason)),
+            other => return Err(LinkError::Codec(format!("unexpected reply to hello: {other:?}"))),
         }
+        reader.decoder_mut().set_max_frame_length(MAX_FRAME);
+        Ok((reader, writer))
     }
 
     /// Runs one connection. Ok when the link was stopped, Err when the connection failed.
@@ -663,7 +726,32 @@ impl Inbound {
             Some(Err(e)) => return Err(e.into()),
             None => return Err(LinkError::Closed),
         };
-        writer.send(encode_frame(&GdFrame::HelloOk { dc: self.cfg.local_host.clone() })?).await?;
+        if let Some(secret) = &self.cfg.secret {
+            let listener_nonce = peer_auth::nonce();
+            writer.send(encode_frame(&GdFrame::Challenge { nonce: listener_nonce.clone() })?).await?;
+            let instance_bytes = instance.to_be_bytes();
+            let context: [&[u8]; 4] =
+                [self.cfg.global_host.as_bytes(), from_dc.as_bytes(), self.cfg.local_host.as_bytes(), &instance_bytes];
+            let proof = next_hello_frame(&mut reader).await.ok();
+            let dialler_nonce = match proof {
+                Some(GdFrame::Proof { nonce, mac })
+                    if secret.verify(Role::Dialler, &context, &listener_nonce, &nonce, &mac) =>
+                {
+                    nonce
+                }
+                _ => {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%from_dc, "data center link refused: no valid proof of the shared secret");
+                    let reason = "authentication failed".to_owned();
+                    let _ = writer.send(encode_frame(&GdFrame::Refused { reason: reason.clone() })?).await;
+                    return Err(LinkError::Refused(reason));
+                }
+            };
+            let mac = secret.proof(Role::Listener, &context, &listener_nonce, &dialler_nonce);
+            writer.send(encode_frame(&GdFrame::Accepted { dc: self.cfg.local_host.clone(), mac })?).await?;
+        } else {
+            writer.send(encode_frame(&GdFrame::HelloOk { dc: self.cfg.local_host.clone() })?).await?;
+        }
         reader.decoder_mut().set_max_frame_length(MAX_FRAME);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
 
@@ -883,7 +971,7 @@ mod tests {
     }
 
     fn cfg(local: &str) -> LinkConfig {
-        LinkConfig { global_host: "example.com".into(), local_host: local.into(), tls: None, window: 64 }
+        LinkConfig { global_host: "example.com".into(), local_host: local.into(), tls: None, secret: None, window: 64 }
     }
 
     fn stanza(n: u64) -> GdStanza {
@@ -984,6 +1072,46 @@ mod tests {
         until("a refusal", || inbound.stats.refused.load(Ordering::Relaxed) >= 1).await;
         assert!(receiver.got.lock().unwrap().is_empty());
         assert!(!link.stats.connected.load(Ordering::Relaxed));
+        link.stop();
+    }
+
+    #[tokio::test]
+    async fn with_a_shared_secret_only_a_data_center_that_proves_it_links() {
+        let with = |local: &str, secret: Option<&str>| LinkConfig {
+            secret: secret.map(|s| SharedSecret::new(s).unwrap()),
+            ..cfg(local)
+        };
+        let receiver = Arc::new(Receiver::default());
+        let rx_events: Weak<dyn LinkEvents> = {
+            let w: Weak<Receiver> = Arc::downgrade(&receiver);
+            w
+        };
+        let inbound = Inbound::new(with("dc2", Some("the data centers' secret")), rx_events);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(inbound.clone().serve(listener, stop_rx));
+        let sender = Arc::new(Sender::default());
+        let tx_events = || -> Weak<dyn LinkEvents> {
+            let w: Weak<Sender> = Arc::downgrade(&sender);
+            w
+        };
+
+        // No secret, then the wrong one: refused, nothing delivered.
+        for (n, secret) in [(1, None), (2, Some("another secret, not theirs"))] {
+            let link = OutLink::start(with("dc1", secret), "dc2".into(), addr.to_string(), tx_events());
+            link.try_send(n, stanza(n)).unwrap();
+            until("a refusal", || inbound.stats.refused.load(Ordering::Relaxed) >= n).await;
+            assert!(!link.stats.connected.load(Ordering::Relaxed));
+            link.stop();
+        }
+        assert!(receiver.got.lock().unwrap().is_empty());
+
+        // The right one: linked, and the stanza arrives.
+        let link =
+            OutLink::start(with("dc1", Some("the data centers' secret")), "dc2".into(), addr.to_string(), tx_events());
+        link.try_send(3, stanza(3)).unwrap();
+        until("the stanza", || !receiver.got.lock().unwrap().is_empty()).await;
         link.stop();
     }
 }

@@ -83,6 +83,8 @@ pub struct GlobalConfig {
     /// stanzas back to be sent over another link.
     pub disabled_gc_interval: Duration,
     pub tls: Option<ClusterTls>,
+    /// Links prove both ways that they know this secret (`meerkat_cluster::peer_auth`).
+    pub secret: Option<meerkat_cluster::peer_auth::SharedSecret>,
     /// Hops a stanza may make between data centers.
     pub message_ttl: u8,
     pub cache_jid_lifetime: Duration,
@@ -113,6 +115,7 @@ impl GlobalConfig {
             hosts_refresh_interval: Duration::from_secs(3),
             disabled_gc_interval: Duration::from_secs(60),
             tls: None,
+            secret: None,
             message_ttl: 4,
             cache_jid_lifetime: Duration::from_secs(5),
             cache_max_jids: 10_000,
@@ -303,6 +306,7 @@ impl GlobalDistrib {
             global_host: cfg.global_host.clone(),
             local_host: cfg.local_host.clone(),
             tls: cfg.tls.clone(),
+            secret: cfg.secret.clone(),
             window: cfg.link_window,
         };
         let (ops_tx, ops_rx) = mpsc::channel(65_536);
