@@ -294,8 +294,12 @@ impl C2sSession {
             tracing::warn!(jid = %self.jid, "client does not read its stream; disconnecting");
             let _ = self.io.send(IoControl::Abort);
             self.out = None;
+            // Nobody reads here any more: what waits in the mailbox, and what
+            // the client did not acknowledge, goes back to the account.
+            self.client_gone = true;
             self.detach();
-            ctx.stop();
+            self.return_unacked();
+            ctx.address().do_send(Finish(None));
         }
     }
 
@@ -383,6 +387,12 @@ impl C2sSession {
     /// acknowledgement or end the stream).
     fn write_counted(&mut self, el: Element, ctx: &mut Context<Self>) {
         self.write(el.to_xml(ns::CLIENT), ctx);
+        if self.detached && self.client_gone {
+            // This very write found the client gone (it does not read): the
+            // stanza never left, and goes back to the account with the rest.
+            self.give_back(el);
+            return;
+        }
         let acc = self.svc.ctx.hooks.client_wrote(&mut self.state, el);
         for el in acc.write {
             self.write(el.to_xml(ns::CLIENT), ctx);
@@ -413,12 +423,20 @@ impl C2sSession {
             self.svc.remove_resumable(&id);
         }
         for el in self.svc.ctx.hooks.unacknowledged(&mut self.state) {
-            if StanzaKind::of(&el) != Some(StanzaKind::Message) || !self.svc.ctx.hooks.returns_to_account(&el) {
-                continue;
-            }
-            if let Some(from) = el.attr("from").and_then(|f| parse_jid(f).ok()) {
-                self.svc.router.reroute(Routed { from, to: Jid::from(self.jid.bare()), stanza: el });
-            }
+            self.give_back(el);
+        }
+    }
+
+    /// A message that reached this session but not its client goes back to
+    /// the account: its other resources or offline storage (RFC 6121 §8.5.3).
+    /// Other stanzas, and those a hook keeps from the account (a carbon copy
+    /// was for this resource only), are dropped.
+    fn give_back(&self, el: Element) {
+        if StanzaKind::of(&el) != Some(StanzaKind::Message) || !self.svc.ctx.hooks.returns_to_account(&el) {
+            return;
+        }
+        if let Some(from) = el.attr("from").and_then(|f| parse_jid(f).ok()) {
+            self.svc.router.reroute(Routed { from, to: Jid::from(self.jid.bare()), stanza: el });
         }
     }
 
@@ -435,8 +453,11 @@ impl C2sSession {
         ctx.run_later(timeout, move |act, ctx| {
             if !act.connected && act.conn == conn {
                 tracing::debug!(jid = %act.jid, "not resumed in time; closing the session");
-                // `stopped` gives the unacknowledged messages back to the account.
-                ctx.stop();
+                // What it kept, and what is still in its mailbox, goes back to the account.
+                act.client_gone = true;
+                act.detach();
+                act.return_unacked();
+                ctx.address().do_send(Finish(None));
             }
         });
     }
@@ -705,19 +726,17 @@ impl C2sSession {
 
     fn on_delivered(&mut self, el: Element, ctx: &mut Context<Self>) {
         if self.detached && self.client_gone {
-            // Nobody will read it here: give it back to the router so the account
-            // (other resources or offline storage) gets it. A carbon copy was for
-            // this resource only.
-            if StanzaKind::of(&el) == Some(StanzaKind::Message) && self.svc.ctx.hooks.returns_to_account(&el) {
-                let from = el.attr("from").and_then(|f| parse_jid(f).ok());
-                if let Some(from) = from {
-                    self.svc.router.reroute(Routed { from, to: Jid::from(self.jid.bare()), stanza: el });
-                }
-            }
+            // Nobody will read it here.
+            self.give_back(el);
             return;
         }
         if let Some(held) = &mut self.held {
-            if StanzaKind::of(&el) == Some(StanzaKind::Message) && held.len() < MAX_HELD {
+            // Held: messages from others, which must not overtake the stored
+            // ones. Not what the account itself sends this resource (archive
+            // results answering its own query, carbons), which the answer
+            // that follows them must not overtake.
+            let from_own_account = el.attr("from").is_some_and(|f| f == self.jid.bare().as_str());
+            if StanzaKind::of(&el) == Some(StanzaKind::Message) && !from_own_account && held.len() < MAX_HELD {
                 held.push(el);
                 return;
             }
@@ -942,6 +961,24 @@ impl Handler<Finish> for C2sSession {
             // The closing bytes are small and final; past the cap they are simply dropped.
             let _ = out.push(tail);
         }
+        if self.client_gone {
+            // Deliveries that found the session just before it left routing may
+            // have queued behind this message: one more turn gives them back too.
+            ctx.address().do_send(StopNow);
+        } else {
+            ctx.stop();
+        }
+    }
+}
+
+/// Sent to self, after [`Finish`], by a session whose client is gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopNow;
+
+impl Handler<StopNow> for C2sSession {
+    type Result = ();
+    fn handle(&mut self, _: StopNow, ctx: &mut Context<Self>) {
         ctx.stop();
     }
 }

@@ -381,7 +381,8 @@ async fn offline_and_forked_messages_are_archived_once() {
         offline_ids.push(stanza_id(&m, "dave@localhost"));
     }
     wait_for_archive(&mut dave, 3).await;
-    assert_eq!(query(&mut dave, None, &[], "").await.ids(), offline_ids);
+    let a = query(&mut dave, None, &[], "").await;
+    assert_eq!(a.ids(), offline_ids, "{}", a.iq);
 
     // Two resources of equal priority both get the message, with one id.
     let mut two = online(&node, "dave", PW, "two", Some(1)).await;

@@ -52,6 +52,27 @@ const CLAIM_PAGE: u64 = 500;
 const MAX_PAGES: usize = 100;
 /// Messages handed to the session at once, and deleted together once written.
 const BATCH: usize = 100;
+/// Bytes of stored stanzas in one batch (one stanza at least): with one batch
+/// on its way at a time, a session's output queue never takes more than this
+/// (well under the smallest `session.max_outgoing_bytes`, 64 KiB).
+const BATCH_BYTES: usize = 32 * 1024;
+
+/// `page` cut into batches of at most [`BATCH`] messages and [`BATCH_BYTES`] bytes.
+fn batches(page: &[meerkat_storage::OfflineMessage]) -> Vec<&[meerkat_storage::OfflineMessage]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, m) in page.iter().enumerate() {
+        if i > start && (i - start >= BATCH || bytes + m.stanza.len() > BATCH_BYTES) {
+            out.push(&page[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += m.stanza.len();
+    }
+    if start < page.len() {
+        out.push(&page[start..]);
+    }
+    out
+}
 
 /// `[modules.mod_offline]`
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -262,15 +283,6 @@ async fn claim_page(
     }
 }
 
-/// One batch handed to a session, with what is needed to delete it once taken.
-struct Pending {
-    claim: String,
-    first_id: i64,
-    last_id: i64,
-    /// `None`: handed to another node, taken.
-    accepted: Option<tokio::sync::oneshot::Receiver<bool>>,
-}
-
 /// Delivers `user`'s stored messages to the session `info` (`sink` when it
 /// is on this node), at least once: each batch is deleted once the session
 /// wrote it to its connection, and what it did not take is released for the
@@ -286,8 +298,8 @@ async fn deliver_stored(
     release: bool,
 ) {
     let jid = info.jid.clone();
-    let mut pending: Vec<Pending> = Vec::new();
     let mut claims: Vec<String> = Vec::new();
+    let mut delivered = 0u64;
     'pages: for _ in 0..MAX_PAGES {
         let claim = claim_name(router.node().0);
         let page = match claim_page(&storage, &host, &user, &claim).await {
@@ -302,7 +314,7 @@ async fn deliver_stored(
         }
         claims.push(claim.clone());
         let full = page.len() as u64 >= CLAIM_PAGE;
-        for chunk in page.chunks(BATCH) {
+        for chunk in batches(&page) {
             let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else { continue };
             let mut batch = Vec::with_capacity(chunk.len());
             for m in chunk {
@@ -315,23 +327,31 @@ async fn deliver_stored(
                     None => tracing::error!(id = m.id, %jid, "a stored offline message does not parse; dropped"),
                 }
             }
-            let accepted = match &sink {
+            let taken = match &sink {
                 Some(sink) => {
-                    // Batch after batch, ahead of the live messages the session holds meanwhile.
+                    // Batch after batch, ahead of the live messages the session
+                    // holds meanwhile; the next one only once this one is on the
+                    // connection, so that the session's output queue never holds
+                    // more than one batch, however many are stored.
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     sink.deliver_stored(batch, false, Some(tx));
-                    Some(rx)
+                    matches!(tokio::time::timeout(ACCEPT_WITHIN, rx).await, Ok(Ok(true)))
                 }
-                None => {
-                    // A session on another node: taken once the cluster link took it.
-                    if !batch.into_iter().all(|el| router.deliver_to_session(&info, el).is_ok()) {
-                        tracing::warn!(%jid, "a session on another node did not take stored messages; they stay stored");
-                        break 'pages;
-                    }
-                    None
-                }
+                // A session on another node: taken once the cluster link took it.
+                None => batch.into_iter().all(|el| router.deliver_to_session(&info, el).is_ok()),
             };
-            pending.push(Pending { claim: claim.clone(), first_id: first.id, last_id: last.id, accepted });
+            if !taken {
+                tracing::debug!(%jid, "the session did not take its stored messages; they stay stored");
+                break 'pages;
+            }
+            match storage.delete_offline(&host, &user, &claim, first.id, last.id).await {
+                Ok(n) => delivered += n,
+                Err(e) => tracing::error!(
+                    error = %e,
+                    %jid,
+                    "delivered offline messages could not be deleted; they will be delivered again"
+                ),
+            }
         }
         if !full {
             break;
@@ -341,25 +361,6 @@ async fn deliver_stored(
         if let Some(sink) = &sink {
             // Stored messages are out: live ones held meanwhile may follow.
             sink.deliver_stored(Vec::new(), true, None);
-        }
-    }
-    let mut delivered = 0u64;
-    for p in pending {
-        let taken = match p.accepted {
-            None => true,
-            Some(rx) => matches!(tokio::time::timeout(ACCEPT_WITHIN, rx).await, Ok(Ok(true))),
-        };
-        if !taken {
-            tracing::debug!(%jid, "the session did not take its stored messages; they stay stored");
-            break;
-        }
-        match storage.delete_offline(&host, &user, &p.claim, p.first_id, p.last_id).await {
-            Ok(n) => delivered += n,
-            Err(e) => tracing::error!(
-                error = %e,
-                %jid,
-                "delivered offline messages could not be deleted; they will be delivered again"
-            ),
         }
     }
     // What was not taken (or not deleted) is stored again for the next delivery.
@@ -373,4 +374,26 @@ async fn deliver_stored(
         }
     }
     tracing::debug!(%jid, delivered, "offline messages delivered");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_to_their_count_and_bytes() {
+        let msg = |id: i64, len: usize| meerkat_storage::OfflineMessage {
+            id,
+            from: "a@example.com".into(),
+            stanza: "x".repeat(len),
+            stamp_micros: 0,
+        };
+        let small: Vec<_> = (0..250).map(|i| msg(i, 10)).collect();
+        assert_eq!(batches(&small).iter().map(|b| b.len()).collect::<Vec<_>>(), vec![100, 100, 50]);
+        let big: Vec<_> = (0..5).map(|i| msg(i, 20_000)).collect();
+        assert_eq!(batches(&big).iter().map(|b| b.len()).collect::<Vec<_>>(), vec![1, 1, 1, 1, 1]);
+        let huge = vec![msg(0, 60_000)];
+        assert_eq!(batches(&huge).len(), 1, "one stanza at least, however big");
+        assert!(batches(&[]).is_empty());
+    }
 }

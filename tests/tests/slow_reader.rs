@@ -1,0 +1,57 @@
+//! A client that stops reading loses nothing: when the node lets go of it,
+//! every message routed to it that it did not acknowledge (XEP-0198) goes
+//! back to the account (here offline storage), whether it
+//! was written, queued for writing, or still in the session's mailbox.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+
+use meerkat_tests::client::{body, message};
+use meerkat_tests::{login, online, Client, Sasl, TestNode, DOMAIN};
+use meerkat_xmpp::sasl::HashAlg;
+
+const PW: &str = "pw";
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_none_of_2000_messages() {
+    let node = TestNode::start(
+        "[session]\nmax_outgoing_bytes = 65536\n\n\
+         [modules.mod_stream_management]\nbuffer_max = 100000\nbuffer_max_bytes = 104857600\n\n\
+         [modules.mod_offline]\nmax_messages = 5000\n",
+    );
+    node.add_user("alice", PW);
+    node.add_user("bob", PW);
+    // bob/slow: a small receive buffer, stream management on, then it never reads again.
+    let mut slow = Client::tcp_with_recv_buffer(node.c2s, DOMAIN, 4096).await.unwrap();
+    slow.open_stream().await.unwrap();
+    slow.starttls().await.unwrap();
+    slow.auth(Sasl::Scram(HashAlg::Sha256), "bob", PW).await.unwrap();
+    let slow_jid = slow.bind(Some("slow")).await.unwrap();
+    slow.send_str("<enable xmlns='urn:xmpp:sm:3'/>").await.unwrap();
+    slow.recv_until(|el| el.name == "enabled").await.unwrap();
+
+    let mut alice = login(&node, "alice", PW, "sender").await;
+    let pad = "p".repeat(1000);
+    for window in 0..20 {
+        for i in window * 100..(window + 1) * 100 {
+            alice.send(&message(&slow_jid, &format!("{i} {pad}"))).await.unwrap();
+        }
+        // Barrier: the node routed everything before this answer.
+        let res = alice.iq_xml("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+        assert_eq!(res.attr("type"), Some("result"), "{res}");
+    }
+    assert!(!node.session_jids().contains(&slow_jid), "bob/slow should have been let go of");
+
+    // bob has no other resource: all 2000 are in offline storage.
+    let mut back = online(&node, "bob", PW, "back", Some(0)).await;
+    let mut seen = BTreeSet::new();
+    while seen.len() < 2000 {
+        let m = back.recv_message().await.unwrap_or_else(|e| {
+            let missing: Vec<u32> = (0..2000).filter(|i| !seen.contains(i)).take(10).collect();
+            panic!("bob got {} of 2000 ({e}); missing: {missing:?}", seen.len())
+        });
+        let b = body(&m).unwrap();
+        seen.insert(b.split(' ').next().unwrap().parse::<u32>().unwrap());
+    }
+    drop(slow);
+}
