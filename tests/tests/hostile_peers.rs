@@ -104,8 +104,11 @@ fn splice_deep(mut frame: Vec<u8>, levels: usize) -> Vec<u8> {
 
 /// The node still serves clients: alice and bob exchange a message.
 async fn still_serving(t: &Target) {
-    let mut a = Client::login(t.node.c2s, GLOBAL_HOST, "alice", "pw", Some("a")).await.unwrap();
-    let mut b = Client::login(t.node.c2s, GLOBAL_HOST, "bob", "pw", Some("b")).await.unwrap();
+    // Fresh resources each time: a login that replaced an earlier session of
+    // the same full JID would race that session's end.
+    let r = format!("{:08x}", rand::random::<u32>());
+    let mut a = Client::login(t.node.c2s, GLOBAL_HOST, "alice", "pw", Some(&r)).await.unwrap();
+    let mut b = Client::login(t.node.c2s, GLOBAL_HOST, "bob", "pw", Some(&r)).await.unwrap();
     let to = b.jid().to_owned();
     a.send_message(&to, "still here").await.unwrap();
     let m = b.recv_message().await.unwrap();

@@ -41,6 +41,10 @@ async fn a_client_that_stops_reading_loses_none_of_2000_messages() {
         assert_eq!(res.attr("type"), Some("result"), "{res}");
     }
     assert!(!node.session_jids().contains(&slow_jid), "bob/slow should have been let go of");
+    // Barrier: storing what bob/slow gave back runs on bob's server shard, in
+    // order; an IQ to bob's bare JID is answered there after all of it.
+    let res = alice.iq_xml("<iq type='get' to='bob@localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+    assert!(matches!(res.attr("type"), Some("result") | Some("error")), "{res}");
 
     // bob has no other resource: all 2000 are in offline storage.
     let mut back = online(&node, "bob", PW, "back", Some(0)).await;
