@@ -413,22 +413,38 @@ pub struct RedisConnection {
     pub database: u32,
     /// `AUTH` password; empty or absent means none.
     pub password: Option<String>,
+    /// `[outgoing_pools.redis.<pool>.connection.tls]`: TLS to Redis
+    /// (`rediss://`). `tls = {}` verifies the server against the system's
+    /// roots; without this table the connection is plain TCP.
+    pub tls: Option<RedisTlsConfig>,
+}
+
+/// `[outgoing_pools.redis.<pool>.connection.tls]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTlsConfig {
+    /// PEM CA certificate(s) that signed Redis's certificate; the system's roots without it.
+    pub cacertfile: Option<PathBuf>,
+    /// PEM certificate and key this node presents, when Redis asks for one (`tls-auth-clients`).
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
 }
 
 impl Default for RedisConnection {
     fn default() -> Self {
-        RedisConnection { host: "127.0.0.1".into(), port: 6379, database: 0, password: None }
+        RedisConnection { host: "127.0.0.1".into(), port: 6379, database: 0, password: None, tls: None }
     }
 }
 
 impl RedisConnection {
-    /// `redis://[:password@]host:port/database`, the password percent-encoded.
+    /// `redis://[:password@]host:port/database` (`rediss://` with TLS), the password percent-encoded.
     pub fn url(&self) -> String {
         let auth = match self.password.as_deref() {
             Some(p) if !p.is_empty() => format!(":{}@", percent_encode(p)),
             _ => String::new(),
         };
-        format!("redis://{auth}{}:{}/{}", bracket_ipv6(&self.host), self.port, self.database)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://{auth}{}:{}/{}", bracket_ipv6(&self.host), self.port, self.database)
     }
 }
 
@@ -967,6 +983,18 @@ impl Config {
             if pool.connection.port == 0 {
                 return Err(err(&key("port"), "must be 1 or more".into()));
             }
+            if let Some(t) = &pool.connection.tls {
+                if t.certfile.is_some() != t.keyfile.is_some() {
+                    return Err(err(&key("tls"), "certfile and keyfile go together".into()));
+                }
+                for (k, p) in
+                    [("tls.cacertfile", &t.cacertfile), ("tls.certfile", &t.certfile), ("tls.keyfile", &t.keyfile)]
+                {
+                    if let Some(p) = p.as_ref().filter(|p| !p.is_file()) {
+                        return Err(err(&key(k), format!("{} does not exist", p.display())));
+                    }
+                }
+            }
         }
         self.validate_global(&err)?;
         if self.admin.username.is_some() != self.admin.password.is_some() {
@@ -1306,6 +1334,20 @@ mod tests {
         assert!(e.reason.contains("connections.shared_secret"), "{e:?}");
         check(&global("10.1.0.11", "shared_secret = \"0123456789abcdef0123\"")).unwrap();
         check(&global("127.0.0.1", "")).unwrap();
+    }
+
+    #[test]
+    fn a_redis_pool_with_tls_is_reached_with_rediss() {
+        let toml = |extra: &str| {
+            format!("[outgoing_pools.redis.gd.connection]\nhost = \"10.0.0.9\"\npassword = \"p w\"\n{extra}")
+        };
+        let cfg = Config::parse(&toml("tls = {}\n"), "t.toml").unwrap();
+        assert_eq!(cfg.outgoing_pools.redis["gd"].connection.url(), "rediss://:p%20w@10.0.0.9:6379/0");
+        let cfg = Config::parse(&toml(""), "t.toml").unwrap();
+        assert_eq!(cfg.outgoing_pools.redis["gd"].connection.url(), "redis://:p%20w@10.0.0.9:6379/0");
+        let mut cfg = Config::parse(&toml("tls.cacertfile = \"/nonexistent/ca.pem\"\n"), "t.toml").unwrap();
+        let e = cfg.validate("t.toml").unwrap_err();
+        assert_eq!(e.key, "outgoing_pools.redis.gd.connection.tls.cacertfile");
     }
 
     #[test]

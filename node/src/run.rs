@@ -441,6 +441,16 @@ fn global_config(cfg: &Config, g: &crate::config::GlobalDistribution, node_id: u
     let mut gc = GlobalConfig::new(&g.global_host, &g.local_host);
     gc.node_id = node_id;
     gc.redis_url = redis.url();
+    if let Some(t) = &redis.tls {
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        gc.redis_tls = Some(meerkat_routing::global::table::RedisTls {
+            ca: t.cacertfile.as_deref().map(read).transpose()?,
+            client: match (&t.certfile, &t.keyfile) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            },
+        });
+    }
     gc.expire_after = Duration::from_secs(g.redis.expire_after);
     gc.refresh_after = Duration::from_secs(g.redis.refresh_after);
     gc.endpoints = endpoints;

@@ -66,8 +66,10 @@ pub struct GlobalConfig {
     pub local_host: String,
     /// This node's id within its cluster.
     pub node_id: u64,
-    /// `redis://host:port/db` of the routing table.
+    /// `redis://host:port/db` (or `rediss://` for TLS) of the routing table.
     pub redis_url: String,
+    /// TLS settings for a `rediss://` URL.
+    pub redis_tls: Option<table::RedisTls>,
     /// Entries not refreshed for this long are ignored (and expire).
     pub expire_after: Duration,
     /// How often a node writes all its entries again.
@@ -107,6 +109,7 @@ impl GlobalConfig {
             local_host: local_host.to_owned(),
             node_id: 1,
             redis_url: "redis://127.0.0.1:6379/0".to_owned(),
+            redis_tls: None,
             expire_after: Duration::from_secs(120),
             refresh_after: Duration::from_secs(60),
             endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 5555))],
@@ -290,7 +293,7 @@ impl GlobalDistrib {
     /// center and starts the background tasks. Fails when Redis or a listen
     /// address is not available at start.
     pub async fn start(cfg: GlobalConfig, router: &Arc<Router>) -> Result<Arc<GlobalDistrib>, GlobalError> {
-        let conn = table::connect(&cfg.redis_url).await?;
+        let conn = table::connect_tls(&cfg.redis_url, cfg.redis_tls.as_ref()).await?;
         let table =
             RoutingTable::new(conn, cfg.global_host.clone(), cfg.local_host.clone(), cfg.node_id, cfg.expire_after);
         let mut listeners = Vec::new();

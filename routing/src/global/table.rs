@@ -104,11 +104,38 @@ pub struct RoutingTable {
 /// Connects to Redis. Fails fast when Redis is not reachable; afterwards the
 /// connection re-establishes itself.
 pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
+    connect_tls(url, None).await
+}
+
+/// TLS to Redis (`rediss://`): the CA that signed its certificate (PEM; the
+/// system's roots without one) and, for mutual TLS, this node's certificate
+/// and key (PEM).
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub ca: Option<Vec<u8>>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// [`connect`], with TLS settings for a `rediss://` URL.
+pub async fn connect_tls(url: &str, tls: Option<&RedisTls>) -> Result<ConnectionManager, redis::RedisError> {
     use redis::IntoConnectionInfo;
     let info = url.into_connection_info()?;
     // Dynomite refuses CLIENT SETINFO, which the client would send first.
     let settings = info.redis_settings().clone().set_skip_set_lib_name();
-    let client = redis::Client::open(info.set_redis_settings(settings))?;
+    let info = info.set_redis_settings(settings);
+    let client = match tls {
+        Some(t) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: t
+                    .client
+                    .clone()
+                    .map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key }),
+                root_cert: t.ca.clone(),
+            },
+        )?,
+        None => redis::Client::open(info)?,
+    };
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_number_of_retries(2)
         .set_connection_timeout(Some(Duration::from_secs(1)))
