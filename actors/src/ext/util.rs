@@ -98,3 +98,20 @@ pub fn xep0082(micros: i64) -> String {
     let t = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
+
+/// The address a client at `ip` is counted under for per-address limits:
+/// IPv4 (mapped or not), or the /64 network of an IPv6 address, since one
+/// host usually holds a whole /64.
+pub fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}

@@ -20,7 +20,7 @@ use meerkat_xmpp::ns;
 use tokio::time::Instant;
 
 use crate::ext::registry::ModuleSpec;
-use crate::ext::util::account_of;
+use crate::ext::util::{account_of, source_of};
 use crate::ext::{account_error, CoreTuning, HookSet, IqAnswer, Module, ModuleCtx, Target};
 
 /// Sources remembered for `registration_timeout`; when this many registered
@@ -107,20 +107,6 @@ impl ModuleSpec for Register {
     }
 }
 
-/// The address a source is counted under: IPv4 (mapped or not), or an IPv6 /64.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
 impl Register {
     fn allowed(&self, ip: Option<IpAddr>) -> bool {
         if self.rules.is_empty() {
@@ -153,7 +139,7 @@ impl Module for Register {
         let (Some(timeout), Some(ip)) = (self.timeout, source) else {
             return Ok(());
         };
-        let key = source_key(ip);
+        let key = source_of(ip);
         let now = Instant::now();
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if recent.get(&key).is_some_and(|at| now.duration_since(*at) < timeout) {
@@ -172,7 +158,7 @@ impl Module for Register {
 
     fn registration_done(&self, source: Option<IpAddr>, created: bool) {
         if let (false, Some(_), Some(ip)) = (created, self.timeout, source) {
-            self.recent.lock().unwrap_or_else(|e| e.into_inner()).remove(&source_key(ip));
+            self.recent.lock().unwrap_or_else(|e| e.into_inner()).remove(&source_of(ip));
         }
     }
     fn disco_features(&self, t: Target) -> &'static [&'static str] {
