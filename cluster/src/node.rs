@@ -28,7 +28,7 @@
 //! bound again meanwhile, the older session loses, so no full JID ends up
 //! with two sessions.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -447,7 +447,8 @@ impl ClusterNode {
     async fn watch_task(self: Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
         let mut metrics = self.raft.metrics();
-        let mut known: HashSet<u64> = HashSet::new();
+        // Members, with when this node first knew of them.
+        let mut known: HashMap<u64, Instant> = HashMap::new();
         let mut leading_since: Option<(u64, Instant)> = None;
         let mut proposed_down: HashMap<u64, Instant> = HashMap::new();
         let mut last_probe = Instant::now();
@@ -463,11 +464,32 @@ impl ClusterNode {
             for (id, n) in &members {
                 self.transport.set_address(*id, &n.addr);
             }
-            for gone in known.iter().filter(|id| !members.contains_key(id)).copied().collect::<Vec<_>>() {
+            for gone in known.keys().filter(|id| !members.contains_key(id)).copied().collect::<Vec<_>>() {
                 self.transport.remove_peer(gone);
+                self.table.set_unreachable(NodeId(gone), false);
                 known.remove(&gone);
             }
-            known.extend(members.keys().copied());
+            // Every node, leader or not, routes around a member it cannot hear
+            // from, at once: what it queued for that member goes back to routing,
+            // and the member's sessions are not offered to routing until it
+            // answers again. Raft may not be able to commit its removal (a
+            // cluster of two that lost one has no majority).
+            for id in members.keys().filter(|id| **id != self.id).copied() {
+                let known_since = *known.entry(id).or_insert_with(Instant::now);
+                let silent = self.transport.last_seen(id).unwrap_or(known_since).elapsed() >= self.settings.down_after;
+                if self.table.set_unreachable(NodeId(id), silent) {
+                    if silent {
+                        tracing::warn!(
+                            node = id,
+                            "no answer for {:?}; routing around its sessions",
+                            self.settings.down_after
+                        );
+                        self.transport.peer_down(id);
+                    } else {
+                        tracing::info!(node = id, "answering again; its sessions are routed to again");
+                    }
+                }
+            }
             // Followers hear from the leader only: probe every member that has
             // been quiet, so that every node knows who it can reach.
             if last_probe.elapsed() >= PROBE_EVERY {

@@ -5,7 +5,8 @@
 //! reports the displaced session so the caller can kick it.
 
 use meerkat_xmpp::jid::Bare as _;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 use meerkat_xmpp::jid::{BareJid, FullJid};
@@ -53,6 +54,13 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct SessionTable {
     inner: RwLock<HashMap<BareJid, Vec<Entry>>>,
+    /// Nodes this node cannot hear from: their sessions stay in the table
+    /// (only a commit removes them) but are not offered to routing, so that
+    /// a stanza goes to another resource or offline storage rather than to
+    /// a node that will not take it. Local to this node, not replicated.
+    unreachable: RwLock<HashSet<NodeId>>,
+    /// Whether `unreachable` is not empty: lookups skip its lock otherwise.
+    any_unreachable: AtomicBool,
 }
 
 impl SessionTable {
@@ -68,6 +76,28 @@ impl SessionTable {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<BareJid, Vec<Entry>>> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks whether `node` is reachable from here; true when that changed.
+    pub fn set_unreachable(&self, node: NodeId, unreachable: bool) -> bool {
+        let mut set = self.unreachable.write().unwrap_or_else(|e| e.into_inner());
+        let changed = if unreachable { set.insert(node) } else { set.remove(&node) };
+        self.any_unreachable.store(!set.is_empty(), Ordering::Release);
+        changed
+    }
+
+    /// The nodes marked unreachable from here.
+    pub fn unreachable_nodes(&self) -> Vec<NodeId> {
+        self.unreachable.read().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
+    }
+
+    /// The entries routing may use: those of reachable nodes.
+    fn routable<'a>(&self, list: &'a [Entry]) -> impl Iterator<Item = &'a Entry> {
+        let hidden: Option<HashSet<NodeId>> = self
+            .any_unreachable
+            .load(Ordering::Acquire)
+            .then(|| self.unreachable.read().unwrap_or_else(|e| e.into_inner()).clone());
+        list.iter().filter(move |e| hidden.as_ref().is_none_or(|h| !h.contains(&e.info.node)))
     }
 
     /// Registers a bound resource. When the full JID is already bound, the
@@ -175,33 +205,36 @@ impl SessionTable {
         *self.write() = map;
     }
 
-    /// The session bound to a full JID.
+    /// The session bound to a full JID (on a reachable node).
     pub fn get(&self, jid: &FullJid) -> Option<SessionInfo> {
-        self.read().get(&jid.bare()).and_then(|l| l.iter().find(|e| e.info.jid == *jid).map(|e| e.info.clone()))
+        self.read().get(&jid.bare()).and_then(|l| self.routable(l).find(|e| e.info.jid == *jid).map(|e| e.info.clone()))
     }
 
-    /// Every session of an account.
+    /// Every session of an account (on reachable nodes).
     pub fn resources(&self, bare: &BareJid) -> Vec<SessionInfo> {
-        self.read().get(bare).map(|l| l.iter().map(|e| e.info.clone()).collect()).unwrap_or_default()
+        self.read().get(bare).map(|l| self.routable(l).map(|e| e.info.clone()).collect()).unwrap_or_default()
     }
 
-    /// The other sessions of `jid`'s account; no allocation when there are none.
+    /// The other sessions of `jid`'s account (on reachable nodes); no allocation when there are none.
     pub fn other_resources(&self, jid: &FullJid) -> Vec<SessionInfo> {
         self.read()
             .get(&jid.bare())
-            .map(|l| l.iter().filter(|e| e.info.jid != *jid).map(|e| e.info.clone()).collect())
+            .map(|l| self.routable(l).filter(|e| e.info.jid != *jid).map(|e| e.info.clone()).collect())
             .unwrap_or_default()
     }
 
-    /// RFC 6121 §8.5.2.1.1: the available resources with the highest non-negative priority.
+    /// RFC 6121 §8.5.2.1.1: the available resources with the highest
+    /// non-negative priority (on reachable nodes).
     pub fn highest_priority(&self, bare: &BareJid) -> Vec<SessionInfo> {
         let map = self.read();
         let Some(list) = map.get(bare) else {
             return Vec::new();
         };
-        let best = list.iter().filter_map(|e| e.info.priority).filter(|p| *p >= 0).max();
+        let best = self.routable(list).filter_map(|e| e.info.priority).filter(|p| *p >= 0).max();
         match best {
-            Some(best) => list.iter().filter(|e| e.info.priority == Some(best)).map(|e| e.info.clone()).collect(),
+            Some(best) => {
+                self.routable(list).filter(|e| e.info.priority == Some(best)).map(|e| e.info.clone()).collect()
+            }
             None => Vec::new(),
         }
     }

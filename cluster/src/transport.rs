@@ -16,16 +16,29 @@
 //! The receiving side handles stanza frames inline, in order, and requests
 //! concurrently; replies go back on the connection the request came in on.
 //!
-//! While a peer is unreachable its queue keeps what was sent to it. When the
-//! peer is declared down, the stanzas still queued are handed back to the
-//! [`StanzaInbox`] so they can be routed again (to offline storage) instead
-//! of being lost.
+//! # Stanzas are acknowledged
+//! A stanza goes out as [`Frame::Sequenced`]: the sender's epoch (a random
+//! number drawn when its transport starts) and a sequence number. The
+//! receiver handles it, then acknowledges every sequence number up to it
+//! ([`Frame::StanzaAck`], coalesced). The sender keeps each stanza until it
+//! is acknowledged, at most [`PEER_QUEUE`] of them per peer. After a
+//! reconnect it sends the unacknowledged ones again, first and in order; the
+//! receiver remembers the last sequence number it handled of each sender's
+//! epoch and acknowledges a repeat without handling it twice. A connection
+//! that drops therefore loses and duplicates nothing while both nodes live.
+//!
+//! When a peer is declared down (or leaves the cluster), its connection task
+//! is interrupted wherever it is (a write to a peer that stopped reading, a
+//! connect that will time out), and every stanza not acknowledged, then
+//! every stanza still queued, in that order, is handed back to the
+//! [`StanzaInbox`] to be routed again: to the user's other resources, their
+//! new node, or offline storage.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -33,7 +46,7 @@ use meerkat_xmpp::element::Element;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::peer_auth::{self, Role, SharedSecret};
@@ -48,6 +61,8 @@ pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Frames queued for one peer before senders are refused.
 pub const PEER_QUEUE: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a peer's hand-back asks its connection task to let go of the queue.
+const HAND_BACK_POLL: Duration = Duration::from_millis(100);
 
 /// A stanza crossing to another node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,6 +173,18 @@ pub enum Frame {
         node: u64,
         mac: Vec<u8>,
     },
+    /// A stanza the receiver acknowledges: `seq` counts from 1 within the
+    /// sender's `epoch` (one per start of its transport).
+    Sequenced {
+        epoch: u64,
+        seq: u64,
+        stanza: StanzaFrame,
+    },
+    /// The receiver handled every [`Frame::Sequenced`] up to `seq` of the
+    /// connection's sender.
+    StanzaAck {
+        seq: u64,
+    },
 }
 
 /// Errors of the transport itself.
@@ -255,7 +282,9 @@ pub trait StanzaInbox: Send + Sync {
     /// A stanza another node forwarded here. Called in arrival order; must not block.
     fn on_stanza(&self, from_node: u64, frame: StanzaFrame);
     /// A stanza that was queued for `node`, which is now down: route it again.
-    fn undeliverable(&self, node: u64, frame: StanzaFrame);
+    /// `queued_at`: when this node queued it for `node` (the recipient's
+    /// other resources got their copies then, if it had any).
+    fn undeliverable(&self, node: u64, frame: StanzaFrame, queued_at: SystemTime);
     /// Delivers to this node's sessions only, with no fallback; false when
     /// none took it.
     fn deliver_checked(&self, _from_node: u64, _frame: StanzaFrame) -> bool {
@@ -290,23 +319,21 @@ enum Outgoing {
         bytes: Bytes,
         deadline: Instant,
     },
-    Stanza(StanzaFrame),
+    Stanza(StanzaFrame, SystemTime),
 }
 
-impl Outgoing {
-    /// The bytes to write, or `None` when the frame is stale or cannot be encoded.
-    fn into_bytes(self) -> Option<Bytes> {
-        match self {
-            Outgoing::Request { bytes, deadline } => (Instant::now() < deadline).then_some(bytes),
-            Outgoing::Stanza(s) => match encode_frame(&Frame::Stanza(s)) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot encode a stanza frame");
-                    None
-                }
-            },
-        }
-    }
+/// A stanza written to a peer and not acknowledged yet.
+struct Unacked {
+    seq: u64,
+    bytes: Bytes,
+    queued_at: SystemTime,
+}
+
+/// The stanzas a peer has not acknowledged, oldest first.
+#[derive(Default)]
+struct Window {
+    next_seq: u64,
+    frames: VecDeque<Unacked>,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Response, WireError>>>>>;
@@ -317,8 +344,55 @@ struct Peer {
     /// The receiving end, shared with the connection task so that a down
     /// peer's queue can be drained from outside.
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Outgoing>>>,
+    /// Written and not acknowledged; outside the connection task, so that a
+    /// hand-back takes it whatever that task is doing.
+    window: Mutex<Window>,
+    /// Interrupts the connection task (the peer was declared down).
+    interrupt: Notify,
     pending: Pending,
     addr: Arc<RwLock<String>>,
+}
+
+impl Peer {
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unacked(&self) -> usize {
+        self.window().frames.len()
+    }
+
+    /// The bytes to write for a queued item, or `None` when the frame is
+    /// stale or cannot be encoded. A stanza gets its sequence number and
+    /// waits in the window for its acknowledgement.
+    fn prepare(&self, epoch: u64, item: Outgoing) -> Option<Bytes> {
+        match item {
+            Outgoing::Request { bytes, deadline } => (Instant::now() < deadline).then_some(bytes),
+            Outgoing::Stanza(stanza, queued_at) => {
+                let mut w = self.window();
+                let seq = w.next_seq + 1;
+                match encode_frame(&Frame::Sequenced { epoch, seq, stanza }) {
+                    Ok(bytes) => {
+                        w.next_seq = seq;
+                        w.frames.push_back(Unacked { seq, bytes: bytes.clone(), queued_at });
+                        Some(bytes)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode a stanza frame");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets every stanza up to `seq`: the peer has it.
+    fn acknowledged(&self, seq: u64) {
+        let mut w = self.window();
+        while w.frames.front().is_some_and(|f| f.seq <= seq) {
+            w.frames.pop_front();
+        }
+    }
 }
 
 /// The transport of one node.
@@ -334,6 +408,10 @@ pub struct Transport {
     inbox: OnceLock<Arc<dyn StanzaInbox>>,
     handler: OnceLock<Arc<dyn RequestHandler>>,
     shutdown: watch::Sender<bool>,
+    /// Drawn at start: a receiver tells a restarted sender's sequence numbers from the old ones.
+    epoch: u64,
+    /// The last sequence number handled of each sender: (its epoch, seq).
+    received: Mutex<HashMap<u64, (u64, u64)>>,
     pub stats: TransportStats,
 }
 
@@ -372,6 +450,8 @@ impl Transport {
             inbox: OnceLock::new(),
             handler: OnceLock::new(),
             shutdown: watch::channel(false).0,
+            epoch: rand::random::<u64>(),
+            received: Mutex::new(HashMap::new()),
             stats: TransportStats::default(),
         })
     }
@@ -430,6 +510,8 @@ impl Transport {
                 let peer = Arc::new(Peer {
                     tx,
                     rx: Arc::new(tokio::sync::Mutex::new(rx)),
+                    window: Mutex::new(Window::default()),
+                    interrupt: Notify::new(),
                     pending: Arc::new(Mutex::new(HashMap::new())),
                     addr: Arc::new(RwLock::new(addr.to_owned())),
                 });
@@ -440,36 +522,62 @@ impl Transport {
     }
 
     /// Forgets a peer that left the cluster; what is queued for it is handed back.
-    pub fn remove_peer(&self, node: u64) {
+    pub fn remove_peer(self: &Arc<Self>, node: u64) {
         let peer = self.peers.lock().unwrap_or_else(|e| e.into_inner()).remove(&node);
         if let Some(peer) = peer {
-            self.requeue(node, &peer);
+            self.hand_back(node, peer);
         }
     }
 
-    /// A peer was declared down: stanzas still queued for it go back to routing.
-    pub fn peer_down(&self, node: u64) {
+    /// A peer was declared down: every stanza it has not acknowledged and
+    /// every stanza still queued for it go back to routing.
+    pub fn peer_down(self: &Arc<Self>, node: u64) {
         let peer = self.peers.lock().unwrap_or_else(|e| e.into_inner()).get(&node).cloned();
         if let Some(peer) = peer {
-            self.requeue(node, &peer);
+            self.hand_back(node, peer);
         }
     }
 
-    fn requeue(&self, node: u64, peer: &Peer) {
-        // The connection task holds the receiver while it is connected; a down
-        // peer's task is between attempts, so the lock is normally free.
-        let Ok(mut rx) = peer.rx.try_lock() else {
-            return;
-        };
-        while let Ok(item) = rx.try_recv() {
-            if let Outgoing::Stanza(frame) = item {
-                self.stats.stanzas_requeued.fetch_add(1, Ordering::Relaxed);
-                if let Some(inbox) = self.inbox.get() {
-                    inbox.undeliverable(node, frame);
+    /// Interrupts the peer's connection task until it lets go of the queue,
+    /// then routes again what was not acknowledged, then what is queued.
+    fn hand_back(self: &Arc<Self>, node: u64, peer: Arc<Peer>) {
+        fail_pending(&peer.pending, "the node is down");
+        let this = self.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut rx = loop {
+                peer.interrupt.notify_waiters();
+                tokio::select! {
+                    rx = peer.rx.lock() => break rx,
+                    _ = tokio::time::sleep(HAND_BACK_POLL) => {}
+                    _ = shutdown.changed() => return,
+                }
+            };
+            let unacked = std::mem::take(&mut peer.window().frames);
+            let mut back: Vec<(StanzaFrame, SystemTime)> = unacked
+                .into_iter()
+                .filter_map(|u| match decode_frame(&u.bytes) {
+                    Ok(Frame::Sequenced { stanza, .. }) => Some((stanza, u.queued_at)),
+                    _ => None,
+                })
+                .collect();
+            while let Ok(item) = rx.try_recv() {
+                if let Outgoing::Stanza(frame, queued_at) = item {
+                    back.push((frame, queued_at));
                 }
             }
-        }
-        fail_pending(&peer.pending, "the node is down");
+            drop(rx);
+            if back.is_empty() {
+                return;
+            }
+            tracing::info!(peer = node, stanzas = back.len(), "routing again what the node did not acknowledge");
+            this.stats.stanzas_requeued.fetch_add(back.len() as u64, Ordering::Relaxed);
+            if let Some(inbox) = this.inbox.get() {
+                for (frame, queued_at) in back {
+                    inbox.undeliverable(node, frame, queued_at);
+                }
+            }
+        });
     }
 
     fn peer(&self, node: u64) -> Result<Arc<Peer>, TransportError> {
@@ -482,13 +590,13 @@ impl Transport {
         let Ok(peer) = self.peer(node) else {
             return Err(frame);
         };
-        match peer.tx.try_send(Outgoing::Stanza(frame)) {
+        match peer.tx.try_send(Outgoing::Stanza(frame, SystemTime::now())) {
             Ok(()) => {
                 self.stats.stanzas_sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => match e.into_inner() {
-                Outgoing::Stanza(f) => Err(f),
+                Outgoing::Stanza(f, _) => Err(f),
                 // Only a stanza was queued above, so only a stanza can come back.
                 Outgoing::Request { .. } => Ok(()),
             },
@@ -609,7 +717,11 @@ impl Transport {
                     backoff = Duration::from_millis(50);
                     self.saw(node);
                     tracing::info!(peer = node, %addr, "cluster link up");
-                    self.run_connection(node, &peer, framed, &mut shutdown).await;
+                    // A hand-back interrupts the connection wherever it is waiting.
+                    tokio::select! {
+                        _ = self.run_connection(node, &peer, framed, &mut shutdown) => {}
+                        _ = peer.interrupt.notified() => {}
+                    }
                     fail_pending(&peer.pending, "connection lost");
                     tracing::info!(peer = node, %addr, "cluster link down");
                 }
@@ -637,18 +749,34 @@ impl Transport {
     ) {
         let (mut sink, mut stream) = framed.split();
         let mut rx = peer.rx.lock().await;
+        // What the peer did not acknowledge on the last connection goes first, in order.
+        let resend: Vec<Bytes> = peer.window().frames.iter().map(|u| u.bytes.clone()).collect();
+        if !resend.is_empty() {
+            tracing::debug!(peer = node, stanzas = resend.len(), "sending again what was not acknowledged");
+            for bytes in resend {
+                if sink.feed(bytes).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
         loop {
+            // A full window waits for acknowledgements before taking more.
+            let room = peer.unacked() < PEER_QUEUE;
             tokio::select! {
-                item = rx.recv() => {
+                item = rx.recv(), if room => {
                     let Some(item) = item else { return };
-                    if let Some(bytes) = item.into_bytes() {
+                    if let Some(bytes) = peer.prepare(self.epoch, item) {
                         if sink.feed(bytes).await.is_err() {
                             return;
                         }
                     }
                     // Write whatever else is queued before flushing: one syscall for a burst.
-                    while let Ok(more) = rx.try_recv() {
-                        if let Some(bytes) = more.into_bytes() {
+                    while peer.unacked() < PEER_QUEUE {
+                        let Ok(more) = rx.try_recv() else { break };
+                        if let Some(bytes) = peer.prepare(self.epoch, more) {
                             if sink.feed(bytes).await.is_err() {
                                 return;
                             }
@@ -662,6 +790,7 @@ impl Transport {
                     let Some(Ok(data)) = data else { return };
                     self.saw(node);
                     match decode_frame(&data) {
+                        Ok(Frame::StanzaAck { seq }) => peer.acknowledged(seq),
                         Ok(Frame::Response { id, body }) => {
                             let tx = peer.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                             if let Some(tx) = tx {
@@ -822,10 +951,30 @@ impl Transport {
         framed.codec_mut().set_max_frame_length(MAX_FRAME);
         let (mut sink, mut stream) = framed.split();
         let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(1024);
+        // The latest sequence number handled: acknowledgements coalesce.
+        let (ack_tx, mut ack_rx) = watch::channel(0u64);
         let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
         let writer = tokio::spawn(async move {
-            while let Some(b) = reply_rx.recv().await {
-                if sink.send(b).await.is_err() {
+            let mut acking = true;
+            loop {
+                let bytes = tokio::select! {
+                    b = reply_rx.recv() => match b {
+                        Some(b) => b,
+                        None => return,
+                    },
+                    changed = ack_rx.changed(), if acking => {
+                        if changed.is_err() {
+                            acking = false;
+                            continue;
+                        }
+                        let seq = *ack_rx.borrow_and_update();
+                        match encode_frame(&Frame::StanzaAck { seq }) {
+                            Ok(b) => b,
+                            Err(_) => continue,
+                        }
+                    }
+                };
+                if sink.send(bytes).await.is_err() {
                     return;
                 }
             }
@@ -853,6 +1002,15 @@ impl Transport {
                         inbox.on_stanza(from, frame);
                     }
                 }
+                Ok(Frame::Sequenced { epoch, seq, stanza }) => {
+                    if self.first_time(from, epoch, seq) {
+                        self.stats.stanzas_received.fetch_add(1, Ordering::Relaxed);
+                        if let Some(inbox) = self.inbox.get() {
+                            inbox.on_stanza(from, stanza);
+                        }
+                    }
+                    ack_tx.send_replace(seq);
+                }
                 Ok(Frame::Request { id, body }) => {
                     let Some(handler) = self.handler.get().cloned() else {
                         continue;
@@ -877,7 +1035,24 @@ impl Transport {
             }
         }
         drop(reply_tx);
+        drop(ack_tx);
         let _ = writer.await;
+    }
+
+    /// Whether this is the first time `from` sent `seq` of its `epoch`
+    /// (a resend after a reconnect is not).
+    fn first_time(&self, from: u64, epoch: u64, seq: u64) -> bool {
+        let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        let last = received.entry(from).or_insert((epoch, 0));
+        if last.0 != epoch {
+            *last = (epoch, 0);
+        }
+        if seq > last.1 {
+            last.1 = seq;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -980,7 +1155,7 @@ mod tests {
         fn on_stanza(&self, _from: u64, frame: StanzaFrame) {
             self.0.lock().unwrap().push(frame);
         }
-        fn undeliverable(&self, _node: u64, _frame: StanzaFrame) {}
+        fn undeliverable(&self, _node: u64, _frame: StanzaFrame, _queued_at: SystemTime) {}
     }
 
     struct Echo;
@@ -1079,13 +1254,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_down_peer_gives_its_queued_stanzas_back() {
-        struct Back(Mutex<Vec<u64>>);
-        impl StanzaInbox for Back {
-            fn on_stanza(&self, _: u64, _: StanzaFrame) {}
-            fn undeliverable(&self, node: u64, _frame: StanzaFrame) {
-                self.0.lock().unwrap().push(node);
-            }
-        }
         let a = Transport::new(1, "c".into(), None);
         let back = Arc::new(Back(Mutex::new(Vec::new())));
         a.set_inbox(back.clone());
@@ -1097,15 +1265,72 @@ mod tests {
         for n in 0..3 {
             a.send_stanza(5, stanza(n)).unwrap();
         }
-        // Let the connection attempt fail so that the queue is not held by a live link.
-        let mut tries = 0;
-        while back.0.lock().unwrap().len() < 3 && tries < 100 {
-            a.peer_down(5);
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            tries += 1;
-        }
-        assert_eq!(*back.0.lock().unwrap(), vec![5, 5, 5]);
+        a.peer_down(5);
+        back.wait_for(3).await;
+        assert_eq!(back.bodies(), vec!["0", "1", "2"]);
         a.shutdown();
+    }
+
+    struct Back(Mutex<Vec<StanzaFrame>>);
+    impl StanzaInbox for Back {
+        fn on_stanza(&self, _: u64, _: StanzaFrame) {}
+        fn undeliverable(&self, node: u64, frame: StanzaFrame, _queued_at: SystemTime) {
+            assert_eq!(node, 5);
+            self.0.lock().unwrap().push(frame);
+        }
+    }
+    impl Back {
+        async fn wait_for(&self, n: usize) {
+            for _ in 0..500 {
+                if self.0.lock().unwrap().len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{} of {n} stanzas came back", self.0.lock().unwrap().len());
+        }
+        fn bodies(&self) -> Vec<String> {
+            self.0.lock().unwrap().iter().map(|f| f.stanza.attr("id").unwrap_or_default().to_owned()).collect()
+        }
+    }
+
+    /// A peer that takes the connection and the stanzas, then neither
+    /// acknowledges nor answers nor closes (a node that hangs, or whose
+    /// packets are dropped): declared down, it gives back every stanza it
+    /// has not acknowledged, then those still queued, in order.
+    #[tokio::test]
+    async fn a_peer_that_stops_acknowledging_gives_back_what_it_did_not_acknowledge() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (got_tx, mut got_rx) = mpsc::channel::<u64>(16);
+        let silent = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut framed = Framed::new(tcp, LengthDelimitedCodec::new());
+            let _hello = framed.next().await.unwrap().unwrap();
+            framed.send(encode_frame(&Frame::HelloOk { node: 5 }).unwrap()).await.unwrap();
+            while let Some(Ok(data)) = framed.next().await {
+                if let Ok(Frame::Sequenced { seq, .. }) = decode_frame(&data) {
+                    got_tx.send(seq).await.unwrap();
+                }
+            }
+            // Keeps the connection open, as a hung peer would.
+            std::future::pending::<()>().await;
+        });
+        let a = Transport::new(1, "c".into(), None);
+        let back = Arc::new(Back(Mutex::new(Vec::new())));
+        a.set_inbox(back.clone());
+        a.set_address(5, &addr);
+        for n in 0..3 {
+            a.send_stanza(5, stanza(n)).unwrap();
+        }
+        for seq in 1..=3 {
+            assert_eq!(got_rx.recv().await, Some(seq));
+        }
+        a.peer_down(5);
+        back.wait_for(3).await;
+        assert_eq!(back.bodies(), vec!["0", "1", "2"]);
+        assert_eq!(a.stats.stanzas_requeued.load(Ordering::Relaxed), 3);
+        a.shutdown();
+        silent.abort();
     }
 }

@@ -452,6 +452,7 @@ mod tests {
                     resent: 0,
                     connects: 1,
                     failures: 0,
+                    handed_back: 0,
                 }],
             }],
             queues: QueueStatus { pairs: 0, pending: 0, in_flight: 0, parked_pairs: 0 },

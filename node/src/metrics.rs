@@ -96,6 +96,7 @@ fn record(state: &AdminState) {
                 counter!("meerkat_global_link_acked_total", &labels).absolute(l.acked);
                 counter!("meerkat_global_link_resent_total", &labels).absolute(l.resent);
                 counter!("meerkat_global_link_failures_total", &labels).absolute(l.failures);
+                counter!("meerkat_global_link_handed_back_total", &labels).absolute(l.handed_back);
             }
         }
     }

@@ -8,6 +8,7 @@
 
 use meerkat_xmpp::jid::Bare as _;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use meerkat_cluster::transport::{StanzaFrame, StanzaInbox, StanzaTarget};
 use meerkat_cluster::SessionId;
@@ -126,9 +127,11 @@ impl StanzaInbox for ClusterInbox {
         }
     }
 
-    fn undeliverable(&self, node: u64, frame: StanzaFrame) {
-        // The node went down with this queued for it; its sessions have left
-        // the table, so routing again reaches other resources or offline storage.
+    fn undeliverable(&self, node: u64, frame: StanzaFrame, queued_at: SystemTime) {
+        // The node went down with this queued for it or not acknowledged; its
+        // sessions have left the table, so routing again reaches other
+        // resources, the user's new node or offline storage.
+        let copy_for_one_session = matches!(frame.target, StanzaTarget::Session { .. });
         let domain_target = matches!(frame.target, StanzaTarget::Domain { .. });
         let Some(routed) = Self::routed(frame) else { return };
         if domain_target {
@@ -141,11 +144,25 @@ impl StanzaInbox for ClusterInbox {
             }
             return;
         }
-        if StanzaKind::of(&routed.stanza) == Some(StanzaKind::Message) {
-            tracing::debug!(node, to = %routed.to, "re-routing a message queued for a node that went down");
-            let mut routed = routed;
-            routed.to = Jid::from(routed.to.bare());
-            self.router.route(routed);
+        if StanzaKind::of(&routed.stanza) != Some(StanzaKind::Message) {
+            return;
         }
+        let bare = routed.to.bare();
+        if copy_for_one_session {
+            // A message for the account goes to every available resource of
+            // highest priority: one that was already bound when this copy was
+            // queued got its own copy then, and must not get a second one.
+            let queued_micros = queued_at.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(i64::MAX);
+            let had_its_copy =
+                self.router.sessions().highest_priority(&bare).iter().any(|s| s.created_micros < queued_micros);
+            if had_its_copy {
+                tracing::debug!(node, to = %routed.to, "a copy for a resource on a node that went down; the other resources have theirs");
+                return;
+            }
+        }
+        tracing::debug!(node, to = %routed.to, "re-routing a message the node that went down did not take");
+        let mut routed = routed;
+        routed.to = Jid::from(bare);
+        self.router.route(routed);
     }
 }

@@ -581,8 +581,13 @@ impl TestGlobal {
     }
 
     /// Every node, as `(dc, i, node)`.
+    /// Every node that was not killed.
     pub fn all_nodes(&self) -> impl Iterator<Item = (usize, usize, &TestNode)> {
-        self.dcs.iter().enumerate().flat_map(|(d, dc)| dc.nodes.iter().enumerate().map(move |(i, n)| (d, i, n)))
+        self.dcs
+            .iter()
+            .enumerate()
+            .flat_map(|(d, dc)| dc.nodes.iter().enumerate().map(move |(i, n)| (d, i, n)))
+            .filter(|(_, _, n)| !n.was_killed())
     }
 
     /// Creates `user@example.com` (the database is shared: once is enough).

@@ -83,6 +83,8 @@ pub struct TestNode {
     dir: tempfile::TempDir,
     options: NodeOptions,
     child: Option<Child>,
+    /// [`TestNode::kill`] ran and no restart since.
+    killed: bool,
     /// STARTTLS listener (`tls.mode = "starttls"`).
     pub c2s: SocketAddr,
     /// Direct TLS listener (XEP-0368, `tls.mode = "tls"`).
@@ -137,8 +139,15 @@ impl TestNode {
     /// Starts a node with these options.
     pub fn start_with(options: NodeOptions) -> TestNode {
         let dir = tempfile::Builder::new().prefix("meerkat-test-").tempdir().expect("tempdir");
-        let mut node =
-            TestNode { dir, options, child: None, c2s: loopback(0), c2s_tls: loopback(0), admin: loopback(0) };
+        let mut node = TestNode {
+            dir,
+            options,
+            child: None,
+            killed: false,
+            c2s: loopback(0),
+            c2s_tls: loopback(0),
+            admin: loopback(0),
+        };
         node.spawn_until_ready();
         node
     }
@@ -154,6 +163,12 @@ impl TestNode {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.killed = true;
+    }
+
+    /// Whether [`TestNode::kill`] ran and [`TestNode::restart`] did not since.
+    pub fn was_killed(&self) -> bool {
+        self.killed
     }
 
     /// Starts the node again on the same directory (database, token,
@@ -164,6 +179,7 @@ impl TestNode {
                 panic!("restart() while the node is still running");
             }
         }
+        self.killed = false;
         self.spawn_until_ready();
     }
 

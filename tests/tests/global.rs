@@ -1057,3 +1057,115 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
         counters_report(&g)
     );
 }
+
+// ------------------------------------------------------------------ f
+
+/// bob is on dc2's node 2, alice on dc1 sends 1,000 messages to bob's bare
+/// JID 2 ms apart, and dc2's node 2 is SIGKILLed after 500. 5 s later bob
+/// logs in again on `relogin`: every message reaches him within 10 s of that
+/// login, none twice, counting those his old session got before the kill.
+async fn endpoint_death(relogin: (usize, usize)) {
+    const N: usize = 1000;
+    let mut g = start().await;
+    g.add_user("alice", PW);
+    g.add_user("bob", PW);
+    let mut bob = online_at(g.node(1, 1), "bob", "phone").await;
+    g.wait_table_says(&bare("bob"), 1, Duration::from_secs(10));
+    let mut alice = online_at(g.node(0, 0), "alice", "desk").await;
+    g.wait_table_says(&bare("alice"), 0, Duration::from_secs(10));
+
+    fn note(seen: &mut std::collections::HashMap<usize, usize>, el: &Element) {
+        let n = meerkat_tests::client::body(el).and_then(|b| b.strip_prefix('m').and_then(|n| n.parse().ok()));
+        if let Some(n) = n {
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    // bob's old session reads until its connection ends.
+    let reader = tokio::spawn(async move {
+        let mut seen = std::collections::HashMap::new();
+        while let Ok(el) = bob.recv_timeout(Duration::from_secs(3)).await {
+            note(&mut seen, &el);
+        }
+        seen
+    });
+    let (half_tx, half_rx) = tokio::sync::oneshot::channel();
+    let to = bare("bob");
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut half_tx = Some(half_tx);
+        for i in 0..N {
+            tick.tick().await;
+            alice.send_message(&to, &format!("m{i}")).await.unwrap();
+            if i + 1 == N / 2 {
+                let _ = half_tx.take().map(|tx| tx.send(()));
+            }
+        }
+        alice
+    });
+    half_rx.await.unwrap();
+    g.dcs[1].nodes[1].kill();
+    let killed_at = Instant::now();
+    let mut alice = sender.await.unwrap();
+    let mut seen = reader.await.unwrap();
+    let before = seen.values().sum::<usize>();
+
+    // The 5 s between the kill and the new login are the scenario, not a wait for an event.
+    tokio::time::sleep_until(killed_at + Duration::from_secs(5)).await;
+    let mut bob = login_at(g.node(relogin.0, relogin.1), "bob", "phone").await;
+    bob.go_online(Some(1)).await.unwrap();
+    let logged_in = Instant::now();
+    let deadline = logged_in + Duration::from_secs(10);
+    while seen.len() < N {
+        match bob.recv_timeout(deadline.saturating_duration_since(Instant::now())).await {
+            Ok(el) => note(&mut seen, &el),
+            Err(e) => {
+                let missing: Vec<_> = (0..N).filter(|i| !seen.contains_key(i)).collect();
+                panic!(
+                    "bob has {} of {N} 10 s after logging in again at dc{}/{} ({before} in his old session); \
+                     missing {} (first {:?}): {e}\n{}\n{}",
+                    seen.len(),
+                    relogin.0 + 1,
+                    relogin.1 + 1,
+                    missing.len(),
+                    &missing[..missing.len().min(20)],
+                    counters_report(&g),
+                    g.status(0, 0)
+                );
+            }
+        }
+    }
+    let took = logged_in.elapsed();
+    // Whatever else was on its way would be a duplicate.
+    g.settle(&mut bob, &mut Seen::default()).await;
+    for el in bob.backlog() {
+        note(&mut seen, el);
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).map(|(i, n)| (*i, *n)).collect();
+    eprintln!(
+        "f: dc2 node 2 killed after {}; bob's old session had {before}; the rest reached dc{}/{} within {took:?} of his login; \
+         handed back {}; {}",
+        N / 2,
+        relogin.0 + 1,
+        relogin.1 + 1,
+        g.link_sum("handed_back"),
+        counters_report(&g)
+    );
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let res = alice.iq_xml("<iq type='get' to='example.com'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"));
+    let errors: Vec<_> = alice.backlog().filter(|el| el.attr("type") == Some("error")).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "alice got errors: {errors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_strands_nothing_when_the_user_moves_to_another_data_center() {
+    let _turn = one_at_a_time().await;
+    endpoint_death((0, 1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_strands_nothing_when_the_user_returns_to_its_data_center() {
+    let _turn = one_at_a_time().await;
+    endpoint_death((1, 0)).await;
+}

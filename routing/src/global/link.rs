@@ -21,6 +21,14 @@
 //!   them twice. A dropped connection therefore loses and duplicates nothing.
 //! - Pings every second detect a link that stopped carrying packets; one
 //!   silent for [`DEAD_AFTER`] is dropped and dialled again, with backoff.
+//! - A link whose endpoint is gone hands its frames back to global routing
+//!   ([`LinkEvents::failed`]), which sends them through another live
+//!   endpoint of the same data center, in order: at once when the endpoint
+//!   refuses or closes the connection (its node is down or restarting), and
+//!   after [`FAIL_OVER_AFTER`] without a connection when it only stays
+//!   silent (a dead host, or a partition; frames resent elsewhere while the
+//!   old endpoint may still hold them could be delivered twice, so silence is
+//!   given longer).
 //! - The [`GdFrame::Hello`] is answered before anything else, so a sender
 //!   never writes stanzas to a peer that would refuse them.
 
@@ -51,6 +59,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A sender's dedup state is kept this long after its last connection closed.
 const SENDER_STATE_TTL: Duration = Duration::from_secs(600);
+/// A link that has not connected for this long while its endpoint only stays
+/// silent gives its frames to another endpoint.
+pub const FAIL_OVER_AFTER: Duration = Duration::from_secs(10);
 
 /// A stanza crossing to another data center.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -118,6 +129,22 @@ pub enum LinkError {
     Timeout,
     #[error("connection closed")]
     Closed,
+}
+
+impl LinkError {
+    /// The other end said no, or is not there at all (its process is gone or
+    /// restarting), as opposed to staying silent.
+    fn is_definite(&self) -> bool {
+        use std::io::ErrorKind as K;
+        match self {
+            LinkError::Timeout => false,
+            LinkError::Io(e) => matches!(
+                e.kind(),
+                K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
+            ),
+            LinkError::Codec(_) | LinkError::Refused(_) | LinkError::Closed => true,
+        }
+    }
 }
 
 pub fn encode_frame(frame: &GdFrame) -> Result<Bytes, LinkError> {
@@ -192,6 +219,8 @@ pub struct OutLinkStats {
     pub failures: AtomicU64,
     pub unacked: AtomicU64,
     pub refused_full: AtomicU64,
+    /// Frames given to another endpoint because this one was unreachable.
+    pub handed_back: AtomicU64,
 }
 
 struct Pending {
@@ -303,6 +332,8 @@ async fn dial(cfg: &LinkConfig, addr: &str) -> Result<Box<dyn Io>, LinkError> {
 impl LinkTask {
     async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
+        // Since when the link has had no connection.
+        let mut down_since = Instant::now();
         loop {
             if *self.stop.borrow() {
                 return self.give_back();
@@ -315,6 +346,7 @@ impl LinkTask {
                     tracing::info!(dc = %self.dc, addr = %self.addr, "link to data center up");
                     let result = self.serve(reader, writer).await;
                     self.stats.connected.store(false, Ordering::Relaxed);
+                    down_since = Instant::now();
                     match result {
                         Ok(()) => return self.give_back(),
                         Err(e) => {
@@ -325,6 +357,10 @@ impl LinkTask {
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(dc = %self.dc, addr = %self.addr, error = %e, "cannot reach data center endpoint");
+                    // What waits here goes through another endpoint rather than wait for this one.
+                    if e.is_definite() || down_since.elapsed() >= FAIL_OVER_AFTER {
+                        self.hand_back();
+                    }
                 }
             }
             let mut stop = self.stop.clone();
@@ -336,18 +372,28 @@ impl LinkTask {
         }
     }
 
-    /// Hands every frame not acknowledged back to global routing.
+    /// The link stops: every frame not acknowledged goes back to global routing.
     fn give_back(mut self) {
-        let mut tokens: Vec<u64> =
-            self.unacked.lock().unwrap_or_else(|e| e.into_inner()).values().map(|p| p.token).collect();
         self.rx.close();
+        self.hand_back();
+    }
+
+    /// Hands every frame not acknowledged, then every frame queued, back to
+    /// global routing, in order. The link keeps dialling its endpoint.
+    fn hand_back(&mut self) {
+        let mut tokens: Vec<u64> = {
+            let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
+            self.stats.unacked.store(0, Ordering::Relaxed);
+            std::mem::take(&mut *unacked).into_values().map(|p| p.token).collect()
+        };
         while let Ok((t, _)) = self.rx.try_recv() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             tokens.push(t);
         }
         if !tokens.is_empty() {
+            self.stats.handed_back.fetch_add(tokens.len() as u64, Ordering::Relaxed);
             if let Some(ev) = self.events.upgrade() {
-                tracing::info!(dc = %self.dc, addr = %self.addr, frames = tokens.len(), "link stopped; its frames go another way");
+                tracing::info!(dc = %self.dc, addr = %self.addr, frames = tokens.len(), "endpoint unreachable; its frames go another way");
                 ev.failed(tokens);
             }
         }

@@ -640,12 +640,17 @@ impl GlobalDistrib {
     fn pick_link(&self, dc: &str, sender: &str) -> Option<(LinkId, Arc<OutLink>)> {
         let dcs = self.dcs.lock().unwrap_or_else(|e| e.into_inner());
         let d = dcs.get(dc)?;
-        if d.links.is_empty() {
+        // The connected links, when there are any: a link to an endpoint that
+        // is down hands its frames back, and they must not go to it again.
+        let live: Vec<&(LinkId, Arc<OutLink>)> =
+            d.links.iter().filter(|(_, l)| l.stats.connected.load(Ordering::Relaxed)).collect();
+        let pool: Vec<&(LinkId, Arc<OutLink>)> = if live.is_empty() { d.links.iter().collect() } else { live };
+        if pool.is_empty() {
             return None;
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         sender.hash(&mut h);
-        let (id, l) = &d.links[(h.finish() % d.links.len() as u64) as usize];
+        let (id, l) = pool[(h.finish() % pool.len() as u64) as usize];
         Some((id.clone(), l.clone()))
     }
 
@@ -1123,6 +1128,7 @@ impl GlobalDistrib {
                     resent: l.stats.resent.load(Ordering::Relaxed),
                     connects: l.stats.connects.load(Ordering::Relaxed),
                     failures: l.stats.failures.load(Ordering::Relaxed),
+                    handed_back: l.stats.handed_back.load(Ordering::Relaxed),
                 };
                 let mut links: Vec<LinkStatus> = d.links.iter().map(|(_, l)| link_status(l, false)).collect();
                 links.extend(d.disabled.iter().map(|(_, l, _)| link_status(l, true)));
@@ -1420,6 +1426,8 @@ pub struct LinkStatus {
     pub resent: u64,
     pub connects: u64,
     pub failures: u64,
+    /// Frames given to another endpoint of the data center because this one was unreachable.
+    pub handed_back: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -1,0 +1,140 @@
+//! No stanza stranded or doubled when a node of the cluster dies: bob is on
+//! node 3, alice on node 1 sends 1,000 messages to bob's bare JID 2 ms apart,
+//! and node 3 goes away after 500 of them, either SIGKILLed or blackholed
+//! (its cluster link's packets dropped in a network namespace: no RST, no
+//! FIN; needs root, as CI has). bob logs in again on node 1 with the same
+//! resource: every message reaches him exactly once, counting those his old
+//! session got before node 3 went away.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use meerkat_tests::client::body;
+use meerkat_tests::cluster::{SharedDb, TestCluster};
+use meerkat_tests::netns::Netns;
+use meerkat_tests::{login, Client, TestNode, DOMAIN};
+
+const PW: &str = "pw";
+const N: usize = 1000;
+/// How long bob waits for the rest after logging in again.
+const REST_WITHIN: Duration = Duration::from_secs(10);
+
+fn note(seen: &mut HashMap<usize, usize>, el: &meerkat_xmpp::element::Element) {
+    if let Some(b) = body(el) {
+        if let Some(i) = b.strip_prefix('m').and_then(|n| n.parse::<usize>().ok()) {
+            *seen.entry(i).or_default() += 1;
+        }
+    }
+}
+
+/// Logs in, retrying while the cluster has not yet settled after the death.
+async fn login_retrying(node: &TestNode, user: &str, resource: &str) -> Client {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match Client::login(node.c2s, DOMAIN, user, PW, Some(resource)).await {
+            Ok(c) => return c,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("login of {user}/{resource} failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("login of {user}/{resource} still fails: {e}"),
+        }
+    }
+}
+
+/// The run itself; `away` makes node 3 go away (kill or blackhole).
+async fn messages_survive(cluster: &mut TestCluster, away: impl FnOnce(&mut TestCluster)) {
+    for u in ["alice", "bob"] {
+        cluster.add_user(u, PW);
+    }
+    let mut bob = login(&cluster.nodes[2], "bob", PW, "phone").await;
+    bob.go_online(Some(1)).await.unwrap();
+    let mut alice = login_retrying(&cluster.nodes[0], "alice", "desk").await;
+    alice.go_online(Some(1)).await.unwrap();
+    meerkat_tests::wait_until("bob in node 1's table", Duration::from_secs(10), || {
+        cluster.table(0).iter().any(|(jid, node)| jid == "bob@localhost/phone" && *node == 3)
+    });
+
+    // bob's old session reads until its connection ends or goes quiet.
+    let reader = tokio::spawn(async move {
+        let mut seen = HashMap::new();
+        loop {
+            match bob.recv_timeout(Duration::from_secs(3)).await {
+                Ok(el) => note(&mut seen, &el),
+                Err(_) => return seen,
+            }
+        }
+    });
+    let (half_tx, half_rx) = tokio::sync::oneshot::channel();
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut half_tx = Some(half_tx);
+        for i in 0..N {
+            tick.tick().await;
+            alice.send_message("bob@localhost", &format!("m{i}")).await.unwrap();
+            if i + 1 == N / 2 {
+                let _ = half_tx.take().map(|tx| tx.send(()));
+            }
+        }
+        alice
+    });
+    half_rx.await.unwrap();
+    away(cluster);
+    let mut alice = sender.await.unwrap();
+    let mut seen = reader.await.unwrap();
+    let before = seen.values().sum::<usize>();
+    eprintln!("bob's old session got {before} messages");
+
+    let mut bob = login_retrying(&cluster.nodes[0], "bob", "phone").await;
+    bob.go_online(Some(1)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + REST_WITHIN;
+    while seen.len() < N {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match bob.recv_timeout(left).await {
+            Ok(el) => note(&mut seen, &el),
+            Err(e) => {
+                let missing: Vec<_> = (0..N).filter(|i| !seen.contains_key(i)).collect();
+                panic!(
+                    "bob has {} of {N} messages {REST_WITHIN:?} after logging in again ({before} before); \
+                     missing {} (first {:?}): {e}",
+                    seen.len(),
+                    missing.len(),
+                    &missing[..missing.len().min(20)]
+                );
+            }
+        }
+    }
+    // Anything still on its way would be a duplicate: a ping to the server
+    // is answered after what was queued for bob before it.
+    let res = bob.iq_xml("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"));
+    for el in bob.backlog() {
+        note(&mut seen, el);
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).map(|(i, n)| (*i, *n)).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    // alice was told of no failure.
+    let res = alice.iq_xml("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"));
+    let errors: Vec<_> = alice.backlog().filter(|el| el.attr("type") == Some("error")).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "alice got errors: {errors:?}");
+    eprintln!("node 1 after the run: {}", cluster.status(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_strands_and_doubles_no_message() {
+    let mut cluster = tokio::task::spawn_blocking(|| TestCluster::start(3)).await.unwrap();
+    messages_survive(&mut cluster, |c| c.nodes[2].kill()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_node_strands_and_doubles_no_message() {
+    // Declared before the cluster, so dropped after its nodes stopped.
+    let net = Netns::create(3);
+    let placements = (1..=3).map(|i| net.placement(i)).collect();
+    let mut cluster =
+        tokio::task::spawn_blocking(move || TestCluster::start_placed(SharedDb::sqlite(), placements)).await.unwrap();
+    messages_survive(&mut cluster, |_| net.cut(3)).await;
+}
