@@ -325,6 +325,25 @@ mod tests {
     }
 
     #[test]
+    fn sessions_of_an_unreachable_node_are_not_routed_to_until_it_answers() {
+        let t = SessionTable::new();
+        t.open(info("a@x/1", 1, Some(5)));
+        t.open(SessionInfo { node: NodeId(2), ..info("a@x/2", 2, Some(5)) });
+        let bare = parse_full("a@x/1").unwrap().bare();
+        let node_of_2 = NodeId(2);
+        assert!(t.set_unreachable(node_of_2, true));
+        assert!(!t.set_unreachable(node_of_2, true), "no change the second time");
+        assert!(t.get(&parse_full("a@x/2").unwrap()).is_none());
+        assert_eq!(t.resources(&bare).len(), 1);
+        assert_eq!(t.highest_priority(&bare).len(), 1);
+        assert!(t.other_resources(&parse_full("a@x/1").unwrap()).is_empty());
+        // Still in the replicated table: only a commit removes it.
+        assert_eq!(t.len(), 2);
+        assert!(t.set_unreachable(node_of_2, false));
+        assert_eq!(t.highest_priority(&bare).len(), 2);
+    }
+
+    #[test]
     fn highest_priority_ignores_unavailable_and_negative() {
         let t = SessionTable::new();
         t.open(info("a@x/1", 1, Some(5)));

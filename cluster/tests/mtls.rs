@@ -122,7 +122,7 @@ impl StanzaInbox for Collect {
     fn on_stanza(&self, from_node: u64, frame: StanzaFrame) {
         self.0.lock().unwrap().push((from_node, frame));
     }
-    fn undeliverable(&self, _node: u64, _frame: StanzaFrame) {}
+    fn undeliverable(&self, _node: u64, _frame: StanzaFrame, _queued_at: std::time::SystemTime) {}
 }
 
 /// Answers `Remove { node }` for the sender itself, so a reply proves the request crossed.

@@ -23,8 +23,9 @@
 //!   silent for [`DEAD_AFTER`] is dropped and dialled again, with backoff.
 //! - A link whose endpoint is gone hands its frames back to global routing
 //!   ([`LinkEvents::failed`]), which sends them through another live
-//!   endpoint of the same data center, in order: at once when the endpoint
-//!   refuses or closes the connection (its node is down or restarting), and
+//!   endpoint of the same data center, in order: as soon as the endpoint
+//!   refuses or closes two connections in a row (its node is down or
+//!   restarting; one alone may be a proxy or a healed partition), and
 //!   after [`FAIL_OVER_AFTER`] without a connection when it only stays
 //!   silent (a dead host, or a partition; frames resent elsewhere while the
 //!   old endpoint may still hold them could be delivered twice, so silence is
@@ -334,6 +335,10 @@ impl LinkTask {
         let mut backoff = BACKOFF_MIN;
         // Since when the link has had no connection.
         let mut down_since = Instant::now();
+        // Attempts in a row that the endpoint refused or closed. One alone
+        // proves little: a proxy or a healed partition closes a connection it
+        // held; two in a row mean nobody is serving there.
+        let mut refusals = 0u32;
         loop {
             if *self.stop.borrow() {
                 return self.give_back();
@@ -341,6 +346,7 @@ impl LinkTask {
             match self.connect().await {
                 Ok((reader, writer)) => {
                     backoff = BACKOFF_MIN;
+                    refusals = 0;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     self.stats.connected.store(true, Ordering::Relaxed);
                     tracing::info!(dc = %self.dc, addr = %self.addr, "link to data center up");
@@ -357,8 +363,9 @@ impl LinkTask {
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(dc = %self.dc, addr = %self.addr, error = %e, "cannot reach data center endpoint");
+                    refusals = if e.is_definite() { refusals + 1 } else { 0 };
                     // What waits here goes through another endpoint rather than wait for this one.
-                    if e.is_definite() || down_since.elapsed() >= FAIL_OVER_AFTER {
+                    if refusals >= 2 || down_since.elapsed() >= FAIL_OVER_AFTER {
                         self.hand_back();
                     }
                 }
