@@ -28,7 +28,7 @@
 //! bound again meanwhile, the older session loses, so no full JID ends up
 //! with two sessions.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -159,6 +159,9 @@ pub struct ClusterNode {
     /// The domains this node serves, by domain.
     own_domains: Mutex<HashMap<String, DomainRecord>>,
     seq: AtomicU64,
+    /// Sessions this node registered alone, without a majority (every other
+    /// member's process gone): in its own table only, until `NodeUp` commits them.
+    alone: Mutex<HashSet<SessionId>>,
     kicker: OnceLock<Kicker>,
     ready: AtomicBool,
     stopping: AtomicBool,
@@ -219,6 +222,7 @@ impl ClusterNode {
             own: Mutex::new(HashMap::new()),
             own_domains: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(1),
+            alone: Mutex::new(HashSet::new()),
             kicker: OnceLock::new(),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -370,6 +374,39 @@ impl ClusterNode {
         }
     }
 
+    /// Whether this node serves alone: it was registered with the cluster,
+    /// and every other member has been silent for `down_after` with its
+    /// address refusing connections (its process is gone; a partition would
+    /// time out instead). A cluster of two that lost one then keeps taking
+    /// logins; a node cut off by a partition still refuses them.
+    fn serving_alone(&self) -> bool {
+        if !self.is_ready() {
+            return false;
+        }
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let others: Vec<u64> = membership.membership().voter_ids().filter(|id| *id != self.id).collect();
+        let unreachable = self.table.unreachable_nodes();
+        !others.is_empty()
+            && others.iter().all(|id| unreachable.contains(&NodeId(*id)) && self.transport.is_refusing(*id))
+    }
+
+    /// Registers a session in this node's table only, as [`SessionRegistry::open`]
+    /// would with a majority; `NodeUp` commits it once one is back.
+    fn open_alone(&self, info: SessionInfo) -> OpenOutcome {
+        tracing::warn!(jid = %info.jid, "no other member is running; registering the session on this node alone");
+        self.own.lock().unwrap_or_else(|e| e.into_inner()).insert(info.sid, (info.clone(), 0));
+        self.alone.lock().unwrap_or_else(|e| e.into_inner()).insert(info.sid);
+        let outcome = self.table.open(info.clone());
+        if !outcome.accepted {
+            self.own.lock().unwrap_or_else(|e| e.into_inner()).remove(&info.sid);
+            self.alone.lock().unwrap_or_else(|e| e.into_inner()).remove(&info.sid);
+        }
+        if let Some(loser) = &outcome.loser {
+            self.on_session_lost(loser);
+        }
+        outcome
+    }
+
     fn own_records(&self) -> Vec<SessionRecord> {
         self.own
             .lock()
@@ -399,10 +436,18 @@ impl ClusterNode {
                     _ = shutdown.changed() => return,
                 }
             }
+            let registered_alone: Vec<SessionId> =
+                self.alone.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
             let cmd = CommandV1::NodeUp { node: self.id, sessions: self.own_records() }.into();
             match self.propose(cmd).await {
                 Ok(_) => {
                     self.ready.store(true, Ordering::Release);
+                    {
+                        let mut alone = self.alone.lock().unwrap_or_else(|e| e.into_inner());
+                        for sid in &registered_alone {
+                            alone.remove(sid);
+                        }
+                    }
                     tracing::info!(node = self.id, "registered with the cluster");
                     // NodeUp cleared this node's domains: register those it still serves again.
                     tokio::spawn(self.clone().reclaim_domains());
@@ -468,6 +513,12 @@ impl ClusterNode {
                 self.transport.remove_peer(gone);
                 self.table.set_unreachable(NodeId(gone), false);
                 known.remove(&gone);
+            }
+            // Sessions registered alone are committed once a majority is back.
+            let pending_alone = !self.alone.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+            if pending_alone && m.current_leader.is_some() && !self.serving_alone() {
+                tracing::info!("a majority is back; committing the sessions registered alone");
+                self.announce.notify_one();
             }
             // Every node, leader or not, routes around a member it cannot hear
             // from, at once: what it queued for that member goes back to routing,
@@ -753,6 +804,9 @@ impl SessionRegistry for ClusterNode {
         if !self.is_ready() || !self.is_member() {
             return Err(RegistryError::NotReady("not registered with the cluster".into()));
         }
+        if self.serving_alone() {
+            return Ok(self.open_alone(info));
+        }
         if self.raft.metrics().borrow().current_leader.is_none() {
             return Err(RegistryError::NoQuorum("no leader is known".into()));
         }
@@ -788,6 +842,10 @@ impl SessionRegistry for ClusterNode {
 
     fn close(&self, info: &SessionInfo) {
         self.own.lock().unwrap_or_else(|e| e.into_inner()).remove(&info.sid);
+        if self.alone.lock().unwrap_or_else(|e| e.into_inner()).remove(&info.sid) {
+            // Never committed: only this node's table has it.
+            self.table.close(&info.jid, NodeId(self.id), info.sid);
+        }
         self.propose_later(
             CommandV1::CloseSession { jid: info.jid.to_string(), node: self.id, sid: info.sid.0 }.into(),
         );

@@ -36,7 +36,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -186,6 +186,21 @@ pub enum Frame {
         seq: u64,
     },
 }
+
+impl TransportError {
+    /// The peer's address refused or closed the connection before the hello
+    /// was answered, as when no node process listens there; not a timeout.
+    pub fn is_refusal(&self) -> bool {
+        use std::io::ErrorKind as K;
+        match self {
+            TransportError::Io(e) => matches!(e.kind(), K::ConnectionRefused | K::ConnectionReset | K::UnexpectedEof),
+            TransportError::Unreachable(_, why) => why == CLOSED_DURING_HELLO,
+            _ => false,
+        }
+    }
+}
+
+const CLOSED_DURING_HELLO: &str = "closed during the hello";
 
 /// Errors of the transport itself.
 #[derive(Debug, thiserror::Error)]
@@ -349,6 +364,9 @@ struct Peer {
     window: Mutex<Window>,
     /// Interrupts the connection task (the peer was declared down).
     interrupt: Notify,
+    /// The last attempt to connect was refused or closed before the hello
+    /// was answered: nothing serves the cluster at the peer's address.
+    refusing: AtomicBool,
     pending: Pending,
     addr: Arc<RwLock<String>>,
 }
@@ -482,6 +500,16 @@ impl Transport {
         self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node, Instant::now());
     }
 
+    /// Whether the last attempt to reach `node` was refused or closed before
+    /// its hello was answered (its process is gone), rather than timed out.
+    pub fn is_refusing(&self, node: u64) -> bool {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&node)
+            .is_some_and(|p| p.refusing.load(Ordering::Relaxed))
+    }
+
     /// When `node` last answered or sent anything.
     pub fn last_seen(&self, node: u64) -> Option<Instant> {
         self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).get(&node).copied()
@@ -512,6 +540,7 @@ impl Transport {
                     rx: Arc::new(tokio::sync::Mutex::new(rx)),
                     window: Mutex::new(Window::default()),
                     interrupt: Notify::new(),
+                    refusing: AtomicBool::new(false),
                     pending: Arc::new(Mutex::new(HashMap::new())),
                     addr: Arc::new(RwLock::new(addr.to_owned())),
                 });
@@ -715,6 +744,7 @@ impl Transport {
             match self.connect(&addr, Some(node)).await {
                 Ok(framed) => {
                     backoff = Duration::from_millis(50);
+                    peer.refusing.store(false, Ordering::Relaxed);
                     self.saw(node);
                     tracing::info!(peer = node, %addr, "cluster link up");
                     // A hand-back interrupts the connection wherever it is waiting.
@@ -727,6 +757,7 @@ impl Transport {
                 }
                 Err(e) => {
                     tracing::debug!(peer = node, %addr, error = %e, "cluster connect failed");
+                    peer.refusing.store(e.is_refusal(), Ordering::Relaxed);
                     // Callers fail now rather than at their timeout; their queued
                     // frames go stale and are dropped unsent.
                     fail_pending(&peer.pending, "unreachable");
@@ -1063,7 +1094,7 @@ async fn next_hello_frame(
 ) -> Result<Frame, TransportError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, framed.next()).await {
         Err(_) => Err(TransportError::Unreachable(peer, "no answer to the hello".into())),
-        Ok(None) => Err(TransportError::Unreachable(peer, "closed during the hello".into())),
+        Ok(None) => Err(TransportError::Unreachable(peer, CLOSED_DURING_HELLO.into())),
         Ok(Some(data)) => decode_frame(&data?),
     }
 }
