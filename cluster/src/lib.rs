@@ -27,6 +27,7 @@
 //! - Every queue is bounded: per-peer frames, background proposals, replies.
 #![forbid(unsafe_code)]
 
+pub mod cert_identity;
 pub mod command;
 pub mod domain_table;
 pub mod network;

@@ -49,7 +49,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::cert_identity;
 use crate::peer_auth::{self, Role, SharedSecret};
+use rustls_pki_types::CertificateDer;
 
 use crate::command::{bincode_config, Command, CommandResponse};
 use crate::types::TypeConfig;
@@ -683,24 +685,27 @@ impl Transport {
             .await
             .map_err(|_| TransportError::Unreachable(to.unwrap_or(0), format!("connect to {addr} timed out")))??;
         let _ = tcp.set_nodelay(true);
-        let io: Box<dyn Io> = match &self.tls {
-            Some(tls) => Box::new(
-                tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(tls.server_name.clone(), tcp))
+        let (io, peer_cert): (Box<dyn Io>, Option<CertificateDer<'static>>) = match &self.tls {
+            Some(tls) => {
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(tls.server_name.clone(), tcp))
                     .await
-                    .map_err(|_| TransportError::Unreachable(to.unwrap_or(0), "TLS handshake timed out".into()))??,
-            ),
-            None => Box::new(tcp),
+                    .map_err(|_| TransportError::Unreachable(to.unwrap_or(0), "TLS handshake timed out".into()))??;
+                let cert =
+                    stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+                (Box::new(stream), cert)
+            }
+            None => (Box::new(tcp), None),
         };
         let mut framed = Framed::new(io, hello_codec());
         framed.send(encode_frame(&Frame::Hello { cluster: self.cluster.clone(), from: self.me, to })?).await?;
         let peer = to.unwrap_or(0);
-        match next_hello_frame(&mut framed, peer).await? {
+        let reached = match next_hello_frame(&mut framed, peer).await? {
             Frame::HelloOk { .. } if self.secret.is_some() => {
                 return Err(TransportError::Refused(
                     "the peer does not check cluster.shared_secret: set the same one on every node".into(),
                 ))
             }
-            Frame::HelloOk { .. } => {}
+            Frame::HelloOk { node } => node,
             Frame::Challenge { nonce: listener_nonce } => {
                 let Some(secret) = &self.secret else {
                     return Err(TransportError::Refused(
@@ -713,12 +718,13 @@ impl Transport {
                 let mac = secret.proof(Role::Dialler, &context, &listener_nonce, &dialler_nonce);
                 framed.send(encode_frame(&Frame::Proof { nonce: dialler_nonce.clone(), mac })?).await?;
                 match next_hello_frame(&mut framed, peer).await? {
-                    Frame::Accepted { mac, .. } => {
+                    Frame::Accepted { mac, node } => {
                         if !secret.verify(Role::Listener, &context, &listener_nonce, &dialler_nonce, &mac) {
                             return Err(TransportError::Refused(
                                 "the peer's proof is wrong: it has another cluster.shared_secret".into(),
                             ));
                         }
+                        node
                     }
                     Frame::HelloRefused { reason } => return Err(TransportError::Refused(reason)),
                     other => return Err(TransportError::Codec(format!("expected an acceptance, got {other:?}"))),
@@ -726,6 +732,15 @@ impl Transport {
             }
             Frame::HelloRefused { reason } => return Err(TransportError::Refused(reason)),
             other => return Err(TransportError::Codec(format!("expected a hello, got {other:?}"))),
+        };
+        // With mutual TLS the certificate must name the node: holding one
+        // the cluster CA signed is not enough to be any node.
+        if let Some(tls) = &self.tls {
+            let id = to.unwrap_or(reached);
+            let name = cert_identity::node_name(&tls.server_name, id);
+            if let Some(why) = cert_identity::check(peer_cert.as_ref(), &name, &format!("node {id}")) {
+                return Err(TransportError::Refused(why));
+            }
         }
         framed.codec_mut().set_max_frame_length(MAX_FRAME);
         Ok(framed)
@@ -922,16 +937,21 @@ impl Transport {
     }
 
     async fn inbound(self: Arc<Self>, tcp: TcpStream, peer_addr: SocketAddr) {
-        let io: Box<dyn Io> = match &self.tls {
+        let (io, peer_cert): (Box<dyn Io>, Option<CertificateDer<'static>>) = match &self.tls {
             Some(tls) => match tokio::time::timeout(CONNECT_TIMEOUT * 5, tls.acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => Box::new(s),
+                Ok(Ok(s)) => {
+                    let cert =
+                        s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+                    (Box::new(s), cert)
+                }
                 Ok(Err(e)) => {
+                    self.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer_addr, error = %e, "cluster TLS handshake failed");
                     return;
                 }
                 Err(_) => return,
             },
-            None => Box::new(tcp),
+            None => (Box::new(tcp), None),
         };
         let mut framed = Framed::new(io, hello_codec());
         let hello = match tokio::time::timeout(CONNECT_TIMEOUT * 5, framed.next()).await {
@@ -951,6 +971,10 @@ impl Transport {
                     Some(format!("this is node {}, not node {}", self.me, to.unwrap_or_default()))
                 } else if from == self.me {
                     Some(format!("node {from} connected to itself"))
+                } else if let Some(tls) = &self.tls {
+                    // The certificate must name the node the hello claims to be.
+                    let name = cert_identity::node_name(&tls.server_name, from);
+                    cert_identity::check(peer_cert.as_ref(), &name, &format!("node {from}"))
                 } else {
                     None
                 };

@@ -1,6 +1,7 @@
 //! Mutual TLS on the cluster transport: nodes whose certificates the cluster
 //! CA signed exchange stanzas and requests; a node with a certificate from
-//! another CA, a node without a certificate and a node without TLS are refused.
+//! another CA, a node without a certificate, a node without TLS and a node
+//! whose certificate names another node are refused.
 //!
 //! The rustls configuration is the one `node/src/tls.rs::cluster_tls` builds
 //! from `[cluster.tls]`: TLS 1.3 only, the ring provider, the cluster CA as
@@ -43,10 +44,12 @@ impl Ca {
         Ca { cert: cert.der().clone(), issuer: Issuer::new(params, key) }
     }
 
-    /// A node certificate for `dns`, used as server and as client certificate.
-    fn node_cert(&self, dns: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let mut params = CertificateParams::new(vec![dns.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, dns);
+    /// Node `id`'s certificate: the common server name and `node<id>.<server
+    /// name>`, used as server and as client certificate.
+    fn node_cert(&self, id: u64) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let mut params =
+            CertificateParams::new(vec![SERVER_NAME.to_owned(), format!("node{id}.{SERVER_NAME}")]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, SERVER_NAME);
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -201,8 +204,8 @@ async fn assert_refused(from: &Arc<Transport>, to: u64, addr: &str, inbox: &Coll
 #[tokio::test]
 async fn stanzas_and_requests_flow_between_nodes_of_the_cluster_ca() {
     let ca = Ca::new("cluster CA");
-    let (certs_a, key_a) = ca.node_cert(SERVER_NAME);
-    let (certs_b, key_b) = ca.node_cert(SERVER_NAME);
+    let (certs_a, key_a) = ca.node_cert(1);
+    let (certs_b, key_b) = ca.node_cert(2);
     let (a, inbox_a, addr_a) = serving(1, cluster_tls(&ca.cert, certs_a, key_a)).await;
     let (b, inbox_b, addr_b) = serving(2, cluster_tls(&ca.cert, certs_b, key_b)).await;
 
@@ -234,12 +237,12 @@ async fn stanzas_and_requests_flow_between_nodes_of_the_cluster_ca() {
 async fn a_node_with_a_certificate_from_another_ca_is_refused() {
     let ca = Ca::new("cluster CA");
     let other = Ca::new("another CA");
-    let (certs_b, key_b) = ca.node_cert(SERVER_NAME);
+    let (certs_b, key_b) = ca.node_cert(2);
     let (b, inbox_b, addr_b) = serving(2, cluster_tls(&ca.cert, certs_b, key_b)).await;
 
     // The intruder knows the cluster CA (it trusts B's certificate) and
     // presents a certificate for the right name, signed by another CA.
-    let (certs_x, key_x) = other.node_cert(SERVER_NAME);
+    let (certs_x, key_x) = other.node_cert(3);
     let (x, inbox_x, addr_x) = serving(3, cluster_tls(&ca.cert, certs_x, key_x)).await;
 
     // As a client, B's server refuses its certificate.
@@ -249,7 +252,7 @@ async fn a_node_with_a_certificate_from_another_ca_is_refused() {
     assert_refused(&b, 3, &addr_x, &inbox_x).await;
 
     // The same intruder trusting only its own CA does not get further.
-    let (certs_y, key_y) = other.node_cert(SERVER_NAME);
+    let (certs_y, key_y) = other.node_cert(4);
     let y = Transport::new(4, CLUSTER.into(), Some(cluster_tls(&other.cert, certs_y, key_y)));
     assert_refused(&y, 2, &addr_b, &inbox_b).await;
     b.shutdown();
@@ -260,12 +263,12 @@ async fn a_node_with_a_certificate_from_another_ca_is_refused() {
 #[tokio::test]
 async fn a_node_without_a_certificate_or_without_tls_is_refused() {
     let ca = Ca::new("cluster CA");
-    let (certs_b, key_b) = ca.node_cert(SERVER_NAME);
+    let (certs_b, key_b) = ca.node_cert(2);
     let (b, inbox_b, addr_b) = serving(2, cluster_tls(&ca.cert, certs_b, key_b)).await;
 
     // TLS that verifies the server but presents no client certificate. (Its
     // server side is never used; it only fills the struct.)
-    let (certs_n, key_n) = ca.node_cert(SERVER_NAME);
+    let (certs_n, key_n) = ca.node_cert(3);
     let no_cert = tls(server_config(&ca.cert, certs_n, key_n), client_builder(&ca.cert).with_no_client_auth());
     let n = Transport::new(3, CLUSTER.into(), Some(no_cert));
     assert_refused(&n, 2, &addr_b, &inbox_b).await;
@@ -275,7 +278,7 @@ async fn a_node_without_a_certificate_or_without_tls_is_refused() {
     assert_refused(&plain, 2, &addr_b, &inbox_b).await;
 
     // A node with a good certificate still gets through afterwards.
-    let (certs_a, key_a) = ca.node_cert(SERVER_NAME);
+    let (certs_a, key_a) = ca.node_cert(1);
     let a = Transport::new(1, CLUSTER.into(), Some(cluster_tls(&ca.cert, certs_a, key_a)));
     a.set_address(2, &addr_b);
     a.send_stanza(2, stanza(7)).unwrap();
@@ -286,4 +289,31 @@ async fn a_node_without_a_certificate_or_without_tls_is_refused() {
     b.shutdown();
     n.shutdown();
     plain.shutdown();
+}
+
+/// Holding a certificate the cluster CA signed is not enough to be any node:
+/// node 3 with node 1's certificate is refused by node 2 as a client (its
+/// hello says 3, its certificate names node 1), and node 2 dialling node 3 at
+/// an address where node 1's certificate answers refuses it as a server.
+#[tokio::test]
+async fn a_node_whose_certificate_names_another_node_is_refused() {
+    let ca = Ca::new("cluster CA");
+    let (certs_b, key_b) = ca.node_cert(2);
+    let (b, inbox_b, addr_b) = serving(2, cluster_tls(&ca.cert, certs_b, key_b)).await;
+
+    let (certs_1, key_1) = ca.node_cert(1);
+    let (x, inbox_x, addr_x) = serving(3, cluster_tls(&ca.cert, certs_1, key_1)).await;
+    assert_refused(&x, 2, &addr_b, &inbox_b).await;
+    assert!(b.stats.refused_connections.load(Ordering::Relaxed) > 0, "the refusal was not counted");
+    assert_refused(&b, 3, &addr_x, &inbox_x).await;
+
+    // With its own certificate, node 3 gets through.
+    let (certs_3, key_3) = ca.node_cert(3);
+    let c = Transport::new(3, CLUSTER.into(), Some(cluster_tls(&ca.cert, certs_3, key_3)));
+    c.set_address(2, &addr_b);
+    c.send_stanza(2, stanza(9)).unwrap();
+    assert!(wait_for(|| inbox_b.ids() == ["9"]).await, "{:?}", inbox_b.ids());
+    b.shutdown();
+    x.shutdown();
+    c.shutdown();
 }

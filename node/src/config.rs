@@ -585,7 +585,8 @@ pub struct ClusterTls {
     /// This node's certificate and key, used both as server and as client.
     pub certfile: PathBuf,
     pub keyfile: PathBuf,
-    /// The DNS name in every node's certificate.
+    /// The DNS name in every node's certificate; each also names itself,
+    /// `node<ID>.<server_name>`.
     #[serde(default = "default_cluster_server_name")]
     pub server_name: String,
 }
@@ -715,7 +716,8 @@ pub struct GlobalTls {
     /// This node's certificate and key, used both as server and as client.
     pub certfile: PathBuf,
     pub keyfile: PathBuf,
-    /// The DNS name in every node's certificate.
+    /// The DNS name in every node's certificate; each also names its data
+    /// center's `local_host`.
     #[serde(default = "default_global_server_name")]
     pub server_name: String,
 }

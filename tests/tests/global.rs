@@ -778,11 +778,12 @@ impl LinkCa {
         LinkCa { pem, issuer: Issuer::new(params, key) }
     }
 
-    /// A certificate for [`LINK_SERVER_NAME`], good as server and as client,
-    /// signed by this CA and written to `dir/<name>.pem` and `dir/<name>.key`;
-    /// the node checks its peers against `trusted`.
-    fn node_tls(&self, dir: &Path, name: &str, trusted: &LinkCa) -> LinkTls {
-        let mut params = CertificateParams::new(vec![LINK_SERVER_NAME.to_owned()]).unwrap();
+    /// A certificate for [`LINK_SERVER_NAME`] and the data center `dc`, good
+    /// as server and as client, signed by this CA and written to
+    /// `dir/<name>.pem` and `dir/<name>.key`; the node checks its peers
+    /// against `trusted`.
+    fn node_tls(&self, dir: &Path, name: &str, dc: &str, trusted: &LinkCa) -> LinkTls {
+        let mut params = CertificateParams::new(vec![LINK_SERVER_NAME.to_owned(), dc.to_owned()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, LINK_SERVER_NAME);
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -835,12 +836,13 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
     let dir = tempfile::Builder::new().prefix("meerkat-gd-tls-").tempdir().unwrap();
     let ca = LinkCa::new(dir.path(), "links");
     let foreign = LinkCa::new(dir.path(), "foreign");
-    let signed = ca.node_tls(dir.path(), "node", &ca);
+    let dc_name = |d: usize| format!("dc{d}.{GLOBAL_HOST}");
+    let signed = ca.node_tls(dir.path(), "dc1-node", &dc_name(1), &ca);
+    let signed2 = ca.node_tls(dir.path(), "dc2-node", &dc_name(2), &ca);
 
     // 1. Every certificate signed by the links' CA: start_with waits until every link is connected.
     let started = Instant::now();
-    let g = start_with(GlobalOptions { tls: vec![Some(signed.clone()), Some(signed.clone())], links_may_fail: false })
-        .await;
+    let g = start_with(GlobalOptions { tls: vec![Some(signed.clone()), Some(signed2)], links_may_fail: false }).await;
     let linked_after = started.elapsed();
     g.add_user("alice", PW);
     g.add_user("bob", PW);
@@ -931,8 +933,8 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
     drop(g);
 
     // 2. dc2's nodes present a certificate from another CA (and trust the links' CA).
-    let refused = foreign.node_tls(dir.path(), "foreign-node", &ca);
-    let g = start_with(GlobalOptions { tls: vec![Some(signed), Some(refused)], links_may_fail: true }).await;
+    let refused = foreign.node_tls(dir.path(), "foreign-node", &dc_name(2), &ca);
+    let g = start_with(GlobalOptions { tls: vec![Some(signed.clone()), Some(refused)], links_may_fail: true }).await;
     for u in ["alice", "bob", "carol", "dave"] {
         g.add_user(u, PW);
     }
@@ -1056,6 +1058,35 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
          {IN_DC} messages each way inside each data center; {}",
         counters_report(&g)
     );
+    drop(g);
+
+    // 3. dc2's nodes present dc1's certificate: the right CA, but it names
+    // dc1. Each side refuses the other, and counts it.
+    let g = start_with(GlobalOptions { tls: vec![Some(signed.clone()), Some(signed)], links_may_fail: true }).await;
+    wait_until(
+        "every node to fail 3 times on every endpoint of the other data center",
+        Duration::from_secs(15),
+        || {
+            g.all_nodes().all(|(d, i, _)| {
+                let links = links_across(&g, d, i);
+                links.len() == NODES_PER_DC && links.iter().all(|l| l["failures"].as_u64().unwrap_or(0) >= 3)
+            })
+        },
+    );
+    for (d, i, _) in g.all_nodes() {
+        let links = links_across(&g, d, i);
+        assert!(
+            links.iter().all(|l| l["connects"].as_u64() == Some(0)),
+            "dc{} node {}: a link connected with a certificate naming another data center: {links:?}",
+            d + 1,
+            i + 1
+        );
+    }
+    // dc1 refuses dc2's hellos (its certificate names dc1, not dc2).
+    let refused_by_dc1: u64 =
+        (0..NODES_PER_DC).map(|i| g.status(0, i)["counters"]["links_refused"].as_u64().unwrap_or(0)).sum();
+    assert!(refused_by_dc1 > 0, "dc1 counted no refused link: {}", counters_report(&g));
+    eprintln!("f: dc2 with dc1's certificate: {refused_by_dc1} hellos refused by dc1, no link connected");
 }
 
 // ------------------------------------------------------------------ f

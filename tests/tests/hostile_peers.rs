@@ -364,3 +364,136 @@ async fn hostile_frames_on_the_cluster_and_link_ports_close_that_connection_and_
         assert!(n >= 2, "{name} = {n}: the peers without the secret are counted");
     }
 }
+
+/// A certificate authority for the cluster port's mutual TLS.
+struct TestCa {
+    cert: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { cert, issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// A certificate for `meerkat-cluster` and `node<id>.meerkat-cluster`: (PEM chain, PEM key).
+    fn node(&self, id: u64) -> (String, String) {
+        let names = vec!["meerkat-cluster".to_owned(), format!("node{id}.meerkat-cluster")];
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A TLS client to the cluster port presenting `(cert, key)` and trusting `ca`.
+fn tls_client(ca: &TestCa, cert: &(String, String)) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(cert.0.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// Says hello as node `from` over TLS with `connector`; what the node
+/// answers: `Ok(frame)`, or `Err` when it closed the connection first.
+async fn tls_hello(addr: SocketAddr, connector: &tokio_rustls::TlsConnector, from: u64) -> Result<Frame, String> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("meerkat-cluster").unwrap();
+    let mut tls = connector.connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))?;
+    let hello =
+        encode_versioned(PROTOCOL_VERSION, &Frame::Hello { cluster: CLUSTER.into(), from, to: Some(1) }).unwrap();
+    tls.write_all(&framed(&hello)).await.map_err(|e| format!("write: {e}"))?;
+    let mut len = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut len))
+        .await
+        .map_err(|_| "no answer".to_owned())?
+        .map_err(|e| format!("closed: {e}"))?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    tls.read_exact(&mut body).await.map_err(|e| format!("closed: {e}"))?;
+    decode_versioned::<Frame>(PROTOCOL_VERSION, &body)
+}
+
+/// The cluster port with mutual TLS: a certificate from another CA does not
+/// get past the handshake; one from the cluster CA that names another node
+/// than the hello claims is refused; both are counted; the node goes on
+/// serving, and a peer with its own certificate is answered.
+#[tokio::test]
+async fn wrong_certificates_on_the_cluster_port_are_refused_and_the_node_goes_on() {
+    let dir = tempfile::Builder::new().prefix("meerkat-hostile-tls-").tempdir().unwrap();
+    let ca = TestCa::new("cluster CA");
+    let foreign = TestCa::new("another CA");
+    let own = ca.node(1);
+    let files = [("ca.pem", ca.cert.pem()), ("node.pem", own.0.clone()), ("node.key", own.1.clone())];
+    for (name, pem) in &files {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let placement = Placement::loopback();
+    let db = SharedDb::sqlite();
+    let extra = cluster_toml(CLUSTER, &db.url, 1, &placement, true)
+        + &format!(
+            "\n[cluster.tls]\ncacertfile = {:?}\ncertfile = {:?}\nkeyfile = {:?}\n",
+            dir.path().join("ca.pem").display().to_string(),
+            dir.path().join("node.pem").display().to_string(),
+            dir.path().join("node.key").display().to_string(),
+        );
+    let node = tokio::task::spawn_blocking(move || {
+        TestNode::start_with(NodeOptions { extra_toml: extra, ..Default::default() })
+    })
+    .await
+    .unwrap();
+    let addr = placement.cluster_addr;
+    for user in ["alice", "bob"] {
+        node.add_user(user, "pw");
+    }
+
+    // Another CA: the node refuses the client certificate during the handshake.
+    let outcome = tls_hello(addr, &tls_client(&ca, &foreign.node(2)), 2).await;
+    assert!(outcome.is_err(), "a certificate from another CA got an answer: {outcome:?}");
+
+    // The cluster CA, but the certificate names node 5 and the hello says node 2.
+    match tls_hello(addr, &tls_client(&ca, &ca.node(5)), 2).await {
+        Ok(Frame::HelloRefused { reason }) => {
+            assert!(reason.contains("node2.meerkat-cluster"), "refused for another reason: {reason}")
+        }
+        other => panic!("node 2 with node 5's certificate was not refused: {other:?}"),
+    }
+
+    // With its own certificate, node 2 gets the shared-secret challenge: past the certificate check.
+    match tls_hello(addr, &tls_client(&ca, &ca.node(2)), 2).await {
+        Ok(Frame::Challenge { .. }) => {}
+        other => panic!("node 2 with its own certificate was not challenged: {other:?}"),
+    }
+
+    let (code, metrics) = node.api("GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let refused: u64 = metrics
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("meerkat_cluster_refused_connections_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(refused >= 1, "the refused certificate was not counted: {refused}");
+    meerkat_tests::assert_messaging_works(&node, "alice", "bob", "pw").await;
+}

@@ -40,9 +40,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use meerkat_cluster::cert_identity;
 use meerkat_cluster::peer_auth::{self, Role, SharedSecret};
 use meerkat_cluster::transport::{decode_versioned, encode_versioned, ClusterTls};
 use meerkat_xmpp::element::Element;
+use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -315,17 +317,19 @@ struct LinkTask {
     stop: watch::Receiver<bool>,
 }
 
-async fn dial(cfg: &LinkConfig, addr: &str) -> Result<Box<dyn Io>, LinkError> {
+/// A connection to `addr`, with the certificate the endpoint presented (with TLS).
+async fn dial(cfg: &LinkConfig, addr: &str) -> Result<(Box<dyn Io>, Option<CertificateDer<'static>>), LinkError> {
     let tcp =
         tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| LinkError::Timeout)??;
     let _ = tcp.set_nodelay(true);
     match &cfg.tls {
-        None => Ok(Box::new(tcp)),
+        None => Ok((Box::new(tcp), None)),
         Some(tls) => {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(tls.server_name.clone(), tcp))
                 .await
                 .map_err(|_| LinkError::Timeout)??;
-            Ok(Box::new(stream))
+            let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+            Ok((Box::new(stream), cert))
         }
     }
 }
@@ -415,7 +419,13 @@ impl LinkTask {
         ),
         LinkError,
     > {
-        let io = dial(&self.cfg, &self.addr).await?;
+        let (io, cert) = dial(&self.cfg, &self.addr).await?;
+        // With mutual TLS the endpoint's certificate must name the data center dialled.
+        if self.cfg.tls.is_some() {
+            if let Some(why) = cert_identity::check(cert.as_ref(), &self.dc, &format!("the endpoint {}", self.addr)) {
+                return Err(LinkError::Refused(why));
+            }
+        }
         let (r, w) = tokio::io::split(io);
         let mut reader = FramedRead::new(r, hello_codec());
         let mut writer = FramedWrite::new(w, codec());
@@ -705,10 +715,13 @@ impl Inbound {
                     let me = self.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
-                        let io: Box<dyn Io> = match &me.cfg.tls {
-                            None => Box::new(tcp),
+                        let (io, cert): (Box<dyn Io>, Option<CertificateDer<'static>>) = match &me.cfg.tls {
+                            None => (Box::new(tcp), None),
                             Some(tls) => match tokio::time::timeout(CONNECT_TIMEOUT, tls.acceptor.accept(tcp)).await {
-                                Ok(Ok(s)) => Box::new(s),
+                                Ok(Ok(s)) => {
+                                    let cert = s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+                                    (Box::new(s), cert)
+                                }
                                 _ => {
                                     me.stats.refused.fetch_add(1, Ordering::Relaxed);
                                     tracing::warn!(%peer, "data center link: TLS handshake failed");
@@ -716,7 +729,7 @@ impl Inbound {
                                 }
                             },
                         };
-                        if let Err(e) = me.connection(io, shutdown).await {
+                        if let Err(e) = me.connection(io, cert, shutdown).await {
                             let bad_frame = match &e {
                                 LinkError::Codec(_) => true,
                                 LinkError::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
@@ -748,6 +761,7 @@ impl Inbound {
     async fn connection(
         self: &Arc<Self>,
         io: Box<dyn Io>,
+        cert: Option<CertificateDer<'static>>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), LinkError> {
         let (r, w) = tokio::io::split(io);
@@ -763,6 +777,9 @@ impl Inbound {
                         Some(format!("this is data center {}, not {to_dc}", self.cfg.local_host))
                     } else if from_dc == self.cfg.local_host {
                         Some("a data center cannot link to itself".to_owned())
+                    } else if self.cfg.tls.is_some() {
+                        // The certificate must name the data center the hello claims to be.
+                        cert_identity::check(cert.as_ref(), &from_dc, &format!("data center {from_dc}"))
                     } else {
                         None
                     };
