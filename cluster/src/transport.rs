@@ -65,6 +65,11 @@ pub const PEER_QUEUE: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a peer's hand-back asks its connection task to let go of the queue.
 const HAND_BACK_POLL: Duration = Duration::from_millis(100);
+/// A dialler sends [`Frame::Keepalive`] this often.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
+/// An inbound connection that brings no complete frame for this long is
+/// closed: a peer gone silent, or one trickling a frame byte by byte.
+pub const IDLE_AFTER: Duration = Duration::from_secs(20);
 
 /// A stanza crossing to another node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -187,6 +192,8 @@ pub enum Frame {
     StanzaAck {
         seq: u64,
     },
+    /// Nothing to say: the dialler keeps a quiet connection from looking dead.
+    Keepalive,
 }
 
 impl TransportError {
@@ -808,10 +815,18 @@ impl Transport {
                 return;
             }
         }
+        let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // A full window waits for acknowledgements before taking more.
             let room = peer.unacked() < PEER_QUEUE;
             tokio::select! {
+                _ = keepalive.tick() => {
+                    let Ok(bytes) = encode_frame(&Frame::Keepalive) else { return };
+                    if sink.send(bytes).await.is_err() {
+                        return;
+                    }
+                }
                 item = rx.recv(), if room => {
                     let Some(item) = item else { return };
                     if let Some(bytes) = peer.prepare(self.epoch, item) {
@@ -1037,7 +1052,13 @@ impl Transport {
         let mut shutdown = self.shutdown.subscribe();
         loop {
             let data = tokio::select! {
-                d = stream.next() => d,
+                d = tokio::time::timeout(IDLE_AFTER, stream.next()) => match d {
+                    Ok(d) => d,
+                    Err(_) => {
+                        tracing::debug!(peer = from, "no frame for {IDLE_AFTER:?}; closing the link");
+                        break;
+                    }
+                },
                 _ = shutdown.changed() => break,
             };
             let data = match data {
@@ -1057,6 +1078,7 @@ impl Transport {
                         inbox.on_stanza(from, frame);
                     }
                 }
+                Ok(Frame::Keepalive) => {}
                 Ok(Frame::Sequenced { epoch, seq, stanza }) => {
                     if self.first_time(from, epoch, seq) {
                         self.stats.stanzas_received.fetch_add(1, Ordering::Relaxed);
@@ -1324,6 +1346,29 @@ mod tests {
         back.wait_for(3).await;
         assert_eq!(back.bodies(), vec!["0", "1", "2"]);
         a.shutdown();
+    }
+
+    /// A peer that said hello and then trickles a frame it never finishes
+    /// is closed once [`IDLE_AFTER`] passed without a complete frame.
+    #[tokio::test(start_paused = true)]
+    async fn an_inbound_link_that_brings_no_frame_is_closed() {
+        use tokio::io::AsyncWriteExt;
+        let b = Transport::new(2, "c".into(), None);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(b.clone().serve(listener));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut framed = Framed::new(tcp, LengthDelimitedCodec::new());
+        framed.send(encode_frame(&Frame::Hello { cluster: "c".into(), from: 1, to: Some(2) }).unwrap()).await.unwrap();
+        let answer = decode_frame(&framed.next().await.unwrap().unwrap()).unwrap();
+        assert!(matches!(answer, Frame::HelloOk { node: 2 }), "{answer:?}");
+        // A frame of 100 bytes, of which 3 come.
+        framed.get_mut().write_all(&[0, 0, 0, 100, 1, 2, 3]).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let end = framed.next().await;
+        assert!(end.as_ref().is_none_or(|r| r.is_err()), "the link was not closed: {end:?}");
+        assert!(started.elapsed() >= IDLE_AFTER, "closed after {:?}", started.elapsed());
+        b.shutdown();
     }
 
     struct Back(Mutex<Vec<StanzaFrame>>);

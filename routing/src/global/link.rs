@@ -57,6 +57,8 @@ pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 /// A link that answered nothing for this long is dropped and dialled again.
 pub const DEAD_AFTER: Duration = Duration::from_secs(3);
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// An inbound link that brings no complete frame for this long is closed.
+pub const IDLE_AFTER: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -868,7 +870,11 @@ impl Inbound {
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() { break Ok(()) } else { continue }
                 }
-                f = reader.next() => f,
+                f = tokio::time::timeout(IDLE_AFTER, reader.next()) => match f {
+                    Ok(f) => f,
+                    // The sender pings every second: this one is gone, or trickling a frame.
+                    Err(_) => break Err(LinkError::Timeout),
+                },
             };
             let frame = match frame {
                 Some(Ok(b)) => match decode_frame(&b) {
