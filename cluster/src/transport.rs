@@ -65,6 +65,8 @@ pub const PEER_QUEUE: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a peer's hand-back asks its connection task to let go of the queue.
 const HAND_BACK_POLL: Duration = Duration::from_millis(100);
+/// Acknowledgements closer together than this are coalesced over a burst.
+const ACK_COALESCE_UNDER: Duration = Duration::from_millis(1);
 /// A dialler sends [`Frame::Keepalive`] this often.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 /// An inbound connection that brings no complete frame for this long is
@@ -1026,6 +1028,7 @@ impl Transport {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
         let writer = tokio::spawn(async move {
             let mut acking = true;
+            let mut last_ack = Instant::now() - ACK_COALESCE_UNDER;
             loop {
                 let bytes = tokio::select! {
                     b = reply_rx.recv() => match b {
@@ -1037,6 +1040,15 @@ impl Transport {
                             acking = false;
                             continue;
                         }
+                        // Under load, let the reader handle what else has
+                        // arrived first: one acknowledgement then covers a
+                        // burst. Otherwise acknowledge at once: the sooner
+                        // the sender knows, the less a death of this node can
+                        // make it route again what was already delivered.
+                        if last_ack.elapsed() < ACK_COALESCE_UNDER {
+                            tokio::task::yield_now().await;
+                        }
+                        last_ack = Instant::now();
                         let seq = *ack_rx.borrow_and_update();
                         match encode_frame(&Frame::StanzaAck { seq }) {
                             Ok(b) => b,

@@ -19,7 +19,8 @@
 //!
 //! [`Netns::cut`] sets the hub side of a node's cluster veth down: the node
 //! loses every other node, while the test process still reaches its client
-//! address. [`Netns::heal`] sets it up again. Dropping the value deletes the
+//! address. [`Netns::heal`] sets it up again. [`Netns::blackhole`] also sets
+//! the root side of its client veth down: nothing reaches the node or leaves it. Dropping the value deletes the
 //! namespaces, and with them the bridge and every veth.
 //!
 //! Names carry the test process's id, so concurrent test processes do not
@@ -210,6 +211,13 @@ impl Netns {
     pub fn cut(&self, i: usize) {
         self.check(i);
         ip_ok(&["-n", &self.hub(), "link", "set", &self.hub_cluster_link(i), "down"]);
+    }
+
+    /// Drops every packet of node `i`: its cluster network and its client
+    /// network (clients connected to it see silence, not a reset).
+    pub fn blackhole(&self, i: usize) {
+        self.cut(i);
+        ip_ok(&["link", "set", &self.root_client_link(i), "down"]);
     }
 
     /// Reconnects node `i` to the cluster network.
