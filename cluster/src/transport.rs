@@ -19,8 +19,9 @@
 //! # Stanzas are acknowledged
 //! A stanza goes out as [`Frame::Sequenced`]: the sender's epoch (a random
 //! number drawn when its transport starts) and a sequence number. The
-//! receiver handles it, then acknowledges every sequence number up to it
-//! ([`Frame::StanzaAck`], coalesced). The sender keeps each stanza until it
+//! receiver reads what has arrived, then acknowledges every sequence number
+//! up to the last ([`Frame::StanzaAck`], one per burst), before it hands
+//! that last stanza on: the sender knows before the recipient can. The sender keeps each stanza until it
 //! is acknowledged, at most [`PEER_QUEUE`] of them per peer. After a
 //! reconnect it sends the unacknowledged ones again, first and in order; the
 //! receiver remembers the last sequence number it handled of each sender's
@@ -41,7 +42,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use meerkat_xmpp::element::Element;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -65,8 +66,6 @@ pub const PEER_QUEUE: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a peer's hand-back asks its connection task to let go of the queue.
 const HAND_BACK_POLL: Duration = Duration::from_millis(100);
-/// Acknowledgements closer together than this are coalesced over a burst.
-const ACK_COALESCE_UNDER: Duration = Duration::from_millis(1);
 /// A dialler sends [`Frame::Keepalive`] this often.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 /// An inbound connection that brings no complete frame for this long is
@@ -1021,57 +1020,39 @@ impl Transport {
         }
         self.saw(from);
         framed.codec_mut().set_max_frame_length(MAX_FRAME);
-        let (mut sink, mut stream) = framed.split();
+        let (sink, mut stream) = framed.split();
+        // Replies go out from their own task; acknowledgements from the read
+        // loop itself, as soon as what has arrived is read.
+        let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(1024);
-        // The latest sequence number handled: acknowledgements coalesce.
-        let (ack_tx, mut ack_rx) = watch::channel(0u64);
         let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
-        let writer = tokio::spawn(async move {
-            let mut acking = true;
-            let mut last_ack = Instant::now() - ACK_COALESCE_UNDER;
-            loop {
-                let bytes = tokio::select! {
-                    b = reply_rx.recv() => match b {
-                        Some(b) => b,
-                        None => return,
-                    },
-                    changed = ack_rx.changed(), if acking => {
-                        if changed.is_err() {
-                            acking = false;
-                            continue;
-                        }
-                        // Under load, let the reader handle what else has
-                        // arrived first: one acknowledgement then covers a
-                        // burst. Otherwise acknowledge at once: the sooner
-                        // the sender knows, the less a death of this node can
-                        // make it route again what was already delivered.
-                        if last_ack.elapsed() < ACK_COALESCE_UNDER {
-                            tokio::task::yield_now().await;
-                        }
-                        last_ack = Instant::now();
-                        let seq = *ack_rx.borrow_and_update();
-                        match encode_frame(&Frame::StanzaAck { seq }) {
-                            Ok(b) => b,
-                            Err(_) => continue,
-                        }
+        let writer = {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                while let Some(b) = reply_rx.recv().await {
+                    if sink.lock().await.send(b).await.is_err() {
+                        return;
                     }
-                };
-                if sink.send(bytes).await.is_err() {
-                    return;
                 }
-            }
-        });
+            })
+        };
+        // A frame read ahead, and the last sequence number not yet acknowledged.
+        let mut ready = None;
+        let mut to_ack: Option<u64> = None;
         let mut shutdown = self.shutdown.subscribe();
         loop {
-            let data = tokio::select! {
-                d = tokio::time::timeout(IDLE_AFTER, stream.next()) => match d {
-                    Ok(d) => d,
-                    Err(_) => {
-                        tracing::debug!(peer = from, "no frame for {IDLE_AFTER:?}; closing the link");
-                        break;
-                    }
+            let data = match ready.take() {
+                Some(d) => d,
+                None => tokio::select! {
+                    d = tokio::time::timeout(IDLE_AFTER, stream.next()) => match d {
+                        Ok(d) => d,
+                        Err(_) => {
+                            tracing::debug!(peer = from, "no frame for {IDLE_AFTER:?}; closing the link");
+                            break;
+                        }
+                    },
+                    _ = shutdown.changed() => break,
                 },
-                _ = shutdown.changed() => break,
             };
             let data = match data {
                 Some(Ok(d)) => d,
@@ -1092,13 +1073,24 @@ impl Transport {
                 }
                 Ok(Frame::Keepalive) => {}
                 Ok(Frame::Sequenced { epoch, seq, stanza }) => {
-                    if self.first_time(from, epoch, seq) {
+                    let fresh = self.first_time(from, epoch, seq);
+                    to_ack = Some(seq);
+                    // What else has arrived is read first, so that one
+                    // acknowledgement covers a burst. The last stanza of a
+                    // burst is acknowledged before it is handed on: the
+                    // sender must know before its recipient can have it, or a
+                    // death of this node in between would have the sender
+                    // route it again, to a second delivery.
+                    ready = stream.next().now_or_never();
+                    if ready.is_none() && !Self::acknowledge(&sink, &mut to_ack).await {
+                        break;
+                    }
+                    if fresh {
                         self.stats.stanzas_received.fetch_add(1, Ordering::Relaxed);
                         if let Some(inbox) = self.inbox.get() {
                             inbox.on_stanza(from, stanza);
                         }
                     }
-                    ack_tx.send_replace(seq);
                 }
                 Ok(Frame::Request { id, body }) => {
                     let Some(handler) = self.handler.get().cloned() else {
@@ -1122,10 +1114,24 @@ impl Transport {
                     break;
                 }
             }
+            if ready.is_none() && !Self::acknowledge(&sink, &mut to_ack).await {
+                break;
+            }
         }
         drop(reply_tx);
-        drop(ack_tx);
         let _ = writer.await;
+    }
+
+    /// Sends the acknowledgement of `to_ack`, if any; false when the connection failed.
+    async fn acknowledge(
+        sink: &tokio::sync::Mutex<futures_util::stream::SplitSink<Framed<Box<dyn Io>, LengthDelimitedCodec>, Bytes>>,
+        to_ack: &mut Option<u64>,
+    ) -> bool {
+        let Some(seq) = to_ack.take() else { return true };
+        match encode_frame(&Frame::StanzaAck { seq }) {
+            Ok(b) => sink.lock().await.send(b).await.is_ok(),
+            Err(_) => true,
+        }
     }
 
     /// Whether this is the first time `from` sent `seq` of its `epoch`

@@ -1150,22 +1150,29 @@ async fn endpoint_death(relogin: (usize, usize)) {
         seen
     });
     let (half_tx, half_rx) = tokio::sync::oneshot::channel();
+    let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
     let to = bare("bob");
     let sender = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(2));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut half_tx = Some(half_tx);
+        let (mut half_tx, mut gone_rx) = (Some(half_tx), Some(gone_rx));
         for i in 0..N {
             tick.tick().await;
-            alice.send_message(&to, &format!("m{i}")).await.unwrap();
-            if i + 1 == N / 2 {
+            if i == N / 2 {
+                // The node dies between two messages, not while one is between
+                // nodes (as in tests/tests/node_death.rs).
                 let _ = half_tx.take().map(|tx| tx.send(()));
+                if let Some(rx) = gone_rx.take() {
+                    let _ = rx.await;
+                }
             }
+            alice.send_message(&to, &format!("m{i}")).await.unwrap();
         }
         alice
     });
     half_rx.await.unwrap();
     g.dcs[1].nodes[1].kill();
+    let _ = gone_tx.send(());
     let killed_at = Instant::now();
     let other_endpoint = g.dcs[1].proxies[0].addr.to_string();
     let over_the_other_before = sent_to(&g, &other_endpoint);
