@@ -334,6 +334,9 @@ pub struct ClusterTls {
     pub server_name: rustls_pki_types::ServerName<'static>,
 }
 
+/// The writing half of a connection's frames.
+type FrameSink = futures_util::stream::SplitSink<Framed<Box<dyn Io>, LengthDelimitedCodec>, Bytes>;
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -1123,10 +1126,7 @@ impl Transport {
     }
 
     /// Sends the acknowledgement of `to_ack`, if any; false when the connection failed.
-    async fn acknowledge(
-        sink: &tokio::sync::Mutex<futures_util::stream::SplitSink<Framed<Box<dyn Io>, LengthDelimitedCodec>, Bytes>>,
-        to_ack: &mut Option<u64>,
-    ) -> bool {
+    async fn acknowledge(sink: &tokio::sync::Mutex<FrameSink>, to_ack: &mut Option<u64>) -> bool {
         let Some(seq) = to_ack.take() else { return true };
         match encode_frame(&Frame::StanzaAck { seq }) {
             Ok(b) => sink.lock().await.send(b).await.is_ok(),
