@@ -30,6 +30,8 @@ cleanup() {
     if [[ -n $base ]]; then
         MEERKAT_GLOBAL_DIR=$base deploy/global/stop-local.sh >/dev/null 2>&1 || true
         if [[ -f $base/redis.pid ]]; then kill "$(cat "$base/redis.pid")" 2>/dev/null || true; fi
+        # The next round's Redis needs the port.
+        for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 || break; sleep 0.1; done
         rm -rf "$base"
     fi
 }
