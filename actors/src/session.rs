@@ -294,11 +294,8 @@ impl C2sSession {
             tracing::warn!(jid = %self.jid, "client does not read its stream; disconnecting");
             let _ = self.io.send(IoControl::Abort);
             self.out = None;
-            // Nobody reads here any more: what waits in the mailbox, and what
-            // the client did not acknowledge, goes back to the account.
-            self.client_gone = true;
-            self.detach();
-            self.return_unacked();
+            // Nobody reads here any more.
+            self.let_go();
             ctx.address().do_send(Finish(None));
         }
     }
@@ -405,13 +402,18 @@ impl C2sSession {
     /// Ends the stream as a hook asked.
     fn stop_stream(&mut self, stop: Stop, ctx: &mut Context<Self>) {
         if stop.reroute_queued {
-            // Deliveries still in the mailbox go back to the account, and so does
-            // what the client did not acknowledge.
-            self.client_gone = true;
-            self.detach();
-            self.return_unacked();
+            self.let_go();
         }
         self.stream_fail(stop.error, ctx);
+    }
+
+    /// The client is gone for good: this session leaves routing, and what
+    /// waits in its mailbox and what the client did not acknowledge go back
+    /// to the account (other resources or offline storage).
+    fn let_go(&mut self) {
+        self.client_gone = true;
+        self.detach();
+        self.return_unacked();
     }
 
     /// Gives the messages the client may not have received back to the
@@ -453,10 +455,7 @@ impl C2sSession {
         ctx.run_later(timeout, move |act, ctx| {
             if !act.connected && act.conn == conn {
                 tracing::debug!(jid = %act.jid, "not resumed in time; closing the session");
-                // What it kept, and what is still in its mailbox, goes back to the account.
-                act.client_gone = true;
-                act.detach();
-                act.return_unacked();
+                act.let_go();
                 ctx.address().do_send(Finish(None));
             }
         });

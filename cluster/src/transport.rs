@@ -197,13 +197,23 @@ pub enum Frame {
     Keepalive,
 }
 
+/// Whether an I/O error says that nothing serves at the other end (refused,
+/// reset, closed), as opposed to a silence: shared by the cluster transport
+/// and the links between data centers.
+pub fn nobody_there(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
+    )
+}
+
 impl TransportError {
     /// The peer's address refused or closed the connection before the hello
     /// was answered, as when no node process listens there; not a timeout.
     pub fn is_refusal(&self) -> bool {
-        use std::io::ErrorKind as K;
         match self {
-            TransportError::Io(e) => matches!(e.kind(), K::ConnectionRefused | K::ConnectionReset | K::UnexpectedEof),
+            TransportError::Io(e) => nobody_there(e),
             TransportError::Unreachable(_, why) => why == CLOSED_DURING_HELLO,
             _ => false,
         }
@@ -1383,7 +1393,9 @@ mod tests {
         // A frame of 100 bytes, of which 3 come.
         framed.get_mut().write_all(&[0, 0, 0, 100, 1, 2, 3]).await.unwrap();
         let started = tokio::time::Instant::now();
-        let end = framed.next().await;
+        let end = tokio::time::timeout(IDLE_AFTER * 2, framed.next())
+            .await
+            .unwrap_or_else(|_| panic!("still open {:?} later", IDLE_AFTER * 2));
         assert!(end.as_ref().is_none_or(|r| r.is_err()), "the link was not closed: {end:?}");
         assert!(started.elapsed() >= IDLE_AFTER, "closed after {:?}", started.elapsed());
         b.shutdown();

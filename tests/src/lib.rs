@@ -13,6 +13,8 @@
 //! - [`js`]: the npm packages of `tests/js` for the web client tests, and
 //!   [`js::EchoPeer`], a slixmpp user that echoes chat messages.
 //! - [`load`]: `meerkat-load`, the load generator (`src/bin/meerkat-load.rs`).
+//! - [`stream`]: a numbered message stream that pauses once for a fault, and
+//!   what arrived of it.
 //!
 //! The tests themselves are in `tests/`; run `cargo build --bin meerkat`
 //! first, they spawn that binary.
@@ -24,6 +26,7 @@ pub mod js;
 pub mod load;
 pub mod netns;
 pub mod node;
+pub mod stream;
 
 pub use client::{Binding, Client, ClientError, Sasl, Security, TlsTrust, TIMEOUT};
 pub use node::{meerkat_bin, NodeOptions, TestNode};

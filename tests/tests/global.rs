@@ -19,6 +19,7 @@ use meerkat_tests::global::{
     check_sequence, converse, drain, flush, largest_gap, Captured, Cut, GlobalOptions, LinkTls, Outgoing, Seen,
     TestGlobal, GLOBAL_HOST, NODES_PER_DC,
 };
+use meerkat_tests::stream::{numbered, Counts};
 use meerkat_tests::{wait_until, Client, TestNode};
 use meerkat_xmpp::element::Element;
 use rcgen::{
@@ -809,6 +810,21 @@ fn links_across(g: &TestGlobal, dc: usize, i: usize) -> Vec<Value> {
         .collect()
 }
 
+/// Waits until every node knows every endpoint of the other data center and
+/// has failed `times` times to link to each.
+fn wait_failing_everywhere(g: &TestGlobal, times: u64) {
+    wait_until(
+        &format!("every node to fail {times} times on every endpoint of the other data center"),
+        Duration::from_secs(15),
+        || {
+            g.all_nodes().all(|(d, i, _)| {
+                let links = links_across(g, d, i);
+                links.len() == NODES_PER_DC && links.iter().all(|l| l["failures"].as_u64().unwrap_or(0) >= times)
+            })
+        },
+    );
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -946,16 +962,7 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
         g.wait_table_says(&bare(u), dc, Duration::from_secs(10));
     }
     // Every node knows every endpoint of the other data center, and keeps failing to link.
-    wait_until(
-        "every node to fail 3 times on every endpoint of the other data center",
-        Duration::from_secs(15),
-        || {
-            g.all_nodes().all(|(d, i, _)| {
-                let links = links_across(&g, d, i);
-                links.len() == NODES_PER_DC && links.iter().all(|l| l["failures"].as_u64().unwrap_or(0) >= 3)
-            })
-        },
-    );
+    wait_failing_everywhere(&g, 3);
     let failures = |g: &TestGlobal| -> u64 {
         g.all_nodes().flat_map(|(d, i, _)| links_across(g, d, i)).map(|l| l["failures"].as_u64().unwrap_or(0)).sum()
     };
@@ -1063,16 +1070,7 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
     // 3. dc2's nodes present dc1's certificate: the right CA, but it names
     // dc1. Each side refuses the other, and counts it.
     let g = start_with(GlobalOptions { tls: vec![Some(signed.clone()), Some(signed)], links_may_fail: true }).await;
-    wait_until(
-        "every node to fail 3 times on every endpoint of the other data center",
-        Duration::from_secs(15),
-        || {
-            g.all_nodes().all(|(d, i, _)| {
-                let links = links_across(&g, d, i);
-                links.len() == NODES_PER_DC && links.iter().all(|l| l["failures"].as_u64().unwrap_or(0) >= 3)
-            })
-        },
-    );
+    wait_failing_everywhere(&g, 3);
     for (d, i, _) in g.all_nodes() {
         let links = links_across(&g, d, i);
         assert!(
@@ -1133,52 +1131,28 @@ async fn endpoint_death(relogin: (usize, usize)) {
         }
     }
     bob.clear_backlog();
-    let mut alice = chosen.expect("none of 12 senders went over the link to dc2's node 2");
+    let alice = chosen.expect("none of 12 senders went over the link to dc2's node 2");
 
-    fn note(seen: &mut std::collections::HashMap<usize, usize>, el: &Element) {
-        let n = meerkat_tests::client::body(el).and_then(|b| b.strip_prefix('m').and_then(|n| n.parse().ok()));
-        if let Some(n) = n {
-            *seen.entry(n).or_default() += 1;
-        }
-    }
     // bob's old session reads until its connection ends.
     let reader = tokio::spawn(async move {
-        let mut seen = std::collections::HashMap::new();
+        let mut seen = Counts::default();
         while let Ok(el) = bob.recv_timeout(Duration::from_secs(3)).await {
-            note(&mut seen, &el);
+            seen.note(&el);
         }
         seen
     });
-    let (half_tx, half_rx) = tokio::sync::oneshot::channel();
-    let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
-    let to = bare("bob");
-    let sender = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(2));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut half_tx, mut gone_rx) = (Some(half_tx), Some(gone_rx));
-        for i in 0..N {
-            tick.tick().await;
-            if i == N / 2 {
-                // The node dies between two messages, not while one is between
-                // nodes (as in tests/tests/node_death.rs).
-                let _ = half_tx.take().map(|tx| tx.send(()));
-                if let Some(rx) = gone_rx.take() {
-                    let _ = rx.await;
-                }
-            }
-            alice.send_message(&to, &format!("m{i}")).await.unwrap();
-        }
-        alice
-    });
-    half_rx.await.unwrap();
+    // The node dies between two messages, not while one is between nodes
+    // (as in tests/tests/node_death.rs).
+    let stream = numbered(alice, bare("bob"), N, Duration::from_millis(2), N / 2);
+    stream.paused.await.unwrap();
     g.dcs[1].nodes[1].kill();
-    let _ = gone_tx.send(());
+    let _ = stream.resume.send(());
     let killed_at = Instant::now();
     let other_endpoint = g.dcs[1].proxies[0].addr.to_string();
     let over_the_other_before = sent_to(&g, &other_endpoint);
-    let mut alice = sender.await.unwrap();
+    let mut alice = stream.task.await.unwrap();
     let mut seen = reader.await.unwrap();
-    let before = seen.values().sum::<usize>();
+    let before = seen.total();
 
     // The 5 s between the kill and the new login are the scenario, not a wait for an event.
     tokio::time::sleep_until(killed_at + Duration::from_secs(5)).await;
@@ -1186,15 +1160,15 @@ async fn endpoint_death(relogin: (usize, usize)) {
     bob.go_online(Some(1)).await.unwrap();
     let logged_in = Instant::now();
     let deadline = logged_in + Duration::from_secs(10);
-    while seen.len() < N {
+    while seen.distinct() < N {
         match bob.recv_timeout(deadline.saturating_duration_since(Instant::now())).await {
-            Ok(el) => note(&mut seen, &el),
+            Ok(el) => seen.note(&el),
             Err(e) => {
-                let missing: Vec<_> = (0..N).filter(|i| !seen.contains_key(i)).collect();
+                let missing = seen.missing(N);
                 panic!(
                     "bob has {} of {N} 10 s after logging in again at dc{}/{} ({before} in his old session); \
                      missing {} (first {:?}): {e}\n{}\n{}",
-                    seen.len(),
+                    seen.distinct(),
                     relogin.0 + 1,
                     relogin.1 + 1,
                     missing.len(),
@@ -1206,12 +1180,16 @@ async fn endpoint_death(relogin: (usize, usize)) {
         }
     }
     let took = logged_in.elapsed();
-    // Whatever else was on its way would be a duplicate.
-    g.settle(&mut bob, &mut Seen::default()).await;
+    // Whatever else was on its way would be a duplicate: once the data
+    // centers are idle, a ping is answered after what was queued for bob,
+    // which stays in the backlog to be counted.
+    g.wait_idle(Duration::from_secs(30));
+    let res = bob.iq_xml("<iq type='get' to='example.com'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"));
     for el in bob.backlog() {
-        note(&mut seen, el);
+        seen.note(el);
     }
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).map(|(i, n)| (*i, *n)).collect();
+    let twice = seen.repeated();
     eprintln!(
         "f: dc2 node 2 killed after {}; bob's old session had {before}; the rest reached dc{}/{} within {took:?} of his login; \
          {} crossed to dc2's other endpoint after the kill, {} given back by the dead link; {}",

@@ -61,17 +61,7 @@ fn target() -> Target {
 async fn closed_after(addr: SocketAddr, bytes: &[u8]) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let _ = s.write_all(bytes).await;
-    let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "{addr} kept the connection open after {} hostile bytes", bytes.len());
+    wait_closed(s, &format!("{} hostile bytes to {addr}", bytes.len())).await;
 }
 
 fn framed(body: &[u8]) -> Vec<u8> {

@@ -7,26 +7,17 @@
 //! session got before node 3 went away.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use meerkat_tests::client::body;
 use meerkat_tests::cluster::{SharedDb, TestCluster};
 use meerkat_tests::netns::Netns;
+use meerkat_tests::stream::{numbered, Counts};
 use meerkat_tests::{login, Client, TestNode, DOMAIN};
 
 const PW: &str = "pw";
 const N: usize = 1000;
 /// How long bob waits for the rest after logging in again.
 const REST_WITHIN: Duration = Duration::from_secs(10);
-
-fn note(seen: &mut HashMap<usize, usize>, el: &meerkat_xmpp::element::Element) {
-    if let Some(b) = body(el) {
-        if let Some(i) = b.strip_prefix('m').and_then(|n| n.parse::<usize>().ok()) {
-            *seen.entry(i).or_default() += 1;
-        }
-    }
-}
 
 /// Logs in, retrying while the cluster has not yet settled after the death.
 async fn login_retrying(node: &TestNode, user: &str, resource: &str) -> Client {
@@ -56,60 +47,42 @@ async fn messages_survive(cluster: &mut TestCluster, away: impl FnOnce(&mut Test
         cluster.table(0).iter().any(|(jid, node)| jid == "bob@localhost/phone" && *node == 3)
     });
 
-    // bob's old session reads until its connection ends or goes quiet.
+    // bob's old session reads until its connection ends, or goes quiet (a
+    // blackholed node's connection neither ends nor carries anything).
     let reader = tokio::spawn(async move {
-        let mut seen = HashMap::new();
-        loop {
-            match bob.recv_timeout(Duration::from_secs(3)).await {
-                Ok(el) => note(&mut seen, &el),
-                Err(_) => return seen,
-            }
+        let mut seen = Counts::default();
+        while let Ok(el) = bob.recv_timeout(Duration::from_secs(3)).await {
+            seen.note(&el);
         }
+        seen
     });
-    let (half_tx, half_rx) = tokio::sync::oneshot::channel();
-    let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
-    let sender = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(2));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut half_tx, mut gone_rx) = (Some(half_tx), Some(gone_rx));
-        for i in 0..N {
-            tick.tick().await;
-            if i == N / 2 {
-                // Node 3 goes away between the 500th and the 501st message, not
-                // while one is between nodes: a node that dies after handing a
-                // stanza on and before its acknowledgement arrives makes the
-                // sender route it again (a second delivery), and no protocol
-                // between two nodes can tell that instant apart.
-                let _ = half_tx.take().map(|tx| tx.send(()));
-                if let Some(rx) = gone_rx.take() {
-                    let _ = rx.await;
-                }
-            }
-            alice.send_message("bob@localhost", &format!("m{i}")).await.unwrap();
-        }
-        alice
-    });
-    half_rx.await.unwrap();
+    // Node 3 goes away between the 500th and the 501st message, not while
+    // one is between nodes: a node that dies after handing a stanza on and
+    // before its acknowledgement arrives makes the sender route it again (a
+    // second delivery), and no protocol between two nodes can tell that
+    // instant apart.
+    let stream = numbered(alice, "bob@localhost".into(), N, Duration::from_millis(2), N / 2);
+    stream.paused.await.unwrap();
     away(cluster);
-    let _ = gone_tx.send(());
-    let mut alice = sender.await.unwrap();
+    let _ = stream.resume.send(());
+    let mut alice = stream.task.await.unwrap();
     let mut seen = reader.await.unwrap();
-    let before = seen.values().sum::<usize>();
+    let before = seen.total();
     eprintln!("bob's old session got {before} messages");
 
     let mut bob = login_retrying(&cluster.nodes[0], "bob", "phone").await;
     bob.go_online(Some(1)).await.unwrap();
     let deadline = tokio::time::Instant::now() + REST_WITHIN;
-    while seen.len() < N {
+    while seen.distinct() < N {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match bob.recv_timeout(left).await {
-            Ok(el) => note(&mut seen, &el),
+            Ok(el) => seen.note(&el),
             Err(e) => {
-                let missing: Vec<_> = (0..N).filter(|i| !seen.contains_key(i)).collect();
+                let missing = seen.missing(N);
                 panic!(
                     "bob has {} of {N} messages {REST_WITHIN:?} after logging in again ({before} before); \
                      missing {} (first {:?}): {e}",
-                    seen.len(),
+                    seen.distinct(),
                     missing.len(),
                     &missing[..missing.len().min(20)]
                 );
@@ -121,9 +94,9 @@ async fn messages_survive(cluster: &mut TestCluster, away: impl FnOnce(&mut Test
     let res = bob.iq_xml("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
     assert_eq!(res.attr("type"), Some("result"));
     for el in bob.backlog() {
-        note(&mut seen, el);
+        seen.note(el);
     }
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).map(|(i, n)| (*i, *n)).collect();
+    let twice = seen.repeated();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
     // alice was told of no failure.
     let res = alice.iq_xml("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();

@@ -140,13 +140,9 @@ impl LinkError {
     /// The other end said no, or is not there at all (its process is gone or
     /// restarting), as opposed to staying silent.
     fn is_definite(&self) -> bool {
-        use std::io::ErrorKind as K;
         match self {
             LinkError::Timeout => false,
-            LinkError::Io(e) => matches!(
-                e.kind(),
-                K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
-            ),
+            LinkError::Io(e) => meerkat_cluster::transport::nobody_there(e),
             LinkError::Codec(_) | LinkError::Refused(_) | LinkError::Closed => true,
         }
     }
