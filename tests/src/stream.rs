@@ -49,6 +49,46 @@ pub fn numbered(mut client: Client, to: String, n: usize, every: Duration, pause
     Numbered { task, paused, resume }
 }
 
+/// A receiving session read in its own task; see [`read_until_quiet`].
+pub struct Reading {
+    /// Gives what arrived once the connection ended or went quiet.
+    pub task: JoinHandle<Counts>,
+    /// Told once `m0` to `m{first-1}` have all arrived.
+    pub has_first: oneshot::Receiver<()>,
+}
+
+/// Reads `client` until its connection ends or is quiet for `quiet` (a
+/// blackholed node's connection neither ends nor carries anything), counting
+/// the stream's messages, and says when the first `first` of them are in.
+pub fn read_until_quiet(mut client: Client, first: usize, quiet: Duration) -> Reading {
+    let (tell, has_first) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut seen = Counts::default();
+        let mut tell = Some(tell);
+        while let Ok(el) = client.recv_timeout(quiet).await {
+            seen.note(&el);
+            if (0..first).all(|i| seen.0.contains_key(&i)) {
+                if let Some(tell) = tell.take() {
+                    let _ = tell.send(());
+                }
+            }
+        }
+        seen
+    });
+    Reading { task, has_first }
+}
+
+impl Reading {
+    /// Waits until the first messages arrived (at most `within`).
+    pub async fn first_in(&mut self, within: Duration) {
+        match tokio::time::timeout(within, &mut self.has_first).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => panic!("the reading session ended before the first messages arrived"),
+            Err(_) => panic!("the first messages did not arrive within {within:?}"),
+        }
+    }
+}
+
 /// How many times each number of a [`numbered`] stream arrived.
 #[derive(Debug, Default)]
 pub struct Counts(pub HashMap<usize, usize>);

@@ -19,7 +19,7 @@ use meerkat_tests::global::{
     check_sequence, converse, drain, flush, largest_gap, Captured, Cut, GlobalOptions, LinkTls, Outgoing, Seen,
     TestGlobal, GLOBAL_HOST, NODES_PER_DC,
 };
-use meerkat_tests::stream::{numbered, Counts};
+use meerkat_tests::stream::{numbered, read_until_quiet};
 use meerkat_tests::{wait_until, Client, TestNode};
 use meerkat_xmpp::element::Element;
 use rcgen::{
@@ -1133,25 +1133,20 @@ async fn endpoint_death(relogin: (usize, usize)) {
     bob.clear_backlog();
     let alice = chosen.expect("none of 12 senders went over the link to dc2's node 2");
 
-    // bob's old session reads until its connection ends.
-    let reader = tokio::spawn(async move {
-        let mut seen = Counts::default();
-        while let Ok(el) = bob.recv_timeout(Duration::from_secs(3)).await {
-            seen.note(&el);
-        }
-        seen
-    });
-    // The node dies between two messages, not while one is between nodes
-    // (as in tests/tests/node_death.rs).
+    // The node dies between two messages, once bob's old session has the
+    // first half, not while one is between nodes or inside the dying one (as
+    // in tests/tests/node_death.rs).
+    let mut reader = read_until_quiet(bob, N / 2, Duration::from_secs(3));
     let stream = numbered(alice, bare("bob"), N, Duration::from_millis(2), N / 2);
     stream.paused.await.unwrap();
+    reader.first_in(Duration::from_secs(30)).await;
     g.dcs[1].nodes[1].kill();
     let _ = stream.resume.send(());
     let killed_at = Instant::now();
     let other_endpoint = g.dcs[1].proxies[0].addr.to_string();
     let over_the_other_before = sent_to(&g, &other_endpoint);
     let mut alice = stream.task.await.unwrap();
-    let mut seen = reader.await.unwrap();
+    let mut seen = reader.task.await.unwrap();
     let before = seen.total();
 
     // The 5 s between the kill and the new login are the scenario, not a wait for an event.
