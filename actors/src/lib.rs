@@ -30,6 +30,7 @@ pub mod c2s;
 pub mod ext;
 pub mod modules;
 pub mod negotiation;
+pub mod node_services;
 pub mod server;
 pub mod services;
 pub mod session;

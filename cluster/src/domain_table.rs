@@ -22,6 +22,26 @@ pub enum DomainKind {
     Service,
     /// An external component connected over XEP-0114.
     Component,
+    /// A component routed to like any other but left out of the service
+    /// discovery that clients get (MongooseIM's `hidden_components`).
+    /// Appended last: logs and snapshots written before it still decode.
+    HiddenComponent,
+}
+
+impl DomainKind {
+    /// The link of the table of routes that takes the domain: hidden
+    /// components are components.
+    pub fn link(self) -> DomainKind {
+        match self {
+            DomainKind::HiddenComponent => DomainKind::Component,
+            k => k,
+        }
+    }
+
+    /// Left out of the disco#items clients get.
+    pub fn is_hidden(self) -> bool {
+        self == DomainKind::HiddenComponent
+    }
 }
 
 impl std::fmt::Display for DomainKind {
@@ -29,6 +49,7 @@ impl std::fmt::Display for DomainKind {
         f.write_str(match self {
             DomainKind::Service => "service",
             DomainKind::Component => "component",
+            DomainKind::HiddenComponent => "hidden component",
         })
     }
 }

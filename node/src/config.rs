@@ -70,11 +70,13 @@ pub struct Listen {
     pub c2s: Vec<C2sListen>,
     /// HTTP listeners; none by default.
     pub http: Vec<HttpListen>,
+    /// XEP-0114 component listeners; none by default.
+    pub component: Vec<meerkat_actors::node_services::component::ComponentListen>,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { c2s: vec![C2sListen::default()], http: Vec::new() }
+        Listen { c2s: vec![C2sListen::default()], http: Vec::new(), component: Vec::new() }
     }
 }
 
@@ -817,6 +819,11 @@ impl Default for Session {
 }
 
 impl Config {
+    /// The services' sections ([`meerkat_actors::node_services`]).
+    pub fn services(&self) -> meerkat_actors::node_services::ServicesConfig {
+        meerkat_actors::node_services::ServicesConfig { component: self.listen.component.clone() }
+    }
+
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use meerkat_actors::admission::{Admission, ConnectionLimits};
 use meerkat_actors::auth::{Accounts, HashingPool};
 use meerkat_actors::c2s::{self, C2sListener};
-use meerkat_actors::ext::Registry;
+use meerkat_actors::ext::{Registry, ServiceCtx, ServiceEnv, ServiceSet, TlsFiles};
 use meerkat_actors::negotiation::{NegotiationConfig, TlsMode};
 use meerkat_actors::server::ServerWorkers;
 use meerkat_actors::services::{Services, SessionSettings};
@@ -179,6 +179,36 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
 
+    // Once per node, after the modules and global distribution (a service
+    // may register domains) and before clients are accepted.
+    let services = ServiceSet::new(meerkat_actors::node_services::build(&cfg.services()).map_err(anyhow::Error::msg)?);
+    {
+        let (data_dir, tls_hosts) = (cfg.general.data_dir.clone(), hosts.clone());
+        let shapers = cfg.shaper.iter().map(|(k, v)| (k.clone(), v.max_rate)).collect::<std::collections::HashMap<_, _>>();
+        let env = ServiceEnv {
+            hosts: hosts.clone(),
+            tls: Arc::new(move |files: &TlsFiles| {
+                let (cert, key) = match (&files.certfile, &files.keyfile) {
+                    (Some(c), Some(k)) => (c.clone(), k.clone()),
+                    (None, None) => crate::tls::self_signed(&data_dir, &tls_hosts).map_err(|e| format!("{e:#}"))?,
+                    _ => return Err("certfile and keyfile go together".to_owned()),
+                };
+                crate::tls::server_config(&cert, &key).map_err(|e| format!("{e:#}"))
+            }),
+            shaper: Arc::new(move |name: &str| match name {
+                "none" => Ok(None),
+                _ => shapers.get(name).map(|r| Some(*r)).ok_or_else(|| format!("no [shaper.{name}] section")),
+            }),
+        };
+        services
+            .start(&ServiceCtx { module: svc.ctx.clone(), env })
+            .await
+            .map_err(|(name, e)| anyhow::anyhow!("[{name}] did not start: {e}"))?;
+        if !services.names().is_empty() {
+            tracing::info!(services = ?services.names(), "services started");
+        }
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut mechanisms: Vec<_> = cfg.auth.sasl_mechanisms.iter().filter_map(|m| mechanism(m)).collect();
     // Mechanisms modules offer (SASL hooks) come after the configured ones.
@@ -340,6 +370,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // With the sessions gone, take this node's entries out of the routing
     // table and close the links, while the server workers still run for
     // what the links delivered last (offline storage).
+    services.stop(deadline).await;
     if let Some(g) = &global {
         g.stop().await;
     }

@@ -48,17 +48,17 @@ impl Link for DomainLink {
     fn name(&self) -> &'static str {
         match self.0 {
             DomainKind::Service => "service",
-            DomainKind::Component => "component",
+            DomainKind::Component | DomainKind::HiddenComponent => "component",
         }
     }
 
     fn route(&self, router: &Router, routed: Routed) -> Step {
         match router.route_of(routed.to.domain().as_str()) {
-            Route::Here(kind) if kind == self.0 => {
+            Route::Here(kind) if kind.link() == self.0 => {
                 deliver_to_domain(router, routed);
                 Step::Done
             }
-            Route::Node(node, kind) if kind == self.0 => {
+            Route::Node(node, kind) if kind.link() == self.0 => {
                 forward_to_domain(router, node, routed);
                 Step::Done
             }

@@ -22,6 +22,7 @@
 
 pub mod errors;
 pub mod registry;
+pub mod service;
 pub mod state;
 pub mod util;
 
@@ -36,6 +37,7 @@ use meerkat_xmpp::jid::{BareJid, FullJid, Jid};
 
 pub use errors::{account_error, storage_error};
 pub use registry::{Registry, StreamFeatures};
+pub use service::{Service, ServiceCtx, ServiceEnv, ServiceSet, TlsFiles};
 pub use state::SessionState;
 
 use crate::auth::Accounts;

@@ -12,12 +12,14 @@
 //!   variants) as step functions, server and client side.
 //! - [`error`] names every stream and stanza error condition, and is the one
 //!   place that turns them into XML.
+//! - [`component`] is XEP-0114's handshake and stanza namespace.
 //! - [`ns`] holds the namespaces.
 //!
 //! **Architecture Invariant:** this crate does no IO and knows nothing of
 //! tokio, actix, Raft, Redis or SQL.
 #![forbid(unsafe_code)]
 
+pub mod component;
 pub mod element;
 pub mod error;
 pub mod jid;

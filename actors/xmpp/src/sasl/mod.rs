@@ -40,6 +40,11 @@ mod scram;
 mod tests;
 
 pub use plain::plain_initial_response;
+
+/// Constant-time equality of two secrets' texts (their lengths stay hidden).
+pub fn ct_eq_str(a: &str, b: &str) -> bool {
+    crypto::ct_eq_hidden_len(a.as_bytes(), b.as_bytes())
+}
 pub use scram::{ClientChannelBinding, ScramClient, ScramCredentials};
 
 /// Iteration count for SCRAM keys derived here when the caller has no
