@@ -134,20 +134,30 @@ impl TestCluster {
 
     /// One node per placement, node 1 bootstrapping and the others joining it.
     pub fn start_placed(db: SharedDb, placements: Vec<Placement>) -> TestCluster {
+        TestCluster::start_configured(db, placements.into_iter().map(|p| (p, String::new())).collect())
+    }
+
+    /// [`TestCluster::start_placed`], with extra TOML (whole tables) for each node.
+    pub fn start_configured(db: SharedDb, nodes: Vec<(Placement, String)>) -> TestCluster {
         let name = format!("test-{}", rand::random::<u32>());
         let mut cluster = TestCluster { name, db, nodes: Vec::new(), placements: Vec::new() };
-        for p in placements {
-            cluster.add_node(p);
+        for (p, extra) in nodes {
+            cluster.add_node_with(p, &extra);
         }
         cluster
     }
 
     /// Starts one more node and joins it through the CLI; returns its index.
     pub fn add_node(&mut self, placement: Placement) -> usize {
+        self.add_node_with(placement, "")
+    }
+
+    /// [`TestCluster::add_node`], with extra TOML (whole tables) in its config.
+    pub fn add_node_with(&mut self, placement: Placement, extra: &str) -> usize {
         let id = self.nodes.len() as u64 + 1;
         let bootstrap = self.nodes.is_empty();
         let options = NodeOptions {
-            extra_toml: cluster_toml(&self.name, &self.db.url, id, &placement, bootstrap),
+            extra_toml: format!("{}\n{extra}", cluster_toml(&self.name, &self.db.url, id, &placement, bootstrap)),
             ip: placement.ip,
             command_prefix: placement.command_prefix.clone(),
             ..Default::default()

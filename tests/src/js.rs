@@ -89,23 +89,43 @@ impl EchoPeer {
     /// is online. With `hold`, it stays online after its last answer until
     /// [`EchoPeer::finish`].
     pub fn start(node: &TestNode, jid: &str, password: &str, count: usize, hold: bool, timeout: Duration) -> EchoPeer {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/echo_peer.py");
-        let mut cmd = Command::new(venv_python());
-        cmd.arg(&script)
-            .args(["--host", &node.c2s.ip().to_string(), "--port", &node.c2s.port().to_string()])
-            .args(["--domain", crate::DOMAIN, "--jid", jid, "--password", password])
-            .arg("--ca")
-            .arg(node.cert_path())
-            .args(["--count", &count.to_string(), "--timeout", &timeout.as_secs().to_string()]);
+        let mut args: Vec<String> = vec![
+            "--host".into(),
+            node.c2s.ip().to_string(),
+            "--port".into(),
+            node.c2s.port().to_string(),
+            "--domain".into(),
+            crate::DOMAIN.into(),
+            "--jid".into(),
+            jid.into(),
+            "--password".into(),
+            password.into(),
+            "--ca".into(),
+            node.cert_path().display().to_string(),
+            "--count".into(),
+            count.to_string(),
+            "--timeout".into(),
+            timeout.as_secs().to_string(),
+        ];
         if hold {
-            cmd.arg("--hold");
+            args.push("--hold".into());
         }
+        EchoPeer::spawn("echo_peer.py", &args, jid, timeout)
+    }
+
+    /// Runs `tests/python/<script>` with `args` and waits until it prints
+    /// `{"ready": true, ...}`; `label` names it in failures.
+    pub fn spawn(script: &str, args: &[String], label: &str, timeout: Duration) -> EchoPeer {
+        let jid = label;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python").join(script);
+        let mut cmd = Command::new(venv_python());
+        cmd.arg(&script).args(args);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("running tests/python/echo_peer.py");
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {

@@ -7,6 +7,7 @@
 //!   shared with the load generator.
 //! - [`cluster`]: [`cluster::TestCluster`], several nodes forming a cluster
 //!   (bootstrap, then `meerkat cluster join`) on a shared database.
+//! - [`component`]: [`component::RawComponent`], a bare XEP-0114 component.
 //! - [`global`]: [`global::TestGlobal`], two such clusters as two data
 //!   centers serving one domain, with a private Redis and link proxies that
 //!   can be cut.
@@ -21,6 +22,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod component;
 pub mod global;
 pub mod js;
 pub mod load;

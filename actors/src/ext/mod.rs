@@ -92,7 +92,8 @@ pub struct DiscoItem {
     pub jid: String,
     pub node: Option<String>,
     pub name: Option<String>,
-    /// Routed to, but never listed (MongooseIM's hidden components).
+    /// Listed only to entities without a localpart, unless
+    /// `[modules.mod_disco] users_can_see_hidden_services` (MongooseIM's hidden components).
     pub hidden: bool,
 }
 

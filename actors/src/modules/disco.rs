@@ -3,8 +3,12 @@
 //!
 //! Identities, features and items come from every module's disco hooks
 //! ([`Module::disco_identities`], [`Module::disco_features`],
-//! [`Module::disco_items`]); this module answers the queries. Items marked
-//! `hidden` (hidden components) are routed to but never listed.
+//! [`Module::disco_items`]); this module answers the queries. The server's
+//! items also list every service and component domain of the table of
+//! routes, on whichever node of the cluster it is served. Items marked
+//! `hidden` (hidden components) are listed only to entities without a
+//! localpart (components, servers), unless `users_can_see_hidden_services`
+//! is on (MongooseIM's default).
 //!
 //! The server's identities and features do not change while it runs, so its
 //! capabilities hash is computed once, when the stream features are collected
@@ -23,7 +27,7 @@ use meerkat_xmpp::ns;
 use sha1::{Digest as _, Sha1};
 
 use crate::ext::registry::{ModuleSpec, Registry};
-use crate::ext::{HookSet, Identity, IqAnswer, Module, ModuleCtx, Switch, Target};
+use crate::ext::{DiscoItem, HookSet, Identity, IqAnswer, Module, ModuleCtx, Target};
 
 /// The XEP-0115 node naming this software.
 pub const CAPS_NODE: &str = "urn:meerkat:caps";
@@ -64,16 +68,34 @@ pub fn caps_ver(identities: &[Identity], features: &[&str]) -> String {
 pub struct Disco {
     /// XEP-0115 `ver` of the server, once computed.
     caps_ver: OnceLock<String>,
+    users_can_see_hidden_services: bool,
+}
+
+/// `[modules.mod_disco]`
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoConfig {
+    /// Answer service discovery.
+    pub enabled: bool,
+    /// List hidden components to users too; when off, only entities without
+    /// a localpart (components, servers) see them.
+    pub users_can_see_hidden_services: bool,
+}
+
+impl Default for DiscoConfig {
+    fn default() -> Self {
+        DiscoConfig { enabled: true, users_can_see_hidden_services: true }
+    }
 }
 
 impl ModuleSpec for Disco {
     const NAME: &'static str = "mod_disco";
-    type Config = Switch;
-    fn enabled(cfg: &Switch) -> bool {
+    type Config = DiscoConfig;
+    fn enabled(cfg: &DiscoConfig) -> bool {
         cfg.enabled
     }
-    fn build(_cfg: &Switch) -> Arc<dyn Module> {
-        Arc::new(Disco::default())
+    fn build(cfg: &DiscoConfig) -> Arc<dyn Module> {
+        Arc::new(Disco { caps_ver: OnceLock::new(), users_can_see_hidden_services: cfg.users_can_see_hidden_services })
     }
 }
 
@@ -136,7 +158,18 @@ impl Module for Disco {
         }
         if items {
             let mut q = Element::new("query", ns::DISCO_ITEMS);
-            for item in ctx.hooks.disco_items(ctx, target).into_iter().filter(|i| !i.hidden) {
+            let mut listed = ctx.hooks.disco_items(ctx, target);
+            if target == Target::Server {
+                for rec in ctx.router.domains().export() {
+                    if !listed.iter().any(|i| i.jid == rec.domain && i.node.is_none()) {
+                        listed.push(DiscoItem { jid: rec.domain, node: None, name: None, hidden: rec.kind.is_hidden() });
+                    }
+                }
+            }
+            // MongooseIM's rule: hidden services stay visible to entities
+            // without a localpart (other components, servers).
+            let sees_hidden = self.users_can_see_hidden_services || iq.from.node().is_none();
+            for item in listed.into_iter().filter(|i| sees_hidden || !i.hidden) {
                 let mut el = Element::new("item", ns::DISCO_ITEMS).with_attr("jid", item.jid);
                 if let Some(n) = item.node {
                     el.set_attr("node", n);

@@ -9,9 +9,10 @@
 //! is served already is refused (`conflict_behaviour = "disconnect"`, the
 //! default) or replaces the first one on this node (`"kick_old"`).
 //!
-//! Stanzas from the component must carry `to` and a `from` in its domain
-//! (`check_from`, on by default); anything else ends the stream with
-//! `<improper-addressing/>` or `<invalid-from/>`, as Prosody does. What is
+//! Stanzas from the component must carry `to`, and a `from` in its domain
+//! (`check_from`, on by default) or none (the domain itself is taken);
+//! anything else ends the stream with `<improper-addressing/>` or
+//! `<invalid-from/>`, as Prosody does. What is
 //! queued for a component when it goes is answered with
 //! `<service-unavailable/>` (never an error, never a result).
 
@@ -443,7 +444,11 @@ fn from_component(ctx: &ConnCtx, domain: &str, mut el: Element) -> Result<(), St
         return Err(error(StreamErrorCondition::ImproperAddressing, "a stanza without a valid 'to'"));
     };
     let from = match el.attr("from") {
-        None => return Err(error(StreamErrorCondition::ImproperAddressing, "a stanza without 'from'")),
+        // As Prosody does: the component's own domain (slixmpp's pings carry no `from`).
+        None => {
+            el.set_attr("from", domain);
+            parse_jid(domain).map_err(|_| error(StreamErrorCondition::InternalServerError, "the domain is not a JID"))?
+        }
         Some(f) => parse_jid(f).map_err(|_| error(StreamErrorCondition::InvalidFrom, "'from' is not a JID"))?,
     };
     if ctx.cfg.check_from && from.domain().as_str() != domain {
