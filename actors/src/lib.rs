@@ -17,9 +17,12 @@
 //! BOSH requests (XEP-0124/0206, [`bosh`]) that a bridge turns into the same
 //! framed messages; from there on all take the same path.
 //!
-//! **Architecture Invariant:** only [`c2s`] and [`transport`] touch sockets
-//! ([`websocket`] gets messages through channels, and [`bosh`] request
-//! bodies, never HTTP);
+//! Services that run once per node, such as the XEP-0114 component listener,
+//! are in [`node_services`], on the [`ext::Service`] boundary.
+//!
+//! **Architecture Invariant:** only [`c2s`], [`transport`] and the listeners
+//! of [`node_services`] touch sockets ([`websocket`] gets messages through
+//! channels, and [`bosh`] request bodies, never HTTP);
 //! only the session actor writes to its client.
 #![forbid(unsafe_code)]
 

@@ -184,7 +184,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let services = ServiceSet::new(meerkat_actors::node_services::build(&cfg.services()).map_err(anyhow::Error::msg)?);
     {
         let (data_dir, tls_hosts) = (cfg.general.data_dir.clone(), hosts.clone());
-        let shapers = cfg.shaper.iter().map(|(k, v)| (k.clone(), v.max_rate)).collect::<std::collections::HashMap<_, _>>();
+        let shapers =
+            cfg.shaper.iter().map(|(k, v)| (k.clone(), v.max_rate)).collect::<std::collections::HashMap<_, _>>();
         let env = ServiceEnv {
             hosts: hosts.clone(),
             tls: Arc::new(move |files: &TlsFiles| {

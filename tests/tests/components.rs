@@ -88,9 +88,11 @@ async fn users_and_a_component_exchange_stanzas() {
     assert_eq!(got.attr("to"), Some("bot@echo.localhost"));
     assert_eq!(got.get_child("body", ns::COMPONENT).map(Element::text).as_deref(), Some("hello component"));
 
-    comp.send_str("<message from='bot@echo.localhost' to='alice@localhost/desk' type='chat'><body>hello user</body></message>")
-        .await
-        .unwrap();
+    comp.send_str(
+        "<message from='bot@echo.localhost' to='alice@localhost/desk' type='chat'><body>hello user</body></message>",
+    )
+    .await
+    .unwrap();
     let el = alice.recv_until(|el| meerkat_tests::client::body(el).is_some()).await.unwrap();
     assert_eq!(meerkat_tests::client::body(&el).as_deref(), Some("hello user"));
     assert_eq!(el.attr("from"), Some("bot@echo.localhost"));
@@ -110,9 +112,11 @@ async fn users_and_a_component_exchange_stanzas() {
     assert_eq!(res.attr("type"), Some("result"));
 
     // The server answers the component's IQs to it.
-    comp.send_str("<iq type='get' id='v1' from='echo.localhost' to='localhost'><query xmlns='jabber:iq:version'/></iq>")
-        .await
-        .unwrap();
+    comp.send_str(
+        "<iq type='get' id='v1' from='echo.localhost' to='localhost'><query xmlns='jabber:iq:version'/></iq>",
+    )
+    .await
+    .unwrap();
     let v = comp.recv_timeout(WAIT).await.unwrap();
     assert_eq!(v.attr("type"), Some("result"), "{}", v.to_xml(ns::COMPONENT));
     assert!(v.has_child("query", "jabber:iq:version"));
@@ -124,7 +128,9 @@ async fn a_component_must_address_its_stanzas_from_its_domain() {
     n.node.add_user("alice", PW);
     let mut alice = login(&n.node, "alice", PW, "desk").await;
     let mut comp = RawComponent::connect(n.open, "echo.localhost", SECRET).await;
-    comp.send_str("<message from='mallory@localhost' to='alice@localhost'><body>forged</body></message>").await.unwrap();
+    comp.send_str("<message from='mallory@localhost' to='alice@localhost'><body>forged</body></message>")
+        .await
+        .unwrap();
     assert_eq!(comp.expect_stream_error(WAIT).await, "invalid-from");
     let mut comp = RawComponent::connect(n.open, "echo.localhost", SECRET).await;
     comp.send_str("<message from='bot@echo.localhost'><body>to nobody</body></message>").await.unwrap();
@@ -158,7 +164,10 @@ async fn hidden_components_are_listed_to_components_not_users() {
         .get_child("query", "http://jabber.org/protocol/disco#items")
         .map(|q| q.elements().filter_map(|i| i.attr("jid").map(str::to_owned)).collect())
         .unwrap_or_default();
-    assert!(items.contains(&"public.localhost".to_owned()) && items.contains(&"hidden.localhost".to_owned()), "{items:?}");
+    assert!(
+        items.contains(&"public.localhost".to_owned()) && items.contains(&"hidden.localhost".to_owned()),
+        "{items:?}"
+    );
     // A hidden component is routed to all the same.
     alice.send_message("hidden.localhost", "still reachable").await.unwrap();
     let mut hidden = _hidden;
@@ -213,7 +222,11 @@ tls = {{}}
     let cluster = tokio::task::spawn_blocking(move || {
         TestCluster::start_configured(
             SharedDb::sqlite(),
-            vec![(Placement::loopback(), listeners), (Placement::loopback(), String::new()), (Placement::loopback(), String::new())],
+            vec![
+                (Placement::loopback(), listeners),
+                (Placement::loopback(), String::new()),
+                (Placement::loopback(), String::new()),
+            ],
         )
     })
     .await
@@ -238,15 +251,19 @@ tls = {{}}
             arg("60"),
         ]
     };
-    let echo = EchoPeer::spawn("component.py", &common(plain, "echo.localhost"), "echo.localhost", Duration::from_secs(60));
+    let echo =
+        EchoPeer::spawn("component.py", &common(plain, "echo.localhost"), "echo.localhost", Duration::from_secs(60));
     let mut tls_args = common(tls, "secure.localhost");
-    tls_args.extend([arg("--tls"), arg("--host"), arg("localhost"), arg("--ca"), node1.cert_path().display().to_string()]);
+    tls_args.extend([
+        arg("--tls"),
+        arg("--host"),
+        arg("localhost"),
+        arg("--ca"),
+        node1.cert_path().display().to_string(),
+    ]);
     let secure = EchoPeer::spawn("component.py", &tls_args, "secure.localhost", Duration::from_secs(60));
 
-    let mut users = vec![
-        login(&cluster.nodes[1], "u2", PW, "r").await,
-        login(&cluster.nodes[2], "u3", PW, "r").await,
-    ];
+    let mut users = vec![login(&cluster.nodes[1], "u2", PW, "r").await, login(&cluster.nodes[2], "u3", PW, "r").await];
     for u in &mut users {
         // The registrations are committed; wait until this node has applied them.
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -262,21 +279,21 @@ tls = {{}}
             assert!(tokio::time::Instant::now() < deadline, "{} never lists both components: {items:?}", u.jid());
         }
         for domain in ["echo.localhost", "secure.localhost"] {
-            let res = u.iq_xml(&format!("<iq type='get' to='{domain}'><ping xmlns='urn:xmpp:ping'/></iq>")).await.unwrap();
+            let res =
+                u.iq_xml(&format!("<iq type='get' to='{domain}'><ping xmlns='urn:xmpp:ping'/></iq>")).await.unwrap();
             assert_eq!(res.attr("type"), Some("result"), "ping of {domain} from {}", u.jid());
             let body = format!("hi from {}", u.jid());
             u.send_message(domain, &body).await.unwrap();
             let want = format!("echo: {body}");
-            let el = u
-                .recv_until(|el| meerkat_tests::client::body(el).as_deref() == Some(want.as_str()))
-                .await
-                .unwrap();
+            let el =
+                u.recv_until(|el| meerkat_tests::client::body(el).as_deref() == Some(want.as_str())).await.unwrap();
             assert_eq!(el.attr("from"), Some(domain));
         }
     }
     for (peer, domain) in [(echo, "echo.localhost"), (secure, "secure.localhost")] {
         let summary = peer.finish(Duration::from_secs(60));
-        let from: Vec<&str> = summary["received"].as_array().unwrap().iter().filter_map(|r| r["from"].as_str()).collect();
+        let from: Vec<&str> =
+            summary["received"].as_array().unwrap().iter().filter_map(|r| r["from"].as_str()).collect();
         assert_eq!(from, ["u2@localhost/r", "u3@localhost/r"], "{domain}: {summary}");
     }
 }

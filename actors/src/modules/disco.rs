@@ -162,7 +162,12 @@ impl Module for Disco {
             if target == Target::Server {
                 for rec in ctx.router.domains().export() {
                     if !listed.iter().any(|i| i.jid == rec.domain && i.node.is_none()) {
-                        listed.push(DiscoItem { jid: rec.domain, node: None, name: None, hidden: rec.kind.is_hidden() });
+                        listed.push(DiscoItem {
+                            jid: rec.domain,
+                            node: None,
+                            name: None,
+                            hidden: rec.kind.is_hidden(),
+                        });
                     }
                 }
             }

@@ -224,6 +224,32 @@ mod boundary {
         }
     }
 
+    /// Services (`node_services/`) keep the modules' boundary too, and no
+    /// core file names one: the composition root only calls the list.
+    #[test]
+    fn services_keep_the_boundary() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("src/node_services");
+        let services: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs") && !p.ends_with("mod.rs"))
+            .collect();
+        assert!(!services.is_empty());
+        for file in &services {
+            let text = code(file);
+            for f in
+                ["crate::session", "crate::server", "crate::services", "crate::modules", "crate::c2s", "crate::bosh"]
+            {
+                assert!(!text.contains(f), "{} uses {f}", file.display());
+            }
+            let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+            for core in ["src/session.rs", "src/server.rs", "src/c2s.rs", "src/negotiation.rs", "../node/src/run.rs"] {
+                assert!(!code(&root.join(core)).contains(&format!("{stem}::")), "{core} names the service {stem}");
+            }
+        }
+    }
+
     #[test]
     fn no_core_file_names_a_module() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));

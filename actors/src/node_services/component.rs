@@ -119,11 +119,14 @@ struct Running {
     accept: tokio::task::JoinHandle<()>,
 }
 
+/// Tells a connection to let go of its domain; it answers once it has.
+type Kick = oneshot::Sender<oneshot::Sender<()>>;
+
 /// What the listener's connections share.
 #[derive(Default)]
 struct Shared {
     /// Components connected here, by domain: their id and how to make one let go.
-    live: Mutex<HashMap<String, (u64, Option<oneshot::Sender<oneshot::Sender<()>>>)>>,
+    live: Mutex<HashMap<String, (u64, Option<Kick>)>>,
     next_id: AtomicU64,
     open: AtomicUsize,
 }
@@ -146,7 +149,9 @@ impl Service for ComponentListener {
     async fn start(&self, ctx: &ServiceCtx) -> Result<(), String> {
         let rate = (ctx.env.shaper)(&self.cfg.shaper).map_err(|e| format!("shaper: {e}"))?;
         let tls = match &self.cfg.tls {
-            Some(files) => Some(tokio_rustls::TlsAcceptor::from((ctx.env.tls)(files).map_err(|e| format!("tls: {e}"))?)),
+            Some(files) => {
+                Some(tokio_rustls::TlsAcceptor::from((ctx.env.tls)(files).map_err(|e| format!("tls: {e}"))?))
+            }
             None => None,
         };
         let addr = SocketAddr::new(self.cfg.ip_address, self.cfg.port);
@@ -274,7 +279,9 @@ async fn serve(ctx: &ConnCtx, sock: tokio::net::TcpStream, peer: SocketAddr) {
 async fn open(ctx: &ConnCtx, conn: &mut Conn, id: &str) -> Result<Option<(String, Registered)>, StreamError> {
     let header = match next_event(conn).await {
         Ok(Some(StreamEvent::Header(h))) => h,
-        Ok(Some(_)) => return header_then(conn, "", id, error(StreamErrorCondition::NotWellFormed, "no stream header")).await,
+        Ok(Some(_)) => {
+            return header_then(conn, "", id, error(StreamErrorCondition::NotWellFormed, "no stream header")).await
+        }
         Ok(None) => return Ok(None),
         Err(e) => return header_then(conn, "", id, e).await,
     };
@@ -336,17 +343,26 @@ async fn register(ctx: &ConnCtx, domain: &str) -> Result<Registered, StreamError
                 return Ok(Registered { guard, inbox, kicked, id });
             }
             Err(RouteError::Conflict { holder: Holder::Local(k), .. })
-                if ctx.cfg.conflict_behaviour == ConflictBehaviour::KickOld && k != DomainKind::Service && !kicked_one =>
+                if ctx.cfg.conflict_behaviour == ConflictBehaviour::KickOld
+                    && k != DomainKind::Service
+                    && !kicked_one =>
             {
                 kicked_one = true;
-                let kick = ctx.shared.live.lock().unwrap_or_else(|e| e.into_inner()).get_mut(domain).and_then(|e| e.1.take());
+                let kick =
+                    ctx.shared.live.lock().unwrap_or_else(|e| e.into_inner()).get_mut(domain).and_then(|e| e.1.take());
                 let Some(kick) = kick else {
-                    return Err(error(StreamErrorCondition::Conflict, "the domain is held by another listener's component"));
+                    return Err(error(
+                        StreamErrorCondition::Conflict,
+                        "the domain is held by another listener's component",
+                    ));
                 };
                 let (done, released) = oneshot::channel();
                 let _ = kick.send(done);
                 if tokio::time::timeout(KICK_WITHIN, released).await.is_err() {
-                    return Err(error(StreamErrorCondition::Conflict, "the old component did not let go of the domain"));
+                    return Err(error(
+                        StreamErrorCondition::Conflict,
+                        "the old component did not let go of the domain",
+                    ));
                 }
             }
             Err(RouteError::Conflict { holder: Holder::Node(node, _), .. })
@@ -364,7 +380,10 @@ async fn register(ctx: &ConnCtx, domain: &str) -> Result<Registered, StreamError
                 return Err(error(StreamErrorCondition::HostUnknown, format!("not a domain: {d}")));
             }
             Err(RouteError::Cluster(e)) => {
-                return Err(error(StreamErrorCondition::InternalServerError, format!("the cluster did not register the domain ({e}); try again")));
+                return Err(error(
+                    StreamErrorCondition::InternalServerError,
+                    format!("the cluster did not register the domain ({e}); try again"),
+                ));
             }
         }
     }
@@ -385,7 +404,9 @@ async fn run(ctx: &ConnCtx, conn: &mut Conn, domain: &str, reg: Registered) -> O
                 continue;
             }
             Ok(Some(StreamEvent::End)) => break None,
-            Ok(Some(StreamEvent::Header(_))) => break Some(error(StreamErrorCondition::NotWellFormed, "a second stream header")),
+            Ok(Some(StreamEvent::Header(_))) => {
+                break Some(error(StreamErrorCondition::NotWellFormed, "a second stream header"))
+            }
             Ok(None) => {}
             Err(e) => break Some(e),
         }
@@ -447,7 +468,8 @@ fn from_component(ctx: &ConnCtx, domain: &str, mut el: Element) -> Result<(), St
         // As Prosody does: the component's own domain (slixmpp's pings carry no `from`).
         None => {
             el.set_attr("from", domain);
-            parse_jid(domain).map_err(|_| error(StreamErrorCondition::InternalServerError, "the domain is not a JID"))?
+            parse_jid(domain)
+                .map_err(|_| error(StreamErrorCondition::InternalServerError, "the domain is not a JID"))?
         }
         Some(f) => parse_jid(f).map_err(|_| error(StreamErrorCondition::InvalidFrom, "'from' is not a JID"))?,
     };
@@ -456,4 +478,30 @@ fn from_component(ctx: &ConnCtx, domain: &str, mut el: Element) -> Result<(), St
     }
     ctx.router.route(Routed { from, to, stanza: el });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_section_has_mongooseims_names_and_defaults() {
+        let l: ComponentListen = toml::from_str("port = 8888\npassword = 'x'").unwrap();
+        assert_eq!(l.ip_address, any_address());
+        assert!(l.check_from && !l.hidden_components && l.tls.is_none());
+        assert_eq!(l.conflict_behaviour, ConflictBehaviour::Disconnect);
+        assert_eq!((l.shaper.as_str(), l.access.as_str(), l.state_timeout), ("none", "all", 5000));
+        let l: ComponentListen = toml::from_str(
+            "port = 1\npassword = 'x'\nconflict_behaviour = 'kick_old'\nhidden_components = true\ntls.certfile = 'c'\ntls.keyfile = 'k'",
+        )
+        .unwrap();
+        assert_eq!(l.conflict_behaviour, ConflictBehaviour::KickOld);
+        assert!(l.hidden_components && l.tls.is_some());
+        let e = toml::from_str::<ComponentListen>("port = 1\npassword = 'x'\ncheck_form = false").unwrap_err();
+        assert!(e.to_string().contains("check_form"), "{e}");
+        assert!(toml::from_str::<ComponentListen>("port = 1").is_err(), "a password is required");
+        let empty: ComponentListen = toml::from_str("port = 1\npassword = ''").unwrap();
+        assert!(ComponentListener::build("listen.component[0]".into(), empty).is_err());
+    }
 }
