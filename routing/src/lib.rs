@@ -7,7 +7,7 @@
 //!
 //! | # | link | takes a stanza to |
 //! |---|------|-------------------|
-//! | 1 | [`links::GlobalLink`] | a user of a local host who is not served in this data center, or whose (sender, recipient) pair has stanzas pending ([`global`], through [`GlobalHook`]); only with global distribution |
+//! | 1 | [`links::GlobalLink`] | a user of a local host who is not served in this data center, or whose (sender, recipient) pair has stanzas pending, or a domain no host, service or component of this cluster has but another data center's does ([`global`], through [`GlobalHook`]); only with global distribution |
 //! | 2 | [`local::LocalLink`] | a local host and its users, on any node of the cluster or the server itself (RFC 6121 §8.5) |
 //! | 3 | [`links::DomainLink`] (services) | a domain a module or service registered (`pubsub.HOST`, `muclight.HOST`), on this node or the one that holds it |
 //! | 4 | [`links::DomainLink`] (components) | a domain an external component (XEP-0114) registered when it connected |
@@ -168,6 +168,12 @@ pub trait GlobalHook: Send + Sync {
     fn session_up(&self, router: &Router, info: &SessionInfo);
     /// A session on this node ended.
     fn session_down(&self, sid: SessionId);
+    /// A service or component domain was registered on this node
+    /// ([`Router::register_domain`]), with its registration's id (a time in
+    /// microseconds): other data centers may now route to it here.
+    fn domain_up(&self, _domain: &str, _id: u64) {}
+    /// This node's registration of a domain ended.
+    fn domain_down(&self, _domain: &str) {}
 }
 
 /// What a link did with a stanza.
@@ -364,7 +370,9 @@ impl Router {
         if self.is_local_host(routed.to.domain().as_str()) {
             local::route_local(self, routed);
         } else {
-            self.route(routed);
+            // A service or component of this cluster, else s2s: global
+            // distribution has had its say.
+            self.route_through(routed, false);
         }
     }
 
@@ -432,10 +440,18 @@ impl Router {
 
     /// Routes a stanza through the chain.
     pub fn route(&self, routed: Routed) {
+        self.route_through(routed, true);
+    }
+
+    /// The chain, with or without the global link.
+    fn route_through(&self, routed: Routed, with_global: bool) {
         self.stats.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let links = self.links.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut routed = routed;
         for link in links.iter().chain(self.s2s.get()) {
+            if !with_global && link.name() == "global" {
+                continue;
+            }
             match link.route(self, routed) {
                 Step::Done => return,
                 Step::Next(r) => routed = r,

@@ -11,9 +11,11 @@ use crate::routes::Route;
 use crate::{stanza_with, Link, Routed, Router, Step};
 
 /// Global distribution ([`crate::global`]): a stanza to a user of a local
-/// host goes through [`crate::GlobalHook::intercept`], which keeps it when
-/// the user is served in another data center or the pair has stanzas
-/// pending, and gives it back for delivery here otherwise. Stanzas to a
+/// host, or to a domain this cluster does not route (a service or component
+/// of another data center, or a remote server), goes through
+/// [`crate::GlobalHook::intercept`], which keeps it when the user or domain
+/// is served in another data center or the pair has stanzas pending, and
+/// gives it back for delivery here (or to s2s) otherwise. Stanzas to a
 /// host itself, and stanzas that are not one of the three kinds, pass on to
 /// the local link unseen, as [`Router::route_here`] routes past this link.
 pub struct GlobalLink;
@@ -27,10 +29,13 @@ impl Link for GlobalLink {
         let Some(global) = router.global() else {
             return Step::Next(routed);
         };
-        if routed.to.node().is_none()
-            || !router.is_local_host(routed.to.domain().as_str())
-            || StanzaKind::of(&routed.stanza).is_none()
-        {
+        let domain = routed.to.domain();
+        let to_user = routed.to.node().is_some() && router.is_local_host(domain.as_str());
+        // A domain no host, service or component of this cluster has may be
+        // a service or component of another data center.
+        let to_other_dc_domain =
+            !router.is_local_host(domain.as_str()) && router.route_of(domain.as_str()) == Route::Remote;
+        if !(to_user || to_other_dc_domain) || StanzaKind::of(&routed.stanza).is_none() {
             return Step::Next(routed);
         }
         match global.intercept(router, routed) {

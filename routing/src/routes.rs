@@ -114,6 +114,11 @@ impl Drop for DomainGuard {
     fn drop(&mut self) {
         if let Some(router) = self.router.upgrade() {
             router.routes.unregister(&self.record, self.release);
+            if self.release {
+                if let Some(g) = router.global() {
+                    g.domain_down(&self.record.domain);
+                }
+            }
         }
     }
 }
@@ -230,6 +235,9 @@ impl Router {
         match self.routes.registry().claim_domain(record).await {
             Ok(()) => {
                 tracing::info!(domain = guard.domain(), %kind, "domain registered");
+                if let Some(g) = self.global() {
+                    g.domain_up(guard.domain(), guard.record.id);
+                }
                 Ok(guard)
             }
             Err(e) => {

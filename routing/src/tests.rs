@@ -889,11 +889,18 @@ mod table_of_routes {
         w.route("<iq to='example.com' type='get' id='3'/>");
         w.route("<iq to='pubsub.example.com' type='get' id='4'/>");
         w.route("<foo to='juliet@example.com'/>");
-        // A link added later comes before s2s, which has nothing left.
+        // A domain this cluster does not route may be another data center's
+        // component: global distribution sees it first and gives it back here;
+        // a link added later comes before s2s, which has nothing left.
         w.route("<message to='juliet@capulet.example' type='chat' id='5'/>");
         assert_eq!(
             *seen.lock().unwrap(),
-            ["global: paris@example.com", "global: juliet@example.com/garden", "pushed: juliet@capulet.example"]
+            [
+                "global: paris@example.com",
+                "global: juliet@example.com/garden",
+                "global: juliet@capulet.example",
+                "pushed: juliet@capulet.example"
+            ]
         );
         assert_eq!(pubsub.ids(), ["4"]);
         let out = w.outcome();
@@ -904,8 +911,12 @@ mod table_of_routes {
 
         // Routing here skips global distribution.
         w.router.route_here(routed("<message to='paris@example.com' type='chat' id='6'/>"));
-        assert_eq!(seen.lock().unwrap().len(), 3);
+        assert_eq!(seen.lock().unwrap().len(), 4);
         assert_eq!(w.outcome().jobs, [("undelivered", "paris@example.com".to_owned())]);
+        // So does routing here to another domain: global distribution has had its say.
+        w.router.route_here(routed("<message to='romeo@capulet.example' type='chat' id='7'/>"));
+        assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some("pushed: romeo@capulet.example"));
+        assert_eq!(seen.lock().unwrap().len(), 5);
     }
 
     #[test]

@@ -407,6 +407,8 @@ pub struct GlobalOptions {
     /// The links are not expected to connect (a certificate the other side
     /// refuses): return once every node is ready, without waiting for them.
     pub links_may_fail: bool,
+    /// Extra TOML (whole tables) for node `(dc, i)`, both from 0.
+    pub node_toml: Vec<((usize, usize), String)>,
 }
 
 /// Two data centers of two nodes each, one Redis, one database.
@@ -538,6 +540,10 @@ impl TestGlobal {
                     + &global_toml(&dc.local_host, endpoint, proxy.addr, redis.port);
                 if let Some(Some(tls)) = opts.tls.get(d) {
                     extra += &global_tls_toml(tls);
+                }
+                for (_, toml) in opts.node_toml.iter().filter(|(at, _)| *at == (d, i)) {
+                    extra += "\n";
+                    extra += toml;
                 }
                 let node = TestNode::start_with(NodeOptions {
                     extra_toml: extra,

@@ -858,7 +858,12 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
 
     // 1. Every certificate signed by the links' CA: start_with waits until every link is connected.
     let started = Instant::now();
-    let g = start_with(GlobalOptions { tls: vec![Some(signed.clone()), Some(signed2)], links_may_fail: false }).await;
+    let g = start_with(GlobalOptions {
+        tls: vec![Some(signed.clone()), Some(signed2)],
+        links_may_fail: false,
+        ..Default::default()
+    })
+    .await;
     let linked_after = started.elapsed();
     g.add_user("alice", PW);
     g.add_user("bob", PW);
@@ -950,7 +955,12 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
 
     // 2. dc2's nodes present a certificate from another CA (and trust the links' CA).
     let refused = foreign.node_tls(dir.path(), "foreign-node", &dc_name(2), &ca);
-    let g = start_with(GlobalOptions { tls: vec![Some(signed.clone()), Some(refused)], links_may_fail: true }).await;
+    let g = start_with(GlobalOptions {
+        tls: vec![Some(signed.clone()), Some(refused)],
+        links_may_fail: true,
+        ..Default::default()
+    })
+    .await;
     for u in ["alice", "bob", "carol", "dave"] {
         g.add_user(u, PW);
     }
@@ -1069,7 +1079,12 @@ async fn links_use_mutual_tls_and_refuse_a_foreign_ca() {
 
     // 3. dc2's nodes present dc1's certificate: the right CA, but it names
     // dc1. Each side refuses the other, and counts it.
-    let g = start_with(GlobalOptions { tls: vec![Some(signed.clone()), Some(signed)], links_may_fail: true }).await;
+    let g = start_with(GlobalOptions {
+        tls: vec![Some(signed.clone()), Some(signed)],
+        links_may_fail: true,
+        ..Default::default()
+    })
+    .await;
     wait_failing_everywhere(&g, 3);
     for (d, i, _) in g.all_nodes() {
         let links = links_across(&g, d, i);
@@ -1222,4 +1237,53 @@ async fn a_dead_endpoint_strands_nothing_when_the_user_moves_to_another_data_cen
 async fn a_dead_endpoint_strands_nothing_when_the_user_returns_to_its_data_center() {
     let _turn = one_at_a_time().await;
     endpoint_death((1, 0)).await;
+}
+
+/// A component connected in dc1 serves users of dc2 (MongooseIM's global
+/// distribution routes between users and components in different
+/// clusters): its domain is in the routing table while it is connected, a
+/// dc2 user's stanzas reach it over the links, and its answers reach the
+/// user. A domain no data center serves bounces once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_in_one_data_center_serves_users_of_the_other() {
+    let port = meerkat_tests::node::free_port();
+    let listener = format!("[[listen.component]]\nport = {port}\nip_address = \"127.0.0.1\"\npassword = \"s3cret\"\n");
+    let g = start_with(GlobalOptions { node_toml: vec![((0, 0), listener)], ..Default::default() }).await;
+    let domain = format!("echo.{GLOBAL_HOST}");
+    let mut comp =
+        meerkat_tests::component::RawComponent::connect(([127, 0, 0, 1], port).into(), &domain, "s3cret").await;
+    g.wait_table_says(&domain, 0, Duration::from_secs(10));
+    g.add_user("bob", PW);
+    let mut bob = online_at(g.node(1, 1), "bob", "phone").await;
+
+    bob.send_message(&format!("bot@{domain}"), "across").await.unwrap();
+    let got = comp.recv_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(got.attr("from"), Some(format!("bob@{GLOBAL_HOST}/phone").as_str()));
+    assert_eq!(got.get_child("body", meerkat_xmpp::ns::COMPONENT).map(Element::text).as_deref(), Some("across"));
+    comp.send_str(&format!(
+        "<message from='bot@{domain}' to='bob@{GLOBAL_HOST}/phone' type='chat'><body>and back</body></message>"
+    ))
+    .await
+    .unwrap();
+    let el = bob.recv_until(|el| meerkat_tests::client::body(el).as_deref() == Some("and back")).await.unwrap();
+    assert_eq!(el.attr("from"), Some(format!("bot@{domain}").as_str()));
+
+    // An IQ to the component and its answer.
+    bob.send_str(&format!("<iq type='get' id='c1' to='{domain}'><ping xmlns='urn:xmpp:ping'/></iq>")).await.unwrap();
+    let iq = comp.recv_timeout(Duration::from_secs(10)).await.unwrap();
+    assert!(iq.has_child("ping", meerkat_xmpp::ns::PING), "{}", iq.to_xml(meerkat_xmpp::ns::COMPONENT));
+    comp.send_str(&format!("<iq type='result' id='c1' from='{domain}' to='{}'/>", iq.attr("from").unwrap()))
+        .await
+        .unwrap();
+    let res = bob.recv_until(|el| el.attr("id") == Some("c1")).await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"));
+
+    // No data center serves this domain: one remote-server-not-found.
+    bob.send_str("<message id='n1' to='someone@nowhere.invalid'><body>lost</body></message>").await.unwrap();
+    let err = bob.recv_until(|el| el.attr("id") == Some("n1")).await.unwrap();
+    assert_eq!(meerkat_tests::client::stanza_error(&err).as_deref(), Some("remote-server-not-found"), "{err}");
+    let res =
+        bob.iq_xml(&format!("<iq type='get' to='{GLOBAL_HOST}'><ping xmlns='urn:xmpp:ping'/></iq>")).await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"));
+    assert_eq!(bob.backlog().filter(|el| el.attr("id") == Some("n1")).count(), 0, "bounced twice");
 }

@@ -380,6 +380,7 @@ impl GlobalDistrib {
             let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
             let mut v: Vec<String> = local.values().map(|(j, _)| j.to_string()).collect();
             v.extend(local.values().map(|(j, _)| j.bare().to_string()));
+            v.extend(self.local_domains().into_iter().map(|(d, _)| d));
             v
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), self.table.unpublish(&jids)).await;
@@ -409,16 +410,48 @@ impl GlobalDistrib {
     // ----- the routing table -----
 
     fn local_jids(&self) -> Vec<(String, i64)> {
-        let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        let mut bare: HashMap<String, i64> = HashMap::new();
-        let mut out = Vec::with_capacity(local.len() * 2);
-        for (jid, start) in local.values() {
-            out.push((jid.to_string(), *start));
-            let e = bare.entry(jid.bare().to_string()).or_insert(*start);
-            *e = (*e).max(*start);
-        }
-        out.extend(bare);
+        let mut out = {
+            let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+            let mut bare: HashMap<String, i64> = HashMap::new();
+            let mut out = Vec::with_capacity(local.len() * 2);
+            for (jid, start) in local.values() {
+                out.push((jid.to_string(), *start));
+                let e = bare.entry(jid.bare().to_string()).or_insert(*start);
+                *e = (*e).max(*start);
+            }
+            out.extend(bare);
+            out
+        };
+        out.extend(self.local_domains());
         out
+    }
+
+    /// The service and component domains this node holds, with their
+    /// registrations' ids as start times (MongooseIM's subdomain entries).
+    fn local_domains(&self) -> Vec<(String, i64)> {
+        let Some(router) = self.router() else { return Vec::new() };
+        router
+            .domains()
+            .domains_of(router.node())
+            .into_iter()
+            .map(|r| (r.domain, i64::try_from(r.id).unwrap_or(i64::MAX)))
+            .collect()
+    }
+
+    /// A stanza to a domain that is not a local host: a service or component
+    /// domain, maybe served in another data center.
+    fn is_domain_target(&self, router: &Router, to: &Jid) -> bool {
+        !router.is_local_host(to.domain().as_str())
+    }
+
+    /// What the routing table is asked for `to`: the JID for a user, the
+    /// domain for a service or component.
+    fn lookup_key(&self, router: &Router, to: &Jid) -> String {
+        if self.is_domain_target(router, to) {
+            to.domain().to_string()
+        } else {
+            to.to_string()
+        }
     }
 
     async fn full_refresh(&self) -> Result<usize, GlobalError> {
@@ -658,6 +691,9 @@ impl GlobalDistrib {
 
     /// Whether the recipient is served in this data center.
     fn present_here(&self, router: &Router, to: &Jid, strict: bool) -> bool {
+        if self.is_domain_target(router, to) {
+            return router.route_of(to.domain().as_str()) != crate::Route::Remote;
+        }
         let live = |s: &meerkat_cluster::SessionInfo| s.node != router.node() || router.sink(s.sid).is_some();
         if let Ok(full) = to.try_as_full() {
             if router.sessions().get(full).is_some_and(|s| live(&s)) {
@@ -758,7 +794,7 @@ impl GlobalDistrib {
             self.stats.ttl_zero.fetch_add(1, Ordering::Relaxed);
             return Decision::Local;
         }
-        let target = e.routed.to.to_string();
+        let target = self.lookup_key(router, &e.routed.to);
         let answer = match answer {
             Some((t, a)) if *t == target => Some(a.clone()),
             _ => None,
@@ -1193,7 +1229,8 @@ impl GlobalDistrib {
 
 impl GlobalHook for GlobalDistrib {
     fn intercept(&self, router: &Router, routed: Routed) -> Option<Routed> {
-        if !self.is_global(&routed.to) || routed.to.node().is_none() {
+        let domain_target = self.is_domain_target(router, &routed.to);
+        if !domain_target && (!self.is_global(&routed.to) || routed.to.node().is_none()) {
             return Some(routed);
         }
         let key = key_of(&routed, "");
@@ -1273,6 +1310,19 @@ impl GlobalHook for GlobalDistrib {
         let start = newest.unwrap_or(info.created_micros);
         let op = TableOp::Publish(vec![(info.jid.to_string(), info.created_micros), (bare, start)]);
         if self.ops.try_send(op).is_err() {
+            self.needs_full_refresh.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn domain_up(&self, domain: &str, id: u64) {
+        let op = TableOp::Publish(vec![(domain.to_owned(), i64::try_from(id).unwrap_or(i64::MAX))]);
+        if self.ops.try_send(op).is_err() {
+            self.needs_full_refresh.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn domain_down(&self, domain: &str) {
+        if self.ops.try_send(TableOp::Unpublish(vec![domain.to_owned()])).is_err() {
             self.needs_full_refresh.store(true, Ordering::Relaxed);
         }
     }
