@@ -34,7 +34,7 @@ use crate::admission::{Admission, Admitted, Refused};
 use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, TlsMode};
 use crate::services::{now_micros, Services};
 use crate::session::{
-    ActorSink, C2sSession, ClientClosed, ConnClosed, FromClient, IdlePing, IoControl, OutQueue, Resume, Written,
+    ActorSink, C2sSession, ClientClosed, ClientSilent, ConnClosed, FromClient, IoControl, OutQueue, Resume, Written,
 };
 use crate::transport::{Conn, ConnReader, ConnWriter, Shaper, Transport};
 use crate::websocket::{self, WsConnection, WsOut};
@@ -545,17 +545,17 @@ impl Reading {
 /// What the reader does when the client has sent nothing for a while.
 #[derive(Clone, Copy, Debug)]
 struct Silence {
-    /// Ask the session to ping the client (XEP-0199), once per silence; the
-    /// session closes the stream if the ping goes unanswered. An answer is
-    /// traffic, so a client that answers is never silent for long.
-    ping_after: Option<Duration>,
+    /// Tell the session, once per silence (its modules may ping the client,
+    /// XEP-0199; an answer is traffic, so a client that answers is never
+    /// silent for long).
+    notify_after: Option<Duration>,
     /// Close the stream with `connection-timeout`.
     close_after: Duration,
 }
 
 impl Silence {
     fn of(svc: &Services) -> Silence {
-        Silence { ping_after: svc.settings.ping_interval, close_after: svc.settings.idle_timeout }
+        Silence { notify_after: svc.settings.silent_after, close_after: svc.settings.idle_timeout }
     }
 }
 
@@ -567,7 +567,7 @@ async fn read_loop(
     conn: u64,
 ) -> Result<(), ConnError> {
     let mut silent_since = tokio::time::Instant::now();
-    let mut pinged = false;
+    let mut notified = false;
     loop {
         loop {
             match reader.next_event() {
@@ -605,12 +605,13 @@ async fn read_loop(
             }
         }
         let close_at = silent_since + silence.close_after;
-        let ping_at = silence.ping_after.filter(|_| !pinged).map(|p| silent_since + p).filter(|at| *at < close_at);
+        let notify_at =
+            silence.notify_after.filter(|_| !notified).map(|p| silent_since + p).filter(|at| *at < close_at);
         tokio::select! {
-            r = tokio::time::timeout_at(ping_at.unwrap_or(close_at), reader.fill()) => match r {
-                Err(_) if ping_at.is_some() => {
-                    pinged = true;
-                    addr.do_send(IdlePing);
+            r = tokio::time::timeout_at(notify_at.unwrap_or(close_at), reader.fill()) => match r {
+                Err(_) if notify_at.is_some() => {
+                    notified = true;
+                    addr.do_send(ClientSilent);
                 }
                 Err(_) => {
                     addr.do_send(ConnClosed(conn, ClientClosed::Error(StreamError::new(StreamErrorCondition::ConnectionTimeout))));
@@ -622,7 +623,7 @@ async fn read_loop(
                 }
                 Ok(Ok(true)) => {
                     silent_since = tokio::time::Instant::now();
-                    pinged = false;
+                    notified = false;
                 }
             },
             _ = until(io, IoControl::StopReading) => return Ok(()),

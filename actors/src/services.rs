@@ -21,12 +21,9 @@ pub struct SessionSettings {
     pub max_outgoing_bytes: usize,
     /// A client that sends nothing for this long is disconnected (`connection-timeout`).
     pub idle_timeout: Duration,
-    /// XEP-0199 server pings: after this much silence from the client the server
-    /// pings it (an answer is traffic); `None` turns them off.
-    pub ping_interval: Option<Duration>,
-    /// A client that does not answer a server ping within this long is
-    /// disconnected (`connection-timeout`).
-    pub ping_timeout: Duration,
+    /// After this much silence from the client the session's modules are told
+    /// (one may ping it, XEP-0199; an answer is traffic); `None`: never.
+    pub silent_after: Option<Duration>,
     /// The server writes a whitespace keepalive after this much silence.
     pub keepalive_interval: Duration,
     /// Time allowed from TCP accept to a bound resource.
@@ -34,10 +31,9 @@ pub struct SessionSettings {
 }
 
 impl SessionSettings {
-    /// Takes what the modules' sections decide (pings).
+    /// Takes what the modules' sections decide (when a client is silent).
     pub fn tuned(mut self, t: &CoreTuning) -> Self {
-        self.ping_interval = t.ping_interval;
-        self.ping_timeout = t.ping_timeout;
+        self.silent_after = t.silent_after;
         self
     }
 }
@@ -48,8 +44,7 @@ impl Default for SessionSettings {
             mailbox_capacity: 1024,
             max_outgoing_bytes: 4 * 1024 * 1024,
             idle_timeout: Duration::from_secs(600),
-            ping_interval: Some(Duration::from_secs(300)),
-            ping_timeout: Duration::from_secs(60),
+            silent_after: Some(Duration::from_secs(300)),
             keepalive_interval: Duration::from_secs(60),
             negotiation_timeout: Duration::from_secs(60),
         }

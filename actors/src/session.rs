@@ -13,8 +13,9 @@
 //! The modules' per-session state ([`SessionState`], one slot per module that
 //! keeps any) lives here too, and the session runs the module hooks on it
 //! (see [`crate::ext`]): on what the client sends before routing it, on what
-//! is routed here before writing it, and on what it writes. The session also
-//! pings a client that has been silent for a while ([`IdlePing`], XEP-0199).
+//! is routed here before writing it, and on what it writes. It tells them
+//! when the client has been silent for a while ([`ClientSilent`]; a module
+//! may ping it then, XEP-0199) and runs the timers they arm.
 //!
 //! A module may keep what the session writes until the client acknowledges
 //! it (XEP-0198) and make the session outlive its connection: on EOF it then
@@ -188,10 +189,10 @@ pub struct Resume {
     pub io: watch::Sender<IoControl>,
 }
 
-/// The client has sent nothing for the ping interval: ping it (XEP-0199).
+/// The client has sent nothing for a while (`SessionSettings::silent_after`).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct IdlePing;
+pub struct ClientSilent;
 
 /// Sent to self after the last queued deliveries, to write the closing bytes.
 #[derive(Message)]
@@ -216,8 +217,6 @@ pub struct C2sSession {
     client_gone: bool,
     /// What the modules keep for this session.
     state: SessionState,
-    /// Id of the server ping the client has not answered yet.
-    ping_pending: Option<String>,
     /// The id a new connection may resume this session with (XEP-0198), as a
     /// module gave it ([`SessionAcc::resumable`]).
     resume_id: Option<String>,
@@ -253,7 +252,6 @@ impl C2sSession {
             held: None,
             client_gone: false,
             state,
-            ping_pending: None,
             resume_id: None,
             connected: true,
             conn: 0,
@@ -332,9 +330,13 @@ impl C2sSession {
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, bool, &mut Context<Self>) + 'static,
     ) {
-        let SessionAcc { write, jobs, hold_messages, resumable, stop } = acc;
+        let SessionAcc { write, jobs, hold_messages, resumable, timers, stop } = acc;
         for el in write {
             self.write_counted(el, ctx);
+        }
+        for t in timers {
+            let conn = self.conn;
+            ctx.run_later(t.after, move |act, ctx| act.on_timer(t.owner, t.token, conn, ctx));
         }
         if let Some(id) = resumable {
             self.svc.add_resumable(id.clone(), ctx.address());
@@ -450,7 +452,6 @@ impl C2sSession {
         self.connected = false;
         let _ = self.io.send(IoControl::Abort);
         self.out = None;
-        self.ping_pending = None;
         let conn = self.conn;
         ctx.run_later(timeout, move |act, ctx| {
             if !act.connected && act.conn == conn {
@@ -689,12 +690,12 @@ impl C2sSession {
             return;
         }
         let to_own_account = to.as_ref().is_none_or(|t| *t == self.jid.bare());
-        if !itype.is_request() && self.ping_pending.is_some() && el.attr("id") == self.ping_pending.as_deref() {
+        if !itype.is_request() {
             let to_server =
                 to.as_ref().is_some_and(|t| t.node().is_none() && t.domain().as_str() == self.jid.domain().as_str());
-            if to_server || to_own_account {
-                // The answer to our ping (XEP-0199 §4.2): a result, or an error from a client without ping.
-                self.ping_pending = None;
+            // The answer to a request the server sent (XEP-0199 §4.2: a result,
+            // or an error from a client without ping).
+            if (to_server || to_own_account) && self.svc.ctx.hooks.client_iq_response(&mut self.state, &el) {
                 return;
             }
         }
@@ -768,28 +769,23 @@ impl C2sSession {
         self.held = held;
     }
 
-    fn on_idle(&mut self, ctx: &mut Context<Self>) {
-        if self.detached || self.ping_pending.is_some() {
+    fn on_silent(&mut self, ctx: &mut Context<Self>) {
+        if self.detached || !self.connected {
             return;
         }
-        let id = format!("ping{:016x}", rand::random::<u64>());
-        let ping = Element::new("iq", ns::CLIENT)
-            .with_attr("type", "get")
-            .with_attr("id", id.clone())
-            .with_attr("from", self.jid.domain().as_str())
-            .with_attr("to", self.jid.as_str().to_owned())
-            .with_child(Element::new("ping", ns::PING));
-        self.write_stanza(&ping, ctx);
-        self.ping_pending = Some(id.clone());
-        ctx.run_later(self.svc.settings.ping_timeout, move |act, ctx| {
-            if act.ping_pending.as_deref() == Some(id.as_str()) && !act.detached && act.connected {
-                tracing::debug!(jid = %act.jid, "no answer to a ping; closing the stream");
-                act.stream_fail(
-                    StreamError::with_text(StreamErrorCondition::ConnectionTimeout, "no answer to a ping"),
-                    ctx,
-                );
-            }
-        });
+        let hooks = self.svc.ctx.hooks.clone();
+        let acc = hooks.client_silent(&self.svc.ctx, &self.jid, &mut self.state);
+        self.apply(acc, ctx, |_, _, _| {});
+    }
+
+    /// A timer a hook armed went off: its module's hook runs, while the client is connected.
+    fn on_timer(&mut self, owner: &'static str, token: u64, conn: u64, ctx: &mut Context<Self>) {
+        if self.detached || !self.connected || self.conn != conn {
+            return;
+        }
+        let hooks = self.svc.ctx.hooks.clone();
+        let acc = hooks.session_timer(&self.svc.ctx, &self.jid, &mut self.state, owner, token);
+        self.apply(acc, ctx, |_, _, _| {});
     }
 }
 
@@ -865,10 +861,10 @@ impl Handler<Deliver> for C2sSession {
     }
 }
 
-impl Handler<IdlePing> for C2sSession {
+impl Handler<ClientSilent> for C2sSession {
     type Result = ();
-    fn handle(&mut self, _msg: IdlePing, ctx: &mut Context<Self>) {
-        self.on_idle(ctx);
+    fn handle(&mut self, _msg: ClientSilent, ctx: &mut Context<Self>) {
+        self.on_silent(ctx);
     }
 }
 
@@ -938,7 +934,6 @@ impl Handler<Resume> for C2sSession {
         self.out = Some(msg.out);
         self.connected = true;
         self.conn += 1;
-        self.ping_pending = None;
         tracing::debug!(jid = %self.jid, resent = first.len().saturating_sub(1), "session resumed");
         self.svc.ctx.hooks.session_resumed(&self.svc.ctx, &self.jid, &mut self.state);
         for xml in first {

@@ -149,8 +149,22 @@ pub struct SessionAcc {
     /// A new connection may take this session over with this id
     /// ([`Module::session_resume`]); the session is findable by it until it ends.
     pub resumable: Option<String>,
+    /// Timers to arm: each goes off once, after its delay, as
+    /// [`Module::session_timer`] of the module that armed it, and only while
+    /// the client is connected.
+    pub timers: Vec<Timer>,
     /// End the stream.
     pub stop: Option<Stop>,
+}
+
+/// A timer a session hook arms ([`SessionAcc::timers`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Timer {
+    pub after: std::time::Duration,
+    /// The [`Module::name`] of the module whose [`Module::session_timer`] it calls.
+    pub owner: &'static str,
+    /// Handed back to the hook, to tell its timers apart.
+    pub token: u64,
 }
 
 /// How a hook ends its session's stream ([`SessionAcc::stop`]).
@@ -378,6 +392,29 @@ pub trait Module: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The client has sent nothing for [`CoreTuning::silent_after`] (once per
+    /// silence): the place to ping it (XEP-0199) with `acc.write` and arm a
+    /// timer for the answer.
+    fn client_silent(&self, _ctx: &ModuleCtx, _jid: &FullJid, _state: &mut SessionState, _acc: &mut SessionAcc) {}
+
+    /// A timer this module armed ([`SessionAcc::timers`]) went off, with its token.
+    fn session_timer(
+        &self,
+        _ctx: &ModuleCtx,
+        _jid: &FullJid,
+        _state: &mut SessionState,
+        _token: u64,
+        _acc: &mut SessionAcc,
+    ) {
+    }
+
+    /// An IQ result or error from the client to the server or to its own
+    /// account: the answer to a request the server sent it. `true` when this
+    /// module takes it (it goes no further).
+    fn client_iq_response(&self, _state: &mut SessionState, _iq: &Element) -> bool {
+        false
+    }
+
     /// A top-level element from the client that is not a stanza. `true` when
     /// this module took it; an element no module takes ends the stream.
     fn session_element(
@@ -509,24 +546,13 @@ pub trait Module: Send + Sync + 'static {
 /// Settings of the core that modules' sections decide
 /// ([`registry::ModuleSpec::tune`]): the core runs these mechanisms, the
 /// module's section configures them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct CoreTuning {
-    /// XEP-0199 server pings after this much client silence; `None`: none.
-    pub ping_interval: Option<std::time::Duration>,
-    /// A client that does not answer a server ping within this long is disconnected.
-    pub ping_timeout: std::time::Duration,
+    /// Tell the session's modules ([`Module::client_silent`]) once the client
+    /// has sent nothing for this long (`mod_ping` pings it then); `None`: never.
+    pub silent_after: Option<std::time::Duration>,
     /// XEP-0077 in-band registration during stream negotiation.
     pub in_band_registration: bool,
-}
-
-impl Default for CoreTuning {
-    fn default() -> Self {
-        CoreTuning {
-            ping_interval: None,
-            ping_timeout: std::time::Duration::from_secs(60),
-            in_band_registration: false,
-        }
-    }
 }
 
 /// A module section with nothing but `enabled` (on by default).

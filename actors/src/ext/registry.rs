@@ -232,6 +232,36 @@ impl Registry {
         acc
     }
 
+    /// The client has been silent: what the modules ask (a ping, a timer).
+    pub fn client_silent(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState) -> SessionAcc {
+        let mut acc = SessionAcc::default();
+        for m in &self.modules {
+            m.client_silent(ctx, jid, state, &mut acc);
+        }
+        acc
+    }
+
+    /// A timer `owner` armed went off.
+    pub fn session_timer(
+        &self,
+        ctx: &ModuleCtx,
+        jid: &FullJid,
+        state: &mut SessionState,
+        owner: &'static str,
+        token: u64,
+    ) -> SessionAcc {
+        let mut acc = SessionAcc::default();
+        if let Some(m) = self.modules.iter().find(|m| m.name() == owner) {
+            m.session_timer(ctx, jid, state, token, &mut acc);
+        }
+        acc
+    }
+
+    /// Whether a module takes an IQ response from the client as the answer to its request.
+    pub fn client_iq_response(&self, state: &mut SessionState, iq: &Element) -> bool {
+        self.modules.iter().any(|m| m.client_iq_response(state, iq))
+    }
+
     pub fn client_stanza(&self, state: &mut SessionState) {
         for m in &self.client_stanza {
             m.client_stanza(state);
@@ -568,7 +598,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod lifecycle {
+pub(crate) mod lifecycle {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use meerkat_cluster::{DomainKind, NodeId, SessionTable};
@@ -613,7 +643,8 @@ mod lifecycle {
         }
     }
 
-    async fn ctx(modules: Vec<Arc<dyn Module>>) -> ModuleCtx {
+    /// A context on an in-memory SQLite, for the modules' unit tests.
+    pub(crate) async fn ctx(modules: Vec<Arc<dyn Module>>) -> ModuleCtx {
         let hosts = vec!["example.org".to_owned()];
         let router = Router::new(NodeId(1), hosts.clone(), Arc::new(SessionTable::new()));
         let cfg = StorageConfig {

@@ -14,6 +14,7 @@ pub mod disco;
 pub mod mam;
 pub mod misc;
 pub mod offline;
+pub mod ping;
 pub mod presence;
 pub mod private;
 pub mod register;
@@ -85,7 +86,7 @@ modules! {
     /// XEP-0030 service discovery and XEP-0115 server capabilities.
     mod_disco => disco::Disco,
     /// XEP-0199 ping: answers, and pings to silent clients.
-    mod_ping => misc::Ping,
+    mod_ping => ping::Ping,
     /// XEP-0092 software version.
     mod_version => misc::Version,
     /// XEP-0202 entity time.
