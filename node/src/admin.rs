@@ -1,8 +1,12 @@
 //! The admin HTTP API (JSON), described by `/api/openapi.json`.
 //!
 //! Every route but the OpenAPI document needs `Authorization: Bearer <token>`
-//! or Basic credentials from `[admin]`. Errors are JSON `{"error": "..."}`
-//! with the status chosen in one place, [`ApiError::status`].
+//! or Basic credentials from `[admin]`. Every error, including an unknown
+//! path (404), a method the path does not have (405, with `Allow`) and a
+//! body or path that does not parse (400), is JSON `{"error": kind,
+//! "detail": text}`, with the status chosen in one place, [`ApiError::status`].
+//! Which methods a path has comes from the OpenAPI document, which a test
+//! checks against the routes.
 
 use std::sync::Arc;
 
@@ -67,6 +71,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The path exists without this method; the methods it has.
+    #[error("this path answers {}", .0.join(", "))]
+    MethodNotAllowed(Vec<String>),
 }
 
 impl ApiError {
@@ -79,6 +86,20 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// The `error` field: what kind of failure, for programs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
 }
@@ -89,10 +110,16 @@ impl ResponseError for ApiError {
     }
     fn error_response(&self) -> HttpResponse {
         let mut r = HttpResponse::build(self.status());
-        if matches!(self, ApiError::Unauthorized) {
-            r.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                r.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            ApiError::MethodNotAllowed(methods) => {
+                r.insert_header(("Allow", methods.join(", ")));
+            }
+            _ => {}
         }
-        r.json(json!({ "error": self.to_string() }))
+        r.json(json!({ "error": self.kind(), "detail": self.to_string() }))
     }
 }
 
@@ -120,6 +147,11 @@ fn authorize(state: &AdminState, req: &HttpRequest) -> Result<(), ApiError> {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    // Bodies, paths and queries that do not parse are JSON errors too.
+    cfg.app_data(web::JsonConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()))
+        .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()))
+        .default_service(web::to(unrouted));
     cfg.route("/api/openapi.json", web::get().to(openapi))
         .route("/api/status", web::get().to(status))
         .route("/api/users/{host}", web::get().to(list_users))
@@ -135,6 +167,53 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/global", web::get().to(global_status))
         .route("/api/global/refresh", web::post().to(global_refresh))
         .route("/metrics", web::get().to(prometheus));
+}
+
+/// The paths of the OpenAPI document, split into segments (`{x}` matches
+/// any one), with their methods in upper case.
+fn documented_paths() -> &'static [(Vec<String>, Vec<String>)] {
+    static PATHS: std::sync::OnceLock<Vec<(Vec<String>, Vec<String>)>> = std::sync::OnceLock::new();
+    PATHS.get_or_init(|| {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap_or_default();
+        doc["paths"]
+            .as_object()
+            .map(|paths| {
+                paths
+                    .iter()
+                    .map(|(path, ops)| {
+                        let segments = path.split('/').map(str::to_owned).collect();
+                        let mut methods: Vec<String> = ops
+                            .as_object()
+                            .map(|o| {
+                                // A path item also holds `parameters` and the like.
+                                const METHODS: [&str; 8] =
+                                    ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+                                o.keys()
+                                    .filter(|k| METHODS.contains(&k.as_str()))
+                                    .map(|m| m.to_ascii_uppercase())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        methods.sort();
+                        (segments, methods)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// A request no route took: 405 with the methods of its path, or 404.
+async fn unrouted(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let given: Vec<&str> = req.path().split('/').collect();
+    let matches = |segments: &Vec<String>| {
+        segments.len() == given.len()
+            && segments.iter().zip(&given).all(|(s, g)| (s.starts_with('{') && !g.is_empty()) || s == g)
+    };
+    match documented_paths().iter().find(|(segments, _)| matches(segments)) {
+        Some((_, methods)) => Err(ApiError::MethodNotAllowed(methods.clone())),
+        None => Err(ApiError::NotFound(format!("no such path: {}", req.path()))),
+    }
 }
 
 fn cluster(state: &AdminState) -> Result<&Arc<meerkat_cluster::node::ClusterNode>, ApiError> {

@@ -167,3 +167,49 @@ async fn cli_without_a_node_says_so() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("cannot reach the admin API"), "{}", stderr(&o));
 }
+
+/// Every admin API error is JSON `{"error", "detail"}` with its status: an
+/// unknown path (404), a method its path does not have (405 with `Allow`),
+/// a body that does not parse (400), missing credentials (401).
+#[tokio::test]
+async fn admin_api_errors_are_json_with_the_right_status() {
+    let node = TestNode::start("");
+    let token = format!("Bearer {}", node.admin_token());
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let url = |p: &str| format!("{}{p}", node.admin_url());
+    let json = |resp: &mut ureq::http::Response<ureq::Body>| -> serde_json::Value {
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+    };
+
+    let mut r = agent.delete(&url("/api/status")).header("Authorization", &token).call().unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET"));
+    let v = json(&mut r);
+    assert_eq!(v["error"], "method_not_allowed", "{v}");
+    assert!(v["detail"].as_str().is_some_and(|d| d.contains("GET")), "{v}");
+
+    let mut r = agent.get(&url("/api/users/localhost/alice")).header("Authorization", &token).call().unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers().get("allow").and_then(|v| v.to_str().ok()), Some("DELETE"));
+    assert_eq!(json(&mut r)["error"], "method_not_allowed");
+
+    let mut r = agent.get(&url("/api/nothing/here")).header("Authorization", &token).call().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let v = json(&mut r);
+    assert_eq!((v["error"].as_str(), v["detail"].as_str().is_some()), (Some("not_found"), true), "{v}");
+
+    let mut r = agent
+        .post(&url("/api/users/localhost"))
+        .header("Authorization", &token)
+        .header("Content-Type", "application/json")
+        .send("{\"username\": ")
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(json(&mut r)["error"], "bad_request");
+
+    let mut r = agent.get(&url("/api/status")).call().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let v = json(&mut r);
+    assert_eq!(v["error"], "unauthorized", "{v}");
+    assert!(v["detail"].as_str().is_some_and(|d| d.contains("credentials")), "{v}");
+}
