@@ -158,6 +158,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/users/{host}", web::post().to(add_user))
         .route("/api/users/{host}/{user}", web::delete().to(remove_user))
         .route("/api/users/{host}/{user}/password", web::put().to(set_password))
+        .route("/api/stanzas", web::post().to(send_stanza))
+        .route("/api/messages", web::post().to(send_message))
         .route("/api/sessions", web::get().to(list_sessions))
         .route("/api/sessions/{jid}", web::delete().to(kick_session))
         .route("/api/cluster", web::get().to(cluster_status))
@@ -441,6 +443,105 @@ async fn list_sessions(state: web::Data<AdminState>, req: HttpRequest) -> Result
     Ok(HttpResponse::Ok().json(json!({ "sessions": sessions })))
 }
 
+#[derive(Deserialize)]
+struct StanzaRequest {
+    /// One `<message/>`, `<presence/>` or `<iq/>` in `jabber:client`, whose
+    /// `from` is a local account (bare or full JID) and `to` its recipient.
+    stanza: String,
+}
+
+#[derive(Deserialize)]
+struct MessageRequest {
+    from: String,
+    to: String,
+    body: String,
+}
+
+/// Largest stanza the API sends, as a client's default `max_stanza_size`.
+const MAX_API_STANZA: usize = 65536;
+
+/// Routes `stanza` as its `from`, a local account, would send it; its id.
+async fn route_as_user(state: &AdminState, mut stanza: meerkat_xmpp::element::Element) -> Result<String, ApiError> {
+    use meerkat_xmpp::jid::parse_jid;
+    if stanza.ns != meerkat_xmpp::ns::CLIENT || !matches!(stanza.name.as_str(), "message" | "presence" | "iq") {
+        return Err(ApiError::BadRequest("the stanza must be a message, presence or iq in jabber:client".into()));
+    }
+    let attr = |name: &str| stanza.attr(name).map(str::to_owned);
+    let from =
+        attr("from").ok_or_else(|| ApiError::BadRequest("the stanza needs a 'from' (a local account)".into()))?;
+    let from = parse_jid(&from).map_err(|e| ApiError::BadRequest(format!("'from' is not a JID: {e}")))?;
+    let to = attr("to").ok_or_else(|| ApiError::BadRequest("the stanza needs a 'to'".into()))?;
+    let to = parse_jid(&to).map_err(|e| ApiError::BadRequest(format!("'to' is not a JID: {e}")))?;
+    let (Some(user), host) = (from.node(), from.domain()) else {
+        return Err(ApiError::BadRequest("'from' must be an account (user@host)".into()));
+    };
+    if !state.svc.router.is_local_host(host.as_str()) {
+        return Err(ApiError::NotFound(format!("{host} is not a host of this server")));
+    }
+    if !state.svc.ctx.accounts.exists(host.as_str(), user.as_str()).await? {
+        return Err(ApiError::NotFound(format!("no account {}", from.to_bare())));
+    }
+    let id = match attr("id") {
+        Some(id) => id,
+        None => {
+            let id = format!("admin-{:016x}", rand::random::<u64>());
+            stanza.set_attr("id", id.clone());
+            id
+        }
+    };
+    stanza.set_attr("from", from.to_string());
+    stanza.set_attr("to", to.to_string());
+    state.svc.router.route(meerkat_routing::Routed { from, to, stanza });
+    Ok(id)
+}
+
+async fn send_stanza(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    body: web::Json<StanzaRequest>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
+    if body.stanza.len() > MAX_API_STANZA {
+        return Err(ApiError::BadRequest(format!("the stanza is larger than {MAX_API_STANZA} bytes")));
+    }
+    let mut p = StreamParser::new(Limits { max_stanza_size: MAX_API_STANZA, max_depth: 64 });
+    p.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
+    p.feed(body.stanza.as_bytes());
+    let bad = |why: String| ApiError::BadRequest(format!("the stanza does not parse: {why}"));
+    match p.next_event() {
+        Ok(Some(StreamEvent::Header(_))) => {}
+        other => return Err(bad(format!("{other:?}"))),
+    }
+    let stanza = match p.next_event() {
+        Ok(Some(StreamEvent::Stanza(el))) => el,
+        Ok(_) => return Err(bad("not one complete element".into())),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    // One element, nothing after it.
+    if !matches!(p.next_event(), Ok(None)) || !body.stanza.trim_end().ends_with('>') {
+        return Err(bad("more than one element".into()));
+    }
+    let id = route_as_user(&state, stanza).await?;
+    Ok(HttpResponse::Ok().json(json!({ "id": id })))
+}
+
+async fn send_message(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    body: web::Json<MessageRequest>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    use meerkat_xmpp::element::Element;
+    let stanza = Element::new("message", meerkat_xmpp::ns::CLIENT)
+        .with_attr("type", "chat")
+        .with_attr("from", body.from.clone())
+        .with_attr("to", body.to.clone())
+        .with_child(Element::new("body", meerkat_xmpp::ns::CLIENT).with_text(body.body.clone()));
+    let id = route_as_user(&state, stanza).await?;
+    Ok(HttpResponse::Ok().json(json!({ "id": id })))
+}
+
 async fn kick_session(
     state: web::Data<AdminState>,
     req: HttpRequest,
@@ -475,8 +576,8 @@ mod tests {
                 count += 1;
             }
         }
-        assert_eq!(count, 15);
-        assert_eq!(paths.len(), 14);
+        assert_eq!(count, 17);
+        assert_eq!(paths.len(), 16);
     }
 
     /// Every object in `value` has exactly the properties its schema lists.

@@ -42,6 +42,21 @@ pub enum Command {
     /// Global distribution across data centers: status, refresh.
     #[command(subcommand)]
     Global(GlobalCommand),
+    /// Send a chat message as a local account, or any stanza (--stanza) as its 'from' would.
+    Send {
+        /// The sending account (user@host, or a full JID).
+        #[arg(long, required_unless_present = "stanza")]
+        from: Option<String>,
+        /// The recipient.
+        #[arg(long, required_unless_present = "stanza")]
+        to: Option<String>,
+        /// The message body.
+        #[arg(required_unless_present = "stanza")]
+        body: Option<String>,
+        /// A whole stanza (message, presence or iq) with 'from' and 'to'.
+        #[arg(long, conflicts_with_all = ["from", "to", "body"])]
+        stanza: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -262,6 +277,14 @@ pub fn run_admin(client: &ApiClient, cmd: &Command) -> anyhow::Result<()> {
                     }
                 );
             }
+        }
+        Command::Send { stanza: Some(stanza), .. } => {
+            let v = client.call("POST", "/api/stanzas", Some(json!({ "stanza": stanza })))?;
+            println!("sent {}", v["id"].as_str().unwrap_or_default());
+        }
+        Command::Send { from, to, body, stanza: None } => {
+            let v = client.call("POST", "/api/messages", Some(json!({ "from": from, "to": to, "body": body })))?;
+            println!("sent {}", v["id"].as_str().unwrap_or_default());
         }
         Command::Session(SessionCommand::Kick { jid }) => {
             client.call("DELETE", &format!("/api/sessions/{}", enc(jid)), None)?;

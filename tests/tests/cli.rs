@@ -213,3 +213,56 @@ async fn admin_api_errors_are_json_with_the_right_status() {
     assert_eq!(v["error"], "unauthorized", "{v}");
     assert!(v["detail"].as_str().is_some_and(|d| d.contains("credentials")), "{v}");
 }
+
+/// `POST /api/stanzas` and `POST /api/messages` (and `meerkat send`) route
+/// a stanza as a local account sends it; a sender that is not a local
+/// account, or a stanza that does not parse, is refused.
+#[tokio::test]
+async fn the_admin_sends_stanzas_as_a_user() {
+    let node = TestNode::start("");
+    node.add_user("alice", "pw");
+    node.add_user("bob", "pw");
+    let mut bob = login(&node, "bob", "pw", "phone").await;
+    bob.go_online(Some(1)).await.unwrap();
+
+    let (code, v) = node.api(
+        "POST",
+        "/api/stanzas",
+        Some(serde_json::json!({"stanza": "<message to='bob@localhost' from='alice@localhost' type='chat'><body>from the api</body></message>"})),
+    );
+    assert_eq!(code, 200, "{v}");
+    let m = bob.recv_message().await.unwrap();
+    assert_eq!(meerkat_tests::client::body(&m).as_deref(), Some("from the api"));
+    assert_eq!(m.attr("from"), Some("alice@localhost"));
+    assert_eq!(m.attr("id"), v["id"].as_str());
+
+    let o = node.cli(&["send", "--from", "alice@localhost/desk", "--to", "bob@localhost/phone", "from the cli"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = bob.recv_message().await.unwrap();
+    assert_eq!(meerkat_tests::client::body(&m).as_deref(), Some("from the cli"));
+    assert_eq!(m.attr("from"), Some("alice@localhost/desk"));
+
+    for (stanza, code) in [
+        ("<message to='bob@localhost' from='nobody@localhost'><body>x</body></message>", 404),
+        ("<message to='bob@localhost' from='alice@elsewhere.example'><body>x</body></message>", 404),
+        ("<message to='bob@localhost'><body>x</body></message>", 400),
+        ("<message from='alice@localhost'><body>x</body></message>", 400),
+        ("<message to='bob@localhost' from='alice@localhost'><body>x</body>", 400),
+        ("<foo to='bob@localhost' from='alice@localhost'/>", 400),
+        (
+            "<message to='bob@localhost' from='alice@localhost'/><message to='bob@localhost' from='alice@localhost'/>",
+            400,
+        ),
+    ] {
+        let (got, v) = node.api("POST", "/api/stanzas", Some(serde_json::json!({ "stanza": stanza })));
+        assert_eq!(got, code, "{stanza}: {v}");
+        assert!(v["detail"].as_str().is_some(), "{v}");
+    }
+    let o = node.cli(&["send", "--from", "nobody@localhost", "--to", "bob@localhost", "x"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("404"), "{}", stderr(&o));
+    // Nothing of the refused ones reached bob.
+    let res = bob.iq_xml("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"));
+    assert!(bob.backlog().all(|el| meerkat_tests::client::body(el).is_none()), "a refused stanza arrived");
+}
