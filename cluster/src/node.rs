@@ -973,5 +973,6 @@ async fn handle_request(node: &ClusterNode, from: u64, request: Request) -> Resu
         }
         Request::DeliverChecked(frame) => Ok(Response::Delivered(node.transport.deliver_checked(from, frame))),
         Request::Ping => Ok(Response::Done),
+        Request::Kick { sid, reason } => Ok(Response::Delivered(node.transport.kick(from, sid, reason))),
     }
 }

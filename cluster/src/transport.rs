@@ -118,6 +118,14 @@ pub enum Request {
     DeliverChecked(StanzaFrame),
     /// A liveness probe between members that Raft does not connect (followers).
     Ping,
+    /// End one of the receiver's sessions (an administrator's or the
+    /// account's removal); answered with whether the session was there.
+    /// `reason` is the router's code for why. Appended last: frames of
+    /// earlier versions still decode.
+    Kick {
+        sid: u64,
+        reason: u8,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -325,6 +333,10 @@ pub trait StanzaInbox: Send + Sync {
     fn deliver_checked(&self, _from_node: u64, _frame: StanzaFrame) -> bool {
         false
     }
+    /// Ends one of this node's sessions ([`Request::Kick`]); false when it is not here.
+    fn kick(&self, _from_node: u64, _sid: u64, _reason: u8) -> bool {
+        false
+    }
 }
 
 /// What a [`RequestHandler`] answers, later.
@@ -508,6 +520,11 @@ impl Transport {
     /// Serves a [`Request::DeliverChecked`].
     pub fn deliver_checked(&self, from: u64, frame: StanzaFrame) -> bool {
         self.inbox.get().is_some_and(|i| i.deliver_checked(from, frame))
+    }
+
+    /// Serves a [`Request::Kick`].
+    pub fn kick(&self, from: u64, sid: u64, reason: u8) -> bool {
+        self.inbox.get().is_some_and(|i| i.kick(from, sid, reason))
     }
 
     pub fn set_handler(&self, handler: Arc<dyn RequestHandler>) {

@@ -158,6 +158,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/users/{host}", web::post().to(add_user))
         .route("/api/users/{host}/{user}", web::delete().to(remove_user))
         .route("/api/users/{host}/{user}/password", web::put().to(set_password))
+        .route("/api/users/{host}/{user}/sessions", web::delete().to(kick_user_sessions))
         .route("/api/stanzas", web::post().to(send_stanza))
         .route("/api/messages", web::post().to(send_message))
         .route("/api/sessions", web::get().to(list_sessions))
@@ -393,13 +394,8 @@ async fn remove_user(
     authorize(&state, &req)?;
     let (host, user) = path.into_inner();
     state.svc.accounts.remove(&host, &user).await?;
-    if let Ok(bare) = meerkat_xmpp::jid::parse_bare(&format!("{user}@{host}")) {
-        for info in state.svc.router.sessions().resources(&bare) {
-            if let Some(sink) = state.svc.router.sink(info.sid) {
-                sink.kick(KickReason::AccountRemoved);
-            }
-        }
-    }
+    // Its sessions end on every node of the cluster.
+    kick_account(&state, &host, &user, KickReason::AccountRemoved).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -420,14 +416,29 @@ async fn set_password(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn list_sessions(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+#[derive(Deserialize)]
+struct SessionFilter {
+    host: Option<String>,
+    node: Option<u64>,
+}
+
+async fn list_sessions(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    filter: web::Query<SessionFilter>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let mut sessions: Vec<_> = state
-        .svc
-        .router
-        .sessions()
-        .all()
+    let all = state.svc.router.sessions().all();
+    let mut per_host: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    let mut per_node: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for s in &all {
+        *per_host.entry(s.jid.domain().to_string()).or_default() += 1;
+        *per_node.entry(s.node.0.to_string()).or_default() += 1;
+    }
+    let mut sessions: Vec<_> = all
         .into_iter()
+        .filter(|s| filter.host.as_deref().is_none_or(|h| s.jid.domain().as_str() == h))
+        .filter(|s| filter.node.is_none_or(|n| s.node.0 == n))
         .map(|s| {
             json!({
                 "jid": s.jid.to_string(),
@@ -440,7 +451,12 @@ async fn list_sessions(state: web::Data<AdminState>, req: HttpRequest) -> Result
         })
         .collect();
     sessions.sort_by(|a, b| a["jid"].as_str().cmp(&b["jid"].as_str()));
-    Ok(HttpResponse::Ok().json(json!({ "sessions": sessions })))
+    Ok(HttpResponse::Ok().json(json!({
+        "count": sessions.len(),
+        "sessions": sessions,
+        "per_host": per_host,
+        "per_node": per_node,
+    })))
 }
 
 #[derive(Deserialize)]
@@ -552,10 +568,45 @@ async fn kick_session(
         .map_err(|e| ApiError::BadRequest(format!("not a full JID: {e}")))?;
     let info =
         state.svc.router.sessions().get(&jid).ok_or_else(|| ApiError::NotFound(format!("no session for {jid}")))?;
-    let sink =
-        state.svc.router.sink(info.sid).ok_or_else(|| ApiError::NotFound(format!("{jid} is not on this node")))?;
-    sink.kick(KickReason::Admin);
-    Ok(HttpResponse::NoContent().finish())
+    // On whichever node of the cluster it is.
+    match state.svc.router.kick(&info, KickReason::Admin).await {
+        Ok(true) => Ok(HttpResponse::NoContent().finish()),
+        Ok(false) => Err(ApiError::NotFound(format!("no session for {jid}"))),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}
+
+/// Ends every session of `user@host`, on every node; how many were ended.
+async fn kick_account(state: &AdminState, host: &str, user: &str, reason: KickReason) -> Result<usize, ApiError> {
+    let bare = meerkat_xmpp::jid::parse_bare(&format!("{user}@{host}"))
+        .map_err(|e| ApiError::BadRequest(format!("not an account: {e}")))?;
+    let mut kicked = 0;
+    let mut unreachable = Vec::new();
+    for info in state.svc.router.sessions().resources(&bare) {
+        match state.svc.router.kick(&info, reason).await {
+            Ok(true) => kicked += 1,
+            Ok(false) => {}
+            Err(e) => unreachable.push(e.to_string()),
+        }
+    }
+    if !unreachable.is_empty() {
+        return Err(ApiError::Unavailable(format!(
+            "{kicked} session(s) ended; not reached: {}",
+            unreachable.join("; ")
+        )));
+    }
+    Ok(kicked)
+}
+
+async fn kick_user_sessions(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (host, user) = path.into_inner();
+    let kicked = kick_account(&state, &host, &user, KickReason::Admin).await?;
+    Ok(HttpResponse::Ok().json(json!({ "kicked": kicked })))
 }
 
 #[cfg(test)]
@@ -576,8 +627,8 @@ mod tests {
                 count += 1;
             }
         }
-        assert_eq!(count, 17);
-        assert_eq!(paths.len(), 16);
+        assert_eq!(count, 18);
+        assert_eq!(paths.len(), 17);
     }
 
     /// Every object in `value` has exactly the properties its schema lists.

@@ -104,6 +104,8 @@ pub enum UserCommand {
     },
     /// Remove an account and all its data, closing its sessions.
     Remove { jid: String },
+    /// Close every session of an account, on every node of the cluster.
+    Kick { jid: String },
     /// List the accounts of a host (default: the first configured host).
     List { host: Option<String> },
     /// Change a password (from --password, or else the first line of stdin).
@@ -251,6 +253,11 @@ pub fn run_admin(client: &ApiClient, cmd: &Command) -> anyhow::Result<()> {
             for u in v["users"].as_array().into_iter().flatten() {
                 println!("{}@{host}", u.as_str().unwrap_or_default());
             }
+        }
+        Command::User(UserCommand::Kick { jid }) => {
+            let (user, host) = split_jid(jid)?;
+            let v = client.call("DELETE", &format!("/api/users/{}/{}/sessions", enc(&host), enc(&user)), None)?;
+            println!("closed {} session(s) of {user}@{host}", v["kicked"]);
         }
         Command::User(UserCommand::Passwd { jid, password: p }) => {
             let (user, host) = split_jid(jid)?;

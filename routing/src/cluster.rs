@@ -92,6 +92,16 @@ impl StanzaInbox for ClusterInbox {
         }
     }
 
+    fn kick(&self, _from_node: u64, sid: u64, reason: u8) -> bool {
+        match self.router.sink(meerkat_cluster::SessionId(sid)) {
+            Some(sink) => {
+                sink.kick(crate::KickReason::from_code(reason));
+                true
+            }
+            None => false,
+        }
+    }
+
     fn deliver_checked(&self, _from_node: u64, frame: StanzaFrame) -> bool {
         let router = &self.router;
         match frame.target {

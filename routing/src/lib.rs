@@ -37,7 +37,8 @@
 //!   into that peer's bounded queue, delivery to a service or component a
 //!   non-blocking [`DomainHandler::deliver`] into its bounded queue; work
 //!   that needs storage is handed to the [`ServerHandler`], whose queues are
-//!   bounded too. Only registering a domain waits (for the cluster to commit it).
+//!   bounded too. Only registering a domain waits (for the cluster to commit
+//!   it), and so does an operator's [`Router::kick`] of a session on another node.
 //! - A domain has one route: a local host, or one registration of one node.
 //! - A stanza forwarded from another node is never forwarded again: the
 //!   receiving node delivers it to its own sessions, offline storage or
@@ -87,6 +88,35 @@ pub enum KickReason {
     Admin,
     /// The account was removed.
     AccountRemoved,
+}
+
+impl KickReason {
+    /// Its code on the cluster transport ([`meerkat_cluster::transport::Request::Kick`]).
+    pub fn code(self) -> u8 {
+        match self {
+            KickReason::Conflict => 0,
+            KickReason::Shutdown => 1,
+            KickReason::Admin => 2,
+            KickReason::AccountRemoved => 3,
+        }
+    }
+
+    /// The reason of a code; an unknown one (a newer node's) is an administrator's.
+    pub fn from_code(code: u8) -> KickReason {
+        match code {
+            0 => KickReason::Conflict,
+            1 => KickReason::Shutdown,
+            3 => KickReason::AccountRemoved,
+            _ => KickReason::Admin,
+        }
+    }
+}
+
+/// Why a session on another node could not be told to end.
+#[derive(Debug, thiserror::Error)]
+pub enum KickError {
+    #[error("node {0} did not answer: {1}")]
+    Unreachable(u64, String),
 }
 
 /// Told whether a session took a batch of stored messages ([`SessionSink::deliver_stored`]).
@@ -435,6 +465,29 @@ impl Router {
         if let Err(job) = server.submit(job) {
             tracing::warn!("server queue full; answering resource-constraint");
             self.bounce(job.into_routed(), StanzaErrorCondition::ResourceConstraint);
+        }
+    }
+
+    /// Ends a session wherever it is in the cluster: at once on this node,
+    /// through the cluster transport on another. `Ok(false)` when the session
+    /// was gone already. Waits for the other node's answer (an operator's
+    /// request, never on a stanza's path).
+    pub async fn kick(&self, info: &SessionInfo, reason: KickReason) -> Result<bool, KickError> {
+        if info.node == self.node {
+            return Ok(match self.sink(info.sid) {
+                Some(sink) => {
+                    sink.kick(reason);
+                    true
+                }
+                None => false,
+            });
+        }
+        let Some(transport) = self.transport() else { return Ok(false) };
+        let request = meerkat_cluster::transport::Request::Kick { sid: info.sid.0, reason: reason.code() };
+        match transport.request(info.node.0, request, std::time::Duration::from_secs(5)).await {
+            Ok(meerkat_cluster::transport::Response::Delivered(found)) => Ok(found),
+            Ok(other) => Err(KickError::Unreachable(info.node.0, format!("unexpected answer {other:?}"))),
+            Err(e) => Err(KickError::Unreachable(info.node.0, e.to_string())),
         }
     }
 

@@ -258,3 +258,42 @@ async fn subscriptions_presence_probes_and_roster_pushes_cross_nodes() {
     bob.send_message("alice@localhost", "now to node 3").await.unwrap();
     assert_eq!(body(&alice3.recv_message().await.unwrap()).as_deref(), Some("now to node 3"));
 }
+
+/// The admin API of one node ends sessions on any node: one session by its
+/// JID, all of an account's (`DELETE /api/users/{host}/{user}/sessions`),
+/// and those of a removed account; `/api/sessions` counts per host and node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_of_one_node_ends_sessions_on_another() {
+    let c = tokio::task::spawn_blocking(|| TestCluster::start(2)).await.unwrap();
+    for u in ["alice", "bob"] {
+        c.add_user(u, PW);
+    }
+    let mut a1 = online(&c.nodes[1], "alice", PW, "one", Some(1)).await;
+    let mut a2 = online(&c.nodes[1], "alice", PW, "two", Some(1)).await;
+    let mut b = online(&c.nodes[1], "bob", PW, "b", Some(1)).await;
+    let _here = online(&c.nodes[0], "bob", PW, "here", Some(1)).await;
+    wait_until("node 1 sees all four sessions", Duration::from_secs(10), || c.table(0).len() == 4);
+
+    let (code, v) = c.nodes[0].api("GET", "/api/sessions?node=2", None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["count"], 3, "{v}");
+    assert_eq!((v["per_node"]["1"].as_u64(), v["per_node"]["2"].as_u64()), (Some(1), Some(3)), "{v}");
+    assert_eq!(v["per_host"]["localhost"], 4, "{v}");
+    let (_, v) = c.nodes[0].api("GET", "/api/sessions?host=elsewhere.example", None);
+    assert_eq!(v["count"], 0, "{v}");
+
+    // One session on node 2, ended from node 1.
+    let (code, v) = c.nodes[0].api("DELETE", "/api/sessions/alice@localhost%2Fone", None);
+    assert_eq!(code, 204, "{v}");
+    assert!(a1.wait_closed(Duration::from_secs(10)).await.is_ok());
+    // Every session of an account.
+    let (code, v) = c.nodes[0].api("DELETE", "/api/users/localhost/alice/sessions", None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["kicked"], 1, "{v}");
+    assert!(a2.wait_closed(Duration::from_secs(10)).await.is_ok());
+    // A removed account's sessions end on every node.
+    let (code, v) = c.nodes[0].api("DELETE", "/api/users/localhost/bob", None);
+    assert_eq!(code, 204, "{v}");
+    assert!(b.wait_closed(Duration::from_secs(10)).await.is_ok());
+    wait_until("no session left", Duration::from_secs(10), || c.table(0).is_empty() && c.table(1).is_empty());
+}
