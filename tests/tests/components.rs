@@ -197,6 +197,14 @@ async fn a_second_component_for_a_domain_is_refused_or_replaces_the_first() {
     alice.send_message("two.localhost", "to the new one").await.unwrap();
     let got = new.recv_timeout(WAIT).await.unwrap();
     assert_eq!(got.get_child("body", ns::COMPONENT).map(Element::text).as_deref(), Some("to the new one"));
+
+    // The newcomer's listener decides, whichever listener the old one came in through.
+    let mut old = RawComponent::connect(n.open, "three.localhost", SECRET).await;
+    let mut new = RawComponent::connect(n.hidden, "three.localhost", SECRET).await;
+    assert_eq!(old.expect_stream_error(WAIT).await, "conflict");
+    alice.send_message("three.localhost", "across listeners").await.unwrap();
+    let got = new.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(got.get_child("body", ns::COMPONENT).map(Element::text).as_deref(), Some("across listeners"));
 }
 
 /// slixmpp components on node 1 (one over plain TCP, one over direct TLS),

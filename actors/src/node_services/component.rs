@@ -131,12 +131,18 @@ struct Shared {
     open: AtomicUsize,
 }
 
+/// What every component listener of a node shares: the components connected
+/// to the node, so that `kick_old` replaces one whichever listener it came
+/// in through.
+#[derive(Clone, Default)]
+pub struct Components(Arc<Shared>);
+
 impl ComponentListener {
-    pub fn build(name: String, cfg: ComponentListen) -> Result<Arc<dyn Service>, String> {
+    pub fn build(name: String, cfg: ComponentListen, node: &Components) -> Result<Arc<dyn Service>, String> {
         if cfg.password.is_empty() {
             return Err(format!("{name}.password: a component listener needs a password"));
         }
-        Ok(Arc::new(ComponentListener { name, cfg, shared: Arc::default(), running: Mutex::new(None) }))
+        Ok(Arc::new(ComponentListener { name, cfg, shared: node.0.clone(), running: Mutex::new(None) }))
     }
 }
 
@@ -353,7 +359,7 @@ async fn register(ctx: &ConnCtx, domain: &str) -> Result<Registered, StreamError
                 let Some(kick) = kick else {
                     return Err(error(
                         StreamErrorCondition::Conflict,
-                        "the domain is held by another listener's component",
+                        "the domain's component is being replaced already",
                     ));
                 };
                 let (done, released) = oneshot::channel();
@@ -502,6 +508,6 @@ mod tests {
         assert!(e.to_string().contains("check_form"), "{e}");
         assert!(toml::from_str::<ComponentListen>("port = 1").is_err(), "a password is required");
         let empty: ComponentListen = toml::from_str("port = 1\npassword = ''").unwrap();
-        assert!(ComponentListener::build("listen.component[0]".into(), empty).is_err());
+        assert!(ComponentListener::build("listen.component[0]".into(), empty, &Components::default()).is_err());
     }
 }

@@ -22,8 +22,9 @@ pub struct ServicesConfig {
 /// The configured services, in start order; an error names the section.
 pub fn build(cfg: &ServicesConfig) -> Result<Vec<Arc<dyn Service>>, String> {
     let mut services: Vec<Arc<dyn Service>> = Vec::new();
+    let components = component::Components::default();
     for (i, l) in cfg.component.iter().enumerate() {
-        services.push(component::ComponentListener::build(format!("listen.component[{i}]"), l.clone())?);
+        services.push(component::ComponentListener::build(format!("listen.component[{i}]"), l.clone(), &components)?);
     }
     Ok(services)
 }
