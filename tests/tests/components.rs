@@ -42,6 +42,7 @@ ip_address = "127.0.0.1"
 password = "{SECRET}"
 hidden_components = true
 conflict_behaviour = "kick_old"
+state_timeout = 1000
 
 [modules.mod_disco]
 users_can_see_hidden_services = false
@@ -72,6 +73,9 @@ async fn a_wrong_handshake_is_refused_and_the_right_one_accepted() {
     let answer = c.handshake(SECRET).await.unwrap();
     assert!(answer.has_child("conflict", ns::STREAMS), "{}", answer.to_xml(ns::COMPONENT));
     RawComponent::connect(n.open, "echo.localhost", SECRET).await;
+    // A connection that says nothing gets our header and <connection-timeout/> after state_timeout.
+    let mut idle = Client::tcp(n.hidden, "x.localhost").await.unwrap();
+    assert_eq!(idle.expect_stream_error_timeout(WAIT).await.unwrap(), "connection-timeout");
 }
 
 #[tokio::test]

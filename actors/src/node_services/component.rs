@@ -262,9 +262,16 @@ async fn serve(ctx: &ConnCtx, sock: tokio::net::TcpStream, peer: SocketAddr) {
     let limits = Limits { max_stanza_size: ctx.cfg.max_stanza_size, ..Limits::default() };
     let mut conn = Conn::stream(transport, limits, Shaper::new(ctx.rate));
     let id = format!("{:016x}", rand::random::<u64>());
-    let opened = match tokio::time::timeout_at(deadline, open(ctx, &mut conn, &id)).await {
+    let mut header_sent = false;
+    let opened = match tokio::time::timeout_at(deadline, open(ctx, &mut conn, &id, &mut header_sent)).await {
         Ok(r) => r,
-        Err(_) => Err(error(StreamErrorCondition::ConnectionTimeout, "no handshake in time")),
+        Err(_) => {
+            if !header_sent {
+                // RFC 6120 §4.9.1.1: the error goes after a header of ours.
+                let _ = conn.send(&stream_header_xml("", &id)).await;
+            }
+            Err(error(StreamErrorCondition::ConnectionTimeout, "no handshake in time"))
+        }
     };
     let (domain, guard) = match opened {
         Ok(Some(opened)) => opened,
@@ -282,23 +289,37 @@ async fn serve(ctx: &ConnCtx, sock: tokio::net::TcpStream, peer: SocketAddr) {
 }
 
 /// The stream header and handshake. `Ok(None)`: the component went away.
-async fn open(ctx: &ConnCtx, conn: &mut Conn, id: &str) -> Result<Option<(String, Registered)>, StreamError> {
+async fn open(
+    ctx: &ConnCtx,
+    conn: &mut Conn,
+    id: &str,
+    header_sent: &mut bool,
+) -> Result<Option<(String, Registered)>, StreamError> {
     let header = match next_event(conn).await {
         Ok(Some(StreamEvent::Header(h))) => h,
         Ok(Some(_)) => {
-            return header_then(conn, "", id, error(StreamErrorCondition::NotWellFormed, "no stream header")).await
+            return header_then(
+                conn,
+                "",
+                id,
+                header_sent,
+                error(StreamErrorCondition::NotWellFormed, "no stream header"),
+            )
+            .await
         }
         Ok(None) => return Ok(None),
-        Err(e) => return header_then(conn, "", id, e).await,
+        Err(e) => return header_then(conn, "", id, header_sent, e).await,
     };
     let to = header.to.as_deref().unwrap_or_default();
     let Ok(domain) = canonical_domain(to) else {
-        return header_then(conn, to, id, error(StreamErrorCondition::HostUnknown, "the stream names no domain")).await;
+        let e = error(StreamErrorCondition::HostUnknown, "the stream names no domain");
+        return header_then(conn, to, id, header_sent, e).await;
     };
     if header.default_ns.as_deref() != Some(ns::COMPONENT) {
         let e = error(StreamErrorCondition::InvalidNamespace, "a component stream is in jabber:component:accept");
-        return header_then(conn, &domain, id, e).await;
+        return header_then(conn, &domain, id, header_sent, e).await;
     }
+    *header_sent = true;
     conn.send(&stream_header_xml(&domain, id)).await.map_err(|_| error(StreamErrorCondition::Reset, "gone"))?;
     let handshake = match next_event(conn).await? {
         Some(StreamEvent::Stanza(el)) if el.is("handshake", ns::COMPONENT) => el.text(),
@@ -314,7 +335,14 @@ async fn open(ctx: &ConnCtx, conn: &mut Conn, id: &str) -> Result<Option<(String
 }
 
 /// RFC 6120 §4.9.1.1: an error before our header goes after one.
-async fn header_then<T>(conn: &mut Conn, domain: &str, id: &str, e: StreamError) -> Result<T, StreamError> {
+async fn header_then<T>(
+    conn: &mut Conn,
+    domain: &str,
+    id: &str,
+    header_sent: &mut bool,
+    e: StreamError,
+) -> Result<T, StreamError> {
+    *header_sent = true;
     let _ = conn.send(&stream_header_xml(domain, id)).await;
     Err(e)
 }
