@@ -169,7 +169,13 @@ impl Routes {
         match self.registry.domains().get(domain) {
             Some(r) if r.node == me.0 => Route::Here(r.kind),
             Some(r) => Route::Node(NodeId(r.node), r.kind),
-            None => Route::Remote,
+            // Not in the table, yet registered here: the table lost this
+            // node's domains (it was marked down, or is registering them
+            // again after `NodeUp`); this node's own traffic still reaches them.
+            None => match self.handlers.read().unwrap_or_else(|e| e.into_inner()).get(domain) {
+                Some(local) => Route::Here(local.kind),
+                None => Route::Remote,
+            },
         }
     }
 

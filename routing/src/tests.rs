@@ -1164,3 +1164,30 @@ mod two_nodes {
         p.tb.shutdown();
     }
 }
+
+mod domains_while_the_table_lost_them {
+    use super::*;
+    use meerkat_cluster::{DomainKind, DomainRecord, NodeId};
+
+    /// A node the cluster marked down loses its domains from the table until
+    /// it registers them again; meanwhile its own traffic still reaches the
+    /// components connected to it, and a domain the table gives another node
+    /// goes there.
+    #[test]
+    fn this_nodes_own_traffic_still_reaches_its_components() {
+        let w = World::verona();
+        let irc = Queue::new(8);
+        let _guard = register(&w.router, "irc.example.com", DomainKind::Component, irc.clone()).unwrap();
+        let me = w.router.node();
+        assert_eq!(w.router.route_of("irc.example.com"), Route::Here(DomainKind::Component));
+        w.router.domains().remove_node(me);
+        assert_eq!(w.router.route_of("irc.example.com"), Route::Here(DomainKind::Component));
+        w.route("<message to='bot@irc.example.com' type='chat' id='1'/>");
+        assert_eq!(irc.ids(), ["1"]);
+        // The table's word wins when it names another node.
+        let other =
+            DomainRecord { domain: "irc.example.com".into(), node: me.0 + 1, kind: DomainKind::Component, id: 1 };
+        w.router.domains().claim(other).unwrap();
+        assert_eq!(w.router.route_of("irc.example.com"), Route::Node(NodeId(me.0 + 1), DomainKind::Component));
+    }
+}
