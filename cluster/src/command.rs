@@ -84,6 +84,12 @@ pub enum CommandV2 {
     /// A domain's registration ended; a no-op unless registration `id` of
     /// `node` still holds it.
     UnregisterDomain { domain: String, node: u64, id: u64 },
+    /// [`CommandV1::NodeUp`] with the domains the node serves, registered in
+    /// the same step, so that they are never missing from the table between
+    /// the two (a domain another node took meanwhile stays with that node).
+    /// Proposed only by a node that holds domains. Appended last: logs of
+    /// earlier versions still decode.
+    NodeUpWithDomains { node: u64, sessions: Vec<SessionRecord>, domains: Vec<DomainRecord> },
 }
 
 impl From<CommandV2> for Command {
@@ -112,6 +118,8 @@ pub enum CommandResponse {
     DomainRegistered,
     /// `RegisterDomain`: another node holds the domain.
     DomainTaken { holder: DomainRecord },
+    /// `NodeUpWithDomains`: the domains that another node held, with their holders.
+    DomainsTaken { taken: Vec<DomainRecord> },
 }
 
 /// The bincode configuration of everything the cluster writes or sends.

@@ -17,8 +17,8 @@
 //!
 //! Service and component domains ([`DomainRegistry`]) follow sessions: a
 //! registration is committed before it is routable, a node marked down or
-//! removed loses its domains everywhere, and after `NodeUp` the node
-//! registers the domains it still serves again.
+//! removed loses its domains everywhere, and its `NodeUp` carries the
+//! domains it still serves (`NodeUpWithDomains`), registered in the same step.
 //!
 //! # Partitions
 //! A node that cannot reach a majority cannot commit, so it refuses logins:
@@ -438,9 +438,18 @@ impl ClusterNode {
             }
             let registered_alone: Vec<SessionId> =
                 self.alone.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
-            let cmd = CommandV1::NodeUp { node: self.id, sessions: self.own_records() }.into();
+            // With the domains it serves, when it serves any, in the same step:
+            // a plain NodeUp would leave them out of the table until registered again.
+            let own_domains: Vec<DomainRecord> =
+                self.own_domains.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+            let cmd: Command = if own_domains.is_empty() {
+                CommandV1::NodeUp { node: self.id, sessions: self.own_records() }.into()
+            } else {
+                CommandV2::NodeUpWithDomains { node: self.id, sessions: self.own_records(), domains: own_domains }
+                    .into()
+            };
             match self.propose(cmd).await {
-                Ok(_) => {
+                Ok(response) => {
                     self.ready.store(true, Ordering::Release);
                     {
                         let mut alone = self.alone.lock().unwrap_or_else(|e| e.into_inner());
@@ -449,8 +458,28 @@ impl ClusterNode {
                         }
                     }
                     tracing::info!(node = self.id, "registered with the cluster");
-                    // NodeUp cleared this node's domains: register those it still serves again.
-                    tokio::spawn(self.clone().reclaim_domains());
+                    match response {
+                        CommandResponse::DomainsTaken { taken } => {
+                            for holder in taken {
+                                tracing::warn!(domain = %holder.domain, holder = holder.node, "domain taken while this node was down");
+                                let mine = self
+                                    .own_domains
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .get(&holder.domain)
+                                    .cloned();
+                                if let Some(mine) = mine {
+                                    self.forget_own_domain(&mine);
+                                }
+                            }
+                            // Registered meanwhile (after the list was read): registered again.
+                            tokio::spawn(self.clone().reclaim_domains());
+                        }
+                        // NodeUp cleared this node's domains: register those it still serves again.
+                        _ => {
+                            tokio::spawn(self.clone().reclaim_domains());
+                        }
+                    }
                     tokio::select! {
                         _ = self.announce.notified() => {}
                         _ = shutdown.changed() => return,
@@ -826,9 +855,12 @@ impl SessionRegistry for ClusterNode {
                 Err(RegistryError::NotReady("this node is re-registering with the cluster".into()))
             }
             // Answers of other commands; `OpenSession` never gives them.
-            Ok(CommandResponse::Done | CommandResponse::DomainRegistered | CommandResponse::DomainTaken { .. }) => {
-                Ok(OpenOutcome { accepted: true, loser: None })
-            }
+            Ok(
+                CommandResponse::Done
+                | CommandResponse::DomainRegistered
+                | CommandResponse::DomainTaken { .. }
+                | CommandResponse::DomainsTaken { .. },
+            ) => Ok(OpenOutcome { accepted: true, loser: None }),
             Err(e) => {
                 self.own.lock().unwrap_or_else(|e| e.into_inner()).remove(&info.sid);
                 // The proposal may still commit later; make sure it does not linger.

@@ -134,6 +134,16 @@ impl Registry {
                 self.domains.release(domain, *node, *id);
                 CommandResponse::Done
             }
+            CommandV2::NodeUpWithDomains { node, sessions, domains } => {
+                self.apply_v1(&CommandV1::NodeUp { node: *node, sessions: sessions.clone() });
+                let mut taken = Vec::new();
+                for rec in domains.iter().filter(|r| r.node == *node) {
+                    if let Err(holder) = self.domains.claim(rec.clone()) {
+                        taken.push(holder);
+                    }
+                }
+                CommandResponse::DomainsTaken { taken }
+            }
         }
     }
 
@@ -335,6 +345,28 @@ mod tests {
         assert_eq!(reg.domains().get("b.x"), None);
         reg.retain_members(&[1, 2].into_iter().collect());
         assert!(reg.domains().is_empty(), "node 3 is no member any more");
+    }
+
+    #[test]
+    fn a_node_up_with_its_domains_registers_them_in_the_same_step() {
+        let mut reg = Registry::new(Arc::new(SessionTable::new()));
+        reg.apply(&register(domain("a.x", 1, 1)));
+        reg.apply(&register(domain("b.x", 1, 2)));
+        reg.apply(&CommandV1::NodeDown { node: 1 }.into());
+        assert!(reg.domains().is_empty());
+        // Node 2 took b.x while node 1 was down.
+        reg.apply(&register(domain("b.x", 2, 7)));
+        let up = CommandV2::NodeUpWithDomains {
+            node: 1,
+            sessions: vec![rec("a@x/r", 1, 1, 1)],
+            // A record of another node in the list is ignored.
+            domains: vec![domain("a.x", 1, 3), domain("b.x", 1, 4), domain("c.x", 3, 1)],
+        };
+        assert_eq!(reg.apply(&up.into()), CommandResponse::DomainsTaken { taken: vec![domain("b.x", 2, 7)] });
+        assert_eq!(reg.domains().get("a.x"), Some(domain("a.x", 1, 3)));
+        assert_eq!(reg.domains().get("b.x"), Some(domain("b.x", 2, 7)));
+        assert_eq!(reg.domains().get("c.x"), None);
+        assert_eq!(reg.sessions().len(), 1);
     }
 
     #[test]
