@@ -159,6 +159,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/users/{host}/{user}", web::delete().to(remove_user))
         .route("/api/users/{host}/{user}/password", web::put().to(set_password))
         .route("/api/users/{host}/{user}/sessions", web::delete().to(kick_user_sessions))
+        .route("/api/users/{host}/{user}/roster", web::get().to(get_roster))
+        .route("/api/stats", web::get().to(stats))
         .route("/api/stanzas", web::post().to(send_stanza))
         .route("/api/messages", web::post().to(send_message))
         .route("/api/sessions", web::get().to(list_sessions))
@@ -416,6 +418,73 @@ async fn set_password(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Server figures as MongooseIM's `stats` command gives them: accounts and
+/// sessions per host, sessions per node, uptime and stanza counters.
+async fn stats(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let svc = &state.svc;
+    let sessions = svc.router.sessions().all();
+    let mut hosts = serde_json::Map::new();
+    for host in svc.router.hosts() {
+        let registered = svc.ctx.accounts.list(host).await?.len();
+        let online: Vec<_> = sessions.iter().filter(|s| s.jid.domain().as_str() == host.as_str()).collect();
+        let mut users: Vec<String> = online.iter().map(|s| s.jid.to_bare().to_string()).collect();
+        users.sort();
+        users.dedup();
+        hosts.insert(
+            host.clone(),
+            json!({ "registered_users": registered, "online_users": users.len(), "sessions": online.len() }),
+        );
+    }
+    let mut per_node: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for s in &sessions {
+        *per_node.entry(s.node.0.to_string()).or_default() += 1;
+    }
+    let counter = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(HttpResponse::Ok().json(json!({
+        "node": svc.router.node().0,
+        "uptime_seconds": svc.uptime().as_secs(),
+        "hosts": hosts,
+        "sessions": sessions.len(),
+        "sessions_per_node": per_node,
+        "local_sessions": svc.local_sessions(),
+        "stanzas": {
+            "routed": counter(&svc.router.stats.routed),
+            "bounced": counter(&svc.router.stats.bounced),
+            "dropped": counter(&svc.router.stats.dropped),
+        },
+    })))
+}
+
+/// An account's roster, as stored.
+async fn get_roster(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (host, user) = path.into_inner();
+    if !state.svc.ctx.accounts.exists(&host, &user).await? {
+        return Err(ApiError::NotFound(format!("no account {user}@{host}")));
+    }
+    use meerkat_storage::RosterRepo as _;
+    let items = state.svc.storage.get_roster(&host, &user).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let items: Vec<_> = items
+        .into_iter()
+        .map(|i| {
+            json!({
+                "jid": i.contact,
+                "name": i.name,
+                "subscription": i.subscription.as_str(),
+                "ask": i.ask_out,
+                "pending_in": i.pending_in,
+                "groups": i.groups,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
 #[derive(Deserialize)]
 struct SessionFilter {
     host: Option<String>,
@@ -627,8 +696,8 @@ mod tests {
                 count += 1;
             }
         }
-        assert_eq!(count, 18);
-        assert_eq!(paths.len(), 17);
+        assert_eq!(count, 20);
+        assert_eq!(paths.len(), 19);
     }
 
     /// Every object in `value` has exactly the properties its schema lists.

@@ -266,3 +266,39 @@ async fn the_admin_sends_stanzas_as_a_user() {
     assert_eq!(res.attr("type"), Some("result"));
     assert!(bob.backlog().all(|el| meerkat_tests::client::body(el).is_none()), "a refused stanza arrived");
 }
+
+/// `GET /api/stats` counts accounts, online users and sessions per host and
+/// node; `GET /api/users/{host}/{user}/roster` shows the stored roster.
+#[tokio::test]
+async fn stats_and_a_users_roster() {
+    let node = TestNode::start("");
+    for u in ["alice", "bob", "carol"] {
+        node.add_user(u, "pw");
+    }
+    let mut a1 = login(&node, "alice", "pw", "one").await;
+    let _a2 = login(&node, "alice", "pw", "two").await;
+    let res = a1
+        .iq_xml("<iq type='set'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='Bob'><group>Friends</group></item></query></iq>")
+        .await
+        .unwrap();
+    assert_eq!(res.attr("type"), Some("result"), "{res}");
+
+    let (code, v) = node.api("GET", "/api/stats", None);
+    assert_eq!(code, 200, "{v}");
+    let h = &v["hosts"]["localhost"];
+    assert_eq!(
+        (h["registered_users"].as_u64(), h["online_users"].as_u64(), h["sessions"].as_u64()),
+        (Some(3), Some(1), Some(2)),
+        "{v}"
+    );
+    assert_eq!(v["sessions_per_node"]["1"], 2, "{v}");
+
+    let (code, v) = node.api("GET", "/api/users/localhost/alice/roster", None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["items"],
+        serde_json::json!([{"jid": "bob@localhost", "name": "Bob", "subscription": "none", "ask": false, "pending_in": false, "groups": ["Friends"]}])
+    );
+    let (code, v) = node.api("GET", "/api/users/localhost/nobody/roster", None);
+    assert_eq!(code, 404, "{v}");
+}
