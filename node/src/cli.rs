@@ -36,6 +36,8 @@ pub enum Command {
     Session(SessionCommand),
     /// Show the running node's status.
     Status,
+    /// Accounts, online users and sessions per host, sessions per node.
+    Stats,
     /// Cluster membership: join, leave, remove a dead node, status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -106,6 +108,8 @@ pub enum UserCommand {
     Remove { jid: String },
     /// Close every session of an account, on every node of the cluster.
     Kick { jid: String },
+    /// Show an account's roster.
+    Roster { jid: String },
     /// List the accounts of a host (default: the first configured host).
     List { host: Option<String> },
     /// Change a password (from --password, or else the first line of stdin).
@@ -253,6 +257,35 @@ pub fn run_admin(client: &ApiClient, cmd: &Command) -> anyhow::Result<()> {
             for u in v["users"].as_array().into_iter().flatten() {
                 println!("{}@{host}", u.as_str().unwrap_or_default());
             }
+        }
+        Command::User(UserCommand::Roster { jid }) => {
+            let (user, host) = split_jid(jid)?;
+            let v = client.call("GET", &format!("/api/users/{}/{}/roster", enc(&host), enc(&user)), None)?;
+            for i in v["items"].as_array().into_iter().flatten() {
+                let groups: Vec<&str> =
+                    i["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str()).collect();
+                println!(
+                    "{}\t{}\t{}{}\t{}",
+                    i["jid"].as_str().unwrap_or_default(),
+                    i["name"].as_str().unwrap_or("-"),
+                    i["subscription"].as_str().unwrap_or_default(),
+                    if i["ask"].as_bool().unwrap_or(false) { " (asked)" } else { "" },
+                    groups.join(",")
+                );
+            }
+        }
+        Command::Stats => {
+            let v = client.call("GET", "/api/stats", None)?;
+            for (host, h) in v["hosts"].as_object().into_iter().flatten() {
+                println!(
+                    "{host}\t{} accounts\t{} online\t{} sessions",
+                    h["registered_users"], h["online_users"], h["sessions"]
+                );
+            }
+            for (node, n) in v["sessions_per_node"].as_object().into_iter().flatten() {
+                println!("node {node}\t{n} sessions");
+            }
+            println!("uptime {} s", v["uptime_seconds"]);
         }
         Command::User(UserCommand::Kick { jid }) => {
             let (user, host) = split_jid(jid)?;

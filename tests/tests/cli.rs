@@ -301,4 +301,11 @@ async fn stats_and_a_users_roster() {
     );
     let (code, v) = node.api("GET", "/api/users/localhost/nobody/roster", None);
     assert_eq!(code, 404, "{v}");
+
+    let o = node.cli(&["user", "roster", "alice@localhost"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "bob@localhost\tBob\tnone\tFriends");
+    let o = node.cli(&["stats"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("localhost\t3 accounts\t1 online\t2 sessions"), "{}", stdout(&o));
 }
