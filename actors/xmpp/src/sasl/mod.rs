@@ -4,6 +4,7 @@
 //! - the SASL framework as used by XMPP: RFC 4422, and RFC 6120 §6 for the
 //!   failure conditions;
 //! - `PLAIN`: RFC 4616;
+//! - `EXTERNAL` with a client certificate: who it logs in as (XEP-0178, [`external`]);
 //! - `SCRAM-SHA-1`: RFC 5802; `SCRAM-SHA-256`: RFC 7677; `SCRAM-SHA-512`:
 //!   draft-melnikov-scram-sha-512 (same construction with SHA-512);
 //! - the `-PLUS` variants with the `tls-exporter` channel binding of RFC 9266,
@@ -34,6 +35,7 @@
 //!   downgrade attack and is refused (RFC 5802 §6).
 
 mod crypto;
+pub mod external;
 mod plain;
 mod scram;
 #[cfg(test)]
