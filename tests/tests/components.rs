@@ -309,3 +309,35 @@ tls = {{}}
         assert_eq!(from, ["u2@localhost/r", "u3@localhost/r"], "{domain}: {summary}");
     }
 }
+
+/// A listener takes `max_connections` components at once; one more gets
+/// `<policy-violation/>`, and a place freed is taken again.
+#[tokio::test]
+async fn a_listener_holds_at_most_max_connections() {
+    let port = free_port();
+    let node = tokio::task::spawn_blocking(move || {
+        TestNode::start(&format!(
+            "[[listen.component]]\nport = {port}\nip_address = \"127.0.0.1\"\npassword = \"{SECRET}\"\nmax_connections = 1\n"
+        ))
+    })
+    .await
+    .unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let first = RawComponent::connect(addr, "one.localhost", SECRET).await;
+    let mut over = Client::tcp(addr, "two.localhost").await.unwrap();
+    assert_eq!(over.expect_stream_error_timeout(WAIT).await.unwrap(), "policy-violation");
+    drop(first);
+    // The place frees once the node has seen the first connection close.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut c = RawComponent::open(addr, "two.localhost").await.unwrap();
+        match c.handshake(SECRET).await {
+            Ok(el) if el.is("handshake", ns::COMPONENT) => break,
+            other => {
+                assert!(tokio::time::Instant::now() < deadline, "no place freed: {other:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(node);
+}

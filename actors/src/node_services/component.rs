@@ -83,6 +83,9 @@ pub struct ComponentListen {
     /// Milliseconds a new connection has to open its stream and hand-shake.
     #[serde(default = "state_timeout")]
     pub state_timeout: u64,
+    /// Connections open at once; one more gets `<policy-violation/>`.
+    #[serde(default = "max_connections")]
+    pub max_connections: usize,
     /// Direct TLS (the whole connection is TLS, as MongooseIM 6.4 offers).
     pub tls: Option<TlsFiles>,
 }
@@ -104,6 +107,9 @@ fn max_stanza_size() -> usize {
 }
 fn state_timeout() -> u64 {
     5000
+}
+fn max_connections() -> usize {
+    1024
 }
 
 /// One `[[listen.component]]`.
@@ -164,6 +170,10 @@ impl Service for ComponentListener {
         let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("listening on {addr}: {e}"))?;
         tracing::info!(%addr, tls = tls.is_some(), listener = %self.name, "component listener ready");
         let (stop, stop_rx) = watch::channel(false);
+        let admission = crate::admission::Admission::new(crate::admission::ConnectionLimits {
+            max_connections: Some(self.cfg.max_connections),
+            max_connections_per_ip: None,
+        });
         let conn = Arc::new(ConnCtx {
             router: ctx.module.router.clone(),
             cfg: self.cfg.clone(),
@@ -171,6 +181,7 @@ impl Service for ComponentListener {
             tls,
             shared: self.shared.clone(),
             stop: stop_rx.clone(),
+            admission,
         });
         let accept = tokio::spawn(accept_loop(tcp, conn, stop_rx));
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { stop, accept });
@@ -198,6 +209,7 @@ struct ConnCtx {
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
+    admission: Arc<crate::admission::Admission>,
 }
 
 async fn accept_loop(tcp: tokio::net::TcpListener, ctx: Arc<ConnCtx>, mut stop: watch::Receiver<bool>) {
@@ -209,7 +221,10 @@ async fn accept_loop(tcp: tokio::net::TcpListener, ctx: Arc<ConnCtx>, mut stop: 
                     let ctx = ctx.clone();
                     ctx.shared.open.fetch_add(1, Ordering::AcqRel);
                     tokio::spawn(async move {
-                        serve(&ctx, sock, peer).await;
+                        match ctx.admission.admit(Some(peer.ip())) {
+                            Ok(_admitted) => serve(&ctx, sock, peer).await,
+                            Err(why) => refuse(&ctx, sock, peer, why).await,
+                        }
                         ctx.shared.open.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
@@ -225,6 +240,19 @@ async fn accept_loop(tcp: tokio::net::TcpListener, ctx: Arc<ConnCtx>, mut stop: 
 /// Returns once the listener stops.
 async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// A connection over `max_connections`: our header and `<policy-violation/>`,
+/// within a second, and it is closed.
+async fn refuse(ctx: &ConnCtx, sock: tokio::net::TcpStream, peer: SocketAddr, why: crate::admission::Refused) {
+    tracing::warn!(%peer, %why, "component connection refused");
+    let e = error(StreamErrorCondition::PolicyViolation, why.to_string());
+    let mut conn = Conn::stream(Transport::Plain(sock), Limits::default(), None);
+    if ctx.tls.is_none() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(&stream_header_xml("", ""))).await;
+        conn.close(Some(&e)).await;
+    }
+    // Over TLS nothing is written before a handshake this listener will not spend.
 }
 
 /// The next event of the stream; `None` once the component closed the connection.
@@ -526,6 +554,7 @@ mod tests {
         assert!(l.check_from && !l.hidden_components && l.tls.is_none());
         assert_eq!(l.conflict_behaviour, ConflictBehaviour::Disconnect);
         assert_eq!((l.shaper.as_str(), l.access.as_str(), l.state_timeout), ("none", "all", 5000));
+        assert_eq!(l.max_connections, 1024);
         let l: ComponentListen = toml::from_str(
             "port = 1\npassword = 'x'\nconflict_behaviour = 'kick_old'\nhidden_components = true\ntls.certfile = 'c'\ntls.keyfile = 'k'",
         )
