@@ -17,7 +17,6 @@ message on stderr if --timeout passes first or the server ends the stream.
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import ssl
@@ -25,14 +24,9 @@ import sys
 
 from slixmpp.componentxmpp import ComponentXMPP
 
-
-def out(obj):
-    print(json.dumps(obj), flush=True)
+from peer_common import fail, out, wait
 
 
-def fail(why):
-    print(f"FAIL: {why}", file=sys.stderr, flush=True)
-    os._exit(1)
 
 
 class Echo(ComponentXMPP):
@@ -56,12 +50,6 @@ class Echo(ComponentXMPP):
         if len(self.received) >= self.count:
             self.answered.set()
 
-
-async def wait(aw, what, timeout):
-    try:
-        return await asyncio.wait_for(aw, timeout)
-    except asyncio.TimeoutError:
-        fail(f"timed out after {timeout}s waiting for {what}")
 
 
 async def main():

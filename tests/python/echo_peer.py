@@ -19,16 +19,13 @@ Exits 1 with a message on stderr if --timeout passes first.
 
 import argparse
 import asyncio
-import json
-import os
 import ssl
 import sys
 
 import slixmpp
 
+from peer_common import fail, out, wait
 
-def out(obj):
-    print(json.dumps(obj), flush=True)
 
 
 class EchoPeer(slixmpp.ClientXMPP):
@@ -69,17 +66,6 @@ class EchoPeer(slixmpp.ClientXMPP):
             self.answered.set()
 
 
-def fail(why):
-    print(f"FAIL: {why}", file=sys.stderr, flush=True)
-    # At once: nothing (such as a thread blocked on stdin) may hold the exit up.
-    os._exit(1)
-
-
-async def wait(aw, what, timeout):
-    try:
-        return await asyncio.wait_for(aw, timeout)
-    except asyncio.TimeoutError:
-        fail(f"timed out after {timeout}s waiting for {what}")
 
 
 async def main():
