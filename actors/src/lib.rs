@@ -30,6 +30,7 @@ pub mod admission;
 pub mod auth;
 pub mod bosh;
 pub mod c2s;
+pub mod client_cert;
 pub mod ext;
 pub mod modules;
 pub mod negotiation;
