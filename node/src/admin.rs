@@ -586,27 +586,12 @@ async fn send_stanza(
     body: web::Json<StanzaRequest>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
     if body.stanza.len() > MAX_API_STANZA {
         return Err(ApiError::BadRequest(format!("the stanza is larger than {MAX_API_STANZA} bytes")));
     }
-    let mut p = StreamParser::new(Limits { max_stanza_size: MAX_API_STANZA, max_depth: 64 });
-    p.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
-    p.feed(body.stanza.as_bytes());
-    let bad = |why: String| ApiError::BadRequest(format!("the stanza does not parse: {why}"));
-    match p.next_event() {
-        Ok(Some(StreamEvent::Header(_))) => {}
-        other => return Err(bad(format!("{other:?}"))),
-    }
-    let stanza = match p.next_event() {
-        Ok(Some(StreamEvent::Stanza(el))) => el,
-        Ok(_) => return Err(bad("not one complete element".into())),
-        Err(e) => return Err(bad(e.to_string())),
-    };
-    // One element, nothing after it.
-    if !matches!(p.next_event(), Ok(None)) || !body.stanza.trim_end().ends_with('>') {
-        return Err(bad("more than one element".into()));
-    }
+    let limits = meerkat_xmpp::parser::Limits { max_stanza_size: MAX_API_STANZA, max_depth: 64 };
+    let stanza = meerkat_xmpp::parser::parse_element(&body.stanza, limits)
+        .map_err(|e| ApiError::BadRequest(format!("the stanza does not parse: {e}")))?;
     let id = route_as_user(&state, stanza).await?;
     Ok(HttpResponse::Ok().json(json!({ "id": id })))
 }

@@ -27,8 +27,6 @@ from slixmpp.componentxmpp import ComponentXMPP
 from peer_common import fail, out, wait
 
 
-
-
 class Echo(ComponentXMPP):
     def __init__(self, domain, secret, host, port, count):
         super().__init__(domain, secret, host, port)
@@ -49,7 +47,6 @@ class Echo(ComponentXMPP):
         self.send_message(mto=msg["from"], mfrom=self.boundjid.bare, mbody=f"echo: {msg['body']}", mtype="chat")
         if len(self.received) >= self.count:
             self.answered.set()
-
 
 
 async def main():

@@ -27,7 +27,6 @@ import slixmpp
 from peer_common import fail, out, wait
 
 
-
 class EchoPeer(slixmpp.ClientXMPP):
     def __init__(self, jid, password, ca, count):
         super().__init__(jid, password)
@@ -64,8 +63,6 @@ class EchoPeer(slixmpp.ClientXMPP):
         self.send_message(mto=msg["from"], mbody=f"echo: {msg['body']}", mtype="chat")
         if len(self.received) >= self.count:
             self.answered.set()
-
-
 
 
 async def main():

@@ -22,18 +22,8 @@ pub fn account_of(jid: &Jid) -> (String, String) {
 
 /// Parses a stanza kept as XML text (offline storage, archives) back into an element.
 pub fn parse_stored(xml: &str) -> Option<Element> {
-    use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
-    let mut p = StreamParser::new(Limits { max_stanza_size: xml.len() + 1024, max_depth: 256 });
-    p.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
-    p.feed(xml.as_bytes());
-    match p.next_event() {
-        Ok(Some(StreamEvent::Header(_))) => {}
-        _ => return None,
-    }
-    match p.next_event() {
-        Ok(Some(StreamEvent::Stanza(el))) => Some(el),
-        _ => None,
-    }
+    use meerkat_xmpp::parser::{parse_element, Limits};
+    parse_element(xml, Limits { max_stanza_size: xml.len() + 1024, max_depth: 256 }).ok()
 }
 
 /// The error reply to `stanza` with this `<error/>` element (RFC 6120 §8.3.1),

@@ -258,6 +258,33 @@ impl ParseError {
 
 type Result<T> = std::result::Result<T, ParseError>;
 
+/// Why [`parse_element`] found no element.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ElementError {
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error("not exactly one complete element")]
+    NotOneElement,
+}
+
+/// One element standing alone, as storage or an API hands it over, parsed
+/// as if in a `jabber:client` stream under `limits`: exactly one complete
+/// element, nothing but whitespace after it.
+pub fn parse_element(xml: &str, limits: Limits) -> std::result::Result<Element, ElementError> {
+    let mut p = StreamParser::new(limits);
+    p.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
+    p.feed(xml.as_bytes());
+    match p.next_event()? {
+        Some(StreamEvent::Header(_)) => {}
+        _ => return Err(ElementError::NotOneElement),
+    }
+    let Some(StreamEvent::Stanza(el)) = p.next_event()? else { return Err(ElementError::NotOneElement) };
+    if p.next_event()?.is_some() || !xml.trim_end().ends_with('>') {
+        return Err(ElementError::NotOneElement);
+    }
+    Ok(el)
+}
+
 /// Where in the stream we are.
 #[derive(Debug)]
 enum State {
@@ -2350,5 +2377,22 @@ mod tests {
         for t in &trees {
             assert_round_trip(t);
         }
+    }
+
+    #[test]
+    fn parse_element_takes_exactly_one() {
+        let l = Limits::default();
+        let el = parse_element("<message to='a@b'><body>x</body></message>\n", l).unwrap();
+        assert!(el.is("message", ns::CLIENT));
+        assert_eq!(parse_element("<message/><message/>", l), Err(ElementError::NotOneElement));
+        assert_eq!(parse_element("<message>", l), Err(ElementError::NotOneElement));
+        assert_eq!(parse_element("", l), Err(ElementError::NotOneElement));
+        assert!(parse_element("<message/>trailing", l).is_err());
+        assert!(matches!(parse_element("<a></b>", l), Err(ElementError::Parse(_))));
+        let small = Limits { max_stanza_size: 16, max_depth: 4 };
+        assert!(matches!(
+            parse_element("<message><body>far too long</body></message>", small),
+            Err(ElementError::Parse(_))
+        ));
     }
 }
