@@ -138,6 +138,8 @@ impl HashAlg {
 /// A SASL mechanism this server implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mechanism {
+    /// A verified client certificate (XEP-0178); see [`external`].
+    External,
     Plain,
     ScramSha1,
     ScramSha1Plus,
@@ -149,7 +151,8 @@ pub enum Mechanism {
 
 impl Mechanism {
     /// Every mechanism, strongest first; the order in which to advertise.
-    pub const ALL: [Mechanism; 7] = [
+    pub const ALL: [Mechanism; 8] = [
+        Mechanism::External,
         Mechanism::ScramSha512Plus,
         Mechanism::ScramSha512,
         Mechanism::ScramSha256Plus,
@@ -162,6 +165,7 @@ impl Mechanism {
     /// The registered SASL name, as sent in `<mechanism/>` and `<auth/>`.
     pub fn name(&self) -> &'static str {
         match self {
+            Mechanism::External => "EXTERNAL",
             Mechanism::Plain => "PLAIN",
             Mechanism::ScramSha1 => "SCRAM-SHA-1",
             Mechanism::ScramSha1Plus => "SCRAM-SHA-1-PLUS",
@@ -183,10 +187,10 @@ impl Mechanism {
         matches!(self, Mechanism::ScramSha1Plus | Mechanism::ScramSha256Plus | Mechanism::ScramSha512Plus)
     }
 
-    /// The SCRAM hash, or `None` for PLAIN.
+    /// The SCRAM hash, or `None` for PLAIN and EXTERNAL.
     pub fn hash(&self) -> Option<HashAlg> {
         match self {
-            Mechanism::Plain => None,
+            Mechanism::External | Mechanism::Plain => None,
             Mechanism::ScramSha1 | Mechanism::ScramSha1Plus => Some(HashAlg::Sha1),
             Mechanism::ScramSha256 | Mechanism::ScramSha256Plus => Some(HashAlg::Sha256),
             Mechanism::ScramSha512 | Mechanism::ScramSha512Plus => Some(HashAlg::Sha512),
@@ -333,6 +337,10 @@ enum State {
     PlainAwaitCredentials(plain::Pending),
     ScramAwaitCredentials(scram::ClientFirst),
     ScramAwaitFinal(scram::AwaitFinal),
+    /// EXTERNAL: the certificate names this account; does it exist?
+    ExternalAwaitAccount {
+        username: String,
+    },
     Done,
 }
 
@@ -343,6 +351,7 @@ impl State {
             State::PlainAwaitCredentials(_) => "plain-await-credentials",
             State::ScramAwaitCredentials(_) => "scram-await-credentials",
             State::ScramAwaitFinal(_) => "scram-await-final",
+            State::ExternalAwaitAccount { .. } => "external-await-account",
             State::Done => "done",
         }
     }
@@ -356,6 +365,9 @@ pub struct SaslServer {
     default_iterations: u32,
     salt_secret: Option<SaltSecret>,
     authzid: Option<String>,
+    /// EXTERNAL: what the verified client certificate names, the stream's
+    /// domain and the checks to map them to an account.
+    certificate: Option<Box<(external::CertIdentity, String, Vec<external::ExternalCheck>)>>,
     state: State,
     /// Fixed server nonce part, for the RFC test vectors.
     nonce_override: Option<String>,
@@ -389,9 +401,25 @@ impl SaslServer {
             default_iterations: DEFAULT_ITERATIONS,
             salt_secret: None,
             authzid: None,
+            certificate: None,
             state: State::Start { challenged: false },
             nonce_override: None,
         }
+    }
+
+    /// For EXTERNAL: the identity of the client certificate the TLS layer
+    /// verified on this connection, the stream's `domain`, and the
+    /// `auth.sasl_external` checks. Without it, EXTERNAL fails with
+    /// `not-authorized`.
+    #[must_use]
+    pub fn with_certificate(
+        mut self,
+        identity: external::CertIdentity,
+        domain: &str,
+        checks: Vec<external::ExternalCheck>,
+    ) -> Self {
+        self.certificate = Some(Box::new((identity, domain.to_owned(), checks)));
+        self
     }
 
     /// Iteration count used when keys are derived here (plaintext-stored
@@ -446,6 +474,15 @@ impl SaslServer {
     fn transition(&mut self, state: State, input: SaslInput<'_>) -> (State, SaslOutput) {
         let fail = |f| (State::Done, SaslOutput::Failure(f));
         match (state, input) {
+            // EXTERNAL's only message is the authzid, which may be empty.
+            (State::Start { .. }, SaslInput::Response(msg)) if self.mechanism == Mechanism::External => {
+                self.external_message(msg)
+            }
+            (State::ExternalAwaitAccount { username }, SaslInput::Credentials(creds)) => match creds {
+                Some(_) => (State::Done, SaslOutput::Success { username, additional_data: None }),
+                // The certificate is good but names no account here.
+                None => fail(SaslFailure::NotAuthorized),
+            },
             // RFC 6120 §6.4.2: with no initial response the server sends an
             // empty challenge. We cannot tell "=" from absent, and an empty
             // message is valid for neither PLAIN nor SCRAM, so do it once.
@@ -484,6 +521,27 @@ impl SaslServer {
             (_, SaslInput::Credentials(_)) => fail(SaslFailure::TemporaryAuthFailure),
             // A response while we wait for the store, or after the end.
             (_, SaslInput::Response(_)) => fail(SaslFailure::MalformedRequest),
+        }
+    }
+
+    /// EXTERNAL (XEP-0178 §3): `msg` is the authorization identity, empty
+    /// when the client leaves the choice to the certificate.
+    fn external_message(&mut self, msg: &[u8]) -> (State, SaslOutput) {
+        let fail = |f| (State::Done, SaslOutput::Failure(f));
+        let Some(cert) = self.certificate.as_deref() else {
+            return fail(SaslFailure::NotAuthorized);
+        };
+        let Ok(authzid) = std::str::from_utf8(msg) else {
+            return fail(SaslFailure::MalformedRequest);
+        };
+        let authzid = Some(authzid).filter(|a| !a.is_empty());
+        let (identity, domain, checks) = cert;
+        match external::external_username(identity, authzid, domain, checks) {
+            Ok(username) => {
+                self.authzid = authzid.map(str::to_owned);
+                (State::ExternalAwaitAccount { username: username.clone() }, SaslOutput::LookupCredentials { username })
+            }
+            Err(f) => fail(f),
         }
     }
 

@@ -53,10 +53,11 @@ fn mechanism_names_round_trip() {
     for m in Mechanism::ALL {
         assert_eq!(Mechanism::from_name(m.name()), Some(m));
         assert_eq!(m.is_plus(), m.name().ends_with("-PLUS"));
-        assert_eq!(m.hash().is_none(), m == Mechanism::Plain);
+        assert_eq!(m.hash().is_none(), matches!(m, Mechanism::Plain | Mechanism::External));
     }
-    assert_eq!(Mechanism::ALL[0], Mechanism::ScramSha512Plus);
-    assert_eq!(Mechanism::ALL[6], Mechanism::Plain);
+    assert_eq!(Mechanism::ALL[0], Mechanism::External);
+    assert_eq!(Mechanism::ALL[1], Mechanism::ScramSha512Plus);
+    assert_eq!(Mechanism::ALL[7], Mechanism::Plain);
     assert_eq!(Mechanism::from_name("scram-sha-1"), None);
     assert_eq!(Mechanism::from_name("DIGEST-MD5"), None);
     assert_eq!(Mechanism::ScramSha256Plus.hash(), Some(HashAlg::Sha256));
@@ -202,7 +203,7 @@ fn client_for(m: Mechanism, user: &str, pw: &str, exporter: &[u8]) -> ScramClien
 }
 
 fn scram_mechanisms() -> impl Iterator<Item = Mechanism> {
-    Mechanism::ALL.into_iter().filter(|m| *m != Mechanism::Plain)
+    Mechanism::ALL.into_iter().filter(|m| m.hash().is_some())
 }
 
 #[test]
@@ -701,4 +702,78 @@ fn storage_string_round_trip() {
     ] {
         assert!(ScramCredentials::from_storage_string(&bad).is_err(), "{bad}");
     }
+}
+
+// ------------------------------------------------------------ EXTERNAL
+
+fn external_server(addrs: &[&str], cn: Option<&str>) -> SaslServer {
+    use super::external::{CertIdentity, ExternalCheck};
+    let id = CertIdentity {
+        xmpp_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        common_name: cn.map(str::to_owned),
+    };
+    SaslServer::new(Mechanism::External, None, false).with_certificate(
+        id,
+        "example.com",
+        vec![ExternalCheck::Standard, ExternalCheck::CommonName],
+    )
+}
+
+#[test]
+fn external_with_an_empty_response_logs_in_as_the_only_xmpp_addr_if_the_account_exists() {
+    let mut s = external_server(&["alice@example.com"], None);
+    match s.step(SaslInput::Response(b"")) {
+        SaslOutput::LookupCredentials { username } => assert_eq!(username, "alice"),
+        other => panic!("{other:?}"),
+    }
+    let creds = Credentials::Plain("irrelevant".into());
+    match s.step(SaslInput::Credentials(Some(creds))) {
+        SaslOutput::Success { username, additional_data: None } => assert_eq!(username, "alice"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.authzid(), None);
+}
+
+#[test]
+fn external_for_an_account_that_does_not_exist_is_not_authorized() {
+    let mut s = external_server(&["ghost@example.com"], None);
+    assert!(matches!(s.step(SaslInput::Response(b"")), SaslOutput::LookupCredentials { .. }));
+    assert!(matches!(s.step(SaslInput::Credentials(None)), SaslOutput::Failure(SaslFailure::NotAuthorized)));
+}
+
+#[test]
+fn external_without_a_certificate_is_not_authorized() {
+    let mut s = SaslServer::new(Mechanism::External, None, false);
+    assert!(matches!(s.step(SaslInput::Response(b"")), SaslOutput::Failure(SaslFailure::NotAuthorized)));
+}
+
+#[test]
+fn external_checks_the_authzid_against_the_certificate() {
+    let mut s = external_server(&["alice@example.com", "bob@example.com"], None);
+    assert!(matches!(s.step(SaslInput::Response(b"")), SaslOutput::Failure(SaslFailure::InvalidAuthzid)));
+    let mut s = external_server(&["alice@example.com", "bob@example.com"], None);
+    match s.step(SaslInput::Response(b"bob@example.com")) {
+        SaslOutput::LookupCredentials { username } => assert_eq!(username, "bob"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.authzid(), Some("bob@example.com"));
+    let mut s = external_server(&["alice@example.com"], None);
+    assert!(matches!(
+        s.step(SaslInput::Response(b"mallory@example.com")),
+        SaslOutput::Failure(SaslFailure::InvalidAuthzid)
+    ));
+    let mut s = external_server(&["alice@example.com"], None);
+    assert!(matches!(s.step(SaslInput::Response(b"\xff")), SaslOutput::Failure(SaslFailure::MalformedRequest)));
+}
+
+#[test]
+fn external_falls_back_to_the_common_name() {
+    let mut s = external_server(&[], Some("carol"));
+    match s.step(SaslInput::Response(b"")) {
+        SaslOutput::LookupCredentials { username } => assert_eq!(username, "carol"),
+        other => panic!("{other:?}"),
+    }
+    // Another domain's xmppAddr is no account here, and no common name helps.
+    let mut s = external_server(&["alice@elsewhere.org"], None);
+    assert!(matches!(s.step(SaslInput::Response(b"")), SaslOutput::Failure(_)));
 }
