@@ -153,7 +153,15 @@ impl BoshEndpoint {
     }
 
     /// Answers one POSTed request body.
-    pub async fn handle(&self, payload: &[u8], peer: Option<std::net::SocketAddr>) -> Reply {
+    /// `client_cert` is what the HTTPS connection's verified client
+    /// certificate names; the request that creates a session decides it for
+    /// the session's SASL EXTERNAL.
+    pub async fn handle(
+        &self,
+        payload: &[u8],
+        peer: Option<std::net::SocketAddr>,
+        client_cert: Option<meerkat_xmpp::sasl::external::CertIdentity>,
+    ) -> Reply {
         let body = match parse_body(payload, self.listener.limits) {
             Ok(b) => b,
             Err(text) => {
@@ -165,7 +173,7 @@ impl BoshEndpoint {
             return Reply { status: 400, ..Reply::terminate("bad-request") };
         };
         let Some(sid) = body.attr("sid").map(str::to_owned) else {
-            return self.create(rid, body, peer).await;
+            return self.create(rid, body, peer, client_cert).await;
         };
         let session = self.sessions.lock().ok().and_then(|s| s.get(&sid).cloned());
         let Some(session) = session else { return Reply::terminate("item-not-found") };
@@ -177,7 +185,13 @@ impl BoshEndpoint {
     }
 
     /// The session creation request (XEP-0124 §7, XEP-0206 §3).
-    async fn create(&self, rid: u64, body: Element, peer: Option<std::net::SocketAddr>) -> Reply {
+    async fn create(
+        &self,
+        rid: u64,
+        body: Element,
+        peer: Option<std::net::SocketAddr>,
+        client_cert: Option<meerkat_xmpp::sasl::external::CertIdentity>,
+    ) -> Reply {
         if rid >= RID_LIMIT {
             tracing::debug!(?peer, rid, "bosh session refused: rid not below 2^53");
             return Reply { status: 400, ..Reply::terminate("bad-request") };
@@ -201,7 +215,8 @@ impl BoshEndpoint {
         let (in_tx, in_rx) = mpsc::channel(CHANNEL);
         let (out_tx, out_rx) = mpsc::channel(CHANNEL);
         let (req_tx, req_rx) = mpsc::channel(hold as usize + 2);
-        let ws = WsConnection { incoming: in_rx, outgoing: out_tx, secure: self.secure, tls_exporter: None };
+        let ws =
+            WsConnection { incoming: in_rx, outgoing: out_tx, secure: self.secure, tls_exporter: None, client_cert };
         let (reply_tx, reply_rx) = oneshot::channel();
         let lang = attr_local(&body, "lang").map(str::to_owned);
         let bridge = Bridge {

@@ -53,6 +53,9 @@ pub struct C2sListener {
     /// The listener's shaper (`[shaper.NAME] max_rate`): bytes per second
     /// read from each connection; `None` reads as fast as the client sends.
     pub max_rate: Option<u64>,
+    /// How client certificates are asked for and verified (SASL EXTERNAL);
+    /// `None` asks for none.
+    pub client_certs: Option<Arc<crate::client_cert::ClientCerts>>,
 }
 
 /// Why a connection ended early.
@@ -220,7 +223,8 @@ async fn negotiate(
     let stream_id = format!("{:016x}", rand::random::<u64>());
     let post_auth = listener.stream_features.post_auth.clone();
     let mut neg = Negotiator::new(listener.negotiation.clone(), conn.is_secure(), conn.tls_exporter(), stream_id)
-        .with_extra_features(listener.stream_features.pre_auth.clone(), post_auth);
+        .with_extra_features(listener.stream_features.pre_auth.clone(), post_auth)
+        .with_client_certificate(conn.client_cert(listener.client_certs.as_deref()));
     let mut header_sent = false;
     let mut shutdown = svc.shutdown_signal();
     loop {
@@ -276,7 +280,8 @@ async fn negotiate(
                         conn = Conn::Stream { transport: Transport::Tls(Box::new(tls)), input, shaper };
                         conn.restart();
                         header_sent = false;
-                        actions.extend(neg.step(NegEvent::TlsEstablished { exporter: conn.tls_exporter() }));
+                        let client_cert = conn.client_cert(listener.client_certs.as_deref());
+                        actions.extend(neg.step(NegEvent::TlsEstablished { exporter: conn.tls_exporter(), client_cert }));
                     }
                     NegAction::ResetParser => {
                         conn.restart();

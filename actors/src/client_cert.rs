@@ -1,11 +1,20 @@
 //! What a client's certificate names, for SASL EXTERNAL (XEP-0178): its
 //! `id-on-xmppAddr` subject alternative names (OID 1.3.6.1.5.5.7.8.5, a
 //! UTF8String each) and its subject's common name. The TLS layer verifies
-//! the certificate (chain, validity, key usage); this only reads it, with
-//! a maintained X.509 parser, and
+//! the certificate (chain, validity, key usage; [`ClientCerts`] says how a
+//! listener asks for one and judges it); [`identity_of`] only reads it,
+//! with a maintained X.509 parser, and
 //! [`meerkat_xmpp::sasl::external::external_username`] decides who it is.
 
+use std::sync::Arc;
+
 use meerkat_xmpp::sasl::external::CertIdentity;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use x509_parser::extensions::GeneralName;
 
 /// `id-on-xmppAddr` (RFC 6120 §13.7.1.4).
@@ -20,7 +29,7 @@ pub fn identity_of(der: &[u8]) -> Result<CertIdentity, String> {
         if let GeneralName::OtherName(oid, value) = name {
             if oid.to_id_string() == ID_ON_XMPPADDR {
                 match explicit_utf8(value) {
-                    Some(addr) => xmpp_addrs.push(addr.to_owned()),
+                    Some(addr) => xmpp_addrs.push(addr),
                     None => return Err("an xmppAddr that is not a UTF8String".into()),
                 }
             }
@@ -31,37 +40,171 @@ pub fn identity_of(der: &[u8]) -> Result<CertIdentity, String> {
 }
 
 /// The value of an otherName: `[0] EXPLICIT UTF8String`, in DER.
-fn explicit_utf8(der: &[u8]) -> Option<&str> {
-    let (tag, inner, rest) = tlv(der)?;
-    if tag != 0xA0 || !rest.is_empty() {
+fn explicit_utf8(der: &[u8]) -> Option<String> {
+    use x509_parser::asn1_rs::{FromDer as _, TaggedExplicit, Utf8String};
+    let (rest, tagged) = TaggedExplicit::<Utf8String, x509_parser::asn1_rs::Error, 0>::from_der(der).ok()?;
+    if !rest.is_empty() {
         return None;
     }
-    let (tag, text, rest) = tlv(inner)?;
-    if tag != 0x0C || !rest.is_empty() {
-        return None;
-    }
-    std::str::from_utf8(text).ok()
+    Some(tagged.into_inner().string())
 }
 
-/// One DER tag-length-value: its tag, its content and what follows.
-fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = der.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        // Long form: at most 4 length bytes (an xmppAddr is far shorter).
-        let n = usize::from(first & 0x7F);
-        if n == 0 || n > 4 || rest.len() < n {
+/// `tls.verify_mode` of a listener (MongooseIM's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMode {
+    /// Client certificates are asked for and must chain to `tls.cacertfile`.
+    #[default]
+    Peer,
+    /// As `peer`, and a self-signed certificate is accepted as well.
+    SelfsignedPeer,
+    /// No client certificate is asked for.
+    None,
+}
+
+/// How a listener asks for client certificates and decides which are good.
+///
+/// A certificate is asked for during the TLS handshake but never required,
+/// and one that does not verify does not end the handshake: the client may
+/// still log in with a password, and SASL EXTERNAL, which it alone allows,
+/// is then not offered (and answered `<not-authorized/>` if tried). The
+/// handshake checks only that the client holds the certificate's key;
+/// [`ClientCerts::identity`] checks the chain (to `tls.cacertfile`, or the
+/// certificate itself under `selfsigned_peer`), validity dates and key usage
+/// with webpki, after the handshake.
+pub struct ClientCerts {
+    chain: Option<Arc<dyn ClientCertVerifier>>,
+    selfsigned: bool,
+    provider: Arc<CryptoProvider>,
+    hints: Vec<DistinguishedName>,
+}
+
+impl std::fmt::Debug for ClientCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCerts").field("ca", &self.chain.is_some()).field("selfsigned", &self.selfsigned).finish()
+    }
+}
+
+impl ClientCerts {
+    /// The policy for `mode` with these CA certificates; `None` when no
+    /// client certificate is to be asked for (`none`, or `peer` without a CA).
+    pub fn new(
+        mode: VerifyMode,
+        cacerts: Vec<CertificateDer<'static>>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Option<Arc<ClientCerts>>, String> {
+        if mode == VerifyMode::None || (mode == VerifyMode::Peer && cacerts.is_empty()) {
+            return Ok(None);
+        }
+        let (chain, hints) = if cacerts.is_empty() {
+            (None, Vec::new())
+        } else {
+            let mut roots = RootCertStore::empty();
+            for c in cacerts {
+                roots.add(c).map_err(|e| format!("a CA certificate cannot be used: {e}"))?;
+            }
+            let hints = roots.subjects();
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| format!("client certificate verifier: {e}"))?;
+            (Some(v), hints)
+        };
+        Ok(Some(Arc::new(ClientCerts { chain, selfsigned: mode == VerifyMode::SelfsignedPeer, provider, hints })))
+    }
+
+    /// The verifier for the listener's rustls configuration: it asks for a
+    /// certificate and checks only the client's proof that it holds the key.
+    pub fn handshake_verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(Requesting(self.clone()))
+    }
+
+    /// What the client's certificate on this connection names, when it
+    /// presented one that verifies now; `None` otherwise (the reason is logged).
+    pub fn identity(&self, conn: &rustls::ServerConnection) -> Option<CertIdentity> {
+        let (end, intermediates) = conn.peer_certificates()?.split_first()?;
+        let now = UnixTime::now();
+        let chained = match &self.chain {
+            Some(v) => v.verify_client_cert(end, intermediates, now).map_err(|e| e.to_string()),
+            None => Err("no CA is configured".to_owned()),
+        };
+        let verified = match chained {
+            Ok(_) => Ok(()),
+            Err(e) if self.selfsigned => self.self_signed(end, now).map_err(|e2| format!("{e}; not self-signed: {e2}")),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = verified {
+            tracing::debug!(error = %e, "client certificate not verified");
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
+        match identity_of(end) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::debug!(error = %e, "client certificate unreadable");
+                None
+            }
+        }
     }
-    Some((tag, &rest[..len], &rest[len..]))
+
+    /// Checks `end` as its own trust anchor: signed by its own key, in its
+    /// validity period, and fit for client authentication.
+    fn self_signed(&self, end: &CertificateDer<'_>, now: UnixTime) -> Result<(), String> {
+        let mut roots = RootCertStore::empty();
+        roots.add(end.clone().into_owned()).map_err(|e| e.to_string())?;
+        let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| e.to_string())?;
+        v.verify_client_cert(end, &[], now).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// Asks for a client certificate during the handshake, optionally.
+#[derive(Debug)]
+struct Requesting(Arc<ClientCerts>);
+
+impl ClientCertVerifier for Requesting {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.0.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // The chain is judged after the handshake (ClientCerts::identity).
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]
@@ -104,7 +247,7 @@ mod tests {
         let mut der = cert(&["alice@example.com"], None);
         der.truncate(der.len() / 2);
         assert!(identity_of(&der).is_err());
-        assert_eq!(tlv(&[0xA0, 0x85, 1, 2, 3, 4, 5]), None);
+        assert_eq!(explicit_utf8(&[0xA0, 0x85, 1, 2, 3, 4, 5]), None);
         assert_eq!(explicit_utf8(&[0xA0, 0x03, 0x0C, 0x01, 0xFF]), None, "not UTF-8");
     }
 }

@@ -17,6 +17,7 @@ use meerkat_xmpp::error::{StanzaErrorCondition, StreamError, StreamErrorConditio
 use meerkat_xmpp::jid::FullJid;
 use meerkat_xmpp::ns;
 use meerkat_xmpp::parser::StreamHeader;
+use meerkat_xmpp::sasl::external::{CertIdentity, ExternalCheck};
 use meerkat_xmpp::sasl::{Credentials, Mechanism, SaltSecret, SaslFailure, SaslInput, SaslOutput, SaslServer};
 
 use base64::Engine as _;
@@ -53,6 +54,9 @@ pub struct NegotiationConfig {
     /// The key unknown users' fake SCRAM salts are derived from, kept in the
     /// database so that they survive restarts and agree across nodes.
     pub salt_secret: SaltSecret,
+    /// How EXTERNAL maps a client certificate to an account
+    /// (`auth.sasl_external`), in order.
+    pub external_checks: Vec<ExternalCheck>,
 }
 
 /// Something that happened on the connection.
@@ -63,6 +67,8 @@ pub enum NegEvent {
     /// The TLS handshake finished; `exporter` is the RFC 9266 channel-binding value.
     TlsEstablished {
         exporter: Option<Vec<u8>>,
+        /// What the client's certificate names, when it presented one that verified.
+        client_cert: Option<CertIdentity>,
     },
     /// Answer to [`NegAction::LookupCredentials`].
     Credentials(Option<Credentials>),
@@ -152,6 +158,8 @@ pub struct Negotiator {
     state: State,
     secure: bool,
     exporter: Option<Vec<u8>>,
+    /// The verified client certificate of this connection, for EXTERNAL.
+    client_cert: Option<CertIdentity>,
     host: Option<String>,
     user: Option<String>,
     stream_id: String,
@@ -172,6 +180,7 @@ impl Negotiator {
             state: State::AwaitHeader,
             secure,
             exporter,
+            client_cert: None,
             host: None,
             user: None,
             stream_id,
@@ -189,6 +198,13 @@ impl Negotiator {
     pub fn with_extra_features(mut self, pre_auth: String, post_auth: String) -> Self {
         self.extra_pre_auth = pre_auth;
         self.extra_post_auth = post_auth;
+        self
+    }
+
+    /// The verified client certificate of a connection that starts in TLS
+    /// (direct TLS, WebSocket and BOSH over HTTPS).
+    pub fn with_client_certificate(mut self, cert: Option<CertIdentity>) -> Self {
+        self.client_cert = cert;
         self
     }
 
@@ -216,7 +232,7 @@ impl Negotiator {
         let State::Sasl { mech, .. } = &self.state else { return false };
         match creds {
             Some(Credentials::Scram(_)) => *mech == Mechanism::Plain,
-            Some(Credentials::Plain(_)) => *mech != Mechanism::Plain,
+            Some(Credentials::Plain(_)) => mech.hash().is_some(),
             None => false,
         }
     }
@@ -240,9 +256,10 @@ impl Negotiator {
         match (state, ev) {
             (State::AwaitHeader, NegEvent::Header(h)) => self.on_header(h),
             (State::PreAuth, NegEvent::Element(el)) => self.on_preauth_element(el),
-            (State::AwaitTls, NegEvent::TlsEstablished { exporter }) => {
+            (State::AwaitTls, NegEvent::TlsEstablished { exporter, client_cert }) => {
                 self.secure = true;
                 self.exporter = exporter;
+                self.client_cert = client_cert;
                 (State::AwaitHeader, vec![])
             }
             (State::Sasl { server, mech }, NegEvent::Credentials(c)) => {
@@ -389,6 +406,8 @@ impl Negotiator {
             .copied()
             .filter(|m| !m.is_plus() || self.exporter.is_some())
             .filter(|m| *m != Mechanism::Plain || self.plaintext_allowed())
+            // EXTERNAL only with a client certificate that verified (over TLS).
+            .filter(|m| *m != Mechanism::External || (self.secure && self.client_cert.is_some()))
             .collect()
     }
 
@@ -450,6 +469,14 @@ impl Negotiator {
                 );
             }
             let mech = el.attr("mechanism").and_then(Mechanism::from_name);
+            if mech == Some(Mechanism::External)
+                && self.cfg.mechanisms.contains(&Mechanism::External)
+                && !self.offered_mechanisms().contains(&Mechanism::External)
+            {
+                // Enabled, but this connection has no certificate that verified
+                // (none, expired, or from a CA we do not trust).
+                return self.sasl_failed(SaslFailure::NotAuthorized);
+            }
             let Some(mech) = mech.filter(|m| self.offered_mechanisms().contains(m)) else {
                 let reason = if el.attr("mechanism") == Some("PLAIN") && !self.plaintext_allowed() {
                     SaslFailure::EncryptionRequired
@@ -469,11 +496,17 @@ impl Negotiator {
                     None => return self.sasl_failed(SaslFailure::IncorrectEncoding),
                 }
             };
-            let server = Box::new(
-                SaslServer::new(mech, self.exporter.clone(), self.plus_advertised)
-                    .with_default_iterations(self.cfg.scram_iterations)
-                    .with_salt_secret(self.cfg.salt_secret.clone()),
-            );
+            let mut server = SaslServer::new(mech, self.exporter.clone(), self.plus_advertised)
+                .with_default_iterations(self.cfg.scram_iterations)
+                .with_salt_secret(self.cfg.salt_secret.clone());
+            if let (Mechanism::External, Some(cert)) = (mech, &self.client_cert) {
+                server = server.with_certificate(
+                    cert.clone(),
+                    self.host.as_deref().unwrap_or_default(),
+                    self.cfg.external_checks.clone(),
+                );
+            }
+            let server = Box::new(server);
             return match initial {
                 Some(data) => self.sasl_step(server, mech, SaslInput::Response(&data)),
                 // No initial response: an empty challenge asks for it (RFC 6120 §6.4.2).

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use meerkat_xmpp::error::{StreamError, StreamErrorCondition};
 use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
+use meerkat_xmpp::sasl::external::CertIdentity;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -51,6 +52,15 @@ impl Transport {
 
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
+    }
+
+    /// What the client's certificate names, when it presented one that
+    /// `policy` verifies.
+    pub fn client_cert(&self, policy: Option<&crate::client_cert::ClientCerts>) -> Option<CertIdentity> {
+        match (self, policy) {
+            (Transport::Tls(tls), Some(policy)) => policy.identity(tls.get_ref().1),
+            _ => None,
+        }
     }
 }
 
@@ -236,6 +246,15 @@ impl Conn {
         match self {
             Conn::Stream { transport, .. } => transport.tls_exporter(),
             Conn::WebSocket { ws, .. } => ws.tls_exporter.clone(),
+        }
+    }
+
+    /// The verified client certificate's identity (see [`Transport::client_cert`];
+    /// a WebSocket's was read when its HTTPS connection was accepted).
+    pub fn client_cert(&self, policy: Option<&crate::client_cert::ClientCerts>) -> Option<CertIdentity> {
+        match self {
+            Conn::Stream { transport, .. } => transport.client_cert(policy),
+            Conn::WebSocket { ws, .. } => ws.client_cert.clone(),
         }
     }
 

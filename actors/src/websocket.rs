@@ -65,6 +65,8 @@ pub struct WsConnection {
     pub secure: bool,
     /// RFC 9266 `tls-exporter` channel-binding data of the TLS connection, if any.
     pub tls_exporter: Option<Vec<u8>>,
+    /// What the client certificate of the HTTPS connection names, when it verified.
+    pub client_cert: Option<meerkat_xmpp::sasl::external::CertIdentity>,
 }
 
 /// The RFC 6120 header a [`FrameReader`]'s parser starts with, so that a

@@ -54,7 +54,8 @@ fn cors(mut res: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuild
 }
 
 async fn post(req: HttpRequest, body: web::Bytes, ep: web::Data<BoshEndpoint>) -> HttpResponse {
-    let reply = ep.handle(&body, req.peer_addr()).await;
+    let client_cert = req.conn_data::<crate::websocket::TlsInfo>().and_then(|t| t.client_cert.clone());
+    let reply = ep.handle(&body, req.peer_addr(), client_cert).await;
     let status = actix_web::http::StatusCode::from_u16(reply.status).unwrap_or(actix_web::http::StatusCode::OK);
     cors(HttpResponse::build(status))
         .content_type("text/xml; charset=utf-8")

@@ -123,6 +123,12 @@ pub struct HttpTls {
     pub certfile: Option<PathBuf>,
     /// PEM private key for `certfile`.
     pub keyfile: Option<PathBuf>,
+    /// Client certificates, for SASL EXTERNAL over `wss://` and HTTPS BOSH:
+    /// `peer` (the default: asked for when `cacertfile` is set, and must chain
+    /// to it), `selfsigned_peer` (self-signed ones too) or `none`.
+    pub verify_mode: meerkat_actors::client_cert::VerifyMode,
+    /// PEM CA certificate(s) client certificates must chain to.
+    pub cacertfile: Option<PathBuf>,
 }
 
 /// `[listen.http.handlers]`: what the listener serves, by MongooseIM module name.
@@ -300,11 +306,25 @@ pub struct ListenTls {
     pub certfile: Option<PathBuf>,
     /// PEM private key for `certfile`.
     pub keyfile: Option<PathBuf>,
+    /// Client certificates, for SASL EXTERNAL: `peer` (the default: asked for
+    /// when `cacertfile` is set, and must chain to it), `selfsigned_peer`
+    /// (self-signed ones too) or `none`. A certificate is never required, and
+    /// one that does not verify does not end the TLS handshake: it just
+    /// cannot be used to log in.
+    pub verify_mode: meerkat_actors::client_cert::VerifyMode,
+    /// PEM CA certificate(s) client certificates must chain to.
+    pub cacertfile: Option<PathBuf>,
 }
 
 impl Default for ListenTls {
     fn default() -> Self {
-        ListenTls { mode: meerkat_actors::negotiation::TlsMode::StarttlsRequired, certfile: None, keyfile: None }
+        ListenTls {
+            mode: meerkat_actors::negotiation::TlsMode::StarttlsRequired,
+            certfile: None,
+            keyfile: None,
+            verify_mode: Default::default(),
+            cacertfile: None,
+        }
     }
 }
 
@@ -312,7 +332,11 @@ impl Default for ListenTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
-    /// Where accounts live; only `rdbms` exists today.
+    /// How users prove who they are, MongooseIM's names: `rdbms` (passwords
+    /// kept in the database: PLAIN and SCRAM) and `pki` (client certificates:
+    /// SASL EXTERNAL, which also needs `"external"` in `sasl_mechanisms`).
+    /// Accounts live in the database either way: a certificate logs in only
+    /// to an account that exists.
     pub methods: Vec<String>,
     pub password: Password,
     /// SASL mechanisms in preference order, MongooseIM names (`scram_sha256_plus`, `plain`, …).
@@ -321,6 +345,10 @@ pub struct Auth {
     pub allow_plain_without_tls: bool,
     /// Failed logins on one stream before it is closed; each failure is answered later than the last.
     pub max_failures: u32,
+    /// How SASL EXTERNAL maps a client certificate to an account, tried in
+    /// order (XEP-0178): `standard` (its id-on-xmppAddr names) and
+    /// `common_name` (its subject's CN is the username).
+    pub sasl_external: Vec<String>,
 }
 
 impl Default for Auth {
@@ -342,6 +370,7 @@ impl Default for Auth {
             .collect(),
             allow_plain_without_tls: false,
             max_failures: 5,
+            sasl_external: vec!["standard".into()],
         }
     }
 }
@@ -950,8 +979,11 @@ impl Config {
                 }
             }
         }
-        if self.auth.methods.iter().any(|m| m != "rdbms") {
-            return Err(err("auth.methods", "only \"rdbms\" is supported".into()));
+        if let Some(m) = self.auth.methods.iter().find(|m| !["rdbms", "pki"].contains(&m.as_str())) {
+            return Err(err("auth.methods", format!("unknown method {m:?}; known: \"rdbms\", \"pki\"")));
+        }
+        if self.auth.methods.is_empty() {
+            return Err(err("auth.methods", "at least one method is required".into()));
         }
         if self.auth.sasl_mechanisms.is_empty() {
             return Err(err("auth.sasl_mechanisms", "at least one mechanism is required".into()));
@@ -959,6 +991,26 @@ impl Config {
         for m in &self.auth.sasl_mechanisms {
             if mechanism(m).is_none() {
                 return Err(err("auth.sasl_mechanisms", format!("unknown mechanism {m:?}")));
+            }
+        }
+        let pki = self.auth.methods.iter().any(|m| m == "pki");
+        let external = self.auth.sasl_mechanisms.iter().any(|m| m == "external");
+        if external != pki {
+            return Err(err(
+                if pki { "auth.methods" } else { "auth.sasl_mechanisms" },
+                "client certificates need both \"pki\" in auth.methods and \"external\" in auth.sasl_mechanisms"
+                    .into(),
+            ));
+        }
+        if self.auth.sasl_external.is_empty() {
+            return Err(err("auth.sasl_external", "at least one check is required".into()));
+        }
+        for c in &self.auth.sasl_external {
+            if external_check(c).is_none() {
+                return Err(err(
+                    "auth.sasl_external",
+                    format!("unknown check {c:?}; known: \"standard\", \"common_name\""),
+                ));
             }
         }
         if self.auth.password.scram_iterations < 4096 {
@@ -1023,6 +1075,23 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| err("log.level", e.to_string()))?;
         Ok(())
+    }
+
+    /// The configured SASL mechanisms the auth methods allow, in order:
+    /// EXTERNAL with `pki`, the password mechanisms with `rdbms`.
+    pub fn offered_mechanisms(&self) -> Vec<meerkat_xmpp::sasl::Mechanism> {
+        let has = |m: &str| self.auth.methods.iter().any(|x| x == m);
+        self.auth
+            .sasl_mechanisms
+            .iter()
+            .filter_map(|m| mechanism(m))
+            .filter(|m| if *m == meerkat_xmpp::sasl::Mechanism::External { has("pki") } else { has("rdbms") })
+            .collect()
+    }
+
+    /// The `auth.sasl_external` checks, in order.
+    pub fn external_checks(&self) -> Vec<meerkat_xmpp::sasl::external::ExternalCheck> {
+        self.auth.sasl_external.iter().filter_map(|c| external_check(c)).collect()
     }
 
     /// The `max_rate` of the shaper a listener names; `None` for `"none"`.
@@ -1299,6 +1368,7 @@ fn clash(taken: &[(SocketAddr, String)], addr: SocketAddr) -> Option<&(SocketAdd
 pub fn mechanism(name: &str) -> Option<meerkat_xmpp::sasl::Mechanism> {
     use meerkat_xmpp::sasl::Mechanism::*;
     Some(match name {
+        "external" => External,
         "scram_sha512_plus" => ScramSha512Plus,
         "scram_sha512" => ScramSha512,
         "scram_sha256_plus" => ScramSha256Plus,
@@ -1308,6 +1378,16 @@ pub fn mechanism(name: &str) -> Option<meerkat_xmpp::sasl::Mechanism> {
         "plain" => Plain,
         _ => return None,
     })
+}
+
+/// An `auth.sasl_external` check by its MongooseIM name.
+pub fn external_check(name: &str) -> Option<meerkat_xmpp::sasl::external::ExternalCheck> {
+    use meerkat_xmpp::sasl::external::ExternalCheck;
+    match name {
+        "standard" => Some(ExternalCheck::Standard),
+        "common_name" => Some(ExternalCheck::CommonName),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -1525,6 +1605,17 @@ mod tests {
         check_err("[[listen.c2s]]\nport = \"x\"\n", &["line 2", "invalid type"]);
         check_err("[[listen.c2s]]\ntls.mode = \"sometimes\"\n", &["unknown variant `sometimes`"]);
         check_err("[auth]\nsasl_mechanisms = [\"digest_md5\"]\n", &["auth.sasl_mechanisms", "digest_md5"]);
+        check_err("[auth]\nmethods = [\"ldap\"]\n", &["auth.methods", "ldap", "pki"]);
+        check_err(
+            "[auth]\nsasl_mechanisms = [\"external\", \"plain\"]\n",
+            &["auth.sasl_mechanisms", "\"pki\" in auth.methods"],
+        );
+        check_err("[auth]\nmethods = [\"rdbms\", \"pki\"]\n", &["auth.methods", "\"external\" in auth.sasl_mechanisms"]);
+        check_err(
+            "[auth]\nmethods = [\"rdbms\", \"pki\"]\nsasl_mechanisms = [\"external\"]\nsasl_external = [\"auth_id\"]\n",
+            &["auth.sasl_external", "auth_id", "common_name"],
+        );
+        check_err("[[listen.c2s]]\ntls.verify_mode = \"always\"\n", &["unknown variant `always`", "selfsigned_peer"]);
         check_err(
             "[[listen.c2s]]\ntls.certfile = \"/nonexistent.pem\"\ntls.keyfile = \"/nonexistent.key\"\n",
             &["listen.c2s[0].tls.certfile", "does not exist"],

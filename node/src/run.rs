@@ -211,7 +211,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut mechanisms: Vec<_> = cfg.auth.sasl_mechanisms.iter().filter_map(|m| mechanism(m)).collect();
+    let mut mechanisms = cfg.offered_mechanisms();
     // Mechanisms modules offer (SASL hooks) come after the configured ones.
     for m in stream_features.sasl_mechanisms.iter().filter_map(|m| mechanism(m)) {
         if !mechanisms.contains(&m) {
@@ -219,7 +219,23 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let mut accept_tasks = Vec::new();
+    let negotiation = NegotiationConfig {
+        hosts: hosts.clone(),
+        tls_mode: TlsMode::None,
+        mechanisms: mechanisms.clone(),
+        allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
+        registration: tuning.in_band_registration,
+        max_auth_failures: cfg.auth.max_failures,
+        scram_iterations: cfg.auth.password.scram_iterations,
+        salt_secret: salt_secret.clone(),
+        external_checks: cfg.external_checks(),
+    };
     for l in &cfg.listen.c2s {
+        let client_certs = match l.tls.mode {
+            TlsMode::None => None,
+            _ => crate::tls::client_certs(l.tls.verify_mode, l.tls.cacertfile.as_deref())
+                .with_context(|| format!("listen.c2s on port {}: tls", l.port))?,
+        };
         let acceptor = if l.tls.mode == TlsMode::None {
             None
         } else {
@@ -227,19 +243,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 (Some(c), Some(k)) => (c.clone(), k.clone()),
                 _ => crate::tls::self_signed(&cfg.general.data_dir, &hosts)?,
             };
-            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?))
+            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config_with(&cert, &key, client_certs.as_ref())?))
         };
         let listener = Arc::new(C2sListener {
-            negotiation: NegotiationConfig {
-                hosts: hosts.clone(),
-                tls_mode: l.tls.mode,
-                mechanisms: mechanisms.clone(),
-                allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
-                registration: tuning.in_band_registration,
-                max_auth_failures: cfg.auth.max_failures,
-                scram_iterations: cfg.auth.password.scram_iterations,
-                salt_secret: salt_secret.clone(),
-            },
+            negotiation: NegotiationConfig { tls_mode: l.tls.mode, ..negotiation.clone() },
             limits: Limits { max_stanza_size: l.max_stanza_size, max_depth: l.max_depth },
             tls: acceptor,
             allow_login: l.access == "all",
@@ -249,6 +256,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 max_connections_per_ip: l.max_connections_per_ip.0,
             }),
             max_rate: cfg.shaper_rate(&l.shaper).map_err(anyhow::Error::msg)?,
+            client_certs,
         });
         let addr = std::net::SocketAddr::new(l.ip_address, l.port);
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening for c2s on {addr}"))?;
@@ -296,22 +304,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // [[listen.http]]: XMPP over WebSocket, on the same arbiters and with the
     // same negotiation as c2s, minus STARTTLS (RFC 7395 §3.9).
     let ws_listener = |limits: Limits, admission: Arc<Admission>, max_rate: Option<u64>| C2sListener {
-        negotiation: NegotiationConfig {
-            hosts: hosts.clone(),
-            tls_mode: TlsMode::None,
-            mechanisms: mechanisms.clone(),
-            allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
-            registration: tuning.in_band_registration,
-            max_auth_failures: cfg.auth.max_failures,
-            scram_iterations: cfg.auth.password.scram_iterations,
-            salt_secret: salt_secret.clone(),
-        },
+        negotiation: negotiation.clone(),
         limits,
         tls: None,
         allow_login: true,
         stream_features: stream_features.clone(),
         admission,
         max_rate,
+        // The HTTP listener reads the client certificate of each connection.
+        client_certs: None,
     };
     let arbiter_handles: Vec<_> = arbiters.iter().map(|a| a.handle()).collect();
     let http_ctx = crate::websocket::HttpContext {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use meerkat_actors::client_cert::{ClientCerts, VerifyMode};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -57,15 +58,49 @@ pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 
 /// A rustls server configuration offering TLS 1.3 and 1.2.
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    server_config_with(cert, key, None)
+}
+
+/// As [`server_config`], asking clients for a certificate when `client_certs` says so.
+pub fn server_config_with(
+    cert: &Path,
+    key: &Path,
+    client_certs: Option<&Arc<ClientCerts>>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let (certs, key) = load(cert, key)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("TLS versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the certificate and key do not match")?;
+        .context("TLS versions")?;
+    let builder = match client_certs {
+        Some(c) => builder.with_client_cert_verifier(c.handshake_verifier()),
+        None => builder.with_no_client_auth(),
+    };
+    let cfg = builder.with_single_cert(certs, key).context("the certificate and key do not match")?;
     Ok(Arc::new(cfg))
+}
+
+/// The crypto provider of every TLS configuration here.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// How a listener with `tls.verify_mode` and `tls.cacertfile` asks for and
+/// checks client certificates (SASL EXTERNAL); `None` when it asks for none.
+pub fn client_certs(mode: VerifyMode, cacertfile: Option<&Path>) -> anyhow::Result<Option<Arc<ClientCerts>>> {
+    let cacerts = match cacertfile {
+        Some(ca) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("reading cacertfile {}", ca.display()))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("parsing cacertfile {}", ca.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("cacertfile {} holds no certificate", ca.display());
+            }
+            certs
+        }
+        None => Vec::new(),
+    };
+    ClientCerts::new(mode, cacerts, provider()).map_err(anyhow::Error::msg)
 }
 
 /// Mutual TLS between cluster nodes: every node presents a certificate signed

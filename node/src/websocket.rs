@@ -29,6 +29,7 @@ use actix_ws::{CloseCode, Item, Message, MessageStream, ProtocolError, Session};
 use anyhow::Context as _;
 use meerkat_actors::admission::{Admission, ConnectionLimits};
 use meerkat_actors::c2s::{self, C2sListener};
+use meerkat_actors::client_cert::ClientCerts;
 use meerkat_actors::services::Services;
 use meerkat_actors::websocket::{WsConnection, WsIn, WsOut};
 use tokio::sync::mpsc;
@@ -56,15 +57,21 @@ pub struct Endpoint {
 
 /// What an HTTPS connection carries for the requests on it.
 #[derive(Clone)]
-struct TlsInfo {
+pub(crate) struct TlsInfo {
     exporter: Option<Vec<u8>>,
+    /// What its verified client certificate names (SASL EXTERNAL).
+    pub(crate) client_cert: Option<meerkat_xmpp::sasl::external::CertIdentity>,
 }
 
-/// Reads the TLS exporter of each accepted HTTPS connection.
-fn on_connect(conn: &dyn Any, ext: &mut Extensions) {
+/// Reads the TLS exporter and the client certificate of each accepted HTTPS connection.
+fn on_connect(conn: &dyn Any, ext: &mut Extensions, certs: Option<&ClientCerts>) {
     type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
     if let Some(tls) = conn.downcast_ref::<Tls>() {
-        ext.insert(TlsInfo { exporter: meerkat_actors::transport::tls_exporter_of(tls.get_ref().1) });
+        let tls = tls.get_ref().1;
+        ext.insert(TlsInfo {
+            exporter: meerkat_actors::transport::tls_exporter_of(tls),
+            client_cert: certs.and_then(|c| c.identity(tls)),
+        });
     }
 }
 
@@ -107,6 +114,7 @@ async fn upgrade(req: HttpRequest, body: web::Payload, ep: web::Data<Endpoint>) 
         outgoing: out_tx,
         secure: ep.secure,
         tls_exporter: req.conn_data::<TlsInfo>().and_then(|t| t.exporter.clone()),
+        client_cert: req.conn_data::<TlsInfo>().and_then(|t| t.client_cert.clone()),
     };
     let i = ep.next.fetch_add(1, Ordering::Relaxed) % ep.arbiters.len().max(1);
     let serve = c2s::serve_websocket(ep.svc.clone(), ep.listener.clone(), ws, req.peer_addr(), admitted);
@@ -223,6 +231,11 @@ pub struct HttpContext<'a> {
 /// Binds one `[[listen.http]]` listener and returns its server, not yet running.
 pub fn listen(key: &str, l: &HttpListen, max_rate: Option<u64>, ctx: &HttpContext<'_>) -> anyhow::Result<Server> {
     let secure = l.tls.is_some();
+    let client_certs = match &l.tls {
+        Some(tls) => crate::tls::client_certs(tls.verify_mode, tls.cacertfile.as_deref())
+            .with_context(|| format!("{key}.tls"))?,
+        None => None,
+    };
     // One count for the whole listener: its WebSocket and BOSH sessions together.
     let admission = Admission::new(ConnectionLimits {
         max_connections: l.max_connections.0,
@@ -278,7 +291,10 @@ pub fn listen(key: &str, l: &HttpListen, max_rate: Option<u64>, ctx: &HttpContex
     .workers(ctx.workers)
     .disable_signals()
     .shutdown_timeout(ctx.shutdown_timeout)
-    .on_connect(on_connect);
+    .on_connect({
+        let certs = client_certs.clone();
+        move |conn: &dyn Any, ext: &mut Extensions| on_connect(conn, ext, certs.as_deref())
+    });
     let server = match &l.tls {
         None => server.bind(addr),
         Some(tls) => {
@@ -286,7 +302,7 @@ pub fn listen(key: &str, l: &HttpListen, max_rate: Option<u64>, ctx: &HttpContex
                 (Some(c), Some(k)) => (c.clone(), k.clone()),
                 _ => crate::tls::self_signed(ctx.data_dir, ctx.hosts)?,
             };
-            let mut config = (*crate::tls::server_config(&cert, &key_file)?).clone();
+            let mut config = (*crate::tls::server_config_with(&cert, &key_file, client_certs.as_ref())?).clone();
             // WebSocket needs HTTP/1.1 (actix has no RFC 8441 WebSocket over HTTP/2).
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             server.bind_rustls_0_23(addr, config)

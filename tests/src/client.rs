@@ -70,6 +70,13 @@ pub enum TlsTrust {
     Pem(PathBuf),
 }
 
+/// A client certificate and its key, PEM files, presented in TLS handshakes.
+#[derive(Clone, Debug)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// A SASL mechanism as the client chooses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sasl {
@@ -152,6 +159,7 @@ pub struct Client {
     buf: Vec<u8>,
     domain: String,
     trust: TlsTrust,
+    client_cert: Option<ClientCert>,
     backlog: VecDeque<Element>,
     next_id: u64,
     /// The server's last stream header.
@@ -202,6 +210,7 @@ impl Client {
             buf: vec![0u8; 64 * 1024],
             domain: domain.to_owned(),
             trust: TlsTrust::default(),
+            client_cert: None,
             backlog: VecDeque::new(),
             next_id: 0,
             header: None,
@@ -484,7 +493,12 @@ impl Client {
     }
 
     fn tls_config(&self) -> Result<rustls::ClientConfig> {
-        tls_client_config(&self.trust)
+        tls_client_config_with(&self.trust, self.client_cert.as_ref())
+    }
+
+    /// A client certificate for later TLS handshakes of this client.
+    pub fn set_client_cert(&mut self, cert: ClientCert) {
+        self.client_cert = Some(cert);
     }
 
     async fn handshake(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
@@ -574,6 +588,26 @@ impl Client {
         }
     }
 
+    /// SASL EXTERNAL (XEP-0178) with the TLS client certificate, asking for
+    /// `authzid` if given, then the stream restart.
+    pub async fn auth_external(&mut self, authzid: Option<&str>) -> Result<()> {
+        let body = authzid.map_or_else(|| "=".to_owned(), |a| B64.encode(a));
+        self.send_str(&format!("<auth xmlns='{}' mechanism='EXTERNAL'>{body}</auth>", ns::SASL)).await?;
+        let el = self.read_element(Instant::now() + TIMEOUT).await?;
+        match (el.ns == ns::SASL, el.name.as_str()) {
+            (true, "success") => {
+                self.parser.reset();
+                self.open_stream().await?;
+                Ok(())
+            }
+            (true, "failure") => {
+                let cond = el.elements().find(|e| e.name != "text").map(|e| e.name.clone()).unwrap_or_default();
+                Err(ClientError::SaslFailure(cond))
+            }
+            _ => Err(ClientError::Protocol(format!("unexpected element during SASL: {el}"))),
+        }
+    }
+
     /// Resource binding (RFC 6120 §7); returns the full JID.
     pub async fn bind(&mut self, resource: Option<&str>) -> Result<String> {
         let mut bind = Element::new("bind", ns::BIND);
@@ -648,17 +682,21 @@ impl Client {
 /// A rustls client configuration (ring provider, TLS 1.2 and 1.3) trusting
 /// the server's certificate as `trust` says. Shared with the load generator.
 pub fn tls_client_config(trust: &TlsTrust) -> Result<rustls::ClientConfig> {
+    tls_client_config_with(trust, None)
+}
+
+/// As [`tls_client_config`], presenting `client` when the server asks for a certificate.
+pub fn tls_client_config_with(trust: &TlsTrust, client: Option<&ClientCert>) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?;
-    Ok(match trust {
-        TlsTrust::AcceptAny => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-            .with_no_client_auth(),
+    let builder = match trust {
+        TlsTrust::AcceptAny => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+        }
         TlsTrust::Pem(path) => {
-            use rustls::pki_types::pem::PemObject as _;
             let mut roots = rustls::RootCertStore::empty();
             for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
                 .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?
@@ -666,9 +704,21 @@ pub fn tls_client_config(trust: &TlsTrust) -> Result<rustls::ClientConfig> {
                 let cert = cert.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
                 roots.add(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         }
-    })
+    };
+    match client {
+        None => Ok(builder.with_no_client_auth()),
+        Some(c) => {
+            let tls = |e: &dyn std::fmt::Display| ClientError::Tls(format!("{}: {e}", c.cert.display()));
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(&c.cert)
+                .map_err(|e| tls(&e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| tls(&e))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&c.key).map_err(|e| tls(&e))?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| tls(&e))
+        }
+    }
 }
 
 /// Turns a `<stream:error/>` into [`ClientError::StreamError`].

@@ -55,6 +55,9 @@ pub struct NodeOptions {
     /// Extra lines appended to the first (STARTTLS) `[[listen.c2s]]` table,
     /// e.g. `max_stanza_size = 4096`.
     pub listener_toml: String,
+    /// Extra lines appended to both `[[listen.c2s]]` tables, e.g.
+    /// `tls.cacertfile = "…"`.
+    pub c2s_toml: String,
     /// Extra TOML appended at the end of the file: whole tables such as
     /// `[session]` or `[modules.mod_register]`.
     pub extra_toml: String,
@@ -70,6 +73,7 @@ impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
             listener_toml: String::new(),
+            c2s_toml: String::new(),
             extra_toml: String::new(),
             shutdown_grace_period: 5,
             ip: std::net::Ipv4Addr::LOCALHOST,
@@ -226,11 +230,13 @@ port = {c2s}
 ip_address = "{ip}"
 tls.mode = "starttls"
 {listener}
+{both}
 
 [[listen.c2s]]
 port = {tls}
 ip_address = "{ip}"
 tls.mode = "tls"
+{both}
 
 [admin]
 ip_address = "{ip}"
@@ -243,6 +249,7 @@ port = {admin}
             ip = o.ip,
             c2s = self.c2s.port(),
             listener = o.listener_toml,
+            both = o.c2s_toml,
             tls = self.c2s_tls.port(),
             admin = self.admin.port(),
             extra = o.extra_toml,

@@ -44,6 +44,7 @@ fn cfg(tls_mode: TlsMode) -> NegotiationConfig {
         max_auth_failures: 3,
         scram_iterations: 4096,
         salt_secret: meerkat_xmpp::sasl::SaltSecret::random(),
+        external_checks: vec![ExternalCheck::Standard],
     }
 }
 
@@ -162,7 +163,7 @@ fn starttls(neg: &mut Negotiator, exporter: Option<Vec<u8>>) -> Features {
         neg.step(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")),
         vec![NegAction::Send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>".into()), NegAction::StartTls]
     );
-    assert_eq!(neg.step(NegEvent::TlsEstablished { exporter }), vec![]);
+    assert_eq!(neg.step(NegEvent::TlsEstablished { exporter, client_cert: None }), vec![]);
     assert!(neg.is_secure());
     open(neg)
 }
@@ -533,7 +534,7 @@ fn restart_after_tls_must_keep_the_host() {
     let mut neg = negotiator(cfg(TlsMode::Starttls), Conn::Plain);
     open(&mut neg);
     neg.step(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"));
-    neg.step(NegEvent::TlsEstablished { exporter: None });
+    neg.step(NegEvent::TlsEstablished { exporter: None, client_cert: None });
     let actions = neg.step(NegEvent::Header(header_to(Some(OTHER_HOST))));
     assert_eq!(actions[0], NegAction::Send(stream_header_xml(HOST, SID)));
     assert_eq!(close_condition(&actions), Some(StreamErrorCondition::HostUnknown));
@@ -1303,7 +1304,7 @@ fn events_out_of_order_close_the_stream() {
     // (case, event after the first features, expected stream error)
     let cases: Vec<(&str, NegEvent, C)> = vec![
         ("second header", NegEvent::Header(header()), C::InvalidXml),
-        ("TLS nobody started", NegEvent::TlsEstablished { exporter: None }, C::InternalServerError),
+        ("TLS nobody started", NegEvent::TlsEstablished { exporter: None, client_cert: None }, C::InternalServerError),
         ("credentials nobody asked for", NegEvent::Credentials(None), C::InternalServerError),
         ("bind result before auth", bound(), C::InternalServerError),
     ];
@@ -1369,4 +1370,111 @@ fn stream_management_resume_instead_of_bind() {
     assert!(matches!(neg.step(el(resume)).as_slice(), [NegAction::Resume { .. }]));
     // Negotiation is over: the session owns the stream now.
     assert_eq!(neg.step(NegEvent::Resumed(true)), vec![]);
+}
+
+// ------------------------------------------------------------------ EXTERNAL
+
+fn external_cfg() -> NegotiationConfig {
+    let mut c = cfg(TlsMode::StarttlsRequired);
+    c.mechanisms.insert(0, Mechanism::External);
+    c.external_checks = vec![ExternalCheck::Standard, ExternalCheck::CommonName];
+    c
+}
+
+fn cert_of(addrs: &[&str], cn: Option<&str>) -> CertIdentity {
+    CertIdentity { xmpp_addrs: addrs.iter().map(|a| a.to_string()).collect(), common_name: cn.map(str::to_owned) }
+}
+
+/// STARTTLS with this client certificate; the features after it.
+fn starttls_with_cert(neg: &mut Negotiator, cert: Option<CertIdentity>) -> Features {
+    open(neg);
+    neg.step(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"));
+    assert_eq!(neg.step(NegEvent::TlsEstablished { exporter: Some(EXPORTER.to_vec()), client_cert: cert }), vec![]);
+    open(neg)
+}
+
+fn success_then_reset() -> Vec<NegAction> {
+    vec![NegAction::Send("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'></success>".into()), NegAction::ResetParser]
+}
+
+#[test]
+fn external_is_offered_first_only_with_a_verified_certificate() {
+    let mut neg = negotiator(external_cfg(), Conn::Plain);
+    let f = starttls_with_cert(&mut neg, Some(cert_of(&["juliet@example.com"], None)));
+    assert_eq!(f.mechanisms.first().map(String::as_str), Some("EXTERNAL"));
+    let mut neg = negotiator(external_cfg(), Conn::Plain);
+    let f = starttls_with_cert(&mut neg, None);
+    assert!(!f.mechanisms.iter().any(|m| m == "EXTERNAL"), "{f:?}");
+    // Not configured: never offered, even with a certificate.
+    let mut neg = negotiator(cfg(TlsMode::StarttlsRequired), Conn::Plain);
+    let f = starttls_with_cert(&mut neg, Some(cert_of(&["juliet@example.com"], None)));
+    assert!(!f.mechanisms.iter().any(|m| m == "EXTERNAL"), "{f:?}");
+    // Direct TLS hands the certificate over at the start.
+    let mut neg = negotiator(external_cfg(), Conn::Direct { exporter: true })
+        .with_client_certificate(Some(cert_of(&["juliet@example.com"], None)));
+    assert_eq!(open(&mut neg).mechanisms.first().map(String::as_str), Some("EXTERNAL"));
+}
+
+#[test]
+fn external_logs_in_as_the_certificates_account_with_or_without_an_initial_response() {
+    for initial in [Some(&b""[..]), None, Some(&b"juliet@example.com"[..])] {
+        let mut neg = negotiator(external_cfg(), Conn::Plain);
+        starttls_with_cert(&mut neg, Some(cert_of(&["juliet@example.com"], None)));
+        let mut actions = neg.step(auth("EXTERNAL", initial));
+        if initial.is_none() {
+            assert_eq!(actions, vec![NegAction::Send("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into())]);
+            actions = neg.step(el("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>=</response>"));
+        }
+        assert_eq!(actions, vec![NegAction::LookupCredentials { username: USER.into() }], "{initial:?}");
+        assert!(!neg.credentials_need_hashing(Some(&Credentials::Plain("x".into()))));
+        assert_eq!(neg.step(NegEvent::Credentials(Some(scram_credentials()))), success_then_reset());
+        assert_eq!(neg.user(), Some(USER));
+    }
+}
+
+#[test]
+fn external_refusals() {
+    let juliet = || Some(cert_of(&["juliet@example.com"], None));
+    // No certificate that verified: not-authorized, counted as a failure.
+    let mut neg = negotiator(external_cfg(), Conn::Plain);
+    starttls_with_cert(&mut neg, None);
+    assert_eq!(neg.step(auth("EXTERNAL", Some(b""))), vec![delayed_failure("not-authorized", 500)]);
+    // The account does not exist.
+    let mut neg = negotiator(external_cfg(), Conn::Plain);
+    starttls_with_cert(&mut neg, juliet());
+    neg.step(auth("EXTERNAL", Some(b"")));
+    assert_eq!(neg.step(NegEvent::Credentials(None)), vec![delayed_failure("not-authorized", 500)]);
+    assert_eq!(neg.user(), None);
+    // Another user's authzid.
+    let mut neg = negotiator(external_cfg(), Conn::Plain);
+    starttls_with_cert(&mut neg, juliet());
+    assert_eq!(neg.step(auth("EXTERNAL", Some(b"romeo@example.com"))), vec![delayed_failure("invalid-authzid", 500)]);
+    // A certificate of another domain than the stream's.
+    let mut neg = negotiator(external_cfg(), Conn::Plain);
+    starttls_with_cert(&mut neg, Some(cert_of(&["juliet@other.example"], None)));
+    assert_eq!(neg.step(auth("EXTERNAL", Some(b""))), vec![delayed_failure("invalid-authzid", 500)]);
+    // Several xmppAddrs: the client must choose one.
+    let mut neg = negotiator(external_cfg(), Conn::Plain);
+    starttls_with_cert(&mut neg, Some(cert_of(&["juliet@example.com", "nurse@example.com"], None)));
+    assert_eq!(neg.step(auth("EXTERNAL", Some(b""))), vec![delayed_failure("invalid-authzid", 500)]);
+    // Not enabled at all: an unknown mechanism, as before.
+    let mut neg = negotiator(cfg(TlsMode::StarttlsRequired), Conn::Plain);
+    starttls_with_cert(&mut neg, juliet());
+    assert_eq!(
+        neg.step(auth("EXTERNAL", Some(b""))),
+        vec![NegAction::Send(failure("invalid-mechanism"))]
+    );
+}
+
+#[test]
+fn external_maps_a_common_name_when_the_certificate_has_no_xmpp_addr() {
+    let mut neg = negotiator(external_cfg(), Conn::Plain);
+    starttls_with_cert(&mut neg, Some(cert_of(&[], Some(USER))));
+    assert_eq!(neg.step(auth("EXTERNAL", Some(b""))), vec![NegAction::LookupCredentials { username: USER.into() }]);
+    // Only the standard check configured: a CN-only certificate logs nobody in.
+    let mut c = external_cfg();
+    c.external_checks = vec![ExternalCheck::Standard];
+    let mut neg = negotiator(c, Conn::Plain);
+    starttls_with_cert(&mut neg, Some(cert_of(&[], Some(USER))));
+    assert_eq!(neg.step(auth("EXTERNAL", Some(b""))), vec![delayed_failure("not-authorized", 500)]);
 }
