@@ -281,7 +281,8 @@ async fn negotiate(
                         conn.restart();
                         header_sent = false;
                         let client_cert = conn.client_cert(listener.client_certs.as_deref());
-                        actions.extend(neg.step(NegEvent::TlsEstablished { exporter: conn.tls_exporter(), client_cert }));
+                        actions
+                            .extend(neg.step(NegEvent::TlsEstablished { exporter: conn.tls_exporter(), client_cert }));
                     }
                     NegAction::ResetParser => {
                         conn.restart();

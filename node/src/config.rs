@@ -998,8 +998,7 @@ impl Config {
         if external != pki {
             return Err(err(
                 if pki { "auth.methods" } else { "auth.sasl_mechanisms" },
-                "client certificates need both \"pki\" in auth.methods and \"external\" in auth.sasl_mechanisms"
-                    .into(),
+                "client certificates need both \"pki\" in auth.methods and \"external\" in auth.sasl_mechanisms".into(),
             ));
         }
         if self.auth.sasl_external.is_empty() {
@@ -1610,7 +1609,10 @@ mod tests {
             "[auth]\nsasl_mechanisms = [\"external\", \"plain\"]\n",
             &["auth.sasl_mechanisms", "\"pki\" in auth.methods"],
         );
-        check_err("[auth]\nmethods = [\"rdbms\", \"pki\"]\n", &["auth.methods", "\"external\" in auth.sasl_mechanisms"]);
+        check_err(
+            "[auth]\nmethods = [\"rdbms\", \"pki\"]\n",
+            &["auth.methods", "\"external\" in auth.sasl_mechanisms"],
+        );
         check_err(
             "[auth]\nmethods = [\"rdbms\", \"pki\"]\nsasl_mechanisms = [\"external\"]\nsasl_external = [\"auth_id\"]\n",
             &["auth.sasl_external", "auth_id", "common_name"],

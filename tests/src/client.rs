@@ -693,9 +693,7 @@ pub fn tls_client_config_with(trust: &TlsTrust, client: Option<&ClientCert>) -> 
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?;
     let builder = match trust {
-        TlsTrust::AcceptAny => {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        }
+        TlsTrust::AcceptAny => builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider))),
         TlsTrust::Pem(path) => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)

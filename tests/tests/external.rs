@@ -187,3 +187,72 @@ async fn external_is_offered_only_with_a_verified_certificate_and_otherwise_not_
         c.auth(meerkat_tests::Sasl::Scram(meerkat_xmpp::sasl::HashAlg::Sha256), "alice", "secret").await.unwrap();
     }
 }
+
+/// A node with an HTTPS listener (WebSocket at /ws-xmpp, BOSH at /http-bind)
+/// asking for client certificates from `ca`; its port.
+fn https_node(dir: &Path, ca: &Ca) -> (TestNode, u16) {
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    let port = meerkat_tests::node::free_port();
+    let node = TestNode::start_with(NodeOptions {
+        extra_toml: format!(
+            "[auth]\nmethods = [\"rdbms\", \"pki\"]\nsasl_mechanisms = [\"external\", \"scram_sha256\"]\n\n\
+             [[listen.http]]\nport = {port}\nip_address = \"127.0.0.1\"\ntls.cacertfile = \"{}\"\n\
+             [[listen.http.handlers.mod_websockets]]\npath = \"/ws-xmpp\"\n\
+             [[listen.http.handlers.mod_bosh]]\npath = \"/http-bind\"\n",
+            ca_path.display()
+        ),
+        ..Default::default()
+    });
+    node.add_user("alice", "secret");
+    (node, port)
+}
+
+/// Runs `tests/js/external.mjs`: stanza with this certificate at `url`.
+fn stanza(node: &TestNode, url: &str, cert: &ClientCert) -> (bool, Value) {
+    let out = Command::new("node")
+        .args(meerkat_tests::js::node_flags())
+        .arg("external.mjs")
+        .args(["--url", url, "--jid", &format!("alice@{DOMAIN}")])
+        .arg("--ca")
+        .arg(node.cert_path())
+        .arg("--cert")
+        .arg(&cert.cert)
+        .arg("--key")
+        .arg(&cert.key)
+        .current_dir(meerkat_tests::js::js_dir())
+        .output()
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!("external.mjs printed no JSON:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr))
+    });
+    (out.status.success(), v)
+}
+
+#[test]
+fn stanza_logs_in_with_a_client_certificate_over_wss_and_https_bosh() {
+    meerkat_tests::js::npm_ci();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Meerkat test CA");
+    let (node, port) = https_node(dir.path(), &ca);
+    let alice = ca.client(dir.path(), "alice", &[&format!("alice@{DOMAIN}")], None, false);
+    let foreign =
+        Ca::new("Someone else's CA").client(dir.path(), "foreign", &[&format!("alice@{DOMAIN}")], None, false);
+    for (url, transport) in [
+        (format!("wss://localhost:{port}/ws-xmpp"), "websocket"),
+        (format!("https://localhost:{port}/http-bind"), "bosh"),
+    ] {
+        let (ok, out) = stanza(&node, &url, &alice);
+        assert!(ok, "{url}: {out}\nnode log:\n{}", node.log());
+        assert_eq!(out["mechanism"], "EXTERNAL", "{out}");
+        assert_eq!(out["transport"], transport, "{out}");
+        assert_eq!(out["jid"], format!("alice@{DOMAIN}/cert"), "{out}");
+        // A certificate from another CA: EXTERNAL is not offered, and stanza,
+        // with no password, cannot log in.
+        let (ok, out) = stanza(&node, &url, &foreign);
+        assert!(!ok, "{url}: logged in with a foreign certificate: {out}");
+        assert_ne!(out["mechanism"], "EXTERNAL", "{out}");
+    }
+}

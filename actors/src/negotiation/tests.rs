@@ -1460,10 +1460,7 @@ fn external_refusals() {
     // Not enabled at all: an unknown mechanism, as before.
     let mut neg = negotiator(cfg(TlsMode::StarttlsRequired), Conn::Plain);
     starttls_with_cert(&mut neg, juliet());
-    assert_eq!(
-        neg.step(auth("EXTERNAL", Some(b""))),
-        vec![NegAction::Send(failure("invalid-mechanism"))]
-    );
+    assert_eq!(neg.step(auth("EXTERNAL", Some(b""))), vec![NegAction::Send(failure("invalid-mechanism"))]);
 }
 
 #[test]
