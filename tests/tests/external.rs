@@ -256,3 +256,35 @@ fn stanza_logs_in_with_a_client_certificate_over_wss_and_https_bosh() {
         assert_ne!(out["mechanism"], "EXTERNAL", "{out}");
     }
 }
+
+#[tokio::test]
+async fn self_signed_certificates_log_in_only_under_selfsigned_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    // A self-signed certificate naming alice, fit for client authentication.
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::OtherName((XMPP_ADDR.to_vec(), format!("alice@{DOMAIN}").into()))];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let own = ClientCert { cert: dir.path().join("own.pem"), key: dir.path().join("own.key") };
+    std::fs::write(&own.cert, cert.pem()).unwrap();
+    std::fs::write(&own.key, key.serialize_pem()).unwrap();
+
+    let auth = "[auth]\nmethods = [\"rdbms\", \"pki\"]\nsasl_mechanisms = [\"external\", \"scram_sha256\"]\n";
+    let lenient = TestNode::start_with(NodeOptions {
+        c2s_toml: "tls.verify_mode = \"selfsigned_peer\"\n".into(),
+        extra_toml: auth.into(),
+        ..Default::default()
+    });
+    lenient.add_user("alice", "secret");
+    let (mut c, mechs) = offered(&lenient, Some(&own)).await;
+    assert_eq!(mechs.first().map(String::as_str), Some("EXTERNAL"), "{mechs:?}");
+    c.auth_external(None).await.unwrap();
+    assert_eq!(c.bind(Some("own")).await.unwrap(), format!("alice@{DOMAIN}/own"));
+
+    // Under "peer" with a CA, the same certificate is not good enough.
+    let strict = node(dir.path(), &Ca::new("Meerkat test CA"));
+    let (_c, mechs) = offered(&strict, Some(&own)).await;
+    assert!(!mechs.contains(&"EXTERNAL".to_owned()), "{mechs:?}");
+}
