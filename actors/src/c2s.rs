@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{Admission, Admitted, Refused};
-use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, TlsMode};
+use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, Opening, TlsMode};
 use crate::services::{now_micros, Services};
 use crate::session::{
     ActorSink, C2sSession, ClientClosed, ClientSilent, ConnClosed, FromClient, IoControl, OutQueue, Resume, Written,
@@ -198,7 +198,7 @@ enum Negotiated {
     /// The connection is over.
     Closed,
     /// A resource is bound: a session runs next.
-    Bound { conn: Conn, jid: FullJid, bind_id: String },
+    Bound { conn: Conn, jid: FullJid, opening: Opening },
     /// A waiting session was resumed (XEP-0198): the connection serves it.
     Resumed { conn: Conn, jid: FullJid, attached: Attached },
 }
@@ -208,7 +208,7 @@ enum Negotiated {
 async fn start_session(svc: Arc<Services>, negotiated: Negotiated) -> Result<Option<Box<Reading>>, ConnError> {
     match negotiated {
         Negotiated::Closed => Ok(None),
-        Negotiated::Bound { conn, jid, bind_id } => Ok(open_session(svc, conn, jid, bind_id).await),
+        Negotiated::Bound { conn, jid, opening } => Ok(open_session(svc, conn, jid, opening).await),
         Negotiated::Resumed { conn, jid, attached } => Ok(Some(attach_session(svc, conn, jid, attached))),
     }
 }
@@ -221,9 +221,8 @@ async fn negotiate(
     source: Option<std::net::IpAddr>,
 ) -> Result<Negotiated, ConnError> {
     let stream_id = format!("{:016x}", rand::random::<u64>());
-    let post_auth = listener.stream_features.post_auth.clone();
     let mut neg = Negotiator::new(listener.negotiation.clone(), conn.is_secure(), conn.tls_exporter(), stream_id)
-        .with_extra_features(listener.stream_features.pre_auth.clone(), post_auth)
+        .with_module_features(&listener.stream_features)
         .with_client_certificate(conn.client_cert(listener.client_certs.as_deref()));
     let mut header_sent = false;
     let mut shutdown = svc.shutdown_signal();
@@ -341,7 +340,7 @@ async fn negotiate(
                         };
                         actions.extend(neg.step(NegEvent::Registered { id, result }));
                     }
-                    NegAction::Bind { user, host, resource, id } => {
+                    NegAction::Bind { user, host, resource, tag, id: _ } => {
                         if !listener.allow_login {
                             let err = StreamError::with_text(
                                 StreamErrorCondition::PolicyViolation,
@@ -354,11 +353,22 @@ async fn negotiate(
                             conn.close(Some(&StreamError::new(StreamErrorCondition::SystemShutdown))).await;
                             return Ok(Negotiated::Closed);
                         }
-                        let resource = resource.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-                        match parse_full(&format!("{user}@{host}/{resource}")) {
+                        let random = format!("{:016x}", rand::random::<u64>());
+                        // XEP-0386: the client's tag, then a random part; a tag that
+                        // makes no valid resource is left out.
+                        let jid = match (resource, tag) {
+                            (Some(r), _) => parse_full(&format!("{user}@{host}/{r}")),
+                            (None, Some(tag)) => parse_full(&format!("{user}@{host}/{tag}.{random}"))
+                                .or_else(|_| parse_full(&format!("{user}@{host}/{random}"))),
+                            (None, None) => parse_full(&format!("{user}@{host}/{random}")),
+                        };
+                        match jid {
                             Ok(jid) => {
-                                let _ = neg.step(NegEvent::Bound(Ok(jid.clone())));
-                                return Ok(Negotiated::Bound { conn, jid, bind_id: id });
+                                let established = neg.step(NegEvent::Bound(Ok(jid.clone())));
+                                if let Some(NegAction::Established { opening, .. }) = established.into_iter().next() {
+                                    return Ok(Negotiated::Bound { conn, jid, opening });
+                                }
+                                return Ok(Negotiated::Closed);
                             }
                             Err(_) => actions.extend(neg.step(NegEvent::Bound(Err(StanzaErrorCondition::BadRequest)))),
                         }
@@ -424,7 +434,7 @@ fn bind_result_xml(id: &str, jid: &FullJid) -> String {
 
 /// Registers a session for `jid`, starts its actor and writer, and returns
 /// its reading side; `None` if the session could not open (the client was told).
-async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id: String) -> Option<Box<Reading>> {
+async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, opening: Opening) -> Option<Box<Reading>> {
     // The registry (on a cluster: a majority of its nodes) must accept the
     // session before the client hears that it is bound.
     let sid = svc.next_session_id();
@@ -445,7 +455,7 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id:
     }
 
     // What the module hooks need (the blocklist) is read before the session runs.
-    let state = svc.ctx.hooks.session_opening(&svc.ctx, &jid).await;
+    let mut state = svc.ctx.hooks.session_opening(&svc.ctx, &jid).await;
 
     let (reader, writer) = conn.split();
     let (out, out_rx, queued) = OutQueue::new(4096, svc.settings.max_outgoing_bytes);
@@ -453,7 +463,21 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id:
     let keepalive = svc.settings.keepalive_interval;
     let writer = Writer { conn: writer, rx: out_rx, queued, io: io_rx.clone(), keepalive };
     // The bind reply is queued before the session is routable, so it is the first thing the client reads.
-    let _ = out.push(bind_result_xml(&bind_id, &jid));
+    let mut inline_acc = None;
+    match opening {
+        Opening::Iq { id } => {
+            let _ = out.push(bind_result_xml(&id, &jid));
+        }
+        Opening::Sasl2 { additional_data, inline } => {
+            // XEP-0386: the modules answer the inline requests inside <bound/>;
+            // the rest of what they ask is carried out once the session runs.
+            let mut acc = svc.ctx.hooks.bind2_requests(&svc.ctx, &jid, &mut state, &inline);
+            let bound = std::mem::take(&mut acc.write);
+            let success = Opening::sasl2_success(additional_data.as_deref(), &jid, bound);
+            let _ = out.push(success.to_xml(meerkat_xmpp::ns::CLIENT));
+            inline_acc = Some(acc);
+        }
+    }
 
     let capacity = svc.settings.mailbox_capacity;
     let session = C2sSession::new(svc.clone(), jid.clone(), sid, out, io_tx, state);
@@ -461,6 +485,10 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, bind_id:
         ctx.set_mailbox_capacity(capacity);
         session
     });
+    if let Some(acc) = inline_acc {
+        // Before the session is routable, so before anything routed to it.
+        addr.do_send(crate::session::ApplyHooks(acc));
+    }
     let router = &svc.router;
     router.register_session(&info, Arc::new(ActorSink(addr.clone())));
     if router.sessions().get(&jid).map(|s| (s.node, s.sid)) != Some((router.node(), sid)) {

@@ -9,6 +9,12 @@
 //! Order of a negotiation: header → features (STARTTLS) → TLS → header →
 //! features (SASL, XEP-0440 channel bindings, XEP-0077) → SASL → header →
 //! features (bind, legacy session) → bind → established.
+//!
+//! With SASL2 (XEP-0388) the client authenticates with `<authenticate/>`
+//! instead, and there is no stream restart: with Bind2 (XEP-0386) inline,
+//! one `<success/>` carries the bound JID and the inline features' answers
+//! (written by the session, [`Opening::Sasl2`]); without it, the post-auth
+//! features follow `<success/>` on the same stream.
 
 use std::time::Duration;
 
@@ -57,6 +63,43 @@ pub struct NegotiationConfig {
     /// How EXTERNAL maps a client certificate to an account
     /// (`auth.sasl_external`), in order.
     pub external_checks: Vec<ExternalCheck>,
+    /// Offer SASL2 (XEP-0388).
+    pub sasl2: bool,
+    /// Offer Bind2 (XEP-0386) inside SASL2.
+    pub bind2: bool,
+}
+
+/// How a bound session tells its client that it is bound: the first thing
+/// it writes.
+#[derive(Debug, PartialEq)]
+pub enum Opening {
+    /// The result of the RFC 6120 bind IQ with this id.
+    Iq { id: String },
+    /// SASL2's `<success/>` with the full JID and `<bound/>` (XEP-0386); the
+    /// modules answer `inline` (the `<bind/>` request's children) inside it.
+    Sasl2 {
+        /// Base64 `<additional-data/>` of the mechanism (SCRAM's server signature).
+        additional_data: Option<String>,
+        inline: Vec<Element>,
+    },
+}
+
+impl Opening {
+    /// `<success xmlns='urn:xmpp:sasl:2'/>` for `jid`, with `bound` (the
+    /// modules' answers to the inline requests) inside `<bound/>`.
+    pub fn sasl2_success(additional_data: Option<&str>, jid: &FullJid, bound: Vec<Element>) -> Element {
+        let mut success = Element::new("success", ns::SASL2);
+        if let Some(d) = additional_data {
+            success.push_child(Element::new("additional-data", ns::SASL2).with_text(d));
+        }
+        success.push_child(Element::new("authorization-identifier", ns::SASL2).with_text(jid.to_string()));
+        let mut b = Element::new("bound", ns::BIND2);
+        for el in bound {
+            b.push_child(el);
+        }
+        success.push_child(b);
+        success
+    }
 }
 
 /// Something that happened on the connection.
@@ -98,11 +141,13 @@ pub enum NegAction {
     LookupCredentials {
         username: String,
     },
-    /// Bind `resource` (or a generated one) for `user`; answer with [`NegEvent::Bound`].
+    /// Bind `resource` (or a generated one, starting with the Bind2 `tag`
+    /// if there is one) for `user`; answer with [`NegEvent::Bound`].
     Bind {
         user: String,
         host: String,
         resource: Option<String>,
+        tag: Option<String>,
         id: String,
     },
     /// XEP-0198: hand the stream to the session `previd` of this user, if it
@@ -120,11 +165,12 @@ pub enum NegAction {
         password: String,
         id: Option<String>,
     },
-    /// Negotiation is over: hand the stream to a session.
+    /// Negotiation is over: hand the stream to a session, which tells the
+    /// client it is bound as `opening` says.
     Established {
         jid: FullJid,
         stream_id: String,
-        bind_id: String,
+        opening: Opening,
     },
     /// Send this stream error and close.
     Close(StreamError),
@@ -140,16 +186,33 @@ enum State {
     Sasl {
         server: Box<SaslServer>,
         mech: Mechanism,
+        /// What a SASL2 `<authenticate/>` asked for; `None` for RFC 6120 SASL.
+        sasl2: Option<Box<Sasl2Request>>,
     },
     /// Features sent after authentication.
     PostAuth,
     Binding {
         id: String,
     },
+    /// Binding inside SASL2 (XEP-0386): `<success/>` comes with the session.
+    Binding2 {
+        additional_data: Option<String>,
+        inline: Vec<Element>,
+    },
     Resuming,
     Done,
     Closed,
 }
+
+/// What a SASL2 `<authenticate/>` asked for besides authentication.
+#[derive(Debug, Default)]
+struct Sasl2Request {
+    /// The XEP-0386 `<bind/>` request, to bind in the same step.
+    bind: Option<Element>,
+}
+
+/// Longest Bind2 `<tag/>` used in a resource; a longer one is cut.
+const MAX_TAG_CHARS: usize = 64;
 
 /// One C2S stream's negotiation.
 #[derive(Debug)]
@@ -170,6 +233,9 @@ pub struct Negotiator {
     /// Serialized feature elements the modules add before and after authentication.
     extra_pre_auth: String,
     extra_post_auth: String,
+    /// Serialized SASL2 and Bind2 inline features of the modules.
+    sasl2_inline: String,
+    bind2_inline: String,
 }
 
 impl Negotiator {
@@ -189,6 +255,8 @@ impl Negotiator {
             plus_advertised: false,
             extra_pre_auth: String::new(),
             extra_post_auth: String::new(),
+            sasl2_inline: String::new(),
+            bind2_inline: String::new(),
         }
     }
 
@@ -199,6 +267,15 @@ impl Negotiator {
         self.extra_pre_auth = pre_auth;
         self.extra_post_auth = post_auth;
         self
+    }
+
+    /// Everything the modules add to negotiation: stream features before and
+    /// after authentication, and SASL2 and Bind2 inline features.
+    pub fn with_module_features(self, f: &crate::ext::StreamFeatures) -> Self {
+        let mut neg = self.with_extra_features(f.pre_auth.clone(), f.post_auth.clone());
+        neg.sasl2_inline = f.sasl2_inline.clone();
+        neg.bind2_inline = f.bind2_inline.clone();
+        neg
     }
 
     /// The verified client certificate of a connection that starts in TLS
@@ -262,19 +339,20 @@ impl Negotiator {
                 self.client_cert = client_cert;
                 (State::AwaitHeader, vec![])
             }
-            (State::Sasl { server, mech }, NegEvent::Credentials(c)) => {
-                self.sasl_step(server, mech, SaslInput::Credentials(c))
+            (State::Sasl { server, mech, sasl2 }, NegEvent::Credentials(c)) => {
+                self.sasl_step(server, mech, sasl2, SaslInput::Credentials(c))
             }
-            (State::Sasl { server, mech }, NegEvent::Element(el)) => {
-                if el.is("abort", ns::SASL) {
-                    return self.sasl_failed(SaslFailure::Aborted);
+            (State::Sasl { server, mech, sasl2 }, NegEvent::Element(el)) => {
+                let profile = if sasl2.is_some() { ns::SASL2 } else { ns::SASL };
+                if el.is("abort", profile) {
+                    return self.sasl_failed(SaslFailure::Aborted, sasl2.is_some());
                 }
-                if !el.is("response", ns::SASL) {
+                if !el.is("response", profile) {
                     return self.close(StreamErrorCondition::PolicyViolation, Some("expected a SASL response"));
                 }
                 match decode_b64(&el.text()) {
-                    Some(data) => self.sasl_step(server, mech, SaslInput::Response(&data)),
-                    None => self.sasl_failed(SaslFailure::IncorrectEncoding),
+                    Some(data) => self.sasl_step(server, mech, sasl2, SaslInput::Response(&data)),
+                    None => self.sasl_failed(SaslFailure::IncorrectEncoding, sasl2.is_some()),
                 }
             }
             (State::PreAuth, NegEvent::Registered { id, result }) => match result {
@@ -290,7 +368,16 @@ impl Negotiator {
             (State::Binding { id }, NegEvent::Bound(Ok(jid))) => {
                 // The bind reply is written by the session once it is registered, so
                 // no stanza can reach the client before it learns its JID.
-                (State::Done, vec![NegAction::Established { jid, stream_id: self.stream_id.clone(), bind_id: id }])
+                let opening = Opening::Iq { id };
+                (State::Done, vec![NegAction::Established { jid, stream_id: self.stream_id.clone(), opening }])
+            }
+            (State::Binding2 { additional_data, inline }, NegEvent::Bound(Ok(jid))) => {
+                let opening = Opening::Sasl2 { additional_data, inline };
+                (State::Done, vec![NegAction::Established { jid, stream_id: self.stream_id.clone(), opening }])
+            }
+            (State::Binding2 { .. }, NegEvent::Bound(Err(_))) => {
+                // The generated resource is always valid; nothing to tell the client.
+                self.close(StreamErrorCondition::InternalServerError, Some("binding failed"))
             }
             (State::Resuming, NegEvent::Resumed(true)) => (State::Done, vec![]),
             (State::Resuming, NegEvent::Resumed(false)) => {
@@ -431,6 +518,23 @@ impl Negotiator {
             }
             f.push_str("</mechanisms>");
         }
+        if self.cfg.sasl2 && !mechs.is_empty() {
+            // XEP-0388, with XEP-0386 and the modules' inline features.
+            f.push_str("<authentication xmlns='urn:xmpp:sasl:2'>");
+            for m in &mechs {
+                f.push_str("<mechanism>");
+                f.push_str(m.name());
+                f.push_str("</mechanism>");
+            }
+            f.push_str("<inline>");
+            if self.cfg.bind2 {
+                f.push_str("<bind xmlns='urn:xmpp:bind:0'><inline>");
+                f.push_str(&self.bind2_inline);
+                f.push_str("</inline></bind>");
+            }
+            f.push_str(&self.sasl2_inline);
+            f.push_str("</inline></authentication>");
+        }
         if self.exporter.is_some() {
             // XEP-0440: say which channel-binding types the -PLUS mechanisms accept.
             f.push_str("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/></sasl-channel-binding>");
@@ -454,67 +558,26 @@ impl Negotiator {
             );
         }
         if el.is("auth", ns::SASL) {
-            if self.tls_required_first() {
-                return (
-                    State::Closed,
-                    vec![
-                        NegAction::Send(
-                            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>".into(),
-                        ),
-                        NegAction::Close(StreamError::with_text(
-                            StreamErrorCondition::PolicyViolation,
-                            "STARTTLS is required",
-                        )),
-                    ],
-                );
-            }
-            let mech = el.attr("mechanism").and_then(Mechanism::from_name);
-            if mech == Some(Mechanism::External)
-                && self.cfg.mechanisms.contains(&Mechanism::External)
-                && !self.offered_mechanisms().contains(&Mechanism::External)
-            {
-                // Enabled, but this connection has no certificate that verified
-                // (none, expired, or from a CA we do not trust).
-                return self.sasl_failed(SaslFailure::NotAuthorized);
-            }
-            let Some(mech) = mech.filter(|m| self.offered_mechanisms().contains(m)) else {
-                let reason = if el.attr("mechanism") == Some("PLAIN") && !self.plaintext_allowed() {
-                    SaslFailure::EncryptionRequired
-                } else {
-                    SaslFailure::InvalidMechanism
-                };
-                return (State::PreAuth, vec![NegAction::Send(sasl_failure_xml(reason))]);
-            };
             let text = el.text();
             let initial = if text.trim() == "=" {
-                Some(Vec::new())
+                Ok(Some(Vec::new()))
             } else if text.trim().is_empty() {
-                None
+                Ok(None)
             } else {
-                match decode_b64(&text) {
-                    Some(d) => Some(d),
-                    None => return self.sasl_failed(SaslFailure::IncorrectEncoding),
-                }
+                decode_b64(&text).map(Some).ok_or(())
             };
-            let mut server = SaslServer::new(mech, self.exporter.clone(), self.plus_advertised)
-                .with_default_iterations(self.cfg.scram_iterations)
-                .with_salt_secret(self.cfg.salt_secret.clone());
-            if let (Mechanism::External, Some(cert)) = (mech, &self.client_cert) {
-                server = server.with_certificate(
-                    cert.clone(),
-                    self.host.as_deref().unwrap_or_default(),
-                    self.cfg.external_checks.clone(),
-                );
-            }
-            let server = Box::new(server);
-            return match initial {
-                Some(data) => self.sasl_step(server, mech, SaslInput::Response(&data)),
-                // No initial response: an empty challenge asks for it (RFC 6120 §6.4.2).
-                None => (
-                    State::Sasl { server, mech },
-                    vec![NegAction::Send("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into())],
-                ),
+            return self.begin_sasl(el.attr("mechanism"), initial, None);
+        }
+        if el.is("authenticate", ns::SASL2) && self.cfg.sasl2 {
+            // XEP-0388: an absent <initial-response/> is no initial response; an
+            // empty one (or "=") is an empty one.
+            let initial = match el.get_child("initial-response", ns::SASL2) {
+                None => Ok(None),
+                Some(r) => decode_b64(&r.text()).map(Some).ok_or(()),
             };
+            let bind = el.get_child("bind", ns::BIND2).filter(|_| self.cfg.bind2).cloned();
+            let request = Box::new(Sasl2Request { bind });
+            return self.begin_sasl(el.attr("mechanism"), initial, Some(request));
         }
         if el.is("iq", ns::CLIENT) {
             if let Some(q) = el.get_child("query", ns::REGISTER) {
@@ -522,6 +585,69 @@ impl Negotiator {
             }
         }
         self.close(StreamErrorCondition::NotAuthorized, Some("authenticate first"))
+    }
+
+    /// `<auth/>` (RFC 6120) or `<authenticate/>` (XEP-0388, with `sasl2`):
+    /// the mechanism the client chose and its initial response, if it sent
+    /// one (`Err` when it is not base64).
+    fn begin_sasl(
+        &mut self,
+        mechanism: Option<&str>,
+        initial: Result<Option<Vec<u8>>, ()>,
+        sasl2: Option<Box<Sasl2Request>>,
+    ) -> (State, Vec<NegAction>) {
+        let v2 = sasl2.is_some();
+        if self.tls_required_first() {
+            return (
+                State::Closed,
+                vec![
+                    NegAction::Send(sasl_failure_xml(SaslFailure::EncryptionRequired, v2)),
+                    NegAction::Close(StreamError::with_text(
+                        StreamErrorCondition::PolicyViolation,
+                        "STARTTLS is required",
+                    )),
+                ],
+            );
+        }
+        let mech = mechanism.and_then(Mechanism::from_name);
+        if mech == Some(Mechanism::External)
+            && self.cfg.mechanisms.contains(&Mechanism::External)
+            && !self.offered_mechanisms().contains(&Mechanism::External)
+        {
+            // Enabled, but this connection has no certificate that verified
+            // (none, expired, or from a CA we do not trust).
+            return self.sasl_failed(SaslFailure::NotAuthorized, v2);
+        }
+        let Some(mech) = mech.filter(|m| self.offered_mechanisms().contains(m)) else {
+            let reason = if mechanism == Some("PLAIN") && !self.plaintext_allowed() {
+                SaslFailure::EncryptionRequired
+            } else {
+                SaslFailure::InvalidMechanism
+            };
+            return (State::PreAuth, vec![NegAction::Send(sasl_failure_xml(reason, v2))]);
+        };
+        let Ok(initial) = initial else {
+            return self.sasl_failed(SaslFailure::IncorrectEncoding, v2);
+        };
+        let mut server = SaslServer::new(mech, self.exporter.clone(), self.plus_advertised)
+            .with_default_iterations(self.cfg.scram_iterations)
+            .with_salt_secret(self.cfg.salt_secret.clone());
+        if let (Mechanism::External, Some(cert)) = (mech, &self.client_cert) {
+            server = server.with_certificate(
+                cert.clone(),
+                self.host.as_deref().unwrap_or_default(),
+                self.cfg.external_checks.clone(),
+            );
+        }
+        let server = Box::new(server);
+        match initial {
+            Some(data) => self.sasl_step(server, mech, sasl2, SaslInput::Response(&data)),
+            // No initial response: an empty challenge asks for it (RFC 6120 §6.4.2).
+            None => {
+                let challenge = format!("<challenge xmlns='{}'/>", if v2 { ns::SASL2 } else { ns::SASL });
+                (State::Sasl { server, mech, sasl2 }, vec![NegAction::Send(challenge)])
+            }
+        }
     }
 
     fn on_register(&mut self, iq: &Element, q: &Element) -> (State, Vec<NegAction>) {
@@ -567,37 +693,73 @@ impl Negotiator {
         &mut self,
         mut server: Box<SaslServer>,
         mech: Mechanism,
+        sasl2: Option<Box<Sasl2Request>>,
         input: SaslInput<'_>,
     ) -> (State, Vec<NegAction>) {
+        let v2 = sasl2.is_some();
         match server.step(input) {
-            SaslOutput::Challenge(data) => (
-                State::Sasl { server, mech },
-                vec![NegAction::Send(format!(
-                    "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</challenge>",
-                    base64::engine::general_purpose::STANDARD.encode(data)
-                ))],
-            ),
+            SaslOutput::Challenge(data) => {
+                let challenge = challenge_xml(&data, v2);
+                (State::Sasl { server, mech, sasl2 }, vec![NegAction::Send(challenge)])
+            }
             SaslOutput::LookupCredentials { username } => {
-                (State::Sasl { server, mech }, vec![NegAction::LookupCredentials { username }])
+                (State::Sasl { server, mech, sasl2 }, vec![NegAction::LookupCredentials { username }])
             }
             SaslOutput::Success { username, additional_data } => {
-                self.user = Some(username);
-                let body =
-                    additional_data.map(|d| base64::engine::general_purpose::STANDARD.encode(d)).unwrap_or_default();
-                (
-                    State::AwaitHeader,
-                    vec![
-                        NegAction::Send(format!("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{body}</success>")),
-                        NegAction::ResetParser,
-                    ],
-                )
+                let encoded = additional_data.map(|d| base64::engine::general_purpose::STANDARD.encode(d));
+                self.user = Some(username.clone());
+                let Some(request) = sasl2 else {
+                    let body = encoded.unwrap_or_default();
+                    return (
+                        State::AwaitHeader,
+                        vec![
+                            NegAction::Send(format!(
+                                "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{body}</success>"
+                            )),
+                            NegAction::ResetParser,
+                        ],
+                    );
+                };
+                let host = self.host.clone().unwrap_or_default();
+                match request.bind {
+                    // XEP-0386: bound in the same step; the session writes <success/>.
+                    Some(bind) => {
+                        let tag = bind
+                            .get_child("tag", ns::BIND2)
+                            .map(|t| t.text().trim().chars().take(MAX_TAG_CHARS).collect::<String>())
+                            .filter(|t| !t.is_empty());
+                        let inline = bind.elements().filter(|e| !e.is("tag", ns::BIND2)).cloned().collect();
+                        (
+                            State::Binding2 { additional_data: encoded, inline },
+                            vec![NegAction::Bind { user: username, host, resource: None, tag, id: String::new() }],
+                        )
+                    }
+                    // XEP-0388 without Bind2: no stream restart; the post-auth
+                    // features follow on the same stream.
+                    None => {
+                        let mut success = Element::new("success", ns::SASL2);
+                        if let Some(d) = encoded {
+                            success.push_child(Element::new("additional-data", ns::SASL2).with_text(d));
+                        }
+                        success.push_child(
+                            Element::new("authorization-identifier", ns::SASL2).with_text(format!("{username}@{host}")),
+                        );
+                        (
+                            State::PostAuth,
+                            vec![
+                                NegAction::Send(success.to_xml(ns::CLIENT)),
+                                NegAction::Send(postauth_features(&self.extra_post_auth)),
+                            ],
+                        )
+                    }
+                }
             }
-            SaslOutput::Failure(f) => self.sasl_failed(f),
+            SaslOutput::Failure(f) => self.sasl_failed(f, v2),
         }
     }
 
-    fn sasl_failed(&mut self, failure: SaslFailure) -> (State, Vec<NegAction>) {
-        self.failed(sasl_failure_xml(failure), "too many authentication failures")
+    fn sasl_failed(&mut self, failure: SaslFailure, sasl2: bool) -> (State, Vec<NegAction>) {
+        self.failed(sasl_failure_xml(failure, sasl2), "too many authentication failures")
     }
 
     /// A failed login or registration: `xml` answers it after a pause that
@@ -648,6 +810,7 @@ impl Negotiator {
                         user: self.user.clone().unwrap_or_default(),
                         host: self.host.clone().unwrap_or_default(),
                         resource,
+                        tag: None,
                         id,
                     }],
                 );
@@ -683,8 +846,20 @@ fn postauth_features(extra: &str) -> String {
     format!("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>{extra}</stream:features>")
 }
 
-fn sasl_failure_xml(f: SaslFailure) -> String {
-    format!("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{}/></failure>", f.as_str())
+/// `<failure/>` with this condition, in RFC 6120's namespace or in SASL2's
+/// (where the condition keeps RFC 6120's namespace, XEP-0388 §2.6.2).
+fn sasl_failure_xml(f: SaslFailure, sasl2: bool) -> String {
+    if sasl2 {
+        format!("<failure xmlns='urn:xmpp:sasl:2'><{} xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>", f.as_str())
+    } else {
+        format!("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{}/></failure>", f.as_str())
+    }
+}
+
+/// A `<challenge/>` with this (not yet base64) data.
+fn challenge_xml(data: &[u8], sasl2: bool) -> String {
+    let namespace = if sasl2 { ns::SASL2 } else { ns::SASL };
+    format!("<challenge xmlns='{namespace}'>{}</challenge>", base64::engine::general_purpose::STANDARD.encode(data))
 }
 
 fn iq_reply_xml(id: Option<&str>, payload: Option<&str>) -> String {

@@ -189,6 +189,12 @@ pub struct Resume {
     pub io: watch::Sender<IoControl>,
 }
 
+/// What the modules asked while the session opened (XEP-0386 inline
+/// requests, answered in `<success/>` already): carried out first.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ApplyHooks(pub SessionAcc);
+
 /// The client has sent nothing for a while (`SessionSettings::silent_after`).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -865,6 +871,13 @@ impl Handler<ClientSilent> for C2sSession {
     type Result = ();
     fn handle(&mut self, _msg: ClientSilent, ctx: &mut Context<Self>) {
         self.on_silent(ctx);
+    }
+}
+
+impl Handler<ApplyHooks> for C2sSession {
+    type Result = ();
+    fn handle(&mut self, msg: ApplyHooks, ctx: &mut Context<Self>) {
+        self.apply(msg.0, ctx, |_, _, _| {});
     }
 }
 

@@ -281,9 +281,26 @@ pub trait Module: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// XEP-0386 Bind2 `<inline/>` features this module offers.
+    /// XEP-0386 Bind2 `<inline/>` features this module offers
+    /// (`<feature var='…'/>`).
     fn bind2_inline(&self) -> Vec<Element> {
         Vec::new()
+    }
+
+    /// XEP-0386: one child of the client's `<bind/>` (an inline request such
+    /// as `<enable xmlns='urn:xmpp:sm:3'/>`), before the session runs.
+    /// Returns true when this module took it; what it writes into
+    /// `acc.write` goes inside `<bound/>`, and the rest of `acc` is carried
+    /// out when the session starts.
+    fn bind2_request(
+        &self,
+        _ctx: &ModuleCtx,
+        _jid: &FullJid,
+        _state: &mut SessionState,
+        _request: &Element,
+        _acc: &mut SessionAcc,
+    ) -> bool {
+        false
     }
 
     // ----- service discovery -----
@@ -553,6 +570,10 @@ pub struct CoreTuning {
     pub silent_after: Option<std::time::Duration>,
     /// XEP-0077 in-band registration during stream negotiation.
     pub in_band_registration: bool,
+    /// XEP-0388 SASL2 during stream negotiation.
+    pub sasl2: bool,
+    /// XEP-0386 Bind2 inside SASL2.
+    pub bind2: bool,
 }
 
 /// A module section with nothing but `enabled` (on by default).

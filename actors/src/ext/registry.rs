@@ -212,6 +212,24 @@ impl Registry {
         state
     }
 
+    /// XEP-0386 inline requests, each to the first module that takes it;
+    /// requests nobody takes are ignored.
+    pub fn bind2_requests(
+        &self,
+        ctx: &ModuleCtx,
+        jid: &FullJid,
+        state: &mut SessionState,
+        requests: &[Element],
+    ) -> SessionAcc {
+        let mut acc = SessionAcc::default();
+        for r in requests {
+            if !self.modules.iter().any(|m| m.bind2_request(ctx, jid, state, r, &mut acc)) {
+                tracing::debug!(%jid, request = %r, "bind2 inline request nobody takes");
+            }
+        }
+        acc
+    }
+
     pub fn session_opened(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState) {
         for m in &self.modules {
             m.session_opened(ctx, jid, state);

@@ -159,6 +159,26 @@ impl Module for Carbons {
         !is_copy(stanza)
     }
 
+    fn bind2_inline(&self) -> Vec<Element> {
+        vec![Element::new("feature", meerkat_xmpp::ns::BIND2).with_attr("var", NS_CARBONS)]
+    }
+
+    /// XEP-0386: `<enable xmlns='urn:xmpp:carbons:2'/>` inside `<bind/>`.
+    fn bind2_request(
+        &self,
+        _ctx: &ModuleCtx,
+        _jid: &FullJid,
+        state: &mut SessionState,
+        request: &Element,
+        _acc: &mut SessionAcc,
+    ) -> bool {
+        if !request.is("enable", NS_CARBONS) {
+            return false;
+        }
+        state.insert(CarbonsEnabled);
+        true
+    }
+
     fn disco_features(&self, target: Target) -> &'static [&'static str] {
         if target == Target::Server {
             &[NS_CARBONS]

@@ -64,6 +64,22 @@ impl Module for Csi {
         }
     }
 
+    fn bind2_inline(&self) -> Vec<Element> {
+        vec![Element::new("feature", meerkat_xmpp::ns::BIND2).with_attr("var", NS_CSI)]
+    }
+
+    /// XEP-0386: `<active/>` or `<inactive/>` inside `<bind/>`, as if sent after it.
+    fn bind2_request(
+        &self,
+        ctx: &ModuleCtx,
+        jid: &FullJid,
+        state: &mut SessionState,
+        request: &Element,
+        acc: &mut SessionAcc,
+    ) -> bool {
+        self.session_element(ctx, jid, state, request, acc)
+    }
+
     fn session_element(
         &self,
         _ctx: &ModuleCtx,

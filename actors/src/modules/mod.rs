@@ -19,6 +19,7 @@ pub mod presence;
 pub mod private;
 pub mod register;
 pub mod roster;
+pub mod sasl2;
 pub mod stream_management;
 pub mod vcard;
 
@@ -112,6 +113,10 @@ modules! {
     mod_presence => presence::Presence,
     /// XEP-0077 in-band registration, password change and account removal.
     mod_register => register::Register,
+    /// XEP-0388 SASL2 in stream negotiation.
+    mod_sasl2 => sasl2::Sasl2,
+    /// XEP-0386 Bind2 inside SASL2.
+    mod_bind2 => sasl2::Bind2,
 }
 
 #[cfg(test)]

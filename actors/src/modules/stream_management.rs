@@ -116,6 +116,22 @@ impl Module for StreamManagement {
         }
     }
 
+    fn bind2_inline(&self) -> Vec<Element> {
+        vec![Element::new("feature", ns::BIND2).with_attr("var", ns::SM)]
+    }
+
+    /// XEP-0386: `<enable/>` inside `<bind/>`; `<enabled/>` goes inside `<bound/>`.
+    fn bind2_request(
+        &self,
+        ctx: &ModuleCtx,
+        jid: &FullJid,
+        state: &mut SessionState,
+        request: &Element,
+        acc: &mut SessionAcc,
+    ) -> bool {
+        request.is("enable", ns::SM) && self.session_element(ctx, jid, state, request, acc)
+    }
+
     fn session_element(
         &self,
         _ctx: &ModuleCtx,

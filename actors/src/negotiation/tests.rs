@@ -45,6 +45,8 @@ fn cfg(tls_mode: TlsMode) -> NegotiationConfig {
         scram_iterations: 4096,
         salt_secret: meerkat_xmpp::sasl::SaltSecret::random(),
         external_checks: vec![ExternalCheck::Standard],
+        sasl2: false,
+        bind2: false,
     }
 }
 
@@ -1239,6 +1241,7 @@ fn bind_then_established() {
                 user: USER.into(),
                 host: HOST.into(),
                 resource: resource.map(str::to_owned),
+                tag: None,
                 id: "bind_1".into()
             }],
             "{xml}"
@@ -1246,7 +1249,7 @@ fn bind_then_established() {
         let jid = parse_full(&format!("{USER}@{HOST}/{}", resource.unwrap_or("generated"))).unwrap();
         assert_eq!(
             neg.step(NegEvent::Bound(Ok(jid.clone()))),
-            vec![NegAction::Established { jid, stream_id: SID.into(), bind_id: "bind_1".into() }],
+            vec![NegAction::Established { jid, stream_id: SID.into(), opening: Opening::Iq { id: "bind_1".into() } }],
             "{xml}"
         );
         // Negotiation is over; the session owns the stream now.
@@ -1474,4 +1477,185 @@ fn external_maps_a_common_name_when_the_certificate_has_no_xmpp_addr() {
     let mut neg = negotiator(c, Conn::Plain);
     starttls_with_cert(&mut neg, Some(cert_of(&[], Some(USER))));
     assert_eq!(neg.step(auth("EXTERNAL", Some(b""))), vec![delayed_failure("not-authorized", 500)]);
+}
+
+// ------------------------------------------------------------------ SASL2 and Bind2
+
+fn sasl2_cfg() -> NegotiationConfig {
+    let mut c = cfg(TlsMode::Tls);
+    c.sasl2 = true;
+    c.bind2 = true;
+    c
+}
+
+/// A direct-TLS negotiator offering SASL2 with these module features.
+fn sasl2_negotiator(c: NegotiationConfig) -> (Negotiator, Element) {
+    let features = crate::ext::StreamFeatures {
+        bind2_inline: "<feature xmlns='urn:xmpp:bind:0' var='urn:xmpp:sm:3'/>".into(),
+        ..Default::default()
+    };
+    let mut neg = negotiator(c, Conn::Direct { exporter: true }).with_module_features(&features);
+    let actions = neg.step(NegEvent::Header(header()));
+    let [NegAction::Send(_), NegAction::Send(f)] = actions.as_slice() else { panic!("{actions:?}") };
+    let f = parse(f);
+    (neg, f)
+}
+
+fn authenticate(mech: &str, initial: Option<&[u8]>, extra: &str) -> NegEvent {
+    let initial = match initial {
+        None => String::new(),
+        Some(d) => format!("<initial-response>{}</initial-response>", B64.encode(d)),
+    };
+    el(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='{mech}'>{initial}<user-agent id='d4565fa7-4d72-4749-b3d3-740edbf87770'><software>AwesomeXMPP</software></user-agent>{extra}</authenticate>"
+    ))
+}
+
+/// The SASL2 challenge we sent, decoded.
+fn sasl2_challenge(actions: &[NegAction]) -> Vec<u8> {
+    match actions {
+        [NegAction::Send(xml)] => {
+            let c = parse(xml);
+            assert!(c.is("challenge", ns::SASL2), "{xml}");
+            B64.decode(c.text()).unwrap()
+        }
+        other => panic!("expected a SASL2 challenge, got {other:?}"),
+    }
+}
+
+#[test]
+fn sasl2_is_offered_with_the_same_mechanisms_and_bind2_with_the_modules_inline_features() {
+    let (_, f) = sasl2_negotiator(sasl2_cfg());
+    let legacy: Vec<String> = f.get_child("mechanisms", ns::SASL).unwrap().elements().map(|m| m.text()).collect();
+    let auth = f.get_child("authentication", ns::SASL2).expect("SASL2 offered");
+    let v2: Vec<String> = auth.elements().filter(|e| e.name == "mechanism").map(|m| m.text()).collect();
+    assert_eq!(v2, legacy);
+    let bind = auth.get_child("inline", ns::SASL2).and_then(|i| i.get_child("bind", ns::BIND2)).expect("bind2");
+    let vars: Vec<&str> =
+        bind.get_child("inline", ns::BIND2).unwrap().elements().filter_map(|f| f.attr("var")).collect();
+    assert_eq!(vars, [ns::SM]);
+    // Off: neither; and <authenticate/> is then no way in.
+    let mut neg = negotiator(cfg(TlsMode::Tls), Conn::Direct { exporter: true });
+    assert!(open(&mut neg).mechanisms.len() > 1);
+    let actions = neg.step(authenticate("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD)), ""));
+    assert_eq!(close_condition(&actions), Some(StreamErrorCondition::NotAuthorized));
+}
+
+#[test]
+fn scram_plus_inside_sasl2_with_bind2_binds_in_the_same_round_trip() {
+    let (mut neg, _) = sasl2_negotiator(sasl2_cfg());
+    let mut client =
+        ScramClient::new(HashAlg::Sha256, USER, PASSWORD, ClientChannelBinding::TlsExporter(EXPORTER.to_vec()));
+    let bind =
+        "<bind xmlns='urn:xmpp:bind:0'><tag>AwesomeXMPP</tag><enable xmlns='urn:xmpp:sm:3' resume='true'/></bind>";
+    let actions = neg.step(authenticate("SCRAM-SHA-256-PLUS", Some(&client.client_first()), bind));
+    assert_eq!(actions, vec![NegAction::LookupCredentials { username: USER.into() }]);
+    let server_first = sasl2_challenge(&neg.step(NegEvent::Credentials(Some(scram_credentials()))));
+    let client_final = client.handle_server_first(&server_first).unwrap();
+    // xmpp.js puts a mechanism on <response/>: tolerated.
+    let response = format!(
+        "<response xmlns='urn:xmpp:sasl:2' mechanism='SCRAM-SHA-256-PLUS'>{}</response>",
+        B64.encode(&client_final)
+    );
+    let actions = neg.step(el(&response));
+    assert_eq!(
+        actions,
+        vec![NegAction::Bind {
+            user: USER.into(),
+            host: HOST.into(),
+            resource: None,
+            tag: Some("AwesomeXMPP".into()),
+            id: String::new()
+        }]
+    );
+    let jid = parse_full(&format!("{USER}@{HOST}/AwesomeXMPP.1234")).unwrap();
+    let actions = neg.step(NegEvent::Bound(Ok(jid.clone())));
+    let [NegAction::Established { jid: bound, opening: Opening::Sasl2 { additional_data, inline }, .. }] =
+        actions.as_slice()
+    else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(*bound, jid);
+    assert_eq!(inline.len(), 1);
+    assert!(inline[0].is("enable", ns::SM));
+    // The server signature travels in <additional-data/>, and the client checks it.
+    client.verify_server_final(&B64.decode(additional_data.as_deref().unwrap()).unwrap()).unwrap();
+    let success = Opening::sasl2_success(additional_data.as_deref(), &jid, vec![]);
+    let xml = success.to_xml(ns::CLIENT);
+    let parsed = parse(&xml);
+    assert_eq!(parsed.get_child("authorization-identifier", ns::SASL2).unwrap().text(), jid.to_string());
+    assert!(parsed.has_child("bound", ns::BIND2), "{xml}");
+}
+
+#[test]
+fn sasl2_without_bind2_succeeds_with_the_bare_jid_and_continues_without_a_restart() {
+    let mut c = sasl2_cfg();
+    c.bind2 = false;
+    let (mut neg, f) = sasl2_negotiator(c);
+    let inline = f.get_child("authentication", ns::SASL2).unwrap().get_child("inline", ns::SASL2).unwrap();
+    assert!(!inline.has_child("bind", ns::BIND2));
+    // A <bind/> request is ignored when Bind2 is off.
+    let bind = "<bind xmlns='urn:xmpp:bind:0'><tag>x</tag></bind>";
+    let actions = neg.step(authenticate("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD)), bind));
+    assert_eq!(actions, vec![NegAction::LookupCredentials { username: USER.into() }]);
+    let actions = neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
+    let [NegAction::Send(success), NegAction::Send(features)] = actions.as_slice() else { panic!("{actions:?}") };
+    let success = parse(success);
+    assert!(success.is("success", ns::SASL2));
+    assert_eq!(success.get_child("authorization-identifier", ns::SASL2).unwrap().text(), format!("{USER}@{HOST}"));
+    let features = Features::parse(features);
+    assert!(features.bind && features.mechanisms.is_empty());
+    // The RFC 6120 bind follows on the same stream.
+    let actions = neg.step(el("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"));
+    assert!(matches!(actions.as_slice(), [NegAction::Bind { tag: None, .. }]), "{actions:?}");
+}
+
+#[test]
+fn sasl2_failures_are_in_its_namespace_and_the_client_may_try_again() {
+    let (mut neg, _) = sasl2_negotiator(sasl2_cfg());
+    let wrong = plain_initial_response(None, USER, "wrong");
+    neg.step(authenticate("PLAIN", Some(&wrong), ""));
+    let actions = neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
+    let not_authorized =
+        "<failure xmlns='urn:xmpp:sasl:2'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>";
+    assert_eq!(actions, vec![NegAction::SendDelayed(not_authorized.into(), Duration::from_millis(500))]);
+    // An unknown mechanism, then an abort.
+    assert_eq!(
+        neg.step(authenticate("X-UNKNOWN", None, "")),
+        vec![NegAction::Send(
+            "<failure xmlns='urn:xmpp:sasl:2'><invalid-mechanism xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>"
+                .into()
+        )]
+    );
+    let actions = neg.step(authenticate("SCRAM-SHA-256", None, ""));
+    assert_eq!(actions, vec![NegAction::Send("<challenge xmlns='urn:xmpp:sasl:2'/>".into())]);
+    let actions = neg.step(el("<abort xmlns='urn:xmpp:sasl:2'/>"));
+    assert!(matches!(actions.as_slice(), [NegAction::SendDelayed(x, _)] if x.contains("<aborted ")), "{actions:?}");
+    // Then a good password on the same stream.
+    neg.step(authenticate("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD)), ""));
+    let actions = neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
+    assert!(matches!(actions.as_slice(), [NegAction::Send(s), _] if s.contains("urn:xmpp:sasl:2")), "{actions:?}");
+    // A response in the other profile's namespace is a protocol error.
+    let (mut neg, _) = sasl2_negotiator(sasl2_cfg());
+    neg.step(authenticate("SCRAM-SHA-256", None, ""));
+    let actions = neg.step(response(b"n,,n=juliet,r=abc"));
+    assert_eq!(close_condition(&actions), Some(StreamErrorCondition::PolicyViolation));
+}
+
+#[test]
+fn sasl2_needs_tls_first_where_tls_is_required() {
+    let mut c = sasl2_cfg();
+    c.tls_mode = TlsMode::StarttlsRequired;
+    let mut neg = negotiator(c, Conn::Plain);
+    let f = open(&mut neg);
+    assert!(f.mechanisms.is_empty());
+    let actions = neg.step(authenticate("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD)), ""));
+    assert_eq!(
+        actions.first(),
+        Some(&NegAction::Send(
+            "<failure xmlns='urn:xmpp:sasl:2'><encryption-required xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>"
+                .into()
+        ))
+    );
+    assert_eq!(close_condition(&actions), Some(StreamErrorCondition::PolicyViolation));
 }

@@ -48,6 +48,12 @@ pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const DELAY: &str = "urn:xmpp:delay";
 /// SASL channel-binding type capability (XEP-0440).
 pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
+/// XEP-0388 Extensible SASL Profile (SASL2).
+pub const SASL2: &str = "urn:xmpp:sasl:2";
+/// XEP-0386 Bind 2.
+pub const BIND2: &str = "urn:xmpp:bind:0";
+/// XEP-0484 Fast Authentication Streamlining Tokens.
+pub const FAST: &str = "urn:xmpp:fast:0";
 /// The namespace bound to the `xml:` prefix by definition (Namespaces in XML
 /// 1.0 §3); never declared on the wire.
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
