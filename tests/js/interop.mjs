@@ -32,11 +32,18 @@ const summary = {};
 
 function start(name, service, username) {
   const xmpp = client({ service, domain: opts.domain, username, password: opts.password, resource: name });
-  const state = { jid: null, mechanism: null, received: [], errors: [] };
+  const state = { jid: null, mechanism: null, profile: null, received: [], errors: [] };
   summary[name] = state;
   xmpp.on("error", (err) => state.errors.push(String(err)));
   xmpp.on("send", (el) => {
-    if (el.is("auth")) state.mechanism = el.attrs.mechanism;
+    if (el.is("auth")) {
+      state.mechanism = el.attrs.mechanism;
+      state.profile = "sasl";
+    }
+    if (el.is("authenticate", "urn:xmpp:sasl:2")) {
+      state.mechanism = el.attrs.mechanism;
+      state.profile = el.getChild("bind", "urn:xmpp:bind:0") ? "sasl2+bind2" : "sasl2";
+    }
   });
   xmpp.on("stanza", (stanza) => {
     if (stanza.is("message") && stanza.getChild("body")) {
