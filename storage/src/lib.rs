@@ -28,6 +28,7 @@ mod archive;
 mod blocklist;
 mod connect;
 mod error;
+mod fast;
 mod offline;
 mod roster;
 mod secrets;
@@ -249,6 +250,65 @@ impl ArchivePage {
     pub fn last_id(&self) -> Option<&str> {
         self.messages.last().map(|m| m.id.as_str())
     }
+}
+
+/// One FAST token (XEP-0484) as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastToken {
+    pub token: String,
+    /// When it stops working, Unix seconds.
+    pub expires_at: i64,
+    /// The highest `count` a login with it carried (0 before any).
+    pub count: i64,
+    /// The mechanism it was issued for, such as `HT-SHA-256-NONE`.
+    pub mechanism: String,
+}
+
+/// Which of a user agent's two tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastSlot {
+    /// The token in use.
+    Current,
+    /// The next one, issued but not yet used.
+    New,
+}
+
+/// A user agent's FAST tokens.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FastTokens {
+    pub current: Option<FastToken>,
+    pub new: Option<FastToken>,
+}
+
+/// FAST tokens (XEP-0484), per account and user agent (its `<user-agent id>`):
+/// the one in use and the next one, as MongooseIM's `mod_fast_auth_token` keeps them.
+#[async_trait]
+pub trait FastTokenRepo: Send + Sync {
+    async fn fast_tokens(&self, domain: &str, user: &str, agent: &str) -> Result<FastTokens, StorageError>;
+    /// Stores `token` as the agent's next token, replacing a next token not yet used.
+    async fn set_new_fast_token(
+        &self,
+        domain: &str,
+        user: &str,
+        agent: &str,
+        token: &FastToken,
+    ) -> Result<(), StorageError>;
+    /// A login used the token `token` of `slot`, carrying `count` (0 when it
+    /// carried none). In one statement: the login is refused (`false`) unless
+    /// the token is still there and `count` is 0 or above the stored count;
+    /// then the stored count becomes `count`, and a next token used becomes
+    /// the current one.
+    async fn use_fast_token(
+        &self,
+        domain: &str,
+        user: &str,
+        agent: &str,
+        slot: FastSlot,
+        token: &str,
+        count: i64,
+    ) -> Result<bool, StorageError>;
+    /// Forgets the agent's tokens (`<fast invalidate='true'/>`).
+    async fn remove_fast_tokens(&self, domain: &str, user: &str, agent: &str) -> Result<(), StorageError>;
 }
 
 /// User accounts and their credentials.

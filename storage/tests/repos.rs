@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use meerkat_storage::{
     AccountRepo, ArchiveDirection, ArchivePage, ArchiveQuery, ArchiveRepo, ArchivedMessage, BlocklistRepo, DbTls,
-    OfflineRepo, PrivateRepo, RosterItem, RosterRepo, SecretRepo, Storage, StorageConfig, StorageError, StoredPassword,
-    Subscription, VcardRepo,
+    FastSlot, FastToken, FastTokenRepo, FastTokens, OfflineRepo, PrivateRepo, RosterItem, RosterRepo, SecretRepo,
+    Storage, StorageConfig, StorageError, StoredPassword, Subscription, VcardRepo,
 };
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -646,6 +646,56 @@ async fn archive(s: &Storage) {
 
 /// Runs after the other parts: alice and bob own roster items, offline messages, a
 /// vCard, private XML, an archive and a blocklist by now.
+fn fast_token(token: &str, expires_at: i64) -> FastToken {
+    FastToken { token: token.into(), expires_at, count: 0, mechanism: "HT-SHA-256-NONE".into() }
+}
+
+async fn fast_tokens(s: &Storage) {
+    let agent = "d4565fa7-4d72-4749-b3d3-740edbf87770";
+    assert_eq!(s.fast_tokens(DOMAIN, "alice", agent).await.expect("none"), FastTokens::default());
+    // Requested: the next token; used once, it becomes the current one.
+    s.set_new_fast_token(DOMAIN, "alice", agent, &fast_token("t1", 1_000)).await.expect("set");
+    let t = s.fast_tokens(DOMAIN, "alice", agent).await.expect("get");
+    assert_eq!((t.current, t.new), (None, Some(fast_token("t1", 1_000))));
+    assert!(!s.use_fast_token(DOMAIN, "alice", agent, FastSlot::New, "wrong", 0).await.expect("use"));
+    assert!(s.use_fast_token(DOMAIN, "alice", agent, FastSlot::New, "t1", 0).await.expect("use"));
+    let t = s.fast_tokens(DOMAIN, "alice", agent).await.expect("get");
+    assert_eq!((t.current, t.new), (Some(fast_token("t1", 1_000)), None));
+    // Used again without a count: fine, as often as the client likes.
+    assert!(s.use_fast_token(DOMAIN, "alice", agent, FastSlot::Current, "t1", 0).await.expect("reuse"));
+    assert!(s.use_fast_token(DOMAIN, "alice", agent, FastSlot::Current, "t1", 0).await.expect("reuse"));
+    // With a count: each must be above the last; a replayed one is refused.
+    assert!(s.use_fast_token(DOMAIN, "alice", agent, FastSlot::Current, "t1", 5).await.expect("count"));
+    assert!(!s.use_fast_token(DOMAIN, "alice", agent, FastSlot::Current, "t1", 5).await.expect("replay"));
+    assert!(!s.use_fast_token(DOMAIN, "alice", agent, FastSlot::Current, "t1", 4).await.expect("older"));
+    assert!(s.use_fast_token(DOMAIN, "alice", agent, FastSlot::Current, "t1", 6).await.expect("next"));
+    // Concurrent logins with the same count: exactly one wins.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.use_fast_token(DOMAIN, "alice", agent, FastSlot::Current, "t1", 7).await })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.expect("join").expect("use"));
+    }
+    assert_eq!(won, 1);
+    assert_eq!(s.fast_tokens(DOMAIN, "alice", agent).await.expect("get").current.map(|t| t.count), Some(7));
+    // Rotation: a next token next to the current one; the current one still works.
+    s.set_new_fast_token(DOMAIN, "alice", agent, &fast_token("t2", 2_000)).await.expect("rotate");
+    let t = s.fast_tokens(DOMAIN, "alice", agent).await.expect("get");
+    assert_eq!(t.current.map(|t| t.token), Some("t1".into()));
+    assert_eq!(t.new, Some(fast_token("t2", 2_000)));
+    // Other agents and users have their own.
+    s.set_new_fast_token(DOMAIN, "alice", "other agent", &fast_token("t3", 3_000)).await.expect("set");
+    s.set_new_fast_token(DOMAIN, "bob", agent, &fast_token("t4", 4_000)).await.expect("set");
+    assert!(!s.use_fast_token(DOMAIN, "bob", agent, FastSlot::New, "t2", 0).await.expect("not bob's"));
+    s.remove_fast_tokens(DOMAIN, "alice", "other agent").await.expect("invalidate");
+    assert_eq!(s.fast_tokens(DOMAIN, "alice", "other agent").await.expect("gone"), FastTokens::default());
+    assert!(s.fast_tokens(DOMAIN, "alice", agent).await.expect("kept").current.is_some());
+}
+
 async fn remove_account_cascades(s: &Storage) {
     assert!(!s.get_roster(DOMAIN, "alice").await.expect("roster").is_empty());
     assert!(s.count_offline(DOMAIN, "alice").await.expect("count") > 0);
@@ -663,6 +713,10 @@ async fn remove_account_cascades(s: &Storage) {
     assert_eq!(s.get_private(DOMAIN, "alice", "storage:rosternotes").await.expect("private"), None);
     assert_eq!(s.query_archive(DOMAIN, "alice", &everything).await.expect("archive").map(|p| p.count), Some(0));
     assert!(s.get_blocklist(DOMAIN, "alice").await.expect("blocklist").is_empty());
+    assert_eq!(
+        s.fast_tokens(DOMAIN, "alice", "d4565fa7-4d72-4749-b3d3-740edbf87770").await.expect("fast"),
+        FastTokens::default()
+    );
     assert!(!s.remove_account(DOMAIN, "alice").await.expect("remove again"));
     // A re-created account starts empty…
     s.create_account(DOMAIN, "alice", &StoredPassword::Plain("new".into())).await.expect("re-create");
@@ -692,6 +746,7 @@ async fn test_suite(s: &Storage) {
     xml_data(s).await;
     archive(s).await;
     blocklist(s).await;
+    fast_tokens(s).await;
     remove_account_cascades(s).await;
     s.ping().await.expect("ping");
 }
@@ -742,7 +797,7 @@ async fn mysql_stored_bytes(admin: &sqlx::MySqlPool, db: &str) {
     .fetch_all(admin)
     .await
     .expect("information_schema");
-    assert_eq!(rows.len(), 9);
+    assert_eq!(rows.len(), 10);
     for r in &rows {
         let collation: String = r.try_get("TABLE_COLLATION").expect("collation");
         assert_eq!(collation, "utf8mb4_bin");

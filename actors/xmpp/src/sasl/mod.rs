@@ -5,6 +5,7 @@
 //!   failure conditions;
 //! - `PLAIN`: RFC 4616;
 //! - `EXTERNAL` with a client certificate: who it logs in as (XEP-0178, [`external`]);
+//! - the `HT-*` token mechanisms of FAST (XEP-0484, [`fast`]);
 //! - `SCRAM-SHA-1`: RFC 5802; `SCRAM-SHA-256`: RFC 7677; `SCRAM-SHA-512`:
 //!   draft-melnikov-scram-sha-512 (same construction with SHA-512);
 //! - the `-PLUS` variants with the `tls-exporter` channel binding of RFC 9266,
@@ -36,6 +37,7 @@
 
 mod crypto;
 pub mod external;
+pub mod fast;
 mod plain;
 mod scram;
 #[cfg(test)]
