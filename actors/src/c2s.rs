@@ -31,7 +31,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{Admission, Admitted, Refused};
-use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, Opening, TlsMode};
+use crate::negotiation::{
+    stream_header_xml, FastOp, IssuedToken, NegAction, NegEvent, NegotiationConfig, Negotiator, Opening, TlsMode,
+};
 use crate::services::{now_micros, Services};
 use crate::session::{
     ActorSink, C2sSession, ClientClosed, ClientSilent, ConnClosed, FromClient, IoControl, OutQueue, Resume, Written,
@@ -324,6 +326,30 @@ async fn negotiate(
                             actions.extend(neg.step(NegEvent::Credentials(creds)));
                         }
                     }
+                    NegAction::LookupFastTokens { username, user_agent } => {
+                        let host = neg.host().unwrap_or_default().to_owned();
+                        let tokens = match meerkat_storage::FastTokenRepo::fast_tokens(
+                            &*svc.ctx.storage,
+                            &host,
+                            &username,
+                            &user_agent,
+                        )
+                        .await
+                        {
+                            Ok(t) => t,
+                            Err(e) => {
+                                tracing::error!(error = %e, "FAST token lookup failed");
+                                Default::default()
+                            }
+                        };
+                        actions.extend(neg.step(NegEvent::FastTokens { tokens, now: now_secs() }));
+                    }
+                    NegAction::Fast { username, user_agent, op } => {
+                        let host = neg.host().unwrap_or_default().to_owned();
+                        let validity = listener.negotiation.fast.as_ref().map(|f| f.validity).unwrap_or_default();
+                        let (ok, issued) = fast_tokens(&svc, &host, &username, &user_agent, op, validity).await;
+                        actions.extend(neg.step(NegEvent::FastDone { ok, issued }));
+                    }
                     NegAction::Register { host, username, password, id } => {
                         let hooks = &svc.ctx.hooks;
                         let result = match hooks.registration_begin(source) {
@@ -418,6 +444,60 @@ async fn negotiate(
     }
 }
 
+/// Seconds since the Unix epoch.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Carries out `op` on a user agent's FAST tokens (XEP-0484): whether it
+/// held, and the token issued, if any. A token that cannot be stored is not
+/// issued; the login still succeeds.
+async fn fast_tokens(
+    svc: &Services,
+    host: &str,
+    user: &str,
+    agent: &str,
+    op: FastOp,
+    validity: Duration,
+) -> (bool, Option<IssuedToken>) {
+    use meerkat_storage::{FastToken, FastTokenRepo as _};
+    let storage = &svc.ctx.storage;
+    let issue = match op {
+        FastOp::Issue { mechanism } => Some(mechanism),
+        FastOp::Use { slot, token, count, invalidate, issue } => {
+            match storage.use_fast_token(host, user, agent, slot, &token, count).await {
+                Ok(true) => {}
+                Ok(false) => return (false, None),
+                Err(e) => {
+                    tracing::error!(error = %e, "FAST token update failed");
+                    return (false, None);
+                }
+            }
+            if invalidate {
+                if let Err(e) = storage.remove_fast_tokens(host, user, agent).await {
+                    tracing::error!(error = %e, "FAST token invalidation failed");
+                }
+            }
+            issue
+        }
+    };
+    let Some(mechanism) = issue else { return (true, None) };
+    let token: String = rand::distr::SampleString::sample_string(&rand::distr::Alphanumeric, &mut rand::rng(), 43);
+    let expires_at = now_secs().saturating_add(i64::try_from(validity.as_secs()).unwrap_or(i64::MAX));
+    let stored = FastToken { token: token.clone(), expires_at, count: 0, mechanism: mechanism.name().to_owned() };
+    if let Err(e) = storage.set_new_fast_token(host, user, agent, &stored).await {
+        tracing::error!(error = %e, "FAST token not stored");
+        return (true, None);
+    }
+    let expiry = chrono::DateTime::from_timestamp(expires_at, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    (true, Some(IssuedToken { token, expiry }))
+}
+
 fn default_host(listener: &C2sListener) -> String {
     listener.negotiation.hosts.first().cloned().unwrap_or_default()
 }
@@ -468,12 +548,12 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, opening:
         Opening::Iq { id } => {
             let _ = out.push(bind_result_xml(&id, &jid));
         }
-        Opening::Sasl2 { additional_data, inline } => {
+        Opening::Sasl2 { additional_data, inline, token } => {
             // XEP-0386: the modules answer the inline requests inside <bound/>;
             // the rest of what they ask is carried out once the session runs.
             let mut acc = svc.ctx.hooks.bind2_requests(&svc.ctx, &jid, &mut state, &inline);
             let bound = std::mem::take(&mut acc.write);
-            let success = Opening::sasl2_success(additional_data.as_deref(), &jid, bound);
+            let success = Opening::sasl2_success(additional_data.as_deref(), &jid, bound, token.as_ref());
             let _ = out.push(success.to_xml(meerkat_xmpp::ns::CLIENT));
             inline_acc = Some(acc);
         }

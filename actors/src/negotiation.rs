@@ -18,12 +18,14 @@
 
 use std::time::Duration;
 
+use meerkat_storage::{FastSlot, FastTokens};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::{StanzaErrorCondition, StreamError, StreamErrorCondition};
 use meerkat_xmpp::jid::FullJid;
 use meerkat_xmpp::ns;
 use meerkat_xmpp::parser::StreamHeader;
 use meerkat_xmpp::sasl::external::{CertIdentity, ExternalCheck};
+use meerkat_xmpp::sasl::fast::HtMechanism;
 use meerkat_xmpp::sasl::{Credentials, Mechanism, SaltSecret, SaslFailure, SaslInput, SaslOutput, SaslServer};
 
 use base64::Engine as _;
@@ -67,6 +69,45 @@ pub struct NegotiationConfig {
     pub sasl2: bool,
     /// Offer Bind2 (XEP-0386) inside SASL2.
     pub bind2: bool,
+    /// Offer FAST (XEP-0484) inside SASL2.
+    pub fast: Option<FastSettings>,
+}
+
+/// How FAST tokens are offered and issued.
+#[derive(Clone, Debug)]
+pub struct FastSettings {
+    /// The `HT-*` mechanisms offered, in order (`-EXPR` ones only on TLS 1.3).
+    pub mechanisms: Vec<HtMechanism>,
+    /// How long a token works once issued.
+    pub validity: Duration,
+    /// A login with a token this close to its expiry gets the next one;
+    /// zero turns rotation off.
+    pub rotate_before: Duration,
+}
+
+/// A FAST token just issued, as `<token/>` carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedToken {
+    pub token: String,
+    /// XEP-0082 date and time it expires.
+    pub expiry: String,
+}
+
+impl IssuedToken {
+    fn element(&self) -> Element {
+        Element::new("token", ns::FAST).with_attr("token", &self.token).with_attr("expiry", &self.expiry)
+    }
+}
+
+/// Work on a user agent's FAST tokens, for [`NegAction::Fast`].
+#[derive(Debug, PartialEq)]
+pub enum FastOp {
+    /// Issue a token for `mechanism` (stored as the agent's next one).
+    Issue { mechanism: HtMechanism },
+    /// A login used `token` of `slot` with `count`: record it, atomically
+    /// refusing a count not above the stored one (replay); then forget the
+    /// agent's tokens if `invalidate`, or issue one for `issue`.
+    Use { slot: FastSlot, token: String, count: i64, invalidate: bool, issue: Option<HtMechanism> },
 }
 
 /// How a bound session tells its client that it is bound: the first thing
@@ -81,13 +122,20 @@ pub enum Opening {
         /// Base64 `<additional-data/>` of the mechanism (SCRAM's server signature).
         additional_data: Option<String>,
         inline: Vec<Element>,
+        /// A FAST token issued with this login (XEP-0484 `<token/>`).
+        token: Option<IssuedToken>,
     },
 }
 
 impl Opening {
     /// `<success xmlns='urn:xmpp:sasl:2'/>` for `jid`, with `bound` (the
     /// modules' answers to the inline requests) inside `<bound/>`.
-    pub fn sasl2_success(additional_data: Option<&str>, jid: &FullJid, bound: Vec<Element>) -> Element {
+    pub fn sasl2_success(
+        additional_data: Option<&str>,
+        jid: &FullJid,
+        bound: Vec<Element>,
+        token: Option<&IssuedToken>,
+    ) -> Element {
         let mut success = Element::new("success", ns::SASL2);
         if let Some(d) = additional_data {
             success.push_child(Element::new("additional-data", ns::SASL2).with_text(d));
@@ -98,6 +146,9 @@ impl Opening {
             b.push_child(el);
         }
         success.push_child(b);
+        if let Some(t) = token {
+            success.push_child(t.element());
+        }
         success
     }
 }
@@ -119,6 +170,18 @@ pub enum NegEvent {
     Bound(Result<FullJid, StanzaErrorCondition>),
     /// Answer to [`NegAction::Resume`]: whether the session was resumed.
     Resumed(bool),
+    /// Answer to [`NegAction::LookupFastTokens`]: the agent's tokens and the
+    /// time now (Unix seconds).
+    FastTokens {
+        tokens: FastTokens,
+        now: i64,
+    },
+    /// Answer to [`NegAction::Fast`]: whether it held (a [`FastOp::Use`]
+    /// can be refused), and the token issued, if one was.
+    FastDone {
+        ok: bool,
+        issued: Option<IssuedToken>,
+    },
     /// Answer to [`NegAction::Register`].
     Registered {
         id: Option<String>,
@@ -140,6 +203,17 @@ pub enum NegAction {
     ResetParser,
     LookupCredentials {
         username: String,
+    },
+    /// The FAST tokens of this user and user agent; answer with [`NegEvent::FastTokens`].
+    LookupFastTokens {
+        username: String,
+        user_agent: String,
+    },
+    /// Carry out `op` on this user agent's tokens; answer with [`NegEvent::FastDone`].
+    Fast {
+        username: String,
+        user_agent: String,
+        op: FastOp,
     },
     /// Bind `resource` (or a generated one, starting with the Bind2 `tag`
     /// if there is one) for `user`; answer with [`NegEvent::Bound`].
@@ -198,6 +272,20 @@ enum State {
     Binding2 {
         additional_data: Option<String>,
         inline: Vec<Element>,
+        token: Option<IssuedToken>,
+    },
+    /// A FAST login (XEP-0484): its proof, until the tokens are read.
+    FastLookup {
+        mech: HtMechanism,
+        username: String,
+        proof: Vec<u8>,
+        request: Box<Sasl2Request>,
+    },
+    /// Authenticated; the driver works on the tokens ([`NegAction::Fast`]).
+    FastPending {
+        username: String,
+        additional_data: Option<String>,
+        request: Box<Sasl2Request>,
     },
     Resuming,
     Done,
@@ -209,7 +297,17 @@ enum State {
 struct Sasl2Request {
     /// The XEP-0386 `<bind/>` request, to bind in the same step.
     bind: Option<Element>,
+    /// `<user-agent id/>`: FAST tokens belong to it.
+    user_agent: Option<String>,
+    /// `<request-token mechanism/>` (XEP-0484), for a mechanism offered here.
+    request_token: Option<HtMechanism>,
+    /// `<fast count invalidate/>`, sent with a FAST login.
+    count: i64,
+    invalidate: bool,
 }
+
+/// Longest `<user-agent id/>` kept (the database column's size).
+const MAX_USER_AGENT_ID: usize = 255;
 
 /// Longest Bind2 `<tag/>` used in a resource; a longer one is cut.
 const MAX_TAG_CHARS: usize = 64;
@@ -371,9 +469,20 @@ impl Negotiator {
                 let opening = Opening::Iq { id };
                 (State::Done, vec![NegAction::Established { jid, stream_id: self.stream_id.clone(), opening }])
             }
-            (State::Binding2 { additional_data, inline }, NegEvent::Bound(Ok(jid))) => {
-                let opening = Opening::Sasl2 { additional_data, inline };
+            (State::Binding2 { additional_data, inline, token }, NegEvent::Bound(Ok(jid))) => {
+                let opening = Opening::Sasl2 { additional_data, inline, token };
                 (State::Done, vec![NegAction::Established { jid, stream_id: self.stream_id.clone(), opening }])
+            }
+            (State::FastLookup { mech, username, proof, request }, NegEvent::FastTokens { tokens, now }) => {
+                self.fast_verify(mech, username, &proof, request, tokens, now)
+            }
+            (State::FastPending { username, additional_data, request }, NegEvent::FastDone { ok, issued }) => {
+                if !ok {
+                    // The token went away, or its count was replayed, meanwhile.
+                    self.user = None;
+                    return self.sasl_failed(SaslFailure::NotAuthorized, true);
+                }
+                self.sasl2_authenticated(username, additional_data, request.bind, issued)
             }
             (State::Binding2 { .. }, NegEvent::Bound(Err(_))) => {
                 // The generated resource is always valid; nothing to tell the client.
@@ -533,6 +642,16 @@ impl Negotiator {
                 f.push_str("</inline></bind>");
             }
             f.push_str(&self.sasl2_inline);
+            let fast = self.offered_fast();
+            if !fast.is_empty() {
+                f.push_str("<fast xmlns='urn:xmpp:fast:0'>");
+                for m in fast {
+                    f.push_str("<mechanism>");
+                    f.push_str(m.name());
+                    f.push_str("</mechanism>");
+                }
+                f.push_str("</fast>");
+            }
             f.push_str("</inline></authentication>");
         }
         if self.exporter.is_some() {
@@ -576,7 +695,24 @@ impl Negotiator {
                 Some(r) => decode_b64(&r.text()).map(Some).ok_or(()),
             };
             let bind = el.get_child("bind", ns::BIND2).filter(|_| self.cfg.bind2).cloned();
-            let request = Box::new(Sasl2Request { bind });
+            let user_agent = el
+                .get_child("user-agent", ns::SASL2)
+                .and_then(|u| u.attr("id"))
+                .filter(|id| !id.is_empty() && id.len() <= MAX_USER_AGENT_ID)
+                .map(str::to_owned);
+            let offered_fast = self.offered_fast();
+            let request_token = el
+                .get_child("request-token", ns::FAST)
+                .and_then(|r| r.attr("mechanism"))
+                .and_then(HtMechanism::from_name)
+                .filter(|m| offered_fast.contains(m));
+            let fast = el.get_child("fast", ns::FAST);
+            let count = fast.and_then(|f| f.attr("count")).and_then(|c| c.parse::<i64>().ok()).unwrap_or(0).max(0);
+            let invalidate = matches!(fast.and_then(|f| f.attr("invalidate")), Some("true") | Some("1"));
+            let request = Box::new(Sasl2Request { bind, user_agent, request_token, count, invalidate });
+            if let Some(mech) = el.attr("mechanism").and_then(HtMechanism::from_name) {
+                return self.begin_fast(mech, initial, request);
+            }
             return self.begin_sasl(el.attr("mechanism"), initial, Some(request));
         }
         if el.is("iq", ns::CLIENT) {
@@ -720,38 +856,13 @@ impl Negotiator {
                         ],
                     );
                 };
-                let host = self.host.clone().unwrap_or_default();
-                match request.bind {
-                    // XEP-0386: bound in the same step; the session writes <success/>.
-                    Some(bind) => {
-                        let tag = bind
-                            .get_child("tag", ns::BIND2)
-                            .map(|t| t.text().trim().chars().take(MAX_TAG_CHARS).collect::<String>())
-                            .filter(|t| !t.is_empty());
-                        let inline = bind.elements().filter(|e| !e.is("tag", ns::BIND2)).cloned().collect();
-                        (
-                            State::Binding2 { additional_data: encoded, inline },
-                            vec![NegAction::Bind { user: username, host, resource: None, tag, id: String::new() }],
-                        )
-                    }
-                    // XEP-0388 without Bind2: no stream restart; the post-auth
-                    // features follow on the same stream.
-                    None => {
-                        let mut success = Element::new("success", ns::SASL2);
-                        if let Some(d) = encoded {
-                            success.push_child(Element::new("additional-data", ns::SASL2).with_text(d));
-                        }
-                        success.push_child(
-                            Element::new("authorization-identifier", ns::SASL2).with_text(format!("{username}@{host}")),
-                        );
-                        (
-                            State::PostAuth,
-                            vec![
-                                NegAction::Send(success.to_xml(ns::CLIENT)),
-                                NegAction::Send(postauth_features(&self.extra_post_auth)),
-                            ],
-                        )
-                    }
+                match (request.request_token, request.user_agent.clone()) {
+                    // XEP-0484: a token for the next login, issued before <success/>.
+                    (Some(mechanism), Some(user_agent)) => (
+                        State::FastPending { username: username.clone(), additional_data: encoded, request },
+                        vec![NegAction::Fast { username, user_agent, op: FastOp::Issue { mechanism } }],
+                    ),
+                    _ => self.sasl2_authenticated(username, encoded, request.bind, None),
                 }
             }
             SaslOutput::Failure(f) => self.sasl_failed(f, v2),
@@ -760,6 +871,135 @@ impl Negotiator {
 
     fn sasl_failed(&mut self, failure: SaslFailure, sasl2: bool) -> (State, Vec<NegAction>) {
         self.failed(sasl_failure_xml(failure, sasl2), "too many authentication failures")
+    }
+
+    /// SASL2 authenticated `username`: bind (XEP-0386) or `<success/>` and
+    /// the post-auth features.
+    fn sasl2_authenticated(
+        &mut self,
+        username: String,
+        additional_data: Option<String>,
+        bind: Option<Element>,
+        token: Option<IssuedToken>,
+    ) -> (State, Vec<NegAction>) {
+        self.user = Some(username.clone());
+        let host = self.host.clone().unwrap_or_default();
+        match bind {
+            // XEP-0386: bound in the same step; the session writes <success/>.
+            Some(bind) => {
+                let tag = bind
+                    .get_child("tag", ns::BIND2)
+                    .map(|t| t.text().trim().chars().take(MAX_TAG_CHARS).collect::<String>())
+                    .filter(|t| !t.is_empty());
+                let inline = bind.elements().filter(|e| !e.is("tag", ns::BIND2)).cloned().collect();
+                (
+                    State::Binding2 { additional_data, inline, token },
+                    vec![NegAction::Bind { user: username, host, resource: None, tag, id: String::new() }],
+                )
+            }
+            // XEP-0388 without Bind2: no stream restart; the post-auth
+            // features follow on the same stream.
+            None => {
+                let mut success = Element::new("success", ns::SASL2);
+                if let Some(d) = additional_data {
+                    success.push_child(Element::new("additional-data", ns::SASL2).with_text(d));
+                }
+                success.push_child(
+                    Element::new("authorization-identifier", ns::SASL2).with_text(format!("{username}@{host}")),
+                );
+                if let Some(t) = token {
+                    success.push_child(t.element());
+                }
+                (
+                    State::PostAuth,
+                    vec![
+                        NegAction::Send(success.to_xml(ns::CLIENT)),
+                        NegAction::Send(postauth_features(&self.extra_post_auth)),
+                    ],
+                )
+            }
+        }
+    }
+
+    /// The FAST mechanisms this stream may use: `-EXPR` ones only with a
+    /// `tls-exporter` binding; none before a required STARTTLS.
+    fn offered_fast(&self) -> Vec<HtMechanism> {
+        match &self.cfg.fast {
+            Some(f) if self.cfg.sasl2 && !self.tls_required_first() => {
+                f.mechanisms.iter().copied().filter(|m| !m.exporter || self.exporter.is_some()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// `<authenticate/>` with an `HT-*` mechanism (XEP-0484): the token's
+    /// proof comes in the initial response, for the `<user-agent/>` the
+    /// token was issued to.
+    fn begin_fast(
+        &mut self,
+        mech: HtMechanism,
+        initial: Result<Option<Vec<u8>>, ()>,
+        request: Box<Sasl2Request>,
+    ) -> (State, Vec<NegAction>) {
+        if self.tls_required_first() {
+            return self.begin_sasl(Some(mech.name()), initial, Some(request));
+        }
+        if !self.offered_fast().contains(&mech) {
+            let failure = sasl_failure_xml(SaslFailure::InvalidMechanism, true);
+            return (State::PreAuth, vec![NegAction::Send(failure)]);
+        }
+        let Ok(Some(msg)) = initial else { return self.sasl_failed(SaslFailure::MalformedRequest, true) };
+        let Some(user_agent) = request.user_agent.clone() else {
+            return self.sasl_failed(SaslFailure::MalformedRequest, true);
+        };
+        match meerkat_xmpp::sasl::fast::parse_initial_response(&msg) {
+            Ok((username, proof)) => (
+                State::FastLookup { mech, username: username.clone(), proof, request },
+                vec![NegAction::LookupFastTokens { username, user_agent }],
+            ),
+            Err(f) => self.sasl_failed(f, true),
+        }
+    }
+
+    /// Checks a FAST proof against the agent's tokens of this mechanism that
+    /// have not expired.
+    fn fast_verify(
+        &mut self,
+        mech: HtMechanism,
+        username: String,
+        proof: &[u8],
+        request: Box<Sasl2Request>,
+        tokens: FastTokens,
+        now: i64,
+    ) -> (State, Vec<NegAction>) {
+        let cb = if mech.exporter { self.exporter.clone().unwrap_or_default() } else { Vec::new() };
+        let candidates = [(FastSlot::New, tokens.new), (FastSlot::Current, tokens.current)];
+        let found = candidates.into_iter().find_map(|(slot, t)| {
+            let t = t?;
+            (t.mechanism == mech.name() && t.expires_at > now && mech.verify(&t.token, &cb, proof)).then_some((slot, t))
+        });
+        let Some((slot, t)) = found else {
+            return self.sasl_failed(SaslFailure::NotAuthorized, true);
+        };
+        let rotate_before = self.cfg.fast.as_ref().map(|f| f.rotate_before).unwrap_or_default();
+        let near_expiry = !rotate_before.is_zero()
+            && t.expires_at - now <= i64::try_from(rotate_before.as_secs()).unwrap_or(i64::MAX);
+        // The next token: asked for, or the current one is about to expire
+        // (a next token just used becomes the current one, fresh).
+        let issue = request.request_token.or((slot == FastSlot::Current && near_expiry).then_some(mech));
+        let op = FastOp::Use {
+            slot,
+            token: t.token.clone(),
+            count: request.count,
+            invalidate: request.invalidate,
+            issue: issue.filter(|_| !request.invalidate),
+        };
+        let user_agent = request.user_agent.clone().unwrap_or_default();
+        let additional_data = Some(base64::engine::general_purpose::STANDARD.encode(mech.responder(&t.token, &cb)));
+        (
+            State::FastPending { username: username.clone(), additional_data, request },
+            vec![NegAction::Fast { username, user_agent, op }],
+        )
     }
 
     /// A failed login or registration: `xml` answers it after a pause that

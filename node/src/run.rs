@@ -231,6 +231,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         external_checks: cfg.external_checks(),
         sasl2: tuning.sasl2,
         bind2: tuning.bind2,
+        fast: tuning.fast.clone(),
     };
     for l in &cfg.listen.c2s {
         let client_certs = match l.tls.mode {

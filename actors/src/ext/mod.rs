@@ -574,6 +574,8 @@ pub struct CoreTuning {
     pub sasl2: bool,
     /// XEP-0386 Bind2 inside SASL2.
     pub bind2: bool,
+    /// XEP-0484 FAST inside SASL2.
+    pub fast: Option<crate::negotiation::FastSettings>,
 }
 
 /// A module section with nothing but `enabled` (on by default).

@@ -11,6 +11,7 @@ pub mod blocking;
 pub mod carbons;
 pub mod csi;
 pub mod disco;
+pub mod fast_auth_token;
 pub mod mam;
 pub mod misc;
 pub mod offline;
@@ -117,6 +118,8 @@ modules! {
     mod_sasl2 => sasl2::Sasl2,
     /// XEP-0386 Bind2 inside SASL2.
     mod_bind2 => sasl2::Bind2,
+    /// XEP-0484 FAST tokens inside SASL2.
+    mod_fast_auth_token => fast_auth_token::FastAuthToken,
 }
 
 #[cfg(test)]

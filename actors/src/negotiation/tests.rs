@@ -9,9 +9,11 @@
 use super::*;
 
 use base64::engine::general_purpose::STANDARD as B64;
+use meerkat_storage::{FastSlot, FastTokens};
 use meerkat_xmpp::error::StanzaError;
 use meerkat_xmpp::jid::parse_full;
 use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
+use meerkat_xmpp::sasl::fast::HtMechanism;
 use meerkat_xmpp::sasl::{plain_initial_response, ClientChannelBinding, HashAlg, ScramClient, ScramCredentials};
 
 const HOST: &str = "example.com";
@@ -47,6 +49,7 @@ fn cfg(tls_mode: TlsMode) -> NegotiationConfig {
         external_checks: vec![ExternalCheck::Standard],
         sasl2: false,
         bind2: false,
+        fast: None,
     }
 }
 
@@ -1570,7 +1573,7 @@ fn scram_plus_inside_sasl2_with_bind2_binds_in_the_same_round_trip() {
     );
     let jid = parse_full(&format!("{USER}@{HOST}/AwesomeXMPP.1234")).unwrap();
     let actions = neg.step(NegEvent::Bound(Ok(jid.clone())));
-    let [NegAction::Established { jid: bound, opening: Opening::Sasl2 { additional_data, inline }, .. }] =
+    let [NegAction::Established { jid: bound, opening: Opening::Sasl2 { additional_data, inline, token: None }, .. }] =
         actions.as_slice()
     else {
         panic!("{actions:?}")
@@ -1580,7 +1583,7 @@ fn scram_plus_inside_sasl2_with_bind2_binds_in_the_same_round_trip() {
     assert!(inline[0].is("enable", ns::SM));
     // The server signature travels in <additional-data/>, and the client checks it.
     client.verify_server_final(&B64.decode(additional_data.as_deref().unwrap()).unwrap()).unwrap();
-    let success = Opening::sasl2_success(additional_data.as_deref(), &jid, vec![]);
+    let success = Opening::sasl2_success(additional_data.as_deref(), &jid, vec![], None);
     let xml = success.to_xml(ns::CLIENT);
     let parsed = parse(&xml);
     assert_eq!(parsed.get_child("authorization-identifier", ns::SASL2).unwrap().text(), jid.to_string());
@@ -1658,4 +1661,234 @@ fn sasl2_needs_tls_first_where_tls_is_required() {
         ))
     );
     assert_eq!(close_condition(&actions), Some(StreamErrorCondition::PolicyViolation));
+}
+
+// ------------------------------------------------------------------ FAST
+
+const AGENT: &str = "d4565fa7-4d72-4749-b3d3-740edbf87770";
+
+fn fast_cfg() -> NegotiationConfig {
+    let mut c = sasl2_cfg();
+    c.fast = Some(FastSettings {
+        mechanisms: HtMechanism::ALL.to_vec(),
+        validity: Duration::from_secs(3 * 86_400),
+        rotate_before: Duration::from_secs(6 * 3_600),
+    });
+    c
+}
+
+fn ht(name: &str) -> HtMechanism {
+    HtMechanism::from_name(name).unwrap()
+}
+
+fn stored(token: &str, mech: &str, expires_at: i64) -> meerkat_storage::FastToken {
+    meerkat_storage::FastToken { token: token.into(), expires_at, count: 0, mechanism: mech.into() }
+}
+
+fn issued() -> IssuedToken {
+    IssuedToken { token: "n3wt0k3n".into(), expiry: "2026-12-09T12:00:00Z".into() }
+}
+
+/// `<authenticate/>` with a FAST mechanism and its proof for `token`.
+fn fast_authenticate(mech: &str, token: &str, cb: &[u8], fast: &str) -> NegEvent {
+    let initial = ht(mech).initial_response(USER, token, cb);
+    authenticate(mech, Some(&initial), &format!("<bind xmlns='urn:xmpp:bind:0'><tag>app</tag></bind>{fast}"))
+}
+
+const NOW: i64 = 1_800_000_000;
+
+#[test]
+fn fast_mechanisms_are_offered_inline_and_exporter_bound_ones_only_with_an_exporter() {
+    let (_, f) = sasl2_negotiator(fast_cfg());
+    let inline = f.get_child("authentication", ns::SASL2).unwrap().get_child("inline", ns::SASL2).unwrap();
+    let mechs: Vec<String> = inline.get_child("fast", ns::FAST).unwrap().elements().map(|m| m.text()).collect();
+    assert_eq!(mechs.len(), 12);
+    assert!(mechs.contains(&"HT-SHA-256-EXPR".to_owned()) && mechs.contains(&"HT-SHA-256-NONE".to_owned()));
+    // Not among the SASL mechanisms.
+    let sasl: Vec<String> = f.get_child("mechanisms", ns::SASL).unwrap().elements().map(|m| m.text()).collect();
+    assert!(!sasl.iter().any(|m| m.starts_with("HT-")), "{sasl:?}");
+    let mut neg = negotiator(fast_cfg(), Conn::Direct { exporter: false });
+    let actions = neg.step(NegEvent::Header(header()));
+    let [_, NegAction::Send(f)] = actions.as_slice() else { panic!() };
+    let f = parse(f);
+    let fast = f.get_child("authentication", ns::SASL2).unwrap().get_child("inline", ns::SASL2).unwrap();
+    let mechs: Vec<String> = fast.get_child("fast", ns::FAST).unwrap().elements().map(|m| m.text()).collect();
+    assert_eq!(mechs.len(), 6);
+    assert!(mechs.iter().all(|m| m.ends_with("-NONE")), "{mechs:?}");
+}
+
+#[test]
+fn a_password_login_asking_for_a_token_gets_one_in_success() {
+    let (mut neg, _) = sasl2_negotiator(fast_cfg());
+    let extra = "<bind xmlns='urn:xmpp:bind:0'><tag>app</tag></bind><request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>";
+    neg.step(authenticate("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD)), extra));
+    let actions = neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
+    assert_eq!(
+        actions,
+        vec![NegAction::Fast {
+            username: USER.into(),
+            user_agent: AGENT.into(),
+            op: FastOp::Issue { mechanism: ht("HT-SHA-256-NONE") }
+        }]
+    );
+    let actions = neg.step(NegEvent::FastDone { ok: true, issued: Some(issued()) });
+    assert!(matches!(actions.as_slice(), [NegAction::Bind { tag: Some(t), .. }] if t == "app"), "{actions:?}");
+    let jid = parse_full(&format!("{USER}@{HOST}/app.1")).unwrap();
+    let actions = neg.step(NegEvent::Bound(Ok(jid.clone())));
+    let [NegAction::Established { opening: Opening::Sasl2 { token: Some(t), .. }, .. }] = actions.as_slice() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(*t, issued());
+    let xml = Opening::sasl2_success(None, &jid, vec![], Some(t)).to_xml(ns::CLIENT);
+    let token = parse(&xml).get_child("token", ns::FAST).cloned().unwrap();
+    assert_eq!(token.attr("token"), Some("n3wt0k3n"));
+    assert_eq!(token.attr("expiry"), Some("2026-12-09T12:00:00Z"));
+    // A mechanism not offered: no token asked for.
+    let (mut neg, _) = sasl2_negotiator(fast_cfg());
+    let extra = "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-MD5-NONE'/>";
+    neg.step(authenticate("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD)), extra));
+    let actions = neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
+    assert!(matches!(actions.first(), Some(NegAction::Send(s)) if s.contains("<success")), "{actions:?}");
+}
+
+#[test]
+fn a_fast_login_takes_one_round_trip_and_proves_the_server_too() {
+    let (mut neg, _) = sasl2_negotiator(fast_cfg());
+    let actions = neg.step(fast_authenticate("HT-SHA-256-NONE", "t0k3n", b"", ""));
+    assert_eq!(actions, vec![NegAction::LookupFastTokens { username: USER.into(), user_agent: AGENT.into() }]);
+    let tokens = FastTokens { current: Some(stored("t0k3n", "HT-SHA-256-NONE", NOW + 86_400)), new: None };
+    let actions = neg.step(NegEvent::FastTokens { tokens, now: NOW });
+    assert_eq!(
+        actions,
+        vec![NegAction::Fast {
+            username: USER.into(),
+            user_agent: AGENT.into(),
+            op: FastOp::Use {
+                slot: FastSlot::Current,
+                token: "t0k3n".into(),
+                count: 0,
+                invalidate: false,
+                issue: None
+            }
+        }]
+    );
+    let actions = neg.step(NegEvent::FastDone { ok: true, issued: None });
+    assert!(matches!(actions.as_slice(), [NegAction::Bind { .. }]), "{actions:?}");
+    let jid = parse_full(&format!("{USER}@{HOST}/app.1")).unwrap();
+    let actions = neg.step(NegEvent::Bound(Ok(jid)));
+    let [NegAction::Established { opening: Opening::Sasl2 { additional_data: Some(d), token: None, .. }, .. }] =
+        actions.as_slice()
+    else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(B64.decode(d).unwrap(), ht("HT-SHA-256-NONE").responder("t0k3n", b""));
+    assert_eq!(neg.user(), Some(USER));
+}
+
+#[test]
+fn fast_tokens_rotate_near_expiry_and_the_next_one_is_accepted() {
+    // The current token expires within rotate_before_expire: the next one comes with success.
+    let (mut neg, _) = sasl2_negotiator(fast_cfg());
+    neg.step(fast_authenticate("HT-SHA-256-NONE", "old", b"", ""));
+    let tokens = FastTokens { current: Some(stored("old", "HT-SHA-256-NONE", NOW + 3_600)), new: None };
+    let actions = neg.step(NegEvent::FastTokens { tokens, now: NOW });
+    assert!(
+        matches!(actions.as_slice(), [NegAction::Fast { op: FastOp::Use { slot: FastSlot::Current, issue: Some(m), .. }, .. }] if *m == ht("HT-SHA-256-NONE")),
+        "{actions:?}"
+    );
+    // The next token, already issued, works (and becomes current in storage).
+    let (mut neg, _) = sasl2_negotiator(fast_cfg());
+    neg.step(fast_authenticate("HT-SHA-256-NONE", "next", b"", ""));
+    let tokens = FastTokens {
+        current: Some(stored("old", "HT-SHA-256-NONE", NOW + 3_600)),
+        new: Some(stored("next", "HT-SHA-256-NONE", NOW + 3 * 86_400)),
+    };
+    let actions = neg.step(NegEvent::FastTokens { tokens, now: NOW });
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [NegAction::Fast { op: FastOp::Use { slot: FastSlot::New, issue: None, .. }, .. }]
+        ),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn fast_refusals() {
+    let not_authorized = || {
+        vec![NegAction::SendDelayed(
+            "<failure xmlns='urn:xmpp:sasl:2'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>"
+                .into(),
+            Duration::from_millis(500),
+        )]
+    };
+    let cases: Vec<(&str, FastTokens)> = vec![
+        ("no token", FastTokens::default()),
+        ("another token", FastTokens { current: Some(stored("other", "HT-SHA-256-NONE", NOW + 60)), new: None }),
+        ("expired", FastTokens { current: Some(stored("t0k3n", "HT-SHA-256-NONE", NOW - 1)), new: None }),
+        ("another mechanism", FastTokens { current: Some(stored("t0k3n", "HT-SHA-512-NONE", NOW + 60)), new: None }),
+    ];
+    for (case, tokens) in cases {
+        let (mut neg, _) = sasl2_negotiator(fast_cfg());
+        neg.step(fast_authenticate("HT-SHA-256-NONE", "t0k3n", b"", ""));
+        assert_eq!(neg.step(NegEvent::FastTokens { tokens, now: NOW }), not_authorized(), "{case}");
+        assert_eq!(neg.user(), None, "{case}");
+        // The client falls back to its password on the same stream.
+        neg.step(authenticate("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD)), ""));
+        let actions = neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
+        assert!(matches!(actions.first(), Some(NegAction::Send(s)) if s.contains("<success")), "{case}: {actions:?}");
+    }
+    // A replayed count, found when the store updates it.
+    let (mut neg, _) = sasl2_negotiator(fast_cfg());
+    neg.step(fast_authenticate("HT-SHA-256-NONE", "t0k3n", b"", "<fast xmlns='urn:xmpp:fast:0' count='7'/>"));
+    let tokens = FastTokens { current: Some(stored("t0k3n", "HT-SHA-256-NONE", NOW + 86_400)), new: None };
+    let actions = neg.step(NegEvent::FastTokens { tokens, now: NOW });
+    assert!(matches!(actions.as_slice(), [NegAction::Fast { op: FastOp::Use { count: 7, .. }, .. }]), "{actions:?}");
+    assert_eq!(neg.step(NegEvent::FastDone { ok: false, issued: None }), not_authorized());
+    assert_eq!(neg.user(), None);
+    // No user agent, no initial response, garbage: malformed.
+    let (mut neg, _) = sasl2_negotiator(fast_cfg());
+    let initial = ht("HT-SHA-256-NONE").initial_response(USER, "t", b"");
+    let actions = neg.step(el(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response></authenticate>",
+        B64.encode(&initial)
+    )));
+    assert!(
+        matches!(actions.as_slice(), [NegAction::SendDelayed(x, _)] if x.contains("malformed-request")),
+        "{actions:?}"
+    );
+    let actions = neg.step(authenticate("HT-SHA-256-NONE", None, ""));
+    assert!(
+        matches!(actions.as_slice(), [NegAction::SendDelayed(x, _)] if x.contains("malformed-request")),
+        "{actions:?}"
+    );
+    // FAST off: an HT mechanism is unknown.
+    let (mut neg, _) = sasl2_negotiator(sasl2_cfg());
+    let actions = neg.step(fast_authenticate("HT-SHA-256-NONE", "t0k3n", b"", ""));
+    assert!(matches!(actions.as_slice(), [NegAction::Send(x)] if x.contains("invalid-mechanism")), "{actions:?}");
+}
+
+#[test]
+fn fast_expr_is_bound_to_the_connection_and_invalidate_forgets_the_tokens() {
+    let (mut neg, _) = sasl2_negotiator(fast_cfg());
+    // A proof made for another TLS connection's exporter.
+    neg.step(fast_authenticate("HT-SHA-256-EXPR", "t0k3n", &[0x17; 32], ""));
+    let tokens = FastTokens { current: Some(stored("t0k3n", "HT-SHA-256-EXPR", NOW + 86_400)), new: None };
+    let actions = neg.step(NegEvent::FastTokens { tokens: tokens.clone(), now: NOW });
+    assert!(
+        matches!(actions.as_slice(), [NegAction::SendDelayed(x, _)] if x.contains("not-authorized")),
+        "{actions:?}"
+    );
+    // This connection's, with invalidate: no next token, even near expiry.
+    neg.step(fast_authenticate(
+        "HT-SHA-256-EXPR",
+        "t0k3n",
+        &EXPORTER,
+        "<fast xmlns='urn:xmpp:fast:0' invalidate='true'/>",
+    ));
+    let actions = neg.step(NegEvent::FastTokens { tokens, now: NOW });
+    assert!(
+        matches!(actions.as_slice(), [NegAction::Fast { op: FastOp::Use { invalidate: true, issue: None, .. }, .. }]),
+        "{actions:?}"
+    );
 }
