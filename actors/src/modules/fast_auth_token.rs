@@ -55,7 +55,8 @@ pub struct Validity {
     /// How long a token works once issued [3 days].
     pub access: Period,
     /// A login with a token this close to its expiry gets the next one; a
-    /// value of 0 turns rotation off [6 hours].
+    /// value of 0 turns rotation off, and `access` itself rotates on every
+    /// login with the current token [6 hours].
     pub rotate_before_expire: Period,
 }
 
@@ -107,8 +108,8 @@ impl ModuleSpec for FastAuthToken {
         if cfg.validity_period.access.duration().is_zero() {
             return Err(("validity_period.access", "must be more than 0".into()));
         }
-        if cfg.validity_period.rotate_before_expire.duration() >= cfg.validity_period.access.duration() {
-            return Err(("validity_period.rotate_before_expire", "must be less than validity_period.access".into()));
+        if cfg.validity_period.rotate_before_expire.duration() > cfg.validity_period.access.duration() {
+            return Err(("validity_period.rotate_before_expire", "must not exceed validity_period.access".into()));
         }
         if cfg.mechanisms.is_empty() {
             return Err(("mechanisms", "at least one mechanism is required".into()));

@@ -1,0 +1,94 @@
+//! SASL2 (XEP-0388), Bind2 (XEP-0386) and FAST (XEP-0484) with a real
+//! client: xmpp.js (@xmpp/client 0.14, `tests/js/fast.mjs`) over WebSocket
+//! and over TCP with STARTTLS logs in with its password, asks for a FAST
+//! token, logs in again with the token alone in one round trip, keeps
+//! working across a rotation, and falls back to its password when the node
+//! does not know its token.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use meerkat_tests::js::{js_dir, node_flags, npm_ci};
+use meerkat_tests::node::free_port;
+use meerkat_tests::{TestNode, DOMAIN};
+use serde_json::Value;
+
+/// A node with a WebSocket listener whose FAST tokens rotate on every login
+/// with the token in use (`rotate_before_expire` = `access`).
+fn node() -> (TestNode, String) {
+    let port = free_port();
+    let node = TestNode::start(&format!(
+        "[modules.mod_fast_auth_token]\n\
+         validity_period.access = {{value = 1, unit = \"hours\"}}\n\
+         validity_period.rotate_before_expire = {{value = 1, unit = \"hours\"}}\n\n\
+         [[listen.http]]\nport = {port}\nip_address = \"127.0.0.1\"\n\
+         [[listen.http.handlers.mod_websockets]]\nhost = \"_\"\npath = \"/ws-xmpp\"\n"
+    ));
+    node.add_user("alice", "secret");
+    (node, format!("ws://127.0.0.1:{port}/ws-xmpp"))
+}
+
+fn run(node: &TestNode, service: &str) -> Value {
+    let out = Command::new("node")
+        .args(node_flags())
+        .arg("fast.mjs")
+        .args(["--service", service, "--domain", DOMAIN, "--username", "alice", "--password", "secret"])
+        .env("NODE_EXTRA_CA_CERTS", node.cert_path())
+        .current_dir(js_dir())
+        .output()
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fast.mjs at {service} failed:\n{stdout}\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
+}
+
+#[test]
+fn xmpp_js_logs_in_with_a_fast_token_in_one_round_trip_across_rotations_and_falls_back_to_its_password() {
+    npm_ci();
+    let (node, ws) = node();
+    let tcp = format!("xmpp://{}", node.c2s);
+    for service in [ws.as_str(), tcp.as_str()] {
+        let summary = run(&node, service);
+        let logins = summary["logins"].as_array().unwrap();
+        assert_eq!(logins.len(), 6, "{summary}");
+        let l = |i: usize| &logins[i];
+        for login in logins {
+            assert!(login["jid"].as_str().unwrap().starts_with(&format!("alice@{DOMAIN}/fast.")), "{login}");
+            assert_eq!(login["tokenMechanism"], "HT-SHA-256-NONE", "{login}");
+        }
+        let fast_in_one_round_trip = |i: usize| {
+            assert_eq!(strings(&l(i)["mechanisms"]), ["HT-SHA-256-NONE"], "login {i}: {summary}");
+            // <authenticate/> is all the client sends before it is online.
+            assert_eq!(strings(&l(i)["sent"]), ["authenticate"], "login {i}: {summary}");
+        };
+        // 1. The password; a token comes with <success/>.
+        assert_eq!(strings(&l(0)["mechanisms"]), ["SCRAM-SHA-1"], "{summary}");
+        assert!(l(0)["token"].is_string(), "{summary}");
+        // 2. The token alone; it was the next token and is now the one in use.
+        fast_in_one_round_trip(1);
+        assert_eq!(l(1)["token"], l(0)["token"], "{summary}");
+        // 3. Again: the node rotates it, and the next one comes with <success/>.
+        fast_in_one_round_trip(2);
+        assert_ne!(l(2)["token"], l(1)["token"], "rotated: {summary}");
+        // 4. The rotated token works.
+        fast_in_one_round_trip(3);
+        // 5. A token the node never issued: refused, then the password, and a new token.
+        assert_eq!(strings(&l(4)["mechanisms"]), ["HT-SHA-256-NONE", "SCRAM-SHA-1"], "{summary}");
+        assert_ne!(l(4)["token"], "not-a-token-the-server-issued", "{summary}");
+        // 6. That new token.
+        fast_in_one_round_trip(5);
+        println!("{service}: FAST login wire exchange:");
+        for line in strings(&l(2)["wire"]) {
+            println!("  {line}");
+        }
+    }
+}
