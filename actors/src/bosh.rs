@@ -580,8 +580,19 @@ impl Bridge {
             return;
         }
         if self.driver_done {
-            // The stream is over: the oldest held request gets what is left
-            // and the terminal answer; a later request would get it otherwise.
+            // The stream is over. With two requests held (a long poll and the
+            // client's terminate), what is left goes in an ordinary answer to
+            // the older one and the terminal answer stays empty: stanza.io,
+            // for one, fails on stanzas inside a terminal <body/> (which
+            // XEP-0124 allows).
+            if self.held.len() >= 2 && !self.queued.is_empty() {
+                if let Some(h) = self.held.pop_front() {
+                    let queued = self.take_queued();
+                    self.answer(h, queued);
+                }
+            }
+            // The oldest held request gets what is left and the terminal
+            // answer; a later request would get it otherwise.
             if let Some(h) = self.held.pop_front() {
                 let queued = self.take_queued();
                 let condition = self.stream_error;
