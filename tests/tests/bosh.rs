@@ -5,7 +5,6 @@
 //! stanza (StanzaJS, `tests/js/bosh.mjs`), an independent client, over BOSH
 //! only, chatting with itself and with a slixmpp user.
 
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,10 +21,7 @@ const HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local_addr").port()
-}
+use meerkat_tests::node::free_port;
 
 /// A node with one BOSH endpoint (`handler_toml` adds to its table), and its URL.
 fn bosh_node(handler_toml: &str, extra_toml: &str) -> (TestNode, String) {

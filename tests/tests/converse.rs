@@ -7,7 +7,6 @@
 //!
 //! Needs Chromium at `/usr/bin/chromium` (Debian's `chromium` package).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,10 +19,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const STEP: Duration = Duration::from_secs(90);
 const MESSAGE: &str = "Hello Bob, this is Alice in converse.js";
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local_addr").port()
-}
+use meerkat_tests::node::free_port;
 
 /// A node with a WebSocket listener at `/ws-xmpp`, and its `ws://` URL.
 fn ws_node() -> (TestNode, String) {

@@ -2,7 +2,6 @@
 //! users for a second or two, so the generator cannot rot. They check that
 //! each run completes and accounts for every stanza, never how fast it was.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 
@@ -32,9 +31,7 @@ fn load(args: &[&str], json_out: &Path) -> Value {
     v
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
+use meerkat_tests::node::free_port;
 
 /// A node with an extra plain-TCP listener, PLAIN allowed without TLS and
 /// passwords stored as they are: the conditions of the peer comparison.
@@ -158,6 +155,20 @@ fn login_and_chat_with_starttls_and_scram() {
     let v = load(&args, &jsonl);
     assert_eq!(v["logins"], 4, "{v}");
     assert_eq!(v["tls"], "tls");
+
+    // SASL2 + Bind2 with FAST tokens, after a warm-up that hands them out;
+    // and SCRAM with the salted passwords the warm-up cached.
+    for sasl in ["fast", "scram-sha-256"] {
+        let mut args: Vec<&str> = common.to_vec();
+        if let Some(i) = args.iter().position(|a| *a == "scram-sha-256") {
+            args[i] = sasl;
+        }
+        let args: Vec<&str> = args.into_iter().chain(SHORT.iter().copied()).chain(["login", "--warm-up"]).collect();
+        let v = load(&args, &jsonl);
+        assert_eq!(v["logins"], 4, "{sasl}: {v}");
+        let fast = if sasl == "fast" { 4 } else { 0 };
+        assert_eq!(v["fast_logins"], fast, "{sasl}: {v}");
+    }
 
     // A wrong password fails the run (exit 1) with the SASL condition in the JSON line.
     let out = Command::new(LOAD_BIN)

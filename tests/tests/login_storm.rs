@@ -16,9 +16,7 @@ const IN_FLIGHT: usize = 50;
 /// Established sessions pinging the server during the storm.
 const PINGERS: usize = 4;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
+use meerkat_tests::node::free_port;
 
 /// A PLAIN login over plain TCP (no TLS, so the client's own work stays small).
 async fn plain_login(addr: std::net::SocketAddr, user: &str) -> Client {

@@ -3,7 +3,7 @@
 //! one element that parses on its own, and xmpp.js (`tests/js`) over both
 //! WebSocket and TCP, talking to each other and to a slixmpp user.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -29,10 +29,7 @@ const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 const TIMEOUT: Duration = Duration::from_secs(10);
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local_addr").port()
-}
+use meerkat_tests::node::free_port;
 
 /// A node with one `[[listen.http]]` WebSocket listener, and its URL.
 fn ws_node(tls: bool, handler_toml: &str, extra_toml: &str) -> (TestNode, String) {

@@ -136,6 +136,9 @@ pub enum SaslChoice {
     ScramSha1,
     #[value(name = "scram-sha-256")]
     ScramSha256,
+    /// SASL2 + Bind2 with a FAST token (XEP-0484, HT-SHA-256-NONE); a user
+    /// without a token yet logs in with SCRAM-SHA-256 and asks for one.
+    Fast,
 }
 
 impl SaslChoice {
@@ -144,6 +147,7 @@ impl SaslChoice {
             SaslChoice::Plain => "PLAIN",
             SaslChoice::ScramSha1 => "SCRAM-SHA-1",
             SaslChoice::ScramSha256 => "SCRAM-SHA-256",
+            SaslChoice::Fast => "FAST",
         }
     }
 }
@@ -188,6 +192,11 @@ pub struct LoginArgs {
     /// Seconds to keep everybody connected after the memory reading.
     #[arg(long, default_value_t = 0.0)]
     pub hold: f64,
+    /// Log everybody in and out once before the measured logins, as a client
+    /// that logged in before would: SCRAM salted passwords are then cached
+    /// per (salt, iteration count) and FAST tokens are held.
+    #[arg(long)]
+    pub warm_up: bool,
 }
 
 #[derive(Debug, Clone, Args)]

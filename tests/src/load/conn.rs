@@ -3,10 +3,11 @@
 //! to the scenario. Nothing is kept that a scenario does not need: no
 //! backlog, no features, a small read buffer that is dropped after login.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -82,6 +83,22 @@ pub struct Target {
     tls_config: Option<Arc<rustls::ClientConfig>>,
     pub source_ips: Vec<IpAddr>,
     pub timeout: Duration,
+    /// SCRAM SaltedPasswords per (user, salt, iteration count), as clients keep them.
+    salted: Mutex<HashMap<SaltKey, Vec<u8>>>,
+    /// The FAST token each user holds.
+    fast_tokens: Mutex<HashMap<u64, String>>,
+    /// Logins that used a FAST token.
+    pub fast_logins: std::sync::atomic::AtomicU64,
+}
+
+/// A SaltedPassword's key: the user's number, the salt and the iteration count.
+type SaltKey = (u64, Vec<u8>, u32);
+
+/// The mechanism FAST logins use.
+const FAST_MECHANISM: &str = "HT-SHA-256-NONE";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Target {
@@ -114,6 +131,9 @@ impl Target {
             tls_config,
             source_ips: c.source_ips.0.clone(),
             timeout: Duration::from_secs_f64(c.timeout.max(0.001)),
+            salted: Mutex::new(HashMap::new()),
+            fast_tokens: Mutex::new(HashMap::new()),
+            fast_logins: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -200,7 +220,11 @@ impl Target {
         let user = self.username(n);
         let (mut c, features) = self.open(slot).await?;
         c.deadline = Instant::now() + self.timeout;
-        c.auth(self, &user, &features).await.with_context(|| format!("{user}: SASL"))?;
+        if self.sasl == SaslChoice::Fast {
+            let jid = c.auth_sasl2(self, n, &user, &features).await.with_context(|| format!("{user}: SASL2"))?;
+            return c.available(jid, n, &user).await;
+        }
+        c.auth(self, n, &user, &features).await.with_context(|| format!("{user}: SASL"))?;
         c.parser.reset();
         c.deadline = Instant::now() + self.timeout;
         let features = c.open_stream(&self.domain).await?;
@@ -223,14 +247,7 @@ impl Target {
                 c.iq_result("sess1").await.with_context(|| format!("{user}: session"))?;
             }
         }
-        c.send(b"<presence/>").await?;
-        loop {
-            let el = c.next_element().await.with_context(|| format!("{user}: waiting for the presence echo"))?;
-            if el.name == "presence" && el.attr("type").is_none() && el.attr("from") == Some(jid.as_str()) {
-                break;
-            }
-        }
-        Ok(Session { stream: c.stream, parser: c.parser, jid, n })
+        c.available(jid, n, &user).await
     }
 
     /// XEP-0077 in-band registration of user number `n`; an existing user is no error.
@@ -342,7 +359,136 @@ impl Negotiating {
         }
     }
 
-    async fn auth(&mut self, t: &Target, user: &str, features: &Element) -> Result<()> {
+    /// Initial presence, and its echo.
+    async fn available(mut self, jid: String, n: u64, user: &str) -> Result<Session> {
+        self.send(b"<presence/>").await?;
+        loop {
+            let el = self.next_element().await.with_context(|| format!("{user}: waiting for the presence echo"))?;
+            if el.name == "presence" && el.attr("type").is_none() && el.attr("from") == Some(jid.as_str()) {
+                break;
+            }
+        }
+        Ok(Session { stream: self.stream, parser: self.parser, jid, n })
+    }
+
+    /// A SCRAM client whose SaltedPassword comes from the cache when the
+    /// server names a salt and iteration count seen before for this user.
+    fn scram_answer(t: &Target, n: u64, client: &mut ScramClient, server_first: &[u8]) -> Result<Vec<u8>> {
+        let (salt, iterations) = ScramClient::server_first_params(server_first).map_err(|e| anyhow!("SCRAM: {e}"))?;
+        let key = (n, salt.clone(), iterations);
+        let cached = lock(&t.salted).get(&key).cloned();
+        let salted = match cached {
+            Some(s) => s,
+            None => {
+                let s = client.salted_password(&salt, iterations).map_err(|e| anyhow!("SCRAM: {e}"))?;
+                lock(&t.salted).insert(key, s.clone());
+                s
+            }
+        };
+        client.use_salted_password(salt, iterations, salted);
+        client.handle_server_first(server_first).map_err(|e| anyhow!("SCRAM: {e}"))
+    }
+
+    /// SASL2 + Bind2 (XEP-0388, XEP-0386): with the user's FAST token when it
+    /// has one, else SCRAM-SHA-256 asking for a token. Returns the bound JID.
+    async fn auth_sasl2(&mut self, t: &Target, n: u64, user: &str, features: &Element) -> Result<String> {
+        let auth = features.get_child("authentication", ns::SASL2).ok_or_else(|| anyhow!("no SASL2 offered"))?;
+        let fast_offered = auth
+            .get_child("inline", ns::SASL2)
+            .and_then(|i| i.get_child("fast", ns::FAST))
+            .is_some_and(|f| f.elements().any(|m| m.text().trim() == FAST_MECHANISM));
+        if !fast_offered {
+            bail!("the server does not offer FAST with {FAST_MECHANISM}");
+        }
+        let agent = format!("00000000-0000-4000-8000-{n:012x}");
+        let bind = format!("<bind xmlns='{}'><tag>{}</tag></bind>", ns::BIND2, escaped(&t.resource));
+        let token = lock(&t.fast_tokens).get(&n).cloned();
+        let mut scram = None;
+        let xml = match &token {
+            Some(token) => {
+                let m = meerkat_xmpp::sasl::fast::HtMechanism::from_name(FAST_MECHANISM)
+                    .ok_or_else(|| anyhow!("unknown mechanism"))?;
+                format!(
+                    "<authenticate xmlns='{}' mechanism='{FAST_MECHANISM}'><initial-response>{}</initial-response>\
+                     <user-agent id='{agent}'/>{bind}<fast xmlns='{}'/></authenticate>",
+                    ns::SASL2,
+                    B64.encode(m.initial_response(user, token, b"")),
+                    ns::FAST
+                )
+            }
+            None => {
+                let mut s = ScramClient::new(HashAlg::Sha256, user, &t.password, ClientChannelBinding::None);
+                let first = s.client_first();
+                scram = Some(s);
+                format!(
+                    "<authenticate xmlns='{}' mechanism='SCRAM-SHA-256'><initial-response>{}</initial-response>\
+                     <user-agent id='{agent}'/>{bind}<request-token xmlns='{}' mechanism='{FAST_MECHANISM}'/></authenticate>",
+                    ns::SASL2,
+                    B64.encode(first),
+                    ns::FAST
+                )
+            }
+        };
+        self.send(xml.as_bytes()).await?;
+        loop {
+            let el = self.next_element().await?;
+            if el.ns != ns::SASL2 {
+                continue;
+            }
+            match el.name.as_str() {
+                "challenge" => {
+                    let s = scram.as_mut().ok_or_else(|| anyhow!("a challenge for a FAST login"))?;
+                    let data = B64.decode(el.text().trim()).map_err(|_| anyhow!("bad base64 in {el}"))?;
+                    let reply = Self::scram_answer(t, n, s, &data)?;
+                    let xml = format!("<response xmlns='{}'>{}</response>", ns::SASL2, B64.encode(reply));
+                    self.send(xml.as_bytes()).await?;
+                }
+                "success" => {
+                    let data = el
+                        .get_child("additional-data", ns::SASL2)
+                        .map(|d| B64.decode(d.text().trim()))
+                        .transpose()
+                        .map_err(|_| anyhow!("bad base64 in {el}"))?;
+                    match (&scram, &token, data) {
+                        (Some(s), _, Some(d)) => {
+                            s.verify_server_final(&d).map_err(|e| anyhow!("server signature: {e}"))?
+                        }
+                        (None, Some(token), Some(d)) => {
+                            let m = meerkat_xmpp::sasl::fast::HtMechanism::from_name(FAST_MECHANISM)
+                                .ok_or_else(|| anyhow!("unknown mechanism"))?;
+                            if m.responder(token, b"") != d {
+                                bail!("the server's FAST proof is wrong");
+                            }
+                        }
+                        _ => bail!("<success/> without the server's proof: {el}"),
+                    }
+                    if token.is_some() {
+                        t.fast_logins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(new) = el.get_child("token", ns::FAST).and_then(|t| t.attr("token")) {
+                        lock(&t.fast_tokens).insert(n, new.to_owned());
+                    }
+                    if !el.has_child("bound", ns::BIND2) {
+                        bail!("<success/> without <bound/>: {el}");
+                    }
+                    return el
+                        .get_child("authorization-identifier", ns::SASL2)
+                        .map(Element::text)
+                        .ok_or_else(|| anyhow!("<success/> without the JID: {el}"));
+                }
+                "failure" => {
+                    let cond = el.elements().find(|e| e.name != "text").map(|e| e.name.clone()).unwrap_or_default();
+                    if token.is_some() {
+                        lock(&t.fast_tokens).remove(&n);
+                    }
+                    bail!("failure <{cond}/>");
+                }
+                other => bail!("unexpected SASL2 element <{other}/>"),
+            }
+        }
+    }
+
+    async fn auth(&mut self, t: &Target, n: u64, user: &str, features: &Element) -> Result<()> {
         let name = t.sasl.name();
         let offered = features
             .get_child("mechanisms", ns::SASL)
@@ -358,6 +504,7 @@ impl Negotiating {
             SaslChoice::ScramSha256 => {
                 Some(ScramClient::new(HashAlg::Sha256, user, &t.password, ClientChannelBinding::None))
             }
+            SaslChoice::Fast => bail!("FAST runs over SASL2"),
         };
         let initial = match &mut scram {
             None => plain_initial_response(None, user, &t.password),
@@ -380,7 +527,7 @@ impl Negotiating {
             match el.name.as_str() {
                 "challenge" => {
                     let s = scram.as_mut().ok_or_else(|| anyhow!("a challenge for PLAIN"))?;
-                    let reply = s.handle_server_first(&data).map_err(|e| anyhow!("SCRAM: {e}"))?;
+                    let reply = Self::scram_answer(t, n, s, &data)?;
                     let xml = format!("<response xmlns='{}'>{}</response>", ns::SASL, B64.encode(reply));
                     self.send(xml.as_bytes()).await?;
                 }

@@ -165,16 +165,40 @@ async fn login_sessions(c: &Common, target: Arc<Target>) -> (LoginPhase, Vec<Opt
 // ---------------------------------------------------------------- login
 
 async fn login(c: &Common, a: &LoginArgs, target: Arc<Target>) -> Result<RunResult> {
+    if a.warm_up {
+        // Not measured: fills the SCRAM cache and hands out FAST tokens.
+        let holders = Holders::new(Some(Duration::from_secs(60)));
+        let h = holders.clone();
+        let warm =
+            login_all(target.clone(), c.first_index, c.users, c.concurrency, None, Arc::new(move |k, s| h.hold(k, s)))
+                .await;
+        holders.close_all(Duration::from_secs(10)).await;
+        if warm.failures.count() > 0 {
+            bail!(
+                "warm-up: {} of the logins failed{}",
+                warm.failures.count(),
+                first_errors_text(&warm.failures.first())
+            );
+        }
+    }
+    let fast_before = target.fast_logins.load(std::sync::atomic::Ordering::Relaxed);
     let mut sampler = Sampler::new(c.pid, SAMPLE_EVERY);
     let rss_idle = sampler.rss_now();
     let holders = Holders::new(Some(Duration::from_secs(60)));
     let deadline = Instant::now() + secs(c.duration, 300.0);
     sampler.begin();
     let h = holders.clone();
-    let phase =
-        login_all(target, c.first_index, c.users, c.concurrency, Some(deadline), Arc::new(move |k, s| h.hold(k, s)))
-            .await;
+    let phase = login_all(
+        target.clone(),
+        c.first_index,
+        c.users,
+        c.concurrency,
+        Some(deadline),
+        Arc::new(move |k, s| h.hold(k, s)),
+    )
+    .await;
     let window = sampler.end();
+    let fast_logins = target.fast_logins.load(std::sync::atomic::Ordering::Relaxed) - fast_before;
     tokio::time::sleep(Duration::from_secs_f64(c.settle.max(0.0))).await;
     let rss_connected = sampler.rss_now();
     let per_session = kib_per(rss_connected, rss_idle, phase.ok);
@@ -192,6 +216,8 @@ async fn login(c: &Common, a: &LoginArgs, target: Arc<Target>) -> Result<RunResu
         json.insert(key.into(), lj[key].clone());
     }
     json.insert("dropped".into(), json!(dropped));
+    // Measured logins that used a FAST token (the others used the password).
+    json.insert("fast_logins".into(), json!(fast_logins));
     json.insert("rss_idle_kib".into(), json!(rss_idle));
     json.insert("rss_connected_kib".into(), json!(rss_connected));
     json.insert("kib_per_session".into(), json!(per_session));

@@ -379,6 +379,9 @@ pub struct ScramClient {
     client_first_bare: String,
     /// Expected ServerSignature, once client-final has been built.
     server_signature: Option<Vec<u8>>,
+    /// A SaltedPassword the caller computed earlier, with its salt and
+    /// iteration count ([`ScramClient::use_salted_password`]).
+    salted: Option<(Vec<u8>, u32, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for ScramClient {
@@ -413,7 +416,33 @@ impl ScramClient {
             client_nonce: nonce.to_owned(),
             client_first_bare: format!("n={},r={}", encode_saslname(&username), nonce),
             server_signature: None,
+            salted: None,
         }
+    }
+
+    /// The salt and iteration count a server-first message names, so that a
+    /// client can look up a SaltedPassword it keeps (RFC 5802 §5.1: clients
+    /// may cache it per salt and iteration count).
+    pub fn server_first_params(server_first: &[u8]) -> Result<(Vec<u8>, u32), SaslError> {
+        let text = std::str::from_utf8(server_first).map_err(|_| SaslError::InvalidUtf8)?;
+        let mut fields = text.split(',').skip(1);
+        let salt = fields.next().and_then(|f| attr(f, b's')).ok_or(SaslError::Malformed("expected s="))?;
+        let iterations = fields.next().and_then(|f| attr(f, b'i')).ok_or(SaslError::Malformed("expected i="))?;
+        let salt = B64.decode(salt).map_err(|_| SaslError::Base64)?;
+        let iterations = iterations.parse().map_err(|_| SaslError::Malformed("bad iteration count"))?;
+        Ok((salt, iterations))
+    }
+
+    /// `SaltedPassword = Hi(password, salt, iterations)`, the costly step.
+    pub fn salted_password(&self, salt: &[u8], iterations: u32) -> Result<Vec<u8>, SaslError> {
+        let password = self.password.as_deref().ok_or(SaslError::Saslprep)?;
+        Ok(crypto::hi(self.hash, password.as_bytes(), salt, iterations.max(1)))
+    }
+
+    /// Uses `salted` instead of deriving it when the server names this salt
+    /// and iteration count.
+    pub fn use_salted_password(&mut self, salt: Vec<u8>, iterations: u32, salted: Vec<u8>) {
+        self.salted = Some((salt, iterations, salted));
     }
 
     /// Requests an authorization identity (`a=` in the gs2 header).
@@ -465,7 +494,10 @@ impl ScramClient {
         }
         let password = self.password.as_deref().ok_or(SaslError::Saslprep)?;
 
-        let salted = crypto::hi(self.hash, password.as_bytes(), &salt, iterations);
+        let salted = match &self.salted {
+            Some((s, i, v)) if *s == salt && *i == iterations => v.clone(),
+            _ => crypto::hi(self.hash, password.as_bytes(), &salt, iterations),
+        };
         let client_key = crypto::hmac(self.hash, &salted, b"Client Key");
         let stored_key = crypto::hash(self.hash, &client_key);
         let server_key = crypto::hmac(self.hash, &salted, b"Server Key");

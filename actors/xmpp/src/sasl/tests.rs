@@ -775,3 +775,38 @@ fn external_falls_back_to_the_common_name() {
     let mut s = external_server(&["alice@elsewhere.org"], None);
     assert!(matches!(s.step(SaslInput::Response(b"")), SaslOutput::Failure(_)));
 }
+
+// ------------------------------------------------------------ a client's cached SaltedPassword
+
+#[test]
+fn a_cached_salted_password_gives_the_same_proof_and_a_wrong_one_fails() {
+    // One account: the same salt at every login.
+    let stored = scram_creds(HashAlg::Sha256, "pw");
+    let creds = || Some(stored.clone());
+    // First login: the client derives the SaltedPassword and keeps it.
+    let mut server = SaslServer::new(Mechanism::ScramSha256, None, false);
+    let mut client = ScramClient::new(HashAlg::Sha256, "juliet", "pw", ClientChannelBinding::None);
+    server.step(SaslInput::Response(&client.client_first()));
+    let SaslOutput::Challenge(server_first) = server.step(SaslInput::Credentials(creds())) else { panic!() };
+    let (salt, iterations) = ScramClient::server_first_params(&server_first).unwrap();
+    assert_eq!(iterations, 4096);
+    let salted = client.salted_password(&salt, iterations).unwrap();
+    let client_final = client.handle_server_first(&server_first).unwrap();
+    assert!(matches!(server.step(SaslInput::Response(&client_final)), SaslOutput::Success { .. }));
+    // Next login: the kept value is used, with the same outcome.
+    let mut server = SaslServer::new(Mechanism::ScramSha256, None, false);
+    let mut client = ScramClient::new(HashAlg::Sha256, "juliet", "pw", ClientChannelBinding::None);
+    client.use_salted_password(salt.clone(), iterations, salted.clone());
+    server.step(SaslInput::Response(&client.client_first()));
+    let SaslOutput::Challenge(server_first) = server.step(SaslInput::Credentials(creds())) else { panic!() };
+    let client_final = client.handle_server_first(&server_first).unwrap();
+    assert!(matches!(server.step(SaslInput::Response(&client_final)), SaslOutput::Success { .. }));
+    // A wrong cached value is used as given (and fails), never silently re-derived.
+    let mut server = SaslServer::new(Mechanism::ScramSha256, None, false);
+    let mut client = ScramClient::new(HashAlg::Sha256, "juliet", "pw", ClientChannelBinding::None);
+    client.use_salted_password(salt, iterations, vec![0; salted.len()]);
+    server.step(SaslInput::Response(&client.client_first()));
+    let SaslOutput::Challenge(server_first) = server.step(SaslInput::Credentials(creds())) else { panic!() };
+    let client_final = client.handle_server_first(&server_first).unwrap();
+    assert!(matches!(server.step(SaslInput::Response(&client_final)), SaslOutput::Failure(SaslFailure::NotAuthorized)));
+}
