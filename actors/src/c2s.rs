@@ -346,7 +346,8 @@ async fn negotiate(
                     }
                     NegAction::Fast { username, user_agent, op } => {
                         let host = neg.host().unwrap_or_default().to_owned();
-                        let validity = listener.negotiation.fast.as_ref().map(|f| f.validity).unwrap_or_default();
+                        let validity =
+                            listener.negotiation.modules.fast.as_ref().map(|f| f.validity).unwrap_or_default();
                         let (ok, issued) = fast_tokens(&svc, &host, &username, &user_agent, op, validity).await;
                         actions.extend(neg.step(NegEvent::FastDone { ok, issued }));
                     }
@@ -399,13 +400,13 @@ async fn negotiate(
                             Err(_) => actions.extend(neg.step(NegEvent::Bound(Err(StanzaErrorCondition::BadRequest)))),
                         }
                     }
-                    NegAction::Resume { user, host, previd, h } => {
+                    NegAction::Resume { user, host, previd, h, sasl2 } => {
                         // XEP-0198: the session must wait on this node and belong to this user.
                         let target = parse_bare(&format!("{user}@{host}")).ok().zip(svc.resumable(&previd));
                         if let Some((bare, addr)) = target.filter(|_| listener.allow_login && !svc.is_shutting_down()) {
                             let (out, out_rx, queued) = OutQueue::new(4096, svc.settings.max_outgoing_bytes);
                             let (io_tx, io_rx) = watch::channel(IoControl::Run);
-                            let resume = Resume { previd, bare, h, out, io: io_tx };
+                            let resume = Resume { previd, bare, h, out, io: io_tx, sasl2 };
                             if let Ok(Ok((jid, conn_no))) = addr.send(resume).await {
                                 let _ = neg.step(NegEvent::Resumed(true));
                                 let attached = Attached { addr, conn: conn_no, out_rx, queued, io_rx };
@@ -548,12 +549,12 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, opening:
         Opening::Iq { id } => {
             let _ = out.push(bind_result_xml(&id, &jid));
         }
-        Opening::Sasl2 { additional_data, inline, token } => {
+        Opening::Sasl2 { additional_data, inline, extra } => {
             // XEP-0386: the modules answer the inline requests inside <bound/>;
             // the rest of what they ask is carried out once the session runs.
             let mut acc = svc.ctx.hooks.bind2_requests(&svc.ctx, &jid, &mut state, &inline);
             let bound = std::mem::take(&mut acc.write);
-            let success = Opening::sasl2_success(additional_data.as_deref(), &jid, bound, token.as_ref());
+            let success = Opening::sasl2_success(additional_data.as_deref(), &jid, bound, &extra);
             let _ = out.push(success.to_xml(meerkat_xmpp::ns::CLIENT));
             inline_acc = Some(acc);
         }

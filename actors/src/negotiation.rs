@@ -65,12 +65,22 @@ pub struct NegotiationConfig {
     /// How EXTERNAL maps a client certificate to an account
     /// (`auth.sasl_external`), in order.
     pub external_checks: Vec<ExternalCheck>,
+    /// What the modules switch on ([`crate::ext::CoreTuning::negotiation`]).
+    pub modules: ModuleNegotiation,
+}
+
+/// The parts of negotiation that modules switch on and configure through
+/// their sections (`tune`): the node passes them on as they are.
+#[derive(Clone, Debug, Default)]
+pub struct ModuleNegotiation {
     /// Offer SASL2 (XEP-0388).
     pub sasl2: bool,
     /// Offer Bind2 (XEP-0386) inside SASL2.
     pub bind2: bool,
     /// Offer FAST (XEP-0484) inside SASL2.
     pub fast: Option<FastSettings>,
+    /// Offer XEP-0198 resumption inside SASL2 (`<sm/>` inline).
+    pub sasl2_resume: bool,
 }
 
 /// How FAST tokens are offered and issued.
@@ -122,8 +132,9 @@ pub enum Opening {
         /// Base64 `<additional-data/>` of the mechanism (SCRAM's server signature).
         additional_data: Option<String>,
         inline: Vec<Element>,
-        /// A FAST token issued with this login (XEP-0484 `<token/>`).
-        token: Option<IssuedToken>,
+        /// More children of `<success/>` after `<bound/>`: a FAST `<token/>`
+        /// (XEP-0484), or `<failed/>` of an inline resumption (XEP-0198).
+        extra: Vec<Element>,
     },
 }
 
@@ -134,7 +145,7 @@ impl Opening {
         additional_data: Option<&str>,
         jid: &FullJid,
         bound: Vec<Element>,
-        token: Option<&IssuedToken>,
+        extra: &[Element],
     ) -> Element {
         let mut success = Element::new("success", ns::SASL2);
         if let Some(d) = additional_data {
@@ -146,11 +157,34 @@ impl Opening {
             b.push_child(el);
         }
         success.push_child(b);
-        if let Some(t) = token {
+        for e in extra {
+            success.push_child(e.clone());
+        }
+        success
+    }
+
+    /// `<success xmlns='urn:xmpp:sasl:2'/>` around `resumed` (XEP-0198's
+    /// `<resumed/>`) for a session resumed inside SASL2.
+    pub fn sasl2_resumed(resume: &Sasl2Resume, jid: &FullJid, resumed: Element) -> Element {
+        let mut success = Element::new("success", ns::SASL2);
+        if let Some(d) = &resume.additional_data {
+            success.push_child(Element::new("additional-data", ns::SASL2).with_text(d.clone()));
+        }
+        success.push_child(Element::new("authorization-identifier", ns::SASL2).with_text(jid.to_string()));
+        success.push_child(resumed);
+        if let Some(t) = &resume.token {
             success.push_child(t.element());
         }
         success
     }
+}
+
+/// How a session resumed inside SASL2 answers (XEP-0198 in XEP-0388): its
+/// `<resumed/>` goes inside `<success/>` with these.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sasl2Resume {
+    pub additional_data: Option<String>,
+    pub token: Option<IssuedToken>,
 }
 
 /// Something that happened on the connection.
@@ -225,12 +259,14 @@ pub enum NegAction {
         id: String,
     },
     /// XEP-0198: hand the stream to the session `previd` of this user, if it
-    /// waits; answer with [`NegEvent::Resumed`].
+    /// waits; answer with [`NegEvent::Resumed`]. Inside SASL2, `sasl2` says
+    /// how the session wraps its `<resumed/>`.
     Resume {
         user: String,
         host: String,
         previd: String,
         h: u32,
+        sasl2: Option<Sasl2Resume>,
     },
     /// XEP-0077 registration before authentication.
     Register {
@@ -272,6 +308,13 @@ enum State {
     Binding2 {
         additional_data: Option<String>,
         inline: Vec<Element>,
+        extra: Vec<Element>,
+    },
+    /// An inline resumption (XEP-0198 inside SASL2): what to do if it fails.
+    Resuming2 {
+        username: String,
+        additional_data: Option<String>,
+        bind: Option<Element>,
         token: Option<IssuedToken>,
     },
     /// A FAST login (XEP-0484): its proof, until the tokens are read.
@@ -304,6 +347,8 @@ struct Sasl2Request {
     /// `<fast count invalidate/>`, sent with a FAST login.
     count: i64,
     invalidate: bool,
+    /// XEP-0198 `<resume previd h/>` inside SASL2.
+    resume: Option<(String, u32)>,
 }
 
 /// Longest `<user-agent id/>` kept (the database column's size).
@@ -469,8 +514,8 @@ impl Negotiator {
                 let opening = Opening::Iq { id };
                 (State::Done, vec![NegAction::Established { jid, stream_id: self.stream_id.clone(), opening }])
             }
-            (State::Binding2 { additional_data, inline, token }, NegEvent::Bound(Ok(jid))) => {
-                let opening = Opening::Sasl2 { additional_data, inline, token };
+            (State::Binding2 { additional_data, inline, extra }, NegEvent::Bound(Ok(jid))) => {
+                let opening = Opening::Sasl2 { additional_data, inline, extra };
                 (State::Done, vec![NegAction::Established { jid, stream_id: self.stream_id.clone(), opening }])
             }
             (State::FastLookup { mech, username, proof, request }, NegEvent::FastTokens { tokens, now }) => {
@@ -482,13 +527,21 @@ impl Negotiator {
                     self.user = None;
                     return self.sasl_failed(SaslFailure::NotAuthorized, true);
                 }
-                self.sasl2_authenticated(username, additional_data, request.bind, issued)
+                self.sasl2_authenticated(username, additional_data, request, issued)
             }
             (State::Binding2 { .. }, NegEvent::Bound(Err(_))) => {
                 // The generated resource is always valid; nothing to tell the client.
                 self.close(StreamErrorCondition::InternalServerError, Some("binding failed"))
             }
             (State::Resuming, NegEvent::Resumed(true)) => (State::Done, vec![]),
+            (State::Resuming2 { .. }, NegEvent::Resumed(true)) => (State::Done, vec![]),
+            (State::Resuming2 { username, additional_data, bind, token }, NegEvent::Resumed(false)) => {
+                // XEP-0198: <failed/> inside <success/>; binding goes on as asked.
+                let failed = meerkat_xmpp::sm::failed("item-not-found");
+                let mut extra = vec![failed];
+                extra.extend(token.map(|t| t.element()));
+                self.sasl2_bind_or_succeed(username, additional_data, bind, extra)
+            }
             (State::Resuming, NegEvent::Resumed(false)) => {
                 (State::PostAuth, vec![NegAction::Send(meerkat_xmpp::sm::failed("item-not-found").to_xml(ns::CLIENT))])
             }
@@ -627,7 +680,7 @@ impl Negotiator {
             }
             f.push_str("</mechanisms>");
         }
-        if self.cfg.sasl2 && !mechs.is_empty() {
+        if self.cfg.modules.sasl2 && !mechs.is_empty() {
             // XEP-0388, with XEP-0386 and the modules' inline features.
             f.push_str("<authentication xmlns='urn:xmpp:sasl:2'>");
             for m in &mechs {
@@ -636,7 +689,7 @@ impl Negotiator {
                 f.push_str("</mechanism>");
             }
             f.push_str("<inline>");
-            if self.cfg.bind2 {
+            if self.cfg.modules.bind2 {
                 f.push_str("<bind xmlns='urn:xmpp:bind:0'><inline>");
                 f.push_str(&self.bind2_inline);
                 f.push_str("</inline></bind>");
@@ -687,14 +740,14 @@ impl Negotiator {
             };
             return self.begin_sasl(el.attr("mechanism"), initial, None);
         }
-        if el.is("authenticate", ns::SASL2) && self.cfg.sasl2 {
+        if el.is("authenticate", ns::SASL2) && self.cfg.modules.sasl2 {
             // XEP-0388: an absent <initial-response/> is no initial response; an
             // empty one (or "=") is an empty one.
             let initial = match el.get_child("initial-response", ns::SASL2) {
                 None => Ok(None),
                 Some(r) => decode_b64(&r.text()).map(Some).ok_or(()),
             };
-            let bind = el.get_child("bind", ns::BIND2).filter(|_| self.cfg.bind2).cloned();
+            let bind = el.get_child("bind", ns::BIND2).filter(|_| self.cfg.modules.bind2).cloned();
             let user_agent = el
                 .get_child("user-agent", ns::SASL2)
                 .and_then(|u| u.attr("id"))
@@ -709,7 +762,11 @@ impl Negotiator {
             let fast = el.get_child("fast", ns::FAST);
             let count = fast.and_then(|f| f.attr("count")).and_then(|c| c.parse::<i64>().ok()).unwrap_or(0).max(0);
             let invalidate = matches!(fast.and_then(|f| f.attr("invalidate")), Some("true") | Some("1"));
-            let request = Box::new(Sasl2Request { bind, user_agent, request_token, count, invalidate });
+            let resume = el
+                .get_child("resume", ns::SM)
+                .filter(|_| self.cfg.modules.sasl2_resume)
+                .and_then(|r| Some((r.attr("previd")?.to_owned(), meerkat_xmpp::sm::h_of(r)?)));
+            let request = Box::new(Sasl2Request { bind, user_agent, request_token, count, invalidate, resume });
             if let Some(mech) = el.attr("mechanism").and_then(HtMechanism::from_name) {
                 return self.begin_fast(mech, initial, request);
             }
@@ -862,7 +919,7 @@ impl Negotiator {
                         State::FastPending { username: username.clone(), additional_data: encoded, request },
                         vec![NegAction::Fast { username, user_agent, op: FastOp::Issue { mechanism } }],
                     ),
-                    _ => self.sasl2_authenticated(username, encoded, request.bind, None),
+                    _ => self.sasl2_authenticated(username, encoded, request, None),
                 }
             }
             SaslOutput::Failure(f) => self.sasl_failed(f, v2),
@@ -873,14 +930,40 @@ impl Negotiator {
         self.failed(sasl_failure_xml(failure, sasl2), "too many authentication failures")
     }
 
-    /// SASL2 authenticated `username`: bind (XEP-0386) or `<success/>` and
-    /// the post-auth features.
+    /// SASL2 authenticated `username`: an inline resumption (XEP-0198),
+    /// else bind (XEP-0386) or `<success/>` and the post-auth features.
     fn sasl2_authenticated(
         &mut self,
         username: String,
         additional_data: Option<String>,
-        bind: Option<Element>,
+        request: Box<Sasl2Request>,
         token: Option<IssuedToken>,
+    ) -> (State, Vec<NegAction>) {
+        self.user = Some(username.clone());
+        if let Some((previd, h)) = request.resume {
+            let host = self.host.clone().unwrap_or_default();
+            let sasl2 = Some(Sasl2Resume { additional_data: additional_data.clone(), token: token.clone() });
+            return (
+                State::Resuming2 { username: username.clone(), additional_data, bind: request.bind, token },
+                vec![NegAction::Resume { user: username, host, previd, h, sasl2 }],
+            );
+        }
+        self.sasl2_bind_or_succeed(
+            username,
+            additional_data,
+            request.bind,
+            token.map(|t| t.element()).into_iter().collect(),
+        )
+    }
+
+    /// After SASL2: bind (XEP-0386) or `<success/>` and the post-auth
+    /// features; `extra` goes in `<success/>`.
+    fn sasl2_bind_or_succeed(
+        &mut self,
+        username: String,
+        additional_data: Option<String>,
+        bind: Option<Element>,
+        extra: Vec<Element>,
     ) -> (State, Vec<NegAction>) {
         self.user = Some(username.clone());
         let host = self.host.clone().unwrap_or_default();
@@ -893,7 +976,7 @@ impl Negotiator {
                     .filter(|t| !t.is_empty());
                 let inline = bind.elements().filter(|e| !e.is("tag", ns::BIND2)).cloned().collect();
                 (
-                    State::Binding2 { additional_data, inline, token },
+                    State::Binding2 { additional_data, inline, extra },
                     vec![NegAction::Bind { user: username, host, resource: None, tag, id: String::new() }],
                 )
             }
@@ -907,8 +990,8 @@ impl Negotiator {
                 success.push_child(
                     Element::new("authorization-identifier", ns::SASL2).with_text(format!("{username}@{host}")),
                 );
-                if let Some(t) = token {
-                    success.push_child(t.element());
+                for e in extra {
+                    success.push_child(e);
                 }
                 (
                     State::PostAuth,
@@ -924,8 +1007,8 @@ impl Negotiator {
     /// The FAST mechanisms this stream may use: `-EXPR` ones only with a
     /// `tls-exporter` binding; none before a required STARTTLS.
     fn offered_fast(&self) -> Vec<HtMechanism> {
-        match &self.cfg.fast {
-            Some(f) if self.cfg.sasl2 && !self.tls_required_first() => {
+        match &self.cfg.modules.fast {
+            Some(f) if self.cfg.modules.sasl2 && !self.tls_required_first() => {
                 f.mechanisms.iter().copied().filter(|m| !m.exporter || self.exporter.is_some()).collect()
             }
             _ => Vec::new(),
@@ -981,7 +1064,7 @@ impl Negotiator {
         let Some((slot, t)) = found else {
             return self.sasl_failed(SaslFailure::NotAuthorized, true);
         };
-        let rotate_before = self.cfg.fast.as_ref().map(|f| f.rotate_before).unwrap_or_default();
+        let rotate_before = self.cfg.modules.fast.as_ref().map(|f| f.rotate_before).unwrap_or_default();
         let near_expiry = !rotate_before.is_zero()
             && t.expires_at - now <= i64::try_from(rotate_before.as_secs()).unwrap_or(i64::MAX);
         // The next token: asked for, or the current one is about to expire
@@ -1031,6 +1114,7 @@ impl Negotiator {
                             host: self.host.clone().unwrap_or_default(),
                             previd: previd.to_owned(),
                             h,
+                            sasl2: None,
                         }],
                     );
                 }

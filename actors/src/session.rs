@@ -187,6 +187,8 @@ pub struct Resume {
     pub h: u32,
     pub out: OutQueue,
     pub io: watch::Sender<IoControl>,
+    /// Resumed inside SASL2: `<resumed/>` goes inside its `<success/>`.
+    pub sasl2: Option<crate::negotiation::Sasl2Resume>,
 }
 
 /// What the modules asked while the session opened (XEP-0386 inline
@@ -940,7 +942,12 @@ impl Handler<Resume> for C2sSession {
             return Err(());
         };
         // `<resumed/>` and what is sent again (still unacknowledged), written as they are.
-        let first: Vec<String> = acc.write.iter().map(|el| el.to_xml(ns::CLIENT)).collect();
+        let mut write = acc.write;
+        if let (Some(resume), Some(first)) = (&msg.sasl2, write.first_mut()) {
+            let resumed = std::mem::replace(first, Element::new("success", ns::SASL2));
+            *first = crate::negotiation::Opening::sasl2_resumed(resume, &self.jid, resumed);
+        }
+        let first: Vec<String> = write.iter().map(|el| el.to_xml(ns::CLIENT)).collect();
         // An old connection that nobody noticed was lost yet is dropped now.
         let _ = self.io.send(IoControl::Abort);
         self.io = msg.io;

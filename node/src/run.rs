@@ -229,9 +229,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         scram_iterations: cfg.auth.password.scram_iterations,
         salt_secret: salt_secret.clone(),
         external_checks: cfg.external_checks(),
-        sasl2: tuning.sasl2,
-        bind2: tuning.bind2,
-        fast: tuning.fast.clone(),
+        modules: tuning.negotiation.clone(),
     };
     for l in &cfg.listen.c2s {
         let client_certs = match l.tls.mode {

@@ -92,3 +92,65 @@ fn xmpp_js_logs_in_with_a_fast_token_in_one_round_trip_across_rotations_and_fall
         }
     }
 }
+
+/// `<authenticate/>` with PLAIN inside SASL2, these extra children, and the
+/// answer to it.
+async fn authenticate(c: &mut meerkat_tests::Client, user: &str, extra: &str) -> meerkat_xmpp::element::Element {
+    use base64::Engine as _;
+    let initial = meerkat_xmpp::sasl::plain_initial_response(None, user, "secret");
+    let xml = format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{}</initial-response>\
+         <user-agent id='5c0a3b1e-0000-4000-8000-000000000001'/>{extra}</authenticate>",
+        base64::engine::general_purpose::STANDARD.encode(initial)
+    );
+    c.send_str(&xml).await.unwrap();
+    c.recv_until(|e| e.ns == meerkat_xmpp::ns::SASL2).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_session_is_resumed_inside_sasl2_after_its_connection_is_cut() {
+    use meerkat_tests::{Client, Security};
+    use meerkat_xmpp::ns;
+    let node = TestNode::start("");
+    node.add_user("alice", "secret");
+    node.add_user("bob", "secret");
+    // Bind2 with stream management enabled inline.
+    let mut c = Client::connect(node.c2s, DOMAIN, Security::StartTls).await.unwrap();
+    let bind = "<bind xmlns='urn:xmpp:bind:0'><tag>phone</tag><enable xmlns='urn:xmpp:sm:3' resume='true'/></bind>";
+    let success = authenticate(&mut c, "alice", bind).await;
+    assert!(success.is("success", ns::SASL2), "{success}");
+    let jid = success.get_child("authorization-identifier", ns::SASL2).unwrap().text();
+    let enabled = success
+        .get_child("bound", ns::BIND2)
+        .and_then(|b| b.get_child("enabled", ns::SM))
+        .unwrap_or_else(|| panic!("no <enabled/> in <bound/>: {success}"));
+    let previd = enabled.attr("id").unwrap().to_owned();
+    c.send_str("<presence/>").await.unwrap();
+    c.recv_until(|e| e.name == "presence").await.unwrap();
+    // Bob writes while alice's connection is gone.
+    drop(c);
+    let mut bob = meerkat_tests::login(&node, "bob", "secret", "desk").await;
+    bob.send_message(&jid, "while you were away").await.unwrap();
+    // A new connection resumes inside its authentication.
+    let mut c = Client::connect(node.c2s, DOMAIN, Security::StartTls).await.unwrap();
+    let sm_offered = c.has_feature("authentication", ns::SASL2);
+    assert!(sm_offered);
+    let resume = format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='1'/><bind xmlns='urn:xmpp:bind:0'><tag>phone</tag></bind>"
+    );
+    let success = authenticate(&mut c, "alice", &resume).await;
+    assert!(success.is("success", ns::SASL2), "{success}");
+    assert_eq!(success.get_child("authorization-identifier", ns::SASL2).unwrap().text(), jid, "the same session");
+    assert!(success.has_child("resumed", ns::SM), "{success}");
+    assert!(!success.has_child("bound", ns::BIND2), "bind is ignored when resuming: {success}");
+    let m = c.recv_until(|e| e.name == "message").await.unwrap();
+    assert!(m.to_string().contains("while you were away"), "{m}");
+    // A resumption nobody waits for: <failed/> inside <success/>, and bound as asked.
+    let mut c = Client::connect(node.c2s, DOMAIN, Security::StartTls).await.unwrap();
+    let resume =
+        "<resume xmlns='urn:xmpp:sm:3' previd='nobody' h='0'/><bind xmlns='urn:xmpp:bind:0'><tag>tab</tag></bind>";
+    let success = authenticate(&mut c, "alice", resume).await;
+    assert!(success.has_child("failed", ns::SM), "{success}");
+    assert!(success.has_child("bound", ns::BIND2), "{success}");
+    assert!(success.get_child("authorization-identifier", ns::SASL2).unwrap().text().contains("/tab."), "{success}");
+}

@@ -570,12 +570,9 @@ pub struct CoreTuning {
     pub silent_after: Option<std::time::Duration>,
     /// XEP-0077 in-band registration during stream negotiation.
     pub in_band_registration: bool,
-    /// XEP-0388 SASL2 during stream negotiation.
-    pub sasl2: bool,
-    /// XEP-0386 Bind2 inside SASL2.
-    pub bind2: bool,
-    /// XEP-0484 FAST inside SASL2.
-    pub fast: Option<crate::negotiation::FastSettings>,
+    /// What stream negotiation offers beyond RFC 6120 (SASL2, Bind2, FAST,
+    /// resumption inside SASL2), passed to it as it is.
+    pub negotiation: crate::negotiation::ModuleNegotiation,
 }
 
 /// A module section with nothing but `enabled` (on by default).

@@ -123,7 +123,7 @@ impl ModuleSpec for FastAuthToken {
         Ok(())
     }
     fn tune(cfg: &FastConfig, core: &mut CoreTuning) {
-        core.fast = cfg.enabled.then(|| FastSettings {
+        core.negotiation.fast = cfg.enabled.then(|| FastSettings {
             mechanisms: cfg.mechanisms.iter().filter_map(|m| HtMechanism::from_name(m)).collect(),
             validity: cfg.validity_period.access.duration(),
             rotate_before: cfg.validity_period.rotate_before_expire.duration(),

@@ -23,7 +23,7 @@ impl ModuleSpec for Sasl2 {
         cfg.enabled
     }
     fn tune(cfg: &Switch, core: &mut CoreTuning) {
-        core.sasl2 = cfg.enabled;
+        core.negotiation.sasl2 = cfg.enabled;
     }
     fn build(_cfg: &Switch) -> Arc<dyn Module> {
         Arc::new(Sasl2)
@@ -47,7 +47,7 @@ impl ModuleSpec for Bind2 {
         cfg.enabled
     }
     fn tune(cfg: &Switch, core: &mut CoreTuning) {
-        core.bind2 = cfg.enabled;
+        core.negotiation.bind2 = cfg.enabled;
     }
     fn build(_cfg: &Switch) -> Arc<dyn Module> {
         Arc::new(Bind2)

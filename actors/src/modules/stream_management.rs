@@ -30,7 +30,7 @@ use meerkat_xmpp::sm::{self, Sent, SmState};
 use meerkat_xmpp::stanza::StanzaKind;
 
 use crate::ext::registry::{ModuleSpec, Registry};
-use crate::ext::{HookSet, Module, ModuleCtx, SessionAcc, SessionState, Stop};
+use crate::ext::{CoreTuning, HookSet, Module, ModuleCtx, SessionAcc, SessionState, Stop};
 
 pub struct StreamManagement {
     cfg: StreamManagementConfig,
@@ -87,6 +87,10 @@ impl ModuleSpec for StreamManagement {
         }
         Ok(())
     }
+    /// Resumption inside SASL2 (`<resume/>` in `<authenticate/>`) when sessions are resumable.
+    fn tune(cfg: &StreamManagementConfig, core: &mut CoreTuning) {
+        core.negotiation.sasl2_resume = cfg.enabled && cfg.resume_timeout > 0;
+    }
     fn build(cfg: &StreamManagementConfig) -> Arc<dyn Module> {
         Arc::new(StreamManagement { cfg: cfg.clone() })
     }
@@ -118,6 +122,15 @@ impl Module for StreamManagement {
 
     fn bind2_inline(&self) -> Vec<Element> {
         vec![Element::new("feature", ns::BIND2).with_attr("var", ns::SM)]
+    }
+
+    /// `<sm/>` in SASL2's `<inline/>`: a client may resume in its `<authenticate/>`.
+    fn sasl2_inline(&self) -> Vec<Element> {
+        if self.resume_timeout().is_zero() {
+            Vec::new()
+        } else {
+            vec![Element::new("sm", ns::SM)]
+        }
     }
 
     /// XEP-0386: `<enable/>` inside `<bind/>`; `<enabled/>` goes inside `<bound/>`.

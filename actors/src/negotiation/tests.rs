@@ -47,9 +47,7 @@ fn cfg(tls_mode: TlsMode) -> NegotiationConfig {
         scram_iterations: 4096,
         salt_secret: meerkat_xmpp::sasl::SaltSecret::random(),
         external_checks: vec![ExternalCheck::Standard],
-        sasl2: false,
-        bind2: false,
-        fast: None,
+        modules: ModuleNegotiation::default(),
     }
 }
 
@@ -1362,7 +1360,7 @@ fn stream_management_resume_instead_of_bind() {
     let resume = "<resume xmlns='urn:xmpp:sm:3' previd='abc' h='7'/>";
     assert_eq!(
         neg.step(el(resume)),
-        vec![NegAction::Resume { user: USER.into(), host: HOST.into(), previd: "abc".into(), h: 7 }]
+        vec![NegAction::Resume { user: USER.into(), host: HOST.into(), previd: "abc".into(), h: 7, sasl2: None }]
     );
     // Unknown: item-not-found, and the client may bind instead.
     match neg.step(NegEvent::Resumed(false)).as_slice() {
@@ -1486,8 +1484,8 @@ fn external_maps_a_common_name_when_the_certificate_has_no_xmpp_addr() {
 
 fn sasl2_cfg() -> NegotiationConfig {
     let mut c = cfg(TlsMode::Tls);
-    c.sasl2 = true;
-    c.bind2 = true;
+    c.modules.sasl2 = true;
+    c.modules.bind2 = true;
     c
 }
 
@@ -1573,7 +1571,7 @@ fn scram_plus_inside_sasl2_with_bind2_binds_in_the_same_round_trip() {
     );
     let jid = parse_full(&format!("{USER}@{HOST}/AwesomeXMPP.1234")).unwrap();
     let actions = neg.step(NegEvent::Bound(Ok(jid.clone())));
-    let [NegAction::Established { jid: bound, opening: Opening::Sasl2 { additional_data, inline, token: None }, .. }] =
+    let [NegAction::Established { jid: bound, opening: Opening::Sasl2 { additional_data, inline, extra }, .. }] =
         actions.as_slice()
     else {
         panic!("{actions:?}")
@@ -1583,7 +1581,8 @@ fn scram_plus_inside_sasl2_with_bind2_binds_in_the_same_round_trip() {
     assert!(inline[0].is("enable", ns::SM));
     // The server signature travels in <additional-data/>, and the client checks it.
     client.verify_server_final(&B64.decode(additional_data.as_deref().unwrap()).unwrap()).unwrap();
-    let success = Opening::sasl2_success(additional_data.as_deref(), &jid, vec![], None);
+    assert!(extra.is_empty());
+    let success = Opening::sasl2_success(additional_data.as_deref(), &jid, vec![], &[]);
     let xml = success.to_xml(ns::CLIENT);
     let parsed = parse(&xml);
     assert_eq!(parsed.get_child("authorization-identifier", ns::SASL2).unwrap().text(), jid.to_string());
@@ -1593,7 +1592,7 @@ fn scram_plus_inside_sasl2_with_bind2_binds_in_the_same_round_trip() {
 #[test]
 fn sasl2_without_bind2_succeeds_with_the_bare_jid_and_continues_without_a_restart() {
     let mut c = sasl2_cfg();
-    c.bind2 = false;
+    c.modules.bind2 = false;
     let (mut neg, f) = sasl2_negotiator(c);
     let inline = f.get_child("authentication", ns::SASL2).unwrap().get_child("inline", ns::SASL2).unwrap();
     assert!(!inline.has_child("bind", ns::BIND2));
@@ -1669,7 +1668,7 @@ const AGENT: &str = "d4565fa7-4d72-4749-b3d3-740edbf87770";
 
 fn fast_cfg() -> NegotiationConfig {
     let mut c = sasl2_cfg();
-    c.fast = Some(FastSettings {
+    c.modules.fast = Some(FastSettings {
         mechanisms: HtMechanism::ALL.to_vec(),
         validity: Duration::from_secs(3 * 86_400),
         rotate_before: Duration::from_secs(6 * 3_600),
@@ -1735,11 +1734,10 @@ fn a_password_login_asking_for_a_token_gets_one_in_success() {
     assert!(matches!(actions.as_slice(), [NegAction::Bind { tag: Some(t), .. }] if t == "app"), "{actions:?}");
     let jid = parse_full(&format!("{USER}@{HOST}/app.1")).unwrap();
     let actions = neg.step(NegEvent::Bound(Ok(jid.clone())));
-    let [NegAction::Established { opening: Opening::Sasl2 { token: Some(t), .. }, .. }] = actions.as_slice() else {
+    let [NegAction::Established { opening: Opening::Sasl2 { extra, .. }, .. }] = actions.as_slice() else {
         panic!("{actions:?}")
     };
-    assert_eq!(*t, issued());
-    let xml = Opening::sasl2_success(None, &jid, vec![], Some(t)).to_xml(ns::CLIENT);
+    let xml = Opening::sasl2_success(None, &jid, vec![], extra).to_xml(ns::CLIENT);
     let token = parse(&xml).get_child("token", ns::FAST).cloned().unwrap();
     assert_eq!(token.attr("token"), Some("n3wt0k3n"));
     assert_eq!(token.attr("expiry"), Some("2026-12-09T12:00:00Z"));
@@ -1776,11 +1774,12 @@ fn a_fast_login_takes_one_round_trip_and_proves_the_server_too() {
     assert!(matches!(actions.as_slice(), [NegAction::Bind { .. }]), "{actions:?}");
     let jid = parse_full(&format!("{USER}@{HOST}/app.1")).unwrap();
     let actions = neg.step(NegEvent::Bound(Ok(jid)));
-    let [NegAction::Established { opening: Opening::Sasl2 { additional_data: Some(d), token: None, .. }, .. }] =
+    let [NegAction::Established { opening: Opening::Sasl2 { additional_data: Some(d), extra, .. }, .. }] =
         actions.as_slice()
     else {
         panic!("{actions:?}")
     };
+    assert!(extra.is_empty(), "no token: {extra:?}");
     assert_eq!(B64.decode(d).unwrap(), ht("HT-SHA-256-NONE").responder("t0k3n", b""));
     assert_eq!(neg.user(), Some(USER));
 }
@@ -1891,4 +1890,73 @@ fn fast_expr_is_bound_to_the_connection_and_invalidate_forgets_the_tokens() {
         matches!(actions.as_slice(), [NegAction::Fast { op: FastOp::Use { invalidate: true, issue: None, .. }, .. }]),
         "{actions:?}"
     );
+}
+
+// ------------------------------------------------------------------ XEP-0198 inside SASL2
+
+fn resume_cfg() -> NegotiationConfig {
+    let mut c = sasl2_cfg();
+    c.modules.sasl2_resume = true;
+    c
+}
+
+#[test]
+fn an_inline_resume_hands_the_stream_to_the_session_which_writes_success() {
+    let (mut neg, _) = sasl2_negotiator(resume_cfg());
+    let extra = "<resume xmlns='urn:xmpp:sm:3' previd='abc' h='7'/><bind xmlns='urn:xmpp:bind:0'><tag>t</tag></bind>";
+    neg.step(authenticate("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD)), extra));
+    let actions = neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
+    assert_eq!(
+        actions,
+        vec![NegAction::Resume {
+            user: USER.into(),
+            host: HOST.into(),
+            previd: "abc".into(),
+            h: 7,
+            sasl2: Some(Sasl2Resume { additional_data: None, token: None }),
+        }]
+    );
+    // Resumed: the session wrote <success/> with <resumed/>; negotiation is over.
+    assert_eq!(neg.step(NegEvent::Resumed(true)), vec![]);
+    let jid = parse_full(&format!("{USER}@{HOST}/t.1")).unwrap();
+    let resumed = meerkat_xmpp::sm::resumed("abc", 3);
+    let xml =
+        Opening::sasl2_resumed(&Sasl2Resume { additional_data: None, token: None }, &jid, resumed).to_xml(ns::CLIENT);
+    let success = parse(&xml);
+    assert!(success.is("success", ns::SASL2), "{xml}");
+    assert_eq!(success.get_child("authorization-identifier", ns::SASL2).unwrap().text(), jid.to_string());
+    assert_eq!(success.get_child("resumed", ns::SM).and_then(|r| r.attr("previd")), Some("abc"));
+}
+
+#[test]
+fn a_failed_inline_resume_binds_as_asked_with_failed_in_success() {
+    let (mut neg, _) = sasl2_negotiator(resume_cfg());
+    let extra = "<resume xmlns='urn:xmpp:sm:3' previd='gone' h='0'/><bind xmlns='urn:xmpp:bind:0'><tag>t</tag></bind>";
+    neg.step(authenticate("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD)), extra));
+    neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
+    let actions = neg.step(NegEvent::Resumed(false));
+    assert!(matches!(actions.as_slice(), [NegAction::Bind { tag: Some(t), .. }] if t == "t"), "{actions:?}");
+    let jid = parse_full(&format!("{USER}@{HOST}/t.1")).unwrap();
+    let actions = neg.step(NegEvent::Bound(Ok(jid)));
+    let [NegAction::Established { opening: Opening::Sasl2 { extra, .. }, .. }] = actions.as_slice() else {
+        panic!("{actions:?}")
+    };
+    assert!(extra.iter().any(|e| e.is("failed", ns::SM)), "{extra:?}");
+    // Without a bind request: <success/> with <failed/>, and the features.
+    let (mut neg, _) = sasl2_negotiator(resume_cfg());
+    neg.step(authenticate(
+        "PLAIN",
+        Some(&plain_initial_response(None, USER, PASSWORD)),
+        "<resume xmlns='urn:xmpp:sm:3' previd='gone' h='0'/>",
+    ));
+    neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
+    let actions = neg.step(NegEvent::Resumed(false));
+    let [NegAction::Send(success), NegAction::Send(_features)] = actions.as_slice() else { panic!("{actions:?}") };
+    assert!(parse(success).has_child("failed", ns::SM), "{success}");
+    // Not offered: the request is ignored and binding goes on.
+    let (mut neg, _) = sasl2_negotiator(sasl2_cfg());
+    let extra = "<resume xmlns='urn:xmpp:sm:3' previd='abc' h='7'/><bind xmlns='urn:xmpp:bind:0'/>";
+    neg.step(authenticate("PLAIN", Some(&plain_initial_response(None, USER, PASSWORD)), extra));
+    let actions = neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
+    assert!(matches!(actions.as_slice(), [NegAction::Bind { .. }]), "{actions:?}");
 }
