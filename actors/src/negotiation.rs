@@ -527,7 +527,7 @@ impl Negotiator {
                     self.user = None;
                     return self.sasl_failed(SaslFailure::NotAuthorized, true);
                 }
-                self.sasl2_authenticated(username, additional_data, request, issued)
+                self.sasl2_authenticated(username, additional_data, *request, issued)
             }
             (State::Binding2 { .. }, NegEvent::Bound(Err(_))) => {
                 // The generated resource is always valid; nothing to tell the client.
@@ -919,7 +919,7 @@ impl Negotiator {
                         State::FastPending { username: username.clone(), additional_data: encoded, request },
                         vec![NegAction::Fast { username, user_agent, op: FastOp::Issue { mechanism } }],
                     ),
-                    _ => self.sasl2_authenticated(username, encoded, request, None),
+                    _ => self.sasl2_authenticated(username, encoded, *request, None),
                 }
             }
             SaslOutput::Failure(f) => self.sasl_failed(f, v2),
@@ -936,7 +936,7 @@ impl Negotiator {
         &mut self,
         username: String,
         additional_data: Option<String>,
-        request: Box<Sasl2Request>,
+        request: Sasl2Request,
         token: Option<IssuedToken>,
     ) -> (State, Vec<NegAction>) {
         self.user = Some(username.clone());
@@ -1070,15 +1070,16 @@ impl Negotiator {
         // The next token: asked for, or the current one is about to expire
         // (a next token just used becomes the current one, fresh).
         let issue = request.request_token.or((slot == FastSlot::Current && near_expiry).then_some(mech));
-        let op = FastOp::Use {
-            slot,
-            token: t.token.clone(),
-            count: request.count,
-            invalidate: request.invalidate,
-            issue: issue.filter(|_| !request.invalidate),
-        };
-        let user_agent = request.user_agent.clone().unwrap_or_default();
+        let issue = issue.filter(|_| !request.invalidate);
         let additional_data = Some(base64::engine::general_purpose::STANDARD.encode(mech.responder(&t.token, &cb)));
+        if slot == FastSlot::Current && request.count == 0 && !request.invalidate && issue.is_none() {
+            // Nothing to record: the token in use, no count to check, nothing
+            // to issue or forget. The login costs one read.
+            return self.sasl2_authenticated(username, additional_data, *request, None);
+        }
+        let op =
+            FastOp::Use { slot, token: t.token.clone(), count: request.count, invalidate: request.invalidate, issue };
+        let user_agent = request.user_agent.clone().unwrap_or_default();
         (
             State::FastPending { username: username.clone(), additional_data, request },
             vec![NegAction::Fast { username, user_agent, op }],
