@@ -10,13 +10,14 @@ const GET: Sql = sql!(
     "SELECT current_token, current_expire, current_count, current_mech, new_token, new_expire, new_count, new_mech \
      FROM fast_tokens WHERE domain = ? AND username = ? AND user_agent = ?"
 );
+/// A first token is the one in use at once; later ones are the next token.
 const SET_NEW: Sql = sql!(
-    "INSERT INTO fast_tokens (domain, username, user_agent, new_token, new_expire, new_count, new_mech) \
+    "INSERT INTO fast_tokens (domain, username, user_agent, current_token, current_expire, current_count, current_mech) \
      VALUES (?, ?, ?, ?, ?, 0, ?)",
-    on_conflict: "ON CONFLICT (domain, username, user_agent) DO UPDATE SET new_token = excluded.new_token, \
-                  new_expire = excluded.new_expire, new_count = 0, new_mech = excluded.new_mech",
-    on_duplicate: "ON DUPLICATE KEY UPDATE new_token = VALUES(new_token), new_expire = VALUES(new_expire), \
-                   new_count = 0, new_mech = VALUES(new_mech)",
+    on_conflict: "ON CONFLICT (domain, username, user_agent) DO UPDATE SET new_token = excluded.current_token, \
+                  new_expire = excluded.current_expire, new_count = 0, new_mech = excluded.current_mech",
+    on_duplicate: "ON DUPLICATE KEY UPDATE new_token = VALUES(current_token), new_expire = VALUES(current_expire), \
+                   new_count = 0, new_mech = VALUES(current_mech)",
 );
 /// The current token, if it is `token` and `count` is 0 or above its count.
 const USE_CURRENT: Sql = sql!(

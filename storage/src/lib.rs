@@ -285,7 +285,8 @@ pub struct FastTokens {
 #[async_trait]
 pub trait FastTokenRepo: Send + Sync {
     async fn fast_tokens(&self, domain: &str, user: &str, agent: &str) -> Result<FastTokens, StorageError>;
-    /// Stores `token` as the agent's next token, replacing a next token not yet used.
+    /// Stores `token` as the agent's next token, replacing a next token not
+    /// yet used; an agent without tokens gets it as the one in use.
     async fn set_new_fast_token(
         &self,
         domain: &str,

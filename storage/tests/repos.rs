@@ -653,14 +653,12 @@ fn fast_token(token: &str, expires_at: i64) -> FastToken {
 async fn fast_tokens(s: &Storage) {
     let agent = "d4565fa7-4d72-4749-b3d3-740edbf87770";
     assert_eq!(s.fast_tokens(DOMAIN, "alice", agent).await.expect("none"), FastTokens::default());
-    // Requested: the next token; used once, it becomes the current one.
+    // The first token is the one in use at once.
     s.set_new_fast_token(DOMAIN, "alice", agent, &fast_token("t1", 1_000)).await.expect("set");
     let t = s.fast_tokens(DOMAIN, "alice", agent).await.expect("get");
-    assert_eq!((t.current, t.new), (None, Some(fast_token("t1", 1_000))));
-    assert!(!s.use_fast_token(DOMAIN, "alice", agent, FastSlot::New, "wrong", 0).await.expect("use"));
-    assert!(s.use_fast_token(DOMAIN, "alice", agent, FastSlot::New, "t1", 0).await.expect("use"));
-    let t = s.fast_tokens(DOMAIN, "alice", agent).await.expect("get");
     assert_eq!((t.current, t.new), (Some(fast_token("t1", 1_000)), None));
+    assert!(!s.use_fast_token(DOMAIN, "alice", agent, FastSlot::New, "t1", 0).await.expect("no next token"));
+    assert!(!s.use_fast_token(DOMAIN, "alice", agent, FastSlot::Current, "wrong", 0).await.expect("use"));
     // Used again without a count: fine, as often as the client likes.
     assert!(s.use_fast_token(DOMAIN, "alice", agent, FastSlot::Current, "t1", 0).await.expect("reuse"));
     assert!(s.use_fast_token(DOMAIN, "alice", agent, FastSlot::Current, "t1", 0).await.expect("reuse"));
@@ -687,6 +685,10 @@ async fn fast_tokens(s: &Storage) {
     let t = s.fast_tokens(DOMAIN, "alice", agent).await.expect("get");
     assert_eq!(t.current.map(|t| t.token), Some("t1".into()));
     assert_eq!(t.new, Some(fast_token("t2", 2_000)));
+    // Used once, the next token becomes the one in use.
+    assert!(s.use_fast_token(DOMAIN, "alice", agent, FastSlot::New, "t2", 0).await.expect("use next"));
+    let t = s.fast_tokens(DOMAIN, "alice", agent).await.expect("get");
+    assert_eq!((t.current, t.new), (Some(fast_token("t2", 2_000)), None));
     // Other agents and users have their own.
     s.set_new_fast_token(DOMAIN, "alice", "other agent", &fast_token("t3", 3_000)).await.expect("set");
     s.set_new_fast_token(DOMAIN, "bob", agent, &fast_token("t4", 4_000)).await.expect("set");

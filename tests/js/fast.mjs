@@ -2,11 +2,11 @@
 // run by tests/tests/sasl2.rs. Logins one after another, each a new client
 // sharing one token store, as an app restarting would:
 //   1. the password, over SASL2 + Bind2; xmpp.js asks for a token;
-//   2. the token only (a wrong password): one round trip; the token was the
-//      node's next one for this user agent and is now the one in use;
-//   3. the token only again: the node rotates it (the test's node rotates
-//      on every login with the token in use) and sends the next one;
-//   4. the rotated token only;
+//   2. the token only (a wrong password): one round trip; the node rotates
+//      it (the test's node rotates on every login with the token in use)
+//      and sends the next one;
+//   3. the rotated token only, now the one in use;
+//   4. the token only again, rotated in turn;
 //   5. a token the node does not know, with the right password: xmpp.js
 //      falls back to the password and asks for a new token;
 //   6. that new token only.
@@ -15,7 +15,7 @@
 // and the wire exchange of each.
 //
 //   node fast.mjs --service ws://127.0.0.1:5280/ws-xmpp --domain localhost \
-//     --username alice --password secret
+//     --username alice --password secret [--agent USER-AGENT-ID]
 
 import { client, xml } from "@xmpp/client";
 import { parseArgs } from "node:util";
@@ -27,6 +27,7 @@ const { values: opts } = parseArgs({
     username: { type: "string" },
     password: { type: "string" },
     timeout: { type: "string", default: "20000" },
+    agent: { type: "string", default: "8a3f2d1e-4b5c-4d6e-9f70-1234567890ab" },
   },
 });
 
@@ -40,7 +41,7 @@ async function login(password, label) {
     username: opts.username,
     password,
     resource: "fast",
-    userAgent: xml("user-agent", { id: "8a3f2d1e-4b5c-4d6e-9f70-1234567890ab" }, [
+    userAgent: xml("user-agent", { id: opts.agent }, [
       xml("software", {}, "meerkat-tests"),
       xml("device", {}, "ci"),
     ]),
@@ -91,8 +92,8 @@ async function login(password, label) {
 try {
   await login(opts.password, "password");
   await login("wrong-password", "token");
-  await login("wrong-password", "token again");
   await login("wrong-password", "rotated token");
+  await login("wrong-password", "rotated token again");
   stored = { mechanism: "HT-SHA-256-NONE", token: "not-a-token-the-server-issued", expiry: "2099-01-01T00:00:00Z" };
   await login(opts.password, "unknown token");
   await login("wrong-password", "new token");

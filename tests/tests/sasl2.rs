@@ -28,11 +28,14 @@ fn node() -> (TestNode, String) {
     (node, format!("ws://127.0.0.1:{port}/ws-xmpp"))
 }
 
-fn run(node: &TestNode, service: &str) -> Value {
+/// Runs `tests/js/fast.mjs` at `service` as the user agent `agent` (tokens
+/// belong to one).
+fn run(node: &TestNode, service: &str, agent: &str) -> Value {
     let out = Command::new("node")
         .args(node_flags())
         .arg("fast.mjs")
         .args(["--service", service, "--domain", DOMAIN, "--username", "alice", "--password", "secret"])
+        .args(["--agent", agent])
         .env("NODE_EXTRA_CA_CERTS", node.cert_path())
         .current_dir(js_dir())
         .output()
@@ -56,8 +59,9 @@ fn xmpp_js_logs_in_with_a_fast_token_in_one_round_trip_across_rotations_and_fall
     npm_ci();
     let (node, ws) = node();
     let tcp = format!("xmpp://{}", node.c2s);
-    for service in [ws.as_str(), tcp.as_str()] {
-        let summary = run(&node, service);
+    let agents = ["8a3f2d1e-4b5c-4d6e-9f70-000000000001", "8a3f2d1e-4b5c-4d6e-9f70-000000000002"];
+    for (service, agent) in [ws.as_str(), tcp.as_str()].into_iter().zip(agents) {
+        let summary = run(&node, service, agent);
         let logins = summary["logins"].as_array().unwrap();
         assert_eq!(logins.len(), 6, "{summary}");
         let l = |i: usize| &logins[i];
@@ -73,14 +77,16 @@ fn xmpp_js_logs_in_with_a_fast_token_in_one_round_trip_across_rotations_and_fall
         // 1. The password; a token comes with <success/>.
         assert_eq!(strings(&l(0)["mechanisms"]), ["SCRAM-SHA-1"], "{summary}");
         assert!(l(0)["token"].is_string(), "{summary}");
-        // 2. The token alone; it was the next token and is now the one in use.
+        // 2. The token alone; the node rotates it (this node rotates on every
+        //    login with the token in use): the next one comes with <success/>.
         fast_in_one_round_trip(1);
-        assert_eq!(l(1)["token"], l(0)["token"], "{summary}");
-        // 3. Again: the node rotates it, and the next one comes with <success/>.
+        assert_ne!(l(1)["token"], l(0)["token"], "rotated: {summary}");
+        // 3. The rotated token works, and is now the one in use (no new token).
         fast_in_one_round_trip(2);
-        assert_ne!(l(2)["token"], l(1)["token"], "rotated: {summary}");
-        // 4. The rotated token works.
+        assert_eq!(l(2)["token"], l(1)["token"], "{summary}");
+        // 4. And it rotates in turn.
         fast_in_one_round_trip(3);
+        assert_ne!(l(3)["token"], l(2)["token"], "rotated: {summary}");
         // 5. A token the node never issued: refused, then the password, and a new token.
         assert_eq!(strings(&l(4)["mechanisms"]), ["HT-SHA-256-NONE", "SCRAM-SHA-1"], "{summary}");
         assert_ne!(l(4)["token"], "not-a-token-the-server-issued", "{summary}");
