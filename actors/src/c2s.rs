@@ -95,8 +95,10 @@ pub async fn serve(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
             }
             _ => Transport::Plain(tcp),
         };
-        let conn = Conn::stream(transport, listener.limits, Shaper::new(listener.max_rate));
-        let negotiated = negotiate(svc.clone(), listener, conn, deadline, Some(peer.ip())).await?;
+        let mut conn = Conn::stream(transport, listener.limits, Shaper::new(listener.max_rate));
+        // TLS 1.3 0-RTT (`tls.early_data`): what came before the handshake ended.
+        let early = conn.take_early_data();
+        let negotiated = negotiate(svc.clone(), listener, conn, deadline, Some(peer.ip()), early).await?;
         start_session(svc, negotiated).await
     })
     .await;
@@ -121,7 +123,7 @@ pub async fn serve_websocket(
     let deadline = tokio::time::Instant::now() + svc.settings.negotiation_timeout;
     let conn = Conn::websocket(ws, listener.limits, Shaper::new(listener.max_rate));
     let started = Box::pin(async {
-        let negotiated = negotiate(svc.clone(), listener, conn, deadline, peer.map(|p| p.ip())).await?;
+        let negotiated = negotiate(svc.clone(), listener, conn, deadline, peer.map(|p| p.ip()), false).await?;
         start_session(svc, negotiated).await
     })
     .await;
@@ -221,6 +223,8 @@ async fn negotiate(
     mut conn: Conn,
     deadline: tokio::time::Instant,
     source: Option<std::net::IpAddr>,
+    // The parser holds TLS early data: what it yields before the first read came in it.
+    mut early: bool,
 ) -> Result<Negotiated, ConnError> {
     let stream_id = format!("{:016x}", rand::random::<u64>());
     let mut neg = Negotiator::new(listener.negotiation.clone(), conn.is_secure(), conn.tls_exporter(), stream_id)
@@ -247,6 +251,7 @@ async fn negotiate(
                     header_sent = true;
                     NegEvent::Header(h)
                 }
+                StreamEvent::Stanza(el) if early => NegEvent::EarlyElement(el),
                 StreamEvent::Stanza(el) => NegEvent::Element(el),
                 StreamEvent::End => {
                     conn.close(None).await;
@@ -429,6 +434,7 @@ async fn negotiate(
                 }
             }
         }
+        early = false;
         let more = tokio::select! {
             r = tokio::time::timeout_at(deadline, conn.fill()) => r.map_err(|_| ConnError::Timeout)??,
             _ = wait_true(&mut shutdown) => {
@@ -924,6 +930,9 @@ mod tests {
     fn future_size5<A, B, C, D, E, F>(_: &impl FnOnce(A, B, C, D, E) -> F) -> usize {
         std::mem::size_of::<F>()
     }
+    fn future_size6<A, B, C, D, E, G, F>(_: &impl FnOnce(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
 
     /// A connection's task lives as long as its session: it must not keep
     /// room for the negotiation, which runs boxed and is gone by then.
@@ -931,7 +940,7 @@ mod tests {
     fn a_session_task_does_not_carry_the_negotiation() {
         let serve = future_size(&serve);
         let serve_websocket = future_size5(&serve_websocket);
-        let negotiate = future_size5(&negotiate);
+        let negotiate = future_size6(&negotiate);
         assert!(serve < negotiate / 2, "serve: {serve} bytes, negotiate: {negotiate}");
         assert!(serve_websocket < negotiate / 2, "serve_websocket: {serve_websocket} bytes, negotiate: {negotiate}");
     }

@@ -192,6 +192,10 @@ pub struct Sasl2Resume {
 pub enum NegEvent {
     Header(StreamHeader),
     Element(Element),
+    /// An element that came in TLS 1.3 early data (0-RTT), which anyone who
+    /// recorded it can send again: only a FAST `<authenticate/>` carrying a
+    /// `<fast count/>` is taken (the count must grow, so a replay fails).
+    EarlyElement(Element),
     /// The TLS handshake finished; `exporter` is the RFC 9266 channel-binding value.
     TlsEstablished {
         exporter: Option<Vec<u8>>,
@@ -473,6 +477,24 @@ impl Negotiator {
     }
 
     fn transition(&mut self, state: State, ev: NegEvent) -> (State, Vec<NegAction>) {
+        let ev = match ev {
+            NegEvent::EarlyElement(el) => {
+                let counted = el
+                    .get_child("fast", ns::FAST)
+                    .and_then(|f| f.attr("count"))
+                    .and_then(|c| c.parse::<i64>().ok())
+                    .is_some_and(|c| c > 0);
+                let fast = el.attr("mechanism").and_then(HtMechanism::from_name).is_some();
+                if !(matches!(state, State::PreAuth) && el.is("authenticate", ns::SASL2) && fast && counted) {
+                    return self.close(
+                        StreamErrorCondition::PolicyViolation,
+                        Some("only a FAST authentication with a count may come in TLS early data"),
+                    );
+                }
+                NegEvent::Element(el)
+            }
+            ev => ev,
+        };
         match (state, ev) {
             (State::AwaitHeader, NegEvent::Header(h)) => self.on_header(h),
             (State::PreAuth, NegEvent::Element(el)) => self.on_preauth_element(el),

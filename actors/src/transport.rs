@@ -230,6 +230,21 @@ impl Conn {
         Conn::Stream { transport, input: ByteInput::new(limits), shaper }
     }
 
+    /// Takes TLS 1.3 early data (0-RTT) the handshake buffered, and feeds it
+    /// to the parser ahead of anything read later; whether there was any.
+    /// Early data can be replayed by whoever recorded it.
+    pub fn take_early_data(&mut self) -> bool {
+        use std::io::Read as _;
+        let Conn::Stream { transport: Transport::Tls(tls), input, .. } = self else { return false };
+        let Some(mut early) = tls.get_mut().1.early_data() else { return false };
+        let mut bytes = Vec::new();
+        if early.read_to_end(&mut bytes).is_err() || bytes.is_empty() {
+            return false;
+        }
+        input.parser.feed(&bytes);
+        true
+    }
+
     pub fn websocket(ws: WsConnection, limits: Limits, shaper: Option<Box<Shaper>>) -> Conn {
         Conn::WebSocket { ws, input: FrameReader::new(limits), shaper }
     }

@@ -314,6 +314,12 @@ pub struct ListenTls {
     pub verify_mode: meerkat_actors::client_cert::VerifyMode,
     /// PEM CA certificate(s) client certificates must chain to.
     pub cacertfile: Option<PathBuf>,
+    /// Accept TLS 1.3 early data (0-RTT) on resumed sessions: a client can
+    /// send a FAST authentication with its first flight (direct TLS only).
+    /// Only such an authentication carrying a `<fast count/>` is taken from
+    /// early data, and its count must exceed the last one seen with the
+    /// token, so a replayed flight is refused.
+    pub early_data: bool,
 }
 
 impl Default for ListenTls {
@@ -324,6 +330,7 @@ impl Default for ListenTls {
             keyfile: None,
             verify_mode: Default::default(),
             cacertfile: None,
+            early_data: false,
         }
     }
 }
@@ -920,6 +927,9 @@ impl Config {
                 return Err(err(&key("access"), format!("unknown access rule {:?} (known: all, none)", l.access)));
             }
             self.shaper_rate(&l.shaper).map_err(|reason| err(&key("shaper"), reason))?;
+            if l.tls.early_data && l.tls.mode != meerkat_actors::negotiation::TlsMode::Tls {
+                return Err(err(&key("tls.early_data"), "needs tls.mode = \"tls\" (direct TLS)".into()));
+            }
             match (&l.tls.certfile, &l.tls.keyfile) {
                 (Some(c), Some(k)) => {
                     for (name, p) in [("tls.certfile", c), ("tls.keyfile", k)] {
@@ -1618,6 +1628,7 @@ mod tests {
             &["auth.sasl_external", "auth_id", "common_name"],
         );
         check_err("[[listen.c2s]]\ntls.verify_mode = \"always\"\n", &["unknown variant `always`", "selfsigned_peer"]);
+        check_err("[[listen.c2s]]\ntls.early_data = true\n", &["listen.c2s[0].tls.early_data", "direct TLS"]);
         check_err(
             "[[listen.c2s]]\ntls.certfile = \"/nonexistent.pem\"\ntls.keyfile = \"/nonexistent.key\"\n",
             &["listen.c2s[0].tls.certfile", "does not exist"],

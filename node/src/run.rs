@@ -244,7 +244,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 (Some(c), Some(k)) => (c.clone(), k.clone()),
                 _ => crate::tls::self_signed(&cfg.general.data_dir, &hosts)?,
             };
-            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config_with(&cert, &key, client_certs.as_ref())?))
+            let mut config = crate::tls::server_config_with(&cert, &key, client_certs.as_ref())?;
+            if l.tls.early_data {
+                // 0-RTT needs stateful resumption, rustls's default session cache.
+                let mut with_early = (*config).clone();
+                with_early.max_early_data_size = crate::tls::MAX_EARLY_DATA;
+                config = Arc::new(with_early);
+            }
+            Some(tokio_rustls::TlsAcceptor::from(config))
         };
         let listener = Arc::new(C2sListener {
             negotiation: NegotiationConfig { tls_mode: l.tls.mode, ..negotiation.clone() },

@@ -79,6 +79,10 @@ pub fn server_config_with(
     Ok(Arc::new(cfg))
 }
 
+/// The most TLS 1.3 early data (0-RTT) accepted on a connection: room for
+/// a stream header and a FAST authentication.
+pub const MAX_EARLY_DATA: u32 = 16 * 1024;
+
 /// The crypto provider of every TLS configuration here.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

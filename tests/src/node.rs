@@ -58,6 +58,8 @@ pub struct NodeOptions {
     /// Extra lines appended to both `[[listen.c2s]]` tables, e.g.
     /// `tls.cacertfile = "…"`.
     pub c2s_toml: String,
+    /// Extra lines appended to the second (direct TLS) `[[listen.c2s]]` table.
+    pub tls_listener_toml: String,
     /// Extra TOML appended at the end of the file: whole tables such as
     /// `[session]` or `[modules.mod_register]`.
     pub extra_toml: String,
@@ -74,6 +76,7 @@ impl Default for NodeOptions {
         NodeOptions {
             listener_toml: String::new(),
             c2s_toml: String::new(),
+            tls_listener_toml: String::new(),
             extra_toml: String::new(),
             shutdown_grace_period: 5,
             ip: std::net::Ipv4Addr::LOCALHOST,
@@ -237,6 +240,7 @@ port = {tls}
 ip_address = "{ip}"
 tls.mode = "tls"
 {both}
+{tls_listener}
 
 [admin]
 ip_address = "{ip}"
@@ -250,6 +254,7 @@ port = {admin}
             c2s = self.c2s.port(),
             listener = o.listener_toml,
             both = o.c2s_toml,
+            tls_listener = o.tls_listener_toml,
             tls = self.c2s_tls.port(),
             admin = self.admin.port(),
             extra = o.extra_toml,

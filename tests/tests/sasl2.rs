@@ -160,3 +160,144 @@ async fn a_session_is_resumed_inside_sasl2_after_its_connection_is_cut() {
     assert!(success.has_child("bound", ns::BIND2), "{success}");
     assert!(success.get_child("authorization-identifier", ns::SASL2).unwrap().text().contains("/tab."), "{success}");
 }
+
+/// A raw TLS client reading whole elements.
+struct Raw {
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    parser: meerkat_xmpp::parser::StreamParser,
+}
+
+impl Raw {
+    /// Connects to the direct-TLS listener, writing `early` as TLS 1.3 early data
+    /// when the connector holds a session ticket; whether the server took it.
+    async fn connect(connector: &tokio_rustls::TlsConnector, addr: std::net::SocketAddr, early: &[u8]) -> (Raw, bool) {
+        use std::io::Write as _;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(DOMAIN.to_owned()).unwrap();
+        let mut sent_early = false;
+        let tls = connector
+            .connect_with(name, tcp, |c| {
+                if let Some(mut e) = c.early_data() {
+                    e.write_all(early).unwrap();
+                    sent_early = true;
+                }
+            })
+            .await
+            .unwrap();
+        let accepted = sent_early && tls.get_ref().1.is_early_data_accepted();
+        let limits = meerkat_xmpp::parser::Limits { max_stanza_size: 1 << 20, max_depth: 64 };
+        (Raw { tls, parser: meerkat_xmpp::parser::StreamParser::new(limits) }, accepted)
+    }
+
+    async fn send(&mut self, xml: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        self.tls.write_all(xml.as_bytes()).await.unwrap();
+        self.tls.flush().await.unwrap();
+    }
+
+    /// The next top-level element (stream errors included).
+    async fn next(&mut self) -> meerkat_xmpp::element::Element {
+        use meerkat_xmpp::parser::StreamEvent;
+        use tokio::io::AsyncReadExt as _;
+        loop {
+            match self.parser.next_event().unwrap() {
+                Some(StreamEvent::Stanza(el)) => return el,
+                Some(_) => continue,
+                None => {}
+            }
+            let mut buf = [0u8; 8192];
+            let n = tokio::time::timeout(meerkat_tests::TIMEOUT, self.tls.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "the server closed the connection");
+            self.parser.feed(&buf[..n]);
+        }
+    }
+
+    /// The next element in namespace `ns`.
+    async fn next_in(&mut self, ns: &str) -> meerkat_xmpp::element::Element {
+        loop {
+            let el = self.next().await;
+            if el.ns == ns || el.is("error", meerkat_xmpp::ns::STREAM) {
+                return el;
+            }
+        }
+    }
+}
+
+const AGENT_0RTT: &str = "0e7a1d2c-0000-4000-8000-00000000e0e0";
+
+fn header() -> String {
+    format!("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{DOMAIN}' version='1.0'>")
+}
+
+/// A FAST `<authenticate/>` for `token` with `<fast count/>` (none when 0).
+fn fast_authenticate(token: &str, count: u32) -> String {
+    use base64::Engine as _;
+    let m = meerkat_xmpp::sasl::fast::HtMechanism::from_name("HT-SHA-256-NONE").unwrap();
+    let initial = base64::engine::general_purpose::STANDARD.encode(m.initial_response("alice", token, b""));
+    let fast = if count == 0 { String::new() } else { format!(" count='{count}'") };
+    format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><initial-response>{initial}</initial-response>\
+         <user-agent id='{AGENT_0RTT}'/><bind xmlns='urn:xmpp:bind:0'><tag>0rtt</tag></bind>\
+         <fast xmlns='urn:xmpp:fast:0'{fast}/></authenticate>"
+    )
+}
+
+#[tokio::test]
+async fn a_fast_login_in_tls_early_data_takes_no_round_trip_and_its_replay_is_refused() {
+    use base64::Engine as _;
+    use meerkat_xmpp::ns;
+    let node = TestNode::start_with(meerkat_tests::node::NodeOptions {
+        tls_listener_toml: "tls.early_data = true\n".into(),
+        ..Default::default()
+    });
+    node.add_user("alice", "secret");
+    let mut config = meerkat_tests::client::tls_client_config(&meerkat_tests::TlsTrust::AcceptAny).unwrap();
+    config.enable_early_data = true;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+
+    // A full handshake: the password, a token, and a session ticket for later.
+    let (mut c, early) = Raw::connect(&connector, node.c2s_tls, b"").await;
+    assert!(!early);
+    c.send(&header()).await;
+    c.next_in(ns::STREAM).await;
+    let plain = base64::engine::general_purpose::STANDARD
+        .encode(meerkat_xmpp::sasl::plain_initial_response(None, "alice", "secret"));
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{plain}</initial-response>\
+         <user-agent id='{AGENT_0RTT}'/><bind xmlns='urn:xmpp:bind:0'><tag>0rtt</tag></bind>\
+         <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/></authenticate>"
+    ))
+    .await;
+    let success = c.next_in(ns::SASL2).await;
+    let token = success.get_child("token", ns::FAST).and_then(|t| t.attr("token")).unwrap().to_owned();
+    drop(c);
+
+    // 0-RTT: the header and the FAST authentication go with the ClientHello;
+    // the client writes nothing more and reads its <success/>.
+    let flight = format!("{}{}", header(), fast_authenticate(&token, 1));
+    let (mut c, early) = Raw::connect(&connector, node.c2s_tls, flight.as_bytes()).await;
+    assert!(early, "the node took the early data");
+    let success = c.next_in(ns::SASL2).await;
+    assert!(success.is("success", ns::SASL2), "{success}");
+    assert!(success.has_child("bound", ns::BIND2), "{success}");
+    drop(c);
+
+    // The same flight again (a replay): the count is not above the last one.
+    let (mut c, early) = Raw::connect(&connector, node.c2s_tls, flight.as_bytes()).await;
+    assert!(early);
+    let failure = c.next_in(ns::SASL2).await;
+    assert!(failure.is("failure", ns::SASL2) && failure.to_string().contains("not-authorized"), "{failure}");
+    drop(c);
+
+    // A higher count works again; without a count, early data is refused.
+    let flight = format!("{}{}", header(), fast_authenticate(&token, 2));
+    let (mut c, early) = Raw::connect(&connector, node.c2s_tls, flight.as_bytes()).await;
+    assert!(early);
+    assert!(c.next_in(ns::SASL2).await.is("success", ns::SASL2));
+    drop(c);
+    let flight = format!("{}{}", header(), fast_authenticate(&token, 0));
+    let (mut c, early) = Raw::connect(&connector, node.c2s_tls, flight.as_bytes()).await;
+    assert!(early);
+    let err = c.next_in(ns::SASL2).await;
+    assert!(err.is("error", ns::STREAM) && err.to_string().contains("policy-violation"), "{err}");
+}

@@ -1946,3 +1946,38 @@ fn a_failed_inline_resume_binds_as_asked_with_failed_in_success() {
     let actions = neg.step(NegEvent::Credentials(Some(Credentials::Plain(PASSWORD.into()))));
     assert!(matches!(actions.as_slice(), [NegAction::Bind { .. }]), "{actions:?}");
 }
+
+// ------------------------------------------------------------------ TLS 1.3 early data
+
+#[test]
+fn only_a_counted_fast_authentication_is_taken_from_early_data() {
+    // A FAST login with a count: handled as usual, and the count goes to the store.
+    let (mut neg, _) = sasl2_negotiator(fast_cfg());
+    let NegEvent::Element(login) =
+        fast_authenticate("HT-SHA-256-NONE", "t0k3n", b"", "<fast xmlns='urn:xmpp:fast:0' count='3'/>")
+    else {
+        panic!()
+    };
+    assert!(matches!(neg.step(NegEvent::EarlyElement(login)).as_slice(), [NegAction::LookupFastTokens { .. }]));
+    let tokens = FastTokens { current: Some(stored("t0k3n", "HT-SHA-256-NONE", NOW + 86_400)), new: None };
+    let actions = neg.step(NegEvent::FastTokens { tokens, now: NOW });
+    assert!(matches!(actions.as_slice(), [NegAction::Fast { op: FastOp::Use { count: 3, .. }, .. }]), "{actions:?}");
+    // Without a count, with a password mechanism, or anything else: the stream ends.
+    let refused = [
+        fast_authenticate("HT-SHA-256-NONE", "t0k3n", b"", ""),
+        fast_authenticate("HT-SHA-256-NONE", "t0k3n", b"", "<fast xmlns='urn:xmpp:fast:0' count='0'/>"),
+        authenticate(
+            "PLAIN",
+            Some(&plain_initial_response(None, USER, PASSWORD)),
+            "<fast xmlns='urn:xmpp:fast:0' count='3'/>",
+        ),
+        el("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABy</auth>"),
+        el("<iq type='get' id='1'><query xmlns='jabber:iq:register'/></iq>"),
+    ];
+    for ev in refused {
+        let NegEvent::Element(element) = ev else { panic!() };
+        let (mut neg, _) = sasl2_negotiator(fast_cfg());
+        let actions = neg.step(NegEvent::EarlyElement(element.clone()));
+        assert_eq!(close_condition(&actions), Some(StreamErrorCondition::PolicyViolation), "{element}");
+    }
+}
