@@ -9,7 +9,9 @@
 //   4. the token only again, rotated in turn;
 //   5. a token the node does not know, with the right password: xmpp.js
 //      falls back to the password and asks for a new token;
-//   6. that new token only.
+//   6. that new token only;
+//   7. that token, expired (its expiry in the past), with the right password:
+//      xmpp.js does not try it, logs in with the password and asks for a new one.
 // Prints one JSON line: for each login its JID, mechanism, the elements the
 // client sent from <authenticate/> to "online", and the token it ended with;
 // and the wire exchange of each.
@@ -97,6 +99,8 @@ try {
   stored = { mechanism: "HT-SHA-256-NONE", token: "not-a-token-the-server-issued", expiry: "2099-01-01T00:00:00Z" };
   await login(opts.password, "unknown token");
   await login("wrong-password", "new token");
+  stored = { ...stored, expiry: "2000-01-01T00:00:00Z" };
+  await login(opts.password, "expired token");
   console.log(JSON.stringify(summary));
   process.exit(0);
 } catch (e) {

@@ -63,7 +63,7 @@ fn xmpp_js_logs_in_with_a_fast_token_in_one_round_trip_across_rotations_and_fall
     for (service, agent) in [ws.as_str(), tcp.as_str()].into_iter().zip(agents) {
         let summary = run(&node, service, agent);
         let logins = summary["logins"].as_array().unwrap();
-        assert_eq!(logins.len(), 6, "{summary}");
+        assert_eq!(logins.len(), 7, "{summary}");
         let l = |i: usize| &logins[i];
         for login in logins {
             assert!(login["jid"].as_str().unwrap().starts_with(&format!("alice@{DOMAIN}/fast.")), "{login}");
@@ -92,6 +92,9 @@ fn xmpp_js_logs_in_with_a_fast_token_in_one_round_trip_across_rotations_and_fall
         assert_ne!(l(4)["token"], "not-a-token-the-server-issued", "{summary}");
         // 6. That new token.
         fast_in_one_round_trip(5);
+        // 7. An expired token: the password, and a new token.
+        assert_eq!(strings(&l(6)["mechanisms"]), ["SCRAM-SHA-1"], "{summary}");
+        assert_ne!(l(6)["token"], l(5)["token"], "{summary}");
         println!("{service}: FAST login wire exchange:");
         for line in strings(&l(2)["wire"]) {
             println!("  {line}");
