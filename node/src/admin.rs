@@ -16,6 +16,8 @@ use base64::Engine as _;
 use meerkat_actors::auth::AccountError;
 use meerkat_actors::services::Services;
 use meerkat_routing::KickReason;
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::ns;
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
@@ -160,6 +162,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/users/{host}/{user}/password", web::put().to(set_password))
         .route("/api/users/{host}/{user}/sessions", web::delete().to(kick_user_sessions))
         .route("/api/users/{host}/{user}/roster", web::get().to(get_roster))
+        .route("/api/users/{host}/{user}/roster/{contact}", web::put().to(set_roster_item))
+        .route("/api/users/{host}/{user}/roster/{contact}", web::delete().to(remove_roster_item))
         .route("/api/stats", web::get().to(stats))
         .route("/api/stanzas", web::post().to(send_stanza))
         .route("/api/messages", web::post().to(send_message))
@@ -485,6 +489,84 @@ async fn get_roster(
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
+/// `PUT /api/users/{host}/{user}/roster/{contact}`: the item's name and groups.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RosterItemBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// Changes a roster as the account itself would, with a roster set (RFC
+/// 6121 §2.3, §2.5): the roster module checks it, stores it, pushes it to
+/// the account's resources and, on removal, ends the subscriptions.
+async fn roster_set(state: &AdminState, host: &str, user: &str, item: Element) -> Result<(), ApiError> {
+    if !state.svc.ctx.accounts.exists(host, user).await? {
+        return Err(ApiError::NotFound(format!("no account {user}@{host}")));
+    }
+    let owner = meerkat_xmpp::jid::parse_jid(&format!("{user}@{host}"))
+        .map_err(|e| ApiError::BadRequest(format!("{user}@{host}: {e}")))?;
+    let query = Element::new("query", ns::ROSTER).with_child(item);
+    let iq = Element::new("iq", ns::CLIENT).with_attr("type", "set").with_attr("id", "admin").with_child(query.clone());
+    let routed = meerkat_routing::Routed { from: owner.clone(), to: owner, stanza: iq };
+    let ctx = &state.svc.ctx;
+    match ctx.hooks.iq(ctx, meerkat_actors::ext::Target::OwnAccount, &routed, &query).await {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(cond)) => Err(ApiError::BadRequest(format!("the roster refused it: {}", cond.as_str()))),
+        None => Err(ApiError::Unavailable("no module manages rosters ([modules.mod_roster] is off)".into())),
+    }
+}
+
+/// Adds `contact` to the roster, or changes its name and groups; the
+/// subscription stays as it is.
+async fn set_roster_item(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    body: web::Json<RosterItemBody>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (host, user, contact) = path.into_inner();
+    let contact = meerkat_xmpp::jid::parse_bare(&contact)
+        .map_err(|e| ApiError::BadRequest(format!("{contact} is not a bare JID: {e}")))?
+        .to_string();
+    let mut item = Element::new("item", ns::ROSTER).with_attr("jid", contact.clone());
+    if let Some(name) = &body.name {
+        item.set_attr("name", name.clone());
+    }
+    for g in &body.groups {
+        item.push_child(Element::new("group", ns::ROSTER).with_text(g.clone()));
+    }
+    roster_set(&state, &host, &user, item).await?;
+    Ok(HttpResponse::Ok().json(json!({ "jid": contact, "name": body.name, "groups": body.groups })))
+}
+
+/// Removes `contact` from the roster, ending the subscriptions both ways.
+async fn remove_roster_item(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (host, user, contact) = path.into_inner();
+    use meerkat_storage::RosterRepo as _;
+    let present = state
+        .svc
+        .storage
+        .get_item(&host, &user, &contact)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .is_some();
+    if !present {
+        return Err(ApiError::NotFound(format!("{contact} is not in the roster of {user}@{host}")));
+    }
+    let item = Element::new("item", ns::ROSTER).with_attr("jid", contact.clone()).with_attr("subscription", "remove");
+    roster_set(&state, &host, &user, item).await?;
+    Ok(HttpResponse::Ok().json(json!({ "removed": contact })))
+}
+
 #[derive(Deserialize)]
 struct SessionFilter {
     host: Option<String>,
@@ -681,8 +763,8 @@ mod tests {
                 count += 1;
             }
         }
-        assert_eq!(count, 20);
-        assert_eq!(paths.len(), 19);
+        assert_eq!(count, 22);
+        assert_eq!(paths.len(), 20);
     }
 
     /// Every object in `value` has exactly the properties its schema lists.

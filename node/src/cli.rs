@@ -110,6 +110,25 @@ pub enum UserCommand {
     Kick { jid: String },
     /// Show an account's roster.
     Roster { jid: String },
+    /// Add a contact to an account's roster, or change its name and groups
+    /// (pushed to the account's resources; the subscription is unchanged).
+    RosterAdd {
+        /// user@host
+        jid: String,
+        /// The contact's bare JID.
+        contact: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// A group; repeat for several.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Remove a contact from an account's roster, ending the subscriptions.
+    RosterRemove {
+        /// user@host
+        jid: String,
+        contact: String,
+    },
     /// List the accounts of a host (default: the first configured host).
     List { host: Option<String> },
     /// Change a password (from --password, or else the first line of stdin).
@@ -273,6 +292,22 @@ pub fn run_admin(client: &ApiClient, cmd: &Command) -> anyhow::Result<()> {
                     groups.join(",")
                 );
             }
+        }
+        Command::User(UserCommand::RosterAdd { jid, contact, name, groups }) => {
+            let (user, host) = split_jid(jid)?;
+            let path = format!("/api/users/{}/{}/roster/{}", enc(&host), enc(&user), enc(contact));
+            let mut body = serde_json::json!({ "groups": groups });
+            if let Some(n) = name {
+                body["name"] = serde_json::json!(n);
+            }
+            client.call("PUT", &path, Some(body))?;
+            println!("{contact} is in the roster of {jid}");
+        }
+        Command::User(UserCommand::RosterRemove { jid, contact }) => {
+            let (user, host) = split_jid(jid)?;
+            let path = format!("/api/users/{}/{}/roster/{}", enc(&host), enc(&user), enc(contact));
+            client.call("DELETE", &path, None)?;
+            println!("{contact} removed from the roster of {jid}");
         }
         Command::Stats => {
             let v = client.call("GET", "/api/stats", None)?;

@@ -309,3 +309,53 @@ async fn stats_and_a_users_roster() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("localhost\t3 accounts\t1 online\t2 sessions"), "{}", stdout(&o));
 }
+
+/// `PUT` and `DELETE /api/users/{host}/{user}/roster/{contact}` (and
+/// `meerkat user roster-add`/`roster-remove`) change a roster as the account's
+/// own roster set would: pushed to its resources, and a removal ends the
+/// subscriptions both ways.
+#[tokio::test]
+async fn the_admin_api_adds_and_removes_roster_items_with_pushes() {
+    let node = TestNode::start("");
+    for u in ["alice", "bob"] {
+        node.add_user(u, "pw");
+    }
+    let mut alice = login(&node, "alice", "pw", "phone").await;
+    alice.iq_xml("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>").await.unwrap();
+
+    let body = serde_json::json!({"name": "Bob", "groups": ["Work", "Friends"]});
+    let (code, v) = node.api("PUT", "/api/users/localhost/alice/roster/bob@localhost", Some(body));
+    assert_eq!(code, 200, "{v}");
+    // The roster push reaches alice's session.
+    let push = alice
+        .recv_until(|e| e.name == "iq" && e.attr("type") == Some("set") && e.to_string().contains("bob@localhost"))
+        .await
+        .unwrap();
+    assert!(push.to_string().contains("name=\"Bob\"") || push.to_string().contains("name='Bob'"), "{push}");
+    let (_, v) = node.api("GET", "/api/users/localhost/alice/roster", None);
+    assert_eq!(v["items"][0]["groups"], serde_json::json!(["Friends", "Work"]), "{v}");
+
+    // Bad input: not a JID, unknown fields, no such account, no such item.
+    let (code, v) = node.api("PUT", "/api/users/localhost/alice/roster/not%20a%20jid", Some(serde_json::json!({})));
+    assert_eq!((code, v["error"].as_str()), (400, Some("bad_request")), "{v}");
+    let (code, v) =
+        node.api("PUT", "/api/users/localhost/alice/roster/bob@localhost", Some(serde_json::json!({"nick": "B"})));
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = node.api("PUT", "/api/users/localhost/nobody/roster/bob@localhost", Some(serde_json::json!({})));
+    assert_eq!(code, 404, "{v}");
+    let (code, v) = node.api("DELETE", "/api/users/localhost/alice/roster/carol@localhost", None);
+    assert_eq!(code, 404, "{v}");
+
+    // The CLI: change, then remove.
+    let o =
+        node.cli(&["user", "roster-add", "alice@localhost", "bob@localhost", "--name", "Robert", "--group", "Work"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = node.cli(&["user", "roster", "alice@localhost"]);
+    assert_eq!(stdout(&o).trim(), "bob@localhost\tRobert\tnone\tWork");
+    let o = node.cli(&["user", "roster-remove", "alice@localhost", "bob@localhost"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let removal = alice.recv_until(|e| e.name == "iq" && e.to_string().contains("remove")).await.unwrap();
+    assert!(removal.to_string().contains("bob@localhost"), "{removal}");
+    let (_, v) = node.api("GET", "/api/users/localhost/alice/roster", None);
+    assert_eq!(v["items"], serde_json::json!([]), "{v}");
+}
