@@ -695,21 +695,13 @@ impl Negotiator {
         self.plus_advertised = mechs.iter().any(|m| m.is_plus());
         if !mechs.is_empty() {
             f.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
-            for m in &mechs {
-                f.push_str("<mechanism>");
-                f.push_str(m.name());
-                f.push_str("</mechanism>");
-            }
+            push_mechanisms(&mut f, mechs.iter().map(Mechanism::name));
             f.push_str("</mechanisms>");
         }
         if self.cfg.modules.sasl2 && !mechs.is_empty() {
             // XEP-0388, with XEP-0386 and the modules' inline features.
             f.push_str("<authentication xmlns='urn:xmpp:sasl:2'>");
-            for m in &mechs {
-                f.push_str("<mechanism>");
-                f.push_str(m.name());
-                f.push_str("</mechanism>");
-            }
+            push_mechanisms(&mut f, mechs.iter().map(Mechanism::name));
             f.push_str("<inline>");
             if self.cfg.modules.bind2 {
                 f.push_str("<bind xmlns='urn:xmpp:bind:0'><inline>");
@@ -720,11 +712,7 @@ impl Negotiator {
             let fast = self.offered_fast();
             if !fast.is_empty() {
                 f.push_str("<fast xmlns='urn:xmpp:fast:0'>");
-                for m in fast {
-                    f.push_str("<mechanism>");
-                    f.push_str(m.name());
-                    f.push_str("</mechanism>");
-                }
+                push_mechanisms(&mut f, fast.iter().map(HtMechanism::name));
                 f.push_str("</fast>");
             }
             f.push_str("</inline></authentication>");
@@ -1178,6 +1166,15 @@ fn decode_b64(text: &str) -> Option<Vec<u8>> {
         return Some(Vec::new());
     }
     base64::engine::general_purpose::STANDARD.decode(t).ok()
+}
+
+/// `<mechanism>NAME</mechanism>` for each name (registered SASL names need no escaping).
+fn push_mechanisms<'a>(f: &mut String, names: impl Iterator<Item = &'a str>) {
+    for name in names {
+        f.push_str("<mechanism>");
+        f.push_str(name);
+        f.push_str("</mechanism>");
+    }
 }
 
 /// Our stream header (RFC 6120 §4.7).
