@@ -514,6 +514,12 @@ async fn roster_set(state: &AdminState, host: &str, user: &str, item: Element) -
     let ctx = &state.svc.ctx;
     match ctx.hooks.iq(ctx, meerkat_actors::ext::Target::OwnAccount, &routed, &query).await {
         Some(Ok(_)) => Ok(()),
+        Some(Err(meerkat_xmpp::error::StanzaErrorCondition::ItemNotFound)) => {
+            Err(ApiError::NotFound(format!("that contact is not in the roster of {user}@{host}")))
+        }
+        Some(Err(meerkat_xmpp::error::StanzaErrorCondition::InternalServerError)) => {
+            Err(ApiError::Internal("the roster could not be stored".into()))
+        }
         Some(Err(cond)) => Err(ApiError::BadRequest(format!("the roster refused it: {}", cond.as_str()))),
         None => Err(ApiError::Unavailable("no module manages rosters ([modules.mod_roster] is off)".into())),
     }
@@ -551,17 +557,6 @@ async fn remove_roster_item(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let (host, user, contact) = path.into_inner();
-    use meerkat_storage::RosterRepo as _;
-    let present = state
-        .svc
-        .storage
-        .get_item(&host, &user, &contact)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .is_some();
-    if !present {
-        return Err(ApiError::NotFound(format!("{contact} is not in the roster of {user}@{host}")));
-    }
     let item = Element::new("item", ns::ROSTER).with_attr("jid", contact.clone()).with_attr("subscription", "remove");
     roster_set(&state, &host, &user, item).await?;
     Ok(HttpResponse::Ok().json(json!({ "removed": contact })))
@@ -684,12 +679,11 @@ async fn send_message(
     body: web::Json<MessageRequest>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    use meerkat_xmpp::element::Element;
-    let stanza = Element::new("message", meerkat_xmpp::ns::CLIENT)
+    let stanza = Element::new("message", ns::CLIENT)
         .with_attr("type", "chat")
         .with_attr("from", body.from.clone())
         .with_attr("to", body.to.clone())
-        .with_child(Element::new("body", meerkat_xmpp::ns::CLIENT).with_text(body.body.clone()));
+        .with_child(Element::new("body", ns::CLIENT).with_text(body.body.clone()));
     let id = route_as_user(&state, stanza).await?;
     Ok(HttpResponse::Ok().json(json!({ "id": id })))
 }
