@@ -2,8 +2,10 @@
 //! certificates this test makes: slixmpp logs in over STARTTLS and direct TLS
 //! with an xmppAddr certificate and with a common-name one; another user's
 //! certificate, an expired one, one from a foreign CA and one for an account
-//! that does not exist are refused (`tests/python/external.py`). The Rust
-//! client checks what the node offers and answers on the wire.
+//! that does not exist are refused (`tests/python/external.py`). stanza, in
+//! headless Chromium with the certificate in the browser's own store, logs in
+//! over wss:// and HTTPS BOSH (`tests/js/external.mjs`). The Rust client
+//! checks what the node offers and answers on the wire.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -208,7 +210,8 @@ fn https_node(dir: &Path, ca: &Ca) -> (TestNode, u16) {
     (node, port)
 }
 
-/// Runs `tests/js/external.mjs`: stanza with this certificate at `url`.
+/// Runs `tests/js/external.mjs`: stanza in headless Chromium, with this
+/// certificate in the browser's store, at `url`.
 fn stanza(node: &TestNode, url: &str, cert: &ClientCert) -> (bool, Value) {
     let out = Command::new("node")
         .args(meerkat_tests::js::node_flags())
@@ -249,11 +252,12 @@ fn stanza_logs_in_with_a_client_certificate_over_wss_and_https_bosh() {
         assert_eq!(out["mechanism"], "EXTERNAL", "{out}");
         assert_eq!(out["transport"], transport, "{out}");
         assert_eq!(out["jid"], format!("alice@{DOMAIN}/cert"), "{out}");
-        // A certificate from another CA: EXTERNAL is not offered, and stanza,
-        // with no password, cannot log in.
+        // A certificate from another CA: the stream opens, EXTERNAL is not
+        // offered, and stanza, with no password, fails to authenticate.
         let (ok, out) = stanza(&node, &url, &foreign);
         assert!(!ok, "{url}: logged in with a foreign certificate: {out}");
         assert_ne!(out["mechanism"], "EXTERNAL", "{out}");
+        assert_eq!(out["error"], "auth failed", "{out}");
     }
 }
 
