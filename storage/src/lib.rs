@@ -29,6 +29,7 @@ mod blocklist;
 mod connect;
 mod error;
 mod fast;
+mod inbox;
 mod offline;
 mod roster;
 mod secrets;
@@ -310,6 +311,115 @@ pub trait FastTokenRepo: Send + Sync {
     ) -> Result<bool, StorageError>;
     /// Forgets the agent's tokens (`<fast invalidate='true'/>`).
     async fn remove_fast_tokens(&self, domain: &str, user: &str, agent: &str) -> Result<(), StorageError>;
+}
+
+/// One conversation of an account's inbox (MongooseIM's Inbox).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxEntry {
+    /// The other party's bare JID.
+    pub remote_jid: String,
+    /// The `id` attribute of the last message ('' when it had none).
+    pub msg_id: String,
+    /// The last message, serialized.
+    pub content: String,
+    /// When the last message came (µs since the epoch).
+    pub stamp_micros: i64,
+    pub unread_count: i64,
+    /// `inbox`, `archive`, `bin` or a configured box.
+    pub box_name: String,
+    /// Muted until this time (µs since the epoch); 0 when not muted.
+    pub muted_until: i64,
+}
+
+/// A message that makes the last message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxMessage {
+    pub remote_jid: String,
+    pub msg_id: String,
+    pub content: String,
+    pub stamp_micros: i64,
+    /// The account received it (one more unread) rather than sent it (none unread).
+    pub incoming: bool,
+}
+
+/// What a conversation action changes; `None` leaves it as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboxChange {
+    pub box_name: Option<String>,
+    pub muted_until: Option<i64>,
+    /// `true`: nothing unread; `false`: one unread if none was.
+    pub read: Option<bool>,
+}
+
+/// Which boxes a query looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum InboxBoxes {
+    /// Every box but the bin.
+    #[default]
+    AllButBin,
+    /// Every box.
+    All,
+    /// This box only.
+    Only(String),
+}
+
+/// A query of an account's inbox, newest first unless `ascending`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboxQuery {
+    /// Only entries whose last message came at or after this time (µs)…
+    pub start_micros: Option<i64>,
+    /// …and at or before this one.
+    pub end_micros: Option<i64>,
+    /// Only entries after this position (in the query's order): `(stamp, remote JID)`.
+    pub after: Option<(i64, String)>,
+    /// Only entries before this position (in the query's order); the page is
+    /// then the last `max` entries before it.
+    pub before: Option<(i64, String)>,
+    pub ascending: bool,
+    /// Only entries with something unread.
+    pub hidden_read: bool,
+    pub boxes: InboxBoxes,
+    pub max: u64,
+}
+
+/// Inbox totals over every box but the bin.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboxTotals {
+    /// Unread messages, all conversations together (the badge).
+    pub unread_messages: i64,
+    /// Conversations with something unread.
+    pub active_conversations: i64,
+}
+
+/// Inboxes (MongooseIM's `erlang-solutions.com:xmpp:inbox:0`): one entry per
+/// (account, other party).
+#[async_trait]
+pub trait InboxRepo: Send + Sync {
+    /// Makes `m` the conversation's last message, creating the entry if
+    /// needed: received, one more unread; sent, nothing unread. An entry in
+    /// the archive or the bin comes back to the inbox. Returns the entry.
+    async fn inbox_message(&self, domain: &str, user: &str, m: &InboxMessage) -> Result<InboxEntry, StorageError>;
+    /// Nothing unread in the conversation with `remote`, if its last message
+    /// has the id `msg_id` (a chat marker); whether it matched.
+    async fn inbox_mark_read(&self, domain: &str, user: &str, remote: &str, msg_id: &str)
+        -> Result<bool, StorageError>;
+    async fn inbox_entry(&self, domain: &str, user: &str, remote: &str) -> Result<Option<InboxEntry>, StorageError>;
+    /// Applies a conversation action; the entry afterwards, `None` when there is none.
+    async fn inbox_change(
+        &self,
+        domain: &str,
+        user: &str,
+        remote: &str,
+        change: &InboxChange,
+    ) -> Result<Option<InboxEntry>, StorageError>;
+    /// One page of entries, in the query's order.
+    async fn inbox_query(&self, domain: &str, user: &str, q: &InboxQuery) -> Result<Vec<InboxEntry>, StorageError>;
+    async fn inbox_totals(&self, domain: &str, user: &str) -> Result<InboxTotals, StorageError>;
+    /// Removes the account's entries in the bin; how many.
+    async fn inbox_empty_bin(&self, domain: &str, user: &str) -> Result<u64, StorageError>;
+    /// Removes every account's bin entries whose last message is older than
+    /// `before_micros`; how many.
+    async fn inbox_clean_bins(&self, before_micros: i64) -> Result<u64, StorageError>;
 }
 
 /// User accounts and their credentials.

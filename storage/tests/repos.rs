@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use meerkat_storage::{
     AccountRepo, ArchiveDirection, ArchivePage, ArchiveQuery, ArchiveRepo, ArchivedMessage, BlocklistRepo, DbTls,
-    FastSlot, FastToken, FastTokenRepo, FastTokens, OfflineRepo, PrivateRepo, RosterItem, RosterRepo, SecretRepo,
-    Storage, StorageConfig, StorageError, StoredPassword, Subscription, VcardRepo,
+    FastSlot, FastToken, FastTokenRepo, FastTokens, InboxBoxes, InboxChange, InboxMessage, InboxQuery, InboxRepo,
+    InboxTotals, OfflineRepo, PrivateRepo, RosterItem, RosterRepo, SecretRepo, Storage, StorageConfig, StorageError,
+    StoredPassword, Subscription, VcardRepo,
 };
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -698,12 +699,136 @@ async fn fast_tokens(s: &Storage) {
     assert!(s.fast_tokens(DOMAIN, "alice", agent).await.expect("kept").current.is_some());
 }
 
+fn inbox_msg(remote: &str, id: &str, stamp: i64, incoming: bool) -> InboxMessage {
+    InboxMessage {
+        remote_jid: remote.to_owned(),
+        msg_id: id.to_owned(),
+        content: format!("<message id='{id}'><body>{UNICODE}</body></message>"),
+        stamp_micros: stamp,
+        incoming,
+    }
+}
+
+async fn inbox_page(s: &Storage, q: InboxQuery) -> Vec<String> {
+    s.inbox_query(DOMAIN, "alice", &q).await.expect("inbox query").into_iter().map(|e| e.remote_jid).collect()
+}
+
+async fn inbox(s: &Storage) {
+    let bob = "bob@example.org";
+    // Received: one more unread each; sent: none unread.
+    let e = s.inbox_message(DOMAIN, "alice", &inbox_msg(bob, "m1", 1_000, true)).await.expect("in");
+    assert_eq!((e.unread_count, e.box_name.as_str(), e.muted_until), (1, "inbox", 0));
+    let e = s.inbox_message(DOMAIN, "alice", &inbox_msg(bob, "m2", 2_000, true)).await.expect("in");
+    assert_eq!((e.unread_count, e.msg_id.as_str(), e.stamp_micros), (2, "m2", 2_000));
+    assert!(e.content.contains(UNICODE));
+    // A marker for an older message does nothing; for the last one, all read.
+    assert!(!s.inbox_mark_read(DOMAIN, "alice", bob, "m1").await.expect("mark"));
+    assert_eq!(s.inbox_entry(DOMAIN, "alice", bob).await.expect("get").map(|e| e.unread_count), Some(2));
+    assert!(s.inbox_mark_read(DOMAIN, "alice", bob, "m2").await.expect("mark"));
+    assert_eq!(s.inbox_entry(DOMAIN, "alice", bob).await.expect("get").map(|e| e.unread_count), Some(0));
+    s.inbox_message(DOMAIN, "alice", &inbox_msg(bob, "m3", 3_000, true)).await.expect("in");
+    let e = s.inbox_message(DOMAIN, "alice", &inbox_msg(bob, "m4", 4_000, false)).await.expect("out");
+    assert_eq!((e.unread_count, e.msg_id.as_str()), (0, "m4"));
+    assert_eq!(s.inbox_entry(DOMAIN, "alice", "nobody@example.org").await.expect("get"), None);
+
+    // Conversation actions.
+    let carol = "carol@example.org";
+    s.inbox_message(DOMAIN, "alice", &inbox_msg(carol, "c1", 5_000, true)).await.expect("in");
+    let change = InboxChange { box_name: Some("archive".into()), muted_until: Some(9_000), read: Some(true) };
+    let e = s.inbox_change(DOMAIN, "alice", carol, &change).await.expect("change").expect("entry");
+    assert_eq!((e.box_name.as_str(), e.muted_until, e.unread_count), ("archive", 9_000, 0));
+    let unread = InboxChange { read: Some(false), ..Default::default() };
+    let e = s.inbox_change(DOMAIN, "alice", carol, &unread).await.expect("change").expect("entry");
+    assert_eq!((e.box_name.as_str(), e.muted_until, e.unread_count), ("archive", 9_000, 1));
+    // `read = false` with something unread leaves the count.
+    let e = s.inbox_change(DOMAIN, "alice", carol, &unread).await.expect("change").expect("entry");
+    assert_eq!(e.unread_count, 1);
+    assert_eq!(s.inbox_change(DOMAIN, "alice", "nobody@example.org", &unread).await.expect("change"), None);
+    // A new message brings an archived conversation back to the inbox.
+    let e = s.inbox_message(DOMAIN, "alice", &inbox_msg(carol, "c2", 6_000, true)).await.expect("in");
+    assert_eq!((e.box_name.as_str(), e.unread_count, e.muted_until), ("inbox", 2, 9_000));
+    let custom = InboxChange { box_name: Some("work".into()), ..Default::default() };
+    s.inbox_change(DOMAIN, "alice", carol, &custom).await.expect("change");
+    let e = s.inbox_message(DOMAIN, "alice", &inbox_msg(carol, "c3", 7_000, true)).await.expect("in");
+    assert_eq!((e.box_name.as_str(), e.unread_count), ("work", 3), "a custom box keeps its conversations");
+
+    assert_eq!(
+        s.inbox_totals(DOMAIN, "alice").await.expect("totals"),
+        InboxTotals { unread_messages: 3, active_conversations: 1 }
+    );
+    assert_eq!(s.inbox_totals(DOMAIN, "nobody").await.expect("totals"), InboxTotals::default());
+
+    // Paging: 30 more conversations, one every 10 µs from 10_000, plus two
+    // at the same time, which the remote JID orders.
+    for i in 0..30 {
+        let remote = format!("u{i:02}@example.org");
+        s.inbox_message(DOMAIN, "alice", &inbox_msg(&remote, "x", 10_000 + 10 * i, i % 2 == 0)).await.expect("in");
+    }
+    for remote in ["tie-b@example.org", "tie-a@example.org"] {
+        s.inbox_message(DOMAIN, "alice", &inbox_msg(remote, "t", 20_000, true)).await.expect("in");
+    }
+    let all = InboxQuery { max: 100, ..Default::default() };
+    let names = inbox_page(s, all.clone()).await;
+    assert_eq!(names.len(), 34);
+    assert_eq!(&names[..4], ["tie-b@example.org", "tie-a@example.org", "u29@example.org", "u28@example.org"]);
+    assert_eq!(&names[32..], [carol, bob]);
+    // Walk forward through every page of 5, newest first, and backwards again.
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .inbox_query(DOMAIN, "alice", &InboxQuery { max: 5, after: after.clone(), ..Default::default() })
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        after = Some((last.stamp_micros, last.remote_jid.clone()));
+        walked.extend(page.into_iter().map(|e| e.remote_jid));
+    }
+    assert_eq!(walked, names);
+    let before = s.inbox_entry(DOMAIN, "alice", "u10@example.org").await.expect("get").expect("entry");
+    let page =
+        inbox_page(s, InboxQuery { max: 3, before: Some((before.stamp_micros, before.remote_jid)), ..all.clone() })
+            .await;
+    assert_eq!(page, ["u13@example.org", "u12@example.org", "u11@example.org"]);
+    // Ascending, from the oldest, and the page right before a position.
+    let asc = InboxQuery { ascending: true, max: 3, ..Default::default() };
+    assert_eq!(inbox_page(s, asc.clone()).await, [bob, carol, "u00@example.org"]);
+    let at = s.inbox_entry(DOMAIN, "alice", "u05@example.org").await.expect("get").expect("entry");
+    let page = inbox_page(s, InboxQuery { before: Some((at.stamp_micros, at.remote_jid)), ..asc.clone() }).await;
+    assert_eq!(page, ["u02@example.org", "u03@example.org", "u04@example.org"]);
+    // Time range, inclusive; unread only; a box.
+    let range = InboxQuery { start_micros: Some(10_000), end_micros: Some(10_020), ..all.clone() };
+    assert_eq!(inbox_page(s, range).await, ["u02@example.org", "u01@example.org", "u00@example.org"]);
+    let unread = inbox_page(s, InboxQuery { hidden_read: true, ..all.clone() }).await;
+    assert_eq!(unread.len(), 15 + 2 + 1, "even u's, the ties and carol: {unread:?}");
+    assert!(!unread.contains(&bob.to_owned()));
+    let work = InboxQuery { boxes: InboxBoxes::Only("work".into()), ..all.clone() };
+    assert_eq!(inbox_page(s, work).await, [carol]);
+
+    // The bin: out of the default view, in `all`, emptied on demand or by age.
+    let bin = InboxChange { box_name: Some("bin".into()), ..Default::default() };
+    for remote in [bob, "u00@example.org", "u01@example.org"] {
+        s.inbox_change(DOMAIN, "alice", remote, &bin).await.expect("to bin");
+    }
+    assert_eq!(inbox_page(s, all.clone()).await.len(), 31);
+    assert_eq!(inbox_page(s, InboxQuery { boxes: InboxBoxes::All, ..all.clone() }).await.len(), 34);
+    let in_bin = InboxQuery { boxes: InboxBoxes::Only("bin".into()), ..all.clone() };
+    assert_eq!(inbox_page(s, in_bin.clone()).await, ["u01@example.org", "u00@example.org", bob]);
+    assert_eq!(s.inbox_clean_bins(10_000).await.expect("clean"), 1, "only bob's is older");
+    assert_eq!(s.inbox_empty_bin(DOMAIN, "alice").await.expect("empty"), 2);
+    assert!(inbox_page(s, in_bin).await.is_empty());
+    // Other accounts' inboxes are their own.
+    s.inbox_message(DOMAIN, "bob", &inbox_msg("alice@example.org", "b1", 1, true)).await.expect("bob");
+    assert_eq!(s.inbox_totals(DOMAIN, "bob").await.expect("totals").unread_messages, 1);
+}
+
 async fn remove_account_cascades(s: &Storage) {
     assert!(!s.get_roster(DOMAIN, "alice").await.expect("roster").is_empty());
     assert!(s.count_offline(DOMAIN, "alice").await.expect("count") > 0);
     let everything = ArchiveQuery { max: 10, ..Default::default() };
     assert_eq!(s.query_archive(DOMAIN, "alice", &everything).await.expect("archive").map(|p| p.count), Some(1000));
     assert!(!s.get_blocklist(DOMAIN, "alice").await.expect("blocklist").is_empty());
+    assert!(s.inbox_totals(DOMAIN, "alice").await.expect("inbox").unread_messages > 0);
 
     assert!(s.remove_account(DOMAIN, "alice").await.expect("remove"));
     assert_eq!(s.get_password(DOMAIN, "alice").await.expect("get"), None);
@@ -715,6 +840,11 @@ async fn remove_account_cascades(s: &Storage) {
     assert_eq!(s.get_private(DOMAIN, "alice", "storage:rosternotes").await.expect("private"), None);
     assert_eq!(s.query_archive(DOMAIN, "alice", &everything).await.expect("archive").map(|p| p.count), Some(0));
     assert!(s.get_blocklist(DOMAIN, "alice").await.expect("blocklist").is_empty());
+    assert!(s
+        .inbox_query(DOMAIN, "alice", &InboxQuery { max: 10, ..Default::default() })
+        .await
+        .expect("inbox")
+        .is_empty());
     assert_eq!(
         s.fast_tokens(DOMAIN, "alice", "d4565fa7-4d72-4749-b3d3-740edbf87770").await.expect("fast"),
         FastTokens::default()
@@ -733,6 +863,7 @@ async fn remove_account_cascades(s: &Storage) {
     assert!(s.get_private(DOMAIN, "bob", "storage:bookmarks").await.expect("private").is_some());
     assert_eq!(s.query_archive(DOMAIN, "bob", &everything).await.expect("archive").map(|p| p.count), Some(1));
     assert_eq!(s.get_blocklist(DOMAIN, "bob").await.expect("blocklist"), vec!["alice@example.org".to_owned()]);
+    assert_eq!(s.inbox_totals(DOMAIN, "bob").await.expect("inbox").unread_messages, 1);
     assert_eq!(s.count_accounts(DOMAIN).await.expect("count"), 6);
 }
 
@@ -749,6 +880,7 @@ async fn test_suite(s: &Storage) {
     archive(s).await;
     blocklist(s).await;
     fast_tokens(s).await;
+    inbox(s).await;
     remove_account_cascades(s).await;
     s.ping().await.expect("ping");
 }
@@ -799,7 +931,7 @@ async fn mysql_stored_bytes(admin: &sqlx::MySqlPool, db: &str) {
     .fetch_all(admin)
     .await
     .expect("information_schema");
-    assert_eq!(rows.len(), 10);
+    assert_eq!(rows.len(), 11);
     for r in &rows {
         let collation: String = r.try_get("TABLE_COLLATION").expect("collation");
         assert_eq!(collation, "utf8mb4_bin");

@@ -21,6 +21,7 @@ use crate::wait_until;
 pub struct SharedDb {
     pub url: String,
     pg_name: Option<String>,
+    mysql_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -35,14 +36,28 @@ impl SharedDb {
             Some(i) => format!("{}/{name}", &base[..i]),
             None => panic!("MEERKAT_TEST_PG_URL has no database part: {base}"),
         };
-        SharedDb { url, pg_name: Some(name), _dir: None }
+        SharedDb { url, pg_name: Some(name), mysql_name: None, _dir: None }
+    }
+
+    /// A new, empty MariaDB (or MySQL) database on the local server, from
+    /// `MEERKAT_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`;
+    /// dropped with the value).
+    pub fn mysql() -> SharedDb {
+        let base = mysql_base();
+        let name = format!("meerkat_node_{}_{}", std::process::id(), rand::random::<u32>());
+        mysql_exec(&base, &format!("CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"));
+        let url = match base.rfind('/') {
+            Some(i) => format!("{}/{name}", &base[..i]),
+            None => panic!("MEERKAT_TEST_MYSQL_URL has no database part: {base}"),
+        };
+        SharedDb { url, pg_name: None, mysql_name: Some(name), _dir: None }
     }
 
     /// One SQLite file in a fresh directory, shared by every node of the machine.
     pub fn sqlite() -> SharedDb {
         let dir = tempfile::Builder::new().prefix("meerkat-cluster-db-").tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("shared.db").display());
-        SharedDb { url, pg_name: None, _dir: Some(dir) }
+        SharedDb { url, pg_name: None, mysql_name: None, _dir: Some(dir) }
     }
 }
 
@@ -55,8 +70,36 @@ fn psql(url: &str, sql: &str) {
     }
 }
 
+fn mysql_base() -> String {
+    std::env::var("MEERKAT_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// Runs one statement with the `mariadb` client against the server of `url`
+/// (`mysql://USER[:PASSWORD]@HOST:PORT/DB`).
+fn mysql_exec(url: &str, sql: &str) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (auth, host) = rest.split_once('@').unwrap_or(("root", rest));
+    let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+    let host = host.split('/').next().unwrap_or("127.0.0.1:3306");
+    let (host, port) = host.split_once(':').unwrap_or((host, "3306"));
+    let mut cmd = Command::new("mariadb");
+    cmd.args(["-h", host, "-P", port, "-u", user, "-e", sql]);
+    if !password.is_empty() {
+        cmd.arg(format!("-p{password}"));
+    }
+    match cmd.output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!("mariadb {sql:?} failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("cannot run the mariadb client: {e}"),
+    }
+}
+
 impl Drop for SharedDb {
     fn drop(&mut self) {
+        if let Some(name) = &self.mysql_name {
+            let sql = format!("DROP DATABASE IF EXISTS {name}");
+            let _ = std::panic::catch_unwind(|| mysql_exec(&mysql_base(), &sql));
+        }
         if let Some(name) = &self.pg_name {
             let base = std::env::var("MEERKAT_TEST_PG_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());

@@ -12,6 +12,7 @@ pub mod carbons;
 pub mod csi;
 pub mod disco;
 pub mod fast_auth_token;
+pub mod inbox;
 pub mod mam;
 pub mod misc;
 pub mod offline;
@@ -104,6 +105,8 @@ modules! {
     mod_blocking => blocking::Blocking,
     /// XEP-0313 message archives.
     mod_mam => mam::MamModule,
+    /// MongooseIM's Inbox: conversations with unread counts (off by default).
+    mod_inbox => inbox::Inbox,
     /// XEP-0280 message carbons.
     mod_carbons => carbons::Carbons,
     /// XEP-0352 client state indication.
@@ -127,11 +130,15 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// The modules MongooseIM also leaves off unless configured.
+    const OFF_BY_DEFAULT: &[&str] = &["mod_inbox"];
+
     #[test]
     fn section_names_are_module_names() {
         assert_eq!(ModulesConfig::fields(), ModulesConfig::KNOWN);
         let built: Vec<&str> = ModulesConfig::default().build().iter().map(|m| m.name()).collect();
-        assert_eq!(built, ModulesConfig::KNOWN, "every module is on by default, in this order");
+        let on: Vec<&str> = ModulesConfig::KNOWN.iter().copied().filter(|m| !OFF_BY_DEFAULT.contains(m)).collect();
+        assert_eq!(built, on, "every module but {OFF_BY_DEFAULT:?} is on by default, in this order");
     }
 
     #[test]

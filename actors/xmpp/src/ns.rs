@@ -91,3 +91,7 @@ pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 pub const RECEIPTS: &str = "urn:xmpp:receipts";
 /// Chat markers (XEP-0333).
 pub const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
+/// MongooseIM's Inbox open extension.
+pub const INBOX: &str = "erlang-solutions.com:xmpp:inbox:0";
+/// Inbox conversation properties and actions.
+pub const INBOX_CONVERSATION: &str = "erlang-solutions.com:xmpp:inbox:0#conversation";

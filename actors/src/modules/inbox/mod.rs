@@ -1,0 +1,766 @@
+//! Inbox (`erlang-solutions.com:xmpp:inbox:0`, MongooseIM's open extension):
+//! one entry per conversation of an account, with its last message, unread
+//! count, box and mute, queried and changed by the account's clients.
+//!
+//! # What changes an inbox
+//! A message the user sends is looked at once, where it enters the server
+//! ([`Module::user_send_message`], in the sender's session, as MAM does):
+//! - if it is storable (chat or normal, with a body or a `<store/>` hint, no
+//!   `<no-store/>` hint, not a chat marker, not a forwarded result), it
+//!   becomes the last message of the sender's conversation with the
+//!   recipient (nothing unread there: the sender wrote last) and, when the
+//!   recipient is a local account that exists and does not block the sender,
+//!   of the recipient's conversation with the sender, one more unread;
+//! - a chat marker (XEP-0333) of a kind in `reset_markers` whose id is the id
+//!   of the conversation's last message sets its unread count to 0.
+//!
+//! The changes are queued as jobs on the owner's shard of the server workers
+//! (bounded queues: the sender waits when they are full) and carried out by
+//! the owner's inbox actor ([`actor`]), which writes them through to SQL.
+//!
+//! # Queries and actions
+//! All of MongooseIM's: the query form, `<inbox/>` queries with the form and
+//! RSM paging (cursors `µs/base64(JID)`, as MongooseIM's), conversation
+//! properties (`#conversation`: box, archive, read, mute; `<reset/>`),
+//! `<empty-bin/>`. A property change is echoed to every resource of the
+//! account. The bin is emptied of entries older than `bin_ttl` every
+//! `bin_clean_after`.
+//!
+//! Where this differs from MongooseIM, on purpose:
+//! - `<unread-messages/>` and `<active-conversations/>` in `<fin/>` count the
+//!   whole inbox (every box but the bin), not only the page returned: they
+//!   are what a badge shows;
+//! - a new message brings a conversation back from the bin, not only from the
+//!   archive (a custom box keeps it, as in MongooseIM);
+//! - a missing conversation is `item-not-found`, for a change as for a read;
+//! - a query returns at most `max_result_limit` entries (100 by default;
+//!   MongooseIM has no limit unless one is set); RSM pages through the rest.
+
+pub mod actor;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use meerkat_routing::Routed;
+use meerkat_storage::{InboxBoxes, InboxChange, InboxEntry, InboxMessage, InboxQuery, InboxTotals};
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::StanzaErrorCondition;
+use meerkat_xmpp::jid::{parse_bare, Bare as _, BareJid, FullJid, Jid};
+use meerkat_xmpp::ns;
+use meerkat_xmpp::stanza::MessageType;
+
+use crate::ext::registry::ModuleSpec;
+use crate::ext::util::{account_of, now_micros, parse_stored};
+use crate::ext::{HookSet, IqAnswer, Module, ModuleCtx, ModuleJob, SessionAcc, SessionState, Target};
+use actor::{Answer, InboxError, Inboxes, Limits, Op};
+
+const NS_INBOX: &str = ns::INBOX;
+const NS_CONV: &str = ns::INBOX_CONVERSATION;
+/// The boxes every inbox has.
+const RESERVED_BOXES: [&str; 3] = ["inbox", "archive", "bin"];
+/// Write attempts of a change when the database is temporarily unavailable.
+const ATTEMPTS: u32 = 3;
+
+/// A chat marker (XEP-0333) that may reset a conversation's unread count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Marker {
+    Received,
+    Displayed,
+    Acknowledged,
+}
+
+impl Marker {
+    fn name(self) -> &'static str {
+        match self {
+            Marker::Received => "received",
+            Marker::Displayed => "displayed",
+            Marker::Acknowledged => "acknowledged",
+        }
+    }
+}
+
+/// `[modules.mod_inbox]`
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// Keep inboxes and answer inbox queries (off unless enabled, as in MongooseIM).
+    pub enabled: bool,
+    /// `"rdbms"`, the only backend: the node's database.
+    pub backend: String,
+    /// Chat markers that set a conversation's unread count to 0 when they
+    /// name its last message.
+    pub reset_markers: Vec<Marker>,
+    /// Boxes besides `inbox`, `archive` and `bin`.
+    pub boxes: Vec<String>,
+    /// Days a conversation stays in the bin.
+    pub bin_ttl: u64,
+    /// Hours between two cleanings of the bins.
+    pub bin_clean_after: u64,
+    /// Most entries a query returns, whatever it asks.
+    pub max_result_limit: u64,
+    /// Most inbox actors resident on this node.
+    pub max_resident: usize,
+    /// Seconds an inbox actor stays with nothing to do.
+    pub idle_timeout: u64,
+    /// Requests an inbox actor holds; senders wait beyond that.
+    pub mailbox: usize,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            enabled: false,
+            backend: "rdbms".into(),
+            reset_markers: vec![Marker::Displayed],
+            boxes: Vec::new(),
+            bin_ttl: 30,
+            bin_clean_after: 1,
+            max_result_limit: 100,
+            max_resident: 10_000,
+            idle_timeout: 300,
+            mailbox: 64,
+        }
+    }
+}
+
+/// The module.
+pub struct Inbox {
+    cfg: InboxConfig,
+    /// Every box a conversation may be in: the reserved ones, then the configured ones.
+    boxes: Vec<String>,
+    inboxes: OnceLock<Arc<Inboxes>>,
+    housekeeping: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ModuleSpec for Inbox {
+    const NAME: &'static str = "mod_inbox";
+    type Config = InboxConfig;
+    fn enabled(cfg: &InboxConfig) -> bool {
+        cfg.enabled
+    }
+    fn validate(cfg: &InboxConfig) -> Result<(), (&'static str, String)> {
+        if cfg.backend != "rdbms" {
+            return Err(("backend", format!("\"{}\" is not a backend; the only one is \"rdbms\"", cfg.backend)));
+        }
+        for (i, b) in cfg.boxes.iter().enumerate() {
+            if b.is_empty() || b.len() > 64 {
+                return Err(("boxes", format!("\"{b}\": a box name has 1 to 64 bytes")));
+            }
+            if b == "all" || RESERVED_BOXES.contains(&b.as_str()) {
+                return Err(("boxes", format!("\"{b}\" is reserved (all, inbox, archive, bin)")));
+            }
+            if cfg.boxes[..i].contains(b) {
+                return Err(("boxes", format!("\"{b}\" is listed twice")));
+            }
+        }
+        if cfg.bin_ttl == 0 || cfg.bin_clean_after == 0 {
+            return Err(("bin_ttl", "bin_ttl and bin_clean_after must be at least 1".into()));
+        }
+        if cfg.max_result_limit == 0 {
+            return Err(("max_result_limit", "must be at least 1".into()));
+        }
+        // Each server shard sends to one actor at a time: with this many, an
+        // idle one can always make room.
+        if cfg.max_resident < 256 {
+            return Err(("max_resident", "must be at least 256".into()));
+        }
+        if cfg.idle_timeout == 0 || cfg.mailbox == 0 {
+            return Err(("idle_timeout", "idle_timeout and mailbox must be at least 1".into()));
+        }
+        Ok(())
+    }
+    fn build(cfg: &InboxConfig) -> Arc<dyn Module> {
+        let boxes = RESERVED_BOXES.iter().map(|b| (*b).to_owned()).chain(cfg.boxes.iter().cloned()).collect();
+        Arc::new(Inbox { cfg: cfg.clone(), boxes, inboxes: OnceLock::new(), housekeeping: Mutex::new(None) })
+    }
+}
+
+/// A change to one account's inbox, run on the owner's server shard.
+#[derive(Debug)]
+struct InboxJob {
+    owner: BareJid,
+    op: Op,
+    /// For a received message: its sender, whom the owner must not block.
+    from: Option<Jid>,
+    inboxes: Arc<Inboxes>,
+}
+
+#[async_trait::async_trait]
+impl ModuleJob for InboxJob {
+    fn shard_key(&self) -> String {
+        self.owner.to_string()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    async fn run(self: Box<Self>, ctx: &ModuleCtx) {
+        let (user, domain) = account_of(&Jid::from(self.owner.clone()));
+        if let Some(from) = &self.from {
+            // An inbox holds what its owner receives: the account must exist
+            // and not block the sender (XEP-0191).
+            match ctx.accounts.exists(&domain, &user).await {
+                Ok(false) => return,
+                Ok(true) => {}
+                Err(e) => tracing::warn!(error = %e, "account lookup failed; updating the inbox anyway"),
+            }
+            if ctx.hooks.blocks(ctx, &self.owner, from).await {
+                return;
+            }
+        }
+        let mut attempt = 1;
+        loop {
+            match self.inboxes.call(&domain, &user, self.op.clone()).await {
+                Ok(_) => return,
+                Err(InboxError::Storage(e)) if e.is_retryable() && attempt < ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, owner = %self.owner, "inbox write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    tracing::error!(error = ?e, owner = %self.owner, "inbox not updated");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Inboxes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inboxes").field("resident", &self.resident()).finish()
+    }
+}
+
+/// Whether a sent message becomes a conversation's last message (MongooseIM's
+/// rules for Inbox: chat or normal, with a body or a `<store/>` hint, and
+/// none of `<no-store/>`, a chat marker, a forwarded result, a delay, or a
+/// conversation echo).
+fn storable(stanza: &Element) -> bool {
+    if !matches!(MessageType::of(stanza), MessageType::Chat | MessageType::Normal) {
+        return false;
+    }
+    let mut wanted = false;
+    for c in stanza.elements() {
+        match (c.ns.as_str(), c.name.as_str()) {
+            (ns::HINTS, "no-store") | (ns::CHAT_MARKERS, _) | (_, "result") | (_, "delay") | (NS_CONV, _) => {
+                return false
+            }
+            (ns::HINTS, "store") => wanted = true,
+            (n, "body") if n == stanza.ns => wanted = true,
+            _ => {}
+        }
+    }
+    wanted
+}
+
+impl Inbox {
+    fn inboxes(&self) -> Option<&Arc<Inboxes>> {
+        self.inboxes.get()
+    }
+
+    fn job(&self, owner: BareJid, op: Op, from: Option<Jid>) -> Option<Box<dyn ModuleJob>> {
+        let inboxes = self.inboxes()?.clone();
+        Some(Box::new(InboxJob { owner, op, from, inboxes }))
+    }
+
+    /// The marker of a kind in `reset_markers`, with its id.
+    fn reset_marker<'a>(&self, stanza: &'a Element) -> Option<&'a str> {
+        stanza
+            .elements()
+            .filter(|c| c.ns == ns::CHAT_MARKERS)
+            .find(|c| self.cfg.reset_markers.iter().any(|m| m.name() == c.name))
+            .and_then(|c| c.attr("id"))
+    }
+
+    async fn call(&self, owner: &Jid, op: Op) -> Result<Answer, StanzaErrorCondition> {
+        let Some(inboxes) = self.inboxes() else { return Err(StanzaErrorCondition::ServiceUnavailable) };
+        let (user, domain) = account_of(owner);
+        inboxes.call(&domain, &user, op).await.map_err(|e| {
+            tracing::error!(error = ?e, %owner, "inbox request failed");
+            match e {
+                InboxError::Storage(e) if e.is_retryable() => StanzaErrorCondition::ResourceConstraint,
+                _ => StanzaErrorCondition::InternalServerError,
+            }
+        })
+    }
+
+    fn box_option(&self, name: &str) -> Option<String> {
+        self.boxes.iter().find(|b| *b == name).cloned()
+    }
+}
+
+// ------------------------------------------------------------ queries
+
+/// A checked `<inbox/>` query.
+#[derive(Debug, PartialEq, Eq)]
+struct Query {
+    queryid: String,
+    storage: InboxQuery,
+}
+
+fn bool_value(v: &str) -> Option<bool> {
+    match v {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// A cursor as MongooseIM writes it: `µs since the epoch/base64(bare JID)`.
+fn cursor(e: &InboxEntry) -> String {
+    format!("{}/{}", e.stamp_micros, base64::engine::general_purpose::STANDARD.encode(&e.remote_jid))
+}
+
+fn parse_cursor(s: &str) -> Result<(i64, String), StanzaErrorCondition> {
+    let bad = StanzaErrorCondition::BadRequest;
+    let (stamp, jid) = s.split_once('/').ok_or(bad)?;
+    let stamp: i64 = stamp.parse().map_err(|_| bad)?;
+    let jid = base64::engine::general_purpose::STANDARD.decode(jid).map_err(|_| bad)?;
+    let jid = String::from_utf8(jid).map_err(|_| bad)?;
+    if stamp < 0 {
+        return Err(bad);
+    }
+    Ok((stamp, jid))
+}
+
+fn parse_datetime(s: &str) -> Result<i64, StanzaErrorCondition> {
+    chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_micros()).map_err(|_| StanzaErrorCondition::BadRequest)
+}
+
+/// XEP-0082 date-time with microseconds, as MongooseIM stamps inbox entries.
+fn datetime(micros: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+impl Inbox {
+    fn parse_query(&self, iq: &Element, payload: &Element) -> Result<Query, StanzaErrorCondition> {
+        let bad = StanzaErrorCondition::BadRequest;
+        let queryid = payload.attr("queryid").or_else(|| iq.attr("id")).unwrap_or_default().to_owned();
+        let mut q = InboxQuery { max: self.cfg.max_result_limit, ..Default::default() };
+        let mut archive = None;
+        let mut boxes = None;
+        if let Some(form) = payload.get_child("x", ns::DATA_FORMS) {
+            for field in form.elements().filter(|e| e.is("field", ns::DATA_FORMS)) {
+                let value = field.get_child("value", ns::DATA_FORMS).map(|v| v.text()).unwrap_or_default();
+                let value = value.trim();
+                match field.attr("var") {
+                    Some("FORM_TYPE") => {}
+                    Some("start") => q.start_micros = Some(parse_datetime(value)?),
+                    Some("end") => q.end_micros = Some(parse_datetime(value)?),
+                    Some("order") => {
+                        q.ascending = match value {
+                            "asc" => true,
+                            "desc" => false,
+                            _ => return Err(bad),
+                        }
+                    }
+                    Some("hidden_read") => q.hidden_read = bool_value(value).ok_or(bad)?,
+                    Some("box") => {
+                        boxes = Some(match value {
+                            "all" => InboxBoxes::All,
+                            b => InboxBoxes::Only(self.box_option(b).ok_or(bad)?),
+                        })
+                    }
+                    Some("archive") => archive = Some(bool_value(value).ok_or(bad)?),
+                    _ => return Err(bad),
+                }
+            }
+        }
+        // `box` wins over the older `archive` flag.
+        q.boxes = match (boxes, archive) {
+            (Some(b), _) => b,
+            (None, Some(true)) => InboxBoxes::Only("archive".into()),
+            (None, Some(false)) => InboxBoxes::Only("inbox".into()),
+            (None, None) => InboxBoxes::AllButBin,
+        };
+        if let Some(set) = payload.get_child("set", ns::RSM) {
+            for e in set.elements().filter(|e| e.ns == ns::RSM) {
+                let text = e.text();
+                let text = text.trim();
+                match e.name.as_str() {
+                    "max" => q.max = text.parse().map_err(|_| bad)?,
+                    "after" if !text.is_empty() => q.after = Some(parse_cursor(text)?),
+                    "after" => {}
+                    // An empty <before/> asks for the last page (XEP-0059).
+                    "before" if text.is_empty() => {
+                        q.before = Some(if q.ascending { (i64::MAX, String::new()) } else { (i64::MIN, String::new()) })
+                    }
+                    "before" => q.before = Some(parse_cursor(text)?),
+                    // "Inbox does not expose a total count and indexes".
+                    "index" => return Err(StanzaErrorCondition::FeatureNotImplemented),
+                    _ => {}
+                }
+            }
+        }
+        q.max = q.max.min(self.cfg.max_result_limit);
+        Ok(Query { queryid, storage: q })
+    }
+
+    /// The children describing an entry's properties, in MongooseIM's order.
+    fn properties(e: &InboxEntry, now: i64, ns: &str) -> [Element; 4] {
+        let mute = if e.muted_until > now { datetime(e.muted_until) } else { "0".to_owned() };
+        [
+            Element::new("read", ns).with_text(if e.unread_count == 0 { "true" } else { "false" }),
+            Element::new("box", ns).with_text(e.box_name.clone()),
+            Element::new("archive", ns).with_text(if e.box_name == "archive" { "true" } else { "false" }),
+            Element::new("mute", ns).with_text(mute),
+        ]
+    }
+
+    fn forwarded(e: &InboxEntry) -> Option<Element> {
+        let original = parse_stored(&e.content)?;
+        Some(
+            Element::new("forwarded", ns::FORWARD)
+                .with_child(Element::new("delay", ns::DELAY).with_attr("stamp", datetime(e.stamp_micros)))
+                .with_child(original),
+        )
+    }
+
+    async fn run_query(&self, ctx: &ModuleCtx, iq: &Routed, q: Query) -> IqAnswer {
+        let Ok(requester) = iq.from.try_as_full() else { return Err(StanzaErrorCondition::BadRequest) };
+        let (entries, totals) = match self.call(&iq.from, Op::Query(q.storage)).await? {
+            Answer::Page(p, t) => (p, t),
+            _ => return Err(StanzaErrorCondition::InternalServerError),
+        };
+        // Straight into the session's mailbox, as MAM results: a result that
+        // did not fit must not go to other resources or offline storage.
+        let Some(session) = ctx.router.sessions().get(requester) else {
+            return Err(StanzaErrorCondition::RecipientUnavailable);
+        };
+        let owner = iq.from.bare().to_string();
+        let now = now_micros();
+        for e in &entries {
+            let Some(forwarded) = Self::forwarded(e) else {
+                tracing::error!(%owner, remote = %e.remote_jid, "an inbox entry's message does not parse; skipped");
+                continue;
+            };
+            let mut result = Element::new("result", NS_INBOX)
+                .with_attr("unread", e.unread_count.to_string())
+                .with_attr("queryid", q.queryid.clone())
+                .with_child(forwarded);
+            for p in Self::properties(e, now, NS_INBOX) {
+                result.push_child(p);
+            }
+            let message = Element::new("message", ns::CLIENT)
+                .with_attr("from", owner.clone())
+                .with_attr("to", requester.to_string())
+                .with_attr("id", uuid_like())
+                .with_child(result);
+            if ctx.router.deliver_to_session(&session, message).is_err() {
+                tracing::warn!(%requester, "session mailbox full during an inbox query");
+                return Err(StanzaErrorCondition::ResourceConstraint);
+            }
+        }
+        Ok(Some(fin(&entries, totals)))
+    }
+
+    /// `#conversation` get and set, and `<reset/>`.
+    async fn conversation(&self, ctx: &ModuleCtx, iq: &Routed, payload: &Element, set: bool) -> IqAnswer {
+        let bad = StanzaErrorCondition::BadRequest;
+        let Some(jid) = payload.attr("jid") else {
+            // A get without a jid asks for the form of properties.
+            return if !set && payload.name == "query" { Ok(Some(self.conversation_form())) } else { Err(bad) };
+        };
+        let remote = parse_bare(jid).map_err(|_| bad)?.to_string();
+        let now = now_micros();
+        if payload.name == "reset" {
+            if !set {
+                return Err(bad);
+            }
+            let change = InboxChange { read: Some(true), ..Default::default() };
+            return match self.call(&iq.from, Op::Change { remote, change }).await? {
+                Answer::Entry(Some(_)) => Ok(Some(Element::new("reset", NS_CONV))),
+                _ => Err(StanzaErrorCondition::ItemNotFound),
+            };
+        }
+        if !set {
+            let entry = match self.call(&iq.from, Op::Get { remote: remote.clone() }).await? {
+                Answer::Entry(Some(e)) => e,
+                _ => return Err(StanzaErrorCondition::ItemNotFound),
+            };
+            let mut q = Element::new("query", NS_CONV).with_attr("jid", remote);
+            if payload.attr("complete") == Some("true") {
+                if let Some(f) = Self::forwarded(&entry) {
+                    q.push_child(f);
+                }
+            }
+            for p in Self::properties(&entry, now, NS_CONV) {
+                q.push_child(p);
+            }
+            return Ok(Some(q));
+        }
+        let change = self.parse_change(payload, now)?;
+        let entry = match self.call(&iq.from, Op::Change { remote: remote.clone(), change }).await? {
+            Answer::Entry(Some(e)) => e,
+            _ => return Err(StanzaErrorCondition::ItemNotFound),
+        };
+        // Echoed to every resource of the account, this one included.
+        let queryid = payload.attr("queryid").or_else(|| iq.stanza.attr("id")).unwrap_or_default();
+        let mut x = Element::new("x", NS_CONV).with_attr("jid", remote).with_attr("queryid", queryid);
+        for p in Self::properties(&entry, now, NS_CONV) {
+            x.push_child(p);
+        }
+        let owner = iq.from.bare();
+        let mut echo = Element::new("message", ns::CLIENT)
+            .with_attr("from", iq.from.to_string())
+            .with_attr("to", owner.to_string())
+            .with_child(x);
+        if let Some(id) = iq.stanza.attr("id") {
+            echo.set_attr("id", id);
+        }
+        for info in ctx.router.sessions().resources(&owner) {
+            ctx.router.route(Routed { from: iq.from.clone(), to: Jid::from(info.jid.clone()), stanza: echo.clone() });
+        }
+        Ok(None)
+    }
+
+    fn parse_change(&self, payload: &Element, now: i64) -> Result<InboxChange, StanzaErrorCondition> {
+        let bad = StanzaErrorCondition::BadRequest;
+        let mut change = InboxChange::default();
+        let mut archive = None;
+        let mut any = false;
+        for c in payload.elements() {
+            any = true;
+            let text = c.text();
+            let v = text.trim();
+            match c.name.as_str() {
+                "box" if v != "all" => change.box_name = Some(self.box_option(v).ok_or(bad)?),
+                "archive" => archive = Some(bool_value(v).ok_or(bad)?),
+                "read" => change.read = Some(bool_value(v).ok_or(bad)?),
+                "mute" => {
+                    let secs: i64 = v.parse().map_err(|_| bad)?;
+                    if secs < 0 {
+                        return Err(bad);
+                    }
+                    change.muted_until =
+                        Some(if secs == 0 { 0 } else { now.saturating_add(secs.saturating_mul(1_000_000)) });
+                }
+                _ => return Err(bad),
+            }
+        }
+        if !any {
+            return Err(bad);
+        }
+        if change.box_name.is_none() {
+            change.box_name = archive.map(|a| if a { "archive" } else { "inbox" }.to_owned());
+        }
+        Ok(change)
+    }
+
+    fn box_field(&self, default: &str) -> Element {
+        let mut f = field("box", "list-single", Some(default));
+        for b in std::iter::once("all").chain(self.boxes.iter().map(String::as_str)) {
+            f.push_child(
+                Element::new("option", ns::DATA_FORMS)
+                    .with_attr("label", b)
+                    .with_child(Element::new("value", ns::DATA_FORMS).with_text(b)),
+            );
+        }
+        f
+    }
+
+    /// The query form (MongooseIM's fields, defaults and order).
+    fn query_form(&self) -> Element {
+        let order = field("order", "list-single", Some("desc"))
+            .with_child(option("Ascending by timestamp", "asc"))
+            .with_child(option("Descending by timestamp", "desc"));
+        let form = Element::new("x", ns::DATA_FORMS)
+            .with_attr("type", "form")
+            .with_child(field("FORM_TYPE", "hidden", Some(NS_INBOX)))
+            .with_child(field("start", "text-single", None))
+            .with_child(field("end", "text-single", None))
+            .with_child(field("hidden_read", "text-single", Some("false")))
+            .with_child(order)
+            .with_child(self.box_field("all"))
+            .with_child(field("archive", "boolean", Some("false")));
+        Element::new("query", NS_INBOX).with_child(form)
+    }
+
+    /// The form of conversation properties.
+    fn conversation_form(&self) -> Element {
+        let form = Element::new("x", ns::DATA_FORMS)
+            .with_attr("type", "form")
+            .with_child(field("FORM_TYPE", "hidden", Some(NS_CONV)))
+            .with_child(self.box_field("all"))
+            .with_child(field("archive", "boolean", Some("false")))
+            .with_child(field("read", "boolean", Some("false")))
+            .with_child(field("mute", "text-single", Some("0")));
+        Element::new("query", NS_CONV).with_child(form)
+    }
+}
+
+fn field(var: &str, kind: &str, value: Option<&str>) -> Element {
+    let f = Element::new("field", ns::DATA_FORMS).with_attr("var", var).with_attr("type", kind);
+    match value {
+        Some(v) => f.with_child(Element::new("value", ns::DATA_FORMS).with_text(v)),
+        None => f,
+    }
+}
+
+fn option(label: &str, value: &str) -> Element {
+    Element::new("option", ns::DATA_FORMS)
+        .with_attr("label", label)
+        .with_child(Element::new("value", ns::DATA_FORMS).with_text(value))
+}
+
+/// A unique id for a result message.
+fn uuid_like() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The IQ result of a query: the RSM cursors of the page, then the totals.
+fn fin(entries: &[InboxEntry], totals: InboxTotals) -> Element {
+    let mut set = Element::new("set", ns::RSM);
+    if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+        set.push_child(Element::new("first", ns::RSM).with_text(cursor(first)));
+        set.push_child(Element::new("last", ns::RSM).with_text(cursor(last)));
+    }
+    Element::new("fin", NS_INBOX)
+        .with_child(set)
+        .with_child(Element::new("active-conversations", NS_INBOX).with_text(totals.active_conversations.to_string()))
+        .with_child(Element::new("count", NS_INBOX).with_text(entries.len().to_string()))
+        .with_child(Element::new("unread-messages", NS_INBOX).with_text(totals.unread_messages.to_string()))
+}
+
+#[async_trait::async_trait]
+impl Module for Inbox {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::USER_SEND_MESSAGE
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS_INBOX, NS_CONV]
+    }
+
+    fn disco_features(&self, target: Target) -> &'static [&'static str] {
+        if target == Target::Server {
+            &[NS_INBOX]
+        } else {
+            &[]
+        }
+    }
+
+    async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
+        let limits = Limits {
+            max_resident: self.cfg.max_resident,
+            idle_timeout: Duration::from_secs(self.cfg.idle_timeout),
+            mailbox: self.cfg.mailbox,
+        };
+        let inboxes = Arc::new(Inboxes::new(ctx.storage.clone(), limits));
+        let _ = self.inboxes.set(inboxes.clone());
+        let storage = ctx.storage.clone();
+        let sweep_every = Duration::from_secs(self.cfg.idle_timeout.div_ceil(2).max(1));
+        let clean_every = Duration::from_secs(self.cfg.bin_clean_after.saturating_mul(3600));
+        let ttl_micros = i64::try_from(self.cfg.bin_ttl.saturating_mul(86_400_000_000)).unwrap_or(i64::MAX);
+        let task = tokio::spawn(async move {
+            use meerkat_storage::InboxRepo as _;
+            let mut sweep = tokio::time::interval(sweep_every);
+            let mut clean = tokio::time::interval(clean_every);
+            loop {
+                tokio::select! {
+                    _ = sweep.tick() => {
+                        inboxes.sweep();
+                    }
+                    _ = clean.tick() => match storage.inbox_clean_bins(now_micros().saturating_sub(ttl_micros)).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(entries = n, "inbox bins cleaned"),
+                        Err(e) => tracing::warn!(error = %e, "cleaning the inbox bins failed; trying again later"),
+                    },
+                }
+            }
+        });
+        *self.housekeeping.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        Ok(())
+    }
+
+    async fn stop(&self, _ctx: &ModuleCtx) {
+        if let Some(task) = self.housekeeping.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        if let Some(i) = self.inboxes() {
+            i.stop_all();
+        }
+    }
+
+    fn user_send_message(
+        &self,
+        ctx: &ModuleCtx,
+        _state: &mut SessionState,
+        from: &FullJid,
+        to: &Jid,
+        stanza: &mut Element,
+        acc: &mut SessionAcc,
+    ) -> Result<(), StanzaErrorCondition> {
+        if to.node().is_none() {
+            return Ok(());
+        }
+        let sender = from.bare();
+        let remote = to.bare();
+        if let Some(id) = self.reset_marker(stanza) {
+            let op = Op::Marker { remote: remote.to_string(), msg_id: id.to_owned() };
+            acc.jobs.extend(self.job(sender.clone(), op, None));
+        }
+        if !storable(stanza) {
+            return Ok(());
+        }
+        let msg = |remote: &BareJid, incoming: bool| InboxMessage {
+            remote_jid: remote.to_string(),
+            // A longer id would not fit the column; a marker cannot name it then.
+            msg_id: stanza.attr("id").filter(|id| id.len() <= 255).unwrap_or_default().to_owned(),
+            content: stanza.to_xml(ns::CLIENT),
+            stamp_micros: now_micros(),
+            incoming,
+        };
+        acc.jobs.extend(self.job(sender.clone(), Op::Message(msg(&remote, false)), None));
+        if remote != sender && ctx.router.is_local_host(to.domain().as_str()) {
+            let incoming = Op::Message(msg(&sender, true));
+            acc.jobs.extend(self.job(remote, incoming, Some(Jid::from(from.clone()))));
+        }
+        Ok(())
+    }
+
+    async fn iq(&self, ctx: &ModuleCtx, target: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+        if payload.ns != NS_INBOX && payload.ns != NS_CONV {
+            return None;
+        }
+        match target {
+            Target::OwnAccount => {}
+            // An inbox is its owner's only.
+            Target::OtherAccount => return Some(Err(StanzaErrorCondition::Forbidden)),
+            Target::Server => return None,
+        }
+        let set = iq.stanza.attr("type") == Some("set");
+        Some(if payload.ns == NS_CONV {
+            self.conversation(ctx, iq, payload, set).await
+        } else if !set {
+            if payload.name == "query" {
+                Ok(Some(self.query_form()))
+            } else {
+                Err(StanzaErrorCondition::BadRequest)
+            }
+        } else if payload.name == "empty-bin" {
+            match self.call(&iq.from, Op::EmptyBin).await {
+                Ok(Answer::Removed(n)) => Ok(Some(
+                    Element::new("empty-bin", NS_INBOX)
+                        .with_child(Element::new("num", NS_INBOX).with_text(n.to_string())),
+                )),
+                Ok(_) => Err(StanzaErrorCondition::InternalServerError),
+                Err(c) => Err(c),
+            }
+        } else {
+            match self.parse_query(&iq.stanza, payload) {
+                Ok(q) => self.run_query(ctx, iq, q).await,
+                Err(c) => Err(c),
+            }
+        })
+    }
+}

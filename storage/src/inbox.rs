@@ -1,0 +1,227 @@
+//! [`InboxRepo`] for [`Storage`].
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use crate::sql::{on_backend, sql, Dialect, Sql};
+use crate::{
+    InboxBoxes, InboxChange, InboxEntry, InboxMessage, InboxQuery, InboxRepo, InboxTotals, Storage, StorageError,
+};
+
+/// Received: one more unread; sent (unread 0 in the values): none. The
+/// archive and the bin give the conversation back to the inbox.
+const UPSERT: Sql = sql!(
+    "INSERT INTO inbox_entries (domain, username, remote_jid, msg_id, content, stamp_micros, unread_count, box_name, \
+     muted_until) VALUES (?, ?, ?, ?, ?, ?, ?, 'inbox', 0)",
+    on_conflict: "ON CONFLICT (domain, username, remote_jid) DO UPDATE SET msg_id = excluded.msg_id, \
+                  content = excluded.content, stamp_micros = excluded.stamp_micros, \
+                  unread_count = CASE WHEN excluded.unread_count = 0 THEN 0 ELSE inbox_entries.unread_count + 1 END, \
+                  box_name = CASE WHEN inbox_entries.box_name IN ('archive', 'bin') THEN 'inbox' \
+                  ELSE inbox_entries.box_name END",
+    on_duplicate: "ON DUPLICATE KEY UPDATE msg_id = VALUES(msg_id), content = VALUES(content), \
+                   stamp_micros = VALUES(stamp_micros), \
+                   unread_count = CASE WHEN VALUES(unread_count) = 0 THEN 0 ELSE unread_count + 1 END, \
+                   box_name = CASE WHEN box_name IN ('archive', 'bin') THEN 'inbox' ELSE box_name END",
+);
+const GET: Sql = sql!(
+    "SELECT remote_jid, msg_id, content, stamp_micros, unread_count, box_name, muted_until \
+     FROM inbox_entries WHERE domain = ? AND username = ? AND remote_jid = ?"
+);
+const MARK_READ: Sql = sql!(
+    "UPDATE inbox_entries SET unread_count = 0 WHERE domain = ? AND username = ? AND remote_jid = ? AND msg_id = ?"
+);
+/// The read flag: 1 read (nothing unread), 2 unread (one if none), 0 unchanged.
+const CHANGE: Sql = sql!(
+    "UPDATE inbox_entries SET box_name = COALESCE(?, box_name), muted_until = COALESCE(?, muted_until), \
+     unread_count = CASE WHEN ? = 1 THEN 0 WHEN ? = 2 AND unread_count = 0 THEN 1 ELSE unread_count END \
+     WHERE domain = ? AND username = ? AND remote_jid = ?"
+);
+/// Between two exclusive positions `(stamp, remote JID)` and two inclusive
+/// times, with the box and unread filters; ascending or descending.
+macro_rules! query {
+    ($order:literal) => {
+        sql!(concat!(
+            "SELECT remote_jid, msg_id, content, stamp_micros, unread_count, box_name, muted_until \
+             FROM inbox_entries WHERE domain = ? AND username = ? \
+             AND stamp_micros >= ? AND stamp_micros <= ? \
+             AND (stamp_micros > ? OR (stamp_micros = ? AND remote_jid > ?)) \
+             AND (stamp_micros < ? OR (stamp_micros = ? AND remote_jid < ?)) \
+             AND (? = 0 OR box_name = ?) AND (? = 0 OR box_name <> 'bin') AND (? = 0 OR unread_count > 0) \
+             ORDER BY stamp_micros ",
+            $order,
+            ", remote_jid ",
+            $order,
+            " LIMIT ?"
+        ))
+    };
+}
+const QUERY_ASC: Sql = query!("ASC");
+const QUERY_DESC: Sql = query!("DESC");
+const TOTALS: Sql = sql!(
+    "SELECT CAST(COALESCE(SUM(unread_count), 0) AS BIGINT) AS unread, \
+     COUNT(CASE WHEN unread_count > 0 THEN 1 END) AS active \
+     FROM inbox_entries WHERE domain = ? AND username = ? AND box_name <> 'bin'"
+);
+/// MySQL casts to SIGNED, not BIGINT.
+const TOTALS_MYSQL: Sql = sql!(
+    "SELECT CAST(COALESCE(SUM(unread_count), 0) AS SIGNED) AS unread, \
+     COUNT(CASE WHEN unread_count > 0 THEN 1 END) AS active \
+     FROM inbox_entries WHERE domain = ? AND username = ? AND box_name <> 'bin'"
+);
+const EMPTY_BIN: Sql = sql!("DELETE FROM inbox_entries WHERE domain = ? AND username = ? AND box_name = 'bin'");
+const CLEAN_BINS: Sql = sql!("DELETE FROM inbox_entries WHERE box_name = 'bin' AND stamp_micros < ?");
+
+/// An [`InboxEntry`] from a row of any backend.
+macro_rules! entry {
+    ($r:expr) => {{
+        let r = $r;
+        Ok::<_, sqlx::Error>(InboxEntry {
+            remote_jid: r.try_get("remote_jid")?,
+            msg_id: r.try_get("msg_id")?,
+            content: r.try_get("content")?,
+            stamp_micros: r.try_get("stamp_micros")?,
+            unread_count: r.try_get("unread_count")?,
+            box_name: r.try_get("box_name")?,
+            muted_until: r.try_get("muted_until")?,
+        })
+    }};
+}
+
+#[async_trait]
+impl InboxRepo for Storage {
+    async fn inbox_message(&self, domain: &str, user: &str, m: &InboxMessage) -> Result<InboxEntry, StorageError> {
+        on_backend!(self, |pool, d| {
+            sqlx::query(UPSERT.get(d))
+                .bind(domain)
+                .bind(user)
+                .bind(&m.remote_jid)
+                .bind(&m.msg_id)
+                .bind(&m.content)
+                .bind(m.stamp_micros)
+                .bind(i64::from(m.incoming))
+                .execute(pool)
+                .await?;
+        });
+        self.inbox_entry(domain, user, &m.remote_jid)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt("an inbox entry vanished after its upsert".into()))
+    }
+
+    async fn inbox_mark_read(
+        &self,
+        domain: &str,
+        user: &str,
+        remote: &str,
+        msg_id: &str,
+    ) -> Result<bool, StorageError> {
+        let n = on_backend!(self, |pool, d| {
+            sqlx::query(MARK_READ.get(d))
+                .bind(domain)
+                .bind(user)
+                .bind(remote)
+                .bind(msg_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    async fn inbox_entry(&self, domain: &str, user: &str, remote: &str) -> Result<Option<InboxEntry>, StorageError> {
+        on_backend!(self, |pool, d| {
+            let row = sqlx::query(GET.get(d)).bind(domain).bind(user).bind(remote).fetch_optional(pool).await?;
+            Ok(row.as_ref().map(|r| entry!(r)).transpose()?)
+        })
+    }
+
+    async fn inbox_change(
+        &self,
+        domain: &str,
+        user: &str,
+        remote: &str,
+        change: &InboxChange,
+    ) -> Result<Option<InboxEntry>, StorageError> {
+        let read: i64 = match change.read {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        on_backend!(self, |pool, d| {
+            sqlx::query(CHANGE.get(d))
+                .bind(change.box_name.as_deref())
+                .bind(change.muted_until)
+                .bind(read)
+                .bind(read)
+                .bind(domain)
+                .bind(user)
+                .bind(remote)
+                .execute(pool)
+                .await?;
+        });
+        self.inbox_entry(domain, user, remote).await
+    }
+
+    async fn inbox_query(&self, domain: &str, user: &str, q: &InboxQuery) -> Result<Vec<InboxEntry>, StorageError> {
+        // Positions in ascending key order: in a descending query, "after"
+        // means lower keys and "before" higher ones.
+        let (lower, upper) = if q.ascending { (&q.after, &q.before) } else { (&q.before, &q.after) };
+        let lower = lower.clone().unwrap_or((i64::MIN, String::new()));
+        let upper = upper.clone().unwrap_or((i64::MAX, String::new()));
+        // With `before`, the page is the entries right before it: scan from it
+        // backwards, then turn the page around.
+        let reverse = q.before.is_some();
+        let scan_ascending = q.ascending != reverse;
+        let (only, only_box, not_bin) = match &q.boxes {
+            InboxBoxes::AllButBin => (0_i64, "", 1_i64),
+            InboxBoxes::All => (0, "", 0),
+            InboxBoxes::Only(b) => (1, b.as_str(), 0),
+        };
+        let limit = i64::try_from(q.max).unwrap_or(i64::MAX);
+        let stmt = if scan_ascending { QUERY_ASC } else { QUERY_DESC };
+        let mut entries = on_backend!(self, |pool, d| {
+            let rows = sqlx::query(stmt.get(d))
+                .bind(domain)
+                .bind(user)
+                .bind(q.start_micros.unwrap_or(i64::MIN))
+                .bind(q.end_micros.unwrap_or(i64::MAX))
+                .bind(lower.0)
+                .bind(lower.0)
+                .bind(&lower.1)
+                .bind(upper.0)
+                .bind(upper.0)
+                .bind(&upper.1)
+                .bind(only)
+                .bind(only_box)
+                .bind(not_bin)
+                .bind(i64::from(q.hidden_read))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| entry!(r)).collect::<Result<Vec<_>, _>>()?
+        });
+        if reverse {
+            entries.reverse();
+        }
+        Ok(entries)
+    }
+
+    async fn inbox_totals(&self, domain: &str, user: &str) -> Result<InboxTotals, StorageError> {
+        on_backend!(self, |pool, d| {
+            let stmt = if d == Dialect::MySql { TOTALS_MYSQL } else { TOTALS };
+            let r = sqlx::query(stmt.get(d)).bind(domain).bind(user).fetch_one(pool).await?;
+            Ok(InboxTotals { unread_messages: r.try_get("unread")?, active_conversations: r.try_get("active")? })
+        })
+    }
+
+    async fn inbox_empty_bin(&self, domain: &str, user: &str) -> Result<u64, StorageError> {
+        Ok(on_backend!(self, |pool, d| {
+            sqlx::query(EMPTY_BIN.get(d)).bind(domain).bind(user).execute(pool).await?.rows_affected()
+        }))
+    }
+
+    async fn inbox_clean_bins(&self, before_micros: i64) -> Result<u64, StorageError> {
+        Ok(on_backend!(self, |pool, d| {
+            sqlx::query(CLEAN_BINS.get(d)).bind(before_micros).execute(pool).await?.rows_affected()
+        }))
+    }
+}

@@ -1,0 +1,71 @@
+//! Inbox (MongooseIM's `erlang-solutions.com:xmpp:inbox:0`) over the real
+//! node with slixmpp sending raw stanzas (`tests/python/inbox.py`): unread
+//! counts through messages, replies and chat markers, the filters, the
+//! conversation actions echoed to a second resource, and RSM paging over
+//! 1,000 conversations; on SQLite, PostgreSQL and MariaDB.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use meerkat_tests::cluster::SharedDb;
+use meerkat_tests::js::venv_python;
+use meerkat_tests::node::NodeOptions;
+use meerkat_tests::TestNode;
+use serde_json::Value;
+
+/// A node with `[modules.mod_inbox]` on, on `db` (the node's own SQLite when `None`).
+fn node(db: Option<&SharedDb>) -> TestNode {
+    let mut extra = String::from("[modules.mod_inbox]\nenabled = true\n");
+    if let Some(db) = db {
+        extra.push_str(&format!("\n[outgoing_pools.rdbms.default]\nworkers = 4\nconnection.url = \"{}\"\n", db.url));
+    }
+    let node = TestNode::start_with(NodeOptions { extra_toml: extra, ..Default::default() });
+    for user in ["alice", "bob", "carol", "dave", "erin"] {
+        node.add_user(user, "secret");
+    }
+    node
+}
+
+/// Runs one scenario of `tests/python/inbox.py`; its JSON summary.
+fn scenario(node: &TestNode, name: &str) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/inbox.py");
+    let out = Command::new(venv_python())
+        .arg(script)
+        .args([name, "--port", &node.c2s.port().to_string()])
+        .arg("--ca")
+        .arg(node.cert_path())
+        .output()
+        .expect("running inbox.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "inbox.py {name} failed:\n{stdout}\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+}
+
+fn both_scenarios(db: Option<&SharedDb>) {
+    let node = node(db);
+    assert_eq!(scenario(&node, "conversations")["ok"], true);
+    let paged = scenario(&node, "paging");
+    assert_eq!(paged["conversations"], 1000, "{paged}");
+    assert_eq!(paged["pages"], 10, "{paged}");
+}
+
+#[test]
+fn inbox_on_sqlite() {
+    both_scenarios(None);
+}
+
+#[test]
+fn inbox_on_postgresql() {
+    both_scenarios(Some(&SharedDb::postgres()));
+}
+
+#[test]
+fn inbox_on_mariadb() {
+    both_scenarios(Some(&SharedDb::mysql()));
+}
