@@ -9,19 +9,29 @@ use crate::{
 };
 
 /// Received: one more unread; sent (unread 0 in the values): none. The
-/// archive and the bin give the conversation back to the inbox.
+/// archive and the bin give the conversation back to the inbox. A message
+/// stamped before the stored one (two senders' copies written out of order)
+/// still counts, but does not replace the last message. MySQL assigns in
+/// order, each seeing the ones before, so the stamp goes last there.
 const UPSERT: Sql = sql!(
     "INSERT INTO inbox_entries (domain, username, remote_jid, msg_id, content, stamp_micros, unread_count, box_name, \
      muted_until) VALUES (?, ?, ?, ?, ?, ?, ?, 'inbox', 0)",
-    on_conflict: "ON CONFLICT (domain, username, remote_jid) DO UPDATE SET msg_id = excluded.msg_id, \
-                  content = excluded.content, stamp_micros = excluded.stamp_micros, \
+    on_conflict: "ON CONFLICT (domain, username, remote_jid) DO UPDATE SET \
+                  msg_id = CASE WHEN excluded.stamp_micros >= inbox_entries.stamp_micros THEN excluded.msg_id \
+                  ELSE inbox_entries.msg_id END, \
+                  content = CASE WHEN excluded.stamp_micros >= inbox_entries.stamp_micros THEN excluded.content \
+                  ELSE inbox_entries.content END, \
                   unread_count = CASE WHEN excluded.unread_count = 0 THEN 0 ELSE inbox_entries.unread_count + 1 END, \
                   box_name = CASE WHEN inbox_entries.box_name IN ('archive', 'bin') THEN 'inbox' \
-                  ELSE inbox_entries.box_name END",
-    on_duplicate: "ON DUPLICATE KEY UPDATE msg_id = VALUES(msg_id), content = VALUES(content), \
-                   stamp_micros = VALUES(stamp_micros), \
+                  ELSE inbox_entries.box_name END, \
+                  stamp_micros = CASE WHEN excluded.stamp_micros >= inbox_entries.stamp_micros \
+                  THEN excluded.stamp_micros ELSE inbox_entries.stamp_micros END",
+    on_duplicate: "ON DUPLICATE KEY UPDATE \
+                   msg_id = IF(VALUES(stamp_micros) >= stamp_micros, VALUES(msg_id), msg_id), \
+                   content = IF(VALUES(stamp_micros) >= stamp_micros, VALUES(content), content), \
                    unread_count = CASE WHEN VALUES(unread_count) = 0 THEN 0 ELSE unread_count + 1 END, \
-                   box_name = CASE WHEN box_name IN ('archive', 'bin') THEN 'inbox' ELSE box_name END",
+                   box_name = CASE WHEN box_name IN ('archive', 'bin') THEN 'inbox' ELSE box_name END, \
+                   stamp_micros = GREATEST(stamp_micros, VALUES(stamp_micros))",
 );
 const GET: Sql = sql!(
     "SELECT remote_jid, msg_id, content, stamp_micros, unread_count, box_name, muted_until \

@@ -730,6 +730,10 @@ async fn inbox(s: &Storage) {
     let e = s.inbox_message(DOMAIN, "alice", &inbox_msg(bob, "m4", 4_000, false)).await.expect("out");
     assert_eq!((e.unread_count, e.msg_id.as_str()), (0, "m4"));
     assert_eq!(s.inbox_entry(DOMAIN, "alice", "nobody@example.org").await.expect("get"), None);
+    // An older message written late counts, but the last message stays.
+    let e = s.inbox_message(DOMAIN, "alice", &inbox_msg(bob, "late", 3_500, true)).await.expect("late");
+    assert_eq!((e.unread_count, e.msg_id.as_str(), e.stamp_micros), (1, "m4", 4_000));
+    assert!(s.inbox_mark_read(DOMAIN, "alice", bob, "m4").await.expect("mark"));
 
     // Conversation actions.
     let carol = "carol@example.org";

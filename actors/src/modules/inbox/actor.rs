@@ -212,3 +212,80 @@ impl Inboxes {
         self.table().retain(|_, r| r.in_use > 0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use meerkat_storage::{DbTls, StorageConfig};
+
+    async fn storage() -> Arc<Storage> {
+        let cfg = StorageConfig {
+            url: "sqlite::memory:".into(),
+            pool_size: 1,
+            connect_timeout: Duration::from_secs(5),
+            tls: DbTls::Disabled,
+        };
+        Arc::new(Storage::connect(&cfg).await.unwrap())
+    }
+
+    fn message(remote: &str, incoming: bool) -> Op {
+        Op::Message(InboxMessage {
+            remote_jid: remote.into(),
+            msg_id: "m".into(),
+            content: "<message/>".into(),
+            stamp_micros: 1,
+            incoming,
+        })
+    }
+
+    async fn unread(inboxes: &Inboxes, user: &str) -> i64 {
+        match inboxes.call("example.org", user, Op::Totals).await.unwrap() {
+            Answer::Totals(t) => t.unread_messages,
+            a => panic!("{a:?}"),
+        }
+    }
+
+    #[test]
+    fn actors_are_bounded_evicted_when_idle_and_lose_nothing() {
+        actix::System::new().block_on(async {
+            let limits = Limits { max_resident: 2, idle_timeout: Duration::from_secs(3600), mailbox: 4 };
+            let inboxes = Arc::new(Inboxes::new(storage().await, limits));
+            // 20 concurrent messages to one inbox: one at a time, none lost.
+            let calls = (0..20).map(|_| inboxes.call("example.org", "alice", message("bob@example.org", true)));
+            for r in futures_util::future::join_all(calls).await {
+                r.unwrap();
+            }
+            assert_eq!(unread(&inboxes, "alice").await, 20);
+            // A third inbox makes room by stopping the least recently used.
+            inboxes.call("example.org", "bob", message("alice@example.org", true)).await.unwrap();
+            inboxes.call("example.org", "carol", message("alice@example.org", true)).await.unwrap();
+            assert_eq!(inboxes.resident(), 2);
+            // The stopped one comes back from SQL as it was.
+            assert_eq!(unread(&inboxes, "alice").await, 20);
+            assert_eq!(inboxes.resident(), 2);
+            // Nothing idle long enough: the sweep keeps them; with no idle time, it stops them.
+            assert_eq!(inboxes.sweep(), 0);
+            let eager = Inboxes::new(storage().await, Limits { idle_timeout: Duration::ZERO, ..limits });
+            eager.call("example.org", "alice", message("bob@example.org", false)).await.unwrap();
+            assert_eq!(eager.sweep(), 1);
+            assert_eq!(eager.resident(), 0);
+        });
+    }
+
+    #[test]
+    fn an_actor_in_use_is_not_evicted() {
+        actix::System::new().block_on(async {
+            let limits = Limits { max_resident: 1, idle_timeout: Duration::ZERO, mailbox: 4 };
+            let inboxes = Inboxes::new(storage().await, limits);
+            let held = inboxes.take("alice@example.org", "example.org", "alice");
+            assert_eq!(inboxes.sweep(), 0, "a sender holds it");
+            // The table is full and its one actor busy: one more starts.
+            inboxes.call("example.org", "bob", message("alice@example.org", true)).await.unwrap();
+            assert_eq!(inboxes.resident(), 2);
+            held.send(message("bob@example.org", true)).await.unwrap().unwrap();
+            inboxes.give_back("alice@example.org");
+            assert_eq!(inboxes.sweep(), 2);
+        });
+    }
+}

@@ -764,3 +764,142 @@ impl Module for Inbox {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn el(xml: &str) -> Element {
+        parse_stored(xml).unwrap()
+    }
+
+    fn module(cfg: InboxConfig) -> Inbox {
+        let boxes = RESERVED_BOXES.iter().map(|b| (*b).to_owned()).chain(cfg.boxes.iter().cloned()).collect();
+        Inbox { cfg, boxes, inboxes: OnceLock::new(), housekeeping: Mutex::new(None) }
+    }
+
+    fn query(inner: &str) -> Result<Query, StanzaErrorCondition> {
+        let m = module(InboxConfig { boxes: vec!["work".into()], max_result_limit: 50, ..Default::default() });
+        let iq = el("<iq xmlns='jabber:client' type='set' id='iq1'/>");
+        m.parse_query(&iq, &el(&format!("<inbox xmlns='{NS_INBOX}'>{inner}</inbox>")))
+    }
+
+    fn form(fields: &[(&str, &str)]) -> String {
+        let f: String = fields.iter().map(|(k, v)| format!("<field var='{k}'><value>{v}</value></field>")).collect();
+        format!("<x xmlns='jabber:x:data' type='submit'>{f}</x>")
+    }
+
+    #[test]
+    fn what_an_inbox_keeps() {
+        let m =
+            |inner: &str, kind: &str| el(&format!("<message xmlns='jabber:client' type='{kind}'>{inner}</message>"));
+        assert!(storable(&m("<body>hi</body>", "chat")));
+        assert!(storable(&m("<body>hi</body>", "normal")));
+        assert!(storable(&m("<store xmlns='urn:xmpp:hints'/>", "chat")), "a store hint without a body");
+        assert!(!storable(&m("<body>hi</body>", "headline")));
+        assert!(!storable(&m("<body>hi</body>", "groupchat")));
+        assert!(!storable(&m("<active xmlns='http://jabber.org/protocol/chatstates'/>", "chat")));
+        assert!(!storable(&m("<body>hi</body><no-store xmlns='urn:xmpp:hints'/>", "chat")));
+        assert!(!storable(&m("<body>hi</body><displayed xmlns='urn:xmpp:chat-markers:0' id='x'/>", "chat")));
+        assert!(!storable(&m("<body>hi</body><delay xmlns='urn:xmpp:delay' stamp='2020-01-01T00:00:00Z'/>", "chat")));
+    }
+
+    #[test]
+    fn reset_markers_are_the_configured_kinds() {
+        let m = module(InboxConfig::default());
+        let msg = |kind: &str| {
+            el(&format!("<message xmlns='jabber:client'><{kind} xmlns='urn:xmpp:chat-markers:0' id='m1'/></message>"))
+        };
+        assert_eq!(m.reset_marker(&msg("displayed")), Some("m1"));
+        assert_eq!(m.reset_marker(&msg("received")), None);
+        let m = module(InboxConfig { reset_markers: vec![Marker::Received], ..Default::default() });
+        assert_eq!(m.reset_marker(&msg("received")), Some("m1"));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_refused() {
+        let e = InboxEntry {
+            remote_jid: "bob@example.org".into(),
+            msg_id: String::new(),
+            content: String::new(),
+            stamp_micros: 1_626_263_283_123_456,
+            unread_count: 0,
+            box_name: "inbox".into(),
+            muted_until: 0,
+        };
+        assert_eq!(cursor(&e), "1626263283123456/Ym9iQGV4YW1wbGUub3Jn");
+        assert_eq!(parse_cursor(&cursor(&e)).unwrap(), (e.stamp_micros, e.remote_jid));
+        for bad in ["", "123", "-1/Ym9i", "x/Ym9i", "12/%%%"] {
+            assert_eq!(parse_cursor(bad), Err(StanzaErrorCondition::BadRequest), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_forms_and_pages() {
+        let q = query("").unwrap();
+        assert_eq!(q.queryid, "iq1", "the IQ id stands in for a missing queryid");
+        assert_eq!(q.storage, InboxQuery { max: 50, ..Default::default() });
+        let q = query(&format!(
+            "{}<set xmlns='{}'><max>500</max><after>5/Ym9i</after></set>",
+            form(&[
+                ("FORM_TYPE", NS_INBOX),
+                ("start", "2021-01-01T00:00:00Z"),
+                ("order", "asc"),
+                ("hidden_read", "true"),
+                ("box", "work")
+            ]),
+            ns::RSM
+        ))
+        .unwrap();
+        assert_eq!(q.storage.start_micros, Some(1_609_459_200_000_000));
+        assert!(q.storage.ascending && q.storage.hidden_read);
+        assert_eq!(q.storage.boxes, InboxBoxes::Only("work".into()));
+        assert_eq!((q.storage.max, q.storage.after), (50, Some((5, "bob".into()))), "max is capped");
+        assert_eq!(query(&form(&[("archive", "true")])).unwrap().storage.boxes, InboxBoxes::Only("archive".into()));
+        assert_eq!(query(&form(&[("archive", "true"), ("box", "all")])).unwrap().storage.boxes, InboxBoxes::All);
+        let last = query(&format!("<set xmlns='{}'><before/></set>", ns::RSM)).unwrap();
+        assert_eq!(last.storage.before, Some((i64::MIN, String::new())), "the oldest page, newest first");
+    }
+
+    #[test]
+    fn rejects_bad_queries() {
+        for (inner, cond) in [
+            (form(&[("order", "up")]), StanzaErrorCondition::BadRequest),
+            (form(&[("box", "nope")]), StanzaErrorCondition::BadRequest),
+            (form(&[("hidden_read", "maybe")]), StanzaErrorCondition::BadRequest),
+            (form(&[("start", "yesterday")]), StanzaErrorCondition::BadRequest),
+            (form(&[("colour", "red")]), StanzaErrorCondition::BadRequest),
+            (format!("<set xmlns='{}'><max>ten</max></set>", ns::RSM), StanzaErrorCondition::BadRequest),
+            (format!("<set xmlns='{}'><index>3</index></set>", ns::RSM), StanzaErrorCondition::FeatureNotImplemented),
+        ] {
+            assert_eq!(query(&inner), Err(cond), "{inner}");
+        }
+    }
+
+    #[test]
+    fn parses_conversation_changes() {
+        let m = module(InboxConfig::default());
+        let change = |inner: &str| m.parse_change(&el(&format!("<query xmlns='{NS_CONV}'>{inner}</query>")), 1_000);
+        assert_eq!(
+            change("<box>bin</box><read>true</read><mute>2</mute>").unwrap(),
+            InboxChange { box_name: Some("bin".into()), muted_until: Some(2_001_000), read: Some(true) }
+        );
+        assert_eq!(change("<archive>true</archive>").unwrap().box_name.as_deref(), Some("archive"));
+        assert_eq!(change("<archive>false</archive>").unwrap().box_name.as_deref(), Some("inbox"));
+        assert_eq!(change("<mute>0</mute>").unwrap().muted_until, Some(0));
+        for bad in ["", "<box>all</box>", "<box>work</box>", "<mute>-1</mute>", "<read>yes</read>", "<colour/>"] {
+            assert_eq!(change(bad), Err(StanzaErrorCondition::BadRequest), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_sections() {
+        let bad = |cfg: InboxConfig| Inbox::validate(&cfg).unwrap_err().0;
+        assert_eq!(bad(InboxConfig { boxes: vec!["bin".into()], ..Default::default() }), "boxes");
+        assert_eq!(bad(InboxConfig { boxes: vec!["a".into(), "a".into()], ..Default::default() }), "boxes");
+        assert_eq!(bad(InboxConfig { backend: "mnesia".into(), ..Default::default() }), "backend");
+        assert_eq!(bad(InboxConfig { max_resident: 10, ..Default::default() }), "max_resident");
+        assert!(Inbox::validate(&InboxConfig::default()).is_ok());
+    }
+}
