@@ -35,7 +35,7 @@ const COUNT: Sql = sql!("SELECT COUNT(*) AS n FROM accounts WHERE domain = ?");
 
 /// Everything owned by an account, children first; the account row goes last so that
 /// its `rows_affected` tells whether it existed.
-const REMOVE: [Sql; 10] = [
+const REMOVE: [Sql; 11] = [
     sql!("DELETE FROM roster_groups WHERE domain = ? AND username = ?"),
     sql!("DELETE FROM archive_messages WHERE domain = ? AND username = ?"),
     sql!("DELETE FROM roster_items WHERE domain = ? AND username = ?"),
@@ -45,6 +45,7 @@ const REMOVE: [Sql; 10] = [
     sql!("DELETE FROM blocklist_items WHERE domain = ? AND username = ?"),
     sql!("DELETE FROM fast_tokens WHERE domain = ? AND username = ?"),
     sql!("DELETE FROM inbox_entries WHERE domain = ? AND username = ?"),
+    sql!("DELETE FROM push_subscriptions WHERE domain = ? AND username = ?"),
     sql!("DELETE FROM accounts WHERE domain = ? AND username = ?"),
 ];
 

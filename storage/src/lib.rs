@@ -31,6 +31,7 @@ mod error;
 mod fast;
 mod inbox;
 mod offline;
+mod push;
 mod roster;
 mod secrets;
 mod sql;
@@ -420,6 +421,38 @@ pub trait InboxRepo: Send + Sync {
     /// Removes every account's bin entries whose last message is older than
     /// `before_micros`; how many.
     async fn inbox_clean_bins(&self, before_micros: i64) -> Result<u64, StorageError>;
+}
+
+/// An app server an account's client enabled push notifications to (XEP-0357).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushSubscription {
+    /// The app server's JID.
+    pub pubsub_jid: String,
+    /// The node there.
+    pub node: String,
+    /// The resource that enabled it.
+    pub resource: String,
+    /// The publish-options form to send along, serialized; '' when none.
+    pub form: String,
+    pub created_micros: i64,
+}
+
+/// Push notification subscriptions (XEP-0357), per account and (app server, node).
+#[async_trait]
+pub trait PushRepo: Send + Sync {
+    /// Adds or replaces the subscription to its (app server, node).
+    async fn enable_push(&self, domain: &str, user: &str, sub: &PushSubscription) -> Result<(), StorageError>;
+    /// Removes the subscription to `node` of `pubsub_jid`, or every one to
+    /// `pubsub_jid` when `node` is `None`; how many.
+    async fn disable_push(
+        &self,
+        domain: &str,
+        user: &str,
+        pubsub_jid: &str,
+        node: Option<&str>,
+    ) -> Result<u64, StorageError>;
+    /// The account's subscriptions, oldest first.
+    async fn push_subscriptions(&self, domain: &str, user: &str) -> Result<Vec<PushSubscription>, StorageError>;
 }
 
 /// User accounts and their credentials.

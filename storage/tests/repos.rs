@@ -14,8 +14,8 @@ use std::time::Duration;
 use meerkat_storage::{
     AccountRepo, ArchiveDirection, ArchivePage, ArchiveQuery, ArchiveRepo, ArchivedMessage, BlocklistRepo, DbTls,
     FastSlot, FastToken, FastTokenRepo, FastTokens, InboxBoxes, InboxChange, InboxMessage, InboxQuery, InboxRepo,
-    InboxTotals, OfflineRepo, PrivateRepo, RosterItem, RosterRepo, SecretRepo, Storage, StorageConfig, StorageError,
-    StoredPassword, Subscription, VcardRepo,
+    InboxTotals, OfflineRepo, PrivateRepo, PushRepo, PushSubscription, RosterItem, RosterRepo, SecretRepo, Storage,
+    StorageConfig, StorageError, StoredPassword, Subscription, VcardRepo,
 };
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -826,6 +826,44 @@ async fn inbox(s: &Storage) {
     assert_eq!(s.inbox_totals(DOMAIN, "bob").await.expect("totals").unread_messages, 1);
 }
 
+fn push_sub(jid: &str, node: &str, resource: &str, at: i64) -> PushSubscription {
+    PushSubscription {
+        pubsub_jid: jid.to_owned(),
+        node: node.to_owned(),
+        resource: resource.to_owned(),
+        form: format!("<x xmlns='jabber:x:data'><field var='secret'><value>{UNICODE}</value></field></x>"),
+        created_micros: at,
+    }
+}
+
+async fn push(s: &Storage) {
+    assert!(s.push_subscriptions(DOMAIN, "alice").await.expect("none").is_empty());
+    let long_node = "n".repeat(1000);
+    let subs = [
+        push_sub("push.example.net", "phone", "a", 1),
+        push_sub("push.example.net", &long_node, "b", 2),
+        push_sub("other.example.net", "phone", "a", 3),
+    ];
+    for sub in &subs {
+        s.enable_push(DOMAIN, "alice", sub).await.expect("enable");
+    }
+    assert_eq!(s.push_subscriptions(DOMAIN, "alice").await.expect("list"), subs);
+    // Enabling the same (app server, node) again replaces it.
+    let again =
+        PushSubscription { resource: "c".into(), form: String::new(), ..push_sub("push.example.net", "phone", "c", 4) };
+    s.enable_push(DOMAIN, "alice", &again).await.expect("again");
+    let list = s.push_subscriptions(DOMAIN, "alice").await.expect("list");
+    assert_eq!(list.len(), 3);
+    assert_eq!(list.last(), Some(&again));
+    // One node, then every node of an app server.
+    assert_eq!(s.disable_push(DOMAIN, "alice", "push.example.net", Some("phone")).await.expect("disable"), 1);
+    assert_eq!(s.disable_push(DOMAIN, "alice", "push.example.net", Some("phone")).await.expect("disable"), 0);
+    s.enable_push(DOMAIN, "alice", &again).await.expect("again");
+    assert_eq!(s.disable_push(DOMAIN, "alice", "push.example.net", None).await.expect("disable all"), 2);
+    assert_eq!(s.push_subscriptions(DOMAIN, "alice").await.expect("list"), [subs[2].clone()]);
+    assert!(s.push_subscriptions(DOMAIN, "bob").await.expect("bob").is_empty());
+}
+
 async fn remove_account_cascades(s: &Storage) {
     assert!(!s.get_roster(DOMAIN, "alice").await.expect("roster").is_empty());
     assert!(s.count_offline(DOMAIN, "alice").await.expect("count") > 0);
@@ -833,6 +871,7 @@ async fn remove_account_cascades(s: &Storage) {
     assert_eq!(s.query_archive(DOMAIN, "alice", &everything).await.expect("archive").map(|p| p.count), Some(1000));
     assert!(!s.get_blocklist(DOMAIN, "alice").await.expect("blocklist").is_empty());
     assert!(s.inbox_totals(DOMAIN, "alice").await.expect("inbox").unread_messages > 0);
+    assert!(!s.push_subscriptions(DOMAIN, "alice").await.expect("push").is_empty());
 
     assert!(s.remove_account(DOMAIN, "alice").await.expect("remove"));
     assert_eq!(s.get_password(DOMAIN, "alice").await.expect("get"), None);
@@ -885,6 +924,7 @@ async fn test_suite(s: &Storage) {
     blocklist(s).await;
     fast_tokens(s).await;
     inbox(s).await;
+    push(s).await;
     remove_account_cascades(s).await;
     s.ping().await.expect("ping");
 }
@@ -935,7 +975,7 @@ async fn mysql_stored_bytes(admin: &sqlx::MySqlPool, db: &str) {
     .fetch_all(admin)
     .await
     .expect("information_schema");
-    assert_eq!(rows.len(), 11);
+    assert_eq!(rows.len(), 12);
     for r in &rows {
         let collation: String = r.try_get("TABLE_COLLATION").expect("collation");
         assert_eq!(collation, "utf8mb4_bin");

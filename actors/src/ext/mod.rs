@@ -549,6 +549,12 @@ pub trait Module: Send + Sync + 'static {
         Flow::Continue
     }
 
+    /// The account's unread message count, all conversations together (the
+    /// badge of a push notification); `None` when this module keeps none.
+    async fn unread_count(&self, _ctx: &ModuleCtx, _owner: &BareJid) -> Option<i64> {
+        None
+    }
+
     /// A resource just sent its initial presence, and it was broadcast.
     async fn user_available(&self, _ctx: &ModuleCtx, _jid: &FullJid) {}
 

@@ -485,6 +485,16 @@ impl Registry {
         Flow::Continue
     }
 
+    /// The account's unread message count, from the first module that keeps one.
+    pub async fn unread_count(&self, ctx: &ModuleCtx, owner: &BareJid) -> Option<i64> {
+        for m in &self.modules {
+            if let Some(n) = m.unread_count(ctx, owner).await {
+                return Some(n);
+            }
+        }
+        None
+    }
+
     pub async fn user_available(&self, ctx: &ModuleCtx, jid: &FullJid) {
         for m in &self.modules {
             m.user_available(ctx, jid).await;

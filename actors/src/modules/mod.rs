@@ -11,6 +11,7 @@ pub mod blocking;
 pub mod carbons;
 pub mod csi;
 pub mod disco;
+pub mod event_pusher;
 pub mod fast_auth_token;
 pub mod inbox;
 pub mod mam;
@@ -107,6 +108,8 @@ modules! {
     mod_mam => mam::MamModule,
     /// MongooseIM's Inbox: conversations with unread counts (off by default).
     mod_inbox => inbox::Inbox,
+    /// MongooseIM's event pusher: XEP-0357 push notifications (off by default).
+    mod_event_pusher => event_pusher::EventPusher,
     /// XEP-0280 message carbons.
     mod_carbons => carbons::Carbons,
     /// XEP-0352 client state indication.
@@ -131,7 +134,7 @@ mod tests {
     use super::*;
 
     /// The modules MongooseIM also leaves off unless configured.
-    const OFF_BY_DEFAULT: &[&str] = &["mod_inbox"];
+    const OFF_BY_DEFAULT: &[&str] = &["mod_inbox", "mod_event_pusher"];
 
     #[test]
     fn section_names_are_module_names() {

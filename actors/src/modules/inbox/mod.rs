@@ -728,6 +728,13 @@ impl Module for Inbox {
         Ok(())
     }
 
+    async fn unread_count(&self, _ctx: &ModuleCtx, owner: &BareJid) -> Option<i64> {
+        match self.call(&Jid::from(owner.clone()), Op::Totals).await {
+            Ok(Answer::Totals(t)) => Some(t.unread_messages),
+            _ => None,
+        }
+    }
+
     async fn iq(&self, ctx: &ModuleCtx, target: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
         if payload.ns != NS_INBOX && payload.ns != NS_CONV {
             return None;

@@ -1,0 +1,319 @@
+//! The event pusher (`[modules.mod_event_pusher]`, as MongooseIM's): events
+//! of a user's messages sent to the outside world, by backend.
+//!
+//! # push (XEP-0357)
+//! `[modules.mod_event_pusher.push]`. A client enables notifications with
+//! `<enable xmlns='urn:xmpp:push:0' jid=… node=…>` (with an optional
+//! publish-options form, sent back with every notification) and disables
+//! them with `<disable/>`; subscriptions are stored in SQL per account and
+//! (app server, node), with the resource that enabled them. A message with a
+//! body that no resource of the account took (it went to offline storage) is
+//! announced to each subscription: a pubsub publish from the account's bare
+//! JID to the app server, of a `<notification xmlns='urn:xmpp:push:0'>` with
+//! the `urn:xmpp:push:summary` form: `message-count`, `last-message-sender`
+//! and `last-message-body`, and the stored publish-options.
+//!
+//! `message-count` is the account's total unread count, from Inbox when it
+//! runs (the number a badge shows; MongooseIM sends the conversation's), else
+//! 1, as MongooseIM does without Inbox.
+//!
+//! The publish runs off the stanza's path: the server shard that handles the
+//! undelivered message only routes it. Whatever comes back (a result, an
+//! error, nothing) is addressed to the account's bare JID, where results and
+//! errors are dropped: a failed push never causes another push or an error
+//! stanza.
+
+use std::sync::Arc;
+
+use meerkat_routing::Routed;
+use meerkat_storage::{PushRepo, PushSubscription};
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::StanzaErrorCondition;
+use meerkat_xmpp::jid::{parse_jid, Bare as _, BareJid, Jid};
+use meerkat_xmpp::ns;
+
+use crate::ext::registry::ModuleSpec;
+use crate::ext::util::{account_of, now_micros, parse_stored};
+use crate::ext::{storage_error, Flow, IqAnswer, Module, ModuleCtx, Target, Undelivered};
+
+const NS_PUSH: &str = "urn:xmpp:push:0";
+const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+const SUMMARY: &str = "urn:xmpp:push:summary";
+const PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+/// Longest body a notification carries (characters); longer ones are cut.
+const MAX_BODY: usize = 1024;
+
+/// `[modules.mod_event_pusher]`
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventPusherConfig {
+    /// Run the event pusher (off unless enabled, as in MongooseIM).
+    pub enabled: bool,
+    /// XEP-0357 push notifications; on when the section is there.
+    pub push: Option<PushConfig>,
+}
+
+/// `[modules.mod_event_pusher.push]`
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// `"rdbms"`, the only backend: the node's database.
+    pub backend: String,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig { backend: "rdbms".into() }
+    }
+}
+
+/// The module.
+pub struct EventPusher {
+    push: Option<PushConfig>,
+}
+
+impl ModuleSpec for EventPusher {
+    const NAME: &'static str = "mod_event_pusher";
+    type Config = EventPusherConfig;
+    fn enabled(cfg: &EventPusherConfig) -> bool {
+        cfg.enabled
+    }
+    fn validate(cfg: &EventPusherConfig) -> Result<(), (&'static str, String)> {
+        if let Some(p) = &cfg.push {
+            if p.backend != "rdbms" {
+                return Err(("push.backend", format!("\"{}\" is not a backend; the only one is \"rdbms\"", p.backend)));
+            }
+        }
+        if cfg.enabled && cfg.push.is_none() {
+            return Err(("push", "the event pusher is enabled with no backend section".into()));
+        }
+        Ok(())
+    }
+    fn build(cfg: &EventPusherConfig) -> Arc<dyn Module> {
+        Arc::new(EventPusher { push: cfg.push.clone() })
+    }
+}
+
+/// An `<enable/>` or `<disable/>`, checked.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    Enable { jid: String, node: String, form: String },
+    Disable { jid: String, node: Option<String> },
+}
+
+fn parse_command(payload: &Element) -> Result<Command, StanzaErrorCondition> {
+    let bad = StanzaErrorCondition::BadRequest;
+    let jid = payload.attr("jid").ok_or(bad)?;
+    let jid = parse_jid(jid).map_err(|_| bad)?.to_string();
+    let node = payload.attr("node").filter(|n| !n.is_empty()).map(str::to_owned);
+    match payload.name.as_str() {
+        "enable" => {
+            // XEP-0357 §5: the node is required to enable.
+            let node = node.ok_or(bad)?;
+            let form = match payload.get_child("x", ns::DATA_FORMS) {
+                Some(x) => {
+                    let form_type = x
+                        .elements()
+                        .find(|f| f.is("field", ns::DATA_FORMS) && f.attr("var") == Some("FORM_TYPE"))
+                        .and_then(|f| f.get_child("value", ns::DATA_FORMS))
+                        .map(|v| v.text());
+                    if form_type.as_deref().map(str::trim) != Some(PUBLISH_OPTIONS) {
+                        return Err(bad);
+                    }
+                    x.to_xml(ns::CLIENT)
+                }
+                None => String::new(),
+            };
+            Ok(Command::Enable { jid, node, form })
+        }
+        "disable" => Ok(Command::Disable { jid, node }),
+        _ => Err(bad),
+    }
+}
+
+fn field(var: &str, value: &str) -> Element {
+    Element::new("field", ns::DATA_FORMS)
+        .with_attr("var", var)
+        .with_child(Element::new("value", ns::DATA_FORMS).with_text(value))
+}
+
+/// The pubsub publish announcing a message to one subscription.
+fn notification(owner: &BareJid, sub: &PushSubscription, count: i64, sender: &str, body: &str) -> Element {
+    let body: String = body.chars().take(MAX_BODY).collect();
+    let summary = Element::new("x", ns::DATA_FORMS)
+        .with_attr("type", "submit")
+        .with_child(field("FORM_TYPE", SUMMARY))
+        .with_child(field("message-count", &count.to_string()))
+        .with_child(field("last-message-sender", sender))
+        .with_child(field("last-message-body", &body));
+    let publish = Element::new("publish", NS_PUBSUB).with_attr("node", sub.node.clone()).with_child(
+        Element::new("item", NS_PUBSUB).with_child(Element::new("notification", NS_PUSH).with_child(summary)),
+    );
+    let mut pubsub = Element::new("pubsub", NS_PUBSUB).with_child(publish);
+    if let Some(form) = (!sub.form.is_empty()).then(|| parse_stored(&sub.form)).flatten() {
+        pubsub.push_child(Element::new("publish-options", NS_PUBSUB).with_child(form));
+    }
+    Element::new("iq", ns::CLIENT)
+        .with_attr("type", "set")
+        .with_attr("id", format!("push-{:016x}", rand::random::<u64>()))
+        .with_attr("from", owner.to_string())
+        .with_attr("to", sub.pubsub_jid.clone())
+        .with_child(pubsub)
+}
+
+impl EventPusher {
+    async fn push_command(&self, ctx: &ModuleCtx, iq: &Routed, payload: &Element) -> IqAnswer {
+        if iq.stanza.attr("type") != Some("set") {
+            return Err(StanzaErrorCondition::BadRequest);
+        }
+        let (user, domain) = account_of(&iq.from);
+        match parse_command(payload)? {
+            Command::Enable { jid, node, form } => {
+                let sub = PushSubscription {
+                    pubsub_jid: jid,
+                    node,
+                    resource: iq.from.resource().map(|r| r.as_str().to_owned()).unwrap_or_default(),
+                    form,
+                    created_micros: now_micros(),
+                };
+                ctx.storage.enable_push(&domain, &user, &sub).await.map_err(storage_error("push enable"))?;
+            }
+            Command::Disable { jid, node } => {
+                ctx.storage
+                    .disable_push(&domain, &user, &jid, node.as_deref())
+                    .await
+                    .map_err(storage_error("push disable"))?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Announces a message no resource took to every subscription of its recipient.
+    async fn notify(&self, ctx: &ModuleCtx, r: &Routed) {
+        let Some(body) = r.stanza.get_child("body", &r.stanza.ns).map(|b| b.text()) else { return };
+        let owner = r.to.bare();
+        let (user, domain) = account_of(&Jid::from(owner.clone()));
+        let subs = match ctx.storage.push_subscriptions(&domain, &user).await {
+            Ok(s) if s.is_empty() => return,
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, %owner, "push subscriptions not read; no notification");
+                return;
+            }
+        };
+        let count = ctx.hooks.unread_count(ctx, &owner).await.unwrap_or(1);
+        let sender = r.from.to_string();
+        for sub in &subs {
+            let Ok(to) = parse_jid(&sub.pubsub_jid) else { continue };
+            let stanza = notification(&owner, sub, count, &sender, &body);
+            ctx.router.route(Routed { from: Jid::from(owner.clone()), to, stanza });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Module for EventPusher {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        if self.push.is_some() {
+            &[NS_PUSH]
+        } else {
+            &[]
+        }
+    }
+
+    fn disco_features(&self, target: Target) -> &'static [&'static str] {
+        if target == Target::OwnAccount && self.push.is_some() {
+            &[NS_PUSH]
+        } else {
+            &[]
+        }
+    }
+
+    async fn iq(&self, ctx: &ModuleCtx, target: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+        if payload.ns != NS_PUSH || self.push.is_none() {
+            return None;
+        }
+        Some(match target {
+            Target::OwnAccount => self.push_command(ctx, iq, payload).await,
+            Target::OtherAccount => Err(StanzaErrorCondition::Forbidden),
+            Target::Server => return None,
+        })
+    }
+
+    async fn undelivered_message(&self, ctx: &ModuleCtx, r: &Routed, _acc: &mut Undelivered) -> Flow {
+        if self.push.is_some() {
+            self.notify(ctx, r).await;
+        }
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn el(xml: &str) -> Element {
+        parse_stored(xml).unwrap()
+    }
+
+    #[test]
+    fn parses_enable_and_disable() {
+        let form = format!(
+            "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>{PUBLISH_OPTIONS}</value></field>\
+             <field var='secret'><value>s3</value></field></x>"
+        );
+        let c = parse_command(&el(&format!("<enable xmlns='{NS_PUSH}' jid='push.example' node='n1'>{form}</enable>")))
+            .unwrap();
+        match c {
+            Command::Enable { jid, node, form } => {
+                assert_eq!((jid.as_str(), node.as_str()), ("push.example", "n1"));
+                assert!(form.contains("s3"), "{form}");
+            }
+            c => panic!("{c:?}"),
+        }
+        assert_eq!(
+            parse_command(&el(&format!("<disable xmlns='{NS_PUSH}' jid='push.example'/>"))).unwrap(),
+            Command::Disable { jid: "push.example".into(), node: None }
+        );
+        for bad in [
+            format!("<enable xmlns='{NS_PUSH}' jid='push.example'/>"),
+            format!("<enable xmlns='{NS_PUSH}' node='n1'/>"),
+            format!("<enable xmlns='{NS_PUSH}' jid='@@' node='n1'/>"),
+            format!("<enable xmlns='{NS_PUSH}' jid='p' node='n'><x xmlns='jabber:x:data'/></enable>"),
+            format!("<other xmlns='{NS_PUSH}' jid='p'/>"),
+        ] {
+            assert_eq!(parse_command(&el(&bad)), Err(StanzaErrorCondition::BadRequest), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_notification_carries_the_summary_and_the_publish_options() {
+        let owner = meerkat_xmpp::jid::parse_bare("alice@example.org").unwrap();
+        let sub = PushSubscription {
+            pubsub_jid: "push.example".into(),
+            node: "n1".into(),
+            resource: "phone".into(),
+            form: "<x xmlns='jabber:x:data' type='submit'><field var='secret'><value>s3</value></field></x>".into(),
+            created_micros: 0,
+        };
+        let iq = notification(&owner, &sub, 7, "bob@example.org/x", "hi");
+        let xml = iq.to_xml(ns::CLIENT);
+        for part in [
+            "to=\"push.example\"",
+            "from=\"alice@example.org\"",
+            "<publish node=\"n1\">",
+            "<value>urn:xmpp:push:summary</value>",
+            "<field var=\"message-count\"><value>7</value>",
+            "<field var=\"last-message-sender\"><value>bob@example.org/x</value>",
+            "<field var=\"last-message-body\"><value>hi</value>",
+            "<publish-options><x xmlns=\"jabber:x:data\" type=\"submit\"><field var=\"secret\">",
+        ] {
+            assert!(xml.replace('\'', "\"").contains(part), "{part} in {xml}");
+        }
+    }
+}
