@@ -91,9 +91,15 @@ impl Services {
         settings: SessionSettings,
         workers: Arc<ServerWorkers>,
         modules: Arc<Registry>,
+        pools: Arc<crate::ext::pools::ModulePools>,
     ) -> Arc<Self> {
-        let ctx =
-            ModuleCtx { router: router.clone(), storage: storage.clone(), accounts: accounts.clone(), hooks: modules };
+        let ctx = ModuleCtx {
+            router: router.clone(),
+            storage: storage.clone(),
+            accounts: accounts.clone(),
+            hooks: modules,
+            pools,
+        };
         Arc::new(Services {
             router,
             registry,

@@ -409,6 +409,17 @@ pub struct OutgoingPools {
     pub rdbms: RdbmsPools,
     /// `[outgoing_pools.redis.<name>]`: Redis (or Dynomite) servers, by pool name.
     pub redis: BTreeMap<String, RedisPool>,
+    /// `[outgoing_pools.http.<name>]`: HTTP servers modules post to (the event pusher).
+    pub http: BTreeMap<String, meerkat_actors::ext::pools::HttpPool>,
+    /// `[outgoing_pools.rabbit.<name>]`: RabbitMQ servers modules publish to (the event pusher).
+    pub rabbit: BTreeMap<String, meerkat_actors::ext::pools::RabbitPool>,
+}
+
+impl OutgoingPools {
+    /// The pools modules use, by name.
+    pub fn for_modules(&self) -> meerkat_actors::ext::pools::ModulePools {
+        meerkat_actors::ext::pools::ModulePools { http: self.http.clone(), rabbit: self.rabbit.clone() }
+    }
 }
 
 /// `[outgoing_pools.rdbms]`
@@ -1044,6 +1055,12 @@ impl Config {
             if pool.workers == 0 {
                 return Err(err("outgoing_pools.rdbms.default.workers", "must be at least 1".into()));
             }
+        }
+        for (name, pool) in &self.outgoing_pools.http {
+            pool.validate().map_err(|(k, why)| err(&format!("outgoing_pools.http.{name}.{k}"), why))?;
+        }
+        for (name, pool) in &self.outgoing_pools.rabbit {
+            pool.validate().map_err(|(k, why)| err(&format!("outgoing_pools.rabbit.{name}.{k}"), why))?;
         }
         for (name, pool) in &self.outgoing_pools.redis {
             let key = |k: &str| format!("outgoing_pools.redis.{name}.connection.{k}");

@@ -47,6 +47,14 @@ fn record(state: &AdminState) {
     counter!("meerkat_router_routed_total").absolute(rs.routed.load(Ordering::Relaxed));
     counter!("meerkat_router_bounced_total").absolute(rs.bounced.load(Ordering::Relaxed));
     counter!("meerkat_router_dropped_total").absolute(rs.dropped.load(Ordering::Relaxed));
+    for m in state.svc.ctx.hooks.metrics() {
+        let labels: Vec<metrics::Label> = m.labels.into_iter().map(|(k, v)| metrics::Label::new(k, v)).collect();
+        if m.counter {
+            counter!(m.name, labels).absolute(m.value as u64);
+        } else {
+            gauge!(m.name, labels).set(m.value);
+        }
+    }
     if let Some(t) = router.transport() {
         let ts = &t.stats;
         counter!("meerkat_cluster_stanzas_sent_total").absolute(ts.stanzas_sent.load(Ordering::Relaxed));

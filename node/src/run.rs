@@ -149,8 +149,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let modules = Arc::new(Registry::new(cfg.modules.build()));
     tracing::info!(modules = ?modules, "modules enabled");
     let stream_features = modules.stream_features();
-    let svc =
-        Services::new(router.clone(), registry.clone(), storage.clone(), accounts, settings, workers.clone(), modules);
+    let svc = Services::new(
+        router.clone(),
+        registry.clone(),
+        storage.clone(),
+        accounts,
+        settings,
+        workers.clone(),
+        modules,
+        Arc::new(cfg.outgoing_pools.for_modules()),
+    );
     router.set_server_handler(workers.clone());
 
     let n_arbiters = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);

@@ -1,15 +1,21 @@
-//! XEP-0357 push notifications (`[modules.mod_event_pusher.push]`) over the
-//! real node with Inbox on: a slixmpp client's full JID is the app server
-//! (`tests/python/push.py`), and gets a publish for each message to an
-//! offline user, with that user's unread total as `message-count`.
+//! The event pusher over the real node. push (XEP-0357) with Inbox on: a
+//! slixmpp client's full JID is the app server (`tests/python/push.py`), and
+//! gets a publish for each message to an offline user, with that user's
+//! unread total as `message-count`. http: a local HTTP receiver started by
+//! the test gets MongooseIM's form for each chat message with a body.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use meerkat_tests::js::venv_python;
 use meerkat_tests::node::NodeOptions;
-use meerkat_tests::TestNode;
+use meerkat_tests::{login, TestNode};
 
 #[test]
 fn the_app_server_gets_a_notification_with_the_unread_total_per_message_to_an_offline_user() {
@@ -39,4 +45,134 @@ fn the_app_server_gets_a_notification_with_the_unread_total_per_message_to_an_of
     );
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
     assert_eq!(summary["notifications"], 5, "{summary}");
+}
+
+/// One request the receiver got: its path and its form fields.
+type Posted = (String, HashMap<String, String>);
+
+/// A minimal HTTP/1.1 receiver on a free loopback port: answers every
+/// request 200 and hands its path and url-encoded form over the channel.
+fn http_receiver() -> (u16, mpsc::Receiver<Posted>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).unwrap();
+                        let line = line.trim_end();
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let form = url_decoded_form(&String::from_utf8(body).unwrap());
+                    writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+                    if tx.send((path, form)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+fn url_decoded_form(body: &str) -> HashMap<String, String> {
+    let decode = |s: &str| {
+        let bytes = s.replace('+', " ").into_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                out.push(u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap(), 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    body.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
+}
+
+#[tokio::test]
+async fn the_http_backend_posts_each_chat_message_with_a_body_to_the_handler() {
+    let (port, posted) = http_receiver();
+    let node = TestNode::start_with(NodeOptions {
+        extra_toml: format!(
+            "[outgoing_pools.http.http_pool]\nworkers = 2\n\
+             [outgoing_pools.http.http_pool.connection]\nhost = \"http://127.0.0.1:{port}\"\npath_prefix = \"/hooks\"\n\n\
+             [modules.mod_event_pusher]\nenabled = true\n\
+             [[modules.mod_event_pusher.http.handlers]]\npool_name = \"http_pool\"\npath = \"/messages\"\n"
+        ),
+        ..Default::default()
+    });
+    node.add_user("alice", "secret");
+    node.add_user("bob", "secret");
+    let mut alice = login(&node, "alice", "secret", "a").await;
+    let _bob = login(&node, "bob", "secret", "b").await;
+    let bodies = ["hello bob", "ça va? & 100% = 😀", "third"];
+    for (i, body) in bodies.iter().enumerate() {
+        // A chat message with a body, then two that the default callback
+        // leaves out: a chat state without a body and a normal message.
+        alice
+            .send_str(&format!(
+                "<message to='bob@localhost' type='chat' id='m{i}'><body>{}</body></message>\
+                 <message to='bob@localhost' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>\
+                 <message to='bob@localhost' type='normal'><body>not a chat</body></message>",
+                body.replace('&', "&amp;")
+            ))
+            .await
+            .unwrap();
+    }
+    // Two workers post side by side: in any order, each once.
+    let mut got: Vec<String> = Vec::new();
+    for _ in bodies {
+        let (path, form) = posted.recv_timeout(Duration::from_secs(20)).expect("a POST");
+        assert_eq!(path, "/hooks/messages");
+        assert_eq!(
+            (form["author"].as_str(), form["server"].as_str(), form["receiver"].as_str()),
+            ("alice", "localhost", "bob")
+        );
+        assert_eq!(form.len(), 4, "{form:?}");
+        got.push(form["message"].clone());
+    }
+    got.sort();
+    let mut expected: Vec<String> = bodies.iter().map(|b| (*b).to_owned()).collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    // The left-out ones never come: a last chat message is the next POST.
+    alice.send_str("<message to='bob@localhost' type='chat'><body>last</body></message>").await.unwrap();
+    let (_, form) = posted.recv_timeout(Duration::from_secs(20)).expect("the last POST");
+    assert_eq!(form["message"], "last");
+    // The handler's figures are in /metrics.
+    let (code, metrics) = node.api("GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let metrics = metrics.as_str().unwrap_or_default();
+    for name in ["meerkat_event_pusher_sent_total", "meerkat_event_pusher_dropped_total", "meerkat_event_pusher_queued"]
+    {
+        let line = format!("{name}{{backend=\"http\",url=\"http://127.0.0.1:{port}/hooks/messages\"}}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
 }

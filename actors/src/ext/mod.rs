@@ -21,6 +21,7 @@
 //!   work that needs storage becomes a [`ModuleJob`].
 
 pub mod errors;
+pub mod pools;
 pub mod registry;
 pub mod service;
 pub mod state;
@@ -76,6 +77,17 @@ pub enum Flow {
     Stop,
 }
 
+/// One figure a module exports in `/metrics` ([`Module::metrics`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    /// Prometheus name, `meerkat_` first, `_total` last for a counter.
+    pub name: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+    /// A counter (only grows) rather than a gauge.
+    pub counter: bool,
+}
+
 /// A disco#info identity (XEP-0030 §3.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -105,6 +117,8 @@ pub struct ModuleCtx {
     pub storage: Arc<Storage>,
     pub accounts: Accounts,
     pub hooks: Arc<Registry>,
+    /// The HTTP and AMQP pools of `[outgoing_pools]`, by name.
+    pub pools: Arc<pools::ModulePools>,
 }
 
 /// Background work a module queues on the server workers: jobs with the same
@@ -547,6 +561,11 @@ pub trait Module: Send + Sync + 'static {
     /// §4.3), after [`Module::filter_local`].
     async fn presence_in(&self, _ctx: &ModuleCtx, _r: &Routed) -> Flow {
         Flow::Continue
+    }
+
+    /// The module's own figures for `/metrics`, read at each scrape.
+    fn metrics(&self) -> Vec<Metric> {
+        Vec::new()
     }
 
     /// The account's unread message count, all conversations together (the

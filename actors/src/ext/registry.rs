@@ -485,6 +485,11 @@ impl Registry {
         Flow::Continue
     }
 
+    /// Every module's figures for `/metrics`.
+    pub fn metrics(&self) -> Vec<super::Metric> {
+        self.modules.iter().flat_map(|m| m.metrics()).collect()
+    }
+
     /// The account's unread message count, from the first module that keeps one.
     pub async fn unread_count(&self, ctx: &ModuleCtx, owner: &BareJid) -> Option<i64> {
         for m in &self.modules {
@@ -689,7 +694,7 @@ pub(crate) mod lifecycle {
             4096,
             crate::auth::HashingPool::new(1),
         );
-        ModuleCtx { router, storage, accounts, hooks: Arc::new(Registry::new(modules)) }
+        ModuleCtx { router, storage, accounts, hooks: Arc::new(Registry::new(modules)), pools: Arc::default() }
     }
 
     #[tokio::test]

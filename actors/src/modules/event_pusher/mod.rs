@@ -23,18 +23,23 @@
 //! errors are dropped: a failed push never causes another push or an error
 //! stanza.
 
-use std::sync::Arc;
+pub mod http;
+
+use std::sync::{Arc, OnceLock};
 
 use meerkat_routing::Routed;
 use meerkat_storage::{PushRepo, PushSubscription};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::StanzaErrorCondition;
-use meerkat_xmpp::jid::{parse_jid, Bare as _, BareJid, Jid};
+use meerkat_xmpp::jid::{parse_jid, Bare as _, BareJid, FullJid, Jid};
 use meerkat_xmpp::ns;
+use meerkat_xmpp::stanza::MessageType;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, now_micros, parse_stored};
-use crate::ext::{storage_error, Flow, IqAnswer, Module, ModuleCtx, Target, Undelivered};
+use crate::ext::{
+    storage_error, Flow, HookSet, IqAnswer, Metric, Module, ModuleCtx, SessionAcc, SessionState, Target, Undelivered,
+};
 
 const NS_PUSH: &str = "urn:xmpp:push:0";
 const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
@@ -51,6 +56,8 @@ pub struct EventPusherConfig {
     pub enabled: bool,
     /// XEP-0357 push notifications; on when the section is there.
     pub push: Option<PushConfig>,
+    /// POSTs to web services; on when the section is there.
+    pub http: Option<http::HttpConfig>,
 }
 
 /// `[modules.mod_event_pusher.push]`
@@ -70,6 +77,9 @@ impl Default for PushConfig {
 /// The module.
 pub struct EventPusher {
     push: Option<PushConfig>,
+    http: Option<http::HttpConfig>,
+    /// The http handlers, started with the module.
+    http_senders: OnceLock<Vec<http::Sender>>,
 }
 
 impl ModuleSpec for EventPusher {
@@ -84,13 +94,24 @@ impl ModuleSpec for EventPusher {
                 return Err(("push.backend", format!("\"{}\" is not a backend; the only one is \"rdbms\"", p.backend)));
             }
         }
-        if cfg.enabled && cfg.push.is_none() {
-            return Err(("push", "the event pusher is enabled with no backend section".into()));
+        if let Some(h) = &cfg.http {
+            if h.handlers.is_empty() {
+                return Err(("http.handlers", "the http backend needs at least one handler".into()));
+            }
+            if let Some(h) = h.handlers.iter().find(|h| h.callback_module != "mod_event_pusher_http_defaults") {
+                return Err((
+                    "http.handlers",
+                    format!("callback_module \"{}\": only mod_event_pusher_http_defaults exists", h.callback_module),
+                ));
+            }
+        }
+        if cfg.enabled && cfg.push.is_none() && cfg.http.is_none() {
+            return Err(("push", "the event pusher is enabled with no backend section (push, http)".into()));
         }
         Ok(())
     }
     fn build(cfg: &EventPusherConfig) -> Arc<dyn Module> {
-        Arc::new(EventPusher { push: cfg.push.clone() })
+        Arc::new(EventPusher { push: cfg.push.clone(), http: cfg.http.clone(), http_senders: OnceLock::new() })
     }
 }
 
@@ -215,6 +236,78 @@ impl EventPusher {
 impl Module for EventPusher {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn hot_hooks(&self) -> HookSet {
+        if self.http.is_some() {
+            HookSet::USER_SEND_MESSAGE
+        } else {
+            HookSet::NONE
+        }
+    }
+
+    async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
+        let Some(cfg) = &self.http else { return Ok(()) };
+        let mut senders = Vec::new();
+        for (i, h) in cfg.handlers.iter().enumerate() {
+            let Some(pool) = ctx.pools.http.get(&h.pool_name) else {
+                for s in &senders {
+                    http::Sender::stop(s);
+                }
+                return Err(format!(
+                    "modules.mod_event_pusher.http.handlers[{i}].pool_name: no [outgoing_pools.http.{}]",
+                    h.pool_name
+                ));
+            };
+            let s = http::Sender::start(h, pool);
+            tracing::info!(url = s.url(), "event pusher: http handler ready");
+            senders.push(s);
+        }
+        let _ = self.http_senders.set(senders);
+        Ok(())
+    }
+
+    async fn stop(&self, _ctx: &ModuleCtx) {
+        for s in self.http_senders.get().into_iter().flatten() {
+            s.stop();
+        }
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let mut out = Vec::new();
+        for s in self.http_senders.get().into_iter().flatten() {
+            s.metrics(&mut out);
+        }
+        out
+    }
+
+    fn user_send_message(
+        &self,
+        _ctx: &ModuleCtx,
+        _state: &mut SessionState,
+        from: &FullJid,
+        to: &Jid,
+        stanza: &mut Element,
+        _acc: &mut SessionAcc,
+    ) -> Result<(), StanzaErrorCondition> {
+        let Some(senders) = self.http_senders.get() else { return Ok(()) };
+        // MongooseIM's default callback: chat messages with a body.
+        if MessageType::of(stanza) != MessageType::Chat {
+            return Ok(());
+        }
+        let Some(body) = stanza.get_child("body", &stanza.ns).map(|b| b.text()).filter(|b| !b.is_empty()) else {
+            return Ok(());
+        };
+        let event = http::ChatEvent {
+            author: from.node().map(|n| n.as_str().to_owned()).unwrap_or_default(),
+            server: from.domain().as_str().to_owned(),
+            receiver: to.node().map(|n| n.as_str().to_owned()).unwrap_or_default(),
+            message: body,
+        };
+        for s in senders {
+            s.push(event.clone());
+        }
+        Ok(())
     }
 
     fn iq_namespaces(&self) -> &'static [&'static str] {
