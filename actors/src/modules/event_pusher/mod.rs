@@ -24,6 +24,7 @@
 //! stanza.
 
 pub mod http;
+pub mod rabbit;
 
 use std::sync::{Arc, OnceLock};
 
@@ -58,6 +59,8 @@ pub struct EventPusherConfig {
     pub push: Option<PushConfig>,
     /// POSTs to web services; on when the section is there.
     pub http: Option<http::HttpConfig>,
+    /// Events published to RabbitMQ; on when the section is there.
+    pub rabbit: Option<rabbit::RabbitConfig>,
 }
 
 /// `[modules.mod_event_pusher.push]`
@@ -80,6 +83,9 @@ pub struct EventPusher {
     http: Option<http::HttpConfig>,
     /// The http handlers, started with the module.
     http_senders: OnceLock<Vec<http::Sender>>,
+    rabbit: Option<rabbit::RabbitConfig>,
+    /// The RabbitMQ publisher, started with the module.
+    publisher: OnceLock<rabbit::Publisher>,
 }
 
 impl ModuleSpec for EventPusher {
@@ -105,13 +111,22 @@ impl ModuleSpec for EventPusher {
                 ));
             }
         }
-        if cfg.enabled && cfg.push.is_none() && cfg.http.is_none() {
-            return Err(("push", "the event pusher is enabled with no backend section (push, http)".into()));
+        if let Some(r) = &cfg.rabbit {
+            r.validate()?;
+        }
+        if cfg.enabled && cfg.push.is_none() && cfg.http.is_none() && cfg.rabbit.is_none() {
+            return Err(("push", "the event pusher is enabled with no backend section (push, http, rabbit)".into()));
         }
         Ok(())
     }
     fn build(cfg: &EventPusherConfig) -> Arc<dyn Module> {
-        Arc::new(EventPusher { push: cfg.push.clone(), http: cfg.http.clone(), http_senders: OnceLock::new() })
+        Arc::new(EventPusher {
+            push: cfg.push.clone(),
+            http: cfg.http.clone(),
+            http_senders: OnceLock::new(),
+            rabbit: cfg.rabbit.clone(),
+            publisher: OnceLock::new(),
+        })
     }
 }
 
@@ -183,6 +198,16 @@ fn notification(owner: &BareJid, sub: &PushSubscription, count: i64, sender: &st
 }
 
 impl EventPusher {
+    fn presence_event(&self, jid: &FullJid, present: bool) {
+        if let (Some(p), Some(cfg)) = (self.publisher.get(), &self.rabbit) {
+            p.push(rabbit::Event {
+                exchange: cfg.presence_exchange.name.clone(),
+                routing_key: jid.bare().to_string(),
+                payload: serde_json::json!({"user_id": jid.to_string(), "present": present}).to_string(),
+            });
+        }
+    }
+
     async fn push_command(&self, ctx: &ModuleCtx, iq: &Routed, payload: &Element) -> IqAnswer {
         if iq.stanza.attr("type") != Some("set") {
             return Err(StanzaErrorCondition::BadRequest);
@@ -239,7 +264,7 @@ impl Module for EventPusher {
     }
 
     fn hot_hooks(&self) -> HookSet {
-        if self.http.is_some() {
+        if self.http.is_some() || self.rabbit.is_some() {
             HookSet::USER_SEND_MESSAGE
         } else {
             HookSet::NONE
@@ -247,12 +272,24 @@ impl Module for EventPusher {
     }
 
     async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
+        if let Some(cfg) = &self.rabbit {
+            let Some(pool) = ctx.pools.rabbit.get(&cfg.pool_name) else {
+                return Err(format!(
+                    "modules.mod_event_pusher.rabbit.pool_name: no [outgoing_pools.rabbit.{}]",
+                    cfg.pool_name
+                ));
+            };
+            let _ = self.publisher.set(rabbit::Publisher::start(cfg, pool));
+        }
         let Some(cfg) = &self.http else { return Ok(()) };
         let mut senders = Vec::new();
         for (i, h) in cfg.handlers.iter().enumerate() {
             let Some(pool) = ctx.pools.http.get(&h.pool_name) else {
                 for s in &senders {
                     http::Sender::stop(s);
+                }
+                if let Some(p) = self.publisher.get() {
+                    p.stop();
                 }
                 return Err(format!(
                     "modules.mod_event_pusher.http.handlers[{i}].pool_name: no [outgoing_pools.http.{}]",
@@ -271,6 +308,9 @@ impl Module for EventPusher {
         for s in self.http_senders.get().into_iter().flatten() {
             s.stop();
         }
+        if let Some(p) = self.publisher.get() {
+            p.stop();
+        }
     }
 
     fn metrics(&self) -> Vec<Metric> {
@@ -278,34 +318,60 @@ impl Module for EventPusher {
         for s in self.http_senders.get().into_iter().flatten() {
             s.metrics(&mut out);
         }
+        if let Some(p) = self.publisher.get() {
+            p.metrics(&mut out);
+        }
         out
+    }
+
+    async fn user_available(&self, _ctx: &ModuleCtx, jid: &FullJid) {
+        self.presence_event(jid, true);
+    }
+
+    async fn user_unavailable(&self, _ctx: &ModuleCtx, jid: &FullJid) {
+        self.presence_event(jid, false);
     }
 
     fn user_send_message(
         &self,
-        _ctx: &ModuleCtx,
+        ctx: &ModuleCtx,
         _state: &mut SessionState,
         from: &FullJid,
         to: &Jid,
         stanza: &mut Element,
         _acc: &mut SessionAcc,
     ) -> Result<(), StanzaErrorCondition> {
-        let Some(senders) = self.http_senders.get() else { return Ok(()) };
-        // MongooseIM's default callback: chat messages with a body.
+        // MongooseIM's events are about chat messages with a body.
         if MessageType::of(stanza) != MessageType::Chat {
             return Ok(());
         }
         let Some(body) = stanza.get_child("body", &stanza.ns).map(|b| b.text()).filter(|b| !b.is_empty()) else {
             return Ok(());
         };
-        let event = http::ChatEvent {
-            author: from.node().map(|n| n.as_str().to_owned()).unwrap_or_default(),
-            server: from.domain().as_str().to_owned(),
-            receiver: to.node().map(|n| n.as_str().to_owned()).unwrap_or_default(),
-            message: body,
-        };
-        for s in senders {
-            s.push(event.clone());
+        if let Some(senders) = self.http_senders.get() {
+            let event = http::ChatEvent {
+                author: from.node().map(|n| n.as_str().to_owned()).unwrap_or_default(),
+                server: from.domain().as_str().to_owned(),
+                receiver: to.node().map(|n| n.as_str().to_owned()).unwrap_or_default(),
+                message: body.clone(),
+            };
+            for s in senders {
+                s.push(event.clone());
+            }
+        }
+        if let (Some(p), Some(cfg)) = (self.publisher.get(), &self.rabbit) {
+            let payload =
+                serde_json::json!({"from_user_id": from.to_string(), "to_user_id": to.to_string(), "message": body})
+                    .to_string();
+            let exchange = cfg.chat_msg_exchange.name.clone();
+            p.push(rabbit::Event {
+                exchange: exchange.clone(),
+                routing_key: format!("{}.{}", from.bare(), cfg.sent_topic()),
+                payload: payload.clone(),
+            });
+            if to.node().is_some() && ctx.router.is_local_host(to.domain().as_str()) {
+                p.push(rabbit::Event { exchange, routing_key: format!("{}.{}", to.bare(), cfg.recv_topic()), payload });
+            }
         }
         Ok(())
     }
