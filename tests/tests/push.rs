@@ -47,8 +47,8 @@ fn the_app_server_gets_a_notification_with_the_unread_total_per_message_to_an_of
     assert_eq!(summary["notifications"], 5, "{summary}");
 }
 
-/// One request the receiver got: its path and its form fields.
-type Posted = (String, HashMap<String, String>);
+/// One request the receiver got: its path and its body.
+type Posted = (String, String);
 
 /// A minimal HTTP/1.1 receiver on a free loopback port: answers every
 /// request 200 and hands its path and url-encoded form over the channel.
@@ -85,9 +85,8 @@ fn http_receiver() -> (u16, mpsc::Receiver<Posted>) {
                     }
                     let mut body = vec![0; length];
                     reader.read_exact(&mut body).unwrap();
-                    let form = url_decoded_form(&String::from_utf8(body).unwrap());
                     writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
-                    if tx.send((path, form)).is_err() {
+                    if tx.send((path, String::from_utf8(body).unwrap())).is_err() {
                         return;
                     }
                 }
@@ -150,6 +149,7 @@ async fn the_http_backend_posts_each_chat_message_with_a_body_to_the_handler() {
     let mut got: Vec<String> = Vec::new();
     for _ in bodies {
         let (path, form) = posted.recv_timeout(Duration::from_secs(20)).expect("a POST");
+        let form = url_decoded_form(&form);
         assert_eq!(path, "/hooks/messages");
         assert_eq!(
             (form["author"].as_str(), form["server"].as_str(), form["receiver"].as_str()),
@@ -165,7 +165,7 @@ async fn the_http_backend_posts_each_chat_message_with_a_body_to_the_handler() {
     // The left-out ones never come: a last chat message is the next POST.
     alice.send_str("<message to='bob@localhost' type='chat'><body>last</body></message>").await.unwrap();
     let (_, form) = posted.recv_timeout(Duration::from_secs(20)).expect("the last POST");
-    assert_eq!(form["message"], "last");
+    assert_eq!(url_decoded_form(&form)["message"], "last");
     // The handler's figures are in /metrics.
     let (code, metrics) = node.api("GET", "/metrics", None);
     assert_eq!(code, 200);
@@ -174,5 +174,50 @@ async fn the_http_backend_posts_each_chat_message_with_a_body_to_the_handler() {
     {
         let line = format!("{name}{{backend=\"http\",url=\"http://127.0.0.1:{port}/hooks/messages\"}}");
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn mongoosepush_gets_a_v3_notification_for_a_virtual_pubsub_host() {
+    let (port, posted) = http_receiver();
+    let node = TestNode::start_with(NodeOptions {
+        extra_toml: format!(
+            "[outgoing_pools.http.mongoose_push_http]\nworkers = 1\n\
+             [outgoing_pools.http.mongoose_push_http.connection]\nhost = \"http://127.0.0.1:{port}\"\n\n\
+             [modules.mod_inbox]\nenabled = true\n\n\
+             [modules.mod_event_pusher]\nenabled = true\n\
+             [modules.mod_event_pusher.push]\nvirtual_pubsub_hosts = [\"virtual.@HOST@\"]\n\n\
+             [modules.mod_push_service_mongoosepush]\nenabled = true\npool_name = \"mongoose_push_http\"\n"
+        ),
+        ..Default::default()
+    });
+    node.add_user("alice", "secret");
+    node.add_user("bob", "secret");
+    let mut alice = login(&node, "alice", "secret", "phone").await;
+    let enabled = alice
+        .iq_xml(
+            "<iq type='set'><enable xmlns='urn:xmpp:push:0' jid='virtual.localhost' node='n1'>\
+             <x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+             <field var='device_id'><value>device/42</value></field>\
+             <field var='service'><value>fcm</value></field></x></enable></iq>",
+        )
+        .await
+        .unwrap();
+    assert_eq!(enabled.attr("type"), Some("result"), "{enabled}");
+    alice.close().await.unwrap();
+    let mut bob = login(&node, "bob", "secret", "b").await;
+    for body in ["one", "two"] {
+        bob.send_str(&format!("<message to='alice@localhost' type='chat'><body>{body}</body></message>"))
+            .await
+            .unwrap();
+        let (path, json) = posted.recv_timeout(Duration::from_secs(20)).expect("a POST to MongoosePush");
+        assert_eq!(path, "/v3/notification/device%2F42");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["service"], "fcm");
+        assert_eq!(v["alert"]["body"], body);
+        assert_eq!(v["alert"]["title"], "bob@localhost/b");
+        // The badge is alice's unread total.
+        assert_eq!(v["alert"]["badge"], if body == "one" { 1 } else { 2 }, "{v}");
     }
 }

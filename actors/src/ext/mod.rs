@@ -77,6 +77,21 @@ pub enum Flow {
     Stop,
 }
 
+/// A push notification (XEP-0357) for [`Module::push_notification`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushNotification {
+    pub owner: BareJid,
+    /// The app server and node the client enabled.
+    pub pubsub_jid: String,
+    pub node: String,
+    /// The `urn:xmpp:push:summary` fields.
+    pub message_count: i64,
+    pub last_message_sender: String,
+    pub last_message_body: String,
+    /// The publish-options the client gave, field by field.
+    pub options: Vec<(String, String)>,
+}
+
 /// One figure a module exports in `/metrics` ([`Module::metrics`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metric {
@@ -561,6 +576,13 @@ pub trait Module: Send + Sync + 'static {
     /// §4.3), after [`Module::filter_local`].
     async fn presence_in(&self, _ctx: &ModuleCtx, _r: &Routed) -> Flow {
         Flow::Continue
+    }
+
+    /// A push notification to an app server that is one of the push
+    /// backend's `virtual_pubsub_hosts`: a module that delivers it itself
+    /// (MongoosePush over HTTP) answers `true`.
+    async fn push_notification(&self, _ctx: &ModuleCtx, _n: &PushNotification) -> bool {
+        false
     }
 
     /// The module's own figures for `/metrics`, read at each scrape.

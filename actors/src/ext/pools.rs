@@ -6,6 +6,13 @@
 //! configured refuses to start, naming it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Semaphore};
+
+use super::Metric;
 
 /// The pools modules may use.
 #[derive(Clone, Debug, Default)]
@@ -121,5 +128,138 @@ impl RabbitPool {
             return Err(("queue", "must be at least 1".into()));
         }
         Ok(())
+    }
+}
+
+// ------------------------------------------------------------ HTTP requests
+
+/// What a request sender did, for `/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    sent: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// What a request carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// `application/x-www-form-urlencoded`.
+    Form(Vec<(&'static str, String)>),
+    /// `application/json`.
+    Json(String),
+}
+
+/// One POST: a path after the sender's URL ('' for none) and its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub path: String,
+    pub body: Body,
+}
+
+/// `host` + `path_prefix` of a pool, then `path`, with single slashes between.
+pub fn url(pool: &HttpPool, path: &str) -> String {
+    let mut url = pool.connection.host.trim_end_matches('/').to_owned();
+    for part in [pool.connection.path_prefix.as_str(), path] {
+        let part = part.trim_matches('/');
+        if !part.is_empty() {
+            url.push('/');
+            url.push_str(part);
+        }
+    }
+    url
+}
+
+/// POSTs to one URL of an HTTP pool, off the caller's path: a bounded
+/// queue (the pool's `queue`; a full one drops the request, counted) and one
+/// task that runs at most `workers` requests at a time, each with the pool's
+/// `request_timeout`.
+pub struct Sender {
+    url: String,
+    backend: &'static str,
+    tx: mpsc::Sender<Request>,
+    counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sender {
+    /// Starts a sender to `url` on `pool`; `backend` labels its figures.
+    pub fn start(url: String, pool: &HttpPool, backend: &'static str) -> Sender {
+        let (tx, rx) = mpsc::channel(pool.queue);
+        let counters = Arc::new(Counters::default());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(pool.connection.request_timeout)))
+            .http_status_as_error(true)
+            .build()
+            .into();
+        let task = tokio::spawn(dispatch(rx, agent, url.clone(), pool.workers, counters.clone()));
+        Sender { url, backend, tx, counters, task }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Queues a request; a full queue drops it, counted.
+    pub fn push(&self, request: Request) {
+        if self.tx.try_send(request).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    pub fn metrics(&self, out: &mut Vec<Metric>) {
+        for (name, c) in [
+            ("meerkat_event_pusher_sent_total", &self.counters.sent),
+            ("meerkat_event_pusher_failed_total", &self.counters.failed),
+            ("meerkat_event_pusher_dropped_total", &self.counters.dropped),
+        ] {
+            out.push(Metric {
+                name,
+                labels: vec![("backend", self.backend.into()), ("url", self.url.clone())],
+                value: c.load(Ordering::Relaxed) as f64,
+                counter: true,
+            });
+        }
+        out.push(Metric {
+            name: "meerkat_event_pusher_queued",
+            labels: vec![("backend", self.backend.into()), ("url", self.url.clone())],
+            value: (self.tx.max_capacity() - self.tx.capacity()) as f64,
+            counter: false,
+        });
+    }
+}
+
+/// Takes requests out of the queue and posts them, `workers` at a time.
+async fn dispatch(
+    mut rx: mpsc::Receiver<Request>,
+    agent: ureq::Agent,
+    url: String,
+    workers: usize,
+    counters: Arc<Counters>,
+) {
+    let slots = Arc::new(Semaphore::new(workers));
+    while let Some(request) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (agent, counters) = (agent.clone(), counters.clone());
+        let url = if request.path.is_empty() { url.clone() } else { format!("{url}/{}", request.path) };
+        // ureq blocks: each request runs on the blocking pool, at most `workers` at once.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let sent = match &request.body {
+                Body::Form(fields) => agent.post(&url).send_form(fields.iter().map(|(k, v)| (*k, v.as_str()))),
+                Body::Json(json) => agent.post(&url).content_type("application/json").send(json.as_bytes()),
+            };
+            match sent {
+                Ok(_) => counters.sent.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(error = %e, %url, "event pusher: POST failed");
+                    counters.failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        });
     }
 }

@@ -485,6 +485,16 @@ impl Registry {
         Flow::Continue
     }
 
+    /// Hands a push notification to the first module that delivers it.
+    pub async fn push_notification(&self, ctx: &ModuleCtx, n: &super::PushNotification) -> bool {
+        for m in &self.modules {
+            if m.push_notification(ctx, n).await {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Every module's figures for `/metrics`.
     pub fn metrics(&self) -> Vec<super::Metric> {
         self.modules.iter().flat_map(|m| m.metrics()).collect()

@@ -20,6 +20,7 @@ pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod push_service_mongoosepush;
 pub mod register;
 pub mod roster;
 pub mod sasl2;
@@ -75,6 +76,12 @@ macro_rules! modules {
                 m
             }
 
+            /// Every module, enabled or not, in hook order (for tests of the boundary).
+            #[cfg(test)]
+            fn build_all(&self) -> Vec<Arc<dyn Module>> {
+                vec![$( <$ty as ModuleSpec>::build(&self.$field), )*]
+            }
+
             /// Field names and module names agree (checked by a test).
             #[cfg(test)]
             fn fields() -> Vec<&'static str> {
@@ -108,8 +115,10 @@ modules! {
     mod_mam => mam::MamModule,
     /// MongooseIM's Inbox: conversations with unread counts (off by default).
     mod_inbox => inbox::Inbox,
-    /// MongooseIM's event pusher: XEP-0357 push notifications (off by default).
+    /// MongooseIM's event pusher: push notifications, HTTP, RabbitMQ (off by default).
     mod_event_pusher => event_pusher::EventPusher,
+    /// Push notifications through MongoosePush for virtual pubsub hosts (off by default).
+    mod_push_service_mongoosepush => push_service_mongoosepush::MongoosePush,
     /// XEP-0280 message carbons.
     mod_carbons => carbons::Carbons,
     /// XEP-0352 client state indication.
@@ -134,7 +143,7 @@ mod tests {
     use super::*;
 
     /// The modules MongooseIM also leaves off unless configured.
-    const OFF_BY_DEFAULT: &[&str] = &["mod_inbox", "mod_event_pusher"];
+    const OFF_BY_DEFAULT: &[&str] = &["mod_inbox", "mod_event_pusher", "mod_push_service_mongoosepush"];
 
     #[test]
     fn section_names_are_module_names() {
@@ -180,13 +189,26 @@ mod boundary {
         }
     }
 
-    fn module_files() -> Vec<std::path::PathBuf> {
+    /// Every file of every module, with the module's file or folder name: a
+    /// module is one file here, or a folder whose files all belong to it.
+    fn module_files() -> Vec<(String, std::path::PathBuf)> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/modules");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "rs") && !p.ends_with("mod.rs"))
-            .collect();
+        let rs = |p: &Path| p.extension().is_some_and(|e| e == "rs");
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                for inner in std::fs::read_dir(&path).unwrap() {
+                    let inner = inner.unwrap().path();
+                    if rs(&inner) {
+                        files.push((stem.clone(), inner));
+                    }
+                }
+            } else if rs(&path) && !path.ends_with("mod.rs") {
+                files.push((stem, path));
+            }
+        }
         files.sort();
         assert!(files.len() >= 10, "module files found: {files:?}");
         files
@@ -203,7 +225,7 @@ mod boundary {
             "crate::bosh",
             "super::",
         ];
-        for file in module_files() {
+        for (_, file) in module_files() {
             let code = code(&file);
             for f in forbidden {
                 assert!(!code.contains(f), "{} uses {f}", file.display());
@@ -226,10 +248,12 @@ mod boundary {
             ("blocks", HookSet::BLOCKS),
             ("filter_local", HookSet::FILTER_LOCAL),
         ];
-        let built = super::ModulesConfig::default().build();
-        for file in module_files() {
-            let code = code(&file);
-            let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let built = super::ModulesConfig::default().build_all();
+        let mut stems: Vec<String> = module_files().into_iter().map(|(stem, _)| stem).collect();
+        stems.dedup();
+        for stem in stems {
+            let code: String =
+                module_files().iter().filter(|(s, _)| *s == stem).map(|(_, f)| code(f)).collect::<Vec<_>>().join("\n");
             let implemented: Vec<_> = hooks.iter().filter(|(name, _)| code.contains(&format!("fn {name}("))).collect();
             if stem == "misc" {
                 assert!(implemented.is_empty(), "misc.rs holds several modules: give a hooked one its own file");
@@ -282,8 +306,7 @@ mod boundary {
             "src/services.rs",
             "../node/src/run.rs",
         ];
-        let stems: Vec<String> =
-            module_files().iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+        let stems: Vec<String> = module_files().into_iter().map(|(stem, _)| stem).collect();
         for file in core {
             let code = code(&root.join(file));
             assert!(!code.contains("modules::"), "{file} reaches into the modules");

@@ -39,7 +39,8 @@ use meerkat_xmpp::stanza::MessageType;
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, now_micros, parse_stored};
 use crate::ext::{
-    storage_error, Flow, HookSet, IqAnswer, Metric, Module, ModuleCtx, SessionAcc, SessionState, Target, Undelivered,
+    storage_error, Flow, HookSet, IqAnswer, Metric, Module, ModuleCtx, PushNotification, SessionAcc, SessionState,
+    Target, Undelivered,
 };
 
 const NS_PUSH: &str = "urn:xmpp:push:0";
@@ -69,11 +70,15 @@ pub struct EventPusherConfig {
 pub struct PushConfig {
     /// `"rdbms"`, the only backend: the node's database.
     pub backend: String,
+    /// App server domains that are no pubsub service: their notifications go
+    /// to a push service module (`mod_push_service_mongoosepush`) instead of
+    /// a publish. `@HOST@` stands for each host of the node.
+    pub virtual_pubsub_hosts: Vec<String>,
 }
 
 impl Default for PushConfig {
     fn default() -> Self {
-        PushConfig { backend: "rdbms".into() }
+        PushConfig { backend: "rdbms".into(), virtual_pubsub_hosts: Vec::new() }
     }
 }
 
@@ -82,7 +87,7 @@ pub struct EventPusher {
     push: Option<PushConfig>,
     http: Option<http::HttpConfig>,
     /// The http handlers, started with the module.
-    http_senders: OnceLock<Vec<http::Sender>>,
+    http_senders: OnceLock<Vec<crate::ext::pools::Sender>>,
     rabbit: Option<rabbit::RabbitConfig>,
     /// The RabbitMQ publisher, started with the module.
     publisher: OnceLock<rabbit::Publisher>,
@@ -167,6 +172,19 @@ fn parse_command(payload: &Element) -> Result<Command, StanzaErrorCondition> {
     }
 }
 
+/// The fields of a stored publish-options form, FORM_TYPE left out.
+fn form_fields(form: &str) -> Vec<(String, String)> {
+    let Some(x) = (!form.is_empty()).then(|| parse_stored(form)).flatten() else { return Vec::new() };
+    x.elements()
+        .filter(|f| f.is("field", ns::DATA_FORMS))
+        .filter_map(|f| {
+            let var = f.attr("var")?;
+            let value = f.get_child("value", ns::DATA_FORMS).map(|v| v.text()).unwrap_or_default();
+            (var != "FORM_TYPE").then(|| (var.to_owned(), value))
+        })
+        .collect()
+}
+
 fn field(var: &str, value: &str) -> Element {
     Element::new("field", ns::DATA_FORMS)
         .with_attr("var", var)
@@ -249,8 +267,35 @@ impl EventPusher {
         };
         let count = ctx.hooks.unread_count(ctx, &owner).await.unwrap_or(1);
         let sender = r.from.to_string();
+        let virtual_hosts: Vec<String> = self
+            .push
+            .iter()
+            .flat_map(|p| p.virtual_pubsub_hosts.iter())
+            .flat_map(|v| {
+                if v.contains("@HOST@") {
+                    ctx.router.hosts().iter().map(|h| v.replace("@HOST@", h)).collect::<Vec<_>>()
+                } else {
+                    vec![v.clone()]
+                }
+            })
+            .collect();
         for sub in &subs {
             let Ok(to) = parse_jid(&sub.pubsub_jid) else { continue };
+            if virtual_hosts.iter().any(|v| v == to.domain().as_str()) {
+                let n = PushNotification {
+                    owner: owner.clone(),
+                    pubsub_jid: sub.pubsub_jid.clone(),
+                    node: sub.node.clone(),
+                    message_count: count,
+                    last_message_sender: sender.clone(),
+                    last_message_body: body.chars().take(MAX_BODY).collect(),
+                    options: form_fields(&sub.form),
+                };
+                if !ctx.hooks.push_notification(ctx, &n).await {
+                    tracing::warn!(app_server = %sub.pubsub_jid, "no push service for a virtual pubsub host; notification not sent");
+                }
+                continue;
+            }
             let stanza = notification(&owner, sub, count, &sender, &body);
             ctx.router.route(Routed { from: Jid::from(owner.clone()), to, stanza });
         }
@@ -264,11 +309,7 @@ impl Module for EventPusher {
     }
 
     fn hot_hooks(&self) -> HookSet {
-        if self.http.is_some() || self.rabbit.is_some() {
-            HookSet::USER_SEND_MESSAGE
-        } else {
-            HookSet::NONE
-        }
+        HookSet::USER_SEND_MESSAGE
     }
 
     async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
@@ -282,11 +323,11 @@ impl Module for EventPusher {
             let _ = self.publisher.set(rabbit::Publisher::start(cfg, pool));
         }
         let Some(cfg) = &self.http else { return Ok(()) };
-        let mut senders = Vec::new();
+        let mut senders: Vec<crate::ext::pools::Sender> = Vec::new();
         for (i, h) in cfg.handlers.iter().enumerate() {
             let Some(pool) = ctx.pools.http.get(&h.pool_name) else {
                 for s in &senders {
-                    http::Sender::stop(s);
+                    s.stop();
                 }
                 if let Some(p) = self.publisher.get() {
                     p.stop();
@@ -296,7 +337,7 @@ impl Module for EventPusher {
                     h.pool_name
                 ));
             };
-            let s = http::Sender::start(h, pool);
+            let s = crate::ext::pools::Sender::start(crate::ext::pools::url(pool, &h.path), pool, "http");
             tracing::info!(url = s.url(), "event pusher: http handler ready");
             senders.push(s);
         }
@@ -356,7 +397,7 @@ impl Module for EventPusher {
                 message: body.clone(),
             };
             for s in senders {
-                s.push(event.clone());
+                s.push(event.clone().into());
             }
         }
         if let (Some(p), Some(cfg)) = (self.publisher.get(), &self.rabbit) {
