@@ -1,5 +1,6 @@
 //! Inbox query latency on PostgreSQL: one account with 10,000 conversations,
-//! pages of 50 (the first page, and pages after a random cursor), against
+//! pages of 50 (the first page, pages after a random cursor, and the first
+//! page with the totals `<fin/>` carries, as a query costs), against
 //! the baseline of a message archive page of 50 from a 10,000-message
 //! archive, in the same database and the same run.
 //!
@@ -69,6 +70,7 @@ async fn run(s: &Storage) -> serde_json::Value {
     let mut first = Histogram::<u64>::new(3).unwrap();
     let mut after = Histogram::<u64>::new(3).unwrap();
     let mut archive = Histogram::<u64>::new(3).unwrap();
+    let mut whole = Histogram::<u64>::new(3).unwrap();
     for round in 0..QUERIES + 200 {
         let record = round >= 200; // the first 200 warm the caches
         let t = Instant::now();
@@ -78,6 +80,13 @@ async fn run(s: &Storage) -> serde_json::Value {
         assert_eq!(page.len() as u64, PAGE);
         if record {
             first.record(us).unwrap();
+        }
+        // What an <inbox/> query costs the node: the page and the totals of <fin/>.
+        let t = Instant::now();
+        s.inbox_query("example.org", "alice", &InboxQuery { max: PAGE, ..Default::default() }).await.unwrap();
+        s.inbox_totals("example.org", "alice").await.unwrap();
+        if record {
+            whole.record(t.elapsed().as_micros() as u64).unwrap();
         }
         let i = rand::random_range(PAGE as i64..CONVERSATIONS);
         let cursor = (1_700_000_000_000_000 + i * 1_000, format!("contact{i:05}@example.org"));
@@ -108,6 +117,7 @@ async fn run(s: &Storage) -> serde_json::Value {
         "page": PAGE,
         "inbox_first_page": summary("inbox, first page", &first),
         "inbox_after_cursor": summary("inbox, after a cursor", &after),
+        "inbox_page_and_totals": summary("inbox, page and totals", &whole),
         "archive_last_page": summary("archive, last page", &archive),
         "p99_inbox_over_archive": first.value_at_quantile(0.99) as f64 / archive.value_at_quantile(0.99).max(1) as f64,
     });
