@@ -7,6 +7,8 @@
 #   deploy/bench/compare.sh                      # peer conditions, all installed servers
 #   MODE=production deploy/bench/compare.sh      # SCRAM-SHA-256, hashed passwords, STARTTLS
 #   SERVERS=meerkat RUNS=1 LOGIN_NS=100 ... deploy/bench/compare.sh   # a quick look
+#   SERVERS="meerkat meerkat-modules" SCENARIOS=chat deploy/bench/compare.sh
+#                                                # Meerkat against itself with MODULES_TOML
 #
 # MODE=peer (default): plain TCP, SASL PLAIN, passwords stored in plain form
 #   (Meerkat: tls.mode="none", allow_plain_without_tls, password.format="plain"),
@@ -36,6 +38,9 @@
 #   PEER_BENCH_DIR=<repo>/../shared/bench
 #   PROFILE=release  BUILD=1               (cargo build --release of meerkat and meerkat-load)
 #   CARGO_TARGET_DIR=/var/tmp/meerkat-target  MEERKAT_BIN, LOAD_BIN (override the binaries)
+#   MODULES_TOML=<Inbox, and the rabbit event pusher on the machine's RabbitMQ>
+#                                          (appended to Meerkat's config for the server
+#                                          "meerkat-modules", the same binary otherwise)
 #   OUT=/var/tmp/meerkat-bench/<time>-<mode>
 set -euo pipefail
 
@@ -60,6 +65,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/meerkat-target}"
 MEERKAT_BIN="${MEERKAT_BIN:-$CARGO_TARGET_DIR/$PROFILE/meerkat}"
 LOAD_BIN="${LOAD_BIN:-$CARGO_TARGET_DIR/$PROFILE/meerkat-load}"
 OUT="${OUT:-/var/tmp/meerkat-bench/$(date +%Y%m%d-%H%M%S)-$MODE}"
+DEFAULT_MODULES_TOML='[modules.mod_inbox]
+enabled = true
+
+[outgoing_pools.rabbit.event_pusher.connection]
+host = "127.0.0.1"
+
+[modules.mod_event_pusher]
+enabled = true
+[modules.mod_event_pusher.rabbit]'
+MODULES_TOML="${MODULES_TOML:-$DEFAULT_MODULES_TOML}"
 WORK="$OUT/work"
 
 case "$MODE" in
@@ -107,7 +122,7 @@ PID=""; CURRENT=""
 installed() { dpkg -s "$1" >/dev/null 2>&1; }
 
 meerkat_config() {
-  local dir="$WORK/meerkat"
+  local dir="$WORK/$CURRENT"
   mkdir -p "$dir"
   local listener auth
   if [ "$MODE" = peer ]; then
@@ -155,6 +170,9 @@ registration_timeout = 0
 [modules.mod_mam]
 enabled = false
 EOF
+  if [ "$CURRENT" = meerkat-modules ]; then
+    printf '\n# MODULES_TOML\n%s\n' "$MODULES_TOML" >> "$dir/meerkat.toml"
+  fi
   echo "$dir/meerkat.toml"
 }
 
@@ -193,11 +211,11 @@ ejabberd_production_dir() {
 start_server() {
   CURRENT="$1"
   case "$1" in
-    meerkat)
+    meerkat|meerkat-modules)
       local cfg; cfg="$(meerkat_config)"
-      ( exec "${PIN[@]}" "$MEERKAT_BIN" start --config "$cfg" ) </dev/null >>"$WORK/meerkat/node.log" 2>&1 &
+      ( exec "${PIN[@]}" "$MEERKAT_BIN" start --config "$cfg" ) </dev/null >>"$WORK/$CURRENT/node.log" 2>&1 &
       PID=$!
-      wait_listening "$PID" || { tail -20 "$WORK/meerkat/node.log" >&2; die "meerkat did not start"; }
+      wait_listening "$PID" || { tail -20 "$WORK/$CURRENT/node.log" >&2; die "meerkat did not start"; }
       ;;
     ejabberd)
       local dir="$PEER_BENCH_DIR"; [ "$MODE" = production ] && dir="$(ejabberd_production_dir)"
@@ -215,7 +233,7 @@ start_server() {
 stop_server() {
   [ -n "$CURRENT" ] || return 0
   case "$CURRENT" in
-    meerkat)
+    meerkat|meerkat-modules)
       if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
         kill -TERM "$PID" 2>/dev/null || true
         for _ in $(seq 1 150); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
@@ -307,7 +325,7 @@ bench_server() {
 files=()
 for s in $SERVERS; do
   case "$s" in
-    meerkat) ;;
+    meerkat|meerkat-modules) ;;
     ejabberd|prosody)
       installed "$s" || { say "$s is not installed: skipped (see $PEER_BENCH_DIR/README.md)"; continue; }
       [ -x "$PEER_BENCH_DIR/servers/$s.sh" ] || { say "no $PEER_BENCH_DIR/servers/$s.sh: $s skipped"; continue; }
