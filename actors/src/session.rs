@@ -761,6 +761,15 @@ impl C2sSession {
                 return;
             }
         }
+        if !self.connected && !self.detached {
+            // Kept for a client that may resume (XEP-0198): the modules may
+            // tell it elsewhere (a push notification), before it is kept.
+            let acc = self.svc.ctx.hooks.stanza_while_detached(&self.svc.ctx, &self.jid, &mut self.state, &el);
+            if !acc.jobs.is_empty() || !acc.write.is_empty() {
+                self.apply(acc, ctx, move |act, _, ctx| act.deliver_to_client(el, ctx));
+                return;
+            }
+        }
         self.deliver_to_client(el, ctx);
     }
 

@@ -221,3 +221,47 @@ async fn mongoosepush_gets_a_v3_notification_for_a_virtual_pubsub_host() {
         assert_eq!(v["alert"]["badge"], if body == "one" { 1 } else { 2 }, "{v}");
     }
 }
+
+/// A message kept for a session that lost its connection and waits for a
+/// resumption (XEP-0198) is announced at once, as mobile clients need: the
+/// session may wait minutes before the message would go offline.
+#[tokio::test]
+async fn a_message_for_a_detached_session_is_pushed_at_once() {
+    let node = TestNode::start_with(NodeOptions {
+        extra_toml: "[modules.mod_event_pusher]\nenabled = true\n[modules.mod_event_pusher.push]\n".into(),
+        ..Default::default()
+    });
+    for user in ["alice", "bob", "appserver"] {
+        node.add_user(user, "secret");
+    }
+    let mut app = login(&node, "appserver", "secret", "push").await;
+    let mut alice = login(&node, "alice", "secret", "phone").await;
+    let enabled = alice
+        .iq_xml("<iq type='set'><enable xmlns='urn:xmpp:push:0' jid='appserver@localhost/push' node='n1'/></iq>")
+        .await
+        .unwrap();
+    assert_eq!(enabled.attr("type"), Some("result"), "{enabled}");
+    alice.send_str("<presence/><enable xmlns='urn:xmpp:sm:3' resume='true'/>").await.unwrap();
+    let sm = alice.recv_until(|el| el.name == "enabled").await.unwrap();
+    assert_eq!(sm.attr("resume"), Some("true"), "{sm}");
+    // The phone goes out of coverage: the connection is cut, the session waits.
+    drop(alice);
+    let mut bob = login(&node, "bob", "secret", "b").await;
+    // Until the session notices the cut, messages go to the connection; the
+    // first one after it is kept for a resumption and pushed.
+    let mut i = 0;
+    let publish = loop {
+        bob.send_str(&format!("<message to='alice@localhost/phone' type='chat'><body>m{i}</body></message>"))
+            .await
+            .unwrap();
+        i += 1;
+        match app.recv_until_timeout(Duration::from_secs(2), |el| el.name == "iq").await {
+            Ok(iq) => break iq,
+            Err(_) if i < 10 => continue,
+            Err(e) => panic!("no push after {i} messages: {e}"),
+        }
+    };
+    let xml = publish.to_string();
+    assert!(xml.contains("urn:xmpp:push:summary") && xml.contains("<publish node='n1'>"), "{xml}");
+    assert_eq!(publish.attr("from"), Some("alice@localhost"));
+}

@@ -438,6 +438,19 @@ pub trait Module: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// A stanza reached the session while its connection is gone and it
+    /// waits for a resumption (XEP-0198): it is kept for the client, who may
+    /// not come back soon. Jobs in `acc` are queued (push notifications).
+    fn stanza_while_detached(
+        &self,
+        _ctx: &ModuleCtx,
+        _jid: &FullJid,
+        _state: &mut SessionState,
+        _stanza: &Element,
+        _acc: &mut SessionAcc,
+    ) {
+    }
+
     /// The client has sent nothing for [`CoreTuning::silent_after`] (once per
     /// silence): the place to ping it (XEP-0199) with `acc.write` and arm a
     /// timer for the answer.

@@ -251,6 +251,21 @@ impl Registry {
     }
 
     /// The client has been silent: what the modules ask (a ping, a timer).
+    /// A stanza kept for a client that is gone and may resume.
+    pub fn stanza_while_detached(
+        &self,
+        ctx: &ModuleCtx,
+        jid: &FullJid,
+        state: &mut SessionState,
+        stanza: &Element,
+    ) -> SessionAcc {
+        let mut acc = SessionAcc::default();
+        for m in &self.modules {
+            m.stanza_while_detached(ctx, jid, state, stanza, &mut acc);
+        }
+        acc
+    }
+
     pub fn client_silent(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState) -> SessionAcc {
         let mut acc = SessionAcc::default();
         for m in &self.modules {

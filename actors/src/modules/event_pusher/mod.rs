@@ -91,6 +91,8 @@ pub struct EventPusher {
     rabbit: Option<rabbit::RabbitConfig>,
     /// The RabbitMQ publisher, started with the module.
     publisher: OnceLock<rabbit::Publisher>,
+    /// The module itself, for the jobs it queues.
+    me: OnceLock<std::sync::Weak<EventPusher>>,
 }
 
 impl ModuleSpec for EventPusher {
@@ -125,13 +127,47 @@ impl ModuleSpec for EventPusher {
         Ok(())
     }
     fn build(cfg: &EventPusherConfig) -> Arc<dyn Module> {
-        Arc::new(EventPusher {
+        let module = Arc::new(EventPusher {
             push: cfg.push.clone(),
             http: cfg.http.clone(),
             http_senders: OnceLock::new(),
             rabbit: cfg.rabbit.clone(),
             publisher: OnceLock::new(),
-        })
+            me: OnceLock::new(),
+        });
+        let _ = module.me.set(Arc::downgrade(&module));
+        module
+    }
+}
+
+/// A push notification for a message kept for a detached session, run on
+/// the owner's server shard.
+struct PushJob {
+    owner: BareJid,
+    sender: String,
+    body: String,
+    module: Arc<EventPusher>,
+}
+
+impl std::fmt::Debug for PushJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushJob").field("owner", &self.owner).finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::ext::ModuleJob for PushJob {
+    fn shard_key(&self) -> String {
+        self.owner.to_string()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    async fn run(self: Box<Self>, ctx: &ModuleCtx) {
+        let PushJob { owner, sender, body, module } = *self;
+        module.notify_message(ctx, owner, sender, body).await;
     }
 }
 
@@ -255,7 +291,11 @@ impl EventPusher {
     /// Announces a message no resource took to every subscription of its recipient.
     async fn notify(&self, ctx: &ModuleCtx, r: &Routed) {
         let Some(body) = r.stanza.get_child("body", &r.stanza.ns).map(|b| b.text()) else { return };
-        let owner = r.to.bare();
+        self.notify_message(ctx, r.to.bare(), r.from.to_string(), body).await;
+    }
+
+    /// Announces a message from `sender` to every subscription of `owner`.
+    async fn notify_message(&self, ctx: &ModuleCtx, owner: BareJid, sender: String, body: String) {
         let (user, domain) = account_of(&Jid::from(owner.clone()));
         let subs = match ctx.storage.push_subscriptions(&domain, &user).await {
             Ok(s) if s.is_empty() => return,
@@ -266,7 +306,6 @@ impl EventPusher {
             }
         };
         let count = ctx.hooks.unread_count(ctx, &owner).await.unwrap_or(1);
-        let sender = r.from.to_string();
         let virtual_hosts: Vec<String> = self
             .push
             .iter()
@@ -363,6 +402,25 @@ impl Module for EventPusher {
             p.metrics(&mut out);
         }
         out
+    }
+
+    fn stanza_while_detached(
+        &self,
+        _ctx: &ModuleCtx,
+        jid: &FullJid,
+        _state: &mut SessionState,
+        stanza: &Element,
+        acc: &mut SessionAcc,
+    ) {
+        // XEP-0198 keeps it for a client that may come back; XEP-0357 is how
+        // a phone learns it should.
+        if self.push.is_none() || !matches!(MessageType::of(stanza), MessageType::Chat | MessageType::Normal) {
+            return;
+        }
+        let Some(body) = stanza.get_child("body", &stanza.ns).map(|b| b.text()) else { return };
+        let Some(me) = self.me.get().and_then(|m| m.upgrade()) else { return };
+        let sender = stanza.attr("from").unwrap_or_default().to_owned();
+        acc.jobs.push(Box::new(PushJob { owner: jid.bare(), sender, body, module: me }));
     }
 
     async fn user_available(&self, _ctx: &ModuleCtx, jid: &FullJid) {
