@@ -100,6 +100,13 @@ macro_rules! entry {
 #[async_trait]
 impl InboxRepo for Storage {
     async fn inbox_message(&self, domain: &str, user: &str, m: &InboxMessage) -> Result<InboxEntry, StorageError> {
+        self.inbox_write(domain, user, m).await?;
+        self.inbox_entry(domain, user, &m.remote_jid)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt("an inbox entry vanished after its upsert".into()))
+    }
+
+    async fn inbox_write(&self, domain: &str, user: &str, m: &InboxMessage) -> Result<(), StorageError> {
         on_backend!(self, |pool, d| {
             sqlx::query(UPSERT.get(d))
                 .bind(domain)
@@ -112,9 +119,7 @@ impl InboxRepo for Storage {
                 .execute(pool)
                 .await?;
         });
-        self.inbox_entry(domain, user, &m.remote_jid)
-            .await?
-            .ok_or_else(|| StorageError::Corrupt("an inbox entry vanished after its upsert".into()))
+        Ok(())
     }
 
     async fn inbox_mark_read(

@@ -400,6 +400,8 @@ pub trait InboxRepo: Send + Sync {
     /// needed: received, one more unread; sent, nothing unread. An entry in
     /// the archive or the bin comes back to the inbox. Returns the entry.
     async fn inbox_message(&self, domain: &str, user: &str, m: &InboxMessage) -> Result<InboxEntry, StorageError>;
+    /// [`InboxRepo::inbox_message`] without reading the entry back: one statement.
+    async fn inbox_write(&self, domain: &str, user: &str, m: &InboxMessage) -> Result<(), StorageError>;
     /// Nothing unread in the conversation with `remote`, if its last message
     /// has the id `msg_id` (a chat marker); whether it matched.
     async fn inbox_mark_read(&self, domain: &str, user: &str, remote: &str, msg_id: &str)

@@ -2,8 +2,9 @@
 //!
 //! Every change to an inbox and every query of it goes through its actor,
 //! one at a time and in arrival order ([`AtomicResponse`]: the next message
-//! waits for the previous one's SQL to finish), and is written through to
-//! storage before it is answered. The actor holds no copy of the inbox: a new
+//! waits for the previous one's SQL to finish). Requests ([`Inboxes::call`])
+//! are answered once written; message updates ([`Inboxes::post`]) are only
+//! queued, and written before whatever is queued after them. The actor holds no copy of the inbox: a new
 //! actor for the same account simply reads SQL, so stopping one loses
 //! nothing.
 //!
@@ -18,6 +19,7 @@
 //! sender waits while it is full.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,9 @@ use actix::prelude::*;
 use meerkat_storage::{
     InboxChange, InboxEntry, InboxMessage, InboxQuery, InboxRepo, InboxTotals, Storage, StorageError,
 };
+use meerkat_xmpp::jid::{parse_bare, Jid};
+
+use crate::ext::ModuleCtx;
 
 /// What an inbox actor is asked to do.
 #[derive(Clone, Debug)]
@@ -62,12 +67,25 @@ impl Message for Op {
     type Result = Result<Answer, StorageError>;
 }
 
+/// An update posted without waiting for it ([`Inboxes::post`]), with, for a
+/// received message, its sender: the owner must exist and not block it.
+struct Posted(Op, Option<Jid>);
+
+impl Message for Posted {
+    type Result = ();
+}
+
 /// The actor of one account's inbox.
 pub struct InboxActor {
     domain: String,
     user: String,
     storage: Arc<Storage>,
     mailbox: usize,
+    /// Posted updates not handled yet (shared with the table, which does not
+    /// stop an actor with any).
+    posted: Arc<AtomicUsize>,
+    /// For the checks of received messages.
+    ctx: Option<ModuleCtx>,
 }
 
 impl Actor for InboxActor {
@@ -84,6 +102,62 @@ impl Handler<Op> for InboxActor {
     fn handle(&mut self, op: Op, _ctx: &mut Context<Self>) -> Self::Result {
         let (domain, user, s) = (self.domain.clone(), self.user.clone(), self.storage.clone());
         AtomicResponse::new(Box::pin(async move { run(&s, &domain, &user, op).await }.into_actor(self)))
+    }
+}
+
+impl Handler<Posted> for InboxActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, Posted(op, sender): Posted, _ctx: &mut Context<Self>) -> Self::Result {
+        let (domain, user, s, posted) =
+            (self.domain.clone(), self.user.clone(), self.storage.clone(), self.posted.clone());
+        let ctx = self.ctx.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                if let (Some(ctx), Some(sender)) = (&ctx, &sender) {
+                    if !wanted(ctx, &domain, &user, sender).await {
+                        posted.fetch_sub(1, Ordering::AcqRel);
+                        return;
+                    }
+                }
+                let mut attempt = 1;
+                loop {
+                    let done = match &op {
+                        // Nobody waits for the entry: the write alone.
+                        Op::Message(m) => s.inbox_write(&domain, &user, m).await,
+                        op => run(&s, &domain, &user, op.clone()).await.map(|_| ()),
+                    };
+                    match done {
+                        Ok(()) => break,
+                        Err(e) if e.is_retryable() && attempt < 3 => {
+                            tracing::warn!(error = %e, attempt, %user, %domain, "inbox write failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                            attempt += 1;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, %user, %domain, "inbox not updated");
+                            break;
+                        }
+                    }
+                }
+                posted.fetch_sub(1, Ordering::AcqRel);
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+/// Whether a message from `sender` belongs in the inbox of `user@domain`: the
+/// account exists and does not block the sender (XEP-0191).
+async fn wanted(ctx: &ModuleCtx, domain: &str, user: &str, sender: &Jid) -> bool {
+    match ctx.accounts.exists(domain, user).await {
+        Ok(false) => return false,
+        Ok(true) => {}
+        Err(e) => tracing::warn!(error = %e, "account lookup failed; updating the inbox anyway"),
+    }
+    match parse_bare(&format!("{user}@{domain}")) {
+        Ok(owner) => !ctx.hooks.blocks(ctx, &owner, sender).await,
+        Err(_) => false,
     }
 }
 
@@ -114,7 +188,15 @@ struct Resident {
     addr: Addr<InboxActor>,
     /// Senders holding the address right now.
     in_use: usize,
+    /// Updates posted to it and not handled yet.
+    posted: Arc<AtomicUsize>,
     last_used: Instant,
+}
+
+impl Resident {
+    fn idle(&self) -> bool {
+        self.in_use == 0 && self.posted.load(Ordering::Acquire) == 0
+    }
 }
 
 /// Why an operation did not reach an inbox.
@@ -130,11 +212,17 @@ pub struct Inboxes {
     storage: Arc<Storage>,
     limits: Limits,
     resident: Mutex<HashMap<String, Resident>>,
+    ctx: Option<ModuleCtx>,
 }
 
 impl Inboxes {
     pub fn new(storage: Arc<Storage>, limits: Limits) -> Self {
-        Inboxes { storage, limits, resident: Mutex::new(HashMap::new()) }
+        Inboxes { storage, limits, resident: Mutex::new(HashMap::new()), ctx: None }
+    }
+
+    /// With the node's context, for the checks of received messages.
+    pub fn with_ctx(ctx: ModuleCtx, limits: Limits) -> Self {
+        Inboxes { storage: ctx.storage.clone(), limits, resident: Mutex::new(HashMap::new()), ctx: Some(ctx) }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Resident>> {
@@ -159,6 +247,28 @@ impl Inboxes {
         }
     }
 
+    /// Queues an update for the inbox of `user@domain` and returns once it is
+    /// in the actor's mailbox, without waiting for it to be written; when the
+    /// mailbox is full, waits until the actor took it (back-pressure). The
+    /// actor writes it before anything queued after it, queries included.
+    pub async fn post(&self, domain: &str, user: &str, op: Op, sender: Option<Jid>) {
+        let key = format!("{user}@{domain}");
+        let addr = self.take(&key, domain, user);
+        if let Some(r) = self.table().get(&key) {
+            r.posted.fetch_add(1, Ordering::AcqRel);
+        }
+        match addr.try_send(Posted(op, sender)) {
+            Ok(()) => {}
+            Err(SendError::Full(p)) => {
+                let _ = addr.send(p).await;
+            }
+            Err(SendError::Closed(_)) => {
+                tracing::error!(%key, "inbox actor gone; update not written");
+            }
+        }
+        self.give_back(&key);
+    }
+
     /// The account's actor, marked in use; started (after making room) when absent.
     fn take(&self, key: &str, domain: &str, user: &str) -> Addr<InboxActor> {
         let mut table = self.table();
@@ -180,14 +290,17 @@ impl Inboxes {
                 None => tracing::warn!(resident = table.len(), "every inbox actor is busy; starting one more"),
             }
         }
+        let posted = Arc::new(AtomicUsize::new(0));
         let actor = InboxActor {
             domain: domain.to_owned(),
             user: user.to_owned(),
             storage: self.storage.clone(),
             mailbox: self.limits.mailbox,
+            posted: posted.clone(),
+            ctx: self.ctx.clone(),
         };
         let addr = actor.start();
-        table.insert(key.to_owned(), Resident { addr: addr.clone(), in_use: 1, last_used: Instant::now() });
+        table.insert(key.to_owned(), Resident { addr: addr.clone(), in_use: 1, posted, last_used: Instant::now() });
         addr
     }
 
@@ -203,13 +316,13 @@ impl Inboxes {
         let now = Instant::now();
         let mut table = self.table();
         let before = table.len();
-        table.retain(|_, r| r.in_use > 0 || now.duration_since(r.last_used) < self.limits.idle_timeout);
+        table.retain(|_, r| !r.idle() || now.duration_since(r.last_used) < self.limits.idle_timeout);
         before - table.len()
     }
 
-    /// Stops every actor nobody is sending to (at shutdown).
+    /// Stops every actor with nothing to do (at shutdown).
     pub fn stop_all(&self) {
-        self.table().retain(|_, r| r.in_use > 0);
+        self.table().retain(|_, r| !r.idle());
     }
 }
 
@@ -270,6 +383,23 @@ mod tests {
             eager.call("example.org", "alice", message("bob@example.org", false)).await.unwrap();
             assert_eq!(eager.sweep(), 1);
             assert_eq!(eager.resident(), 0);
+        });
+    }
+
+    #[test]
+    fn posted_updates_are_written_in_order_before_later_requests() {
+        actix::System::new().block_on(async {
+            // A mailbox of 2: most posts find it full and wait for room.
+            let limits = Limits { max_resident: 256, idle_timeout: Duration::ZERO, mailbox: 2 };
+            let inboxes = Inboxes::new(storage().await, limits);
+            for _ in 0..50 {
+                inboxes.post("example.org", "alice", message("bob@example.org", true), None).await;
+            }
+            // A request queued after them sees every one.
+            assert_eq!(unread(&inboxes, "alice").await, 50);
+            inboxes.post("example.org", "alice", message("bob@example.org", false), None).await;
+            assert_eq!(unread(&inboxes, "alice").await, 0, "the reply came after the 50");
+            assert_eq!(inboxes.sweep(), 1, "idle once everything is written");
         });
     }
 

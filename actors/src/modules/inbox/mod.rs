@@ -15,8 +15,11 @@
 //!   of the conversation's last message sets its unread count to 0.
 //!
 //! The changes are queued as jobs on the owner's shard of the server workers
-//! (bounded queues: the sender waits when they are full) and carried out by
-//! the owner's inbox actor ([`actor`]), which writes them through to SQL.
+//! (bounded queues: the sender waits when they are full), which post them to
+//! the owner's inbox actor ([`actor`]) without waiting for the write: the
+//! actor checks the received side (the account exists and does not block the
+//! sender) and writes them to SQL in order, before anything queued after
+//! them, queries included.
 //!
 //! # Queries and actions
 //! All of MongooseIM's: the query form, `<inbox/>` queries with the form and
@@ -59,8 +62,6 @@ const NS_INBOX: &str = ns::INBOX;
 const NS_CONV: &str = ns::INBOX_CONVERSATION;
 /// The boxes every inbox has.
 const RESERVED_BOXES: [&str; 3] = ["inbox", "archive", "bin"];
-/// Write attempts of a change when the database is temporarily unavailable.
-const ATTEMPTS: u32 = 3;
 
 /// A chat marker (XEP-0333) that may reset a conversation's unread count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -197,35 +198,12 @@ impl ModuleJob for InboxJob {
         self
     }
 
-    async fn run(self: Box<Self>, ctx: &ModuleCtx) {
+    async fn run(self: Box<Self>, _ctx: &ModuleCtx) {
         let (user, domain) = account_of(&Jid::from(self.owner.clone()));
-        if let Some(from) = &self.from {
-            // An inbox holds what its owner receives: the account must exist
-            // and not block the sender (XEP-0191).
-            match ctx.accounts.exists(&domain, &user).await {
-                Ok(false) => return,
-                Ok(true) => {}
-                Err(e) => tracing::warn!(error = %e, "account lookup failed; updating the inbox anyway"),
-            }
-            if ctx.hooks.blocks(ctx, &self.owner, from).await {
-                return;
-            }
-        }
-        let mut attempt = 1;
-        loop {
-            match self.inboxes.call(&domain, &user, self.op.clone()).await {
-                Ok(_) => return,
-                Err(InboxError::Storage(e)) if e.is_retryable() && attempt < ATTEMPTS => {
-                    tracing::warn!(error = %e, attempt, owner = %self.owner, "inbox write failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    tracing::error!(error = ?e, owner = %self.owner, "inbox not updated");
-                    return;
-                }
-            }
-        }
+        // Queued behind this owner's earlier updates, ahead of anything the
+        // owner asks later; checked and written by the actor without holding
+        // this shard.
+        self.inboxes.post(&domain, &user, self.op, self.from).await;
     }
 }
 
@@ -655,7 +633,7 @@ impl Module for Inbox {
             idle_timeout: Duration::from_secs(self.cfg.idle_timeout),
             mailbox: self.cfg.mailbox,
         };
-        let inboxes = Arc::new(Inboxes::new(ctx.storage.clone(), limits));
+        let inboxes = Arc::new(Inboxes::with_ctx(ctx.clone(), limits));
         let _ = self.inboxes.set(inboxes.clone());
         let storage = ctx.storage.clone();
         let sweep_every = Duration::from_secs(self.cfg.idle_timeout.div_ceil(2).max(1));
