@@ -320,8 +320,21 @@ impl Inboxes {
         before - table.len()
     }
 
-    /// Stops every actor with nothing to do (at shutdown).
-    pub fn stop_all(&self) {
+    /// Updates posted and not written yet, all inboxes together.
+    pub fn unwritten(&self) -> usize {
+        self.table().values().map(|r| r.posted.load(Ordering::Acquire)).sum()
+    }
+
+    /// At shutdown: waits (until `deadline`) for the posted updates to be
+    /// written, then stops every actor with nothing to do.
+    pub async fn stop_all(&self, deadline: tokio::time::Instant) {
+        while self.unwritten() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.unwritten();
+        if left > 0 {
+            tracing::warn!(updates = left, "inbox updates still unwritten at shutdown");
+        }
         self.table().retain(|_, r| !r.idle());
     }
 }

@@ -665,7 +665,7 @@ impl Module for Inbox {
             task.abort();
         }
         if let Some(i) = self.inboxes() {
-            i.stop_all();
+            i.stop_all(tokio::time::Instant::now() + Duration::from_secs(5)).await;
         }
     }
 
