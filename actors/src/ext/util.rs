@@ -83,6 +83,21 @@ pub fn send_unavailable(router: &Router, user: &BareJid, to: &BareJid) {
     }
 }
 
+/// A XEP-0082 DateTime in UTC with microseconds, so that a stamp read back
+/// (as a query's `start`, say) selects that very instant.
+pub fn xep0082_micros(micros: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// A XEP-0082 DateTime (RFC 3339) as microseconds since the epoch;
+/// `bad-request` when it is not one.
+pub fn parse_xep0082(s: &str) -> Result<i64, meerkat_xmpp::error::StanzaErrorCondition> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_micros())
+        .map_err(|_| meerkat_xmpp::error::StanzaErrorCondition::BadRequest)
+}
+
 /// XEP-0082 date-time in UTC with milliseconds.
 pub fn xep0082(micros: i64) -> String {
     let t = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();

@@ -66,7 +66,7 @@ use meerkat_xmpp::ns;
 use meerkat_xmpp::stanza::MessageType;
 
 use crate::ext::registry::ModuleSpec;
-use crate::ext::util::{account_of, now_micros, parse_stored};
+use crate::ext::util::{account_of, now_micros, parse_stored, parse_xep0082, xep0082_micros};
 use crate::ext::{storage_error, HookSet, IqAnswer, Module, ModuleCtx, ModuleJob, SessionAcc, SessionState, Target};
 
 const NS_MAM: &str = ns::MAM;
@@ -547,8 +547,8 @@ fn parse_query(payload: &Element, default_page: u64, max_page: u64) -> Result<Ma
                         q.storage.with_resource = jid.resource().map(|r| r.as_str().to_owned());
                     }
                 }
-                Some("start") => q.storage.start_micros = value.map(parse_datetime).transpose()?,
-                Some("end") => q.storage.end_micros = value.map(parse_datetime).transpose()?,
+                Some("start") => q.storage.start_micros = value.map(parse_xep0082).transpose()?,
+                Some("end") => q.storage.end_micros = value.map(parse_xep0082).transpose()?,
                 // XEP-0313, "Retrieving form fields": an unknown field is refused.
                 Some(_) => return Err(StanzaErrorCondition::FeatureNotImplemented),
                 None => return Err(StanzaErrorCondition::BadRequest),
@@ -576,18 +576,6 @@ fn parse_query(payload: &Element, default_page: u64, max_page: u64) -> Result<Ma
     }
     q.storage.max = q.storage.max.min(max_page);
     Ok(q)
-}
-
-/// A XEP-0082 DateTime as microseconds since the epoch.
-fn parse_datetime(s: &str) -> Result<i64, StanzaErrorCondition> {
-    chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_micros()).map_err(|_| StanzaErrorCondition::BadRequest)
-}
-
-/// A XEP-0082 DateTime in UTC with microseconds, so that a result's stamp used as
-/// `start` selects that very message.
-fn datetime(micros: i64) -> String {
-    let t = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 /// XEP-0313, "Retrieving form fields": the fields a query may use.
@@ -632,7 +620,7 @@ async fn run_query(ctx: &ModuleCtx, iq: &Routed, q: MamQuery) -> IqAnswer {
         }
         result.push_child(
             Element::new("forwarded", NS_FORWARD)
-                .with_child(Element::new("delay", ns::DELAY).with_attr("stamp", datetime(m.stamp_micros)))
+                .with_child(Element::new("delay", ns::DELAY).with_attr("stamp", xep0082_micros(m.stamp_micros)))
                 .with_child(original),
         );
         let message = Element::new("message", ns::CLIENT)
@@ -904,6 +892,6 @@ mod tests {
         let vars: Vec<&str> =
             form.get_child("x", ns::DATA_FORMS).unwrap().elements().filter_map(|f| f.attr("var")).collect();
         assert_eq!(vars, ["FORM_TYPE", "with", "start", "end"]);
-        assert_eq!(datetime(1_278_501_834_123_456), "2010-07-07T11:23:54.123456Z");
+        assert_eq!(xep0082_micros(1_278_501_834_123_456), "2010-07-07T11:23:54.123456Z");
     }
 }

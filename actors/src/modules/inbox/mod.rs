@@ -54,7 +54,7 @@ use meerkat_xmpp::ns;
 use meerkat_xmpp::stanza::MessageType;
 
 use crate::ext::registry::ModuleSpec;
-use crate::ext::util::{account_of, now_micros, parse_stored};
+use crate::ext::util::{account_of, now_micros, parse_stored, parse_xep0082, xep0082_micros};
 use crate::ext::{HookSet, IqAnswer, Module, ModuleCtx, ModuleJob, SessionAcc, SessionState, Target};
 use actor::{Answer, InboxError, Inboxes, Limits, Op};
 
@@ -305,16 +305,6 @@ fn parse_cursor(s: &str) -> Result<(i64, String), StanzaErrorCondition> {
     Ok((stamp, jid))
 }
 
-fn parse_datetime(s: &str) -> Result<i64, StanzaErrorCondition> {
-    chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_micros()).map_err(|_| StanzaErrorCondition::BadRequest)
-}
-
-/// XEP-0082 date-time with microseconds, as MongooseIM stamps inbox entries.
-fn datetime(micros: i64) -> String {
-    let t = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
 impl Inbox {
     fn parse_query(&self, iq: &Element, payload: &Element) -> Result<Query, StanzaErrorCondition> {
         let bad = StanzaErrorCondition::BadRequest;
@@ -328,8 +318,8 @@ impl Inbox {
                 let value = value.trim();
                 match field.attr("var") {
                     Some("FORM_TYPE") => {}
-                    Some("start") => q.start_micros = Some(parse_datetime(value)?),
-                    Some("end") => q.end_micros = Some(parse_datetime(value)?),
+                    Some("start") => q.start_micros = Some(parse_xep0082(value)?),
+                    Some("end") => q.end_micros = Some(parse_xep0082(value)?),
                     Some("order") => {
                         q.ascending = match value {
                             "asc" => true,
@@ -381,7 +371,7 @@ impl Inbox {
 
     /// The children describing an entry's properties, in MongooseIM's order.
     fn properties(e: &InboxEntry, now: i64, ns: &str) -> [Element; 4] {
-        let mute = if e.muted_until > now { datetime(e.muted_until) } else { "0".to_owned() };
+        let mute = if e.muted_until > now { xep0082_micros(e.muted_until) } else { "0".to_owned() };
         [
             Element::new("read", ns).with_text(if e.unread_count == 0 { "true" } else { "false" }),
             Element::new("box", ns).with_text(e.box_name.clone()),
@@ -394,7 +384,7 @@ impl Inbox {
         let original = parse_stored(&e.content)?;
         Some(
             Element::new("forwarded", ns::FORWARD)
-                .with_child(Element::new("delay", ns::DELAY).with_attr("stamp", datetime(e.stamp_micros)))
+                .with_child(Element::new("delay", ns::DELAY).with_attr("stamp", xep0082_micros(e.stamp_micros)))
                 .with_child(original),
         )
     }
