@@ -105,6 +105,8 @@ fn rabbitmqctl(arg: &str) {
 // blocks on the node's start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_rabbitmq_and_none_is_lost_while_it_restarts() {
+    // RabbitMQ may still be starting (after an earlier run of this test).
+    rabbitmqctl("await_startup");
     // Presence and chat events, with MongooseIM's routing keys and payloads.
     let tag = format!("t{:08x}", rand::random::<u32>());
     let (_conn, mut events) = consumer(&tag, false).await;

@@ -10,8 +10,9 @@
 //!   `<recipient's bare JID>.<recv_topic>` for the recipient.
 //!
 //! Events wait in the pool's bounded queue (`queue`); one task publishes
-//! them in order, each waiting for RabbitMQ's publisher confirm when
-//! `confirms_enabled`. While RabbitMQ is unreachable the task reconnects
+//! them in order, up to 128 at a time without waiting in between, then waits
+//! for their publisher confirms when `confirms_enabled`; a refused (nacked)
+//! event goes again. While RabbitMQ is unreachable the task reconnects
 //! (backing off up to 5 s), declares the exchanges again, and publishes the
 //! event it holds and then the queued ones: nothing in the queue is lost. An
 //! event that finds the queue full is dropped and counted
@@ -214,12 +215,16 @@ async fn connect(uri: &str, exchanges: &[Exchange], confirms: bool) -> lapin::Re
 }
 
 /// Publishes one event; `Ok(false)` when RabbitMQ refused it (a nack).
-async fn publish(channel: &Channel, e: &Event, persistent: bool) -> lapin::Result<bool> {
+/// Events published together before their confirms are awaited.
+const BATCH: usize = 128;
+
+/// Sends one event; its confirm is awaited later.
+async fn send(channel: &Channel, e: &Event, persistent: bool) -> lapin::Result<lapin::PublisherConfirm> {
     let mut props = BasicProperties::default().with_content_type("application/json".into());
     if persistent {
         props = props.with_delivery_mode(2);
     }
-    let confirm = channel
+    channel
         .basic_publish(
             e.exchange.as_str().into(),
             e.routing_key.as_str().into(),
@@ -227,16 +232,87 @@ async fn publish(channel: &Channel, e: &Event, persistent: bool) -> lapin::Resul
             e.payload.as_bytes(),
             props,
         )
-        .await?
-        .await?;
-    Ok(!confirm.is_nack())
+        .await
+}
+
+/// What happened to a batch.
+enum Outcome {
+    /// Every event was confirmed (or refused and kept in `held` for later).
+    Done,
+    /// The connection failed: the unconfirmed events are back in `held`.
+    Lost(lapin::Error),
+}
+
+/// Publishes `batch` in order without waiting in between, then waits for the
+/// confirms in order. Events RabbitMQ refused (nacks), and on a failure every
+/// event not confirmed yet, go back to `held`, in order, to be published again.
+async fn publish_batch(
+    channel: &Channel,
+    batch: Vec<Event>,
+    durable: &std::collections::HashSet<String>,
+    held: &mut std::collections::VecDeque<Event>,
+    c: &Counters,
+) -> Outcome {
+    let mut sent = Vec::with_capacity(batch.len());
+    let mut failure = None;
+    let mut events = batch.into_iter();
+    for e in events.by_ref() {
+        match send(channel, &e, durable.contains(&e.exchange)).await {
+            Ok(confirm) => sent.push((e, confirm)),
+            Err(err) => {
+                failure = Some((err, e));
+                break;
+            }
+        }
+    }
+    let mut again = Vec::new();
+    let mut sent = sent.into_iter();
+    for (e, confirm) in sent.by_ref() {
+        match confirm.await {
+            Ok(conf) if !conf.is_nack() => {
+                c.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {
+                // RabbitMQ could not take it now: again, later.
+                c.failed.fetch_add(1, Ordering::Relaxed);
+                again.push(e);
+            }
+            Err(err) => {
+                c.failed.fetch_add(1, Ordering::Relaxed);
+                again.push(e);
+                again.extend(sent.map(|(e, _)| e));
+                if let Some((_, unsent)) = failure.take() {
+                    again.push(unsent);
+                }
+                again.extend(events);
+                for e in again.into_iter().rev() {
+                    held.push_front(e);
+                }
+                return Outcome::Lost(err);
+            }
+        }
+    }
+    if let Some((err, unsent)) = failure {
+        c.failed.fetch_add(1, Ordering::Relaxed);
+        again.push(unsent);
+        again.extend(events);
+        for e in again.into_iter().rev() {
+            held.push_front(e);
+        }
+        return Outcome::Lost(err);
+    }
+    for e in again.into_iter().rev() {
+        held.push_front(e);
+    }
+    Outcome::Done
 }
 
 /// The publisher's loop: until the queue is closed (the module stopped).
 async fn run(mut rx: mpsc::Receiver<Event>, uri: String, exchanges: Vec<Exchange>, confirms: bool, c: Arc<Counters>) {
     let durable: std::collections::HashSet<String> =
         exchanges.iter().filter(|e| e.durable).map(|e| e.name.clone()).collect();
-    let mut held: Option<Event> = None;
+    // Taken from the queue and not confirmed yet: published first.
+    let mut held: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     let mut backoff = Duration::from_millis(100);
     loop {
         let (conn, channel) = match connect(&uri, &exchanges, confirms).await {
@@ -252,32 +328,32 @@ async fn run(mut rx: mpsc::Receiver<Event>, uri: String, exchanges: Vec<Exchange
         c.connected.store(true, Ordering::Relaxed);
         backoff = Duration::from_millis(100);
         loop {
-            let event = match held.take() {
-                Some(e) => e,
-                None => match rx.recv().await {
-                    Some(e) => e,
+            let mut batch: Vec<Event> = held.drain(..held.len().min(BATCH)).collect();
+            if batch.is_empty() {
+                match rx.recv().await {
+                    Some(e) => batch.push(e),
                     None => {
                         let _ = conn.close(200, "shutting down".into()).await;
                         return;
                     }
-                },
-            };
-            match publish(&channel, &event, durable.contains(&event.exchange)).await {
-                Ok(true) => {
-                    tracing::debug!(exchange = %event.exchange, key = %event.routing_key, "event pusher: published");
-                    c.published.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(false) => {
-                    // RabbitMQ could not take it now: again, after a pause.
-                    c.failed.fetch_add(1, Ordering::Relaxed);
-                    held = Some(event);
+            }
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            let refused_before = held.len();
+            match publish_batch(&channel, batch, &durable, &mut held, &c).await {
+                Outcome::Done if held.len() > refused_before => {
+                    // Some were refused (nacks): a pause before they go again.
                     tokio::time::sleep(backoff).await;
                 }
-                Err(e) => {
+                Outcome::Done => {}
+                Outcome::Lost(e) => {
                     tracing::warn!(error = %e, "event pusher: publishing to RabbitMQ failed; reconnecting");
-                    c.failed.fetch_add(1, Ordering::Relaxed);
                     c.connected.store(false, Ordering::Relaxed);
-                    held = Some(event);
                     break;
                 }
             }
