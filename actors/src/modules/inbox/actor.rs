@@ -116,7 +116,7 @@ impl Handler<Posted> for InboxActor {
             async move {
                 if let (Some(ctx), Some(sender)) = (&ctx, &sender) {
                     if !wanted(ctx, &domain, &user, sender).await {
-                        posted.fetch_sub(1, Ordering::AcqRel);
+                        count_off(&posted);
                         return;
                     }
                 }
@@ -140,11 +140,16 @@ impl Handler<Posted> for InboxActor {
                         }
                     }
                 }
-                posted.fetch_sub(1, Ordering::AcqRel);
+                count_off(&posted);
             }
             .into_actor(self),
         ))
     }
+}
+
+/// One posted update less (never below zero, should an update be counted off twice at shutdown).
+fn count_off(posted: &AtomicUsize) {
+    let _ = posted.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(1)));
 }
 
 /// Whether a message from `sender` belongs in the inbox of `user@domain`: the
@@ -254,16 +259,20 @@ impl Inboxes {
     pub async fn post(&self, domain: &str, user: &str, op: Op, sender: Option<Jid>) {
         let key = format!("{user}@{domain}");
         let addr = self.take(&key, domain, user);
-        if let Some(r) = self.table().get(&key) {
-            r.posted.fetch_add(1, Ordering::AcqRel);
+        let posted = self.table().get(&key).map(|r| r.posted.clone());
+        if let Some(p) = &posted {
+            p.fetch_add(1, Ordering::AcqRel);
         }
-        match addr.try_send(Posted(op, sender)) {
-            Ok(()) => {}
-            Err(SendError::Full(p)) => {
-                let _ = addr.send(p).await;
-            }
-            Err(SendError::Closed(_)) => {
-                tracing::error!(%key, "inbox actor gone; update not written");
+        // Handled, the update counts itself off; not handled, it is counted off here.
+        let handled = match addr.try_send(Posted(op, sender)) {
+            Ok(()) => true,
+            Err(SendError::Full(p)) => addr.send(p).await.is_ok(),
+            Err(SendError::Closed(_)) => false,
+        };
+        if !handled {
+            tracing::error!(%key, "inbox actor gone (shutting down?); update not written");
+            if let Some(p) = &posted {
+                count_off(p);
             }
         }
         self.give_back(&key);
