@@ -1,10 +1,12 @@
-"""What the long-running slixmpp peers of the tests share: a JSON line out,
-a failure that exits at once, and a wait with a deadline."""
+"""What the slixmpp peers and scenarios of the tests share: a JSON line out,
+a failure that exits at once, a check, and a wait with a deadline."""
 
 import asyncio
 import json
 import os
 import sys
+
+from slixmpp.exceptions import IqTimeout
 
 
 def out(obj):
@@ -18,8 +20,13 @@ def fail(why):
     os._exit(1)
 
 
-async def wait(aw, what, timeout):
+def check(cond, why):
+    if not cond:
+        fail(why)
+
+
+async def wait(aw, what, timeout=20):
     try:
         return await asyncio.wait_for(aw, timeout)
-    except asyncio.TimeoutError:
+    except (asyncio.TimeoutError, IqTimeout):
         fail(f"timed out after {timeout}s waiting for {what}")

@@ -19,11 +19,11 @@ import argparse
 import asyncio
 import json
 import ssl
-import sys
 import xml.etree.ElementTree as ET
 
 import slixmpp
-from slixmpp.exceptions import IqError, IqTimeout
+from peer_common import check, fail, wait
+from slixmpp.exceptions import IqError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -32,23 +32,6 @@ PUSH = "urn:xmpp:push:0"
 PUBSUB = "http://jabber.org/protocol/pubsub"
 DATA = "jabber:x:data"
 OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
-
-
-def fail(why):
-    print(f"FAIL: {why}", file=sys.stderr)
-    sys.exit(1)
-
-
-def check(cond, why):
-    if not cond:
-        fail(why)
-
-
-async def wait(coro, what, timeout=TIMEOUT):
-    try:
-        return await asyncio.wait_for(coro, timeout)
-    except (asyncio.TimeoutError, IqTimeout):
-        fail(f"timed out waiting for {what}")
 
 
 def form_values(x):

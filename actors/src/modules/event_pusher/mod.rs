@@ -93,6 +93,8 @@ pub struct EventPusher {
     publisher: OnceLock<rabbit::Publisher>,
     /// The module itself, for the jobs it queues.
     me: OnceLock<std::sync::Weak<EventPusher>>,
+    /// The push backend's virtual pubsub hosts, `@HOST@` expanded at start.
+    virtual_hosts: OnceLock<Vec<String>>,
 }
 
 impl ModuleSpec for EventPusher {
@@ -134,6 +136,7 @@ impl ModuleSpec for EventPusher {
             rabbit: cfg.rabbit.clone(),
             publisher: OnceLock::new(),
             me: OnceLock::new(),
+            virtual_hosts: OnceLock::new(),
         });
         let _ = module.me.set(Arc::downgrade(&module));
         module
@@ -306,18 +309,7 @@ impl EventPusher {
             }
         };
         let count = ctx.hooks.unread_count(ctx, &owner).await.unwrap_or(1);
-        let virtual_hosts: Vec<String> = self
-            .push
-            .iter()
-            .flat_map(|p| p.virtual_pubsub_hosts.iter())
-            .flat_map(|v| {
-                if v.contains("@HOST@") {
-                    ctx.router.hosts().iter().map(|h| v.replace("@HOST@", h)).collect::<Vec<_>>()
-                } else {
-                    vec![v.clone()]
-                }
-            })
-            .collect();
+        let virtual_hosts = self.virtual_hosts.get().map(Vec::as_slice).unwrap_or_default();
         for sub in &subs {
             let Ok(to) = parse_jid(&sub.pubsub_jid) else { continue };
             if virtual_hosts.iter().any(|v| v == to.domain().as_str()) {
@@ -352,6 +344,21 @@ impl Module for EventPusher {
     }
 
     async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
+        // `@HOST@` stands for each host of the node: expanded once.
+        let hosts = ctx.router.hosts();
+        let virtual_hosts = self
+            .push
+            .iter()
+            .flat_map(|p| p.virtual_pubsub_hosts.iter())
+            .flat_map(|v| {
+                if v.contains("@HOST@") {
+                    hosts.iter().map(|h| v.replace("@HOST@", h)).collect()
+                } else {
+                    vec![v.clone()]
+                }
+            })
+            .collect();
+        let _ = self.virtual_hosts.set(virtual_hosts);
         if let Some(cfg) = &self.rabbit {
             let Some(pool) = ctx.pools.rabbit.get(&cfg.pool_name) else {
                 return Err(format!(
@@ -440,6 +447,10 @@ impl Module for EventPusher {
         stanza: &mut Element,
         _acc: &mut SessionAcc,
     ) -> Result<(), StanzaErrorCondition> {
+        // Only the http and rabbit backends hear of sent messages.
+        if self.http_senders.get().is_none() && self.publisher.get().is_none() {
+            return Ok(());
+        }
         // MongooseIM's events are about chat messages with a body.
         if MessageType::of(stanza) != MessageType::Chat {
             return Ok(());
