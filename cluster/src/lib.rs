@@ -33,6 +33,7 @@ pub mod domain_table;
 pub mod network;
 pub mod node;
 pub mod peer_auth;
+pub mod placement;
 pub mod registry;
 pub mod registry_api;
 pub mod session_table;

@@ -538,6 +538,7 @@ impl ClusterNode {
             for (id, n) in &members {
                 self.transport.set_address(*id, &n.addr);
             }
+            self.table.set_members(members.keys().map(|id| NodeId(*id)));
             for gone in known.keys().filter(|id| !members.contains_key(id)).copied().collect::<Vec<_>>() {
                 self.transport.remove_peer(gone);
                 self.table.set_unreachable(NodeId(gone), false);
@@ -1006,5 +1007,6 @@ async fn handle_request(node: &ClusterNode, from: u64, request: Request) -> Resu
         Request::DeliverChecked(frame) => Ok(Response::Delivered(node.transport.deliver_checked(from, frame))),
         Request::Ping => Ok(Response::Done),
         Request::Kick { sid, reason } => Ok(Response::Delivered(node.transport.kick(from, sid, reason))),
+        Request::Module { module, body } => node.transport.module_request(from, module, body).await,
     }
 }

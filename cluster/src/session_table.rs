@@ -61,6 +61,9 @@ pub struct SessionTable {
     unreachable: RwLock<HashSet<NodeId>>,
     /// Whether `unreachable` is not empty: lookups skip its lock otherwise.
     any_unreachable: AtomicBool,
+    /// The cluster's members as this node last saw them (empty outside a
+    /// cluster). Local to this node, as `unreachable` is.
+    members: RwLock<Vec<NodeId>>,
 }
 
 impl SessionTable {
@@ -84,6 +87,29 @@ impl SessionTable {
         let changed = if unreachable { set.insert(node) } else { set.remove(&node) };
         self.any_unreachable.store(!set.is_empty(), Ordering::Release);
         changed
+    }
+
+    /// Sets the cluster's members as this node sees them now.
+    pub fn set_members(&self, members: impl IntoIterator<Item = NodeId>) {
+        let mut list: Vec<NodeId> = members.into_iter().collect();
+        list.sort();
+        list.dedup();
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) = list;
+    }
+
+    /// The members this node can reach, `me` included, in id order: what
+    /// placing work by a hash over the live members uses. Outside a cluster,
+    /// `me` alone. Each node has its own view, so two nodes may briefly
+    /// disagree about it.
+    pub fn live_nodes(&self, me: NodeId) -> Vec<NodeId> {
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let unreachable = self.unreachable.read().unwrap_or_else(|e| e.into_inner());
+        let mut live: Vec<NodeId> = members.into_iter().filter(|n| *n == me || !unreachable.contains(n)).collect();
+        if !live.contains(&me) {
+            live.push(me);
+            live.sort();
+        }
+        live
     }
 
     /// The nodes marked unreachable from here.

@@ -126,6 +126,13 @@ pub enum Request {
         sid: u64,
         reason: u8,
     },
+    /// A request of one module to the same module on the receiver
+    /// ([`ModuleHandler`]): the body is the module's own encoding. Appended
+    /// last: frames of earlier versions still decode.
+    Module {
+        module: String,
+        body: Vec<u8>,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -134,9 +141,14 @@ pub enum Response {
     AppendEntries(openraft::raft::AppendEntriesResponse<u64>),
     Vote(openraft::raft::VoteResponse<u64>),
     InstallSnapshot(openraft::raft::InstallSnapshotResponse<u64>),
-    ClientWrite { index: u64, response: CommandResponse },
+    ClientWrite {
+        index: u64,
+        response: CommandResponse,
+    },
     Done,
     Delivered(bool),
+    /// The module's answer to a [`Request::Module`], in its own encoding.
+    Module(Vec<u8>),
 }
 
 /// Why a request failed on the remote node.
@@ -339,6 +351,14 @@ pub trait StanzaInbox: Send + Sync {
     }
 }
 
+/// What a [`ModuleHandler`] answers, later: the module's encoded answer, or why it failed.
+pub type ModuleReply<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, String>> + Send + 'a>>;
+
+/// The modules of this node, answering [`Request::Module`] from other nodes.
+pub trait ModuleHandler: Send + Sync {
+    fn handle(&self, from: u64, module: String, body: Vec<u8>) -> ModuleReply<'_>;
+}
+
 /// What a [`RequestHandler`] answers, later.
 pub type Reply<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, WireError>> + Send + 'a>>;
 
@@ -460,6 +480,7 @@ pub struct Transport {
     next_id: AtomicU64,
     inbox: OnceLock<Arc<dyn StanzaInbox>>,
     handler: OnceLock<Arc<dyn RequestHandler>>,
+    modules: OnceLock<Arc<dyn ModuleHandler>>,
     shutdown: watch::Sender<bool>,
     /// Drawn at start: a receiver tells a restarted sender's sequence numbers from the old ones.
     epoch: u64,
@@ -502,6 +523,7 @@ impl Transport {
             next_id: AtomicU64::new(1),
             inbox: OnceLock::new(),
             handler: OnceLock::new(),
+            modules: OnceLock::new(),
             shutdown: watch::channel(false).0,
             epoch: rand::random::<u64>(),
             received: Mutex::new(HashMap::new()),
@@ -529,6 +551,19 @@ impl Transport {
 
     pub fn set_handler(&self, handler: Arc<dyn RequestHandler>) {
         let _ = self.handler.set(handler);
+    }
+
+    /// Sets what answers [`Request::Module`] (once the modules have started).
+    pub fn set_module_handler(&self, handler: Arc<dyn ModuleHandler>) {
+        let _ = self.modules.set(handler);
+    }
+
+    /// Serves a [`Request::Module`]; refused while the modules are not running.
+    pub async fn module_request(&self, from: u64, module: String, body: Vec<u8>) -> Result<Response, WireError> {
+        match self.modules.get() {
+            Some(h) => h.handle(from, module, body).await.map(Response::Module).map_err(WireError::Failed),
+            None => Err(WireError::Failed("the modules of this node are not running".into())),
+        }
     }
 
     /// Stops every connection task.

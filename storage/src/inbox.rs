@@ -78,6 +78,14 @@ const TOTALS_MYSQL: Sql = sql!(
      COUNT(CASE WHEN unread_count > 0 THEN 1 END) AS active \
      FROM inbox_entries WHERE domain = ? AND username = ? AND box_name <> 'bin'"
 );
+/// An update's id, unless one is there already (no row inserted then).
+const APPLIED: Sql = sql!(
+    "INSERT INTO inbox_updates (update_id, stamp_micros) VALUES (?, ?)",
+    on_conflict: "ON CONFLICT (update_id) DO NOTHING",
+    on_duplicate: "ON DUPLICATE KEY UPDATE update_id = update_id",
+);
+const APPLIED_MYSQL: Sql = sql!("INSERT IGNORE INTO inbox_updates (update_id, stamp_micros) VALUES (?, ?)");
+const FORGET_UPDATES: Sql = sql!("DELETE FROM inbox_updates WHERE stamp_micros < ?");
 const EMPTY_BIN: Sql = sql!("DELETE FROM inbox_entries WHERE domain = ? AND username = ? AND box_name = 'bin'");
 const CLEAN_BINS: Sql = sql!("DELETE FROM inbox_entries WHERE box_name = 'bin' AND stamp_micros < ?");
 
@@ -237,6 +245,45 @@ impl InboxRepo for Storage {
     async fn inbox_clean_bins(&self, before_micros: i64) -> Result<u64, StorageError> {
         Ok(on_backend!(self, |pool, d| {
             sqlx::query(CLEAN_BINS.get(d)).bind(before_micros).execute(pool).await?.rows_affected()
+        }))
+    }
+
+    async fn inbox_write_once(
+        &self,
+        domain: &str,
+        user: &str,
+        m: &InboxMessage,
+        update_id: &str,
+    ) -> Result<bool, StorageError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        on_backend!(self, |pool, d| {
+            let mut tx = pool.begin_with(d.begin_write()).await?;
+            let applied = if d == Dialect::MySql { APPLIED_MYSQL } else { APPLIED };
+            let fresh =
+                sqlx::query(applied.get(d)).bind(update_id).bind(now).execute(&mut *tx).await?.rows_affected() > 0;
+            if fresh {
+                sqlx::query(UPSERT.get(d))
+                    .bind(domain)
+                    .bind(user)
+                    .bind(&m.remote_jid)
+                    .bind(&m.msg_id)
+                    .bind(&m.content)
+                    .bind(m.stamp_micros)
+                    .bind(i64::from(m.incoming))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(fresh)
+        })
+    }
+
+    async fn inbox_forget_updates(&self, before_micros: i64) -> Result<u64, StorageError> {
+        Ok(on_backend!(self, |pool, d| {
+            sqlx::query(FORGET_UPDATES.get(d)).bind(before_micros).execute(pool).await?.rows_affected()
         }))
     }
 }

@@ -315,7 +315,7 @@ pub trait FastTokenRepo: Send + Sync {
 }
 
 /// One conversation of an account's inbox (MongooseIM's Inbox).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InboxEntry {
     /// The other party's bare JID.
     pub remote_jid: String,
@@ -333,7 +333,7 @@ pub struct InboxEntry {
 }
 
 /// A message that makes the last message of a conversation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InboxMessage {
     pub remote_jid: String,
     pub msg_id: String,
@@ -344,7 +344,7 @@ pub struct InboxMessage {
 }
 
 /// What a conversation action changes; `None` leaves it as it is.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InboxChange {
     pub box_name: Option<String>,
     pub muted_until: Option<i64>,
@@ -353,7 +353,7 @@ pub struct InboxChange {
 }
 
 /// Which boxes a query looks at.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum InboxBoxes {
     /// Every box but the bin.
     #[default]
@@ -365,7 +365,7 @@ pub enum InboxBoxes {
 }
 
 /// A query of an account's inbox, newest first unless `ascending`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InboxQuery {
     /// Only entries whose last message came at or after this time (µs)…
     pub start_micros: Option<i64>,
@@ -384,7 +384,7 @@ pub struct InboxQuery {
 }
 
 /// Inbox totals over every box but the bin.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InboxTotals {
     /// Unread messages, all conversations together (the badge).
     pub unread_messages: i64,
@@ -423,6 +423,19 @@ pub trait InboxRepo: Send + Sync {
     /// Removes every account's bin entries whose last message is older than
     /// `before_micros`; how many.
     async fn inbox_clean_bins(&self, before_micros: i64) -> Result<u64, StorageError>;
+    /// [`InboxRepo::inbox_write`] of an update that may come more than once
+    /// (sent again after the node it was sent to went away, having written it
+    /// or not): written, with `update_id`, in one transaction, unless an
+    /// update with that id was; false when it was.
+    async fn inbox_write_once(
+        &self,
+        domain: &str,
+        user: &str,
+        m: &InboxMessage,
+        update_id: &str,
+    ) -> Result<bool, StorageError>;
+    /// Forgets the ids of updates written before `before_micros`; how many.
+    async fn inbox_forget_updates(&self, before_micros: i64) -> Result<u64, StorageError>;
 }
 
 /// An app server an account's client enabled push notifications to (XEP-0357).

@@ -824,6 +824,18 @@ async fn inbox(s: &Storage) {
     // Other accounts' inboxes are their own.
     s.inbox_message(DOMAIN, "bob", &inbox_msg("alice@example.org", "b1", 1, true)).await.expect("bob");
     assert_eq!(s.inbox_totals(DOMAIN, "bob").await.expect("totals").unread_messages, 1);
+
+    // An update sent twice (its first owner died having written it) counts once.
+    let dave = "dave@example.org";
+    assert!(s.inbox_write_once(DOMAIN, "zoe", &inbox_msg(dave, "d1", 5, true), "update-1").await.expect("once"));
+    assert!(!s.inbox_write_once(DOMAIN, "zoe", &inbox_msg(dave, "d1", 5, true), "update-1").await.expect("twice"));
+    assert!(s.inbox_write_once(DOMAIN, "zoe", &inbox_msg(dave, "d2", 6, true), "update-2").await.expect("next"));
+    let e = s.inbox_entry(DOMAIN, "zoe", dave).await.expect("get").expect("entry");
+    assert_eq!((e.unread_count, e.msg_id.as_str()), (2, "d2"));
+    // Forgotten ids (older than the bound given) could be written again.
+    assert_eq!(s.inbox_forget_updates(0).await.expect("forget none"), 0);
+    assert_eq!(s.inbox_forget_updates(i64::MAX).await.expect("forget"), 2);
+    assert!(s.inbox_write_once(DOMAIN, "zoe", &inbox_msg(dave, "d2", 6, true), "update-2").await.expect("again"));
 }
 
 fn push_sub(jid: &str, node: &str, resource: &str, at: i64) -> PushSubscription {
@@ -975,7 +987,7 @@ async fn mysql_stored_bytes(admin: &sqlx::MySqlPool, db: &str) {
     .fetch_all(admin)
     .await
     .expect("information_schema");
-    assert_eq!(rows.len(), 12);
+    assert_eq!(rows.len(), 13);
     for r in &rows {
         let collation: String = r.try_get("TABLE_COLLATION").expect("collation");
         assert_eq!(collation, "utf8mb4_bin");

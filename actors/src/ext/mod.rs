@@ -136,6 +136,51 @@ pub struct ModuleCtx {
     pub pools: Arc<pools::ModulePools>,
 }
 
+/// Why [`ModuleCtx::ask_node`] got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeRequestError {
+    /// This node is not in a cluster.
+    #[error("not in a cluster")]
+    NoCluster,
+    /// The request or its answer did not cross (the node is down, slow or
+    /// unknown): it may or may not have been served.
+    #[error(transparent)]
+    Transport(meerkat_cluster::transport::TransportError),
+    /// The module on the other node answered with an error.
+    #[error("node {0}: {1}")]
+    Refused(u64, String),
+}
+
+impl ModuleCtx {
+    /// The live member of the cluster (this node outside one) that `key` is
+    /// placed on: a rendezvous hash of the key over the members this node can
+    /// reach, so that when one leaves, only its keys move.
+    pub fn owner_node(&self, key: &str) -> meerkat_cluster::NodeId {
+        let me = self.router.node();
+        let live = self.router.sessions().live_nodes(me);
+        meerkat_cluster::placement::rendezvous(key, &live).unwrap_or(me)
+    }
+
+    /// Sends `body` to `module` on `node` and waits (up to `timeout`) for its
+    /// answer ([`Module::node_request`] there).
+    pub async fn ask_node(
+        &self,
+        node: meerkat_cluster::NodeId,
+        module: &str,
+        body: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>, NodeRequestError> {
+        use meerkat_cluster::transport::{Request, Response, TransportError, WireError};
+        let transport = self.router.transport().ok_or(NodeRequestError::NoCluster)?;
+        match transport.request(node.0, Request::Module { module: module.to_owned(), body }, timeout).await {
+            Ok(Response::Module(answer)) => Ok(answer),
+            Ok(other) => Err(NodeRequestError::Refused(node.0, format!("unexpected answer {other:?}"))),
+            Err(TransportError::Remote(WireError::Failed(why))) => Err(NodeRequestError::Refused(node.0, why)),
+            Err(e) => Err(NodeRequestError::Transport(e)),
+        }
+    }
+}
+
 /// Background work a module queues on the server workers: jobs with the same
 /// [`ModuleJob::shard_key`] run one after another, in queue order.
 #[async_trait::async_trait]
@@ -601,6 +646,13 @@ pub trait Module: Send + Sync + 'static {
     /// The module's own figures for `/metrics`, read at each scrape.
     fn metrics(&self) -> Vec<Metric> {
         Vec::new()
+    }
+
+    /// A request from this module on another node of the cluster
+    /// ([`ModuleCtx::ask_node`]), in the module's own encoding; the answer
+    /// goes back in it too.
+    async fn node_request(&self, _ctx: &ModuleCtx, _from_node: u64, _body: Vec<u8>) -> Result<Vec<u8>, String> {
+        Err(format!("{} takes no requests from other nodes", self.name()))
     }
 
     /// The account's unread message count, all conversations together (the

@@ -73,6 +73,22 @@ pub struct Registry {
     filter_local: Vec<Arc<dyn Module>>,
 }
 
+/// Serves [`meerkat_cluster::transport::Request::Module`]: the named module's
+/// [`Module::node_request`].
+struct NodeRequests(ModuleCtx);
+
+impl meerkat_cluster::transport::ModuleHandler for NodeRequests {
+    fn handle(&self, from: u64, module: String, body: Vec<u8>) -> meerkat_cluster::transport::ModuleReply<'_> {
+        Box::pin(async move {
+            let ctx = &self.0;
+            match ctx.hooks.modules().iter().find(|m| m.name() == module) {
+                Some(m) => m.node_request(ctx, from, body).await,
+                None => Err(format!("{module} does not run on this node")),
+            }
+        })
+    }
+}
+
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.modules.iter().map(|m| m.name())).finish()
@@ -123,6 +139,10 @@ impl Registry {
     pub async fn start(&self, ctx: &ModuleCtx) -> Result<(), (&'static str, String)> {
         for m in &self.modules {
             m.start(ctx).await.map_err(|e| (m.name(), e))?;
+        }
+        // Other nodes' requests to the modules are taken once they all run.
+        if let Some(t) = ctx.router.transport() {
+            t.set_module_handler(Arc::new(NodeRequests(ctx.clone())));
         }
         Ok(())
     }

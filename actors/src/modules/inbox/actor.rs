@@ -32,7 +32,7 @@ use meerkat_xmpp::jid::{parse_bare, Jid};
 use crate::ext::ModuleCtx;
 
 /// What an inbox actor is asked to do.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// A message became the conversation's last one.
     Message(InboxMessage),
@@ -54,7 +54,7 @@ pub enum Op {
 }
 
 /// What it answers.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum Answer {
     Entry(Option<InboxEntry>),
     Marked(bool),
@@ -86,7 +86,13 @@ pub struct InboxActor {
     posted: Arc<AtomicUsize>,
     /// For the checks of received messages.
     ctx: Option<ModuleCtx>,
+    /// Until when the account is known to exist (checked again after
+    /// [`ACCOUNT_KNOWN_FOR`], so a removed account stops getting entries).
+    account_known_until: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long an inbox actor trusts that its account exists without asking again.
+const ACCOUNT_KNOWN_FOR: Duration = Duration::from_secs(10);
 
 impl Actor for InboxActor {
     type Context = Context<Self>;
@@ -105,45 +111,84 @@ impl Handler<Op> for InboxActor {
     }
 }
 
+/// An update sent by another node, answered once written: `id` makes it
+/// written once, however often it comes.
+struct Apply {
+    op: Op,
+    sender: Option<Jid>,
+    id: String,
+}
+
+impl Message for Apply {
+    type Result = Result<(), StorageError>;
+}
+
 impl Handler<Posted> for InboxActor {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, Posted(op, sender): Posted, _ctx: &mut Context<Self>) -> Self::Result {
         let (domain, user, s, posted) =
             (self.domain.clone(), self.user.clone(), self.storage.clone(), self.posted.clone());
-        let ctx = self.ctx.clone();
+        let checks = self.ctx.clone().map(|c| (c, self.account_known_until.clone()));
         AtomicResponse::new(Box::pin(
             async move {
-                if let (Some(ctx), Some(sender)) = (&ctx, &sender) {
-                    if !wanted(ctx, &domain, &user, sender).await {
-                        count_off(&posted);
-                        return;
-                    }
-                }
-                let mut attempt = 1;
-                loop {
-                    let done = match &op {
-                        // Nobody waits for the entry: the write alone.
-                        Op::Message(m) => s.inbox_write(&domain, &user, m).await,
-                        op => run(&s, &domain, &user, op.clone()).await.map(|_| ()),
-                    };
-                    match done {
-                        Ok(()) => break,
-                        Err(e) if e.is_retryable() && attempt < 3 => {
-                            tracing::warn!(error = %e, attempt, %user, %domain, "inbox write failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                            attempt += 1;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, %user, %domain, "inbox not updated");
-                            break;
-                        }
-                    }
-                }
+                let _ = apply(checks.as_ref(), &s, &domain, &user, op, sender, None).await;
                 count_off(&posted);
             }
             .into_actor(self),
         ))
+    }
+}
+
+impl Handler<Apply> for InboxActor {
+    type Result = AtomicResponse<Self, Result<(), StorageError>>;
+
+    fn handle(&mut self, a: Apply, _ctx: &mut Context<Self>) -> Self::Result {
+        let (domain, user, s) = (self.domain.clone(), self.user.clone(), self.storage.clone());
+        let checks = self.ctx.clone().map(|c| (c, self.account_known_until.clone()));
+        AtomicResponse::new(Box::pin(
+            async move { apply(checks.as_ref(), &s, &domain, &user, a.op, a.sender, Some(&a.id)).await }
+                .into_actor(self),
+        ))
+    }
+}
+
+/// Checks and writes one update, trying again (3 times in all) on a
+/// transient error. With `id`, a message is written once only.
+async fn apply(
+    checks: Option<&(ModuleCtx, Arc<Mutex<Option<Instant>>>)>,
+    s: &Storage,
+    domain: &str,
+    user: &str,
+    op: Op,
+    sender: Option<Jid>,
+    id: Option<&str>,
+) -> Result<(), StorageError> {
+    if let (Some((ctx, known)), Some(sender)) = (checks, &sender) {
+        if !wanted(ctx, known, domain, user, sender).await {
+            return Ok(());
+        }
+    }
+    let mut attempt = 1;
+    loop {
+        let done = match (&op, id) {
+            (Op::Message(m), Some(id)) => s.inbox_write_once(domain, user, m, id).await.map(|_| ()),
+            // Nobody waits for the entry: the write alone.
+            (Op::Message(m), None) => s.inbox_write(domain, user, m).await,
+            (op, _) => run(s, domain, user, op.clone()).await.map(|_| ()),
+        };
+        match done {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && attempt < 3 => {
+                tracing::warn!(error = %e, attempt, %user, %domain, "inbox write failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, %user, %domain, "inbox not updated");
+                return Err(e);
+            }
+        }
     }
 }
 
@@ -154,11 +199,16 @@ fn count_off(posted: &AtomicUsize) {
 
 /// Whether a message from `sender` belongs in the inbox of `user@domain`: the
 /// account exists and does not block the sender (XEP-0191).
-async fn wanted(ctx: &ModuleCtx, domain: &str, user: &str, sender: &Jid) -> bool {
-    match ctx.accounts.exists(domain, user).await {
-        Ok(false) => return false,
-        Ok(true) => {}
-        Err(e) => tracing::warn!(error = %e, "account lookup failed; updating the inbox anyway"),
+async fn wanted(ctx: &ModuleCtx, known_until: &Mutex<Option<Instant>>, domain: &str, user: &str, sender: &Jid) -> bool {
+    let known = known_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| Instant::now() < t);
+    if !known {
+        match ctx.accounts.exists(domain, user).await {
+            Ok(false) => return false,
+            Ok(true) => {
+                *known_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + ACCOUNT_KNOWN_FOR);
+            }
+            Err(e) => tracing::warn!(error = %e, "account lookup failed; updating the inbox anyway"),
+        }
     }
     match parse_bare(&format!("{user}@{domain}")) {
         Ok(owner) => !ctx.hooks.blocks(ctx, &owner, sender).await,
@@ -218,16 +268,37 @@ pub struct Inboxes {
     limits: Limits,
     resident: Mutex<HashMap<String, Resident>>,
     ctx: Option<ModuleCtx>,
+    /// The threads the actors run on, whoever asks for them (a session, a
+    /// server shard, a request from another node): an account's actor on the
+    /// one its key hashes to.
+    arbiters: Vec<ArbiterHandle>,
+    /// To stop those threads at shutdown.
+    threads: Mutex<Vec<Arbiter>>,
+}
+
+/// How many threads run inbox actors: one per core, at most 4.
+fn inbox_threads() -> Vec<Arbiter> {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    (0..n).map(|_| Arbiter::new()).collect()
 }
 
 impl Inboxes {
+    /// Starts the actors' threads: call it where an actix `System` runs.
     pub fn new(storage: Arc<Storage>, limits: Limits) -> Self {
-        Inboxes { storage, limits, resident: Mutex::new(HashMap::new()), ctx: None }
+        let threads = inbox_threads();
+        Inboxes {
+            storage,
+            limits,
+            resident: Mutex::new(HashMap::new()),
+            ctx: None,
+            arbiters: threads.iter().map(|a| a.handle()).collect(),
+            threads: Mutex::new(threads),
+        }
     }
 
     /// With the node's context, for the checks of received messages.
     pub fn with_ctx(ctx: ModuleCtx, limits: Limits) -> Self {
-        Inboxes { storage: ctx.storage.clone(), limits, resident: Mutex::new(HashMap::new()), ctx: Some(ctx) }
+        Inboxes { ctx: Some(ctx.clone()), ..Inboxes::new(ctx.storage.clone(), limits) }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Resident>> {
@@ -278,6 +349,26 @@ impl Inboxes {
         self.give_back(&key);
     }
 
+    /// Writes an update another node sent, `id` making it written once, and
+    /// returns once it is (or failed): queued behind what the actor has.
+    pub async fn apply(
+        &self,
+        domain: &str,
+        user: &str,
+        op: Op,
+        sender: Option<Jid>,
+        id: String,
+    ) -> Result<(), InboxError> {
+        let key = format!("{user}@{domain}");
+        let addr = self.take(&key, domain, user);
+        let done = addr.send(Apply { op, sender, id }).await;
+        self.give_back(&key);
+        match done {
+            Ok(r) => r.map_err(InboxError::Storage),
+            Err(_) => Err(InboxError::Gone),
+        }
+    }
+
     /// The account's actor, marked in use; started (after making room) when absent.
     fn take(&self, key: &str, domain: &str, user: &str) -> Addr<InboxActor> {
         let mut table = self.table();
@@ -307,8 +398,18 @@ impl Inboxes {
             mailbox: self.limits.mailbox,
             posted: posted.clone(),
             ctx: self.ctx.clone(),
+            account_known_until: Arc::new(Mutex::new(None)),
         };
-        let addr = actor.start();
+        let thread = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            (h.finish() % self.arbiters.len().max(1) as u64) as usize
+        };
+        let addr = match self.arbiters.get(thread) {
+            Some(arbiter) => InboxActor::start_in_arbiter(arbiter, move |_| actor),
+            None => actor.start(),
+        };
         table.insert(key.to_owned(), Resident { addr: addr.clone(), in_use: 1, posted, last_used: Instant::now() });
         addr
     }
@@ -335,7 +436,7 @@ impl Inboxes {
     }
 
     /// At shutdown: waits (until `deadline`) for the posted updates to be
-    /// written, then stops every actor with nothing to do.
+    /// written, then stops every actor and their threads.
     pub async fn stop_all(&self, deadline: tokio::time::Instant) {
         while self.unwritten() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -344,7 +445,10 @@ impl Inboxes {
         if left > 0 {
             tracing::warn!(updates = left, "inbox updates still unwritten at shutdown");
         }
-        self.table().retain(|_, r| !r.idle());
+        self.table().clear();
+        for thread in self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            thread.stop();
+        }
     }
 }
 

@@ -55,7 +55,7 @@ use meerkat_xmpp::stanza::MessageType;
 
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, now_micros, parse_stored, parse_xep0082, xep0082_micros};
-use crate::ext::{HookSet, IqAnswer, Module, ModuleCtx, ModuleJob, SessionAcc, SessionState, Target};
+use crate::ext::{HookSet, IqAnswer, Module, ModuleCtx, ModuleJob, NodeRequestError, SessionAcc, SessionState, Target};
 use actor::{Answer, InboxError, Inboxes, Limits, Op};
 
 const NS_INBOX: &str = ns::INBOX;
@@ -198,13 +198,80 @@ impl ModuleJob for InboxJob {
         self
     }
 
-    async fn run(self: Box<Self>, _ctx: &ModuleCtx) {
+    async fn run(self: Box<Self>, ctx: &ModuleCtx) {
         let (user, domain) = account_of(&Jid::from(self.owner.clone()));
-        // Queued behind this owner's earlier updates, ahead of anything the
-        // owner asks later; checked and written by the actor without holding
-        // this shard.
-        self.inboxes.post(&domain, &user, self.op, self.from).await;
+        let key = self.owner.to_string();
+        let node = ctx.owner_node(&key);
+        if node == ctx.router.node() {
+            // Queued behind this owner's earlier updates, ahead of anything the
+            // owner asks later; checked and written by the actor without holding
+            // this shard.
+            self.inboxes.post(&domain, &user, self.op, self.from).await;
+            return;
+        }
+        // Another node owns the inbox: sent there, and this shard waits until
+        // it is written, so that this owner's updates stay in order. Sent
+        // again, to whoever owns it then, while no node says it is written;
+        // its id makes it written once however often it is sent.
+        let id = uuid_like();
+        let wire = Wire::Update {
+            domain: domain.clone(),
+            user: user.clone(),
+            op: self.op.clone(),
+            sender: self.from.as_ref().map(|j| j.to_string()),
+            id: id.clone(),
+        };
+        let deadline = tokio::time::Instant::now() + UPDATE_DEADLINE;
+        let mut node = node;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            if node == ctx.router.node() {
+                if let Err(e) = self.inboxes.apply(&domain, &user, self.op, self.from, id).await {
+                    tracing::error!(error = ?e, %key, "inbox update not written");
+                }
+                return;
+            }
+            match ask(ctx, node, &wire).await {
+                Ok(_) => return,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, node = node.0, %key, "inbox update not taken by its owner; sending it again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, node = node.0, %key, "inbox update lost: no owner took it in {UPDATE_DEADLINE:?}");
+                    return;
+                }
+            }
+            node = ctx.owner_node(&key);
+        }
     }
+}
+
+/// How long an update is sent again to the owner of its inbox before it is given up (and logged).
+const UPDATE_DEADLINE: Duration = Duration::from_secs(120);
+/// How long one request to another node waits for its answer.
+const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one node asks of the owner of an inbox (JSON over the cluster transport).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Wire {
+    /// Write an update, once whatever how often `id` comes, then say so.
+    Update { domain: String, user: String, op: Op, sender: Option<String>, id: String },
+    /// Run a request and answer it.
+    Call { domain: String, user: String, op: Op },
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum WireAnswer {
+    Done,
+    Answer(Answer),
+}
+
+async fn ask(ctx: &ModuleCtx, node: meerkat_cluster::NodeId, wire: &Wire) -> Result<WireAnswer, NodeRequestError> {
+    let body = serde_json::to_vec(wire).map_err(|e| NodeRequestError::Refused(node.0, e.to_string()))?;
+    let answer = ctx.ask_node(node, Inbox::NAME, body, NODE_TIMEOUT).await?;
+    serde_json::from_slice(&answer).map_err(|e| NodeRequestError::Refused(node.0, format!("bad answer: {e}")))
 }
 
 impl std::fmt::Debug for Inboxes {
@@ -254,16 +321,43 @@ impl Inbox {
             .and_then(|c| c.attr("id"))
     }
 
-    async fn call(&self, owner: &Jid, op: Op) -> Result<Answer, StanzaErrorCondition> {
+    /// Runs `op` on the inbox of `owner` where it lives: this node's actor,
+    /// or the owning node's (asked once more, of the owner then, if that
+    /// node does not answer).
+    async fn call(&self, ctx: &ModuleCtx, owner: &Jid, op: Op) -> Result<Answer, StanzaErrorCondition> {
         let Some(inboxes) = self.inboxes() else { return Err(StanzaErrorCondition::ServiceUnavailable) };
         let (user, domain) = account_of(owner);
-        inboxes.call(&domain, &user, op).await.map_err(|e| {
-            tracing::error!(error = ?e, %owner, "inbox request failed");
-            match e {
-                InboxError::Storage(e) if e.is_retryable() => StanzaErrorCondition::ResourceConstraint,
-                _ => StanzaErrorCondition::InternalServerError,
+        let key = format!("{user}@{domain}");
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let node = ctx.owner_node(&key);
+            if node == ctx.router.node() {
+                return inboxes.call(&domain, &user, op).await.map_err(|e| {
+                    tracing::error!(error = ?e, %owner, "inbox request failed");
+                    match e {
+                        InboxError::Storage(e) if e.is_retryable() => StanzaErrorCondition::ResourceConstraint,
+                        _ => StanzaErrorCondition::InternalServerError,
+                    }
+                });
             }
-        })
+            let wire = Wire::Call { domain: domain.clone(), user: user.clone(), op: op.clone() };
+            match ask(ctx, node, &wire).await {
+                Ok(WireAnswer::Answer(a)) => return Ok(a),
+                Ok(WireAnswer::Done) => return Err(StanzaErrorCondition::InternalServerError),
+                Err(e) if tries < 2 && matches!(e, NodeRequestError::Transport(_)) => {
+                    tracing::warn!(error = %e, node = node.0, %owner, "inbox owner did not answer; asking again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, node = node.0, %owner, "inbox request to its owner failed");
+                    return Err(match e {
+                        NodeRequestError::Transport(_) => StanzaErrorCondition::ResourceConstraint,
+                        _ => StanzaErrorCondition::InternalServerError,
+                    });
+                }
+            }
+        }
     }
 
     fn box_option(&self, name: &str) -> Option<String> {
@@ -391,7 +485,7 @@ impl Inbox {
 
     async fn run_query(&self, ctx: &ModuleCtx, iq: &Routed, q: Query) -> IqAnswer {
         let Ok(requester) = iq.from.try_as_full() else { return Err(StanzaErrorCondition::BadRequest) };
-        let (entries, totals) = match self.call(&iq.from, Op::Query(q.storage)).await? {
+        let (entries, totals) = match self.call(ctx, &iq.from, Op::Query(q.storage)).await? {
             Answer::Page(p, t) => (p, t),
             _ => return Err(StanzaErrorCondition::InternalServerError),
         };
@@ -441,13 +535,13 @@ impl Inbox {
                 return Err(bad);
             }
             let change = InboxChange { read: Some(true), ..Default::default() };
-            return match self.call(&iq.from, Op::Change { remote, change }).await? {
+            return match self.call(ctx, &iq.from, Op::Change { remote, change }).await? {
                 Answer::Entry(Some(_)) => Ok(Some(Element::new("reset", NS_CONV))),
                 _ => Err(StanzaErrorCondition::ItemNotFound),
             };
         }
         if !set {
-            let entry = match self.call(&iq.from, Op::Get { remote: remote.clone() }).await? {
+            let entry = match self.call(ctx, &iq.from, Op::Get { remote: remote.clone() }).await? {
                 Answer::Entry(Some(e)) => e,
                 _ => return Err(StanzaErrorCondition::ItemNotFound),
             };
@@ -463,7 +557,7 @@ impl Inbox {
             return Ok(Some(q));
         }
         let change = self.parse_change(payload, now)?;
-        let entry = match self.call(&iq.from, Op::Change { remote: remote.clone(), change }).await? {
+        let entry = match self.call(ctx, &iq.from, Op::Change { remote: remote.clone(), change }).await? {
             Answer::Entry(Some(e)) => e,
             _ => return Err(StanzaErrorCondition::ItemNotFound),
         };
@@ -638,11 +732,17 @@ impl Module for Inbox {
                     _ = sweep.tick() => {
                         inboxes.sweep();
                     }
-                    _ = clean.tick() => match storage.inbox_clean_bins(now_micros().saturating_sub(ttl_micros)).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(entries = n, "inbox bins cleaned"),
-                        Err(e) => tracing::warn!(error = %e, "cleaning the inbox bins failed; trying again later"),
-                    },
+                    _ = clean.tick() => {
+                        match storage.inbox_clean_bins(now_micros().saturating_sub(ttl_micros)).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(entries = n, "inbox bins cleaned"),
+                            Err(e) => tracing::warn!(error = %e, "cleaning the inbox bins failed; trying again later"),
+                        }
+                        // An update is sent again for at most UPDATE_DEADLINE: a day is plenty.
+                        if let Err(e) = storage.inbox_forget_updates(now_micros().saturating_sub(86_400_000_000)).await {
+                            tracing::warn!(error = %e, "forgetting written inbox update ids failed; trying again later");
+                        }
+                    }
                 }
             }
         });
@@ -680,12 +780,15 @@ impl Module for Inbox {
         if !storable(stanza) {
             return Ok(());
         }
+        // Serialized once, for both sides.
+        let content = stanza.to_xml(ns::CLIENT);
+        let stamp_micros = now_micros();
         let msg = |remote: &BareJid, incoming: bool| InboxMessage {
             remote_jid: remote.to_string(),
             // A longer id would not fit the column; a marker cannot name it then.
             msg_id: stanza.attr("id").filter(|id| id.len() <= 255).unwrap_or_default().to_owned(),
-            content: stanza.to_xml(ns::CLIENT),
-            stamp_micros: now_micros(),
+            content: content.clone(),
+            stamp_micros,
             incoming,
         };
         acc.jobs.extend(self.job(sender.clone(), Op::Message(msg(&remote, false)), None));
@@ -696,8 +799,28 @@ impl Module for Inbox {
         Ok(())
     }
 
-    async fn unread_count(&self, _ctx: &ModuleCtx, owner: &BareJid) -> Option<i64> {
-        match self.call(&Jid::from(owner.clone()), Op::Totals).await {
+    async fn node_request(&self, _ctx: &ModuleCtx, from_node: u64, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        let Some(inboxes) = self.inboxes() else { return Err("mod_inbox is not running".into()) };
+        let wire: Wire = serde_json::from_slice(&body).map_err(|e| format!("not an inbox request: {e}"))?;
+        let answer = match wire {
+            Wire::Update { domain, user, op, sender, id } => {
+                let sender = match sender.map(|j| meerkat_xmpp::jid::parse_jid(&j)).transpose() {
+                    Ok(s) => s,
+                    Err(_) => return Err("bad sender JID".into()),
+                };
+                inboxes.apply(&domain, &user, op, sender, id).await.map_err(|e| format!("{e:?}"))?;
+                WireAnswer::Done
+            }
+            Wire::Call { domain, user, op } => {
+                tracing::trace!(from_node, %user, %domain, "inbox request from another node");
+                WireAnswer::Answer(inboxes.call(&domain, &user, op).await.map_err(|e| format!("{e:?}"))?)
+            }
+        };
+        serde_json::to_vec(&answer).map_err(|e| e.to_string())
+    }
+
+    async fn unread_count(&self, ctx: &ModuleCtx, owner: &BareJid) -> Option<i64> {
+        match self.call(ctx, &Jid::from(owner.clone()), Op::Totals).await {
             Ok(Answer::Totals(t)) => Some(t.unread_messages),
             _ => None,
         }
@@ -723,7 +846,7 @@ impl Module for Inbox {
                 Err(StanzaErrorCondition::BadRequest)
             }
         } else if payload.name == "empty-bin" {
-            match self.call(&iq.from, Op::EmptyBin).await {
+            match self.call(ctx, &iq.from, Op::EmptyBin).await {
                 Ok(Answer::Removed(n)) => Ok(Some(
                     Element::new("empty-bin", NS_INBOX)
                         .with_child(Element::new("num", NS_INBOX).with_text(n.to_string())),
@@ -866,6 +989,28 @@ mod tests {
         for bad in ["", "<box>all</box>", "<box>work</box>", "<mute>-1</mute>", "<read>yes</read>", "<colour/>"] {
             assert_eq!(change(bad), Err(StanzaErrorCondition::BadRequest), "{bad}");
         }
+    }
+
+    #[test]
+    fn requests_between_nodes_round_trip() {
+        let update = Wire::Update {
+            domain: "example.org".into(),
+            user: "alice".into(),
+            op: Op::Message(InboxMessage {
+                remote_jid: "bob@example.org".into(),
+                msg_id: "m1".into(),
+                content: "<message xmlns='jabber:client'><body>é</body></message>".into(),
+                stamp_micros: 7,
+                incoming: true,
+            }),
+            sender: Some("bob@example.org/desk".into()),
+            id: uuid_like(),
+        };
+        let back: Wire = serde_json::from_slice(&serde_json::to_vec(&update).unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{update:?}"));
+        let answer = WireAnswer::Answer(Answer::Totals(InboxTotals { unread_messages: 3, active_conversations: 1 }));
+        let back: WireAnswer = serde_json::from_slice(&serde_json::to_vec(&answer).unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{answer:?}"));
     }
 
     #[test]
