@@ -5,34 +5,50 @@ use sqlx::Row;
 
 use crate::sql::{on_backend, sql, Dialect, Sql};
 use crate::{
-    InboxBoxes, InboxChange, InboxEntry, InboxMessage, InboxQuery, InboxRepo, InboxTotals, Storage, StorageError,
+    InboxBoxes, InboxChange, InboxDelta, InboxEntry, InboxMessage, InboxQuery, InboxRepo, InboxTotals, Storage,
+    StorageError,
 };
 
-/// Received: one more unread; sent (unread 0 in the values): none. The
-/// archive and the bin give the conversation back to the inbox. A message
-/// stamped before the stored one (two senders' copies written out of order)
-/// still counts, but does not replace the last message. MySQL assigns in
-/// order, each seeing the ones before, so the stamp goes last there.
-const UPSERT: Sql = sql!(
-    "INSERT INTO inbox_entries (domain, username, remote_jid, msg_id, content, stamp_micros, unread_count, box_name, \
-     muted_until) VALUES (?, ?, ?, ?, ?, ?, ?, 'inbox', 0)",
-    on_conflict: "ON CONFLICT (domain, username, remote_jid) DO UPDATE SET \
-                  msg_id = CASE WHEN excluded.stamp_micros >= inbox_entries.stamp_micros THEN excluded.msg_id \
-                  ELSE inbox_entries.msg_id END, \
-                  content = CASE WHEN excluded.stamp_micros >= inbox_entries.stamp_micros THEN excluded.content \
-                  ELSE inbox_entries.content END, \
-                  unread_count = CASE WHEN excluded.unread_count = 0 THEN 0 ELSE inbox_entries.unread_count + 1 END, \
-                  box_name = CASE WHEN inbox_entries.box_name IN ('archive', 'bin') THEN 'inbox' \
-                  ELSE inbox_entries.box_name END, \
-                  stamp_micros = CASE WHEN excluded.stamp_micros >= inbox_entries.stamp_micros \
-                  THEN excluded.stamp_micros ELSE inbox_entries.stamp_micros END",
-    on_duplicate: "ON DUPLICATE KEY UPDATE \
-                   msg_id = IF(VALUES(stamp_micros) >= stamp_micros, VALUES(msg_id), msg_id), \
-                   content = IF(VALUES(stamp_micros) >= stamp_micros, VALUES(content), content), \
-                   unread_count = CASE WHEN VALUES(unread_count) = 0 THEN 0 ELSE unread_count + 1 END, \
-                   box_name = CASE WHEN box_name IN ('archive', 'bin') THEN 'inbox' ELSE box_name END, \
-                   stamp_micros = GREATEST(stamp_micros, VALUES(stamp_micros))",
-);
+/// A conversation's new last message with `unread_count` = the messages it
+/// adds to the count: the stored count plus them (`UPSERT_ADD`), or them
+/// alone, the account having written in between (`UPSERT_SET`). The archive
+/// and the bin give the conversation back to the inbox. A message stamped
+/// before the stored one (two senders' copies written out of order) still
+/// counts, but does not replace the last message. MySQL assigns in order,
+/// each seeing the ones before, so the stamp goes last there.
+macro_rules! upsert {
+    ($count:literal, $count_mysql:literal) => {
+        sql!(
+            "INSERT INTO inbox_entries (domain, username, remote_jid, msg_id, content, stamp_micros, unread_count, \
+             box_name, muted_until) VALUES (?, ?, ?, ?, ?, ?, ?, 'inbox', 0)",
+            on_conflict: concat!(
+                "ON CONFLICT (domain, username, remote_jid) DO UPDATE SET \
+                 msg_id = CASE WHEN excluded.stamp_micros >= inbox_entries.stamp_micros THEN excluded.msg_id \
+                 ELSE inbox_entries.msg_id END, \
+                 content = CASE WHEN excluded.stamp_micros >= inbox_entries.stamp_micros THEN excluded.content \
+                 ELSE inbox_entries.content END, \
+                 unread_count = ",
+                $count,
+                ", box_name = CASE WHEN inbox_entries.box_name IN ('archive', 'bin') THEN 'inbox' \
+                 ELSE inbox_entries.box_name END, \
+                 stamp_micros = CASE WHEN excluded.stamp_micros >= inbox_entries.stamp_micros \
+                 THEN excluded.stamp_micros ELSE inbox_entries.stamp_micros END"
+            ),
+            on_duplicate: concat!(
+                "ON DUPLICATE KEY UPDATE \
+                 msg_id = IF(VALUES(stamp_micros) >= stamp_micros, VALUES(msg_id), msg_id), \
+                 content = IF(VALUES(stamp_micros) >= stamp_micros, VALUES(content), content), \
+                 unread_count = ",
+                $count_mysql,
+                ", box_name = CASE WHEN box_name IN ('archive', 'bin') THEN 'inbox' ELSE box_name END, \
+                 stamp_micros = GREATEST(stamp_micros, VALUES(stamp_micros))"
+            ),
+        )
+    };
+}
+const UPSERT_ADD: Sql =
+    upsert!("inbox_entries.unread_count + excluded.unread_count", "unread_count + VALUES(unread_count)");
+const UPSERT_SET: Sql = upsert!("excluded.unread_count", "VALUES(unread_count)");
 const GET: Sql = sql!(
     "SELECT remote_jid, msg_id, content, stamp_micros, unread_count, box_name, muted_until \
      FROM inbox_entries WHERE domain = ? AND username = ? AND remote_jid = ?"
@@ -115,17 +131,53 @@ impl InboxRepo for Storage {
     }
 
     async fn inbox_write(&self, domain: &str, user: &str, m: &InboxMessage) -> Result<(), StorageError> {
+        let (stmt, count) = if m.incoming { (UPSERT_ADD, 1_i64) } else { (UPSERT_SET, 0) };
         on_backend!(self, |pool, d| {
-            sqlx::query(UPSERT.get(d))
+            sqlx::query(stmt.get(d))
                 .bind(domain)
                 .bind(user)
                 .bind(&m.remote_jid)
                 .bind(&m.msg_id)
                 .bind(&m.content)
                 .bind(m.stamp_micros)
-                .bind(i64::from(m.incoming))
+                .bind(count)
                 .execute(pool)
                 .await?;
+        });
+        Ok(())
+    }
+
+    async fn inbox_apply(&self, deltas: &[InboxDelta]) -> Result<(), StorageError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        on_backend!(self, |pool, d| {
+            let mut tx = pool.begin_with(d.begin_write()).await?;
+            for delta in deltas {
+                for mark in &delta.marks {
+                    sqlx::query(MARK_READ.get(d))
+                        .bind(&delta.domain)
+                        .bind(&delta.user)
+                        .bind(&delta.remote_jid)
+                        .bind(mark)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let Some(last) = &delta.last {
+                    let stmt = if delta.reset { UPSERT_SET } else { UPSERT_ADD };
+                    sqlx::query(stmt.get(d))
+                        .bind(&delta.domain)
+                        .bind(&delta.user)
+                        .bind(&delta.remote_jid)
+                        .bind(&last.msg_id)
+                        .bind(&last.content)
+                        .bind(last.stamp_micros)
+                        .bind(delta.add)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -265,14 +317,15 @@ impl InboxRepo for Storage {
             let fresh =
                 sqlx::query(applied.get(d)).bind(update_id).bind(now).execute(&mut *tx).await?.rows_affected() > 0;
             if fresh {
-                sqlx::query(UPSERT.get(d))
+                let (stmt, count) = if m.incoming { (UPSERT_ADD, 1_i64) } else { (UPSERT_SET, 0) };
+                sqlx::query(stmt.get(d))
                     .bind(domain)
                     .bind(user)
                     .bind(&m.remote_jid)
                     .bind(&m.msg_id)
                     .bind(&m.content)
                     .bind(m.stamp_micros)
-                    .bind(i64::from(m.incoming))
+                    .bind(count)
                     .execute(&mut *tx)
                     .await?;
             }

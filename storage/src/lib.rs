@@ -383,6 +383,30 @@ pub struct InboxQuery {
     pub max: u64,
 }
 
+/// What a batch of updates does to one conversation, applied in this order:
+/// the chat markers (each sets the count to 0 if the stored last message has
+/// its id), then the last message, if any, with its `add` messages to count:
+/// added to the stored count, or, with `reset` (the account wrote in
+/// between), instead of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboxDelta {
+    pub domain: String,
+    pub user: String,
+    pub remote_jid: String,
+    pub marks: Vec<String>,
+    pub last: Option<InboxLast>,
+    pub reset: bool,
+    pub add: i64,
+}
+
+/// The newest message of an [`InboxDelta`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboxLast {
+    pub msg_id: String,
+    pub content: String,
+    pub stamp_micros: i64,
+}
+
 /// Inbox totals over every box but the bin.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InboxTotals {
@@ -434,6 +458,8 @@ pub trait InboxRepo: Send + Sync {
         m: &InboxMessage,
         update_id: &str,
     ) -> Result<bool, StorageError>;
+    /// Applies a batch of conversations' updates in one transaction, in order.
+    async fn inbox_apply(&self, deltas: &[InboxDelta]) -> Result<(), StorageError>;
     /// Forgets the ids of updates written before `before_micros`; how many.
     async fn inbox_forget_updates(&self, before_micros: i64) -> Result<u64, StorageError>;
 }

@@ -139,7 +139,7 @@ pub(crate) const fn numbered_bytes<const N: usize>(src: &str) -> [u8; N] {
 ///   the `on_conflict` tail on SQLite and PostgreSQL and by the `on_duplicate` tail on
 ///   MySQL. The tails must not contain placeholders.
 macro_rules! sql {
-    ($head:literal, on_conflict: $std:literal, on_duplicate: $my:literal $(,)?) => {{
+    ($head:literal, on_conflict: $std:expr, on_duplicate: $my:expr $(,)?) => {{
         const QMARK: &str = concat!($head, " ", $my);
         const STD: &str = concat!($head, " ", $std);
         const _: () = assert!(

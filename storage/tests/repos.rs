@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use meerkat_storage::{
     AccountRepo, ArchiveDirection, ArchivePage, ArchiveQuery, ArchiveRepo, ArchivedMessage, BlocklistRepo, DbTls,
-    FastSlot, FastToken, FastTokenRepo, FastTokens, InboxBoxes, InboxChange, InboxMessage, InboxQuery, InboxRepo,
-    InboxTotals, OfflineRepo, PrivateRepo, PushRepo, PushSubscription, RosterItem, RosterRepo, SecretRepo, Storage,
-    StorageConfig, StorageError, StoredPassword, Subscription, VcardRepo,
+    FastSlot, FastToken, FastTokenRepo, FastTokens, InboxBoxes, InboxChange, InboxDelta, InboxLast, InboxMessage,
+    InboxQuery, InboxRepo, InboxTotals, OfflineRepo, PrivateRepo, PushRepo, PushSubscription, RosterItem, RosterRepo,
+    SecretRepo, Storage, StorageConfig, StorageError, StoredPassword, Subscription, VcardRepo,
 };
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -836,6 +836,39 @@ async fn inbox(s: &Storage) {
     assert_eq!(s.inbox_forget_updates(0).await.expect("forget none"), 0);
     assert_eq!(s.inbox_forget_updates(i64::MAX).await.expect("forget"), 2);
     assert!(s.inbox_write_once(DOMAIN, "zoe", &inbox_msg(dave, "d2", 6, true), "update-2").await.expect("again"));
+
+    // Coalesced updates, several conversations in one transaction.
+    let (erin, fay, gil) = ("erin@example.org", "fay@example.org", "gil@example.org");
+    let last = |id: &str, stamp: i64| {
+        Some(InboxLast { msg_id: id.into(), content: format!("<message id='{id}'/>"), stamp_micros: stamp })
+    };
+    let delta = |remote: &str| InboxDelta {
+        domain: DOMAIN.into(),
+        user: "zoe".into(),
+        remote_jid: remote.into(),
+        ..Default::default()
+    };
+    let entry = |remote: &'static str| async move {
+        s.inbox_entry(DOMAIN, "zoe", remote).await.expect("get").map(|e| (e.unread_count, e.msg_id))
+    };
+    s.inbox_apply(&[InboxDelta { last: last("e3", 30), add: 3, ..delta(erin) }]).await.expect("apply");
+    assert_eq!(entry(erin).await, Some((3, "e3".into())));
+    s.inbox_apply(&[
+        // A marker for an older message does nothing, one for the last sets 0; then one more.
+        InboxDelta { marks: vec!["e1".into(), "e3".into()], last: last("e4", 40), add: 1, ..delta(erin) },
+        InboxDelta { last: last("f1", 10), reset: true, add: 2, ..delta(fay) },
+        // Markers alone make no entry.
+        InboxDelta { marks: vec!["g1".into()], ..delta(gil) },
+    ])
+    .await
+    .expect("apply");
+    assert_eq!(entry(erin).await, Some((1, "e4".into())));
+    assert_eq!(entry(fay).await, Some((2, "f1".into())));
+    assert_eq!(entry(gil).await, None);
+    // The account wrote last: nothing unread; an older last message does not replace the newer.
+    s.inbox_apply(&[InboxDelta { last: last("e0", 5), reset: true, ..delta(erin) }]).await.expect("apply");
+    assert_eq!(entry(erin).await, Some((0, "e4".into())));
+    s.inbox_apply(&[]).await.expect("nothing to apply");
 }
 
 fn push_sub(jid: &str, node: &str, resource: &str, at: i64) -> PushSubscription {

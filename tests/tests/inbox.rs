@@ -2,7 +2,8 @@
 //! node with slixmpp sending raw stanzas (`tests/python/inbox.py`): unread
 //! counts through messages, replies and chat markers, the filters, the
 //! conversation actions echoed to a second resource, and RSM paging over
-//! 1,000 conversations; on SQLite, PostgreSQL and MariaDB.
+//! 1,000 conversations; on SQLite, PostgreSQL and MariaDB, and with the
+//! `rdbms_async` backend on SQLite and PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -14,9 +15,9 @@ use meerkat_tests::node::NodeOptions;
 use meerkat_tests::TestNode;
 use serde_json::Value;
 
-/// A node with `[modules.mod_inbox]` on, on `db` (the node's own SQLite when `None`).
-fn node(db: Option<&SharedDb>) -> TestNode {
-    let mut extra = String::from("[modules.mod_inbox]\nenabled = true\n");
+/// A node with `[modules.mod_inbox]` on, with `backend`, on `db` (the node's own SQLite when `None`).
+fn node(db: Option<&SharedDb>, backend: &str) -> TestNode {
+    let mut extra = format!("[modules.mod_inbox]\nenabled = true\nbackend = \"{backend}\"\n");
     if let Some(db) = db {
         extra.push_str(&format!("\n[outgoing_pools.rdbms.default]\nworkers = 4\nconnection.url = \"{}\"\n", db.url));
     }
@@ -48,7 +49,11 @@ fn scenario(node: &TestNode, name: &str) -> Value {
 }
 
 fn both_scenarios(db: Option<&SharedDb>) {
-    let node = node(db);
+    both_scenarios_with(db, "rdbms");
+}
+
+fn both_scenarios_with(db: Option<&SharedDb>, backend: &str) {
+    let node = node(db, backend);
     assert_eq!(scenario(&node, "conversations")["ok"], true);
     let paged = scenario(&node, "paging");
     assert_eq!(paged["conversations"], 1000, "{paged}");
@@ -68,4 +73,15 @@ fn inbox_on_postgresql() {
 #[test]
 fn inbox_on_mariadb() {
     both_scenarios(Some(&SharedDb::mysql()));
+}
+
+/// The `rdbms_async` backend (updates coalesced and written in batches) gives the same answers.
+#[test]
+fn inbox_async_on_sqlite() {
+    both_scenarios_with(None, "rdbms_async");
+}
+
+#[test]
+fn inbox_async_on_postgresql() {
+    both_scenarios_with(Some(&SharedDb::postgres()), "rdbms_async");
 }

@@ -29,6 +29,7 @@ use meerkat_storage::{
 };
 use meerkat_xmpp::jid::{parse_bare, Jid};
 
+use super::writer::AsyncWriter;
 use crate::ext::ModuleCtx;
 
 /// What an inbox actor is asked to do.
@@ -86,9 +87,30 @@ pub struct InboxActor {
     posted: Arc<AtomicUsize>,
     /// For the checks of received messages.
     ctx: Option<ModuleCtx>,
-    /// Until when the account is known to exist (checked again after
-    /// [`ACCOUNT_KNOWN_FOR`], so a removed account stops getting entries).
-    account_known_until: Arc<Mutex<Option<Instant>>>,
+    /// Accounts known to exist, shared by the node's inbox actors.
+    known: Arc<KnownAccounts>,
+}
+
+/// Accounts known to exist, each until a time ([`ACCOUNT_KNOWN_FOR`] after it
+/// was read, so that a removed account stops getting entries). Forgotten all
+/// at once past [`KnownAccounts::MAX`].
+#[derive(Default)]
+pub struct KnownAccounts(Mutex<HashMap<String, Instant>>);
+
+impl KnownAccounts {
+    const MAX: usize = 100_000;
+
+    fn known(&self, account: &str) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(account).is_some_and(|t| Instant::now() < *t)
+    }
+
+    fn remember(&self, account: String) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(account, Instant::now() + ACCOUNT_KNOWN_FOR);
+    }
 }
 
 /// How long an inbox actor trusts that its account exists without asking again.
@@ -129,7 +151,7 @@ impl Handler<Posted> for InboxActor {
     fn handle(&mut self, Posted(op, sender): Posted, _ctx: &mut Context<Self>) -> Self::Result {
         let (domain, user, s, posted) =
             (self.domain.clone(), self.user.clone(), self.storage.clone(), self.posted.clone());
-        let checks = self.ctx.clone().map(|c| (c, self.account_known_until.clone()));
+        let checks = self.ctx.clone().map(|c| (c, self.known.clone()));
         AtomicResponse::new(Box::pin(
             async move {
                 let _ = apply(checks.as_ref(), &s, &domain, &user, op, sender, None).await;
@@ -145,7 +167,7 @@ impl Handler<Apply> for InboxActor {
 
     fn handle(&mut self, a: Apply, _ctx: &mut Context<Self>) -> Self::Result {
         let (domain, user, s) = (self.domain.clone(), self.user.clone(), self.storage.clone());
-        let checks = self.ctx.clone().map(|c| (c, self.account_known_until.clone()));
+        let checks = self.ctx.clone().map(|c| (c, self.known.clone()));
         AtomicResponse::new(Box::pin(
             async move { apply(checks.as_ref(), &s, &domain, &user, a.op, a.sender, Some(&a.id)).await }
                 .into_actor(self),
@@ -156,7 +178,7 @@ impl Handler<Apply> for InboxActor {
 /// Checks and writes one update, trying again (3 times in all) on a
 /// transient error. With `id`, a message is written once only.
 async fn apply(
-    checks: Option<&(ModuleCtx, Arc<Mutex<Option<Instant>>>)>,
+    checks: Option<&(ModuleCtx, Arc<KnownAccounts>)>,
     s: &Storage,
     domain: &str,
     user: &str,
@@ -199,18 +221,16 @@ fn count_off(posted: &AtomicUsize) {
 
 /// Whether a message from `sender` belongs in the inbox of `user@domain`: the
 /// account exists and does not block the sender (XEP-0191).
-async fn wanted(ctx: &ModuleCtx, known_until: &Mutex<Option<Instant>>, domain: &str, user: &str, sender: &Jid) -> bool {
-    let known = known_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| Instant::now() < t);
-    if !known {
+async fn wanted(ctx: &ModuleCtx, known: &KnownAccounts, domain: &str, user: &str, sender: &Jid) -> bool {
+    let account = format!("{user}@{domain}");
+    if !known.known(&account) {
         match ctx.accounts.exists(domain, user).await {
             Ok(false) => return false,
-            Ok(true) => {
-                *known_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + ACCOUNT_KNOWN_FOR);
-            }
+            Ok(true) => known.remember(account.clone()),
             Err(e) => tracing::warn!(error = %e, "account lookup failed; updating the inbox anyway"),
         }
     }
-    match parse_bare(&format!("{user}@{domain}")) {
+    match parse_bare(&account) {
         Ok(owner) => !ctx.hooks.blocks(ctx, &owner, sender).await,
         Err(_) => false,
     }
@@ -274,6 +294,9 @@ pub struct Inboxes {
     arbiters: Vec<ArbiterHandle>,
     /// To stop those threads at shutdown.
     threads: Mutex<Vec<Arbiter>>,
+    known: Arc<KnownAccounts>,
+    /// With the `rdbms_async` backend: where message updates wait to be written.
+    writer: Option<Arc<AsyncWriter>>,
 }
 
 /// How many threads run inbox actors: one per core, at most 4.
@@ -293,7 +316,18 @@ impl Inboxes {
             ctx: None,
             arbiters: threads.iter().map(|a| a.handle()).collect(),
             threads: Mutex::new(threads),
+            known: Arc::default(),
+            writer: None,
         }
+    }
+
+    /// Message updates go to `writer` rather than through the actors.
+    pub fn with_writer(self, writer: Arc<AsyncWriter>) -> Self {
+        Inboxes { writer: Some(writer), ..self }
+    }
+
+    pub fn writer(&self) -> Option<&Arc<AsyncWriter>> {
+        self.writer.as_ref()
     }
 
     /// With the node's context, for the checks of received messages.
@@ -313,6 +347,10 @@ impl Inboxes {
     /// Runs `op` on the inbox of `user@domain`, starting its actor if needed;
     /// waits while its mailbox is full.
     pub async fn call(&self, domain: &str, user: &str, op: Op) -> Result<Answer, InboxError> {
+        if let Some(w) = &self.writer {
+            // What was posted before this request is written before it runs.
+            w.flush_account(domain, user).await;
+        }
         let key = format!("{user}@{domain}");
         let addr = self.take(&key, domain, user);
         let answer = addr.send(op).await;
@@ -328,6 +366,16 @@ impl Inboxes {
     /// mailbox is full, waits until the actor took it (back-pressure). The
     /// actor writes it before anything queued after it, queries included.
     pub async fn post(&self, domain: &str, user: &str, op: Op, sender: Option<Jid>) {
+        if let Some(w) = &self.writer {
+            if let (Some(ctx), Some(sender)) = (&self.ctx, &sender) {
+                if !wanted(ctx, &self.known, domain, user, sender).await {
+                    return;
+                }
+            }
+            if w.post(domain, user, &op).await {
+                return;
+            }
+        }
         let key = format!("{user}@{domain}");
         let addr = self.take(&key, domain, user);
         let posted = self.table().get(&key).map(|r| r.posted.clone());
@@ -398,7 +446,7 @@ impl Inboxes {
             mailbox: self.limits.mailbox,
             posted: posted.clone(),
             ctx: self.ctx.clone(),
-            account_known_until: Arc::new(Mutex::new(None)),
+            known: self.known.clone(),
         };
         let thread = {
             use std::hash::{Hash as _, Hasher as _};
@@ -432,12 +480,16 @@ impl Inboxes {
 
     /// Updates posted and not written yet, all inboxes together.
     pub fn unwritten(&self) -> usize {
-        self.table().values().map(|r| r.posted.load(Ordering::Acquire)).sum()
+        let pending = self.writer.as_ref().map_or(0, |w| w.pending());
+        pending + self.table().values().map(|r| r.posted.load(Ordering::Acquire)).sum::<usize>()
     }
 
     /// At shutdown: waits (until `deadline`) for the posted updates to be
     /// written, then stops every actor and their threads.
     pub async fn stop_all(&self, deadline: tokio::time::Instant) {
+        if let Some(w) = &self.writer {
+            w.flush_all().await;
+        }
         while self.unwritten() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -40,6 +40,7 @@
 //!   MongooseIM has no limit unless one is set); RSM pages through the rest.
 
 pub mod actor;
+pub mod writer;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -57,6 +58,7 @@ use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, now_micros, parse_stored, parse_xep0082, xep0082_micros};
 use crate::ext::{HookSet, IqAnswer, Module, ModuleCtx, ModuleJob, NodeRequestError, SessionAcc, SessionState, Target};
 use actor::{Answer, InboxError, Inboxes, Limits, Op};
+use writer::AsyncWriter;
 
 const NS_INBOX: &str = ns::INBOX;
 const NS_CONV: &str = ns::INBOX_CONVERSATION;
@@ -88,8 +90,12 @@ impl Marker {
 pub struct InboxConfig {
     /// Keep inboxes and answer inbox queries (off unless enabled, as in MongooseIM).
     pub enabled: bool,
-    /// `"rdbms"`, the only backend: the node's database.
+    /// `"rdbms"`: every update written through to the node's database;
+    /// `"rdbms_async"`: message updates coalesced per conversation and written
+    /// in batches (`async_writer`).
     pub backend: String,
+    /// The `rdbms_async` backend's writers.
+    pub async_writer: AsyncWriterConfig,
     /// Chat markers that set a conversation's unread count to 0 when they
     /// name its last message.
     pub reset_markers: Vec<Marker>,
@@ -114,6 +120,7 @@ impl Default for InboxConfig {
         InboxConfig {
             enabled: false,
             backend: "rdbms".into(),
+            async_writer: AsyncWriterConfig::default(),
             reset_markers: vec![Marker::Displayed],
             boxes: Vec::new(),
             bin_ttl: 30,
@@ -123,6 +130,25 @@ impl Default for InboxConfig {
             idle_timeout: 300,
             mailbox: 64,
         }
+    }
+}
+
+/// `[modules.mod_inbox.async_writer]` (MongooseIM's `pool_size`, plus how
+/// often and how much a writer writes at once).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsyncWriterConfig {
+    /// Writers, each with its share of the accounts (and one transaction at a time).
+    pub pool_size: usize,
+    /// Milliseconds between two writes of what waits.
+    pub flush_interval: u64,
+    /// Most conversations written in one transaction.
+    pub batch_size: usize,
+}
+
+impl Default for AsyncWriterConfig {
+    fn default() -> Self {
+        AsyncWriterConfig { pool_size: 2, flush_interval: 200, batch_size: 500 }
     }
 }
 
@@ -142,8 +168,18 @@ impl ModuleSpec for Inbox {
         cfg.enabled
     }
     fn validate(cfg: &InboxConfig) -> Result<(), (&'static str, String)> {
-        if cfg.backend != "rdbms" {
-            return Err(("backend", format!("\"{}\" is not a backend; the only one is \"rdbms\"", cfg.backend)));
+        if cfg.backend != "rdbms" && cfg.backend != "rdbms_async" {
+            return Err((
+                "backend",
+                format!("\"{}\" is not a backend; the backends are \"rdbms\" and \"rdbms_async\"", cfg.backend),
+            ));
+        }
+        let w = &cfg.async_writer;
+        if w.pool_size == 0 || w.pool_size > 64 || w.batch_size == 0 || w.flush_interval == 0 {
+            return Err((
+                "async_writer",
+                "pool_size is 1 to 64, batch_size and flush_interval at least 1".into(),
+            ));
         }
         for (i, b) in cfg.boxes.iter().enumerate() {
             if b.is_empty() || b.len() > 64 {
@@ -703,6 +739,24 @@ impl Module for Inbox {
         &[NS_INBOX, NS_CONV]
     }
 
+    fn metrics(&self) -> Vec<crate::ext::Metric> {
+        let Some(w) = self.inboxes().and_then(|i| i.writer()) else { return Vec::new() };
+        vec![
+            crate::ext::Metric {
+                name: "meerkat_inbox_pending_conversations",
+                labels: Vec::new(),
+                value: w.pending() as f64,
+                counter: false,
+            },
+            crate::ext::Metric {
+                name: "meerkat_inbox_lost_conversations_total",
+                labels: Vec::new(),
+                value: w.lost() as f64,
+                counter: true,
+            },
+        ]
+    }
+
     fn disco_features(&self, target: Target) -> &'static [&'static str] {
         if target == Target::Server {
             &[NS_INBOX]
@@ -717,7 +771,13 @@ impl Module for Inbox {
             idle_timeout: Duration::from_secs(self.cfg.idle_timeout),
             mailbox: self.cfg.mailbox,
         };
-        let inboxes = Arc::new(Inboxes::with_ctx(ctx.clone(), limits));
+        let mut inboxes = Inboxes::with_ctx(ctx.clone(), limits);
+        let w = &self.cfg.async_writer;
+        if self.cfg.backend == "rdbms_async" {
+            inboxes = inboxes.with_writer(Arc::new(AsyncWriter::new(ctx.storage.clone(), w.pool_size, w.batch_size)));
+        }
+        let inboxes = Arc::new(inboxes);
+        let flush_every = Duration::from_millis(w.flush_interval);
         let _ = self.inboxes.set(inboxes.clone());
         let storage = ctx.storage.clone();
         let sweep_every = Duration::from_secs(self.cfg.idle_timeout.div_ceil(2).max(1));
@@ -727,8 +787,15 @@ impl Module for Inbox {
             use meerkat_storage::InboxRepo as _;
             let mut sweep = tokio::time::interval(sweep_every);
             let mut clean = tokio::time::interval(clean_every);
+            let mut flush = tokio::time::interval(flush_every);
+            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    _ = flush.tick(), if inboxes.writer().is_some() => {
+                        if let Some(w) = inboxes.writer() {
+                            w.flush_all().await;
+                        }
+                    }
                     _ = sweep.tick() => {
                         inboxes.sweep();
                     }
