@@ -365,15 +365,16 @@ impl Inboxes {
     /// in the actor's mailbox, without waiting for it to be written; when the
     /// mailbox is full, waits until the actor took it (back-pressure). The
     /// actor writes it before anything queued after it, queries included.
-    pub async fn post(&self, domain: &str, user: &str, op: Op, sender: Option<Jid>) {
+    pub async fn post(&self, domain: &str, user: &str, mut op: Op, sender: Option<Jid>) {
         if let Some(w) = &self.writer {
             if let (Some(ctx), Some(sender)) = (&self.ctx, &sender) {
                 if !wanted(ctx, &self.known, domain, user, sender).await {
                     return;
                 }
             }
-            if w.post(domain, user, &op).await {
-                return;
+            match w.post(domain, user, op).await {
+                Ok(()) => return,
+                Err(back) => op = back,
             }
         }
         let key = format!("{user}@{domain}");

@@ -343,6 +343,24 @@ impl Inbox {
         self.inboxes.get()
     }
 
+    /// An update of the account's own side, which needs no check: taken at
+    /// once by the async writer when this node owns the inbox, else queued
+    /// as a job.
+    fn own_update(&self, ctx: &ModuleCtx, owner: BareJid, op: Op) -> Option<Box<dyn ModuleJob>> {
+        let inboxes = self.inboxes()?;
+        let op = match inboxes.writer() {
+            Some(w) if ctx.owner_node(&owner.to_string()) == ctx.router.node() => {
+                let (user, domain) = account_of(&Jid::from(owner.clone()));
+                match w.try_post(&domain, &user, op) {
+                    Ok(()) => return None,
+                    Err(op) => op,
+                }
+            }
+            _ => op,
+        };
+        self.job(owner, op, None)
+    }
+
     fn job(&self, owner: BareJid, op: Op, from: Option<Jid>) -> Option<Box<dyn ModuleJob>> {
         let inboxes = self.inboxes()?.clone();
         Some(Box::new(InboxJob { owner, op, from, inboxes }))
@@ -842,7 +860,7 @@ impl Module for Inbox {
         let remote = to.bare();
         if let Some(id) = self.reset_marker(stanza) {
             let op = Op::Marker { remote: remote.to_string(), msg_id: id.to_owned() };
-            acc.jobs.extend(self.job(sender.clone(), op, None));
+            acc.jobs.extend(self.own_update(ctx, sender.clone(), op));
         }
         if !storable(stanza) {
             return Ok(());
@@ -858,7 +876,7 @@ impl Module for Inbox {
             stamp_micros,
             incoming,
         };
-        acc.jobs.extend(self.job(sender.clone(), Op::Message(msg(&remote, false)), None));
+        acc.jobs.extend(self.own_update(ctx, sender.clone(), Op::Message(msg(&remote, false))));
         if remote != sender && ctx.router.is_local_host(to.domain().as_str()) {
             let incoming = Op::Message(msg(&sender, true));
             acc.jobs.extend(self.job(remote, incoming, Some(Jid::from(from.clone()))));

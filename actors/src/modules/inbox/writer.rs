@@ -56,14 +56,16 @@ pub struct AsyncWriter {
     lost: AtomicU64,
 }
 
-/// Merges `op` into `pending` (an account's conversations); false when the
-/// operation is not an update that can wait (queries and actions).
-fn merge(pending: &mut Conversations, domain: &str, user: &str, op: &Op) -> Result<bool, ()> {
-    let (remote, fresh) = match op {
-        Op::Message(m) => (&m.remote_jid, !pending.contains_key(&m.remote_jid)),
-        Op::Marker { remote, .. } => (remote, !pending.contains_key(remote)),
-        _ => return Err(()),
+/// Merges `op` into `pending` (an account's conversations): whether it
+/// opened a conversation there. `Err(op)` when the operation is not an update
+/// that can wait (queries and actions).
+fn merge(pending: &mut Conversations, domain: &str, user: &str, op: Op) -> Result<bool, Op> {
+    let remote = match &op {
+        Op::Message(m) => &m.remote_jid,
+        Op::Marker { remote, .. } => remote,
+        _ => return Err(op),
     };
+    let fresh = !pending.contains_key(remote);
     let delta = pending.entry(remote.clone()).or_insert_with(|| InboxDelta {
         domain: domain.to_owned(),
         user: user.to_owned(),
@@ -81,14 +83,13 @@ fn merge(pending: &mut Conversations, domain: &str, user: &str, op: &Op) -> Resu
             }
             // An older copy written late counts, but does not replace the last message.
             if delta.last.as_ref().is_none_or(|l| m.stamp_micros >= l.stamp_micros) {
-                delta.last =
-                    Some(InboxLast { msg_id: m.msg_id.clone(), content: m.content.clone(), stamp_micros: m.stamp_micros });
+                delta.last = Some(InboxLast { msg_id: m.msg_id, content: m.content, stamp_micros: m.stamp_micros });
             }
         }
         Op::Marker { msg_id, .. } => match &delta.last {
             // The conversation's last message is the pending one.
             Some(last) => {
-                if last.msg_id == *msg_id {
+                if last.msg_id == msg_id {
                     delta.reset = true;
                     delta.add = 0;
                 }
@@ -98,7 +99,7 @@ fn merge(pending: &mut Conversations, domain: &str, user: &str, op: &Op) -> Resu
                 if delta.marks.len() == MAX_MARKS {
                     delta.marks.remove(0);
                 }
-                delta.marks.push(msg_id.clone());
+                delta.marks.push(msg_id);
             }
         },
         _ => {}
@@ -121,29 +122,37 @@ impl AsyncWriter {
         &self.shards[(h.finish() % self.shards.len() as u64) as usize]
     }
 
-    /// Takes an update of `user@domain`'s inbox; false when `op` is not one
-    /// that waits (queries and actions go to the actor). Writes the shard at
-    /// once when it is full.
-    pub async fn post(&self, domain: &str, user: &str, op: &Op) -> bool {
+    /// Takes an update of `user@domain`'s inbox without waiting. `Err(op)`
+    /// back when `op` is not one that waits (queries and actions go to the
+    /// actor) or when the account's shard is full: the caller then posts it
+    /// with [`AsyncWriter::post`], which writes the shard first.
+    pub fn try_post(&self, domain: &str, user: &str, op: Op) -> Result<(), Op> {
         if !matches!(op, Op::Message(_) | Op::Marker { .. }) {
-            return false;
+            return Err(op);
         }
         let account = format!("{user}@{domain}");
         let shard = self.shard(&account);
-        let full = {
-            let mut p = shard.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let conversations = p.accounts.entry(account).or_default();
-            match merge(conversations, domain, user, op) {
-                Ok(true) => p.conversations += 1,
-                Ok(false) => {}
-                Err(()) => return false,
-            }
-            p.conversations >= MAX_PENDING
-        };
-        if full {
-            self.flush_shard(shard).await;
+        let mut p = shard.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.conversations >= MAX_PENDING {
+            return Err(op);
         }
-        true
+        let conversations = p.accounts.entry(account).or_default();
+        if merge(conversations, domain, user, op)? {
+            p.conversations += 1;
+        }
+        Ok(())
+    }
+
+    /// [`AsyncWriter::try_post`], writing the account's shard first when it is full.
+    pub async fn post(&self, domain: &str, user: &str, op: Op) -> Result<(), Op> {
+        match self.try_post(domain, user, op) {
+            Err(op @ (Op::Message(_) | Op::Marker { .. })) => {
+                let account = format!("{user}@{domain}");
+                self.flush_shard(self.shard(&account)).await;
+                self.try_post(domain, user, op)
+            }
+            other => other,
+        }
     }
 
     /// Writes the pending updates of `user@domain` (and waits for a write
@@ -237,7 +246,7 @@ mod tests {
     fn merged(ops: &[Op]) -> InboxDelta {
         let mut c = Conversations::new();
         for op in ops {
-            merge(&mut c, "example.org", "alice", op).unwrap();
+            merge(&mut c, "example.org", "alice", op.clone()).unwrap();
         }
         assert_eq!(c.len(), 1);
         c.into_values().next().unwrap()
@@ -268,7 +277,7 @@ mod tests {
     #[test]
     fn queries_and_actions_do_not_wait() {
         let mut c = Conversations::new();
-        assert!(merge(&mut c, "example.org", "alice", &Op::Totals).is_err());
+        assert!(merge(&mut c, "example.org", "alice", Op::Totals).is_err());
         assert!(c.is_empty());
     }
 }
