@@ -33,12 +33,17 @@
 #   STEP_DURATION=15  P99_BOUND_MS=5       (steps stop at the first rate over the bound)
 #   PRESENCE_USERS=1000  PRESENCE_CONTACTS=10  PRESENCE_RATE=1000  PRESENCE_DURATION=15
 #   SERVER_CPUS=1  GEN_CPUS=0              ("all" = no pinning)
+#   BROKER_CPUS=$GEN_CPUS                  (RabbitMQ's beam.smp, when it runs, is pinned
+#                                          here for the whole invocation and given every
+#                                          CPU back at the end, so the broker the modules
+#                                          publish to does not share the server's core;
+#                                          "all" = leave it alone)
 #   SOURCE_IPS=127.0.0.2-127.0.0.9         (idle connections; ~28k per address)
 #   HOST=127.0.0.1  PORT=5222  DOMAIN=localhost  ADMIN_PORT=5289
 #   PEER_BENCH_DIR=<repo>/../shared/bench
 #   PROFILE=release  BUILD=1               (cargo build --release of meerkat and meerkat-load)
 #   CARGO_TARGET_DIR=/var/tmp/meerkat-target  MEERKAT_BIN, LOAD_BIN (override the binaries)
-#   MODULES_TOML=<Inbox, and the rabbit event pusher on the machine's RabbitMQ>
+#   MODULES_TOML=<Inbox (rdbms_async), and the rabbit event pusher on the machine's RabbitMQ>
 #                                          (appended to Meerkat's config for the server
 #                                          "meerkat-modules", the same binary otherwise)
 #   OUT=/var/tmp/meerkat-bench/<time>-<mode>
@@ -57,7 +62,7 @@ RATE_STEPS="${RATE_STEPS:-1000 1250 1600 2000 2500 3200 4000 5000 6300 8000 1000
 STEP_DURATION="${STEP_DURATION:-15}"; P99_BOUND_MS="${P99_BOUND_MS:-5}"
 PRESENCE_USERS="${PRESENCE_USERS:-1000}"; PRESENCE_CONTACTS="${PRESENCE_CONTACTS:-10}"
 PRESENCE_RATE="${PRESENCE_RATE:-1000}"; PRESENCE_DURATION="${PRESENCE_DURATION:-15}"
-SERVER_CPUS="${SERVER_CPUS:-1}"; GEN_CPUS="${GEN_CPUS:-0}"
+SERVER_CPUS="${SERVER_CPUS:-1}"; GEN_CPUS="${GEN_CPUS:-0}"; BROKER_CPUS="${BROKER_CPUS:-$GEN_CPUS}"
 SOURCE_IPS="${SOURCE_IPS:-127.0.0.2-127.0.0.9}"
 HOST="${HOST:-127.0.0.1}"; PORT="${PORT:-5222}"; DOMAIN="${DOMAIN:-localhost}"; ADMIN_PORT="${ADMIN_PORT:-5289}"
 PROFILE="${PROFILE:-release}"; BUILD="${BUILD:-1}"
@@ -67,6 +72,7 @@ LOAD_BIN="${LOAD_BIN:-$CARGO_TARGET_DIR/$PROFILE/meerkat-load}"
 OUT="${OUT:-/var/tmp/meerkat-bench/$(date +%Y%m%d-%H%M%S)-$MODE}"
 DEFAULT_MODULES_TOML='[modules.mod_inbox]
 enabled = true
+backend = "rdbms_async"
 
 [outgoing_pools.rabbit.event_pusher.connection]
 host = "127.0.0.1"
@@ -250,7 +256,16 @@ stop_server() {
   CURRENT=""; PID=""
   sleep 1
 }
-trap 'stop_server' EXIT
+# The broker (RabbitMQ) off the server's core while this runs.
+BROKER_PIDS="$(pgrep -f beam.smp || true)"
+unpin_broker() {
+  for p in $BROKER_PIDS; do taskset -a -cp "0-$(( $(nproc --all) - 1 ))" "$p" >/dev/null 2>&1 || true; done
+}
+if [ "$BROKER_CPUS" != all ] && [ -n "$BROKER_PIDS" ]; then
+  for p in $BROKER_PIDS; do taskset -a -cp "$BROKER_CPUS" "$p" >/dev/null 2>&1 || say "could not pin RabbitMQ ($p)"; done
+  say "RabbitMQ pinned to CPU $BROKER_CPUS for this run"
+fi
+trap 'stop_server; unpin_broker' EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ load

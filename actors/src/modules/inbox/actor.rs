@@ -70,7 +70,7 @@ impl Message for Op {
 
 /// An update posted without waiting for it ([`Inboxes::post`]), with, for a
 /// received message, its sender: the owner must exist and not block it.
-struct Posted(Op, Option<Jid>);
+struct Posted(Op, Option<Jid>, tokio::sync::OwnedSemaphorePermit);
 
 impl Message for Posted {
     type Result = ();
@@ -148,7 +148,7 @@ impl Message for Apply {
 impl Handler<Posted> for InboxActor {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, Posted(op, sender): Posted, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Posted(op, sender, permit): Posted, _ctx: &mut Context<Self>) -> Self::Result {
         let (domain, user, s, posted) =
             (self.domain.clone(), self.user.clone(), self.storage.clone(), self.posted.clone());
         let checks = self.ctx.clone().map(|c| (c, self.known.clone()));
@@ -156,6 +156,8 @@ impl Handler<Posted> for InboxActor {
             async move {
                 let _ = apply(checks.as_ref(), &s, &domain, &user, op, sender, None).await;
                 count_off(&posted);
+                // One more update may wait now.
+                drop(permit);
             }
             .into_actor(self),
         ))
@@ -297,7 +299,14 @@ pub struct Inboxes {
     known: Arc<KnownAccounts>,
     /// With the `rdbms_async` backend: where message updates wait to be written.
     writer: Option<Arc<AsyncWriter>>,
+    /// Permits for updates posted to the actors and not written yet.
+    unwritten: Arc<tokio::sync::Semaphore>,
 }
+
+/// Updates posted to the node's inbox actors and not written yet, at most:
+/// beyond, posters wait (and so the sessions behind them) rather than queue
+/// more than the database takes.
+pub const MAX_UNWRITTEN: usize = 4096;
 
 /// How many threads run inbox actors: one per core, at most 4.
 fn inbox_threads() -> Vec<Arbiter> {
@@ -318,6 +327,7 @@ impl Inboxes {
             threads: Mutex::new(threads),
             known: Arc::default(),
             writer: None,
+            unwritten: Arc::new(tokio::sync::Semaphore::new(MAX_UNWRITTEN)),
         }
     }
 
@@ -384,7 +394,13 @@ impl Inboxes {
             p.fetch_add(1, Ordering::AcqRel);
         }
         // Handled, the update counts itself off; not handled, it is counted off here.
-        let handled = match addr.try_send(Posted(op, sender)) {
+        // At most MAX_UNWRITTEN updates wait on the node: the poster waits beyond.
+        let Ok(permit) = self.unwritten.clone().acquire_owned().await else {
+            tracing::error!(%key, "inbox shutting down; update not written");
+            self.give_back(&key);
+            return;
+        };
+        let handled = match addr.try_send(Posted(op, sender, permit)) {
             Ok(()) => true,
             Err(SendError::Full(p)) => addr.send(p).await.is_ok(),
             Err(SendError::Closed(_)) => false,

@@ -176,10 +176,7 @@ impl ModuleSpec for Inbox {
         }
         let w = &cfg.async_writer;
         if w.pool_size == 0 || w.pool_size > 64 || w.batch_size == 0 || w.flush_interval == 0 {
-            return Err((
-                "async_writer",
-                "pool_size is 1 to 64, batch_size and flush_interval at least 1".into(),
-            ));
+            return Err(("async_writer", "pool_size is 1 to 64, batch_size and flush_interval at least 1".into()));
         }
         for (i, b) in cfg.boxes.iter().enumerate() {
             if b.is_empty() || b.len() > 64 {
