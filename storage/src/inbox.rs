@@ -121,6 +121,32 @@ macro_rules! entry {
     }};
 }
 
+/// Runs one of the upserts: `$stmt` with the conversation's last message and
+/// the messages it adds to the count.
+macro_rules! write_last {
+    ($exec:expr, $d:expr, $stmt:expr, $domain:expr, $user:expr, $remote:expr, $id:expr, $content:expr, $stamp:expr, $count:expr) => {
+        sqlx::query($stmt.get($d))
+            .bind($domain)
+            .bind($user)
+            .bind($remote)
+            .bind($id)
+            .bind($content)
+            .bind($stamp)
+            .bind($count)
+            .execute($exec)
+            .await?
+    };
+}
+
+/// The upsert of one message: received, one more unread; sent, none.
+fn message_upsert(m: &InboxMessage) -> (Sql, i64) {
+    if m.incoming {
+        (UPSERT_ADD, 1)
+    } else {
+        (UPSERT_SET, 0)
+    }
+}
+
 #[async_trait]
 impl InboxRepo for Storage {
     async fn inbox_message(&self, domain: &str, user: &str, m: &InboxMessage) -> Result<InboxEntry, StorageError> {
@@ -131,18 +157,9 @@ impl InboxRepo for Storage {
     }
 
     async fn inbox_write(&self, domain: &str, user: &str, m: &InboxMessage) -> Result<(), StorageError> {
-        let (stmt, count) = if m.incoming { (UPSERT_ADD, 1_i64) } else { (UPSERT_SET, 0) };
+        let (stmt, count) = message_upsert(m);
         on_backend!(self, |pool, d| {
-            sqlx::query(stmt.get(d))
-                .bind(domain)
-                .bind(user)
-                .bind(&m.remote_jid)
-                .bind(&m.msg_id)
-                .bind(&m.content)
-                .bind(m.stamp_micros)
-                .bind(count)
-                .execute(pool)
-                .await?;
+            write_last!(pool, d, stmt, domain, user, &m.remote_jid, &m.msg_id, &m.content, m.stamp_micros, count);
         });
         Ok(())
     }
@@ -165,16 +182,19 @@ impl InboxRepo for Storage {
                 }
                 if let Some(last) = &delta.last {
                     let stmt = if delta.reset { UPSERT_SET } else { UPSERT_ADD };
-                    sqlx::query(stmt.get(d))
-                        .bind(&delta.domain)
-                        .bind(&delta.user)
-                        .bind(&delta.remote_jid)
-                        .bind(&last.msg_id)
-                        .bind(&last.content)
-                        .bind(last.stamp_micros)
-                        .bind(delta.add)
-                        .execute(&mut *tx)
-                        .await?;
+                    let (domain, user, remote) = (&delta.domain, &delta.user, &delta.remote_jid);
+                    write_last!(
+                        &mut *tx,
+                        d,
+                        stmt,
+                        domain,
+                        user,
+                        remote,
+                        &last.msg_id,
+                        &last.content,
+                        last.stamp_micros,
+                        delta.add
+                    );
                 }
             }
             tx.commit().await?;
@@ -317,17 +337,19 @@ impl InboxRepo for Storage {
             let fresh =
                 sqlx::query(applied.get(d)).bind(update_id).bind(now).execute(&mut *tx).await?.rows_affected() > 0;
             if fresh {
-                let (stmt, count) = if m.incoming { (UPSERT_ADD, 1_i64) } else { (UPSERT_SET, 0) };
-                sqlx::query(stmt.get(d))
-                    .bind(domain)
-                    .bind(user)
-                    .bind(&m.remote_jid)
-                    .bind(&m.msg_id)
-                    .bind(&m.content)
-                    .bind(m.stamp_micros)
-                    .bind(count)
-                    .execute(&mut *tx)
-                    .await?;
+                let (stmt, count) = message_upsert(m);
+                write_last!(
+                    &mut *tx,
+                    d,
+                    stmt,
+                    domain,
+                    user,
+                    &m.remote_jid,
+                    &m.msg_id,
+                    &m.content,
+                    m.stamp_micros,
+                    count
+                );
             }
             tx.commit().await?;
             Ok(fresh)

@@ -216,20 +216,18 @@ mod boundary {
 
     #[test]
     fn no_module_imports_the_core_or_another_module() {
-        let forbidden = [
-            "crate::session",
-            "crate::server",
-            "crate::services",
-            "crate::modules",
-            "crate::c2s",
-            "crate::bosh",
-            "super::",
-        ];
+        let forbidden =
+            ["crate::session", "crate::server", "crate::services", "crate::modules", "crate::c2s", "crate::bosh"];
         for (_, file) in module_files() {
             let code = code(&file);
             for f in forbidden {
                 assert!(!code.contains(f), "{} uses {f}", file.display());
             }
+            // A file of a folder module may reach its siblings (`super::` is
+            // the module itself); nothing reaches the registry above it.
+            let in_folder = file.parent().is_some_and(|p| !p.ends_with("modules"));
+            let above = if in_folder { "super::super" } else { "super::" };
+            assert!(!code.contains(above), "{} uses {above}", file.display());
         }
     }
 
