@@ -222,13 +222,24 @@ async fn mongoosepush_gets_a_v3_notification_for_a_virtual_pubsub_host() {
     }
 }
 
+/// The body a notification announces (`last-message-body`).
+fn announced_body(publish: &str) -> String {
+    let field = publish.find("last-message-body").map(|i| &publish[i..]).unwrap_or_default();
+    let value = field.find("<value>").map(|i| &field[i + 7..]).unwrap_or_default();
+    value.split("</value>").next().unwrap_or_default().to_owned()
+}
+
 /// A message kept for a session that lost its connection and waits for a
 /// resumption (XEP-0198) is announced at once, as mobile clients need: the
-/// session may wait minutes before the message would go offline.
+/// session may wait minutes before the message would go offline. When the
+/// session then gives up and the message goes offline, it is not announced
+/// a second time.
 #[tokio::test]
 async fn a_message_for_a_detached_session_is_pushed_at_once() {
     let node = TestNode::start_with(NodeOptions {
-        extra_toml: "[modules.mod_event_pusher]\nenabled = true\n[modules.mod_event_pusher.push]\n".into(),
+        extra_toml: "[modules.mod_event_pusher]\nenabled = true\n[modules.mod_event_pusher.push]\n\n\
+                     [modules.mod_stream_management]\nresume_timeout = 2\n"
+            .into(),
         ..Default::default()
     });
     for user in ["alice", "bob", "appserver"] {
@@ -264,4 +275,26 @@ async fn a_message_for_a_detached_session_is_pushed_at_once() {
     let xml = publish.to_string();
     assert!(xml.contains("urn:xmpp:push:summary") && xml.contains("<publish node='n1'>"), "{xml}");
     assert_eq!(publish.attr("from"), Some("alice@localhost"));
+
+    // The session gives up waiting: what it held goes offline. The messages
+    // that went into the cut connection are announced now, for the first
+    // time; the one announced already is not announced again.
+    let mut bodies = vec![announced_body(&xml)];
+    meerkat_tests::wait_until("alice's session gone", Duration::from_secs(30), || {
+        let (_, v) = node.api("GET", "/api/sessions", None);
+        !v.to_string().contains("alice@localhost/phone")
+    });
+    bob.send_str("<message to='alice@localhost' type='chat'><body>after</body></message>").await.unwrap();
+    loop {
+        let iq = app.recv_until(|el| el.name == "iq").await.unwrap();
+        let body = announced_body(&iq.to_string());
+        if body == "after" {
+            break;
+        }
+        bodies.push(body);
+    }
+    let mut sorted = bodies.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), bodies.len(), "a message announced twice: {bodies:?}");
 }

@@ -95,6 +95,24 @@ pub struct EventPusher {
     me: OnceLock<std::sync::Weak<EventPusher>>,
     /// The push backend's virtual pubsub hosts, `@HOST@` expanded at start.
     virtual_hosts: OnceLock<Vec<String>>,
+    /// Messages pushed while their session waited for a resumption, by
+    /// [`pushed_key`], with how many: when the session gives up and they go
+    /// offline, they are not pushed again.
+    pushed_detached: moka::sync::Cache<String, u32>,
+}
+
+/// How long a message pushed for a waiting session is remembered (longer
+/// than any sensible `resume_timeout`), and how many at most.
+const PUSHED_DETACHED_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+const PUSHED_DETACHED_MAX: u64 = 100_000;
+
+/// What tells one message to `owner` from another: its sender, and its id,
+/// or its body when it has none.
+fn pushed_key(owner: &BareJid, sender: &str, stanza: &Element, body: &str) -> String {
+    match stanza.attr("id") {
+        Some(id) => format!("{owner}\u{0}{sender}\u{0}id\u{0}{id}"),
+        None => format!("{owner}\u{0}{sender}\u{0}body\u{0}{body}"),
+    }
 }
 
 impl ModuleSpec for EventPusher {
@@ -137,6 +155,10 @@ impl ModuleSpec for EventPusher {
             publisher: OnceLock::new(),
             me: OnceLock::new(),
             virtual_hosts: OnceLock::new(),
+            pushed_detached: moka::sync::Cache::builder()
+                .max_capacity(PUSHED_DETACHED_MAX)
+                .time_to_live(PUSHED_DETACHED_TTL)
+                .build(),
         });
         let _ = module.me.set(Arc::downgrade(&module));
         module
@@ -294,7 +316,27 @@ impl EventPusher {
     /// Announces a message no resource took to every subscription of its recipient.
     async fn notify(&self, ctx: &ModuleCtx, r: &Routed) {
         let Some(body) = r.stanza.get_child("body", &r.stanza.ns).map(|b| b.text()) else { return };
-        self.notify_message(ctx, r.to.bare(), r.from.to_string(), body).await;
+        let (owner, sender) = (r.to.bare(), r.from.to_string());
+        if self.already_pushed(&pushed_key(&owner, &sender, &r.stanza, &body)) {
+            tracing::debug!(%owner, "message pushed while its session waited; not pushed again");
+            return;
+        }
+        self.notify_message(ctx, owner, sender, body).await;
+    }
+
+    /// Whether the message was pushed while its session waited (and counts it off).
+    fn already_pushed(&self, key: &str) -> bool {
+        match self.pushed_detached.get(key) {
+            None | Some(0) => false,
+            Some(1) => {
+                self.pushed_detached.invalidate(key);
+                true
+            }
+            Some(n) => {
+                self.pushed_detached.insert(key.to_owned(), n - 1);
+                true
+            }
+        }
     }
 
     /// Announces a message from `sender` to every subscription of `owner`.
@@ -427,6 +469,8 @@ impl Module for EventPusher {
         let Some(body) = stanza.get_child("body", &stanza.ns).map(|b| b.text()) else { return };
         let Some(me) = self.me.get().and_then(|m| m.upgrade()) else { return };
         let sender = stanza.attr("from").unwrap_or_default().to_owned();
+        let key = pushed_key(&jid.bare(), &sender, stanza, &body);
+        self.pushed_detached.insert(key.clone(), self.pushed_detached.get(&key).unwrap_or(0).saturating_add(1));
         acc.jobs.push(Box::new(PushJob { owner: jid.bare(), sender, body, module: me }));
     }
 
