@@ -62,16 +62,16 @@ const CHANGE: Sql = sql!(
      unread_count = CASE WHEN ? = 1 THEN 0 WHEN ? = 2 AND unread_count = 0 THEN 1 ELSE unread_count END \
      WHERE domain = ? AND username = ? AND remote_jid = ?"
 );
-/// Between two exclusive positions `(stamp, remote JID)` and two inclusive
-/// times, with the box and unread filters; ascending or descending.
+/// Between two exclusive positions `(stamp, remote JID)` (row values, so that
+/// the order index is scanned from the position on) and two inclusive times,
+/// with the box and unread filters; ascending or descending.
 macro_rules! query {
     ($order:literal) => {
         sql!(concat!(
             "SELECT remote_jid, msg_id, content, stamp_micros, unread_count, box_name, muted_until \
              FROM inbox_entries WHERE domain = ? AND username = ? \
              AND stamp_micros >= ? AND stamp_micros <= ? \
-             AND (stamp_micros > ? OR (stamp_micros = ? AND remote_jid > ?)) \
-             AND (stamp_micros < ? OR (stamp_micros = ? AND remote_jid < ?)) \
+             AND (stamp_micros, remote_jid) > (?, ?) AND (stamp_micros, remote_jid) < (?, ?) \
              AND (? = 0 OR box_name = ?) AND (? = 0 OR box_name <> 'bin') AND (? = 0 OR unread_count > 0) \
              ORDER BY stamp_micros ",
             $order,
@@ -83,16 +83,18 @@ macro_rules! query {
 }
 const QUERY_ASC: Sql = query!("ASC");
 const QUERY_DESC: Sql = query!("DESC");
+/// Only conversations with something unread count, so the totals read the
+/// `inbox_entries_unread` index (partial where the database has them).
 const TOTALS: Sql = sql!(
     "SELECT CAST(COALESCE(SUM(unread_count), 0) AS BIGINT) AS unread, \
      COUNT(CASE WHEN unread_count > 0 THEN 1 END) AS active \
-     FROM inbox_entries WHERE domain = ? AND username = ? AND box_name <> 'bin'"
+     FROM inbox_entries WHERE domain = ? AND username = ? AND unread_count > 0 AND box_name <> 'bin'"
 );
 /// MySQL casts to SIGNED, not BIGINT.
 const TOTALS_MYSQL: Sql = sql!(
     "SELECT CAST(COALESCE(SUM(unread_count), 0) AS SIGNED) AS unread, \
      COUNT(CASE WHEN unread_count > 0 THEN 1 END) AS active \
-     FROM inbox_entries WHERE domain = ? AND username = ? AND box_name <> 'bin'"
+     FROM inbox_entries WHERE domain = ? AND username = ? AND unread_count > 0 AND box_name <> 'bin'"
 );
 /// An update's id, unless one is there already (no row inserted then).
 const APPLIED: Sql = sql!(
@@ -280,9 +282,7 @@ impl InboxRepo for Storage {
                 .bind(q.start_micros.unwrap_or(i64::MIN))
                 .bind(q.end_micros.unwrap_or(i64::MAX))
                 .bind(lower.0)
-                .bind(lower.0)
                 .bind(&lower.1)
-                .bind(upper.0)
                 .bind(upper.0)
                 .bind(&upper.1)
                 .bind(only)
