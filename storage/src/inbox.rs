@@ -96,12 +96,11 @@ const TOTALS_MYSQL: Sql = sql!(
      COUNT(CASE WHEN unread_count > 0 THEN 1 END) AS active \
      FROM inbox_entries WHERE domain = ? AND username = ? AND unread_count > 0 AND box_name <> 'bin'"
 );
-/// An update's id, unless one is there already (no row inserted then).
-const APPLIED: Sql = sql!(
-    "INSERT INTO inbox_updates (update_id, stamp_micros) VALUES (?, ?)",
-    on_conflict: "ON CONFLICT (update_id) DO NOTHING",
-    on_duplicate: "ON DUPLICATE KEY UPDATE update_id = update_id",
-);
+/// An update's id, unless one is there already (no row inserted then):
+/// SQLite and PostgreSQL, then MySQL (the ids are fixed-length, so `IGNORE`
+/// cannot hide a truncation).
+const APPLIED: Sql =
+    sql!("INSERT INTO inbox_updates (update_id, stamp_micros) VALUES (?, ?) ON CONFLICT (update_id) DO NOTHING");
 const APPLIED_MYSQL: Sql = sql!("INSERT IGNORE INTO inbox_updates (update_id, stamp_micros) VALUES (?, ?)");
 const FORGET_UPDATES: Sql = sql!("DELETE FROM inbox_updates WHERE stamp_micros < ?");
 const EMPTY_BIN: Sql = sql!("DELETE FROM inbox_entries WHERE domain = ? AND username = ? AND box_name = 'bin'");

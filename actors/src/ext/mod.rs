@@ -157,6 +157,10 @@ impl ModuleCtx {
     /// reach, so that when one leaves, only its keys move.
     pub fn owner_node(&self, key: &str) -> meerkat_cluster::NodeId {
         let me = self.router.node();
+        if self.router.transport().is_none() {
+            // Not in a cluster: everything is placed here.
+            return me;
+        }
         let live = self.router.sessions().live_nodes(me);
         meerkat_cluster::placement::rendezvous(key, &live).unwrap_or(me)
     }
