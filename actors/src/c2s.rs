@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{Admission, Admitted, Refused};
+use crate::instrument::{ConnectionType, Meter};
 use crate::negotiation::{
     stream_header_xml, FastOp, IssuedToken, NegAction, NegEvent, NegotiationConfig, Negotiator, Opening, TlsMode,
 };
@@ -95,7 +96,8 @@ pub async fn serve(svc: Arc<Services>, listener: Arc<C2sListener>, tcp: TcpStrea
             }
             _ => Transport::Plain(tcp),
         };
-        let mut conn = Conn::stream(transport, listener.limits, Shaper::new(listener.max_rate));
+        let meter = Meter { host: None, data: Some(svc.instruments.data(ConnectionType::C2s, transport.is_tls())) };
+        let mut conn = Conn::stream(transport, listener.limits, Shaper::new(listener.max_rate), meter);
         // TLS 1.3 0-RTT (`tls.early_data`): what came before the handshake ended.
         let early = conn.take_early_data();
         let negotiated = negotiate(svc.clone(), listener, conn, deadline, Some(peer.ip()), early).await?;
@@ -121,7 +123,7 @@ pub async fn serve_websocket(
     let _admitted = admitted;
     let _guard = svc.connection_guard();
     let deadline = tokio::time::Instant::now() + svc.settings.negotiation_timeout;
-    let conn = Conn::websocket(ws, listener.limits, Shaper::new(listener.max_rate));
+    let conn = Conn::websocket(ws, listener.limits, Shaper::new(listener.max_rate), Meter::default());
     let started = Box::pin(async {
         let negotiated = negotiate(svc.clone(), listener, conn, deadline, peer.map(|p| p.ip()), false).await?;
         start_session(svc, negotiated).await
@@ -249,6 +251,8 @@ async fn negotiate(
             let nev = match ev {
                 StreamEvent::Header(h) => {
                     header_sent = true;
+                    let host = h.to.as_deref().unwrap_or_default();
+                    conn.meter_host(svc.instruments.host(ConnectionType::C2s, host));
                     NegEvent::Header(h)
                 }
                 StreamEvent::Stanza(el) if early => NegEvent::EarlyElement(el),
@@ -263,6 +267,9 @@ async fn negotiate(
                 match action {
                     NegAction::Send(s) => conn.send(&s).await?,
                     NegAction::SendDelayed(s, d) => {
+                        // Only a failed login or registration is answered after a pause.
+                        let host = neg.host().unwrap_or_default();
+                        svc.instruments.host(ConnectionType::C2s, host).auth_failed.increment(1);
                         tokio::time::sleep(d).await;
                         conn.send(&s).await?;
                     }
@@ -284,6 +291,7 @@ async fn negotiate(
                             .await
                             .map_err(|_| ConnError::Timeout)??;
                         conn = Conn::Stream { transport: Transport::Tls(Box::new(tls)), input, shaper };
+                        conn.meter_data(svc.instruments.data(ConnectionType::C2s, true));
                         conn.restart();
                         header_sent = false;
                         let client_cert = conn.client_cert(listener.client_certs.as_deref());
@@ -692,7 +700,7 @@ async fn read_loop(
     loop {
         loop {
             match reader.next_event() {
-                Ok(Some(StreamEvent::Stanza(el))) => match addr.try_send(FromClient(el)) {
+                Ok(Some(StreamEvent::Stanza(el))) => match addr.try_send(FromClient(el, std::time::Instant::now())) {
                     // Queued in order; the reader goes on without waiting for the session.
                     Ok(()) => {}
                     // Waits while the session's mailbox is full: back-pressure to the client's TCP window.
@@ -770,8 +778,8 @@ impl Writer {
     async fn run(self) {
         let Writer { conn, rx, queued, io, keepalive } = self;
         match conn {
-            ConnWriter::Stream(w) => stream_write_loop(w, rx, queued, io, keepalive).await,
-            ConnWriter::WebSocket(tx) => websocket_write_loop(tx, rx, queued, io, keepalive).await,
+            ConnWriter::Stream(w, meter) => stream_write_loop(w, rx, queued, io, keepalive, meter).await,
+            ConnWriter::WebSocket(tx, meter) => websocket_write_loop(tx, rx, queued, io, keepalive, meter).await,
         }
     }
 }
@@ -806,6 +814,7 @@ async fn stream_write_loop<W: AsyncWrite + Unpin>(
     queued: Written,
     mut io: watch::Receiver<IoControl>,
     keepalive: Duration,
+    meter: Meter,
 ) {
     loop {
         match next_writer_step(&mut rx, &mut io, keepalive).await {
@@ -819,9 +828,11 @@ async fn stream_write_loop<W: AsyncWrite + Unpin>(
                 // a lone item is written as it is. Nothing is kept in between.
                 let mut batch = Vec::new();
                 let mut total = first.len();
+                meter.serialized(&first);
                 while total < 65536 {
                     match rx.try_recv() {
                         Ok(more) => {
+                            meter.serialized(&more);
                             if batch.is_empty() {
                                 batch.reserve(first.len() + more.len());
                                 batch.extend_from_slice(&first);
@@ -843,6 +854,7 @@ async fn stream_write_loop<W: AsyncWrite + Unpin>(
                 if !matches!(res, Ok(Ok(()))) {
                     break;
                 }
+                meter.wrote(len);
                 queued.wrote(len);
             }
             WriterStep::Keepalive => {
@@ -863,6 +875,7 @@ async fn websocket_write_loop(
     queued: Written,
     mut io: watch::Receiver<IoControl>,
     keepalive: Duration,
+    meter: Meter,
 ) {
     'outer: loop {
         match next_writer_step(&mut rx, &mut io, keepalive).await {
@@ -871,6 +884,7 @@ async fn websocket_write_loop(
             WriterStep::Write(item) => {
                 let len = item.len();
                 queued.dequeued(len);
+                meter.serialized(&item);
                 let Ok(xml) = std::str::from_utf8(&item) else {
                     tracing::error!("non-UTF-8 output for a WebSocket client");
                     break;

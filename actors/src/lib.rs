@@ -32,6 +32,7 @@ pub mod bosh;
 pub mod c2s;
 pub mod client_cert;
 pub mod ext;
+pub mod instrument;
 pub mod modules;
 pub mod negotiation;
 pub mod node_services;

@@ -62,6 +62,8 @@ pub struct Services {
     pub workers: Arc<ServerWorkers>,
     /// What the modules see of the node, with the modules themselves (`ctx.hooks`).
     pub ctx: ModuleCtx,
+    /// Traffic and session counters (see [`crate::instrument`]).
+    pub instruments: Arc<crate::instrument::Instruments>,
     next_sid: AtomicU64,
     shutting_down: AtomicBool,
     shutdown_signal: tokio::sync::watch::Sender<bool>,
@@ -93,7 +95,9 @@ impl Services {
         modules: Arc<Registry>,
         pools: Arc<crate::ext::pools::ModulePools>,
     ) -> Arc<Self> {
+        let instruments = Arc::new(crate::instrument::Instruments::register(router.hosts()));
         let ctx = ModuleCtx {
+            instruments: instruments.clone(),
             router: router.clone(),
             storage: storage.clone(),
             accounts: accounts.clone(),
@@ -101,6 +105,7 @@ impl Services {
             pools,
         };
         Arc::new(Services {
+            instruments,
             router,
             registry,
             storage,

@@ -128,12 +128,12 @@ pub enum IoControl {
 /// A top-level element the client sent.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct FromClient(pub Element);
+pub struct FromClient(pub Element, pub std::time::Instant);
 
 /// A stanza routed to this resource.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Element);
+pub struct Deliver(pub Element, pub Option<std::time::Instant>);
 
 /// Stored messages for this resource, written ahead of held live ones; with
 /// `release`, the live messages held since the initial presence follow.
@@ -235,6 +235,8 @@ pub struct C2sSession {
     /// The last `to` addresses the client used, parsed (most recent first):
     /// a conversation repeats its addressee, and stringprep is costly.
     recent_to: Vec<(Box<str>, Jid)>,
+    /// Counted in `sm_session_count` while the session lives.
+    _counted: crate::instrument::SessionMetric,
 }
 
 /// How many parsed `to` addresses a session keeps.
@@ -249,7 +251,10 @@ impl C2sSession {
         io: watch::Sender<IoControl>,
         state: SessionState,
     ) -> Self {
+        let counted =
+            svc.instruments.host(crate::instrument::ConnectionType::C2s, jid.domain().as_str()).session_opened();
         C2sSession {
+            _counted: counted,
             svc,
             jid,
             sid,
@@ -831,6 +836,7 @@ impl Handler<FromClient> for C2sSession {
     type Result = ();
     fn handle(&mut self, msg: FromClient, ctx: &mut Context<Self>) {
         if !self.detached {
+            let _routing = crate::instrument::routing(msg.1);
             self.on_client_stanza(msg.0, ctx);
         }
     }
@@ -875,6 +881,9 @@ impl Handler<Deliver> for C2sSession {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         self.on_delivered(msg.0, ctx);
+        if let Some(parsed) = msg.1 {
+            self.svc.instruments.routed_locally(parsed);
+        }
     }
 }
 
@@ -1011,8 +1020,8 @@ pub struct ActorSink(pub Addr<C2sSession>);
 
 impl SessionSink for ActorSink {
     fn deliver(&self, stanza: Element) -> Result<(), Element> {
-        self.0.try_send(Deliver(stanza)).map_err(|e| match e {
-            SendError::Full(Deliver(s)) | SendError::Closed(Deliver(s)) => s,
+        self.0.try_send(Deliver(stanza, crate::instrument::routing_since())).map_err(|e| match e {
+            SendError::Full(Deliver(s, _)) | SendError::Closed(Deliver(s, _)) => s,
         })
     }
 

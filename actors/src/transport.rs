@@ -9,6 +9,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
+use crate::instrument::{DataMetrics, HostMetrics, Meter};
 use crate::websocket::{self, FrameReader, WsConnection, WsIn, WsOut};
 
 /// Bytes read from a client socket at a time (on the stack of the read).
@@ -100,15 +102,21 @@ impl AsyncWrite for Transport {
 /// whenever it has parsed everything. An idle connection keeps no buffer.
 pub(crate) struct ByteInput {
     parser: StreamParser,
+    /// Counts what is read and parsed.
+    pub meter: Meter,
 }
 
 impl ByteInput {
-    fn new(limits: Limits) -> Self {
-        ByteInput { parser: StreamParser::new(limits) }
+    fn new(limits: Limits, meter: Meter) -> Self {
+        ByteInput { parser: StreamParser::new(limits), meter }
     }
 
     fn next_event(&mut self) -> Result<Option<StreamEvent>, StreamError> {
-        self.parser.next_event().map_err(|e| StreamError::with_text(e.condition(), e.to_string()))
+        let ev = self.parser.next_event().map_err(|e| StreamError::with_text(e.condition(), e.to_string()))?;
+        if let Some(StreamEvent::Stanza(el)) = &ev {
+            self.meter.parsed(el, self.parser.last_stanza_len());
+        }
+        Ok(ev)
     }
 
     /// Reads once, after the shaper's pause if it has one; `false` at the
@@ -128,6 +136,7 @@ impl ByteInput {
                 return Poll::Ready(Ok(false));
             }
             self.parser.feed(buf.filled());
+            self.meter.read(buf.filled().len());
             Shaper::count(shaper, buf.filled().len());
             Poll::Ready(Ok(true))
         })
@@ -226,8 +235,25 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    pub fn stream(transport: Transport, limits: Limits, shaper: Option<Box<Shaper>>) -> Conn {
-        Conn::Stream { transport, input: ByteInput::new(limits), shaper }
+    pub fn stream(transport: Transport, limits: Limits, shaper: Option<Box<Shaper>>, meter: Meter) -> Conn {
+        Conn::Stream { transport, input: ByteInput::new(limits, meter), shaper }
+    }
+
+    /// Counts the elements of this connection as `host`'s from now on.
+    pub fn meter_host(&mut self, host: Arc<HostMetrics>) {
+        self.meter_mut().host = Some(host);
+    }
+
+    /// Counts the bytes of this connection as `data` from now on (after STARTTLS).
+    pub fn meter_data(&mut self, data: DataMetrics) {
+        self.meter_mut().data = Some(data);
+    }
+
+    fn meter_mut(&mut self) -> &mut Meter {
+        match self {
+            Conn::Stream { input, .. } => &mut input.meter,
+            Conn::WebSocket { input, .. } => &mut input.meter,
+        }
     }
 
     /// Takes TLS 1.3 early data (0-RTT) the handshake buffered, and feeds it
@@ -245,8 +271,10 @@ impl Conn {
         true
     }
 
-    pub fn websocket(ws: WsConnection, limits: Limits, shaper: Option<Box<Shaper>>) -> Conn {
-        Conn::WebSocket { ws, input: FrameReader::new(limits), shaper }
+    pub fn websocket(ws: WsConnection, limits: Limits, shaper: Option<Box<Shaper>>, meter: Meter) -> Conn {
+        let mut input = FrameReader::new(limits);
+        input.meter = meter;
+        Conn::WebSocket { ws, input, shaper }
     }
 
     /// Whether the connection is encrypted (TLS, or a `wss` WebSocket).
@@ -307,9 +335,11 @@ impl Conn {
 
     /// Writes one serialized element, a stream header or a stream's end.
     pub async fn send(&mut self, xml: &str) -> io::Result<()> {
+        self.meter_mut().serialized(xml.as_bytes());
         match self {
-            Conn::Stream { transport, .. } => {
+            Conn::Stream { transport, input, .. } => {
                 transport.write_all(xml.as_bytes()).await?;
+                input.meter.wrote(xml.len());
                 transport.flush().await
             }
             Conn::WebSocket { ws, .. } => {
@@ -342,12 +372,16 @@ impl Conn {
         match self {
             Conn::Stream { transport, input, shaper } => {
                 let (half, writer) = tokio::io::split(transport);
-                (ConnReader::Stream { half, input, shaper }, ConnWriter::Stream(writer))
+                let meter = input.meter.clone();
+                (ConnReader::Stream { half, input, shaper }, ConnWriter::Stream(writer, meter))
             }
-            Conn::WebSocket { ws, input, shaper } => (
-                ConnReader::WebSocket { incoming: ws.incoming, input: Box::new(input), shaper },
-                ConnWriter::WebSocket(ws.outgoing),
-            ),
+            Conn::WebSocket { ws, input, shaper } => {
+                let meter = input.meter.clone();
+                (
+                    ConnReader::WebSocket { incoming: ws.incoming, input: Box::new(input), shaper },
+                    ConnWriter::WebSocket(ws.outgoing, meter),
+                )
+            }
         }
     }
 }
@@ -380,6 +414,6 @@ impl ConnReader {
 
 /// What a bound session's writer task writes to.
 pub(crate) enum ConnWriter {
-    Stream(WriteHalf<Transport>),
-    WebSocket(mpsc::Sender<WsOut>),
+    Stream(WriteHalf<Transport>, Meter),
+    WebSocket(mpsc::Sender<WsOut>, Meter),
 }

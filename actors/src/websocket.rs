@@ -79,11 +79,13 @@ pub struct FrameReader {
     parser: StreamParser,
     /// The event (or error) of the last message, until the driver takes it.
     pending: Option<Result<StreamEvent, StreamError>>,
+    /// Counts the elements read.
+    pub meter: crate::instrument::Meter,
 }
 
 impl FrameReader {
     pub fn new(limits: Limits) -> Self {
-        let mut r = FrameReader { parser: StreamParser::new(limits), pending: None };
+        let mut r = FrameReader { parser: StreamParser::new(limits), pending: None, meter: Default::default() };
         r.restart();
         r
     }
@@ -99,7 +101,11 @@ impl FrameReader {
 
     /// The event of the last message, once.
     pub fn next_event(&mut self) -> Result<Option<StreamEvent>, StreamError> {
-        self.pending.take().transpose()
+        let ev = self.pending.take().transpose()?;
+        if let Some(StreamEvent::Stanza(el)) = &ev {
+            self.meter.parsed(el, self.parser.last_stanza_len());
+        }
+        Ok(ev)
     }
 
     /// Something that is not a text message holding one element.

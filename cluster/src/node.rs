@@ -168,6 +168,8 @@ pub struct ClusterNode {
     announce: Notify,
     proposals: mpsc::Sender<Command>,
     shutdown: watch::Sender<bool>,
+    /// How many times this node saw the leader change (metrics).
+    leader_changes: AtomicU64,
 }
 
 /// Proposals waiting to be committed in the background.
@@ -229,6 +231,7 @@ impl ClusterNode {
             announce: Notify::new(),
             proposals,
             shutdown: watch::channel(false).0,
+            leader_changes: AtomicU64::new(0),
         });
         let _ = hooks.0.set(Arc::downgrade(&node));
         transport.set_handler(Arc::new(Handler(Arc::downgrade(&node))));
@@ -526,6 +529,7 @@ impl ClusterNode {
         let mut leading_since: Option<(u64, Instant)> = None;
         let mut proposed_down: HashMap<u64, Instant> = HashMap::new();
         let mut last_probe = Instant::now();
+        let mut last_leader = None;
         loop {
             tokio::select! {
                 _ = metrics.changed() => {}
@@ -533,6 +537,10 @@ impl ClusterNode {
                 _ = shutdown.changed() => return,
             }
             let m = metrics.borrow().clone();
+            if m.current_leader.is_some() && m.current_leader != last_leader {
+                self.leader_changes.fetch_add(1, Ordering::Relaxed);
+                last_leader = m.current_leader;
+            }
             let members: BTreeMap<u64, MemberNode> =
                 m.membership_config.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
             for (id, n) in &members {
@@ -743,6 +751,11 @@ impl ClusterNode {
     }
 
     // ----- status -----
+
+    /// How many times this node saw a new leader (the first one included).
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes.load(Ordering::Relaxed)
+    }
 
     pub fn status(&self) -> ClusterStatus {
         let m = self.raft.metrics().borrow().clone();

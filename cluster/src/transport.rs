@@ -463,7 +463,11 @@ impl Peer {
     fn acknowledged(&self, seq: u64) {
         let mut w = self.window();
         while w.frames.front().is_some_and(|f| f.seq <= seq) {
-            w.frames.pop_front();
+            if let Some(f) = w.frames.pop_front() {
+                // Queued here to handed to a session there (the peer acknowledges after that).
+                let waited = f.queued_at.elapsed().unwrap_or_default();
+                metrics::histogram!("meerkat_cluster_stanza_ack_seconds").record(waited.as_secs_f64());
+            }
         }
     }
 }
@@ -583,6 +587,13 @@ impl Transport {
             .unwrap_or_else(|e| e.into_inner())
             .get(&node)
             .is_some_and(|p| p.refusing.load(Ordering::Relaxed))
+    }
+
+    /// Per peer: items queued for it and stanzas it has not acknowledged yet.
+    pub fn queue_depths(&self) -> Vec<(u64, usize, usize)> {
+        let peers: Vec<(u64, Arc<Peer>)> =
+            self.peers.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(id, p)| (*id, p.clone())).collect();
+        peers.into_iter().map(|(id, p)| (id, p.tx.max_capacity() - p.tx.capacity(), p.unacked())).collect()
     }
 
     /// When `node` last answered or sent anything.

@@ -39,6 +39,34 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// Present when this data center serves a domain together with others.
     pub global_distribution: Option<GlobalDistribution>,
+    /// `[instrumentation]`: what the node measures for `/metrics`.
+    pub instrumentation: Instrumentation,
+}
+
+/// `[instrumentation]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Instrumentation {
+    /// `[instrumentation.prometheus]`: the traffic, session, database and
+    /// cluster events of README's "Metrics", exported at the admin
+    /// listener's `/metrics`.
+    pub prometheus: Prometheus,
+}
+
+/// `[instrumentation.prometheus]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prometheus {
+    /// Counts events (on by default). Off, `/metrics` still has the node's
+    /// own counters (router, cluster, global distribution, modules), and no
+    /// element, byte, login or database event is counted.
+    pub enabled: bool,
+}
+
+impl Default for Prometheus {
+    fn default() -> Self {
+        Prometheus { enabled: true }
+    }
 }
 
 /// `[general]`

@@ -1,41 +1,103 @@
-//! Prometheus exposition of the node's counters (`GET /metrics`).
+//! Prometheus exposition of the node's metrics (`GET /metrics`).
 //!
-//! The counters live where the work happens (router, cluster transport,
-//! global distribution) as plain atomics; a scrape copies them into a
-//! recorder local to this module and renders the text format with
-//! `metrics-exporter-prometheus`, so nothing is recorded between scrapes.
+//! Two kinds of figures end up in one text:
+//! - events counted where they happen (elements in and out, bytes, logins,
+//!   database operations, cluster hops; see `meerkat_actors::instrument`),
+//!   through the `metrics` facade into the recorder installed at start when
+//!   `[instrumentation.prometheus]` is enabled (the default);
+//! - the node's own counters and states (router, cluster, global
+//!   distribution, modules), kept as plain atomics where the work happens
+//!   and copied into the same recorder at each scrape.
+//!
+//! Histograms are kept with fixed buckets (`*_byte_size` in bytes,
+//! `*_seconds` in seconds); an upkeep task drains their samples into the
+//! buckets every few seconds, so memory stays bounded between scrapes.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use metrics::{counter, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::admin::AdminState;
 
-/// The recorder that scrapes write into.
-pub struct Metrics {
-    recorder: Mutex<PrometheusRecorder>,
+/// Buckets of the size histograms, in bytes.
+const BYTE_BUCKETS: &[f64] = &[64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0];
+/// Buckets of the latency histograms, in seconds.
+const SECONDS_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Where the node's figures are recorded.
+pub enum Metrics {
+    /// The process-wide recorder: events and scraped counters.
+    Installed(PrometheusHandle),
+    /// Instrumentation is off: scraped counters only, in a recorder of our own.
+    Scraped(Mutex<PrometheusRecorder>),
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics { recorder: Mutex::new(PrometheusBuilder::new().build_recorder()) }
-    }
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+fn builder() -> PrometheusBuilder {
+    let b = PrometheusBuilder::new();
+    let b = b
+        .set_buckets_for_metric(Matcher::Suffix("byte_size".into()), BYTE_BUCKETS)
+        .unwrap_or_else(|_| PrometheusBuilder::new());
+    b.set_buckets_for_metric(Matcher::Suffix("seconds".into()), SECONDS_BUCKETS)
+        .unwrap_or_else(|_| PrometheusBuilder::new())
 }
 
-/// The process's one scrape recorder.
+/// Installs the process's recorder when `instrumented`; call once, before
+/// anything registers a handle.
+pub fn install(instrumented: bool) {
+    let m = if instrumented {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        match metrics::set_global_recorder(recorder) {
+            Ok(()) => Metrics::Installed(handle),
+            Err(_) => {
+                tracing::warn!("a metrics recorder was already installed; events are not counted");
+                Metrics::Scraped(Mutex::new(builder().build_recorder()))
+            }
+        }
+    } else {
+        Metrics::Scraped(Mutex::new(builder().build_recorder()))
+    };
+    let _ = METRICS.set(m);
+}
+
+/// The process's metrics.
 pub fn metrics() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::default)
+    METRICS.get_or_init(|| Metrics::Scraped(Mutex::new(builder().build_recorder())))
 }
 
 impl Metrics {
     /// The text exposition of the node's current figures.
     pub fn render(&self, state: &AdminState) -> String {
-        let recorder = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
-        metrics::with_local_recorder(&*recorder, || record(state));
-        recorder.handle().render()
+        match self {
+            Metrics::Installed(handle) => {
+                record(state);
+                handle.render()
+            }
+            Metrics::Scraped(recorder) => {
+                let recorder = recorder.lock().unwrap_or_else(|e| e.into_inner());
+                metrics::with_local_recorder(&*recorder, || record(state));
+                recorder.handle().render()
+            }
+        }
+    }
+
+    /// Folds histogram samples into buckets every few seconds until `stop`.
+    pub async fn upkeep(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Metrics::Installed(handle) = self else { return };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(UPKEEP_EVERY) => handle.run_upkeep(),
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
     }
 }
 
@@ -47,6 +109,12 @@ fn record(state: &AdminState) {
     counter!("meerkat_router_routed_total").absolute(rs.routed.load(Ordering::Relaxed));
     counter!("meerkat_router_bounced_total").absolute(rs.bounced.load(Ordering::Relaxed));
     counter!("meerkat_router_dropped_total").absolute(rs.dropped.load(Ordering::Relaxed));
+    // MongooseIM's names for the same figures.
+    counter!("sm_message_bounced_count").absolute(rs.messages_bounced.load(Ordering::Relaxed));
+    counter!("router_stanza_dropped_count").absolute(rs.dropped.load(Ordering::Relaxed));
+    gauge!("sm_node_sessions_count").set(router.sink_count() as f64);
+    gauge!("sm_total_sessions_count").set(router.sessions().len() as f64);
+    gauge!("system_up_time_seconds").set(state.svc.uptime().as_secs_f64());
     for m in state.svc.ctx.hooks.metrics() {
         let labels: Vec<metrics::Label> = m.labels.into_iter().map(|(k, v)| metrics::Label::new(k, v)).collect();
         if m.counter {
@@ -62,6 +130,34 @@ fn record(state: &AdminState) {
         counter!("meerkat_cluster_stanzas_requeued_total").absolute(ts.stanzas_requeued.load(Ordering::Relaxed));
         counter!("meerkat_cluster_bad_frames_total").absolute(ts.bad_frames.load(Ordering::Relaxed));
         counter!("meerkat_cluster_refused_connections_total").absolute(ts.refused_connections.load(Ordering::Relaxed));
+        for (peer, queued, unacked) in t.queue_depths() {
+            let labels = [("peer", peer.to_string())];
+            gauge!("meerkat_cluster_peer_queued", &labels).set(queued as f64);
+            gauge!("meerkat_cluster_peer_unacked", &labels).set(unacked as f64);
+        }
+    }
+    if let Some(c) = &state.cluster {
+        let s = c.status();
+        gauge!("meerkat_cluster_term").set(s.term as f64);
+        gauge!("meerkat_cluster_is_leader").set(if s.state == "leader" { 1.0 } else { 0.0 });
+        gauge!("meerkat_cluster_members").set(s.members.len() as f64);
+        counter!("meerkat_cluster_leader_changes_total").absolute(c.leader_changes());
+        let last = s.last_log_index.unwrap_or(0);
+        let committed = s.committed_index.unwrap_or(0);
+        let applied = s.applied_index.unwrap_or(0);
+        gauge!("meerkat_cluster_last_log_index").set(last as f64);
+        gauge!("meerkat_cluster_committed_index").set(committed as f64);
+        gauge!("meerkat_cluster_applied_index").set(applied as f64);
+        gauge!("meerkat_cluster_commit_lag").set(last.saturating_sub(committed) as f64);
+        gauge!("meerkat_cluster_apply_lag").set(committed.saturating_sub(applied) as f64);
+        for m in &s.members {
+            let labels = [("member", m.id.to_string())];
+            gauge!("meerkat_cluster_member_reachable", &labels).set(if m.reachable { 1.0 } else { 0.0 });
+            gauge!("meerkat_cluster_member_sessions", &labels).set(m.sessions as f64);
+            if let Some(lag) = m.lag {
+                gauge!("meerkat_cluster_member_replication_lag", &labels).set(lag as f64);
+            }
+        }
     }
     if let Some(g) = &state.global {
         let s = g.status();

@@ -42,6 +42,8 @@ fn init_logging(cfg: &crate::config::Log) {
 /// Runs a node until SIGTERM or SIGINT.
 pub fn start(cfg: Config) -> anyhow::Result<()> {
     init_logging(&cfg.log);
+    // Before anything registers a handle with it.
+    crate::metrics::install(cfg.instrumentation.prometheus.enabled);
     // One crypto provider for every TLS user in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&cfg.general.data_dir)
@@ -160,6 +162,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Arc::new(cfg.outgoing_pools.for_modules()),
     );
     router.set_server_handler(workers.clone());
+    actix_rt::spawn(crate::metrics::metrics().upkeep(svc.shutdown_signal()));
 
     let n_arbiters = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let arbiters: Vec<Arbiter> = (0..n_arbiters).map(|_| Arbiter::new()).collect();

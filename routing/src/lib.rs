@@ -237,6 +237,8 @@ pub(crate) fn stanza_with(from: &Jid, to: &Jid, mut stanza: Element) -> Element 
 pub struct RouterStats {
     pub routed: std::sync::atomic::AtomicU64,
     pub bounced: std::sync::atomic::AtomicU64,
+    /// Messages answered `service-unavailable` (no resource could take them).
+    pub messages_bounced: std::sync::atomic::AtomicU64,
     pub dropped: std::sync::atomic::AtomicU64,
 }
 
@@ -526,6 +528,9 @@ impl Router {
         match reply {
             Some(mut reply) => {
                 self.stats.bounced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if routed.stanza.name == "message" && cond == StanzaErrorCondition::ServiceUnavailable {
+                    self.stats.messages_bounced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 reply.set_attr("from", routed.to.to_string());
                 reply.set_attr("to", routed.from.to_string());
                 self.route(Routed { from: routed.to, to: routed.from, stanza: reply });

@@ -52,6 +52,7 @@ const REMOVE: [Sql; 11] = [
 #[async_trait]
 impl AccountRepo for Storage {
     async fn create_account(&self, domain: &str, user: &str, password: &StoredPassword) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("AccountRepo", "create_account");
         let (kind, value) = split_password(password);
         on_backend!(self, |pool, d| {
             sqlx::query(INSERT.get(d))
@@ -67,6 +68,7 @@ impl AccountRepo for Storage {
     }
 
     async fn get_password(&self, domain: &str, user: &str) -> Result<Option<StoredPassword>, StorageError> {
+        let _timed = crate::Timed::start("AccountRepo", "get_password");
         let row: Option<(String, String)> = on_backend!(self, |pool, d| {
             match sqlx::query(GET_PASSWORD.get(d)).bind(domain).bind(user).fetch_optional(pool).await? {
                 Some(row) => Some((row.try_get("password_kind")?, row.try_get("password")?)),
@@ -77,6 +79,7 @@ impl AccountRepo for Storage {
     }
 
     async fn set_password(&self, domain: &str, user: &str, password: &StoredPassword) -> Result<bool, StorageError> {
+        let _timed = crate::Timed::start("AccountRepo", "set_password");
         let (kind, value) = split_password(password);
         // MySQL reports matched (not changed) rows: sqlx sets CLIENT_FOUND_ROWS.
         let n = on_backend!(self, |pool, d| {
@@ -93,6 +96,7 @@ impl AccountRepo for Storage {
     }
 
     async fn remove_account(&self, domain: &str, user: &str) -> Result<bool, StorageError> {
+        let _timed = crate::Timed::start("AccountRepo", "remove_account");
         let removed = on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
             let mut last = 0;
@@ -106,6 +110,7 @@ impl AccountRepo for Storage {
     }
 
     async fn list_accounts(&self, domain: &str) -> Result<Vec<String>, StorageError> {
+        let _timed = crate::Timed::start("AccountRepo", "list_accounts");
         on_backend!(self, |pool, d| {
             let rows = sqlx::query(LIST.get(d)).bind(domain).fetch_all(pool).await?;
             rows.iter().map(|r| r.try_get::<String, _>("username").map_err(StorageError::from)).collect()
@@ -113,6 +118,7 @@ impl AccountRepo for Storage {
     }
 
     async fn count_accounts(&self, domain: &str) -> Result<u64, StorageError> {
+        let _timed = crate::Timed::start("AccountRepo", "count_accounts");
         let n: i64 = on_backend!(self, |pool, d| {
             sqlx::query(COUNT.get(d)).bind(domain).fetch_one(pool).await?.try_get("n")?
         });

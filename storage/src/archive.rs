@@ -132,6 +132,7 @@ fn limit(n: u64) -> i64 {
 #[async_trait]
 impl ArchiveRepo for Storage {
     async fn store_archive(&self, messages: &[ArchivedMessage]) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("ArchiveRepo", "store_archive");
         if messages.is_empty() {
             return Ok(());
         }
@@ -161,6 +162,7 @@ impl ArchiveRepo for Storage {
         user: &str,
         query: &ArchiveQuery,
     ) -> Result<Option<ArchivePage>, StorageError> {
+        let _timed = crate::Timed::start("ArchiveRepo", "query_archive");
         let range = Range {
             domain,
             user,

@@ -19,6 +19,7 @@ const DELETE_ALL: Sql = sql!("DELETE FROM blocklist_items WHERE domain = ? AND u
 #[async_trait]
 impl BlocklistRepo for Storage {
     async fn get_blocklist(&self, domain: &str, user: &str) -> Result<Vec<String>, StorageError> {
+        let _timed = crate::Timed::start("BlocklistRepo", "get_blocklist");
         on_backend!(self, |pool, d| {
             let rows = sqlx::query(GET.get(d)).bind(domain).bind(user).fetch_all(pool).await?;
             rows.iter().map(|r| r.try_get::<String, _>("jid").map_err(StorageError::from)).collect()
@@ -26,6 +27,7 @@ impl BlocklistRepo for Storage {
     }
 
     async fn block(&self, domain: &str, user: &str, jids: &[String]) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("BlocklistRepo", "block");
         on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
             for jid in jids {
@@ -37,6 +39,7 @@ impl BlocklistRepo for Storage {
     }
 
     async fn unblock(&self, domain: &str, user: &str, jids: &[String]) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("BlocklistRepo", "unblock");
         on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
             for jid in jids {
@@ -48,6 +51,7 @@ impl BlocklistRepo for Storage {
     }
 
     async fn unblock_all(&self, domain: &str, user: &str) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("BlocklistRepo", "unblock_all");
         on_backend!(self, |pool, d| {
             sqlx::query(DELETE_ALL.get(d)).bind(domain).bind(user).execute(pool).await?;
         });

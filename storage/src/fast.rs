@@ -40,6 +40,7 @@ fn token(token: Option<String>, expire: Option<i64>, count: Option<i64>, mech: O
 #[async_trait]
 impl FastTokenRepo for Storage {
     async fn fast_tokens(&self, domain: &str, user: &str, agent: &str) -> Result<FastTokens, StorageError> {
+        let _timed = crate::Timed::start("FastTokenRepo", "fast_tokens");
         on_backend!(self, |pool, d| {
             let row = sqlx::query(GET.get(d)).bind(domain).bind(user).bind(agent).fetch_optional(pool).await?;
             let Some(r) = row else { return Ok(FastTokens::default()) };
@@ -67,6 +68,7 @@ impl FastTokenRepo for Storage {
         agent: &str,
         t: &FastToken,
     ) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("FastTokenRepo", "set_new_fast_token");
         on_backend!(self, |pool, d| {
             sqlx::query(SET_NEW.get(d))
                 .bind(domain)
@@ -90,6 +92,7 @@ impl FastTokenRepo for Storage {
         token: &str,
         count: i64,
     ) -> Result<bool, StorageError> {
+        let _timed = crate::Timed::start("FastTokenRepo", "use_fast_token");
         let q = match slot {
             FastSlot::Current => USE_CURRENT,
             FastSlot::New => USE_NEW,
@@ -112,6 +115,7 @@ impl FastTokenRepo for Storage {
     }
 
     async fn remove_fast_tokens(&self, domain: &str, user: &str, agent: &str) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("FastTokenRepo", "remove_fast_tokens");
         on_backend!(self, |pool, d| {
             sqlx::query(DELETE.get(d)).bind(domain).bind(user).bind(agent).execute(pool).await?;
         });

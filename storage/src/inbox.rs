@@ -151,6 +151,7 @@ fn message_upsert(m: &InboxMessage) -> (Sql, i64) {
 #[async_trait]
 impl InboxRepo for Storage {
     async fn inbox_message(&self, domain: &str, user: &str, m: &InboxMessage) -> Result<InboxEntry, StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_message");
         self.inbox_write(domain, user, m).await?;
         self.inbox_entry(domain, user, &m.remote_jid)
             .await?
@@ -158,6 +159,7 @@ impl InboxRepo for Storage {
     }
 
     async fn inbox_write(&self, domain: &str, user: &str, m: &InboxMessage) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_write");
         let (stmt, count) = message_upsert(m);
         on_backend!(self, |pool, d| {
             write_last!(pool, d, stmt, domain, user, &m.remote_jid, &m.msg_id, &m.content, m.stamp_micros, count);
@@ -166,6 +168,7 @@ impl InboxRepo for Storage {
     }
 
     async fn inbox_apply(&self, deltas: &[InboxDelta]) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_apply");
         if deltas.is_empty() {
             return Ok(());
         }
@@ -210,6 +213,7 @@ impl InboxRepo for Storage {
         remote: &str,
         msg_id: &str,
     ) -> Result<bool, StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_mark_read");
         let n = on_backend!(self, |pool, d| {
             sqlx::query(MARK_READ.get(d))
                 .bind(domain)
@@ -224,6 +228,7 @@ impl InboxRepo for Storage {
     }
 
     async fn inbox_entry(&self, domain: &str, user: &str, remote: &str) -> Result<Option<InboxEntry>, StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_entry");
         on_backend!(self, |pool, d| {
             let row = sqlx::query(GET.get(d)).bind(domain).bind(user).bind(remote).fetch_optional(pool).await?;
             Ok(row.as_ref().map(|r| entry!(r)).transpose()?)
@@ -237,6 +242,7 @@ impl InboxRepo for Storage {
         remote: &str,
         change: &InboxChange,
     ) -> Result<Option<InboxEntry>, StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_change");
         let read: i64 = match change.read {
             None => 0,
             Some(true) => 1,
@@ -258,6 +264,7 @@ impl InboxRepo for Storage {
     }
 
     async fn inbox_query(&self, domain: &str, user: &str, q: &InboxQuery) -> Result<Vec<InboxEntry>, StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_query");
         // Positions in ascending key order: in a descending query, "after"
         // means lower keys and "before" higher ones.
         let (lower, upper) = if q.ascending { (&q.after, &q.before) } else { (&q.before, &q.after) };
@@ -300,6 +307,7 @@ impl InboxRepo for Storage {
     }
 
     async fn inbox_totals(&self, domain: &str, user: &str) -> Result<InboxTotals, StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_totals");
         on_backend!(self, |pool, d| {
             let stmt = if d == Dialect::MySql { TOTALS_MYSQL } else { TOTALS };
             let r = sqlx::query(stmt.get(d)).bind(domain).bind(user).fetch_one(pool).await?;
@@ -308,12 +316,14 @@ impl InboxRepo for Storage {
     }
 
     async fn inbox_empty_bin(&self, domain: &str, user: &str) -> Result<u64, StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_empty_bin");
         Ok(on_backend!(self, |pool, d| {
             sqlx::query(EMPTY_BIN.get(d)).bind(domain).bind(user).execute(pool).await?.rows_affected()
         }))
     }
 
     async fn inbox_clean_bins(&self, before_micros: i64) -> Result<u64, StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_clean_bins");
         Ok(on_backend!(self, |pool, d| {
             sqlx::query(CLEAN_BINS.get(d)).bind(before_micros).execute(pool).await?.rows_affected()
         }))
@@ -326,6 +336,7 @@ impl InboxRepo for Storage {
         m: &InboxMessage,
         update_id: &str,
     ) -> Result<bool, StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_write_once");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -356,6 +367,7 @@ impl InboxRepo for Storage {
     }
 
     async fn inbox_forget_updates(&self, before_micros: i64) -> Result<u64, StorageError> {
+        let _timed = crate::Timed::start("InboxRepo", "inbox_forget_updates");
         Ok(on_backend!(self, |pool, d| {
             sqlx::query(FORGET_UPDATES.get(d)).bind(before_micros).execute(pool).await?.rows_affected()
         }))

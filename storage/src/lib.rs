@@ -45,6 +45,28 @@ use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 pub use error::StorageError;
 
+/// Times one repository operation into `meerkat_db_query_seconds{repo, op}`
+/// (a histogram in the node's metrics recorder, if one is installed) when
+/// dropped, however the operation ends.
+pub(crate) struct Timed {
+    repo: &'static str,
+    op: &'static str,
+    started: std::time::Instant,
+}
+
+impl Timed {
+    pub(crate) fn start(repo: &'static str, op: &'static str) -> Timed {
+        Timed { repo, op, started: std::time::Instant::now() }
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        metrics::histogram!("meerkat_db_query_seconds", "repo" => self.repo, "op" => self.op)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// How to reach the database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StorageConfig {

@@ -60,6 +60,7 @@ impl OfflineRepo for Storage {
         stamp_micros: i64,
         max_per_user: u64,
     ) -> Result<bool, StorageError> {
+        let _timed = crate::Timed::start("OfflineRepo", "store_offline");
         on_backend!(self, |pool, d| {
             // On SQLite the write transaction makes count-then-insert exact.
             let mut tx = pool.begin_with(d.begin_write()).await?;
@@ -90,6 +91,7 @@ impl OfflineRepo for Storage {
         until_micros: i64,
         limit: u64,
     ) -> Result<Vec<OfflineMessage>, StorageError> {
+        let _timed = crate::Timed::start("OfflineRepo", "claim_offline");
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let out: Vec<OfflineMessage> = on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
@@ -133,6 +135,7 @@ impl OfflineRepo for Storage {
         first_id: i64,
         last_id: i64,
     ) -> Result<u64, StorageError> {
+        let _timed = crate::Timed::start("OfflineRepo", "delete_offline");
         Ok(on_backend!(self, |pool, d| {
             sqlx::query(DELETE_CLAIMED.get(d))
                 .bind(domain)
@@ -147,12 +150,14 @@ impl OfflineRepo for Storage {
     }
 
     async fn release_offline(&self, domain: &str, user: &str, claim: &str) -> Result<u64, StorageError> {
+        let _timed = crate::Timed::start("OfflineRepo", "release_offline");
         Ok(on_backend!(self, |pool, d| {
             sqlx::query(RELEASE.get(d)).bind(domain).bind(user).bind(claim).execute(pool).await?.rows_affected()
         }))
     }
 
     async fn release_offline_claims(&self, claim_prefix: &str) -> Result<u64, StorageError> {
+        let _timed = crate::Timed::start("OfflineRepo", "release_offline_claims");
         if claim_prefix.contains(['%', '_', '\\']) {
             return Err(StorageError::Config(format!("claim prefix {claim_prefix:?} holds a LIKE pattern character")));
         }
@@ -163,6 +168,7 @@ impl OfflineRepo for Storage {
     }
 
     async fn count_offline(&self, domain: &str, user: &str) -> Result<u64, StorageError> {
+        let _timed = crate::Timed::start("OfflineRepo", "count_offline");
         let n: i64 = on_backend!(self, |pool, d| {
             sqlx::query(COUNT.get(d)).bind(domain).bind(user).fetch_one(pool).await?.try_get("n")?
         });

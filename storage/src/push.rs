@@ -31,6 +31,7 @@ fn sub_key(pubsub_jid: &str, node: &str) -> String {
 #[async_trait]
 impl PushRepo for Storage {
     async fn enable_push(&self, domain: &str, user: &str, sub: &PushSubscription) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("PushRepo", "enable_push");
         let key = sub_key(&sub.pubsub_jid, &sub.node);
         on_backend!(self, |pool, d| {
             sqlx::query(UPSERT.get(d))
@@ -55,6 +56,7 @@ impl PushRepo for Storage {
         pubsub_jid: &str,
         node: Option<&str>,
     ) -> Result<u64, StorageError> {
+        let _timed = crate::Timed::start("PushRepo", "disable_push");
         Ok(on_backend!(self, |pool, d| {
             let q = match node {
                 Some(n) => sqlx::query(DISABLE_NODE.get(d)).bind(domain).bind(user).bind(sub_key(pubsub_jid, n)),
@@ -65,6 +67,7 @@ impl PushRepo for Storage {
     }
 
     async fn push_subscriptions(&self, domain: &str, user: &str) -> Result<Vec<PushSubscription>, StorageError> {
+        let _timed = crate::Timed::start("PushRepo", "push_subscriptions");
         on_backend!(self, |pool, d| {
             let rows = sqlx::query(LIST.get(d)).bind(domain).bind(user).fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());

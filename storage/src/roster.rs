@@ -100,6 +100,7 @@ const DELETE_ITEM: Sql = sql!("DELETE FROM roster_items WHERE domain = ? AND use
 #[async_trait]
 impl RosterRepo for Storage {
     async fn get_roster(&self, domain: &str, user: &str) -> Result<Vec<RosterItem>, StorageError> {
+        let _timed = crate::Timed::start("RosterRepo", "get_roster");
         let rows = on_backend!(self, |pool, d| {
             let rows = sqlx::query(GET_ROSTER.get(d)).bind(domain).bind(user).fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());
@@ -112,6 +113,7 @@ impl RosterRepo for Storage {
     }
 
     async fn get_item(&self, domain: &str, user: &str, contact: &str) -> Result<Option<RosterItem>, StorageError> {
+        let _timed = crate::Timed::start("RosterRepo", "get_item");
         let rows = on_backend!(self, |pool, d| {
             let rows = sqlx::query(GET_ITEM.get(d)).bind(domain).bind(user).bind(contact).fetch_all(pool).await?;
             let mut out = Vec::with_capacity(rows.len());
@@ -124,6 +126,7 @@ impl RosterRepo for Storage {
     }
 
     async fn put_item(&self, domain: &str, user: &str, item: &RosterItem) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("RosterRepo", "put_item");
         let groups: BTreeSet<&str> = item.groups.iter().map(String::as_str).collect();
         on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
@@ -154,6 +157,7 @@ impl RosterRepo for Storage {
     }
 
     async fn remove_item(&self, domain: &str, user: &str, contact: &str) -> Result<bool, StorageError> {
+        let _timed = crate::Timed::start("RosterRepo", "remove_item");
         let n = on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
             sqlx::query(DELETE_GROUPS.get(d)).bind(domain).bind(user).bind(contact).execute(&mut *tx).await?;

@@ -20,6 +20,7 @@ const MAX_SECRET: usize = 1024;
 #[async_trait]
 impl SecretRepo for Storage {
     async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StorageError> {
+        let _timed = crate::Timed::start("SecretRepo", "shared_secret");
         if candidate.is_empty() || candidate.len() > MAX_SECRET {
             return Err(StorageError::Config(format!("a secret must have 1 to {MAX_SECRET} bytes")));
         }

@@ -29,6 +29,7 @@ const SET_PRIVATE: Sql = sql!(
 #[async_trait]
 impl VcardRepo for Storage {
     async fn get_vcard(&self, domain: &str, user: &str) -> Result<Option<String>, StorageError> {
+        let _timed = crate::Timed::start("VcardRepo", "get_vcard");
         on_backend!(self, |pool, d| {
             let row = sqlx::query(GET_VCARD.get(d)).bind(domain).bind(user).fetch_optional(pool).await?;
             Ok(match row {
@@ -39,6 +40,7 @@ impl VcardRepo for Storage {
     }
 
     async fn set_vcard(&self, domain: &str, user: &str, xml: &str) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("VcardRepo", "set_vcard");
         on_backend!(self, |pool, d| {
             sqlx::query(SET_VCARD.get(d)).bind(domain).bind(user).bind(xml).bind(now_micros()).execute(pool).await?;
         });
@@ -49,6 +51,7 @@ impl VcardRepo for Storage {
 #[async_trait]
 impl PrivateRepo for Storage {
     async fn get_private(&self, domain: &str, user: &str, namespace: &str) -> Result<Option<String>, StorageError> {
+        let _timed = crate::Timed::start("PrivateRepo", "get_private");
         on_backend!(self, |pool, d| {
             let row =
                 sqlx::query(GET_PRIVATE.get(d)).bind(domain).bind(user).bind(namespace).fetch_optional(pool).await?;
@@ -60,6 +63,7 @@ impl PrivateRepo for Storage {
     }
 
     async fn set_private(&self, domain: &str, user: &str, namespace: &str, xml: &str) -> Result<(), StorageError> {
+        let _timed = crate::Timed::start("PrivateRepo", "set_private");
         on_backend!(self, |pool, d| {
             sqlx::query(SET_PRIVATE.get(d))
                 .bind(domain)
@@ -74,6 +78,7 @@ impl PrivateRepo for Storage {
     }
 
     async fn private_size(&self, domain: &str, user: &str, except: &str) -> Result<u64, StorageError> {
+        let _timed = crate::Timed::start("PrivateRepo", "private_size");
         // Read whole: what an account stores is bounded by this very check.
         let total: usize = on_backend!(self, |pool, d| {
             let rows = sqlx::query(OTHER_PRIVATE.get(d)).bind(domain).bind(user).bind(except).fetch_all(pool).await?;

@@ -31,7 +31,7 @@ pub mod node;
 pub mod stream;
 
 pub use client::{Binding, Client, ClientError, Sasl, Security, TlsTrust, TIMEOUT};
-pub use node::{meerkat_bin, NodeOptions, TestNode};
+pub use node::{meerkat_bin, Metrics, NodeOptions, TestNode};
 
 /// The XMPP domain every test node serves.
 pub const DOMAIN: &str = "localhost";
@@ -85,4 +85,28 @@ fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Checks that `n` messages a c2s client of `localhost` sent between the
+/// scrapes `before` and `after`, and nothing else, were counted once each in
+/// `xmpp_element_in` (with `bytes` bytes in all, when given) and, delivered
+/// to a local user, in `xmpp_element_out` and the local routing latency.
+pub fn assert_messages_counted(before: &Metrics, after: &Metrics, n: usize, bytes: Option<usize>) {
+    let labels = [("connection_type", "c2s"), ("host_type", DOMAIN)];
+    let delta = |name: &str, labels: &[(&str, &str)]| after.value(name, labels) - before.value(name, labels);
+    let n = n as f64;
+    for m in ["count", "stanza_count", "message_count"] {
+        assert_eq!(delta(&format!("xmpp_element_in_{m}"), &labels), n, "xmpp_element_in_{m}:\n{}", after.0);
+        assert_eq!(delta(&format!("xmpp_element_out_{m}"), &labels), n, "xmpp_element_out_{m}:\n{}", after.0);
+    }
+    assert_eq!(delta("xmpp_element_in_error_count", &labels), 0.0);
+    assert_eq!(delta("xmpp_element_in_byte_size_count", &labels), n, "byte_size histogram:\n{}", after.0);
+    let inf = [labels[0], labels[1], ("le", "+Inf")];
+    assert_eq!(delta("xmpp_element_in_byte_size_bucket", &inf), n, "+Inf bucket:\n{}", after.0);
+    let sum = delta("xmpp_element_in_byte_size_sum", &labels);
+    match bytes {
+        Some(b) => assert_eq!(sum, b as f64, "byte_size sum"),
+        None => assert!(sum >= n * 50.0, "byte_size sum {sum} for {n} messages"),
+    }
+    assert_eq!(delta("meerkat_route_local_seconds_count", &[]), n, "routing latency:\n{}", after.0);
 }

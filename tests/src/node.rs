@@ -378,6 +378,13 @@ port = {admin}
         (status, value)
     }
 
+    /// `GET /metrics`, parsed.
+    pub fn metrics(&self) -> Metrics {
+        let (code, v) = self.api("GET", "/metrics", None);
+        assert_eq!(code, 200, "GET /metrics: {v}");
+        Metrics(v.as_str().unwrap_or_default().to_owned())
+    }
+
     /// `GET /api/status`.
     pub fn status(&self) -> Value {
         let (code, v) = self.api("GET", "/api/status", None);
@@ -479,5 +486,30 @@ impl Drop for TestNode {
                 self.log()
             );
         }
+    }
+}
+
+/// A Prometheus text exposition.
+#[derive(Clone, Debug)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The sample `name` whose labels include `labels`; 0 when there is none
+    /// (a counter not incremented yet is not exported).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.sample(name, labels).unwrap_or(0.0)
+    }
+
+    /// The sample `name` whose labels include `labels`, if exported.
+    pub fn sample(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let has_all = labels.iter().all(|(k, v)| rest.split(',').any(|l| l == format!("{k}=\"{v}\"")));
+            (n == name && has_all).then(|| value.parse().ok()).flatten()
+        })
     }
 }

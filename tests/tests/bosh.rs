@@ -253,6 +253,35 @@ async fn bosh_session_logs_in_and_chats_with_a_tcp_user() {
     assert_eq!(a.body().attr("condition"), Some("item-not-found"), "{}", a.text);
 }
 
+/// `xmpp_element_in` counts each element of a BOSH body once.
+#[tokio::test(flavor = "multi_thread")]
+async fn elements_over_bosh_are_counted() {
+    const N: usize = 100;
+    let (node, url) = bosh_node("", "");
+    // A request with nothing to answer is held a second.
+    let mut alice = Bosh::login(&url, "alice", "bosh", "wait='1'").await;
+    let mut bob = login(&node, "bob", "secret", "tcp").await;
+    let before = node.metrics();
+    // Four bodies of 25 messages.
+    for batch in 0..N / 25 {
+        let payload: String = (0..25)
+            .map(|i| {
+                format!(
+                    "<message xmlns='jabber:client' to='{}' type='chat' id='b{}'><body>over bosh</body></message>",
+                    bob.jid(),
+                    batch * 25 + i
+                )
+            })
+            .collect();
+        alice.send(&payload).await;
+    }
+    for i in 0..N {
+        let m = bob.recv_message().await.expect("bob receives");
+        assert_eq!(m.attr("id"), Some(format!("b{i}").as_str()));
+    }
+    meerkat_tests::assert_messages_counted(&before, &node.metrics(), N, None);
+}
+
 /// XEP-0124 §14: requests are handled in `rid` order, a repeated one gets
 /// the same answer, and one outside the window ends the session.
 #[tokio::test(flavor = "multi_thread")]

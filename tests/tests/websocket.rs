@@ -283,6 +283,33 @@ async fn websocket_login_restart_bind_and_chat_with_a_tcp_user() {
     assert!(node.session_jids().contains(&bob.jid().to_owned()));
 }
 
+/// `xmpp_element_in` counts each element read from a WebSocket once, with
+/// its size as the message had it.
+#[tokio::test]
+async fn elements_over_websocket_are_counted() {
+    const N: usize = 100;
+    let (node, url) = ws_node(false, "", "[auth]\nallow_plain_without_tls = true\n");
+    node.add_user("alice", "secret");
+    node.add_user("bob", "secret");
+    let mut ws = WsClient::login(&url, "alice", "secret", "websocket").await;
+    let mut bob = login(&node, "bob", "secret", "tcp").await;
+    let before = node.metrics();
+    let mut bytes = 0;
+    for i in 0..N {
+        let xml = format!(
+            "<message xmlns='jabber:client' to='{}' type='chat' id='w{i}'><body>over ws {i}</body></message>",
+            bob.jid()
+        );
+        bytes += xml.len();
+        ws.send(&xml).await;
+    }
+    for i in 0..N {
+        let m = bob.recv_message().await.expect("bob receives");
+        assert_eq!(m.attr("id"), Some(format!("w{i}").as_str()));
+    }
+    meerkat_tests::assert_messages_counted(&before, &node.metrics(), N, Some(bytes));
+}
+
 /// XEP-0198 over WebSocket: the WebSocket is dropped without a close while
 /// messages arrive; a new WebSocket resumes the session and gets exactly the
 /// messages the client had not acknowledged, in order.

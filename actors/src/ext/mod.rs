@@ -134,6 +134,8 @@ pub struct ModuleCtx {
     pub hooks: Arc<Registry>,
     /// The HTTP and AMQP pools of `[outgoing_pools]`, by name.
     pub pools: Arc<pools::ModulePools>,
+    /// The node's traffic counters, for connections that services accept.
+    pub instruments: Arc<crate::instrument::Instruments>,
 }
 
 /// Why [`ModuleCtx::ask_node`] got no answer.

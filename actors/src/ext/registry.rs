@@ -739,7 +739,15 @@ pub(crate) mod lifecycle {
             4096,
             crate::auth::HashingPool::new(1),
         );
-        ModuleCtx { router, storage, accounts, hooks: Arc::new(Registry::new(modules)), pools: Arc::default() }
+        let instruments = Arc::new(crate::instrument::Instruments::register(router.hosts()));
+        ModuleCtx {
+            router,
+            storage,
+            accounts,
+            hooks: Arc::new(Registry::new(modules)),
+            pools: Arc::default(),
+            instruments,
+        }
     }
 
     #[tokio::test]

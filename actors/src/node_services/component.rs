@@ -33,6 +33,7 @@ use meerkat_xmpp::parser::{Limits, StreamEvent};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ext::{Service, ServiceCtx, TlsFiles};
+use crate::instrument::{ConnectionType, Instruments, Meter, GLOBAL_HOST_TYPE};
 use crate::transport::{Conn, Shaper, Transport};
 
 /// Stanzas queued for one component before the router answers
@@ -182,6 +183,7 @@ impl Service for ComponentListener {
             shared: self.shared.clone(),
             stop: stop_rx.clone(),
             admission,
+            instruments: ctx.module.instruments.clone(),
         });
         let accept = tokio::spawn(accept_loop(tcp, conn, stop_rx));
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { stop, accept });
@@ -210,6 +212,7 @@ struct ConnCtx {
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     admission: Arc<crate::admission::Admission>,
+    instruments: Arc<Instruments>,
 }
 
 async fn accept_loop(tcp: tokio::net::TcpListener, ctx: Arc<ConnCtx>, mut stop: watch::Receiver<bool>) {
@@ -247,7 +250,7 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
 async fn refuse(ctx: &ConnCtx, sock: tokio::net::TcpStream, peer: SocketAddr, why: crate::admission::Refused) {
     tracing::warn!(%peer, %why, "component connection refused");
     let e = error(StreamErrorCondition::PolicyViolation, why.to_string());
-    let mut conn = Conn::stream(Transport::Plain(sock), Limits::default(), None);
+    let mut conn = Conn::stream(Transport::Plain(sock), Limits::default(), None, Meter::default());
     if ctx.tls.is_none() {
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(&stream_header_xml("", ""))).await;
         conn.close(Some(&e)).await;
@@ -288,7 +291,10 @@ async fn serve(ctx: &ConnCtx, sock: tokio::net::TcpStream, peer: SocketAddr) {
         None => Transport::Plain(sock),
     };
     let limits = Limits { max_stanza_size: ctx.cfg.max_stanza_size, ..Limits::default() };
-    let mut conn = Conn::stream(transport, limits, Shaper::new(ctx.rate));
+    let data = ctx.instruments.data(ConnectionType::Component, transport.is_tls());
+    // Components belong to no host of ours: their elements count as `global`'s.
+    let host = ctx.instruments.host(ConnectionType::Component, GLOBAL_HOST_TYPE);
+    let mut conn = Conn::stream(transport, limits, Shaper::new(ctx.rate), Meter { host: Some(host), data: Some(data) });
     let id = format!("{:016x}", rand::random::<u64>());
     let mut header_sent = false;
     let opened = match tokio::time::timeout_at(deadline, open(ctx, &mut conn, &id, &mut header_sent)).await {
@@ -355,6 +361,7 @@ async fn open(
         None => return Ok(None),
     };
     if ctx.cfg.access != "all" || !handshake_matches(id, &ctx.cfg.password, &handshake) {
+        ctx.instruments.host(ConnectionType::Component, GLOBAL_HOST_TYPE).auth_failed.increment(1);
         return Err(error(StreamErrorCondition::NotAuthorized, "wrong handshake"));
     }
     let registered = register(ctx, &domain).await?;

@@ -421,6 +421,8 @@ pub struct StreamParser {
     /// Qualified name of the root element, to match `</stream:stream>`.
     header_qname: String,
     tree: Tree,
+    /// Bytes of the last stanza returned, as received.
+    last_stanza_len: usize,
 }
 
 impl StreamParser {
@@ -439,6 +441,7 @@ impl StreamParser {
             pending_end: false,
             header_qname: String::new(),
             tree: Tree::default(),
+            last_stanza_len: 0,
         }
     }
 
@@ -477,6 +480,11 @@ impl StreamParser {
     /// processed as if it came over TLS.
     pub fn buffered_len(&self) -> usize {
         self.buf.len() - self.pos
+    }
+
+    /// How many bytes the last stanza returned took in the input.
+    pub fn last_stanza_len(&self) -> usize {
+        self.last_stanza_len
     }
 
     /// Forgets everything, including buffered bytes, and expects a new
@@ -601,6 +609,7 @@ impl StreamParser {
                 self.scan.direct_tried = true;
                 if let Some((stanza, len)) = self.parse_direct() {
                     self.consume(len);
+                    self.last_stanza_len = len;
                     self.skip_ws();
                     return Ok(Progress::Event(StreamEvent::Stanza(stanza)));
                 }
@@ -624,6 +633,7 @@ impl StreamParser {
                     _ => return Err(ParseError::NotWellFormed("malformed element")),
                 };
                 self.consume(len);
+                self.last_stanza_len = len;
                 // Consume keepalive whitespace right away so it does not
                 // count as buffered data (see `buffered_len`).
                 self.skip_ws();

@@ -1,0 +1,361 @@
+//! Traffic instrumentation with MongooseIM 6.4's event names and labels.
+//!
+//! Handles are registered once, at start, with whatever `metrics` recorder
+//! the node installed (none: every handle does nothing), one set per host
+//! and connection type, and handed to the connections that use them, so
+//! that counting an element is a few atomic additions and no lookup.
+//!
+//! - `xmpp_element_in_*` and `xmpp_element_out_*`: one event as soon as an
+//!   element is parsed from a peer, one just before an element is written
+//!   to it, labelled `connection_type` (`c2s`, `s2s`, `component`) and
+//!   `host_type`. Measurements: `count`, `stanza_count`, `message_count`,
+//!   `iq_count`, `presence_count`, `error_count`, the three per-kind error
+//!   counts, and `byte_size` (a histogram of the element's size on the wire).
+//! - `tcp_data_in`/`tcp_data_out` and `tls_data_in`/`tls_data_out`
+//!   (`byte_size`): bytes read from and written to RFC 6120 streams, in the
+//!   clear and under TLS (after decryption, before encryption).
+//! - `c2s_auth_failed_count`, `component_auth_failed_count`.
+//! - `sm_session_logins`, `sm_session_logouts`, `sm_session_count`.
+//! - `meerkat_route_local_seconds`: from a stanza parsed on this node to its
+//!   copy queued for a recipient's connection on this node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+use meerkat_xmpp::element::Element;
+
+/// What kind of peer a connection serves (the `connection_type` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectionType {
+    C2s,
+    S2s,
+    Component,
+}
+
+impl ConnectionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionType::C2s => "c2s",
+            ConnectionType::S2s => "s2s",
+            ConnectionType::Component => "component",
+        }
+    }
+}
+
+/// The `host_type` of connections that belong to no configured host.
+pub const GLOBAL_HOST_TYPE: &str = "global";
+
+/// The measurements of one event (`xmpp_element_in` or `xmpp_element_out`)
+/// for one connection type and host.
+pub struct ElementMetrics {
+    count: Counter,
+    stanza_count: Counter,
+    message_count: Counter,
+    iq_count: Counter,
+    presence_count: Counter,
+    error_count: Counter,
+    message_error_count: Counter,
+    iq_error_count: Counter,
+    presence_error_count: Counter,
+    byte_size: Histogram,
+}
+
+/// What an element is, as the measurements tell kinds apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Message,
+    Iq,
+    Presence,
+    Other,
+}
+
+impl ElementMetrics {
+    fn register(event: &'static str, ct: ConnectionType, host: &str) -> ElementMetrics {
+        let labels = [("connection_type", ct.as_str().to_owned()), ("host_type", host.to_owned())];
+        let c = |m: &str| counter!(format!("{event}_{m}"), &labels);
+        ElementMetrics {
+            count: c("count"),
+            stanza_count: c("stanza_count"),
+            message_count: c("message_count"),
+            iq_count: c("iq_count"),
+            presence_count: c("presence_count"),
+            error_count: c("error_count"),
+            message_error_count: c("message_error_count"),
+            iq_error_count: c("iq_error_count"),
+            presence_error_count: c("presence_error_count"),
+            byte_size: histogram!(format!("{event}_byte_size"), &labels),
+        }
+    }
+
+    fn record(&self, kind: Kind, is_error: bool, bytes: usize) {
+        self.count.increment(1);
+        self.byte_size.record(bytes as f64);
+        let (kind_count, kind_error) = match kind {
+            Kind::Message => (&self.message_count, &self.message_error_count),
+            Kind::Iq => (&self.iq_count, &self.iq_error_count),
+            Kind::Presence => (&self.presence_count, &self.presence_error_count),
+            Kind::Other => {
+                // A stream error is an error too (MongooseIM counts it so).
+                if is_error {
+                    self.error_count.increment(1);
+                }
+                return;
+            }
+        };
+        self.stanza_count.increment(1);
+        kind_count.increment(1);
+        if is_error {
+            self.error_count.increment(1);
+            kind_error.increment(1);
+        }
+    }
+
+    /// An element parsed from a peer, `bytes` long on the wire.
+    pub fn parsed(&self, el: &Element, bytes: usize) {
+        let kind = match el.name.as_str() {
+            "message" => Kind::Message,
+            "iq" => Kind::Iq,
+            "presence" => Kind::Presence,
+            _ => Kind::Other,
+        };
+        let is_error = match kind {
+            Kind::Other => el.name == "error",
+            _ => el.attr("type") == Some("error"),
+        };
+        self.record(kind, is_error, bytes);
+    }
+
+    /// Serialized output about to be written: one element, or a stream's
+    /// header or end (not elements: not counted), or an element followed by
+    /// the stream's end (a stream error).
+    pub fn serialized(&self, xml: &[u8]) {
+        let (kind, is_error) = classify(xml);
+        if let Some(kind) = kind {
+            self.record(kind, is_error, xml.len());
+        }
+    }
+}
+
+/// What serialized output starts with: the element's kind (None for a
+/// stream header, a stream's end or whitespace) and whether it is an error.
+/// Reads the start tag only.
+fn classify(xml: &[u8]) -> (Option<Kind>, bool) {
+    let start = xml.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(xml.len());
+    let xml = &xml[start..];
+    if xml.is_empty() || xml.starts_with(b"<?") || xml.starts_with(b"</") || xml.starts_with(b"<stream:stream") {
+        return (None, false);
+    }
+    let tag_end = xml.iter().position(|&b| b == b'>').unwrap_or(xml.len());
+    let tag = &xml[..tag_end];
+    let name_end = tag.iter().position(|&b| b.is_ascii_whitespace() || b == b'/').unwrap_or(tag.len());
+    let name = tag.get(1..name_end).unwrap_or_default();
+    let kind = match name {
+        b"message" => Kind::Message,
+        b"iq" => Kind::Iq,
+        b"presence" => Kind::Presence,
+        _ => Kind::Other,
+    };
+    let is_error = match kind {
+        Kind::Other => name == b"stream:error" || name == b"error",
+        _ => contains(tag, b" type='error'") || contains(tag, b" type=\"error\""),
+    };
+    (Some(kind), is_error)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Everything counted for one connection type on one host.
+pub struct HostMetrics {
+    pub element_in: ElementMetrics,
+    pub element_out: ElementMetrics,
+    pub auth_failed: Counter,
+    pub logins: Counter,
+    pub logouts: Counter,
+    pub sessions: Gauge,
+}
+
+impl HostMetrics {
+    fn register(ct: ConnectionType, host: &str) -> HostMetrics {
+        let labels = [("host_type", host.to_owned())];
+        HostMetrics {
+            element_in: ElementMetrics::register("xmpp_element_in", ct, host),
+            element_out: ElementMetrics::register("xmpp_element_out", ct, host),
+            auth_failed: counter!(format!("{}_auth_failed_count", ct.as_str()), &labels),
+            logins: counter!("sm_session_logins", &labels),
+            logouts: counter!("sm_session_logouts", &labels),
+            sessions: gauge!("sm_session_count", &labels),
+        }
+    }
+
+    /// A session opened; [`SessionMetric`] counts it closed when dropped.
+    pub fn session_opened(self: &Arc<Self>) -> SessionMetric {
+        self.logins.increment(1);
+        self.sessions.increment(1.0);
+        SessionMetric(self.clone())
+    }
+}
+
+/// One open session, counted in `sm_session_count` until dropped.
+pub struct SessionMetric(Arc<HostMetrics>);
+
+impl Drop for SessionMetric {
+    fn drop(&mut self) {
+        self.0.logouts.increment(1);
+        self.0.sessions.decrement(1.0);
+    }
+}
+
+/// Bytes in and out of one kind of connection, in the clear or under TLS.
+#[derive(Clone)]
+pub struct DataMetrics {
+    pub data_in: Counter,
+    pub data_out: Counter,
+}
+
+impl DataMetrics {
+    fn register(ct: ConnectionType, tls: bool) -> DataMetrics {
+        let prefix = if tls { "tls" } else { "tcp" };
+        let labels = [("connection_type", ct.as_str())];
+        DataMetrics {
+            data_in: counter!(format!("{prefix}_data_in_byte_size"), &labels),
+            data_out: counter!(format!("{prefix}_data_out_byte_size"), &labels),
+        }
+    }
+}
+
+/// A connection's meters: its host's element counts once the host is
+/// known, and its bytes by transport.
+#[derive(Clone, Default)]
+pub struct Meter {
+    pub host: Option<Arc<HostMetrics>>,
+    pub data: Option<DataMetrics>,
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter").field("host", &self.host.is_some()).field("data", &self.data.is_some()).finish()
+    }
+}
+
+impl Meter {
+    pub fn parsed(&self, el: &Element, bytes: usize) {
+        if let Some(h) = &self.host {
+            h.element_in.parsed(el, bytes);
+        }
+    }
+
+    pub fn serialized(&self, xml: &[u8]) {
+        if let Some(h) = &self.host {
+            h.element_out.serialized(xml);
+        }
+    }
+
+    pub fn read(&self, bytes: usize) {
+        if let Some(d) = &self.data {
+            d.data_in.increment(bytes as u64);
+        }
+    }
+
+    pub fn wrote(&self, bytes: usize) {
+        if let Some(d) = &self.data {
+            d.data_out.increment(bytes as u64);
+        }
+    }
+}
+
+/// The node's handles, registered once.
+pub struct Instruments {
+    hosts: HashMap<(ConnectionType, String), Arc<HostMetrics>>,
+    data: HashMap<(ConnectionType, bool), DataMetrics>,
+    route_local: Histogram,
+}
+
+impl Instruments {
+    /// Registers the handles for `hosts` (and for connections that belong to
+    /// none, as `global`) with the recorder installed now.
+    pub fn register(hosts: &[String]) -> Instruments {
+        let mut by_host = HashMap::new();
+        for ct in [ConnectionType::C2s, ConnectionType::S2s, ConnectionType::Component] {
+            for host in hosts.iter().map(String::as_str).chain([GLOBAL_HOST_TYPE]) {
+                by_host.insert((ct, host.to_owned()), Arc::new(HostMetrics::register(ct, host)));
+            }
+        }
+        let mut data = HashMap::new();
+        for ct in [ConnectionType::C2s, ConnectionType::S2s, ConnectionType::Component] {
+            for tls in [false, true] {
+                data.insert((ct, tls), DataMetrics::register(ct, tls));
+            }
+        }
+        Instruments { hosts: by_host, data, route_local: histogram!("meerkat_route_local_seconds") }
+    }
+
+    /// The handles of `host` (`global` for a host not configured here).
+    pub fn host(&self, ct: ConnectionType, host: &str) -> Arc<HostMetrics> {
+        match self.hosts.get(&(ct, host.to_owned())) {
+            Some(h) => h.clone(),
+            None => self.hosts[&(ct, GLOBAL_HOST_TYPE.to_owned())].clone(),
+        }
+    }
+
+    /// The byte counters of a connection type, in the clear or under TLS.
+    pub fn data(&self, ct: ConnectionType, tls: bool) -> DataMetrics {
+        self.data[&(ct, tls)].clone()
+    }
+
+    /// A stanza parsed at `parsed` has just been queued for a local recipient.
+    pub fn routed_locally(&self, parsed: Instant) {
+        self.route_local.record(parsed.elapsed().as_secs_f64());
+    }
+}
+
+thread_local! {
+    /// When the stanza being routed on this thread was parsed, while a
+    /// session routes what its client sent (routing to a local recipient is
+    /// synchronous, on the sender's thread).
+    static ROUTING: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the stanza parsed at `parsed` as the one this thread routes until
+/// the guard is dropped.
+pub fn routing(parsed: Instant) -> RoutingGuard {
+    let before = ROUTING.with(|r| r.replace(Some(parsed)));
+    RoutingGuard(before)
+}
+
+/// When the stanza this thread is routing was parsed, if it came from a client here.
+pub fn routing_since() -> Option<Instant> {
+    ROUTING.with(|r| r.get())
+}
+
+pub struct RoutingGuard(Option<Instant>);
+
+impl Drop for RoutingGuard {
+    fn drop(&mut self) {
+        ROUTING.with(|r| r.set(self.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialized_output_is_classified_by_its_start_tag() {
+        assert_eq!(classify(b"<message to='a@b' type='error'><body/></message>"), (Some(Kind::Message), true));
+        assert_eq!(classify(b"<iq type=\"result\" id='1'/>"), (Some(Kind::Iq), false));
+        assert_eq!(classify(b"<presence/>"), (Some(Kind::Presence), false));
+        assert_eq!(classify(b"<r xmlns='urn:xmpp:sm:3'/>"), (Some(Kind::Other), false));
+        assert_eq!(classify(b"<stream:error><conflict/></stream:error></stream:stream>"), (Some(Kind::Other), true));
+        assert_eq!(classify(b"<?xml version='1.0'?><stream:stream>"), (None, false));
+        assert_eq!(classify(b"<stream:stream xmlns='jabber:client'>"), (None, false));
+        assert_eq!(classify(b"</stream:stream>"), (None, false));
+        assert_eq!(classify(b" "), (None, false));
+        // An error type further in the element is not the stanza's.
+        assert_eq!(classify(b"<message><x type='error'/></message>"), (Some(Kind::Message), false));
+    }
+}
