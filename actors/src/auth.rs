@@ -80,6 +80,8 @@ pub enum AccountError {
     InvalidUsername(String),
     #[error("the password must not be empty")]
     EmptyPassword,
+    #[error("the password cannot be used: SASLprep (RFC 4013) refuses it")]
+    InvalidPassword,
     #[error("{0} is not served by this node")]
     UnknownHost(String),
     #[error("storage: {0}")]
@@ -135,6 +137,9 @@ impl Accounts {
     async fn stored(&self, password: &str) -> Result<StoredPassword, AccountError> {
         if password.is_empty() {
             return Err(AccountError::EmptyPassword);
+        }
+        if !meerkat_xmpp::sasl::password_is_acceptable(password) {
+            return Err(AccountError::InvalidPassword);
         }
         match self.format {
             PasswordFormat::Plain => Ok(StoredPassword::Plain(password.to_owned())),

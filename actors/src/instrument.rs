@@ -148,8 +148,7 @@ fn classify(xml: &[u8]) -> (Option<Kind>, bool) {
     if xml.is_empty() || xml.starts_with(b"<?") || xml.starts_with(b"</") || xml.starts_with(b"<stream:stream") {
         return (None, false);
     }
-    let tag_end = xml.iter().position(|&b| b == b'>').unwrap_or(xml.len());
-    let tag = &xml[..tag_end];
+    let tag = &xml[..memchr::memchr(b'>', xml).unwrap_or(xml.len())];
     let name_end = tag.iter().position(|&b| b.is_ascii_whitespace() || b == b'/').unwrap_or(tag.len());
     let name = tag.get(1..name_end).unwrap_or_default();
     let kind = match name {
@@ -160,13 +159,19 @@ fn classify(xml: &[u8]) -> (Option<Kind>, bool) {
     };
     let is_error = match kind {
         Kind::Other => name == b"stream:error" || name == b"error",
-        _ => contains(tag, b" type='error'") || contains(tag, b" type=\"error\""),
+        _ => has_error_type(&tag[name_end..]),
     };
     (Some(kind), is_error)
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+/// Whether the attributes of a start tag hold `type='error'` (or `"error"`).
+fn has_error_type(attrs: &[u8]) -> bool {
+    static TYPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b" type="));
+    TYPE.find_iter(attrs).any(|at| {
+        let value = &attrs[at + 6..];
+        value.len() > 6 && matches!(value[0], b'\'' | b'"') && &value[1..6] == b"error" && value[6] == value[0]
+    })
 }
 
 /// Everything counted for one connection type on one host.

@@ -130,7 +130,9 @@ impl From<AccountError> for ApiError {
         match e {
             AccountError::Exists => ApiError::Conflict(e.to_string()),
             AccountError::NotFound => ApiError::NotFound(e.to_string()),
-            AccountError::InvalidUsername(_) | AccountError::EmptyPassword => ApiError::BadRequest(e.to_string()),
+            AccountError::InvalidUsername(_) | AccountError::EmptyPassword | AccountError::InvalidPassword => {
+                ApiError::BadRequest(e.to_string())
+            }
             AccountError::UnknownHost(_) => ApiError::NotFound(e.to_string()),
             AccountError::Storage(_) | AccountError::Hashing(_) => ApiError::Internal(e.to_string()),
         }
@@ -175,7 +177,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/cluster/nodes/{id}", web::delete().to(cluster_remove))
         .route("/api/global", web::get().to(global_status))
         .route("/api/global/refresh", web::post().to(global_refresh))
-        .route("/metrics", web::get().to(prometheus));
+        .route("/metrics", web::get().to(prometheus))
+        .route("/dashboard", web::get().to(dashboard));
+}
+
+/// The live dashboard: a static page that asks for the admin credentials and
+/// reads the API with them; it holds no data itself.
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("dashboard.html"))
 }
 
 /// The paths of the OpenAPI document, split into segments (`{x}` matches

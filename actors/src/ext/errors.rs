@@ -27,7 +27,9 @@ pub fn storage_error(what: &'static str) -> impl FnOnce(StorageError) -> StanzaE
 pub fn account_error(what: &'static str) -> impl FnOnce(AccountError) -> StanzaErrorCondition {
     move |e| match e {
         AccountError::Exists => StanzaErrorCondition::Conflict,
-        AccountError::InvalidUsername(_) | AccountError::EmptyPassword => StanzaErrorCondition::NotAcceptable,
+        AccountError::InvalidUsername(_) | AccountError::EmptyPassword | AccountError::InvalidPassword => {
+            StanzaErrorCondition::NotAcceptable
+        }
         AccountError::NotFound | AccountError::UnknownHost(_) => StanzaErrorCondition::ItemNotFound,
         AccountError::Storage(e) => storage_error(what)(e),
         AccountError::Hashing(_) => {

@@ -278,6 +278,12 @@ impl std::fmt::Display for SaslFailure {
     }
 }
 
+/// Whether `password` can be used with SASL at all: SASLprep (RFC 4013)
+/// accepts it and leaves something.
+pub fn password_is_acceptable(password: &str) -> bool {
+    stringprep::saslprep(password).is_ok_and(|p| !p.is_empty())
+}
+
 /// Errors of the client side and of credential handling.
 #[derive(Debug, thiserror::Error)]
 pub enum SaslError {
