@@ -424,6 +424,8 @@ struct Peer {
     refusing: AtomicBool,
     pending: Pending,
     addr: Arc<RwLock<String>>,
+    /// `meerkat_cluster_stanza_ack_seconds`.
+    acked_after: metrics::Histogram,
 }
 
 impl Peer {
@@ -465,8 +467,7 @@ impl Peer {
         while w.frames.front().is_some_and(|f| f.seq <= seq) {
             if let Some(f) = w.frames.pop_front() {
                 // Queued here to handed to a session there (the peer acknowledges after that).
-                let waited = f.queued_at.elapsed().unwrap_or_default();
-                metrics::histogram!("meerkat_cluster_stanza_ack_seconds").record(waited.as_secs_f64());
+                self.acked_after.record(f.queued_at.elapsed().unwrap_or_default().as_secs_f64());
             }
         }
     }
@@ -491,6 +492,7 @@ pub struct Transport {
     /// The last sequence number handled of each sender: (its epoch, seq).
     received: Mutex<HashMap<u64, (u64, u64)>>,
     pub stats: TransportStats,
+    acked_after: metrics::Histogram,
 }
 
 /// Counters for metrics and the admin API.
@@ -532,6 +534,7 @@ impl Transport {
             epoch: rand::random::<u64>(),
             received: Mutex::new(HashMap::new()),
             stats: TransportStats::default(),
+            acked_after: metrics::histogram!("meerkat_cluster_stanza_ack_seconds"),
         })
     }
 
@@ -629,6 +632,7 @@ impl Transport {
                     refusing: AtomicBool::new(false),
                     pending: Arc::new(Mutex::new(HashMap::new())),
                     addr: Arc::new(RwLock::new(addr.to_owned())),
+                    acked_after: self.acked_after.clone(),
                 });
                 peers.insert(node, peer.clone());
                 tokio::spawn(self.clone().peer_loop(node, peer));

@@ -97,4 +97,50 @@ fn the_dashboard_shows_the_cluster_and_a_stopped_node_within_five_seconds() {
     assert!(errors.is_empty(), "errors in the page: {summary}");
     assert!(is_png(&down), "no screenshot at {}", down.display());
     println!("screenshots: {} and {}", up.display(), down.display());
+
+    // The Grafana dashboard reads names that a cluster member exports
+    // (global distribution's are checked where it runs, in global.rs).
+    let metrics = c.nodes[0].metrics();
+    let grafana: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana/meerkat.json")).expect("the Grafana dashboard parses");
+    let names = grafana_metric_names(&grafana);
+    assert!(names.len() >= 40 && names.contains("xmpp_element_in_count"), "{names:?}");
+    let mut missing = Vec::new();
+    for name in names {
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| metrics.0.contains(&format!("# TYPE {b} histogram"))))
+            .unwrap_or(&name);
+        if !base.starts_with("meerkat_global_") && !metrics.0.contains(&format!("# TYPE {base} ")) {
+            missing.push(name.clone());
+        }
+    }
+    assert!(missing.is_empty(), "in deploy/grafana/meerkat.json but not in /metrics: {missing:?}\n{}", metrics.0);
+}
+
+/// The metric names the dashboard's queries select (`name{…}`).
+fn grafana_metric_names(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    match v {
+        serde_json::Value::Object(o) => {
+            for (k, v) in o {
+                match (k.as_str(), v.as_str()) {
+                    ("expr", Some(expr)) => {
+                        for (i, _) in expr.match_indices('{') {
+                            let head = &expr[..i];
+                            let start =
+                                head.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(0, |p| p + 1);
+                            if start < i {
+                                names.insert(head[start..].to_owned());
+                            }
+                        }
+                    }
+                    _ => names.extend(grafana_metric_names(v)),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| names.extend(grafana_metric_names(v))),
+        _ => {}
+    }
+    names
 }
