@@ -766,8 +766,8 @@ mod tests {
                 count += 1;
             }
         }
-        assert_eq!(count, 22);
-        assert_eq!(paths.len(), 20);
+        assert_eq!(count, 23);
+        assert_eq!(paths.len(), 21);
     }
 
     /// Every object in `value` has exactly the properties its schema lists.
