@@ -41,6 +41,8 @@ pub struct Config {
     pub global_distribution: Option<GlobalDistribution>,
     /// `[instrumentation]`: what the node measures for `/metrics`.
     pub instrumentation: Instrumentation,
+    /// `[s2s]`: federation's policies, dialback secret and outgoing streams.
+    pub s2s: meerkat_actors::node_services::s2s::S2sOptions,
 }
 
 /// `[instrumentation]`
@@ -100,11 +102,13 @@ pub struct Listen {
     pub http: Vec<HttpListen>,
     /// XEP-0114 component listeners; none by default.
     pub component: Vec<meerkat_actors::node_services::component::ComponentListen>,
+    /// Server-to-server listeners; none by default (no federation).
+    pub s2s: Vec<meerkat_actors::node_services::s2s::S2sListen>,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { c2s: vec![C2sListen::default()], http: Vec::new(), component: Vec::new() }
+        Listen { c2s: vec![C2sListen::default()], http: Vec::new(), component: Vec::new(), s2s: Vec::new() }
     }
 }
 
@@ -896,7 +900,13 @@ impl Default for Session {
 impl Config {
     /// The services' sections ([`meerkat_actors::node_services`]).
     pub fn services(&self) -> meerkat_actors::node_services::ServicesConfig {
-        meerkat_actors::node_services::ServicesConfig { component: self.listen.component.clone() }
+        meerkat_actors::node_services::ServicesConfig {
+            component: self.listen.component.clone(),
+            s2s: meerkat_actors::node_services::s2s::S2sConfig {
+                listen: self.listen.s2s.clone(),
+                options: self.s2s.clone(),
+            },
+        }
     }
 
     /// Reads and validates a file.

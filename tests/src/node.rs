@@ -69,6 +69,8 @@ pub struct NodeOptions {
     pub ip: std::net::Ipv4Addr,
     /// A command the node runs under, such as `ip netns exec NS`.
     pub command_prefix: Vec<String>,
+    /// `[general] hosts`.
+    pub hosts: Vec<String>,
 }
 
 impl Default for NodeOptions {
@@ -81,6 +83,7 @@ impl Default for NodeOptions {
             shutdown_grace_period: 5,
             ip: std::net::Ipv4Addr::LOCALHOST,
             command_prefix: Vec::new(),
+            hosts: vec!["localhost".into()],
         }
     }
 }
@@ -224,7 +227,7 @@ impl TestNode {
         let o = &self.options;
         let text = format!(
             r#"[general]
-hosts = ["localhost"]
+hosts = {hosts:?}
 data_dir = "{data}"
 shutdown_grace_period = {grace}
 
@@ -248,6 +251,7 @@ port = {admin}
 
 {extra}
 "#,
+            hosts = o.hosts,
             data = self.data_dir().display(),
             grace = o.shutdown_grace_period,
             ip = o.ip,
@@ -394,8 +398,13 @@ port = {admin}
 
     /// Creates `user@localhost` through the admin API.
     pub fn add_user(&self, user: &str, password: &str) {
+        self.add_user_at("localhost", user, password);
+    }
+
+    /// Creates `user@host` through the admin API.
+    pub fn add_user_at(&self, host: &str, user: &str, password: &str) {
         let (code, v) =
-            self.api("POST", "/api/users/localhost", Some(json!({ "username": user, "password": password })));
+            self.api("POST", &format!("/api/users/{host}"), Some(json!({ "username": user, "password": password })));
         assert_eq!(code, 201, "creating {user}: {v}");
     }
 
@@ -494,15 +503,19 @@ impl Drop for TestNode {
 pub struct Metrics(pub String);
 
 impl Metrics {
-    /// The sample `name` whose labels include `labels`; 0 when there is none
-    /// (a counter not incremented yet is not exported).
+    /// The sum of the samples of `name` whose labels include `labels`; 0
+    /// when there is none (a counter not incremented yet is not exported).
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.sample(name, labels).unwrap_or(0.0)
+        self.samples(name, labels).sum()
     }
 
-    /// The sample `name` whose labels include `labels`, if exported.
+    /// The first sample `name` whose labels include `labels`, if exported.
     pub fn sample(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.0.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        self.samples(name, labels).next()
+    }
+
+    fn samples<'a>(&'a self, name: &'a str, labels: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = f64> + 'a {
+        self.0.lines().filter(|l| !l.starts_with('#')).filter_map(move |line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (n, rest) = match series.split_once('{') {
                 Some((n, rest)) => (n, rest.trim_end_matches('}')),

@@ -7,6 +7,7 @@
 //! `[services.*]`); and one line in [`build`].
 
 pub mod component;
+pub mod s2s;
 
 use std::sync::Arc;
 
@@ -17,6 +18,9 @@ use crate::ext::Service;
 pub struct ServicesConfig {
     /// `[[listen.component]]`: one XEP-0114 listener each.
     pub component: Vec<component::ComponentListen>,
+    /// `[[listen.s2s]]` and `[s2s]`: federation, when there is a listener
+    /// (remote servers verify our dialback keys through it).
+    pub s2s: s2s::S2sConfig,
 }
 
 /// The configured services, in start order; an error names the section.
@@ -25,6 +29,9 @@ pub fn build(cfg: &ServicesConfig) -> Result<Vec<Arc<dyn Service>>, String> {
     let components = component::Components::default();
     for (i, l) in cfg.component.iter().enumerate() {
         services.push(component::ComponentListener::build(format!("listen.component[{i}]"), l.clone(), &components)?);
+    }
+    if !cfg.s2s.listen.is_empty() {
+        services.push(s2s::S2s::build(cfg.s2s.clone())?);
     }
     Ok(services)
 }

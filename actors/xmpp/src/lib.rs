@@ -25,6 +25,7 @@ pub mod error;
 pub mod jid;
 pub mod ns;
 pub mod parser;
+pub mod s2s;
 pub mod sasl;
 pub mod sm;
 pub mod stanza;

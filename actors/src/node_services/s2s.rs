@@ -1,0 +1,991 @@
+//! Server-to-server federation (RFC 6120 §4–§6, XEP-0220 server dialback),
+//! as a service of the node: `[[listen.s2s]]` accepts other servers'
+//! streams, and the last link of the router's chain sends stanzas for every
+//! domain nobody here serves over outgoing streams.
+//!
+//! - **Outgoing**: one stream per (local domain, remote domain) pair and
+//!   node, started by the first stanza, with a bounded queue while it
+//!   connects. The remote server is found at `[s2s.outgoing] address` when
+//!   listed there, else at the A/AAAA records of its domain on `port`.
+//!   STARTTLS is used whenever offered (required by default); the stream is
+//!   then authenticated with dialback: our `db:result` carries a key only
+//!   our deployment can make (XEP-0185, from the shared secret), which the
+//!   remote server checks with our authoritative server. Stanzas that
+//!   cannot be delivered (no address, refused, timed out, refused
+//!   authentication) are bounced to their senders once, with
+//!   `remote-server-not-found` or `remote-server-timeout`.
+//! - **Incoming**: a stream to one of our hosts; STARTTLS when the listener
+//!   has a certificate (the node's by default), then dialback: the peer's
+//!   `db:result` is checked by a `db:verify` to the peer's domain, and
+//!   `db:verify` requests for our keys are answered on any stream. A stanza
+//!   is accepted only from a domain authenticated on that stream and only to
+//!   one of our hosts; anything else ends the stream with the RFC 6120 error.
+//! - `[s2s] default_policy` and `host_policy` decide which remote domains
+//!   may federate, both ways.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meerkat_routing::{Link, Routed, Router, Step};
+use meerkat_storage::SecretRepo as _;
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::{StanzaErrorCondition, StreamError, StreamErrorCondition};
+use meerkat_xmpp::jid::{canonical_domain, parse_jid};
+use meerkat_xmpp::ns;
+use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
+use meerkat_xmpp::s2s::{self as proto, DIALBACK, DIALBACK_FEATURE};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::ext::{Service, ServiceCtx, TlsFiles};
+use crate::instrument::{ConnectionType, Instruments, Meter};
+use crate::transport::{Conn, Shaper, Transport};
+
+/// Stanzas queued for one remote domain while its stream connects.
+const OUT_QUEUE: usize = 1024;
+/// Attempts to reach a remote server before what waits for it is bounced.
+const ATTEMPTS: u32 = 2;
+/// An outgoing stream with nothing to send for this long is closed.
+const OUT_IDLE: Duration = Duration::from_secs(600);
+/// An incoming stream that sends nothing for this long is closed.
+const IN_IDLE: Duration = Duration::from_secs(600);
+/// An incoming stream must have authenticated a domain within this long.
+const IN_NEGOTIATION: Duration = Duration::from_secs(60);
+/// The name of the dialback secret in the database, when `[s2s] shared` is unset.
+const SECRET_NAME: &str = "s2s_dialback_secret";
+
+/// `[[listen.s2s]]`, with MongooseIM's option names.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S2sListen {
+    pub port: u16,
+    #[serde(default = "any_address")]
+    pub ip_address: IpAddr,
+    /// `[shaper.NAME]` applied to what each server sends, or `"none"`.
+    #[serde(default = "none")]
+    pub shaper: String,
+    /// Largest stanza in bytes; a larger one ends the stream with `<policy-violation/>`.
+    #[serde(default = "max_stanza_size")]
+    pub max_stanza_size: usize,
+    /// The certificate offered with STARTTLS (the node's by default).
+    #[serde(default)]
+    pub tls: TlsFiles,
+}
+
+/// Whether a remote domain may federate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// One entry of `[s2s] host_policy`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostPolicy {
+    pub host: String,
+    pub policy: Policy,
+}
+
+/// `[s2s]`.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sOptions {
+    /// For remote domains `host_policy` does not name.
+    pub default_policy: Policy,
+    pub host_policy: Vec<HostPolicy>,
+    /// The dialback secret; every node of a deployment must have the same.
+    /// Unset: one is generated and kept in the database, which the nodes share.
+    pub shared: Option<String>,
+    pub outgoing: OutgoingOptions,
+}
+
+/// `[s2s.outgoing]`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutgoingOptions {
+    /// The port of a remote server found by its A/AAAA records.
+    pub port: u16,
+    /// Fixed addresses of remote domains: `{host, ip_address, port}`.
+    pub address: Vec<FixedAddress>,
+    /// Milliseconds to connect and to open the stream.
+    pub connection_timeout: u64,
+    /// Seconds between the attempts to reach a server.
+    pub max_retry_delay: u64,
+    /// Address families tried, in order (4, 6).
+    pub ip_versions: Vec<u8>,
+    pub tls: OutgoingTls,
+}
+
+impl Default for OutgoingOptions {
+    fn default() -> Self {
+        OutgoingOptions {
+            port: 5269,
+            address: Vec::new(),
+            connection_timeout: 10_000,
+            max_retry_delay: 1,
+            ip_versions: vec![4, 6],
+            tls: OutgoingTls::default(),
+        }
+    }
+}
+
+/// One `[s2s.outgoing] address` entry.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedAddress {
+    pub host: String,
+    pub ip_address: IpAddr,
+    pub port: Option<u16>,
+}
+
+/// `[s2s.outgoing.tls]`.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutgoingTls {
+    pub mode: OutgoingTlsMode,
+}
+
+/// Whether an outgoing stream must be encrypted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutgoingTlsMode {
+    /// STARTTLS, and no stream to a server that does not offer it.
+    #[default]
+    StarttlsRequired,
+    /// STARTTLS when the server offers it.
+    Starttls,
+}
+
+fn any_address() -> IpAddr {
+    IpAddr::from([0, 0, 0, 0])
+}
+fn none() -> String {
+    "none".into()
+}
+fn max_stanza_size() -> usize {
+    65536
+}
+
+/// `[[listen.s2s]]` and `[s2s]` together.
+#[derive(Clone, Debug, Default)]
+pub struct S2sConfig {
+    pub listen: Vec<S2sListen>,
+    pub options: S2sOptions,
+}
+
+/// Federation: the listeners and the outgoing streams.
+pub struct S2s {
+    cfg: S2sConfig,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    accepts: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl S2s {
+    pub fn build(cfg: S2sConfig) -> Result<Arc<dyn Service>, String> {
+        if cfg.options.shared.as_deref() == Some("") {
+            return Err("s2s.shared: the dialback secret must not be empty".into());
+        }
+        for (i, a) in cfg.options.outgoing.address.iter().enumerate() {
+            canonical_domain(&a.host).map_err(|e| format!("s2s.outgoing.address[{i}].host: {e}"))?;
+        }
+        Ok(Arc::new(S2s { cfg, running: Mutex::new(None) }))
+    }
+}
+
+#[async_trait::async_trait]
+impl Service for S2s {
+    fn name(&self) -> String {
+        "s2s".into()
+    }
+
+    async fn start(&self, ctx: &ServiceCtx) -> Result<(), String> {
+        let secret = match &self.cfg.options.shared {
+            Some(s) => s.as_bytes().to_vec(),
+            None => ctx
+                .module
+                .storage
+                .shared_secret(SECRET_NAME, &rand::random::<[u8; 32]>())
+                .await
+                .map_err(|e| format!("reading the dialback secret: {e}"))?,
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let core = Arc::new(Core {
+            router: ctx.module.router.clone(),
+            opts: self.cfg.options.clone(),
+            secret,
+            out: Mutex::new(HashMap::new()),
+            stop: stop_rx.clone(),
+            instruments: ctx.module.instruments.clone(),
+        });
+        let mut accepts = Vec::new();
+        for (i, l) in self.cfg.listen.iter().enumerate() {
+            let rate = (ctx.env.shaper)(&l.shaper).map_err(|e| format!("listen.s2s[{i}].shaper: {e}"))?;
+            let mut server = (*(ctx.env.tls)(&l.tls).map_err(|e| format!("listen.s2s[{i}].tls: {e}"))?).clone();
+            // Servers ask for this protocol (RFC 7590 §3.1); one not offered would fail the handshake.
+            server.alpn_protocols = vec![b"xmpp-server".to_vec()];
+            let tls = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            let addr = SocketAddr::new(l.ip_address, l.port);
+            let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("listen.s2s[{i}]: {addr}: {e}"))?;
+            tracing::info!(%addr, "s2s listener ready");
+            let limits = Limits { max_stanza_size: l.max_stanza_size, ..Limits::default() };
+            let listener = Arc::new(Listener { core: core.clone(), tls, rate, limits });
+            accepts.push(tokio::spawn(accept_loop(tcp, listener, stop_rx.clone())));
+        }
+        ctx.module.router.set_s2s(Arc::new(S2sLink(core)));
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { stop, accepts });
+        Ok(())
+    }
+
+    async fn stop(&self, deadline: tokio::time::Instant) {
+        let Some(running) = self.running.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let _ = running.stop.send(true);
+        for a in running.accepts {
+            let _ = tokio::time::timeout_at(deadline, a).await;
+        }
+    }
+}
+
+/// What the listeners, the link and the outgoing streams share.
+struct Core {
+    router: Arc<Router>,
+    opts: S2sOptions,
+    secret: Vec<u8>,
+    /// Outgoing streams by (local domain, remote domain): their queues.
+    out: Mutex<HashMap<(String, String), mpsc::Sender<Routed>>>,
+    stop: watch::Receiver<bool>,
+    instruments: Arc<Instruments>,
+}
+
+impl Core {
+    fn allowed(&self, remote: &str) -> bool {
+        let policy =
+            self.opts.host_policy.iter().find(|p| p.host == remote).map_or(self.opts.default_policy, |p| p.policy);
+        policy == Policy::Allow
+    }
+
+    /// Queues a stanza for `remote`, starting its stream if there is none;
+    /// the stanza comes back when the queue is full, to be bounced.
+    #[allow(clippy::result_large_err)]
+    fn enqueue(self: &Arc<Self>, local: String, remote: String, routed: Routed) -> Result<(), Routed> {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (local, remote);
+        let mut routed = routed;
+        if let Some(tx) = out.get(&key) {
+            match tx.try_send(routed) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(r)) => return Err(r),
+                Err(mpsc::error::TrySendError::Closed(r)) => routed = r,
+            }
+        }
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        if let Err(e) = tx.try_send(routed) {
+            return Err(e.into_inner());
+        }
+        out.insert(key.clone(), tx.clone());
+        tokio::spawn(self.clone().outgoing(key, tx, rx));
+        Ok(())
+    }
+
+    /// One outgoing stream's life: connect, authenticate, send what comes,
+    /// until idle, stopped or broken; what it could not send is bounced.
+    async fn outgoing(
+        self: Arc<Self>,
+        key: (String, String),
+        tx: mpsc::Sender<Routed>,
+        mut rx: mpsc::Receiver<Routed>,
+    ) {
+        let (local, remote) = (&key.0, &key.1);
+        let mut failures = 0;
+        let mut unsent: Option<Routed> = None;
+        let mut failure = StanzaErrorCondition::RemoteServerNotFound;
+        // Whether the stream ended for want of anything to send (not a failure).
+        let mut idle = false;
+        while failures < ATTEMPTS {
+            match self.dial(local, remote).await {
+                Ok(dialed) => match self.authenticate(dialed, local, remote).await {
+                    Ok(mut wire) => {
+                        failures = 0;
+                        tracing::info!(%local, %remote, "s2s stream out ready");
+                        match self.pump(&mut wire, &mut rx, &mut unsent).await {
+                            Pumped::Idle => {
+                                let _ = wire.send("</stream:stream>").await;
+                                idle = true;
+                                break;
+                            }
+                            Pumped::Stopped => {
+                                let _ = wire.send("</stream:stream>").await;
+                                break;
+                            }
+                            Pumped::Broken => failures += 1,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(%local, %remote, error = %e, "s2s stream out not authenticated");
+                        failure = e.condition();
+                        failures += 1;
+                    }
+                },
+                Err(e) => {
+                    tracing::info!(%local, %remote, error = %e, "s2s connection out failed");
+                    failure = e.condition();
+                    failures += 1;
+                }
+            }
+            if failures < ATTEMPTS {
+                let pause = Duration::from_secs(self.opts.outgoing.max_retry_delay.max(1));
+                let mut stop = self.stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stopping(&mut stop) => break,
+                }
+            }
+        }
+        // Nobody queues here any more; what is left is bounced, once.
+        {
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            if out.get(&key).is_some_and(|t| t.same_channel(&tx)) {
+                out.remove(&key);
+            }
+        }
+        drop(tx);
+        rx.close();
+        for r in unsent.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            if idle {
+                // Queued as the idle stream closed: a new stream takes it.
+                if let Err(r) = self.enqueue(local.clone(), remote.clone(), r) {
+                    self.router.bounce(r, StanzaErrorCondition::ResourceConstraint);
+                }
+            } else {
+                self.router.bounce(r, failure);
+            }
+        }
+    }
+
+    /// Sends what is queued until the stream is idle, the node stops or the stream breaks.
+    async fn pump(&self, wire: &mut Wire, rx: &mut mpsc::Receiver<Routed>, unsent: &mut Option<Routed>) -> Pumped {
+        let mut stop = self.stop.clone();
+        loop {
+            let next = match unsent.take() {
+                Some(r) => Some(r),
+                None => tokio::select! {
+                    r = rx.recv() => match r { Some(r) => Some(r), None => return Pumped::Stopped },
+                    ev = wire.next_event() => {
+                        match ev {
+                            // Peers may send whitespace keepalives; anything else ends it.
+                            Ok(StreamEvent::Stanza(el)) if el.is("verify", DIALBACK) => {
+                                let answer = self.answer_verify(&el);
+                                if wire.send(&answer.to_xml(ns::SERVER)).await.is_err() {
+                                    return Pumped::Broken;
+                                }
+                                continue;
+                            }
+                            _ => return Pumped::Broken,
+                        }
+                    }
+                    _ = tokio::time::sleep(OUT_IDLE) => return Pumped::Idle,
+                    _ = stopping(&mut stop) => return Pumped::Stopped,
+                },
+            };
+            let Some(routed) = next else { continue };
+            let mut el = routed.stanza.clone();
+            el.set_attr("from", routed.from.to_string());
+            el.set_attr("to", routed.to.to_string());
+            proto::to_server_ns(&mut el);
+            if wire.send(&el.to_xml(ns::SERVER)).await.is_err() {
+                *unsent = Some(routed);
+                return Pumped::Broken;
+            }
+        }
+    }
+
+    /// Where `remote`'s server listens: `[s2s.outgoing] address`, else its A/AAAA records.
+    async fn resolve(&self, remote: &str) -> Result<Vec<SocketAddr>, OutError> {
+        let out = &self.opts.outgoing;
+        let fixed: Vec<SocketAddr> = out
+            .address
+            .iter()
+            .filter(|a| a.host == remote)
+            .map(|a| SocketAddr::new(a.ip_address, a.port.unwrap_or(out.port)))
+            .collect();
+        if !fixed.is_empty() {
+            return Ok(fixed);
+        }
+        let mut found: Vec<SocketAddr> = tokio::net::lookup_host((remote, out.port))
+            .await
+            .map_err(|e| OutError::NotFound(format!("resolving {remote}: {e}")))?
+            .filter(|a| out.ip_versions.contains(&if a.is_ipv4() { 4 } else { 6 }))
+            .collect();
+        found.sort_by_key(|a| out.ip_versions.iter().position(|v| *v == if a.is_ipv4() { 4 } else { 6 }));
+        if found.is_empty() {
+            return Err(OutError::NotFound(format!("no address for {remote}")));
+        }
+        Ok(found)
+    }
+
+    /// Connects to `remote`'s server and opens a stream, under TLS when offered.
+    async fn dial(&self, local: &str, remote: &str) -> Result<Dialed, OutError> {
+        let timeout = Duration::from_millis(self.opts.outgoing.connection_timeout.max(1));
+        let addrs = self.resolve(remote).await?;
+        let mut last = OutError::NotFound(format!("no address for {remote}"));
+        let mut tcp = None;
+        for addr in addrs {
+            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = OutError::NotFound(format!("connecting to {addr}: {e}")),
+                Err(_) => last = OutError::Timeout(format!("connecting to {addr}")),
+            }
+        }
+        let tcp = tcp.ok_or(last)?;
+        let _ = tcp.set_nodelay(true);
+        let meter = Meter {
+            host: Some(self.instruments.host(ConnectionType::S2s, local)),
+            data: Some(self.instruments.data(ConnectionType::S2s, false)),
+        };
+        let mut wire = Wire::new(Box::new(tcp), meter.clone());
+        let (id, features) = tokio::time::timeout(timeout, wire.open(local, remote))
+            .await
+            .map_err(|_| OutError::Timeout(format!("opening a stream to {remote}")))??;
+        if !features.has_child("starttls", ns::TLS) {
+            if self.opts.outgoing.tls.mode == OutgoingTlsMode::StarttlsRequired {
+                return Err(OutError::NotFound(format!("{remote} does not offer STARTTLS")));
+            }
+            return Ok(Dialed { wire, id });
+        }
+        wire.send(&Element::new("starttls", ns::TLS).to_xml(ns::SERVER)).await.map_err(OutError::io)?;
+        match tokio::time::timeout(timeout, wire.next_event()).await {
+            Ok(Ok(StreamEvent::Stanza(el))) if el.is("proceed", ns::TLS) => {}
+            _ => return Err(OutError::NotFound(format!("{remote} refused STARTTLS"))),
+        }
+        let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
+            .map_err(|e| OutError::NotFound(format!("{remote}: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(client_config());
+        let io = wire.into_io();
+        let tls = tokio::time::timeout(timeout, connector.connect(name, io))
+            .await
+            .map_err(|_| OutError::Timeout(format!("TLS with {remote}")))?
+            .map_err(|e| OutError::NotFound(format!("TLS with {remote}: {e}")))?;
+        let meter = Meter { data: Some(self.instruments.data(ConnectionType::S2s, true)), ..meter };
+        let mut wire = Wire::new(Box::new(tls), meter);
+        let (id, _features) = tokio::time::timeout(timeout, wire.open(local, remote))
+            .await
+            .map_err(|_| OutError::Timeout(format!("opening a stream to {remote}")))??;
+        Ok(Dialed { wire, id })
+    }
+
+    /// Dialback on an opened stream (XEP-0220 §2.1): our key, and the
+    /// remote server's verdict after it asked our authoritative server.
+    async fn authenticate(&self, dialed: Dialed, local: &str, remote: &str) -> Result<Wire, OutError> {
+        let Dialed { mut wire, id, .. } = dialed;
+        let key = proto::dialback_key(&self.secret, remote, local, &id);
+        let result = proto::db_result(local, remote, Some(&key), None);
+        wire.send(&result.to_xml(ns::SERVER)).await.map_err(OutError::io)?;
+        let timeout = Duration::from_millis(self.opts.outgoing.connection_timeout.max(1)) * 3;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, wire.next_event())
+                .await
+                .map_err(|_| OutError::Timeout(format!("{remote} did not answer our dialback")))??;
+            match ev {
+                StreamEvent::Stanza(el) if el.is("result", DIALBACK) => {
+                    return match el.attr("type") {
+                        Some("valid") => Ok(wire),
+                        other => Err(OutError::NotAuthorized(format!("{remote} answered dialback with {other:?}"))),
+                    };
+                }
+                // The peer may check another server's key with us on this stream.
+                StreamEvent::Stanza(el) if el.is("verify", DIALBACK) => {
+                    let answer = self.answer_verify(&el);
+                    wire.send(&answer.to_xml(ns::SERVER)).await.map_err(OutError::io)?;
+                }
+                StreamEvent::Stanza(el) if el.is("error", ns::STREAM) => {
+                    return Err(OutError::NotAuthorized(format!(
+                        "{remote} ended the stream: {}",
+                        el.to_xml(ns::SERVER)
+                    )));
+                }
+                StreamEvent::Stanza(_) | StreamEvent::Header(_) => {}
+                StreamEvent::End => return Err(OutError::NotAuthorized(format!("{remote} closed the stream"))),
+            }
+        }
+    }
+
+    /// As the authoritative server: whether a key the receiving server got
+    /// from "us" is one we made (XEP-0220 §2.1.2).
+    fn answer_verify(&self, el: &Element) -> Element {
+        let receiving = el.attr("from").unwrap_or_default();
+        let originating = el.attr("to").unwrap_or_default();
+        let id = el.attr("id").unwrap_or_default();
+        let valid = self.router.is_local_host(originating)
+            && proto::dialback_key_matches(&self.secret, receiving, originating, id, &el.text());
+        proto::db_verify(originating, receiving, id, None, Some(valid))
+    }
+
+    /// As the receiving server: asks `originating`'s authoritative server
+    /// whether `key` is its key for our stream `id` (XEP-0220 §2.1.2).
+    async fn verify(&self, local: &str, originating: &str, id: &str, key: &str) -> bool {
+        let asked = async {
+            let Dialed { mut wire, .. } = self.dial(local, originating).await?;
+            let verify = proto::db_verify(local, originating, id, Some(key), None);
+            wire.send(&verify.to_xml(ns::SERVER)).await.map_err(OutError::io)?;
+            loop {
+                match wire.next_event().await? {
+                    StreamEvent::Stanza(el) if el.is("verify", DIALBACK) && el.attr("id") == Some(id) => {
+                        let _ = wire.send("</stream:stream>").await;
+                        return Ok::<bool, OutError>(el.attr("type") == Some("valid"));
+                    }
+                    StreamEvent::End => return Err(OutError::NotAuthorized("closed".into())),
+                    _ => {}
+                }
+            }
+        };
+        let timeout = Duration::from_millis(self.opts.outgoing.connection_timeout.max(1)) * 3;
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(valid)) => valid,
+            Ok(Err(e)) => {
+                tracing::info!(%originating, error = %e, "dialback verification failed");
+                false
+            }
+            Err(_) => {
+                tracing::info!(%originating, "dialback verification timed out");
+                false
+            }
+        }
+    }
+}
+
+enum Pumped {
+    Idle,
+    Stopped,
+    Broken,
+}
+
+/// Why an outgoing stream could not be used.
+#[derive(Debug, thiserror::Error)]
+enum OutError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    NotAuthorized(String),
+}
+
+impl OutError {
+    fn io(e: std::io::Error) -> OutError {
+        OutError::NotFound(e.to_string())
+    }
+
+    /// The stanza error the senders of what waited get.
+    fn condition(&self) -> StanzaErrorCondition {
+        match self {
+            OutError::Timeout(_) => StanzaErrorCondition::RemoteServerTimeout,
+            OutError::NotFound(_) | OutError::NotAuthorized(_) => StanzaErrorCondition::RemoteServerNotFound,
+        }
+    }
+}
+
+/// A stream opened to a remote server, before authentication.
+struct Dialed {
+    wire: Wire,
+    id: String,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Our side of an outgoing stream: the connection and its parser.
+struct Wire {
+    io: Box<dyn Io>,
+    parser: StreamParser,
+    meter: Meter,
+}
+
+impl Wire {
+    fn new(io: Box<dyn Io>, meter: Meter) -> Wire {
+        Wire { io, parser: StreamParser::new(Limits::default()), meter }
+    }
+
+    fn into_io(self) -> Box<dyn Io> {
+        self.io
+    }
+
+    async fn send(&mut self, xml: &str) -> std::io::Result<()> {
+        self.meter.serialized(xml.as_bytes());
+        self.io.write_all(xml.as_bytes()).await?;
+        self.meter.wrote(xml.len());
+        self.io.flush().await
+    }
+
+    /// The next event from the remote server.
+    async fn next_event(&mut self) -> Result<StreamEvent, OutError> {
+        loop {
+            match self.parser.next_event() {
+                Ok(Some(ev)) => {
+                    if let StreamEvent::Stanza(el) = &ev {
+                        self.meter.parsed(el, self.parser.last_stanza_len());
+                    }
+                    return Ok(ev);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(OutError::NotFound(format!("bad stream: {e}"))),
+            }
+            let mut buf = [0u8; 4096];
+            let n = self.io.read(&mut buf).await.map_err(OutError::io)?;
+            if n == 0 {
+                return Ok(StreamEvent::End);
+            }
+            self.meter.read(n);
+            self.parser.feed(&buf[..n]);
+        }
+    }
+
+    /// Sends our header and reads the peer's header (its stream id) and features.
+    async fn open(&mut self, local: &str, remote: &str) -> Result<(String, Element), OutError> {
+        self.parser.reset();
+        self.send(&proto::stream_header_xml(local, remote, None)).await.map_err(OutError::io)?;
+        let id = match self.next_event().await? {
+            StreamEvent::Header(h) => h.id.unwrap_or_default(),
+            _ => return Err(OutError::NotFound(format!("{remote} sent no stream header"))),
+        };
+        match self.next_event().await? {
+            StreamEvent::Stanza(el) if el.is("features", ns::STREAM) => Ok((id, el)),
+            StreamEvent::Stanza(el) if el.is("error", ns::STREAM) => {
+                Err(OutError::NotFound(format!("{remote}: {}", el.to_xml(ns::SERVER))))
+            }
+            _ => Err(OutError::NotFound(format!("{remote} sent no stream features"))),
+        }
+    }
+}
+
+/// A TLS client configuration that takes any certificate: the stream is
+/// encrypted, and dialback authenticates it.
+fn client_config() -> Arc<rustls::ClientConfig> {
+    let verifier = Arc::new(AnyCertificate);
+    let mut cfg =
+        rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    cfg.alpn_protocols = vec![b"xmpp-server".to_vec()];
+    Arc::new(cfg)
+}
+
+/// Accepts every server certificate (handshake signatures are still
+/// checked): no trust anchors are configured for servers, and dialback, not
+/// the certificate, authenticates the remote domain.
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The router's last link: stanzas for domains nobody here serves.
+struct S2sLink(Arc<Core>);
+
+impl Link for S2sLink {
+    fn name(&self) -> &'static str {
+        "s2s"
+    }
+
+    fn route(&self, router: &Router, routed: Routed) -> Step {
+        let remote = routed.to.domain().as_str().to_owned();
+        if router.is_local_host(&remote) {
+            return Step::Next(routed);
+        }
+        if !self.0.allowed(&remote) {
+            router.bounce(routed, StanzaErrorCondition::RemoteServerNotFound);
+            return Step::Done;
+        }
+        let local = routed.from.domain().as_str().to_owned();
+        if let Err(routed) = self.0.enqueue(local, remote, routed) {
+            router.bounce(routed, StanzaErrorCondition::ResourceConstraint);
+        }
+        Step::Done
+    }
+}
+
+/// What each connection of one listener needs.
+struct Listener {
+    core: Arc<Core>,
+    tls: tokio_rustls::TlsAcceptor,
+    rate: Option<u64>,
+    limits: Limits,
+}
+
+async fn accept_loop(tcp: tokio::net::TcpListener, listener: Arc<Listener>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = tcp.accept() => match accepted {
+                Ok((sock, peer)) => {
+                    let listener = listener.clone();
+                    tokio::spawn(async move { incoming(&listener, sock, peer).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "s2s accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = stopping(&mut stop) => return,
+        }
+    }
+}
+
+/// Returns once the node stops.
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn stream_error(cond: StreamErrorCondition, text: impl Into<String>) -> StreamError {
+    StreamError::with_text(cond, text)
+}
+
+/// The next event of an incoming stream; `None` once the peer closed the connection.
+async fn next_in(conn: &mut Conn, until: tokio::time::Instant) -> Result<Option<StreamEvent>, StreamError> {
+    loop {
+        if let Some(ev) = conn.next_event()? {
+            return Ok(Some(ev));
+        }
+        match tokio::time::timeout_at(until, conn.fill()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) | Ok(Err(_)) => return Ok(None),
+            Err(_) => return Err(stream_error(StreamErrorCondition::ConnectionTimeout, "idle")),
+        }
+    }
+}
+
+/// One incoming stream, from accept to close.
+async fn incoming(listener: &Listener, sock: TcpStream, peer: SocketAddr) {
+    let core = &listener.core;
+    let data = core.instruments.data(ConnectionType::S2s, false);
+    let mut conn = Conn::stream(
+        Transport::Plain(sock),
+        listener.limits,
+        Shaper::new(listener.rate),
+        Meter { host: None, data: Some(data) },
+    );
+    let id = format!("{:016x}", rand::random::<u64>());
+    let mut state = InState { local: None, tls: false, authenticated: HashSet::new(), header_sent: false };
+    loop {
+        let end = serve_in(listener, &mut conn, &id, &mut state, peer).await;
+        match end {
+            Ok(In::StartTls) => {
+                // RFC 6120 §5.4.3.3: TLS, then a new stream on it.
+                let Conn::Stream { transport: Transport::Plain(tcp), input, shaper } = conn else { return };
+                let tls = match tokio::time::timeout(Duration::from_secs(10), listener.tls.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    _ => {
+                        tracing::info!(%peer, "s2s TLS handshake in failed");
+                        return;
+                    }
+                };
+                conn = Conn::Stream { transport: Transport::Tls(Box::new(tls)), input, shaper };
+                conn.restart();
+                conn.meter_data(core.instruments.data(ConnectionType::S2s, true));
+                state.tls = true;
+                state.header_sent = false;
+            }
+            Ok(In::Closed) => {
+                conn.close(None).await;
+                return;
+            }
+            Err(e) => {
+                if !state.header_sent {
+                    let local = state.local.clone().unwrap_or_default();
+                    let _ = conn.send(&proto::stream_header_xml(&local, "", Some(&id))).await;
+                }
+                tracing::info!(%peer, error = %e.condition, text = ?e.text, "s2s stream in ended with an error");
+                conn.close(Some(&e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// How a stream in ended, or that it asked for TLS.
+enum In {
+    StartTls,
+    Closed,
+}
+
+struct InState {
+    /// Our host the stream is for.
+    local: Option<String>,
+    tls: bool,
+    /// Remote domains authenticated on this stream (dialback may add several).
+    authenticated: HashSet<String>,
+    header_sent: bool,
+}
+
+async fn serve_in(
+    listener: &Listener,
+    conn: &mut Conn,
+    id: &str,
+    st: &mut InState,
+    peer: SocketAddr,
+) -> Result<In, StreamError> {
+    let core = &listener.core;
+    let mut stop = core.stop.clone();
+    let negotiated_by = tokio::time::Instant::now() + IN_NEGOTIATION;
+    loop {
+        let until = if st.authenticated.is_empty() { negotiated_by } else { tokio::time::Instant::now() + IN_IDLE };
+        let ev = tokio::select! {
+            ev = next_in(conn, until) => ev?,
+            _ = stopping(&mut stop) => return Err(stream_error(StreamErrorCondition::SystemShutdown, "shutting down")),
+        };
+        let Some(ev) = ev else { return Ok(In::Closed) };
+        match ev {
+            StreamEvent::Header(h) => {
+                let to = h.to.as_deref().unwrap_or_default();
+                let Ok(to) = canonical_domain(to) else {
+                    return Err(stream_error(StreamErrorCondition::HostUnknown, "the stream names no host"));
+                };
+                if !core.router.is_local_host(&to) {
+                    return Err(stream_error(StreamErrorCondition::HostUnknown, format!("{to} is not served here")));
+                }
+                if h.default_ns.as_deref() != Some(ns::SERVER) {
+                    return Err(stream_error(
+                        StreamErrorCondition::InvalidNamespace,
+                        "a server stream is in jabber:server",
+                    ));
+                }
+                if st.local.as_deref().is_some_and(|l| l != to) {
+                    return Err(stream_error(StreamErrorCondition::HostUnknown, "the host changed on restart"));
+                }
+                conn.meter_host(core.instruments.host(ConnectionType::S2s, &to));
+                let from = h.from.as_deref().unwrap_or_default();
+                conn.send(&proto::stream_header_xml(&to, from, Some(id))).await.map_err(gone)?;
+                st.header_sent = true;
+                st.local = Some(to);
+                let mut features = Element::new("features", ns::STREAM);
+                if !st.tls {
+                    let mut starttls = Element::new("starttls", ns::TLS);
+                    starttls.push_child(Element::new("required", ns::TLS));
+                    features.push_child(starttls);
+                }
+                let mut dialback = Element::new("dialback", DIALBACK_FEATURE);
+                dialback.push_child(Element::new("errors", DIALBACK_FEATURE));
+                features.push_child(dialback);
+                conn.send(&features.to_xml(ns::SERVER)).await.map_err(gone)?;
+            }
+            StreamEvent::Stanza(el) if el.is("starttls", ns::TLS) && !st.tls => {
+                if conn.buffered_len() > 0 {
+                    return Err(stream_error(StreamErrorCondition::PolicyViolation, "data after <starttls/>"));
+                }
+                conn.send(&Element::new("proceed", ns::TLS).to_xml(ns::SERVER)).await.map_err(gone)?;
+                return Ok(In::StartTls);
+            }
+            StreamEvent::Stanza(el) if el.is("result", DIALBACK) && el.attr("type").is_none() => {
+                if !st.tls {
+                    // The features said STARTTLS is required.
+                    return Err(stream_error(StreamErrorCondition::PolicyViolation, "STARTTLS first"));
+                }
+                let local = st.local.clone().unwrap_or_default();
+                let from = el.attr("from").and_then(|f| canonical_domain(f).ok()).unwrap_or_default();
+                if el.attr("to").and_then(|t| canonical_domain(t).ok()).as_deref() != Some(local.as_str()) {
+                    return Err(stream_error(StreamErrorCondition::HostUnknown, "db:result to another host"));
+                }
+                let valid = !from.is_empty() && core.allowed(&from) && core.verify(&local, &from, id, &el.text()).await;
+                tracing::info!(%peer, remote = %from, valid, "s2s dialback in");
+                conn.send(&proto::db_result(&local, &from, None, Some(valid)).to_xml(ns::SERVER))
+                    .await
+                    .map_err(gone)?;
+                if valid {
+                    st.authenticated.insert(from);
+                }
+            }
+            StreamEvent::Stanza(el) if el.is("verify", DIALBACK) && el.attr("type").is_none() => {
+                conn.send(&core.answer_verify(&el).to_xml(ns::SERVER)).await.map_err(gone)?;
+            }
+            StreamEvent::Stanza(mut el)
+                if matches!(el.name.as_str(), "message" | "presence" | "iq") && el.ns == ns::SERVER =>
+            {
+                let from = el.attr("from").and_then(|f| parse_jid(f).ok());
+                let to = el.attr("to").and_then(|t| parse_jid(t).ok());
+                let (Some(from), Some(to)) = (from, to) else {
+                    return Err(stream_error(StreamErrorCondition::ImproperAddressing, "a stanza needs from and to"));
+                };
+                if !st.authenticated.contains(from.domain().as_str()) {
+                    return Err(stream_error(
+                        StreamErrorCondition::InvalidFrom,
+                        format!("{} is not authenticated here", from.domain()),
+                    ));
+                }
+                if !core.router.is_local_host(to.domain().as_str()) {
+                    return Err(stream_error(
+                        StreamErrorCondition::HostUnknown,
+                        format!("{} is not served here", to.domain()),
+                    ));
+                }
+                proto::to_client_ns(&mut el);
+                core.router.route(Routed { from, to, stanza: el });
+            }
+            StreamEvent::Stanza(el) if el.is("error", ns::STREAM) => {
+                tracing::info!(%peer, error = %el.to_xml(ns::SERVER), "s2s peer ended its stream");
+                return Ok(In::Closed);
+            }
+            StreamEvent::Stanza(el) => {
+                return Err(stream_error(
+                    StreamErrorCondition::UnsupportedStanzaType,
+                    format!("unexpected <{}/> in {}", el.name, el.ns),
+                ));
+            }
+            StreamEvent::End => return Ok(In::Closed),
+        }
+    }
+}
+
+fn gone<E>(_: E) -> StreamError {
+    stream_error(StreamErrorCondition::Reset, "connection lost")
+}

@@ -1,0 +1,195 @@
+//! Federation between two Meerkat nodes serving different domains
+//! (`a.test` and `b.test`), each finding the other at its fixed
+//! `[s2s.outgoing] address`: STARTTLS on every stream, dialback (XEP-0220)
+//! with keys from each node's own secret, messages both ways in order, a
+//! forged dialback key refused, and a domain with no server bounced once.
+
+use std::time::Duration;
+
+use meerkat_tests::client::{body, message, stanza_error, tls_client_config, TlsTrust};
+use meerkat_tests::node::free_port;
+use meerkat_tests::{Client, NodeOptions, TestNode};
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A node serving `domain`, federating on `s2s_port`, that finds `peer` at `peer_port`.
+fn federating_node(domain: &str, s2s_port: u16, peer: &str, peer_port: u16) -> TestNode {
+    let extra = format!(
+        "[[listen.s2s]]\nport = {s2s_port}\nip_address = \"127.0.0.1\"\n\n\
+         [s2s.outgoing]\nconnection_timeout = 2000\n\
+         address = [{{ host = \"{peer}\", ip_address = \"127.0.0.1\", port = {peer_port} }}]\n"
+    );
+    TestNode::start_with(NodeOptions { hosts: vec![domain.into()], extra_toml: extra, ..Default::default() })
+}
+
+async fn user(node: &TestNode, domain: &str, name: &str) -> Client {
+    node.add_user_at(domain, name, "secret");
+    Client::login(node.c2s, domain, name, "secret", Some("r")).await.unwrap_or_else(|e| panic!("{name}@{domain}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_domains_federate_with_dialback_over_tls() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = federating_node("a.test", pa, "b.test", pb);
+    let b = federating_node("b.test", pb, "a.test", pa);
+    let mut alice = user(&a, "a.test", "alice").await;
+    let mut bob = user(&b, "b.test", "bob").await;
+
+    const N: usize = 100;
+    for i in 0..N {
+        alice.send(&message("bob@b.test/r", &format!("a{i}"))).await.expect("send");
+    }
+    for i in 0..N {
+        let m = bob.recv_message().await.expect("bob receives");
+        assert_eq!(body(&m).as_deref(), Some(format!("a{i}").as_str()), "{m:?}");
+        assert_eq!(m.attr("from"), Some("alice@a.test/r"));
+    }
+    for i in 0..N {
+        bob.send(&message("alice@a.test/r", &format!("b{i}"))).await.expect("send");
+    }
+    for i in 0..N {
+        let m = alice.recv_message().await.expect("alice receives");
+        assert_eq!(body(&m).as_deref(), Some(format!("b{i}").as_str()), "{m:?}");
+        assert_eq!(m.attr("from"), Some("bob@b.test/r"));
+    }
+    // Each node authenticated the other by dialback, and counted the traffic.
+    for (node, peer) in [(&a, "b.test"), (&b, "a.test")] {
+        assert!(node.log().contains("s2s dialback in"), "{}", node.log());
+        let m = node.metrics();
+        let s2s_in = [("connection_type", "s2s")];
+        assert!(m.value("xmpp_element_in_message_count", &s2s_in) >= N as f64, "{peer}: {}", m.0);
+        assert!(m.value("xmpp_element_out_message_count", &s2s_in) >= N as f64, "{peer}: {}", m.0);
+        assert!(m.value("tls_data_in_byte_size", &s2s_in) > 0.0, "{}", m.0);
+    }
+
+    // An error from the remote server is delivered, never answered: a
+    // message to someone bob's server does not have comes back once.
+    alice.send(&message("nobody@b.test", "hello?")).await.expect("send");
+    let e = alice.recv_until(|e| e.name == "message" && e.attr("type") == Some("error")).await.expect("an error");
+    assert_eq!(stanza_error(&e).as_deref(), Some("service-unavailable"), "{e:?}");
+    assert_eq!(e.attr("from"), Some("nobody@b.test"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_with_no_server_bounces_once() {
+    let (pa, pb) = (free_port(), free_port());
+    // b.test's address is a port nobody listens on.
+    let a = federating_node("a.test", pa, "b.test", pb);
+    let mut alice = user(&a, "a.test", "alice").await;
+    alice.send(&message("bob@b.test", "one")).await.expect("send");
+    alice.send(&message("bob@nowhere.invalid", "two")).await.expect("send");
+    let mut errors = Vec::new();
+    for _ in 0..2 {
+        let e = alice.recv_until(|e| e.name == "message").await.expect("a bounce");
+        assert_eq!(e.attr("type"), Some("error"), "{e:?}");
+        errors.push((e.attr("from").unwrap_or_default().to_owned(), stanza_error(&e).unwrap_or_default()));
+    }
+    errors.sort();
+    assert_eq!(
+        errors,
+        vec![
+            ("bob@b.test".to_owned(), "remote-server-not-found".to_owned()),
+            ("bob@nowhere.invalid".to_owned(), "remote-server-not-found".to_owned()),
+        ]
+    );
+    // Nothing more comes: a round trip to our own server passes no second bounce.
+    let pong =
+        alice.iq_xml("<iq type='get' id='p1' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>").await.expect("ping");
+    assert_eq!(pong.attr("type"), Some("result"));
+    assert!(alice.backlog().all(|e| e.name != "message"), "a second bounce: {:?}", alice.backlog().collect::<Vec<_>>());
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A raw server-to-server stream, as a forging peer would open it.
+struct RawPeer {
+    io: Box<dyn Io>,
+    parser: StreamParser,
+}
+
+impl RawPeer {
+    async fn send(&mut self, xml: &str) {
+        self.io.write_all(xml.as_bytes()).await.expect("write");
+    }
+
+    async fn next(&mut self) -> StreamEvent {
+        loop {
+            if let Some(ev) = self.parser.next_event().expect("a well-formed stream") {
+                return ev;
+            }
+            let mut buf = [0u8; 4096];
+            let n =
+                tokio::time::timeout(TIMEOUT, self.io.read(&mut buf)).await.expect("an answer in time").expect("read");
+            if n == 0 {
+                return StreamEvent::End;
+            }
+            self.parser.feed(&buf[..n]);
+        }
+    }
+
+    async fn element(&mut self) -> Element {
+        loop {
+            match self.next().await {
+                StreamEvent::Stanza(el) => return el,
+                StreamEvent::Header(_) => {}
+                StreamEvent::End => panic!("the stream ended"),
+            }
+        }
+    }
+
+    async fn open(&mut self) -> String {
+        self.parser.reset();
+        self.send(
+            "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+             xmlns:db='jabber:server:dialback' from='a.test' to='b.test' version='1.0'>",
+        )
+        .await;
+        let StreamEvent::Header(h) = self.next().await else { panic!("no header") };
+        let features = self.element().await;
+        assert_eq!(features.name, "features");
+        h.id.expect("the receiving server gives a stream id")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_dialback_key_is_refused() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = federating_node("a.test", pa, "b.test", pb);
+    let b = federating_node("b.test", pb, "a.test", pa);
+    let mut bob = user(&b, "b.test", "bob").await;
+
+    let tcp = TcpStream::connect(("127.0.0.1", pb)).await.expect("connect");
+    let mut peer = RawPeer { io: Box::new(tcp), parser: StreamParser::new(Limits::default()) };
+    peer.open().await;
+    // Dialback before TLS is refused: the features require STARTTLS.
+    peer.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+    assert_eq!(peer.element().await.name, "proceed");
+    let RawPeer { io, .. } = peer;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        tls_client_config(&TlsTrust::AcceptAny).expect("client config"),
+    ));
+    let name = rustls::pki_types::ServerName::try_from("b.test").expect("name");
+    let tls = connector.connect(name, io).await.expect("TLS");
+    let mut peer = RawPeer { io: Box::new(tls), parser: StreamParser::new(Limits::default()) };
+    peer.open().await;
+    // A key a.test's server never made: b.test asks a.test's server, which says no.
+    peer.send("<db:result from='a.test' to='b.test'>0123456789abcdef</db:result>").await;
+    let answer = peer.element().await;
+    assert_eq!(answer.name, "result", "{answer:?}");
+    assert_eq!(answer.attr("type"), Some("invalid"), "{answer:?}");
+    // A stanza from the unauthenticated domain ends the stream.
+    peer.send("<message from='mallory@a.test' to='bob@b.test'><body>forged</body></message>").await;
+    let err = peer.element().await;
+    assert_eq!(err.name, "error", "{err:?}");
+    assert!(err.elements().any(|e| e.name == "invalid-from"), "{err:?}");
+    // Bob got nothing of it: the first message he gets is a genuine one.
+    let mut alice = user(&a, "a.test", "alice").await;
+    alice.send(&message("bob@b.test/r", "genuine")).await.expect("send");
+    let m = bob.recv_message().await.expect("bob receives");
+    assert_eq!(body(&m).as_deref(), Some("genuine"), "a forged message was delivered: {m:?}");
+}
