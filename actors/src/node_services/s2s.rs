@@ -384,7 +384,7 @@ impl Core {
                             // Peers may send whitespace keepalives; anything else ends it.
                             Ok(StreamEvent::Stanza(el)) if el.is("verify", DIALBACK) => {
                                 let answer = self.answer_verify(&el);
-                                if wire.send(&answer.to_xml(ns::SERVER)).await.is_err() {
+                                if wire.send(&proto::dialback_xml(&answer)).await.is_err() {
                                     return Pumped::Broken;
                                 }
                                 continue;
@@ -491,7 +491,7 @@ impl Core {
         let Dialed { mut wire, id, .. } = dialed;
         let key = proto::dialback_key(&self.secret, remote, local, &id);
         let result = proto::db_result(local, remote, Some(&key), None);
-        wire.send(&result.to_xml(ns::SERVER)).await.map_err(OutError::io)?;
+        wire.send(&proto::dialback_xml(&result)).await.map_err(OutError::io)?;
         let timeout = Duration::from_millis(self.opts.outgoing.connection_timeout.max(1)) * 3;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -508,7 +508,7 @@ impl Core {
                 // The peer may check another server's key with us on this stream.
                 StreamEvent::Stanza(el) if el.is("verify", DIALBACK) => {
                     let answer = self.answer_verify(&el);
-                    wire.send(&answer.to_xml(ns::SERVER)).await.map_err(OutError::io)?;
+                    wire.send(&proto::dialback_xml(&answer)).await.map_err(OutError::io)?;
                 }
                 StreamEvent::Stanza(el) if el.is("error", ns::STREAM) => {
                     return Err(OutError::NotAuthorized(format!(
@@ -539,7 +539,7 @@ impl Core {
         let asked = async {
             let Dialed { mut wire, .. } = self.dial(local, originating).await?;
             let verify = proto::db_verify(local, originating, id, Some(key), None);
-            wire.send(&verify.to_xml(ns::SERVER)).await.map_err(OutError::io)?;
+            wire.send(&proto::dialback_xml(&verify)).await.map_err(OutError::io)?;
             loop {
                 match wire.next_event().await? {
                     StreamEvent::Stanza(el) if el.is("verify", DIALBACK) && el.attr("id") == Some(id) => {
@@ -917,7 +917,14 @@ async fn serve_in(
                 let mut dialback = Element::new("dialback", DIALBACK_FEATURE);
                 dialback.push_child(Element::new("errors", DIALBACK_FEATURE));
                 features.push_child(dialback);
-                conn.send(&features.to_xml(ns::SERVER)).await.map_err(gone)?;
+                // `stream:` as declared on the header: some servers (ejabberd)
+                // recognise stream elements only under that literal prefix.
+                let mut xml = String::from("<stream:features>");
+                for f in features.elements() {
+                    xml.push_str(&f.to_xml(ns::SERVER));
+                }
+                xml.push_str("</stream:features>");
+                conn.send(&xml).await.map_err(gone)?;
             }
             StreamEvent::Stanza(el) if el.is("starttls", ns::TLS) && !st.tls => {
                 if conn.buffered_len() > 0 {
@@ -938,7 +945,7 @@ async fn serve_in(
                 }
                 let valid = !from.is_empty() && core.allowed(&from) && core.verify(&local, &from, id, &el.text()).await;
                 tracing::info!(%peer, remote = %from, valid, "s2s dialback in");
-                conn.send(&proto::db_result(&local, &from, None, Some(valid)).to_xml(ns::SERVER))
+                conn.send(&proto::dialback_xml(&proto::db_result(&local, &from, None, Some(valid))))
                     .await
                     .map_err(gone)?;
                 if valid {
@@ -946,7 +953,7 @@ async fn serve_in(
                 }
             }
             StreamEvent::Stanza(el) if el.is("verify", DIALBACK) && el.attr("type").is_none() => {
-                conn.send(&core.answer_verify(&el).to_xml(ns::SERVER)).await.map_err(gone)?;
+                conn.send(&proto::dialback_xml(&core.answer_verify(&el))).await.map_err(gone)?;
             }
             StreamEvent::Stanza(mut el)
                 if matches!(el.name.as_str(), "message" | "presence" | "iq") && el.ns == ns::SERVER =>
