@@ -585,7 +585,7 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, opening:
         addr.do_send(crate::session::ApplyHooks(acc));
     }
     let router = &svc.router;
-    router.register_session(&info, Arc::new(ActorSink(addr.clone())));
+    router.register_session(&info, Arc::new(ActorSink::new(addr.clone())));
     if router.sessions().get(&jid).map(|s| (s.node, s.sid)) != Some((router.node(), sid)) {
         // Another session took the JID between registration and now.
         addr.do_send(crate::session::Kick(KickReason::Conflict));

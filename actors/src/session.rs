@@ -133,7 +133,7 @@ pub struct FromClient(pub Element, pub std::time::Instant);
 /// A stanza routed to this resource.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Element, pub Option<std::time::Instant>);
+pub struct Deliver(pub Element, pub Option<std::time::Instant>, pub Option<Arc<AtomicUsize>>);
 
 /// Stored messages for this resource, written ahead of held live ones; with
 /// `release`, the live messages held since the initial presence follow.
@@ -880,6 +880,9 @@ impl Handler<DeliverStored> for C2sSession {
 impl Handler<Deliver> for C2sSession {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        if let Some(overflow) = &msg.2 {
+            overflow.fetch_sub(1, Ordering::Relaxed);
+        }
         self.on_delivered(msg.0, ctx);
         if let Some(parsed) = msg.1 {
             self.svc.instruments.routed_locally(parsed);
@@ -1015,23 +1018,52 @@ impl Handler<StopNow> for C2sSession {
     }
 }
 
-/// The router's handle on a session: a non-blocking send into its bounded mailbox.
-pub struct ActorSink(pub Addr<C2sSession>);
+/// Deliveries a session takes beyond its mailbox's capacity, queued behind
+/// what is there, before routing falls back to the account (other
+/// resources, then offline storage), which would let later messages
+/// overtake these.
+pub const DELIVERY_OVERFLOW: usize = 1024;
+
+/// The router's handle on a session: a non-blocking send into its bounded
+/// mailbox, which takes up to [`DELIVERY_OVERFLOW`] more deliveries, in
+/// order, when it is full.
+pub struct ActorSink {
+    addr: Addr<C2sSession>,
+    /// Deliveries queued over the mailbox's capacity and not handled yet.
+    overflow: Arc<AtomicUsize>,
+}
+
+impl ActorSink {
+    pub fn new(addr: Addr<C2sSession>) -> ActorSink {
+        ActorSink { addr, overflow: Arc::new(AtomicUsize::new(0)) }
+    }
+}
 
 impl SessionSink for ActorSink {
     fn deliver(&self, stanza: Element) -> Result<(), Element> {
-        self.0.try_send(Deliver(stanza, crate::instrument::routing_since())).map_err(|e| match e {
-            SendError::Full(Deliver(s, _)) | SendError::Closed(Deliver(s, _)) => s,
-        })
+        let since = crate::instrument::routing_since();
+        match self.addr.try_send(Deliver(stanza, since, None)) {
+            Ok(()) => Ok(()),
+            Err(SendError::Closed(Deliver(s, ..))) => Err(s),
+            Err(SendError::Full(Deliver(s, ..))) => {
+                if self.overflow.fetch_add(1, Ordering::Relaxed) >= DELIVERY_OVERFLOW {
+                    self.overflow.fetch_sub(1, Ordering::Relaxed);
+                    return Err(s);
+                }
+                // The same queue, past its capacity: behind everything already there.
+                self.addr.do_send(Deliver(s, since, Some(self.overflow.clone())));
+                Ok(())
+            }
+        }
     }
 
     fn kick(&self, reason: KickReason) {
         // A kick must get through even to a full mailbox.
-        self.0.do_send(Kick(reason));
+        self.addr.do_send(Kick(reason));
     }
 
     fn deliver_stored(&self, stanzas: Vec<Element>, release: bool, accepted: Option<Accepted>) {
         // Must get through even to a full mailbox: it also ends the hold.
-        self.0.do_send(DeliverStored { stanzas, release, accepted });
+        self.addr.do_send(DeliverStored { stanzas, release, accepted });
     }
 }

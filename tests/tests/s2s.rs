@@ -182,6 +182,7 @@ async fn a_forged_dialback_key_is_refused() {
     let answer = peer.element().await;
     assert_eq!(answer.name, "result", "{answer:?}");
     assert_eq!(answer.attr("type"), Some("invalid"), "{answer:?}");
+    assert_eq!(b.metrics().value("s2s_auth_failed_count", &[("host_type", "b.test")]), 1.0);
     // A stanza from the unauthenticated domain ends the stream.
     peer.send("<message from='mallory@a.test' to='bob@b.test'><body>forged</body></message>").await;
     let err = peer.element().await;

@@ -945,6 +945,9 @@ async fn serve_in(
                 }
                 let valid = !from.is_empty() && core.allowed(&from) && core.verify(&local, &from, id, &el.text()).await;
                 tracing::info!(%peer, remote = %from, valid, "s2s dialback in");
+                if !valid {
+                    core.instruments.host(ConnectionType::S2s, &local).auth_failed.increment(1);
+                }
                 conn.send(&proto::dialback_xml(&proto::db_result(&local, &from, None, Some(valid))))
                     .await
                     .map_err(gone)?;
