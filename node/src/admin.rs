@@ -56,6 +56,8 @@ pub struct AdminState {
     pub cluster: Option<Arc<meerkat_cluster::node::ClusterNode>>,
     /// Global distribution, when `[global_distribution]` is configured.
     pub global: Option<Arc<meerkat_routing::global::GlobalDistrib>>,
+    /// The node's services (`GET /api/s2s` asks the `s2s` one).
+    pub services: Arc<meerkat_actors::ext::ServiceSet>,
 }
 
 /// An API failure.
@@ -177,6 +179,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/cluster/nodes/{id}", web::delete().to(cluster_remove))
         .route("/api/global", web::get().to(global_status))
         .route("/api/global/refresh", web::post().to(global_refresh))
+        .route("/api/s2s", web::get().to(s2s_status))
         .route("/metrics", web::get().to(prometheus))
         .route("/dashboard", web::get().to(dashboard));
 }
@@ -329,6 +332,17 @@ impl From<meerkat_routing::global::GlobalError> for ApiError {
 async fn global_status(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     Ok(HttpResponse::Ok().json(global(&state)?.status()))
+}
+
+/// Federation's streams in and out on this node.
+async fn s2s_status(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let status = state.services.status("s2s").ok_or_else(|| {
+        ApiError::NotFound(
+            "federation is not configured on this node (add a [[listen.s2s]] section to its config)".into(),
+        )
+    })?;
+    Ok(HttpResponse::Ok().json(status))
 }
 
 /// Writes all of this node's routing entries again now, rather than at the next `refresh_after`.
@@ -766,8 +780,8 @@ mod tests {
                 count += 1;
             }
         }
-        assert_eq!(count, 23);
-        assert_eq!(paths.len(), 21);
+        assert_eq!(count, 24);
+        assert_eq!(paths.len(), 22);
     }
 
     /// Every object in `value` has exactly the properties its schema lists.

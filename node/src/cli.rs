@@ -44,6 +44,9 @@ pub enum Command {
     /// Global distribution across data centers: status, refresh.
     #[command(subcommand)]
     Global(GlobalCommand),
+    /// Federation with other servers.
+    #[command(subcommand)]
+    S2s(S2sCommand),
     /// Send a chat message as a local account, or any stanza (--stanza) as its 'from' would.
     Send {
         /// The sending account (user@host, or a full JID).
@@ -58,6 +61,16 @@ pub enum Command {
         /// A whole stanza (message, presence or iq) with 'from' and 'to'.
         #[arg(long, conflicts_with_all = ["from", "to", "body"])]
         stanza: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum S2sCommand {
+    /// Streams to and from other servers on this node: state, authentication, queued stanzas.
+    List {
+        /// Print the JSON the admin API returns.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -394,12 +407,48 @@ pub fn run_admin(client: &ApiClient, cmd: &Command) -> anyhow::Result<()> {
                 print_global(&v);
             }
         }
+        Command::S2s(S2sCommand::List { json }) => {
+            let v = client.call("GET", "/api/s2s", None)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_s2s(&v);
+            }
+        }
         Command::Global(GlobalCommand::Refresh) => {
             let v = client.call("POST", "/api/global/refresh", Some(json!({})))?;
             println!("wrote {} routing entries", v["refreshed"]);
         }
     }
     Ok(())
+}
+
+fn print_s2s(v: &Value) {
+    let rows = |key: &str| v[key].as_array().cloned().unwrap_or_default();
+    println!("out:");
+    for o in rows("outgoing") {
+        println!(
+            "  {} -> {}  {}  {}  queued {}",
+            o["local"].as_str().unwrap_or_default(),
+            o["remote"].as_str().unwrap_or_default(),
+            o["state"].as_str().unwrap_or_default(),
+            o["auth"].as_str().unwrap_or_default(),
+            o["queued"]
+        );
+    }
+    println!("in:");
+    for i in rows("incoming") {
+        let domains: Vec<&str> = i["domains"].as_array().into_iter().flatten().filter_map(|d| d.as_str()).collect();
+        println!(
+            "  {} -> {}  {}  {}  tls {}  [{}]",
+            i["peer"].as_str().unwrap_or_default(),
+            i["local"].as_str().unwrap_or("-"),
+            i["state"].as_str().unwrap_or_default(),
+            i["auth"].as_str().unwrap_or_default(),
+            i["tls"],
+            domains.join(", ")
+        );
+    }
 }
 
 fn print_global(v: &Value) {

@@ -192,7 +192,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     // Once per node, after the modules and global distribution (a service
     // may register domains) and before clients are accepted.
-    let services = ServiceSet::new(meerkat_actors::node_services::build(&cfg.services()).map_err(anyhow::Error::msg)?);
+    let services =
+        Arc::new(ServiceSet::new(meerkat_actors::node_services::build(&cfg.services()).map_err(anyhow::Error::msg)?));
     {
         let (data_dir, tls_hosts) = (cfg.general.data_dir.clone(), hosts.clone());
         let shapers =
@@ -355,6 +356,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         auth: admin_auth(&cfg)?,
         cluster: cluster.clone(),
         global: global.clone(),
+        services: services.clone(),
     });
     let admin_addr = std::net::SocketAddr::new(cfg.admin.ip_address, cfg.admin.port);
     let admin = actix_web::HttpServer::new(move || {

@@ -66,6 +66,26 @@ async fn two_domains_federate_with_dialback_over_tls() {
         assert!(m.value("tls_data_in_byte_size", &s2s_in) > 0.0, "{}", m.0);
     }
 
+    // The admin views: node a's stream out to b.test, and b.test's stream in,
+    // authenticated by dialback under TLS.
+    let (code, v) = a.api("GET", "/api/s2s", None);
+    assert_eq!(code, 200, "{v}");
+    let out = v["outgoing"].as_array().cloned().unwrap_or_default();
+    assert!(
+        out.iter().any(|o| o["local"] == "a.test" && o["remote"] == "b.test" && o["state"] == "established"),
+        "{v}"
+    );
+    let incoming = v["incoming"].as_array().cloned().unwrap_or_default();
+    assert!(
+        incoming
+            .iter()
+            .any(|i| i["domains"] == serde_json::json!(["b.test"]) && i["tls"] == true && i["local"] == "a.test"),
+        "{v}"
+    );
+    let listed = a.cli(&["s2s", "list"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success() && text.contains("a.test -> b.test  established  dialback"), "{text}");
+
     // An error from the remote server is delivered, never answered: a
     // message to someone bob's server does not have comes back once.
     alice.send(&message("nobody@b.test", "hello?")).await.expect("send");
@@ -100,6 +120,10 @@ async fn a_domain_with_no_server_bounces_once() {
     let pong =
         alice.iq_xml("<iq type='get' id='p1' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>").await.expect("ping");
     assert_eq!(pong.attr("type"), Some("result"));
+    // A node without [[listen.s2s]] says federation is not configured.
+    let plain = TestNode::start("");
+    let (code, v) = plain.api("GET", "/api/s2s", None);
+    assert_eq!((code, v["error"].as_str()), (404, Some("not_found")), "{v}");
     assert!(alice.backlog().all(|e| e.name != "message"), "a second bounce: {:?}", alice.backlog().collect::<Vec<_>>());
 }
 
@@ -193,4 +217,57 @@ async fn a_forged_dialback_key_is_refused() {
     alice.send(&message("bob@b.test/r", "genuine")).await.expect("send");
     let m = bob.recv_message().await.expect("bob receives");
     assert_eq!(body(&m).as_deref(), Some("genuine"), "a forged message was delivered: {m:?}");
+}
+
+/// In a cluster, every node federates: a user on node 2 reaches a remote
+/// domain over node 2's own stream out, and the remote server's stream in
+/// lands on node 1, which routes to the user on node 2. The nodes share the
+/// dialback secret through their database, so the remote server may check
+/// node 2's key with node 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_of_a_cluster_federates() {
+    use meerkat_tests::cluster::{Placement, SharedDb, TestCluster};
+    let (p1, p2, pb) = (free_port(), free_port(), free_port());
+    let cluster_s2s = move |port: u16| {
+        format!(
+            "[[listen.s2s]]\nport = {port}\nip_address = \"127.0.0.1\"\n\n[s2s.outgoing]\nconnection_timeout = 2000\n\
+             address = [{{ host = \"b.test\", ip_address = \"127.0.0.1\", port = {pb} }}]\n"
+        )
+    };
+    let c = tokio::task::spawn_blocking(move || {
+        TestCluster::start_configured(
+            SharedDb::postgres(),
+            vec![(Placement::loopback(), cluster_s2s(p1)), (Placement::loopback(), cluster_s2s(p2))],
+        )
+    })
+    .await
+    .expect("cluster");
+    // b.test finds the cluster's domain at node 1 only.
+    let b = federating_node("b.test", pb, "localhost", p1);
+    c.nodes[1].add_user("alice", "secret");
+    let mut alice =
+        Client::login(c.nodes[1].c2s, "localhost", "alice", "secret", Some("r")).await.expect("alice on node 2");
+    let mut bob = user(&b, "b.test", "bob").await;
+    alice.send(&message("bob@b.test/r", "from node 2")).await.expect("send");
+    let m = bob.recv_message().await.expect("bob receives");
+    assert_eq!(body(&m).as_deref(), Some("from node 2"));
+    assert_eq!(m.attr("from"), Some("alice@localhost/r"));
+    bob.send(&message("alice@localhost/r", "to node 2")).await.expect("send");
+    let m = alice.recv_message().await.expect("alice receives");
+    assert_eq!(body(&m).as_deref(), Some("to node 2"));
+    // Node 2 sent over its own stream; node 1 took b.test's stream in.
+    let (_, out2) = c.nodes[1].api("GET", "/api/s2s", None);
+    assert!(
+        out2["outgoing"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|o| o["remote"] == "b.test" && o["state"] == "established"),
+        "{out2}"
+    );
+    let (_, in1) = c.nodes[0].api("GET", "/api/s2s", None);
+    assert!(
+        in1["incoming"].as_array().into_iter().flatten().any(|i| i["domains"] == serde_json::json!(["b.test"])),
+        "{in1}"
+    );
 }

@@ -59,6 +59,11 @@ pub trait Service: Send + Sync + 'static {
     /// Stops it: accepts nothing more, ends what it runs, and returns once
     /// its tasks ended or `deadline` passed.
     async fn stop(&self, deadline: tokio::time::Instant);
+
+    /// What the admin API shows of it (`GET /api/s2s` for `s2s`), if anything.
+    fn status(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// The services of a node, started in order and stopped in reverse.
@@ -74,6 +79,11 @@ impl ServiceSet {
 
     pub fn names(&self) -> Vec<String> {
         self.services.iter().map(|s| s.name()).collect()
+    }
+
+    /// The status of the service named `name`, when it runs and has one.
+    pub fn status(&self, name: &str) -> Option<serde_json::Value> {
+        self.services.iter().find(|s| s.name() == name).and_then(|s| s.status())
     }
 
     /// Starts every service; the first error names its service (the ones

@@ -188,6 +188,7 @@ pub struct S2s {
 struct Running {
     stop: watch::Sender<bool>,
     accepts: Vec<tokio::task::JoinHandle<()>>,
+    core: Arc<Core>,
 }
 
 impl S2s {
@@ -224,6 +225,9 @@ impl Service for S2s {
             opts: self.cfg.options.clone(),
             secret,
             out: Mutex::new(HashMap::new()),
+            out_state: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(HashMap::new()),
+            next_in: std::sync::atomic::AtomicU64::new(0),
             stop: stop_rx.clone(),
             instruments: ctx.module.instruments.clone(),
         });
@@ -241,9 +245,14 @@ impl Service for S2s {
             let listener = Arc::new(Listener { core: core.clone(), tls, rate, limits });
             accepts.push(tokio::spawn(accept_loop(tcp, listener, stop_rx.clone())));
         }
-        ctx.module.router.set_s2s(Arc::new(S2sLink(core)));
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { stop, accepts });
+        ctx.module.router.set_s2s(Arc::new(S2sLink(core.clone())));
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { stop, accepts, core });
         Ok(())
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.as_ref().map(|r| r.core.status())
     }
 
     async fn stop(&self, deadline: tokio::time::Instant) {
@@ -262,11 +271,72 @@ struct Core {
     secret: Vec<u8>,
     /// Outgoing streams by (local domain, remote domain): their queues.
     out: Mutex<HashMap<(String, String), mpsc::Sender<Routed>>>,
+    /// What each outgoing stream is doing (`connecting`, `established`, `retrying`).
+    out_state: Mutex<HashMap<(String, String), &'static str>>,
+    /// Incoming streams, by a number of their own.
+    inbound: Mutex<HashMap<u64, Inbound>>,
+    next_in: std::sync::atomic::AtomicU64,
     stop: watch::Receiver<bool>,
     instruments: Arc<Instruments>,
 }
 
+/// An incoming stream as the admin API shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Inbound {
+    peer: String,
+    local: Option<String>,
+    tls: bool,
+    /// Remote domains authenticated on the stream (by dialback).
+    domains: Vec<String>,
+}
+
 impl Core {
+    /// Streams in and out, for `GET /api/s2s` and `meerkat s2s list`.
+    fn status(&self) -> serde_json::Value {
+        let queues: Vec<((String, String), usize)> = self
+            .out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, tx)| (k.clone(), tx.max_capacity() - tx.capacity()))
+            .collect();
+        let states = self.out_state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut outgoing: Vec<serde_json::Value> = queues
+            .into_iter()
+            .map(|((local, remote), queued)| {
+                let state = states.get(&(local.clone(), remote.clone())).copied().unwrap_or("connecting");
+                serde_json::json!({ "local": local, "remote": remote, "state": state, "auth": "dialback", "queued": queued })
+            })
+            .collect();
+        outgoing.sort_by_key(|o| (o["remote"].to_string(), o["local"].to_string()));
+        let mut incoming: Vec<Inbound> =
+            self.inbound.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        incoming.sort_by(|a, b| a.peer.cmp(&b.peer));
+        let incoming: Vec<serde_json::Value> = incoming
+            .into_iter()
+            .map(|i| {
+                serde_json::json!({
+                    "peer": i.peer, "local": i.local, "tls": i.tls, "auth": "dialback",
+                    "state": if i.domains.is_empty() { "negotiating" } else { "established" },
+                    "domains": i.domains,
+                })
+            })
+            .collect();
+        serde_json::json!({ "outgoing": outgoing, "incoming": incoming })
+    }
+
+    fn set_out_state(&self, key: &(String, String), state: Option<&'static str>) {
+        let mut states = self.out_state.lock().unwrap_or_else(|e| e.into_inner());
+        match state {
+            Some(s) => {
+                states.insert(key.clone(), s);
+            }
+            None => {
+                states.remove(key);
+            }
+        }
+    }
+
     fn allowed(&self, remote: &str) -> bool {
         let policy =
             self.opts.host_policy.iter().find(|p| p.host == remote).map_or(self.opts.default_policy, |p| p.policy);
@@ -311,10 +381,12 @@ impl Core {
         // Whether the stream ended for want of anything to send (not a failure).
         let mut idle = false;
         while failures < ATTEMPTS {
+            self.set_out_state(&key, Some(if failures == 0 { "connecting" } else { "retrying" }));
             match self.dial(local, remote).await {
                 Ok(dialed) => match self.authenticate(dialed, local, remote).await {
                     Ok(mut wire) => {
                         failures = 0;
+                        self.set_out_state(&key, Some("established"));
                         tracing::info!(%local, %remote, "s2s stream out ready");
                         match self.pump(&mut wire, &mut rx, &mut unsent).await {
                             Pumped::Idle => {
@@ -355,6 +427,7 @@ impl Core {
             let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
             if out.get(&key).is_some_and(|t| t.same_channel(&tx)) {
                 out.remove(&key);
+                self.set_out_state(&key, None);
             }
         }
         drop(tx);
@@ -817,8 +890,10 @@ async fn incoming(listener: &Listener, sock: TcpStream, peer: SocketAddr) {
     );
     let id = format!("{:016x}", rand::random::<u64>());
     let mut state = InState { local: None, tls: false, authenticated: HashSet::new(), header_sent: false };
+    let number = core.next_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _listed = Listed::new(core, number, peer);
     loop {
-        let end = serve_in(listener, &mut conn, &id, &mut state, peer).await;
+        let end = serve_in(listener, &mut conn, &id, &mut state, peer, number).await;
         match end {
             Ok(In::StartTls) => {
                 // RFC 6120 §5.4.3.3: TLS, then a new stream on it.
@@ -853,6 +928,37 @@ async fn incoming(listener: &Listener, sock: TcpStream, peer: SocketAddr) {
     }
 }
 
+/// An incoming stream's entry in [`Core::inbound`], removed when dropped.
+struct Listed<'a> {
+    core: &'a Core,
+    number: u64,
+}
+
+impl<'a> Listed<'a> {
+    fn new(core: &'a Core, number: u64, peer: SocketAddr) -> Listed<'a> {
+        let entry = Inbound { peer: peer.to_string(), local: None, tls: false, domains: Vec::new() };
+        core.inbound.lock().unwrap_or_else(|e| e.into_inner()).insert(number, entry);
+        Listed { core, number }
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.core.inbound.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.number);
+    }
+}
+
+/// Updates what the admin API shows of incoming stream `number`.
+fn show_inbound(core: &Core, number: u64, st: &InState) {
+    if let Some(e) = core.inbound.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&number) {
+        e.local = st.local.clone();
+        e.tls = st.tls;
+        let mut domains: Vec<String> = st.authenticated.iter().cloned().collect();
+        domains.sort();
+        e.domains = domains;
+    }
+}
+
 /// How a stream in ended, or that it asked for TLS.
 enum In {
     StartTls,
@@ -874,6 +980,7 @@ async fn serve_in(
     id: &str,
     st: &mut InState,
     peer: SocketAddr,
+    number: u64,
 ) -> Result<In, StreamError> {
     let core = &listener.core;
     let mut stop = core.stop.clone();
@@ -884,6 +991,7 @@ async fn serve_in(
             ev = next_in(conn, until) => ev?,
             _ = stopping(&mut stop) => return Err(stream_error(StreamErrorCondition::SystemShutdown, "shutting down")),
         };
+        show_inbound(core, number, st);
         let Some(ev) = ev else { return Ok(In::Closed) };
         match ev {
             StreamEvent::Header(h) => {
@@ -953,6 +1061,7 @@ async fn serve_in(
                     .map_err(gone)?;
                 if valid {
                     st.authenticated.insert(from);
+                    show_inbound(core, number, st);
                 }
             }
             StreamEvent::Stanza(el) if el.is("verify", DIALBACK) && el.attr("type").is_none() => {
