@@ -3,8 +3,8 @@
 //! in `websocket.rs` and `bosh.rs`), and the session, authentication and
 //! database figures.
 
-use meerkat_tests::client::Sasl;
-use meerkat_tests::{assert_messages_counted, login, wait_until, Client, Security, TestNode, DOMAIN, TIMEOUT};
+use meerkat_tests::client::{body, message, Sasl};
+use meerkat_tests::{assert_messages_counted, login, online, wait_until, Client, Security, TestNode, DOMAIN, TIMEOUT};
 
 const N: usize = 100;
 
@@ -56,6 +56,23 @@ async fn elements_over_tcp_are_counted_with_their_labels_and_sizes() {
     assert_eq!(m.value("sm_session_count", &[("host_type", DOMAIN)]), 1.0);
     let get_password = [("repo", "AccountRepo"), ("op", "get_password")];
     assert!(m.value("meerkat_db_query_seconds_count", &get_password) >= 2.0, "{}", m.0);
+
+    // The modules' own figures: the archive took the conversation (both
+    // sides), and a message to alice while she is away is stored, then
+    // delivered when she comes back.
+    wait_until("the archive writes are counted", TIMEOUT, || {
+        node.metrics().value("meerkat_mam_archived_total", &[]) >= N as f64
+    });
+    bob.send(&message("alice@localhost", "while away")).await.expect("send");
+    wait_until("the offline message is counted", TIMEOUT, || {
+        node.metrics().value("meerkat_offline_stored_total", &[]) == 1.0
+    });
+    let mut alice = online(&node, "alice", "secret", "back", None).await;
+    let m = alice.recv_message().await.expect("the stored message");
+    assert_eq!(body(&m).as_deref(), Some("while away"));
+    wait_until("the delivery is counted", TIMEOUT, || {
+        node.metrics().value("meerkat_offline_delivered_total", &[]) == 1.0
+    });
 }
 
 #[tokio::test]

@@ -54,6 +54,7 @@
 
 use meerkat_xmpp::jid::Bare as _;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -285,10 +286,24 @@ impl ModuleJob for ArchiveBatch {
     }
 }
 
+/// Messages written to archives, and messages that could not be (metrics).
+static ARCHIVED: AtomicU64 = AtomicU64::new(0);
+static NOT_ARCHIVED: AtomicU64 = AtomicU64::new(0);
+
 #[async_trait::async_trait]
 impl Module for MamModule {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn metrics(&self) -> Vec<crate::ext::Metric> {
+        let counter = |name, value: &AtomicU64| crate::ext::Metric {
+            name,
+            labels: Vec::new(),
+            value: value.load(Ordering::Relaxed) as f64,
+            counter: true,
+        };
+        vec![counter("meerkat_mam_archived_total", &ARCHIVED), counter("meerkat_mam_not_archived_total", &NOT_ARCHIVED)]
     }
 
     fn hot_hooks(&self) -> HookSet {
@@ -473,7 +488,10 @@ async fn store(ctx: &ModuleCtx, jobs: Vec<ArchiveJob>) {
     let mut attempt = 1;
     loop {
         match ctx.storage.store_archive(&rows).await {
-            Ok(()) => return,
+            Ok(()) => {
+                ARCHIVED.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                return;
+            }
             Err(e) if e.is_retryable() && attempt < WRITE_ATTEMPTS => {
                 tracing::warn!(error = %e, attempt, "archive write failed; retrying");
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
@@ -484,13 +502,20 @@ async fn store(ctx: &ModuleCtx, jobs: Vec<ArchiveJob>) {
                 // cost the others their place in the archive.
                 tracing::warn!(error = %e, rows = rows.len(), "archive batch failed; writing its rows one by one");
                 for m in &rows {
-                    if let Err(e) = ctx.storage.store_archive(std::slice::from_ref(m)).await {
-                        tracing::error!(error = %e, domain = %m.domain, user = %m.user, "message not archived");
+                    match ctx.storage.store_archive(std::slice::from_ref(m)).await {
+                        Ok(()) => {
+                            ARCHIVED.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            NOT_ARCHIVED.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, domain = %m.domain, user = %m.user, "message not archived");
+                        }
                     }
                 }
                 return;
             }
             Err(e) => {
+                NOT_ARCHIVED.fetch_add(rows.len() as u64, Ordering::Relaxed);
                 tracing::error!(error = %e, rows = rows.len(), "archive write failed; messages not archived");
                 return;
             }

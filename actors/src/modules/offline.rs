@@ -102,10 +102,24 @@ impl ModuleSpec for Offline {
     }
 }
 
+/// Messages stored for offline accounts, and stored messages delivered (metrics).
+static STORED: AtomicU64 = AtomicU64::new(0);
+static DELIVERED: AtomicU64 = AtomicU64::new(0);
+
 #[async_trait::async_trait]
 impl Module for Offline {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn metrics(&self) -> Vec<crate::ext::Metric> {
+        let counter = |name, value: &AtomicU64| crate::ext::Metric {
+            name,
+            labels: Vec::new(),
+            value: value.load(Ordering::Relaxed) as f64,
+            counter: true,
+        };
+        vec![counter("meerkat_offline_stored_total", &STORED), counter("meerkat_offline_delivered_total", &DELIVERED)]
     }
 
     fn hot_hooks(&self) -> HookSet {
@@ -218,6 +232,7 @@ impl Offline {
             .await;
         match stored {
             Ok(true) => {
+                STORED.fetch_add(1, Ordering::Relaxed);
                 late_flush(ctx, &r.to, &host, &user).await;
                 true
             }
@@ -373,6 +388,7 @@ async fn deliver_stored(
             );
         }
     }
+    DELIVERED.fetch_add(delivered, Ordering::Relaxed);
     tracing::debug!(%jid, delivered, "offline messages delivered");
 }
 
