@@ -103,6 +103,18 @@ pub struct Metric {
     pub counter: bool,
 }
 
+impl Metric {
+    /// A counter without labels, read from `value`.
+    pub fn counter(name: &'static str, value: &std::sync::atomic::AtomicU64) -> Metric {
+        Metric {
+            name,
+            labels: Vec::new(),
+            value: value.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            counter: true,
+        }
+    }
+}
+
 /// A disco#info identity (XEP-0030 §3.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {

@@ -297,13 +297,11 @@ impl Module for MamModule {
     }
 
     fn metrics(&self) -> Vec<crate::ext::Metric> {
-        let counter = |name, value: &AtomicU64| crate::ext::Metric {
-            name,
-            labels: Vec::new(),
-            value: value.load(Ordering::Relaxed) as f64,
-            counter: true,
-        };
-        vec![counter("meerkat_mam_archived_total", &ARCHIVED), counter("meerkat_mam_not_archived_total", &NOT_ARCHIVED)]
+        use crate::ext::Metric;
+        vec![
+            Metric::counter("meerkat_mam_archived_total", &ARCHIVED),
+            Metric::counter("meerkat_mam_not_archived_total", &NOT_ARCHIVED),
+        ]
     }
 
     fn hot_hooks(&self) -> HookSet {

@@ -113,13 +113,11 @@ impl Module for Offline {
     }
 
     fn metrics(&self) -> Vec<crate::ext::Metric> {
-        let counter = |name, value: &AtomicU64| crate::ext::Metric {
-            name,
-            labels: Vec::new(),
-            value: value.load(Ordering::Relaxed) as f64,
-            counter: true,
-        };
-        vec![counter("meerkat_offline_stored_total", &STORED), counter("meerkat_offline_delivered_total", &DELIVERED)]
+        use crate::ext::Metric;
+        vec![
+            Metric::counter("meerkat_offline_stored_total", &STORED),
+            Metric::counter("meerkat_offline_delivered_total", &DELIVERED),
+        ]
     }
 
     fn hot_hooks(&self) -> HookSet {

@@ -52,7 +52,8 @@ pub fn to_component_ns(el: &mut Element) {
     rename_ns(el, ns::CLIENT, ns::COMPONENT);
 }
 
-fn rename_ns(el: &mut Element, from: &str, to: &str) {
+/// Moves `el` and every descendant in namespace `from` into `to`.
+pub(crate) fn rename_ns(el: &mut Element, from: &str, to: &str) {
     let mut stack = vec![el];
     while let Some(e) = stack.pop() {
         if e.ns == from {

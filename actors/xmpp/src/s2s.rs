@@ -15,6 +15,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::component::rename_ns;
 use crate::element::Element;
 use crate::ns;
 
@@ -132,16 +133,6 @@ pub fn to_client_ns(el: &mut Element) {
 /// A stanza on its way to another server, moved into `jabber:server`.
 pub fn to_server_ns(el: &mut Element) {
     rename_ns(el, ns::CLIENT, ns::SERVER);
-}
-
-fn rename_ns(el: &mut Element, from: &str, to: &str) {
-    let mut stack = vec![el];
-    while let Some(e) = stack.pop() {
-        if e.ns == from {
-            e.ns = to.to_owned();
-        }
-        stack.extend(e.elements_mut());
-    }
 }
 
 #[cfg(test)]
