@@ -275,7 +275,8 @@ impl Meter {
 
 /// The node's handles, registered once.
 pub struct Instruments {
-    hosts: HashMap<(ConnectionType, String), Arc<HostMetrics>>,
+    /// By connection type, then host.
+    hosts: HashMap<ConnectionType, HashMap<String, Arc<HostMetrics>>>,
     data: HashMap<(ConnectionType, bool), DataMetrics>,
     route_local: Histogram,
 }
@@ -284,10 +285,10 @@ impl Instruments {
     /// Registers the handles for `hosts` (and for connections that belong to
     /// none, as `global`) with the recorder installed now.
     pub fn register(hosts: &[String]) -> Instruments {
-        let mut by_host = HashMap::new();
+        let mut by_host: HashMap<ConnectionType, HashMap<String, Arc<HostMetrics>>> = HashMap::new();
         for ct in [ConnectionType::C2s, ConnectionType::S2s, ConnectionType::Component] {
             for host in hosts.iter().map(String::as_str).chain([GLOBAL_HOST_TYPE]) {
-                by_host.insert((ct, host.to_owned()), Arc::new(HostMetrics::register(ct, host)));
+                by_host.entry(ct).or_default().insert(host.to_owned(), Arc::new(HostMetrics::register(ct, host)));
             }
         }
         let mut data = HashMap::new();
@@ -301,10 +302,8 @@ impl Instruments {
 
     /// The handles of `host` (`global` for a host not configured here).
     pub fn host(&self, ct: ConnectionType, host: &str) -> Arc<HostMetrics> {
-        match self.hosts.get(&(ct, host.to_owned())) {
-            Some(h) => h.clone(),
-            None => self.hosts[&(ct, GLOBAL_HOST_TYPE.to_owned())].clone(),
-        }
+        let hosts = &self.hosts[&ct];
+        hosts.get(host).unwrap_or_else(|| &hosts[GLOBAL_HOST_TYPE]).clone()
     }
 
     /// The byte counters of a connection type, in the clear or under TLS.

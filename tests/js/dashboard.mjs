@@ -110,8 +110,8 @@ try {
     { timeout: STEP },
   );
   summary.up = await members(page);
-  // A second of rates and charts.
-  await page.waitForTimeout(1500);
+  // Two polls of /metrics: the rates and charts have a first point.
+  await page.waitForFunction(() => document.querySelectorAll("#rate-tiles canvas").length > 0);
   await page.screenshot({ path: opts["screenshot-up"], fullPage: true });
   console.log(JSON.stringify({ ready: true, members: summary.up }));
 

@@ -367,6 +367,11 @@ async fn exchange(node: &TestNode, peer: &str, peer_c2s: SocketAddr, peer_log: &
     // each side then sees the other's presence.
     alice.go_online(None).await.expect("alice online");
     bob.go_online(None).await.expect("bob online");
+    for client in [&mut alice, &mut bob] {
+        let roster =
+            client.iq_xml("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>").await.expect("roster");
+        assert_eq!(roster.attr("type"), Some("result"), "{roster:?}");
+    }
     let bare_bob = format!("bob@{peer}");
     alice.send_str(&format!("<presence type='subscribe' to='{bare_bob}'/>")).await.expect("subscribe");
     bob.recv_until(|e| e.name == "presence" && e.attr("type") == Some("subscribe"))
@@ -379,27 +384,20 @@ async fn exchange(node: &TestNode, peer: &str, peer_c2s: SocketAddr, peer_log: &
         .await
         .unwrap_or_else(|e| panic!("alice gets the request: {e}\n{}", node.log()));
     alice.send_str(&format!("<presence type='subscribed' to='{bare_bob}'/>")).await.expect("approve");
+    // Each server pushes the roster item to its user's resource (both asked
+    // for their roster, RFC 6121 §2.1.6) once the subscription is mutual.
     for (who, client, contact) in [("alice", &mut alice, bare_bob.as_str()), ("bob", &mut bob, "alice@meerkat.test")] {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let roster = client
-                .iq_xml("<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
-                .await
-                .unwrap_or_else(|e| panic!("{who}'s roster: {e}"));
-            let sub = roster
-                .get_child("query", ns::ROSTER)
-                .and_then(|q| q.elements().find(|i| i.attr("jid") == Some(contact)))
-                .and_then(|i| i.attr("subscription").map(str::to_owned));
-            if sub.as_deref() == Some("both") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{who}'s subscription to {contact} is {sub:?}, not both\n{}",
-                peer_log()
-            );
-            client.recv_timeout(Duration::from_millis(200)).await.ok();
-        }
+        let log = if who == "alice" { node.log() } else { String::new() };
+        client
+            .recv_until(|e| {
+                e.name == "iq"
+                    && e.attr("type") == Some("set")
+                    && e.get_child("query", ns::ROSTER).is_some_and(|q| {
+                        q.elements().any(|i| i.attr("jid") == Some(contact) && i.attr("subscription") == Some("both"))
+                    })
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{who}'s roster never says both for {contact}: {e}\n{log}\n{}", peer_log()));
     }
     alice.send_str("<presence><status>alice here</status></presence>").await.expect("presence");
     let seen = bob
