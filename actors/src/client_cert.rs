@@ -24,8 +24,12 @@ const ID_ON_XMPPADDR: &str = "1.3.6.1.5.5.7.8.5";
 pub fn identity_of(der: &[u8]) -> Result<CertIdentity, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let mut xmpp_addrs = Vec::new();
+    let mut dns_names = Vec::new();
     let san = cert.subject_alternative_name().map_err(|e| format!("bad subjectAltName: {e}"))?;
     for name in san.iter().flat_map(|san| san.value.general_names.iter()) {
+        if let GeneralName::DNSName(dns) = name {
+            dns_names.push((*dns).to_owned());
+        }
         if let GeneralName::OtherName(oid, value) = name {
             if oid.to_id_string() == ID_ON_XMPPADDR {
                 match explicit_utf8(value) {
@@ -36,7 +40,7 @@ pub fn identity_of(der: &[u8]) -> Result<CertIdentity, String> {
         }
     }
     let common_name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
-    Ok(CertIdentity { xmpp_addrs, common_name })
+    Ok(CertIdentity { xmpp_addrs, common_name, dns_names })
 }
 
 /// The value of an otherName: `[0] EXPLICIT UTF8String`, in DER.

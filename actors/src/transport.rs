@@ -227,6 +227,9 @@ fn ws_closed<T>(_: T) -> io::Error {
 }
 
 /// One client connection during negotiation, in its framing.
+// One value per connection, made once and never moved around: boxing the
+// larger variant would only add an indirection to every read and write.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Conn {
     /// RFC 6120: one XML stream over TCP, maybe under TLS.
     Stream { transport: Transport, input: ByteInput, shaper: Option<Box<Shaper>> },

@@ -206,7 +206,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                     (None, None) => crate::tls::self_signed(&data_dir, &tls_hosts).map_err(|e| format!("{e:#}"))?,
                     _ => return Err("certfile and keyfile go together".to_owned()),
                 };
-                crate::tls::server_config(&cert, &key).map_err(|e| format!("{e:#}"))
+                crate::tls::listener_tls(&cert, &key, files).map_err(|e| format!("{e:#}"))
             }),
             shaper: Arc::new(move |name: &str| match name {
                 "none" => Ok(None),

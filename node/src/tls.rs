@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use meerkat_actors::client_cert::{ClientCerts, VerifyMode};
+use meerkat_actors::ext::{ListenerTls, TlsFiles};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -56,12 +57,8 @@ pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A rustls server configuration offering TLS 1.3 and 1.2.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    server_config_with(cert, key, None)
-}
-
-/// As [`server_config`], asking clients for a certificate when `client_certs` says so.
+/// A rustls server configuration offering TLS 1.3 and 1.2, asking clients
+/// for a certificate when `client_certs` says so.
 pub fn server_config_with(
     cert: &Path,
     key: &Path,
@@ -77,6 +74,19 @@ pub fn server_config_with(
     };
     let cfg = builder.with_single_cert(certs, key).context("the certificate and key do not match")?;
     Ok(Arc::new(cfg))
+}
+
+/// A service listener's TLS from its `tls` section: the server
+/// configuration (asking for the other side's certificate per
+/// `verify_mode` and `cacertfile`), and the certificate and key for the
+/// connections the service opens itself.
+pub fn listener_tls(cert: &Path, key: &Path, files: &TlsFiles) -> anyhow::Result<ListenerTls> {
+    let client_certs = client_certs(files.verify_mode, files.cacertfile.as_deref())?;
+    let server = server_config_with(cert, key, client_certs.as_ref())?;
+    let (chain, key) = load(cert, key)?;
+    let signing = provider().key_provider.load_private_key(key).context("the private key cannot sign")?;
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, signing));
+    Ok(ListenerTls { server, client_certs, certified })
 }
 
 /// The most TLS 1.3 early data (0-RTT) accepted on a connection: room for

@@ -14,6 +14,7 @@
 //! - [`js`]: the npm packages of `tests/js` for the web client tests, and
 //!   [`js::EchoPeer`], a slixmpp user that echoes chat messages.
 //! - [`load`]: `meerkat-load`, the load generator (`src/bin/meerkat-load.rs`).
+//! - [`pki`]: [`pki::TestCa`], a throw-away CA issuing server certificates.
 //! - [`stream`]: a numbered message stream that pauses once for a fault, and
 //!   what arrived of it.
 //!
@@ -28,6 +29,7 @@ pub mod js;
 pub mod load;
 pub mod netns;
 pub mod node;
+pub mod pki;
 pub mod stream;
 
 pub use client::{Binding, Client, ClientError, Sasl, Security, TlsTrust, TIMEOUT};

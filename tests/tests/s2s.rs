@@ -3,11 +3,18 @@
 //! `[s2s.outgoing] address`: STARTTLS on every stream, dialback (XEP-0220)
 //! with keys from each node's own secret, messages both ways in order, a
 //! forged dialback key refused, and a domain with no server bounced once.
+//! With certificates from a CA both trust, the streams authenticate with
+//! SASL EXTERNAL (XEP-0178) instead; a certificate that does not verify, or
+//! does not name the stream's domain, leaves dialback.
 
+use std::path::Path;
 use std::time::Duration;
 
-use meerkat_tests::client::{body, message, stanza_error, tls_client_config, TlsTrust};
+use meerkat_tests::client::{
+    body, message, stanza_error, tls_client_config, tls_client_config_with, ClientCert, TlsTrust,
+};
 use meerkat_tests::node::free_port;
+use meerkat_tests::pki::{Issued, TestCa};
 use meerkat_tests::{Client, NodeOptions, TestNode};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
@@ -18,9 +25,33 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A node serving `domain`, federating on `s2s_port`, that finds `peer` at `peer_port`.
 fn federating_node(domain: &str, s2s_port: u16, peer: &str, peer_port: u16) -> TestNode {
+    federating_node_with(domain, s2s_port, peer, peer_port, None)
+}
+
+/// As [`federating_node`]; with `pki`, the node presents `pki.1` and checks
+/// the certificates of servers in and out against the CA file `pki.0`.
+fn federating_node_with(
+    domain: &str,
+    s2s_port: u16,
+    peer: &str,
+    peer_port: u16,
+    pki: Option<(&Path, &Issued)>,
+) -> TestNode {
+    let (listen_tls, out_tls) = match pki {
+        Some((ca, ours)) => (
+            format!(
+                "tls.certfile = {:?}\ntls.keyfile = {:?}\ntls.cacertfile = {:?}\n",
+                ours.cert.display().to_string(),
+                ours.key.display().to_string(),
+                ca.display().to_string()
+            ),
+            format!("tls.cacertfile = {:?}\n", ca.display().to_string()),
+        ),
+        None => (String::new(), String::new()),
+    };
     let extra = format!(
-        "[[listen.s2s]]\nport = {s2s_port}\nip_address = \"127.0.0.1\"\n\n\
-         [s2s.outgoing]\nconnection_timeout = 2000\n\
+        "[[listen.s2s]]\nport = {s2s_port}\nip_address = \"127.0.0.1\"\n{listen_tls}\n\
+         [s2s.outgoing]\nconnection_timeout = 2000\n{out_tls}\
          address = [{{ host = \"{peer}\", ip_address = \"127.0.0.1\", port = {peer_port} }}]\n"
     );
     TestNode::start_with(NodeOptions { hosts: vec![domain.into()], extra_toml: extra, ..Default::default() })
@@ -167,6 +198,14 @@ impl RawPeer {
     }
 
     async fn open(&mut self) -> String {
+        self.open_with_features().await.0
+    }
+
+    async fn open_features(&mut self) -> Element {
+        self.open_with_features().await.1
+    }
+
+    async fn open_with_features(&mut self) -> (String, Element) {
         self.parser.reset();
         self.send(
             "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
@@ -176,7 +215,7 @@ impl RawPeer {
         let StreamEvent::Header(h) = self.next().await else { panic!("no header") };
         let features = self.element().await;
         assert_eq!(features.name, "features");
-        h.id.expect("the receiving server gives a stream id")
+        (h.id.expect("the receiving server gives a stream id"), features)
     }
 }
 
@@ -270,4 +309,138 @@ async fn every_node_of_a_cluster_federates() {
         in1["incoming"].as_array().into_iter().flatten().any(|i| i["domains"] == serde_json::json!(["b.test"])),
         "{in1}"
     );
+}
+
+/// Ten messages from alice@a.test to bob@b.test and ten back.
+async fn both_ways(a: &TestNode, b: &TestNode) {
+    let mut alice = user(a, "a.test", "alice").await;
+    let mut bob = user(b, "b.test", "bob").await;
+    for round in 0..2 {
+        let (from, to, to_jid, tag) = match round {
+            0 => (&mut alice, &mut bob, "bob@b.test/r", "a"),
+            _ => (&mut bob, &mut alice, "alice@a.test/r", "b"),
+        };
+        for i in 0..10 {
+            from.send(&message(to_jid, &format!("{tag}{i}"))).await.expect("send");
+        }
+        for i in 0..10 {
+            let m = to.recv_message().await.unwrap_or_else(|e| panic!("{to_jid}: {e}\n{}\n{}", a.log(), b.log()));
+            assert_eq!(body(&m).as_deref(), Some(format!("{tag}{i}").as_str()), "{m:?}");
+        }
+    }
+}
+
+/// How `node`'s streams out to `remote` and in from it authenticated, per `/api/s2s`.
+fn auth_methods(node: &TestNode, remote: &str) -> (String, String) {
+    let (code, v) = node.api("GET", "/api/s2s", None);
+    assert_eq!(code, 200, "{v}");
+    let out = v["outgoing"].as_array().into_iter().flatten().find(|o| o["remote"] == remote);
+    let inc = v["incoming"].as_array().into_iter().flatten().find(|i| i["domains"] == serde_json::json!([remote]));
+    let method = |x: Option<&serde_json::Value>| x.and_then(|x| x["auth"].as_str()).unwrap_or("none").to_owned();
+    (method(out), method(inc))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_that_verify_authenticate_with_sasl_external_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("Federation CA");
+    let ca_path = ca.write(&dir.path().join("ca.pem"));
+    let (ca_a, ca_b) = (ca.server(dir.path(), "a.test"), ca.server(dir.path(), "b.test"));
+    let (pa, pb) = (free_port(), free_port());
+    let a = federating_node_with("a.test", pa, "b.test", pb, Some((&ca_path, &ca_a)));
+    let b = federating_node_with("b.test", pb, "a.test", pa, Some((&ca_path, &ca_b)));
+    both_ways(&a, &b).await;
+    for (node, remote) in [(&a, "b.test"), (&b, "a.test")] {
+        assert_eq!(auth_methods(node, remote), ("external".into(), "external".into()), "{}", node.log());
+        let log = node.log();
+        assert!(log.contains("s2s SASL EXTERNAL in"), "{log}");
+        assert!(!log.contains("s2s dialback in"), "dialback was used: {log}");
+    }
+    let listed = a.cli(&["s2s", "list"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success() && text.contains("a.test -> b.test  established  external"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_that_does_not_verify_leaves_dialback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, foreign) = (TestCa::new("Federation CA"), TestCa::new("Someone else's CA"));
+    let ca_path = ca.write(&dir.path().join("ca.pem"));
+    // a.test's certificate comes from a CA b.test does not trust.
+    let (ca_a, ca_b) = (foreign.server(dir.path(), "a.test"), ca.server(dir.path(), "b.test"));
+    let (pa, pb) = (free_port(), free_port());
+    let a = federating_node_with("a.test", pa, "b.test", pb, Some((&ca_path, &ca_a)));
+    let b = federating_node_with("b.test", pb, "a.test", pa, Some((&ca_path, &ca_b)));
+    both_ways(&a, &b).await;
+    // b.test does not offer EXTERNAL to a.test, nor uses it towards a.test,
+    // whose certificate does not verify; a.test may use neither either, as
+    // b.test does not take its certificate.
+    assert_eq!(auth_methods(&b, "a.test"), ("dialback".into(), "dialback".into()), "{}", b.log());
+    assert_eq!(auth_methods(&a, "b.test"), ("dialback".into(), "dialback".into()), "{}", a.log());
+}
+
+/// TLS to `port` presenting `cert`, as a peer of b.test would.
+async fn tls_peer(port: u16, cert: &Issued) -> RawPeer {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut peer = RawPeer { io: Box::new(tcp), parser: StreamParser::new(Limits::default()) };
+    peer.open().await;
+    peer.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+    assert_eq!(peer.element().await.name, "proceed");
+    let RawPeer { io, .. } = peer;
+    let client = ClientCert { cert: cert.cert.clone(), key: cert.key.clone() };
+    let config = tls_client_config_with(&TlsTrust::AcceptAny, Some(&client)).expect("client config");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("b.test").expect("name");
+    let tls = connector.connect(name, io).await.expect("TLS");
+    RawPeer { io: Box::new(tls), parser: StreamParser::new(Limits::default()) }
+}
+
+fn offers_external(features: &Element) -> bool {
+    features
+        .get_child("mechanisms", meerkat_xmpp::ns::SASL)
+        .is_some_and(|m| m.elements().any(|e| e.text() == "EXTERNAL"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sasl_external_needs_a_certificate_naming_the_streams_domain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("Federation CA");
+    let ca_path = ca.write(&dir.path().join("ca.pem"));
+    let pb = free_port();
+    let b =
+        federating_node_with("b.test", pb, "a.test", free_port(), Some((&ca_path, &ca.server(dir.path(), "b.test"))));
+    let mut bob = user(&b, "b.test", "bob").await;
+
+    // A certificate for evil.test on a stream from a.test: no EXTERNAL, and
+    // trying it anyway fails.
+    let mut peer = tls_peer(pb, &ca.server(dir.path(), "evil.test")).await;
+    let features = peer.open_features().await;
+    assert!(!offers_external(&features), "{features:?}");
+    peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>").await;
+    let failure = peer.element().await;
+    assert_eq!(failure.name, "failure", "{failure:?}");
+    assert!(failure.elements().any(|e| e.name == "not-authorized"), "{failure:?}");
+    // Still unauthenticated: a stanza ends the stream.
+    peer.send("<message from='mallory@a.test' to='bob@b.test'><body>forged</body></message>").await;
+    let err = peer.element().await;
+    assert!(err.elements().any(|e| e.name == "invalid-from"), "{err:?}");
+
+    // A certificate for a.test: EXTERNAL is offered; another authzid is refused, the right one accepted.
+    let mut peer = tls_peer(pb, &ca.server(dir.path(), "a.test")).await;
+    let features = peer.open_features().await;
+    assert!(offers_external(&features), "{features:?}");
+    use base64::Engine as _;
+    let other = base64::engine::general_purpose::STANDARD.encode("c.test");
+    peer.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{other}</auth>")).await;
+    let failure = peer.element().await;
+    assert!(failure.elements().any(|e| e.name == "invalid-authzid"), "{failure:?}");
+    peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>").await;
+    let success = peer.element().await;
+    assert_eq!(success.name, "success", "{success:?}");
+    let features = peer.open_features().await;
+    assert!(!offers_external(&features), "offered again after success: {features:?}");
+    peer.send("<message from='alice@a.test/x' to='bob@b.test/r'><body>certified</body></message>").await;
+    let m = bob.recv_message().await.expect("bob receives");
+    assert_eq!(body(&m).as_deref(), Some("certified"));
+    assert_eq!(b.metrics().value("s2s_auth_failed_count", &[("host_type", "b.test")]), 2.0);
 }

@@ -38,7 +38,7 @@ use meerkat_xmpp::jid::{BareJid, FullJid, Jid};
 
 pub use errors::{account_error, storage_error};
 pub use registry::{Registry, StreamFeatures};
-pub use service::{Service, ServiceCtx, ServiceEnv, ServiceSet, TlsFiles};
+pub use service::{ListenerTls, Service, ServiceCtx, ServiceEnv, ServiceSet, TlsFiles};
 pub use state::SessionState;
 
 use crate::auth::Accounts;

@@ -15,18 +15,38 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::ModuleCtx;
+use crate::client_cert::{ClientCerts, VerifyMode};
 
 /// What a listener's `tls` section names: the certificate chain and key,
-/// both PEM; with neither, the node's self-signed certificate for its hosts.
+/// both PEM (with neither, the node's self-signed certificate for its
+/// hosts), and how certificates of the other side are asked for and checked.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
+    /// CA certificates (PEM) the other side's certificate must chain to.
+    pub cacertfile: Option<PathBuf>,
+    /// `peer` (the default: a certificate is asked for when `cacertfile` is
+    /// set, and must chain to it), `selfsigned_peer` or `none`.
+    #[serde(default)]
+    pub verify_mode: VerifyMode,
 }
 
-/// Builds a rustls server configuration for a listener.
-pub type TlsBuilder = dyn Fn(&TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> + Send + Sync;
+/// A listener's TLS, as the composition root builds it from [`TlsFiles`].
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// The server configuration, asking for the other side's certificate
+    /// when `client_certs` is set.
+    pub server: Arc<rustls::ServerConfig>,
+    /// How the other side's certificate is judged after the handshake.
+    pub client_certs: Option<Arc<ClientCerts>>,
+    /// The certificate and key, for connections this side opens.
+    pub certified: Arc<rustls::sign::CertifiedKey>,
+}
+
+/// Builds a listener's TLS.
+pub type TlsBuilder = dyn Fn(&TlsFiles) -> Result<ListenerTls, String> + Send + Sync;
 /// Resolves a `[shaper.NAME]` to its rate in bytes per second (`None`: unlimited).
 pub type ShaperLookup = dyn Fn(&str) -> Result<Option<u64>, String> + Send + Sync;
 

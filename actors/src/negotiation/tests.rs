@@ -1386,7 +1386,11 @@ fn external_cfg() -> NegotiationConfig {
 }
 
 fn cert_of(addrs: &[&str], cn: Option<&str>) -> CertIdentity {
-    CertIdentity { xmpp_addrs: addrs.iter().map(|a| a.to_string()).collect(), common_name: cn.map(str::to_owned) }
+    CertIdentity {
+        xmpp_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        common_name: cn.map(str::to_owned),
+        dns_names: Vec::new(),
+    }
 }
 
 /// STARTTLS with this client certificate; the features after it.

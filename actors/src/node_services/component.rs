@@ -163,7 +163,7 @@ impl Service for ComponentListener {
         let rate = (ctx.env.shaper)(&self.cfg.shaper).map_err(|e| format!("shaper: {e}"))?;
         let tls = match &self.cfg.tls {
             Some(files) => {
-                Some(tokio_rustls::TlsAcceptor::from((ctx.env.tls)(files).map_err(|e| format!("tls: {e}"))?))
+                Some(tokio_rustls::TlsAcceptor::from((ctx.env.tls)(files).map_err(|e| format!("tls: {e}"))?.server))
             }
             None => None,
         };

@@ -1,30 +1,39 @@
-//! Server-to-server federation (RFC 6120 §4–§6, XEP-0220 server dialback),
-//! as a service of the node: `[[listen.s2s]]` accepts other servers'
-//! streams, and the last link of the router's chain sends stanzas for every
-//! domain nobody here serves over outgoing streams.
+//! Server-to-server federation (RFC 6120 §4–§6, XEP-0220 server dialback,
+//! XEP-0178 SASL EXTERNAL for servers), as a service of the node:
+//! `[[listen.s2s]]` accepts other servers' streams, and the last link of the
+//! router's chain sends stanzas for every domain nobody here serves over
+//! outgoing streams.
 //!
 //! - **Outgoing**: one stream per (local domain, remote domain) pair and
 //!   node, started by the first stanza, with a bounded queue while it
 //!   connects. The remote server is found at `[s2s.outgoing] address` when
-//!   listed there, else at the A/AAAA records of its domain on `port`.
-//!   STARTTLS is used whenever offered (required by default); the stream is
-//!   then authenticated with dialback: our `db:result` carries a key only
-//!   our deployment can make (XEP-0185, from the shared secret), which the
-//!   remote server checks with our authoritative server. Stanzas that
-//!   cannot be delivered (no address, refused, timed out, refused
-//!   authentication) are bounced to their senders once, with
-//!   `remote-server-not-found` or `remote-server-timeout`.
-//! - **Incoming**: a stream to one of our hosts; STARTTLS when the listener
-//!   has a certificate (the node's by default), then dialback: the peer's
-//!   `db:result` is checked by a `db:verify` to the peer's domain, and
-//!   `db:verify` requests for our keys are answered on any stream. A stanza
-//!   is accepted only from a domain authenticated on that stream and only to
-//!   one of our hosts; anything else ends the stream with the RFC 6120 error.
+//!   listed there, else by its `_xmpp-server._tcp` and `_xmpps-server._tcp`
+//!   SRV records (STARTTLS, or TLS at once as XEP-0368 has it), else at the
+//!   A/AAAA records of its domain on `port`. STARTTLS is used whenever
+//!   offered (required by default), presenting our certificate. When the
+//!   remote server's certificate verifies for its domain against
+//!   `[s2s.outgoing.tls] cacertfile` and it offers SASL EXTERNAL, the
+//!   stream authenticates with that; otherwise with dialback: our
+//!   `db:result` carries a key only our deployment can make (XEP-0185,
+//!   from the shared secret), which the remote server checks with our
+//!   authoritative server. Stanzas that cannot be delivered (no address,
+//!   refused, timed out, refused authentication) are bounced to their
+//!   senders once, with `remote-server-not-found` or `remote-server-timeout`.
+//! - **Incoming**: a stream to one of our hosts; STARTTLS (or TLS from the
+//!   first byte) when the listener has a certificate (the node's by
+//!   default), then SASL EXTERNAL, offered when the peer's certificate
+//!   chains to the listener's `tls.cacertfile` and names the domain of the
+//!   stream, or dialback: the peer's `db:result` is checked by a
+//!   `db:verify` to the peer's domain, and `db:verify` requests for our
+//!   keys are answered on any stream. A stanza is accepted only from a
+//!   domain authenticated on that stream and only to one of our hosts;
+//!   anything else ends the stream with the RFC 6120 error.
 //! - `[s2s] default_policy` and `host_policy` decide which remote domains
 //!   may federate, both ways.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,10 +45,13 @@ use meerkat_xmpp::jid::{canonical_domain, parse_jid};
 use meerkat_xmpp::ns;
 use meerkat_xmpp::parser::{Limits, StreamEvent, StreamParser};
 use meerkat_xmpp::s2s::{self as proto, DIALBACK, DIALBACK_FEATURE};
+use meerkat_xmpp::sasl::external::{external_server, CertIdentity};
+use meerkat_xmpp::sasl::SaslFailure;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use crate::client_cert::ClientCerts;
 use crate::ext::{Service, ServiceCtx, TlsFiles};
 use crate::instrument::{ConnectionType, Instruments, Meter};
 use crate::transport::{Conn, Shaper, Transport};
@@ -149,6 +161,15 @@ pub struct FixedAddress {
 #[serde(deny_unknown_fields, default)]
 pub struct OutgoingTls {
     pub mode: OutgoingTlsMode,
+    /// CA certificates (PEM) a remote server's certificate is checked
+    /// against; when it verifies for the remote domain and the server
+    /// offers SASL EXTERNAL, the stream authenticates with our certificate
+    /// (XEP-0178) instead of dialback. Unset: dialback only.
+    pub cacertfile: Option<PathBuf>,
+    /// The certificate presented to remote servers (PEM, with `keyfile`);
+    /// unset: the first `[[listen.s2s]]`'s, else the node's.
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
 }
 
 /// Whether an outgoing stream must be encrypted.
@@ -219,8 +240,27 @@ impl Service for S2s {
                 .await
                 .map_err(|e| format!("reading the dialback secret: {e}"))?,
         };
+        let out_tls = &self.cfg.options.outgoing.tls;
+        let ours = match (&out_tls.certfile, &out_tls.keyfile, self.cfg.listen.first()) {
+            (Some(c), Some(k), _) => {
+                TlsFiles { certfile: Some(c.clone()), keyfile: Some(k.clone()), ..Default::default() }
+            }
+            (None, None, Some(l)) => {
+                TlsFiles { certfile: l.tls.certfile.clone(), keyfile: l.tls.keyfile.clone(), ..Default::default() }
+            }
+            (None, None, None) => TlsFiles::default(),
+            _ => return Err("s2s.outgoing.tls: certfile and keyfile go together".into()),
+        };
+        let certified = (ctx.env.tls)(&ours).map_err(|e| format!("s2s.outgoing.tls: {e}"))?.certified;
+        let server_verifier = match &out_tls.cacertfile {
+            Some(path) => Some(server_verifier(path).map_err(|e| format!("s2s.outgoing.tls.cacertfile: {e}"))?),
+            None => None,
+        };
         let (stop, stop_rx) = watch::channel(false);
         let core = Arc::new(Core {
+            client: client_config(certified),
+            resolver: resolver(&self.cfg.options.outgoing),
+            server_verifier,
             router: ctx.module.router.clone(),
             opts: self.cfg.options.clone(),
             secret,
@@ -234,7 +274,8 @@ impl Service for S2s {
         let mut accepts = Vec::new();
         for (i, l) in self.cfg.listen.iter().enumerate() {
             let rate = (ctx.env.shaper)(&l.shaper).map_err(|e| format!("listen.s2s[{i}].shaper: {e}"))?;
-            let mut server = (*(ctx.env.tls)(&l.tls).map_err(|e| format!("listen.s2s[{i}].tls: {e}"))?).clone();
+            let built = (ctx.env.tls)(&l.tls).map_err(|e| format!("listen.s2s[{i}].tls: {e}"))?;
+            let mut server = (*built.server).clone();
             // Servers ask for this protocol (RFC 7590 §3.1); one not offered would fail the handshake.
             server.alpn_protocols = vec![b"xmpp-server".to_vec()];
             let tls = tokio_rustls::TlsAcceptor::from(Arc::new(server));
@@ -242,7 +283,8 @@ impl Service for S2s {
             let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("listen.s2s[{i}]: {addr}: {e}"))?;
             tracing::info!(%addr, "s2s listener ready");
             let limits = Limits { max_stanza_size: l.max_stanza_size, ..Limits::default() };
-            let listener = Arc::new(Listener { core: core.clone(), tls, rate, limits });
+            let listener =
+                Arc::new(Listener { core: core.clone(), tls, client_certs: built.client_certs, rate, limits });
             accepts.push(tokio::spawn(accept_loop(tcp, listener, stop_rx.clone())));
         }
         ctx.module.router.set_s2s(Arc::new(S2sLink(core.clone())));
@@ -267,17 +309,38 @@ impl Service for S2s {
 /// What the listeners, the link and the outgoing streams share.
 struct Core {
     router: Arc<Router>,
+    /// TLS to remote servers: our certificate, and theirs taken as it is.
+    client: Arc<rustls::ClientConfig>,
+    /// SRV and A/AAAA lookups, from the system's resolver configuration.
+    resolver: Option<hickory_resolver::TokioResolver>,
+    /// Whether a remote server's certificate verifies (`[s2s.outgoing.tls] cacertfile`).
+    server_verifier: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     opts: S2sOptions,
     secret: Vec<u8>,
     /// Outgoing streams by (local domain, remote domain): their queues.
     out: Mutex<HashMap<(String, String), mpsc::Sender<Routed>>>,
-    /// What each outgoing stream is doing (`connecting`, `established`, `retrying`).
-    out_state: Mutex<HashMap<(String, String), &'static str>>,
+    /// What each outgoing stream is doing (`connecting`, `established`,
+    /// `retrying`), and how it authenticated once established.
+    out_state: Mutex<HashMap<(String, String), OutState>>,
     /// Incoming streams, by a number of their own.
     inbound: Mutex<HashMap<u64, Inbound>>,
     next_in: std::sync::atomic::AtomicU64,
     stop: watch::Receiver<bool>,
     instruments: Arc<Instruments>,
+}
+
+/// An outgoing stream's state (`connecting`, `established`, `retrying`), and
+/// how it authenticated once established.
+type OutState = (&'static str, Option<Auth>);
+
+/// How a stream's domain was authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Auth {
+    /// XEP-0220: a key checked with the domain's authoritative server.
+    Dialback,
+    /// XEP-0178: SASL EXTERNAL with a certificate that verifies.
+    External,
 }
 
 /// An incoming stream as the admin API shows it.
@@ -286,8 +349,8 @@ struct Inbound {
     peer: String,
     local: Option<String>,
     tls: bool,
-    /// Remote domains authenticated on the stream (by dialback).
-    domains: Vec<String>,
+    /// Remote domains authenticated on the stream, and how.
+    domains: Vec<(String, Auth)>,
 }
 
 impl Core {
@@ -304,8 +367,9 @@ impl Core {
         let mut outgoing: Vec<serde_json::Value> = queues
             .into_iter()
             .map(|((local, remote), queued)| {
-                let state = states.get(&(local.clone(), remote.clone())).copied().unwrap_or("connecting");
-                serde_json::json!({ "local": local, "remote": remote, "state": state, "auth": "dialback", "queued": queued })
+                let (state, auth) =
+                    states.get(&(local.clone(), remote.clone())).copied().unwrap_or(("connecting", None));
+                serde_json::json!({ "local": local, "remote": remote, "state": state, "auth": auth, "queued": queued })
             })
             .collect();
         outgoing.sort_by_key(|o| (o["remote"].to_string(), o["local"].to_string()));
@@ -315,17 +379,19 @@ impl Core {
         let incoming: Vec<serde_json::Value> = incoming
             .into_iter()
             .map(|i| {
+                // The method of the stream's first domain; the others came by dialback.
+                let auth = i.domains.iter().find(|d| d.1 == Auth::External).or(i.domains.first()).map(|d| d.1);
                 serde_json::json!({
-                    "peer": i.peer, "local": i.local, "tls": i.tls, "auth": "dialback",
+                    "peer": i.peer, "local": i.local, "tls": i.tls, "auth": auth,
                     "state": if i.domains.is_empty() { "negotiating" } else { "established" },
-                    "domains": i.domains,
+                    "domains": i.domains.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
                 })
             })
             .collect();
         serde_json::json!({ "outgoing": outgoing, "incoming": incoming })
     }
 
-    fn set_out_state(&self, key: &(String, String), state: Option<&'static str>) {
+    fn set_out_state(&self, key: &(String, String), state: Option<OutState>) {
         let mut states = self.out_state.lock().unwrap_or_else(|e| e.into_inner());
         match state {
             Some(s) => {
@@ -381,13 +447,13 @@ impl Core {
         // Whether the stream ended for want of anything to send (not a failure).
         let mut idle = false;
         while failures < ATTEMPTS {
-            self.set_out_state(&key, Some(if failures == 0 { "connecting" } else { "retrying" }));
+            self.set_out_state(&key, Some((if failures == 0 { "connecting" } else { "retrying" }, None)));
             match self.dial(local, remote).await {
                 Ok(dialed) => match self.authenticate(dialed, local, remote).await {
-                    Ok(mut wire) => {
+                    Ok((mut wire, auth)) => {
                         failures = 0;
-                        self.set_out_state(&key, Some("established"));
-                        tracing::info!(%local, %remote, "s2s stream out ready");
+                        self.set_out_state(&key, Some(("established", Some(auth))));
+                        tracing::info!(%local, %remote, ?auth, "s2s stream out ready");
                         match self.pump(&mut wire, &mut rx, &mut unsent).await {
                             Pumped::Idle => {
                                 let _ = wire.send("</stream:stream>").await;
@@ -481,52 +547,117 @@ impl Core {
         }
     }
 
-    /// Where `remote`'s server listens: `[s2s.outgoing] address`, else its A/AAAA records.
-    async fn resolve(&self, remote: &str) -> Result<Vec<SocketAddr>, OutError> {
+    /// Where `remote`'s server listens, in the order to try: `[s2s.outgoing]
+    /// address` when it lists the domain; else the targets of its
+    /// `_xmpp-server._tcp` (STARTTLS) and `_xmpps-server._tcp` (direct TLS,
+    /// XEP-0368) SRV records, by priority; else its A/AAAA records on `port`.
+    async fn resolve(&self, remote: &str) -> Result<Vec<Target>, OutError> {
         let out = &self.opts.outgoing;
-        let fixed: Vec<SocketAddr> = out
+        let fixed: Vec<Target> = out
             .address
             .iter()
             .filter(|a| a.host == remote)
-            .map(|a| SocketAddr::new(a.ip_address, a.port.unwrap_or(out.port)))
+            .map(|a| Target { addr: SocketAddr::new(a.ip_address, a.port.unwrap_or(out.port)), direct_tls: false })
             .collect();
         if !fixed.is_empty() {
             return Ok(fixed);
         }
-        let mut found: Vec<SocketAddr> = tokio::net::lookup_host((remote, out.port))
-            .await
-            .map_err(|e| OutError::NotFound(format!("resolving {remote}: {e}")))?
-            .filter(|a| out.ip_versions.contains(&if a.is_ipv4() { 4 } else { 6 }))
-            .collect();
-        found.sort_by_key(|a| out.ip_versions.iter().position(|v| *v == if a.is_ipv4() { 4 } else { 6 }));
+        let family_rank = |a: &SocketAddr| out.ip_versions.iter().position(|v| *v == if a.is_ipv4() { 4 } else { 6 });
+        let timeout = Duration::from_millis(out.connection_timeout.max(1));
+        // RFC 6120 §3.2.1: no answer about SRV records is no records.
+        let srv = match tokio::time::timeout(timeout / 2, self.srv_targets(remote)).await {
+            Ok(srv) => srv?,
+            Err(_) => {
+                tracing::info!(%remote, "no answer for SRV records; trying A/AAAA");
+                Vec::new()
+            }
+        };
+        let mut found = Vec::new();
+        if srv.is_empty() {
+            found = tokio::time::timeout(timeout, tokio::net::lookup_host((remote, out.port)))
+                .await
+                .map_err(|_| OutError::Timeout(format!("resolving {remote}")))?
+                .map_err(|e| OutError::NotFound(format!("resolving {remote}: {e}")))?
+                .filter(|a| family_rank(a).is_some())
+                .map(|addr| Target { addr, direct_tls: false })
+                .collect();
+            found.sort_by_key(|t| family_rank(&t.addr));
+        }
+        for (host, port, direct_tls) in srv {
+            let Some(resolver) = &self.resolver else { break };
+            match tokio::time::timeout(timeout, resolver.lookup_ip(host.as_str())).await {
+                Err(_) => tracing::info!(%remote, target = %host, "no answer for an SRV target's address"),
+                Ok(Ok(ips)) => {
+                    let mut addrs: Vec<SocketAddr> =
+                        ips.iter().map(|ip| SocketAddr::new(ip, port)).filter(|a| family_rank(a).is_some()).collect();
+                    addrs.sort_by_key(family_rank);
+                    found.extend(addrs.into_iter().map(|addr| Target { addr, direct_tls }));
+                }
+                Ok(Err(e)) => tracing::info!(%remote, target = %host, error = %e, "an SRV target has no address"),
+            }
+        }
         if found.is_empty() {
             return Err(OutError::NotFound(format!("no address for {remote}")));
         }
         Ok(found)
     }
 
+    /// `remote`'s SRV targets (host, port, direct TLS), by priority, then
+    /// weight (heavier first), STARTTLS first on a tie; empty when it has no
+    /// records. Records whose target is `.` mean no service: an error.
+    async fn srv_targets(&self, remote: &str) -> Result<Vec<(String, u16, bool)>, OutError> {
+        let Some(resolver) = &self.resolver else { return Ok(Vec::new()) };
+        let mut targets = Vec::new();
+        let mut refused = false;
+        for (service, direct_tls) in [("_xmpp-server._tcp", false), ("_xmpps-server._tcp", true)] {
+            let name = format!("{service}.{remote}.");
+            let Ok(lookup) = resolver.srv_lookup(name.as_str()).await else { continue };
+            for record in lookup.answers() {
+                if let hickory_resolver::proto::rr::RData::SRV(srv) = &record.data {
+                    if srv.target.is_root() {
+                        refused = true;
+                        continue;
+                    }
+                    let host = srv.target.to_ascii().trim_end_matches('.').to_owned();
+                    targets.push((srv.priority, std::cmp::Reverse(srv.weight), direct_tls, host, srv.port));
+                }
+            }
+        }
+        if targets.is_empty() && refused {
+            return Err(OutError::NotFound(format!("{remote} offers no XMPP service (SRV target \".\")")));
+        }
+        targets.sort();
+        Ok(targets.into_iter().map(|(_, _, direct_tls, host, port)| (host, port, direct_tls)).collect())
+    }
+
     /// Connects to `remote`'s server and opens a stream, under TLS when offered.
     async fn dial(&self, local: &str, remote: &str) -> Result<Dialed, OutError> {
         let timeout = Duration::from_millis(self.opts.outgoing.connection_timeout.max(1));
-        let addrs = self.resolve(remote).await?;
+        let targets = self.resolve(remote).await?;
         let mut last = OutError::NotFound(format!("no address for {remote}"));
         let mut tcp = None;
-        for addr in addrs {
+        for target in targets {
+            let addr = target.addr;
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
-                    tcp = Some(s);
+                    tcp = Some((s, target.direct_tls));
                     break;
                 }
                 Ok(Err(e)) => last = OutError::NotFound(format!("connecting to {addr}: {e}")),
                 Err(_) => last = OutError::Timeout(format!("connecting to {addr}")),
             }
         }
-        let tcp = tcp.ok_or(last)?;
+        let (tcp, direct_tls) = tcp.ok_or(last)?;
         let _ = tcp.set_nodelay(true);
         let meter = Meter {
             host: Some(self.instruments.host(ConnectionType::S2s, local)),
             data: Some(self.instruments.data(ConnectionType::S2s, false)),
         };
+        let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
+            .map_err(|e| OutError::NotFound(format!("{remote}: {e}")))?;
+        if direct_tls {
+            return self.secure(Box::new(tcp), name, local, remote, meter).await;
+        }
         let mut wire = Wire::new(Box::new(tcp), meter.clone());
         let (id, features) = tokio::time::timeout(timeout, wire.open(local, remote))
             .await
@@ -535,34 +666,122 @@ impl Core {
             if self.opts.outgoing.tls.mode == OutgoingTlsMode::StarttlsRequired {
                 return Err(OutError::NotFound(format!("{remote} does not offer STARTTLS")));
             }
-            return Ok(Dialed { wire, id });
+            return Ok(Dialed { wire, id, features, verified: false });
         }
         wire.send(&Element::new("starttls", ns::TLS).to_xml(ns::SERVER)).await.map_err(OutError::io)?;
         match tokio::time::timeout(timeout, wire.next_event()).await {
             Ok(Ok(StreamEvent::Stanza(el))) if el.is("proceed", ns::TLS) => {}
             _ => return Err(OutError::NotFound(format!("{remote} refused STARTTLS"))),
         }
-        let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
-            .map_err(|e| OutError::NotFound(format!("{remote}: {e}")))?;
-        let connector = tokio_rustls::TlsConnector::from(client_config());
-        let io = wire.into_io();
-        let tls = tokio::time::timeout(timeout, connector.connect(name, io))
+        self.secure(wire.into_io(), name, local, remote, meter).await
+    }
+
+    /// TLS on `io` (after `<proceed/>`, or at once for direct TLS), then a stream on it.
+    async fn secure(
+        &self,
+        io: Box<dyn Io>,
+        name: rustls::pki_types::ServerName<'static>,
+        local: &str,
+        remote: &str,
+        meter: Meter,
+    ) -> Result<Dialed, OutError> {
+        let timeout = Duration::from_millis(self.opts.outgoing.connection_timeout.max(1));
+        let connector = tokio_rustls::TlsConnector::from(self.client.clone());
+        let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), io))
             .await
             .map_err(|_| OutError::Timeout(format!("TLS with {remote}")))?
             .map_err(|e| OutError::NotFound(format!("TLS with {remote}: {e}")))?;
+        let verified = self.verifies(tls.get_ref().1, &name, remote);
         let meter = Meter { data: Some(self.instruments.data(ConnectionType::S2s, true)), ..meter };
         let mut wire = Wire::new(Box::new(tls), meter);
-        let (id, _features) = tokio::time::timeout(timeout, wire.open(local, remote))
+        let (id, features) = tokio::time::timeout(timeout, wire.open(local, remote))
             .await
             .map_err(|_| OutError::Timeout(format!("opening a stream to {remote}")))??;
-        Ok(Dialed { wire, id })
+        Ok(Dialed { wire, id, features, verified })
+    }
+
+    /// Whether the remote server's certificate chains to `[s2s.outgoing.tls]
+    /// cacertfile` and names `remote` (a `dNSName`, or an `id-on-xmppAddr`).
+    fn verifies(
+        &self,
+        conn: &rustls::ClientConnection,
+        name: &rustls::pki_types::ServerName<'_>,
+        remote: &str,
+    ) -> bool {
+        use rustls::client::danger::ServerCertVerifier as _;
+        let Some(verifier) = &self.server_verifier else { return false };
+        let Some((end, intermediates)) = conn.peer_certificates().and_then(|c| c.split_first()) else { return false };
+        match verifier.verify_server_cert(end, intermediates, name, &[], rustls::pki_types::UnixTime::now()) {
+            Ok(_) => true,
+            // The chain is good; the name may be an xmppAddr, which webpki does not read.
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => crate::client_cert::identity_of(end)
+                .is_ok_and(|id| meerkat_xmpp::sasl::external::names_server(&id, remote)),
+            Err(e) => {
+                tracing::info!(%remote, error = %e, "the certificate of a remote server does not verify");
+                false
+            }
+        }
+    }
+
+    /// Authenticates an opened stream: SASL EXTERNAL when the remote
+    /// server's certificate verified and it offers the mechanism, else
+    /// dialback.
+    async fn authenticate(&self, dialed: Dialed, local: &str, remote: &str) -> Result<(Wire, Auth), OutError> {
+        let Dialed { mut wire, id, features, verified } = dialed;
+        let external = features
+            .get_child("mechanisms", ns::SASL)
+            .is_some_and(|m| m.elements().any(|e| e.name == "mechanism" && e.text().trim() == "EXTERNAL"));
+        if verified && external {
+            match self.external(&mut wire, local, remote).await? {
+                true => return Ok((wire, Auth::External)),
+                // RFC 6120 §6.4.5: the stream stays; dialback may still do.
+                false => tracing::info!(%local, %remote, "SASL EXTERNAL refused; trying dialback"),
+            }
+        }
+        self.dialback(wire, &id, local, remote).await.map(|w| (w, Auth::Dialback))
+    }
+
+    /// SASL EXTERNAL (XEP-0178 §3): `Ok(true)` once the stream restarted
+    /// authenticated, `Ok(false)` when the remote server refused.
+    async fn external(&self, wire: &mut Wire, local: &str, remote: &str) -> Result<bool, OutError> {
+        use base64::Engine as _;
+        let mut auth = Element::new("auth", ns::SASL);
+        auth.set_attr("mechanism", "EXTERNAL");
+        auth.push_text(base64::engine::general_purpose::STANDARD.encode(local));
+        wire.send(&auth.to_xml(ns::SERVER)).await.map_err(OutError::io)?;
+        let timeout = Duration::from_millis(self.opts.outgoing.connection_timeout.max(1));
+        let answer = tokio::time::timeout(timeout, wire.next_event())
+            .await
+            .map_err(|_| OutError::Timeout(format!("{remote} did not answer SASL EXTERNAL")))??;
+        match answer {
+            StreamEvent::Stanza(el) if el.is("success", ns::SASL) => {
+                tokio::time::timeout(timeout, wire.open(local, remote))
+                    .await
+                    .map_err(|_| OutError::Timeout(format!("reopening the stream to {remote}")))??;
+                Ok(true)
+            }
+            StreamEvent::Stanza(el) if el.is("failure", ns::SASL) => {
+                tracing::info!(%remote, answer = %el.to_xml(ns::SERVER), "SASL EXTERNAL failed");
+                Ok(false)
+            }
+            StreamEvent::Stanza(el) if el.is("error", ns::STREAM) => {
+                Err(OutError::NotAuthorized(format!("{remote} ended the stream: {}", el.to_xml(ns::SERVER))))
+            }
+            StreamEvent::Stanza(el) => {
+                Err(OutError::NotAuthorized(format!("{remote} answered SASL EXTERNAL with {}", el.to_xml(ns::SERVER))))
+            }
+            StreamEvent::Header(_) | StreamEvent::End => {
+                Err(OutError::NotAuthorized(format!("{remote} closed the stream on SASL EXTERNAL")))
+            }
+        }
     }
 
     /// Dialback on an opened stream (XEP-0220 §2.1): our key, and the
     /// remote server's verdict after it asked our authoritative server.
-    async fn authenticate(&self, dialed: Dialed, local: &str, remote: &str) -> Result<Wire, OutError> {
-        let Dialed { mut wire, id, .. } = dialed;
-        let key = proto::dialback_key(&self.secret, remote, local, &id);
+    async fn dialback(&self, mut wire: Wire, id: &str, local: &str, remote: &str) -> Result<Wire, OutError> {
+        let key = proto::dialback_key(&self.secret, remote, local, id);
         let result = proto::db_result(local, remote, Some(&key), None);
         wire.send(&proto::dialback_xml(&result)).await.map_err(OutError::io)?;
         let timeout = Duration::from_millis(self.opts.outgoing.connection_timeout.max(1)) * 3;
@@ -670,10 +889,21 @@ impl OutError {
     }
 }
 
+/// An address to try for a remote server.
+struct Target {
+    addr: SocketAddr,
+    /// TLS from the first byte (`_xmpps-server._tcp`), not STARTTLS.
+    direct_tls: bool,
+}
+
 /// A stream opened to a remote server, before authentication.
 struct Dialed {
     wire: Wire,
     id: String,
+    /// The features of the stream (after TLS when there is TLS).
+    features: Element,
+    /// Whether the server's certificate verified for its domain.
+    verified: bool,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -743,19 +973,84 @@ impl Wire {
     }
 }
 
-/// A TLS client configuration that takes any certificate: the stream is
-/// encrypted, and dialback authenticates it.
-fn client_config() -> Arc<rustls::ClientConfig> {
+/// The TLS client configuration of outgoing streams: it presents our
+/// certificate (for the remote server's SASL EXTERNAL) and takes any server
+/// certificate, which [`Core::verifies`] judges after the handshake.
+fn client_config(ours: Arc<rustls::sign::CertifiedKey>) -> Arc<rustls::ClientConfig> {
     let verifier = Arc::new(AnyCertificate);
-    let mut cfg =
-        rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(Ours(ours)));
     cfg.alpn_protocols = vec![b"xmpp-server".to_vec()];
     Arc::new(cfg)
 }
 
-/// Accepts every server certificate (handshake signatures are still
-/// checked): no trust anchors are configured for servers, and dialback, not
-/// the certificate, authenticates the remote domain.
+/// The DNS resolver of `/etc/resolv.conf` (and `/etc/hosts`), each query
+/// bounded by the connection timeout; `None` (no SRV lookups, A/AAAA
+/// through the system) when the configuration cannot be read.
+fn resolver(out: &OutgoingOptions) -> Option<hickory_resolver::TokioResolver> {
+    let mut builder = match hickory_resolver::TokioResolver::builder_tokio() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS resolver configuration: SRV records will not be looked up");
+            return None;
+        }
+    };
+    let opts = builder.options_mut();
+    opts.timeout = Duration::from_millis(out.connection_timeout.clamp(1, 5_000));
+    opts.attempts = 2;
+    match builder.build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS resolver: SRV records will not be looked up");
+            None
+        }
+    }
+}
+
+/// Checks remote servers' certificates against `path`'s CA certificates.
+fn server_verifier(path: &std::path::Path) -> Result<Arc<rustls::client::WebPkiServerVerifier>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?
+    {
+        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| e.to_string())
+}
+
+/// Our certificate, whatever the server asks for.
+#[derive(Debug)]
+struct Ours(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Ours {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Accepts every server certificate during the handshake (its signature
+/// is still checked): whether it verifies decides only how the stream
+/// authenticates, SASL EXTERNAL or dialback, and is judged afterwards.
 #[derive(Debug)]
 struct AnyCertificate;
 
@@ -833,6 +1128,8 @@ impl Link for S2sLink {
 struct Listener {
     core: Arc<Core>,
     tls: tokio_rustls::TlsAcceptor,
+    /// How peers' certificates are judged (`tls.cacertfile`, `tls.verify_mode`).
+    client_certs: Option<Arc<ClientCerts>>,
     rate: Option<u64>,
     limits: Limits,
 }
@@ -881,15 +1178,39 @@ async fn next_in(conn: &mut Conn, until: tokio::time::Instant) -> Result<Option<
 /// One incoming stream, from accept to close.
 async fn incoming(listener: &Listener, sock: TcpStream, peer: SocketAddr) {
     let core = &listener.core;
-    let data = core.instruments.data(ConnectionType::S2s, false);
-    let mut conn = Conn::stream(
-        Transport::Plain(sock),
-        listener.limits,
-        Shaper::new(listener.rate),
-        Meter { host: None, data: Some(data) },
-    );
-    let id = format!("{:016x}", rand::random::<u64>());
-    let mut state = InState { local: None, tls: false, authenticated: HashSet::new(), header_sent: false };
+    // A TLS handshake record first: direct TLS (XEP-0368), else a stream to STARTTLS on.
+    let mut first = [0u8; 1];
+    let direct =
+        matches!(tokio::time::timeout(IN_NEGOTIATION, sock.peek(&mut first)).await, Ok(Ok(1)) if first[0] == 0x16);
+    let mut cert = None;
+    let transport = if direct {
+        match tokio::time::timeout(Duration::from_secs(10), listener.tls.accept(sock)).await {
+            Ok(Ok(tls)) => {
+                tracing::info!(%peer, "s2s direct TLS in");
+                cert = listener.client_certs.as_ref().and_then(|c| c.identity(tls.get_ref().1));
+                Transport::Tls(Box::new(tls))
+            }
+            _ => {
+                tracing::info!(%peer, "s2s direct TLS handshake in failed");
+                return;
+            }
+        }
+    } else {
+        Transport::Plain(sock)
+    };
+    let data = core.instruments.data(ConnectionType::S2s, direct);
+    let mut conn =
+        Conn::stream(transport, listener.limits, Shaper::new(listener.rate), Meter { host: None, data: Some(data) });
+    let mut id = format!("{:016x}", rand::random::<u64>());
+    let mut state = InState {
+        local: None,
+        from: None,
+        tls: direct,
+        cert,
+        sasl: None,
+        authenticated: HashMap::new(),
+        header_sent: false,
+    };
     let number = core.next_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _listed = Listed::new(core, number, peer);
     loop {
@@ -905,11 +1226,19 @@ async fn incoming(listener: &Listener, sock: TcpStream, peer: SocketAddr) {
                         return;
                     }
                 };
+                state.cert = listener.client_certs.as_ref().and_then(|c| c.identity(tls.get_ref().1));
                 conn = Conn::Stream { transport: Transport::Tls(Box::new(tls)), input, shaper };
                 conn.restart();
                 conn.meter_data(core.instruments.data(ConnectionType::S2s, true));
                 state.tls = true;
                 state.header_sent = false;
+                id = format!("{:016x}", rand::random::<u64>());
+            }
+            Ok(In::Restart) => {
+                // RFC 6120 §6.4.6: after SASL, a new stream on the same connection.
+                conn.restart();
+                state.header_sent = false;
+                id = format!("{:016x}", rand::random::<u64>());
             }
             Ok(In::Closed) => {
                 conn.close(None).await;
@@ -953,24 +1282,31 @@ fn show_inbound(core: &Core, number: u64, st: &InState) {
     if let Some(e) = core.inbound.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&number) {
         e.local = st.local.clone();
         e.tls = st.tls;
-        let mut domains: Vec<String> = st.authenticated.iter().cloned().collect();
-        domains.sort();
+        let mut domains: Vec<(String, Auth)> = st.authenticated.iter().map(|(d, a)| (d.clone(), *a)).collect();
+        domains.sort_by(|a, b| a.0.cmp(&b.0));
         e.domains = domains;
     }
 }
 
-/// How a stream in ended, or that it asked for TLS.
+/// How a stream in ended, or that it restarts (on TLS, or after SASL).
 enum In {
     StartTls,
+    Restart,
     Closed,
 }
 
 struct InState {
     /// Our host the stream is for.
     local: Option<String>,
+    /// The domain the stream header said it is from.
+    from: Option<String>,
     tls: bool,
+    /// What the peer's certificate names, when it verified.
+    cert: Option<CertIdentity>,
+    /// The domain SASL EXTERNAL authenticated, once it did.
+    sasl: Option<String>,
     /// Remote domains authenticated on this stream (dialback may add several).
-    authenticated: HashSet<String>,
+    authenticated: HashMap<String, Auth>,
     header_sent: bool,
 }
 
@@ -1016,11 +1352,24 @@ async fn serve_in(
                 conn.send(&proto::stream_header_xml(&to, from, Some(id))).await.map_err(gone)?;
                 st.header_sent = true;
                 st.local = Some(to);
+                st.from = canonical_domain(from).ok();
                 let mut features = Element::new("features", ns::STREAM);
                 if !st.tls {
                     let mut starttls = Element::new("starttls", ns::TLS);
                     starttls.push_child(Element::new("required", ns::TLS));
                     features.push_child(starttls);
+                }
+                // XEP-0178 §3: EXTERNAL when the certificate verified and names the stream's domain.
+                let named = match (&st.cert, &st.from) {
+                    (Some(cert), Some(from)) => meerkat_xmpp::sasl::external::names_server(cert, from),
+                    _ => false,
+                };
+                if st.tls && st.sasl.is_none() && named {
+                    let mut mechanisms = Element::new("mechanisms", ns::SASL);
+                    let mut external = Element::new("mechanism", ns::SASL);
+                    external.push_text("EXTERNAL");
+                    mechanisms.push_child(external);
+                    features.push_child(mechanisms);
                 }
                 let mut dialback = Element::new("dialback", DIALBACK_FEATURE);
                 dialback.push_child(Element::new("errors", DIALBACK_FEATURE));
@@ -1060,8 +1409,31 @@ async fn serve_in(
                     .await
                     .map_err(gone)?;
                 if valid {
-                    st.authenticated.insert(from);
+                    st.authenticated.entry(from).or_insert(Auth::Dialback);
                     show_inbound(core, number, st);
+                }
+            }
+            StreamEvent::Stanza(el) if el.is("auth", ns::SASL) => {
+                if !st.tls || st.sasl.is_some() {
+                    return Err(stream_error(StreamErrorCondition::PolicyViolation, "SASL is not offered now"));
+                }
+                let local = st.local.clone().unwrap_or_default();
+                match external_auth(core, st, &el) {
+                    Ok(domain) => {
+                        tracing::info!(%peer, remote = %domain, "s2s SASL EXTERNAL in");
+                        conn.send(&Element::new("success", ns::SASL).to_xml(ns::SERVER)).await.map_err(gone)?;
+                        st.authenticated.insert(domain.clone(), Auth::External);
+                        st.sasl = Some(domain);
+                        show_inbound(core, number, st);
+                        return Ok(In::Restart);
+                    }
+                    Err(failure) => {
+                        tracing::info!(%peer, from = ?st.from, %failure, "s2s SASL EXTERNAL in refused");
+                        core.instruments.host(ConnectionType::S2s, &local).auth_failed.increment(1);
+                        let mut f = Element::new("failure", ns::SASL);
+                        f.push_child(Element::new(failure.as_str(), ns::SASL));
+                        conn.send(&f.to_xml(ns::SERVER)).await.map_err(gone)?;
+                    }
                 }
             }
             StreamEvent::Stanza(el) if el.is("verify", DIALBACK) && el.attr("type").is_none() => {
@@ -1075,7 +1447,7 @@ async fn serve_in(
                 let (Some(from), Some(to)) = (from, to) else {
                     return Err(stream_error(StreamErrorCondition::ImproperAddressing, "a stanza needs from and to"));
                 };
-                if !st.authenticated.contains(from.domain().as_str()) {
+                if !st.authenticated.contains_key(from.domain().as_str()) {
                     return Err(stream_error(
                         StreamErrorCondition::InvalidFrom,
                         format!("{} is not authenticated here", from.domain()),
@@ -1103,6 +1475,29 @@ async fn serve_in(
             StreamEvent::End => return Ok(In::Closed),
         }
     }
+}
+
+/// The domain a peer's `<auth mechanism='EXTERNAL'>` authenticates, or why not.
+fn external_auth(core: &Core, st: &InState, auth: &Element) -> Result<String, SaslFailure> {
+    use base64::Engine as _;
+    if auth.attr("mechanism") != Some("EXTERNAL") {
+        return Err(SaslFailure::InvalidMechanism);
+    }
+    let Some(cert) = &st.cert else { return Err(SaslFailure::NotAuthorized) };
+    let text = auth.text();
+    let authzid = match text.trim() {
+        "" | "=" => None,
+        b64 => {
+            let raw =
+                base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| SaslFailure::IncorrectEncoding)?;
+            Some(String::from_utf8(raw).map_err(|_| SaslFailure::IncorrectEncoding)?)
+        }
+    };
+    let domain = external_server(cert, authzid.as_deref(), st.from.as_deref())?;
+    if !core.allowed(&domain) {
+        return Err(SaslFailure::NotAuthorized);
+    }
+    Ok(domain)
 }
 
 fn gone<E>(_: E) -> StreamError {

@@ -37,6 +37,50 @@ pub struct CertIdentity {
     pub xmpp_addrs: Vec<String>,
     /// Its subject's common name.
     pub common_name: Option<String>,
+    /// Its `dNSName` subject alternative names, as written.
+    pub dns_names: Vec<String>,
+}
+
+/// Whether a verified certificate names the server `domain` (RFC 6120
+/// §13.7.2.1, RFC 6125 §6.4): a `dNSName` equal to it, or a wildcard in the
+/// left-most label only (`*.example.com` names `chat.example.com`, not
+/// `example.com` nor `a.chat.example.com`); an `id-on-xmppAddr` equal to
+/// it; the subject's common name only when the certificate has neither.
+/// Names compare canonically (case, IDNA).
+pub fn names_server(id: &CertIdentity, domain: &str) -> bool {
+    let Ok(domain) = crate::jid::canonical_domain(domain) else { return false };
+    let canon = |n: &str| crate::jid::canonical_domain(n.trim_end_matches('.')).ok();
+    let dns = id.dns_names.iter().any(|n| match n.strip_prefix("*.") {
+        Some(parent) => match (canon(parent), domain.split_once('.')) {
+            (Some(parent), Some((label, rest))) => !label.is_empty() && rest == parent,
+            _ => false,
+        },
+        None => canon(n).as_deref() == Some(domain.as_str()),
+    });
+    let xmpp = id.xmpp_addrs.iter().any(|a| canon(a).as_deref() == Some(domain.as_str()));
+    let cn = id.dns_names.is_empty()
+        && id.xmpp_addrs.is_empty()
+        && id.common_name.as_deref().and_then(canon).as_deref() == Some(domain.as_str());
+    dns || xmpp || cn
+}
+
+/// The domain a server authenticates as with SASL EXTERNAL on a stream whose
+/// header said `from` (XEP-0178 §3): the authorization identity, when sent,
+/// must be that domain (`invalid-authzid`), and the certificate must name it
+/// (`not-authorized`).
+pub fn external_server(id: &CertIdentity, authzid: Option<&str>, from: Option<&str>) -> Result<String, SaslFailure> {
+    let from = from.and_then(|f| crate::jid::canonical_domain(f).ok());
+    let claimed = match authzid {
+        Some(a) => crate::jid::canonical_domain(a).map_err(|_| SaslFailure::InvalidAuthzid)?,
+        None => from.clone().ok_or(SaslFailure::InvalidAuthzid)?,
+    };
+    if from.as_ref().is_some_and(|f| *f != claimed) {
+        return Err(SaslFailure::InvalidAuthzid);
+    }
+    if !names_server(id, &claimed) {
+        return Err(SaslFailure::NotAuthorized);
+    }
+    Ok(claimed)
 }
 
 /// The username (localpart, as canonical as the JID library makes it) the
@@ -116,7 +160,43 @@ mod tests {
     use SaslFailure::{InvalidAuthzid, NotAuthorized};
 
     fn cert(addrs: &[&str], cn: Option<&str>) -> CertIdentity {
-        CertIdentity { xmpp_addrs: addrs.iter().map(|s| s.to_string()).collect(), common_name: cn.map(str::to_owned) }
+        CertIdentity {
+            xmpp_addrs: addrs.iter().map(|s| s.to_string()).collect(),
+            common_name: cn.map(str::to_owned),
+            dns_names: Vec::new(),
+        }
+    }
+
+    fn server(dns: &[&str], addrs: &[&str], cn: Option<&str>) -> CertIdentity {
+        CertIdentity { dns_names: dns.iter().map(|s| s.to_string()).collect(), ..cert(addrs, cn) }
+    }
+
+    #[test]
+    fn a_server_certificate_names_its_domains() {
+        let c = server(&["example.com", "*.example.com"], &[], Some("ignored.example"));
+        assert!(names_server(&c, "example.com"));
+        assert!(names_server(&c, "EXAMPLE.com"));
+        assert!(names_server(&c, "chat.example.com"));
+        assert!(!names_server(&c, "a.chat.example.com"));
+        assert!(!names_server(&c, "example.org"));
+        assert!(!names_server(&c, "ignored.example"), "the CN counts only without SANs");
+        assert!(!names_server(&server(&["*.example.com"], &[], None), "example.com"));
+        assert!(names_server(&server(&[], &["xmpp.example"], None), "xmpp.example"));
+        assert!(names_server(&server(&[], &[], Some("old.example")), "old.example"));
+        assert!(!names_server(&server(&["*"], &[], None), "example"));
+        assert!(!names_server(&server(&[], &[], None), "example.com"));
+    }
+
+    #[test]
+    fn a_server_authenticates_as_the_domain_of_its_stream() {
+        let c = server(&["a.example"], &[], None);
+        assert_eq!(external_server(&c, None, Some("a.example")), Ok("a.example".into()));
+        assert_eq!(external_server(&c, Some("A.example"), Some("a.example")), Ok("a.example".into()));
+        assert_eq!(external_server(&c, Some("a.example"), None), Ok("a.example".into()));
+        assert_eq!(external_server(&c, Some("b.example"), Some("a.example")), Err(InvalidAuthzid));
+        assert_eq!(external_server(&c, None, None), Err(InvalidAuthzid));
+        assert_eq!(external_server(&c, None, Some("b.example")), Err(NotAuthorized));
+        assert_eq!(external_server(&c, Some("not a domain@@"), Some("a.example")), Err(InvalidAuthzid));
     }
 
     #[test]

@@ -708,8 +708,11 @@ fn storage_string_round_trip() {
 
 fn external_server(addrs: &[&str], cn: Option<&str>) -> SaslServer {
     use super::external::{CertIdentity, ExternalCheck};
-    let id =
-        CertIdentity { xmpp_addrs: addrs.iter().map(|a| a.to_string()).collect(), common_name: cn.map(str::to_owned) };
+    let id = CertIdentity {
+        xmpp_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        common_name: cn.map(str::to_owned),
+        dns_names: Vec::new(),
+    };
     SaslServer::new(Mechanism::External, None, false).with_certificate(
         id,
         "example.com",
