@@ -1287,3 +1287,63 @@ async fn a_component_in_one_data_center_serves_users_of_the_other() {
     assert_eq!(res.attr("type"), Some("result"));
     assert_eq!(bob.backlog().filter(|el| el.attr("id") == Some("n1")).count(), 0, "bounced twice");
 }
+
+/// Each data center federates on its own: a user in dc2 reaches a remote
+/// server over dc2's own stream out, and the remote server, which knows the
+/// domain at dc1's listener only, reaches that user through dc1 and the
+/// links. Every node has the same dialback secret (`[s2s] shared`), so the
+/// remote server may check dc2's key with dc1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_data_center_federates_on_its_own() {
+    use meerkat_tests::node::free_port;
+    let (p_dc1, p_dc2, p_remote) = (free_port(), free_port(), free_port());
+    let s2s = |port: u16| {
+        format!(
+            "[[listen.s2s]]\nport = {port}\nip_address = \"127.0.0.1\"\n\n[s2s]\nshared = \"one secret for the deployment\"\n\n\
+             [s2s.outgoing]\nconnection_timeout = 2000\n\
+             address = [{{ host = \"remote.test\", ip_address = \"127.0.0.1\", port = {p_remote} }}]\n"
+        )
+    };
+    let g =
+        start_with(GlobalOptions { node_toml: vec![((0, 0), s2s(p_dc1)), ((1, 1), s2s(p_dc2))], ..Default::default() })
+            .await;
+    let remote = TestNode::start_with(meerkat_tests::NodeOptions {
+        hosts: vec!["remote.test".into()],
+        extra_toml: format!(
+            "[[listen.s2s]]\nport = {p_remote}\nip_address = \"127.0.0.1\"\n\n[s2s.outgoing]\nconnection_timeout = 2000\n\
+             address = [{{ host = \"{GLOBAL_HOST}\", ip_address = \"127.0.0.1\", port = {p_dc1} }}]\n"
+        ),
+        ..Default::default()
+    });
+    remote.add_user_at("remote.test", "rita", PW);
+    let mut rita = Client::login(remote.c2s, "remote.test", "rita", PW, Some("r")).await.expect("rita");
+    g.add_user("bob", PW);
+    let mut bob = online_at(g.node(1, 1), "bob", "phone").await;
+
+    bob.send_message("rita@remote.test/r", "from dc2").await.unwrap();
+    let m = rita.recv_message().await.unwrap_or_else(|e| panic!("rita: {e}\n{}", g.node(1, 1).log()));
+    assert_eq!(meerkat_tests::client::body(&m).as_deref(), Some("from dc2"));
+    assert_eq!(m.attr("from"), Some(format!("bob@{GLOBAL_HOST}/phone").as_str()));
+    rita.send(&meerkat_tests::client::message(&format!("bob@{GLOBAL_HOST}/phone"), "to dc2")).await.unwrap();
+    let m = bob
+        .recv_until(|el| meerkat_tests::client::body(el).as_deref() == Some("to dc2"))
+        .await
+        .unwrap_or_else(|e| panic!("bob: {e}\n{}", g.node(0, 0).log()));
+    assert_eq!(m.attr("from"), Some("rita@remote.test/r"));
+
+    // dc2's node sent over its own stream; dc1's node took the remote server's.
+    let (_, out) = g.node(1, 1).api("GET", "/api/s2s", None);
+    assert!(
+        out["outgoing"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|o| o["remote"] == "remote.test" && o["state"] == "established"),
+        "{out}"
+    );
+    let (_, inc) = g.node(0, 0).api("GET", "/api/s2s", None);
+    assert!(
+        inc["incoming"].as_array().into_iter().flatten().any(|i| i["domains"] == serde_json::json!(["remote.test"])),
+        "{inc}"
+    );
+}
