@@ -341,3 +341,62 @@ async fn a_listener_holds_at_most_max_connections() {
     }
     drop(node);
 }
+
+/// `conflict_behaviour` across the nodes of a cluster: with `disconnect`, a
+/// component for a domain a component on another node has is refused; with
+/// `kick_old`, the other node's component goes with `<conflict/>` and the
+/// newcomer takes the domain, for users on both nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_component_on_another_node_is_refused_or_replaces_the_first() {
+    let ports: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_port())).collect();
+    let listeners = |(open, kick): (u16, u16)| {
+        format!(
+            r#"
+[[listen.component]]
+port = {open}
+ip_address = "127.0.0.1"
+password = "{SECRET}"
+
+[[listen.component]]
+port = {kick}
+ip_address = "127.0.0.1"
+password = "{SECRET}"
+conflict_behaviour = "kick_old"
+"#
+        )
+    };
+    let configs: Vec<_> = ports.iter().map(|p| (Placement::loopback(), listeners(*p))).collect();
+    let cluster =
+        tokio::task::spawn_blocking(move || TestCluster::start_configured(SharedDb::sqlite(), configs)).await.unwrap();
+    cluster.add_user("alice", PW);
+    let mut alice = login(&cluster.nodes[0], "alice", PW, "desk").await;
+    let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+
+    // disconnect: node 2 refuses a domain node 1's component has.
+    let mut first = RawComponent::connect(addr(ports[0].0), "one.localhost", SECRET).await;
+    let mut second = RawComponent::open(addr(ports[1].0), "one.localhost").await.unwrap();
+    let answer = second.handshake(SECRET).await.unwrap();
+    assert!(answer.has_child("conflict", ns::STREAMS), "{}", answer.to_xml(ns::COMPONENT));
+    alice.send_message("one.localhost", "still the first").await.unwrap();
+    let got = first.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(got.get_child("body", ns::COMPONENT).map(Element::text).as_deref(), Some("still the first"));
+
+    // kick_old: node 2's newcomer replaces node 1's component.
+    let mut old = RawComponent::connect(addr(ports[0].1), "two.localhost", SECRET).await;
+    let mut new = RawComponent::connect(addr(ports[1].1), "two.localhost", SECRET).await;
+    assert_eq!(old.expect_stream_error(WAIT).await, "conflict");
+    alice.send_message("two.localhost", "to the new one").await.unwrap();
+    let got = new.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(got.get_child("body", ns::COMPONENT).map(Element::text).as_deref(), Some("to the new one"));
+    cluster.add_user("bob", PW);
+    let mut bob = login(&cluster.nodes[1], "bob", PW, "desk").await;
+    bob.send_message("two.localhost", "from node 2").await.unwrap();
+    let got = new.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(got.get_child("body", ns::COMPONENT).map(Element::text).as_deref(), Some("from node 2"));
+    // And back the other way: node 1's newcomer replaces node 2's.
+    let mut newest = RawComponent::connect(addr(ports[0].1), "two.localhost", SECRET).await;
+    assert_eq!(new.expect_stream_error(WAIT).await, "conflict");
+    bob.send_message("two.localhost", "to the newest").await.unwrap();
+    let got = newest.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(got.get_child("body", ns::COMPONENT).map(Element::text).as_deref(), Some("to the newest"));
+}

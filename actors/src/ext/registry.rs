@@ -71,6 +71,9 @@ pub struct Registry {
     client_wrote: Vec<Arc<dyn Module>>,
     blocks: Vec<Arc<dyn Module>>,
     filter_local: Vec<Arc<dyn Module>>,
+    /// The node's services, once they start: they answer other nodes'
+    /// requests that no module takes.
+    services: std::sync::OnceLock<Vec<Arc<dyn super::Service>>>,
 }
 
 /// Serves [`meerkat_cluster::transport::Request::Module`]: the named module's
@@ -81,10 +84,15 @@ impl meerkat_cluster::transport::ModuleHandler for NodeRequests {
     fn handle(&self, from: u64, module: String, body: Vec<u8>) -> meerkat_cluster::transport::ModuleReply<'_> {
         Box::pin(async move {
             let ctx = &self.0;
-            match ctx.hooks.modules().iter().find(|m| m.name() == module) {
-                Some(m) => m.node_request(ctx, from, body).await,
-                None => Err(format!("{module} does not run on this node")),
+            if let Some(m) = ctx.hooks.modules().iter().find(|m| m.name() == module) {
+                return m.node_request(ctx, from, body).await;
             }
+            for s in ctx.hooks.services.get().into_iter().flatten() {
+                if let Some(answer) = s.node_request(&module, from, &body).await {
+                    return answer;
+                }
+            }
+            Err(format!("{module} does not run on this node"))
         })
     }
 }
@@ -120,6 +128,7 @@ impl Registry {
             client_wrote: with(HookSet::CLIENT_WROTE),
             blocks: with(HookSet::BLOCKS),
             filter_local: with(HookSet::FILTER_LOCAL),
+            services: std::sync::OnceLock::new(),
             modules,
             iq,
             session_iq,
@@ -133,6 +142,11 @@ impl Registry {
 
     pub fn modules(&self) -> &[Arc<dyn Module>] {
         &self.modules
+    }
+
+    /// Gives the node's services the requests of other nodes that no module takes (once).
+    pub fn set_services(&self, services: Vec<Arc<dyn super::Service>>) {
+        let _ = self.services.set(services);
     }
 
     /// Starts the modules in order; the first error names its module.

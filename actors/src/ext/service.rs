@@ -80,6 +80,13 @@ pub trait Service: Send + Sync + 'static {
     /// its tasks ended or `deadline` passed.
     async fn stop(&self, deadline: tokio::time::Instant);
 
+    /// Answers another node's request addressed to `target`
+    /// ([`ModuleCtx::ask_node`] with that name) when `target` is one this
+    /// service answers; `None` otherwise.
+    async fn node_request(&self, _target: &str, _from_node: u64, _body: &[u8]) -> Option<Result<Vec<u8>, String>> {
+        None
+    }
+
     /// What the admin API shows of it (`GET /api/s2s` for `s2s`), if anything.
     fn status(&self) -> Option<serde_json::Value> {
         None
@@ -109,6 +116,8 @@ impl ServiceSet {
     /// Starts every service; the first error names its service (the ones
     /// started before it are stopped again).
     pub async fn start(&self, ctx: &ServiceCtx) -> Result<(), (String, String)> {
+        // Other nodes' requests reach the services through the module registry.
+        ctx.module.hooks.set_services(self.services.clone());
         for (i, s) in self.services.iter().enumerate() {
             if let Err(e) = s.start(ctx).await {
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);

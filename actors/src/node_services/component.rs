@@ -7,7 +7,10 @@
 //! the replicated domain table, so a user on any node reaches it, and its
 //! stanzas reach users on every node. A second component for a domain that
 //! is served already is refused (`conflict_behaviour = "disconnect"`, the
-//! default) or replaces the first one on this node (`"kick_old"`).
+//! default) or replaces the first one (`"kick_old"`), on this node or, in a
+//! cluster, on the node that has it: that node is asked (a node request to
+//! its component listeners) to end its component's stream with
+//! `<conflict/>`, and the domain is claimed once it let go.
 //!
 //! Stanzas from the component must carry `to`, and a `from` in its domain
 //! (`check_from`, on by default) or none (the domain itself is taken);
@@ -42,6 +45,8 @@ const QUEUE: usize = 1024;
 /// How long a component that replaces another (`kick_old`) waits for the
 /// old one to let go of the domain.
 const KICK_WITHIN: Duration = Duration::from_secs(5);
+/// The name other nodes' kick requests are addressed to (`ModuleCtx::ask_node`).
+const KICK_TARGET: &str = "components";
 
 /// What becomes of a component whose domain is served already.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -50,7 +55,7 @@ pub enum ConflictBehaviour {
     /// The new connection is refused with `<conflict/>`.
     #[default]
     Disconnect,
-    /// The old connection (on this node) ends with `<conflict/>` and the new one takes the domain.
+    /// The old connection (on any node) ends with `<conflict/>` and the new one takes the domain.
     KickOld,
 }
 
@@ -159,6 +164,16 @@ impl Service for ComponentListener {
         self.name.clone()
     }
 
+    /// Another node's newcomer with `kick_old` asks for our component of a domain to go.
+    async fn node_request(&self, target: &str, from_node: u64, body: &[u8]) -> Option<Result<Vec<u8>, String>> {
+        if target != KICK_TARGET {
+            return None;
+        }
+        let Ok(domain) = std::str::from_utf8(body) else { return Some(Err("the domain is not UTF-8".into())) };
+        tracing::info!(%domain, from_node, "a component of another node replaces ours");
+        Some(kick_here(&self.shared, domain).await.map(|()| Vec::new()))
+    }
+
     async fn start(&self, ctx: &ServiceCtx) -> Result<(), String> {
         let rate = (ctx.env.shaper)(&self.cfg.shaper).map_err(|e| format!("shaper: {e}"))?;
         let tls = match &self.cfg.tls {
@@ -176,6 +191,7 @@ impl Service for ComponentListener {
             max_connections_per_ip: None,
         });
         let conn = Arc::new(ConnCtx {
+            module: ctx.module.clone(),
             router: ctx.module.router.clone(),
             cfg: self.cfg.clone(),
             rate,
@@ -205,6 +221,7 @@ impl Service for ComponentListener {
 
 /// What every connection of one listener needs.
 struct ConnCtx {
+    module: crate::ext::ModuleCtx,
     router: Arc<Router>,
     cfg: ComponentListen,
     rate: Option<u64>,
@@ -402,6 +419,8 @@ impl DomainHandler for Outbox {
 async fn register(ctx: &ConnCtx, domain: &str) -> Result<Registered, StreamError> {
     let kind = if ctx.cfg.hidden_components { DomainKind::HiddenComponent } else { DomainKind::Component };
     let mut kicked_one = false;
+    // The node whose component was asked to go, and until when it may take.
+    let mut kicked_node: Option<(meerkat_cluster::NodeId, tokio::time::Instant)> = None;
     loop {
         let (tx, inbox) = mpsc::channel(QUEUE);
         match ctx.router.register_domain(domain, kind, Arc::new(Outbox(tx))).await {
@@ -417,30 +436,34 @@ async fn register(ctx: &ConnCtx, domain: &str) -> Result<Registered, StreamError
                     && !kicked_one =>
             {
                 kicked_one = true;
-                let kick =
-                    ctx.shared.live.lock().unwrap_or_else(|e| e.into_inner()).get_mut(domain).and_then(|e| e.1.take());
-                let Some(kick) = kick else {
-                    return Err(error(
-                        StreamErrorCondition::Conflict,
-                        "the domain's component is being replaced already",
-                    ));
-                };
-                let (done, released) = oneshot::channel();
-                let _ = kick.send(done);
-                if tokio::time::timeout(KICK_WITHIN, released).await.is_err() {
-                    return Err(error(
-                        StreamErrorCondition::Conflict,
-                        "the old component did not let go of the domain",
-                    ));
-                }
+                kick_here(&ctx.shared, domain).await.map_err(|e| error(StreamErrorCondition::Conflict, e))?;
             }
-            Err(RouteError::Conflict { holder: Holder::Node(node, _), .. })
-                if ctx.cfg.conflict_behaviour == ConflictBehaviour::KickOld =>
+            Err(RouteError::Conflict { holder: Holder::Node(node, k), .. })
+                if ctx.cfg.conflict_behaviour == ConflictBehaviour::KickOld && k != DomainKind::Service =>
             {
-                return Err(error(
-                    StreamErrorCondition::Conflict,
-                    format!("the domain is served by a component on node {node}; kick_old replaces components of this node only"),
-                ));
+                match kicked_node {
+                    None => {
+                        ctx.module.ask_node(node, KICK_TARGET, domain.as_bytes().to_vec(), KICK_WITHIN).await.map_err(
+                            |e| {
+                                error(
+                                    StreamErrorCondition::Conflict,
+                                    format!("the component on node {node} was not replaced: {e}"),
+                                )
+                            },
+                        )?;
+                        kicked_node = Some((node, tokio::time::Instant::now() + KICK_WITHIN));
+                    }
+                    // It let go; the cluster has yet to apply the release.
+                    Some((n, until)) if n == node && tokio::time::Instant::now() < until => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Some(_) => {
+                        return Err(error(
+                            StreamErrorCondition::Conflict,
+                            format!("node {node} still has the domain after its component went"),
+                        ));
+                    }
+                }
             }
             Err(RouteError::Conflict { holder, .. }) => {
                 return Err(error(StreamErrorCondition::Conflict, format!("the domain is already served by {holder}")));
@@ -455,6 +478,24 @@ async fn register(ctx: &ConnCtx, domain: &str) -> Result<Registered, StreamError
                 ));
             }
         }
+    }
+}
+
+/// Makes this node's component of `domain` end its stream with
+/// `<conflict/>`; returns once it has let go of the domain.
+async fn kick_here(shared: &Shared, domain: &str) -> Result<(), String> {
+    let kick = shared.live.lock().unwrap_or_else(|e| e.into_inner()).get_mut(domain).and_then(|e| e.1.take());
+    let Some(kick) = kick else {
+        return Err("no component of this node has the domain, or it is being replaced already".into());
+    };
+    let (done, released) = oneshot::channel();
+    if kick.send(done).is_err() {
+        // The connection ended meanwhile, letting go of the domain.
+        return Ok(());
+    }
+    match tokio::time::timeout(KICK_WITHIN, released).await {
+        Ok(_) => Ok(()),
+        Err(_) => Err("the old component did not let go of the domain".into()),
     }
 }
 
