@@ -12,6 +12,22 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/meerkat-target}"
 export MEERKAT_VENV="${MEERKAT_VENV:-/var/tmp/meerkat-venv}"
 
+# Prosody (with libunbound, its resolver) and ejabberd as federation peers,
+# and dnsmasq as the DNS server of their network namespaces (SRV records):
+# the tests start and stop them; their packages must not start them on
+# install, so a policy-rc.d that refuses is put in place if there is none.
+s2s_peers_install() {
+  local made=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody lua-unbound ejabberd dnsmasq-base || rc=$?
+  if [ -n "$made" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  return $rc
+}
+if [ ! -x /usr/bin/prosody ] || [ ! -x /usr/sbin/ejabberdctl ] || [ ! -e /usr/lib/x86_64-linux-gnu/lua/5.4/lunbound.so ] || [ ! -x /usr/sbin/dnsmasq ]; then
+  s2s_peers_install || { apt-get update && s2s_peers_install; }
+fi
+
 # Third-party clients, pinned in tests/python/requirements.txt.
 if [ ! -x "$MEERKAT_VENV/bin/python" ]; then
   python3 -m venv "$MEERKAT_VENV"
