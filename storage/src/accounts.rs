@@ -99,6 +99,11 @@ impl AccountRepo for Storage {
         let _timed = crate::Timed::start("AccountRepo", "remove_account");
         let removed = on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
+            // The account's PEP nodes (XEP-0163) go with it.
+            let pep = crate::pubsub::pep_service_key(domain, user);
+            for q in crate::pubsub::REMOVE_SERVICE {
+                sqlx::query(q.get(d)).bind(&pep).execute(&mut *tx).await?;
+            }
             let mut last = 0;
             for q in REMOVE {
                 last = sqlx::query(q.get(d)).bind(domain).bind(user).execute(&mut *tx).await?.rows_affected();

@@ -31,6 +31,7 @@ mod error;
 mod fast;
 mod inbox;
 mod offline;
+mod pubsub;
 mod push;
 mod roster;
 mod secrets;
@@ -518,6 +519,110 @@ pub trait PushRepo: Send + Sync {
     async fn push_subscriptions(&self, domain: &str, user: &str) -> Result<Vec<PushSubscription>, StorageError>;
 }
 
+/// A PubSub node (XEP-0060) of a service: a PubSub service domain, or an
+/// account's bare JID for PEP (XEP-0163).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PubsubNode {
+    pub service: String,
+    pub name: String,
+    /// The bare JID that created it (an owner).
+    pub owner: String,
+    /// Its configuration, opaque here (serialized by the module).
+    pub config: String,
+    pub created_micros: i64,
+}
+
+/// A published item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PubsubItem {
+    pub id: String,
+    /// The full JID that published it.
+    pub publisher: String,
+    /// The item's payload, serialized XML.
+    pub payload: String,
+    /// Its place in the node's order of publication (set on publish).
+    pub seq: i64,
+}
+
+/// A subscription to a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PubsubSubscription {
+    pub subid: String,
+    /// The subscribed JID (bare or full).
+    pub jid: String,
+    /// `subscribed` or `pending`.
+    pub state: String,
+    pub created_micros: i64,
+}
+
+/// PubSub nodes, their items, affiliations and subscriptions.
+#[async_trait]
+pub trait PubsubRepo: Send + Sync {
+    /// Creates the node, its creator an owner; [`StorageError::Conflict`] if it exists.
+    async fn pubsub_create_node(&self, node: &PubsubNode) -> Result<(), StorageError>;
+    async fn pubsub_node(&self, service: &str, name: &str) -> Result<Option<PubsubNode>, StorageError>;
+    /// The service's nodes, oldest first.
+    async fn pubsub_nodes(&self, service: &str) -> Result<Vec<PubsubNode>, StorageError>;
+    /// Replaces the node's configuration; `false` if there is no such node.
+    async fn pubsub_configure(&self, service: &str, name: &str, config: &str) -> Result<bool, StorageError>;
+    /// Deletes the node with its items, affiliations and subscriptions; `false` if there was none.
+    async fn pubsub_delete_node(&self, service: &str, name: &str) -> Result<bool, StorageError>;
+    /// Publishes the item (replacing one with its id) as the node's latest,
+    /// then keeps only the `max_items` latest: the item's order number, and
+    /// the ids of the items removed to keep to it.
+    async fn pubsub_publish(
+        &self,
+        service: &str,
+        name: &str,
+        item: &PubsubItem,
+        max_items: Option<u64>,
+    ) -> Result<(i64, Vec<String>), StorageError>;
+    /// Removes the item; `false` if there was none.
+    async fn pubsub_retract(&self, service: &str, name: &str, id: &str) -> Result<bool, StorageError>;
+    /// Removes every item of the node; how many.
+    async fn pubsub_purge(&self, service: &str, name: &str) -> Result<u64, StorageError>;
+    /// The `last` latest items (all without it), oldest first.
+    async fn pubsub_items(&self, service: &str, name: &str, last: Option<u64>)
+        -> Result<Vec<PubsubItem>, StorageError>;
+    /// The items with these ids that exist, in the order asked.
+    async fn pubsub_items_by_id(
+        &self,
+        service: &str,
+        name: &str,
+        ids: &[String],
+    ) -> Result<Vec<PubsubItem>, StorageError>;
+    /// Sets a JID's affiliation, or removes it (`None`: `none`).
+    async fn pubsub_set_affiliation(
+        &self,
+        service: &str,
+        name: &str,
+        jid: &str,
+        affiliation: Option<&str>,
+    ) -> Result<(), StorageError>;
+    /// The node's affiliations other than `none`: (JID, affiliation).
+    async fn pubsub_affiliations(&self, service: &str, name: &str) -> Result<Vec<(String, String)>, StorageError>;
+    /// A JID's affiliations on the service's nodes: (node, affiliation).
+    async fn pubsub_user_affiliations(&self, service: &str, jid: &str) -> Result<Vec<(String, String)>, StorageError>;
+    /// Adds the subscription, or sets the state of the one with its id.
+    async fn pubsub_subscribe(&self, service: &str, name: &str, sub: &PubsubSubscription) -> Result<(), StorageError>;
+    /// Removes `jid`'s subscription `subid`, or all of its subscriptions; how many.
+    async fn pubsub_unsubscribe(
+        &self,
+        service: &str,
+        name: &str,
+        jid: &str,
+        subid: Option<&str>,
+    ) -> Result<u64, StorageError>;
+    /// The node's subscriptions, oldest first.
+    async fn pubsub_subscriptions(&self, service: &str, name: &str) -> Result<Vec<PubsubSubscription>, StorageError>;
+    /// A JID's subscriptions on the service's nodes: (node, subscription).
+    async fn pubsub_user_subscriptions(
+        &self,
+        service: &str,
+        jid: &str,
+    ) -> Result<Vec<(String, PubsubSubscription)>, StorageError>;
+}
+
 /// User accounts and their credentials.
 #[async_trait]
 pub trait AccountRepo: Send + Sync {
@@ -527,7 +632,8 @@ pub trait AccountRepo: Send + Sync {
     /// Replaces the password; `false` if there is no such account.
     async fn set_password(&self, domain: &str, user: &str, password: &StoredPassword) -> Result<bool, StorageError>;
     /// Deletes the account together with its roster, offline messages, vCard, private
-    /// XML, message archive and blocklist, in one transaction; `false` if there was no such account.
+    /// XML, message archive, blocklist, inbox, push subscriptions and PEP nodes, in one
+    /// transaction; `false` if there was no such account.
     async fn remove_account(&self, domain: &str, user: &str) -> Result<bool, StorageError>;
     /// Usernames of `domain`, sorted by code point.
     async fn list_accounts(&self, domain: &str) -> Result<Vec<String>, StorageError>;

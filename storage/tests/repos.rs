@@ -14,8 +14,9 @@ use std::time::Duration;
 use meerkat_storage::{
     AccountRepo, ArchiveDirection, ArchivePage, ArchiveQuery, ArchiveRepo, ArchivedMessage, BlocklistRepo, DbTls,
     FastSlot, FastToken, FastTokenRepo, FastTokens, InboxBoxes, InboxChange, InboxDelta, InboxLast, InboxMessage,
-    InboxQuery, InboxRepo, InboxTotals, OfflineRepo, PrivateRepo, PushRepo, PushSubscription, RosterItem, RosterRepo,
-    SecretRepo, Storage, StorageConfig, StorageError, StoredPassword, Subscription, VcardRepo,
+    InboxQuery, InboxRepo, InboxTotals, OfflineRepo, PrivateRepo, PubsubItem, PubsubNode, PubsubRepo,
+    PubsubSubscription, PushRepo, PushSubscription, RosterItem, RosterRepo, SecretRepo, Storage, StorageConfig,
+    StorageError, StoredPassword, Subscription, VcardRepo,
 };
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -909,6 +910,116 @@ async fn push(s: &Storage) {
     assert!(s.push_subscriptions(DOMAIN, "bob").await.expect("bob").is_empty());
 }
 
+fn ps_item(id: &str, payload: &str) -> PubsubItem {
+    PubsubItem { id: id.to_owned(), publisher: "alice@example.org/r".into(), payload: payload.to_owned(), seq: 0 }
+}
+
+async fn pubsub(s: &Storage) {
+    const SVC: &str = "pubsub.example.org";
+    let node = |name: &str, at: i64| PubsubNode {
+        service: SVC.into(),
+        name: name.into(),
+        owner: "alice@example.org".into(),
+        config: format!("{{\"title\":\"{UNICODE}\"}}"),
+        created_micros: at,
+    };
+    assert_eq!(s.pubsub_node(SVC, "news").await.expect("none"), None);
+    s.pubsub_create_node(&node("news", 1)).await.expect("create");
+    let long = "n".repeat(1000);
+    s.pubsub_create_node(&node(&long, 2)).await.expect("create a long name");
+    assert!(matches!(s.pubsub_create_node(&node("news", 3)).await, Err(StorageError::Conflict(_))));
+    assert_eq!(s.pubsub_node(SVC, "news").await.expect("get"), Some(node("news", 1)));
+    let names: Vec<String> = s.pubsub_nodes(SVC).await.expect("list").into_iter().map(|n| n.name).collect();
+    assert_eq!(names, ["news".to_owned(), long.clone()]);
+    assert!(s.pubsub_nodes("other.example.org").await.expect("other").is_empty());
+    // The creator is an owner.
+    assert_eq!(
+        s.pubsub_affiliations(SVC, "news").await.expect("affs"),
+        [("alice@example.org".to_owned(), "owner".to_owned())]
+    );
+    assert!(s.pubsub_configure(SVC, "news", "{}").await.expect("configure"));
+    assert!(!s.pubsub_configure(SVC, "nothing", "{}").await.expect("configure"));
+    assert_eq!(s.pubsub_node(SVC, "news").await.expect("get").map(|n| n.config).as_deref(), Some("{}"));
+
+    // Items: republishing an id replaces it and makes it the latest; max_items trims the oldest.
+    let big = long_text(100_000);
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        let (seq, removed) =
+            s.pubsub_publish(SVC, "news", &ps_item(id, &format!("<p>{i}</p>")), None).await.expect("publish");
+        assert_eq!(seq, i as i64 + 1);
+        assert!(removed.is_empty());
+    }
+    let ids = |items: Vec<PubsubItem>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.pubsub_items(SVC, "news", None).await.expect("items")), ["a", "b", "c"]);
+    s.pubsub_publish(SVC, "news", &ps_item("a", &big), None).await.expect("republish");
+    assert_eq!(ids(s.pubsub_items(SVC, "news", None).await.expect("items")), ["b", "c", "a"]);
+    assert_eq!(ids(s.pubsub_items(SVC, "news", Some(2)).await.expect("last 2")), ["c", "a"]);
+    let got = s.pubsub_items_by_id(SVC, "news", &["a".into(), "zzz".into(), "b".into()]).await.expect("by id");
+    assert_eq!(got.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(got[0].payload, big);
+    assert_eq!(got[0].publisher, "alice@example.org/r");
+    let (_, removed) = s.pubsub_publish(SVC, "news", &ps_item("d", "<p/>"), Some(2)).await.expect("trim");
+    assert_eq!(removed, ["c", "b"]);
+    assert_eq!(ids(s.pubsub_items(SVC, "news", None).await.expect("items")), ["a", "d"]);
+    assert!(s.pubsub_retract(SVC, "news", "a").await.expect("retract"));
+    assert!(!s.pubsub_retract(SVC, "news", "a").await.expect("retract again"));
+    s.pubsub_publish(SVC, &long, &ps_item(UNICODE, UNICODE), None).await.expect("unicode item");
+    assert_eq!(ids(s.pubsub_items(SVC, &long, None).await.expect("items")), [UNICODE]);
+    assert_eq!(s.pubsub_purge(SVC, "news").await.expect("purge"), 1);
+    assert!(s.pubsub_items(SVC, "news", None).await.expect("items").is_empty());
+
+    // Affiliations and subscriptions.
+    s.pubsub_set_affiliation(SVC, "news", "bob@example.org", Some("publisher")).await.expect("aff");
+    s.pubsub_set_affiliation(SVC, "news", "bob@example.org", Some("member")).await.expect("aff again");
+    s.pubsub_set_affiliation(SVC, &long, "bob@example.org", Some("outcast")).await.expect("aff");
+    assert_eq!(s.pubsub_affiliations(SVC, "news").await.expect("affs").len(), 2);
+    assert_eq!(
+        s.pubsub_user_affiliations(SVC, "bob@example.org").await.expect("bob's"),
+        [("news".to_owned(), "member".to_owned()), (long.clone(), "outcast".to_owned())]
+    );
+    s.pubsub_set_affiliation(SVC, "news", "bob@example.org", None).await.expect("none");
+    assert_eq!(s.pubsub_affiliations(SVC, "news").await.expect("affs").len(), 1);
+    let sub = |id: &str, jid: &str, at: i64| PubsubSubscription {
+        subid: id.into(),
+        jid: jid.into(),
+        state: "subscribed".into(),
+        created_micros: at,
+    };
+    s.pubsub_subscribe(SVC, "news", &sub("s1", "bob@example.org", 1)).await.expect("sub");
+    s.pubsub_subscribe(SVC, "news", &sub("s2", "bob@example.org/phone", 2)).await.expect("sub");
+    s.pubsub_subscribe(SVC, "news", &sub("s3", "bob@example.org", 3)).await.expect("sub");
+    s.pubsub_subscribe(SVC, &long, &sub("s4", "bob@example.org", 4)).await.expect("sub");
+    let pending = PubsubSubscription { state: "pending".into(), ..sub("s1", "bob@example.org", 1) };
+    s.pubsub_subscribe(SVC, "news", &pending).await.expect("state");
+    let subs = s.pubsub_subscriptions(SVC, "news").await.expect("subs");
+    assert_eq!(subs, [pending.clone(), sub("s2", "bob@example.org/phone", 2), sub("s3", "bob@example.org", 3)]);
+    let bobs = s.pubsub_user_subscriptions(SVC, "bob@example.org").await.expect("bob's");
+    assert_eq!(
+        bobs.iter().map(|(n, s)| (n.len(), s.subid.as_str())).collect::<Vec<_>>(),
+        [(4, "s1"), (4, "s3"), (1000, "s4")]
+    );
+    assert_eq!(s.pubsub_unsubscribe(SVC, "news", "bob@example.org", Some("s3")).await.expect("one"), 1);
+    assert_eq!(s.pubsub_unsubscribe(SVC, "news", "bob@example.org", None).await.expect("all"), 1);
+    assert_eq!(s.pubsub_subscriptions(SVC, "news").await.expect("subs").len(), 1);
+
+    // Deleting a node deletes what is in it, and nothing of the other.
+    s.pubsub_publish(SVC, "news", &ps_item("x", "<p/>"), None).await.expect("publish");
+    assert!(s.pubsub_delete_node(SVC, "news").await.expect("delete"));
+    assert!(!s.pubsub_delete_node(SVC, "news").await.expect("delete again"));
+    assert_eq!(s.pubsub_node(SVC, "news").await.expect("gone"), None);
+    assert!(s.pubsub_items(SVC, "news", None).await.expect("items").is_empty());
+    assert!(s.pubsub_affiliations(SVC, "news").await.expect("affs").is_empty());
+    assert!(s.pubsub_subscriptions(SVC, "news").await.expect("subs").is_empty());
+    s.pubsub_create_node(&node("news", 5)).await.expect("a node of the same name again");
+    assert!(s.pubsub_items(SVC, "news", None).await.expect("fresh").is_empty());
+    assert_eq!(s.pubsub_items(SVC, &long, None).await.expect("other node").len(), 1);
+
+    // Alice's PEP node, which goes with her account.
+    let pep = PubsubNode { service: "alice@example.org".into(), ..node("urn:xmpp:avatar:metadata", 6) };
+    s.pubsub_create_node(&pep).await.expect("pep");
+    s.pubsub_publish(&pep.service, &pep.name, &ps_item("current", "<metadata/>"), Some(1)).await.expect("publish");
+}
+
 async fn remove_account_cascades(s: &Storage) {
     assert!(!s.get_roster(DOMAIN, "alice").await.expect("roster").is_empty());
     assert!(s.count_offline(DOMAIN, "alice").await.expect("count") > 0);
@@ -917,8 +1028,13 @@ async fn remove_account_cascades(s: &Storage) {
     assert!(!s.get_blocklist(DOMAIN, "alice").await.expect("blocklist").is_empty());
     assert!(s.inbox_totals(DOMAIN, "alice").await.expect("inbox").unread_messages > 0);
     assert!(!s.push_subscriptions(DOMAIN, "alice").await.expect("push").is_empty());
+    assert_eq!(s.pubsub_nodes("alice@example.org").await.expect("pep").len(), 1);
 
     assert!(s.remove_account(DOMAIN, "alice").await.expect("remove"));
+    assert!(s.pubsub_nodes("alice@example.org").await.expect("pep").is_empty());
+    assert!(s.pubsub_items("alice@example.org", "urn:xmpp:avatar:metadata", None).await.expect("items").is_empty());
+    // Other services' nodes stay.
+    assert_eq!(s.pubsub_nodes("pubsub.example.org").await.expect("service").len(), 2);
     assert_eq!(s.get_password(DOMAIN, "alice").await.expect("get"), None);
     assert!(s.get_roster(DOMAIN, "alice").await.expect("roster").is_empty());
     assert_eq!(s.get_item(DOMAIN, "alice", "carol@example.org").await.expect("item"), None);
@@ -970,6 +1086,7 @@ async fn test_suite(s: &Storage) {
     fast_tokens(s).await;
     inbox(s).await;
     push(s).await;
+    pubsub(s).await;
     remove_account_cascades(s).await;
     s.ping().await.expect("ping");
 }
@@ -1020,7 +1137,7 @@ async fn mysql_stored_bytes(admin: &sqlx::MySqlPool, db: &str) {
     .fetch_all(admin)
     .await
     .expect("information_schema");
-    assert_eq!(rows.len(), 13);
+    assert_eq!(rows.len(), 17);
     for r in &rows {
         let collation: String = r.try_get("TABLE_COLLATION").expect("collation");
         assert_eq!(collation, "utf8mb4_bin");

@@ -12,7 +12,8 @@
 //! [`APPLICABLE`] lists the itest files run: core RFC 6120/6121 (TLS, login,
 //! reconnection, messages and IQs between clients, which carry XEP payloads the
 //! server only routes), XEP-0030, XEP-0092, XEP-0191, XEP-0199, XEP-0313 with
-//! XEP-0059 and XEP-0359, XEP-0049, XEP-0054 and XEP-0153. [`NOT_APPLICABLE`]
+//! XEP-0059 and XEP-0359, XEP-0049, XEP-0054 and XEP-0153, XEP-0163 and XEP-0084
+//! (PEP, with `mod_pubsub` on). [`NOT_APPLICABLE`]
 //! lists the others with the protocol the node does not offer; every file of
 //! the distribution must be in one list, so a new pin gets looked at.
 //!
@@ -49,6 +50,7 @@ const APPLICABLE: &[(&str, usize)] = &[
     ("test_ibb", 1),
     ("test_last_activity", 1),
     ("test_mam", 2),
+    ("test_pep", 2),
     ("test_ping", 1),
     ("test_privatestorage", 1),
     ("test_quickresponse", 1),
@@ -57,6 +59,7 @@ const APPLICABLE: &[(&str, usize)] = &[
     ("test_retract", 1),
     ("test_slow_filters", 1),
     ("test_tls_check", 6),
+    ("test_user_avatar", 1),
     ("test_vcard", 1),
     ("test_vcard_avatar", 1),
     ("test_version", 1),
@@ -68,10 +71,8 @@ const NOT_APPLICABLE: &[(&str, &str)] = &[
     ("test_httpupload", "XEP-0363 HTTP file upload"),
     ("test_moderate", "XEP-0045 multi-user chat, XEP-0425 moderation"),
     ("test_muc", "XEP-0045 multi-user chat"),
-    ("test_pep", "XEP-0163 personal eventing (XEP-0060 pubsub)"),
     ("test_selfping", "XEP-0045 multi-user chat, XEP-0410 self-ping"),
     ("test_sos", "XEP-0455 service outage status"),
-    ("test_user_avatar", "XEP-0084 user avatar over PEP (XEP-0163)"),
 ];
 
 const ACCOUNTS: [(&str, &str); 2] = [("slix-ci-1", "slix-ci-1-pass"), ("slix-ci-2", "slix-ci-2-pass")];
@@ -177,7 +178,8 @@ fn slixmpp_itests_pass() {
     let ip = free_loopback_address();
     let node = TestNode::start(&format!(
         "[[listen.c2s]]\nport = 5222\nip_address = \"{ip}\"\ntls.mode = \"starttls\"\n\n\
-         [[listen.c2s]]\nport = 5223\nip_address = \"{ip}\"\ntls.mode = \"tls\"\n"
+         [[listen.c2s]]\nport = 5223\nip_address = \"{ip}\"\ntls.mode = \"tls\"\n\n\
+         [modules.mod_pubsub]\nenabled = true\n"
     ));
     for (user, password) in ACCOUNTS {
         node.add_user(user, password);

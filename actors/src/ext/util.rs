@@ -36,9 +36,16 @@ pub fn error_reply_with(stanza: &Element, error: Element) -> Option<Element> {
     Some(reply)
 }
 
-/// Sends an IQ answer back to the requester.
+/// Sends an IQ answer back to the requester. A module whose answer needs
+/// more than a payload or a defined condition (XEP-0060's application error
+/// conditions) answers with the whole reply: an `<iq/>` in `jabber:client`.
 pub fn reply(router: &Router, r: Routed, answer: IqAnswer) {
     match answer {
+        Ok(Some(mut whole)) if whole.name == "iq" && whole.ns == ns::CLIENT => {
+            whole.set_attr("from", r.to.to_string());
+            whole.set_attr("to", r.from.to_string());
+            router.route(Routed { from: r.to, to: r.from, stanza: whole });
+        }
         Ok(payload) => {
             let mut res = iq_result(&r.stanza, payload);
             res.set_attr("from", r.to.to_string());

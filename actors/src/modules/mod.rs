@@ -20,6 +20,7 @@ pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod pubsub;
 pub mod push_service_mongoosepush;
 pub mod register;
 pub mod roster;
@@ -115,6 +116,7 @@ modules! {
     mod_mam => mam::MamModule,
     /// MongooseIM's Inbox: conversations with unread counts (off by default).
     mod_inbox => inbox::Inbox,
+    mod_pubsub => pubsub::Pubsub,
     /// MongooseIM's event pusher: push notifications, HTTP, RabbitMQ (off by default).
     mod_event_pusher => event_pusher::EventPusher,
     /// Push notifications through MongoosePush for virtual pubsub hosts (off by default).
@@ -143,7 +145,7 @@ mod tests {
     use super::*;
 
     /// The modules MongooseIM also leaves off unless configured.
-    const OFF_BY_DEFAULT: &[&str] = &["mod_inbox", "mod_event_pusher", "mod_push_service_mongoosepush"];
+    const OFF_BY_DEFAULT: &[&str] = &["mod_inbox", "mod_pubsub", "mod_event_pusher", "mod_push_service_mongoosepush"];
 
     #[test]
     fn section_names_are_module_names() {

@@ -1,0 +1,741 @@
+//! XEP-0060 publish-subscribe at `pubsub.HOST`, and XEP-0163 PEP on every
+//! account's bare JID, on SQL (`[modules.mod_pubsub]`).
+//!
+//! - **Requests** to a node go through the node's actor ([`actor`]), one at
+//!   a time; [`engine`] says what each does on SQL and whom to notify. In a
+//!   cluster, one node runs a given PubSub node's actor: the live member
+//!   with the highest rendezvous hash of (service, node), as for Inbox;
+//!   other nodes forward requests to it over the cluster transport.
+//! - **PEP**: requests to an account's bare JID (or none, for one's own);
+//!   publishing creates the node (with the publish-options as its
+//!   configuration), and only the account publishes. Notifications go to
+//!   the node's subscribers, and to the account and its contacts with a
+//!   presence subscription whose clients asked for the node (`+notify` in
+//!   their entity capabilities, XEP-0115): each session learns its client's
+//!   features with a disco#info query when the client's caps `ver` changes,
+//!   and keeps a PEP event only where the client asked for its node.
+//! - **Service**: `pubsub.HOST` is a service domain of the table of routes;
+//!   nodes there are open by default (a service has no roster).
+
+pub mod actor;
+pub mod config;
+pub mod engine;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meerkat_cluster::DomainKind;
+use meerkat_routing::{DomainGuard, DomainHandler, RouteError, Routed};
+use meerkat_storage::PubsubRepo as _;
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::error::StanzaErrorCondition;
+use meerkat_xmpp::jid::{Bare as _, FullJid, Jid};
+use meerkat_xmpp::ns;
+use tokio::sync::mpsc;
+
+use self::actor::{Limits, Nodes, Shared};
+use self::config::NodeConfig;
+use self::engine::{Op, PsError, Request};
+use crate::ext::registry::ModuleSpec;
+use crate::ext::{
+    DiscoItem, Flow, HookSet, Identity, IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionState, Target,
+};
+
+pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub const NS_PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+pub const NS_PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+/// XEP-0131 headers, for subscription ids on notifications.
+pub const NS_SHIM: &str = "http://jabber.org/protocol/shim";
+
+/// The features PEP and the service announce (XEP-0060 §10).
+const FEATURES: &[&str] = &[
+    NS_PUBSUB,
+    "http://jabber.org/protocol/pubsub#access-open",
+    "http://jabber.org/protocol/pubsub#access-presence",
+    "http://jabber.org/protocol/pubsub#access-roster",
+    "http://jabber.org/protocol/pubsub#access-whitelist",
+    "http://jabber.org/protocol/pubsub#access-authorize",
+    "http://jabber.org/protocol/pubsub#auto-create",
+    "http://jabber.org/protocol/pubsub#auto-subscribe",
+    "http://jabber.org/protocol/pubsub#config-node",
+    "http://jabber.org/protocol/pubsub#create-and-configure",
+    "http://jabber.org/protocol/pubsub#create-nodes",
+    "http://jabber.org/protocol/pubsub#delete-items",
+    "http://jabber.org/protocol/pubsub#delete-nodes",
+    "http://jabber.org/protocol/pubsub#filtered-notifications",
+    "http://jabber.org/protocol/pubsub#instant-nodes",
+    "http://jabber.org/protocol/pubsub#item-ids",
+    "http://jabber.org/protocol/pubsub#last-published",
+    "http://jabber.org/protocol/pubsub#manage-affiliations",
+    "http://jabber.org/protocol/pubsub#manage-subscriptions",
+    "http://jabber.org/protocol/pubsub#modify-affiliations",
+    "http://jabber.org/protocol/pubsub#multi-items",
+    "http://jabber.org/protocol/pubsub#outcast-affiliation",
+    "http://jabber.org/protocol/pubsub#persistent-items",
+    "http://jabber.org/protocol/pubsub#publish",
+    "http://jabber.org/protocol/pubsub#publish-options",
+    "http://jabber.org/protocol/pubsub#publisher-affiliation",
+    "http://jabber.org/protocol/pubsub#purge-nodes",
+    "http://jabber.org/protocol/pubsub#retract-items",
+    "http://jabber.org/protocol/pubsub#retrieve-affiliations",
+    "http://jabber.org/protocol/pubsub#retrieve-default",
+    "http://jabber.org/protocol/pubsub#retrieve-items",
+    "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
+    "http://jabber.org/protocol/pubsub#subscribe",
+    "http://jabber.org/protocol/pubsub#subscription-notifications",
+];
+
+/// `[modules.mod_pubsub]`, with MongooseIM's names where it has them.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PubsubConfig {
+    /// Off unless asked for, as in MongooseIM.
+    pub enabled: bool,
+    /// The service domain of each host; `@HOST@` stands for the host.
+    pub host: String,
+    /// `flat` serves `host`; `pep` serves every account's bare JID.
+    pub plugins: Vec<String>,
+    /// The most items a node keeps (and what `pubsub#max_items = max` means).
+    pub max_items_per_node: u64,
+    /// `all`: anyone may create nodes on the service; `local`: accounts of our hosts only.
+    pub access_createnode: String,
+    /// Fields of the node configuration new nodes start with (`access_model`,
+    /// `max_items`, `persist_items`, …, without the `pubsub#` prefix).
+    pub default_node_config: std::collections::BTreeMap<String, FieldValue>,
+    /// Node actors resident on this node at most.
+    pub max_resident_nodes: usize,
+    /// Seconds an idle node actor stays.
+    pub node_idle_timeout: u64,
+    /// Requests waiting in a node actor's mailbox at most.
+    pub node_mailbox: usize,
+    /// Notifications routed at once, over all nodes.
+    pub fanout_concurrency: usize,
+}
+
+impl Default for PubsubConfig {
+    fn default() -> Self {
+        PubsubConfig {
+            enabled: false,
+            host: "pubsub.@HOST@".into(),
+            plugins: vec!["flat".into(), "pep".into()],
+            max_items_per_node: 1000,
+            access_createnode: "all".into(),
+            default_node_config: std::collections::BTreeMap::new(),
+            max_resident_nodes: 10_000,
+            node_idle_timeout: 300,
+            node_mailbox: 64,
+            fanout_concurrency: 256,
+        }
+    }
+}
+
+impl PubsubConfig {
+    fn default_node_config(&self) -> Result<NodeConfig, String> {
+        let mut cfg = NodeConfig::default();
+        let form: Vec<(String, Vec<String>)> = self
+            .default_node_config
+            .iter()
+            .map(|(k, v)| {
+                let values = match v {
+                    FieldValue::List(a) => a.clone(),
+                    FieldValue::Text(t) => vec![t.clone()],
+                    FieldValue::Number(n) => vec![n.to_string()],
+                    FieldValue::Flag(b) => vec![b.to_string()],
+                };
+                (format!("pubsub#{k}"), values)
+            })
+            .collect();
+        cfg.apply(&form, self.max_items_per_node).map_err(|config::FormError::Invalid(e)| e)?;
+        Ok(cfg)
+    }
+}
+
+/// A value of `default_node_config`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum FieldValue {
+    Flag(bool),
+    Number(u64),
+    Text(String),
+    List(Vec<String>),
+}
+
+pub struct Pubsub {
+    cfg: PubsubConfig,
+    default_config: NodeConfig,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    nodes: Arc<Nodes>,
+    _domains: Vec<DomainGuard>,
+    sweep: tokio::task::JoinHandle<()>,
+    requests: tokio::task::JoinHandle<()>,
+}
+
+impl ModuleSpec for Pubsub {
+    const NAME: &'static str = "mod_pubsub";
+    type Config = PubsubConfig;
+    fn enabled(cfg: &PubsubConfig) -> bool {
+        cfg.enabled
+    }
+    fn validate(cfg: &PubsubConfig) -> Result<(), (&'static str, String)> {
+        if let Some(p) = cfg.plugins.iter().find(|p| !["flat", "pep"].contains(&p.as_str())) {
+            return Err(("plugins", format!("unknown plugin {p:?}; known: \"flat\", \"pep\"")));
+        }
+        if !cfg.host.contains("@HOST@") {
+            return Err(("host", "must contain @HOST@".into()));
+        }
+        if !["all", "local"].contains(&cfg.access_createnode.as_str()) {
+            return Err(("access_createnode", "must be \"all\" or \"local\"".into()));
+        }
+        if cfg.max_items_per_node == 0
+            || cfg.max_resident_nodes == 0
+            || cfg.node_mailbox == 0
+            || cfg.fanout_concurrency == 0
+        {
+            return Err(("max_items_per_node", "limits must be at least 1".into()));
+        }
+        cfg.default_node_config().map_err(|e| ("default_node_config", e))?;
+        Ok(())
+    }
+    fn build(cfg: &PubsubConfig) -> Arc<dyn Module> {
+        let default_config = cfg.default_node_config().unwrap_or_default();
+        Arc::new(Pubsub { cfg: cfg.clone(), default_config, running: Mutex::new(None) })
+    }
+}
+
+impl Pubsub {
+    fn pep(&self) -> bool {
+        self.cfg.plugins.iter().any(|p| p == "pep")
+    }
+
+    fn nodes(&self) -> Option<Arc<Nodes>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.nodes.clone())
+    }
+
+    fn service_domains(&self, ctx: &ModuleCtx) -> Vec<String> {
+        if !self.cfg.plugins.iter().any(|p| p == "flat") {
+            return Vec::new();
+        }
+        ctx.router.hosts().iter().map(|h| self.cfg.host.replace("@HOST@", h)).collect()
+    }
+}
+
+/// Runs a request on its node's actor, here or on the member that owns the node.
+async fn dispatch(ctx: &ModuleCtx, nodes: &Nodes, req: Request) -> Result<Option<String>, PsError> {
+    let owner = ctx.owner_node(&format!("{}\u{0}{}", req.service, req.node));
+    if owner == ctx.router.node() {
+        return nodes.call(req).await;
+    }
+    let body = serde_json::to_vec(&req).unwrap_or_default();
+    match ctx.ask_node(owner, Pubsub::NAME, body, Duration::from_secs(10)).await {
+        Ok(answer) => serde_json::from_slice(&answer)
+            .unwrap_or_else(|_| Err(PsError::new(StanzaErrorCondition::InternalServerError))),
+        Err(e) => {
+            tracing::warn!(error = %e, node = %req.node, "the PubSub node's owner did not answer");
+            Err(PsError::new(StanzaErrorCondition::RemoteServerTimeout))
+        }
+    }
+}
+
+/// What an IQ's `<pubsub/>` payload asks: the node and the operation, or
+/// the answer when it needs no node (an error, or the user's own lists).
+enum Parsed {
+    Node(String, Op),
+    Error(PsError),
+}
+
+fn form_in(el: Option<&Element>) -> Option<Vec<(String, Vec<String>)>> {
+    el.and_then(|e| e.get_child("x", ns::DATA_FORMS)).map(config::fields)
+}
+
+fn bad(app: &str) -> Parsed {
+    Parsed::Error(PsError::app(StanzaErrorCondition::BadRequest, app))
+}
+
+fn unsupported(feature: &str) -> Parsed {
+    Parsed::Error(PsError {
+        condition: StanzaErrorCondition::FeatureNotImplemented.as_str().to_owned(),
+        app: Some("unsupported".into()),
+        feature: Some(feature.to_owned()),
+    })
+}
+
+/// Reads a `<pubsub/>` (or `#owner`) request of IQ type `kind`.
+fn parse(payload: &Element, kind: &str) -> Parsed {
+    let children: Vec<&Element> = payload.elements().collect();
+    let first = match children.first() {
+        Some(c) => *c,
+        None => return Parsed::Error(PsError::new(StanzaErrorCondition::BadRequest)),
+    };
+    let node = first.attr("node").map(str::to_owned);
+    let need_node = |op: Op| match &node {
+        Some(n) if !n.is_empty() => Parsed::Node(n.clone(), op),
+        _ => Parsed::Error(PsError::app(StanzaErrorCondition::BadRequest, "nodeid-required")),
+    };
+    let get = kind == "get";
+    if payload.ns == NS_PUBSUB_OWNER {
+        return match (first.name.as_str(), get) {
+            ("configure", true) => need_node(Op::GetConfig),
+            ("configure", false) => match form_in(Some(first)) {
+                Some(form) => need_node(Op::Configure { form }),
+                None => bad("invalid-options"),
+            },
+            ("delete", false) => need_node(Op::Delete {
+                redirect: first.get_child("redirect", NS_PUBSUB_OWNER).and_then(|r| r.attr("uri")).map(str::to_owned),
+            }),
+            ("purge", false) => need_node(Op::Purge),
+            ("subscriptions", true) => need_node(Op::GetSubscriptions),
+            ("subscriptions", false) => need_node(Op::SetSubscriptions {
+                entries: first
+                    .elements()
+                    .filter(|e| e.name == "subscription")
+                    .map(|e| {
+                        (
+                            e.attr("jid").unwrap_or_default().to_owned(),
+                            e.attr("subscription").unwrap_or("none").to_owned(),
+                        )
+                    })
+                    .collect(),
+            }),
+            ("affiliations", true) => need_node(Op::GetAffiliations),
+            ("affiliations", false) => need_node(Op::SetAffiliations {
+                entries: first
+                    .elements()
+                    .filter(|e| e.name == "affiliation")
+                    .map(|e| {
+                        (
+                            e.attr("jid").unwrap_or_default().to_owned(),
+                            e.attr("affiliation").unwrap_or("none").to_owned(),
+                        )
+                    })
+                    .collect(),
+            }),
+            ("default", true) => Parsed::Error(PsError::new(StanzaErrorCondition::ItemNotFound)),
+            _ => Parsed::Error(PsError::new(StanzaErrorCondition::BadRequest)),
+        };
+    }
+    match (first.name.as_str(), get) {
+        ("create", false) => {
+            let config = form_in(payload.get_child("configure", NS_PUBSUB));
+            match node {
+                Some(n) if !n.is_empty() => Parsed::Node(n, Op::Create { config }),
+                // An instant node (XEP-0060 §8.1.2): a name of ours.
+                _ => Parsed::Node(engine::new_subid(), Op::Create { config }),
+            }
+        }
+        ("publish", false) => {
+            let items: Vec<&Element> = first.elements().filter(|e| e.name == "item").collect();
+            if items.len() > 1 {
+                return bad("invalid-payload");
+            }
+            let item = items.first();
+            let payloads: Vec<&Element> = item.map(|i| i.elements().collect()).unwrap_or_default();
+            if payloads.len() > 1 {
+                return bad("invalid-payload");
+            }
+            let options = form_in(payload.get_child("publish-options", NS_PUBSUB));
+            if let Some(o) = &options {
+                let _ = o;
+            }
+            need_node(Op::Publish {
+                item_id: item.and_then(|i| i.attr("id")).map(str::to_owned),
+                payload: payloads.first().map(|p| p.to_xml(ns::CLIENT)),
+                options,
+            })
+        }
+        ("retract", false) => {
+            let ids: Vec<String> =
+                first.elements().filter(|e| e.name == "item").filter_map(|e| e.attr("id")).map(str::to_owned).collect();
+            if ids.is_empty() {
+                return bad("item-required");
+            }
+            let notify = matches!(first.attr("notify"), Some("1" | "true"));
+            need_node(Op::Retract { ids, notify })
+        }
+        ("subscribe", false) => match first.attr("jid") {
+            Some(jid) => need_node(Op::Subscribe { jid: jid.to_owned() }),
+            None => bad("invalid-jid"),
+        },
+        ("unsubscribe", false) => match first.attr("jid") {
+            Some(jid) => {
+                need_node(Op::Unsubscribe { jid: jid.to_owned(), subid: first.attr("subid").map(str::to_owned) })
+            }
+            None => bad("invalid-jid"),
+        },
+        ("items", true) => {
+            let max = first.attr("max_items").and_then(|m| m.parse::<u64>().ok());
+            if first.attr("max_items").is_some() && max.is_none() {
+                return Parsed::Error(PsError::new(StanzaErrorCondition::BadRequest));
+            }
+            let ids =
+                first.elements().filter(|e| e.name == "item").filter_map(|e| e.attr("id")).map(str::to_owned).collect();
+            need_node(Op::Items { max, ids })
+        }
+        ("options", _) => unsupported("subscription-options"),
+        ("subscriptions", true) | ("affiliations", true) => unsupported("retrieve-subscriptions"),
+        _ => Parsed::Error(PsError::new(StanzaErrorCondition::BadRequest)),
+    }
+}
+
+/// The IQ reply to `r` (a result with `payload`, or the error), as a whole
+/// stanza: XEP-0060's errors carry application conditions.
+fn reply_stanza(r: &Routed, answer: Result<Option<String>, PsError>) -> Option<Element> {
+    match answer {
+        Ok(payload) => {
+            let mut res = Element::new("iq", ns::CLIENT)
+                .with_attr("type", "result")
+                .with_attr("id", r.stanza.attr("id").unwrap_or_default().to_owned());
+            if let Some(p) = payload.as_deref().and_then(crate::ext::util::parse_stored) {
+                res.push_child(p);
+            }
+            Some(res)
+        }
+        Err(e) => crate::ext::util::error_reply_with(&r.stanza, e.element()),
+    }
+}
+
+/// Answers a PubSub request to `service` from `r.from`.
+async fn serve(ctx: &ModuleCtx, nodes: &Nodes, service: String, r: &Routed, payload: &Element) -> Option<Element> {
+    let kind = r.stanza.attr("type").unwrap_or_default();
+    let answer = match parse(payload, kind) {
+        Parsed::Error(e) => Err(e),
+        Parsed::Node(node, op) => {
+            let created = matches!(op, Op::Create { .. }).then(|| node.clone());
+            let req = Request { service, node, from: r.from.to_string(), op };
+            match dispatch(ctx, nodes, req).await {
+                // An instant node's name goes back to its creator.
+                Ok(None) if created.is_some() => Ok(created.map(|n| {
+                    Element::new("pubsub", NS_PUBSUB)
+                        .with_child(Element::new("create", NS_PUBSUB).with_attr("node", n))
+                        .to_xml(ns::CLIENT)
+                })),
+                other => other,
+            }
+        }
+    };
+    reply_stanza(r, answer)
+}
+
+/// Takes the stanzas for the service domains, in a bounded queue.
+struct Inbox(mpsc::Sender<Routed>);
+
+impl DomainHandler for Inbox {
+    fn deliver(&self, routed: Routed) -> Result<(), Routed> {
+        self.0.try_send(routed).map_err(|e| e.into_inner())
+    }
+}
+
+/// Serves the service domains' stanzas, several at a time.
+async fn service_loop(ctx: ModuleCtx, nodes: Arc<Nodes>, mut rx: mpsc::Receiver<Routed>, limit: usize) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limit));
+    while let Some(r) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let (ctx, nodes) = (ctx.clone(), nodes.clone());
+        tokio::spawn(async move {
+            service_stanza(&ctx, &nodes, r).await;
+            drop(permit);
+        });
+    }
+}
+
+/// A stanza to `pubsub.HOST`: disco, PubSub requests; anything else is refused.
+async fn service_stanza(ctx: &ModuleCtx, nodes: &Nodes, r: Routed) {
+    if r.stanza.name != "iq" {
+        if r.stanza.name == "message" && r.stanza.attr("type") != Some("error") {
+            ctx.router.bounce(r, StanzaErrorCondition::ServiceUnavailable);
+        }
+        return;
+    }
+    let kind = r.stanza.attr("type").unwrap_or_default().to_owned();
+    if kind != "get" && kind != "set" {
+        return;
+    }
+    let Some(payload) = r.stanza.elements().next().cloned() else {
+        ctx.router.bounce(r, StanzaErrorCondition::BadRequest);
+        return;
+    };
+    let service = r.to.domain().as_str().to_owned();
+    let reply = match (payload.ns.as_str(), kind.as_str()) {
+        (NS_PUBSUB | NS_PUBSUB_OWNER, _) => serve(ctx, nodes, service, &r, &payload).await,
+        (ns::DISCO_INFO, "get") => Some(disco_info(ctx, &service, &r, &payload).await),
+        (ns::DISCO_ITEMS, "get") => Some(disco_items(ctx, &service, &r, &payload).await),
+        _ => {
+            ctx.router.bounce(r, StanzaErrorCondition::ServiceUnavailable);
+            return;
+        }
+    };
+    if let Some(mut reply) = reply {
+        reply.set_attr("from", r.to.to_string());
+        reply.set_attr("to", r.from.to_string());
+        ctx.router.route(Routed { from: r.to.clone(), to: r.from.clone(), stanza: reply });
+    }
+}
+
+fn result_with(r: &Routed, child: Element) -> Element {
+    Element::new("iq", ns::CLIENT)
+        .with_attr("type", "result")
+        .with_attr("id", r.stanza.attr("id").unwrap_or_default().to_owned())
+        .with_child(child)
+}
+
+async fn disco_info(ctx: &ModuleCtx, service: &str, r: &Routed, q: &Element) -> Element {
+    let mut query = Element::new("query", ns::DISCO_INFO);
+    match q.attr("node") {
+        None => {
+            query.push_child(
+                Element::new("identity", ns::DISCO_INFO)
+                    .with_attr("category", "pubsub")
+                    .with_attr("type", "service")
+                    .with_attr("name", "Publish-Subscribe"),
+            );
+            for f in [ns::DISCO_INFO, ns::DISCO_ITEMS].iter().chain(FEATURES) {
+                query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", *f));
+            }
+        }
+        Some(node) => match ctx.storage.pubsub_node(service, node).await {
+            Ok(Some(_)) => {
+                query.set_attr("node", node.to_owned());
+                query.push_child(
+                    Element::new("identity", ns::DISCO_INFO).with_attr("category", "pubsub").with_attr("type", "leaf"),
+                );
+                for f in [ns::DISCO_INFO, ns::DISCO_ITEMS, NS_PUBSUB] {
+                    query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
+                }
+            }
+            _ => {
+                return crate::ext::util::error_reply_with(
+                    &r.stanza,
+                    meerkat_xmpp::error::error_element(StanzaErrorCondition::ItemNotFound, None, ns::CLIENT),
+                )
+                .unwrap_or_else(|| result_with(r, Element::new("query", ns::DISCO_INFO)))
+            }
+        },
+    }
+    result_with(r, query)
+}
+
+async fn disco_items(ctx: &ModuleCtx, service: &str, r: &Routed, q: &Element) -> Element {
+    let mut query = Element::new("query", ns::DISCO_ITEMS);
+    match q.attr("node") {
+        None => {
+            for n in ctx.storage.pubsub_nodes(service).await.unwrap_or_default() {
+                query.push_child(
+                    Element::new("item", ns::DISCO_ITEMS)
+                        .with_attr("jid", service.to_owned())
+                        .with_attr("node", n.name),
+                );
+            }
+        }
+        Some(node) => {
+            query.set_attr("node", node.to_owned());
+            for i in ctx.storage.pubsub_items(service, node, None).await.unwrap_or_default() {
+                query.push_child(
+                    Element::new("item", ns::DISCO_ITEMS).with_attr("jid", service.to_owned()).with_attr("name", i.id),
+                );
+            }
+        }
+    }
+    result_with(r, query)
+}
+
+/// A session's client: its caps `ver`, and the features it announced for
+/// it, once known (XEP-0115).
+#[derive(Default)]
+struct Interest {
+    ver: Option<String>,
+    features: HashSet<String>,
+    /// The id of our disco#info query, while it is out.
+    asked: Option<String>,
+}
+
+/// Whether `stanza` is a PEP notification sent by interest (no subscription
+/// id), and for which node.
+fn pep_event_node(stanza: &Element) -> Option<String> {
+    if stanza.name != "message" {
+        return None;
+    }
+    let from = stanza.attr("from")?;
+    if !from.contains('@') || from.contains('/') {
+        return None;
+    }
+    if stanza.get_child("headers", NS_SHIM).is_some() {
+        return None;
+    }
+    let event = stanza.get_child("event", NS_PUBSUB_EVENT)?;
+    event.elements().find_map(|e| e.attr("node")).map(str::to_owned)
+}
+
+#[async_trait::async_trait]
+impl Module for Pubsub {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::USER_RECEIVE
+    }
+
+    async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
+        let shared = Arc::new(Shared {
+            storage: ctx.storage.clone(),
+            router: ctx.router.clone(),
+            max_items_per_node: self.cfg.max_items_per_node,
+            default_config: self.default_config.clone(),
+            create_domains: (self.cfg.access_createnode == "local").then(|| ctx.router.hosts().to_vec()),
+            fanout: Arc::new(tokio::sync::Semaphore::new(self.cfg.fanout_concurrency)),
+        });
+        let limits = Limits {
+            max_resident: self.cfg.max_resident_nodes,
+            idle_timeout: Duration::from_secs(self.cfg.node_idle_timeout.max(1)),
+            mailbox: self.cfg.node_mailbox,
+        };
+        let nodes = Arc::new(Nodes::new(shared, limits));
+        let (tx, rx) = mpsc::channel(1024);
+        let mut domains = Vec::new();
+        for d in self.service_domains(ctx) {
+            match ctx.router.register_domain(&d, DomainKind::Service, Arc::new(Inbox(tx.clone()))).await {
+                Ok(g) => domains.push(g),
+                // In a cluster, one member holds the service domain; it forwards to the nodes' owners.
+                Err(RouteError::Conflict { holder: meerkat_routing::Holder::Node(node, _), .. }) => {
+                    tracing::info!(domain = %d, %node, "the PubSub service domain is held by another member");
+                }
+                Err(e) => return Err(format!("{d}: {e}")),
+            }
+        }
+        let requests = tokio::spawn(service_loop(ctx.clone(), nodes.clone(), rx, 64));
+        let swept = nodes.clone();
+        let sweep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                swept.sweep();
+            }
+        });
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Running { nodes, _domains: domains, sweep, requests });
+        Ok(())
+    }
+
+    async fn stop(&self, _ctx: &ModuleCtx) {
+        if let Some(r) = self.running.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            r.sweep.abort();
+            r.requests.abort();
+            r.nodes.stop();
+        }
+    }
+
+    fn disco_features(&self, t: Target) -> &'static [&'static str] {
+        match t {
+            Target::OwnAccount | Target::OtherAccount if self.pep() => FEATURES,
+            _ => &[],
+        }
+    }
+
+    fn disco_identities(&self, t: Target) -> Vec<Identity> {
+        match t {
+            Target::OwnAccount | Target::OtherAccount if self.pep() => {
+                vec![Identity { category: "pubsub", kind: "pep", lang: "", name: String::new() }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn disco_items(&self, ctx: &ModuleCtx, t: Target) -> Vec<DiscoItem> {
+        match t {
+            Target::Server => self
+                .service_domains(ctx)
+                .into_iter()
+                .map(|jid| DiscoItem { jid, node: None, name: Some("Publish-Subscribe".into()), hidden: false })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS_PUBSUB, NS_PUBSUB_OWNER]
+    }
+
+    async fn iq(&self, ctx: &ModuleCtx, t: Target, iq: &Routed, payload: &Element) -> Option<IqAnswer> {
+        if !self.pep() || t == Target::Server || payload.name != "pubsub" {
+            return None;
+        }
+        let Some(nodes) = self.nodes() else { return Some(Err(StanzaErrorCondition::ServiceUnavailable)) };
+        let service = iq.to.bare().to_string();
+        // The whole reply: XEP-0060's errors carry application conditions.
+        serve(ctx, &nodes, service, iq, payload).await.map(|reply| Ok(Some(reply)))
+    }
+
+    fn user_send_presence(
+        &self,
+        ctx: &ModuleCtx,
+        state: &mut SessionState,
+        from: &FullJid,
+        to: Option<&Jid>,
+        presence: &Element,
+        _initial: bool,
+        acc: &mut SessionAcc,
+    ) -> Flow {
+        if to.is_some() || presence.attr("type").is_some() || !self.pep() {
+            return Flow::Continue;
+        }
+        let Some(c) = presence.get_child("c", ns::CAPS) else { return Flow::Continue };
+        let (Some(node), Some(ver)) = (c.attr("node"), c.attr("ver")) else { return Flow::Continue };
+        let interest = state.get_or_default::<Interest>();
+        if interest.ver.as_deref() == Some(ver) {
+            return Flow::Continue;
+        }
+        interest.ver = Some(ver.to_owned());
+        interest.features.clear();
+        let id = format!("pubsub-caps-{}", engine::new_subid());
+        interest.asked = Some(id.clone());
+        let _ = ctx;
+        acc.write.push(
+            Element::new("iq", ns::CLIENT)
+                .with_attr("type", "get")
+                .with_attr("id", id)
+                .with_attr("from", from.domain().as_str().to_owned())
+                .with_attr("to", from.as_str().to_owned())
+                .with_child(Element::new("query", ns::DISCO_INFO).with_attr("node", format!("{node}#{ver}"))),
+        );
+        Flow::Continue
+    }
+
+    fn client_iq_response(&self, state: &mut SessionState, iq: &Element) -> bool {
+        let Some(interest) = state.get_mut::<Interest>() else { return false };
+        if interest.asked.is_none() || iq.attr("id") != interest.asked.as_deref() {
+            return false;
+        }
+        interest.asked = None;
+        if let Some(q) = iq.get_child("query", ns::DISCO_INFO) {
+            interest.features = q
+                .elements()
+                .filter(|f| f.name == "feature")
+                .filter_map(|f| f.attr("var"))
+                .filter(|v| v.ends_with("+notify"))
+                .map(str::to_owned)
+                .collect();
+        }
+        true
+    }
+
+    fn user_receive(&self, _ctx: &ModuleCtx, _jid: &FullJid, state: &mut SessionState, stanza: &Element) -> Receive {
+        let Some(node) = pep_event_node(stanza) else { return Receive::Deliver };
+        let wanted = state.get::<Interest>().is_some_and(|i| i.features.contains(&format!("{node}+notify")));
+        if wanted {
+            Receive::Deliver
+        } else {
+            Receive::Drop
+        }
+    }
+
+    async fn node_request(&self, _ctx: &ModuleCtx, _from_node: u64, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        let req: Request =
+            serde_json::from_slice(&body).map_err(|e| format!("a PubSub request that does not decode: {e}"))?;
+        let nodes = self.nodes().ok_or_else(|| "mod_pubsub is not running".to_owned())?;
+        let answer = nodes.call(req).await;
+        serde_json::to_vec(&answer).map_err(|e| e.to_string())
+    }
+}
