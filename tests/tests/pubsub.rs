@@ -1,0 +1,343 @@
+//! XEP-0060 at `pubsub.localhost` and XEP-0163 PEP, against the real node:
+//! the life of a node (create, configure, publish, items, retract, purge,
+//! subscriptions, affiliations, delete with redirect), the notifications
+//! each step sends, the errors XEP-0060 specifies for the requests it
+//! refuses, and PEP's notifications to contacts whose clients asked for the
+//! node (`+notify` in their entity capabilities) and to no one else.
+#![allow(clippy::unwrap_used)]
+
+use meerkat_tests::client::stanza_error;
+use meerkat_tests::{login, Client, TestNode};
+use meerkat_xmpp::element::Element;
+use meerkat_xmpp::ns;
+
+const PW: &str = "pw";
+const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+const OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+const EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+const ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+const SERVICE: &str = "pubsub.localhost";
+
+fn node() -> TestNode {
+    let node = TestNode::start("[modules.mod_pubsub]\nenabled = true\n");
+    for u in ["alice", "bob", "carol"] {
+        node.add_user(u, PW);
+    }
+    node
+}
+
+/// The IQ's error: its defined condition and its `pubsub#errors` condition.
+fn error_of(iq: &Element) -> (Option<String>, Option<String>) {
+    assert_eq!(iq.attr("type"), Some("error"), "{iq}");
+    let app =
+        iq.get_child("error", ns::CLIENT).and_then(|e| e.elements().find(|c| c.ns == ERRORS)).map(|c| c.name.clone());
+    (stanza_error(iq), app)
+}
+
+fn err(cond: &str, app: Option<&str>) -> (Option<String>, Option<String>) {
+    (Some(cond.to_owned()), app.map(str::to_owned))
+}
+
+async fn ok(c: &mut Client, xml: &str) -> Element {
+    let res = c.iq_xml(xml).await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"), "{xml}\n=> {res}");
+    res
+}
+
+fn publish(to: &str, node: &str, id: &str, text: &str) -> String {
+    let to = if to.is_empty() { String::new() } else { format!(" to='{to}'") };
+    format!(
+        "<iq type='set'{to}><pubsub xmlns='{PUBSUB}'><publish node='{node}'><item id='{id}'>\
+         <entry xmlns='urn:example'>{text}</entry></item></publish></pubsub></iq>"
+    )
+}
+
+/// The next pubsub event message, skipping everything else.
+async fn event(c: &mut Client) -> Element {
+    c.recv_until(|e| e.name == "message" && e.get_child("event", EVENT).is_some()).await.unwrap()
+}
+
+fn event_child(m: &Element) -> Element {
+    m.get_child("event", EVENT).and_then(|e| e.elements().next().cloned()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_node_lives_and_notifies_its_subscribers() {
+    let node = node();
+    let mut alice = login(&node, "alice", PW, "a").await;
+    let mut bob = login(&node, "bob", PW, "b").await;
+
+    // The service is listed by the server and describes itself.
+    let items =
+        ok(&mut alice, "<iq type='get' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+            .await;
+    assert!(items.to_xml(ns::CLIENT).contains(SERVICE), "{items}");
+    let info = ok(
+        &mut alice,
+        &format!("<iq type='get' to='{SERVICE}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
+    )
+    .await;
+    assert!(info.to_xml(ns::CLIENT).contains("publish-options"), "{info}");
+
+    // Create; again is a conflict; an instant node gets a name.
+    ok(
+        &mut alice,
+        &format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><create node='news'/></pubsub></iq>"),
+    )
+    .await;
+    let again = alice
+        .iq_xml(&format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><create node='news'/></pubsub></iq>"))
+        .await
+        .unwrap();
+    assert_eq!(error_of(&again), err("conflict", None));
+    let instant =
+        ok(&mut alice, &format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><create/></pubsub></iq>"))
+            .await;
+    let name = instant
+        .get_child("pubsub", PUBSUB)
+        .and_then(|p| p.get_child("create", PUBSUB))
+        .and_then(|c| c.attr("node"))
+        .map(str::to_owned);
+    assert!(name.is_some_and(|n| !n.is_empty()), "{instant}");
+
+    // Bob subscribes (the node is open) and gets a subscription id.
+    let sub = ok(&mut bob, &format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><subscribe node='news' jid='bob@localhost/b'/></pubsub></iq>")).await;
+    let s = sub.get_child("pubsub", PUBSUB).and_then(|p| p.get_child("subscription", PUBSUB)).cloned().unwrap();
+    assert_eq!(s.attr("subscription"), Some("subscribed"));
+    let subid = s.attr("subid").unwrap().to_owned();
+    // Someone else's JID: invalid-jid.
+    let wrong = bob.iq_xml(&format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><subscribe node='news' jid='carol@localhost'/></pubsub></iq>")).await.unwrap();
+    assert_eq!(error_of(&wrong), err("bad-request", Some("invalid-jid")));
+
+    // Publish: the result names the item; Bob is notified with his subscription id.
+    let res = ok(&mut alice, &publish(SERVICE, "news", "i1", "first")).await;
+    assert!(res.to_xml(ns::CLIENT).contains("id=\"i1\"") || res.to_xml(ns::CLIENT).contains("id='i1'"), "{res}");
+    let m = event(&mut bob).await;
+    assert_eq!(m.attr("from"), Some(SERVICE));
+    let items = event_child(&m);
+    assert_eq!((items.name.as_str(), items.attr("node")), ("items", Some("news")));
+    assert!(m.to_xml(ns::CLIENT).contains("first"), "{m}");
+    let header =
+        m.get_child("headers", "http://jabber.org/protocol/shim").and_then(|h| h.elements().next().cloned()).unwrap();
+    assert_eq!((header.attr("name"), header.text()), (Some("SubID"), subid.clone()));
+
+    // Items: all, the last one, by id; a node that does not exist.
+    ok(&mut alice, &publish(SERVICE, "news", "i2", "second")).await;
+    event(&mut bob).await;
+    let all = ok(
+        &mut bob,
+        &format!("<iq type='get' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><items node='news'/></pubsub></iq>"),
+    )
+    .await;
+    let ids = |res: &Element| -> Vec<String> {
+        res.get_child("pubsub", PUBSUB)
+            .and_then(|p| p.get_child("items", PUBSUB))
+            .map(|i| i.elements().filter_map(|e| e.attr("id").map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(ids(&all), ["i1", "i2"]);
+    let last = ok(
+        &mut bob,
+        &format!(
+            "<iq type='get' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><items node='news' max_items='1'/></pubsub></iq>"
+        ),
+    )
+    .await;
+    assert_eq!(ids(&last), ["i2"]);
+    let one = ok(&mut bob, &format!("<iq type='get' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><items node='news'><item id='i1'/></items></pubsub></iq>")).await;
+    assert_eq!(ids(&one), ["i1"]);
+    let none = bob
+        .iq_xml(&format!(
+            "<iq type='get' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><items node='nothing'/></pubsub></iq>"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(error_of(&none), err("item-not-found", None));
+
+    // Bob may neither publish nor retract, nor configure; Alice retracts and Bob hears of it.
+    let denied = bob.iq_xml(&publish(SERVICE, "news", "x", "no")).await.unwrap();
+    assert_eq!(error_of(&denied), err("forbidden", None));
+    let retract = |who: &str| {
+        format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><retract node='news' notify='1'><item id='i1'/></retract></pubsub></iq>{who}")
+    };
+    let denied = bob.iq_xml(&retract("")).await.unwrap();
+    assert_eq!(error_of(&denied), err("forbidden", None));
+    let denied = bob
+        .iq_xml(&format!(
+            "<iq type='get' to='{SERVICE}'><pubsub xmlns='{OWNER}'><configure node='news'/></pubsub></iq>"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(error_of(&denied), err("forbidden", None));
+    ok(&mut alice, &retract("")).await;
+    let m = event(&mut bob).await;
+    let r = event_child(&m);
+    assert_eq!(
+        r.elements().next().map(|e| (e.name.clone(), e.attr("id").map(str::to_owned))),
+        Some(("retract".to_owned(), Some("i1".to_owned())))
+    );
+
+    // Publish-options that the node does not meet.
+    let pre = alice.iq_xml(&format!(
+        "<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><publish node='news'><item id='i3'><e xmlns='urn:example'/></item></publish>\
+         <publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+         <field var='pubsub#access_model'><value>whitelist</value></field></x></publish-options></pubsub></iq>"
+    )).await.unwrap();
+    assert_eq!(error_of(&pre), err("conflict", Some("precondition-not-met")));
+
+    // Purge: Bob hears of it, and nothing is left.
+    ok(
+        &mut alice,
+        &format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{OWNER}'><purge node='news'/></pubsub></iq>"),
+    )
+    .await;
+    assert_eq!(event_child(&event(&mut bob).await).name, "purge");
+    let all = ok(
+        &mut bob,
+        &format!("<iq type='get' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><items node='news'/></pubsub></iq>"),
+    )
+    .await;
+    assert!(ids(&all).is_empty());
+
+    // The owner lists subscriptions; Bob unsubscribes, and a second time is an error.
+    let subs = ok(
+        &mut alice,
+        &format!("<iq type='get' to='{SERVICE}'><pubsub xmlns='{OWNER}'><subscriptions node='news'/></pubsub></iq>"),
+    )
+    .await;
+    assert!(subs.to_xml(ns::CLIENT).contains("bob@localhost/b"), "{subs}");
+    let unsub = format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><unsubscribe node='news' jid='bob@localhost/b'/></pubsub></iq>");
+    ok(&mut bob, &unsub).await;
+    let again = bob.iq_xml(&unsub).await.unwrap();
+    assert_eq!(error_of(&again), err("unexpected-request", Some("not-subscribed")));
+
+    // A whitelist: closed to Bob until he is a member.
+    ok(&mut alice, &format!(
+        "<iq type='set' to='{SERVICE}'><pubsub xmlns='{OWNER}'><configure node='news'><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+         <field var='pubsub#access_model'><value>whitelist</value></field></x></configure></pubsub></iq>"
+    )).await;
+    let closed = bob
+        .iq_xml(&format!("<iq type='get' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><items node='news'/></pubsub></iq>"))
+        .await
+        .unwrap();
+    assert_eq!(error_of(&closed), err("not-allowed", Some("closed-node")));
+    ok(&mut alice, &format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{OWNER}'><affiliations node='news'><affiliation jid='bob@localhost' affiliation='member'/></affiliations></pubsub></iq>")).await;
+    ok(&mut bob, &format!("<iq type='get' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><items node='news'/></pubsub></iq>"))
+        .await;
+    let affs = ok(
+        &mut alice,
+        &format!("<iq type='get' to='{SERVICE}'><pubsub xmlns='{OWNER}'><affiliations node='news'/></pubsub></iq>"),
+    )
+    .await;
+    assert!(affs.to_xml(ns::CLIENT).contains("member"), "{affs}");
+
+    // Delete with a redirect: a subscriber hears of it; then the node is gone.
+    ok(&mut bob, &format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><subscribe node='news' jid='bob@localhost/b'/></pubsub></iq>")).await;
+    ok(&mut alice, &format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{OWNER}'><delete node='news'><redirect uri='xmpp:{SERVICE}?;node=other'/></delete></pubsub></iq>")).await;
+    let del = event_child(&event(&mut bob).await);
+    assert_eq!(del.name, "delete");
+    assert!(del.elements().any(|r| r.name == "redirect"), "{del}");
+    let gone = bob
+        .iq_xml(&format!("<iq type='get' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><items node='news'/></pubsub></iq>"))
+        .await
+        .unwrap();
+    assert_eq!(error_of(&gone), err("item-not-found", None));
+}
+
+/// Alice and Bob each subscribed to the other's presence.
+async fn befriend(alice: &mut Client, bob: &mut Client) {
+    alice.go_online(None).await.unwrap();
+    bob.go_online(None).await.unwrap();
+    alice.send_str("<presence type='subscribe' to='bob@localhost'/>").await.unwrap();
+    bob.recv_until(|e| e.name == "presence" && e.attr("type") == Some("subscribe")).await.unwrap();
+    bob.send_str("<presence type='subscribed' to='alice@localhost'/>").await.unwrap();
+    bob.send_str("<presence type='subscribe' to='alice@localhost'/>").await.unwrap();
+    alice.recv_until(|e| e.name == "presence" && e.attr("type") == Some("subscribe")).await.unwrap();
+    alice.send_str("<presence type='subscribed' to='bob@localhost'/>").await.unwrap();
+    // Each then sees the other's presence.
+    alice
+        .recv_until(|e| e.name == "presence" && e.attr("from") == Some("bob@localhost/b") && e.attr("type").is_none())
+        .await
+        .unwrap();
+    bob.recv_until(|e| e.name == "presence" && e.attr("from") == Some("alice@localhost/a") && e.attr("type").is_none())
+        .await
+        .unwrap();
+}
+
+/// Sends presence with entity capabilities and answers the server's
+/// disco#info query for them with `notify` (the `+notify` features).
+async fn announce(c: &mut Client, ver: &str, notify: &[&str]) {
+    c.send_str(&format!("<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:example:client' ver='{ver}'/></presence>")).await.unwrap();
+    let q = c
+        .recv_until(|e| {
+            e.name == "iq"
+                && e.attr("type") == Some("get")
+                && e.get_child("query", "http://jabber.org/protocol/disco#info").is_some()
+        })
+        .await
+        .unwrap();
+    let mut features = String::new();
+    for n in notify {
+        features.push_str(&format!("<feature var='{n}+notify'/>"));
+    }
+    c.send_str(&format!(
+        "<iq type='result' id='{}' to='{}'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:example:client#{ver}'>\
+         <identity category='client' type='pc'/>{features}</query></iq>",
+        q.attr("id").unwrap(),
+        q.attr("from").unwrap()
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pep_notifies_interested_contacts_only() {
+    let node = node();
+    let mut alice = login(&node, "alice", PW, "a").await;
+    let mut bob = login(&node, "bob", PW, "b").await;
+    let mut carol = login(&node, "carol", PW, "c").await;
+    befriend(&mut alice, &mut bob).await;
+    announce(&mut bob, "v1", &["urn:example:tune"]).await;
+
+    // The account's bare JID is a PEP service.
+    let info =
+        ok(&mut bob, "<iq type='get' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+            .await;
+    assert!(info.to_xml(ns::CLIENT).contains("pep"), "{info}");
+
+    // Bob asked for tunes, not moods: he gets the tune, and the mood never.
+    ok(&mut alice, &publish("", "urn:example:mood", "current", "grumpy")).await;
+    ok(&mut alice, &publish("", "urn:example:tune", "current", "a song")).await;
+    let m = event(&mut bob).await;
+    assert_eq!(m.attr("from"), Some("alice@localhost"));
+    assert_eq!(event_child(&m).attr("node"), Some("urn:example:tune"), "{m}");
+    assert!(m.to_xml(ns::CLIENT).contains("a song"));
+    // A client that asks for nothing gets nothing: Alice's own session announced no caps.
+    ok(&mut alice, &publish("", "urn:example:tune", "current", "another song")).await;
+    let m = event(&mut bob).await;
+    assert!(m.to_xml(ns::CLIENT).contains("another song"), "{m}");
+    assert!(alice.backlog().all(|e| e.get_child("event", EVENT).is_none()), "Alice got an event she did not ask for");
+
+    // Only the account publishes to its PEP nodes.
+    let denied = bob.iq_xml(&publish("alice@localhost", "urn:example:tune", "x", "bob's")).await.unwrap();
+    assert_eq!(error_of(&denied), err("forbidden", None));
+    // The presence access model: Bob (a contact) reads, Carol does not.
+    ok(&mut bob, "<iq type='get' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:example:tune'/></pubsub></iq>").await;
+    let denied = carol.iq_xml("<iq type='get' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:example:tune'/></pubsub></iq>").await.unwrap();
+    assert_eq!(error_of(&denied), err("not-authorized", Some("presence-subscription-required")));
+    assert!(carol.backlog().all(|e| e.get_child("event", EVENT).is_none()), "Carol got an event");
+
+    // Publish-options create an open node, and must match it afterwards.
+    let open = |access: &str| {
+        format!(
+        "<iq type='set'><pubsub xmlns='{PUBSUB}'><publish node='urn:example:keys'><item id='current'><k xmlns='urn:example'/></item></publish>\
+         <publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+         <field var='pubsub#access_model'><value>{access}</value></field><field var='pubsub#persist_items'><value>true</value></field></x></publish-options></pubsub></iq>"
+    )
+    };
+    ok(&mut alice, &open("open")).await;
+    ok(&mut carol, "<iq type='get' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:example:keys' max_items='1'/></pubsub></iq>").await;
+    let pre = alice.iq_xml(&open("presence")).await.unwrap();
+    assert_eq!(error_of(&pre), err("conflict", Some("precondition-not-met")));
+}
