@@ -127,6 +127,9 @@ struct LocalRoute {
     id: u64,
     kind: DomainKind,
     handler: Arc<dyn DomainHandler>,
+    /// Served by every node of the cluster on its own ([`Router::serve_on_every_node`]):
+    /// routed here, whatever the replicated table says.
+    everywhere: bool,
 }
 
 /// The table of routes of one node.
@@ -166,6 +169,11 @@ impl Routes {
         if self.is_local_host(domain) {
             return Route::Host;
         }
+        if let Some(local) =
+            self.handlers.read().unwrap_or_else(|e| e.into_inner()).get(domain).filter(|r| r.everywhere)
+        {
+            return Route::Here(local.kind);
+        }
         match self.registry.domains().get(domain) {
             Some(r) if r.node == me.0 => Route::Here(r.kind),
             Some(r) => Route::Node(NodeId(r.node), r.kind),
@@ -191,6 +199,7 @@ impl Routes {
         domain: String,
         kind: DomainKind,
         handler: Arc<dyn DomainHandler>,
+        everywhere: bool,
     ) -> Result<DomainRecord, RouteError> {
         if self.is_local_host(&domain) {
             return Err(RouteError::Conflict { domain, holder: Holder::Host });
@@ -205,7 +214,7 @@ impl Routes {
             return Err(RouteError::Conflict { domain, holder: Holder::Node(NodeId(held.node), held.kind) });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        handlers.insert(domain.clone(), LocalRoute { id, kind, handler });
+        handlers.insert(domain.clone(), LocalRoute { id, kind, handler, everywhere });
         Ok(DomainRecord { domain, node: me.0, kind, id })
     }
 
@@ -234,7 +243,7 @@ impl Router {
         handler: Arc<dyn DomainHandler>,
     ) -> Result<DomainGuard, RouteError> {
         let domain = canonical_domain(domain).map_err(|_| RouteError::InvalidDomain(domain.to_owned()))?;
-        let record = self.routes.reserve(self.node(), domain, kind, handler)?;
+        let record = self.routes.reserve(self.node(), domain, kind, handler, false)?;
         // Made before waiting, so that a caller that gives up waiting leaves
         // nothing registered behind it.
         let mut guard = DomainGuard { router: Arc::downgrade(self), record: record.clone(), release: true };
@@ -263,6 +272,23 @@ impl Router {
     /// The route of a canonical domain.
     pub fn route_of(&self, domain: &str) -> Route {
         self.routes.route_of(self.node(), domain)
+    }
+
+    /// Serves a service domain on this node for this node's own traffic,
+    /// without claiming it in the cluster: every node of the cluster is
+    /// meant to serve it the same way (a module every node runs, such as
+    /// PubSub), so each routes it to itself and none depends on another.
+    /// Refused when a host, or a service or component of this node or
+    /// another, has the domain. Dropping the guard unregisters it here.
+    pub fn serve_on_every_node(
+        self: &Arc<Self>,
+        domain: &str,
+        handler: Arc<dyn DomainHandler>,
+    ) -> Result<DomainGuard, RouteError> {
+        let domain = canonical_domain(domain).map_err(|_| RouteError::InvalidDomain(domain.to_owned()))?;
+        let record = self.routes.reserve(self.node(), domain, DomainKind::Service, handler, true)?;
+        tracing::info!(domain = %record.domain, "service domain served on this node");
+        Ok(DomainGuard { router: Arc::downgrade(self), record, release: false })
     }
 
     /// The replicated table of service and component domains.

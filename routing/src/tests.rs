@@ -775,6 +775,37 @@ mod table_of_routes {
     }
 
     #[test]
+    fn a_domain_served_on_every_node_stays_out_of_the_table() {
+        let w = World::verona();
+        let r = &w.router;
+        let pubsub = Queue::new(8);
+        let guard = r.serve_on_every_node("PubSub.example.com", pubsub.clone()).unwrap();
+        assert_eq!(r.route_of("pubsub.example.com"), Route::Here(SERVICE));
+        assert_eq!(r.domains().len(), 0, "nothing claimed in the cluster");
+        // Another node serves it too: this node still routes it to itself.
+        r.domains()
+            .claim(DomainRecord { domain: "pubsub.example.com".into(), node: OTHER_NODE.0, kind: SERVICE, id: 7 })
+            .unwrap();
+        assert_eq!(r.route_of("pubsub.example.com"), Route::Here(SERVICE));
+        w.route(
+            "<iq to='pubsub.example.com' type='get' id='e1'><pubsub xmlns='http://jabber.org/protocol/pubsub'/></iq>",
+        );
+        assert_eq!(pubsub.ids(), ["e1"]);
+        // A host, or a domain served here already, is refused.
+        assert!(matches!(
+            r.serve_on_every_node(HOST, Queue::new(1)),
+            Err(RouteError::Conflict { holder: Holder::Host, .. })
+        ));
+        assert!(matches!(
+            r.serve_on_every_node("pubsub.example.com", Queue::new(1)),
+            Err(RouteError::Conflict { holder: Holder::Local(SERVICE), .. })
+        ));
+        drop(guard);
+        assert!(r.domain_handler("pubsub.example.com").is_none());
+        assert_eq!(r.domains().len(), 1, "the other node's claim is not taken back from here");
+    }
+
+    #[test]
     fn a_stanza_for_a_service_domain_reaches_its_handler() {
         let w = World::verona();
         let pubsub = Queue::new(8);

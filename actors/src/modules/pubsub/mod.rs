@@ -14,8 +14,9 @@
 //!   their entity capabilities, XEP-0115): each session learns its client's
 //!   features with a disco#info query when the client's caps `ver` changes,
 //!   and keeps a PEP event only where the client asked for its node.
-//! - **Service**: `pubsub.HOST` is a service domain of the table of routes;
-//!   nodes there are open by default (a service has no roster).
+//! - **Service**: `pubsub.HOST` is a service domain every member serves on
+//!   its own (`Router::serve_on_every_node`); nodes there are open by
+//!   default (a service has no roster).
 
 pub mod actor;
 pub mod config;
@@ -25,8 +26,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meerkat_cluster::DomainKind;
-use meerkat_routing::{DomainGuard, DomainHandler, RouteError, Routed};
+use meerkat_routing::{DomainGuard, DomainHandler, Routed};
 use meerkat_storage::PubsubRepo as _;
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::StanzaErrorCondition;
@@ -595,15 +595,12 @@ impl Module for Pubsub {
         let nodes = Arc::new(Nodes::new(shared, limits));
         let (tx, rx) = mpsc::channel(1024);
         let mut domains = Vec::new();
+        // Every member serves the service domains for its own users; each
+        // request then goes to the member that owns its node.
         for d in self.service_domains(ctx) {
-            match ctx.router.register_domain(&d, DomainKind::Service, Arc::new(Inbox(tx.clone()))).await {
-                Ok(g) => domains.push(g),
-                // In a cluster, one member holds the service domain; it forwards to the nodes' owners.
-                Err(RouteError::Conflict { holder: meerkat_routing::Holder::Node(node, _), .. }) => {
-                    tracing::info!(domain = %d, %node, "the PubSub service domain is held by another member");
-                }
-                Err(e) => return Err(format!("{d}: {e}")),
-            }
+            domains.push(
+                ctx.router.serve_on_every_node(&d, Arc::new(Inbox(tx.clone()))).map_err(|e| format!("{d}: {e}"))?,
+            );
         }
         let requests = tokio::spawn(service_loop(ctx.clone(), nodes.clone(), rx, 64));
         let swept = nodes.clone();
