@@ -319,6 +319,14 @@ async fn pep_notifies_interested_contacts_only() {
     assert!(m.to_xml(ns::CLIENT).contains("another song"), "{m}");
     assert!(alice.backlog().all(|e| e.get_child("event", EVENT).is_none()), "Alice got an event she did not ask for");
 
+    // A client of Bob's that comes online asking for tunes gets the last one
+    // at once (XEP-0163 §4.3.2), and nothing of the moods.
+    let mut bob2 = login(&node, "bob", PW, "b2").await;
+    announce(&mut bob2, "v2", &["urn:example:tune"]).await;
+    let m = event(&mut bob2).await;
+    assert_eq!(m.attr("from"), Some("alice@localhost"));
+    assert!(m.to_xml(ns::CLIENT).contains("another song"), "{m}");
+
     // Only the account publishes to its PEP nodes.
     let denied = bob.iq_xml(&publish("alice@localhost", "urn:example:tune", "x", "bob's")).await.unwrap();
     assert_eq!(error_of(&denied), err("forbidden", None));

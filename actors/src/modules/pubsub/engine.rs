@@ -554,6 +554,27 @@ async fn subscribe(
     Ok(done)
 }
 
+/// The event with the last item of `service`'s node `node`, when the node
+/// sends it on presence (`send_last_published_item = on_sub_and_presence`)
+/// and `reader` (a bare JID) may read it.
+pub async fn last_item_event(storage: &Storage, service: &str, node: &str, reader: &str) -> Option<String> {
+    let n = storage.pubsub_node(service, node).await.ok()??;
+    let cfg = config_of(&n);
+    if cfg.send_last_published_item != SendLast::OnSubAndPresence {
+        return None;
+    }
+    let default = NodeConfig::default();
+    let never = |_: &str| false;
+    let env = Env { storage, max_items_per_node: u64::MAX, default_config: &default, may_create: &never };
+    let aff = affiliation(&env, service, node, reader).await.ok()?;
+    may_access(&env, &n, &cfg, &aff, reader).await.ok()?;
+    let item = storage.pubsub_items(service, node, Some(1)).await.ok()?.into_iter().next()?;
+    let items = Element::new("items", NS_PUBSUB_EVENT)
+        .with_attr("node", node.to_owned())
+        .with_child(item_element(&item, NS_PUBSUB_EVENT, cfg.deliver_payloads));
+    Some(event(items).to_xml(meerkat_xmpp::ns::CLIENT))
+}
+
 /// Who gets an event of node `n`: its subscribers (with their subscription
 /// ids); and, for PEP, the account itself and its contacts whose presence
 /// subscription lets them see the node, by interest. A subscriber is not

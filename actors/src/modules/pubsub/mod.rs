@@ -168,6 +168,7 @@ pub struct Pubsub {
 }
 
 struct Running {
+    ctx: ModuleCtx,
     nodes: Arc<Nodes>,
     _domains: Vec<DomainGuard>,
     sweep: tokio::task::JoinHandle<()>,
@@ -545,11 +546,45 @@ async fn disco_items(ctx: &ModuleCtx, service: &str, r: &Routed, q: &Element) ->
 /// it, once known (XEP-0115).
 #[derive(Default)]
 struct Interest {
+    /// The session's JID.
+    jid: Option<FullJid>,
     ver: Option<String>,
     features: HashSet<String>,
     /// The id of our disco#info query, while it is out.
     asked: Option<String>,
 }
+
+/// Sends a client that just said which nodes it wants (`+notify`) the last
+/// item of each such PEP node of its own account and of each local contact
+/// whose presence it receives, where the node sends its last item on
+/// presence and lets the account read it.
+async fn send_last_items(ctx: &ModuleCtx, jid: &FullJid, nodes: &[String]) {
+    use meerkat_storage::RosterRepo as _;
+    let me = jid.bare();
+    let user = me.node().map(|n| n.to_string()).unwrap_or_default();
+    let mut services = vec![me.to_string()];
+    match ctx.storage.get_roster(me.domain().as_str(), &user).await {
+        Ok(items) => services.extend(
+            items
+                .into_iter()
+                .filter(|i| matches!(i.subscription, meerkat_storage::Subscription::To | meerkat_storage::Subscription::Both))
+                .filter(|i| i.contact.rsplit('@').next().is_some_and(|d| ctx.router.is_local_host(d)))
+                .map(|i| i.contact)
+                .take(MAX_LAST_ITEM_CONTACTS),
+        ),
+        Err(e) => tracing::warn!(error = %e, %jid, "roster not read; last PEP items of contacts not sent"),
+    }
+    for service in services {
+        for node in nodes {
+            let Some(event) = engine::last_item_event(&ctx.storage, &service, node, &me.to_string()).await else { continue };
+            let n = engine::Notification { event, subscribers: Vec::new(), interested: vec![jid.to_string()] };
+            actor::send_notification(&ctx.router, &service, &n);
+        }
+    }
+}
+
+/// Contacts whose last PEP items a client gets when it comes online, at most.
+const MAX_LAST_ITEM_CONTACTS: usize = 1000;
 
 /// Whether `stanza` is a PEP notification sent by interest (no subscription
 /// id), and for which node.
@@ -612,7 +647,7 @@ impl Module for Pubsub {
             }
         });
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Running { nodes, _domains: domains, sweep, requests });
+            Some(Running { ctx: ctx.clone(), nodes, _domains: domains, sweep, requests });
         Ok(())
     }
 
@@ -685,6 +720,7 @@ impl Module for Pubsub {
             return Flow::Continue;
         }
         interest.ver = Some(ver.to_owned());
+        interest.jid = Some(from.clone());
         interest.features.clear();
         let id = format!("pubsub-caps-{}", engine::new_subid());
         interest.asked = Some(id.clone());
@@ -714,6 +750,15 @@ impl Module for Pubsub {
                 .filter(|v| v.ends_with("+notify"))
                 .map(str::to_owned)
                 .collect();
+            // XEP-0163 §4.3.2: the last items the client now asks for.
+            let running = self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.ctx.clone());
+            if let (Some(ctx), Some(jid)) = (running, interest.jid.clone()) {
+                let nodes: Vec<String> =
+                    interest.features.iter().filter_map(|f| f.strip_suffix("+notify")).map(str::to_owned).collect();
+                if !nodes.is_empty() {
+                    tokio::spawn(async move { send_last_items(&ctx, &jid, &nodes).await });
+                }
+            }
         }
         true
     }
