@@ -569,9 +569,11 @@ pub async fn last_item_event(storage: &Storage, service: &str, node: &str, reade
     let aff = affiliation(&env, service, node, reader).await.ok()?;
     may_access(&env, &n, &cfg, &aff, reader).await.ok()?;
     let item = storage.pubsub_items(service, node, Some(1)).await.ok()?.into_iter().next()?;
-    let items = Element::new("items", NS_PUBSUB_EVENT)
-        .with_attr("node", node.to_owned())
-        .with_child(item_element(&item, NS_PUBSUB_EVENT, cfg.deliver_payloads));
+    let items = Element::new("items", NS_PUBSUB_EVENT).with_attr("node", node.to_owned()).with_child(item_element(
+        &item,
+        NS_PUBSUB_EVENT,
+        cfg.deliver_payloads,
+    ));
     Some(event(items).to_xml(meerkat_xmpp::ns::CLIENT))
 }
 

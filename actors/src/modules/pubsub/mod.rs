@@ -567,7 +567,9 @@ async fn send_last_items(ctx: &ModuleCtx, jid: &FullJid, nodes: &[String]) {
         Ok(items) => services.extend(
             items
                 .into_iter()
-                .filter(|i| matches!(i.subscription, meerkat_storage::Subscription::To | meerkat_storage::Subscription::Both))
+                .filter(|i| {
+                    matches!(i.subscription, meerkat_storage::Subscription::To | meerkat_storage::Subscription::Both)
+                })
                 .filter(|i| i.contact.rsplit('@').next().is_some_and(|d| ctx.router.is_local_host(d)))
                 .map(|i| i.contact)
                 .take(MAX_LAST_ITEM_CONTACTS),
@@ -576,7 +578,9 @@ async fn send_last_items(ctx: &ModuleCtx, jid: &FullJid, nodes: &[String]) {
     }
     for service in services {
         for node in nodes {
-            let Some(event) = engine::last_item_event(&ctx.storage, &service, node, &me.to_string()).await else { continue };
+            let Some(event) = engine::last_item_event(&ctx.storage, &service, node, &me.to_string()).await else {
+                continue;
+            };
             let n = engine::Notification { event, subscribers: Vec::new(), interested: vec![jid.to_string()] };
             actor::send_notification(&ctx.router, &service, &n);
         }
