@@ -91,6 +91,7 @@ impl Handler<Run> for NodeActor {
                     max_items_per_node: shared.max_items_per_node,
                     default_config: &shared.default_config,
                     may_create: &may,
+                    hosts: shared.router.hosts(),
                 };
                 let Done { payload, notify } = engine::run(&env, &req).await?;
                 for n in notify {

@@ -115,6 +115,9 @@ pub struct Env<'a> {
     pub default_config: &'a NodeConfig,
     /// Whether `jid`'s domain may create nodes on a service domain.
     pub may_create: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    /// This server's hosts: PEP notifies by interest only contacts here,
+    /// whose sessions know what their clients asked for.
+    pub hosts: &'a [String],
 }
 
 /// Whether the service is an account (PEP) rather than a PubSub domain.
@@ -565,7 +568,7 @@ pub async fn last_item_event(storage: &Storage, service: &str, node: &str, reade
     }
     let default = NodeConfig::default();
     let never = |_: &str| false;
-    let env = Env { storage, max_items_per_node: u64::MAX, default_config: &default, may_create: &never };
+    let env = Env { storage, max_items_per_node: u64::MAX, default_config: &default, may_create: &never, hosts: &[] };
     let aff = affiliation(&env, service, node, reader).await.ok()?;
     may_access(&env, &n, &cfg, &aff, reader).await.ok()?;
     let item = storage.pubsub_items(service, node, Some(1)).await.ok()?.into_iter().next()?;
@@ -604,6 +607,11 @@ async fn recipients(
             };
             for item in roster {
                 if !matches!(item.subscription, Subscription::From | Subscription::Both) {
+                    continue;
+                }
+                // A remote contact's server cannot tell which of its clients asked for
+                // the node: remote contacts subscribe to get notifications.
+                if !item.contact.rsplit('@').next().is_some_and(|d| env.hosts.iter().any(|h| h == d)) {
                     continue;
                 }
                 let allowed = match cfg.access_model {
