@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used)]
 
 use meerkat_tests::client::stanza_error;
+use meerkat_tests::cluster::SharedDb;
+use meerkat_tests::node::NodeOptions;
 use meerkat_tests::{login, Client, TestNode};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::ns;
@@ -18,12 +20,21 @@ const EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 const ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 const SERVICE: &str = "pubsub.localhost";
 
-fn node() -> TestNode {
-    let node = TestNode::start("[modules.mod_pubsub]\nenabled = true\n");
-    for u in ["alice", "bob", "carol"] {
+/// A node with PubSub on, on `db` (the node's own SQLite when `None`).
+fn node_on(db: Option<&SharedDb>) -> TestNode {
+    let mut extra = "[modules.mod_pubsub]\nenabled = true\n".to_owned();
+    if let Some(db) = db {
+        extra.push_str(&format!("\n[outgoing_pools.rdbms.default]\nworkers = 4\nconnection.url = \"{}\"\n", db.url));
+    }
+    let node = TestNode::start_with(NodeOptions { extra_toml: extra, ..Default::default() });
+    for u in ["alice", "bob", "carol", "dave"] {
         node.add_user(u, PW);
     }
     node
+}
+
+fn node() -> TestNode {
+    node_on(None)
 }
 
 /// The IQ's error: its defined condition and its `pubsub#errors` condition.
@@ -63,9 +74,20 @@ fn event_child(m: &Element) -> Element {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_node_lives_and_notifies_its_subscribers() {
-    let node = node();
-    let mut alice = login(&node, "alice", PW, "a").await;
-    let mut bob = login(&node, "bob", PW, "b").await;
+    service_node_life(&node()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_access_models_on_postgresql_and_mariadb() {
+    service_node_life(&node_on(Some(&SharedDb::postgres()))).await;
+    access_models(&node_on(Some(&SharedDb::postgres()))).await;
+    service_node_life(&node_on(Some(&SharedDb::mysql()))).await;
+    access_models(&node_on(Some(&SharedDb::mysql()))).await;
+}
+
+async fn service_node_life(node: &TestNode) {
+    let mut alice = login(node, "alice", PW, "a").await;
+    let mut bob = login(node, "bob", PW, "b").await;
 
     // The service is listed by the server and describes itself.
     let items =
@@ -348,4 +370,106 @@ async fn pep_notifies_interested_contacts_only() {
     ok(&mut carol, "<iq type='get' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:example:keys' max_items='1'/></pubsub></iq>").await;
     let pre = alice.iq_xml(&open("presence")).await.unwrap();
     assert_eq!(error_of(&pre), err("conflict", Some("precondition-not-met")));
+}
+
+/// A PEP node of Alice's under each access model, read by an outsider
+/// (Carol), a contact (Bob, in Alice's group "friends", with a presence
+/// subscription) and a contact in another group (Dave, "work"); a
+/// whitelist opened to Dave by affiliation.
+async fn access_models(node: &TestNode) {
+    let mut alice = login(node, "alice", PW, "a").await;
+    let mut bob = login(node, "bob", PW, "b").await;
+    let mut carol = login(node, "carol", PW, "c").await;
+    let mut dave = login(node, "dave", PW, "d").await;
+    befriend_as(&mut alice, "a", &mut bob, "bob", "b").await;
+    befriend_as(&mut alice, "a", &mut dave, "dave", "d").await;
+    for (contact, group) in [("bob", "friends"), ("dave", "work")] {
+        ok(&mut alice, &format!(
+            "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='{contact}@localhost'><group>{group}</group></item></query></iq>"
+        )).await;
+    }
+    let configure = |node: &str, fields: &str| {
+        format!(
+        "<iq type='set'><pubsub xmlns='{PUBSUB}'><create node='{node}'/><configure><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>{fields}</x></configure></pubsub></iq>"
+    )
+    };
+    let model = |m: &str| format!("<field var='pubsub#access_model'><value>{m}</value></field>");
+    ok(&mut alice, &configure("open", &model("open"))).await;
+    ok(&mut alice, &configure("presence", &model("presence"))).await;
+    ok(
+        &mut alice,
+        &configure(
+            "roster",
+            &format!("{}<field var='pubsub#roster_groups_allowed'><value>friends</value></field>", model("roster")),
+        ),
+    )
+    .await;
+    ok(&mut alice, &configure("whitelist", &model("whitelist"))).await;
+    for n in ["open", "presence", "roster", "whitelist"] {
+        ok(&mut alice, &publish("", n, "current", n)).await;
+    }
+    let read = |n: &str| {
+        format!("<iq type='get' to='alice@localhost'><pubsub xmlns='{PUBSUB}'><items node='{n}'/></pubsub></iq>")
+    };
+    let outcome = |res: &Element| if res.attr("type") == Some("result") { (None, None) } else { error_of(res) };
+    let cases: [(usize, &str, (Option<String>, Option<String>)); 12] = [
+        (0, "open", (None, None)),
+        (0, "presence", err("not-authorized", Some("presence-subscription-required"))),
+        (0, "roster", err("not-authorized", Some("not-in-roster-group"))),
+        (0, "whitelist", err("not-allowed", Some("closed-node"))),
+        (1, "open", (None, None)),
+        (1, "presence", (None, None)),
+        (1, "roster", (None, None)),
+        (1, "whitelist", err("not-allowed", Some("closed-node"))),
+        (2, "open", (None, None)),
+        (2, "presence", (None, None)),
+        (2, "roster", err("not-authorized", Some("not-in-roster-group"))),
+        (2, "whitelist", err("not-allowed", Some("closed-node"))),
+    ];
+    for (who, n, expected) in cases {
+        let client = match who {
+            0 => &mut carol,
+            1 => &mut bob,
+            _ => &mut dave,
+        };
+        let res = client.iq_xml(&read(n)).await.unwrap();
+        assert_eq!(outcome(&res), expected, "{} reading {n}: {res}", client.jid());
+    }
+    // Whitelisted: Dave becomes a member.
+    ok(&mut alice, &format!("<iq type='set'><pubsub xmlns='{OWNER}'><affiliations node='whitelist'><affiliation jid='dave@localhost' affiliation='member'/></affiliations></pubsub></iq>")).await;
+    let res = dave.iq_xml(&read("whitelist")).await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"), "{res}");
+    // An outcast reads nothing, not even the open node.
+    ok(&mut alice, &format!("<iq type='set'><pubsub xmlns='{OWNER}'><affiliations node='open'><affiliation jid='carol@localhost' affiliation='outcast'/></affiliations></pubsub></iq>")).await;
+    let res = carol.iq_xml(&read("open")).await.unwrap();
+    assert_eq!(error_of(&res), err("forbidden", None));
+}
+
+/// `a` (resource `ar`) and `user` (resource `r`) subscribed to each other's presence.
+async fn befriend_as(a: &mut Client, ar: &str, b: &mut Client, user: &str, r: &str) {
+    let _ = ar;
+    a.go_online(None).await.unwrap();
+    b.go_online(None).await.unwrap();
+    a.send_str(&format!("<presence type='subscribe' to='{user}@localhost'/>")).await.unwrap();
+    b.recv_until(|e| e.name == "presence" && e.attr("type") == Some("subscribe")).await.unwrap();
+    b.send_str("<presence type='subscribed' to='alice@localhost'/>").await.unwrap();
+    b.send_str("<presence type='subscribe' to='alice@localhost'/>").await.unwrap();
+    a.recv_until(|e| {
+        e.name == "presence"
+            && e.attr("type") == Some("subscribe")
+            && e.attr("from") == Some(&format!("{user}@localhost"))
+    })
+    .await
+    .unwrap();
+    a.send_str(&format!("<presence type='subscribed' to='{user}@localhost'/>")).await.unwrap();
+    let full = format!("{user}@localhost/{r}");
+    a.recv_until(|e| e.name == "presence" && e.attr("from") == Some(full.as_str()) && e.attr("type").is_none())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_access_model_lets_in_whom_it_should() {
+    access_models(&node()).await;
 }
