@@ -37,6 +37,9 @@ fn node() -> TestNode {
     node_on(None)
 }
 
+/// An IQ's error conditions, none for a result.
+type Outcome = (Option<String>, Option<String>);
+
 /// The IQ's error: its defined condition and its `pubsub#errors` condition.
 fn error_of(iq: &Element) -> (Option<String>, Option<String>) {
     assert_eq!(iq.attr("type"), Some("error"), "{iq}");
@@ -413,7 +416,7 @@ async fn access_models(node: &TestNode) {
         format!("<iq type='get' to='alice@localhost'><pubsub xmlns='{PUBSUB}'><items node='{n}'/></pubsub></iq>")
     };
     let outcome = |res: &Element| if res.attr("type") == Some("result") { (None, None) } else { error_of(res) };
-    let cases: [(usize, &str, (Option<String>, Option<String>)); 12] = [
+    let cases: [(usize, &str, Outcome); 12] = [
         (0, "open", (None, None)),
         (0, "presence", err("not-authorized", Some("presence-subscription-required"))),
         (0, "roster", err("not-authorized", Some("not-in-roster-group"))),
