@@ -5,6 +5,12 @@
 //! bob's answer is shown in the page. The screenshot of the page is kept at
 //! `$CARGO_TARGET_DIR/artifacts/converse-websocket.png`.
 //!
+//! And OMEMO between two browser users (`tests/js/converse_omemo.mjs`): alice
+//! and bob, each in a page of their own with `mod_pubsub` on the node, set
+//! OMEMO up on PEP and exchange an encrypted message each way, which each
+//! page decrypts. Their screenshots are kept at
+//! `$CARGO_TARGET_DIR/artifacts/converse-omemo-{alice,bob}.png`.
+//!
 //! Needs Chromium at `/usr/bin/chromium` (Debian's `chromium` package).
 
 use std::path::{Path, PathBuf};
@@ -21,24 +27,32 @@ const MESSAGE: &str = "Hello Bob, this is Alice in converse.js";
 
 use meerkat_tests::node::free_port;
 
-/// A node with a WebSocket listener at `/ws-xmpp`, and its `ws://` URL.
-fn ws_node() -> (TestNode, String) {
+/// A node with a WebSocket listener at `/ws-xmpp` (and `extra` config), and its `ws://` URL.
+fn ws_node_with(extra: &str) -> (TestNode, String) {
     let port = free_port();
     let node = TestNode::start(&format!(
         "[[listen.http]]\nport = {port}\nip_address = \"127.0.0.1\"\n\
-         [[listen.http.handlers.mod_websockets]]\nhost = \"_\"\npath = \"/ws-xmpp\"\n"
+         [[listen.http.handlers.mod_websockets]]\nhost = \"_\"\npath = \"/ws-xmpp\"\n\n{extra}"
     ));
     (node, format!("ws://127.0.0.1:{port}/ws-xmpp"))
 }
 
-/// Where the screenshot is kept for a reviewer.
-fn artifact_path() -> PathBuf {
+fn ws_node() -> (TestNode, String) {
+    ws_node_with("")
+}
+
+/// Where screenshots are kept for a reviewer.
+fn artifacts() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/meerkat-target"));
     let dir = target.join("artifacts");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir.join("converse-websocket.png")
+    dir
+}
+
+fn artifact_path() -> PathBuf {
+    artifacts().join("converse-websocket.png")
 }
 
 /// The width and height (from the IHDR chunk) and the size in bytes of the PNG at `path`.
@@ -108,4 +122,44 @@ fn converse_js_in_chromium_chats_with_a_slixmpp_user_over_websocket() {
     let (width, height, bytes) = png_size(&shot);
     assert!(width >= 1280 && height >= 800 && bytes > 20_000, "{}: {width}x{height}, {bytes} bytes", shot.display());
     println!("the screenshot is {width}x{height}, {bytes} bytes");
+}
+
+#[test]
+fn converse_js_users_exchange_omemo_messages_through_pep() {
+    assert!(Path::new(CHROMIUM).is_file(), "{CHROMIUM} is missing: install Debian's chromium package");
+    npm_ci();
+    let (node, url) = ws_node_with("[modules.mod_pubsub]\nenabled = true\n");
+    node.add_user("alice", "secret");
+    node.add_user("bob", "secret");
+    let dir = artifacts();
+    for who in ["alice", "bob"] {
+        let _ = std::fs::remove_file(dir.join(format!("converse-omemo-{who}.png")));
+    }
+    let out = Command::new("node")
+        .arg("converse_omemo.mjs")
+        .args(["--ws", &url, "--password", "secret", "--chromium", CHROMIUM])
+        .args(["--timeout", &STEP.as_millis().to_string()])
+        .arg("--screenshots")
+        .arg(&dir)
+        .current_dir(js_dir())
+        .output()
+        .expect("running node (Node.js 20+ is needed)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "converse.js OMEMO scenario failed ({}):\n{stdout}\n{stderr}\nnode log:\n{}",
+        out.status,
+        node.log()
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON summary");
+    println!("converse.js OMEMO: {summary}");
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["sent_encrypted"], true, "{summary}");
+    assert_eq!(summary["missing"], serde_json::json!([]), "{summary}");
+    for who in ["alice", "bob"] {
+        let (width, height, bytes) = png_size(&dir.join(format!("converse-omemo-{who}.png")));
+        assert!(width >= 1280 && height >= 800 && bytes > 20_000, "{who}: {width}x{height}, {bytes} bytes");
+    }
 }
