@@ -41,6 +41,7 @@ fn peer_conditions_node() -> (TestNode, u16) {
         extra_toml: format!(
             "[auth]\nallow_plain_without_tls = true\npassword.format = \"plain\"\n\n\
              [modules.mod_register]\nregistration_timeout = 0\n\n\
+             [modules.mod_pubsub]\nenabled = true\n\n\
              [[listen.c2s]]\nport = {plain}\nip_address = \"127.0.0.1\"\ntls.mode = \"none\"\n"
         ),
         ..Default::default()
@@ -88,6 +89,14 @@ fn every_scenario_runs_in_peer_conditions() {
     assert_eq!(v["deliveries"], v["expected_deliveries"], "{v}");
     assert_eq!(v["lost"], 0, "{v}");
 
+    let v = run(&["pubsub", "--rate", "50"]);
+    assert_eq!(v["subscribers"], 5, "{v}");
+    let published = v["published"].as_u64().unwrap_or(0);
+    assert!(published > 0, "{v}");
+    assert_eq!(v["received"].as_u64(), Some(5 * published), "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert!(v["latency_ms"]["p99"].as_f64().is_some(), "{v}");
+
     let v = run(&["idle", "--keepalive", "0.5"]);
     assert_eq!(v["connections"], 6, "{v}");
     assert_eq!(v["dropped"], 0, "{v}");
@@ -98,7 +107,13 @@ fn every_scenario_runs_in_peer_conditions() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{table}");
     assert!(table.starts_with("| figure | meerkat |"), "{table}");
-    for figure in ["logins/s", "chat msgs/s delivered, closed loop", "presence deliveries/s", "KiB per idle session"] {
+    for figure in [
+        "logins/s",
+        "chat msgs/s delivered, closed loop",
+        "presence deliveries/s",
+        "pubsub notifications/s delivered",
+        "KiB per idle session",
+    ] {
         assert!(table.contains(figure), "no {figure} in:\n{table}");
     }
 }

@@ -180,6 +180,10 @@ pub enum Scenario {
     Presence(PresenceArgs),
     /// Hold N logged-in, available connections open and report the server's memory per session.
     Idle(IdleArgs),
+    /// One publisher and N - 1 subscribers of a PubSub node (XEP-0060); the
+    /// publisher publishes at --rate items/s; report notifications delivered
+    /// per second, latency from publish to delivery, and loss.
+    Pubsub(PubsubArgs),
     /// Only create the users (XEP-0077 in-band registration).
     Register,
     /// Read JSON lines written by runs (`--json-out`) and print Markdown
@@ -229,6 +233,22 @@ pub struct PresenceArgs {
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
     /// Seconds the roster set-up may take.
+    #[arg(long, default_value_t = 120.0)]
+    pub setup_timeout: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PubsubArgs {
+    /// The PubSub service.
+    #[arg(long, default_value = "pubsub.localhost")]
+    pub service: String,
+    /// The node published to (created by the publisher unless it exists).
+    #[arg(long, default_value = "meerkat-load")]
+    pub node: String,
+    /// Items published per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds the subscriptions may take.
     #[arg(long, default_value_t = 120.0)]
     pub setup_timeout: f64,
 }

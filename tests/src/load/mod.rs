@@ -17,6 +17,7 @@ pub mod conn;
 pub mod frame;
 pub mod pool;
 pub mod procstat;
+pub mod pubsub;
 pub mod report;
 pub mod scenarios;
 pub mod traffic;

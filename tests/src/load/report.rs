@@ -166,6 +166,23 @@ pub fn render(lines: &[Value], p99_bound_ms: f64) -> String {
                 );
                 add(&mut figs, format!("presence lost, U={users} R={r}"), l, num(v, &["lost"]));
             }
+            Some("pubsub") => {
+                let subs = num(v, &["subscribers"]).unwrap_or(0.0);
+                let rate = num(v, &["rate"]).unwrap_or(0.0);
+                add(
+                    &mut figs,
+                    format!("pubsub notifications/s delivered, {subs} subscribers, {rate} items/s"),
+                    l,
+                    num(v, &["delivered_per_s"]),
+                );
+                add(
+                    &mut figs,
+                    format!("pubsub p99 ms, {subs} subscribers, {rate} items/s"),
+                    l,
+                    num(v, &["latency_ms", "p99"]),
+                );
+                add(&mut figs, format!("pubsub lost, {subs} subscribers, {rate} items/s"), l, num(v, &["lost"]));
+            }
             _ => {}
         }
     }

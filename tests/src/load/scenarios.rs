@@ -1,4 +1,4 @@
-//! The scenarios: `login`, `chat`, `presence`, `idle` and `register`.
+//! The scenarios: `login`, `chat`, `presence`, `idle` and `register` (`pubsub` has a file of its own).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -22,7 +22,7 @@ use super::traffic::{self, Mode, Peer, Plan, Probe};
 use super::RunResult;
 
 /// RSS sampling period during a measured window.
-const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+pub(super) const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 /// The scenario's name in the JSON line.
 pub fn name(s: &Scenario) -> &'static str {
@@ -31,6 +31,7 @@ pub fn name(s: &Scenario) -> &'static str {
         Scenario::Chat(_) => "chat",
         Scenario::Presence(_) => "presence",
         Scenario::Idle(_) => "idle",
+        Scenario::Pubsub(_) => "pubsub",
         Scenario::Register => "register",
         Scenario::Report(_) => "report",
     }
@@ -79,6 +80,7 @@ pub async fn run(cli: &Cli) -> Result<RunResult> {
         Scenario::Chat(a) => chat(c, a, target).await?,
         Scenario::Presence(a) => presence(c, a, target).await?,
         Scenario::Idle(a) => idle(c, a, target).await?,
+        Scenario::Pubsub(a) => super::pubsub::pubsub(c, a, target).await?,
         Scenario::Register | Scenario::Report(_) => bail!("not a load scenario"),
     };
     r.json.extend(pre);
@@ -142,7 +144,7 @@ fn secs(v: Option<f64>, default: f64) -> Duration {
 }
 
 /// Logs everybody in and returns the sessions in user order (`None` where the login failed).
-async fn login_sessions(c: &Common, target: Arc<Target>) -> (LoginPhase, Vec<Option<Session>>) {
+pub(super) async fn login_sessions(c: &Common, target: Arc<Target>) -> (LoginPhase, Vec<Option<Session>>) {
     let slots: Arc<Mutex<Vec<Option<Session>>>> = Arc::new(Mutex::new((0..c.users).map(|_| None).collect()));
     let store = slots.clone();
     let phase = login_all(
@@ -399,7 +401,7 @@ async fn chat(c: &Common, a: &ChatArgs, target: Arc<Target>) -> Result<RunResult
     Ok(RunResult { human, json, success })
 }
 
-fn login_failed(scenario: &str, phase: &LoginPhase) -> RunResult {
+pub(super) fn login_failed(scenario: &str, phase: &LoginPhase) -> RunResult {
     let mut json = Map::new();
     json.insert("login".into(), login_json(phase));
     json.insert("error".into(), json!("login failed"));

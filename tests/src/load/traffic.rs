@@ -50,6 +50,8 @@ pub enum Probe {
     Chat { body_pad: usize },
     /// Broadcast `<presence>` with `<show/>` and `<status/>`.
     Presence,
+    /// A XEP-0060 publish to `node` of `service`, the probe in the item's `<body/>`.
+    Publish { service: String, node: String },
 }
 
 /// One connection taking part.
@@ -247,6 +249,18 @@ impl Template {
             Probe::Presence => {
                 Template { probe: probe.clone(), head: String::new(), tail: format!(" {k}</status></presence>") }
             }
+            Probe::Publish { service, node } => {
+                let mut head = String::from("' to='");
+                escape_attr(&mut head, service);
+                head.push_str("'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='");
+                escape_attr(&mut head, node);
+                head.push_str("'><item><entry xmlns='urn:example:load'><body>");
+                Template {
+                    probe: probe.clone(),
+                    head,
+                    tail: format!(" {k}</body></entry></item></publish></pubsub></iq>"),
+                }
+            }
         }
     }
 
@@ -258,6 +272,10 @@ impl Template {
             } else {
                 "<presence><show>dnd</show><status>"
             }),
+            Probe::Publish { .. } => {
+                let _ = write!(out, "<iq type='set' id='p{seq}");
+                out.push_str(&self.head);
+            }
         }
         let _ = write!(out, "{seq} {ts}");
         out.push_str(&self.tail);
