@@ -32,6 +32,15 @@
 #   (steps of about 25 %, the same for every server, so no server gets a finer resolution)
 #   STEP_DURATION=15  P99_BOUND_MS=5       (steps stop at the first rate over the bound)
 #   PRESENCE_USERS=1000  PRESENCE_CONTACTS=10  PRESENCE_RATE=1000  PRESENCE_DURATION=15
+#   PUBSUB_SUBSCRIBERS=1000  PUBSUB_RATES="5 10 20 40 80 160"  PUBSUB_DURATION=15
+#   PUBSUB_P99_BOUND_MS=50                 (scenario "pubsub", not in the default list: one
+#                                          publisher, PUBSUB_SUBSCRIBERS subscribers of one
+#                                          node at pubsub.DOMAIN, items published at each
+#                                          rate in turn, stopping past the p99 bound; every
+#                                          server with PubSub turned on: Meerkat's
+#                                          mod_pubsub, ejabberd's mod_pubsub ("flat") and
+#                                          Prosody's pubsub component, from copies of the
+#                                          peer configs under $OUT)
 #   SERVER_CPUS=1  GEN_CPUS=0              ("all" = no pinning)
 #   BROKER_CPUS=$GEN_CPUS                  (RabbitMQ's beam.smp, when it runs, is pinned
 #                                          here for the whole invocation and given every
@@ -62,6 +71,9 @@ RATE_STEPS="${RATE_STEPS:-1000 1250 1600 2000 2500 3200 4000 5000 6300 8000 1000
 STEP_DURATION="${STEP_DURATION:-15}"; P99_BOUND_MS="${P99_BOUND_MS:-5}"
 PRESENCE_USERS="${PRESENCE_USERS:-1000}"; PRESENCE_CONTACTS="${PRESENCE_CONTACTS:-10}"
 PRESENCE_RATE="${PRESENCE_RATE:-1000}"; PRESENCE_DURATION="${PRESENCE_DURATION:-15}"
+PUBSUB_SUBSCRIBERS="${PUBSUB_SUBSCRIBERS:-1000}"; PUBSUB_RATES="${PUBSUB_RATES:-5 10 20 40 80 160}"
+PUBSUB_DURATION="${PUBSUB_DURATION:-15}"; PUBSUB_P99_BOUND_MS="${PUBSUB_P99_BOUND_MS:-50}"
+PUBSUB=""   # set while a pubsub run's server is up
 SERVER_CPUS="${SERVER_CPUS:-1}"; GEN_CPUS="${GEN_CPUS:-0}"; BROKER_CPUS="${BROKER_CPUS:-$GEN_CPUS}"
 SOURCE_IPS="${SOURCE_IPS:-127.0.0.2-127.0.0.9}"
 HOST="${HOST:-127.0.0.1}"; PORT="${PORT:-5222}"; DOMAIN="${DOMAIN:-localhost}"; ADMIN_PORT="${ADMIN_PORT:-5289}"
@@ -179,7 +191,31 @@ EOF
   if [ "$CURRENT" = meerkat-modules ]; then
     printf '\n# MODULES_TOML\n%s\n' "$MODULES_TOML" >> "$dir/meerkat.toml"
   fi
+  if [ -n "$PUBSUB" ]; then
+    printf '\n[modules.mod_pubsub]\nenabled = true\nplugins = ["flat"]\n' >> "$dir/meerkat.toml"
+  fi
   echo "$dir/meerkat.toml"
+}
+
+# Copies of the peer harness with PubSub on, their own state directories:
+# ejabberd's mod_pubsub (plugin "flat", at pubsub.DOMAIN), Prosody's pubsub
+# component at pubsub.DOMAIN. Nothing is written to PEER_BENCH_DIR.
+peer_pubsub_dir() {
+  local d="$WORK/peer-pubsub"
+  if [ ! -d "$d" ]; then
+    mkdir -p "$d"
+    cp -r "$PEER_BENCH_DIR/servers" "$PEER_BENCH_DIR/ejabberd" "$PEER_BENCH_DIR/prosody" "$d/"
+    chmod -R u+w "$d"
+    chown -R ejabberd:ejabberd "$d/ejabberd" 2>/dev/null || true
+    sed -i 's#/tmp/xmppbench#/tmp/xmppbench-pubsub#g' "$d/servers/ejabberd.sh" "$d/servers/prosody.sh" \
+      "$d/ejabberd/ejabberdctl.cfg" "$d/prosody/prosody.cfg.lua"
+    sed -i 's/^modules:$/modules:\n  mod_pubsub:\n    plugins: ["flat"]\n    access_createnode: all\n    max_items_node: 10/' \
+      "$d/ejabberd/ejabberd.yml"
+    # Prosody lets only admins create nodes: the publisher (user1) is one.
+    sed -i "s/^admins = { }/admins = { \"user1@$DOMAIN\" }/" "$d/prosody/prosody.cfg.lua"
+    printf '\nComponent "pubsub.%s" "pubsub"\n' "$DOMAIN" >> "$d/prosody/prosody.cfg.lua"
+  fi
+  echo "$d"
 }
 
 wait_listening() {
@@ -225,10 +261,12 @@ start_server() {
       ;;
     ejabberd)
       local dir="$PEER_BENCH_DIR"; [ "$MODE" = production ] && dir="$(ejabberd_production_dir)"
+      [ -n "$PUBSUB" ] && dir="$(peer_pubsub_dir)"
       PID="$(CPUS="$SERVER_CPUS" "$dir/servers/ejabberd.sh" start | tail -1)"
       ;;
     prosody)
-      PID="$(CPUS="$SERVER_CPUS" "$PEER_BENCH_DIR/servers/prosody.sh" start | tail -1)"
+      local dir="$PEER_BENCH_DIR"; [ -n "$PUBSUB" ] && dir="$(peer_pubsub_dir)"
+      PID="$(CPUS="$SERVER_CPUS" "$dir/servers/prosody.sh" start | tail -1)"
       ;;
   esac
   [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null || die "$1 did not start"
@@ -249,9 +287,13 @@ stop_server() {
       ;;
     ejabberd)
       local dir="$PEER_BENCH_DIR"; [ "$MODE" = production ] && dir="$(ejabberd_production_dir)"
+      [ -n "$PUBSUB" ] && dir="$(peer_pubsub_dir)"
       "$dir/servers/ejabberd.sh" stop || true
       ;;
-    prosody) "$PEER_BENCH_DIR/servers/prosody.sh" stop || true ;;
+    prosody)
+      local dir="$PEER_BENCH_DIR"; [ -n "$PUBSUB" ] && dir="$(peer_pubsub_dir)"
+      "$dir/servers/prosody.sh" stop || true
+      ;;
   esac
   CURRENT=""; PID=""
   sleep 1
@@ -331,6 +373,24 @@ bench_server() {
           presence --contacts "$PRESENCE_CONTACTS" --rate "$PRESENCE_RATE" >/dev/null
       fi
       stop_server
+    fi
+    if [[ " $SCENARIOS " == *" pubsub "* ]]; then
+      PUBSUB=1
+      start_server "$name"
+      local pusers=$((PUBSUB_SUBSCRIBERS + 1))
+      "${GEN[@]}" "$LOAD_BIN" --host "$HOST" --port "$PORT" --domain "$DOMAIN" "${AUTH[@]}" \
+        --users "$pusers" --concurrency 50 register | tail -1 >&2 || say "$name: pubsub users: registration failed"
+      for r in $PUBSUB_RATES; do
+        line="$(load "$name" "$run" --users "$pusers" --warmup 3 --duration "$PUBSUB_DURATION" \
+                  pubsub --service "pubsub.$DOMAIN" --rate "$r")"
+        ok="$(jq -r --argjson r "$r" --argjson n "$PUBSUB_SUBSCRIBERS" --argjson b "$PUBSUB_P99_BOUND_MS" \
+               'if (.latency_ms.p99 // 1e9) < $b and (.lost // 1) == 0 and (.delivered_per_s // 0) >= 0.9 * $r * $n
+                then "yes" else "no" end' <<<"$line" 2>/dev/null || echo no)"
+        [ "$ok" = yes ] || { say "$name: pubsub p99 bound of $PUBSUB_P99_BOUND_MS ms passed at $r items/s: stopping"; break; }
+        sleep 2
+      done
+      stop_server
+      PUBSUB=""
     fi
   done
 }
