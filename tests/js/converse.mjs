@@ -15,12 +15,11 @@
 // Needs Chromium (Debian's chromium package: /usr/bin/chromium, or --chromium).
 
 import { chromium } from "playwright-core";
-import { createServer } from "node:http";
 import { existsSync } from "node:fs";
-import { readFile } from "node:fs/promises";
-import { dirname, extname, join, normalize, sep } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { startPageServer } from "./page_server.mjs";
 
 const { values: opts } = parseArgs({
   options: {
@@ -108,55 +107,7 @@ const page_html = `<!doctype html>
 </body>
 </html>`;
 
-const TYPES = {
-  ".css": "text/css",
-  ".js": "text/javascript",
-  ".mjs": "text/javascript",
-  ".json": "application/json",
-  ".svg": "image/svg+xml",
-  ".png": "image/png",
-  ".ico": "image/x-icon",
-  ".ttf": "font/ttf",
-  ".woff": "font/woff",
-  ".woff2": "font/woff2",
-  ".wasm": "application/wasm",
-  ".mp3": "audio/mpeg",
-  ".ogg": "audio/ogg",
-  ".map": "application/json",
-};
-
-const served = { ok: 0, missing: [] };
-const server = createServer(async (req, res) => {
-  const path = decodeURIComponent(new URL(req.url, "http://127.0.0.1").pathname);
-  if (path === "/" || path === "/index.html") {
-    res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" });
-    res.end(page_html);
-    served.ok++;
-    return;
-  }
-  if (path.startsWith("/dist/")) {
-    const file = normalize(join(dist, path.slice("/dist/".length)));
-    if (file.startsWith(dist + sep)) {
-      try {
-        const body = await readFile(file);
-        res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
-        res.end(body);
-        served.ok++;
-        return;
-      } catch {
-        // Not there: 404 below.
-      }
-    }
-  }
-  served.missing.push(path);
-  res.writeHead(404, { "content-type": "text/plain" });
-  res.end("not found\n");
-});
-await new Promise((resolve, reject) => {
-  server.once("error", reject);
-  server.listen(0, "127.0.0.1", resolve);
-});
-const origin = `http://127.0.0.1:${server.address().port}`;
+const { origin, server, served } = await startPageServer({ dist, page: () => page_html });
 summary.served = served;
 
 // ------------------------------------------------------------ the browser

@@ -14,11 +14,10 @@
 //     --screenshots out/ [--chromium /usr/bin/chromium] [--timeout 60000]
 
 import { chromium } from "playwright-core";
-import { createServer } from "node:http";
-import { readFile } from "node:fs/promises";
-import { dirname, extname, join, normalize, sep } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { startPageServer } from "./page_server.mjs";
 
 const { values: opts } = parseArgs({
   options: {
@@ -41,7 +40,7 @@ const BOB = "bob@localhost";
 const TO_BOB = "Only Bob can read this: OMEMO through Meerkat's PEP";
 const TO_ALICE = "And only Alice can read this answer";
 
-const summary = { ok: false, steps: [], console_errors: [], blocked: [], missing: [] };
+const summary = { ok: false, steps: [], console_errors: [], blocked: [] };
 const step = (name) => {
   summary.steps.push(name);
   console.error(`converse_omemo.mjs: ${name}`);
@@ -97,42 +96,13 @@ function page_html(jid) {
 </html>`;
 }
 
-const TYPES = { ".css": "text/css", ".js": "text/javascript", ".json": "application/json", ".svg": "image/svg+xml",
-  ".png": "image/png", ".wasm": "application/wasm", ".woff2": "font/woff2", ".woff": "font/woff", ".ttf": "font/ttf",
-  ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".map": "application/json", ".ico": "image/x-icon" };
-
-const server = createServer(async (req, res) => {
-  const url = new URL(req.url, "http://127.0.0.1");
-  const path = decodeURIComponent(url.pathname);
-  if (path === "/") {
-    res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" });
-    res.end(page_html(url.searchParams.get("jid")));
-    return;
-  }
-  // libomemo loads its wasm from the page's directory, where a deployment puts it.
-  const rel = path === "/curve25519_compiled.wasm" ? path.slice(1) : path.startsWith("/dist/") ? path.slice(6) : null;
-  if (rel !== null) {
-    const file = normalize(join(dist, rel));
-    if (file.startsWith(dist + sep)) {
-      try {
-        const body = await readFile(file);
-        res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
-        res.end(body);
-        return;
-      } catch {
-        // 404 below.
-      }
-    }
-  }
-  summary.missing.push(path);
-  res.writeHead(404, { "content-type": "text/plain" });
-  res.end("not found\n");
+// libomemo loads its wasm from the page's directory, where a deployment puts it.
+const { origin, server, served } = await startPageServer({
+  dist,
+  page: (url) => page_html(url.searchParams.get("jid")),
+  aliases: { "/curve25519_compiled.wasm": "curve25519_compiled.wasm" },
 });
-await new Promise((resolve, reject) => {
-  server.once("error", reject);
-  server.listen(0, "127.0.0.1", resolve);
-});
-const origin = `http://127.0.0.1:${server.address().port}`;
+summary.missing = served.missing;
 
 const overall = setTimeout(() => {
   summary.failure = `the whole run took more than ${6 * STEP} ms (last step: ${summary.steps.at(-1)})`;

@@ -141,17 +141,9 @@ pub async fn pubsub(c: &Common, a: &PubsubArgs, target: Arc<Target>) -> Result<R
     json.insert("subscribe_s".into(), json!(round(setup_s, 3)));
     json.insert("duration_s".into(), json!(d));
     json.insert("published".into(), json!(o.sent));
-    json.insert("received".into(), json!(o.received));
-    json.insert("lost".into(), json!(o.lost));
-    json.insert("out_of_order".into(), json!(o.out_of_order));
-    json.insert("stanza_errors".into(), json!(o.stanza_errors));
-    json.insert("disconnects".into(), json!(o.disconnects));
-    json.insert("not_offered".into(), json!(o.not_offered));
     json.insert("published_per_s".into(), json!(round(o.sent_in_window as f64 / d, 1)));
-    json.insert("delivered_per_s".into(), json!(round(o.received_in_window as f64 / d, 1)));
-    json.insert("latency_ms".into(), lat.clone());
+    super::scenarios::deliveries_json(&mut json, &o, d, &lat);
     json.insert("rss_idle_kib".into(), json!(rss_idle));
-    json.insert("window".into(), o.window.to_json());
     let success = o.lost == 0 && o.disconnects == 0 && o.stanza_errors == 0 && o.sent > 0;
     let ms = |q: &str| lat.get(q).and_then(|v| v.as_f64()).map_or("-".to_owned(), |v| format!("{v:.2} ms"));
     let mut human = format!(

@@ -354,17 +354,9 @@ async fn chat(c: &Common, a: &ChatArgs, target: Arc<Target>) -> Result<RunResult
     json.insert("warmup_s".into(), json!(plan.warmup.as_secs_f64()));
     json.insert("duration_s".into(), json!(d));
     json.insert("sent".into(), json!(o.sent));
-    json.insert("received".into(), json!(o.received));
-    json.insert("lost".into(), json!(o.lost));
-    json.insert("out_of_order".into(), json!(o.out_of_order));
-    json.insert("stanza_errors".into(), json!(o.stanza_errors));
-    json.insert("disconnects".into(), json!(o.disconnects));
-    json.insert("not_offered".into(), json!(o.not_offered));
     json.insert("sent_per_s".into(), json!(round(o.sent_in_window as f64 / d, 1)));
-    json.insert("delivered_per_s".into(), json!(round(o.received_in_window as f64 / d, 1)));
-    json.insert("latency_ms".into(), lat.clone());
+    deliveries_json(&mut json, &o, d, &lat);
     json.insert("rss_idle_kib".into(), json!(rss_idle));
-    json.insert("window".into(), o.window.to_json());
     let success = o.lost == 0 && o.disconnects == 0 && o.stanza_errors == 0 && o.sent > 0;
     let mode_text = match mode {
         Mode::Closed(w) => format!("closed loop, {w} outstanding per sender"),
@@ -399,6 +391,19 @@ async fn chat(c: &Common, a: &ChatArgs, target: Arc<Target>) -> Result<RunResult
         let _ = writeln!(human, "{}", o.window.human());
     }
     Ok(RunResult { human, json, success })
+}
+
+/// What every traffic scenario reports of its deliveries over `d` seconds measured.
+pub(super) fn deliveries_json(json: &mut Map<String, Value>, o: &traffic::Outcome, d: f64, lat: &Value) {
+    json.insert("received".into(), json!(o.received));
+    json.insert("lost".into(), json!(o.lost));
+    json.insert("out_of_order".into(), json!(o.out_of_order));
+    json.insert("stanza_errors".into(), json!(o.stanza_errors));
+    json.insert("disconnects".into(), json!(o.disconnects));
+    json.insert("not_offered".into(), json!(o.not_offered));
+    json.insert("delivered_per_s".into(), json!(round(o.received_in_window as f64 / d, 1)));
+    json.insert("latency_ms".into(), lat.clone());
+    json.insert("window".into(), o.window.to_json());
 }
 
 pub(super) fn login_failed(scenario: &str, phase: &LoginPhase) -> RunResult {
