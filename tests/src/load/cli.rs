@@ -242,9 +242,11 @@ pub struct PubsubArgs {
     /// The PubSub service.
     #[arg(long, default_value = "pubsub.localhost")]
     pub service: String,
-    /// The node published to (created by the publisher unless it exists).
-    #[arg(long, default_value = "meerkat-load")]
-    pub node: String,
+    /// The node published to (created by the publisher unless it exists);
+    /// by default a new one per run, so that no item of an earlier run is
+    /// sent to the new subscribers as the node's last.
+    #[arg(long)]
+    pub node: Option<String>,
     /// Items published per second.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,

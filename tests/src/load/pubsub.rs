@@ -1,5 +1,6 @@
 //! The `pubsub` scenario: one publisher and N - 1 subscribers of one node of
-//! a XEP-0060 service. The publisher creates the node (or finds it there),
+//! a XEP-0060 service. The publisher creates the node (a new one per run
+//! unless `--node` names one; an existing node is used as it is),
 //! every subscriber subscribes, then the publisher publishes at `--rate`
 //! items per second (open loop), each item's payload a probe
 //! (`SEQ SEND_NS SENDER` in a `<body/>`); the report gives notifications
@@ -71,7 +72,11 @@ pub async fn pubsub(c: &Common, a: &PubsubArgs, target: Arc<Target>) -> Result<R
     }
     let mut sessions: Vec<Session> = sessions.into_iter().flatten().collect();
     let deadline = Instant::now() + Duration::from_secs_f64(a.setup_timeout);
-    let (service, node) = (a.service.clone(), a.node.clone());
+    let node = a.node.clone().unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        format!("meerkat-load-{secs}-{}", std::process::id())
+    });
+    let service = a.service.clone();
 
     // The node: created by the publisher, or there from an earlier run.
     let mut create = String::from("<iq type='set' id='create' to='");
