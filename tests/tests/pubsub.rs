@@ -476,3 +476,72 @@ async fn befriend_as(a: &mut Client, ar: &str, b: &mut Client, user: &str, r: &s
 async fn each_access_model_lets_in_whom_it_should() {
     access_models(&node()).await;
 }
+
+/// An `authorize` node (XEP-0060 §8.6): a subscription waits for the
+/// owner, who gets a form, approves one subscriber and denies another; each
+/// subscriber learns the outcome, and only the approved one gets items. An
+/// answer from someone else is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorize_node_asks_its_owner() {
+    let node = node();
+    let mut alice = login(&node, "alice", PW, "a").await;
+    let mut bob = login(&node, "bob", PW, "b").await;
+    let mut carol = login(&node, "carol", PW, "c").await;
+    // The owner's requests arrive as messages to her account: she is online.
+    alice.go_online(None).await.unwrap();
+    ok(&mut alice, &format!(
+        "<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><create node='club'/><configure><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+         <field var='pubsub#access_model'><value>authorize</value></field></x></configure></pubsub></iq>"
+    )).await;
+    const AUTH: &str = "http://jabber.org/protocol/pubsub#subscribe_authorization";
+    let answer = |subid: &str, who: &str, allow: bool| {
+        format!(
+        "<message to='{SERVICE}'><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE' type='hidden'><value>{AUTH}</value></field>\
+         <field var='pubsub#subid'><value>{subid}</value></field><field var='pubsub#node'><value>club</value></field>\
+         <field var='pubsub#subscriber_jid'><value>{who}</value></field><field var='pubsub#allow'><value>{allow}</value></field></x></message>"
+    )
+    };
+    let mut request_to_alice = async |client: &mut Client, who: &str| -> String {
+        let res = ok(client, &format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><subscribe node='club' jid='{who}'/></pubsub></iq>")).await;
+        let s = res.get_child("pubsub", PUBSUB).and_then(|p| p.get_child("subscription", PUBSUB)).cloned().unwrap();
+        assert_eq!(s.attr("subscription"), Some("pending"), "{res}");
+        let form = alice
+            .recv_until(|e| {
+                e.name == "message" && e.attr("from") == Some(SERVICE) && e.get_child("x", ns::DATA_FORMS).is_some()
+            })
+            .await
+            .unwrap();
+        let text = form.to_xml(ns::CLIENT);
+        assert!(text.contains(AUTH) && text.contains(who), "{text}");
+        s.attr("subid").unwrap().to_owned()
+    };
+    let bob_subid = request_to_alice(&mut bob, "bob@localhost/b").await;
+    let carol_subid = request_to_alice(&mut carol, "carol@localhost/c").await;
+
+    // Someone other than the owner answers: refused, nothing changes.
+    bob.send_str(&answer(&bob_subid, "bob@localhost/b", true)).await.unwrap();
+    let refused = bob.recv_until(|e| e.name == "message" && e.attr("type") == Some("error")).await.unwrap();
+    assert_eq!(stanza_error(&refused).as_deref(), Some("forbidden"), "{refused}");
+
+    // Alice approves Bob and denies Carol; each hears of it.
+    alice.send_str(&answer(&bob_subid, "bob@localhost/b", true)).await.unwrap();
+    alice.send_str(&answer(&carol_subid, "carol@localhost/c", false)).await.unwrap();
+    for (client, state) in [(&mut bob, "subscribed"), (&mut carol, "none")] {
+        let m = event(client).await;
+        let s = event_child(&m);
+        assert_eq!((s.name.as_str(), s.attr("subscription")), ("subscription", Some(state)), "{m}");
+    }
+    // Bob gets the items, and the owner's list has him subscribed and no Carol.
+    ok(&mut alice, &publish(SERVICE, "club", "i1", "members only")).await;
+    let m = event(&mut bob).await;
+    assert!(m.to_xml(ns::CLIENT).contains("members only"), "{m}");
+    let subs = ok(
+        &mut alice,
+        &format!("<iq type='get' to='{SERVICE}'><pubsub xmlns='{OWNER}'><subscriptions node='club'/></pubsub></iq>"),
+    )
+    .await;
+    let text = subs.to_xml(ns::CLIENT);
+    assert!(text.contains("bob@localhost/b") && text.contains("subscribed") && !text.contains("carol"), "{text}");
+}

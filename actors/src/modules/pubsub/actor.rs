@@ -93,10 +93,13 @@ impl Handler<Run> for NodeActor {
                     may_create: &may,
                     hosts: shared.router.hosts(),
                 };
-                let Done { payload, notify } = engine::run(&env, &req).await?;
+                let Done { payload, notify, messages } = engine::run(&env, &req).await?;
                 for n in notify {
                     // Waits while the fan-out is behind: back-pressure to the publishers.
                     let _ = fanout.send(n).await;
+                }
+                for (to, child) in messages {
+                    send_message(&shared.router, &req.service, &to, &child);
                 }
                 Ok(payload)
             }
@@ -145,6 +148,21 @@ pub fn send_notification(router: &Router, service: &str, n: &Notification) {
             router.route(r);
         }
     }
+}
+
+/// Routes a message from the service to `to` holding `child` (serialized).
+pub fn send_message(router: &Router, service: &str, to: &str, child: &str) {
+    let (Ok(from), Ok(to_jid), Some(child)) =
+        (parse_jid(service), parse_jid(to), crate::ext::util::parse_stored(child))
+    else {
+        return;
+    };
+    let m = Element::new("message", ns::CLIENT)
+        .with_attr("from", service.to_owned())
+        .with_attr("to", to.to_owned())
+        .with_attr("id", engine::new_subid())
+        .with_child(child);
+    router.route(Routed { from, to: to_jid, stanza: m });
 }
 
 /// How many actors, for how long, with how much queued.

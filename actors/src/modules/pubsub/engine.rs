@@ -63,20 +63,51 @@ pub type Form = Vec<(String, Vec<String>)>;
 /// A request to one node.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Op {
-    Create { config: Option<Form> },
+    Create {
+        config: Option<Form>,
+    },
     GetConfig,
-    Configure { form: Form },
-    Delete { redirect: Option<String> },
+    Configure {
+        form: Form,
+    },
+    Delete {
+        redirect: Option<String>,
+    },
     Purge,
-    Publish { item_id: Option<String>, payload: Option<String>, options: Option<Form> },
-    Retract { ids: Vec<String>, notify: bool },
-    Subscribe { jid: String },
-    Unsubscribe { jid: String, subid: Option<String> },
-    Items { max: Option<u64>, ids: Vec<String> },
+    Publish {
+        item_id: Option<String>,
+        payload: Option<String>,
+        options: Option<Form>,
+    },
+    Retract {
+        ids: Vec<String>,
+        notify: bool,
+    },
+    Subscribe {
+        jid: String,
+    },
+    Unsubscribe {
+        jid: String,
+        subid: Option<String>,
+    },
+    Items {
+        max: Option<u64>,
+        ids: Vec<String>,
+    },
     GetSubscriptions,
-    SetSubscriptions { entries: Vec<(String, String)> },
+    SetSubscriptions {
+        entries: Vec<(String, String)>,
+    },
     GetAffiliations,
-    SetAffiliations { entries: Vec<(String, String)> },
+    SetAffiliations {
+        entries: Vec<(String, String)>,
+    },
+    /// An owner's answer to a subscription request (XEP-0060 §8.6).
+    Authorize {
+        subid: Option<String>,
+        jid: String,
+        allow: bool,
+    },
 }
 
 /// A request: the service (a PubSub domain, or an account for PEP), the
@@ -106,6 +137,8 @@ pub struct Notification {
 pub struct Done {
     pub payload: Option<String>,
     pub notify: Vec<Notification>,
+    /// Other messages from the service: (to, the message's child, serialized).
+    pub messages: Vec<(String, String)>,
 }
 
 /// What the engine needs from the module.
@@ -257,13 +290,13 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                     }
                     let note = recipients(env, &n, &cfg, event(del), false).await?;
                     env.storage.pubsub_delete_node(&n.service, &n.name).await.map_err(storage)?;
-                    Ok(Done { payload: None, notify: if cfg.notify_delete { vec![note] } else { Vec::new() } })
+                    Ok(Done { notify: if cfg.notify_delete { vec![note] } else { Vec::new() }, ..Done::default() })
                 }
                 Op::Purge => {
                     owner_only(&aff)?;
                     env.storage.pubsub_purge(&n.service, &n.name).await.map_err(storage)?;
                     let ev = event(Element::new("purge", NS_PUBSUB_EVENT).with_attr("node", n.name.clone()));
-                    Ok(Done { payload: None, notify: vec![recipients(env, &n, &cfg, ev, false).await?] })
+                    Ok(Done { notify: vec![recipients(env, &n, &cfg, ev, false).await?], ..Done::default() })
                 }
                 Op::Retract { ids, notify } => {
                     let mut items = Element::new("items", NS_PUBSUB_EVENT).with_attr("node", n.name.clone());
@@ -374,6 +407,35 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                     }
                     Ok(payload_of(Element::new("pubsub", NS_PUBSUB_OWNER).with_child(list)))
                 }
+                Op::Authorize { subid, jid, allow } => {
+                    owner_only(&aff)?;
+                    let subs = env.storage.pubsub_subscriptions(&n.service, &n.name).await.map_err(storage)?;
+                    let Some(sub) = subs.into_iter().find(|s| {
+                        s.jid == *jid && s.state == "pending" && subid.as_ref().is_none_or(|id| *id == s.subid)
+                    }) else {
+                        return Err(item_not_found());
+                    };
+                    let state = if *allow {
+                        let granted = PubsubSubscription { state: "subscribed".into(), ..sub.clone() };
+                        env.storage.pubsub_subscribe(&n.service, &n.name, &granted).await.map_err(storage)?;
+                        "subscribed"
+                    } else {
+                        env.storage
+                            .pubsub_unsubscribe(&n.service, &n.name, jid, Some(&sub.subid))
+                            .await
+                            .map_err(storage)?;
+                        "none"
+                    };
+                    // The subscriber learns the outcome (XEP-0060 §8.6.2).
+                    let ev = event(
+                        Element::new("subscription", NS_PUBSUB_EVENT)
+                            .with_attr("node", n.name.clone())
+                            .with_attr("jid", jid.clone())
+                            .with_attr("subid", sub.subid.clone())
+                            .with_attr("subscription", state),
+                    );
+                    Ok(Done { messages: vec![(jid.clone(), ev.to_xml(meerkat_xmpp::ns::CLIENT))], ..Done::default() })
+                }
                 Op::SetAffiliations { entries } => {
                     owner_only(&aff)?;
                     for (jid, a) in entries {
@@ -413,8 +475,29 @@ fn owner_only(aff: &str) -> Result<(), PsError> {
 }
 
 fn payload_of(el: Element) -> Done {
-    Done { payload: Some(el.to_xml(meerkat_xmpp::ns::CLIENT)), notify: Vec::new() }
+    Done { payload: Some(el.to_xml(meerkat_xmpp::ns::CLIENT)), ..Done::default() }
 }
+
+/// The form that asks an owner to approve a subscription (XEP-0060 §8.6.1).
+fn authorization_form(node: &str, subid: &str, jid: &str) -> Element {
+    let field = |var: &str, kind: &str, value: &str| {
+        Element::new("field", meerkat_xmpp::ns::DATA_FORMS)
+            .with_attr("var", var.to_owned())
+            .with_attr("type", kind.to_owned())
+            .with_child(Element::new("value", meerkat_xmpp::ns::DATA_FORMS).with_text(value))
+    };
+    Element::new("x", meerkat_xmpp::ns::DATA_FORMS)
+        .with_attr("type", "form")
+        .with_child(Element::new("title", meerkat_xmpp::ns::DATA_FORMS).with_text("PubSub subscriber request"))
+        .with_child(field("FORM_TYPE", "hidden", SUBSCRIBE_AUTHORIZATION))
+        .with_child(field("pubsub#subid", "hidden", subid))
+        .with_child(field("pubsub#node", "text-single", node))
+        .with_child(field("pubsub#subscriber_jid", "jid-single", jid))
+        .with_child(field("pubsub#allow", "boolean", "false"))
+}
+
+/// The FORM_TYPE of subscription approvals.
+pub const SUBSCRIBE_AUTHORIZATION: &str = "http://jabber.org/protocol/pubsub#subscribe_authorization";
 
 /// A fresh subscription id.
 pub fn new_subid() -> String {
@@ -540,6 +623,23 @@ async fn subscribe(
                 .with_attr("subscription", state),
         ),
     );
+    // A request for an authorize node goes to its owners (XEP-0060 §8.6.1).
+    if state == "pending" {
+        let mut owners: Vec<String> = env
+            .storage
+            .pubsub_affiliations(&n.service, &n.name)
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .filter(|(_, a)| a == "owner")
+            .map(|(j, _)| j)
+            .collect();
+        if is_pep(&n.service) && !owners.contains(&n.service) {
+            owners.push(n.service.clone());
+        }
+        let form = authorization_form(&n.name, &subid, jid).to_xml(meerkat_xmpp::ns::CLIENT);
+        done.messages.extend(owners.into_iter().map(|o| (o, form.clone())));
+    }
     // The last item to the new subscriber (XEP-0060 §6.1.7).
     if state == "subscribed" && cfg.send_last_published_item != SendLast::Never {
         let last = env.storage.pubsub_items(&n.service, &n.name, Some(1)).await.map_err(storage)?;

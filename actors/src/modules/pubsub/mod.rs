@@ -442,11 +442,25 @@ async fn service_loop(ctx: ModuleCtx, nodes: Arc<Nodes>, mut rx: mpsc::Receiver<
     }
 }
 
-/// A stanza to `pubsub.HOST`: disco, PubSub requests; anything else is refused.
+/// A stanza to `pubsub.HOST`: disco, PubSub requests, owners' answers to
+/// subscription requests; anything else is refused.
 async fn service_stanza(ctx: &ModuleCtx, nodes: &Nodes, r: Routed) {
     if r.stanza.name != "iq" {
         if r.stanza.name == "message" && r.stanza.attr("type") != Some("error") {
-            ctx.router.bounce(r, StanzaErrorCondition::ServiceUnavailable);
+            match authorization(&r.stanza) {
+                Some((node, op)) => {
+                    let req =
+                        Request { service: r.to.domain().as_str().to_owned(), node, from: r.from.to_string(), op };
+                    if let Err(e) = dispatch(ctx, nodes, req).await {
+                        if let Some(mut reply) = crate::ext::util::error_reply_with(&r.stanza, e.element()) {
+                            reply.set_attr("from", r.to.to_string());
+                            reply.set_attr("to", r.from.to_string());
+                            ctx.router.route(Routed { from: r.to.clone(), to: r.from.clone(), stanza: reply });
+                        }
+                    }
+                }
+                None => ctx.router.bounce(r, StanzaErrorCondition::ServiceUnavailable),
+            }
         }
         return;
     }
@@ -473,6 +487,24 @@ async fn service_stanza(ctx: &ModuleCtx, nodes: &Nodes, r: Routed) {
         reply.set_attr("to", r.from.to_string());
         ctx.router.route(Routed { from: r.to.clone(), to: r.from.clone(), stanza: reply });
     }
+}
+
+/// An owner's submitted answer to a subscription request (XEP-0060 §8.6.2): the node and the operation.
+fn authorization(message: &Element) -> Option<(String, Op)> {
+    let form = message.get_child("x", ns::DATA_FORMS)?;
+    if form.attr("type") != Some("submit")
+        || config::form_type(form).as_deref() != Some(engine::SUBSCRIBE_AUTHORIZATION)
+    {
+        return None;
+    }
+    let fields = config::fields(form);
+    let get = |var: &str| {
+        fields.iter().find(|(v, _)| v == var).and_then(|(_, vals)| vals.first()).map(|v| v.trim().to_owned())
+    };
+    let node = get("pubsub#node")?;
+    let jid = get("pubsub#subscriber_jid")?;
+    let allow = matches!(get("pubsub#allow").as_deref(), Some("1" | "true"));
+    Some((node, Op::Authorize { subid: get("pubsub#subid"), jid, allow }))
 }
 
 fn result_with(r: &Routed, child: Element) -> Element {
