@@ -545,3 +545,19 @@ async fn an_authorize_node_asks_its_owner() {
     let text = subs.to_xml(ns::CLIENT);
     assert!(text.contains("bob@localhost/b") && text.contains("subscribed") && !text.contains("carol"), "{text}");
 }
+
+/// An account's PEP nodes are bounded (`max_pep_nodes`): publishing to one
+/// more node is refused `not-allowed` + `max-nodes-exceeded`, and the
+/// account's existing nodes still take items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_has_at_most_max_pep_nodes() {
+    let node = TestNode::start("[modules.mod_pubsub]\nenabled = true\nmax_pep_nodes = 3\n");
+    node.add_user("alice", PW);
+    let mut alice = login(&node, "alice", PW, "a").await;
+    for i in 0..3 {
+        ok(&mut alice, &publish("", &format!("urn:example:n{i}"), "current", "x")).await;
+    }
+    let refused = alice.iq_xml(&publish("", "urn:example:n3", "current", "x")).await.unwrap();
+    assert_eq!(error_of(&refused), err("not-allowed", Some("max-nodes-exceeded")));
+    ok(&mut alice, &publish("", "urn:example:n0", "current", "still fine")).await;
+}

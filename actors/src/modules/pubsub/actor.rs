@@ -38,6 +38,7 @@ pub struct Shared {
     pub storage: Arc<Storage>,
     pub router: Arc<Router>,
     pub max_items_per_node: u64,
+    pub max_pep_nodes: usize,
     pub default_config: NodeConfig,
     /// Domains whose accounts may create nodes on the service domains.
     pub create_domains: Option<Vec<String>>,
@@ -89,6 +90,7 @@ impl Handler<Run> for NodeActor {
                 let env = Env {
                     storage: &shared.storage,
                     max_items_per_node: shared.max_items_per_node,
+                    max_pep_nodes: shared.max_pep_nodes,
                     default_config: &shared.default_config,
                     may_create: &may,
                     hosts: shared.router.hosts(),

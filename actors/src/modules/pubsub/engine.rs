@@ -145,6 +145,8 @@ pub struct Done {
 pub struct Env<'a> {
     pub storage: &'a Storage,
     pub max_items_per_node: u64,
+    /// PEP nodes one account may have.
+    pub max_pep_nodes: usize,
     pub default_config: &'a NodeConfig,
     /// Whether `jid`'s domain may create nodes on a service domain.
     pub may_create: &'a (dyn Fn(&str) -> bool + Send + Sync),
@@ -528,6 +530,10 @@ async fn create(env: &Env<'_>, req: &Request, bare: &str, config: Option<&Form>)
         if req.service != bare {
             return Err(forbidden());
         }
+        let held = env.storage.pubsub_nodes(&req.service).await.map_err(storage)?.len();
+        if held >= env.max_pep_nodes {
+            return Err(PsError::app(StanzaErrorCondition::NotAllowed, "max-nodes-exceeded"));
+        }
     } else if !(env.may_create)(bare) {
         return Err(forbidden());
     }
@@ -668,7 +674,14 @@ pub async fn last_item_event(storage: &Storage, service: &str, node: &str, reade
     }
     let default = NodeConfig::default();
     let never = |_: &str| false;
-    let env = Env { storage, max_items_per_node: u64::MAX, default_config: &default, may_create: &never, hosts: &[] };
+    let env = Env {
+        storage,
+        max_items_per_node: u64::MAX,
+        max_pep_nodes: 0,
+        default_config: &default,
+        may_create: &never,
+        hosts: &[],
+    };
     let aff = affiliation(&env, service, node, reader).await.ok()?;
     may_access(&env, &n, &cfg, &aff, reader).await.ok()?;
     let item = storage.pubsub_items(service, node, Some(1)).await.ok()?.into_iter().next()?;

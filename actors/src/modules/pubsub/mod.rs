@@ -100,6 +100,9 @@ pub struct PubsubConfig {
     pub max_items_per_node: u64,
     /// `all`: anyone may create nodes on the service; `local`: accounts of our hosts only.
     pub access_createnode: String,
+    /// PEP nodes one account may have; one more is refused `not-allowed`
+    /// (`max-nodes-exceeded`).
+    pub max_pep_nodes: usize,
     /// Fields of the node configuration new nodes start with (`access_model`,
     /// `max_items`, `persist_items`, …, without the `pubsub#` prefix).
     pub default_node_config: std::collections::BTreeMap<String, FieldValue>,
@@ -121,6 +124,7 @@ impl Default for PubsubConfig {
             plugins: vec!["flat".into(), "pep".into()],
             max_items_per_node: 1000,
             access_createnode: "all".into(),
+            max_pep_nodes: 100,
             default_node_config: std::collections::BTreeMap::new(),
             max_resident_nodes: 10_000,
             node_idle_timeout: 300,
@@ -192,6 +196,7 @@ impl ModuleSpec for Pubsub {
             return Err(("access_createnode", "must be \"all\" or \"local\"".into()));
         }
         if cfg.max_items_per_node == 0
+            || cfg.max_pep_nodes == 0
             || cfg.max_resident_nodes == 0
             || cfg.node_mailbox == 0
             || cfg.fanout_concurrency == 0
@@ -654,6 +659,7 @@ impl Module for Pubsub {
             storage: ctx.storage.clone(),
             router: ctx.router.clone(),
             max_items_per_node: self.cfg.max_items_per_node,
+            max_pep_nodes: self.cfg.max_pep_nodes,
             default_config: self.default_config.clone(),
             create_domains: (self.cfg.access_createnode == "local").then(|| ctx.router.hosts().to_vec()),
             fanout: Arc::new(tokio::sync::Semaphore::new(self.cfg.fanout_concurrency)),
