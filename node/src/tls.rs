@@ -65,6 +65,15 @@ pub fn server_config_with(
     client_certs: Option<&Arc<ClientCerts>>,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let (certs, key) = load(cert, key)?;
+    server_config_from(certs, key, client_certs)
+}
+
+/// [`server_config_with`] for a chain and key loaded already.
+fn server_config_from(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_certs: Option<&Arc<ClientCerts>>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS versions")?;
@@ -82,8 +91,8 @@ pub fn server_config_with(
 /// connections the service opens itself.
 pub fn listener_tls(cert: &Path, key: &Path, files: &TlsFiles) -> anyhow::Result<ListenerTls> {
     let client_certs = client_certs(files.verify_mode, files.cacertfile.as_deref())?;
-    let server = server_config_with(cert, key, client_certs.as_ref())?;
     let (chain, key) = load(cert, key)?;
+    let server = server_config_from(chain.clone(), key.clone_key(), client_certs.as_ref())?;
     let signing = provider().key_provider.load_private_key(key).context("the private key cannot sign")?;
     let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, signing));
     Ok(ListenerTls { server, client_certs, certified })

@@ -72,6 +72,31 @@ pub fn venv_python() -> PathBuf {
     py
 }
 
+/// Runs `tests/python/<script>` with `args`, then `--port` and `--ca` of
+/// `node`'s c2s listener, and returns the JSON summary it prints last;
+/// fails the test, with both outputs and the node's log, when it exits
+/// with an error.
+pub fn python_scenario(script: &str, args: &[&str], node: &crate::TestNode) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python").join(script);
+    let out = Command::new(venv_python())
+        .arg(path)
+        .args(args)
+        .args(["--port", &node.c2s.port().to_string()])
+        .arg("--ca")
+        .arg(node.cert_path())
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{stdout}\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script}: the last line is not JSON ({e}):\n{stdout}"))
+}
+
 /// A running `tests/python/echo_peer.py`: a slixmpp user, logged in over
 /// STARTTLS with the node's certificate verified, that accepts subscription
 /// requests and answers `count` chat messages with "echo: <body>".

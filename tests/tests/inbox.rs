@@ -6,11 +6,8 @@
 //! `rdbms_async` backend on SQLite and PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use meerkat_tests::cluster::SharedDb;
-use meerkat_tests::js::venv_python;
+use meerkat_tests::js::python_scenario;
 use meerkat_tests::node::NodeOptions;
 use meerkat_tests::TestNode;
 use serde_json::Value;
@@ -30,22 +27,7 @@ fn node(db: Option<&SharedDb>, backend: &str) -> TestNode {
 
 /// Runs one scenario of `tests/python/inbox.py`; its JSON summary.
 fn scenario(node: &TestNode, name: &str) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/inbox.py");
-    let out = Command::new(venv_python())
-        .arg(script)
-        .args([name, "--port", &node.c2s.port().to_string()])
-        .arg("--ca")
-        .arg(node.cert_path())
-        .output()
-        .expect("running inbox.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "inbox.py {name} failed:\n{stdout}\n{}\nnode log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.log()
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+    python_scenario("inbox.py", &[name], node)
 }
 
 fn both_scenarios(db: Option<&SharedDb>) {

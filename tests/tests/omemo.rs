@@ -6,10 +6,7 @@
 //! other's from PEP).
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use meerkat_tests::js::venv_python;
+use meerkat_tests::js::python_scenario;
 use meerkat_tests::TestNode;
 use serde_json::Value;
 
@@ -18,22 +15,7 @@ fn scenario(name: &str) -> Value {
     for user in ["alice", "bob"] {
         node.add_user(user, "secret");
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/omemo_chat.py");
-    let out = Command::new(venv_python())
-        .arg(script)
-        .args([name, "--port", &node.c2s.port().to_string()])
-        .arg("--ca")
-        .arg(node.cert_path())
-        .output()
-        .expect("running omemo_chat.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "omemo_chat.py {name} failed:\n{stdout}\n{}\nnode log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.log()
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+    python_scenario("omemo_chat.py", &[name], &node)
 }
 
 #[test]

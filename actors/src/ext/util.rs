@@ -127,3 +127,25 @@ pub fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
         },
     }
 }
+
+/// Makes room in a table of resident actors that holds `max` at most: when
+/// it is full, drops the least recently used entry nobody is using. `false`
+/// when the table is full and every entry is in use.
+pub fn make_room<K: Clone + Eq + std::hash::Hash, V>(
+    table: &mut std::collections::HashMap<K, V>,
+    max: usize,
+    in_use: impl Fn(&V) -> bool,
+    last_used: impl Fn(&V) -> std::time::Instant,
+) -> bool {
+    if table.len() < max {
+        return true;
+    }
+    let lru = table.iter().filter(|(_, v)| !in_use(v)).min_by_key(|(_, v)| last_used(v)).map(|(k, _)| k.clone());
+    match lru {
+        Some(k) => {
+            table.remove(&k);
+            true
+        }
+        None => false,
+    }
+}

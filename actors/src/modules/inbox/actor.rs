@@ -442,18 +442,11 @@ impl Inboxes {
             r.last_used = Instant::now();
             return r.addr.clone();
         }
-        if table.len() >= self.limits.max_resident {
-            // The least recently used actor nobody is sending to. Each sender
-            // holds one actor at a time, so with more residents than concurrent
-            // senders there always is one.
-            let lru =
-                table.iter().filter(|(_, r)| r.in_use == 0).min_by_key(|(_, r)| r.last_used).map(|(k, _)| k.clone());
-            match lru {
-                Some(k) => {
-                    table.remove(&k);
-                }
-                None => tracing::warn!(resident = table.len(), "every inbox actor is busy; starting one more"),
-            }
+        // The least recently used actor nobody is sending to. Each sender
+        // holds one actor at a time, so with more residents than concurrent
+        // senders there always is one.
+        if !crate::ext::util::make_room(&mut table, self.limits.max_resident, |r| r.in_use > 0, |r| r.last_used) {
+            tracing::warn!(resident = table.len(), "every inbox actor is busy; starting one more");
         }
         let posted = Arc::new(AtomicUsize::new(0));
         let actor = InboxActor {

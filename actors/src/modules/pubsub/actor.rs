@@ -227,22 +227,13 @@ impl Nodes {
             r.last_used = Instant::now();
             return r.addr.clone();
         }
-        if table.len() >= self.limits.max_resident {
-            let lru =
-                table.iter().filter(|(_, r)| r.in_use == 0).min_by_key(|(_, r)| r.last_used).map(|(k, _)| k.clone());
-            match lru {
-                Some(k) => {
-                    table.remove(&k);
-                }
-                None => tracing::warn!(resident = table.len(), "every PubSub node actor is busy; starting one more"),
-            }
+        if !crate::ext::util::make_room(&mut table, self.limits.max_resident, |r| r.in_use > 0, |r| r.last_used) {
+            tracing::warn!(resident = table.len(), "every PubSub node actor is busy; starting one more");
         }
         let (tx, rx) = mpsc::channel(FANOUT_QUEUE);
         let (shared, mailbox) = (self.shared.clone(), self.limits.mailbox);
-        let service = key.0.clone();
-        let shared2 = shared.clone();
         // The fan-out task ends when the actor, the queue's only sender, is gone.
-        self.handle.spawn(fan_out(service, shared2, rx));
+        self.handle.spawn(fan_out(key.0.clone(), shared.clone(), rx));
         let addr = NodeActor::start_in_arbiter(&self.handle, move |_| NodeActor { shared, mailbox, fanout: tx });
         table.insert(key.clone(), Resident { addr: addr.clone(), in_use: 1, last_used: Instant::now() });
         addr
