@@ -713,7 +713,7 @@ impl Bridge {
         let mut returned = 0usize;
         for frame in self.queued.drain(..) {
             let Ok(el) = parse_frame(&frame) else { continue };
-            if StanzaKind::of(&el) != Some(StanzaKind::Message) || !self.svc.ctx.hooks.returns_to_account(&el) {
+            if StanzaKind::of(&el) != Some(StanzaKind::Message) {
                 continue;
             }
             let (Some(from), Some(to)) =
@@ -721,6 +721,9 @@ impl Bridge {
             else {
                 continue;
             };
+            if !self.svc.ctx.hooks.of(to.domain().as_str()).returns_to_account(&el) {
+                continue;
+            }
             returned += 1;
             self.svc.router.reroute(Routed { from, to: Jid::from(to.bare()), stanza: el });
         }

@@ -32,9 +32,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{Admission, Admitted, Refused};
 use crate::instrument::{ConnectionType, Meter};
-use crate::negotiation::{
-    stream_header_xml, FastOp, IssuedToken, NegAction, NegEvent, NegotiationConfig, Negotiator, Opening, TlsMode,
-};
+use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, Opening, TlsMode};
 use crate::services::{now_micros, Services};
 use crate::session::{
     ActorSink, C2sSession, ClientClosed, ClientSilent, ConnClosed, FromClient, IoControl, OutQueue, Resume, Written,
@@ -49,8 +47,6 @@ pub struct C2sListener {
     pub tls: Option<TlsAcceptor>,
     /// The listener's access rule lets users log in.
     pub allow_login: bool,
-    /// What the modules add to the stream features.
-    pub stream_features: crate::ext::StreamFeatures,
     /// `max_connections` and `max_connections_per_ip` of the listener.
     pub admission: Arc<Admission>,
     /// The listener's shaper (`[shaper.NAME] max_rate`): bytes per second
@@ -230,7 +226,6 @@ async fn negotiate(
 ) -> Result<Negotiated, ConnError> {
     let stream_id = format!("{:016x}", rand::random::<u64>());
     let mut neg = Negotiator::new(listener.negotiation.clone(), conn.is_secure(), conn.tls_exporter(), stream_id)
-        .with_module_features(&listener.stream_features)
         .with_client_certificate(conn.client_cert(listener.client_certs.as_deref()));
     let mut header_sent = false;
     let mut shutdown = svc.shutdown_signal();
@@ -339,33 +334,19 @@ async fn negotiate(
                             actions.extend(neg.step(NegEvent::Credentials(creds)));
                         }
                     }
-                    NegAction::LookupFastTokens { username, user_agent } => {
+                    action @ (NegAction::LookupFastTokens { .. } | NegAction::Fast { .. }) => {
+                        // Steps that need a module's storage (FAST tokens) are
+                        // the host's modules' to carry out.
                         let host = neg.host().unwrap_or_default().to_owned();
-                        let tokens = match meerkat_storage::FastTokenRepo::fast_tokens(
-                            &*svc.ctx.storage,
-                            &host,
-                            &username,
-                            &user_agent,
-                        )
-                        .await
-                        {
-                            Ok(t) => t,
-                            Err(e) => {
-                                tracing::error!(error = %e, "FAST token lookup failed");
-                                Default::default()
-                            }
+                        let hooks = svc.ctx.hooks.of(&host);
+                        let event = match hooks.negotiation_action(&svc.ctx, &host, &action).await {
+                            Some(event) => event,
+                            None => action.unanswered(now_secs()),
                         };
-                        actions.extend(neg.step(NegEvent::FastTokens { tokens, now: now_secs() }));
-                    }
-                    NegAction::Fast { username, user_agent, op } => {
-                        let host = neg.host().unwrap_or_default().to_owned();
-                        let validity =
-                            listener.negotiation.modules.fast.as_ref().map(|f| f.validity).unwrap_or_default();
-                        let (ok, issued) = fast_tokens(&svc, &host, &username, &user_agent, op, validity).await;
-                        actions.extend(neg.step(NegEvent::FastDone { ok, issued }));
+                        actions.extend(neg.step(event));
                     }
                     NegAction::Register { host, username, password, id } => {
-                        let hooks = &svc.ctx.hooks;
+                        let hooks = svc.ctx.hooks.of(&host);
                         let result = match hooks.registration_begin(source) {
                             Err(cond) => Err(cond),
                             Ok(()) => {
@@ -470,49 +451,6 @@ fn now_secs() -> i64 {
 /// Carries out `op` on a user agent's FAST tokens (XEP-0484): whether it
 /// held, and the token issued, if any. A token that cannot be stored is not
 /// issued; the login still succeeds.
-async fn fast_tokens(
-    svc: &Services,
-    host: &str,
-    user: &str,
-    agent: &str,
-    op: FastOp,
-    validity: Duration,
-) -> (bool, Option<IssuedToken>) {
-    use meerkat_storage::{FastToken, FastTokenRepo as _};
-    let storage = &svc.ctx.storage;
-    let issue = match op {
-        FastOp::Issue { mechanism } => Some(mechanism),
-        FastOp::Use { slot, token, count, invalidate, issue } => {
-            match storage.use_fast_token(host, user, agent, slot, &token, count).await {
-                Ok(true) => {}
-                Ok(false) => return (false, None),
-                Err(e) => {
-                    tracing::error!(error = %e, "FAST token update failed");
-                    return (false, None);
-                }
-            }
-            if invalidate {
-                if let Err(e) = storage.remove_fast_tokens(host, user, agent).await {
-                    tracing::error!(error = %e, "FAST token invalidation failed");
-                }
-            }
-            issue
-        }
-    };
-    let Some(mechanism) = issue else { return (true, None) };
-    let token: String = rand::distr::SampleString::sample_string(&rand::distr::Alphanumeric, &mut rand::rng(), 43);
-    let expires_at = now_secs().saturating_add(i64::try_from(validity.as_secs()).unwrap_or(i64::MAX));
-    let stored = FastToken { token: token.clone(), expires_at, count: 0, mechanism: mechanism.name().to_owned() };
-    if let Err(e) = storage.set_new_fast_token(host, user, agent, &stored).await {
-        tracing::error!(error = %e, "FAST token not stored");
-        return (true, None);
-    }
-    let expiry = chrono::DateTime::from_timestamp(expires_at, 0)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default();
-    (true, Some(IssuedToken { token, expiry }))
-}
-
 fn default_host(listener: &C2sListener) -> String {
     listener.negotiation.hosts.first().cloned().unwrap_or_default()
 }
@@ -550,7 +488,7 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, opening:
     }
 
     // What the module hooks need (the blocklist) is read before the session runs.
-    let mut state = svc.ctx.hooks.session_opening(&svc.ctx, &jid).await;
+    let mut state = svc.ctx.hooks.of(jid.domain().as_str()).session_opening(&svc.ctx, &jid).await;
 
     let (reader, writer) = conn.split();
     let (out, out_rx, queued) = OutQueue::new(4096, svc.settings.max_outgoing_bytes);
@@ -566,7 +504,7 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, opening:
         Opening::Sasl2 { additional_data, inline, extra } => {
             // XEP-0386: the modules answer the inline requests inside <bound/>;
             // the rest of what they ask is carried out once the session runs.
-            let mut acc = svc.ctx.hooks.bind2_requests(&svc.ctx, &jid, &mut state, &inline);
+            let mut acc = svc.ctx.hooks.of(jid.domain().as_str()).bind2_requests(&svc.ctx, &jid, &mut state, &inline);
             let bound = std::mem::take(&mut acc.write);
             let success = Opening::sasl2_success(additional_data.as_deref(), &jid, bound, &extra);
             let _ = out.push(success.to_xml(meerkat_xmpp::ns::CLIENT));
@@ -595,7 +533,7 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, opening:
         reader,
         addr,
         io: io_rx,
-        silence: Silence::of(&svc),
+        silence: Silence::of(&svc, &jid),
         conn: 0,
         writer: Some(writer),
         jid,
@@ -625,7 +563,7 @@ fn attach_session(svc: Arc<Services>, conn: Conn, jid: FullJid, attached: Attach
         reader,
         addr,
         io: io_rx,
-        silence: Silence::of(&svc),
+        silence: Silence::of(&svc, &jid),
         conn: conn_no,
         writer: Some(writer),
         jid,
@@ -683,8 +621,10 @@ struct Silence {
 }
 
 impl Silence {
-    fn of(svc: &Services) -> Silence {
-        Silence { notify_after: svc.settings.silent_after, close_after: svc.settings.idle_timeout }
+    /// As the modules of the session's host decide.
+    fn of(svc: &Services, jid: &FullJid) -> Silence {
+        let notify_after = svc.ctx.hooks.host(jid.domain().as_str()).tuning.silent_after;
+        Silence { notify_after, close_after: svc.settings.idle_timeout }
     }
 }
 

@@ -16,6 +16,8 @@
 //! (written by the session, [`Opening::Sasl2`]); without it, the post-auth
 //! features follow `<success/>` on the same stream.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use meerkat_storage::{FastSlot, FastTokens};
@@ -67,6 +69,20 @@ pub struct NegotiationConfig {
     pub external_checks: Vec<ExternalCheck>,
     /// What the modules switch on ([`crate::ext::CoreTuning::negotiation`]).
     pub modules: ModuleNegotiation,
+    /// What the modules add to negotiation (stream features, inline features).
+    pub features: Arc<crate::ext::StreamFeatures>,
+    /// Hosts whose modules differ (`[[host_config]]`): what they decide
+    /// instead of `registration`, `modules` and `features` above.
+    pub host_overrides: Arc<HashMap<String, HostNegotiation>>,
+}
+
+/// What the modules of one host switch on in negotiation and add to it.
+#[derive(Clone, Debug, Default)]
+pub struct HostNegotiation {
+    /// XEP-0077 registration before authentication.
+    pub registration: bool,
+    pub modules: ModuleNegotiation,
+    pub features: Arc<crate::ext::StreamFeatures>,
 }
 
 /// The parts of negotiation that modules switch on and configure through
@@ -242,12 +258,16 @@ pub enum NegAction {
     LookupCredentials {
         username: String,
     },
-    /// The FAST tokens of this user and user agent; answer with [`NegEvent::FastTokens`].
+    /// The FAST tokens of this user and user agent; answer with
+    /// [`NegEvent::FastTokens`]. The host's modules carry this out
+    /// ([`crate::ext::Module::negotiation_action`]).
     LookupFastTokens {
         username: String,
         user_agent: String,
     },
-    /// Carry out `op` on this user agent's tokens; answer with [`NegEvent::FastDone`].
+    /// Carry out `op` on this user agent's tokens; answer with
+    /// [`NegEvent::FastDone`]. The host's modules carry this out
+    /// ([`crate::ext::Module::negotiation_action`]).
     Fast {
         username: String,
         user_agent: String,
@@ -288,6 +308,18 @@ pub enum NegAction {
     },
     /// Send this stream error and close.
     Close(StreamError),
+}
+
+impl NegAction {
+    /// The answer to a step that the host's modules carry out
+    /// ([`crate::ext::Module::negotiation_action`]) when none of them did:
+    /// no FAST token, and nothing stored. `now` is the time in Unix seconds.
+    pub fn unanswered(&self, now: i64) -> NegEvent {
+        match self {
+            NegAction::LookupFastTokens { .. } => NegEvent::FastTokens { tokens: FastTokens::default(), now },
+            _ => NegEvent::FastDone { ok: false, issued: None },
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -377,17 +409,15 @@ pub struct Negotiator {
     /// An account was created on this stream (XEP-0077): one per stream.
     registered: bool,
     plus_advertised: bool,
-    /// Serialized feature elements the modules add before and after authentication.
-    extra_pre_auth: String,
-    extra_post_auth: String,
-    /// Serialized SASL2 and Bind2 inline features of the modules.
-    sasl2_inline: String,
-    bind2_inline: String,
+    /// What the modules of the stream's host add: serialized stream features
+    /// before and after authentication, SASL2 and Bind2 inline features.
+    features: Arc<crate::ext::StreamFeatures>,
 }
 
 impl Negotiator {
     /// A new negotiation. `secure` is true when the connection is already TLS (direct TLS).
     pub fn new(cfg: NegotiationConfig, secure: bool, exporter: Option<Vec<u8>>, stream_id: String) -> Self {
+        let cfg_features = cfg.features.clone();
         Negotiator {
             cfg,
             state: State::AwaitHeader,
@@ -400,10 +430,7 @@ impl Negotiator {
             failures: 0,
             registered: false,
             plus_advertised: false,
-            extra_pre_auth: String::new(),
-            extra_post_auth: String::new(),
-            sasl2_inline: String::new(),
-            bind2_inline: String::new(),
+            features: cfg_features,
         }
     }
 
@@ -411,18 +438,23 @@ impl Negotiator {
     /// `<c/>` or XEP-0352 `<csi/>`) to the features offered before and after
     /// authentication.
     pub fn with_extra_features(mut self, pre_auth: String, post_auth: String) -> Self {
-        self.extra_pre_auth = pre_auth;
-        self.extra_post_auth = post_auth;
+        let f = Arc::make_mut(&mut self.features);
+        f.pre_auth = pre_auth;
+        f.post_auth = post_auth;
         self
     }
 
     /// Everything the modules add to negotiation: stream features before and
     /// after authentication, and SASL2 and Bind2 inline features.
-    pub fn with_module_features(self, f: &crate::ext::StreamFeatures) -> Self {
-        let mut neg = self.with_extra_features(f.pre_auth.clone(), f.post_auth.clone());
-        neg.sasl2_inline = f.sasl2_inline.clone();
-        neg.bind2_inline = f.bind2_inline.clone();
-        neg
+    pub fn with_module_features(mut self, f: &crate::ext::StreamFeatures) -> Self {
+        self.features = Arc::new(f.clone());
+        self
+    }
+
+    /// What the modules of the stream's host switch on (those of hosts
+    /// without their own before the stream header names the host).
+    pub fn module_settings(&self) -> &ModuleNegotiation {
+        &self.cfg.modules
     }
 
     /// The verified client certificate of a connection that starts in TLS
@@ -609,6 +641,14 @@ impl Negotiator {
                 )
             }
         };
+        if self.host.is_none() {
+            if let Some(o) = self.cfg.host_overrides.get(&host) {
+                // This host's modules decide what the stream offers.
+                self.cfg.registration = o.registration;
+                self.cfg.modules = o.modules.clone();
+                self.features = o.features.clone();
+            }
+        }
         self.host = Some(host.clone());
         if h.default_ns.as_deref() != Some(ns::CLIENT) {
             return self.header_then_error(
@@ -629,7 +669,7 @@ impl Negotiator {
         }
         out.push(NegAction::Send(stream_header_xml(&host, &self.stream_id)));
         let (next, features) = if self.user.is_some() {
-            (State::PostAuth, postauth_features(&self.extra_post_auth))
+            (State::PostAuth, postauth_features(&self.features.post_auth))
         } else {
             (State::PreAuth, self.preauth_features())
         };
@@ -705,10 +745,10 @@ impl Negotiator {
             f.push_str("<inline>");
             if self.cfg.modules.bind2 {
                 f.push_str("<bind xmlns='urn:xmpp:bind:0'><inline>");
-                f.push_str(&self.bind2_inline);
+                f.push_str(&self.features.bind2_inline);
                 f.push_str("</inline></bind>");
             }
-            f.push_str(&self.sasl2_inline);
+            f.push_str(&self.features.sasl2_inline);
             let fast = self.offered_fast();
             if !fast.is_empty() {
                 f.push_str("<fast xmlns='urn:xmpp:fast:0'>");
@@ -724,7 +764,7 @@ impl Negotiator {
         if self.cfg.registration && self.plaintext_allowed() {
             f.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
         }
-        f.push_str(&self.extra_pre_auth);
+        f.push_str(&self.features.pre_auth);
         f.push_str("</stream:features>");
         f
     }
@@ -1007,7 +1047,7 @@ impl Negotiator {
                     State::PostAuth,
                     vec![
                         NegAction::Send(success.to_xml(ns::CLIENT)),
-                        NegAction::Send(postauth_features(&self.extra_post_auth)),
+                        NegAction::Send(postauth_features(&self.features.post_auth)),
                     ],
                 )
             }

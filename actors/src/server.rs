@@ -83,7 +83,8 @@ async fn run_shard(svc: &Arc<Services>, rx: &mut mpsc::Receiver<WorkerJob>) {
     }
 }
 
-/// Runs one job from the router through the modules' hooks.
+/// Runs one job from the router through the hooks of the modules of its
+/// host (the domain it is addressed to).
 async fn handle_routed(ctx: &ModuleCtx, job: ServerJob) {
     match job {
         ServerJob::ToServer(r) => to_server_or_account(ctx, r, Target::Server).await,
@@ -95,12 +96,12 @@ async fn handle_routed(ctx: &ModuleCtx, job: ServerJob) {
         }
         ServerJob::InboundPresence(r) => {
             if let Some(r) = filter_local(ctx, r).await {
-                let _ = ctx.hooks.presence_in(ctx, &r).await;
+                let _ = ctx.hooks.of(r.to.domain().as_str()).presence_in(ctx, &r).await;
             }
         }
         ServerJob::Undelivered(r) => {
             if let Some(r) = filter_local(ctx, r).await {
-                if !ctx.hooks.undelivered_message(ctx, &r).await.handled {
+                if !ctx.hooks.of(r.to.domain().as_str()).undelivered_message(ctx, &r).await.handled {
                     // Nobody keeps messages for absent users (RFC 6121 §8.5.2.2.1).
                     ctx.router.bounce(r, StanzaErrorCondition::ServiceUnavailable);
                 }
@@ -112,7 +113,7 @@ async fn handle_routed(ctx: &ModuleCtx, job: ServerJob) {
 /// The filter on what the server handles for a local account (XEP-0191:
 /// from someone the account blocks). `None` when it was refused.
 async fn filter_local(ctx: &ModuleCtx, r: Routed) -> Option<Routed> {
-    match ctx.hooks.filter_local(ctx, &r).await {
+    match ctx.hooks.of(r.to.domain().as_str()).filter_local(ctx, &r).await {
         Receive::Deliver => Some(r),
         Receive::Bounce(cond) => {
             ctx.router.bounce(r, cond);
@@ -158,7 +159,7 @@ async fn handle_iq(ctx: &ModuleCtx, r: Routed, target: Target) {
         ctx.router.bounce(r, StanzaErrorCondition::ServiceUnavailable);
         return;
     }
-    match ctx.hooks.iq(ctx, target, &r, &payload).await {
+    match ctx.hooks.of(r.to.domain().as_str()).iq(ctx, target, &r, &payload).await {
         Some(answer) => reply(&ctx.router, r, answer),
         None => ctx.router.bounce(r, StanzaErrorCondition::ServiceUnavailable),
     }

@@ -9,7 +9,7 @@ use meerkat_routing::Router;
 use meerkat_storage::Storage;
 
 use crate::auth::Accounts;
-use crate::ext::{CoreTuning, ModuleCtx, Registry};
+use crate::ext::{Hooks, ModuleCtx};
 use crate::server::ServerWorkers;
 
 /// Per-node settings of the session layer, filled from the config file by `node`.
@@ -21,21 +21,10 @@ pub struct SessionSettings {
     pub max_outgoing_bytes: usize,
     /// A client that sends nothing for this long is disconnected (`connection-timeout`).
     pub idle_timeout: Duration,
-    /// After this much silence from the client the session's modules are told
-    /// (one may ping it, XEP-0199; an answer is traffic); `None`: never.
-    pub silent_after: Option<Duration>,
     /// The server writes a whitespace keepalive after this much silence.
     pub keepalive_interval: Duration,
     /// Time allowed from TCP accept to a bound resource.
     pub negotiation_timeout: Duration,
-}
-
-impl SessionSettings {
-    /// Takes what the modules' sections decide (when a client is silent).
-    pub fn tuned(mut self, t: &CoreTuning) -> Self {
-        self.silent_after = t.silent_after;
-        self
-    }
 }
 
 impl Default for SessionSettings {
@@ -44,7 +33,6 @@ impl Default for SessionSettings {
             mailbox_capacity: 1024,
             max_outgoing_bytes: 4 * 1024 * 1024,
             idle_timeout: Duration::from_secs(600),
-            silent_after: Some(Duration::from_secs(300)),
             keepalive_interval: Duration::from_secs(60),
             negotiation_timeout: Duration::from_secs(60),
         }
@@ -92,7 +80,7 @@ impl Services {
         accounts: Accounts,
         settings: SessionSettings,
         workers: Arc<ServerWorkers>,
-        modules: Arc<Registry>,
+        modules: Arc<Hooks>,
         pools: Arc<crate::ext::pools::ModulePools>,
     ) -> Arc<Self> {
         let instruments = Arc::new(crate::instrument::Instruments::register(router.hosts()));

@@ -197,7 +197,7 @@ pub struct Resume {
 #[rtype(result = "()")]
 pub struct ApplyHooks(pub SessionAcc);
 
-/// The client has sent nothing for a while (`SessionSettings::silent_after`).
+/// The client has sent nothing for a while ([`crate::ext::CoreTuning::silent_after`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ClientSilent;
@@ -210,6 +210,8 @@ struct Finish(Option<StreamError>);
 /// One bound client resource.
 pub struct C2sSession {
     svc: Arc<Services>,
+    /// The modules of the session's host.
+    hooks: Arc<crate::ext::Registry>,
     jid: FullJid,
     sid: SessionId,
     out: Option<OutQueue>,
@@ -255,6 +257,7 @@ impl C2sSession {
             svc.instruments.host(crate::instrument::ConnectionType::C2s, jid.domain().as_str()).session_opened();
         C2sSession {
             _counted: counted,
+            hooks: svc.ctx.hooks.of(jid.domain().as_str()).clone(),
             svc,
             jid,
             sid,
@@ -293,7 +296,7 @@ impl C2sSession {
         let Some(out) = &self.out else { return };
         let pushed = out.push(xml);
         if pushed == Err(PushError::Closed) && !self.detached {
-            if let Some(timeout) = self.svc.ctx.hooks.connection_lost(&self.state) {
+            if let Some(timeout) = self.hooks.connection_lost(&self.state) {
                 // The connection ended before its end reached this session: with
                 // XEP-0198 the session waits for a resumption, as on that end; the
                 // stanza stays unacknowledged and is sent again on resumption.
@@ -326,7 +329,7 @@ impl C2sSession {
     fn output(&mut self, el: Element, urgent: bool, ctx: &mut Context<Self>) {
         // Empty, and so without an allocation, unless a hook releases what it kept.
         let mut before = Vec::new();
-        let el = self.svc.ctx.hooks.client_output(&mut self.state, el, urgent, &mut before);
+        let el = self.hooks.client_output(&mut self.state, el, urgent, &mut before);
         for el in before {
             self.write_counted(el, ctx);
         }
@@ -405,7 +408,7 @@ impl C2sSession {
             self.give_back(el);
             return;
         }
-        let acc = self.svc.ctx.hooks.client_wrote(&mut self.state, el);
+        let acc = self.hooks.client_wrote(&mut self.state, el);
         for el in acc.write {
             self.write(el.to_xml(ns::CLIENT), ctx);
         }
@@ -439,7 +442,7 @@ impl C2sSession {
         if let Some(id) = self.resume_id.take() {
             self.svc.remove_resumable(&id);
         }
-        for el in self.svc.ctx.hooks.unacknowledged(&mut self.state) {
+        for el in self.hooks.unacknowledged(&mut self.state) {
             self.give_back(el);
         }
     }
@@ -449,7 +452,7 @@ impl C2sSession {
     /// Other stanzas, and those a hook keeps from the account (a carbon copy
     /// was for this resource only), are dropped.
     fn give_back(&self, el: Element) {
-        if StanzaKind::of(&el) != Some(StanzaKind::Message) || !self.svc.ctx.hooks.returns_to_account(&el) {
+        if StanzaKind::of(&el) != Some(StanzaKind::Message) || !self.hooks.returns_to_account(&el) {
             return;
         }
         if let Some(from) = el.attr("from").and_then(|f| parse_jid(f).ok()) {
@@ -497,7 +500,7 @@ impl C2sSession {
             created_micros: 0,
         });
         self.available = false;
-        let acc = self.svc.ctx.hooks.session_closed(&self.svc.ctx, &self.jid, &mut self.state);
+        let acc = self.hooks.session_closed(&self.svc.ctx, &self.jid, &mut self.state);
         // The session may be stopping and cannot wait: jobs that find their
         // queue full wait in a task of their own (one per ending session).
         let mut waiting: Vec<Box<dyn ModuleJob>> = Vec::new();
@@ -567,7 +570,7 @@ impl C2sSession {
 
     fn on_client_stanza(&mut self, mut el: Element, ctx: &mut Context<Self>) {
         let Some(kind) = StanzaKind::of(&el) else {
-            let hooks = self.svc.ctx.hooks.clone();
+            let hooks = self.hooks.clone();
             if let Some(acc) = hooks.session_element(&self.svc.ctx, &self.jid, &mut self.state, &el) {
                 self.apply(acc, ctx, |_, _, _| {});
                 return;
@@ -581,7 +584,7 @@ impl C2sSession {
             );
             return;
         };
-        self.svc.ctx.hooks.client_stanza(&mut self.state);
+        self.hooks.client_stanza(&mut self.state);
         if let Some(from) = el.attr("from") {
             // RFC 6120 §8.1.2.1: the server stamps `from`; a different one is an error.
             let ok = match parse_jid(from) {
@@ -611,7 +614,7 @@ impl C2sSession {
             // Canonical form, so that every later comparison is a plain equality.
             el.set_attr("to", t.as_str().to_owned());
             // XEP-0191: nothing goes to a JID the user blocks.
-            if let Err(error) = self.svc.ctx.hooks.user_send_check(&self.svc.ctx, &self.state, &self.jid, t, &el) {
+            if let Err(error) = self.hooks.user_send_check(&self.svc.ctx, &self.state, &self.jid, t, &el) {
                 self.refuse(&el, error, ctx);
                 return;
             }
@@ -620,15 +623,13 @@ impl C2sSession {
             StanzaKind::Message => {
                 let to = to.unwrap_or_else(|| Jid::from(self.jid.bare()));
                 // Module hooks (XEP-0313 archiving) see each sent message once, here.
-                let acc =
-                    match self.svc.ctx.hooks.user_send_message(&self.svc.ctx, &mut self.state, &self.jid, &to, &mut el)
-                    {
-                        Ok(acc) => acc,
-                        Err(cond) => {
-                            self.reply_error(&el, cond, ctx);
-                            return;
-                        }
-                    };
+                let acc = match self.hooks.user_send_message(&self.svc.ctx, &mut self.state, &self.jid, &to, &mut el) {
+                    Ok(acc) => acc,
+                    Err(cond) => {
+                        self.reply_error(&el, cond, ctx);
+                        return;
+                    }
+                };
                 self.apply(acc, ctx, move |act, queued, ctx| {
                     if queued {
                         act.route(to, el);
@@ -647,7 +648,7 @@ impl C2sSession {
             self.reply_error(&el, StanzaErrorCondition::BadRequest, ctx);
             return;
         };
-        let hooks = self.svc.ctx.hooks.clone();
+        let hooks = self.hooks.clone();
         let mut acc = SessionAcc::default();
         let Some(to) = to else {
             let initial = match ptype {
@@ -708,13 +709,13 @@ impl C2sSession {
                 to.as_ref().is_some_and(|t| t.node().is_none() && t.domain().as_str() == self.jid.domain().as_str());
             // The answer to a request the server sent (XEP-0199 §4.2: a result,
             // or an error from a client without ping).
-            if (to_server || to_own_account) && self.svc.ctx.hooks.client_iq_response(&mut self.state, &el) {
+            if (to_server || to_own_account) && self.hooks.client_iq_response(&mut self.state, &el) {
                 return;
             }
         }
         if itype.is_request() && to_own_account {
             if let Some(payload) = stanza::iq_payload(&el) {
-                let hooks = self.svc.ctx.hooks.clone();
+                let hooks = self.hooks.clone();
                 if let Some(answer) = hooks.session_iq(&self.svc.ctx, &self.jid, &mut self.state, &el, payload) {
                     self.answer_iq(&el, answer, ctx);
                     return;
@@ -754,7 +755,7 @@ impl C2sSession {
                 return;
             }
         }
-        match self.svc.ctx.hooks.user_receive(&self.svc.ctx, &self.jid, &mut self.state, &el) {
+        match self.hooks.user_receive(&self.svc.ctx, &self.jid, &mut self.state, &el) {
             Receive::Deliver => {}
             Receive::Drop => return,
             Receive::Bounce(cond) => {
@@ -769,7 +770,7 @@ impl C2sSession {
         if !self.connected && !self.detached {
             // Kept for a client that may resume (XEP-0198): the modules may
             // tell it elsewhere (a push notification), before it is kept.
-            let acc = self.svc.ctx.hooks.stanza_while_detached(&self.svc.ctx, &self.jid, &mut self.state, &el);
+            let acc = self.hooks.stanza_while_detached(&self.svc.ctx, &self.jid, &mut self.state, &el);
             if !acc.jobs.is_empty() || !acc.write.is_empty() {
                 self.apply(acc, ctx, move |act, _, ctx| act.deliver_to_client(el, ctx));
                 return;
@@ -795,7 +796,7 @@ impl C2sSession {
         if self.detached || !self.connected {
             return;
         }
-        let hooks = self.svc.ctx.hooks.clone();
+        let hooks = self.hooks.clone();
         let acc = hooks.client_silent(&self.svc.ctx, &self.jid, &mut self.state);
         self.apply(acc, ctx, |_, _, _| {});
     }
@@ -805,7 +806,7 @@ impl C2sSession {
         if self.detached || !self.connected || self.conn != conn {
             return;
         }
-        let hooks = self.svc.ctx.hooks.clone();
+        let hooks = self.hooks.clone();
         let acc = hooks.session_timer(&self.svc.ctx, &self.jid, &mut self.state, owner, token);
         self.apply(acc, ctx, |_, _, _| {});
     }
@@ -815,7 +816,7 @@ impl Actor for C2sSession {
     type Context = Context<Self>;
 
     fn started(&mut self, _ctx: &mut Self::Context) {
-        let hooks = self.svc.ctx.hooks.clone();
+        let hooks = self.hooks.clone();
         hooks.session_opened(&self.svc.ctx, &self.jid, &mut self.state);
     }
 
@@ -931,7 +932,7 @@ impl Handler<ConnClosed> for C2sSession {
             return;
         }
         if !self.detached && matches!(msg, ClientClosed::Gone) {
-            if let Some(timeout) = self.svc.ctx.hooks.connection_lost(&self.state) {
+            if let Some(timeout) = self.hooks.connection_lost(&self.state) {
                 self.wait_for_resumption(timeout, ctx);
                 return;
             }
@@ -959,7 +960,7 @@ impl Handler<Resume> for C2sSession {
         if self.detached || msg.bare != self.jid.bare() || self.resume_id.as_deref() != Some(msg.previd.as_str()) {
             return Err(());
         }
-        let Some(acc) = self.svc.ctx.hooks.session_resume(&self.svc.ctx, &mut self.state, &msg.previd, msg.h) else {
+        let Some(acc) = self.hooks.session_resume(&self.svc.ctx, &mut self.state, &msg.previd, msg.h) else {
             return Err(());
         };
         // `<resumed/>` and what is sent again (still unacknowledged), written as they are.
@@ -976,7 +977,7 @@ impl Handler<Resume> for C2sSession {
         self.connected = true;
         self.conn += 1;
         tracing::debug!(jid = %self.jid, resent = first.len().saturating_sub(1), "session resumed");
-        self.svc.ctx.hooks.session_resumed(&self.svc.ctx, &self.jid, &mut self.state);
+        self.hooks.session_resumed(&self.svc.ctx, &self.jid, &mut self.state);
         for xml in first {
             self.write(xml, ctx);
         }

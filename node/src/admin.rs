@@ -535,7 +535,7 @@ async fn roster_set(state: &AdminState, host: &str, user: &str, item: Element) -
     let iq = Element::new("iq", ns::CLIENT).with_attr("type", "set").with_attr("id", "admin").with_child(query.clone());
     let routed = meerkat_routing::Routed { from: owner.clone(), to: owner, stanza: iq };
     let ctx = &state.svc.ctx;
-    match ctx.hooks.iq(ctx, meerkat_actors::ext::Target::OwnAccount, &routed, &query).await {
+    match ctx.hooks.of(host).iq(ctx, meerkat_actors::ext::Target::OwnAccount, &routed, &query).await {
         Some(Ok(_)) => Ok(()),
         Some(Err(meerkat_xmpp::error::StanzaErrorCondition::ItemNotFound)) => {
             Err(ApiError::NotFound(format!("that contact is not in the roster of {user}@{host}")))

@@ -33,6 +33,8 @@ pub struct Config {
     pub session: Session,
     /// `[modules.mod_*]`: each module owns its section (`meerkat_actors::modules`).
     pub modules: meerkat_actors::modules::ModulesConfig,
+    /// `[[host_config]]`: module sections that differ on one host.
+    pub host_config: Vec<HostConfig>,
     /// `[shaper.NAME] max_rate`: traffic shapers that listeners name with `shaper = "NAME"`.
     pub shaper: BTreeMap<String, Shaper>,
     /// Present when this node is (or can become) a member of a cluster.
@@ -43,6 +45,20 @@ pub struct Config {
     pub instrumentation: Instrumentation,
     /// `[s2s]`: federation's policies, dialback secret and outgoing streams.
     pub s2s: meerkat_actors::node_services::s2s::S2sOptions,
+}
+
+/// `[[host_config]]`: what differs on one host of `general.hosts`
+/// (MongooseIM's name). Each `[host_config.modules.mod_*]` section replaces
+/// `[modules.mod_*]` on that host; the modules it does not name run there as
+/// `[modules]` says. Modules that run once per node (Inbox, PubSub, the event
+/// pusher) have no per-host section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The host, one of `general.hosts`.
+    pub host: String,
+    #[serde(default)]
+    pub modules: meerkat_actors::modules::HostModulesConfig,
 }
 
 /// `[instrumentation]`
@@ -956,6 +972,22 @@ impl Config {
         }
         self.general.hosts = canon;
         self.modules.validate().map_err(|(key, reason)| err(&key, reason))?;
+        let mut configured: Vec<String> = Vec::new();
+        for (i, h) in self.host_config.iter_mut().enumerate() {
+            let key = format!("host_config[{i}]");
+            let host = meerkat_xmpp::jid::canonical_domain(&h.host)
+                .map_err(|e| err(&format!("{key}.host"), format!("{:?} is not a valid domain: {e}", h.host)))?;
+            if !self.general.hosts.contains(&host) {
+                let reason = format!("{host:?} is not one of general.hosts ({})", self.general.hosts.join(", "));
+                return Err(err(&format!("{key}.host"), reason));
+            }
+            if configured.contains(&host) {
+                return Err(err(&format!("{key}.host"), format!("{host:?} has a host_config already")));
+            }
+            configured.push(host.clone());
+            h.host = host;
+            h.modules.validate(&format!("{key}.modules")).map_err(|(key, reason)| err(&key, reason))?;
+        }
         if self.listen.c2s.is_empty() {
             return Err(err("listen.c2s", "at least one c2s listener is required".into()));
         }
@@ -1139,6 +1171,11 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| err("log.level", e.to_string()))?;
         Ok(())
+    }
+
+    /// The hosts with module sections of their own, and those sections.
+    pub fn host_modules(&self) -> Vec<(String, meerkat_actors::modules::HostModulesConfig)> {
+        self.host_config.iter().map(|h| (h.host.clone(), h.modules.clone())).collect()
     }
 
     /// The configured SASL mechanisms the auth methods allow, in order:
@@ -1649,6 +1686,58 @@ mod tests {
         check_err("[modules]\n[modules.mod_inbx]\nenabled = true\n", &expect);
         // The names of wave 1 are MongooseIM's now.
         check_err("[modules.mam]\nenabled = true\n", &["unknown field `mam`", "mod_mam"]);
+    }
+
+    /// `[[host_config]]`: a host's sections replace `[modules]`' there and
+    /// nowhere else; what cannot be per host is refused, with the key.
+    #[test]
+    fn host_config_overrides_module_sections_of_one_host() {
+        let toml = "[general]\nhosts = [\"a.test\", \"B.test\"]\n[modules.mod_mam]\ndefault_page_size = 10\n\
+                    [[host_config]]\nhost = \"b.test\"\n[host_config.modules.mod_mam]\nenabled = false\n\
+                    [host_config.modules.mod_ping]\nping_interval = 5\n";
+        let mut cfg = Config::parse(toml, "t.toml").unwrap();
+        cfg.validate("t.toml").unwrap();
+        let hosts = cfg.host_modules();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].0, "b.test", "the host is made canonical");
+        let b = cfg.modules.with_host(&hosts[0].1);
+        assert!(!b.mod_mam.enabled && cfg.modules.mod_mam.enabled);
+        assert_eq!(b.mod_ping.ping_interval, 5);
+        assert_eq!(cfg.modules.mod_ping.ping_interval, 300);
+        let hooks = cfg.modules.build_hosts(&hosts);
+        assert!(hooks.of("a.test").names().contains(&"mod_mam"));
+        assert!(!hooks.of("b.test").names().contains(&"mod_mam"));
+        assert_eq!(hooks.host("b.test").tuning.silent_after, Some(std::time::Duration::from_secs(5)));
+        assert_eq!(hooks.host("a.test").tuning.silent_after, Some(std::time::Duration::from_secs(300)));
+        // Modules b.test does not override are the same instances on both hosts.
+        let roster = |h: &str| hooks.of(h).modules().iter().find(|m| m.name() == "mod_roster").unwrap().clone();
+        assert!(std::sync::Arc::ptr_eq(&roster("a.test"), &roster("b.test")));
+        assert_eq!(hooks.modules().iter().filter(|m| m.name() == "mod_ping").count(), 2);
+
+        let hosts = "[general]\nhosts = [\"a.test\"]\n";
+        check_err(
+            &format!("{hosts}[[host_config]]\nhost = \"c.test\"\n"),
+            &["host_config[0].host", "not one of general.hosts"],
+        );
+        check_err(
+            &format!("{hosts}[[host_config]]\nhost = \"a.test\"\n[[host_config]]\nhost = \"A.test\"\n"),
+            &["host_config[1].host", "has a host_config already"],
+        );
+        check_err(
+            &format!("{hosts}[[host_config]]\nhost = \"a.test\"\n[host_config.modules.mod_inbox]\nenabled = true\n"),
+            &["host_config[0].modules.mod_inbox", "once per node"],
+        );
+        check_err(
+            &format!("{hosts}[[host_config]]\nhost = \"a.test\"\n[host_config.modules.mod_mam]\nmax_page_size = 0\n"),
+            &["host_config[0].modules.mod_mam.max_page_size"],
+        );
+        let mut expect = vec!["t.toml", "unknown field `mod_mamm`"];
+        expect.extend(meerkat_actors::modules::ModulesConfig::KNOWN);
+        check_err(&format!("{hosts}[[host_config]]\nhost = \"a.test\"\n[host_config.modules.mod_mamm]\n"), &expect);
+        check_err(
+            &format!("{hosts}[[host_config]]\nhost = \"a.test\"\nlisten = 1\n"),
+            &["unknown field `listen`", "modules"],
+        );
     }
 
     fn check_err(toml: &str, expect: &[&str]) {

@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use meerkat_actors::admission::{Admission, ConnectionLimits};
 use meerkat_actors::auth::{Accounts, HashingPool};
 use meerkat_actors::c2s::{self, C2sListener};
-use meerkat_actors::ext::{Registry, ServiceCtx, ServiceEnv, ServiceSet, TlsFiles};
-use meerkat_actors::negotiation::{NegotiationConfig, TlsMode};
+use meerkat_actors::ext::{ServiceCtx, ServiceEnv, ServiceSet, TlsFiles};
+use meerkat_actors::negotiation::{HostNegotiation, NegotiationConfig, TlsMode};
 use meerkat_actors::server::ServerWorkers;
 use meerkat_actors::services::{Services, SessionSettings};
 use meerkat_cluster::node::{ClusterNode, ClusterSettings};
@@ -143,14 +143,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(cfg.session.idle_timeout),
         keepalive_interval: Duration::from_secs(cfg.session.keepalive_interval),
         negotiation_timeout: Duration::from_secs(cfg.session.negotiation_timeout),
-        ..SessionSettings::default()
     };
-    // The modules' sections decide the pings, stream management and in-band registration.
-    let tuning = cfg.modules.tuning();
-    let settings = settings.tuned(&tuning);
-    let modules = Arc::new(Registry::new(cfg.modules.build()));
+    // The modules of every host; their sections decide the pings, stream
+    // management and in-band registration.
+    let modules = Arc::new(cfg.modules.build_hosts(&cfg.host_modules()));
     tracing::info!(modules = ?modules, "modules enabled");
-    let stream_features = modules.stream_features();
     let svc = Services::new(
         router.clone(),
         registry.clone(),
@@ -225,23 +222,40 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut mechanisms = cfg.offered_mechanisms();
     // Mechanisms modules offer (SASL hooks) come after the configured ones.
-    for m in stream_features.sasl_mechanisms.iter().filter_map(|m| mechanism(m)) {
+    let hooks = &svc.ctx.hooks;
+    let chains = std::iter::once(hooks.shared()).chain(hooks.overrides().map(|(_, m)| m));
+    for m in chains.flat_map(|c| c.features.sasl_mechanisms.iter()).filter_map(|m| mechanism(m)) {
         if !mechanisms.contains(&m) {
             mechanisms.push(m);
         }
     }
+    let shared = hooks.shared();
     let mut accept_tasks = Vec::new();
     let negotiation = NegotiationConfig {
         hosts: hosts.clone(),
         tls_mode: TlsMode::None,
         mechanisms: mechanisms.clone(),
         allow_plain_without_tls: cfg.auth.allow_plain_without_tls,
-        registration: tuning.in_band_registration,
+        registration: shared.tuning.in_band_registration,
         max_auth_failures: cfg.auth.max_failures,
         scram_iterations: cfg.auth.password.scram_iterations,
         salt_secret: salt_secret.clone(),
         external_checks: cfg.external_checks(),
-        modules: tuning.negotiation.clone(),
+        modules: shared.tuning.negotiation.clone(),
+        features: shared.features.clone(),
+        host_overrides: Arc::new(
+            hooks
+                .overrides()
+                .map(|(host, m)| {
+                    let n = HostNegotiation {
+                        registration: m.tuning.in_band_registration,
+                        modules: m.tuning.negotiation.clone(),
+                        features: m.features.clone(),
+                    };
+                    (host.to_owned(), n)
+                })
+                .collect(),
+        ),
     };
     for l in &cfg.listen.c2s {
         let client_certs = match l.tls.mode {
@@ -270,7 +284,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             limits: Limits { max_stanza_size: l.max_stanza_size, max_depth: l.max_depth },
             tls: acceptor,
             allow_login: l.access == "all",
-            stream_features: stream_features.clone(),
             admission: Admission::new(ConnectionLimits {
                 max_connections: l.max_connections.0,
                 max_connections_per_ip: l.max_connections_per_ip.0,
@@ -328,7 +341,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         limits,
         tls: None,
         allow_login: true,
-        stream_features: stream_features.clone(),
         admission,
         max_rate,
         // The HTTP listener reads the client certificate of each connection.

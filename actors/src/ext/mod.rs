@@ -37,7 +37,7 @@ use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::jid::{BareJid, FullJid, Jid};
 
 pub use errors::{account_error, storage_error};
-pub use registry::{Registry, StreamFeatures};
+pub use registry::{Hooks, HostModules, Registry, StreamFeatures};
 pub use service::{ListenerTls, Service, ServiceCtx, ServiceEnv, ServiceSet, TlsFiles};
 pub use state::SessionState;
 
@@ -137,13 +137,15 @@ pub struct DiscoItem {
 }
 
 /// What a module sees of the node: routing, storage, accounts and the other
-/// modules' hooks. Cheap to clone; built once by the node.
+/// modules' hooks (the chain of the host in question, [`Hooks::of`]). Cheap
+/// to clone; built once by the node.
 #[derive(Clone)]
 pub struct ModuleCtx {
     pub router: Arc<Router>,
     pub storage: Arc<Storage>,
     pub accounts: Accounts,
-    pub hooks: Arc<Registry>,
+    /// The modules of each host: `hooks.of(host)` is the chain to run for it.
+    pub hooks: Arc<Hooks>,
     /// The HTTP and AMQP pools of `[outgoing_pools]`, by name.
     pub pools: Arc<pools::ModulePools>,
     /// The node's traffic counters, for connections that services accept.
@@ -393,6 +395,20 @@ pub trait Module: Send + Sync + 'static {
         _acc: &mut SessionAcc,
     ) -> bool {
         false
+    }
+
+    /// A step of stream negotiation on `host` that needs a module's storage
+    /// (XEP-0484 FAST tokens: [`crate::negotiation::NegAction::LookupFastTokens`]
+    /// and [`crate::negotiation::NegAction::Fast`]): the module that keeps
+    /// that store answers with the event negotiation goes on with; `None`:
+    /// not this module's. Runs in the connection's task, before the session.
+    async fn negotiation_action(
+        &self,
+        _ctx: &ModuleCtx,
+        _host: &str,
+        _action: &crate::negotiation::NegAction,
+    ) -> Option<crate::negotiation::NegEvent> {
+        None
     }
 
     // ----- service discovery -----

@@ -2,9 +2,10 @@
 //! functions the core calls to run a hook over all of them.
 //!
 //! Built once at start ([`Registry::new`]) from the modules the config
-//! enables; read-only afterwards, so running a hook takes no lock. Every
-//! module runs for every host of the node (MongooseIM's modules without a
-//! `host_config` override).
+//! enables; read-only afterwards, so running a hook takes no lock. A
+//! [`Registry`] is the chain of one host; [`Hooks`] holds the node's chains:
+//! one shared by every host, and one of its own for each host whose
+//! `[[host_config]]` overrides module sections (MongooseIM's `host_config`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,8 +16,8 @@ use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::jid::{BareJid, FullJid, Jid};
 
 use super::{
-    DiscoItem, Flow, HookSet, Identity, IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionState, Target,
-    Undelivered,
+    CoreTuning, DiscoItem, Flow, HookSet, Identity, IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionState,
+    Target, Undelivered,
 };
 
 /// How a module is configured and started: its `[modules.mod_*]` section.
@@ -36,6 +37,10 @@ pub trait ModuleSpec {
     }
     /// Settings of the core this section decides, whether or not the module runs.
     fn tune(_cfg: &Self::Config, _core: &mut super::CoreTuning) {}
+    /// The module keeps state for the whole node (actors, queues, a service
+    /// domain per host, requests from other nodes): it runs once per node,
+    /// and its section cannot be overridden per host.
+    const NODE_WIDE: bool = false;
     /// The running module.
     fn build(cfg: &Self::Config) -> Arc<dyn Module>;
 }
@@ -71,9 +76,6 @@ pub struct Registry {
     client_wrote: Vec<Arc<dyn Module>>,
     blocks: Vec<Arc<dyn Module>>,
     filter_local: Vec<Arc<dyn Module>>,
-    /// The node's services, once they start: they answer other nodes'
-    /// requests that no module takes.
-    services: std::sync::OnceLock<Vec<Arc<dyn super::Service>>>,
 }
 
 /// Serves [`meerkat_cluster::transport::Request::Module`]: the named module's
@@ -84,6 +86,7 @@ impl meerkat_cluster::transport::ModuleHandler for NodeRequests {
     fn handle(&self, from: u64, module: String, body: Vec<u8>) -> meerkat_cluster::transport::ModuleReply<'_> {
         Box::pin(async move {
             let ctx = &self.0;
+            // Modules that take requests from other nodes run once per node.
             if let Some(m) = ctx.hooks.modules().iter().find(|m| m.name() == module) {
                 return m.node_request(ctx, from, body).await;
             }
@@ -128,7 +131,6 @@ impl Registry {
             client_wrote: with(HookSet::CLIENT_WROTE),
             blocks: with(HookSet::BLOCKS),
             filter_local: with(HookSet::FILTER_LOCAL),
-            services: std::sync::OnceLock::new(),
             modules,
             iq,
             session_iq,
@@ -142,30 +144,6 @@ impl Registry {
 
     pub fn modules(&self) -> &[Arc<dyn Module>] {
         &self.modules
-    }
-
-    /// Gives the node's services the requests of other nodes that no module takes (once).
-    pub fn set_services(&self, services: Vec<Arc<dyn super::Service>>) {
-        let _ = self.services.set(services);
-    }
-
-    /// Starts the modules in order; the first error names its module.
-    pub async fn start(&self, ctx: &ModuleCtx) -> Result<(), (&'static str, String)> {
-        for m in &self.modules {
-            m.start(ctx).await.map_err(|e| (m.name(), e))?;
-        }
-        // Other nodes' requests to the modules are taken once they all run.
-        if let Some(t) = ctx.router.transport() {
-            t.set_module_handler(Arc::new(NodeRequests(ctx.clone())));
-        }
-        Ok(())
-    }
-
-    /// Stops the modules in reverse order.
-    pub async fn stop(&self, ctx: &ModuleCtx) {
-        for m in self.modules.iter().rev() {
-            m.stop(ctx).await;
-        }
     }
 
     /// What the modules add to negotiation.
@@ -193,6 +171,22 @@ impl Registry {
             sasl2_inline: xml(self.modules.iter().flat_map(|m| m.sasl2_inline()).collect()),
             bind2_inline: xml(self.modules.iter().flat_map(|m| m.bind2_inline()).collect()),
         }
+    }
+
+    /// The first module's answer to a negotiation step that needs its
+    /// storage; `None` when no module carries it out.
+    pub async fn negotiation_action(
+        &self,
+        ctx: &ModuleCtx,
+        host: &str,
+        action: &crate::negotiation::NegAction,
+    ) -> Option<crate::negotiation::NegEvent> {
+        for m in &self.modules {
+            if let Some(event) = m.negotiation_action(ctx, host, action).await {
+                return Some(event);
+            }
+        }
+        None
     }
 
     /// Features of `target`, sorted, without duplicates.
@@ -544,11 +538,6 @@ impl Registry {
         false
     }
 
-    /// Every module's figures for `/metrics`.
-    pub fn metrics(&self) -> Vec<super::Metric> {
-        self.modules.iter().flat_map(|m| m.metrics()).collect()
-    }
-
     /// The account's unread message count, from the first module that keeps one.
     pub async fn unread_count(&self, ctx: &ModuleCtx, owner: &BareJid) -> Option<i64> {
         for m in &self.modules {
@@ -575,6 +564,150 @@ impl Registry {
         for m in &self.modules {
             m.roster_changed(ctx, owner, item).await;
         }
+    }
+}
+
+/// What the modules of one host decide: their chain, the settings of the
+/// core their sections tune, and what they add to negotiation.
+#[derive(Clone)]
+pub struct HostModules {
+    pub registry: Arc<Registry>,
+    pub tuning: Arc<CoreTuning>,
+    pub features: Arc<StreamFeatures>,
+}
+
+impl HostModules {
+    /// The chain of these modules, in this (hook) order, with the core
+    /// settings their sections decide.
+    pub fn new(modules: Vec<Arc<dyn Module>>, tuning: CoreTuning) -> Self {
+        let registry = Arc::new(Registry::new(modules));
+        let features = Arc::new(registry.stream_features());
+        HostModules { registry, tuning: Arc::new(tuning), features }
+    }
+}
+
+/// The node's modules, host by host: the chain every host shares, and a
+/// chain of its own for each host with a `[[host_config]]` that overrides
+/// module sections. A module whose section no host overrides is one instance
+/// in every chain.
+pub struct Hooks {
+    shared: HostModules,
+    hosts: HashMap<String, HostModules>,
+    /// Every instance once, in hook order: what starts, stops, reports
+    /// metrics and answers other nodes.
+    all: Vec<Arc<dyn Module>>,
+    /// The node's services, once they start: they answer other nodes'
+    /// requests that no module takes.
+    services: std::sync::OnceLock<Vec<Arc<dyn super::Service>>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        m.entry(&"*", &self.shared.registry);
+        let mut hosts: Vec<_> = self.hosts.iter().collect();
+        hosts.sort_by(|a, b| a.0.cmp(b.0));
+        for (h, hm) in hosts {
+            m.entry(h, &hm.registry);
+        }
+        m.finish()
+    }
+}
+
+impl Hooks {
+    /// One chain for every host.
+    pub fn single(modules: Vec<Arc<dyn Module>>) -> Self {
+        Hooks::new(HostModules::new(modules, CoreTuning::default()), Vec::new())
+    }
+
+    /// The shared chain, and the chains of hosts that have their own.
+    pub fn new(shared: HostModules, hosts: Vec<(String, HostModules)>) -> Self {
+        let mut all: Vec<Arc<dyn Module>> = Vec::new();
+        let chains = std::iter::once(&shared).chain(hosts.iter().map(|(_, h)| h));
+        for chain in chains {
+            for m in chain.registry.modules() {
+                if !all.iter().any(|a| Arc::ptr_eq(a, m)) {
+                    all.push(m.clone());
+                }
+            }
+        }
+        Hooks { shared, hosts: hosts.into_iter().collect(), all, services: std::sync::OnceLock::new() }
+    }
+
+    /// The chain of `host` (the shared one for a host without its own, or
+    /// a domain that is not a host).
+    pub fn of(&self, host: &str) -> &Arc<Registry> {
+        &self.host(host).registry
+    }
+
+    /// What the modules of `host` decide.
+    pub fn host(&self, host: &str) -> &HostModules {
+        if self.hosts.is_empty() {
+            return &self.shared;
+        }
+        self.hosts.get(host).unwrap_or(&self.shared)
+    }
+
+    /// The hosts with a chain of their own, and their chains.
+    pub fn overrides(&self) -> impl Iterator<Item = (&str, &HostModules)> {
+        self.hosts.iter().map(|(h, m)| (h.as_str(), m))
+    }
+
+    /// The chain of hosts without one of their own.
+    pub fn shared(&self) -> &HostModules {
+        &self.shared
+    }
+
+    /// Every module instance once, in hook order.
+    pub fn modules(&self) -> &[Arc<dyn Module>] {
+        &self.all
+    }
+
+    /// The modules' names, in hook order (a module with several instances once).
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = Vec::new();
+        for m in &self.all {
+            if !names.contains(&m.name()) {
+                names.push(m.name());
+            }
+        }
+        names
+    }
+
+    /// Gives the node's services the requests of other nodes that no module takes (once).
+    pub fn set_services(&self, services: Vec<Arc<dyn super::Service>>) {
+        let _ = self.services.set(services);
+    }
+
+    /// Starts the modules in order; the first error names its module.
+    pub async fn start(&self, ctx: &ModuleCtx) -> Result<(), (&'static str, String)> {
+        for m in &self.all {
+            m.start(ctx).await.map_err(|e| (m.name(), e))?;
+        }
+        // Other nodes' requests to the modules are taken once they all run.
+        if let Some(t) = ctx.router.transport() {
+            t.set_module_handler(Arc::new(NodeRequests(ctx.clone())));
+        }
+        Ok(())
+    }
+
+    /// Stops the modules in reverse order.
+    pub async fn stop(&self, ctx: &ModuleCtx) {
+        for m in self.all.iter().rev() {
+            m.stop(ctx).await;
+        }
+    }
+
+    /// Every module's figures for `/metrics`. Instances of one module on
+    /// several hosts share their counters: each series is reported once.
+    pub fn metrics(&self) -> Vec<super::Metric> {
+        let mut out: Vec<super::Metric> = Vec::new();
+        for m in self.all.iter().flat_map(|m| m.metrics()) {
+            if !out.iter().any(|o| o.name == m.name && o.labels == m.labels) {
+                out.push(m);
+            }
+        }
+        out
     }
 }
 
@@ -758,7 +891,7 @@ pub(crate) mod lifecycle {
             router,
             storage,
             accounts,
-            hooks: Arc::new(Registry::new(modules)),
+            hooks: Arc::new(Hooks::single(modules)),
             pools: Arc::default(),
             instruments,
         }

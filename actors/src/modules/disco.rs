@@ -17,7 +17,7 @@
 //! that does not know the hash asks disco#info with the node `node#ver` and
 //! gets the same answer as without a node.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use meerkat_routing::Routed;
@@ -67,7 +67,6 @@ pub fn caps_ver(identities: &[Identity], features: &[&str]) -> String {
 #[derive(Default)]
 pub struct Disco {
     /// XEP-0115 `ver` of the server, once computed.
-    caps_ver: OnceLock<String>,
     users_can_see_hidden_services: bool,
 }
 
@@ -95,15 +94,15 @@ impl ModuleSpec for Disco {
         cfg.enabled
     }
     fn build(cfg: &DiscoConfig) -> Arc<dyn Module> {
-        Arc::new(Disco { caps_ver: OnceLock::new(), users_can_see_hidden_services: cfg.users_can_see_hidden_services })
+        Arc::new(Disco { users_can_see_hidden_services: cfg.users_can_see_hidden_services })
     }
 }
 
 impl Disco {
-    /// The server's `ver`: every module's server identities and features.
-    fn caps_ver(&self, hooks: &Registry) -> &str {
-        self.caps_ver
-            .get_or_init(|| caps_ver(&hooks.disco_identities(Target::Server), &hooks.disco_features(Target::Server)))
+    /// The server's `ver` for a host: the server identities and features of
+    /// its modules (`hooks`, the host's chain).
+    fn server_ver(hooks: &Registry) -> String {
+        caps_ver(&hooks.disco_identities(Target::Server), &hooks.disco_features(Target::Server))
     }
 }
 
@@ -132,7 +131,7 @@ impl Module for Disco {
         vec![Element::new("c", ns::CAPS)
             .with_attr("hash", "sha-1")
             .with_attr("node", CAPS_NODE)
-            .with_attr("ver", self.caps_ver(hooks).to_owned())]
+            .with_attr("ver", Disco::server_ver(hooks))]
     }
 
     fn iq_namespaces(&self) -> &'static [&'static str] {
@@ -148,17 +147,19 @@ impl Module for Disco {
         if iq.stanza.attr("type") != Some("get") {
             return Some(Err(StanzaErrorCondition::NotAllowed));
         }
+        // What the modules of the addressed host (or account's host) offer.
+        let hooks = ctx.hooks.of(iq.to.domain().as_str());
         let node = payload.attr("node");
         if let Some(node) = node {
             // The only node is the caps node of the server's info (XEP-0115 §6.2).
             let caps_node = node.strip_prefix(CAPS_NODE).and_then(|n| n.strip_prefix('#'));
-            if !(info && target == Target::Server && caps_node == Some(self.caps_ver(&ctx.hooks))) {
+            if !(info && target == Target::Server && caps_node == Some(Disco::server_ver(hooks).as_str())) {
                 return Some(Err(StanzaErrorCondition::ItemNotFound));
             }
         }
         if items {
             let mut q = Element::new("query", ns::DISCO_ITEMS);
-            let mut listed = ctx.hooks.disco_items(ctx, target);
+            let mut listed = hooks.disco_items(ctx, target);
             if target == Target::Server {
                 for rec in ctx.router.domains().export() {
                     if !listed.iter().any(|i| i.jid == rec.domain && i.node.is_none()) {
@@ -190,7 +191,7 @@ impl Module for Disco {
         if let Some(node) = node {
             q.set_attr("node", node);
         }
-        for identity in ctx.hooks.disco_identities(target) {
+        for identity in hooks.disco_identities(target) {
             let mut el = Element::new("identity", ns::DISCO_INFO)
                 .with_attr("category", identity.category)
                 .with_attr("type", identity.kind);
@@ -199,7 +200,7 @@ impl Module for Disco {
             }
             q.push_child(el);
         }
-        for f in ctx.hooks.disco_features(target) {
+        for f in hooks.disco_features(target) {
             q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
         }
         Some(Ok(Some(q)))

@@ -8,7 +8,9 @@
 //! login with a token close to its expiry (`rotate_before_expire`) gets the
 //! next one in `<success/>`; the old one keeps working until the new one is
 //! first used. The exchange runs in the sans-IO negotiation
-//! ([`crate::negotiation`]); this section switches it on and sets its times.
+//! ([`crate::negotiation`]); this section switches it on and sets its times,
+//! and the module keeps the tokens: it carries out negotiation's token steps
+//! ([`Module::negotiation_action`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +18,8 @@ use std::time::Duration;
 use meerkat_xmpp::sasl::fast::HtMechanism;
 
 use crate::ext::registry::ModuleSpec;
-use crate::ext::{CoreTuning, Module};
-use crate::negotiation::FastSettings;
+use crate::ext::{CoreTuning, Module, ModuleCtx};
+use crate::negotiation::{FastOp, FastSettings, IssuedToken, NegAction, NegEvent};
 
 /// A span of time as MongooseIM writes it: `{value = 3, unit = "days"}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -93,7 +95,10 @@ impl Default for FastConfig {
     }
 }
 
-pub struct FastAuthToken;
+pub struct FastAuthToken {
+    /// How long a token works once issued.
+    validity: Duration,
+}
 
 impl ModuleSpec for FastAuthToken {
     const NAME: &'static str = "mod_fast_auth_token";
@@ -129,8 +134,8 @@ impl ModuleSpec for FastAuthToken {
             rotate_before: cfg.validity_period.rotate_before_expire.duration(),
         });
     }
-    fn build(_cfg: &FastConfig) -> Arc<dyn Module> {
-        Arc::new(FastAuthToken)
+    fn build(cfg: &FastConfig) -> Arc<dyn Module> {
+        Arc::new(FastAuthToken { validity: cfg.validity_period.access.duration() })
     }
 }
 
@@ -139,4 +144,80 @@ impl Module for FastAuthToken {
     fn name(&self) -> &'static str {
         Self::NAME
     }
+
+    async fn negotiation_action(&self, ctx: &ModuleCtx, host: &str, action: &NegAction) -> Option<NegEvent> {
+        match action {
+            NegAction::LookupFastTokens { username, user_agent } => {
+                use meerkat_storage::FastTokenRepo as _;
+                let tokens = match ctx.storage.fast_tokens(host, username, user_agent).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(error = %e, "FAST token lookup failed");
+                        Default::default()
+                    }
+                };
+                Some(NegEvent::FastTokens { tokens, now: now_secs() })
+            }
+            NegAction::Fast { username, user_agent, op } => {
+                let (ok, issued) = self.update(ctx, host, username, user_agent, op).await;
+                Some(NegEvent::FastDone { ok, issued })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl FastAuthToken {
+    /// Carries out `op` on the agent's tokens: whether it held, and the token
+    /// issued, if any.
+    async fn update(
+        &self,
+        ctx: &ModuleCtx,
+        host: &str,
+        user: &str,
+        agent: &str,
+        op: &FastOp,
+    ) -> (bool, Option<IssuedToken>) {
+        use meerkat_storage::{FastToken, FastTokenRepo as _};
+        let storage = &ctx.storage;
+        let issue = match op {
+            FastOp::Issue { mechanism } => Some(*mechanism),
+            FastOp::Use { slot, token, count, invalidate, issue } => {
+                match storage.use_fast_token(host, user, agent, *slot, token, *count).await {
+                    Ok(true) => {}
+                    Ok(false) => return (false, None),
+                    Err(e) => {
+                        tracing::error!(error = %e, "FAST token update failed");
+                        return (false, None);
+                    }
+                }
+                if *invalidate {
+                    if let Err(e) = storage.remove_fast_tokens(host, user, agent).await {
+                        tracing::error!(error = %e, "FAST token invalidation failed");
+                    }
+                }
+                *issue
+            }
+        };
+        let Some(mechanism) = issue else { return (true, None) };
+        let token: String = rand::distr::SampleString::sample_string(&rand::distr::Alphanumeric, &mut rand::rng(), 43);
+        let expires_at = now_secs().saturating_add(i64::try_from(self.validity.as_secs()).unwrap_or(i64::MAX));
+        let stored = FastToken { token: token.clone(), expires_at, count: 0, mechanism: mechanism.name().to_owned() };
+        if let Err(e) = storage.set_new_fast_token(host, user, agent, &stored).await {
+            tracing::error!(error = %e, "FAST token not stored");
+            return (true, None);
+        }
+        let expiry = chrono::DateTime::from_timestamp(expires_at, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        (true, Some(IssuedToken { token, expiry }))
+    }
+}
+
+/// The time now, in Unix seconds.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

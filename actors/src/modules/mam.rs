@@ -532,7 +532,7 @@ async fn blocked_sender(ctx: &ModuleCtx, m: &ArchivedMessage) -> bool {
     else {
         return false;
     };
-    ctx.hooks.blocks(ctx, &owner, &peer).await
+    ctx.hooks.of(owner.domain().as_str()).blocks(ctx, &owner, &peer).await
 }
 
 /// What a `<query/>` asks for, checked.

@@ -68,13 +68,49 @@ macro_rules! modules {
 
             /// The enabled modules, in hook order.
             pub fn build(&self) -> Vec<Arc<dyn Module>> {
-                let mut m: Vec<Arc<dyn Module>> = Vec::new();
-                $(
-                    if <$ty as ModuleSpec>::enabled(&self.$field) {
-                        m.push(<$ty as ModuleSpec>::build(&self.$field));
-                    }
-                )*
-                m
+                self.build_shared().into_iter().flatten().collect()
+            }
+
+            /// Each module's instance for every host, `None` when it is off.
+            fn build_shared(&self) -> Vec<Option<Arc<dyn Module>>> {
+                vec![$(
+                    <$ty as ModuleSpec>::enabled(&self.$field).then(|| <$ty as ModuleSpec>::build(&self.$field)),
+                )*]
+            }
+
+            /// These sections with those `host` overrides in place.
+            pub fn with_host(&self, host: &HostModulesConfig) -> ModulesConfig {
+                let mut c = self.clone();
+                $( if let Some(section) = &host.$field { c.$field = section.clone(); } )*
+                c
+            }
+
+            /// The modules of every host, in hook order: the chain hosts
+            /// share, and a chain for each host of `hosts` (MongooseIM's
+            /// `host_config`). A host runs its own instance of a module whose
+            /// section it overrides, and shares the others' instances.
+            pub fn build_hosts(&self, hosts: &[(String, HostModulesConfig)]) -> crate::ext::Hooks {
+                use crate::ext::HostModules;
+                let shared = self.build_shared();
+                let mut chains = Vec::new();
+                for (name, over) in hosts {
+                    let mut m: Vec<Arc<dyn Module>> = Vec::new();
+                    let mut i = 0usize;
+                    $(
+                        match &over.$field {
+                            Some(section) if <$ty as ModuleSpec>::enabled(section) => {
+                                m.push(<$ty as ModuleSpec>::build(section));
+                            }
+                            Some(_) => {}
+                            None => m.extend(shared[i].clone()),
+                        }
+                        i += 1;
+                    )*
+                    let _ = i;
+                    chains.push((name.clone(), HostModules::new(m, self.with_host(over).tuning())));
+                }
+                let shared = HostModules::new(shared.into_iter().flatten().collect(), self.tuning());
+                crate::ext::Hooks::new(shared, chains)
             }
 
             /// Every module, enabled or not, in hook order (for tests of the boundary).
@@ -87,6 +123,36 @@ macro_rules! modules {
             #[cfg(test)]
             fn fields() -> Vec<&'static str> {
                 vec![$( stringify!($field), )*]
+            }
+        }
+
+        /// `[[host_config]]`'s `modules`: the sections of one host that
+        /// replace those of `[modules]` there; a module without a section
+        /// here runs as `[modules]` says. An unknown section or key is refused.
+        #[derive(Clone, Debug, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct HostModulesConfig {
+            $( $(#[$doc])* pub $field: Option<<$ty as ModuleSpec>::Config>, )*
+        }
+
+        impl HostModulesConfig {
+            /// Checks the sections given; the error names the key (under
+            /// `prefix`) and why. A module that runs once per node has no
+            /// per-host section.
+            pub fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
+                $(
+                    if let Some(section) = &self.$field {
+                        if <$ty as ModuleSpec>::NODE_WIDE {
+                            return Err((
+                                format!("{prefix}.{}", stringify!($field)),
+                                "this module runs once per node: configure it under [modules]".to_owned(),
+                            ));
+                        }
+                        <$ty as ModuleSpec>::validate(section)
+                            .map_err(|(k, r)| (format!("{prefix}.{}.{}", stringify!($field), k), r))?;
+                    }
+                )*
+                Ok(())
             }
         }
     };

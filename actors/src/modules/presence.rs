@@ -321,7 +321,7 @@ async fn outbound_subscription(ctx: &ModuleCtx, r: Routed) {
             if !save(ctx, &user, i).await {
                 return;
             }
-            ctx.hooks.roster_changed(ctx, &user, i).await;
+            ctx.hooks.of(user.domain().as_str()).roster_changed(ctx, &user, i).await;
         }
     }
     if forward {
@@ -387,7 +387,7 @@ async fn inbound(ctx: &ModuleCtx, r: Routed) {
                 i.subscription =
                     if i.subscription == Subscription::To { Subscription::Both } else { Subscription::From };
                 if save(ctx, &user, i).await {
-                    ctx.hooks.roster_changed(ctx, &user, i).await;
+                    ctx.hooks.of(user.domain().as_str()).roster_changed(ctx, &user, i).await;
                     send_subscription(&ctx.router, &user, &contact, "subscribed");
                     send_current_presence(&ctx.router, &user, &contact);
                 }
@@ -444,7 +444,7 @@ async fn inbound(ctx: &ModuleCtx, r: Routed) {
             }
             // A pending-only item is not part of the visible roster, so no push for it.
             if !(kind == PresenceType::Subscribe) {
-                ctx.hooks.roster_changed(ctx, &user, i).await;
+                ctx.hooks.of(user.domain().as_str()).roster_changed(ctx, &user, i).await;
             }
         }
     }
@@ -476,7 +476,7 @@ async fn broadcast(ctx: &ModuleCtx, from: &FullJid, presence: Element, initial: 
     let mut kept = Vec::with_capacity(roster.len());
     for item in roster {
         let blocked = match meerkat_xmpp::jid::parse_bare(&item.contact) {
-            Ok(j) => ctx.hooks.blocks(ctx, &user, &Jid::from(j)).await,
+            Ok(j) => ctx.hooks.of(user.domain().as_str()).blocks(ctx, &user, &Jid::from(j)).await,
             Err(_) => false,
         };
         if !blocked {
@@ -486,7 +486,7 @@ async fn broadcast(ctx: &ModuleCtx, from: &FullJid, presence: Element, initial: 
     let roster = kept;
     let mut unblocked = Vec::with_capacity(directed.len());
     for d in directed {
-        if !ctx.hooks.blocks(ctx, &user, &d).await {
+        if !ctx.hooks.of(user.domain().as_str()).blocks(ctx, &user, &d).await {
             unblocked.push(d);
         }
     }
@@ -539,8 +539,8 @@ async fn broadcast(ctx: &ModuleCtx, from: &FullJid, presence: Element, initial: 
                 let _ = ctx.router.deliver_to_session(&info, p);
             }
         }
-        ctx.hooks.user_available(ctx, from).await;
+        ctx.hooks.of(from.domain().as_str()).user_available(ctx, from).await;
     } else if unavailable {
-        ctx.hooks.user_unavailable(ctx, from).await;
+        ctx.hooks.of(from.domain().as_str()).user_unavailable(ctx, from).await;
     }
 }

@@ -40,6 +40,7 @@ pub struct MongoosePush {
 
 impl ModuleSpec for MongoosePush {
     const NAME: &'static str = "mod_push_service_mongoosepush";
+    const NODE_WIDE: bool = true;
     type Config = MongoosePushConfig;
     fn enabled(cfg: &MongoosePushConfig) -> bool {
         cfg.enabled

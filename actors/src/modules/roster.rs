@@ -108,7 +108,7 @@ async fn set(ctx: &ModuleCtx, from: &Jid, host: &str, user: &str, payload: &Elem
         }
         let mut removed = existing;
         removed.subscription = Subscription::Remove;
-        ctx.hooks.roster_changed(ctx, &bare, &removed).await;
+        ctx.hooks.of(bare.domain().as_str()).roster_changed(ctx, &bare, &removed).await;
         return Ok(None);
     }
     let mut groups: Vec<String> = Vec::new();
@@ -138,7 +138,7 @@ async fn set(ctx: &ModuleCtx, from: &Jid, host: &str, user: &str, payload: &Elem
         },
     };
     ctx.storage.put_item(host, user, &item).await.map_err(storage_error("roster write"))?;
-    ctx.hooks.roster_changed(ctx, &from.bare(), &item).await;
+    ctx.hooks.of(from.domain().as_str()).roster_changed(ctx, &from.bare(), &item).await;
     Ok(None)
 }
 

@@ -48,6 +48,8 @@ fn cfg(tls_mode: TlsMode) -> NegotiationConfig {
         salt_secret: meerkat_xmpp::sasl::SaltSecret::random(),
         external_checks: vec![ExternalCheck::Standard],
         modules: ModuleNegotiation::default(),
+        features: Default::default(),
+        host_overrides: Default::default(),
     }
 }
 

@@ -117,6 +117,7 @@ fn pushed_key(owner: &BareJid, sender: &str, stanza: &Element, body: &str) -> St
 
 impl ModuleSpec for EventPusher {
     const NAME: &'static str = "mod_event_pusher";
+    const NODE_WIDE: bool = true;
     type Config = EventPusherConfig;
     fn enabled(cfg: &EventPusherConfig) -> bool {
         cfg.enabled
@@ -350,7 +351,7 @@ impl EventPusher {
                 return;
             }
         };
-        let count = ctx.hooks.unread_count(ctx, &owner).await.unwrap_or(1);
+        let count = ctx.hooks.of(owner.domain().as_str()).unread_count(ctx, &owner).await.unwrap_or(1);
         let virtual_hosts = self.virtual_hosts.get().map(Vec::as_slice).unwrap_or_default();
         for sub in &subs {
             let Ok(to) = parse_jid(&sub.pubsub_jid) else { continue };
@@ -364,7 +365,7 @@ impl EventPusher {
                     last_message_body: body.chars().take(MAX_BODY).collect(),
                     options: form_fields(&sub.form),
                 };
-                if !ctx.hooks.push_notification(ctx, &n).await {
+                if !ctx.hooks.of(n.owner.domain().as_str()).push_notification(ctx, &n).await {
                     tracing::warn!(app_server = %sub.pubsub_jid, "no push service for a virtual pubsub host; notification not sent");
                 }
                 continue;

@@ -233,7 +233,7 @@ async fn wanted(ctx: &ModuleCtx, known: &KnownAccounts, domain: &str, user: &str
         }
     }
     match parse_bare(&account) {
-        Ok(owner) => !ctx.hooks.blocks(ctx, &owner, sender).await,
+        Ok(owner) => !ctx.hooks.of(owner.domain().as_str()).blocks(ctx, &owner, sender).await,
         Err(_) => false,
     }
 }

@@ -163,6 +163,7 @@ pub struct Inbox {
 
 impl ModuleSpec for Inbox {
     const NAME: &'static str = "mod_inbox";
+    const NODE_WIDE: bool = true;
     type Config = InboxConfig;
     fn enabled(cfg: &InboxConfig) -> bool {
         cfg.enabled

@@ -181,6 +181,7 @@ struct Running {
 
 impl ModuleSpec for Pubsub {
     const NAME: &'static str = "mod_pubsub";
+    const NODE_WIDE: bool = true;
     type Config = PubsubConfig;
     fn enabled(cfg: &PubsubConfig) -> bool {
         cfg.enabled
