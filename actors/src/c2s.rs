@@ -35,7 +35,8 @@ use crate::instrument::{ConnectionType, Meter};
 use crate::negotiation::{stream_header_xml, NegAction, NegEvent, NegotiationConfig, Negotiator, Opening, TlsMode};
 use crate::services::{now_micros, Services};
 use crate::session::{
-    ActorSink, C2sSession, ClientClosed, ClientSilent, ConnClosed, FromClient, IoControl, OutQueue, Resume, Written,
+    ActorSink, C2sSession, ClientClosed, ClientSilent, ConnClosed, FromClient, IoControl, OutQueue, ReadGate, Resume,
+    Written,
 };
 use crate::transport::{Conn, ConnReader, ConnWriter, Shaper, Transport};
 use crate::websocket::{self, WsConnection, WsOut};
@@ -400,10 +401,11 @@ async fn negotiate(
                         if let Some((bare, addr)) = target.filter(|_| listener.allow_login && !svc.is_shutting_down()) {
                             let (out, out_rx, queued) = OutQueue::new(4096, svc.settings.max_outgoing_bytes);
                             let (io_tx, io_rx) = watch::channel(IoControl::Run);
-                            let resume = Resume { previd, bare, h, out, io: io_tx, sasl2 };
+                            let gate = ReadGate::default();
+                            let resume = Resume { previd, bare, h, out, io: io_tx, gate: gate.clone(), sasl2 };
                             if let Ok(Ok((jid, conn_no))) = addr.send(resume).await {
                                 let _ = neg.step(NegEvent::Resumed(true));
-                                let attached = Attached { addr, conn: conn_no, out_rx, queued, io_rx };
+                                let attached = Attached { addr, conn: conn_no, out_rx, queued, io_rx, gate };
                                 return Ok(Negotiated::Resumed { conn, jid, attached });
                             }
                         }
@@ -513,7 +515,8 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, opening:
     }
 
     let capacity = svc.settings.mailbox_capacity;
-    let session = C2sSession::new(svc.clone(), jid.clone(), sid, out, io_tx, state);
+    let gate = ReadGate::default();
+    let session = C2sSession::new(svc.clone(), jid.clone(), sid, out, io_tx, gate.clone(), state);
     let addr = C2sSession::create(move |ctx| {
         ctx.set_mailbox_capacity(capacity);
         session
@@ -523,7 +526,7 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, opening:
         addr.do_send(crate::session::ApplyHooks(acc));
     }
     let router = &svc.router;
-    router.register_session(&info, Arc::new(ActorSink::new(addr.clone())));
+    router.register_session(&info, Arc::new(ActorSink::new(addr.clone(), svc.settings.mailbox_overflow)));
     if router.sessions().get(&jid).map(|s| (s.node, s.sid)) != Some((router.node(), sid)) {
         // Another session took the JID between registration and now.
         addr.do_send(crate::session::Kick(KickReason::Conflict));
@@ -533,6 +536,7 @@ async fn open_session(svc: Arc<Services>, mut conn: Conn, jid: FullJid, opening:
         reader,
         addr,
         io: io_rx,
+        gate,
         silence: Silence::of(&svc, &jid),
         conn: 0,
         writer: Some(writer),
@@ -549,12 +553,13 @@ struct Attached {
     out_rx: mpsc::Receiver<Bytes>,
     queued: Written,
     io_rx: watch::Receiver<IoControl>,
+    gate: ReadGate,
 }
 
 /// Attaches a connection that resumed `jid`'s session: the session already
 /// queued `<resumed/>` and what the client had not acknowledged.
 fn attach_session(svc: Arc<Services>, conn: Conn, jid: FullJid, attached: Attached) -> Box<Reading> {
-    let Attached { addr, conn: conn_no, out_rx, queued, io_rx } = attached;
+    let Attached { addr, conn: conn_no, out_rx, queued, io_rx, gate } = attached;
     let (reader, writer) = conn.split();
     let keepalive = svc.settings.keepalive_interval;
     let writer = Writer { conn: writer, rx: out_rx, queued, io: io_rx.clone(), keepalive };
@@ -563,6 +568,7 @@ fn attach_session(svc: Arc<Services>, conn: Conn, jid: FullJid, attached: Attach
         reader,
         addr,
         io: io_rx,
+        gate,
         silence: Silence::of(&svc, &jid),
         conn: conn_no,
         writer: Some(writer),
@@ -578,6 +584,8 @@ struct Reading {
     reader: ConnReader,
     addr: Addr<C2sSession>,
     io: watch::Receiver<IoControl>,
+    /// Where the session asks this reader to wait (back-pressure).
+    gate: ReadGate,
     silence: Silence,
     /// Number of the connection within the session (0 unless resumed).
     conn: u64,
@@ -599,7 +607,7 @@ impl Reading {
                 writer.run().await;
             }
         };
-        let reading = read_loop(&mut this.reader, &this.addr, &mut this.io, this.silence, this.conn);
+        let reading = read_loop(&mut this.reader, &this.addr, &mut this.io, &this.gate, this.silence, this.conn);
         let (result, ()) = tokio::join!(reading, writing);
         match this.sid {
             Some(sid) => tracing::info!(jid = %this.jid, session = %sid, "session closed"),
@@ -632,6 +640,7 @@ async fn read_loop(
     reader: &mut ConnReader,
     addr: &Addr<C2sSession>,
     io: &mut watch::Receiver<IoControl>,
+    gate: &ReadGate,
     silence: Silence,
     conn: u64,
 ) -> Result<(), ConnError> {
@@ -639,6 +648,17 @@ async fn read_loop(
     let mut notified = false;
     loop {
         loop {
+            if let Some(pressure) = gate.take() {
+                // A recipient's queue is over its bound with what this client
+                // sent: nothing more is read (its TCP window fills) until it drains.
+                tokio::select! {
+                    relieved = pressure.relieved(PRESSURE_WAIT) => if !relieved {
+                        tracing::debug!("a recipient stayed over its bound; reading on");
+                    },
+                    _ = until(io, IoControl::StopReading) => return Ok(()),
+                }
+                silent_since = tokio::time::Instant::now();
+            }
             match reader.next_event() {
                 Ok(Some(StreamEvent::Stanza(el))) => match addr.try_send(FromClient(el, std::time::Instant::now())) {
                     // Queued in order; the reader goes on without waiting for the session.
@@ -699,6 +719,10 @@ async fn read_loop(
         }
     }
 }
+
+/// A reader waits at most this long for a recipient's queue to drain
+/// ([`ReadGate`]) before it reads on.
+const PRESSURE_WAIT: Duration = Duration::from_secs(5);
 
 /// A write that makes no progress for this long means the client is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -17,6 +17,8 @@ use crate::server::ServerWorkers;
 pub struct SessionSettings {
     /// Mailbox capacity of each session actor.
     pub mailbox_capacity: usize,
+    /// Deliveries a session takes past a full mailbox while their senders wait.
+    pub mailbox_overflow: usize,
     /// Bytes a session may have queued for a client that is not reading before it is disconnected.
     pub max_outgoing_bytes: usize,
     /// A client that sends nothing for this long is disconnected (`connection-timeout`).
@@ -31,6 +33,7 @@ impl Default for SessionSettings {
     fn default() -> Self {
         SessionSettings {
             mailbox_capacity: 1024,
+            mailbox_overflow: crate::session::DELIVERY_OVERFLOW,
             max_outgoing_bytes: 4 * 1024 * 1024,
             idle_timeout: Duration::from_secs(600),
             keepalive_interval: Duration::from_secs(60),

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytes::Bytes;
 use meerkat_cluster::SessionId;
+use meerkat_routing::pressure::{self, Backlog, BacklogEntry, Pressure};
 use meerkat_routing::{Accepted, KickReason, Routed, SessionSink};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::{error_reply, StanzaErrorCondition, StreamError, StreamErrorCondition};
@@ -125,6 +126,45 @@ pub enum IoControl {
     Abort,
 }
 
+/// Where a session asks the reader of its connection to wait before it
+/// reads the client's next stanza: a recipient's queue that the client's
+/// stanzas filled over its bound ([`meerkat_routing::pressure`]). Checking
+/// it costs the reader one atomic load per stanza.
+#[derive(Clone, Default)]
+pub struct ReadGate(Arc<GateInner>);
+
+#[derive(Default)]
+struct GateInner {
+    armed: std::sync::atomic::AtomicBool,
+    pressure: std::sync::Mutex<Option<Pressure>>,
+}
+
+impl ReadGate {
+    /// The reader waits on `p` before its next stanza.
+    pub fn hold(&self, p: Pressure) {
+        *self.0.pressure.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        self.0.armed.store(true, Ordering::Release);
+    }
+
+    /// What the reader must wait on now, if anything.
+    pub fn take(&self) -> Option<Pressure> {
+        if !self.0.armed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.0.pressure.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Deliveries refused because a session's mailbox and its overflow were
+/// both full (they fell back to the account).
+static OVERFLOW_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Deliveries refused so far because a session's mailbox and its overflow
+/// were both full (`meerkat_session_overflow_refused_total`).
+pub fn overflow_refused() -> u64 {
+    OVERFLOW_REFUSED.load(Ordering::Relaxed)
+}
+
 /// A top-level element the client sent.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -133,7 +173,7 @@ pub struct FromClient(pub Element, pub std::time::Instant);
 /// A stanza routed to this resource.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Element, pub Option<std::time::Instant>, pub Option<Arc<AtomicUsize>>);
+pub struct Deliver(pub Element, pub Option<std::time::Instant>, pub Option<BacklogEntry>);
 
 /// Stored messages for this resource, written ahead of held live ones; with
 /// `release`, the live messages held since the initial presence follow.
@@ -187,6 +227,8 @@ pub struct Resume {
     pub h: u32,
     pub out: OutQueue,
     pub io: watch::Sender<IoControl>,
+    /// Where the new connection's reader waits when the session asks it to.
+    pub gate: ReadGate,
     /// Resumed inside SASL2: `<resumed/>` goes inside its `<success/>`.
     pub sasl2: Option<crate::negotiation::Sasl2Resume>,
 }
@@ -216,6 +258,8 @@ pub struct C2sSession {
     sid: SessionId,
     out: Option<OutQueue>,
     io: watch::Sender<IoControl>,
+    /// Where the reader of the attached connection is asked to wait.
+    gate: ReadGate,
     /// The resource sent available presence (RFC 6121 §4.2), so routing may
     /// deliver to it by priority.
     available: bool,
@@ -251,6 +295,7 @@ impl C2sSession {
         sid: SessionId,
         out: OutQueue,
         io: watch::Sender<IoControl>,
+        gate: ReadGate,
         state: SessionState,
     ) -> Self {
         let counted =
@@ -263,6 +308,7 @@ impl C2sSession {
             sid,
             out: Some(out),
             io,
+            gate,
             available: false,
             detached: false,
             held: None,
@@ -838,7 +884,13 @@ impl Handler<FromClient> for C2sSession {
     fn handle(&mut self, msg: FromClient, ctx: &mut Context<Self>) {
         if !self.detached {
             let _routing = crate::instrument::routing(msg.1);
+            // A queue this stanza went into over its bound (a recipient's
+            // full mailbox) holds the reader back before its next stanza.
+            let _ = pressure::take();
             self.on_client_stanza(msg.0, ctx);
+            if let Some(p) = pressure::take() {
+                self.gate.hold(p);
+            }
         }
     }
 }
@@ -881,9 +933,8 @@ impl Handler<DeliverStored> for C2sSession {
 impl Handler<Deliver> for C2sSession {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        if let Some(overflow) = &msg.2 {
-            overflow.fetch_sub(1, Ordering::Relaxed);
-        }
+        // Handled: it no longer counts over the mailbox's capacity.
+        drop(msg.2);
         self.on_delivered(msg.0, ctx);
         if let Some(parsed) = msg.1 {
             self.svc.instruments.routed_locally(parsed);
@@ -973,6 +1024,7 @@ impl Handler<Resume> for C2sSession {
         // An old connection that nobody noticed was lost yet is dropped now.
         let _ = self.io.send(IoControl::Abort);
         self.io = msg.io;
+        self.gate = msg.gate;
         self.out = Some(msg.out);
         self.connected = true;
         self.conn += 1;
@@ -1019,24 +1071,27 @@ impl Handler<StopNow> for C2sSession {
     }
 }
 
-/// Deliveries a session takes beyond its mailbox's capacity, queued behind
-/// what is there, before routing falls back to the account (other
-/// resources, then offline storage), which would let later messages
-/// overtake these.
+/// Deliveries a session takes beyond its mailbox's capacity by default
+/// (`[session] mailbox_overflow`), queued behind what is there, before
+/// routing falls back to the account (other resources, then offline
+/// storage), which would let later messages overtake these. While any wait
+/// there, whoever routed them waits before reading on
+/// ([`meerkat_routing::pressure`]), so a sender that outpaces its recipient
+/// does not get near this bound.
 pub const DELIVERY_OVERFLOW: usize = 1024;
 
 /// The router's handle on a session: a non-blocking send into its bounded
-/// mailbox, which takes up to [`DELIVERY_OVERFLOW`] more deliveries, in
-/// order, when it is full.
+/// mailbox, which takes up to `overflow` more deliveries, in order, when it
+/// is full, and makes their senders wait.
 pub struct ActorSink {
     addr: Addr<C2sSession>,
     /// Deliveries queued over the mailbox's capacity and not handled yet.
-    overflow: Arc<AtomicUsize>,
+    overflow: Arc<Backlog>,
 }
 
 impl ActorSink {
-    pub fn new(addr: Addr<C2sSession>) -> ActorSink {
-        ActorSink { addr, overflow: Arc::new(AtomicUsize::new(0)) }
+    pub fn new(addr: Addr<C2sSession>, overflow: usize) -> ActorSink {
+        ActorSink { addr, overflow: Backlog::new(0, overflow) }
     }
 }
 
@@ -1047,12 +1102,12 @@ impl SessionSink for ActorSink {
             Ok(()) => Ok(()),
             Err(SendError::Closed(Deliver(s, ..))) => Err(s),
             Err(SendError::Full(Deliver(s, ..))) => {
-                if self.overflow.fetch_add(1, Ordering::Relaxed) >= DELIVERY_OVERFLOW {
-                    self.overflow.fetch_sub(1, Ordering::Relaxed);
+                let Some(entry) = self.overflow.push() else {
+                    OVERFLOW_REFUSED.fetch_add(1, Ordering::Relaxed);
                     return Err(s);
-                }
+                };
                 // The same queue, past its capacity: behind everything already there.
-                self.addr.do_send(Deliver(s, since, Some(self.overflow.clone())));
+                self.addr.do_send(Deliver(s, since, Some(entry)));
                 Ok(())
             }
         }

@@ -885,6 +885,9 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct Session {
     pub mailbox_capacity: usize,
+    /// Deliveries a session takes past a full mailbox, in order, while their
+    /// senders wait; past this, a message falls back to the account.
+    pub mailbox_overflow: usize,
     /// Bytes queued for a client that does not read before it is disconnected.
     pub max_outgoing_bytes: usize,
     /// Seconds of client silence before `connection-timeout` (an answer to a
@@ -903,6 +906,7 @@ impl Default for Session {
     fn default() -> Self {
         Session {
             mailbox_capacity: 1024,
+            mailbox_overflow: 1024,
             max_outgoing_bytes: 4 * 1024 * 1024,
             idle_timeout: 600,
             keepalive_interval: 60,
@@ -1156,6 +1160,9 @@ impl Config {
         self.validate_global(&err)?;
         if self.admin.username.is_some() != self.admin.password.is_some() {
             return Err(err("admin", "username and password go together".into()));
+        }
+        if self.session.mailbox_overflow == 0 {
+            return Err(err("session.mailbox_overflow", "must be at least 1".into()));
         }
         if self.session.mailbox_capacity == 0 || self.session.server_workers == 0 || self.session.server_queue == 0 {
             return Err(err("session", "capacities must be positive".into()));

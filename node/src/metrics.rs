@@ -109,6 +109,7 @@ fn record(state: &AdminState) {
     counter!("meerkat_router_routed_total").absolute(rs.routed.load(Ordering::Relaxed));
     counter!("meerkat_router_bounced_total").absolute(rs.bounced.load(Ordering::Relaxed));
     counter!("meerkat_router_dropped_total").absolute(rs.dropped.load(Ordering::Relaxed));
+    counter!("meerkat_session_overflow_refused_total").absolute(meerkat_actors::session::overflow_refused());
     // MongooseIM's names for the same figures.
     counter!("sm_message_bounced_count").absolute(rs.messages_bounced.load(Ordering::Relaxed));
     counter!("router_stanza_dropped_count").absolute(rs.dropped.load(Ordering::Relaxed));

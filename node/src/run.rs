@@ -139,6 +139,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     );
     let settings = SessionSettings {
         mailbox_capacity: cfg.session.mailbox_capacity,
+        mailbox_overflow: cfg.session.mailbox_overflow,
         max_outgoing_bytes: cfg.session.max_outgoing_bytes,
         idle_timeout: Duration::from_secs(cfg.session.idle_timeout),
         keepalive_interval: Duration::from_secs(cfg.session.keepalive_interval),

@@ -53,6 +53,7 @@ pub mod cluster;
 pub mod global;
 pub mod links;
 pub mod local;
+pub mod pressure;
 pub mod routes;
 #[cfg(test)]
 mod tests;
