@@ -20,10 +20,11 @@
 //!   copy queued for a recipient's connection on this node.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics::{counter, gauge, Counter, Gauge};
 
 use meerkat_xmpp::element::Element;
 
@@ -45,6 +46,61 @@ impl ConnectionType {
     }
 }
 
+/// Buckets of the size histograms, in bytes.
+pub const BYTE_BUCKETS: &[f64] = &[64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0];
+/// Buckets of the latency histograms, in seconds.
+pub const SECONDS_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A histogram with fixed buckets kept in atomics, for the figures taken on
+/// every stanza: a sample is two atomic additions and no allocation (the
+/// recorder's histograms keep every sample until their upkeep). The node
+/// renders them in Prometheus' text format ([`Instruments::render`]).
+pub struct FixedHistogram {
+    name: String,
+    labels: Vec<(&'static str, String)>,
+    bounds: &'static [f64],
+    /// Samples per bucket (not cumulative); the last is `+Inf`.
+    counts: Box<[AtomicU64]>,
+    /// The sum of the samples, in `unit`s.
+    sum: AtomicU64,
+    unit: f64,
+}
+
+impl FixedHistogram {
+    fn new(name: String, labels: Vec<(&'static str, String)>, bounds: &'static [f64], unit: f64) -> Arc<Self> {
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Arc::new(FixedHistogram { name, labels, bounds, counts, sum: AtomicU64::new(0), unit })
+    }
+
+    /// Counts one sample of `value` (in the histogram's own unit: bytes, or
+    /// seconds for a latency).
+    pub fn record(&self, value: f64) {
+        let i = self.bounds.partition_point(|b| *b < value);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add((value / self.unit).round() as u64, Ordering::Relaxed);
+    }
+
+    /// Appends the histogram's lines (buckets, sum, count) to `out`.
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let labels: String = self.labels.iter().map(|(k, v)| format!("{k}=\"{v}\",")).collect();
+        let mut cumulative = 0u64;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            let le = self.bounds.get(i).map(|b| b.to_string()).unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(out, "{}_bucket{{{labels}le=\"{le}\"}} {cumulative}", self.name);
+        }
+        let labels = match labels.trim_end_matches(',') {
+            "" => String::new(),
+            l => format!("{{{l}}}"),
+        };
+        let sum = self.sum.load(Ordering::Relaxed) as f64 * self.unit;
+        let _ = writeln!(out, "{}_sum{labels} {sum}", self.name);
+        let _ = writeln!(out, "{}_count{labels} {cumulative}", self.name);
+    }
+}
+
 /// The `host_type` of connections that belong to no configured host.
 pub const GLOBAL_HOST_TYPE: &str = "global";
 
@@ -60,7 +116,7 @@ pub struct ElementMetrics {
     message_error_count: Counter,
     iq_error_count: Counter,
     presence_error_count: Counter,
-    byte_size: Histogram,
+    byte_size: Arc<FixedHistogram>,
 }
 
 /// What an element is, as the measurements tell kinds apart.
@@ -86,7 +142,7 @@ impl ElementMetrics {
             message_error_count: c("message_error_count"),
             iq_error_count: c("iq_error_count"),
             presence_error_count: c("presence_error_count"),
-            byte_size: histogram!(format!("{event}_byte_size"), &labels),
+            byte_size: FixedHistogram::new(format!("{event}_byte_size"), labels.to_vec(), BYTE_BUCKETS, 1.0),
         }
     }
 
@@ -278,7 +334,7 @@ pub struct Instruments {
     /// By connection type, then host.
     hosts: HashMap<ConnectionType, HashMap<String, Arc<HostMetrics>>>,
     data: HashMap<(ConnectionType, bool), DataMetrics>,
-    route_local: Histogram,
+    route_local: Arc<FixedHistogram>,
 }
 
 impl Instruments {
@@ -297,7 +353,8 @@ impl Instruments {
                 data.insert((ct, tls), DataMetrics::register(ct, tls));
             }
         }
-        Instruments { hosts: by_host, data, route_local: histogram!("meerkat_route_local_seconds") }
+        let route_local = FixedHistogram::new("meerkat_route_local_seconds".into(), Vec::new(), SECONDS_BUCKETS, 1e-9);
+        Instruments { hosts: by_host, data, route_local }
     }
 
     /// The handles of `host` (`global` for a host not configured here).
@@ -309,6 +366,28 @@ impl Instruments {
     /// The byte counters of a connection type, in the clear or under TLS.
     pub fn data(&self, ct: ConnectionType, tls: bool) -> DataMetrics {
         self.data[&(ct, tls)].clone()
+    }
+
+    /// The histograms kept here, in Prometheus' text format, grouped by name.
+    pub fn render(&self) -> String {
+        let mut all: Vec<&FixedHistogram> = vec![&self.route_local];
+        for hosts in self.hosts.values() {
+            for h in hosts.values() {
+                all.push(&h.element_in.byte_size);
+                all.push(&h.element_out.byte_size);
+            }
+        }
+        all.sort_by(|a, b| (&a.name, &a.labels).cmp(&(&b.name, &b.labels)));
+        let mut out = String::new();
+        let mut last: Option<&str> = None;
+        for h in all {
+            if last != Some(h.name.as_str()) {
+                out.push_str(&format!("# TYPE {} histogram\n", h.name));
+                last = Some(h.name.as_str());
+            }
+            h.render(&mut out);
+        }
+        out
     }
 
     /// A stanza parsed at `parsed` has just been queued for a local recipient.

@@ -148,7 +148,8 @@ impl ReadGate {
 
     /// What the reader must wait on now, if anything.
     pub fn take(&self) -> Option<Pressure> {
-        if !self.0.armed.swap(false, Ordering::AcqRel) {
+        // A plain load first: the swap, a locked instruction, only when armed.
+        if !self.0.armed.load(Ordering::Acquire) || !self.0.armed.swap(false, Ordering::AcqRel) {
             return None;
         }
         self.0.pressure.lock().unwrap_or_else(|e| e.into_inner()).take()

@@ -10,23 +10,22 @@
 //!   and copied into the same recorder at each scrape.
 //!
 //! Histograms are kept with fixed buckets (`*_byte_size` in bytes,
-//! `*_seconds` in seconds); an upkeep task drains their samples into the
-//! buckets every few seconds, so memory stays bounded between scrapes.
+//! `*_seconds` in seconds). Those taken on every stanza (element sizes,
+//! `meerkat_route_local_seconds`) are atomic bucket counts of their own
+//! (`meerkat_actors::instrument::FixedHistogram`), appended to the text; for
+//! the others an upkeep task drains the recorder's samples into the buckets
+//! every few seconds, so memory stays bounded between scrapes.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use meerkat_actors::instrument::{BYTE_BUCKETS, SECONDS_BUCKETS};
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::admin::AdminState;
 
-/// Buckets of the size histograms, in bytes.
-const BYTE_BUCKETS: &[f64] = &[64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0];
-/// Buckets of the latency histograms, in seconds.
-const SECONDS_BUCKETS: &[f64] =
-    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -79,7 +78,10 @@ impl Metrics {
         match self {
             Metrics::Installed(handle) => {
                 record(state);
-                handle.render()
+                // The per-stanza histograms are kept outside the recorder.
+                let mut text = handle.render();
+                text.push_str(&state.svc.instruments.render());
+                text
             }
             Metrics::Scraped(recorder) => {
                 let recorder = recorder.lock().unwrap_or_else(|e| e.into_inner());
