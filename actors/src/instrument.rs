@@ -335,6 +335,8 @@ pub struct Instruments {
     hosts: HashMap<ConnectionType, HashMap<String, Arc<HostMetrics>>>,
     data: HashMap<(ConnectionType, bool), DataMetrics>,
     route_local: Arc<FixedHistogram>,
+    /// Every [`FixedHistogram`] above, sorted by name and labels for rendering.
+    histograms: Vec<Arc<FixedHistogram>>,
 }
 
 impl Instruments {
@@ -354,7 +356,13 @@ impl Instruments {
             }
         }
         let route_local = FixedHistogram::new("meerkat_route_local_seconds".into(), Vec::new(), SECONDS_BUCKETS, 1e-9);
-        Instruments { hosts: by_host, data, route_local }
+        let mut histograms = vec![route_local.clone()];
+        for h in by_host.values().flat_map(|hosts| hosts.values()) {
+            histograms.push(h.element_in.byte_size.clone());
+            histograms.push(h.element_out.byte_size.clone());
+        }
+        histograms.sort_by(|a, b| (&a.name, &a.labels).cmp(&(&b.name, &b.labels)));
+        Instruments { hosts: by_host, data, route_local, histograms }
     }
 
     /// The handles of `host` (`global` for a host not configured here).
@@ -370,17 +378,9 @@ impl Instruments {
 
     /// The histograms kept here, in Prometheus' text format, grouped by name.
     pub fn render(&self) -> String {
-        let mut all: Vec<&FixedHistogram> = vec![&self.route_local];
-        for hosts in self.hosts.values() {
-            for h in hosts.values() {
-                all.push(&h.element_in.byte_size);
-                all.push(&h.element_out.byte_size);
-            }
-        }
-        all.sort_by(|a, b| (&a.name, &a.labels).cmp(&(&b.name, &b.labels)));
         let mut out = String::new();
         let mut last: Option<&str> = None;
-        for h in all {
+        for h in &self.histograms {
             if last != Some(h.name.as_str()) {
                 out.push_str(&format!("# TYPE {} histogram\n", h.name));
                 last = Some(h.name.as_str());

@@ -906,7 +906,7 @@ impl Default for Session {
     fn default() -> Self {
         Session {
             mailbox_capacity: 1024,
-            mailbox_overflow: 1024,
+            mailbox_overflow: meerkat_actors::session::DELIVERY_OVERFLOW,
             max_outgoing_bytes: 4 * 1024 * 1024,
             idle_timeout: 600,
             keepalive_interval: 60,
