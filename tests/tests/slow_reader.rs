@@ -56,7 +56,8 @@ async fn a_client_that_stops_reading_loses_none_of_what_was_sent_to_it() {
             None => {}
         }
     }
-    let let_go_at = let_go_at.unwrap_or_else(|| panic!("bob/slow should have been let go of within {MAX_SENT} messages"));
+    let let_go_at =
+        let_go_at.unwrap_or_else(|| panic!("bob/slow should have been let go of within {MAX_SENT} messages"));
     eprintln!("bob/slow let go of after {let_go_at} messages, {sent} sent");
     // Barrier: storing what bob/slow gave back runs on bob's server shard, in
     // order; an IQ to bob's bare JID is answered there after all of it.
