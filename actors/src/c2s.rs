@@ -644,7 +644,10 @@ async fn read_loop(
     silence: Silence,
     conn: u64,
 ) -> Result<(), ConnError> {
-    let mut silent_since = tokio::time::Instant::now();
+    // When what the reader holds was read: one clock reading per read, not
+    // per stanza (the routing latency counts from it).
+    let mut read_at = std::time::Instant::now();
+    let mut silent_since = tokio::time::Instant::from_std(read_at);
     let mut notified = false;
     loop {
         loop {
@@ -660,7 +663,7 @@ async fn read_loop(
                 silent_since = tokio::time::Instant::now();
             }
             match reader.next_event() {
-                Ok(Some(StreamEvent::Stanza(el))) => match addr.try_send(FromClient(el, std::time::Instant::now())) {
+                Ok(Some(StreamEvent::Stanza(el))) => match addr.try_send(FromClient(el, read_at)) {
                     // Queued in order; the reader goes on without waiting for the session.
                     Ok(()) => {}
                     // Waits while the session's mailbox is full: back-pressure to the client's TCP window.
@@ -711,7 +714,8 @@ async fn read_loop(
                     return Ok(());
                 }
                 Ok(Ok(true)) => {
-                    silent_since = tokio::time::Instant::now();
+                    read_at = std::time::Instant::now();
+                    silent_since = tokio::time::Instant::from_std(read_at);
                     notified = false;
                 }
             },

@@ -1,9 +1,12 @@
 //! Traffic instrumentation with MongooseIM 6.4's event names and labels.
 //!
-//! Handles are registered once, at start, with whatever `metrics` recorder
-//! the node installed (none: every handle does nothing), one set per host
-//! and connection type, and handed to the connections that use them, so
-//! that counting an element is a few atomic additions and no lookup.
+//! Handles are made once, at start, one set per host and connection type,
+//! and handed to the connections that use them, so that counting an element
+//! is a few atomic additions and no lookup. The figures taken on every
+//! element and every read or write ([`FixedCounter`], [`FixedHistogram`])
+//! are atomics kept here and rendered by the node ([`Instruments::render`]);
+//! the others (logins, sessions, failed authentications) go to whatever
+//! `metrics` recorder the node installed (none: those handles do nothing).
 //!
 //! - `xmpp_element_in_*` and `xmpp_element_out_*`: one event as soon as an
 //!   element is parsed from a peer, one just before an element is written
@@ -16,7 +19,7 @@
 //!   clear and under TLS (after decryption, before encryption).
 //! - `c2s_auth_failed_count`, `component_auth_failed_count`.
 //! - `sm_session_logins`, `sm_session_logouts`, `sm_session_count`.
-//! - `meerkat_route_local_seconds`: from a stanza parsed on this node to its
+//! - `meerkat_route_local_seconds`: from the read that brought a stanza in on this node to its
 //!   copy queued for a recipient's connection on this node.
 
 use std::collections::HashMap;
@@ -101,21 +104,64 @@ impl FixedHistogram {
     }
 }
 
+/// A counter kept in an atomic, for the figures taken on every stanza or
+/// every read and write (the recorder's counters go through a generation
+/// check on each increment). Rendered by the node with the histograms.
+pub struct FixedCounter {
+    name: String,
+    labels: Vec<(&'static str, String)>,
+    value: AtomicU64,
+    /// Counters whose values this one adds to its own when read: a total
+    /// costs no addition of its own per event.
+    sum_of: Vec<Arc<FixedCounter>>,
+}
+
+impl FixedCounter {
+    fn new(name: String, labels: Vec<(&'static str, String)>) -> Arc<Self> {
+        Arc::new(FixedCounter { name, labels, value: AtomicU64::new(0), sum_of: Vec::new() })
+    }
+
+    /// A counter that reads as the sum of `parts`.
+    fn sum(name: String, labels: Vec<(&'static str, String)>, parts: Vec<Arc<FixedCounter>>) -> Arc<Self> {
+        Arc::new(FixedCounter { name, labels, value: AtomicU64::new(0), sum_of: parts })
+    }
+
+    pub fn increment(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed) + self.sum_of.iter().map(|c| c.get()).sum::<u64>()
+    }
+
+    /// Appends the counter's line to `out`.
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let labels: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+        let _ = writeln!(out, "{}{labels} {}", self.name, self.get());
+    }
+}
+
 /// The `host_type` of connections that belong to no configured host.
 pub const GLOBAL_HOST_TYPE: &str = "global";
 
 /// The measurements of one event (`xmpp_element_in` or `xmpp_element_out`)
 /// for one connection type and host.
 pub struct ElementMetrics {
-    count: Counter,
-    stanza_count: Counter,
-    message_count: Counter,
-    iq_count: Counter,
-    presence_count: Counter,
-    error_count: Counter,
-    message_error_count: Counter,
-    iq_error_count: Counter,
-    presence_error_count: Counter,
+    /// Totals, read as sums of the counters below.
+    count: Arc<FixedCounter>,
+    stanza_count: Arc<FixedCounter>,
+    error_count: Arc<FixedCounter>,
+    message_count: Arc<FixedCounter>,
+    iq_count: Arc<FixedCounter>,
+    presence_count: Arc<FixedCounter>,
+    message_error_count: Arc<FixedCounter>,
+    iq_error_count: Arc<FixedCounter>,
+    presence_error_count: Arc<FixedCounter>,
+    /// Elements that are not stanzas, and those of them that are errors: parts of the totals only.
+    other_count: Arc<FixedCounter>,
+    other_error_count: Arc<FixedCounter>,
     byte_size: Arc<FixedHistogram>,
 }
 
@@ -131,40 +177,59 @@ enum Kind {
 impl ElementMetrics {
     fn register(event: &'static str, ct: ConnectionType, host: &str) -> ElementMetrics {
         let labels = [("connection_type", ct.as_str().to_owned()), ("host_type", host.to_owned())];
-        let c = |m: &str| counter!(format!("{event}_{m}"), &labels);
+        let c = |m: &str| FixedCounter::new(format!("{event}_{m}"), labels.to_vec());
+        let (message_count, iq_count, presence_count) = (c("message_count"), c("iq_count"), c("presence_count"));
+        let (message_error_count, iq_error_count, presence_error_count) =
+            (c("message_error_count"), c("iq_error_count"), c("presence_error_count"));
+        let (other_count, other_error_count) = (c("other_count"), c("other_error_count"));
+        let total = |m: &str, parts: &[&Arc<FixedCounter>]| {
+            FixedCounter::sum(format!("{event}_{m}"), labels.to_vec(), parts.iter().map(|c| Arc::clone(c)).collect())
+        };
         ElementMetrics {
-            count: c("count"),
-            stanza_count: c("stanza_count"),
-            message_count: c("message_count"),
-            iq_count: c("iq_count"),
-            presence_count: c("presence_count"),
-            error_count: c("error_count"),
-            message_error_count: c("message_error_count"),
-            iq_error_count: c("iq_error_count"),
-            presence_error_count: c("presence_error_count"),
+            count: total("count", &[&message_count, &iq_count, &presence_count, &other_count]),
+            stanza_count: total("stanza_count", &[&message_count, &iq_count, &presence_count]),
+            error_count: total(
+                "error_count",
+                &[&message_error_count, &iq_error_count, &presence_error_count, &other_error_count],
+            ),
+            message_count,
+            iq_count,
+            presence_count,
+            message_error_count,
+            iq_error_count,
+            presence_error_count,
+            other_count,
+            other_error_count,
             byte_size: FixedHistogram::new(format!("{event}_byte_size"), labels.to_vec(), BYTE_BUCKETS, 1.0),
         }
     }
 
+    /// The counters exposed (the parts of the totals that are not are left out).
+    fn counters(&self) -> [&Arc<FixedCounter>; 9] {
+        [
+            &self.count,
+            &self.stanza_count,
+            &self.message_count,
+            &self.iq_count,
+            &self.presence_count,
+            &self.error_count,
+            &self.message_error_count,
+            &self.iq_error_count,
+            &self.presence_error_count,
+        ]
+    }
+
     fn record(&self, kind: Kind, is_error: bool, bytes: usize) {
-        self.count.increment(1);
         self.byte_size.record(bytes as f64);
         let (kind_count, kind_error) = match kind {
             Kind::Message => (&self.message_count, &self.message_error_count),
             Kind::Iq => (&self.iq_count, &self.iq_error_count),
             Kind::Presence => (&self.presence_count, &self.presence_error_count),
-            Kind::Other => {
-                // A stream error is an error too (MongooseIM counts it so).
-                if is_error {
-                    self.error_count.increment(1);
-                }
-                return;
-            }
+            // A stream error is an error too (MongooseIM counts it so).
+            Kind::Other => (&self.other_count, &self.other_error_count),
         };
-        self.stanza_count.increment(1);
         kind_count.increment(1);
         if is_error {
-            self.error_count.increment(1);
             kind_error.increment(1);
         }
     }
@@ -274,17 +339,17 @@ impl Drop for SessionMetric {
 /// Bytes in and out of one kind of connection, in the clear or under TLS.
 #[derive(Clone)]
 pub struct DataMetrics {
-    pub data_in: Counter,
-    pub data_out: Counter,
+    pub data_in: Arc<FixedCounter>,
+    pub data_out: Arc<FixedCounter>,
 }
 
 impl DataMetrics {
     fn register(ct: ConnectionType, tls: bool) -> DataMetrics {
         let prefix = if tls { "tls" } else { "tcp" };
-        let labels = [("connection_type", ct.as_str())];
+        let labels = vec![("connection_type", ct.as_str().to_owned())];
         DataMetrics {
-            data_in: counter!(format!("{prefix}_data_in_byte_size"), &labels),
-            data_out: counter!(format!("{prefix}_data_out_byte_size"), &labels),
+            data_in: FixedCounter::new(format!("{prefix}_data_in_byte_size"), labels.clone()),
+            data_out: FixedCounter::new(format!("{prefix}_data_out_byte_size"), labels),
         }
     }
 }
@@ -337,6 +402,8 @@ pub struct Instruments {
     route_local: Arc<FixedHistogram>,
     /// Every [`FixedHistogram`] above, sorted by name and labels for rendering.
     histograms: Vec<Arc<FixedHistogram>>,
+    /// Every [`FixedCounter`] above, sorted likewise.
+    counters: Vec<Arc<FixedCounter>>,
 }
 
 impl Instruments {
@@ -362,7 +429,14 @@ impl Instruments {
             histograms.push(h.element_out.byte_size.clone());
         }
         histograms.sort_by(|a, b| (&a.name, &a.labels).cmp(&(&b.name, &b.labels)));
-        Instruments { hosts: by_host, data, route_local, histograms }
+        let mut counters: Vec<Arc<FixedCounter>> = by_host
+            .values()
+            .flat_map(|hosts| hosts.values())
+            .flat_map(|h| h.element_in.counters().into_iter().chain(h.element_out.counters()).cloned())
+            .chain(data.values().flat_map(|d| [d.data_in.clone(), d.data_out.clone()]))
+            .collect();
+        counters.sort_by(|a, b| (&a.name, &a.labels).cmp(&(&b.name, &b.labels)));
+        Instruments { hosts: by_host, data, route_local, histograms, counters }
     }
 
     /// The handles of `host` (`global` for a host not configured here).
@@ -376,9 +450,18 @@ impl Instruments {
         self.data[&(ct, tls)].clone()
     }
 
-    /// The histograms kept here, in Prometheus' text format, grouped by name.
+    /// The counters and histograms kept here, in Prometheus' text format,
+    /// grouped by name.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let mut last: Option<&str> = None;
+        for c in &self.counters {
+            if last != Some(c.name.as_str()) {
+                out.push_str(&format!("# TYPE {} counter\n", c.name));
+                last = Some(c.name.as_str());
+            }
+            c.render(&mut out);
+        }
         let mut last: Option<&str> = None;
         for h in &self.histograms {
             if last != Some(h.name.as_str()) {
@@ -426,6 +509,40 @@ impl Drop for RoutingGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_are_the_sums_of_their_parts() {
+        let m = ElementMetrics::register("xmpp_element_out", ConnectionType::C2s, "h");
+        for xml in [
+            &b"<message type='chat'><body>x</body></message>"[..],
+            b"<message type='error'/>",
+            b"<iq type='result' id='1'/>",
+            b"<presence/>",
+            b"<r xmlns='urn:xmpp:sm:3'/>",
+            b"<stream:error><conflict/></stream:error></stream:stream>",
+            b"</stream:stream>",
+        ] {
+            m.serialized(xml);
+        }
+        let mut out = String::new();
+        for c in m.counters() {
+            c.render(&mut out);
+        }
+        let value = |name: &str| {
+            let line = out.lines().find(|l| l.starts_with(&format!("xmpp_element_out_{name}{{"))).unwrap();
+            line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+        };
+        assert_eq!(value("count"), 6, "{out}");
+        assert_eq!(value("stanza_count"), 4, "{out}");
+        assert_eq!(value("message_count"), 2, "{out}");
+        assert_eq!(value("iq_count"), 1, "{out}");
+        assert_eq!(value("presence_count"), 1, "{out}");
+        assert_eq!(value("error_count"), 2, "{out}");
+        assert_eq!(value("message_error_count"), 1, "{out}");
+        assert_eq!(value("iq_error_count"), 0, "{out}");
+        assert!(!out.contains("other"), "the parts of the totals are not exposed:\n{out}");
+        assert!(out.contains("xmpp_element_out_count{connection_type=\"c2s\",host_type=\"h\"} 6"), "{out}");
+    }
 
     #[test]
     fn serialized_output_is_classified_by_its_start_tag() {

@@ -55,14 +55,26 @@ pub struct OutQueue {
     max_bytes: usize,
     /// Bytes ever queued; the writer counts those it wrote in [`Written`].
     pushed: Arc<AtomicU64>,
-    written: watch::Receiver<u64>,
+    progress: Arc<WriteProgress>,
+}
+
+/// Bytes written to the connection so far, for [`OutQueue::written_up_to_now`]:
+/// the writer wakes someone only while someone waits (rarely: stored
+/// messages taken once written), so a write costs one atomic addition.
+#[derive(Default)]
+struct WriteProgress {
+    total: AtomicU64,
+    /// The writer is gone.
+    ended: std::sync::atomic::AtomicBool,
+    waiters: AtomicUsize,
+    notify: tokio::sync::Notify,
 }
 
 /// The writer's side of an [`OutQueue`]'s counts: bytes still queued, and
 /// bytes written to the connection so far (watched by [`OutQueue::written_up_to_now`]).
 pub struct Written {
     queued: Arc<AtomicUsize>,
-    total: watch::Sender<u64>,
+    progress: Arc<WriteProgress>,
 }
 
 impl Written {
@@ -73,7 +85,19 @@ impl Written {
 
     /// `len` bytes (of those dequeued) reached the connection.
     pub fn wrote(&self, len: usize) {
-        self.total.send_modify(|t| *t += len as u64);
+        // SeqCst with the waiter's side: either this sees the waiter, or the
+        // waiter sees this addition.
+        self.progress.total.fetch_add(len as u64, Ordering::SeqCst);
+        if self.progress.waiters.load(Ordering::SeqCst) > 0 {
+            self.progress.notify.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        self.progress.ended.store(true, Ordering::SeqCst);
+        self.progress.notify.notify_waiters();
     }
 }
 
@@ -90,17 +114,44 @@ impl OutQueue {
     pub fn new(capacity: usize, max_bytes: usize) -> (OutQueue, mpsc::Receiver<Bytes>, Written) {
         let (tx, rx) = mpsc::channel(capacity);
         let queued = Arc::new(AtomicUsize::new(0));
-        let (total, written) = watch::channel(0);
-        let out = OutQueue { tx, queued: queued.clone(), max_bytes, pushed: Arc::new(AtomicU64::new(0)), written };
-        (out, rx, Written { queued, total })
+        let progress = Arc::new(WriteProgress::default());
+        let out = OutQueue {
+            tx,
+            queued: queued.clone(),
+            max_bytes,
+            pushed: Arc::new(AtomicU64::new(0)),
+            progress: progress.clone(),
+        };
+        (out, rx, Written { queued, progress })
     }
 
     /// Resolves to `true` once the writer wrote everything queued so far to
     /// the connection, `false` if the writer ended first.
     pub fn written_up_to_now(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
         let target = self.pushed.load(Ordering::Relaxed);
-        let mut written = self.written.clone();
-        async move { written.wait_for(|w| *w >= target).await.is_ok() }
+        let progress = self.progress.clone();
+        async move {
+            struct Waiting<'a>(&'a WriteProgress);
+            impl Drop for Waiting<'_> {
+                fn drop(&mut self) {
+                    self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            progress.waiters.fetch_add(1, Ordering::SeqCst);
+            let _waiting = Waiting(&progress);
+            loop {
+                let notified = progress.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if progress.total.load(Ordering::SeqCst) >= target {
+                    return true;
+                }
+                if progress.ended.load(Ordering::SeqCst) {
+                    return false;
+                }
+                notified.await;
+            }
+        }
     }
 
     pub fn push(&self, data: String) -> Result<(), PushError> {

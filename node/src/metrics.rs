@@ -10,11 +10,13 @@
 //!   and copied into the same recorder at each scrape.
 //!
 //! Histograms are kept with fixed buckets (`*_byte_size` in bytes,
-//! `*_seconds` in seconds). Those taken on every stanza (element sizes,
-//! `meerkat_route_local_seconds`) are atomic bucket counts of their own
-//! (`meerkat_actors::instrument::FixedHistogram`), appended to the text; for
-//! the others an upkeep task drains the recorder's samples into the buckets
-//! every few seconds, so memory stays bounded between scrapes.
+//! `*_seconds` in seconds). The figures taken on every stanza or every read
+//! and write (`xmpp_element_*`, `tcp_data_*`/`tls_data_*`,
+//! `meerkat_route_local_seconds`) are atomics of their own
+//! (`meerkat_actors::instrument::FixedCounter` and `FixedHistogram`),
+//! appended to the text; for the other histograms an upkeep task drains the
+//! recorder's samples into the buckets every few seconds, so memory stays
+//! bounded between scrapes.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock};
@@ -78,7 +80,7 @@ impl Metrics {
         match self {
             Metrics::Installed(handle) => {
                 record(state);
-                // The per-stanza histograms are kept outside the recorder.
+                // The per-stanza counters and histograms are kept outside the recorder.
                 let mut text = handle.render();
                 text.push_str(&state.svc.instruments.render());
                 text

@@ -18,7 +18,7 @@ use std::time::Duration;
 use meerkat_xmpp::sasl::fast::HtMechanism;
 
 use crate::ext::registry::ModuleSpec;
-use crate::ext::{CoreTuning, Module, ModuleCtx};
+use crate::ext::{CoreTuning, HookSet, Module, ModuleCtx};
 use crate::negotiation::{FastOp, FastSettings, IssuedToken, NegAction, NegEvent};
 
 /// A span of time as MongooseIM writes it: `{value = 3, unit = "days"}`.
@@ -143,6 +143,10 @@ impl ModuleSpec for FastAuthToken {
 impl Module for FastAuthToken {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
 
     async fn negotiation_action(&self, ctx: &ModuleCtx, host: &str, action: &NegAction) -> Option<NegEvent> {

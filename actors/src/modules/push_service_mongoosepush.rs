@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::ext::pools::{self as http, Body, Request};
 use crate::ext::registry::ModuleSpec;
-use crate::ext::{Metric, Module, ModuleCtx, PushNotification};
+use crate::ext::{HookSet, Metric, Module, ModuleCtx, PushNotification};
 
 /// `[modules.mod_push_service_mongoosepush]`
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -109,6 +109,10 @@ fn request(n: &PushNotification) -> Option<Request> {
 impl Module for MongoosePush {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
 
     async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use crate::ext::registry::ModuleSpec;
-use crate::ext::{CoreTuning, Module, Switch};
+use crate::ext::{CoreTuning, HookSet, Module, Switch};
 
 /// XEP-0388 SASL2.
 pub struct Sasl2;
@@ -34,6 +34,10 @@ impl ModuleSpec for Sasl2 {
 impl Module for Sasl2 {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
 }
 
@@ -58,5 +62,9 @@ impl ModuleSpec for Bind2 {
 impl Module for Bind2 {
     fn name(&self) -> &'static str {
         Self::NAME
+    }
+
+    fn hot_hooks(&self) -> HookSet {
+        HookSet::NONE
     }
 }
