@@ -50,8 +50,10 @@
 #   SOURCE_IPS=127.0.0.2-127.0.0.9         (idle connections; ~28k per address)
 #   HOST=127.0.0.1  PORT=5222  DOMAIN=localhost  ADMIN_PORT=5289
 #   PEER_BENCH_DIR=<repo>/../shared/bench
-#   PROFILE=release  BUILD=1               (cargo build --release of meerkat and meerkat-load)
-#   CARGO_TARGET_DIR=/var/tmp/meerkat-target  MEERKAT_BIN, LOAD_BIN (override the binaries)
+#   PROFILE=release  BUILD=1               (cargo build --release of meerkat and meerkat-load;
+#                                          off when both binaries are given)
+#   CARGO_TARGET_DIR=/var/tmp/meerkat-target  MEERKAT_BIN, LOAD_BIN (override the binaries: an
+#                                          A/B of two builds keeps one LOAD_BIN for both)
 #   MODULES_TOML=<Inbox (rdbms_async), and the rabbit event pusher on the machine's RabbitMQ>
 #                                          (appended to Meerkat's config for the server
 #                                          "meerkat-modules", the same binary otherwise)
@@ -77,7 +79,9 @@ PUBSUB=""   # set while a pubsub run's server is up
 SERVER_CPUS="${SERVER_CPUS:-1}"; GEN_CPUS="${GEN_CPUS:-0}"; BROKER_CPUS="${BROKER_CPUS:-$GEN_CPUS}"
 SOURCE_IPS="${SOURCE_IPS:-127.0.0.2-127.0.0.9}"
 HOST="${HOST:-127.0.0.1}"; PORT="${PORT:-5222}"; DOMAIN="${DOMAIN:-localhost}"; ADMIN_PORT="${ADMIN_PORT:-5289}"
-PROFILE="${PROFILE:-release}"; BUILD="${BUILD:-1}"
+PROFILE="${PROFILE:-release}"
+# Given binaries are measured as they are: building would overwrite the target directory's.
+if [ -n "${MEERKAT_BIN:-}" ] && [ -n "${LOAD_BIN:-}" ]; then BUILD="${BUILD:-0}"; else BUILD="${BUILD:-1}"; fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/meerkat-target}"
 MEERKAT_BIN="${MEERKAT_BIN:-$CARGO_TARGET_DIR/$PROFILE/meerkat}"
 LOAD_BIN="${LOAD_BIN:-$CARGO_TARGET_DIR/$PROFILE/meerkat-load}"

@@ -26,6 +26,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// mimalloc instead of glibc's malloc: a stanza is a tree of small strings,
+/// and glibc's allocator took a fifth of the CPU of a routed message.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let cfg = match &cli.config {
