@@ -87,17 +87,15 @@ impl FixedHistogram {
     /// Appends the histogram's lines (buckets, sum, count) to `out`.
     fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let labels: String = self.labels.iter().map(|(k, v)| format!("{k}=\"{v}\",")).collect();
+        let list = label_list(&self.labels);
+        let before_le = if list.is_empty() { String::new() } else { format!("{list},") };
         let mut cumulative = 0u64;
         for (i, c) in self.counts.iter().enumerate() {
             cumulative += c.load(Ordering::Relaxed);
             let le = self.bounds.get(i).map(|b| b.to_string()).unwrap_or_else(|| "+Inf".into());
-            let _ = writeln!(out, "{}_bucket{{{labels}le=\"{le}\"}} {cumulative}", self.name);
+            let _ = writeln!(out, "{}_bucket{{{before_le}le=\"{le}\"}} {cumulative}", self.name);
         }
-        let labels = match labels.trim_end_matches(',') {
-            "" => String::new(),
-            l => format!("{{{l}}}"),
-        };
+        let labels = if list.is_empty() { String::new() } else { format!("{{{list}}}") };
         let sum = self.sum.load(Ordering::Relaxed) as f64 * self.unit;
         let _ = writeln!(out, "{}_sum{labels} {sum}", self.name);
         let _ = writeln!(out, "{}_count{labels} {cumulative}", self.name);
@@ -137,8 +135,8 @@ impl FixedCounter {
     /// Appends the counter's line to `out`.
     fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let labels: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+        let list = label_list(&self.labels);
+        let labels = if list.is_empty() { String::new() } else { format!("{{{list}}}") };
         let _ = writeln!(out, "{}{labels} {}", self.name, self.get());
     }
 }
@@ -454,29 +452,39 @@ impl Instruments {
     /// grouped by name.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut last: Option<&str> = None;
-        for c in &self.counters {
-            if last != Some(c.name.as_str()) {
-                out.push_str(&format!("# TYPE {} counter\n", c.name));
-                last = Some(c.name.as_str());
-            }
-            c.render(&mut out);
-        }
-        let mut last: Option<&str> = None;
-        for h in &self.histograms {
-            if last != Some(h.name.as_str()) {
-                out.push_str(&format!("# TYPE {} histogram\n", h.name));
-                last = Some(h.name.as_str());
-            }
-            h.render(&mut out);
-        }
+        render_grouped(&mut out, "counter", &self.counters, |c| &c.name, FixedCounter::render);
+        render_grouped(&mut out, "histogram", &self.histograms, |h| &h.name, FixedHistogram::render);
         out
     }
 
-    /// A stanza parsed at `parsed` has just been queued for a local recipient.
-    pub fn routed_locally(&self, parsed: Instant) {
-        self.route_local.record(parsed.elapsed().as_secs_f64());
+    /// A stanza read at `read_at` has just been queued for a local recipient.
+    pub fn routed_locally(&self, read_at: Instant) {
+        self.route_local.record(read_at.elapsed().as_secs_f64());
     }
+}
+
+/// Appends `items` (sorted by name) to `out`, with a `# TYPE` line before each name.
+fn render_grouped<T>(
+    out: &mut String,
+    kind: &str,
+    items: &[Arc<T>],
+    name: impl Fn(&T) -> &str,
+    render: impl Fn(&T, &mut String),
+) {
+    let mut last: Option<&str> = None;
+    for item in items {
+        let n = name(item);
+        if last != Some(n) {
+            out.push_str(&format!("# TYPE {n} {kind}\n"));
+            last = Some(n);
+        }
+        render(item, out);
+    }
+}
+
+/// `k="v",…` of a metric's labels, without braces.
+fn label_list(labels: &[(&'static str, String)]) -> String {
+    labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect::<Vec<_>>().join(",")
 }
 
 thread_local! {
