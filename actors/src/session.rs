@@ -444,7 +444,7 @@ impl C2sSession {
         ctx: &mut Context<Self>,
         then: impl FnOnce(&mut Self, bool, &mut Context<Self>) + 'static,
     ) {
-        let SessionAcc { write, jobs, hold_messages, resumable, timers, stop } = acc;
+        let SessionAcc { write, jobs, hold_messages, resumable, timers, stop, taken: _ } = acc;
         for el in write {
             self.write_counted(el, ctx);
         }
@@ -728,12 +728,12 @@ impl C2sSession {
                         return;
                     }
                 };
-                self.apply(acc, ctx, move |act, queued, ctx| {
-                    if queued {
-                        act.route(to, el);
-                    } else {
-                        act.reply_error(&el, StanzaErrorCondition::ServiceUnavailable, ctx);
-                    }
+                let taken = acc.taken;
+                self.apply(acc, ctx, move |act, queued, ctx| match (queued, taken) {
+                    (true, false) => act.route(to, el),
+                    // A module took it, and its jobs are queued.
+                    (true, true) => {}
+                    (false, _) => act.reply_error(&el, StanzaErrorCondition::ServiceUnavailable, ctx),
                 });
             }
             StanzaKind::Presence => self.on_client_presence(el, to, ctx),

@@ -561,3 +561,141 @@ async fn an_account_has_at_most_max_pep_nodes() {
     assert_eq!(error_of(&refused), err("not-allowed", Some("max-nodes-exceeded")));
     ok(&mut alice, &publish("", "urn:example:n0", "current", "still fine")).await;
 }
+
+/// XEP-0060 §5.6 and §5.7: an entity's own subscriptions and affiliations
+/// on the service, all or of one node; a node that does not exist is
+/// `item-not-found`. Collection nodes are not served, and asking for one is
+/// refused as XEP-0060 says for an unsupported feature. Nodes one account
+/// owns on the service are bounded (`max_nodes_per_account`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_lists_collections_and_the_bound_on_owned_nodes() {
+    let node = TestNode::start("[modules.mod_pubsub]\nenabled = true\nmax_nodes_per_account = 2\n");
+    for u in ["alice", "bob"] {
+        node.add_user(u, PW);
+    }
+    let mut alice = login(&node, "alice", PW, "a").await;
+    let mut bob = login(&node, "bob", PW, "b").await;
+    let create = |name: &str| {
+        format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><create node='{name}'/></pubsub></iq>")
+    };
+    ok(&mut alice, &create("one")).await;
+    ok(&mut alice, &create("two")).await;
+    let refused = alice.iq_xml(&create("three")).await.unwrap();
+    assert_eq!(error_of(&refused), err("not-allowed", Some("max-nodes-exceeded")));
+    // Another account has its own allowance.
+    ok(&mut bob, &create("bobs")).await;
+
+    let subscribe = |name: &str, jid: &str| {
+        format!("<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><subscribe node='{name}' jid='{jid}'/></pubsub></iq>")
+    };
+    ok(&mut bob, &subscribe("one", "bob@localhost")).await;
+    ok(&mut bob, &subscribe("two", "bob@localhost/b")).await;
+    let list = |kind: &str, node: Option<&str>| {
+        let node = node.map(|n| format!(" node='{n}'")).unwrap_or_default();
+        format!("<iq type='get' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><{kind}{node}/></pubsub></iq>")
+    };
+    let entries = |res: &Element, kind: &str, child: &str| -> Vec<(String, String)> {
+        let l = res.get_child("pubsub", PUBSUB).and_then(|p| p.get_child(kind, PUBSUB)).cloned().unwrap();
+        let mut v: Vec<(String, String)> = l
+            .elements()
+            .filter(|e| e.name == child)
+            .map(|e| (e.attr("node").unwrap().to_owned(), e.attr(child).unwrap().to_owned()))
+            .collect();
+        v.sort();
+        v
+    };
+    let subs = ok(&mut bob, &list("subscriptions", None)).await;
+    assert_eq!(
+        entries(&subs, "subscriptions", "subscription"),
+        vec![("one".to_owned(), "subscribed".to_owned()), ("two".to_owned(), "subscribed".to_owned())],
+        "{subs}"
+    );
+    let text = subs.to_xml(ns::CLIENT);
+    assert!(text.contains("jid='bob@localhost'") && text.contains("jid='bob@localhost/b'") && text.contains("subid="));
+    let one = ok(&mut bob, &list("subscriptions", Some("two"))).await;
+    assert_eq!(entries(&one, "subscriptions", "subscription"), vec![("two".to_owned(), "subscribed".to_owned())]);
+    let affs = ok(&mut alice, &list("affiliations", None)).await;
+    assert_eq!(
+        entries(&affs, "affiliations", "affiliation"),
+        vec![("one".to_owned(), "owner".to_owned()), ("two".to_owned(), "owner".to_owned())],
+        "{affs}"
+    );
+    let none = ok(&mut alice, &list("subscriptions", None)).await;
+    assert!(entries(&none, "subscriptions", "subscription").is_empty(), "{none}");
+    let missing = alice.iq_xml(&list("affiliations", Some("nowhere"))).await.unwrap();
+    assert_eq!(error_of(&missing), err("item-not-found", None));
+    // An account's PEP nodes are its own.
+    ok(&mut alice, &publish("", "urn:example:tune", "current", "a song")).await;
+    let pep = ok(
+        &mut alice,
+        &format!("<iq type='get'><pubsub xmlns='{PUBSUB}'><affiliations/></pubsub></iq>"),
+    )
+    .await;
+    assert_eq!(entries(&pep, "affiliations", "affiliation"), vec![("urn:example:tune".to_owned(), "owner".to_owned())]);
+
+    // A collection is not served; a leaf is what every node is.
+    let typed = |name: &str, kind: &str| {
+        format!(
+            "<iq type='set' to='{SERVICE}'><pubsub xmlns='{PUBSUB}'><create node='{name}'/><configure><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+             <field var='pubsub#node_type'><value>{kind}</value></field></x></configure></pubsub></iq>"
+        )
+    };
+    let refused = bob.iq_xml(&typed("shelf", "collection")).await.unwrap();
+    assert_eq!(error_of(&refused), err("feature-not-implemented", Some("unsupported")));
+    assert!(refused.to_xml(ns::CLIENT).contains("feature='collections'"), "{refused}");
+    ok(&mut bob, &typed("leaf", "leaf")).await;
+}
+
+/// The `authorize` access model on an account's own PEP node: the account
+/// gets the approval form from its own bare JID, and its submitted answer,
+/// sent there, subscribes the requester. The answer goes to the service,
+/// not to the account's other clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_approves_subscriptions_to_its_pep_node_by_form() {
+    let node = node();
+    let mut alice = login(&node, "alice", PW, "a").await;
+    let mut alice2 = login(&node, "alice", PW, "a2").await;
+    let mut carol = login(&node, "carol", PW, "c").await;
+    alice.go_online(Some(1)).await.unwrap();
+    alice2.go_online(Some(0)).await.unwrap();
+    ok(&mut alice, &format!(
+        "<iq type='set'><pubsub xmlns='{PUBSUB}'><publish node='urn:example:diary'><item id='current'><entry xmlns='urn:example'>day one</entry></item></publish>\
+         <publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+         <field var='pubsub#access_model'><value>authorize</value></field></x></publish-options></pubsub></iq>"
+    )).await;
+    let res = ok(&mut carol, &format!("<iq type='set' to='alice@localhost'><pubsub xmlns='{PUBSUB}'><subscribe node='urn:example:diary' jid='carol@localhost/c'/></pubsub></iq>")).await;
+    let s = res.get_child("pubsub", PUBSUB).and_then(|p| p.get_child("subscription", PUBSUB)).cloned().unwrap();
+    assert_eq!(s.attr("subscription"), Some("pending"), "{res}");
+    const AUTH: &str = "http://jabber.org/protocol/pubsub#subscribe_authorization";
+    let form = alice
+        .recv_until(|e| e.name == "message" && e.get_child("x", ns::DATA_FORMS).is_some())
+        .await
+        .unwrap();
+    assert_eq!(form.attr("from"), Some("alice@localhost"), "{form}");
+    assert!(form.to_xml(ns::CLIENT).contains(AUTH), "{form}");
+    alice
+        .send_str(&format!(
+            "<message to='alice@localhost'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>{AUTH}</value></field>\
+             <field var='pubsub#subid'><value>{}</value></field><field var='pubsub#node'><value>urn:example:diary</value></field>\
+             <field var='pubsub#subscriber_jid'><value>carol@localhost/c</value></field><field var='pubsub#allow'><value>true</value></field></x></message>",
+            s.attr("subid").unwrap()
+        ))
+        .await
+        .unwrap();
+    let m = event(&mut carol).await;
+    let granted = event_child(&m);
+    assert_eq!((granted.name.as_str(), granted.attr("subscription")), ("subscription", Some("subscribed")), "{m}");
+    ok(&mut alice, &publish("", "urn:example:diary", "current", "day two")).await;
+    let m = event(&mut carol).await;
+    assert!(m.to_xml(ns::CLIENT).contains("day two"), "{m}");
+    // The answer reached neither of Alice's clients.
+    ok(&mut alice2, "<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    assert!(
+        alice2.backlog().chain(alice.backlog()).all(|e| !(e.name == "message"
+            && e.attr("from") == Some("alice@localhost/a")
+            && e.get_child("x", ns::DATA_FORMS).is_some())),
+        "the answer was delivered as a message"
+    );
+}

@@ -28,6 +28,11 @@ fn federating_node(domain: &str, s2s_port: u16, peer: &str, peer_port: u16) -> T
     federating_node_with(domain, s2s_port, peer, peer_port, None)
 }
 
+/// As [`federating_node`], with `more` added to its configuration.
+fn federating_node_and(domain: &str, s2s_port: u16, peer: &str, peer_port: u16, more: &str) -> TestNode {
+    start_federating(domain, s2s_port, peer, peer_port, None, more)
+}
+
 /// As [`federating_node`]; with `pki`, the node presents `pki.1` and checks
 /// the certificates of servers in and out against the CA file `pki.0`.
 fn federating_node_with(
@@ -36,6 +41,17 @@ fn federating_node_with(
     peer: &str,
     peer_port: u16,
     pki: Option<(&Path, &Issued)>,
+) -> TestNode {
+    start_federating(domain, s2s_port, peer, peer_port, pki, "")
+}
+
+fn start_federating(
+    domain: &str,
+    s2s_port: u16,
+    peer: &str,
+    peer_port: u16,
+    pki: Option<(&Path, &Issued)>,
+    more: &str,
 ) -> TestNode {
     let (listen_tls, out_tls) = match pki {
         Some((ca, ours)) => (
@@ -52,7 +68,7 @@ fn federating_node_with(
     let extra = format!(
         "[[listen.s2s]]\nport = {s2s_port}\nip_address = \"127.0.0.1\"\n{listen_tls}\n\
          [s2s.outgoing]\nconnection_timeout = 2000\n{out_tls}\
-         address = [{{ host = \"{peer}\", ip_address = \"127.0.0.1\", port = {peer_port} }}]\n"
+         address = [{{ host = \"{peer}\", ip_address = \"127.0.0.1\", port = {peer_port} }}]\n{more}"
     );
     TestNode::start_with(NodeOptions { hosts: vec![domain.into()], extra_toml: extra, ..Default::default() })
 }
@@ -443,4 +459,99 @@ async fn sasl_external_needs_a_certificate_naming_the_streams_domain() {
     let m = bob.recv_message().await.expect("bob receives");
     assert_eq!(body(&m).as_deref(), Some("certified"));
     assert_eq!(b.metrics().value("s2s_auth_failed_count", &[("host_type", "b.test")]), 2.0);
+}
+
+/// XEP-0163 §4.3.1 across servers: a contact on another server gets PEP
+/// events only for the nodes its client's caps ask for. Alice's server
+/// learns the caps of bob's resource from his presence, asks the resource
+/// once (from Alice's bare JID), checks the answer against the `ver`, and
+/// shares it: bob's second resource, with the same caps, is not asked and
+/// gets the last item at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn pep_events_reach_remote_contacts_whose_caps_ask_for_the_node() {
+    use meerkat_xmpp::ns;
+    const EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+    let (pa, pb) = (free_port(), free_port());
+    let a = federating_node_and("a.test", pa, "b.test", pb, "[modules.mod_pubsub]\nenabled = true\n");
+    let b = federating_node("b.test", pb, "a.test", pa);
+    let mut alice = user(&a, "a.test", "alice").await;
+    let mut bob = user(&b, "b.test", "bob").await;
+    alice.go_online(None).await.unwrap();
+    bob.go_online(None).await.unwrap();
+    alice.send_str("<presence type='subscribe' to='bob@b.test'/>").await.unwrap();
+    bob.recv_until(|e| e.name == "presence" && e.attr("type") == Some("subscribe")).await.unwrap();
+    bob.send_str("<presence type='subscribed' to='alice@a.test'/>").await.unwrap();
+    bob.send_str("<presence type='subscribe' to='alice@a.test'/>").await.unwrap();
+    alice.recv_until(|e| e.name == "presence" && e.attr("type") == Some("subscribe")).await.unwrap();
+    alice.send_str("<presence type='subscribed' to='bob@b.test'/>").await.unwrap();
+    alice.recv_until(|e| e.name == "presence" && e.attr("from") == Some("bob@b.test/r")).await.unwrap();
+
+    // Bob's client asks for tunes, not moods; its caps `ver` is the real hash.
+    let query = meerkat_xmpp::parser::parse_element(
+        &format!(
+            "<query xmlns='{}'><identity category='client' type='pc' name='test'/><feature var='{}'/>\
+             <feature var='{}'/><feature var='urn:example:tune+notify'/></query>",
+            ns::DISCO_INFO,
+            ns::DISCO_INFO,
+            ns::CAPS
+        ),
+        Limits { max_stanza_size: 4096, max_depth: 8 },
+    )
+    .unwrap();
+    let ver = meerkat_xmpp::caps::ver(&query, "sha-1").unwrap();
+    let presence = format!("<presence><c xmlns='{}' hash='sha-1' node='urn:example:client' ver='{ver}'/></presence>", ns::CAPS);
+    bob.send_str(&presence).await.unwrap();
+    let q = bob
+        .recv_until(|e| e.name == "iq" && e.attr("type") == Some("get") && e.get_child("query", ns::DISCO_INFO).is_some())
+        .await
+        .unwrap();
+    assert_eq!(q.attr("from"), Some("alice@a.test"), "{q}");
+    let asked = q.get_child("query", ns::DISCO_INFO).and_then(|q| q.attr("node")).unwrap().to_owned();
+    assert_eq!(asked, format!("urn:example:client#{ver}"));
+    let mut answer = query.clone();
+    answer.set_attr("node", asked);
+    let reply = Element::new("iq", "jabber:client")
+        .with_attr("type", "result")
+        .with_attr("id", q.attr("id").unwrap().to_owned())
+        .with_attr("to", "alice@a.test")
+        .with_child(answer);
+    bob.send(&reply).await.unwrap();
+
+    let tune = |text: &str, node: &str| {
+        format!(
+            "<iq type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{node}'><item id='current'>\
+             <entry xmlns='urn:example'>{text}</entry></item></publish></pubsub></iq>"
+        )
+    };
+    // An IQ to Alice's account behind the answer, on the same stream and the
+    // same server shard: once it is answered, the caps are checked.
+    let behind = bob
+        .iq_xml(&format!("<iq type='get' to='alice@a.test'><query xmlns='{}'/></iq>", ns::DISCO_INFO))
+        .await
+        .unwrap();
+    assert_eq!(behind.attr("type"), Some("result"), "{behind}");
+    let res = alice.iq_xml(&tune("a song", "urn:example:tune")).await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"), "{res}");
+    let m = bob.recv_until(|e| e.get_child("event", EVENT).is_some()).await.unwrap();
+    assert_eq!(m.attr("from"), Some("alice@a.test"), "{m}");
+    assert_eq!(m.attr("to"), Some("bob@b.test/r"), "{m}");
+    assert!(m.to_xml("jabber:client").contains("urn:example:tune"), "{m}");
+    // A mood is not asked for; the tune after it is the next event.
+    let res = alice.iq_xml(&tune("grumpy", "urn:example:mood")).await.unwrap();
+    assert_eq!(res.attr("type"), Some("result"), "{res}");
+    alice.iq_xml(&tune("the last song", "urn:example:tune")).await.unwrap();
+    let m = bob.recv_until(|e| e.get_child("event", EVENT).is_some()).await.unwrap();
+    let text = m.to_xml("jabber:client");
+    assert!(text.contains("the last song") && !text.contains("grumpy"), "{text}");
+
+    // A second resource with the same caps is not asked again, and gets the last tune.
+    let mut bob2 = Client::login(b.c2s, "b.test", "bob", "secret", Some("r2")).await.unwrap();
+    bob2.send_str(&presence).await.unwrap();
+    let m = bob2.recv_until(|e| e.get_child("event", EVENT).is_some()).await.unwrap();
+    let text = m.to_xml("jabber:client");
+    assert!(text.contains("the last song"), "{text}");
+    assert!(
+        bob2.backlog().all(|e| !(e.name == "iq" && e.attr("from") == Some("alice@a.test"))),
+        "the checked caps were asked again"
+    );
 }

@@ -249,6 +249,10 @@ pub struct SessionAcc {
     pub timers: Vec<Timer>,
     /// End the stream.
     pub stop: Option<Stop>,
+    /// [`Module::user_send_message`]: a module took the message, which is
+    /// not routed (its jobs are still queued; the client gets
+    /// `service-unavailable` when they cannot be).
+    pub taken: bool,
 }
 
 /// A timer a session hook arms ([`SessionAcc::timers`]).
@@ -583,8 +587,9 @@ pub trait Module: Send + Sync + 'static {
     }
 
     /// A message the user sent, about to be routed (`from` stamped, `to`
-    /// canonical); the hook may change it. Jobs in `acc` are queued before the
-    /// message is routed. An error refuses it with that condition and ends the chain.
+    /// canonical); the hook may change it, or take it ([`SessionAcc::taken`]:
+    /// it is not routed). Jobs in `acc` are queued before the message is
+    /// routed. An error refuses it with that condition and ends the chain.
     fn user_send_message(
         &self,
         _ctx: &ModuleCtx,

@@ -429,6 +429,9 @@ impl Registry {
         let mut acc = SessionAcc::default();
         for m in &self.user_send_message {
             m.user_send_message(ctx, state, from, to, stanza, &mut acc)?;
+            if acc.taken {
+                break;
+            }
         }
         Ok(acc)
     }

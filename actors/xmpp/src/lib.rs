@@ -12,6 +12,7 @@
 //!   variants) as step functions, server and client side.
 //! - [`error`] names every stream and stanza error condition, and is the one
 //!   place that turns them into XML.
+//! - [`caps`] checks XEP-0115 entity capabilities (a disco#info answer against its `ver`).
 //! - [`component`] is XEP-0114's handshake and stanza namespace.
 //! - [`ns`] holds the namespaces.
 //!
@@ -19,6 +20,7 @@
 //! tokio, actix, Raft, Redis or SQL.
 #![forbid(unsafe_code)]
 
+pub mod caps;
 pub mod component;
 pub mod element;
 pub mod error;

@@ -39,11 +39,15 @@ pub struct Shared {
     pub router: Arc<Router>,
     pub max_items_per_node: u64,
     pub max_pep_nodes: usize,
+    pub max_nodes_per_account: usize,
     pub default_config: NodeConfig,
     /// Domains whose accounts may create nodes on the service domains.
     pub create_domains: Option<Vec<String>>,
     /// Notifications being routed, at most, over all nodes.
     pub fanout: Arc<Semaphore>,
+    /// What is known of remote contacts' caps, for PEP events to them.
+    pub remote: Arc<super::remote::Remote>,
+    pub ctx: crate::ext::ModuleCtx,
 }
 
 impl Shared {
@@ -91,6 +95,7 @@ impl Handler<Run> for NodeActor {
                     storage: &shared.storage,
                     max_items_per_node: shared.max_items_per_node,
                     max_pep_nodes: shared.max_pep_nodes,
+                    max_nodes_per_account: shared.max_nodes_per_account,
                     default_config: &shared.default_config,
                     may_create: &may,
                     hosts: shared.router.hosts(),
@@ -115,6 +120,9 @@ async fn fan_out(service: String, shared: Arc<Shared>, mut rx: mpsc::Receiver<No
     while let Some(n) = rx.recv().await {
         let Ok(_permit) = shared.fanout.clone().acquire_owned().await else { return };
         send_notification(&shared.router, &service, &n);
+        if !n.remote.is_empty() {
+            super::notify_remote(&shared.ctx, &shared.remote, &service, &n);
+        }
     }
 }
 

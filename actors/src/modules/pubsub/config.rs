@@ -126,6 +126,9 @@ impl Default for NodeConfig {
 pub enum FormError {
     /// A value the field cannot take (`not-acceptable`).
     Invalid(String),
+    /// A feature this service does not have (`feature-not-implemented` with
+    /// `unsupported`): collection nodes (XEP-0248).
+    Unsupported(&'static str),
 }
 
 /// `1`/`true` or `0`/`false` (XEP-0004 booleans).
@@ -213,6 +216,9 @@ impl NodeConfig {
                     }
                 }
                 "title" => next.title = first.to_owned(),
+                // Every node is a leaf: collections (XEP-0248) are not served.
+                "node_type" if first == "leaf" => {}
+                "node_type" | "collection" | "children" => return Err(FormError::Unsupported("collections")),
                 _ => {}
             }
         }
@@ -336,6 +342,10 @@ mod tests {
         assert_eq!(c, before, "a refused form changes nothing");
         assert!(c.apply(&f(&[("pubsub#max_items", "101")]), 100).is_err());
         assert!(c.apply(&f(&[("pubsub#max_items", "0")]), 100).is_err());
+        // A leaf is what every node is; a collection, or a place in one, is refused as unsupported.
+        c.apply(&f(&[("pubsub#node_type", "leaf"), ("pubsub#collection", "")]), 100).unwrap();
+        assert_eq!(c.apply(&f(&[("pubsub#node_type", "collection")]), 100), Err(FormError::Unsupported("collections")));
+        assert_eq!(c.apply(&f(&[("pubsub#collection", "parent")]), 100), Err(FormError::Unsupported("collections")));
         assert_eq!(c.kept(100), 1);
         assert_eq!(NodeConfig::default().kept(100), 100);
     }

@@ -37,6 +37,15 @@ impl PsError {
         PsError { condition: condition.as_str().to_owned(), app: Some(app.to_owned()), feature: None }
     }
 
+    /// `feature-not-implemented` with `unsupported` naming the feature (XEP-0060 §10).
+    pub fn unsupported(feature: &str) -> PsError {
+        PsError {
+            condition: StanzaErrorCondition::FeatureNotImplemented.as_str().to_owned(),
+            app: Some("unsupported".into()),
+            feature: Some(feature.to_owned()),
+        }
+    }
+
     /// The `<error/>` element of the reply.
     pub fn element(&self) -> Element {
         let cond = StanzaErrorCondition::from_name(&self.condition).unwrap_or(StanzaErrorCondition::UndefinedCondition);
@@ -130,6 +139,13 @@ pub struct Notification {
     /// Accounts that get it by their interest (PEP `+notify`), as bare JIDs:
     /// their sessions keep it only where the client asked for the node.
     pub interested: Vec<String>,
+    /// PEP: the node's name, and the contacts on other servers the node lets
+    /// in (bare JIDs); each of their resources whose caps ask for the node
+    /// gets it ([`super::remote`]).
+    #[serde(default)]
+    pub node: String,
+    #[serde(default)]
+    pub remote: Vec<String>,
 }
 
 /// The answer: a payload for the IQ result, and what to notify.
@@ -147,6 +163,8 @@ pub struct Env<'a> {
     pub max_items_per_node: u64,
     /// PEP nodes one account may have.
     pub max_pep_nodes: usize,
+    /// Nodes one account may own on a service domain.
+    pub max_nodes_per_account: usize,
     pub default_config: &'a NodeConfig,
     /// Whether `jid`'s domain may create nodes on a service domain.
     pub may_create: &'a (dyn Fn(&str) -> bool + Send + Sync),
@@ -213,6 +231,14 @@ async fn may_access(env: &Env<'_>, n: &PubsubNode, cfg: &NodeConfig, aff: &str, 
     }
 }
 
+/// A configuration form refused: a value a field cannot take, or a feature not served.
+fn form_error(e: super::config::FormError) -> PsError {
+    match e {
+        super::config::FormError::Invalid(_) => PsError::new(StanzaErrorCondition::NotAcceptable),
+        super::config::FormError::Unsupported(feature) => PsError::unsupported(feature),
+    }
+}
+
 fn item_not_found() -> PsError {
     PsError::new(StanzaErrorCondition::ItemNotFound)
 }
@@ -272,8 +298,7 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                 Op::Configure { form } => {
                     owner_only(&aff)?;
                     let mut next = cfg.clone();
-                    next.apply(&form[..], env.max_items_per_node)
-                        .map_err(|_| PsError::new(StanzaErrorCondition::NotAcceptable))?;
+                    next.apply(&form[..], env.max_items_per_node).map_err(form_error)?;
                     env.storage.pubsub_configure(&n.service, &n.name, &to_json(&next)).await.map_err(storage)?;
                     let mut done = Done::default();
                     if next.notify_config {
@@ -536,6 +561,11 @@ async fn create(env: &Env<'_>, req: &Request, bare: &str, config: Option<&Form>)
         }
     } else if !(env.may_create)(bare) {
         return Err(forbidden());
+    } else {
+        let owned = env.storage.pubsub_user_affiliations(&req.service, bare).await.map_err(storage)?;
+        if owned.iter().filter(|(_, a)| a == "owner").count() >= env.max_nodes_per_account {
+            return Err(PsError::app(StanzaErrorCondition::NotAllowed, "max-nodes-exceeded"));
+        }
     }
     if req.node.is_empty() {
         return Err(PsError::app(StanzaErrorCondition::NotAcceptable, "nodeid-required"));
@@ -546,7 +576,7 @@ async fn create(env: &Env<'_>, req: &Request, bare: &str, config: Option<&Form>)
         cfg.access_model = AccessModel::Open;
     }
     if let Some(form) = config {
-        cfg.apply(form, env.max_items_per_node).map_err(|_| PsError::new(StanzaErrorCondition::NotAcceptable))?;
+        cfg.apply(form, env.max_items_per_node).map_err(form_error)?;
     }
     let node = PubsubNode {
         service: req.service.clone(),
@@ -657,6 +687,8 @@ async fn subscribe(
                 event: event(items).to_xml(meerkat_xmpp::ns::CLIENT),
                 subscribers: vec![(jid.to_owned(), subid)],
                 interested: Vec::new(),
+                node: n.name.clone(),
+                remote: Vec::new(),
             });
         }
     }
@@ -678,6 +710,7 @@ pub async fn last_item_event(storage: &Storage, service: &str, node: &str, reade
         storage,
         max_items_per_node: u64::MAX,
         max_pep_nodes: 0,
+        max_nodes_per_account: 0,
         default_config: &default,
         may_create: &never,
         hosts: &[],
@@ -708,6 +741,7 @@ async fn recipients(
     let subscribers: Vec<(String, String)> =
         subs.into_iter().filter(|s| s.state == "subscribed").map(|s| (s.jid, s.subid)).collect();
     let mut interested = Vec::new();
+    let mut remote = Vec::new();
     if is_pep(&n.service) {
         interested.push(n.service.clone());
         if let Ok(owner) = parse_bare(&n.service) {
@@ -722,11 +756,7 @@ async fn recipients(
                 if !matches!(item.subscription, Subscription::From | Subscription::Both) {
                     continue;
                 }
-                // A remote contact's server cannot tell which of its clients asked for
-                // the node: remote contacts subscribe to get notifications.
-                if !item.contact.rsplit('@').next().is_some_and(|d| env.hosts.iter().any(|h| h == d)) {
-                    continue;
-                }
+                let local = item.contact.rsplit('@').next().is_some_and(|d| env.hosts.iter().any(|h| h == d));
                 let allowed = match cfg.access_model {
                     AccessModel::Open | AccessModel::Presence | AccessModel::Authorize => true,
                     AccessModel::Roster => item.groups.iter().any(|g| cfg.roster_groups_allowed.contains(g)),
@@ -734,12 +764,24 @@ async fn recipients(
                         .iter()
                         .any(|(j, a)| *j == item.contact && matches!(a.as_str(), "owner" | "publisher" | "member")),
                 };
-                if allowed {
-                    interested.push(item.contact);
+                match (allowed, local) {
+                    (true, true) => interested.push(item.contact),
+                    // The contact's resources whose caps ask for the node, as
+                    // known where the account's sessions see their presence.
+                    (true, false) => remote.push(item.contact),
+                    (false, _) => {}
                 }
             }
         }
-        interested.retain(|b| !subscribers.iter().any(|(j, _)| bare_of(j) == *b));
+        let subscribed = |b: &String| subscribers.iter().any(|(j, _)| bare_of(j) == *b);
+        interested.retain(|b| !subscribed(b));
+        remote.retain(|b| !subscribed(b));
     }
-    Ok(Notification { event: ev.to_xml(meerkat_xmpp::ns::CLIENT), subscribers, interested })
+    Ok(Notification {
+        event: ev.to_xml(meerkat_xmpp::ns::CLIENT),
+        subscribers,
+        interested,
+        node: n.name.clone(),
+        remote,
+    })
 }

@@ -21,6 +21,7 @@
 pub mod actor;
 pub mod config;
 pub mod engine;
+pub mod remote;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,7 @@ use tokio::sync::mpsc;
 use self::actor::{Limits, Nodes, Shared};
 use self::config::NodeConfig;
 use self::engine::{Op, PsError, Request};
+use self::remote::{CapsKey, Remote, Seen};
 use crate::ext::registry::ModuleSpec;
 use crate::ext::{
     DiscoItem, Flow, HookSet, Identity, IqAnswer, Module, ModuleCtx, Receive, SessionAcc, SessionState, Target,
@@ -103,6 +105,10 @@ pub struct PubsubConfig {
     /// PEP nodes one account may have; one more is refused `not-allowed`
     /// (`max-nodes-exceeded`).
     pub max_pep_nodes: usize,
+    /// Nodes one account may own on a service domain (those it created and
+    /// those it was made an owner of); one more create is refused
+    /// `not-allowed` (`max-nodes-exceeded`).
+    pub max_nodes_per_account: usize,
     /// Fields of the node configuration new nodes start with (`access_model`,
     /// `max_items`, `persist_items`, …, without the `pubsub#` prefix).
     pub default_node_config: std::collections::BTreeMap<String, FieldValue>,
@@ -125,6 +131,7 @@ impl Default for PubsubConfig {
             max_items_per_node: 1000,
             access_createnode: "all".into(),
             max_pep_nodes: 100,
+            max_nodes_per_account: 1000,
             default_node_config: std::collections::BTreeMap::new(),
             max_resident_nodes: 10_000,
             node_idle_timeout: 300,
@@ -150,7 +157,10 @@ impl PubsubConfig {
                 (format!("pubsub#{k}"), values)
             })
             .collect();
-        cfg.apply(&form, self.max_items_per_node).map_err(|config::FormError::Invalid(e)| e)?;
+        cfg.apply(&form, self.max_items_per_node).map_err(|e| match e {
+            config::FormError::Invalid(e) => e,
+            config::FormError::Unsupported(f) => format!("{f} are not served"),
+        })?;
         Ok(cfg)
     }
 }
@@ -168,6 +178,7 @@ pub enum FieldValue {
 pub struct Pubsub {
     cfg: PubsubConfig,
     default_config: NodeConfig,
+    remote: Arc<Remote>,
     running: Mutex<Option<Running>>,
 }
 
@@ -198,6 +209,7 @@ impl ModuleSpec for Pubsub {
         }
         if cfg.max_items_per_node == 0
             || cfg.max_pep_nodes == 0
+            || cfg.max_nodes_per_account == 0
             || cfg.max_resident_nodes == 0
             || cfg.node_mailbox == 0
             || cfg.fanout_concurrency == 0
@@ -209,7 +221,7 @@ impl ModuleSpec for Pubsub {
     }
     fn build(cfg: &PubsubConfig) -> Arc<dyn Module> {
         let default_config = cfg.default_node_config().unwrap_or_default();
-        Arc::new(Pubsub { cfg: cfg.clone(), default_config, running: Mutex::new(None) })
+        Arc::new(Pubsub { cfg: cfg.clone(), default_config, remote: Arc::default(), running: Mutex::new(None) })
     }
 }
 
@@ -229,6 +241,155 @@ impl Pubsub {
         ctx.router.hosts().iter().map(|h| self.cfg.host.replace("@HOST@", h)).collect()
     }
 }
+
+impl Pubsub {
+    /// Presence from a contact's resource on another server reached a
+    /// session of the account: what it says of the contact's caps.
+    fn remote_presence(&self, ctx: &ModuleCtx, jid: &FullJid, presence: &Element) {
+        let Some(from) = presence.attr("from") else { return };
+        let Some((bare, _)) = from.split_once('/') else { return };
+        if bare.rsplit('@').next().is_none_or(|d| ctx.router.is_local_host(d)) {
+            return;
+        }
+        let account = jid.bare();
+        let seen = match presence.attr("type") {
+            None => self.remote.available(account.as_str(), from, CapsKey::of(presence)),
+            Some("unavailable") => {
+                self.remote.unavailable(account.as_str(), from);
+                Seen::Same
+            }
+            Some(_) => Seen::Same,
+        };
+        match seen {
+            Seen::Same => {}
+            Seen::Known(nodes) => {
+                if speaks_for(ctx, &account) {
+                    let (ctx, to, nodes) = (ctx.clone(), from.to_owned(), nodes.iter().cloned().collect());
+                    tokio::spawn(async move { send_last_items_remote(&ctx, account.as_str(), &to, nodes).await });
+                }
+            }
+            Seen::Ask(caps) => {
+                if self.remote.may_ask(&caps) {
+                    let Ok(to) = meerkat_xmpp::jid::parse_jid(from) else { return };
+                    let query = Element::new("iq", ns::CLIENT)
+                        .with_attr("type", "get")
+                        .with_attr("id", caps.query_id(ctx.router.node().0))
+                        .with_attr("from", account.as_str().to_owned())
+                        .with_attr("to", from.to_owned())
+                        .with_child(Element::new("query", ns::DISCO_INFO).with_attr("node", caps.key.clone()));
+                    ctx.router.route(Routed { from: Jid::from(account), to, stanza: query });
+                }
+            }
+        }
+    }
+
+    /// Caps checked here or on another member: kept, and the remote
+    /// resources that announced them get the last items they ask for.
+    fn learned(&self, caps: CapsKey, nodes: HashSet<String>) {
+        let waiting = self.remote.learned(&caps, nodes.clone());
+        let Some(ctx) = self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.ctx.clone()) else {
+            return;
+        };
+        let nodes: Vec<String> = nodes.into_iter().collect();
+        if nodes.is_empty() {
+            return;
+        }
+        for (account, to) in waiting {
+            let Ok(bare) = meerkat_xmpp::jid::parse_bare(&account) else { continue };
+            if speaks_for(&ctx, &bare) {
+                let (ctx, nodes) = (ctx.clone(), nodes.clone());
+                tokio::spawn(async move { send_last_items_remote(&ctx, &account, &to, nodes).await });
+            }
+        }
+    }
+}
+
+/// Whether this member speaks for the account to its remote contacts: the
+/// lowest-numbered member holding one of its available sessions, so that
+/// one member sends, and one that sees the contacts' presence.
+fn speaks_for(ctx: &ModuleCtx, account: &meerkat_xmpp::jid::BareJid) -> bool {
+    ctx.router.sessions().resources(account).iter().filter(|s| s.priority.is_some()).map(|s| s.node).min()
+        == Some(ctx.router.node())
+}
+
+/// What members tell each other about remote contacts, in a node request.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum RemoteMsg {
+    /// Caps checked where their answer came in.
+    Caps { key: String, hash: String, nodes: HashSet<String> },
+    /// A PEP event for remote contacts, to the member that speaks for the account.
+    Fanout { service: String, notification: engine::Notification },
+}
+
+impl RemoteMsg {
+    /// Node requests of this kind start with this, where a node's request is JSON.
+    const TAG: &'static [u8] = b"remote:";
+
+    fn encode(&self) -> Vec<u8> {
+        let mut body = Self::TAG.to_vec();
+        body.extend(serde_json::to_vec(self).unwrap_or_default());
+        body
+    }
+
+    fn decode(body: &[u8]) -> Option<RemoteMsg> {
+        serde_json::from_slice(body.strip_prefix(Self::TAG)?).ok()
+    }
+
+}
+
+/// Sends a PEP event to the resources of the account's remote contacts
+/// whose caps ask for its node, from the member that speaks for the account.
+pub fn notify_remote(ctx: &ModuleCtx, remote: &Arc<Remote>, service: &str, n: &engine::Notification) {
+    let Ok(account) = meerkat_xmpp::jid::parse_bare(service) else { return };
+    let sessions = ctx.router.sessions().resources(&account);
+    let Some(speaker) = sessions.iter().filter(|s| s.priority.is_some()).map(|s| s.node).min() else {
+        // No session of the account: its contacts' presence is not known.
+        return;
+    };
+    if speaker != ctx.router.node() {
+        let body = RemoteMsg::Fanout { service: service.to_owned(), notification: n.clone() }.encode();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ctx.ask_node(speaker, Pubsub::NAME, body, Duration::from_secs(5)).await {
+                tracing::warn!(error = %e, "a PEP event for remote contacts was not passed on");
+            }
+        });
+        return;
+    }
+    let Some(event) = crate::ext::util::parse_stored(&n.event) else { return };
+    for to in remote.interested(account.as_str(), &n.remote, &n.node) {
+        route_event(ctx, &account, &to, event.clone());
+    }
+}
+
+/// A PEP event from the account's bare JID to one resource (XEP-0163 §4.3.1).
+fn route_event(ctx: &ModuleCtx, account: &meerkat_xmpp::jid::BareJid, to: &str, event: Element) {
+    let Ok(to_jid) = meerkat_xmpp::jid::parse_jid(to) else { return };
+    let m = Element::new("message", ns::CLIENT)
+        .with_attr("from", account.as_str().to_owned())
+        .with_attr("to", to.to_owned())
+        .with_attr("type", "headline")
+        .with_attr("id", engine::new_subid())
+        .with_child(event);
+    ctx.router.route(Routed { from: Jid::from(account.clone()), to: to_jid, stanza: m });
+}
+
+/// The last item of each of `nodes` of the account's PEP, to a remote
+/// contact's resource that asks for them, where the contact may read them.
+async fn send_last_items_remote(ctx: &ModuleCtx, account: &str, to: &str, nodes: Vec<String>) {
+    let Ok(bare) = meerkat_xmpp::jid::parse_bare(account) else { return };
+    let reader = to.split_once('/').map_or(to, |(b, _)| b);
+    for node in nodes.iter().take(MAX_LAST_ITEM_NODES) {
+        if let Some(event) = engine::last_item_event(&ctx.storage, account, node, reader).await {
+            if let Some(event) = crate::ext::util::parse_stored(&event) {
+                route_event(ctx, &bare, to, event);
+            }
+        }
+    }
+}
+
+/// Nodes whose last items one remote resource gets when it comes, at most.
+const MAX_LAST_ITEM_NODES: usize = 100;
 
 /// Runs a request on its node's actor, here or on the member that owns the node.
 async fn dispatch(ctx: &ModuleCtx, nodes: &Nodes, req: Request) -> Result<Option<String>, PsError> {
@@ -251,7 +412,16 @@ async fn dispatch(ctx: &ModuleCtx, nodes: &Nodes, req: Request) -> Result<Option
 /// the answer when it needs no node (an error, or the user's own lists).
 enum Parsed {
     Node(String, Op),
+    /// The requester's own subscriptions or affiliations on the service
+    /// (XEP-0060 §5.6, §5.7), of one node when it names one.
+    Own(OwnList, Option<String>),
     Error(PsError),
+}
+
+#[derive(Clone, Copy)]
+enum OwnList {
+    Subscriptions,
+    Affiliations,
 }
 
 fn form_in(el: Option<&Element>) -> Option<Vec<(String, Vec<String>)>> {
@@ -263,11 +433,7 @@ fn bad(app: &str) -> Parsed {
 }
 
 fn unsupported(feature: &str) -> Parsed {
-    Parsed::Error(PsError {
-        condition: StanzaErrorCondition::FeatureNotImplemented.as_str().to_owned(),
-        app: Some("unsupported".into()),
-        feature: Some(feature.to_owned()),
-    })
+    Parsed::Error(PsError::unsupported(feature))
 }
 
 /// Reads a `<pubsub/>` (or `#owner`) request of IQ type `kind`.
@@ -382,7 +548,8 @@ fn parse(payload: &Element, kind: &str) -> Parsed {
             need_node(Op::Items { max, ids })
         }
         ("options", _) => unsupported("subscription-options"),
-        ("subscriptions", true) | ("affiliations", true) => unsupported("retrieve-subscriptions"),
+        ("subscriptions", true) => Parsed::Own(OwnList::Subscriptions, node.filter(|n| !n.is_empty())),
+        ("affiliations", true) => Parsed::Own(OwnList::Affiliations, node.filter(|n| !n.is_empty())),
         _ => Parsed::Error(PsError::new(StanzaErrorCondition::BadRequest)),
     }
 }
@@ -409,6 +576,7 @@ async fn serve(ctx: &ModuleCtx, nodes: &Nodes, service: String, r: &Routed, payl
     let kind = r.stanza.attr("type").unwrap_or_default();
     let answer = match parse(payload, kind) {
         Parsed::Error(e) => Err(e),
+        Parsed::Own(list, node) => own_list(ctx, &service, &r.from, list, node.as_deref()).await,
         Parsed::Node(node, op) => {
             let created = matches!(op, Op::Create { .. }).then(|| node.clone());
             let req = Request { service, node, from: r.from.to_string(), op };
@@ -424,6 +592,63 @@ async fn serve(ctx: &ModuleCtx, nodes: &Nodes, service: String, r: &Routed, payl
         }
     };
     reply_stanza(r, answer)
+}
+
+/// The requester's subscriptions (of its bare JID and of the full JID it
+/// asks from) or affiliations (of its bare JID) on `service`'s nodes, of
+/// `node` alone when given; read from SQL, not through the nodes' actors.
+async fn own_list(
+    ctx: &ModuleCtx,
+    service: &str,
+    from: &Jid,
+    list: OwnList,
+    node: Option<&str>,
+) -> Result<Option<String>, PsError> {
+    let failed = |e: meerkat_storage::StorageError| {
+        tracing::error!(error = %e, "pubsub storage");
+        PsError::new(StanzaErrorCondition::InternalServerError)
+    };
+    let bare = from.bare().to_string();
+    let wanted = |name: &str| node.is_none_or(|n| n == name);
+    let el = match list {
+        OwnList::Subscriptions => {
+            let mut el = Element::new("subscriptions", NS_PUBSUB);
+            let mut jids = vec![bare.clone()];
+            if from.as_str() != bare {
+                jids.push(from.to_string());
+            }
+            for jid in jids {
+                for (name, s) in ctx.storage.pubsub_user_subscriptions(service, &jid).await.map_err(failed)? {
+                    if wanted(&name) {
+                        el.push_child(
+                            Element::new("subscription", NS_PUBSUB)
+                                .with_attr("node", name)
+                                .with_attr("jid", s.jid)
+                                .with_attr("subscription", s.state)
+                                .with_attr("subid", s.subid),
+                        );
+                    }
+                }
+            }
+            el
+        }
+        OwnList::Affiliations => {
+            let mut el = Element::new("affiliations", NS_PUBSUB);
+            // A node's creator is stored as its owner: an account owns its PEP nodes.
+            for (name, a) in ctx.storage.pubsub_user_affiliations(service, &bare).await.map_err(failed)? {
+                if wanted(&name) {
+                    el.push_child(Element::new("affiliation", NS_PUBSUB).with_attr("node", name).with_attr("affiliation", a));
+                }
+            }
+            el
+        }
+    };
+    if let Some(n) = node {
+        if ctx.storage.pubsub_node(service, n).await.map_err(failed)?.is_none() {
+            return Err(PsError::new(StanzaErrorCondition::ItemNotFound));
+        }
+    }
+    Ok(Some(Element::new("pubsub", NS_PUBSUB).with_child(el).to_xml(ns::CLIENT)))
 }
 
 /// Takes the stanzas for the service domains, in a bounded queue.
@@ -455,15 +680,8 @@ async fn service_stanza(ctx: &ModuleCtx, nodes: &Nodes, r: Routed) {
         if r.stanza.name == "message" && r.stanza.attr("type") != Some("error") {
             match authorization(&r.stanza) {
                 Some((node, op)) => {
-                    let req =
-                        Request { service: r.to.domain().as_str().to_owned(), node, from: r.from.to_string(), op };
-                    if let Err(e) = dispatch(ctx, nodes, req).await {
-                        if let Some(mut reply) = crate::ext::util::error_reply_with(&r.stanza, e.element()) {
-                            reply.set_attr("from", r.to.to_string());
-                            reply.set_attr("to", r.from.to_string());
-                            ctx.router.route(Routed { from: r.to.clone(), to: r.from.clone(), stanza: reply });
-                        }
-                    }
+                    let service = r.to.domain().as_str().to_owned();
+                    answer_authorization(ctx, nodes, service, node, op, &r).await;
                 }
                 None => ctx.router.bounce(r, StanzaErrorCondition::ServiceUnavailable),
             }
@@ -492,6 +710,44 @@ async fn service_stanza(ctx: &ModuleCtx, nodes: &Nodes, r: Routed) {
         reply.set_attr("from", r.to.to_string());
         reply.set_attr("to", r.from.to_string());
         ctx.router.route(Routed { from: r.to.clone(), to: r.from.clone(), stanza: reply });
+    }
+}
+
+/// Runs an owner's answer to a subscription request; an answer refused
+/// goes back to the owner as an error message.
+async fn answer_authorization(ctx: &ModuleCtx, nodes: &Nodes, service: String, node: String, op: Op, r: &Routed) {
+    let req = Request { service, node, from: r.from.to_string(), op };
+    if let Err(e) = dispatch(ctx, nodes, req).await {
+        if let Some(mut reply) = crate::ext::util::error_reply_with(&r.stanza, e.element()) {
+            reply.set_attr("from", r.to.to_string());
+            reply.set_attr("to", r.from.to_string());
+            ctx.router.route(Routed { from: r.to.clone(), to: r.from.clone(), stanza: reply });
+        }
+    }
+}
+
+/// An account's answer to a subscription request to one of its PEP nodes
+/// (the form sent to its own bare JID), run on the account's shard.
+struct PepAuthorization {
+    nodes: Arc<Nodes>,
+    node: String,
+    op: Op,
+    message: Routed,
+}
+
+#[async_trait::async_trait]
+impl crate::ext::ModuleJob for PepAuthorization {
+    fn shard_key(&self) -> String {
+        self.message.to.to_string()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    async fn run(self: Box<Self>, ctx: &ModuleCtx) {
+        let PepAuthorization { nodes, node, op, message } = *self;
+        answer_authorization(ctx, &nodes, message.to.to_string(), node, op, &message).await;
     }
 }
 
@@ -590,6 +846,9 @@ struct Interest {
     features: HashSet<String>,
     /// The id of our disco#info query, while it is out.
     asked: Option<String>,
+    /// The caps announced, to share a checked answer with every session and
+    /// contact that announces them.
+    caps: Option<CapsKey>,
 }
 
 /// Sends a client that just said which nodes it wants (`+notify`) the last
@@ -619,7 +878,13 @@ async fn send_last_items(ctx: &ModuleCtx, jid: &FullJid, nodes: &[String]) {
             let Some(event) = engine::last_item_event(&ctx.storage, &service, node, &me.to_string()).await else {
                 continue;
             };
-            let n = engine::Notification { event, subscribers: Vec::new(), interested: vec![jid.to_string()] };
+            let n = engine::Notification {
+                event,
+                subscribers: Vec::new(),
+                interested: vec![jid.to_string()],
+                node: node.clone(),
+                remote: Vec::new(),
+            };
             actor::send_notification(&ctx.router, &service, &n);
         }
     }
@@ -652,7 +917,7 @@ impl Module for Pubsub {
     }
 
     fn hot_hooks(&self) -> HookSet {
-        HookSet::USER_RECEIVE
+        HookSet::USER_RECEIVE.with(HookSet::USER_SEND_MESSAGE).with(HookSet::FILTER_LOCAL)
     }
 
     async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
@@ -661,9 +926,12 @@ impl Module for Pubsub {
             router: ctx.router.clone(),
             max_items_per_node: self.cfg.max_items_per_node,
             max_pep_nodes: self.cfg.max_pep_nodes,
+            max_nodes_per_account: self.cfg.max_nodes_per_account,
             default_config: self.default_config.clone(),
             create_domains: (self.cfg.access_createnode == "local").then(|| ctx.router.hosts().to_vec()),
             fanout: Arc::new(tokio::sync::Semaphore::new(self.cfg.fanout_concurrency)),
+            remote: self.remote.clone(),
+            ctx: ctx.clone(),
         });
         let limits = Limits {
             max_resident: self.cfg.max_resident_nodes,
@@ -765,9 +1033,19 @@ impl Module for Pubsub {
         interest.ver = Some(ver.to_owned());
         interest.jid = Some(from.clone());
         interest.features.clear();
+        interest.caps = CapsKey::of(presence);
+        if let Some(nodes) = interest.caps.as_ref().and_then(|c| self.remote.known(c)) {
+            // Caps checked before, for this client or another: no query.
+            interest.features = nodes.iter().map(|n| format!("{n}+notify")).collect();
+            interest.asked = None;
+            let (ctx, jid, nodes) = (ctx.clone(), from.clone(), nodes.iter().cloned().collect::<Vec<_>>());
+            if !nodes.is_empty() {
+                tokio::spawn(async move { send_last_items(&ctx, &jid, &nodes).await });
+            }
+            return Flow::Continue;
+        }
         let id = format!("pubsub-caps-{}", engine::new_subid());
         interest.asked = Some(id.clone());
-        let _ = ctx;
         acc.write.push(
             Element::new("iq", ns::CLIENT)
                 .with_attr("type", "get")
@@ -779,6 +1057,28 @@ impl Module for Pubsub {
         Flow::Continue
     }
 
+    fn user_send_message(
+        &self,
+        _ctx: &ModuleCtx,
+        _state: &mut SessionState,
+        from: &FullJid,
+        to: &Jid,
+        stanza: &mut Element,
+        acc: &mut SessionAcc,
+    ) -> Result<(), StanzaErrorCondition> {
+        // The answer to a subscription request to one of the account's own
+        // PEP nodes (XEP-0060 §8.6.2) goes to the service: its bare JID.
+        if !to.is_bare() || to.as_str() != from.bare().as_str() || stanza.attr("type") == Some("error") || !self.pep() {
+            return Ok(());
+        }
+        let Some((node, op)) = authorization(stanza) else { return Ok(()) };
+        let nodes = self.nodes().ok_or(StanzaErrorCondition::ServiceUnavailable)?;
+        let message = Routed { from: Jid::from(from.clone()), to: to.clone(), stanza: stanza.clone() };
+        acc.jobs.push(Box::new(PepAuthorization { nodes, node, op, message }));
+        acc.taken = true;
+        Ok(())
+    }
+
     fn client_iq_response(&self, state: &mut SessionState, iq: &Element) -> bool {
         let Some(interest) = state.get_mut::<Interest>() else { return false };
         if interest.asked.is_none() || iq.attr("id") != interest.asked.as_deref() {
@@ -786,6 +1086,12 @@ impl Module for Pubsub {
         }
         interest.asked = None;
         if let Some(q) = iq.get_child("query", ns::DISCO_INFO) {
+            // A checked answer serves every client announcing the same caps.
+            if let Some(caps) = interest.caps.clone() {
+                if let Some(nodes) = caps.verify(q) {
+                    self.learned(caps, nodes);
+                }
+            }
             interest.features = q
                 .elements()
                 .filter(|f| f.name == "feature")
@@ -806,7 +1112,13 @@ impl Module for Pubsub {
         true
     }
 
-    fn user_receive(&self, _ctx: &ModuleCtx, _jid: &FullJid, state: &mut SessionState, stanza: &Element) -> Receive {
+    fn user_receive(&self, ctx: &ModuleCtx, jid: &FullJid, state: &mut SessionState, stanza: &Element) -> Receive {
+        if stanza.name == "presence" {
+            if self.pep() {
+                self.remote_presence(ctx, jid, stanza);
+            }
+            return Receive::Deliver;
+        }
         let Some(node) = pep_event_node(stanza) else { return Receive::Deliver };
         let wanted = state.get::<Interest>().is_some_and(|i| i.features.contains(&format!("{node}+notify")));
         if wanted {
@@ -816,7 +1128,55 @@ impl Module for Pubsub {
         }
     }
 
-    async fn node_request(&self, _ctx: &ModuleCtx, _from_node: u64, body: Vec<u8>) -> Result<Vec<u8>, String> {
+    async fn filter_local(&self, ctx: &ModuleCtx, r: &Routed) -> Receive {
+        // The answer to a caps query of ours, sent from the account's bare JID.
+        if r.stanza.name != "iq" {
+            return Receive::Deliver;
+        }
+        let Some((member, caps)) = r.stanza.attr("id").and_then(CapsKey::from_query_id) else {
+            return Receive::Deliver;
+        };
+        if !matches!(r.stanza.attr("type"), Some("result" | "error")) {
+            return Receive::Deliver;
+        }
+        let checked = r.stanza.get_child("query", ns::DISCO_INFO).and_then(|q| caps.verify(q));
+        match checked {
+            Some(nodes) if member == ctx.router.node().0 => self.learned(caps, nodes),
+            // The answer came in at another member of the cluster than the one that asked.
+            Some(nodes) => {
+                self.remote.learned(&caps, nodes.clone());
+                let body = RemoteMsg::Caps { key: caps.key, hash: caps.hash, nodes }.encode();
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let to = meerkat_cluster::NodeId(member);
+                    if let Err(e) = ctx.ask_node(to, Pubsub::NAME, body, Duration::from_secs(5)).await {
+                        tracing::debug!(error = %e, "caps not passed on to the member that asked");
+                    }
+                });
+            }
+            None => tracing::debug!(from = %r.from, key = %caps.key, "a caps answer that does not hash to its ver"),
+        }
+        Receive::Drop
+    }
+
+    async fn user_unavailable(&self, ctx: &ModuleCtx, jid: &FullJid) {
+        let me = ctx.router.node();
+        let bare = jid.bare();
+        if !ctx.router.sessions().resources(&bare).iter().any(|s| s.node == me && s.jid != *jid && s.priority.is_some()) {
+            self.remote.account_gone(bare.as_str());
+        }
+    }
+
+    async fn node_request(&self, ctx: &ModuleCtx, _from_node: u64, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        if let Some(msg) = RemoteMsg::decode(&body) {
+            match msg {
+                RemoteMsg::Caps { key, hash, nodes } => self.learned(CapsKey { key, hash }, nodes),
+                RemoteMsg::Fanout { service, notification } => {
+                    notify_remote(ctx, &self.remote, &service, &notification)
+                }
+            }
+            return Ok(Vec::new());
+        }
         let req: Request =
             serde_json::from_slice(&body).map_err(|e| format!("a PubSub request that does not decode: {e}"))?;
         let nodes = self.nodes().ok_or_else(|| "mod_pubsub is not running".to_owned())?;
