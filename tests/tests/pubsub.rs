@@ -626,11 +626,7 @@ async fn own_lists_collections_and_the_bound_on_owned_nodes() {
     assert_eq!(error_of(&missing), err("item-not-found", None));
     // An account's PEP nodes are its own.
     ok(&mut alice, &publish("", "urn:example:tune", "current", "a song")).await;
-    let pep = ok(
-        &mut alice,
-        &format!("<iq type='get'><pubsub xmlns='{PUBSUB}'><affiliations/></pubsub></iq>"),
-    )
-    .await;
+    let pep = ok(&mut alice, &format!("<iq type='get'><pubsub xmlns='{PUBSUB}'><affiliations/></pubsub></iq>")).await;
     assert_eq!(entries(&pep, "affiliations", "affiliation"), vec![("urn:example:tune".to_owned(), "owner".to_owned())]);
 
     // A collection is not served; a leaf is what every node is.
@@ -668,10 +664,7 @@ async fn an_account_approves_subscriptions_to_its_pep_node_by_form() {
     let s = res.get_child("pubsub", PUBSUB).and_then(|p| p.get_child("subscription", PUBSUB)).cloned().unwrap();
     assert_eq!(s.attr("subscription"), Some("pending"), "{res}");
     const AUTH: &str = "http://jabber.org/protocol/pubsub#subscribe_authorization";
-    let form = alice
-        .recv_until(|e| e.name == "message" && e.get_child("x", ns::DATA_FORMS).is_some())
-        .await
-        .unwrap();
+    let form = alice.recv_until(|e| e.name == "message" && e.get_child("x", ns::DATA_FORMS).is_some()).await.unwrap();
     assert_eq!(form.attr("from"), Some("alice@localhost"), "{form}");
     assert!(form.to_xml(ns::CLIENT).contains(AUTH), "{form}");
     alice

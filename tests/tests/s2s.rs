@@ -499,10 +499,13 @@ async fn pep_events_reach_remote_contacts_whose_caps_ask_for_the_node() {
     )
     .unwrap();
     let ver = meerkat_xmpp::caps::ver(&query, "sha-1").unwrap();
-    let presence = format!("<presence><c xmlns='{}' hash='sha-1' node='urn:example:client' ver='{ver}'/></presence>", ns::CAPS);
+    let presence =
+        format!("<presence><c xmlns='{}' hash='sha-1' node='urn:example:client' ver='{ver}'/></presence>", ns::CAPS);
     bob.send_str(&presence).await.unwrap();
     let q = bob
-        .recv_until(|e| e.name == "iq" && e.attr("type") == Some("get") && e.get_child("query", ns::DISCO_INFO).is_some())
+        .recv_until(|e| {
+            e.name == "iq" && e.attr("type") == Some("get") && e.get_child("query", ns::DISCO_INFO).is_some()
+        })
         .await
         .unwrap();
     assert_eq!(q.attr("from"), Some("alice@a.test"), "{q}");

@@ -56,10 +56,8 @@ fn verification_string(query: &Element) -> Option<String> {
         let [form_type] = types.as_slice() else { return None };
         let mut s = String::new();
         push(&mut s, &values(form_type).join(""));
-        let mut rest: Vec<(&str, Vec<String>)> = fields
-            .iter()
-            .filter_map(|f| f.attr("var").filter(|v| *v != "FORM_TYPE").map(|v| (v, values(f))))
-            .collect();
+        let mut rest: Vec<(&str, Vec<String>)> =
+            fields.iter().filter_map(|f| f.attr("var").filter(|v| *v != "FORM_TYPE").map(|v| (v, values(f)))).collect();
         rest.sort_by(|a, b| a.0.cmp(b.0));
         for (var, mut vals) in rest {
             push(&mut s, var);
@@ -151,7 +149,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ver(&no_type, "sha-1"), None);
-        let fine = parse_element("<query xmlns='http://jabber.org/protocol/disco#info'><feature var='a'/></query>").unwrap();
+        let fine =
+            parse_element("<query xmlns='http://jabber.org/protocol/disco#info'><feature var='a'/></query>").unwrap();
         assert_eq!(ver(&fine, "md5"), None);
         assert!(ver(&fine, "sha-256").is_some());
     }

@@ -334,7 +334,6 @@ impl RemoteMsg {
     fn decode(body: &[u8]) -> Option<RemoteMsg> {
         serde_json::from_slice(body.strip_prefix(Self::TAG)?).ok()
     }
-
 }
 
 /// Sends a PEP event to the resources of the account's remote contacts
@@ -347,7 +346,8 @@ pub fn notify_remote(ctx: &ModuleCtx, remote: &Arc<Remote>, service: &str, n: &e
         return;
     };
     if speaker != ctx.router.node() {
-        let body = RemoteMsg::Fanout { service: service.to_owned(), notification: n.clone() }.encode();
+        let notification = engine::Notification { subscribers: Vec::new(), interested: Vec::new(), ..n.clone() };
+        let body = RemoteMsg::Fanout { service: service.to_owned(), notification }.encode();
         let ctx = ctx.clone();
         tokio::spawn(async move {
             if let Err(e) = ctx.ask_node(speaker, Pubsub::NAME, body, Duration::from_secs(5)).await {
@@ -637,7 +637,9 @@ async fn own_list(
             // A node's creator is stored as its owner: an account owns its PEP nodes.
             for (name, a) in ctx.storage.pubsub_user_affiliations(service, &bare).await.map_err(failed)? {
                 if wanted(&name) {
-                    el.push_child(Element::new("affiliation", NS_PUBSUB).with_attr("node", name).with_attr("affiliation", a));
+                    el.push_child(
+                        Element::new("affiliation", NS_PUBSUB).with_attr("node", name).with_attr("affiliation", a),
+                    );
                 }
             }
             el
@@ -907,7 +909,8 @@ fn pep_event_node(stanza: &Element) -> Option<String> {
         return None;
     }
     let event = stanza.get_child("event", NS_PUBSUB_EVENT)?;
-    event.elements().find_map(|e| e.attr("node")).map(str::to_owned)
+    // A subscription's state (XEP-0060 §8.6.2) goes to its subscriber, not by interest.
+    event.elements().filter(|e| e.name != "subscription").find_map(|e| e.attr("node")).map(str::to_owned)
 }
 
 #[async_trait::async_trait]
@@ -1162,7 +1165,8 @@ impl Module for Pubsub {
     async fn user_unavailable(&self, ctx: &ModuleCtx, jid: &FullJid) {
         let me = ctx.router.node();
         let bare = jid.bare();
-        if !ctx.router.sessions().resources(&bare).iter().any(|s| s.node == me && s.jid != *jid && s.priority.is_some()) {
+        if !ctx.router.sessions().resources(&bare).iter().any(|s| s.node == me && s.jid != *jid && s.priority.is_some())
+        {
             self.remote.account_gone(bare.as_str());
         }
     }

@@ -251,6 +251,23 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_is_trusted_only_for_the_ver_it_hashes_to() {
+        let query = meerkat_xmpp::parser::parse_element(
+            "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='client' type='pc'/>\
+             <feature var='urn:tune+notify'/><feature var='urn:other'/></query>",
+            meerkat_xmpp::parser::Limits { max_stanza_size: 4096, max_depth: 8 },
+        )
+        .unwrap();
+        let ver = meerkat_xmpp::caps::ver(&query, "sha-1").unwrap();
+        let right = CapsKey { key: format!("urn:client#{ver}"), hash: "sha-1".into() };
+        assert_eq!(right.verify(&query), Some(["urn:tune".to_owned()].into()));
+        let wrong = CapsKey { key: "urn:client#AAAA".into(), hash: "sha-1".into() };
+        assert_eq!(wrong.verify(&query), None);
+        let other_hash = CapsKey { key: right.key.clone(), hash: "sha-256".into() };
+        assert_eq!(other_hash.verify(&query), None);
+    }
+
+    #[test]
     fn query_ids_say_who_asked_for_what() {
         let c = caps("ab+/=");
         let id = c.query_id(7);
