@@ -120,6 +120,50 @@ pub struct PubsubConfig {
     pub node_mailbox: usize,
     /// Notifications routed at once, over all nodes.
     pub fanout_concurrency: usize,
+    /// How requests to the service domains run (MongooseIM's `iqdisc`).
+    pub iqdisc: IqDisc,
+}
+
+/// `iqdisc`, with MongooseIM's names: how many requests to the service
+/// domains run at once. Requests to one node always run one at a time, in
+/// its actor; this bounds how many nodes are asked at once.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IqDisc {
+    /// `one_queue`: one request at a time; `queues`: `workers` at once;
+    /// `parallel` and `no_queue`: each request on its own task, at most
+    /// [`IqDisc::PARALLEL`] at once (MongooseIM's `parallel` has no bound;
+    /// its `no_queue` runs in the sender's connection, which a service
+    /// domain here has not).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// For `queues`.
+    pub workers: Option<usize>,
+}
+
+impl Default for IqDisc {
+    fn default() -> Self {
+        IqDisc { kind: "parallel".into(), workers: None }
+    }
+}
+
+impl IqDisc {
+    /// Requests at once under `parallel` and `no_queue`.
+    pub const PARALLEL: usize = 64;
+
+    /// Requests at once; `None` for a setting that does not make sense.
+    fn concurrency(&self) -> Result<usize, String> {
+        match (self.kind.as_str(), self.workers) {
+            ("one_queue", None) => Ok(1),
+            ("queues", Some(n)) if n >= 1 => Ok(n),
+            ("queues", _) => Err("\"queues\" needs workers of at least 1".into()),
+            ("parallel" | "no_queue", None) => Ok(Self::PARALLEL),
+            ("one_queue" | "parallel" | "no_queue", Some(_)) => Err("workers goes only with \"queues\"".into()),
+            (other, _) => {
+                Err(format!("unknown type {other:?}; known: \"no_queue\", \"one_queue\", \"queues\", \"parallel\""))
+            }
+        }
+    }
 }
 
 impl Default for PubsubConfig {
@@ -137,6 +181,7 @@ impl Default for PubsubConfig {
             node_idle_timeout: 300,
             node_mailbox: 64,
             fanout_concurrency: 256,
+            iqdisc: IqDisc::default(),
         }
     }
 }
@@ -217,6 +262,7 @@ impl ModuleSpec for Pubsub {
             return Err(("max_items_per_node", "limits must be at least 1".into()));
         }
         cfg.default_node_config().map_err(|e| ("default_node_config", e))?;
+        cfg.iqdisc.concurrency().map_err(|e| ("iqdisc", e))?;
         Ok(())
     }
     fn build(cfg: &PubsubConfig) -> Arc<dyn Module> {
@@ -951,7 +997,8 @@ impl Module for Pubsub {
                 ctx.router.serve_on_every_node(&d, Arc::new(Inbox(tx.clone()))).map_err(|e| format!("{d}: {e}"))?,
             );
         }
-        let requests = tokio::spawn(service_loop(ctx.clone(), nodes.clone(), rx, 64));
+        let limit = self.cfg.iqdisc.concurrency().unwrap_or(IqDisc::PARALLEL);
+        let requests = tokio::spawn(service_loop(ctx.clone(), nodes.clone(), rx, limit));
         let swept = nodes.clone();
         let sweep = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -1186,5 +1233,29 @@ impl Module for Pubsub {
         let nodes = self.nodes().ok_or_else(|| "mod_pubsub is not running".to_owned())?;
         let answer = nodes.call(req).await;
         serde_json::to_vec(&answer).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn validate(text: &str) -> Result<usize, String> {
+        let cfg: PubsubConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        <Pubsub as ModuleSpec>::validate(&cfg).map_err(|(key, why)| format!("{key}: {why}"))?;
+        cfg.iqdisc.concurrency()
+    }
+
+    #[test]
+    fn iqdisc_takes_mongooseims_types() {
+        assert_eq!(validate(""), Ok(IqDisc::PARALLEL));
+        assert_eq!(validate("iqdisc.type = \"one_queue\""), Ok(1));
+        assert_eq!(validate("iqdisc.type = \"queues\"\niqdisc.workers = 8"), Ok(8));
+        assert_eq!(validate("iqdisc.type = \"no_queue\""), Ok(IqDisc::PARALLEL));
+        assert!(validate("iqdisc.type = \"queues\"").unwrap_err().contains("workers"));
+        assert!(validate("iqdisc.type = \"one_queue\"\niqdisc.workers = 2").unwrap_err().contains("only with"));
+        assert!(validate("iqdisc.type = \"sometimes\"").unwrap_err().contains("known"));
+        assert!(validate("iqdisc.kind = \"one_queue\"").is_err(), "a misspelled key is refused");
     }
 }
