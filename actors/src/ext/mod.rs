@@ -285,9 +285,10 @@ pub struct Undelivered {
 }
 
 /// The hooks that run for every stanza (in the session, or per archived or
-/// broadcast row in the server workers), as a set: a module may say which of
-/// them it implements ([`Module::hot_hooks`]), so that the registry calls
-/// only those. The default, [`HookSet::ALL`], is always correct.
+/// broadcast row in the server workers) or for every login, as a set: a
+/// module may say which of them it implements ([`Module::hot_hooks`]), so
+/// that the registry calls only those. The default, [`HookSet::ALL`], is
+/// always correct.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HookSet(u16);
 
@@ -301,6 +302,12 @@ impl HookSet {
     pub const CLIENT_WROTE: HookSet = HookSet(1 << 5);
     pub const BLOCKS: HookSet = HookSet(1 << 6);
     pub const FILTER_LOCAL: HookSet = HookSet(1 << 7);
+    pub const SESSION_OPENING: HookSet = HookSet(1 << 8);
+    pub const USER_AVAILABLE: HookSet = HookSet(1 << 9);
+    pub const USER_UNAVAILABLE: HookSet = HookSet(1 << 10);
+    pub const PRESENCE_IN: HookSet = HookSet(1 << 11);
+    pub const UNDELIVERED_MESSAGE: HookSet = HookSet(1 << 12);
+    pub const ROSTER_CHANGED: HookSet = HookSet(1 << 13);
     pub const ALL: HookSet = HookSet(u16::MAX);
 
     pub const fn with(self, other: HookSet) -> HookSet {
@@ -325,8 +332,8 @@ pub trait Module: Send + Sync + 'static {
     /// MongooseIM's name of the module (`mod_roster`), as in `[modules.*]`.
     fn name(&self) -> &'static str;
 
-    /// Which of the per-stanza hooks ([`HookSet`]) this module implements; the
-    /// others are not called for it. Declaring fewer than it implements
+    /// Which of the per-stanza and per-login hooks ([`HookSet`]) this module
+    /// implements; the others are not called for it. Declaring fewer than it implements
     /// silently skips them, so a module that is unsure keeps the default.
     fn hot_hooks(&self) -> HookSet {
         HookSet::ALL

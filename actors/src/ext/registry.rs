@@ -76,6 +76,13 @@ pub struct Registry {
     client_wrote: Vec<Arc<dyn Module>>,
     blocks: Vec<Arc<dyn Module>>,
     filter_local: Vec<Arc<dyn Module>>,
+    /// And each per-login hook.
+    session_opening: Vec<Arc<dyn Module>>,
+    user_available: Vec<Arc<dyn Module>>,
+    user_unavailable: Vec<Arc<dyn Module>>,
+    presence_in: Vec<Arc<dyn Module>>,
+    undelivered_message: Vec<Arc<dyn Module>>,
+    roster_changed: Vec<Arc<dyn Module>>,
 }
 
 /// Serves [`meerkat_cluster::transport::Request::Module`]: the named module's
@@ -131,6 +138,12 @@ impl Registry {
             client_wrote: with(HookSet::CLIENT_WROTE),
             blocks: with(HookSet::BLOCKS),
             filter_local: with(HookSet::FILTER_LOCAL),
+            session_opening: with(HookSet::SESSION_OPENING),
+            user_available: with(HookSet::USER_AVAILABLE),
+            user_unavailable: with(HookSet::USER_UNAVAILABLE),
+            presence_in: with(HookSet::PRESENCE_IN),
+            undelivered_message: with(HookSet::UNDELIVERED_MESSAGE),
+            roster_changed: with(HookSet::ROSTER_CHANGED),
             modules,
             iq,
             session_iq,
@@ -234,7 +247,7 @@ impl Registry {
     /// The state a new session starts with.
     pub async fn session_opening(&self, ctx: &ModuleCtx, jid: &FullJid) -> SessionState {
         let mut state = SessionState::default();
-        for m in &self.modules {
+        for m in &self.session_opening {
             m.session_opening(ctx, jid, &mut state).await;
         }
         state
@@ -513,7 +526,7 @@ impl Registry {
     /// Runs the chain on a message no session took.
     pub async fn undelivered_message(&self, ctx: &ModuleCtx, r: &Routed) -> Undelivered {
         let mut acc = Undelivered::default();
-        for m in &self.modules {
+        for m in &self.undelivered_message {
             if m.undelivered_message(ctx, r, &mut acc).await == Flow::Stop {
                 break;
             }
@@ -523,7 +536,7 @@ impl Registry {
 
     /// Runs the chain on subscription presence or a probe for a local account.
     pub async fn presence_in(&self, ctx: &ModuleCtx, r: &Routed) -> Flow {
-        for m in &self.modules {
+        for m in &self.presence_in {
             if m.presence_in(ctx, r).await == Flow::Stop {
                 return Flow::Stop;
             }
@@ -552,19 +565,19 @@ impl Registry {
     }
 
     pub async fn user_available(&self, ctx: &ModuleCtx, jid: &FullJid) {
-        for m in &self.modules {
+        for m in &self.user_available {
             m.user_available(ctx, jid).await;
         }
     }
 
     pub async fn user_unavailable(&self, ctx: &ModuleCtx, jid: &FullJid) {
-        for m in &self.modules {
+        for m in &self.user_unavailable {
             m.user_unavailable(ctx, jid).await;
         }
     }
 
     pub async fn roster_changed(&self, ctx: &ModuleCtx, owner: &BareJid, item: &meerkat_storage::RosterItem) {
-        for m in &self.modules {
+        for m in &self.roster_changed {
             m.roster_changed(ctx, owner, item).await;
         }
     }

@@ -322,7 +322,11 @@ impl Module for Blocking {
     }
 
     fn hot_hooks(&self) -> HookSet {
-        HookSet::USER_SEND_CHECK.with(HookSet::USER_RECEIVE).with(HookSet::BLOCKS).with(HookSet::FILTER_LOCAL)
+        HookSet::USER_SEND_CHECK
+            .with(HookSet::USER_RECEIVE)
+            .with(HookSet::BLOCKS)
+            .with(HookSet::FILTER_LOCAL)
+            .with(HookSet::SESSION_OPENING)
     }
 
     fn iq_namespaces(&self) -> &'static [&'static str] {

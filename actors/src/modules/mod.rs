@@ -299,8 +299,8 @@ mod boundary {
         }
     }
 
-    /// A module that implements a per-stanza hook declares it, or the
-    /// registry would never call it.
+    /// A module that implements a per-stanza or per-login hook declares it,
+    /// or the registry would never call it.
     #[test]
     fn every_implemented_per_stanza_hook_is_declared() {
         use crate::ext::HookSet;
@@ -313,6 +313,12 @@ mod boundary {
             ("client_wrote", HookSet::CLIENT_WROTE),
             ("blocks", HookSet::BLOCKS),
             ("filter_local", HookSet::FILTER_LOCAL),
+            ("session_opening", HookSet::SESSION_OPENING),
+            ("user_available", HookSet::USER_AVAILABLE),
+            ("user_unavailable", HookSet::USER_UNAVAILABLE),
+            ("presence_in", HookSet::PRESENCE_IN),
+            ("undelivered_message", HookSet::UNDELIVERED_MESSAGE),
+            ("roster_changed", HookSet::ROSTER_CHANGED),
         ];
         let built = super::ModulesConfig::default().build_all();
         let mut stems: Vec<String> = module_files().into_iter().map(|(stem, _)| stem).collect();

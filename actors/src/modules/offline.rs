@@ -121,7 +121,7 @@ impl Module for Offline {
     }
 
     fn hot_hooks(&self) -> HookSet {
-        HookSet::NONE
+        HookSet::USER_AVAILABLE.with(HookSet::UNDELIVERED_MESSAGE)
     }
 
     fn disco_features(&self, target: Target) -> &'static [&'static str] {

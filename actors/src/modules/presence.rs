@@ -120,7 +120,7 @@ impl Module for Presence {
     }
 
     fn hot_hooks(&self) -> HookSet {
-        HookSet::USER_RECEIVE
+        HookSet::USER_RECEIVE.with(HookSet::PRESENCE_IN)
     }
 
     fn user_send_presence(

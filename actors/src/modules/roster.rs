@@ -34,7 +34,7 @@ impl Module for Roster {
     }
 
     fn hot_hooks(&self) -> HookSet {
-        HookSet::NONE
+        HookSet::ROSTER_CHANGED
     }
 
     fn iq_namespaces(&self) -> &'static [&'static str] {

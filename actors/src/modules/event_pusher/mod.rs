@@ -384,6 +384,9 @@ impl Module for EventPusher {
 
     fn hot_hooks(&self) -> HookSet {
         HookSet::USER_SEND_MESSAGE
+            .with(HookSet::USER_AVAILABLE)
+            .with(HookSet::USER_UNAVAILABLE)
+            .with(HookSet::UNDELIVERED_MESSAGE)
     }
 
     async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {

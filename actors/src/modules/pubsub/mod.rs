@@ -966,7 +966,10 @@ impl Module for Pubsub {
     }
 
     fn hot_hooks(&self) -> HookSet {
-        HookSet::USER_RECEIVE.with(HookSet::USER_SEND_MESSAGE).with(HookSet::FILTER_LOCAL)
+        HookSet::USER_RECEIVE
+            .with(HookSet::USER_SEND_MESSAGE)
+            .with(HookSet::FILTER_LOCAL)
+            .with(HookSet::USER_UNAVAILABLE)
     }
 
     async fn start(&self, ctx: &ModuleCtx) -> Result<(), String> {
