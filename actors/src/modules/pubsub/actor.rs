@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use meerkat_routing::pressure;
 use meerkat_routing::{Routed, Router};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::jid::parse_jid;
@@ -116,15 +117,36 @@ impl Handler<Run> for NodeActor {
 }
 
 /// Routes a node's notifications, in order, each under a fan-out permit.
+/// When a recipient's queue (a session's mailbox, a link to another node)
+/// went over its bound with one, the next waits until it drains
+/// ([`meerkat_routing::pressure`]): this queue then fills, the node's actor
+/// waits on it, and so do the node's publishers.
 async fn fan_out(service: String, shared: Arc<Shared>, mut rx: mpsc::Receiver<Notification>) {
     while let Some(n) = rx.recv().await {
-        let Ok(_permit) = shared.fanout.clone().acquire_owned().await else { return };
+        let Ok(permit) = shared.fanout.clone().acquire_owned().await else { return };
+        // Routing is synchronous: what the queues report is this notification's.
+        let _ = pressure::take();
         send_notification(&shared.router, &service, &n);
         if !n.remote.is_empty() {
             super::notify_remote(&shared.ctx, &shared.remote, &service, &n);
         }
+        let pressed = pressure::take();
+        drop(permit);
+        if let Some(p) = pressed {
+            FANOUT_WAITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !p.relieved(PRESSURE_WAIT).await {
+                tracing::debug!(%service, "a recipient stayed over its bound; fanning out on");
+            }
+        }
     }
 }
+
+/// How long a fan-out waits at most for a recipient's queue to drain (one
+/// that stalls must not stall the node for good).
+const PRESSURE_WAIT: Duration = Duration::from_secs(5);
+
+/// Times a fan-out waited for its recipients' queues (`/metrics`).
+pub static FANOUT_WAITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Routes one notification: to each subscriber with its subscription id
 /// (SHIM header, XEP-0060 §12.3), and to each interested account's bare

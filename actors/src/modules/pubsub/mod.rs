@@ -1181,6 +1181,19 @@ impl Module for Pubsub {
         }
     }
 
+    fn metrics(&self) -> Vec<crate::ext::Metric> {
+        let resident = self.nodes().map_or(0, |n| n.resident());
+        vec![
+            crate::ext::Metric::counter("meerkat_pubsub_fanout_waits_total", &actor::FANOUT_WAITS),
+            crate::ext::Metric {
+                name: "meerkat_pubsub_resident_nodes",
+                labels: Vec::new(),
+                value: resident as f64,
+                counter: false,
+            },
+        ]
+    }
+
     async fn filter_local(&self, ctx: &ModuleCtx, r: &Routed) -> Receive {
         // The answer to a caps query of ours, sent from the account's bare JID.
         if r.stanza.name != "iq" {
