@@ -61,7 +61,8 @@ impl PsError {
     }
 }
 
-fn storage(e: StorageError) -> PsError {
+/// A storage failure, logged, as the requester sees it.
+pub fn storage_error(e: StorageError) -> PsError {
     tracing::error!(error = %e, "pubsub storage");
     PsError::new(StanzaErrorCondition::InternalServerError)
 }
@@ -198,7 +199,7 @@ async fn affiliation(env: &Env<'_>, service: &str, node: &str, bare: &str) -> Re
     if is_pep(service) && service == bare {
         return Ok("owner".into());
     }
-    let affs = env.storage.pubsub_affiliations(service, node).await.map_err(storage)?;
+    let affs = env.storage.pubsub_affiliations(service, node).await.map_err(storage_error)?;
     Ok(affs.into_iter().find(|(j, _)| j == bare).map(|(_, a)| a).unwrap_or_else(|| "none".into()))
 }
 
@@ -250,7 +251,7 @@ fn forbidden() -> PsError {
 /// Runs a request.
 pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
     let bare = bare_of(&req.from);
-    let node = env.storage.pubsub_node(&req.service, &req.node).await.map_err(storage)?;
+    let node = env.storage.pubsub_node(&req.service, &req.node).await.map_err(storage_error)?;
     match (&req.op, node) {
         (Op::Create { config }, None) => create(env, req, &bare, config.as_ref()).await.map(|_| Done::default()),
         (Op::Create { .. }, Some(_)) => Err(PsError::new(StanzaErrorCondition::Conflict)),
@@ -277,8 +278,11 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                         _ => match cfg.publish_model {
                             PublishModel::Open => !is_pep(&n.service),
                             PublishModel::Subscribers => {
-                                let subs =
-                                    env.storage.pubsub_subscriptions(&n.service, &n.name).await.map_err(storage)?;
+                                let subs = env
+                                    .storage
+                                    .pubsub_subscriptions(&n.service, &n.name)
+                                    .await
+                                    .map_err(storage_error)?;
                                 subs.iter().any(|s| bare_of(&s.jid) == bare && s.state == "subscribed")
                             }
                             PublishModel::Publishers => false,
@@ -299,7 +303,7 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                     owner_only(&aff)?;
                     let mut next = cfg.clone();
                     next.apply(&form[..], env.max_items_per_node).map_err(form_error)?;
-                    env.storage.pubsub_configure(&n.service, &n.name, &to_json(&next)).await.map_err(storage)?;
+                    env.storage.pubsub_configure(&n.service, &n.name, &to_json(&next)).await.map_err(storage_error)?;
                     let mut done = Done::default();
                     if next.notify_config {
                         let ev =
@@ -316,12 +320,12 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                         del.push_child(Element::new("redirect", NS_PUBSUB_EVENT).with_attr("uri", uri.clone()));
                     }
                     let note = recipients(env, &n, &cfg, event(del), false).await?;
-                    env.storage.pubsub_delete_node(&n.service, &n.name).await.map_err(storage)?;
+                    env.storage.pubsub_delete_node(&n.service, &n.name).await.map_err(storage_error)?;
                     Ok(Done { notify: if cfg.notify_delete { vec![note] } else { Vec::new() }, ..Done::default() })
                 }
                 Op::Purge => {
                     owner_only(&aff)?;
-                    env.storage.pubsub_purge(&n.service, &n.name).await.map_err(storage)?;
+                    env.storage.pubsub_purge(&n.service, &n.name).await.map_err(storage_error)?;
                     let ev = event(Element::new("purge", NS_PUBSUB_EVENT).with_attr("node", n.name.clone()));
                     Ok(Done { notify: vec![recipients(env, &n, &cfg, ev, false).await?], ..Done::default() })
                 }
@@ -332,12 +336,12 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                             .storage
                             .pubsub_items_by_id(&n.service, &n.name, std::slice::from_ref(id))
                             .await
-                            .map_err(storage)?;
+                            .map_err(storage_error)?;
                         let Some(item) = found.first() else { return Err(item_not_found()) };
                         if aff != "owner" && !(aff == "publisher" || bare_of(&item.publisher) == bare) {
                             return Err(forbidden());
                         }
-                        env.storage.pubsub_retract(&n.service, &n.name, id).await.map_err(storage)?;
+                        env.storage.pubsub_retract(&n.service, &n.name, id).await.map_err(storage_error)?;
                         items.push_child(Element::new("retract", NS_PUBSUB_EVENT).with_attr("id", id.clone()));
                     }
                     let mut done = Done::default();
@@ -355,7 +359,7 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                         .storage
                         .pubsub_unsubscribe(&n.service, &n.name, jid, subid.as_deref())
                         .await
-                        .map_err(storage)?;
+                        .map_err(storage_error)?;
                     if removed == 0 {
                         return Err(PsError::app(StanzaErrorCondition::UnexpectedRequest, "not-subscribed"));
                     }
@@ -364,9 +368,9 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                 Op::Items { max, ids } => {
                     may_access(env, &n, &cfg, &aff, &bare).await?;
                     let items = if ids.is_empty() {
-                        env.storage.pubsub_items(&n.service, &n.name, *max).await.map_err(storage)?
+                        env.storage.pubsub_items(&n.service, &n.name, *max).await.map_err(storage_error)?
                     } else {
-                        env.storage.pubsub_items_by_id(&n.service, &n.name, ids).await.map_err(storage)?
+                        env.storage.pubsub_items_by_id(&n.service, &n.name, ids).await.map_err(storage_error)?
                     };
                     let mut list = Element::new("items", NS_PUBSUB).with_attr("node", n.name.clone());
                     for i in &items {
@@ -376,7 +380,7 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                 }
                 Op::GetSubscriptions => {
                     owner_only(&aff)?;
-                    let subs = env.storage.pubsub_subscriptions(&n.service, &n.name).await.map_err(storage)?;
+                    let subs = env.storage.pubsub_subscriptions(&n.service, &n.name).await.map_err(storage_error)?;
                     let mut list = Element::new("subscriptions", NS_PUBSUB_OWNER).with_attr("node", n.name.clone());
                     for s in subs {
                         list.push_child(
@@ -399,11 +403,14 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                                 env.storage
                                     .pubsub_unsubscribe(&n.service, &n.name, jid, None)
                                     .await
-                                    .map_err(storage)?;
+                                    .map_err(storage_error)?;
                             }
                             "subscribed" | "pending" => {
-                                let subs =
-                                    env.storage.pubsub_subscriptions(&n.service, &n.name).await.map_err(storage)?;
+                                let subs = env
+                                    .storage
+                                    .pubsub_subscriptions(&n.service, &n.name)
+                                    .await
+                                    .map_err(storage_error)?;
                                 let subid = subs
                                     .iter()
                                     .find(|s| &s.jid == jid)
@@ -415,7 +422,7 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                                     state: state.clone(),
                                     created_micros: now_micros(),
                                 };
-                                env.storage.pubsub_subscribe(&n.service, &n.name, &sub).await.map_err(storage)?;
+                                env.storage.pubsub_subscribe(&n.service, &n.name, &sub).await.map_err(storage_error)?;
                             }
                             _ => return Err(PsError::new(StanzaErrorCondition::BadRequest)),
                         }
@@ -424,7 +431,7 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                 }
                 Op::GetAffiliations => {
                     owner_only(&aff)?;
-                    let affs = env.storage.pubsub_affiliations(&n.service, &n.name).await.map_err(storage)?;
+                    let affs = env.storage.pubsub_affiliations(&n.service, &n.name).await.map_err(storage_error)?;
                     let mut list = Element::new("affiliations", NS_PUBSUB_OWNER).with_attr("node", n.name.clone());
                     if is_pep(&n.service) && !affs.iter().any(|(j, _)| *j == n.service) {
                         list.push_child(affiliation_el(&n.service, "owner"));
@@ -436,7 +443,7 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                 }
                 Op::Authorize { subid, jid, allow } => {
                     owner_only(&aff)?;
-                    let subs = env.storage.pubsub_subscriptions(&n.service, &n.name).await.map_err(storage)?;
+                    let subs = env.storage.pubsub_subscriptions(&n.service, &n.name).await.map_err(storage_error)?;
                     let Some(sub) = subs.into_iter().find(|s| {
                         s.jid == *jid && s.state == "pending" && subid.as_ref().is_none_or(|id| *id == s.subid)
                     }) else {
@@ -444,13 +451,13 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                     };
                     let state = if *allow {
                         let granted = PubsubSubscription { state: "subscribed".into(), ..sub.clone() };
-                        env.storage.pubsub_subscribe(&n.service, &n.name, &granted).await.map_err(storage)?;
+                        env.storage.pubsub_subscribe(&n.service, &n.name, &granted).await.map_err(storage_error)?;
                         "subscribed"
                     } else {
                         env.storage
                             .pubsub_unsubscribe(&n.service, &n.name, jid, Some(&sub.subid))
                             .await
-                            .map_err(storage)?;
+                            .map_err(storage_error)?;
                         "none"
                     };
                     // The subscriber learns the outcome (XEP-0060 §8.6.2).
@@ -480,7 +487,7 @@ pub async fn run(env: &Env<'_>, req: &Request) -> Result<Done, PsError> {
                         env.storage
                             .pubsub_set_affiliation(&n.service, &n.name, &j.to_string(), a)
                             .await
-                            .map_err(storage)?;
+                            .map_err(storage_error)?;
                     }
                     Ok(Done::default())
                 }
@@ -555,14 +562,14 @@ async fn create(env: &Env<'_>, req: &Request, bare: &str, config: Option<&Form>)
         if req.service != bare {
             return Err(forbidden());
         }
-        let held = env.storage.pubsub_nodes(&req.service).await.map_err(storage)?.len();
+        let held = env.storage.pubsub_nodes(&req.service).await.map_err(storage_error)?.len();
         if held >= env.max_pep_nodes {
             return Err(PsError::app(StanzaErrorCondition::NotAllowed, "max-nodes-exceeded"));
         }
     } else if !(env.may_create)(bare) {
         return Err(forbidden());
     } else {
-        let owned = env.storage.pubsub_user_affiliations(&req.service, bare).await.map_err(storage)?;
+        let owned = env.storage.pubsub_user_affiliations(&req.service, bare).await.map_err(storage_error)?;
         if owned.iter().filter(|(_, a)| a == "owner").count() >= env.max_nodes_per_account {
             return Err(PsError::app(StanzaErrorCondition::NotAllowed, "max-nodes-exceeded"));
         }
@@ -588,7 +595,7 @@ async fn create(env: &Env<'_>, req: &Request, bare: &str, config: Option<&Form>)
     match env.storage.pubsub_create_node(&node).await {
         Ok(()) => Ok(node),
         Err(StorageError::Conflict(_)) => Err(PsError::new(StanzaErrorCondition::Conflict)),
-        Err(e) => Err(storage(e)),
+        Err(e) => Err(storage_error(e)),
     }
 }
 
@@ -610,7 +617,7 @@ async fn publish(
     }
     let item = PubsubItem { id: id.clone(), publisher: req.from.clone(), payload, seq: 0 };
     let keep = if cfg.persist_items { cfg.kept(env.max_items_per_node) } else { 1 };
-    env.storage.pubsub_publish(&n.service, &n.name, &item, Some(keep)).await.map_err(storage)?;
+    env.storage.pubsub_publish(&n.service, &n.name, &item, Some(keep)).await.map_err(storage_error)?;
     let mut items = Element::new("items", NS_PUBSUB_EVENT).with_attr("node", n.name.clone());
     items.push_child(item_element(&item, NS_PUBSUB_EVENT, cfg.deliver_payloads));
     let mut done = Done::default();
@@ -641,7 +648,7 @@ async fn subscribe(
     } else {
         "subscribed"
     };
-    let existing = env.storage.pubsub_subscriptions(&n.service, &n.name).await.map_err(storage)?;
+    let existing = env.storage.pubsub_subscriptions(&n.service, &n.name).await.map_err(storage_error)?;
     let subid = existing.iter().find(|s| s.jid == jid).map(|s| s.subid.clone()).unwrap_or_else(new_subid);
     let sub = PubsubSubscription {
         subid: subid.clone(),
@@ -649,7 +656,7 @@ async fn subscribe(
         state: state.into(),
         created_micros: now_micros(),
     };
-    env.storage.pubsub_subscribe(&n.service, &n.name, &sub).await.map_err(storage)?;
+    env.storage.pubsub_subscribe(&n.service, &n.name, &sub).await.map_err(storage_error)?;
     let mut done = payload_of(
         Element::new("pubsub", NS_PUBSUB).with_child(
             Element::new("subscription", NS_PUBSUB)
@@ -665,7 +672,7 @@ async fn subscribe(
             .storage
             .pubsub_affiliations(&n.service, &n.name)
             .await
-            .map_err(storage)?
+            .map_err(storage_error)?
             .into_iter()
             .filter(|(_, a)| a == "owner")
             .map(|(j, _)| j)
@@ -678,7 +685,7 @@ async fn subscribe(
     }
     // The last item to the new subscriber (XEP-0060 §6.1.7).
     if state == "subscribed" && cfg.send_last_published_item != SendLast::Never {
-        let last = env.storage.pubsub_items(&n.service, &n.name, Some(1)).await.map_err(storage)?;
+        let last = env.storage.pubsub_items(&n.service, &n.name, Some(1)).await.map_err(storage_error)?;
         if let Some(i) = last.first() {
             let items = Element::new("items", NS_PUBSUB_EVENT)
                 .with_attr("node", n.name.clone())
@@ -737,7 +744,7 @@ async fn recipients(
     ev: Element,
     _retract: bool,
 ) -> Result<Notification, PsError> {
-    let subs = env.storage.pubsub_subscriptions(&n.service, &n.name).await.map_err(storage)?;
+    let subs = env.storage.pubsub_subscriptions(&n.service, &n.name).await.map_err(storage_error)?;
     let subscribers: Vec<(String, String)> =
         subs.into_iter().filter(|s| s.state == "subscribed").map(|s| (s.jid, s.subid)).collect();
     let mut interested = Vec::new();
@@ -746,9 +753,9 @@ async fn recipients(
         interested.push(n.service.clone());
         if let Ok(owner) = parse_bare(&n.service) {
             let user = owner.node().map(|u| u.to_string()).unwrap_or_default();
-            let roster = env.storage.get_roster(owner.domain().as_str(), &user).await.map_err(storage)?;
+            let roster = env.storage.get_roster(owner.domain().as_str(), &user).await.map_err(storage_error)?;
             let affs = if cfg.access_model == AccessModel::Whitelist {
-                env.storage.pubsub_affiliations(&n.service, &n.name).await.map_err(storage)?
+                env.storage.pubsub_affiliations(&n.service, &n.name).await.map_err(storage_error)?
             } else {
                 Vec::new()
             };

@@ -151,7 +151,7 @@ impl IqDisc {
     /// Requests at once under `parallel` and `no_queue`.
     pub const PARALLEL: usize = 64;
 
-    /// Requests at once; `None` for a setting that does not make sense.
+    /// Requests at once, or why the setting makes no sense.
     fn concurrency(&self) -> Result<usize, String> {
         match (self.kind.as_str(), self.workers) {
             ("one_queue", None) => Ok(1),
@@ -650,10 +650,7 @@ async fn own_list(
     list: OwnList,
     node: Option<&str>,
 ) -> Result<Option<String>, PsError> {
-    let failed = |e: meerkat_storage::StorageError| {
-        tracing::error!(error = %e, "pubsub storage");
-        PsError::new(StanzaErrorCondition::InternalServerError)
-    };
+    let failed = engine::storage_error;
     let bare = from.bare().to_string();
     let wanted = |name: &str| node.is_none_or(|n| n == name);
     let el = match list {
