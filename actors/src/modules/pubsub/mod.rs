@@ -1118,7 +1118,8 @@ impl Module for Pubsub {
     ) -> Result<(), StanzaErrorCondition> {
         // The answer to a subscription request to one of the account's own
         // PEP nodes (XEP-0060 §8.6.2) goes to the service: its bare JID.
-        if !to.is_bare() || to.as_str() != from.bare().as_str() || stanza.attr("type") == Some("error") || !self.pep() {
+        let own_bare = to.is_bare() && to.node() == from.node() && to.domain() == from.domain();
+        if !own_bare || stanza.attr("type") == Some("error") || !self.pep() {
             return Ok(());
         }
         let Some((node, op)) = authorization(stanza) else { return Ok(()) };
