@@ -16,11 +16,49 @@ use crate::{
 /// before the stored one (two senders' copies written out of order) still
 /// counts, but does not replace the last message. MySQL assigns in order,
 /// each seeing the ones before, so the stamp goes last there.
+/// One row of [`upsert!`]: 7 placeholders.
+macro_rules! row {
+    () => {
+        "(?, ?, ?, ?, ?, ?, ?, 'inbox', 0)"
+    };
+}
+macro_rules! rows8 {
+    () => {
+        concat!(
+            row!(),
+            ", ",
+            row!(),
+            ", ",
+            row!(),
+            ", ",
+            row!(),
+            ", ",
+            row!(),
+            ", ",
+            row!(),
+            ", ",
+            row!(),
+            ", ",
+            row!()
+        )
+    };
+}
+macro_rules! rows32 {
+    () => {
+        concat!(rows8!(), ", ", rows8!(), ", ", rows8!(), ", ", rows8!())
+    };
+}
 macro_rules! upsert {
     ($count:literal, $count_mysql:literal) => {
+        upsert!(row!(), $count, $count_mysql)
+    };
+    ($rows:expr, $count:literal, $count_mysql:literal) => {
         sql!(
-            "INSERT INTO inbox_entries (domain, username, remote_jid, msg_id, content, stamp_micros, unread_count, \
-             box_name, muted_until) VALUES (?, ?, ?, ?, ?, ?, ?, 'inbox', 0)",
+            concat!(
+                "INSERT INTO inbox_entries (domain, username, remote_jid, msg_id, content, stamp_micros, \
+                 unread_count, box_name, muted_until) VALUES ",
+                $rows
+            ),
             on_conflict: concat!(
                 "ON CONFLICT (domain, username, remote_jid) DO UPDATE SET \
                  msg_id = CASE WHEN excluded.stamp_micros >= inbox_entries.stamp_micros THEN excluded.msg_id \
@@ -49,6 +87,16 @@ macro_rules! upsert {
 const UPSERT_ADD: Sql =
     upsert!("inbox_entries.unread_count + excluded.unread_count", "unread_count + VALUES(unread_count)");
 const UPSERT_SET: Sql = upsert!("excluded.unread_count", "VALUES(unread_count)");
+/// The same for 8 and 32 conversations at once (distinct ones: PostgreSQL
+/// refuses to update a row twice in one statement).
+const UPSERT_ADD_8: Sql =
+    upsert!(rows8!(), "inbox_entries.unread_count + excluded.unread_count", "unread_count + VALUES(unread_count)");
+const UPSERT_SET_8: Sql = upsert!(rows8!(), "excluded.unread_count", "VALUES(unread_count)");
+const UPSERT_ADD_32: Sql =
+    upsert!(rows32!(), "inbox_entries.unread_count + excluded.unread_count", "unread_count + VALUES(unread_count)");
+const UPSERT_SET_32: Sql = upsert!(rows32!(), "excluded.unread_count", "VALUES(unread_count)");
+/// Conversations written by one statement, at most.
+const ROWS_MAX: usize = 32;
 const GET: Sql = sql!(
     "SELECT remote_jid, msg_id, content, stamp_micros, unread_count, box_name, muted_until \
      FROM inbox_entries WHERE domain = ? AND username = ? AND remote_jid = ?"
@@ -172,9 +220,50 @@ impl InboxRepo for Storage {
         if deltas.is_empty() {
             return Ok(());
         }
+        // Markers run in order with the upserts of the same conversation:
+        // upserts wait in `set` and `add` (by statement) until a conversation
+        // comes again or ROWS_MAX are waiting, then go in statements of 32,
+        // 8 and 1 rows.
         on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
-            for delta in deltas {
+            let mut waiting: std::collections::HashSet<(&str, &str, &str)> = std::collections::HashSet::new();
+            let (mut set, mut add): (Vec<&InboxDelta>, Vec<&InboxDelta>) = (Vec::new(), Vec::new());
+            // A `None` at the end writes what still waits.
+            for next in deltas.iter().map(Some).chain([None]) {
+                let key = next.map(|x| (x.domain.as_str(), x.user.as_str(), x.remote_jid.as_str()));
+                if key.is_none_or(|k| waiting.contains(&k)) || set.len() + add.len() == ROWS_MAX {
+                    for (rows, stmts) in [
+                        (&mut set, [UPSERT_SET_32, UPSERT_SET_8, UPSERT_SET]),
+                        (&mut add, [UPSERT_ADD_32, UPSERT_ADD_8, UPSERT_ADD]),
+                    ] {
+                        let mut rest = &rows[..];
+                        while !rest.is_empty() {
+                            let (n, stmt) = match rest.len() {
+                                32.. => (32, stmts[0]),
+                                8.. => (8, stmts[1]),
+                                _ => (1, stmts[2]),
+                            };
+                            let mut q = sqlx::query(stmt.get(d));
+                            for r in &rest[..n] {
+                                if let Some(last) = &r.last {
+                                    q = q
+                                        .bind(&r.domain)
+                                        .bind(&r.user)
+                                        .bind(&r.remote_jid)
+                                        .bind(&last.msg_id)
+                                        .bind(&last.content)
+                                        .bind(last.stamp_micros)
+                                        .bind(r.add);
+                                }
+                            }
+                            q.execute(&mut *tx).await?;
+                            rest = &rest[n..];
+                        }
+                        rows.clear();
+                    }
+                    waiting.clear();
+                }
+                let (Some(delta), Some(key)) = (next, key) else { break };
                 for mark in &delta.marks {
                     sqlx::query(MARK_READ.get(d))
                         .bind(&delta.domain)
@@ -184,21 +273,13 @@ impl InboxRepo for Storage {
                         .execute(&mut *tx)
                         .await?;
                 }
-                if let Some(last) = &delta.last {
-                    let stmt = if delta.reset { UPSERT_SET } else { UPSERT_ADD };
-                    let (domain, user, remote) = (&delta.domain, &delta.user, &delta.remote_jid);
-                    write_last!(
-                        &mut *tx,
-                        d,
-                        stmt,
-                        domain,
-                        user,
-                        remote,
-                        &last.msg_id,
-                        &last.content,
-                        last.stamp_micros,
-                        delta.add
-                    );
+                if delta.last.is_some() {
+                    waiting.insert(key);
+                    if delta.reset {
+                        set.push(delta)
+                    } else {
+                        add.push(delta)
+                    }
                 }
             }
             tx.commit().await?;

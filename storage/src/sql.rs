@@ -139,15 +139,6 @@ pub(crate) const fn numbered_bytes<const N: usize>(src: &str) -> [u8; N] {
 ///   the `on_conflict` tail on SQLite and PostgreSQL and by the `on_duplicate` tail on
 ///   MySQL. The tails must not contain placeholders.
 macro_rules! sql {
-    ($head:literal, on_conflict: $std:expr, on_duplicate: $my:expr $(,)?) => {{
-        const QMARK: &str = concat!($head, " ", $my);
-        const STD: &str = concat!($head, " ", $std);
-        const _: () = assert!(
-            $crate::sql::placeholder_count(QMARK) == $crate::sql::placeholder_count(STD),
-            "upsert tails must not contain placeholders"
-        );
-        $crate::sql::sql!(@build QMARK, STD)
-    }};
     (@build $qmark:ident, $std:ident) => {{
         const LEN: usize = $crate::sql::numbered_len($std);
         const BYTES: [u8; LEN] = $crate::sql::numbered_bytes::<LEN>($std);
@@ -156,6 +147,16 @@ macro_rules! sql {
             Err(_) => panic!("SQL text is not UTF-8"),
         };
         $crate::sql::Sql::new($qmark, NUMBERED)
+    }};
+    // The head may be a `concat!` of literals (a multi-row insert).
+    ($head:expr, on_conflict: $std:expr, on_duplicate: $my:expr $(,)?) => {{
+        const QMARK: &str = concat!($head, " ", $my);
+        const STD: &str = concat!($head, " ", $std);
+        const _: () = assert!(
+            $crate::sql::placeholder_count(QMARK) == $crate::sql::placeholder_count(STD),
+            "upsert tails must not contain placeholders"
+        );
+        $crate::sql::sql!(@build QMARK, STD)
     }};
     // A literal, or a `concat!` of literals (queries assembled from shared parts).
     ($q:expr) => {{

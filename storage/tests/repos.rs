@@ -870,6 +870,35 @@ async fn inbox(s: &Storage) {
     s.inbox_apply(&[InboxDelta { last: last("e0", 5), reset: true, ..delta(erin) }]).await.expect("apply");
     assert_eq!(entry(erin).await, Some((0, "e4".into())));
     s.inbox_apply(&[]).await.expect("nothing to apply");
+
+    // A batch large enough for the statements of 32 and 8 rows, with both
+    // kinds of update, markers, and one conversation twice: every update
+    // lands as if applied one after the other.
+    let many: Vec<String> = (0..45).map(|i| format!("m{i:02}@example.org")).collect();
+    let mut batch: Vec<InboxDelta> = many
+        .iter()
+        .enumerate()
+        .map(|(i, remote)| InboxDelta {
+            last: last(&format!("x{i}"), 100 + i as i64),
+            reset: i % 3 == 0,
+            add: i as i64 % 5,
+            ..delta(remote)
+        })
+        .collect();
+    // m01 again: a marker for its first message (written just before), then one more.
+    batch.push(InboxDelta { marks: vec!["x1".into()], last: last("y1", 500), add: 2, ..delta(&many[1]) });
+    s.inbox_apply(&batch).await.expect("apply many");
+    for (i, remote) in many.iter().enumerate() {
+        let got = s.inbox_entry(DOMAIN, "zoe", remote).await.expect("get").map(|e| (e.unread_count, e.msg_id));
+        let want = if i == 1 { (2, "y1".to_owned()) } else { (i as i64 % 5, format!("x{i}")) };
+        assert_eq!(got, Some(want), "{remote}");
+    }
+    // The same conversations again, counting on top of what is stored.
+    let again: Vec<InboxDelta> =
+        many.iter().map(|remote| InboxDelta { last: last("z", 900), add: 1, ..delta(remote) }).collect();
+    s.inbox_apply(&again).await.expect("apply again");
+    let e = s.inbox_entry(DOMAIN, "zoe", &many[44]).await.expect("get").expect("entry");
+    assert_eq!((e.unread_count, e.msg_id.as_str(), e.stamp_micros), (44 % 5 + 1, "z", 900));
 }
 
 fn push_sub(jid: &str, node: &str, resource: &str, at: i64) -> PushSubscription {

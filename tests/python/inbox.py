@@ -11,13 +11,14 @@ Subcommands, one scenario each:
                  id resets it. Then the filters (hidden_read, box, start/end),
                  the conversation actions (archive, mute, read, reset, bin,
                  empty-bin), each echoed to both of alice's resources, the
-                 form, and the errors.
+                 form, and the errors. Messages from fay, whom alice
+                 blocks, make no conversation.
   paging         erin writes to 1000 addresses: 1000 conversations, paged
                  100 at a time forwards with RSM <after/>, then backwards
                  with <before/>, each entry exactly once and in order.
 
 Usage: inbox.py SCENARIO --host H --port P --domain D --ca CERT
-Accounts alice, bob, carol, dave and erin (password "secret") must exist. Every
+Accounts alice, bob, carol, dave, erin and fay (password "secret") must exist. Every
 wait has a timeout; exit status 0 means every check held; the last line
 printed is a JSON summary.
 """
@@ -198,6 +199,31 @@ async def conversations(args):
         got = {peer(e, a): e for e in entries}
         check(got[c]["unread"] == expected, f"marker {marker_id}: carol's unread {got[c]['unread']} != {expected}")
         check(got[c]["body"] == "carol 2", "a marker is not a last message")
+
+    # Messages from someone alice blocks (XEP-0191) make no conversation,
+    # whether her blocklist was just changed or is known to the server.
+    fay_jid = f"fay@{d}"
+    reply = await alice.iq("set", f"<block xmlns='urn:xmpp:blocking'><item jid='{fay_jid}'/></block>", "block fay")
+    check(reply["type"] == "result", f"block: {reply}")
+    fay = await login(args, "fay", "x")
+    for i in range(1, 3):
+        m = fay.make_message(mto=a + "/a", mbody=f"fay {i}", mtype="chat")
+        m["id"] = f"e{i}"
+        m.send()
+        # Every stanza from fay to alice is handled in order: a ping to alice's
+        # account after the message, answered (refused: alice blocks fay),
+        # means the message was handled.
+        try:
+            await fay.plugin["xep_0199"].send_ping(a, timeout=TIMEOUT)
+            fail("a ping to an account that blocks the sender was answered")
+        except IqError as e:
+            check(e.iq["error"]["condition"] == "service-unavailable", f"ping refused with {e.iq}")
+    entries, fin = await alice.query(what="after fay's messages")
+    check(fay_jid not in {peer(e, a) for e in entries}, f"a blocked sender's conversation: {entries}")
+    check(fin_counts(fin)["unread-messages"] == 0, f"fin after fay's messages: {fin_counts(fin)}")
+    reply = await alice.iq("set", f"<unblock xmlns='urn:xmpp:blocking'><item jid='{fay_jid}'/></unblock>", "unblock")
+    check(reply["type"] == "result", f"unblock: {reply}")
+    fay.disconnect()
 
     # Filters.
     carol.send_message(mto=a + "/a", mbody="carol 3", mtype="chat")

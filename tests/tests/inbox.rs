@@ -19,7 +19,7 @@ fn node(db: Option<&SharedDb>, backend: &str) -> TestNode {
         extra.push_str(&format!("\n[outgoing_pools.rdbms.default]\nworkers = 4\nconnection.url = \"{}\"\n", db.url));
     }
     let node = TestNode::start_with(NodeOptions { extra_toml: extra, ..Default::default() });
-    for user in ["alice", "bob", "carol", "dave", "erin"] {
+    for user in ["alice", "bob", "carol", "dave", "erin", "fay"] {
         node.add_user(user, "secret");
     }
     node

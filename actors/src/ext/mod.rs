@@ -662,6 +662,14 @@ pub trait Module: Send + Sync + 'static {
         false
     }
 
+    /// [`Module::blocks`] when it can be answered without waiting (from what
+    /// the module holds in memory); `None` when only [`Module::blocks`] can
+    /// tell. A module with [`HookSet::BLOCKS`] that keeps nothing in memory
+    /// keeps this default.
+    fn blocks_known(&self, _ctx: &ModuleCtx, _owner: &BareJid, _peer: &Jid) -> Option<bool> {
+        None
+    }
+
     /// A stanza the server handles for a local account (an IQ to the bare
     /// JID, subscription presence or a probe, a message for offline storage).
     /// Anything but [`Receive::Deliver`] ends the chain.

@@ -512,6 +512,18 @@ impl Registry {
         false
     }
 
+    /// [`Registry::blocks`] without waiting, when every module that blocks
+    /// can tell from memory; `None` otherwise.
+    pub fn blocks_known(&self, ctx: &ModuleCtx, owner: &BareJid, peer: &Jid) -> Option<bool> {
+        for m in &self.blocks {
+            match m.blocks_known(ctx, owner, peer) {
+                Some(false) => {}
+                other => return other,
+            }
+        }
+        Some(false)
+    }
+
     /// Whether the server goes on with a stanza for a local account.
     pub async fn filter_local(&self, ctx: &ModuleCtx, r: &Routed) -> Receive {
         for m in &self.filter_local {

@@ -372,6 +372,10 @@ impl Module for Blocking {
         })
     }
 
+    fn blocks_known(&self, ctx: &ModuleCtx, owner: &BareJid, peer: &Jid) -> Option<bool> {
+        self.cache.get(owner).map(|list| applies(ctx, &list, owner, peer))
+    }
+
     async fn blocks(&self, ctx: &ModuleCtx, owner: &BareJid, peer: &Jid) -> bool {
         match self.load(ctx, owner).await {
             Ok(list) => applies(ctx, &list, owner, peer),

@@ -279,11 +279,15 @@ fn notification(owner: &BareJid, sub: &PushSubscription, count: i64, sender: &st
 
 impl EventPusher {
     fn presence_event(&self, jid: &FullJid, present: bool) {
-        if let (Some(p), Some(cfg)) = (self.publisher.get(), &self.rabbit) {
+        if let Some(p) = self.publisher.get() {
+            if !p.has_room(1) {
+                return;
+            }
+            let payload = serde_json::json!({"user_id": jid.to_string(), "present": present}).to_string();
             p.push(rabbit::Event {
-                exchange: cfg.presence_exchange.name.clone(),
+                exchange: p.presence_exchange.clone(),
                 routing_key: jid.bare().to_string(),
-                payload: serde_json::json!({"user_id": jid.to_string(), "present": present}).to_string(),
+                payload: payload.into(),
             });
         }
     }
@@ -518,17 +522,26 @@ impl Module for EventPusher {
             }
         }
         if let (Some(p), Some(cfg)) = (self.publisher.get(), &self.rabbit) {
-            let payload =
-                serde_json::json!({"from_user_id": from.to_string(), "to_user_id": to.to_string(), "message": body})
-                    .to_string();
-            let exchange = cfg.chat_msg_exchange.name.clone();
+            let received = to.node().is_some() && ctx.router.is_local_host(to.domain().as_str());
+            if !p.has_room(1 + usize::from(received)) {
+                return Ok(());
+            }
+            let payload: Arc<str> = serde_json::to_string(&rabbit::ChatPayload {
+                from_user_id: from.as_str(),
+                to_user_id: to.as_str(),
+                message: &body,
+            })
+            .unwrap_or_default()
+            .into();
+            let exchange = &p.chat_exchange;
             p.push(rabbit::Event {
                 exchange: exchange.clone(),
                 routing_key: format!("{}.{}", from.bare(), cfg.sent_topic()),
                 payload: payload.clone(),
             });
-            if to.node().is_some() && ctx.router.is_local_host(to.domain().as_str()) {
-                p.push(rabbit::Event { exchange, routing_key: format!("{}.{}", to.bare(), cfg.recv_topic()), payload });
+            if received {
+                let routing_key = format!("{}.{}", to.bare(), cfg.recv_topic());
+                p.push(rabbit::Event { exchange: exchange.clone(), routing_key, payload });
             }
         }
         Ok(())

@@ -126,12 +126,21 @@ fn kind(k: &str) -> Option<ExchangeKind> {
     })
 }
 
+/// MongooseIM's payload of a chat message event.
+#[derive(serde::Serialize)]
+pub struct ChatPayload<'a> {
+    pub from_user_id: &'a str,
+    pub to_user_id: &'a str,
+    pub message: &'a str,
+}
+
 /// One event to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    pub exchange: String,
+    pub exchange: Arc<str>,
     pub routing_key: String,
-    pub payload: String,
+    /// Shared by the sent and the received event of one message.
+    pub payload: Arc<str>,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +153,9 @@ struct Counters {
 
 /// The running publisher.
 pub struct Publisher {
+    /// The exchanges' names, shared by the events.
+    pub presence_exchange: Arc<str>,
+    pub chat_exchange: Arc<str>,
     tx: mpsc::Sender<Event>,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
@@ -161,7 +173,24 @@ impl Publisher {
         let exchanges =
             vec![cfg.presence_exchange.clone(), cfg.chat_msg_exchange.clone(), cfg.groupchat_msg_exchange.clone()];
         let task = tokio::spawn(run(rx, uri, exchanges, c.confirms_enabled, counters.clone()));
-        Publisher { tx, counters, task, pool: cfg.pool_name.clone() }
+        Publisher {
+            presence_exchange: cfg.presence_exchange.name.as_str().into(),
+            chat_exchange: cfg.chat_msg_exchange.name.as_str().into(),
+            tx,
+            counters,
+            task,
+            pool: cfg.pool_name.clone(),
+        }
+    }
+
+    /// Whether an event pushed now would be queued (not dropped): a caller
+    /// builds its events only then, and counts them as dropped otherwise.
+    pub fn has_room(&self, events: usize) -> bool {
+        if self.tx.capacity() >= events {
+            return true;
+        }
+        self.counters.dropped.fetch_add(events as u64, Ordering::Relaxed);
+        false
     }
 
     /// Queues an event; a full queue drops it, counted.
@@ -226,7 +255,7 @@ async fn send(channel: &Channel, e: &Event, persistent: bool) -> lapin::Result<l
     }
     channel
         .basic_publish(
-            e.exchange.as_str().into(),
+            (&*e.exchange).into(),
             e.routing_key.as_str().into(),
             BasicPublishOptions::default(),
             e.payload.as_bytes(),
@@ -257,7 +286,7 @@ async fn publish_batch(
     let mut failure = None;
     let mut events = batch.into_iter();
     for e in events.by_ref() {
-        match send(channel, &e, durable.contains(&e.exchange)).await {
+        match send(channel, &e, durable.contains(&*e.exchange)).await {
             Ok(confirm) => sent.push((e, confirm)),
             Err(err) => {
                 failure = Some((err, e));

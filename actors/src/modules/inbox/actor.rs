@@ -340,6 +340,11 @@ impl Inboxes {
         self.writer.as_ref()
     }
 
+    /// Whether `account` (`user@domain`) was seen to exist a short while ago.
+    pub fn known_account(&self, account: &str) -> bool {
+        self.known.known(account)
+    }
+
     /// With the node's context, for the checks of received messages.
     pub fn with_ctx(ctx: ModuleCtx, limits: Limits) -> Self {
         Inboxes { ctx: Some(ctx.clone()), ..Inboxes::new(ctx.storage.clone(), limits) }

@@ -347,9 +347,9 @@ impl Inbox {
     fn own_update(&self, ctx: &ModuleCtx, owner: BareJid, op: Op) -> Option<Box<dyn ModuleJob>> {
         let inboxes = self.inboxes()?;
         let op = match inboxes.writer() {
-            Some(w) if ctx.owner_node(&owner.to_string()) == ctx.router.node() => {
-                let (user, domain) = account_of(&Jid::from(owner.clone()));
-                match w.try_post(&domain, &user, op) {
+            Some(w) if ctx.owner_node(owner.as_str()) == ctx.router.node() => {
+                let user = owner.node().map(|n| n.as_str()).unwrap_or_default();
+                match w.try_post(owner.domain().as_str(), user, op) {
                     Ok(()) => return None,
                     Err(op) => op,
                 }
@@ -357,6 +357,32 @@ impl Inbox {
             _ => op,
         };
         self.job(owner, op, None)
+    }
+
+    /// The update of a local recipient's inbox for a message it is sent:
+    /// posted to the writer at once when this node owns that inbox and
+    /// already knows the checks' answers (the account exists, it does not
+    /// block the sender); otherwise a job, which the inbox's actor checks.
+    /// Either way the writer orders the last message by its stamp, so an
+    /// update that took the longer way cannot replace a later one.
+    fn received_update(&self, ctx: &ModuleCtx, owner: BareJid, op: Op, from: &FullJid) -> Option<Box<dyn ModuleJob>> {
+        let inboxes = self.inboxes()?;
+        let sender = Jid::from(from.clone());
+        let op = match inboxes.writer() {
+            Some(w)
+                if ctx.owner_node(owner.as_str()) == ctx.router.node()
+                    && inboxes.known_account(owner.as_str())
+                    && ctx.hooks.of(owner.domain().as_str()).blocks_known(ctx, &owner, &sender) == Some(false) =>
+            {
+                let user = owner.node().map(|n| n.as_str()).unwrap_or_default();
+                match w.try_post(owner.domain().as_str(), user, op) {
+                    Ok(()) => return None,
+                    Err(op) => op,
+                }
+            }
+            _ => op,
+        };
+        self.job(owner, op, Some(sender))
     }
 
     fn job(&self, owner: BareJid, op: Op, from: Option<Jid>) -> Option<Box<dyn ModuleJob>> {
@@ -877,7 +903,7 @@ impl Module for Inbox {
         acc.jobs.extend(self.own_update(ctx, sender.clone(), Op::Message(msg(&remote, false))));
         if remote != sender && ctx.router.is_local_host(to.domain().as_str()) {
             let incoming = Op::Message(msg(&sender, true));
-            acc.jobs.extend(self.job(remote, incoming, Some(Jid::from(from.clone()))));
+            acc.jobs.extend(self.received_update(ctx, remote, incoming, from));
         }
         Ok(())
     }

@@ -68,12 +68,16 @@ fn merge(pending: &mut Conversations, domain: &str, user: &str, op: Op) -> Resul
         _ => return Err(op),
     };
     let fresh = !pending.contains_key(remote);
-    let delta = pending.entry(remote.clone()).or_insert_with(|| InboxDelta {
-        domain: domain.to_owned(),
-        user: user.to_owned(),
-        remote_jid: remote.clone(),
-        ..Default::default()
-    });
+    if fresh {
+        let delta = InboxDelta {
+            domain: domain.to_owned(),
+            user: user.to_owned(),
+            remote_jid: remote.clone(),
+            ..Default::default()
+        };
+        pending.insert(remote.clone(), delta);
+    }
+    let Some(delta) = pending.get_mut(remote) else { return Err(op) };
     match op {
         Op::Message(m) => {
             if m.incoming {
