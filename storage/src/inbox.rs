@@ -9,38 +9,26 @@ use crate::{
     StorageError,
 };
 
-/// A conversation's new last message with `unread_count` = the messages it
-/// adds to the count: the stored count plus them (`UPSERT_ADD`), or them
-/// alone, the account having written in between (`UPSERT_SET`). The archive
-/// and the bin give the conversation back to the inbox. A message stamped
-/// before the stored one (two senders' copies written out of order) still
-/// counts, but does not replace the last message. MySQL assigns in order,
-/// each seeing the ones before, so the stamp goes last there.
 /// One row of [`upsert!`]: 7 placeholders.
 macro_rules! row {
     () => {
         "(?, ?, ?, ?, ?, ?, ?, 'inbox', 0)"
     };
 }
+/// Rows by doubling: 2, 4, 8, then 32.
+macro_rules! rows2 {
+    () => {
+        concat!(row!(), ", ", row!())
+    };
+}
+macro_rules! rows4 {
+    () => {
+        concat!(rows2!(), ", ", rows2!())
+    };
+}
 macro_rules! rows8 {
     () => {
-        concat!(
-            row!(),
-            ", ",
-            row!(),
-            ", ",
-            row!(),
-            ", ",
-            row!(),
-            ", ",
-            row!(),
-            ", ",
-            row!(),
-            ", ",
-            row!(),
-            ", ",
-            row!()
-        )
+        concat!(rows4!(), ", ", rows4!())
     };
 }
 macro_rules! rows32 {
@@ -48,6 +36,13 @@ macro_rules! rows32 {
         concat!(rows8!(), ", ", rows8!(), ", ", rows8!(), ", ", rows8!())
     };
 }
+/// A conversation's new last message with `unread_count` = the messages it
+/// adds to the count: the stored count plus them (`UPSERT_ADD`), or them
+/// alone, the account having written in between (`UPSERT_SET`). The archive
+/// and the bin give the conversation back to the inbox. A message stamped
+/// before the stored one (two senders' copies written out of order) still
+/// counts, but does not replace the last message. MySQL assigns in order,
+/// each seeing the ones before, so the stamp goes last there.
 macro_rules! upsert {
     ($count:literal, $count_mysql:literal) => {
         upsert!(row!(), $count, $count_mysql)
