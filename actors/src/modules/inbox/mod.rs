@@ -341,21 +341,24 @@ impl Inbox {
         self.inboxes.get()
     }
 
+    /// Hands `op` to the async writer when there is one and this node owns
+    /// the inbox of `owner`; `Err(op)` back otherwise (or when it is full).
+    #[allow(clippy::result_large_err)]
+    fn post_here(&self, ctx: &ModuleCtx, inboxes: &Inboxes, owner: &BareJid, op: Op) -> Result<(), Op> {
+        match inboxes.writer() {
+            Some(w) if ctx.owner_node(owner.as_str()) == ctx.router.node() => {
+                let user = owner.node().map(|n| n.as_str()).unwrap_or_default();
+                w.try_post(owner.domain().as_str(), user, op)
+            }
+            _ => Err(op),
+        }
+    }
+
     /// An update of the account's own side, which needs no check: taken at
     /// once by the async writer when this node owns the inbox, else queued
     /// as a job.
     fn own_update(&self, ctx: &ModuleCtx, owner: BareJid, op: Op) -> Option<Box<dyn ModuleJob>> {
-        let inboxes = self.inboxes()?;
-        let op = match inboxes.writer() {
-            Some(w) if ctx.owner_node(owner.as_str()) == ctx.router.node() => {
-                let user = owner.node().map(|n| n.as_str()).unwrap_or_default();
-                match w.try_post(owner.domain().as_str(), user, op) {
-                    Ok(()) => return None,
-                    Err(op) => op,
-                }
-            }
-            _ => op,
-        };
+        let op = self.post_here(ctx, self.inboxes()?, &owner, op).err()?;
         self.job(owner, op, None)
     }
 
@@ -368,20 +371,9 @@ impl Inbox {
     fn received_update(&self, ctx: &ModuleCtx, owner: BareJid, op: Op, from: &FullJid) -> Option<Box<dyn ModuleJob>> {
         let inboxes = self.inboxes()?;
         let sender = Jid::from(from.clone());
-        let op = match inboxes.writer() {
-            Some(w)
-                if ctx.owner_node(owner.as_str()) == ctx.router.node()
-                    && inboxes.known_account(owner.as_str())
-                    && ctx.hooks.of(owner.domain().as_str()).blocks_known(ctx, &owner, &sender) == Some(false) =>
-            {
-                let user = owner.node().map(|n| n.as_str()).unwrap_or_default();
-                match w.try_post(owner.domain().as_str(), user, op) {
-                    Ok(()) => return None,
-                    Err(op) => op,
-                }
-            }
-            _ => op,
-        };
+        let checked = inboxes.known_account(owner.as_str())
+            && ctx.hooks.of(owner.domain().as_str()).blocks_known(ctx, &owner, &sender) == Some(false);
+        let op = if checked { self.post_here(ctx, inboxes, &owner, op).err()? } else { op };
         self.job(owner, op, Some(sender))
     }
 
