@@ -31,7 +31,23 @@ use clap::Parser as _;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Transparent huge pages off for the process, unless `MIMALLOC_ALLOW_THP`
+/// decides. mimalloc asks for them on its arenas, and the kernel then
+/// zeroes 2 MiB at a first touch: measured A/B with `compare.sh`, logins
+/// were 8 to 11 % faster without them, and an idle node holds 23 MB
+/// instead of 34 MB. The flag is the process's, so it also covers memory
+/// mapped before `main`.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+            eprintln!("meerkat: could not turn transparent huge pages off: {e}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    no_transparent_huge_pages();
     let cli = cli::Cli::parse();
     let cfg = match &cli.config {
         Some(path) => config::Config::load(path),
