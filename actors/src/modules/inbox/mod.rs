@@ -348,7 +348,7 @@ impl Inbox {
         match inboxes.writer() {
             Some(w) if ctx.owner_node(owner.as_str()) == ctx.router.node() => {
                 let user = owner.node().map(|n| n.as_str()).unwrap_or_default();
-                w.try_post(owner.domain().as_str(), user, op)
+                w.try_post(owner.as_str(), owner.domain().as_str(), user, op)
             }
             _ => Err(op),
         }
