@@ -34,8 +34,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Transparent huge pages off for the process, unless `MIMALLOC_ALLOW_THP`
 /// decides. mimalloc asks for them on its arenas, and the kernel then
 /// zeroes 2 MiB at a first touch: measured A/B with `compare.sh`, logins
-/// were 8 to 11 % faster without them, and an idle node holds 23 MB
-/// instead of 34 MB. The flag is the process's, so it also covers memory
+/// were 8 to 11 % faster without them, and an idle node holds 28 MB
+/// instead of 35 MB. The flag is the process's, so it also covers memory
 /// mapped before `main`.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]

@@ -73,7 +73,8 @@ fn merge(pending: &mut Conversations, domain: &str, user: &str, op: Op) -> Resul
         Op::Marker { remote, .. } => remote,
         _ => return Err(op),
     };
-    // One lookup for a conversation already waiting, the usual case.
+    // A new conversation is looked up twice (was it there, then its
+    // entry), one already waiting twice as well (was it there, then get it).
     let fresh = !pending.contains_key(remote.as_str());
     let delta = if fresh {
         let delta = InboxDelta {
