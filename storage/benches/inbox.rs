@@ -43,8 +43,8 @@ async fn run(s: &Storage) -> serde_json::Value {
     for i in 0..CONVERSATIONS {
         let m = InboxMessage {
             remote_jid: format!("contact{i:05}@example.org"),
-            msg_id: format!("m{i}"),
-            content: body.to_owned(),
+            msg_id: format!("m{i}").into(),
+            content: body.into(),
             stamp_micros: 1_700_000_000_000_000 + i * 1_000,
             incoming: i % 3 == 0,
         };

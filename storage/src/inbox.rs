@@ -205,7 +205,7 @@ impl InboxRepo for Storage {
         let _timed = crate::Timed::start("InboxRepo", "inbox_write");
         let (stmt, count) = message_upsert(m);
         on_backend!(self, |pool, d| {
-            write_last!(pool, d, stmt, domain, user, &m.remote_jid, &m.msg_id, &m.content, m.stamp_micros, count);
+            write_last!(pool, d, stmt, domain, user, &m.remote_jid, &*m.msg_id, &*m.content, m.stamp_micros, count);
         });
         Ok(())
     }
@@ -245,8 +245,8 @@ impl InboxRepo for Storage {
                                         .bind(&r.domain)
                                         .bind(&r.user)
                                         .bind(&r.remote_jid)
-                                        .bind(&last.msg_id)
-                                        .bind(&last.content)
+                                        .bind(&*last.msg_id)
+                                        .bind(&*last.content)
                                         .bind(last.stamp_micros)
                                         .bind(r.add);
                                 }
@@ -431,8 +431,8 @@ impl InboxRepo for Storage {
                     domain,
                     user,
                     &m.remote_jid,
-                    &m.msg_id,
-                    &m.content,
+                    &*m.msg_id,
+                    &*m.content,
                     m.stamp_micros,
                     count
                 );

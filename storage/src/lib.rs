@@ -39,6 +39,7 @@ mod sql;
 mod xmldata;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -359,8 +360,10 @@ pub struct InboxEntry {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InboxMessage {
     pub remote_jid: String,
-    pub msg_id: String,
-    pub content: String,
+    /// Shared: one message makes the last message of both sides.
+    pub msg_id: Arc<str>,
+    /// The stanza as stored (serialised once for both sides).
+    pub content: Arc<str>,
     pub stamp_micros: i64,
     /// The account received it (one more unread) rather than sent it (none unread).
     pub incoming: bool,
@@ -425,8 +428,8 @@ pub struct InboxDelta {
 /// The newest message of an [`InboxDelta`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InboxLast {
-    pub msg_id: String,
-    pub content: String,
+    pub msg_id: Arc<str>,
+    pub content: Arc<str>,
     pub stamp_micros: i64,
 }
 

@@ -703,8 +703,8 @@ async fn fast_tokens(s: &Storage) {
 fn inbox_msg(remote: &str, id: &str, stamp: i64, incoming: bool) -> InboxMessage {
     InboxMessage {
         remote_jid: remote.to_owned(),
-        msg_id: id.to_owned(),
-        content: format!("<message id='{id}'><body>{UNICODE}</body></message>"),
+        msg_id: id.into(),
+        content: format!("<message id='{id}'><body>{UNICODE}</body></message>").into(),
         stamp_micros: stamp,
         incoming,
     }
@@ -841,7 +841,7 @@ async fn inbox(s: &Storage) {
     // Coalesced updates, several conversations in one transaction.
     let (erin, fay, gil) = ("erin@example.org", "fay@example.org", "gil@example.org");
     let last = |id: &str, stamp: i64| {
-        Some(InboxLast { msg_id: id.into(), content: format!("<message id='{id}'/>"), stamp_micros: stamp })
+        Some(InboxLast { msg_id: id.into(), content: format!("<message id='{id}'/>").into(), stamp_micros: stamp })
     };
     let delta = |remote: &str| InboxDelta {
         domain: DOMAIN.into(),

@@ -306,7 +306,28 @@ async def conversations(args):
     except IqError as e:
         check(e.iq["error"]["condition"] == "forbidden", f"another's inbox: {e.iq}")
 
-    for cl in (alice, alice2, bob, carol):
+    # A block takes effect at once, also for a sender whose messages the
+    # server has just let into the inbox: fay's first message counts, her
+    # second, sent right after alice blocks her, does not.
+    fay = await login(args, "fay", "y")
+    fay.send_message(mto=a + "/a", mbody="fay 3", mtype="chat")
+    await expect(alice, "fay 3", "fay's message before the block")
+    reply = await alice.iq("set", f"<block xmlns='urn:xmpp:blocking'><item jid='{fay_jid}'/></block>", "block fay again")
+    check(reply["type"] == "result", f"block: {reply}")
+    fay.send_message(mto=a + "/a", mbody="fay 4", mtype="chat")
+    try:
+        await fay.plugin["xep_0199"].send_ping(a, timeout=TIMEOUT)
+        fail("a ping to an account that blocks the sender was answered")
+    except IqError as e:
+        check(e.iq["error"]["condition"] == "service-unavailable", f"ping refused with {e.iq}")
+    entries, _ = await alice.query(what="after a block between two messages")
+    got = {peer(e, a): e for e in entries}
+    check(fay_jid in got and got[fay_jid]["unread"] == 1 and got[fay_jid]["body"] == "fay 3",
+          f"fay's conversation after the block: {got.get(fay_jid)}")
+    reply = await alice.iq("set", f"<unblock xmlns='urn:xmpp:blocking'><item jid='{fay_jid}'/></unblock>", "unblock")
+    check(reply["type"] == "result", f"unblock: {reply}")
+
+    for cl in (alice, alice2, bob, carol, fay):
         cl.disconnect()
     return {"scenario": "conversations", "ok": True}
 

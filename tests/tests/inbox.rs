@@ -15,6 +15,12 @@ use serde_json::Value;
 /// A node with `[modules.mod_inbox]` on, with `backend`, on `db` (the node's own SQLite when `None`).
 fn node(db: Option<&SharedDb>, backend: &str) -> TestNode {
     let mut extra = format!("[modules.mod_inbox]\nenabled = true\nbackend = \"{backend}\"\n");
+    if backend == "rdbms_async" {
+        // Updates wait until a request to the inbox writes them: every
+        // answer depends on that, and what the writer keeps with a waiting
+        // conversation (the checks of a sender) lives through the scenario.
+        extra.push_str("[modules.mod_inbox.async_writer]\nflush_interval = 600000\n");
+    }
     if let Some(db) = db {
         extra.push_str(&format!("\n[outgoing_pools.rdbms.default]\nworkers = 4\nconnection.url = \"{}\"\n", db.url));
     }

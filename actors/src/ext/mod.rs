@@ -670,6 +670,17 @@ pub trait Module: Send + Sync + 'static {
         None
     }
 
+    /// A number that changes on this node whenever an answer of
+    /// [`Module::blocks_known`] may change because of a blocklist change
+    /// (read it before asking, so that an answer is never newer than the
+    /// number it goes with); `None` when the module cannot tell. An answer
+    /// kept with its number stays good while the number does, within the
+    /// staleness [`Module::blocks_known`] already has (cached lists that
+    /// another node changed).
+    fn blocks_generation(&self) -> Option<u64> {
+        None
+    }
+
     /// A stanza the server handles for a local account (an IQ to the bare
     /// JID, subscription presence or a probe, a message for offline storage).
     /// Anything but [`Receive::Deliver`] ends the chain.

@@ -524,6 +524,12 @@ impl Registry {
         Some(false)
     }
 
+    /// The sum of the blocking modules' [`Module::blocks_generation`]s
+    /// (changes when any of them does); `None` when one cannot tell.
+    pub fn blocks_generation(&self) -> Option<u64> {
+        self.blocks.iter().try_fold(0u64, |sum, m| m.blocks_generation().map(|g| sum.wrapping_add(g)))
+    }
+
     /// Whether the server goes on with a stanza for a local account.
     pub async fn filter_local(&self, ctx: &ModuleCtx, r: &Routed) -> Receive {
         for m in &self.filter_local {

@@ -12,7 +12,11 @@ use super::IqAnswer;
 
 /// Microseconds since the Unix epoch.
 pub fn now_micros() -> i64 {
-    chrono::Utc::now().timestamp_micros()
+    // The clock alone: chrono's `Utc::now` builds a calendar date first.
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
 }
 
 /// Localpart and domain of an account JID.

@@ -34,6 +34,7 @@
 
 use meerkat_xmpp::jid::Bare as _;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,6 +210,9 @@ impl ModuleSpec for Blocking {
 /// The module, with this node's cache of blocklists.
 pub struct Blocking {
     cache: moka::sync::Cache<BareJid, Arc<Blocklist>>,
+    /// One more each time a cached blocklist is dropped for a change
+    /// ([`Module::blocks_generation`]).
+    generation: AtomicU64,
 }
 
 impl Default for Blocking {
@@ -219,7 +223,18 @@ impl Default for Blocking {
 
 impl Blocking {
     pub fn new() -> Self {
-        Blocking { cache: moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL).build() }
+        Blocking {
+            cache: moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL).build(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Drops `owner`'s cached blocklist after a change, then counts a
+    /// generation: in that order, an answer given from the old list carries
+    /// the old generation.
+    fn forget(&self, owner: &BareJid) {
+        self.cache.invalidate(owner);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// `owner`'s blocklist, from the cache or storage.
@@ -250,7 +265,7 @@ impl Blocking {
             Change::UnblockAll => ctx.storage.unblock_all(&host, &user).await,
         };
         // Whatever happened, the next reader goes to storage.
-        self.cache.invalidate(&owner);
+        self.forget(&owner);
         result.map_err(internal)?;
         let new = old.apply(&change);
         push(ctx, &owner, &change);
@@ -376,6 +391,10 @@ impl Module for Blocking {
         self.cache.get(owner).map(|list| applies(ctx, &list, owner, peer))
     }
 
+    fn blocks_generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Acquire))
+    }
+
     async fn blocks(&self, ctx: &ModuleCtx, owner: &BareJid, peer: &Jid) -> bool {
         match self.load(ctx, owner).await {
             Ok(list) => applies(ctx, &list, owner, peer),
@@ -456,7 +475,7 @@ impl Module for Blocking {
             let st = state.get_or_default::<BlockState>();
             st.list = Arc::new(st.list.apply(&change));
             // A push may come from another node: this node's cached copy is stale.
-            self.cache.invalidate(&owner);
+            self.forget(&owner);
             return if st.requested { Receive::Deliver } else { Receive::Drop };
         }
         match from {
@@ -490,6 +509,14 @@ mod tests {
 
     fn jid(s: &str) -> Jid {
         parse_jid(s).unwrap()
+    }
+
+    #[test]
+    fn a_change_makes_a_new_generation() {
+        let b = Blocking::new();
+        let before = b.blocks_generation().unwrap();
+        b.forget(&meerkat_xmpp::jid::parse_bare("alice@example.org").unwrap());
+        assert_ne!(b.blocks_generation(), Some(before));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub trait Bare {
     fn bare(&self) -> BareJid;
     /// Whether both have the same bare JID.
     fn same_bare(&self, other: &Jid) -> bool;
+    /// The bare JID's string, borrowed from this one's (no allocation).
+    fn bare_str(&self) -> &str;
 }
 
 impl Bare for Jid {
@@ -28,6 +30,15 @@ impl Bare for Jid {
 
     fn same_bare(&self, other: &Jid) -> bool {
         self.node() == other.node() && self.domain() == other.domain()
+    }
+
+    fn bare_str(&self) -> &str {
+        let s = self.as_str();
+        match self.resource() {
+            // The canonical string is `bare/resource`.
+            Some(r) => &s[..s.len() - r.as_str().len() - 1],
+            None => s,
+        }
     }
 }
 
@@ -130,8 +141,10 @@ mod tests {
             assert_eq!(jid.bare(), jid.to_bare(), "{j}");
             assert_eq!(jid.bare().to_string(), jid.to_bare().to_string(), "{j}");
             assert!(jid.same_bare(&Jid::from(jid.to_bare())), "{j}");
+            assert_eq!(jid.bare_str(), jid.to_bare().as_str(), "{j}");
         }
         let full = parse_full("a@b/c").unwrap();
+        assert_eq!(full.bare_str(), "a@b");
         assert_eq!(full.bare(), parse_bare("a@b").unwrap());
         assert!(!parse_jid("a@b/c").unwrap().same_bare(&parse_jid("a@c/c").unwrap()));
         assert!(!parse_jid("a@b").unwrap().same_bare(&parse_jid("b").unwrap()));

@@ -95,13 +95,44 @@ pub struct InboxActor {
 /// was read, so that a removed account stops getting entries). Forgotten all
 /// at once past [`KnownAccounts::MAX`].
 #[derive(Default)]
-pub struct KnownAccounts(Mutex<HashMap<String, Instant>>);
+pub struct KnownAccounts(Mutex<HashMap<String, KnownUntil, foldhash::fast::RandomState>>);
+
+struct KnownUntil {
+    until: Instant,
+    /// Someone was told to read the account again ([`Known::Refresh`]).
+    refreshing: bool,
+}
+
+/// What [`KnownAccounts::check`] knows of an account.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Known {
+    Yes,
+    /// Known, but soon no longer: the caller reads the account again
+    /// ([`Inboxes::refresh_account`]), so that its messages never wait for
+    /// that read. Answered once per period.
+    Refresh,
+    No,
+}
 
 impl KnownAccounts {
     const MAX: usize = 100_000;
 
     fn known(&self, account: &str) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(account).is_some_and(|t| Instant::now() < *t)
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(account).is_some_and(|k| Instant::now() < k.until)
+    }
+
+    fn check(&self, account: &str) -> Known {
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(account) {
+            Some(k) if now >= k.until => Known::No,
+            Some(k) if k.refreshing || now + ACCOUNT_REFRESH_BEFORE < k.until => Known::Yes,
+            Some(k) => {
+                k.refreshing = true;
+                Known::Refresh
+            }
+            None => Known::No,
+        }
     }
 
     fn remember(&self, account: String) {
@@ -109,12 +140,18 @@ impl KnownAccounts {
         if map.len() >= Self::MAX {
             map.clear();
         }
-        map.insert(account, Instant::now() + ACCOUNT_KNOWN_FOR);
+        map.insert(account, KnownUntil { until: Instant::now() + ACCOUNT_KNOWN_FOR, refreshing: false });
+    }
+
+    fn forget(&self, account: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(account);
     }
 }
 
 /// How long an inbox actor trusts that its account exists without asking again.
 const ACCOUNT_KNOWN_FOR: Duration = Duration::from_secs(10);
+/// How long before that an account in use is read again.
+const ACCOUNT_REFRESH_BEFORE: Duration = Duration::from_secs(3);
 
 impl Actor for InboxActor {
     type Context = Context<Self>;
@@ -341,8 +378,20 @@ impl Inboxes {
     }
 
     /// Whether `account` (`user@domain`) was seen to exist a short while ago.
-    pub fn known_account(&self, account: &str) -> bool {
-        self.known.known(account)
+    pub fn known_account(&self, account: &str) -> Known {
+        self.known.check(account)
+    }
+
+    /// Reads again whether `user@domain` exists, after [`Known::Refresh`].
+    pub async fn refresh_account(&self, domain: &str, user: &str) {
+        let Some(ctx) = &self.ctx else { return };
+        let account = format!("{user}@{domain}");
+        match ctx.accounts.exists(domain, user).await {
+            Ok(true) => self.known.remember(account),
+            Ok(false) => self.known.forget(&account),
+            // Known until it expires; then the actor asks again.
+            Err(e) => tracing::warn!(error = %e, %account, "account lookup failed; asking again later"),
+        }
     }
 
     /// With the node's context, for the checks of received messages.

@@ -42,12 +42,13 @@
 pub mod actor;
 pub mod writer;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
 use meerkat_routing::Routed;
-use meerkat_storage::{InboxBoxes, InboxChange, InboxEntry, InboxMessage, InboxQuery, InboxTotals};
+use meerkat_storage::{InboxBoxes, InboxChange, InboxEntry, InboxQuery, InboxTotals};
 use meerkat_xmpp::element::Element;
 use meerkat_xmpp::error::StanzaErrorCondition;
 use meerkat_xmpp::jid::{parse_bare, Bare as _, BareJid, FullJid, Jid};
@@ -57,8 +58,8 @@ use meerkat_xmpp::stanza::MessageType;
 use crate::ext::registry::ModuleSpec;
 use crate::ext::util::{account_of, now_micros, parse_stored, parse_xep0082, xep0082_micros};
 use crate::ext::{HookSet, IqAnswer, Module, ModuleCtx, ModuleJob, NodeRequestError, SessionAcc, SessionState, Target};
-use actor::{Answer, InboxError, Inboxes, Limits, Op};
-use writer::AsyncWriter;
+use actor::{Answer, InboxError, Inboxes, Known, Limits, Op};
+use writer::{AsyncWriter, Checks, MessageRef};
 
 const NS_INBOX: &str = ns::INBOX;
 const NS_CONV: &str = ns::INBOX_CONVERSATION;
@@ -159,6 +160,11 @@ pub struct Inbox {
     boxes: Vec<String>,
     inboxes: OnceLock<Arc<Inboxes>>,
     housekeeping: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Message updates handed straight to the async writer.
+    direct: AtomicU64,
+    /// Message updates queued as jobs (checked by the inbox's actor, or sent
+    /// to the node that owns the inbox).
+    queued: AtomicU64,
 }
 
 impl ModuleSpec for Inbox {
@@ -207,8 +213,30 @@ impl ModuleSpec for Inbox {
         Ok(())
     }
     fn build(cfg: &InboxConfig) -> Arc<dyn Module> {
-        let boxes = RESERVED_BOXES.iter().map(|b| (*b).to_owned()).chain(cfg.boxes.iter().cloned()).collect();
-        Arc::new(Inbox { cfg: cfg.clone(), boxes, inboxes: OnceLock::new(), housekeeping: Mutex::new(None) })
+        Arc::new(Inbox::new(cfg.clone()))
+    }
+}
+
+/// Reads again whether an account exists, before what this node knows of it
+/// expires ([`actor::Known::Refresh`]).
+struct RefreshJob {
+    owner: BareJid,
+    inboxes: Arc<Inboxes>,
+}
+
+#[async_trait::async_trait]
+impl ModuleJob for RefreshJob {
+    fn shard_key(&self) -> String {
+        self.owner.to_string()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    async fn run(self: Box<Self>, _ctx: &ModuleCtx) {
+        let (user, domain) = account_of(&Jid::from(self.owner.clone()));
+        self.inboxes.refresh_account(&domain, &user).await;
     }
 }
 
@@ -337,6 +365,17 @@ fn storable(stanza: &Element) -> bool {
 }
 
 impl Inbox {
+    fn new(cfg: InboxConfig) -> Self {
+        let boxes = RESERVED_BOXES.iter().map(|b| (*b).to_owned()).chain(cfg.boxes.iter().cloned()).collect();
+        Inbox {
+            cfg,
+            boxes,
+            inboxes: OnceLock::new(),
+            housekeeping: Mutex::new(None),
+            direct: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+        }
+    }
     fn inboxes(&self) -> Option<&Arc<Inboxes>> {
         self.inboxes.get()
     }
@@ -358,23 +397,87 @@ impl Inbox {
     /// once by the async writer when this node owns the inbox, else queued
     /// as a job.
     fn own_update(&self, ctx: &ModuleCtx, owner: BareJid, op: Op) -> Option<Box<dyn ModuleJob>> {
-        let op = self.post_here(ctx, self.inboxes()?, &owner, op).err()?;
+        let op = self.counted(self.post_here(ctx, self.inboxes()?, &owner, op))?;
         self.job(owner, op, None)
+    }
+
+    /// Counts where an update went: `Ok` to the writer, `Err` (given back) to a job.
+    fn counted(&self, posted: Result<(), Op>) -> Option<Op> {
+        let (counter, op) = match posted {
+            Ok(()) => (&self.direct, None),
+            Err(op) => (&self.queued, Some(op)),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        op
+    }
+
+    /// Hands a message update of `account`'s inbox to the async writer when
+    /// there is one and this node owns that inbox; whether it took it.
+    #[allow(clippy::too_many_arguments)]
+    fn post_direct(
+        &self,
+        ctx: &ModuleCtx,
+        inboxes: &Inboxes,
+        account: &str,
+        domain: &str,
+        user: &str,
+        m: MessageRef<'_>,
+        checks: Checks<'_>,
+    ) -> bool {
+        match inboxes.writer() {
+            Some(w) if ctx.owner_node(account) == ctx.router.node() => w.post_message(account, domain, user, m, checks),
+            _ => false,
+        }
     }
 
     /// The update of a local recipient's inbox for a message it is sent:
     /// posted to the writer at once when this node owns that inbox and
-    /// already knows the checks' answers (the account exists, it does not
-    /// block the sender); otherwise a job, which the inbox's actor checks.
-    /// Either way the writer orders the last message by its stamp, so an
-    /// update that took the longer way cannot replace a later one.
-    fn received_update(&self, ctx: &ModuleCtx, owner: BareJid, op: Op, from: &FullJid) -> Option<Box<dyn ModuleJob>> {
-        let inboxes = self.inboxes()?;
-        let sender = Jid::from(from.clone());
-        let checked = inboxes.known_account(owner.as_str())
-            && ctx.hooks.of(owner.domain().as_str()).blocks_known(ctx, &owner, &sender) == Some(false);
-        let op = if checked { self.post_here(ctx, inboxes, &owner, op).err()? } else { op };
-        self.job(owner, op, Some(sender))
+    /// knows the checks' answers (the account exists, it does not block the
+    /// sender), either kept with the conversation from an earlier message of
+    /// this sender or read from memory now; otherwise a job, which the
+    /// inbox's actor checks. Either way the writer orders the last message
+    /// by its stamp, so an update that took the longer way cannot replace a
+    /// later one.
+    fn received_update(
+        &self,
+        ctx: &ModuleCtx,
+        inboxes: &Inboxes,
+        to: &Jid,
+        m: MessageRef<'_>,
+        from: &FullJid,
+    ) -> Option<Box<dyn ModuleJob>> {
+        let (account, domain) = (to.bare_str(), to.domain().as_str());
+        let user = to.node().map(|n| n.as_str()).unwrap_or_default();
+        let hooks = ctx.hooks.of(domain);
+        // Read before the blocklists are: an answer is never newer than it.
+        let generation = hooks.blocks_generation();
+        let sender = from.as_str();
+        if let Some(generation) = generation {
+            let checks = Checks::IfKnown { generation, sender };
+            if self.post_direct(ctx, inboxes, account, domain, user, m, checks) {
+                self.direct.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+        let owner = to.bare();
+        let from = Jid::from(from.clone());
+        let known = inboxes.known_account(account);
+        if known != Known::No && hooks.blocks_known(ctx, &owner, &from) == Some(false) {
+            let checks = match generation {
+                Some(generation) => Checks::Made { generation, sender },
+                None => Checks::None,
+            };
+            if self.post_direct(ctx, inboxes, account, domain, user, m, checks) {
+                self.direct.fetch_add(1, Ordering::Relaxed);
+                // Read again before it expires, so that no message waits for that.
+                if known != Known::Refresh {
+                    return None;
+                }
+                return Some(Box::new(RefreshJob { owner, inboxes: self.inboxes()?.clone() }));
+            }
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.job(owner, Op::Message(m.owned()), Some(from))
     }
 
     fn job(&self, owner: BareJid, op: Op, from: Option<Jid>) -> Option<Box<dyn ModuleJob>> {
@@ -774,8 +877,17 @@ impl Module for Inbox {
     }
 
     fn metrics(&self) -> Vec<crate::ext::Metric> {
-        let Some(w) = self.inboxes().and_then(|i| i.writer()) else { return Vec::new() };
-        vec![
+        let mut m: Vec<crate::ext::Metric> = [("direct", &self.direct), ("queued", &self.queued)]
+            .into_iter()
+            .map(|(path, n)| crate::ext::Metric {
+                name: "meerkat_inbox_updates_total",
+                labels: vec![("path", path.to_owned())],
+                value: n.load(Ordering::Relaxed) as f64,
+                counter: true,
+            })
+            .collect();
+        let Some(w) = self.inboxes().and_then(|i| i.writer()) else { return m };
+        m.extend([
             crate::ext::Metric {
                 name: "meerkat_inbox_pending_conversations",
                 labels: Vec::new(),
@@ -788,7 +900,8 @@ impl Module for Inbox {
                 value: w.lost() as f64,
                 counter: true,
             },
-        ]
+        ]);
+        m
     }
 
     fn disco_features(&self, target: Target) -> &'static [&'static str] {
@@ -872,30 +985,31 @@ impl Module for Inbox {
         if to.node().is_none() {
             return Ok(());
         }
-        let sender = from.bare();
-        let remote = to.bare();
         if let Some(id) = self.reset_marker(stanza) {
-            let op = Op::Marker { remote: remote.to_string(), msg_id: id.to_owned() };
-            acc.jobs.extend(self.own_update(ctx, sender.clone(), op));
+            let op = Op::Marker { remote: to.bare_str().to_owned(), msg_id: id.to_owned() };
+            acc.jobs.extend(self.own_update(ctx, from.bare(), op));
         }
         if !storable(stanza) {
             return Ok(());
         }
-        // Serialized once, for both sides.
-        let content = stanza.to_xml(ns::CLIENT);
-        let stamp_micros = now_micros();
-        let msg = |remote: &BareJid, incoming: bool| InboxMessage {
-            remote_jid: remote.to_string(),
-            // A longer id would not fit the column; a marker cannot name it then.
-            msg_id: stanza.attr("id").filter(|id| id.len() <= 255).unwrap_or_default().to_owned(),
-            content: content.clone(),
-            stamp_micros,
-            incoming,
-        };
-        acc.jobs.extend(self.own_update(ctx, sender.clone(), Op::Message(msg(&remote, false))));
+        let Some(inboxes) = self.inboxes() else { return Ok(()) };
+        // Serialised once, and shared by both sides.
+        let content: Arc<str> = stanza.to_xml(ns::CLIENT).into();
+        // A longer id would not fit the column; a marker cannot name it then.
+        let msg_id: Arc<str> = stanza.attr("id").filter(|id| id.len() <= 255).unwrap_or_default().into();
+        let (sender, remote) = (from.bare_str(), to.bare_str());
+        let own =
+            MessageRef { remote, msg_id: &msg_id, content: &content, stamp_micros: now_micros(), incoming: false };
+        let (domain, user) = (from.domain().as_str(), from.node().map(|n| n.as_str()).unwrap_or_default());
+        if self.post_direct(ctx, inboxes, sender, domain, user, own, Checks::None) {
+            self.direct.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+            acc.jobs.extend(self.job(from.bare(), Op::Message(own.owned()), None));
+        }
         if remote != sender && ctx.router.is_local_host(to.domain().as_str()) {
-            let incoming = Op::Message(msg(&sender, true));
-            acc.jobs.extend(self.received_update(ctx, remote, incoming, from));
+            let incoming = MessageRef { remote: sender, incoming: true, ..own };
+            acc.jobs.extend(self.received_update(ctx, inboxes, to, incoming, from));
         }
         Ok(())
     }
@@ -968,14 +1082,14 @@ impl Module for Inbox {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use meerkat_storage::InboxMessage;
 
     fn el(xml: &str) -> Element {
         parse_stored(xml).unwrap()
     }
 
     fn module(cfg: InboxConfig) -> Inbox {
-        let boxes = RESERVED_BOXES.iter().map(|b| (*b).to_owned()).chain(cfg.boxes.iter().cloned()).collect();
-        Inbox { cfg, boxes, inboxes: OnceLock::new(), housekeeping: Mutex::new(None) }
+        Inbox::new(cfg)
     }
 
     fn query(inner: &str) -> Result<Query, StanzaErrorCondition> {

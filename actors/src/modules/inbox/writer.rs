@@ -16,12 +16,11 @@
 //! an inbox (a query, an action, the badge) first writes that account's
 //! pending updates, so it sees every update posted before it.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meerkat_storage::{InboxDelta, InboxLast, InboxRepo, Storage};
+use meerkat_storage::{InboxDelta, InboxLast, InboxMessage, InboxRepo, Storage};
 
 use super::actor::Op;
 
@@ -33,15 +32,85 @@ const MAX_MARKS: usize = 16;
 /// The maps' hasher: foldhash, seeded per map, several times faster than
 /// SipHash on short keys such as JIDs, and still not predictable by a client.
 type Hasher = foldhash::fast::RandomState;
+/// hashbrown's map, for `entry_ref`: one lookup, and a key copied only when
+/// it goes in.
+type HashMap<K, V> = hashbrown::HashMap<K, V, Hasher>;
 
 /// One account's pending conversations, by remote bare JID.
-type Conversations = HashMap<String, InboxDelta, Hasher>;
+type Conversations = HashMap<String, Conversation>;
+
+/// A conversation's updates waiting to be written.
+struct Conversation {
+    delta: InboxDelta,
+    /// For received messages: the checks' answers (the account exists, it
+    /// does not block the sender), as given for this sender's full JID at
+    /// this generation of the node's blocklists
+    /// ([`crate::ext::Module::blocks_generation`]). A message from the same
+    /// sender at the same generation needs no checks again while the
+    /// conversation waits here (at most one `flush_interval`).
+    checked: Option<(u64, Box<str>)>,
+}
+
+/// A message update, borrowed from the hook that makes it.
+#[derive(Clone, Copy)]
+pub struct MessageRef<'a> {
+    /// The other party's bare JID.
+    pub remote: &'a str,
+    pub msg_id: &'a Arc<str>,
+    pub content: &'a Arc<str>,
+    pub stamp_micros: i64,
+    /// Received by the account (one more unread), rather than sent.
+    pub incoming: bool,
+}
+
+impl<'a> MessageRef<'a> {
+    /// An owned copy, for a job.
+    pub fn owned(&self) -> InboxMessage {
+        InboxMessage {
+            remote_jid: self.remote.to_owned(),
+            msg_id: self.msg_id.clone(),
+            content: self.content.clone(),
+            stamp_micros: self.stamp_micros,
+            incoming: self.incoming,
+        }
+    }
+
+    pub fn of(m: &'a InboxMessage) -> Self {
+        MessageRef {
+            remote: &m.remote_jid,
+            msg_id: &m.msg_id,
+            content: &m.content,
+            stamp_micros: m.stamp_micros,
+            incoming: m.incoming,
+        }
+    }
+}
+
+/// What a message update needs before it can wait here.
+#[derive(Clone, Copy)]
+pub enum Checks<'a> {
+    /// Nothing: the account's own message.
+    None,
+    /// The caller made them, for `sender` at `generation`: they are kept
+    /// with the conversation.
+    Made { generation: u64, sender: &'a str },
+    /// Taken only when the conversation waits here with the checks made for
+    /// `sender` at `generation`; refused otherwise, and the caller checks.
+    IfKnown { generation: u64, sender: &'a str },
+}
 
 #[derive(Default)]
 struct Pending {
     /// By account (`user@domain`).
-    accounts: HashMap<String, Conversations, Hasher>,
+    accounts: HashMap<String, Conversations>,
     conversations: usize,
+}
+
+impl Pending {
+    /// The conversations of `account`, a map made for it if needed.
+    fn account(&mut self, account: &str) -> &mut Conversations {
+        self.accounts.entry_ref(account).or_default()
+    }
 }
 
 struct Shard {
@@ -62,67 +131,83 @@ pub struct AsyncWriter {
     lost: AtomicU64,
 }
 
+/// A message merged into a conversation's delta.
+fn merge_message(delta: &mut InboxDelta, m: MessageRef<'_>) {
+    if m.incoming {
+        delta.add += 1;
+    } else {
+        // The account wrote: nothing before is unread.
+        delta.reset = true;
+        delta.add = 0;
+    }
+    // An older copy written late counts, but does not replace the last message.
+    if delta.last.as_ref().is_none_or(|l| m.stamp_micros >= l.stamp_micros) {
+        delta.last =
+            Some(InboxLast { msg_id: m.msg_id.clone(), content: m.content.clone(), stamp_micros: m.stamp_micros });
+    }
+}
+
+/// A chat marker merged into a conversation's delta.
+fn merge_marker(delta: &mut InboxDelta, msg_id: &str) {
+    match &delta.last {
+        // The conversation's last message is the pending one.
+        Some(last) => {
+            if &*last.msg_id == msg_id {
+                delta.reset = true;
+                delta.add = 0;
+            }
+        }
+        // The last message is the stored one: tried when written.
+        None => {
+            if delta.marks.len() == MAX_MARKS {
+                delta.marks.remove(0);
+            }
+            delta.marks.push(msg_id.to_owned());
+        }
+    }
+}
+
+/// The conversation with `remote` in `pending` (an account's), opened when
+/// absent: with whether it was opened.
+fn conversation<'p>(
+    pending: &'p mut Conversations,
+    domain: &str,
+    user: &str,
+    remote: &str,
+) -> (&'p mut Conversation, bool) {
+    match pending.entry_ref(remote) {
+        hashbrown::hash_map::EntryRef::Occupied(o) => (o.into_mut(), false),
+        hashbrown::hash_map::EntryRef::Vacant(v) => {
+            let delta = InboxDelta {
+                domain: domain.to_owned(),
+                user: user.to_owned(),
+                remote_jid: remote.to_owned(),
+                ..Default::default()
+            };
+            (v.insert(Conversation { delta, checked: None }), true)
+        }
+    }
+}
+
 /// Merges `op` into `pending` (an account's conversations): whether it
 /// opened a conversation there. `Err(op)` when the operation is not an update
 /// that can wait (queries and actions).
 // The operation comes back unchanged to the caller, which queues it elsewhere.
 #[allow(clippy::result_large_err)]
 fn merge(pending: &mut Conversations, domain: &str, user: &str, op: Op) -> Result<bool, Op> {
-    let remote = match &op {
-        Op::Message(m) => &m.remote_jid,
-        Op::Marker { remote, .. } => remote,
-        _ => return Err(op),
-    };
-    // A new conversation is looked up twice (was it there, then its
-    // entry), one already waiting twice as well (was it there, then get it).
-    let fresh = !pending.contains_key(remote.as_str());
-    let delta = if fresh {
-        let delta = InboxDelta {
-            domain: domain.to_owned(),
-            user: user.to_owned(),
-            remote_jid: remote.clone(),
-            ..Default::default()
-        };
-        pending.entry(remote.clone()).or_insert(delta)
-    } else {
-        match pending.get_mut(remote.as_str()) {
-            Some(d) => d,
-            None => return Err(op),
-        }
-    };
-    match op {
+    match &op {
         Op::Message(m) => {
-            if m.incoming {
-                delta.add += 1;
-            } else {
-                // The account wrote: nothing before is unread.
-                delta.reset = true;
-                delta.add = 0;
-            }
-            // An older copy written late counts, but does not replace the last message.
-            if delta.last.as_ref().is_none_or(|l| m.stamp_micros >= l.stamp_micros) {
-                delta.last = Some(InboxLast { msg_id: m.msg_id, content: m.content, stamp_micros: m.stamp_micros });
-            }
+            let (c, fresh) = conversation(pending, domain, user, &m.remote_jid);
+            merge_message(&mut c.delta, MessageRef::of(m));
+            Ok(fresh)
         }
-        Op::Marker { msg_id, .. } => match &delta.last {
-            // The conversation's last message is the pending one.
-            Some(last) => {
-                if last.msg_id == msg_id {
-                    delta.reset = true;
-                    delta.add = 0;
-                }
-            }
-            // The last message is the stored one: tried when written.
-            None => {
-                if delta.marks.len() == MAX_MARKS {
-                    delta.marks.remove(0);
-                }
-                delta.marks.push(msg_id);
-            }
-        },
-        _ => {}
+        Op::Marker { remote, msg_id } => {
+            let (c, fresh) = conversation(pending, domain, user, remote);
+            merge_marker(&mut c.delta, msg_id);
+            Ok(fresh)
+        }
+        _ => Err(op),
     }
-    Ok(fresh)
 }
 
 impl AsyncWriter {
@@ -160,14 +245,49 @@ impl AsyncWriter {
         if p.conversations >= MAX_PENDING {
             return Err(op);
         }
-        let conversations = match p.accounts.get_mut(account) {
-            Some(c) => c,
-            None => p.accounts.entry(account.to_owned()).or_default(),
-        };
-        if merge(conversations, domain, user, op)? {
+        if merge(p.account(account), domain, user, op)? {
             p.conversations += 1;
         }
         Ok(())
+    }
+
+    /// Takes a message update of the inbox of `account` (`user@domain`, its
+    /// bare JID) without waiting, as [`AsyncWriter::try_post`] does an
+    /// [`Op::Message`], but with nothing copied but what a new conversation
+    /// needs. `false` when it did not: the account's shard is full, or
+    /// `checks` wants answers the conversation does not have.
+    pub fn post_message(&self, account: &str, domain: &str, user: &str, m: MessageRef<'_>, checks: Checks<'_>) -> bool {
+        let shard = self.shard(account);
+        let mut guard = shard.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let p = &mut *guard;
+        if let Checks::IfKnown { generation, sender } = checks {
+            let known = p
+                .accounts
+                .get_mut(account)
+                .and_then(|c| c.get_mut(m.remote))
+                .filter(|c| c.checked.as_ref().is_some_and(|(g, s)| *g == generation && &**s == sender));
+            return match known {
+                Some(c) => {
+                    merge_message(&mut c.delta, m);
+                    true
+                }
+                None => false,
+            };
+        }
+        if p.conversations >= MAX_PENDING {
+            return false;
+        }
+        let (c, fresh) = conversation(p.account(account), domain, user, m.remote);
+        merge_message(&mut c.delta, m);
+        if let Checks::Made { generation, sender } = checks {
+            if c.checked.as_ref().is_none_or(|(g, s)| *g != generation || &**s != sender) {
+                c.checked = Some((generation, sender.into()));
+            }
+        }
+        if fresh {
+            p.conversations += 1;
+        }
+        true
     }
 
     /// [`AsyncWriter::try_post`], writing the account's shard first when it is full.
@@ -194,7 +314,7 @@ impl AsyncWriter {
             match p.accounts.remove(&account) {
                 Some(c) => {
                     p.conversations = p.conversations.saturating_sub(c.len());
-                    c.into_values().collect()
+                    c.into_values().map(|c| c.delta).collect()
                 }
                 None => return,
             }
@@ -212,7 +332,7 @@ impl AsyncWriter {
         let batch: Vec<InboxDelta> = {
             let mut p = shard.pending.lock().unwrap_or_else(|e| e.into_inner());
             p.conversations = 0;
-            std::mem::take(&mut p.accounts).into_values().flat_map(|c| c.into_values()).collect()
+            std::mem::take(&mut p.accounts).into_values().flat_map(|c| c.into_values().map(|c| c.delta)).collect()
         };
         self.write(batch).await;
     }
@@ -255,13 +375,12 @@ impl AsyncWriter {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use meerkat_storage::InboxMessage;
 
     fn msg(id: &str, stamp: i64, incoming: bool) -> Op {
         Op::Message(InboxMessage {
             remote_jid: "bob@example.org".into(),
             msg_id: id.into(),
-            content: format!("<message id='{id}'/>"),
+            content: format!("<message id='{id}'/>").into(),
             stamp_micros: stamp,
             incoming,
         })
@@ -277,19 +396,19 @@ mod tests {
             merge(&mut c, "example.org", "alice", op.clone()).unwrap();
         }
         assert_eq!(c.len(), 1);
-        c.into_values().next().unwrap()
+        c.into_values().next().unwrap().delta
     }
 
     #[test]
     fn coalesces_as_the_messages_would_have_been_written() {
         let d = merged(&[msg("m1", 1, true), msg("m2", 2, true), msg("m3", 3, true)]);
-        assert_eq!((d.add, d.reset, d.last.unwrap().msg_id.as_str()), (3, false, "m3"));
+        assert_eq!((d.add, d.reset, &*d.last.unwrap().msg_id), (3, false, "m3"));
         // A reply: only what came after it is unread.
         let d = merged(&[msg("m1", 1, true), msg("r1", 2, false), msg("m2", 3, true)]);
-        assert_eq!((d.add, d.reset, d.last.unwrap().msg_id.as_str()), (1, true, "m2"));
+        assert_eq!((d.add, d.reset, &*d.last.unwrap().msg_id), (1, true, "m2"));
         // A late older copy counts but does not become the last message.
         let d = merged(&[msg("m2", 2, true), msg("m1", 1, true)]);
-        assert_eq!((d.add, d.last.unwrap().msg_id.as_str()), (2, "m2"));
+        assert_eq!((d.add, &*d.last.unwrap().msg_id), (2, "m2"));
         // A marker for the pending last message reads everything; for an older one, nothing.
         let d = merged(&[msg("m1", 1, true), msg("m2", 2, true), marker("m1")]);
         assert_eq!((d.add, d.reset), (2, false));
@@ -300,6 +419,45 @@ mod tests {
         assert_eq!((d.marks, d.add, d.reset), (vec!["s1".to_owned(), "s2".to_owned()], 1, false));
         let many: Vec<Op> = (0..40).map(|i| marker(&format!("s{i}"))).collect();
         assert_eq!(merged(&many).marks.len(), MAX_MARKS);
+    }
+
+    /// The checks made for a received message are kept with the waiting
+    /// conversation, for that sender's full JID and that generation of the
+    /// blocklists only, and go with the conversation when it is written.
+    #[tokio::test]
+    async fn checks_are_kept_while_the_conversation_waits() {
+        use meerkat_storage::{DbTls, StorageConfig};
+        let cfg = StorageConfig {
+            url: "sqlite::memory:".into(),
+            pool_size: 1,
+            connect_timeout: Duration::from_secs(5),
+            tls: DbTls::Disabled,
+        };
+        let storage = Arc::new(Storage::connect(&cfg).await.unwrap());
+        let w = AsyncWriter::new(storage.clone(), 2, 500);
+        let (id, content): (Arc<str>, Arc<str>) = ("m1".into(), "<message id='m1'/>".into());
+        let m =
+            MessageRef { remote: "bob@example.org", msg_id: &id, content: &content, stamp_micros: 1, incoming: true };
+        let (account, domain, user) = ("alice@example.org", "example.org", "alice");
+        let (desk, phone) = ("bob@example.org/desk", "bob@example.org/phone");
+        let if_known = |generation, sender| Checks::IfKnown { generation, sender };
+        // Nothing waits: the caller has to check.
+        assert!(!w.post_message(account, domain, user, m, if_known(3, desk)));
+        // The account's own message opens the conversation, with nothing checked.
+        assert!(w.post_message(account, domain, user, MessageRef { incoming: false, ..m }, Checks::None));
+        assert!(!w.post_message(account, domain, user, m, if_known(3, desk)));
+        assert!(w.post_message(account, domain, user, m, Checks::Made { generation: 3, sender: desk }));
+        assert!(w.post_message(account, domain, user, m, if_known(3, desk)));
+        // Another resource (a blocklist may name full JIDs), another generation: checked again.
+        assert!(!w.post_message(account, domain, user, m, if_known(3, phone)));
+        assert!(!w.post_message(account, domain, user, m, if_known(4, desk)));
+        assert_eq!(w.pending(), 1);
+        w.flush_all().await;
+        assert_eq!(w.pending(), 0);
+        let e = storage.inbox_entry(domain, user, "bob@example.org").await.unwrap().unwrap();
+        assert_eq!((e.unread_count, e.msg_id.as_str()), (2, "m1"));
+        // Written, it no longer carries the checks.
+        assert!(!w.post_message(account, domain, user, m, if_known(3, desk)));
     }
 
     #[test]
