@@ -264,6 +264,47 @@ async fn send(channel: &Channel, e: &Event, persistent: bool) -> lapin::Result<l
         .await
 }
 
+/// Sends `batch` in its order and waits until every event was handed to
+/// the connection, together: each publish hands its frames to lapin's I/O
+/// thread and wakes it, and awaiting each one before the next would cost two
+/// thread wake-ups an event; side by side, the I/O thread writes what came
+/// meanwhile at once. The first poll of each publish, which queues its frames
+/// and takes its delivery tag, runs in the batch's order.
+async fn send_all(
+    channel: &Channel,
+    batch: &[Event],
+    durable: &std::collections::HashSet<String>,
+) -> Vec<lapin::Result<lapin::PublisherConfirm>> {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+    type Publish<'a> = Pin<Box<dyn Future<Output = lapin::Result<lapin::PublisherConfirm>> + Send + 'a>>;
+    let mut pending: Vec<Option<Publish<'_>>> =
+        batch.iter().map(|e| Some(Box::pin(send(channel, e, durable.contains(&*e.exchange))) as Publish<'_>)).collect();
+    let mut done: Vec<Option<lapin::Result<lapin::PublisherConfirm>>> = batch.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (slot, out) in pending.iter_mut().zip(done.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(r) => {
+                        *out = Some(r);
+                        *slot = None;
+                    }
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
 /// What happened to a batch.
 enum Outcome {
     /// Every event was confirmed (or refused and kept in `held` for later).
@@ -284,9 +325,11 @@ async fn publish_batch(
 ) -> Outcome {
     let mut sent = Vec::with_capacity(batch.len());
     let mut failure = None;
+    let results = send_all(channel, &batch, durable).await;
     let mut events = batch.into_iter();
-    for e in events.by_ref() {
-        match send(channel, &e, durable.contains(&*e.exchange)).await {
+    for result in results {
+        let Some(e) = events.next() else { break };
+        match result {
             Ok(confirm) => sent.push((e, confirm)),
             Err(err) => {
                 failure = Some((err, e));
