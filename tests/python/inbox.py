@@ -134,6 +134,20 @@ async def expect(client, body, what):
     check(msg["body"] == body, f"{what}: expected {body!r}, got {msg['body']!r}")
 
 
+async def refused_ping(sender, account):
+    """Waits until what `sender` sent to `account`, who blocks it, was handled.
+
+    Every stanza from one sender to an account is handled in order: a ping to
+    the account after them, answered (refused, as the account blocks the
+    sender), means they were handled.
+    """
+    try:
+        await sender.plugin["xep_0199"].send_ping(account, timeout=TIMEOUT)
+        fail("a ping to an account that blocks the sender was answered")
+    except IqError as e:
+        check(e.iq["error"]["condition"] == "service-unavailable", f"ping refused with {e.iq}")
+
+
 async def change(client, others, jid, props, what):
     """A #conversation set; returns the echo, which every resource must get."""
     reply = await client.iq("set", f"<query xmlns='{CONV}' jid='{jid}'>{props}</query>", what)
@@ -210,14 +224,7 @@ async def conversations(args):
         m = fay.make_message(mto=a + "/a", mbody=f"fay {i}", mtype="chat")
         m["id"] = f"e{i}"
         m.send()
-        # Every stanza from fay to alice is handled in order: a ping to alice's
-        # account after the message, answered (refused: alice blocks fay),
-        # means the message was handled.
-        try:
-            await fay.plugin["xep_0199"].send_ping(a, timeout=TIMEOUT)
-            fail("a ping to an account that blocks the sender was answered")
-        except IqError as e:
-            check(e.iq["error"]["condition"] == "service-unavailable", f"ping refused with {e.iq}")
+        await refused_ping(fay, a)
     entries, fin = await alice.query(what="after fay's messages")
     check(fay_jid not in {peer(e, a) for e in entries}, f"a blocked sender's conversation: {entries}")
     check(fin_counts(fin)["unread-messages"] == 0, f"fin after fay's messages: {fin_counts(fin)}")
@@ -315,11 +322,7 @@ async def conversations(args):
     reply = await alice.iq("set", f"<block xmlns='urn:xmpp:blocking'><item jid='{fay_jid}'/></block>", "block fay again")
     check(reply["type"] == "result", f"block: {reply}")
     fay.send_message(mto=a + "/a", mbody="fay 4", mtype="chat")
-    try:
-        await fay.plugin["xep_0199"].send_ping(a, timeout=TIMEOUT)
-        fail("a ping to an account that blocks the sender was answered")
-    except IqError as e:
-        check(e.iq["error"]["condition"] == "service-unavailable", f"ping refused with {e.iq}")
+    await refused_ping(fay, a)
     entries, _ = await alice.query(what="after a block between two messages")
     got = {peer(e, a): e for e in entries}
     check(fay_jid in got and got[fay_jid]["unread"] == 1 and got[fay_jid]["body"] == "fay 3",
