@@ -387,7 +387,9 @@ impl Inbox {
         match inboxes.writer() {
             Some(w) if ctx.owner_node(owner.as_str()) == ctx.router.node() => {
                 let user = owner.node().map(|n| n.as_str()).unwrap_or_default();
-                w.try_post(owner.as_str(), owner.domain().as_str(), user, op)
+                w.try_post(owner.as_str(), owner.domain().as_str(), user, op)?;
+                self.direct.fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
             _ => Err(op),
         }
@@ -397,22 +399,13 @@ impl Inbox {
     /// once by the async writer when this node owns the inbox, else queued
     /// as a job.
     fn own_update(&self, ctx: &ModuleCtx, owner: BareJid, op: Op) -> Option<Box<dyn ModuleJob>> {
-        let op = self.counted(self.post_here(ctx, self.inboxes()?, &owner, op))?;
+        let op = self.post_here(ctx, self.inboxes()?, &owner, op).err()?;
         self.job(owner, op, None)
     }
 
-    /// Counts where an update went: `Ok` to the writer, `Err` (given back) to a job.
-    fn counted(&self, posted: Result<(), Op>) -> Option<Op> {
-        let (counter, op) = match posted {
-            Ok(()) => (&self.direct, None),
-            Err(op) => (&self.queued, Some(op)),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        op
-    }
-
     /// Hands a message update of `account`'s inbox to the async writer when
-    /// there is one and this node owns that inbox; whether it took it.
+    /// there is one and this node owns that inbox; whether it took it (and
+    /// then counted it).
     #[allow(clippy::too_many_arguments)]
     fn post_direct(
         &self,
@@ -425,7 +418,13 @@ impl Inbox {
         checks: Checks<'_>,
     ) -> bool {
         match inboxes.writer() {
-            Some(w) if ctx.owner_node(account) == ctx.router.node() => w.post_message(account, domain, user, m, checks),
+            Some(w) if ctx.owner_node(account) == ctx.router.node() => {
+                let took = w.post_message(account, domain, user, m, checks);
+                if took {
+                    self.direct.fetch_add(1, Ordering::Relaxed);
+                }
+                took
+            }
             _ => false,
         }
     }
@@ -455,7 +454,6 @@ impl Inbox {
         if let Some(generation) = generation {
             let checks = Checks::IfKnown { generation, sender };
             if self.post_direct(ctx, inboxes, account, domain, user, m, checks) {
-                self.direct.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
         }
@@ -468,7 +466,6 @@ impl Inbox {
                 None => Checks::None,
             };
             if self.post_direct(ctx, inboxes, account, domain, user, m, checks) {
-                self.direct.fetch_add(1, Ordering::Relaxed);
                 // Read again before it expires, so that no message waits for that.
                 if known != Known::Refresh {
                     return None;
@@ -476,12 +473,13 @@ impl Inbox {
                 return Some(Box::new(RefreshJob { owner, inboxes: self.inboxes()?.clone() }));
             }
         }
-        self.queued.fetch_add(1, Ordering::Relaxed);
         self.job(owner, Op::Message(m.owned()), Some(from))
     }
 
+    /// An update queued for the inbox's actor (or its owning node), counted.
     fn job(&self, owner: BareJid, op: Op, from: Option<Jid>) -> Option<Box<dyn ModuleJob>> {
         let inboxes = self.inboxes()?.clone();
+        self.queued.fetch_add(1, Ordering::Relaxed);
         Some(Box::new(InboxJob { owner, op, from, inboxes }))
     }
 
@@ -1001,10 +999,7 @@ impl Module for Inbox {
         let own =
             MessageRef { remote, msg_id: &msg_id, content: &content, stamp_micros: now_micros(), incoming: false };
         let (domain, user) = (from.domain().as_str(), from.node().map(|n| n.as_str()).unwrap_or_default());
-        if self.post_direct(ctx, inboxes, sender, domain, user, own, Checks::None) {
-            self.direct.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.queued.fetch_add(1, Ordering::Relaxed);
+        if !self.post_direct(ctx, inboxes, sender, domain, user, own, Checks::None) {
             acc.jobs.extend(self.job(from.bare(), Op::Message(own.owned()), None));
         }
         if remote != sender && ctx.router.is_local_host(to.domain().as_str()) {
