@@ -57,6 +57,11 @@ impl Storage {
                     // Readers no longer block the writer; `synchronous` stays FULL so a
                     // committed write survives power loss.
                     opts = opts.journal_mode(SqliteJournalMode::Wal);
+                    // A statement that writes several rows inside a transaction (the
+                    // batched upserts) keeps a statement journal of the pages it
+                    // changes, to undo itself alone: in memory, not a temporary file
+                    // written page by page and deleted at the end of the transaction.
+                    opts = opts.pragma("temp_store", "memory");
                 }
                 let mut pool = SqlitePoolOptions::new().acquire_timeout(cfg.connect_timeout);
                 if in_memory {

@@ -36,21 +36,29 @@ impl Dialect {
 /// [`sql!`](crate::sql::sql!).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Sql {
+    /// MySQL's text: `?` placeholders (and its own upsert tail).
     qmark: &'static str,
+    /// The standard text with `?` placeholders: SQLite's. SQLite binds plain
+    /// `?` by position; a numbered placeholder costs sqlx a lookup of its name
+    /// in a list as long as the statement's parameters, for each of them, so a
+    /// many-row statement would bind in quadratic time.
+    standard: &'static str,
+    /// The standard text with `$1`, `$2`, … placeholders: PostgreSQL's.
     numbered: &'static str,
 }
 
 impl Sql {
     #[doc(hidden)]
-    pub(crate) const fn new(qmark: &'static str, numbered: &'static str) -> Sql {
-        Sql { qmark, numbered }
+    pub(crate) const fn new(qmark: &'static str, standard: &'static str, numbered: &'static str) -> Sql {
+        Sql { qmark, standard, numbered }
     }
 
     /// The text to send to a backend of dialect `d`.
     pub(crate) const fn get(self, d: Dialect) -> &'static str {
         match d {
             Dialect::MySql => self.qmark,
-            Dialect::Postgres | Dialect::Sqlite => self.numbered,
+            Dialect::Sqlite => self.standard,
+            Dialect::Postgres => self.numbered,
         }
     }
 }
@@ -146,7 +154,7 @@ macro_rules! sql {
             Ok(s) => s,
             Err(_) => panic!("SQL text is not UTF-8"),
         };
-        $crate::sql::Sql::new($qmark, NUMBERED)
+        $crate::sql::Sql::new($qmark, $std, NUMBERED)
     }};
     // The head may be a `concat!` of literals (a multi-row insert).
     ($head:expr, on_conflict: $std:expr, on_duplicate: $my:expr $(,)?) => {{
@@ -204,7 +212,8 @@ mod tests {
             Q.get(Dialect::Postgres),
             "SELECT a FROM t WHERE b = $1 AND c IN ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         );
-        assert_eq!(Q.get(Dialect::Sqlite), Q.get(Dialect::Postgres));
+        // SQLite binds plain `?` by position.
+        assert_eq!(Q.get(Dialect::Sqlite), Q.get(Dialect::MySql));
     }
 
     #[test]
@@ -218,6 +227,10 @@ mod tests {
         assert_eq!(
             Q.get(Dialect::Postgres),
             "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT (a) DO UPDATE SET b = excluded.b"
+        );
+        assert_eq!(
+            Q.get(Dialect::Sqlite),
+            "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO UPDATE SET b = excluded.b"
         );
     }
 
