@@ -2,8 +2,10 @@
 //!
 //! Queries are written with MySQL-style `?` placeholders, each bound exactly once and in
 //! order. [`sql!`](crate::sql::sql!) turns such a literal, at compile time, into a [`Sql`]
-//! holding both that text (for MySQL) and a copy with the `?`s numbered `$1`, `$2`, …
-//! (for PostgreSQL and SQLite, which both understand `$N`). The statements stay
+//! holding that text (for MySQL and SQLite) and a copy with the `?`s numbered `$1`, `$2`,
+//! … (for PostgreSQL). SQLite gets the plain `?`s, bound by position: sqlx looks up
+//! the name of each numbered one, which costs a many-row statement quadratic time. An
+//! upsert carries the standard (`on_conflict`) tail on SQLite and PostgreSQL. The statements stay
 //! `&'static str`, as sqlx 0.9 wants, and nothing is rewritten at run time.
 //!
 //! [`on_backend!`](crate::sql::on_backend!) then expands a body once per backend with the
@@ -38,10 +40,7 @@ impl Dialect {
 pub(crate) struct Sql {
     /// MySQL's text: `?` placeholders (and its own upsert tail).
     qmark: &'static str,
-    /// The standard text with `?` placeholders: SQLite's. SQLite binds plain
-    /// `?` by position; a numbered placeholder costs sqlx a lookup of its name
-    /// in a list as long as the statement's parameters, for each of them, so a
-    /// many-row statement would bind in quadratic time.
+    /// The standard text with `?` placeholders: SQLite's (see the module's text).
     standard: &'static str,
     /// The standard text with `$1`, `$2`, … placeholders: PostgreSQL's.
     numbered: &'static str,
